@@ -1,0 +1,16 @@
+//! plumb's pure core: the stack file model and its validation, IP address management,
+//! naming, the desired state, the diff into a plan, and the plan rendered as a script.
+//! Nothing here performs I/O or system calls.
+
+pub mod desired;
+pub mod diag;
+pub mod firewall;
+pub mod ipam;
+pub mod names;
+pub mod plan;
+pub mod render;
+pub mod spec;
+
+pub use desired::{Container, Desired, Interface, Network};
+pub use diag::{Diagnostic, Diagnostics};
+pub use plan::{Actual, ObservedFirewall, ObservedLink, ObservedNetns, Plan, Step};

@@ -1,0 +1,78 @@
+//! Names of the kernel objects plumb makes. Interface names must fit IFNAMSIZ (15 bytes), so
+//! they are a readable prefix plus a stable hash of their owner; the readable owner goes in
+//! the link's alias (`plumb:STACK/OBJECT`), so the kernel itself records who made what.
+
+/// Every plumb bridge name starts with this; nft isolation rules match on it.
+pub const BRIDGE_PREFIX: &str = "plb";
+/// Every host-side veth name starts with this.
+pub const VETH_PREFIX: &str = "plv";
+
+/// `web-2`: replica `replica` (1-based) of `service`.
+pub fn container(service: &str, replica: u32) -> String {
+    format!("{service}-{replica}")
+}
+
+/// `shop-web-2`: the file under /run/netns holding the container's network namespace.
+pub fn netns(stack: &str, container: &str) -> String {
+    format!("{stack}-{container}")
+}
+
+/// `eth0`, `eth1`, ...: the container's interface on its `index`-th network.
+pub fn container_ifname(index: usize) -> String {
+    format!("eth{index}")
+}
+
+/// `plb` + 8 hex digits: the bridge of one network of one stack.
+pub fn bridge(stack: &str, network: &str) -> String {
+    format!("{BRIDGE_PREFIX}{:08x}", fnv1a(&[stack, "/", network]) as u32)
+}
+
+/// `plv` + 10 hex digits: the host end of a container's veth on one network.
+pub fn host_veth(stack: &str, container: &str, network: &str) -> String {
+    format!("{VETH_PREFIX}{:010x}", fnv1a(&[stack, "/", container, "/", network]) & 0xff_ffff_ffff)
+}
+
+/// The link alias that marks an object as plumb's: `plumb:shop/net/frontend`.
+pub fn alias(stack: &str, object: &str) -> String {
+    format!("plumb:{stack}/{object}")
+}
+
+/// The alias prefix shared by every object of one stack.
+pub fn alias_prefix(stack: &str) -> String {
+    format!("plumb:{stack}/")
+}
+
+/// The nft table (family inet) holding all of one stack's rules.
+pub fn nft_table(stack: &str) -> String {
+    format!("plumb_{}", stack.replace('-', "_"))
+}
+
+/// 64-bit FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`).
+pub fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in parts.iter().flat_map(|p| p.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_ifnamsiz() {
+        assert_eq!(bridge("a-very-long-", "network-name-that-is-long").len(), 11);
+        assert_eq!(host_veth("stack", "service-12345", "net").len(), 13);
+    }
+
+    #[test]
+    fn names_are_stable_and_distinct() {
+        assert_eq!(bridge("shop", "frontend"), bridge("shop", "frontend"));
+        assert_ne!(bridge("shop", "frontend"), bridge("shop", "backend"));
+        assert_ne!(host_veth("shop", "web-1", "a"), host_veth("shop", "web-2", "a"));
+        assert_ne!(host_veth("a", "b-c", "n"), host_veth("a-b", "c", "n"));
+        assert_eq!(nft_table("my-app"), "plumb_my_app");
+    }
+}

@@ -1,0 +1,206 @@
+//! Plans are values: the diff between what the stack file wants ([`Desired`]) and what the
+//! kernel holds ([`Actual`]) is a list of [`Step`]s. Executing the steps (netlink, nft) and
+//! rendering them as an `ip`/`nft` script are two readings of the same value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::desired::{Container, Desired, Network};
+use crate::{firewall, names};
+
+/// What the kernel holds of one stack, read back by the observer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Actual {
+    pub ip_forward: bool,
+    /// The stack's bridges (by alias) and any link named like a desired bridge.
+    pub bridges: BTreeMap<String, ObservedLink>,
+    /// Host-side veth ends (names starting with `plv`).
+    pub host_veths: BTreeMap<String, ObservedLink>,
+    /// The stack's container namespaces, by name under /run/netns.
+    pub containers: BTreeMap<String, ObservedNetns>,
+    pub firewall: ObservedFirewall,
+    /// Networks the stack has had (from the state file and aliases), to name old veths.
+    pub known_networks: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedLink {
+    pub alias: Option<String>,
+    pub master: Option<String>,
+    pub up: bool,
+    pub addresses: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedNetns {
+    pub lo_up: bool,
+    /// Links other than `lo`, by name.
+    pub links: BTreeMap<String, ObservedLink>,
+    pub default_gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ObservedFirewall {
+    #[default]
+    Absent,
+    /// The table as plumb last applied it (its listing is unchanged since).
+    Applied(String),
+    /// The table exists but differs from what plumb applied (or plumb has no record).
+    Changed,
+}
+
+/// One change to the kernel. Coarse on purpose: a step is what a person would call one thing
+/// ("make container web-1"), and renders to the handful of commands that do it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    EnableForwarding,
+    CreateBridge(Network),
+    DeleteBridge { name: String, network: String },
+    CreateContainer(Container),
+    DeleteContainer { container: String, netns: String },
+    /// Deleting a namespace returns at once; the kernel destroys its veths later. Wait, so
+    /// that names can be reused and `down` really leaves nothing.
+    AwaitLinksGone { links: Vec<String> },
+    ApplyFirewall { table: String, script: String },
+    DeleteFirewall { table: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// The plan that makes `actual` match `desired`; `None` means the stack should not exist.
+pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
+    let no_networks = Vec::new();
+    let no_containers = Vec::new();
+    let want_networks = desired.map_or(&no_networks, |d| &d.networks);
+    let want_containers = desired.map_or(&no_containers, |d| &d.containers);
+    let mut steps = Vec::new();
+
+    if !actual.ip_forward && want_networks.iter().any(|n| !n.internal) {
+        steps.push(Step::EnableForwarding);
+    }
+
+    let rebuilt: BTreeSet<&str> = want_networks
+        .iter()
+        .filter(|n| !bridge_matches(n, actual.bridges.get(&n.bridge)))
+        .map(|n| n.bridge.as_str())
+        .collect();
+
+    let mut deleted: Vec<&str> = Vec::new();
+    let mut created: Vec<&Container> = Vec::new();
+    for c in want_containers {
+        match actual.containers.get(&c.netns) {
+            Some(got) if container_matches(c, got, actual, &rebuilt) => {}
+            Some(_) => {
+                deleted.push(&c.netns);
+                created.push(c);
+            }
+            None => created.push(c),
+        }
+    }
+    let wanted: BTreeSet<&str> = want_containers.iter().map(|c| c.netns.as_str()).collect();
+    deleted.extend(actual.containers.keys().map(String::as_str).filter(|ns| !wanted.contains(ns)));
+    deleted.sort_unstable();
+
+    let mut networks: BTreeSet<&str> = actual.known_networks.iter().map(String::as_str).collect();
+    networks.extend(want_networks.iter().map(|n| n.name.as_str()));
+    let mut gone_links = Vec::new();
+    for netns in &deleted {
+        let container = netns.strip_prefix(&format!("{stack}-")).unwrap_or(netns).to_string();
+        for net in &networks {
+            let veth = names::host_veth(stack, &container, net);
+            if actual.host_veths.contains_key(&veth) {
+                gone_links.push(veth);
+            }
+        }
+        steps.push(Step::DeleteContainer {
+            container,
+            netns: netns.to_string(),
+        });
+    }
+
+    let want_bridges: BTreeSet<&str> = want_networks.iter().map(|n| n.bridge.as_str()).collect();
+    let stale_bridges: Vec<(&String, String)> = actual
+        .bridges
+        .iter()
+        .filter(|(name, _)| !want_bridges.contains(name.as_str()) || rebuilt.contains(name.as_str()))
+        .map(|(name, link)| (name, network_of_alias(stack, link.alias.as_deref())))
+        .collect();
+    // Bridges being rebuilt go first (their names are reused); bridges no longer wanted go last.
+    for (name, network) in stale_bridges.iter().filter(|(n, _)| rebuilt.contains(n.as_str())) {
+        steps.push(Step::DeleteBridge {
+            name: (*name).clone(),
+            network: network.clone(),
+        });
+    }
+    if !gone_links.is_empty() {
+        steps.push(Step::AwaitLinksGone { links: gone_links });
+    }
+    for net in want_networks.iter().filter(|n| rebuilt.contains(n.bridge.as_str())) {
+        steps.push(Step::CreateBridge(net.clone()));
+    }
+
+    let table = names::nft_table(stack);
+    let want_rules = desired.and_then(firewall::ruleset);
+    match (&want_rules, &actual.firewall) {
+        (Some(want), ObservedFirewall::Applied(have)) if want == have => {}
+        (Some(_), _) => steps.push(Step::ApplyFirewall {
+            table: table.clone(),
+            script: desired.and_then(firewall::replace_script).unwrap_or_default(),
+        }),
+        (None, _) => {}
+    }
+
+    steps.extend(created.into_iter().map(|c| Step::CreateContainer(c.clone())));
+
+    for (name, network) in stale_bridges.iter().filter(|(n, _)| !rebuilt.contains(n.as_str())) {
+        steps.push(Step::DeleteBridge {
+            name: (*name).clone(),
+            network: network.clone(),
+        });
+    }
+    if want_rules.is_none() && actual.firewall != ObservedFirewall::Absent {
+        steps.push(Step::DeleteFirewall { table });
+    }
+    Plan { steps }
+}
+
+fn network_of_alias(stack: &str, alias: Option<&str>) -> String {
+    alias
+        .and_then(|a| a.strip_prefix(&names::alias_prefix(stack)))
+        .and_then(|a| a.strip_prefix("net/"))
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn bridge_matches(want: &Network, got: Option<&ObservedLink>) -> bool {
+    got.is_some_and(|g| g.up && g.alias.as_deref() == Some(want.alias.as_str()) && g.addresses == [want.gateway_cidr()])
+}
+
+/// A container is kept only if every part of its wiring is as desired; anything else (for
+/// example an `up` killed half-way) is rebuilt from scratch.
+fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, rebuilt: &BTreeSet<&str>) -> bool {
+    got.lo_up
+        && got.default_gateway == want.gateway
+        && got.links.len() == want.interfaces.len()
+        && want.interfaces.iter().all(|i| {
+            let inside = got.links.get(&i.name).is_some_and(|l| l.up && l.alias.as_deref() == Some(i.alias.as_str()) && l.addresses == [i.cidr()]);
+            let outside = actual
+                .host_veths
+                .get(&i.host_veth)
+                .is_some_and(|h| h.up && h.master.as_deref() == Some(i.bridge.as_str()));
+            inside && outside && !rebuilt.contains(i.bridge.as_str())
+        })
+}

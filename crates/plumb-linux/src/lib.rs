@@ -1,0 +1,12 @@
+//! plumb's kernel effects, one small module per mechanism: network namespaces, netlink
+//! (links, addresses, routes), nftables, sysctls. Knows nothing about stack files.
+
+pub mod addr;
+pub mod link;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod route;
+pub mod sysctl;
+
+pub use netlink::{Error, Netlink};

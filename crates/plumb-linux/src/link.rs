@@ -1,0 +1,161 @@
+//! Links: create bridges and veth pairs, bring them up, label them, read them back, delete them.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use crate::netlink::{Netlink, Result};
+
+/// IN6_ADDR_GEN_MODE_NONE: no IPv6 link-local address, so no DAD or router solicitations.
+const ADDR_GEN_MODE_NONE: u8 = 1;
+
+/// A link as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+    /// Index of the bridge this link is a port of.
+    pub master: Option<u32>,
+    pub up: bool,
+    pub kind: Option<String>,
+}
+
+/// Every link of the socket's namespace.
+pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
+    let replies = nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), || "list links".into())?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(link_of(l)),
+            _ => None,
+        })
+        .collect())
+}
+
+fn link_of(message: LinkMessage) -> Link {
+    let mut link = Link {
+        index: message.header.index,
+        name: String::new(),
+        alias: None,
+        master: None,
+        up: message.header.flags.contains(LinkFlags::Up),
+        kind: None,
+    };
+    for attribute in message.attributes {
+        match attribute {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::IfAlias(a) => link.alias = Some(a),
+            LinkAttribute::Controller(m) => link.master = Some(m),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// Creates a bridge with multicast snooping off (snooping re-arms timers on every port
+/// whenever one changes: quadratic work at scale).
+pub fn create_bridge(nl: &mut Netlink, name: &str) -> Result<()> {
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Bridge),
+        LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(0)])),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL, || format!("create bridge {name}"))
+}
+
+/// Creates a veth pair in one request: `name` here, attached to bridge `master`, and its peer
+/// `peer_name` placed straight into the namespace `peer_netns`.
+pub fn create_veth(nl: &mut Netlink, name: &str, master: u32, peer_name: &str, peer_netns: BorrowedFd) -> Result<()> {
+    let mut peer = LinkMessage::default();
+    peer.attributes.push(LinkAttribute::IfName(peer_name.into()));
+    peer.attributes.push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    message.attributes.push(LinkAttribute::Controller(master));
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL, || format!("create veth {name}"))
+}
+
+/// A link named by index or by name (the kernel looks names up in a hash table).
+#[derive(Debug, Clone, Copy)]
+pub enum LinkRef<'a> {
+    Index(u32),
+    Name(&'a str),
+}
+
+fn set(nl: &mut Netlink, link: LinkRef, edit: impl FnOnce(&mut LinkMessage), what: impl Fn() -> String) -> Result<()> {
+    let mut message = LinkMessage::default();
+    match link {
+        LinkRef::Index(i) => message.header.index = i,
+        LinkRef::Name(n) => message.attributes.push(LinkAttribute::IfName(n.into())),
+    }
+    edit(&mut message);
+    nl.request(RouteNetlinkMessage::SetLink(message), 0, what)
+}
+
+pub fn set_up(nl: &mut Netlink, link: LinkRef) -> Result<()> {
+    set(
+        nl,
+        link,
+        |m| {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        },
+        || format!("set {link:?} up"),
+    )
+}
+
+pub fn set_alias(nl: &mut Netlink, link: LinkRef, alias: &str) -> Result<()> {
+    set(nl, link, |m| m.attributes.push(LinkAttribute::IfAlias(alias.into())), || format!("set alias of {link:?}"))
+}
+
+/// Labels a container interface and turns off IPv6 address generation on it, in one request
+/// (it must come before "up": within one request the kernel applies "up" first).
+pub fn set_alias_without_ipv6(nl: &mut Netlink, link: LinkRef, alias: &str) -> Result<()> {
+    set(
+        nl,
+        link,
+        |m| {
+            m.attributes.push(LinkAttribute::IfAlias(alias.into()));
+            m.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(ADDR_GEN_MODE_NONE)])]));
+        },
+        || format!("configure {link:?}"),
+    )
+}
+
+pub fn delete(nl: &mut Netlink, name: &str) -> Result<()> {
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    nl.request(RouteNetlinkMessage::DelLink(message), 0, || format!("delete link {name}"))
+}
+
+/// The index of the link called `name`.
+pub fn index_of(nl: &mut Netlink, name: &str) -> Result<u32> {
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    let mut index = None;
+    // A GETLINK naming one link answers with that link alone.
+    let replies = nl.query(RouteNetlinkMessage::GetLink(message), || format!("look up link {name}"))?;
+    for m in replies {
+        if let RouteNetlinkMessage::NewLink(l) = m {
+            index = Some(l.header.index);
+        }
+    }
+    index.ok_or_else(|| crate::Error::new(format!("look up link {name}"), std::io::Error::from_raw_os_error(nix::errno::Errno::ENODEV as i32)))
+}

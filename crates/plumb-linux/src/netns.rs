@@ -1,0 +1,145 @@
+//! Network namespaces, named the way `ip netns` names them: a bind mount of the namespace
+//! file onto /run/netns/NAME. Creating one happens on the calling thread (unshare, mount,
+//! open what is needed inside, return home), so no process is spawned.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::netlink::{Error, Netlink, Result};
+
+pub const RUN_DIR: &str = "/run/netns";
+const SELF_NS: &str = "/proc/thread-self/ns/net";
+
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(name)
+}
+
+/// The network namespace the thread started in; every visit elsewhere returns here.
+pub struct Home {
+    fd: OwnedFd,
+}
+
+impl Home {
+    pub fn current() -> Result<Self> {
+        let fd = File::open(SELF_NS).map_err(|e| Error::new("open own network namespace", e))?;
+        Ok(Home { fd: fd.into() })
+    }
+
+    /// Opens a netlink socket inside the namespace `ns` (the socket stays bound to it).
+    pub fn netlink_in(&self, ns: BorrowedFd) -> Result<Netlink> {
+        let _back = self.visit(ns)?;
+        Netlink::open()
+    }
+
+    /// Runs `f` with the thread inside `ns`, then returns home.
+    pub fn within<T>(&self, ns: BorrowedFd, f: impl FnOnce() -> T) -> Result<T> {
+        let _back = self.visit(ns)?;
+        Ok(f())
+    }
+
+    fn visit(&self, ns: BorrowedFd) -> Result<ReturnHome<'_>> {
+        setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::new("enter network namespace", e.into()))?;
+        Ok(ReturnHome(self))
+    }
+}
+
+/// Puts the thread back in its home namespace when dropped, even on an early error return.
+struct ReturnHome<'a>(&'a Home);
+
+impl Drop for ReturnHome<'_> {
+    fn drop(&mut self) {
+        // Failing to return would leave every later request in the wrong namespace: abort.
+        if setns(self.0.fd.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+            eprintln!("plumb: cannot return to the host network namespace");
+            std::process::abort();
+        }
+    }
+}
+
+/// Makes /run/netns exist and be a shared mount point, as `ip netns add` does, so the
+/// namespaces mounted there are visible to `ip netns` in other mount namespaces too.
+pub fn prepare_run_dir() -> Result<()> {
+    fs::create_dir_all(RUN_DIR).map_err(|e| Error::new(format!("create {RUN_DIR}"), e))?;
+    let shared = || mount(None::<&str>, RUN_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    match shared() {
+        Err(Errno::EINVAL) => {
+            mount(Some(RUN_DIR), RUN_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| Error::new(format!("bind-mount {RUN_DIR}"), e.into()))?;
+            shared().map_err(|e| Error::new(format!("make {RUN_DIR} shared"), e.into()))
+        }
+        other => other.map_err(|e| Error::new(format!("make {RUN_DIR} shared"), e.into())),
+    }
+}
+
+/// A namespace just made: its file descriptor and a netlink socket inside it.
+pub struct Created {
+    pub fd: OwnedFd,
+    pub netlink: Netlink,
+}
+
+/// Creates the named namespace `/run/netns/NAME`, opening a netlink socket inside it.
+pub fn create(home: &Home, name: &str) -> Result<Created> {
+    let target = path(name);
+    let what = || format!("create network namespace {name}");
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&target)
+        .map_err(|e| Error::new(what(), e))?;
+    let made = (|| {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::new(what(), e.into()))?;
+        let _back = ReturnHome(home);
+        mount(Some(SELF_NS), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| Error::new(what(), e.into()))?;
+        let fd: OwnedFd = File::open(SELF_NS).map_err(|e| Error::new(what(), e))?.into();
+        let netlink = Netlink::open()?;
+        Ok(Created { fd, netlink })
+    })();
+    if made.is_err() {
+        let _ = umount2(&target, MntFlags::MNT_DETACH);
+        let _ = fs::remove_file(&target);
+    }
+    made
+}
+
+/// Opens the named namespace.
+pub fn open(name: &str) -> Result<OwnedFd> {
+    File::open(path(name)).map(Into::into).map_err(|e| Error::new(format!("open network namespace {name}"), e))
+}
+
+/// Removes the name; the kernel destroys the namespace (and its veths) once nothing else
+/// holds it. Removing a name that does not exist is not an error.
+pub fn delete(name: &str) -> Result<()> {
+    let target = path(name);
+    match umount2(&target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(Error::new(format!("unmount network namespace {name}"), e.into())),
+    }
+    match fs::remove_file(&target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::new(format!("remove {}", target.display()), e)),
+    }
+}
+
+/// Names of all namespaces under /run/netns.
+pub fn list() -> Result<Vec<String>> {
+    match fs::read_dir(RUN_DIR) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::new(format!("list {RUN_DIR}"), e)),
+    }
+}
+
+/// Moves the calling thread into `ns` for good (for a process about to exec).
+pub fn enter(ns: BorrowedFd) -> Result<()> {
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::new("enter network namespace", e.into()))
+}
