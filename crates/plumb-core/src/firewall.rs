@@ -20,7 +20,7 @@ pub fn ruleset(desired: &Desired) -> Option<String> {
     let (prerouting, output) = published_ports(desired);
     if !prerouting.is_empty() {
         out += &nat_chain("prerouting", "prerouting", "dstnat", &prerouting);
-        out += &nat_chain("output", "output", "dstnat", &output);
+        out += &nat_chain("output", "output", "-100", &output); // nft names "dstnat" only for prerouting
     }
     let postrouting = postrouting_rules(desired);
     if !postrouting.is_empty() {
@@ -34,11 +34,14 @@ pub fn ruleset(desired: &Desired) -> Option<String> {
 /// cannot fail), delete it, add the new one. `nft -f` runs it as one transaction.
 pub fn replace_script(desired: &Desired) -> Option<String> {
     let table = names::nft_table(&desired.stack);
-    ruleset(desired).map(|body| format!("table inet {table} {{}}\ndelete table inet {table}\n{body}"))
+    ruleset(desired)
+        .map(|body| format!("table inet {table} {{}}\ndelete table inet {table}\n{body}"))
 }
 
 fn forward_chain(desired: &Desired) -> String {
-    let mut out = String::from("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
+    let mut out = String::from(
+        "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n",
+    );
     let prefix = names::BRIDGE_PREFIX;
     for net in &desired.networks {
         let br = &net.bridge;
@@ -62,9 +65,15 @@ fn forward_chain(desired: &Desired) -> String {
 fn published_ports(desired: &Desired) -> (Vec<String>, Vec<String>) {
     let mut by_port: BTreeMap<PortSpec, (String, Vec<std::net::Ipv4Addr>)> = BTreeMap::new();
     for c in &desired.containers {
-        let Some(ip) = c.published_address(&desired.networks) else { continue };
+        let Some(ip) = c.published_address(&desired.networks) else {
+            continue;
+        };
         for p in &c.ports {
-            by_port.entry(*p).or_insert_with(|| (c.service.clone(), Vec::new())).1.push(ip);
+            by_port
+                .entry(*p)
+                .or_insert_with(|| (c.service.clone(), Vec::new()))
+                .1
+                .push(ip);
         }
     }
     let mut rules = Vec::new();
@@ -73,8 +82,17 @@ fn published_ports(desired: &Desired) -> (Vec<String>, Vec<String>) {
         let target = match ips.as_slice() {
             [one] => format!("{one}:{}", port.container),
             many => {
-                let entries: Vec<String> = many.iter().enumerate().map(|(i, ip)| format!("{i} : {ip}")).collect();
-                format!("numgen inc mod {} map {{ {} }}:{}", many.len(), entries.join(", "), port.container)
+                let entries: Vec<String> = many
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ip)| format!("{i} : {ip}"))
+                    .collect();
+                format!(
+                    "numgen inc mod {} map {{ {} }}:{}",
+                    many.len(),
+                    entries.join(", "),
+                    port.container
+                )
             }
         };
         rules.push(format!(
@@ -89,7 +107,10 @@ fn postrouting_rules(desired: &Desired) -> Vec<String> {
     let mut rules = Vec::new();
     for net in desired.networks.iter().filter(|n| !n.internal) {
         let br = &net.bridge;
-        rules.push(format!("ip saddr {} oifname != \"{br}\" masquerade comment \"{}: egress NAT\"", net.subnet, net.name));
+        rules.push(format!(
+            "ip saddr {} oifname != \"{br}\" masquerade comment \"{}: egress NAT\"",
+            net.subnet, net.name
+        ));
         rules.push(format!(
             "oifname \"{br}\" ip saddr 127.0.0.0/8 masquerade comment \"{}: published ports reached via localhost\"",
             net.name
@@ -99,7 +120,9 @@ fn postrouting_rules(desired: &Desired) -> Vec<String> {
 }
 
 fn nat_chain(name: &str, hook: &str, priority: &str, rules: &[String]) -> String {
-    let mut out = format!("\tchain {name} {{\n\t\ttype nat hook {hook} priority {priority}; policy accept;\n");
+    let mut out = format!(
+        "\tchain {name} {{\n\t\ttype nat hook {hook} priority {priority}; policy accept;\n"
+    );
     for r in rules {
         let _ = writeln!(out, "\t\t{r}");
     }

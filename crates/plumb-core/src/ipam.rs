@@ -36,8 +36,15 @@ pub struct Exhausted {
 
 /// Gives every request an address: fixed ones first, then previous leases that are still
 /// valid, then the lowest free host address of the network.
-pub fn allocate(pools: &BTreeMap<String, Pool>, requests: &[Request], previous: &Leases) -> Result<Leases, Exhausted> {
-    let mut used: BTreeMap<&str, BTreeSet<Ipv4Addr>> = pools.iter().map(|(n, p)| (n.as_str(), BTreeSet::from([p.gateway]))).collect();
+pub fn allocate(
+    pools: &BTreeMap<String, Pool>,
+    requests: &[Request],
+    previous: &Leases,
+) -> Result<Leases, Exhausted> {
+    let mut used: BTreeMap<&str, BTreeSet<Ipv4Addr>> = pools
+        .iter()
+        .map(|(n, p)| (n.as_str(), BTreeSet::from([p.gateway])))
+        .collect();
     let mut leases = Leases::new();
     for r in requests {
         if let Some(ip) = r.fixed {
@@ -46,19 +53,28 @@ pub fn allocate(pools: &BTreeMap<String, Pool>, requests: &[Request], previous: 
         }
     }
     for r in requests.iter().filter(|r| r.fixed.is_none()) {
-        let (Some(pool), Some(&ip)) = (pools.get(&r.network), previous.get(&r.key)) else { continue };
+        let (Some(pool), Some(&ip)) = (pools.get(&r.network), previous.get(&r.key)) else {
+            continue;
+        };
         let taken = used.entry(&r.network).or_default();
         if is_host_of(ip, pool.subnet) && taken.insert(ip) {
             leases.insert(r.key.clone(), ip);
         }
     }
     let mut cursors: BTreeMap<&str, u32> = BTreeMap::new();
-    let unplaced: Vec<&Request> = requests.iter().filter(|r| !leases.contains_key(&r.key)).collect();
+    let unplaced: Vec<&Request> = requests
+        .iter()
+        .filter(|r| !leases.contains_key(&r.key))
+        .collect();
     for r in unplaced {
-        let Some(pool) = pools.get(&r.network) else { continue };
+        let Some(pool) = pools.get(&r.network) else {
+            continue;
+        };
         let taken = used.entry(&r.network).or_default();
         let last = u32::from(pool.subnet.broadcast());
-        let cursor = cursors.entry(&r.network).or_insert(u32::from(pool.subnet.network()) + 1);
+        let cursor = cursors
+            .entry(&r.network)
+            .or_insert(u32::from(pool.subnet.network()) + 1);
         while *cursor < last && taken.contains(&Ipv4Addr::from(*cursor)) {
             *cursor += 1;
         }
@@ -99,7 +115,12 @@ mod tests {
 
     #[test]
     fn allocates_lowest_free_after_gateway_and_fixed() {
-        let leases = allocate(&pools(), &[req("a", None), req("b", Some("10.0.0.2")), req("c", None)], &Leases::new()).unwrap();
+        let leases = allocate(
+            &pools(),
+            &[req("a", None), req("b", Some("10.0.0.2")), req("c", None)],
+            &Leases::new(),
+        )
+        .unwrap();
         assert_eq!(leases["b"].to_string(), "10.0.0.2");
         assert_eq!(leases["a"].to_string(), "10.0.0.3");
         assert_eq!(leases["c"].to_string(), "10.0.0.4");
@@ -116,7 +137,12 @@ mod tests {
     #[test]
     fn a_fixed_address_evicts_an_old_lease() {
         let previous = Leases::from([("a".to_string(), "10.0.0.2".parse().unwrap())]);
-        let leases = allocate(&pools(), &[req("a", None), req("b", Some("10.0.0.2"))], &previous).unwrap();
+        let leases = allocate(
+            &pools(),
+            &[req("a", None), req("b", Some("10.0.0.2"))],
+            &previous,
+        )
+        .unwrap();
         assert_eq!(leases["b"].to_string(), "10.0.0.2");
         assert_eq!(leases["a"].to_string(), "10.0.0.3");
     }
@@ -126,6 +152,11 @@ mod tests {
         // /29: hosts .1-.6, .1 is the gateway: five containers fit, the sixth does not.
         let reqs: Vec<_> = (0..6).map(|i| req(&format!("c{i}"), None)).collect();
         assert!(allocate(&pools(), &reqs[..5], &Leases::new()).is_ok());
-        assert_eq!(allocate(&pools(), &reqs, &Leases::new()).unwrap_err().network, "n");
+        assert_eq!(
+            allocate(&pools(), &reqs, &Leases::new())
+                .unwrap_err()
+                .network,
+            "n"
+        );
     }
 }

@@ -59,14 +59,27 @@ pub enum ObservedFirewall {
 pub enum Step {
     EnableForwarding,
     CreateBridge(Network),
-    DeleteBridge { name: String, network: String },
+    DeleteBridge {
+        name: String,
+        network: String,
+    },
     CreateContainer(Container),
-    DeleteContainer { container: String, netns: String },
+    DeleteContainer {
+        container: String,
+        netns: String,
+    },
     /// Deleting a namespace returns at once; the kernel destroys its veths later. Wait, so
     /// that names can be reused and `down` really leaves nothing.
-    AwaitLinksGone { links: Vec<String> },
-    ApplyFirewall { table: String, script: String },
-    DeleteFirewall { table: String },
+    AwaitLinksGone {
+        links: Vec<String>,
+    },
+    ApplyFirewall {
+        table: String,
+        script: String,
+    },
+    DeleteFirewall {
+        table: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -111,14 +124,23 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         }
     }
     let wanted: BTreeSet<&str> = want_containers.iter().map(|c| c.netns.as_str()).collect();
-    deleted.extend(actual.containers.keys().map(String::as_str).filter(|ns| !wanted.contains(ns)));
+    deleted.extend(
+        actual
+            .containers
+            .keys()
+            .map(String::as_str)
+            .filter(|ns| !wanted.contains(ns)),
+    );
     deleted.sort_unstable();
 
     let mut networks: BTreeSet<&str> = actual.known_networks.iter().map(String::as_str).collect();
     networks.extend(want_networks.iter().map(|n| n.name.as_str()));
     let mut gone_links = Vec::new();
     for netns in &deleted {
-        let container = netns.strip_prefix(&format!("{stack}-")).unwrap_or(netns).to_string();
+        let container = netns
+            .strip_prefix(&format!("{stack}-"))
+            .unwrap_or(netns)
+            .to_string();
         for net in &networks {
             let veth = names::host_veth(stack, &container, net);
             if actual.host_veths.contains_key(&veth) {
@@ -135,11 +157,16 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     let stale_bridges: Vec<(&String, String)> = actual
         .bridges
         .iter()
-        .filter(|(name, _)| !want_bridges.contains(name.as_str()) || rebuilt.contains(name.as_str()))
+        .filter(|(name, _)| {
+            !want_bridges.contains(name.as_str()) || rebuilt.contains(name.as_str())
+        })
         .map(|(name, link)| (name, network_of_alias(stack, link.alias.as_deref())))
         .collect();
     // Bridges being rebuilt go first (their names are reused); bridges no longer wanted go last.
-    for (name, network) in stale_bridges.iter().filter(|(n, _)| rebuilt.contains(n.as_str())) {
+    for (name, network) in stale_bridges
+        .iter()
+        .filter(|(n, _)| rebuilt.contains(n.as_str()))
+    {
         steps.push(Step::DeleteBridge {
             name: (*name).clone(),
             network: network.clone(),
@@ -148,7 +175,10 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     if !gone_links.is_empty() {
         steps.push(Step::AwaitLinksGone { links: gone_links });
     }
-    for net in want_networks.iter().filter(|n| rebuilt.contains(n.bridge.as_str())) {
+    for net in want_networks
+        .iter()
+        .filter(|n| rebuilt.contains(n.bridge.as_str()))
+    {
         steps.push(Step::CreateBridge(net.clone()));
     }
 
@@ -158,14 +188,23 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         (Some(want), ObservedFirewall::Applied(have)) if want == have => {}
         (Some(_), _) => steps.push(Step::ApplyFirewall {
             table: table.clone(),
-            script: desired.and_then(firewall::replace_script).unwrap_or_default(),
+            script: desired
+                .and_then(firewall::replace_script)
+                .unwrap_or_default(),
         }),
         (None, _) => {}
     }
 
-    steps.extend(created.into_iter().map(|c| Step::CreateContainer(c.clone())));
+    steps.extend(
+        created
+            .into_iter()
+            .map(|c| Step::CreateContainer(c.clone())),
+    );
 
-    for (name, network) in stale_bridges.iter().filter(|(n, _)| !rebuilt.contains(n.as_str())) {
+    for (name, network) in stale_bridges
+        .iter()
+        .filter(|(n, _)| !rebuilt.contains(n.as_str()))
+    {
         steps.push(Step::DeleteBridge {
             name: (*name).clone(),
             network: network.clone(),
@@ -186,17 +225,27 @@ fn network_of_alias(stack: &str, alias: Option<&str>) -> String {
 }
 
 fn bridge_matches(want: &Network, got: Option<&ObservedLink>) -> bool {
-    got.is_some_and(|g| g.up && g.alias.as_deref() == Some(want.alias.as_str()) && g.addresses == [want.gateway_cidr()])
+    got.is_some_and(|g| {
+        g.up && g.alias.as_deref() == Some(want.alias.as_str())
+            && g.addresses == [want.gateway_cidr()]
+    })
 }
 
 /// A container is kept only if every part of its wiring is as desired; anything else (for
 /// example an `up` killed half-way) is rebuilt from scratch.
-fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, rebuilt: &BTreeSet<&str>) -> bool {
+fn container_matches(
+    want: &Container,
+    got: &ObservedNetns,
+    actual: &Actual,
+    rebuilt: &BTreeSet<&str>,
+) -> bool {
     got.lo_up
         && got.default_gateway == want.gateway
         && got.links.len() == want.interfaces.len()
         && want.interfaces.iter().all(|i| {
-            let inside = got.links.get(&i.name).is_some_and(|l| l.up && l.alias.as_deref() == Some(i.alias.as_str()) && l.addresses == [i.cidr()]);
+            let inside = got.links.get(&i.name).is_some_and(|l| {
+                l.up && l.alias.as_deref() == Some(i.alias.as_str()) && l.addresses == [i.cidr()]
+            });
             let outside = actual
                 .host_veths
                 .get(&i.host_veth)

@@ -61,7 +61,10 @@ fn bridge(net: &Network) -> String {
 
 fn container(c: &Container) -> String {
     let ns = &c.netns;
-    let mut out = format!("# container {} (service {}, replica {}): its own network namespace\n", c.name, c.service, c.replica);
+    let mut out = format!(
+        "# container {} (service {}, replica {}): its own network namespace\n",
+        c.name, c.service, c.replica
+    );
     let _ = writeln!(out, "ip netns add {ns}");
     let _ = writeln!(out, "ip -n {ns} link set lo up");
     for i in &c.interfaces {
@@ -71,10 +74,21 @@ fn container(c: &Container) -> String {
             "# {ifname} on network {}: a veth pair, one end inside the namespace, the other on bridge {}",
             i.network, i.bridge
         );
-        let _ = writeln!(out, "ip link add {veth} master {} type veth peer name {ifname} netns {ns}", i.bridge);
-        let _ = writeln!(out, "sysctl -qw net.ipv6.conf.{veth}.disable_ipv6=1  # no IPv6 chatter flooding the bridge");
+        let _ = writeln!(
+            out,
+            "ip link add {veth} master {} type veth peer name {ifname} netns {ns}",
+            i.bridge
+        );
+        let _ = writeln!(
+            out,
+            "sysctl -qw net.ipv6.conf.{veth}.disable_ipv6=1  # no IPv6 chatter flooding the bridge"
+        );
         let _ = writeln!(out, "ip link set {veth} up");
-        let _ = writeln!(out, "ip -n {ns} link set {ifname} alias {} addrgenmode none", i.alias);
+        let _ = writeln!(
+            out,
+            "ip -n {ns} link set {ifname} alias {} addrgenmode none",
+            i.alias
+        );
         let _ = writeln!(out, "ip -n {ns} addr add {} dev {ifname}", i.cidr());
         let _ = writeln!(out, "ip -n {ns} link set {ifname} up");
     }

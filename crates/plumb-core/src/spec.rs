@@ -188,7 +188,12 @@ pub struct Parsed {
 
 impl Parsed {
     /// A diagnostic about a field of this file, for checks made outside the core.
-    pub fn error(&self, field: &str, message: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
+    pub fn error(
+        &self,
+        field: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Diagnostic {
         let map = SourceMap {
             file: &self.file,
             text: &self.text,
@@ -233,7 +238,13 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(&mut self, span: Range<usize>, field: &str, message: impl Into<String>, hint: impl Into<String>) {
+    fn err(
+        &mut self,
+        span: Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         let d = self.map.error(Some(span), field, message, hint);
         self.errors.push(d);
     }
@@ -266,7 +277,8 @@ impl Validator<'_> {
             }
         }
         self.check_overlaps(&networks);
-        let service_names: BTreeSet<String> = raw.services.keys().map(|k| k.get_ref().clone()).collect();
+        let service_names: BTreeSet<String> =
+            raw.services.keys().map(|k| k.get_ref().clone()).collect();
         let mut services = BTreeMap::new();
         let mut dep_spans = BTreeMap::new();
         for (key, raw_svc) in raw.services {
@@ -299,7 +311,11 @@ impl Validator<'_> {
         self.check_ports(&services, &networks);
         self.check_static_ips(&services, &networks);
         self.check_cycles(&services, &dep_spans);
-        Stack { name, networks, services }
+        Stack {
+            name,
+            networks,
+            services,
+        }
     }
 
     fn network(&mut self, field: &str, raw: RawNetwork) -> Option<NetworkSpec> {
@@ -384,7 +400,8 @@ impl Validator<'_> {
         let list: Vec<_> = networks.iter().collect();
         for (i, (a_name, a)) in list.iter().enumerate() {
             for (b_name, b) in &list[i + 1..] {
-                if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network()) {
+                if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network())
+                {
                     let field = format!("networks.{b_name}.subnet");
                     let span = self.spans[&field].clone();
                     self.err(
@@ -474,12 +491,20 @@ impl Validator<'_> {
                     span.clone(),
                     &nfield,
                     format!("unknown network {net:?}"),
-                    format!("declare [networks.{net}] or use one of: {}", known.join(", ")),
+                    format!(
+                        "declare [networks.{net}] or use one of: {}",
+                        known.join(", ")
+                    ),
                 );
                 return;
             }
             if out.iter().any(|a| a.network == net) {
-                v.err(span.clone(), &nfield, format!("network {net:?} is listed twice"), "list each network once");
+                v.err(
+                    span.clone(),
+                    &nfield,
+                    format!("network {net:?} is listed twice"),
+                    "list each network once",
+                );
                 return;
             }
             let ip = match ip {
@@ -497,7 +522,12 @@ impl Validator<'_> {
                     }
                 },
                 Some(_) => {
-                    v.err(span.clone(), &format!("{nfield}.{net}.ip"), "ip must be a string", "for example ip = \"10.89.1.10\"");
+                    v.err(
+                        span.clone(),
+                        &format!("{nfield}.{net}.ip"),
+                        "ip must be a string",
+                        "for example ip = \"10.89.1.10\"",
+                    );
                     None
                 }
             };
@@ -511,7 +541,12 @@ impl Validator<'_> {
                 for item in items {
                     match item.as_str() {
                         Some(net) => push(self, net, None),
-                        None => self.err(span.clone(), &nfield, "network names must be strings", "networks = [\"frontend\", \"backend\"]"),
+                        None => self.err(
+                            span.clone(),
+                            &nfield,
+                            "network names must be strings",
+                            "networks = [\"frontend\", \"backend\"]",
+                        ),
                     }
                 }
             }
@@ -538,12 +573,23 @@ impl Validator<'_> {
                     }
                 }
             }
-            _ => self.err(span.clone(), &nfield, "networks must be a list or a table", "networks = [\"frontend\"]"),
+            _ => self.err(
+                span.clone(),
+                &nfield,
+                "networks must be a list or a table",
+                "networks = [\"frontend\"]",
+            ),
         }
         out
     }
 
-    fn process(&mut self, field: &str, name: &str, raw: &RawService, service_names: &BTreeSet<String>) -> Option<ProcessSpec> {
+    fn process(
+        &mut self,
+        field: &str,
+        name: &str,
+        raw: &RawService,
+        service_names: &BTreeSet<String>,
+    ) -> Option<ProcessSpec> {
         let Some(cmd) = &raw.command else {
             let process_keys = [
                 ("env", raw.env.as_ref().map(|s| s.span())),
@@ -570,17 +616,31 @@ impl Validator<'_> {
         self.spans.insert(cfield.clone(), cmd.span());
         let command = match cmd.get_ref() {
             toml::Value::String(s) => split_command(s),
-            toml::Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_string)).collect::<Option<Vec<_>>>().ok_or("every argument must be a string".to_string()),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("every argument must be a string".to_string()),
             _ => Err("must be a string or a list of strings".to_string()),
         };
         let command = match command {
             Ok(c) if !c.is_empty() && !c[0].is_empty() => c,
             Ok(_) => {
-                self.err(cmd.span(), &cfield, "command is empty", "give the program to run, e.g. command = [\"nginx\", \"-g\", \"daemon off;\"]");
+                self.err(
+                    cmd.span(),
+                    &cfield,
+                    "command is empty",
+                    "give the program to run, e.g. command = [\"nginx\", \"-g\", \"daemon off;\"]",
+                );
                 return None;
             }
             Err(why) => {
-                self.err(cmd.span(), &cfield, format!("command {why}"), "command = [\"program\", \"arg\"] or command = \"program arg\"");
+                self.err(
+                    cmd.span(),
+                    &cfield,
+                    format!("command {why}"),
+                    "command = [\"program\", \"arg\"] or command = \"program arg\"",
+                );
                 return None;
             }
         };
@@ -593,25 +653,50 @@ impl Validator<'_> {
                     toml::Value::Float(f) => f.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     _ => {
-                        self.err(raw_env.span(), &format!("{field}.env.{k}"), "environment values must be strings, numbers or booleans", "env = { LEVEL = \"debug\" }");
+                        self.err(
+                            raw_env.span(),
+                            &format!("{field}.env.{k}"),
+                            "environment values must be strings, numbers or booleans",
+                            "env = { LEVEL = \"debug\" }",
+                        );
                         continue;
                     }
                 };
                 env.insert(k.clone(), value);
             }
         }
-        let restart = match raw.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+        let restart = match raw
+            .restart
+            .as_ref()
+            .map(|r| (r.get_ref().as_str(), r.span()))
+        {
             None | Some(("on-failure", _)) => RestartPolicy::OnFailure,
             Some(("no", _)) => RestartPolicy::No,
             Some(("always", _)) => RestartPolicy::Always,
             Some((other, span)) => {
-                self.err(span, &format!("{field}.restart"), format!("unknown restart policy {other:?}"), "use \"no\", \"on-failure\" or \"always\"");
+                self.err(
+                    span,
+                    &format!("{field}.restart"),
+                    format!("unknown restart policy {other:?}"),
+                    "use \"no\", \"on-failure\" or \"always\"",
+                );
                 RestartPolicy::OnFailure
             }
         };
-        let health = raw.health.as_ref().and_then(|h| self.health(&format!("{field}.health"), h));
-        let depends_on = raw.depends_on.as_ref().map(|d| self.depends_on(field, name, d, service_names)).unwrap_or_default();
-        let stop_grace = self.duration(&format!("{field}.stop_grace"), raw.stop_grace.as_ref(), Duration::from_secs(10));
+        let health = raw
+            .health
+            .as_ref()
+            .and_then(|h| self.health(&format!("{field}.health"), h));
+        let depends_on = raw
+            .depends_on
+            .as_ref()
+            .map(|d| self.depends_on(field, name, d, service_names))
+            .unwrap_or_default();
+        let stop_grace = self.duration(
+            &format!("{field}.stop_grace"),
+            raw.stop_grace.as_ref(),
+            Duration::from_secs(10),
+        );
         Some(ProcessSpec {
             command,
             env,
@@ -630,25 +715,50 @@ impl Validator<'_> {
             match u16::try_from(*p.get_ref()) {
                 Ok(n) if n > 0 => Some(n),
                 _ => {
-                    v.err(p.span(), &format!("{field}.{name}"), format!("port {} is outside 1-65535", p.get_ref()), "give the port the service listens on, 1-65535");
+                    v.err(
+                        p.span(),
+                        &format!("{field}.{name}"),
+                        format!("port {} is outside 1-65535", p.get_ref()),
+                        "give the port the service listens on, 1-65535",
+                    );
                     None
                 }
             }
         };
-        let probes = [h.tcp.is_some(), h.http.is_some(), h.exec.is_some()].iter().filter(|x| **x).count();
+        let probes = [h.tcp.is_some(), h.http.is_some(), h.exec.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
         if probes != 1 {
-            self.err(raw.span(), field, "a health check needs exactly one of tcp, http or exec", "e.g. health = { tcp = 6379 } or { http = \"/health\", port = 8080 }");
+            self.err(
+                raw.span(),
+                field,
+                "a health check needs exactly one of tcp, http or exec",
+                "e.g. health = { tcp = 6379 } or { http = \"/health\", port = 8080 }",
+            );
             return None;
         }
         let probe = if let Some(tcp) = &h.tcp {
-            Probe::Tcp { port: port(self, tcp, "tcp")? }
+            Probe::Tcp {
+                port: port(self, tcp, "tcp")?,
+            }
         } else if let Some(path) = &h.http {
             let Some(p) = &h.port else {
-                self.err(path.span(), &format!("{field}.port"), "an http probe needs a port", "add port = 8080 (the port the service listens on)");
+                self.err(
+                    path.span(),
+                    &format!("{field}.port"),
+                    "an http probe needs a port",
+                    "add port = 8080 (the port the service listens on)",
+                );
                 return None;
             };
             if !path.get_ref().starts_with('/') {
-                self.err(path.span(), &format!("{field}.http"), "the http probe path must start with '/'", "e.g. http = \"/health\"");
+                self.err(
+                    path.span(),
+                    &format!("{field}.http"),
+                    "the http probe path must start with '/'",
+                    "e.g. http = \"/health\"",
+                );
             }
             Probe::Http {
                 path: path.get_ref().clone(),
@@ -664,7 +774,12 @@ impl Validator<'_> {
             match command {
                 Some(c) if !c.is_empty() => Probe::Exec { command: c },
                 _ => {
-                    self.err(exec.span(), &format!("{field}.exec"), "exec must be a non-empty command", "e.g. exec = [\"redis-cli\", \"ping\"]");
+                    self.err(
+                        exec.span(),
+                        &format!("{field}.exec"),
+                        "exec must be a non-empty command",
+                        "e.g. exec = [\"redis-cli\", \"ping\"]",
+                    );
                     return None;
                 }
             }
@@ -672,28 +787,61 @@ impl Validator<'_> {
         let retries = match &h.retries {
             None => 3,
             Some(r) => u32::try_from(*r.get_ref()).unwrap_or_else(|_| {
-                self.err(r.span(), &format!("{field}.retries"), "retries must be 0 or more", "e.g. retries = 3");
+                self.err(
+                    r.span(),
+                    &format!("{field}.retries"),
+                    "retries must be 0 or more",
+                    "e.g. retries = 3",
+                );
                 3
             }),
         };
         Some(HealthSpec {
             probe,
-            interval: self.duration(&format!("{field}.interval"), h.interval.as_ref(), Duration::from_secs(2)),
-            timeout: self.duration(&format!("{field}.timeout"), h.timeout.as_ref(), Duration::from_secs(1)),
+            interval: self.duration(
+                &format!("{field}.interval"),
+                h.interval.as_ref(),
+                Duration::from_secs(2),
+            ),
+            timeout: self.duration(
+                &format!("{field}.timeout"),
+                h.timeout.as_ref(),
+                Duration::from_secs(1),
+            ),
             retries,
-            start_period: self.duration(&format!("{field}.start_period"), h.start_period.as_ref(), Duration::ZERO),
+            start_period: self.duration(
+                &format!("{field}.start_period"),
+                h.start_period.as_ref(),
+                Duration::ZERO,
+            ),
         })
     }
 
-    fn duration(&mut self, field: &str, raw: Option<&Spanned<String>>, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        field: &str,
+        raw: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
         let Some(raw) = raw else { return default };
         parse_duration(raw.get_ref()).unwrap_or_else(|| {
-            self.err(raw.span(), field, format!("{:?} is not a duration", raw.get_ref()), "write a number with a unit: \"500ms\", \"2s\", \"1m\"");
+            self.err(
+                raw.span(),
+                field,
+                format!("{:?} is not a duration", raw.get_ref()),
+                "write a number with a unit: \"500ms\", \"2s\", \"1m\"",
+            );
             default
         })
     }
 
-    fn depends_on(&mut self, field: &str, name: &str, raw: &Spanned<toml::Value>, service_names: &BTreeSet<String>) -> Vec<Dependency> {
+    fn depends_on(
+        &mut self,
+        field: &str,
+        name: &str,
+        raw: &Spanned<toml::Value>,
+        service_names: &BTreeSet<String>,
+    ) -> Vec<Dependency> {
         let dfield = format!("{field}.depends_on");
         let span = raw.span();
         let mut entries: Vec<(String, Condition)> = Vec::new();
@@ -702,14 +850,24 @@ impl Validator<'_> {
                 for item in items {
                     match item.as_str() {
                         Some(s) => entries.push((s.to_string(), Condition::Started)),
-                        None => self.err(span.clone(), &dfield, "dependencies must be service names", "depends_on = [\"redis\"]"),
+                        None => self.err(
+                            span.clone(),
+                            &dfield,
+                            "dependencies must be service names",
+                            "depends_on = [\"redis\"]",
+                        ),
                     }
                 }
             }
             toml::Value::Table(table) => {
                 for (svc, v) in table {
-                    let cond = v.as_table().and_then(|t| t.get("condition")).and_then(|c| c.as_str());
-                    let bad_key = v.as_table().and_then(|t| t.keys().find(|k| k.as_str() != "condition").cloned());
+                    let cond = v
+                        .as_table()
+                        .and_then(|t| t.get("condition"))
+                        .and_then(|c| c.as_str());
+                    let bad_key = v
+                        .as_table()
+                        .and_then(|t| t.keys().find(|k| k.as_str() != "condition").cloned());
                     match (cond, bad_key) {
                         (Some("healthy"), None) => entries.push((svc.clone(), Condition::Healthy)),
                         (Some("started"), None) => entries.push((svc.clone(), Condition::Started)),
@@ -722,27 +880,57 @@ impl Validator<'_> {
                     }
                 }
             }
-            _ => self.err(span.clone(), &dfield, "depends_on must be a list or a table", "depends_on = [\"redis\"]"),
+            _ => self.err(
+                span.clone(),
+                &dfield,
+                "depends_on must be a list or a table",
+                "depends_on = [\"redis\"]",
+            ),
         }
         let mut out: Vec<Dependency> = Vec::new();
         for (svc, condition) in entries {
             if svc == name {
-                self.err(span.clone(), &dfield, format!("service {name:?} depends on itself"), "remove it from its own depends_on");
+                self.err(
+                    span.clone(),
+                    &dfield,
+                    format!("service {name:?} depends on itself"),
+                    "remove it from its own depends_on",
+                );
             } else if !service_names.contains(&svc) {
-                self.err(span.clone(), &dfield, format!("unknown service {svc:?}"), format!("declare [services.{svc}] or remove it"));
+                self.err(
+                    span.clone(),
+                    &dfield,
+                    format!("unknown service {svc:?}"),
+                    format!("declare [services.{svc}] or remove it"),
+                );
             } else if out.iter().any(|d| d.service == svc) {
-                self.err(span.clone(), &dfield, format!("{svc:?} is listed twice"), "list each dependency once");
+                self.err(
+                    span.clone(),
+                    &dfield,
+                    format!("{svc:?} is listed twice"),
+                    "list each dependency once",
+                );
             } else {
-                out.push(Dependency { service: svc, condition });
+                out.push(Dependency {
+                    service: svc,
+                    condition,
+                });
             }
         }
         out
     }
 
-    fn check_ports(&mut self, services: &BTreeMap<String, ServiceSpec>, networks: &BTreeMap<String, NetworkSpec>) {
+    fn check_ports(
+        &mut self,
+        services: &BTreeMap<String, ServiceSpec>,
+        networks: &BTreeMap<String, NetworkSpec>,
+    ) {
         let mut seen: BTreeMap<(u16, Protocol), String> = BTreeMap::new();
         for (name, svc) in services {
-            let reachable = svc.networks.iter().any(|a| networks.get(&a.network).is_some_and(|n| !n.internal));
+            let reachable = svc
+                .networks
+                .iter()
+                .any(|a| networks.get(&a.network).is_some_and(|n| !n.internal));
             for (i, port) in svc.ports.iter().enumerate() {
                 let field = format!("services.{name}.ports[{i}]");
                 let span = self.spans[&field].clone();
@@ -758,7 +946,11 @@ impl Validator<'_> {
                     self.err(
                         span,
                         &field,
-                        format!("host port {}/{} is already published by {other}", port.host, port.protocol.as_str()),
+                        format!(
+                            "host port {}/{} is already published by {other}",
+                            port.host,
+                            port.protocol.as_str()
+                        ),
                         "publish each host port once; pick another host port",
                     );
                 }
@@ -766,18 +958,30 @@ impl Validator<'_> {
         }
     }
 
-    fn check_static_ips(&mut self, services: &BTreeMap<String, ServiceSpec>, networks: &BTreeMap<String, NetworkSpec>) {
-        let mut taken: BTreeMap<Ipv4Addr, String> = networks.iter().map(|(n, s)| (s.gateway, format!("the gateway of network {n:?}"))).collect();
+    fn check_static_ips(
+        &mut self,
+        services: &BTreeMap<String, ServiceSpec>,
+        networks: &BTreeMap<String, NetworkSpec>,
+    ) {
+        let mut taken: BTreeMap<Ipv4Addr, String> = networks
+            .iter()
+            .map(|(n, s)| (s.gateway, format!("the gateway of network {n:?}")))
+            .collect();
         for (name, svc) in services {
             for a in &svc.networks {
-                let (Some(ip), Some(net)) = (a.ip, networks.get(&a.network)) else { continue };
+                let (Some(ip), Some(net)) = (a.ip, networks.get(&a.network)) else {
+                    continue;
+                };
                 let field = format!("services.{name}.networks");
                 let span = self.spans[&field].clone();
                 if !is_host_of(ip, net.subnet) {
                     self.err(
                         span,
                         &format!("{field}.{}.ip", a.network),
-                        format!("{ip} is not a host address of network {:?} ({})", a.network, net.subnet),
+                        format!(
+                            "{ip} is not a host address of network {:?} ({})",
+                            a.network, net.subnet
+                        ),
                         format!("pick an address inside {}", net.subnet),
                     );
                 } else if let Some(owner) = taken.insert(ip, format!("service {name:?}")) {
@@ -792,7 +996,11 @@ impl Validator<'_> {
         }
     }
 
-    fn check_cycles(&mut self, services: &BTreeMap<String, ServiceSpec>, spans: &BTreeMap<String, Range<usize>>) {
+    fn check_cycles(
+        &mut self,
+        services: &BTreeMap<String, ServiceSpec>,
+        spans: &BTreeMap<String, Range<usize>>,
+    ) {
         if let Some(cycle) = find_cycle(services) {
             let span = spans.get(&cycle[0]).cloned().unwrap_or(0..0);
             self.err(
@@ -822,7 +1030,11 @@ fn find_cycle(services: &BTreeMap<String, ServiceSpec>) -> Option<Vec<String>> {
             return None;
         }
         path.push(name);
-        let deps = services.get(name).and_then(|s| s.process.as_ref()).map(|p| p.depends_on.as_slice()).unwrap_or_default();
+        let deps = services
+            .get(name)
+            .and_then(|s| s.process.as_ref())
+            .map(|p| p.depends_on.as_slice())
+            .unwrap_or_default();
         for dep in deps {
             if let Some(cycle) = visit(&dep.service, services, path, done) {
                 return Some(cycle);
@@ -833,7 +1045,9 @@ fn find_cycle(services: &BTreeMap<String, ServiceSpec>) -> Option<Vec<String>> {
         None
     }
     let mut done = BTreeSet::new();
-    services.keys().find_map(|name| visit(name, services, &mut Vec::new(), &mut done))
+    services
+        .keys()
+        .find_map(|name| visit(name, services, &mut Vec::new(), &mut done))
 }
 
 /// Lowercase letters, digits and '-', starting with a letter, not ending with '-'.
@@ -842,7 +1056,9 @@ fn valid_name(name: &str, max: usize) -> bool {
         && name.len() <= max
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// True if `ip` is inside `net` and is neither its network nor its broadcast address.

@@ -17,18 +17,28 @@ pub fn add_v4(nl: &mut Netlink, index: u32, cidr: Ipv4Net) -> Result<()> {
     let ip = IpAddr::V4(cidr.addr());
     message.attributes.push(AddressAttribute::Local(ip));
     message.attributes.push(AddressAttribute::Address(ip));
-    message.attributes.push(AddressAttribute::Broadcast(cidr.broadcast()));
-    nl.request(RouteNetlinkMessage::NewAddress(message), NLM_F_CREATE | NLM_F_EXCL, || format!("add address {cidr}"))
+    message
+        .attributes
+        .push(AddressAttribute::Broadcast(cidr.broadcast()));
+    nl.request(
+        RouteNetlinkMessage::NewAddress(message),
+        NLM_F_CREATE | NLM_F_EXCL,
+        || format!("add address {cidr}"),
+    )
 }
 
 /// Every IPv4 address of the socket's namespace, as (link index, address/prefix).
 pub fn list_v4(nl: &mut Netlink) -> Result<Vec<(u32, Ipv4Net)>> {
     let mut query = AddressMessage::default();
     query.header.family = AddressFamily::Inet;
-    let replies = nl.dump(RouteNetlinkMessage::GetAddress(query), || "list addresses".into())?;
+    let replies = nl.dump(RouteNetlinkMessage::GetAddress(query), || {
+        "list addresses".into()
+    })?;
     let mut out = Vec::new();
     for m in replies {
-        let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+        let RouteNetlinkMessage::NewAddress(a) = m else {
+            continue;
+        };
         for attribute in &a.attributes {
             if let AddressAttribute::Local(IpAddr::V4(ip)) = attribute {
                 if let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len) {

@@ -4,7 +4,9 @@
 
 use std::io;
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -19,7 +21,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(what: impl Into<String>, source: io::Error) -> Self {
-        Error { what: what.into(), source }
+        Error {
+            what: what.into(),
+            source,
+        }
     }
 
     /// The errno, if the kernel refused the request.
@@ -52,7 +57,12 @@ impl Netlink {
         })
     }
 
-    fn send(&mut self, message: RouteNetlinkMessage, flags: u16, what: &dyn Fn() -> String) -> Result<u32> {
+    fn send(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        what: &dyn Fn() -> String,
+    ) -> Result<u32> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
@@ -61,19 +71,35 @@ impl Netlink {
         packet.finalize();
         let mut bytes = vec![0; packet.buffer_len()];
         packet.serialize(&mut bytes);
-        self.socket.send(&bytes, 0).map_err(|e| Error::new(what(), e))?;
+        self.socket
+            .send(&bytes, 0)
+            .map_err(|e| Error::new(what(), e))?;
         Ok(self.sequence)
     }
 
     /// Reads replies to `sequence`, handing each inner message to `each`, until the ack
     /// (for a request) or the end of the dump.
-    fn receive(&mut self, sequence: u32, what: &dyn Fn() -> String, each: &mut dyn FnMut(RouteNetlinkMessage)) -> Result<()> {
+    fn receive(
+        &mut self,
+        sequence: u32,
+        what: &dyn Fn() -> String,
+        each: &mut dyn FnMut(RouteNetlinkMessage),
+    ) -> Result<()> {
         loop {
-            let size = self.socket.recv(&mut &mut self.buffer[..], 0).map_err(|e| Error::new(what(), e))?;
+            let size = self
+                .socket
+                .recv(&mut &mut self.buffer[..], 0)
+                .map_err(|e| Error::new(what(), e))?;
             let mut offset = 0;
             while offset < size {
-                let packet = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..size])
-                    .map_err(|e| Error::new(what(), io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
+                let packet =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..size])
+                        .map_err(|e| {
+                            Error::new(
+                                what(),
+                                io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+                            )
+                        })?;
                 let length = packet.header.length as usize;
                 if length == 0 {
                     break;
@@ -87,7 +113,10 @@ impl Netlink {
                     NetlinkPayload::Error(e) => {
                         return match e.code {
                             None => Ok(()),
-                            Some(code) => Err(Error::new(what(), io::Error::from_raw_os_error(-code.get()))),
+                            Some(code) => Err(Error::new(
+                                what(),
+                                io::Error::from_raw_os_error(-code.get()),
+                            )),
                         }
                     }
                     NetlinkPayload::InnerMessage(m) => each(m),
@@ -98,13 +127,22 @@ impl Netlink {
     }
 
     /// Sends a request and waits for the kernel's acknowledgement.
-    pub fn request(&mut self, message: RouteNetlinkMessage, flags: u16, what: impl Fn() -> String) -> Result<()> {
+    pub fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        what: impl Fn() -> String,
+    ) -> Result<()> {
         let sequence = self.send(message, NLM_F_REQUEST | NLM_F_ACK | flags, &what)?;
         self.receive(sequence, &what, &mut |_| {})
     }
 
     /// Sends a request that answers (a GET naming one object) and collects the answer.
-    pub fn query(&mut self, message: RouteNetlinkMessage, what: impl Fn() -> String) -> Result<Vec<RouteNetlinkMessage>> {
+    pub fn query(
+        &mut self,
+        message: RouteNetlinkMessage,
+        what: impl Fn() -> String,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         let sequence = self.send(message, NLM_F_REQUEST | NLM_F_ACK, &what)?;
         let mut out = Vec::new();
         self.receive(sequence, &what, &mut |m| out.push(m))?;
@@ -112,7 +150,11 @@ impl Netlink {
     }
 
     /// Sends a dump request and collects every message of the reply.
-    pub fn dump(&mut self, message: RouteNetlinkMessage, what: impl Fn() -> String) -> Result<Vec<RouteNetlinkMessage>> {
+    pub fn dump(
+        &mut self,
+        message: RouteNetlinkMessage,
+        what: impl Fn() -> String,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         let sequence = self.send(message, NLM_F_REQUEST | NLM_F_DUMP, &what)?;
         let mut out = Vec::new();
         self.receive(sequence, &what, &mut |m| out.push(m))?;

@@ -45,7 +45,8 @@ impl Home {
     }
 
     fn visit(&self, ns: BorrowedFd) -> Result<ReturnHome<'_>> {
-        setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::new("enter network namespace", e.into()))?;
+        setns(ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::new("enter network namespace", e.into()))?;
         Ok(ReturnHome(self))
     }
 }
@@ -67,11 +68,25 @@ impl Drop for ReturnHome<'_> {
 /// namespaces mounted there are visible to `ip netns` in other mount namespaces too.
 pub fn prepare_run_dir() -> Result<()> {
     fs::create_dir_all(RUN_DIR).map_err(|e| Error::new(format!("create {RUN_DIR}"), e))?;
-    let shared = || mount(None::<&str>, RUN_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    let shared = || {
+        mount(
+            None::<&str>,
+            RUN_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     match shared() {
         Err(Errno::EINVAL) => {
-            mount(Some(RUN_DIR), RUN_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| Error::new(format!("bind-mount {RUN_DIR}"), e.into()))?;
+            mount(
+                Some(RUN_DIR),
+                RUN_DIR,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| Error::new(format!("bind-mount {RUN_DIR}"), e.into()))?;
             shared().map_err(|e| Error::new(format!("make {RUN_DIR} shared"), e.into()))
         }
         other => other.map_err(|e| Error::new(format!("make {RUN_DIR} shared"), e.into())),
@@ -98,8 +113,17 @@ pub fn create(home: &Home, name: &str) -> Result<Created> {
     let made = (|| {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::new(what(), e.into()))?;
         let _back = ReturnHome(home);
-        mount(Some(SELF_NS), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| Error::new(what(), e.into()))?;
-        let fd: OwnedFd = File::open(SELF_NS).map_err(|e| Error::new(what(), e))?.into();
+        mount(
+            Some(SELF_NS),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| Error::new(what(), e.into()))?;
+        let fd: OwnedFd = File::open(SELF_NS)
+            .map_err(|e| Error::new(what(), e))?
+            .into();
         let netlink = Netlink::open()?;
         Ok(Created { fd, netlink })
     })();
@@ -112,7 +136,9 @@ pub fn create(home: &Home, name: &str) -> Result<Created> {
 
 /// Opens the named namespace.
 pub fn open(name: &str) -> Result<OwnedFd> {
-    File::open(path(name)).map(Into::into).map_err(|e| Error::new(format!("open network namespace {name}"), e))
+    File::open(path(name))
+        .map(Into::into)
+        .map_err(|e| Error::new(format!("open network namespace {name}"), e))
 }
 
 /// Removes the name; the kernel destroys the namespace (and its veths) once nothing else
@@ -121,7 +147,12 @@ pub fn delete(name: &str) -> Result<()> {
     let target = path(name);
     match umount2(&target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(Error::new(format!("unmount network namespace {name}"), e.into())),
+        Err(e) => {
+            return Err(Error::new(
+                format!("unmount network namespace {name}"),
+                e.into(),
+            ))
+        }
     }
     match fs::remove_file(&target) {
         Ok(()) => Ok(()),
@@ -133,7 +164,9 @@ pub fn delete(name: &str) -> Result<()> {
 /// Names of all namespaces under /run/netns.
 pub fn list() -> Result<Vec<String>> {
     match fs::read_dir(RUN_DIR) {
-        Ok(entries) => Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()),
+        Ok(entries) => Ok(entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::new(format!("list {RUN_DIR}"), e)),
     }

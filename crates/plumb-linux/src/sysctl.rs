@@ -15,5 +15,7 @@ pub fn set(key: &str, value: &str) -> Result<()> {
 }
 
 pub fn get(key: &str) -> Result<String> {
-    fs::read_to_string(path(key)).map(|v| v.trim().to_string()).map_err(|e| Error::new(format!("read {key}"), e))
+    fs::read_to_string(path(key))
+        .map(|v| v.trim().to_string())
+        .map_err(|e| Error::new(format!("read {key}"), e))
 }

@@ -1,1 +1,103 @@
-fn main() {}
+//! plumb: container networks from Linux kernel primitives. The binary is a thin shell: it
+//! parses the command line and hands each subcommand to its module.
+
+mod apply;
+mod commands;
+mod failure;
+mod observe;
+mod output;
+mod stackfile;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::Context;
+use state::StateDir;
+
+#[derive(Parser)]
+#[command(
+    name = "plumb",
+    version,
+    about = "Container networks from Linux kernel primitives: namespaces, veth pairs, bridges, routes, nftables"
+)]
+struct Cli {
+    /// Where plumb keeps leases, process ids and logs.
+    #[arg(
+        long,
+        global = true,
+        env = "PLUMB_STATE_DIR",
+        default_value = "/var/lib/plumb"
+    )]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the kernel match the stack file (idempotent; applies only the difference).
+    Up {
+        /// The stack file.
+        #[arg(short, long, default_value = "plumb.toml")]
+        file: PathBuf,
+        /// Print the plan as a runnable shell script of ip/nft commands and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove everything a stack made, and nothing else.
+    Down {
+        /// The stack file naming the stack (default: ./plumb.toml when no STACK is given).
+        #[arg(short, long, conflicts_with = "stack")]
+        file: Option<PathBuf>,
+        /// The stack's name.
+        stack: Option<String>,
+    },
+    /// List the containers of every stack that is up.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a container's network namespace.
+    Exec {
+        /// SVC-k, SVC (replica 1) or STACK/SVC-k.
+        container: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show one network or container, as asked for and as the kernel holds it.
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context {
+        state: StateDir::new(cli.state_dir),
+    };
+    let result = match cli.command {
+        Command::Up { file, dry_run } => commands::up::run(&ctx, &file, dry_run),
+        Command::Down { file, stack } => match (file, stack) {
+            (_, Some(stack)) => commands::down::run(&ctx, &stack),
+            (file, None) => {
+                stackfile::stack_name(&file.unwrap_or_else(|| PathBuf::from("plumb.toml")))
+                    .and_then(|s| commands::down::run(&ctx, &s))
+            }
+        },
+        Command::Ps { json } => commands::ps::run(&ctx, json),
+        Command::Exec { container, command } => commands::exec::run(&ctx, &container, &command),
+        Command::Inspect { name, json } => commands::inspect::run(&ctx, &name, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("plumb: {failure}");
+            ExitCode::from(u8::try_from(failure.code).unwrap_or(1))
+        }
+    }
+}

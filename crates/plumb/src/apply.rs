@@ -1,0 +1,198 @@
+//! Executes a plan's steps with in-process netlink, sysctl writes and one nft transaction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use plumb_core::{Container, Network, Plan, Step};
+use plumb_linux::link::LinkRef;
+use plumb_linux::netns::Home;
+use plumb_linux::{addr, link, netns, nft, route, sysctl, Netlink};
+
+use crate::failure::{Failure, Result};
+use crate::observe::listing_hash;
+use crate::state::AppliedFirewall;
+
+/// How long to wait for the kernel to finish destroying deleted namespaces' veths.
+const LINK_REMOVAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Executor {
+    home: Home,
+    host: Netlink,
+    bridges: HashMap<String, u32>,
+    /// Set when the plan replaced the nft table.
+    pub firewall: Option<AppliedFirewall>,
+    progress: Progress,
+}
+
+impl Executor {
+    pub fn new() -> Result<Self> {
+        Ok(Executor {
+            home: Home::current()?,
+            host: Netlink::open()?,
+            bridges: HashMap::new(),
+            firewall: None,
+            progress: Progress::new(),
+        })
+    }
+
+    pub fn run(&mut self, plan: &Plan) -> Result<()> {
+        if plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::CreateContainer(_) | Step::CreateBridge(_)))
+        {
+            netns::prepare_run_dir()?;
+        }
+        let total = plan.steps.len();
+        for (done, step) in plan.steps.iter().enumerate() {
+            self.progress.tick(done, total);
+            self.step(step)?;
+        }
+        self.progress.finish();
+        Ok(())
+    }
+
+    fn step(&mut self, step: &Step) -> Result<()> {
+        match step {
+            Step::EnableForwarding => sysctl::set("net.ipv4.ip_forward", "1")?,
+            Step::CreateBridge(net) => self.create_bridge(net)?,
+            Step::DeleteBridge { name, .. } => match link::delete(&mut self.host, name) {
+                Err(e) if e.errno() == Some(nix::errno::Errno::ENODEV as i32) => {}
+                other => other?,
+            },
+            Step::CreateContainer(c) => {
+                if let Err(e) = self.create_container(c) {
+                    // Leave no half-made container behind: the next `up` makes it whole again.
+                    let _ = netns::delete(&c.netns);
+                    return Err(e);
+                }
+            }
+            Step::DeleteContainer { netns: name, .. } => netns::delete(name)?,
+            Step::AwaitLinksGone { links } => self.await_links_gone(links)?,
+            Step::ApplyFirewall { table, script } => {
+                nft::apply(script)?;
+                let listing = nft::list_table(table)?.unwrap_or_default();
+                let ruleset = script
+                    .split_once(&format!("delete table inet {table}\n"))
+                    .map_or(script.as_str(), |(_, body)| body);
+                self.firewall = Some(AppliedFirewall {
+                    ruleset: ruleset.to_string(),
+                    listing_hash: listing_hash(&listing),
+                });
+            }
+            Step::DeleteFirewall { table } => nft::delete_table(table)?,
+        }
+        Ok(())
+    }
+
+    fn create_bridge(&mut self, net: &Network) -> Result<()> {
+        let br = &net.bridge;
+        link::create_bridge(&mut self.host, br)?;
+        link::set_alias(&mut self.host, LinkRef::Name(br), &net.alias)?;
+        sysctl::set(&format!("net.ipv6.conf.{br}.disable_ipv6"), "1")?;
+        sysctl::set(&format!("net.ipv4.conf.{br}.route_localnet"), "1")?;
+        let index = link::index_of(&mut self.host, br)?;
+        addr::add_v4(&mut self.host, index, net.gateway_cidr())?;
+        link::set_up(&mut self.host, LinkRef::Index(index))?;
+        self.bridges.insert(br.clone(), index);
+        Ok(())
+    }
+
+    fn bridge_index(&mut self, name: &str) -> Result<u32> {
+        if let Some(i) = self.bridges.get(name) {
+            return Ok(*i);
+        }
+        let index = link::index_of(&mut self.host, name)?;
+        self.bridges.insert(name.to_string(), index);
+        Ok(index)
+    }
+
+    fn create_container(&mut self, c: &Container) -> Result<()> {
+        let created = netns::create(&self.home, &c.netns)?;
+        let mut inner = created.netlink;
+        // lo is always index 1 in a new namespace.
+        link::set_up(&mut inner, LinkRef::Index(1))?;
+        for iface in &c.interfaces {
+            let master = self.bridge_index(&iface.bridge)?;
+            link::create_veth(
+                &mut self.host,
+                &iface.host_veth,
+                master,
+                &iface.name,
+                created.fd.as_fd(),
+            )?;
+            // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.
+            sysctl::set(
+                &format!("net.ipv6.conf.{}.disable_ipv6", iface.host_veth),
+                "1",
+            )?;
+            link::set_up(&mut self.host, LinkRef::Name(&iface.host_veth))?;
+            let index = link::index_of(&mut inner, &iface.name)?;
+            link::set_alias_without_ipv6(&mut inner, LinkRef::Index(index), &iface.alias)?;
+            addr::add_v4(&mut inner, index, iface.cidr())?;
+            link::set_up(&mut inner, LinkRef::Index(index))?;
+        }
+        if let Some(gw) = c.gateway {
+            route::add_default_v4(&mut inner, gw)?;
+        }
+        Ok(())
+    }
+
+    fn await_links_gone(&mut self, links: &[String]) -> Result<()> {
+        let wanted: BTreeSet<&str> = links.iter().map(String::as_str).collect();
+        let start = Instant::now();
+        loop {
+            let left = link::list(&mut self.host)?
+                .iter()
+                .filter(|l| wanted.contains(l.name.as_str()))
+                .count();
+            if left == 0 {
+                return Ok(());
+            }
+            if start.elapsed() > LINK_REMOVAL_TIMEOUT {
+                return Err(Failure::new(format!("{left} veths were still not removed by the kernel after {LINK_REMOVAL_TIMEOUT:?}"))
+                    .hint("something still holds their namespaces open (a process or a file descriptor); `plumb down` again once it is gone"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A one-line progress report on stderr for plans that take more than a second.
+struct Progress {
+    start: Instant,
+    last: Option<Instant>,
+    tty: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            start: Instant::now(),
+            last: None,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self, done: usize, total: usize) {
+        let now = Instant::now();
+        if !self.tty
+            || now - self.start < Duration::from_secs(1)
+            || self
+                .last
+                .is_some_and(|l| now - l < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last = Some(now);
+        eprint!("\r  applying step {done}/{total}");
+    }
+
+    fn finish(&mut self) {
+        if self.last.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}

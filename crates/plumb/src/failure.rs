@@ -1,0 +1,71 @@
+//! What a command reports when it fails: a message, a hint saying what to do, an exit code.
+
+use std::fmt;
+
+use plumb_core::Diagnostics;
+
+pub struct Failure {
+    pub message: String,
+    pub hint: Option<String>,
+    pub code: i32,
+}
+
+pub type Result<T> = std::result::Result<T, Failure>;
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: None,
+            code: 1,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn code(mut self, code: i32) -> Self {
+        self.code = code;
+        self
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Input errors exit with 2, so scripts can tell them from kernel failures (1).
+impl From<Diagnostics> for Failure {
+    fn from(d: Diagnostics) -> Self {
+        Failure::new(d.to_string()).code(2)
+    }
+}
+
+impl From<plumb_linux::Error> for Failure {
+    fn from(e: plumb_linux::Error) -> Self {
+        let hint = match e.errno() {
+            Some(1) | Some(13) => Some("plumb needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); run it with sudo"),
+            Some(17) => Some("an object with that name already exists; `plumb down` the stack, or remove the object by hand"),
+            _ => None,
+        };
+        let f = Failure::new(e.to_string());
+        match hint {
+            Some(h) => f.hint(h),
+            None => f,
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::new(e.to_string())
+    }
+}

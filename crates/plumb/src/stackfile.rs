@@ -1,0 +1,75 @@
+//! Finding and reading stack files, and finding stacks and containers by name.
+
+use std::path::{Path, PathBuf};
+
+use plumb_core::spec::{self, Parsed};
+use plumb_core::Container;
+
+use crate::failure::{Failure, Result};
+use crate::state::{StackState, StateDir};
+
+/// Reads and validates a stack file.
+pub fn load(path: &Path) -> Result<Parsed> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(format!("cannot read stack file {}: {e}", path.display()))
+            .hint("pass -f FILE, or run plumb in the folder holding plumb.toml")
+            .code(2)
+    })?;
+    Ok(spec::parse(&path.display().to_string(), &text)?)
+}
+
+/// The stack's name from a file, even a file that no longer validates (so `down -f` still
+/// works after a bad edit).
+pub fn stack_name(path: &Path) -> Result<String> {
+    match load(path) {
+        Ok(parsed) => Ok(parsed.stack.name),
+        Err(failure) => std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("name")?.as_str().map(str::to_string))
+            .ok_or(failure),
+    }
+}
+
+pub fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A container named `SVC-k`, `SVC` (replica 1) or `STACK/NAME`, in any stack that is up.
+pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Container)> {
+    let (stack_filter, name) = match name.split_once('/') {
+        Some((s, n)) => (Some(s), n),
+        None => (None, name),
+    };
+    let mut found = Vec::new();
+    for (stack, st) in state.stacks()? {
+        if stack_filter.is_some_and(|f| f != stack) {
+            continue;
+        }
+        let Some(desired) = &st.desired else { continue };
+        let hit = desired.container(name).or_else(|| {
+            desired
+                .containers
+                .iter()
+                .find(|c| c.service == name && c.replica == 1)
+        });
+        if let Some(c) = hit {
+            found.push((st.clone(), c.clone()));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(
+            Failure::new(format!("no container {name:?} in any stack that is up"))
+                .hint("`plumb ps` lists the containers"),
+        ),
+        _ => {
+            let stacks: Vec<_> = found.iter().map(|(s, _)| s.stack.as_str()).collect();
+            Err(Failure::new(format!(
+                "container {name:?} exists in several stacks: {}",
+                stacks.join(", ")
+            ))
+            .hint(format!("name it as STACK/{name}")))
+        }
+    }
+}
