@@ -64,6 +64,10 @@ pub enum Step {
         network: String,
     },
     CreateContainer(Container),
+    /// Anything running inside a namespace keeps it (and its veths) alive: end it first.
+    StopProcesses {
+        namespaces: Vec<String>,
+    },
     DeleteContainer {
         container: String,
         netns: String,
@@ -136,6 +140,11 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     let mut networks: BTreeSet<&str> = actual.known_networks.iter().map(String::as_str).collect();
     networks.extend(want_networks.iter().map(|n| n.name.as_str()));
     let mut gone_links = Vec::new();
+    if !deleted.is_empty() {
+        steps.push(Step::StopProcesses {
+            namespaces: deleted.iter().map(|n| n.to_string()).collect(),
+        });
+    }
     for netns in &deleted {
         let container = netns
             .strip_prefix(&format!("{stack}-"))

@@ -28,6 +28,10 @@ pub fn step_commands(step: &Step) -> String {
         Step::CreateBridge(net) => bridge(net),
         Step::DeleteBridge { name, network } => format!("# network {network}: remove its bridge\nip link del {name}\n"),
         Step::CreateContainer(c) => container(c),
+        Step::StopProcesses { namespaces } => format!(
+            "# Processes inside a namespace keep it alive: end them (TERM, then KILL).\nfor ns in {}; do ip netns pids \"$ns\" | xargs -r kill; done\n",
+            namespaces.join(" ")
+        ),
         Step::DeleteContainer { container, netns } => {
             format!("# container {container}: deleting its namespace destroys its veths with it (the kernel batches this)\nip netns del {netns}\n")
         }

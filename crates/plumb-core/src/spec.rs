@@ -149,16 +149,18 @@ struct RawNetwork {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
-    networks: Option<Spanned<toml::Value>>,
+    // Table-valued fields are not `Spanned`: toml 0.8 fails on spanned tables written as
+    // `[services.x.networks.y]` headers. Their place is found with `Validator::locate`.
+    networks: Option<toml::Value>,
     replicas: Option<Spanned<i64>>,
     ports: Option<Vec<Spanned<String>>>,
     command: Option<Spanned<toml::Value>>,
-    env: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    env: Option<BTreeMap<String, toml::Value>>,
     workdir: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
     restart: Option<Spanned<String>>,
-    health: Option<Spanned<RawHealth>>,
-    depends_on: Option<Spanned<toml::Value>>,
+    health: Option<RawHealth>,
+    depends_on: Option<toml::Value>,
     stop_grace: Option<Spanned<String>>,
 }
 
@@ -173,6 +175,14 @@ struct RawHealth {
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<i64>>,
     start_period: Option<Spanned<String>>,
+}
+
+/// The table-valued fields of a service, with the place each was found in the file.
+struct Located {
+    networks: Option<Spanned<toml::Value>>,
+    env: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    health: Option<Spanned<RawHealth>>,
+    depends_on: Option<Spanned<toml::Value>>,
 }
 
 /// A parsed stack together with where each field sits in its file, so later checks that need
@@ -249,6 +259,15 @@ impl Validator<'_> {
         self.errors.push(d);
     }
 
+    /// Where `word` first appears after the service key at `from` (its field or its
+    /// `[services.x.word]` header); the key itself if not found.
+    fn locate(&self, from: Range<usize>, word: &str) -> Range<usize> {
+        self.map.text[from.start..]
+            .find(word)
+            .map(|i| from.start + i..from.start + i + word.len())
+            .unwrap_or(from)
+    }
+
     fn stack(&mut self, raw: RawStack) -> Stack {
         let name = raw.name.get_ref().clone();
         if !valid_name(&name, MAX_STACK_NAME) {
@@ -281,7 +300,7 @@ impl Validator<'_> {
             raw.services.keys().map(|k| k.get_ref().clone()).collect();
         let mut services = BTreeMap::new();
         let mut dep_spans = BTreeMap::new();
-        for (key, raw_svc) in raw.services {
+        for (key, mut raw_svc) in raw.services {
             let svc_name = key.get_ref().clone();
             let field = format!("services.{svc_name}");
             self.spans.insert(field.clone(), key.span());
@@ -302,10 +321,35 @@ impl Validator<'_> {
                     "use a shorter service name",
                 );
             }
-            if let Some(dep) = &raw_svc.depends_on {
+            let located = Located {
+                networks: raw_svc
+                    .networks
+                    .clone()
+                    .map(|v| Spanned::new(self.locate(key.span(), "networks"), v)),
+                env: raw_svc
+                    .env
+                    .clone()
+                    .map(|v| Spanned::new(self.locate(key.span(), "env"), v)),
+                health: raw_svc
+                    .health
+                    .take()
+                    .map(|v| Spanned::new(self.locate(key.span(), "health"), v)),
+                depends_on: raw_svc
+                    .depends_on
+                    .clone()
+                    .map(|v| Spanned::new(self.locate(key.span(), "depends_on"), v)),
+            };
+            if let Some(dep) = &located.depends_on {
                 dep_spans.insert(svc_name.clone(), dep.span());
             }
-            let svc = self.service(&field, &svc_name, raw_svc, &networks, &service_names);
+            let svc = self.service(
+                &field,
+                &svc_name,
+                raw_svc,
+                located,
+                &networks,
+                &service_names,
+            );
             services.insert(svc_name, svc);
         }
         self.check_ports(&services, &networks);
@@ -420,12 +464,34 @@ impl Validator<'_> {
         field: &str,
         name: &str,
         raw: RawService,
+        located: Located,
         networks: &BTreeMap<String, NetworkSpec>,
         service_names: &BTreeSet<String>,
     ) -> ServiceSpec {
-        let attachments = match &raw.networks {
-            None => Vec::new(),
+        let attachments = match &located.networks {
             Some(value) => self.attachments(field, value, networks),
+            // Like compose's default network: with one network there is nothing to choose.
+            None if networks.len() <= 1 => networks
+                .keys()
+                .map(|n| Attachment {
+                    network: n.clone(),
+                    ip: None,
+                })
+                .collect(),
+            None => {
+                let span = self.spans[field].clone();
+                let known: Vec<_> = networks.keys().map(String::as_str).collect();
+                self.err(
+                    span,
+                    &format!("{field}.networks"),
+                    "the stack has several networks: say which this service joins",
+                    format!(
+                        "add networks = [...] with some of: {} (or networks = [] for no network)",
+                        known.join(", ")
+                    ),
+                );
+                Vec::new()
+            }
         };
         let replicas = match &raw.replicas {
             None => 1,
@@ -443,7 +509,7 @@ impl Validator<'_> {
             },
         };
         if replicas > 1 && attachments.iter().any(|a| a.ip.is_some()) {
-            let span = raw.networks.as_ref().map_or(0..0, |n| n.span());
+            let span = located.networks.as_ref().map_or(0..0, |n| n.span());
             self.err(
                 span,
                 &format!("{field}.networks"),
@@ -465,7 +531,7 @@ impl Validator<'_> {
                 ),
             }
         }
-        let process = self.process(field, name, &raw, service_names);
+        let process = self.process(field, name, &raw, &located, service_names);
         ServiceSpec {
             networks: attachments,
             replicas,
@@ -588,16 +654,17 @@ impl Validator<'_> {
         field: &str,
         name: &str,
         raw: &RawService,
+        located: &Located,
         service_names: &BTreeSet<String>,
     ) -> Option<ProcessSpec> {
         let Some(cmd) = &raw.command else {
             let process_keys = [
-                ("env", raw.env.as_ref().map(|s| s.span())),
+                ("env", located.env.as_ref().map(|s| s.span())),
                 ("workdir", raw.workdir.as_ref().map(|s| s.span())),
                 ("user", raw.user.as_ref().map(|s| s.span())),
                 ("restart", raw.restart.as_ref().map(|s| s.span())),
-                ("health", raw.health.as_ref().map(|s| s.span())),
-                ("depends_on", raw.depends_on.as_ref().map(|s| s.span())),
+                ("health", located.health.as_ref().map(|s| s.span())),
+                ("depends_on", located.depends_on.as_ref().map(|s| s.span())),
                 ("stop_grace", raw.stop_grace.as_ref().map(|s| s.span())),
             ];
             for (key, span) in process_keys {
@@ -645,7 +712,7 @@ impl Validator<'_> {
             }
         };
         let mut env = BTreeMap::new();
-        if let Some(raw_env) = &raw.env {
+        if let Some(raw_env) = &located.env {
             for (k, v) in raw_env.get_ref() {
                 let value = match v {
                     toml::Value::String(s) => s.clone(),
@@ -683,11 +750,11 @@ impl Validator<'_> {
                 RestartPolicy::OnFailure
             }
         };
-        let health = raw
+        let health = located
             .health
             .as_ref()
             .and_then(|h| self.health(&format!("{field}.health"), h));
-        let depends_on = raw
+        let depends_on = located
             .depends_on
             .as_ref()
             .map(|d| self.depends_on(field, name, d, service_names))

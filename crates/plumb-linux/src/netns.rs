@@ -176,3 +176,25 @@ pub fn list() -> Result<Vec<String>> {
 pub fn enter(ns: BorrowedFd) -> Result<()> {
     setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::new("enter network namespace", e.into()))
 }
+
+/// The inode that identifies the named namespace (the same for every handle on it).
+pub fn inode(name: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path(name)).ok().map(|m| m.ino())
+}
+
+/// PIDs of the processes living in any of the namespaces with these inodes (what
+/// `ip netns pids` finds), from one pass over /proc.
+pub fn processes_in(inodes: &std::collections::HashSet<u64>) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino()))
+        })
+        .collect()
+}

@@ -1,10 +1,12 @@
 //! Executes a plan's steps with in-process netlink, sysctl writes and one nft transaction.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use plumb_core::{Container, Network, Plan, Step};
 use plumb_linux::link::LinkRef;
 use plumb_linux::netns::Home;
@@ -14,6 +16,8 @@ use crate::failure::{Failure, Result};
 use crate::observe::listing_hash;
 use crate::state::AppliedFirewall;
 
+/// How long processes found in a namespace being deleted get between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for the kernel to finish destroying deleted namespaces' veths.
 const LINK_REMOVAL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -69,6 +73,7 @@ impl Executor {
                     return Err(e);
                 }
             }
+            Step::StopProcesses { namespaces } => stop_processes(namespaces),
             Step::DeleteContainer { netns: name, .. } => netns::delete(name)?,
             Step::AwaitLinksGone { links } => self.await_links_gone(links)?,
             Step::ApplyFirewall { table, script } => {
@@ -158,6 +163,30 @@ impl Executor {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Ends every process inside the namespaces: SIGTERM, then SIGKILL for those still there
+/// after a grace period. By PID, never by name.
+fn stop_processes(namespaces: &[String]) {
+    let inodes: HashSet<u64> = namespaces.iter().filter_map(|n| netns::inode(n)).collect();
+    let signal_all = |signal| {
+        let pids = netns::processes_in(&inodes);
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), signal);
+        }
+        pids.len()
+    };
+    if signal_all(Signal::SIGTERM) == 0 {
+        return;
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        if netns::processes_in(&inodes).is_empty() {
+            return;
+        }
+    }
+    signal_all(Signal::SIGKILL);
 }
 
 /// A one-line progress report on stderr for plans that take more than a second.

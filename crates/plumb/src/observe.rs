@@ -101,7 +101,7 @@ pub fn observe(
         bridges,
         host_veths,
         containers,
-        firewall: observe_firewall(stack, state)?,
+        firewall: observe_firewall(stack, desired, state)?,
         known_networks,
     })
 }
@@ -138,16 +138,31 @@ fn addresses_by_index(list: Vec<(u32, Ipv4Net)>) -> HashMap<u32, Vec<Ipv4Net>> {
     out
 }
 
-fn observe_firewall(stack: &str, state: Option<&StackState>) -> Result<ObservedFirewall> {
+fn observe_firewall(
+    stack: &str,
+    desired: Option<&Desired>,
+    state: Option<&StackState>,
+) -> Result<ObservedFirewall> {
     let Some(listing) = nft::list_table(&names::nft_table(stack))? else {
         return Ok(ObservedFirewall::Absent);
     };
+    // Ours if nft lists exactly what we would apply (our text is written in nft's own listing
+    // format), or if it is unchanged since we applied it (in case nft formats differently).
+    if let Some(want) = desired.and_then(plumb_core::firewall::ruleset) {
+        if without_whitespace(&want) == without_whitespace(&listing) {
+            return Ok(ObservedFirewall::Applied(want));
+        }
+    }
     Ok(match state.and_then(|s| s.firewall.as_ref()) {
         Some(applied) if applied.listing_hash == listing_hash(&listing) => {
             ObservedFirewall::Applied(applied.ruleset.clone())
         }
         _ => ObservedFirewall::Changed,
     })
+}
+
+fn without_whitespace(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 /// Fingerprint of nft's own listing of a table (not of our input, which nft reformats).

@@ -1,0 +1,345 @@
+//! The test sandbox: every kernel test runs plumb inside a fresh network namespace plus a
+//! private mount namespace with its own tmpfs on /run/netns and its own state dir. Inside,
+//! an `outside` namespace (203.0.113.2, behind the uplink `up0` = 203.0.113.1, the default
+//! route) stands for the internet. Dropping the sandbox ends every process left in it (by
+//! PID) and the namespace vanishes with its holder process.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PLUMB: &str = env!("CARGO_BIN_EXE_plumb");
+pub const OUTSIDE_IP: &str = "203.0.113.2";
+pub const HOST_IP: &str = "203.0.113.1";
+
+const SETUP: &str = r#"
+set -e
+mount -t tmpfs tmpfs /run/netns
+ip link set lo up
+sysctl -qw net.ipv4.ip_forward=1
+ip netns add outside
+ip link add up0 type veth peer name eth0 netns outside
+ip addr add 203.0.113.1/24 dev up0
+ip link set up0 up
+ip -n outside addr add 203.0.113.2/24 dev eth0
+ip -n outside link set eth0 up
+ip -n outside link set lo up
+ip route add default via 203.0.113.2
+echo ready
+exec sleep 100000
+"#;
+
+/// True when the tests can make namespaces; kernel tests print a note and pass otherwise.
+pub fn can_run() -> bool {
+    let root = nix_is_root();
+    if !root {
+        eprintln!("skipped: kernel tests need root");
+    }
+    root
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub struct Sandbox {
+    holder: Child,
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    netns_inode: u64,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        fs::create_dir_all("/run/netns").expect("create /run/netns for the sandbox mount point");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("plumb-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let state_dir = dir.join("state");
+        fs::create_dir_all(&state_dir).unwrap();
+        let mut holder = Command::new("unshare")
+            .args([
+                "--net",
+                "--mount",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                SETUP,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "sandbox setup failed");
+        let netns_inode = netns_inode(holder.id()).expect("sandbox netns");
+        Sandbox {
+            holder,
+            dir,
+            state_dir,
+            netns_inode,
+        }
+    }
+
+    fn enter(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        // Entering a mount namespace resets the working directory: set it again with --wd.
+        let wd = format!("--wd={}", self.dir.display());
+        c.args(["-t", &self.holder.id().to_string(), "-n", "-m", &wd, "--"]);
+        c.env("PLUMB_STATE_DIR", &self.state_dir);
+        c
+    }
+
+    /// Runs a shell script inside the sandbox.
+    pub fn sh(&self, script: &str) -> Output {
+        self.enter().args(["bash", "-c", script]).output().unwrap()
+    }
+
+    /// Runs a script that must succeed; returns its stdout.
+    pub fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "script failed: {script}\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Runs plumb with `args` inside the sandbox.
+    pub fn plumb(&self, args: &[&str]) -> Output {
+        self.enter().arg(PLUMB).args(args).output().unwrap()
+    }
+
+    /// Runs plumb and asserts it succeeded; returns stdout.
+    pub fn plumb_ok(&self, args: &[&str]) -> String {
+        let out = self.plumb(args);
+        assert!(
+            out.status.success(),
+            "plumb {args:?} failed\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// A plumb process left running (for crash and concurrency tests).
+    pub fn spawn_plumb(&self, args: &[&str]) -> Child {
+        self.enter()
+            .arg(PLUMB)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Writes a file into the sandbox's folder and returns its path.
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// Starts a background command inside namespace `ns` (of the sandbox); it is ended by PID
+    /// when the sandbox is dropped.
+    pub fn spawn_in(&self, ns: &str, command: &str) {
+        self.ok(&format!(
+            "ip netns exec {ns} {command} >/dev/null 2>&1 & echo $!"
+        ));
+    }
+
+    /// A tiny TCP server in `ns` answering every connection with `reply` and the address the
+    /// connection came from (so tests can see NAT at work).
+    pub fn serve(&self, ns: &str, port: u16, reply: &str) {
+        let code = format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(64)\nwhile True:\n c,a=s.accept()\n c.sendall(('{reply} from '+a[0]+'\\n').encode())\n c.close()\n"
+        );
+        let path = self.write(&format!("serve-{ns}-{port}.py"), &code);
+        self.spawn_in(ns, &format!("/usr/bin/python3 {}", path.display()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .sh(&format!(
+                    "ip netns exec {ns} bash -c 'echo > /dev/tcp/127.0.0.1/{port}' 2>/dev/null"
+                ))
+                .status
+                .success()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server in {ns} did not start on port {port}");
+    }
+
+    /// Connects to ip:port from `ns` (or from the sandbox host when `ns` is None) and returns
+    /// what the server said, or None if the connection failed within 1 s.
+    pub fn connect(&self, ns: Option<&str>, ip: &str, port: u16) -> Option<String> {
+        let prefix = ns
+            .map(|n| format!("ip netns exec {n} "))
+            .unwrap_or_default();
+        let out = self.sh(&format!(
+            "{prefix}timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port} && head -c 100 <&3'"
+        ));
+        out.status
+            .success()
+            .then(|| text(&out.stdout).trim().to_string())
+    }
+
+    /// Pings once from `ns`; true if a reply came back within 1 s.
+    pub fn ping(&self, ns: &str, ip: &str) -> bool {
+        self.sh(&format!("ip netns exec {ns} ping -c1 -W1 {ip}"))
+            .status
+            .success()
+    }
+
+    /// Names under /run/netns other than `outside`.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.ok("ls /run/netns")
+            .split_whitespace()
+            .filter(|n| *n != "outside")
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Links of the sandbox host other than lo and the uplink.
+    pub fn links(&self) -> Vec<String> {
+        self.ok("ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//'")
+            .split_whitespace()
+            .filter(|l| *l != "lo" && *l != "up0")
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn nft_tables(&self) -> String {
+        self.ok("nft list tables").trim().to_string()
+    }
+
+    /// PIDs of processes in the sandbox's network namespace, other than the holder.
+    pub fn processes(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid != self.holder.id() && netns_inode(pid) == Some(self.netns_inode) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Processes whose network namespace is one of the sandbox's container namespaces.
+    pub fn container_processes(&self) -> Vec<u32> {
+        let inodes: Vec<u64> = self
+            .ok("for n in $(ls /run/netns); do [ \"$n\" = outside ] || stat -L -c %i /run/netns/$n; done")
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let mut out = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if netns_inode(pid).is_some_and(|i| inodes.contains(&i)) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Asserts the sandbox holds nothing of any stack: no namespace, link, nft table or process.
+    pub fn assert_clean(&self) {
+        assert_eq!(
+            self.namespaces(),
+            Vec::<String>::new(),
+            "namespaces left behind"
+        );
+        assert_eq!(self.links(), Vec::<String>::new(), "links left behind");
+        assert_eq!(self.nft_tables(), "", "nft tables left behind");
+        let procs = self.processes();
+        assert!(
+            procs.is_empty(),
+            "processes left behind: {}",
+            describe(&procs)
+        );
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Container namespaces are not the sandbox's own: end their processes first.
+        let mut pids = self.container_processes();
+        pids.extend(self.processes());
+        for pid in pids {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn netns_inode(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+fn describe(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|p| {
+            format!(
+                "{p}({})",
+                fs::read_to_string(format!("/proc/{p}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
