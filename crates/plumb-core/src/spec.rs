@@ -444,17 +444,30 @@ impl Validator<'_> {
         let list: Vec<_> = networks.iter().collect();
         for (i, (a_name, a)) in list.iter().enumerate() {
             for (b_name, b) in &list[i + 1..] {
-                if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network())
+                if !(a.subnet.contains(&b.subnet.network())
+                    || b.subnet.contains(&a.subnet.network()))
                 {
-                    let field = format!("networks.{b_name}.subnet");
-                    let span = self.spans[&field].clone();
-                    self.err(
-                        span,
-                        &field,
-                        format!("{} overlaps network {a_name:?} ({})", b.subnet, a.subnet),
-                        "give each network its own address range",
-                    );
+                    continue;
                 }
+                // Report it on whichever of the two comes later in the file.
+                let field_of = |n: &str| format!("networks.{n}.subnet");
+                let (first, second) =
+                    if self.spans[&field_of(a_name)].start < self.spans[&field_of(b_name)].start {
+                        ((a_name, a), (b_name, b))
+                    } else {
+                        ((b_name, b), (a_name, a))
+                    };
+                let field = field_of(second.0);
+                let span = self.spans[&field].clone();
+                self.err(
+                    span,
+                    &field,
+                    format!(
+                        "{} overlaps network {:?} ({})",
+                        second.1.subnet, first.0, first.1.subnet
+                    ),
+                    "give each network its own address range",
+                );
             }
         }
     }
@@ -1220,4 +1233,232 @@ pub fn split_command(line: &str) -> Result<Vec<String>, String> {
         words.push(word);
     }
     Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        match parse("plumb.toml", text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(d) => d.to_string(),
+        }
+    }
+
+    const NET: &str = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n";
+
+    #[test]
+    fn a_full_stack_parses() {
+        let p = parse(
+            "plumb.toml",
+            r#"
+name = "shop"
+[networks.front]
+subnet = "10.89.1.0/24"
+[networks.back]
+subnet = "10.89.2.0/24"
+gateway = "10.89.2.254"
+internal = true
+[services.web]
+networks = ["front", "back"]
+ports = ["8080:80", "5353:53/udp"]
+command = "nginx -g 'daemon off;'"
+[services.db.networks.back]
+ip = "10.89.2.10"
+[services.db]
+command = ["redis-server"]
+restart = "always"
+health = { tcp = 6379, interval = "500ms" }
+depends_on = { web = { condition = "healthy" } }
+"#,
+        )
+        .unwrap();
+        let s = &p.stack;
+        assert_eq!(s.networks["back"].gateway.to_string(), "10.89.2.254");
+        assert_eq!(s.networks["front"].gateway.to_string(), "10.89.1.1");
+        let web = &s.services["web"];
+        assert_eq!(
+            web.ports[1],
+            PortSpec {
+                host: 5353,
+                container: 53,
+                protocol: Protocol::Udp
+            }
+        );
+        assert_eq!(
+            web.process.as_ref().unwrap().command,
+            ["nginx", "-g", "daemon off;"]
+        );
+        let db = &s.services["db"];
+        assert_eq!(db.networks[0].ip.unwrap().to_string(), "10.89.2.10");
+        let proc = db.process.as_ref().unwrap();
+        assert_eq!(proc.restart, RestartPolicy::Always);
+        assert_eq!(
+            proc.health.as_ref().unwrap().interval,
+            Duration::from_millis(500)
+        );
+        assert_eq!(proc.depends_on[0].condition, Condition::Healthy);
+    }
+
+    #[test]
+    fn invalid_cidr_names_line_field_and_fix() {
+        let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/33\"\n");
+        assert!(
+            e.starts_with(
+                "plumb.toml:3:10: networks.n.subnet: \"10.0.0.0/33\" is not a valid IPv4 CIDR"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("hint:"), "{e}");
+        let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.5/24\"\n");
+        assert!(
+            e.contains("host bits set") && e.contains("10.0.0.0/24"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overlapping_subnets_are_rejected() {
+        let e = errors(&format!("{NET}[networks.m]\nsubnet = \"10.0.0.128/25\"\n"));
+        assert!(
+            e.contains("plumb.toml:5:")
+                && e.contains("networks.m.subnet")
+                && e.contains("overlaps network \"n\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn static_addresses_must_be_inside_and_unique() {
+        let e = errors(&format!(
+            "{NET}[services.a.networks.n]\nip = \"10.0.1.5\"\n"
+        ));
+        assert!(
+            e.contains("services.a.networks.n.ip") && e.contains("not a host address"),
+            "{e}"
+        );
+        let e = errors(&format!("{NET}[services.a.networks.n]\nip = \"10.0.0.5\"\n[services.b.networks.n]\nip = \"10.0.0.5\"\n"));
+        assert!(
+            e.contains("10.0.0.5 is already used by service \"a\""),
+            "{e}"
+        );
+        let e = errors(&format!(
+            "{NET}[services.a.networks.n]\nip = \"10.0.0.1\"\n"
+        ));
+        assert!(e.contains("the gateway"), "{e}");
+    }
+
+    #[test]
+    fn unknown_network_lists_the_known_ones() {
+        let e = errors(&format!("{NET}[services.a]\nnetworks = [\"nope\"]\n"));
+        assert!(
+            e.contains("plumb.toml:5:1: services.a.networks: unknown network \"nope\""),
+            "{e}"
+        );
+        assert!(e.contains("use one of: n"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_and_too_long_names_are_rejected() {
+        let e = errors(&format!("{NET}[networks.n]\nsubnet = \"10.1.0.0/24\"\n"));
+        assert!(
+            e.contains("plumb.toml:4:") && e.to_lowercase().contains("duplicate"),
+            "{e}"
+        );
+        let e = errors(&format!("{NET}[services.a]\nnetworks = [\"n\", \"n\"]\n"));
+        assert!(e.contains("listed twice"), "{e}");
+        let e = errors("name = \"thirteen-char\"\n");
+        assert!(
+            e.contains("plumb.toml:1:8: name:") && e.contains("1 to 12"),
+            "{e}"
+        );
+        let long = "s".repeat(48);
+        let e = errors(&format!("{NET}[services.{long}]\nreplicas = 100000\n"));
+        assert!(e.contains("replicas"), "{e}");
+        let e = errors(&format!("{NET}[services.{}]\n", "x".repeat(49)));
+        assert!(e.contains("service name"), "{e}");
+    }
+
+    #[test]
+    fn a_host_port_published_twice_is_rejected() {
+        let e = errors(&format!(
+            "{NET}[services.a]\nports = [\"80:80\"]\n[services.b]\nports = [\"80:8080\"]\n"
+        ));
+        assert!(
+            e.contains("services.b.ports[0]")
+                && e.contains("already published by services.a.ports[0]"),
+            "{e}"
+        );
+        // The same number over UDP is another port.
+        parse(
+            "f",
+            &format!(
+                "{NET}[services.a]\nports = [\"80:80\"]\n[services.b]\nports = [\"80:80/udp\"]\n"
+            ),
+        )
+        .unwrap();
+        let e = errors(&format!("{NET}[services.a]\nports = [\"0:80\"]\n"));
+        assert!(e.contains("not a valid port mapping"), "{e}");
+        let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\ninternal = true\n[services.a]\nports = [\"80:80\"]\n");
+        assert!(e.contains("non-internal"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_where_they_are() {
+        let e = errors(&format!("{NET}[services.a]\nimage = \"nginx\"\n"));
+        assert!(
+            e.contains("plumb.toml:5:1") && e.contains("unknown field `image`"),
+            "{e}"
+        );
+        let e = errors("name = \"s\"\nvolumes = 1\n");
+        assert!(e.contains("unknown field `volumes`"), "{e}");
+        let e = errors(&format!("{NET}[services.a]\nenv = {{ A = \"1\" }}\n"));
+        assert!(e.contains("env needs a command"), "{e}");
+    }
+
+    #[test]
+    fn dependency_cycles_and_bad_probes_are_rejected() {
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"x\"\ndepends_on = [\"b\"]\n[services.b]\ncommand = \"x\"\ndepends_on = [\"a\"]\n"
+        ));
+        assert!(e.contains("dependency cycle: a -> b -> a"), "{e}");
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"x\"\nhealth = {{ tcp = 70000 }}\n"
+        ));
+        assert!(
+            e.contains("services.a.health.tcp") && e.contains("outside 1-65535"),
+            "{e}"
+        );
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"x\"\nhealth = {{ http = \"/h\" }}\n"
+        ));
+        assert!(e.contains("needs a port"), "{e}");
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"x\"\nrestart = \"sometimes\"\n"
+        ));
+        assert!(e.contains("unknown restart policy"), "{e}");
+    }
+
+    #[test]
+    fn several_networks_need_an_explicit_choice() {
+        let e = errors(&format!(
+            "{NET}[networks.m]\nsubnet = \"10.1.0.0/24\"\n[services.a]\n"
+        ));
+        assert!(e.contains("say which this service joins"), "{e}");
+        let one = parse("f", &format!("{NET}[services.a]\n")).unwrap();
+        assert_eq!(one.stack.services["a"].networks[0].network, "n");
+    }
+
+    #[test]
+    fn commands_split_like_a_shell() {
+        assert_eq!(
+            split_command(r#"nginx -g "daemon off;" 'a b' c\ d"#).unwrap(),
+            ["nginx", "-g", "daemon off;", "a b", "c d"]
+        );
+        assert!(split_command("echo 'open").is_err());
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), None);
+    }
 }

@@ -69,7 +69,13 @@ pub fn observe(
         .filter(|n| n.starts_with(&ns_prefix))
     {
         let Ok(fd) = netns::open(&name) else { continue };
-        let mut inner = home.netlink_in(fd.as_fd())?;
+        let Ok(mut inner) = home.netlink_in(fd.as_fd()) else {
+            // A name with no namespace mounted on it: an `up` killed between the two steps.
+            if known.contains(name.as_str()) {
+                containers.insert(name, ObservedNetns::default());
+            }
+            continue;
+        };
         let ns = observe_netns(&mut inner)?;
         let ours = known.contains(name.as_str())
             || ns

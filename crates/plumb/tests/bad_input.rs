@@ -1,0 +1,142 @@
+//! Bad input is rejected before anything is touched, with the file, line and field at fault
+//! and what to do; the machine (here: the sandbox) is left exactly as it was.
+
+mod common;
+
+use common::*;
+
+const NET: &str = "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n";
+
+/// Runs `plumb up` on `stack`; asserts exit code 2, every `needles` in stderr, nothing made.
+fn rejected(sb: &Sandbox, stack: &str, needles: &[&str]) {
+    sb.write("plumb.toml", stack);
+    let out = sb.plumb(&["up"]);
+    let err = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected an input error for:\n{stack}\nstderr: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+    assert!(err.contains("hint:"), "no hint in:\n{err}");
+    sb.assert_clean();
+    assert!(
+        !sb.state_dir.join("stacks/bad").exists(),
+        "no state may be written for a rejected file"
+    );
+}
+
+#[test]
+fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    rejected(
+        &sb,
+        "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.0/33\"\n",
+        &[
+            "plumb.toml:3:10",
+            "networks.n.subnet",
+            "not a valid IPv4 CIDR",
+        ],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[networks.m]\nsubnet = \"10.0.0.0/16\"\n"),
+        &[
+            "plumb.toml:5:",
+            "networks.m.subnet",
+            "overlaps network \"n\"",
+        ],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.a.networks.n]\nip = \"192.168.1.1\"\n"),
+        &[
+            "services.a.networks.n.ip",
+            "not a host address of network \"n\"",
+        ],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.a.networks.n]\nip = \"10.0.0.9\"\n[services.b.networks.n]\nip = \"10.0.0.9\"\n"),
+        &["10.0.0.9 is already used by service \"a\""],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.a]\nnetworks = [\"nope\"]\n"),
+        &["plumb.toml:5:", "unknown network \"nope\"", "use one of: n"],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.a]\n[services.a]\n"),
+        &["plumb.toml:5:", "duplicate"],
+    );
+    rejected(
+        &sb,
+        "name = \"a-name-too-long\"\n",
+        &["plumb.toml:1:8", "name:", "1 to 12"],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.{}]\n", "x".repeat(60)),
+        &["service name", "is not valid"],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.a]\nports = [\"80:80\"]\n[services.b]\nports = [\"80:81\"]\n"),
+        &[
+            "services.b.ports[0]",
+            "host port 80/tcp is already published",
+        ],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.a]\nimage = \"nginx\"\n"),
+        &["plumb.toml:5:1", "unknown field `image`"],
+    );
+    rejected(
+        &sb,
+        "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.0/30\"\n[services.a]\nreplicas = 3\n",
+        &["networks.n.subnet", "no free address left"],
+    );
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let out = sb.plumb(&["up", "-f", "nowhere.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read stack file nowhere.toml"));
+    sb.assert_clean();
+}
+
+#[test]
+fn plumb_refuses_without_root_or_nft_and_says_what_to_do() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("plumb.toml", &format!("{NET}[services.a]\n"));
+    let out = sb.sh(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups {PLUMB} up"
+    ));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+
+    let out = sb.sh(&format!("PATH=/nonexistent {PLUMB} up"));
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("`nft` program is not installed") && err.contains("apt-get install nftables"),
+        "{err}"
+    );
+    sb.assert_clean();
+}

@@ -1,0 +1,84 @@
+//! An `up` killed at any point (SIGKILL) is completed by the next `up` and fully removed by
+//! `down`; concurrent plumb processes serialize on the state directory's lock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn stack(name: &str, subnet: &str, replicas: u32) -> String {
+    format!("name = \"{name}\"\n[networks.n]\nsubnet = \"{subnet}\"\n[services.c]\nreplicas = {replicas}\nports = [\"8080:80\"]\n")
+}
+
+#[test]
+fn an_up_killed_at_any_point_is_finished_by_up_and_undone_by_down() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("plumb.toml", &stack("crash", "10.91.0.0/22", 150));
+    // Kill at several points: before, during and after wiring the containers.
+    for (round, delay_ms) in [0u64, 15, 40, 90, 160].into_iter().enumerate() {
+        let mut up = sb.spawn_plumb(&["up"]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        up.kill().unwrap();
+        up.wait().unwrap();
+        if round % 2 == 0 {
+            // The next `up` completes the stack...
+            sb.plumb_ok(&["up"]);
+            assert_eq!(
+                sb.plumb_ok(&["up", "--dry-run"]),
+                "",
+                "after a killed up, the next up must complete the stack"
+            );
+            assert_eq!(sb.namespaces().len(), 150);
+            assert!(sb.ping("crash-c-1", "10.91.0.151"));
+            assert!(sb.ping("crash-c-150", OUTSIDE_IP));
+            sb.plumb_ok(&["down"]);
+        } else {
+            // ... or `down` removes whatever it had made.
+            sb.plumb_ok(&["down"]);
+        }
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn concurrent_plumb_processes_serialize() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write(
+        "a/plumb.toml",
+        &stack("a", "10.92.0.0/24", 20).replace("8080", "8081"),
+    );
+    sb.write("b/plumb.toml", &stack("b", "10.92.1.0/24", 20));
+    let runs: Vec<_> = [
+        ["up", "-f", "a/plumb.toml"],
+        ["up", "-f", "b/plumb.toml"],
+        ["up", "-f", "a/plumb.toml"],
+        ["up", "-f", "b/plumb.toml"],
+    ]
+    .iter()
+    .map(|args| sb.spawn_plumb(args))
+    .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(sb.plumb_ok(&["up", "-f", "a/plumb.toml", "--dry-run"]), "");
+    assert_eq!(sb.plumb_ok(&["up", "-f", "b/plumb.toml", "--dry-run"]), "");
+    assert_eq!(sb.namespaces().len(), 40);
+    assert!(sb.ping("a-c-20", "10.92.0.2"));
+    assert!(sb.ping("b-c-1", "10.92.1.21"));
+    let downs: Vec<_> = [["down", "a"], ["down", "b"]]
+        .iter()
+        .map(|args| sb.spawn_plumb(args))
+        .collect();
+    for run in downs {
+        assert!(run.wait_with_output().unwrap().status.success());
+    }
+    sb.assert_clean();
+}
