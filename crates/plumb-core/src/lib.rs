@@ -9,6 +9,7 @@ pub mod ipam;
 pub mod names;
 pub mod plan;
 pub mod render;
+pub mod services;
 pub mod spec;
 
 pub use desired::{Container, Desired, Interface, Network};

@@ -7,6 +7,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod route;
+pub mod spawn;
 pub mod sysctl;
 
 pub use netlink::{Error, Netlink};

@@ -6,8 +6,11 @@ mod commands;
 mod failure;
 mod observe;
 mod output;
+mod processes;
+mod runfile;
 mod stackfile;
 mod state;
+mod supervisor;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +49,9 @@ enum Command {
         /// Print the plan as a runnable shell script of ip/nft commands and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Supervise the services in this process (Ctrl-C stops them) instead of in the background.
+        #[arg(long, conflicts_with = "dry_run")]
+        foreground: bool,
     },
     /// Remove everything a stack made, and nothing else.
     Down {
@@ -73,6 +79,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a service's or container's output (several replicas: prefixed by container).
+    Logs {
+        /// SVC or SVC-k (or STACK/...).
+        name: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines of the past to show per container.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// Restart every replica of a service.
+    Restart { service: String },
+    /// Stop a service's processes (the containers stay wired).
+    Stop { service: String },
+    /// Start a service stopped with `plumb stop`.
+    Start { service: String },
+    /// Bring up the reference shop app (nginx, API gateway, 3 product replicas, Redis).
+    Demo {
+        /// Remove it instead.
+        #[arg(long)]
+        down: bool,
+    },
+    /// Run a stack's supervisor (started by `plumb up`).
+    #[command(hide = true)]
+    Supervise { stack: String },
 }
 
 fn main() -> ExitCode {
@@ -81,7 +113,11 @@ fn main() -> ExitCode {
         state: StateDir::new(cli.state_dir),
     };
     let result = match cli.command {
-        Command::Up { file, dry_run } => commands::up::run(&ctx, &file, dry_run),
+        Command::Up {
+            file,
+            dry_run,
+            foreground,
+        } => commands::up::run(&ctx, &file, dry_run, foreground),
         Command::Down { file, stack } => match (file, stack) {
             (_, Some(stack)) => commands::down::run(&ctx, &stack),
             (file, None) => {
@@ -92,6 +128,20 @@ fn main() -> ExitCode {
         Command::Ps { json } => commands::ps::run(&ctx, json),
         Command::Exec { container, command } => commands::exec::run(&ctx, &container, &command),
         Command::Inspect { name, json } => commands::inspect::run(&ctx, &name, json),
+        Command::Logs { name, follow, tail } => commands::logs::run(&ctx, &name, follow, tail),
+        Command::Restart { service } => {
+            commands::control::run(&ctx, commands::control::Action::Restart, &service)
+        }
+        Command::Stop { service } => {
+            commands::control::run(&ctx, commands::control::Action::Stop, &service)
+        }
+        Command::Start { service } => {
+            commands::control::run(&ctx, commands::control::Action::Start, &service)
+        }
+        Command::Demo { down } => commands::demo::run(&ctx, down),
+        Command::Supervise { stack } => {
+            supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)).and_then(|s| s.run())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

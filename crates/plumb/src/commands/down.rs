@@ -7,12 +7,15 @@ use super::{require_nft, require_root, Context};
 use crate::apply::Executor;
 use crate::failure::Result;
 use crate::observe::observe;
+use crate::processes;
 
 pub fn run(ctx: &Context, stack: &str) -> Result<()> {
     require_root("down")?;
     require_nft()?;
     let _lock = ctx.state.lock()?;
     let state = ctx.state.load(stack)?;
+    // Processes first, each with its stop_grace: they keep namespaces alive.
+    processes::stop_supervisor(&ctx.state.stack_dir(stack), stack)?;
     let actual = observe(stack, None, state.as_ref())?;
     let plan = plan::diff(stack, None, &actual);
     if plan.is_empty() && state.is_none() {

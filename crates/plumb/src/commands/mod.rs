@@ -1,8 +1,11 @@
 //! One module per subcommand.
 
+pub mod control;
+pub mod demo;
 pub mod down;
 pub mod exec;
 pub mod inspect;
+pub mod logs;
 pub mod ps;
 pub mod up;
 

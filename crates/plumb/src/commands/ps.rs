@@ -1,5 +1,7 @@
 //! `plumb ps`: the containers of every stack that is up, with their namespaces, interfaces,
-//! addresses and published ports.
+//! addresses, published ports and, for services with a command, their process.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use plumb_core::Container;
 use serde::Serialize;
@@ -7,6 +9,7 @@ use serde::Serialize;
 use super::Context;
 use crate::failure::Result;
 use crate::output::{print_json, table};
+use crate::runfile::{self, StatusFile};
 
 #[derive(Serialize)]
 struct Row<'a> {
@@ -19,6 +22,8 @@ struct Row<'a> {
     present: bool,
     interfaces: Vec<Iface<'a>>,
     ports: Vec<String>,
+    /// The supervised process, for containers with a command.
+    process: Option<Process>,
 }
 
 #[derive(Serialize)]
@@ -30,12 +35,29 @@ struct Iface<'a> {
     bridge: &'a str,
 }
 
+#[derive(Serialize)]
+struct Process {
+    /// waiting, running, stopping, backoff, exited, stopped, or "no supervisor".
+    state: String,
+    health: Option<String>,
+    pid: Option<u32>,
+    restarts: u32,
+    uptime_seconds: Option<u64>,
+}
+
 pub fn run(ctx: &Context, json: bool) -> Result<()> {
     let stacks = ctx.state.stacks()?;
     let mut rows = Vec::new();
     for st in stacks.values() {
         let Some(desired) = &st.desired else { continue };
-        rows.extend(desired.containers.iter().map(|c| row(&st.stack, c)));
+        let dir = ctx.state.stack_dir(&st.stack);
+        let status = runfile::live_supervisor(&dir, &st.stack).map(|_| runfile::read_status(&dir));
+        rows.extend(
+            desired
+                .containers
+                .iter()
+                .map(|c| row(&st.stack, c, status.as_ref())),
+        );
     }
     if json {
         print_json(&rows);
@@ -45,17 +67,24 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
         println!("no stack is up");
         return Ok(());
     }
+    let dash = || "-".to_string();
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
+            let p = r.process.as_ref();
+            let state = match (r.present, p) {
+                (false, _) => "missing".to_string(),
+                (true, None) => "up".to_string(),
+                (true, Some(p)) => p.state.clone(),
+            };
             vec![
                 r.stack.to_string(),
                 r.container.to_string(),
-                if r.present {
-                    "up".into()
-                } else {
-                    "missing".into()
-                },
+                state,
+                p.and_then(|p| p.health.clone()).unwrap_or_else(dash),
+                p.and_then(|p| p.pid).map_or_else(dash, |p| p.to_string()),
+                p.map_or_else(dash, |p| p.restarts.to_string()),
+                p.and_then(|p| p.uptime_seconds).map_or_else(dash, uptime),
                 r.namespace.to_string(),
                 r.interfaces
                     .iter()
@@ -66,24 +95,38 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "STACK",
-                "CONTAINER",
-                "STATE",
-                "NAMESPACE",
-                "INTERFACES",
-                "PORTS"
-            ],
-            &cells
-        )
-    );
+    let headers = [
+        "STACK",
+        "CONTAINER",
+        "STATE",
+        "HEALTH",
+        "PID",
+        "RESTARTS",
+        "UPTIME",
+        "NAMESPACE",
+        "INTERFACES",
+        "PORTS",
+    ];
+    print!("{}", table(&headers, &cells));
     Ok(())
 }
 
-fn row<'a>(stack: &'a str, c: &'a Container) -> Row<'a> {
+fn row<'a>(stack: &'a str, c: &'a Container, status: Option<&StatusFile>) -> Row<'a> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let process = c.process.as_ref().map(|_| {
+        let s = status.and_then(|s| s.replicas.get(&c.name));
+        Process {
+            state: s.map_or_else(|| "no supervisor".to_string(), |s| s.state.clone()),
+            health: s.and_then(|s| s.health.clone()),
+            pid: s.and_then(|s| s.pid),
+            restarts: s.map_or(0, |s| s.restarts),
+            uptime_seconds: s
+                .and_then(|s| s.started_at_ms)
+                .map(|t| now.saturating_sub(t) / 1000),
+        }
+    });
     Row {
         stack,
         container: &c.name,
@@ -107,5 +150,14 @@ fn row<'a>(stack: &'a str, c: &'a Container) -> Row<'a> {
             .iter()
             .map(|p| format!("{}->{}/{}", p.host, p.container, p.protocol.as_str()))
             .collect(),
+        process,
+    }
+}
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
     }
 }

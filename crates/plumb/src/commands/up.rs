@@ -1,20 +1,22 @@
 //! `plumb up`: make the kernel match the stack file (observe, diff, execute), or print the
 //! plan as a script with `--dry-run`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use plumb_core::services::run_specs;
 use plumb_core::spec::Parsed;
 use plumb_core::{desired, plan, render, Actual, Desired, Diagnostics, Step};
 
 use super::{require_nft, require_root, Context};
 use crate::apply::Executor;
-use crate::failure::Result;
+use crate::failure::{Failure, Result};
 use crate::observe::observe;
-use crate::stackfile;
 use crate::state::StackState;
+use crate::supervisor::Supervisor;
+use crate::{processes, runfile, stackfile};
 
-pub fn run(ctx: &Context, file: &Path, dry_run: bool) -> Result<()> {
+pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Result<()> {
     let parsed = stackfile::load(file)?;
     let stack = parsed.stack.name.clone();
     let root = nix::unistd::geteuid().is_root();
@@ -22,7 +24,12 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool) -> Result<()> {
         require_root("up")?;
         require_nft()?;
     }
-    let _lock = if root { Some(ctx.state.lock()?) } else { None };
+    let base = stackfile::absolute(file)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    check_programs(&parsed, &base)?;
+    let lock = if root { Some(ctx.state.lock()?) } else { None };
     let state = ctx.state.load(&stack)?;
     let previous = state.as_ref().map(|s| s.leases.clone()).unwrap_or_default();
     let (desired, leases) = desired::resolve(&parsed, &previous)?;
@@ -55,6 +62,17 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool) -> Result<()> {
         .extend(desired.networks.iter().map(|n| n.name.clone()));
     ctx.state.save(&st)?;
 
+    let stack_dir = ctx.state.stack_dir(&stack);
+    let rebuilt: BTreeSet<String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::DeleteContainer { netns, .. } => Some(netns.clone()),
+            _ => None,
+        })
+        .collect();
+    processes::release_containers(&stack_dir, &stack, &rebuilt)?;
+
     let mut executor = Executor::new()?;
     let result = executor.run(&plan);
     if let Some(applied) = executor.firewall.take() {
@@ -67,7 +85,91 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool) -> Result<()> {
     ctx.state.save(&st)?;
     result?;
     println!("{}", summary(&desired, &plan.steps));
+
+    let specs = run_specs(&desired, &base);
+    if specs.is_empty() && !foreground {
+        return processes::stop_supervisor(&stack_dir, &stack);
+    }
+    let run = processes::write_run(&stack_dir, specs)?;
+    if foreground {
+        if runfile::live_supervisor(&stack_dir, &stack).is_some() {
+            return Err(Failure::new(format!(
+                "stack {stack} is already supervised in the background"
+            ))
+            .hint("`plumb logs` follows it; `plumb down` stops it"));
+        }
+        drop(lock);
+        println!("supervising {} process(es) in the foreground; Ctrl-C stops them (`plumb down` removes the network)", run.specs.len());
+        Supervisor::new(&stack_dir)?.run()?;
+        println!("stopped");
+        return Ok(());
+    }
+    processes::hand_over(&ctx.state, &stack, &run)?;
+    drop(lock);
+    let status = processes::wait_ready(&stack_dir, &run, false)?;
+    println!(
+        "{} process(es) started (supervisor pid {})",
+        status.replicas.len(),
+        status.supervisor_pid
+    );
     Ok(())
+}
+
+/// Every command's program must exist before anything is touched.
+fn check_programs(parsed: &Parsed, base: &Path) -> std::result::Result<(), Diagnostics> {
+    let mut errors = Vec::new();
+    for (name, svc) in &parsed.stack.services {
+        let Some(p) = &svc.process else { continue };
+        let workdir = p
+            .workdir
+            .as_ref()
+            .map_or(base.to_path_buf(), |w| base.join(w));
+        if !workdir.is_dir() {
+            errors.push(parsed.error(
+                &format!("services.{name}"),
+                format!("workdir {} does not exist", workdir.display()),
+                "create it, or fix workdir (relative to the stack file's folder)",
+            ));
+            continue;
+        }
+        let program = &p.command[0];
+        let found = if program.contains('/') {
+            is_executable(&workdir.join(program))
+        } else {
+            SEARCH_PATH
+                .split(':')
+                .any(|dir| is_executable(&Path::new(dir).join(program)))
+        };
+        if !found {
+            errors.push(parsed.error(
+                &format!("services.{name}.command"),
+                format!("program {program:?} is not installed (or not executable)"),
+                "install it, or give its path (relative paths start from the service's workdir)",
+            ));
+        }
+        if let Some(user) = &p.user {
+            if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+                errors.push(parsed.error(
+                    &format!("services.{name}"),
+                    format!("user {user:?} does not exist on this machine"),
+                    "create the user, or remove `user`",
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics(errors))
+    }
+}
+
+/// The PATH processes run with (the supervisor sets the same).
+const SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn summary(desired: &Desired, steps: &[Step]) -> String {

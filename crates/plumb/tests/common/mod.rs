@@ -250,10 +250,11 @@ impl Sandbox {
         out
     }
 
-    /// Processes whose network namespace is one of the sandbox's container namespaces.
-    pub fn container_processes(&self) -> Vec<u32> {
+    /// Processes whose network namespace is one named under the sandbox's /run/netns
+    /// (containers, and the `outside` namespace).
+    pub fn namespace_processes(&self) -> Vec<u32> {
         let inodes: Vec<u64> = self
-            .ok("for n in $(ls /run/netns); do [ \"$n\" = outside ] || stat -L -c %i /run/netns/$n; done")
+            .ok("for n in $(ls /run/netns); do stat -L -c %i /run/netns/$n; done")
             .split_whitespace()
             .filter_map(|s| s.parse().ok())
             .collect();
@@ -290,7 +291,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // Container namespaces are not the sandbox's own: end their processes first.
-        let mut pids = self.container_processes();
+        let mut pids = self.namespace_processes();
         pids.extend(self.processes());
         for pid in pids {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();

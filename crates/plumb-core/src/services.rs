@@ -1,0 +1,159 @@
+//! What the supervisor runs: for each container with a command, the fully resolved process
+//! (command, environment, working directory, hosts file). Pure: computed from the desired
+//! state and the stack file's folder.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{Container, Desired};
+use crate::spec::{Dependency, HealthSpec, RestartPolicy};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub container: String,
+    pub service: String,
+    pub replica: u32,
+    pub netns: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: PathBuf,
+    pub user: Option<String>,
+    pub restart: RestartPolicy,
+    pub health: Option<HealthSpec>,
+    pub depends_on: Vec<Dependency>,
+    pub stop_grace_ms: u64,
+    /// Content of the container's /etc/hosts.
+    pub hosts: String,
+}
+
+/// Environment variable naming a service's addresses: `PLUMB_ADDRS_MY_API`.
+pub fn addrs_variable(service: &str) -> String {
+    format!("PLUMB_ADDRS_{}", service.to_uppercase().replace('-', "_"))
+}
+
+/// The address `from` should use to reach `to`: on the first network they share, else `to`'s
+/// first address.
+fn address_for(from: &Container, to: &Container) -> Option<Ipv4Addr> {
+    to.interfaces
+        .iter()
+        .find(|t| from.interfaces.iter().any(|f| f.network == t.network))
+        .or(to.interfaces.first())
+        .map(|i| i.address)
+}
+
+/// Run specs for every container that has a command. `base` is the stack file's folder:
+/// commands, `workdir` and relative paths are relative to it.
+pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
+    let mut by_service: BTreeMap<&str, Vec<&Container>> = BTreeMap::new();
+    for c in &desired.containers {
+        by_service.entry(&c.service).or_default().push(c);
+    }
+    desired
+        .containers
+        .iter()
+        .filter_map(|c| {
+            let p = c.process.as_ref()?;
+            let mut env = BTreeMap::new();
+            env.insert("PLUMB_STACK".to_string(), desired.stack.clone());
+            env.insert("PLUMB_SERVICE".to_string(), c.service.clone());
+            env.insert("PLUMB_REPLICA".to_string(), c.replica.to_string());
+            let mut hosts =
+                String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+            for (service, replicas) in &by_service {
+                let addrs: Vec<String> = replicas
+                    .iter()
+                    .filter_map(|r| address_for(c, r))
+                    .map(|a| a.to_string())
+                    .collect();
+                env.insert(addrs_variable(service), addrs.join(","));
+                for (i, r) in replicas.iter().enumerate() {
+                    if let Some(a) = address_for(c, r) {
+                        let alias = if i == 0 {
+                            format!(" {service}")
+                        } else {
+                            String::new()
+                        };
+                        hosts += &format!("{a}\t{}{alias}\n", r.name);
+                    }
+                }
+            }
+            env.extend(p.env.clone());
+            let workdir = match &p.workdir {
+                Some(w) => base.join(w),
+                None => base.to_path_buf(),
+            };
+            Some(RunSpec {
+                container: c.name.clone(),
+                service: c.service.clone(),
+                replica: c.replica,
+                netns: c.netns.clone(),
+                command: p.command.clone(),
+                env,
+                workdir,
+                user: p.user.clone(),
+                restart: p.restart,
+                health: p.health.clone(),
+                depends_on: p.depends_on.clone(),
+                stop_grace_ms: p.stop_grace.as_millis() as u64,
+                hosts,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::resolve;
+    use crate::spec::parse;
+
+    #[test]
+    fn each_container_learns_every_service_address_on_a_shared_network() {
+        let parsed = parse(
+            "f",
+            r#"
+name = "s"
+[networks.a]
+subnet = "10.0.1.0/24"
+[networks.b]
+subnet = "10.0.2.0/24"
+[services.web]
+networks = ["a", "b"]
+command = "nginx"
+[services.my-api]
+networks = ["b"]
+replicas = 2
+command = ["api", "--port", "80"]
+env = { MODE = "test" }
+workdir = "srv"
+"#,
+        )
+        .unwrap();
+        let (desired, _) = resolve(&parsed, &Default::default()).unwrap();
+        let specs = run_specs(&desired, Path::new("/stack"));
+        assert_eq!(specs.len(), 3);
+        let api2 = specs.iter().find(|s| s.container == "my-api-2").unwrap();
+        assert_eq!(api2.env["PLUMB_REPLICA"], "2");
+        assert_eq!(api2.env["MODE"], "test");
+        assert_eq!(api2.workdir, PathBuf::from("/stack/srv"));
+        // web reaches api on b, and api reaches web on b (not on a, which api is not on).
+        assert_eq!(api2.env["PLUMB_ADDRS_WEB"], "10.0.2.4");
+        assert_eq!(api2.env["PLUMB_ADDRS_MY_API"], "10.0.2.2,10.0.2.3");
+        assert!(
+            api2.hosts.contains("10.0.2.4\tweb-1 web\n"),
+            "{}",
+            api2.hosts
+        );
+        assert!(
+            api2.hosts.contains("10.0.2.3\tmy-api-2\n"),
+            "{}",
+            api2.hosts
+        );
+        let web = specs.iter().find(|s| s.container == "web-1").unwrap();
+        assert_eq!(web.env["PLUMB_ADDRS_WEB"], "10.0.1.2");
+        assert_eq!(web.workdir, PathBuf::from("/stack"));
+    }
+}

@@ -1,0 +1,108 @@
+//! `plumb restart|stop|start SVC`: a new generation of `run.json` for the stack's supervisor.
+
+use std::time::Duration;
+
+use super::{require_root, Context};
+use crate::failure::{Failure, Result};
+use crate::{processes, runfile};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Restart,
+    Stop,
+    Start,
+}
+
+pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
+    require_root(match action {
+        Action::Restart => "restart",
+        Action::Stop => "stop",
+        Action::Start => "start",
+    })?;
+    let _lock = ctx.state.lock()?;
+    let (stack_filter, service) = service
+        .split_once('/')
+        .map_or((None, service), |(s, n)| (Some(s), n));
+    let stacks: Vec<String> = ctx
+        .state
+        .stacks()?
+        .into_keys()
+        .filter(|s| stack_filter.is_none_or(|f| f == s))
+        .filter(|s| {
+            runfile::read_run(&ctx.state.stack_dir(s))
+                .specs
+                .iter()
+                .any(|r| r.service == service)
+        })
+        .collect();
+    let stack = match stacks.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(Failure::new(format!(
+                "no service {service:?} with a command in any stack that is up"
+            ))
+            .hint("`plumb ps` lists the services"))
+        }
+        _ => {
+            return Err(Failure::new(format!(
+                "service {service:?} exists in several stacks: {}",
+                stacks.join(", ")
+            ))
+            .hint(format!("name it as STACK/{service}")))
+        }
+    };
+    let dir = ctx.state.stack_dir(&stack);
+    let pid = runfile::live_supervisor(&dir, &stack).ok_or_else(|| {
+        Failure::new(format!("stack {stack} has no running supervisor"))
+            .hint("`plumb up` starts it again")
+    })?;
+    let mut run = runfile::read_run(&dir);
+    match action {
+        Action::Stop => {
+            run.stopped.insert(service.to_string());
+        }
+        Action::Start => {
+            run.stopped.remove(service);
+        }
+        Action::Restart => {
+            run.stopped.remove(service);
+            *run.restarts.entry(service.to_string()).or_default() += 1;
+        }
+    }
+    run.generation += 1;
+    runfile::write_json(&runfile::run_path(&dir), &run)?;
+    runfile::signal_and_wait(&dir, pid, run.generation, Duration::from_secs(10))?;
+    if action == Action::Stop {
+        let grace = run
+            .specs
+            .iter()
+            .filter(|s| s.service == service)
+            .map(|s| s.stop_grace_ms)
+            .max()
+            .unwrap_or(0);
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(5);
+        while runfile::read_status(&dir)
+            .replicas
+            .values()
+            .any(|r| r.service == service && r.state != "stopped")
+        {
+            if std::time::Instant::now() > deadline {
+                return Err(Failure::new(format!("{service} did not stop in time")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("{stack}/{service}: stopped");
+    } else {
+        processes::wait_ready(&dir, &run, false)?;
+        println!(
+            "{stack}/{service}: {}",
+            if action == Action::Start {
+                "started"
+            } else {
+                "restarted"
+            }
+        );
+    }
+    Ok(())
+}

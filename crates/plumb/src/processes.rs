@@ -1,0 +1,211 @@
+//! How `plumb` drives a stack's supervisor: hand it a new generation of `run.json`, start it
+//! when it is not running (in the background, or in this process with `--foreground`), wait
+//! until the services are up, and stop it on `down`.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use plumb_core::services::RunSpec;
+use plumb_core::spec::Condition;
+
+use crate::failure::{Failure, Result};
+use crate::runfile::{self, RunFile, StatusFile};
+use crate::state::StateDir;
+
+/// Writes `specs` as the next generation of `run.json` and returns it.
+pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>) -> Result<RunFile> {
+    let mut run = runfile::read_run(stack_dir);
+    run.generation += 1;
+    run.specs = specs;
+    std::fs::create_dir_all(stack_dir)?;
+    runfile::write_json(&runfile::run_path(stack_dir), &run)?;
+    Ok(run)
+}
+
+/// Before containers are deleted or rebuilt: have a running supervisor stop their processes
+/// gracefully (their `stop_grace`), so nothing is restarted into a namespace going away.
+pub fn release_containers(stack_dir: &Path, stack: &str, netns: &BTreeSet<String>) -> Result<()> {
+    let Some(pid) = runfile::live_supervisor(stack_dir, stack) else {
+        return Ok(());
+    };
+    let current = runfile::read_run(stack_dir);
+    if !current.specs.iter().any(|s| netns.contains(&s.netns)) {
+        return Ok(());
+    }
+    let keep: Vec<RunSpec> = current
+        .specs
+        .iter()
+        .filter(|s| !netns.contains(&s.netns))
+        .cloned()
+        .collect();
+    let grace = max_grace(&current.specs);
+    let run = write_run(stack_dir, keep)?;
+    runfile::signal_and_wait(stack_dir, pid, run.generation, Duration::from_secs(5))?;
+    // The supervisor acknowledged; wait until those processes are really gone.
+    wait_until(grace + Duration::from_secs(5), || {
+        let status = runfile::read_status(stack_dir);
+        !status.replicas.keys().any(|c| {
+            current
+                .specs
+                .iter()
+                .any(|s| &s.container == c && netns.contains(&s.netns))
+        })
+    });
+    Ok(())
+}
+
+/// Makes the supervisor run `run`: signals the live one, or starts one in the background.
+pub fn hand_over(state: &StateDir, stack: &str, run: &RunFile) -> Result<()> {
+    let dir = state.stack_dir(stack);
+    if let Some(pid) = runfile::live_supervisor(&dir, stack) {
+        runfile::signal_and_wait(&dir, pid, run.generation, Duration::from_secs(10))?;
+        return Ok(());
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("supervisor.log"))?;
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .arg("--state-dir")
+        .arg(&state.root)
+        .args(["supervise", stack])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the supervisor from our terminal and
+    // process group, so it outlives this command and Ctrl-C here does not reach it.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    command
+        .spawn()
+        .map_err(|e| Failure::new(format!("cannot start the supervisor: {e}")))?;
+    runfile::wait_generation(&dir, run.generation, Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// Stops the stack's supervisor (it stops every process first) and waits until it is gone.
+pub fn stop_supervisor(stack_dir: &Path, stack: &str) -> Result<()> {
+    let Some(pid) = runfile::live_supervisor(stack_dir, stack) else {
+        return Ok(());
+    };
+    let grace = max_grace(&runfile::read_run(stack_dir).specs);
+    let _ = kill(pid, Signal::SIGTERM);
+    if wait_until(grace + Duration::from_secs(10), || {
+        runfile::live_supervisor(stack_dir, stack).is_none()
+    }) {
+        Ok(())
+    } else {
+        Err(
+            Failure::new(format!("the supervisor (pid {pid}) did not stop")).hint(format!(
+                "see {}",
+                stack_dir.join("supervisor.log").display()
+            )),
+        )
+    }
+}
+
+/// Waits until every service is started, and healthy where another service waits for it to
+/// be (or `all_healthy`: wherever it has a health check).
+pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<StatusFile> {
+    let healthy_needed: BTreeSet<&str> = run
+        .specs
+        .iter()
+        .flat_map(|s| {
+            s.depends_on
+                .iter()
+                .filter(|d| d.condition == Condition::Healthy)
+                .map(|d| d.service.as_str())
+        })
+        .collect();
+    let slowest = run
+        .specs
+        .iter()
+        .filter_map(|s| s.health.as_ref())
+        .map(|h| h.start_period + h.interval * (h.retries + 1))
+        .max()
+        .unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60) + slowest;
+    let tty = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    loop {
+        let status = runfile::read_status(stack_dir);
+        let mut waiting = Vec::new();
+        for spec in run
+            .specs
+            .iter()
+            .filter(|s| !run.stopped.contains(&s.service))
+        {
+            let Some(r) = status.replicas.get(&spec.container) else {
+                waiting.push(format!("{} (not known to the supervisor)", spec.container));
+                continue;
+            };
+            if let Some(error) = &r.error {
+                return Err(Failure::new(format!("{}: {error}", spec.container))
+                    .hint(format!("`plumb logs {}` shows its output", spec.container)));
+            }
+            let started = r.state == "running"
+                || (r.state == "exited" && r.last_exit.as_deref() == Some("exit code 0"));
+            let needs_health = spec.health.is_some()
+                && (all_healthy || healthy_needed.contains(spec.service.as_str()));
+            if !started || (needs_health && r.health.as_deref() != Some("healthy")) {
+                waiting.push(format!(
+                    "{} ({}{})",
+                    spec.container,
+                    r.state,
+                    r.health
+                        .as_deref()
+                        .map(|h| format!(", {h}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if waiting.is_empty() {
+            if tty && start.elapsed() > Duration::from_secs(1) {
+                eprint!("\r\x1b[K");
+            }
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            return Err(
+                Failure::new(format!("services not ready: {}", waiting.join(", ")))
+                    .hint("`plumb ps` shows their state, `plumb logs SVC` their output"),
+            );
+        }
+        if tty && start.elapsed() > Duration::from_secs(1) {
+            eprint!(
+                "\r\x1b[K  waiting for {} replica(s): {}",
+                waiting.len(),
+                waiting
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn max_grace(specs: &[RunSpec]) -> Duration {
+    Duration::from_millis(specs.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0))
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}

@@ -1,0 +1,135 @@
+//! The two files through which `plumb` and a stack's supervisor talk: `run.json` (what to run,
+//! written by plumb; a new generation, then SIGHUP) and `status.json` (what runs, written by
+//! the supervisor, naming the generation it has applied).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use plumb_core::services::RunSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::failure::{Failure, Result};
+use crate::state::write_atomically;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunFile {
+    pub generation: u64,
+    pub specs: Vec<RunSpec>,
+    /// Services stopped by `plumb stop`.
+    pub stopped: BTreeSet<String>,
+    /// Bumped by `plumb restart SVC`.
+    pub restarts: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub generation: u64,
+    pub supervisor_pid: u32,
+    pub replicas: BTreeMap<String, ReplicaStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub service: String,
+    /// waiting, running, stopping, backoff, exited, stopped
+    pub state: String,
+    /// starting, healthy, unhealthy; None without a health check.
+    pub health: Option<String>,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Unix time in milliseconds when the current process started.
+    pub started_at_ms: Option<u64>,
+    pub last_exit: Option<String>,
+    pub error: Option<String>,
+}
+
+pub fn run_path(stack_dir: &Path) -> PathBuf {
+    stack_dir.join("run.json")
+}
+
+pub fn status_path(stack_dir: &Path) -> PathBuf {
+    stack_dir.join("status.json")
+}
+
+pub fn pid_path(stack_dir: &Path) -> PathBuf {
+    stack_dir.join("supervisor.pid")
+}
+
+pub fn logs_dir(stack_dir: &Path) -> PathBuf {
+    stack_dir.join("logs")
+}
+
+fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> T {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+pub fn read_run(stack_dir: &Path) -> RunFile {
+    read_json(&run_path(stack_dir))
+}
+
+pub fn read_status(stack_dir: &Path) -> StatusFile {
+    read_json(&status_path(stack_dir))
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Failure::new(e.to_string()))?;
+    write_atomically(path, &bytes)
+}
+
+/// The stack's supervisor, if one is alive: its PID file names a live `plumb supervise` of
+/// this stack (a reused PID running something else does not count).
+pub fn live_supervisor(stack_dir: &Path, stack: &str) -> Option<Pid> {
+    let pid: i32 = std::fs::read_to_string(pid_path(stack_dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_ours = args
+        .windows(2)
+        .any(|w| w[0] == b"supervise" && w[1] == stack.as_bytes());
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    });
+    (is_ours && !zombie).then(|| Pid::from_raw(pid))
+}
+
+/// Asks the supervisor to apply `generation` (SIGHUP) and waits until its status says so.
+pub fn signal_and_wait(
+    stack_dir: &Path,
+    pid: Pid,
+    generation: u64,
+    timeout: Duration,
+) -> Result<StatusFile> {
+    kill(pid, Signal::SIGHUP)
+        .map_err(|e| Failure::new(format!("cannot signal the supervisor (pid {pid}): {e}")))?;
+    wait_generation(stack_dir, generation, timeout)
+}
+
+pub fn wait_generation(stack_dir: &Path, generation: u64, timeout: Duration) -> Result<StatusFile> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = read_status(stack_dir);
+        if status.generation >= generation {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            return Err(
+                Failure::new("the supervisor did not answer in time").hint(format!(
+                    "see {}",
+                    stack_dir.join("supervisor.log").display()
+                )),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,88 @@
+//! Health probes, run on a short-lived thread that enters the container's network namespace
+//! (setns affects only the calling thread), so a slow probe never stalls the supervisor.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use plumb_core::spec::Probe;
+
+/// Runs `probe` inside the namespace `netns`; true if the service answered as healthy.
+pub fn check(netns: &OwnedFd, probe: &Probe, timeout: Duration) -> bool {
+    if setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+        return false;
+    }
+    match probe {
+        Probe::Tcp { port } => connect(*port, timeout).is_some(),
+        Probe::Http { path, port } => http(*port, path, timeout),
+        Probe::Exec { command } => exec(command, timeout),
+    }
+}
+
+fn connect(port: u16, timeout: Duration) -> Option<TcpStream> {
+    let stream =
+        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    Some(stream)
+}
+
+/// Healthy on a 2xx or 3xx answer.
+fn http(port: u16, path: &str, timeout: Duration) -> bool {
+    let Some(mut stream) = connect(port, timeout) else {
+        return false;
+    };
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: plumb-health\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    let mut got = 0;
+    while got < 12 {
+        match stream.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..got]);
+    line.starts_with("HTTP/")
+        && matches!(
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|c| c.chars().next()),
+            Some('2') | Some('3')
+        )
+}
+
+/// Healthy if the command exits 0 within the timeout (it runs in the thread's namespace).
+fn exec(command: &[String], timeout: Duration) -> bool {
+    let Some((program, args)) = command.split_first() else {
+        return false;
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    plumb_linux::spawn::default_signals(&mut command);
+    let Ok(mut child) = command.spawn() else {
+        return false;
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
