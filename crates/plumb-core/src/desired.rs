@@ -32,8 +32,7 @@ pub struct Network {
 impl Network {
     /// The bridge's own address: the gateway, with the subnet's prefix.
     pub fn gateway_cidr(&self) -> Ipv4Net {
-        Ipv4Net::new(self.gateway, self.subnet.prefix_len())
-            .expect("prefix comes from a valid subnet")
+        Ipv4Net::new(self.gateway, self.subnet.prefix_len()).expect("prefix comes from a valid subnet")
     }
 }
 

@@ -34,20 +34,25 @@ pub fn ruleset(desired: &Desired) -> Option<String> {
 /// cannot fail), delete it, add the new one. `nft -f` runs it as one transaction.
 pub fn replace_script(desired: &Desired) -> Option<String> {
     let table = names::nft_table(&desired.stack);
-    ruleset(desired)
-        .map(|body| format!("table inet {table} {{}}\ndelete table inet {table}\n{body}"))
+    ruleset(desired).map(|body| format!("table inet {table} {{}}\ndelete table inet {table}\n{body}"))
 }
 
 fn forward_chain(desired: &Desired) -> String {
-    let mut out = String::from(
-        "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n",
-    );
+    let mut out = String::from("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
     let prefix = names::BRIDGE_PREFIX;
     for net in &desired.networks {
         let br = &net.bridge;
         if net.internal {
-            let _ = writeln!(out, "\t\tiifname \"{br}\" oifname != \"{br}\" drop comment \"{}: internal, nothing leaves\"", net.name);
-            let _ = writeln!(out, "\t\toifname \"{br}\" iifname != \"{br}\" drop comment \"{}: internal, nothing enters\"", net.name);
+            let _ = writeln!(
+                out,
+                "\t\tiifname \"{br}\" oifname != \"{br}\" drop comment \"{}: internal, nothing leaves\"",
+                net.name
+            );
+            let _ = writeln!(
+                out,
+                "\t\toifname \"{br}\" iifname != \"{br}\" drop comment \"{}: internal, nothing enters\"",
+                net.name
+            );
         } else {
             let _ = writeln!(
                 out,
@@ -82,11 +87,7 @@ fn published_ports(desired: &Desired) -> (Vec<String>, Vec<String>) {
         let target = match ips.as_slice() {
             [one] => format!("{one}:{}", port.container),
             many => {
-                let entries: Vec<String> = many
-                    .iter()
-                    .enumerate()
-                    .map(|(i, ip)| format!("{i} : {ip}"))
-                    .collect();
+                let entries: Vec<String> = many.iter().enumerate().map(|(i, ip)| format!("{i} : {ip}")).collect();
                 format!(
                     "numgen inc mod {} map {{ {} }}:{}",
                     many.len(),
@@ -120,9 +121,7 @@ fn postrouting_rules(desired: &Desired) -> Vec<String> {
 }
 
 fn nat_chain(name: &str, hook: &str, priority: &str, rules: &[String]) -> String {
-    let mut out = format!(
-        "\tchain {name} {{\n\t\ttype nat hook {hook} priority {priority}; policy accept;\n"
-    );
+    let mut out = format!("\tchain {name} {{\n\t\ttype nat hook {hook} priority {priority}; policy accept;\n");
     for r in rules {
         let _ = writeln!(out, "\t\t{r}");
     }

@@ -36,11 +36,7 @@ pub struct Exhausted {
 
 /// Gives every request an address: fixed ones first, then previous leases that are still
 /// valid, then the lowest free host address of the network.
-pub fn allocate(
-    pools: &BTreeMap<String, Pool>,
-    requests: &[Request],
-    previous: &Leases,
-) -> Result<Leases, Exhausted> {
+pub fn allocate(pools: &BTreeMap<String, Pool>, requests: &[Request], previous: &Leases) -> Result<Leases, Exhausted> {
     let mut used: BTreeMap<&str, BTreeSet<Ipv4Addr>> = pools
         .iter()
         .map(|(n, p)| (n.as_str(), BTreeSet::from([p.gateway])))
@@ -62,10 +58,7 @@ pub fn allocate(
         }
     }
     let mut cursors: BTreeMap<&str, u32> = BTreeMap::new();
-    let unplaced: Vec<&Request> = requests
-        .iter()
-        .filter(|r| !leases.contains_key(&r.key))
-        .collect();
+    let unplaced: Vec<&Request> = requests.iter().filter(|r| !leases.contains_key(&r.key)).collect();
     for r in unplaced {
         let Some(pool) = pools.get(&r.network) else {
             continue;
@@ -137,12 +130,7 @@ mod tests {
     #[test]
     fn a_fixed_address_evicts_an_old_lease() {
         let previous = Leases::from([("a".to_string(), "10.0.0.2".parse().unwrap())]);
-        let leases = allocate(
-            &pools(),
-            &[req("a", None), req("b", Some("10.0.0.2"))],
-            &previous,
-        )
-        .unwrap();
+        let leases = allocate(&pools(), &[req("a", None), req("b", Some("10.0.0.2"))], &previous).unwrap();
         assert_eq!(leases["b"].to_string(), "10.0.0.2");
         assert_eq!(leases["a"].to_string(), "10.0.0.3");
     }
@@ -152,11 +140,6 @@ mod tests {
         // /29: hosts .1-.6, .1 is the gateway: five containers fit, the sixth does not.
         let reqs: Vec<_> = (0..6).map(|i| req(&format!("c{i}"), None)).collect();
         assert!(allocate(&pools(), &reqs[..5], &Leases::new()).is_ok());
-        assert_eq!(
-            allocate(&pools(), &reqs, &Leases::new())
-                .unwrap_err()
-                .network,
-            "n"
-        );
+        assert_eq!(allocate(&pools(), &reqs, &Leases::new()).unwrap_err().network, "n");
     }
 }

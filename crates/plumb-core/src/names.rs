@@ -24,10 +24,7 @@ pub fn container_ifname(index: usize) -> String {
 
 /// `plb` + 8 hex digits: the bridge of one network of one stack.
 pub fn bridge(stack: &str, network: &str) -> String {
-    format!(
-        "{BRIDGE_PREFIX}{:08x}",
-        fnv1a(&[stack, "/", network]) as u32
-    )
+    format!("{BRIDGE_PREFIX}{:08x}", fnv1a(&[stack, "/", network]) as u32)
 }
 
 /// `plv` + 10 hex digits: the host end of a container's veth on one network.
@@ -69,10 +66,7 @@ mod tests {
 
     #[test]
     fn interface_names_fit_ifnamsiz() {
-        assert_eq!(
-            bridge("a-very-long-", "network-name-that-is-long").len(),
-            11
-        );
+        assert_eq!(bridge("a-very-long-", "network-name-that-is-long").len(), 11);
         assert_eq!(host_veth("stack", "service-12345", "net").len(), 13);
     }
 
@@ -80,10 +74,7 @@ mod tests {
     fn names_are_stable_and_distinct() {
         assert_eq!(bridge("shop", "frontend"), bridge("shop", "frontend"));
         assert_ne!(bridge("shop", "frontend"), bridge("shop", "backend"));
-        assert_ne!(
-            host_veth("shop", "web-1", "a"),
-            host_veth("shop", "web-2", "a")
-        );
+        assert_ne!(host_veth("shop", "web-1", "a"), host_veth("shop", "web-2", "a"));
         assert_ne!(host_veth("a", "b-c", "n"), host_veth("a-b", "c", "n"));
         assert_eq!(nft_table("my-app"), "plumb_my_app");
     }

@@ -63,7 +63,7 @@ pub enum Step {
         name: String,
         network: String,
     },
-    CreateContainer(Container),
+    CreateContainer(Box<Container>),
     /// Anything running inside a namespace keeps it (and its veths) alive: end it first.
     StopProcesses {
         namespaces: Vec<String>,
@@ -146,10 +146,7 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         });
     }
     for netns in &deleted {
-        let container = netns
-            .strip_prefix(&format!("{stack}-"))
-            .unwrap_or(netns)
-            .to_string();
+        let container = netns.strip_prefix(&format!("{stack}-")).unwrap_or(netns).to_string();
         for net in &networks {
             let veth = names::host_veth(stack, &container, net);
             if actual.host_veths.contains_key(&veth) {
@@ -166,16 +163,11 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     let stale_bridges: Vec<(&String, String)> = actual
         .bridges
         .iter()
-        .filter(|(name, _)| {
-            !want_bridges.contains(name.as_str()) || rebuilt.contains(name.as_str())
-        })
+        .filter(|(name, _)| !want_bridges.contains(name.as_str()) || rebuilt.contains(name.as_str()))
         .map(|(name, link)| (name, network_of_alias(stack, link.alias.as_deref())))
         .collect();
     // Bridges being rebuilt go first (their names are reused); bridges no longer wanted go last.
-    for (name, network) in stale_bridges
-        .iter()
-        .filter(|(n, _)| rebuilt.contains(n.as_str()))
-    {
+    for (name, network) in stale_bridges.iter().filter(|(n, _)| rebuilt.contains(n.as_str())) {
         steps.push(Step::DeleteBridge {
             name: (*name).clone(),
             network: network.clone(),
@@ -184,10 +176,7 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     if !gone_links.is_empty() {
         steps.push(Step::AwaitLinksGone { links: gone_links });
     }
-    for net in want_networks
-        .iter()
-        .filter(|n| rebuilt.contains(n.bridge.as_str()))
-    {
+    for net in want_networks.iter().filter(|n| rebuilt.contains(n.bridge.as_str())) {
         steps.push(Step::CreateBridge(net.clone()));
     }
 
@@ -197,23 +186,14 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         (Some(want), ObservedFirewall::Applied(have)) if want == have => {}
         (Some(_), _) => steps.push(Step::ApplyFirewall {
             table: table.clone(),
-            script: desired
-                .and_then(firewall::replace_script)
-                .unwrap_or_default(),
+            script: desired.and_then(firewall::replace_script).unwrap_or_default(),
         }),
         (None, _) => {}
     }
 
-    steps.extend(
-        created
-            .into_iter()
-            .map(|c| Step::CreateContainer(c.clone())),
-    );
+    steps.extend(created.into_iter().map(|c| Step::CreateContainer(Box::new(c.clone()))));
 
-    for (name, network) in stale_bridges
-        .iter()
-        .filter(|(n, _)| !rebuilt.contains(n.as_str()))
-    {
+    for (name, network) in stale_bridges.iter().filter(|(n, _)| !rebuilt.contains(n.as_str())) {
         steps.push(Step::DeleteBridge {
             name: (*name).clone(),
             network: network.clone(),
@@ -234,27 +214,20 @@ fn network_of_alias(stack: &str, alias: Option<&str>) -> String {
 }
 
 fn bridge_matches(want: &Network, got: Option<&ObservedLink>) -> bool {
-    got.is_some_and(|g| {
-        g.up && g.alias.as_deref() == Some(want.alias.as_str())
-            && g.addresses == [want.gateway_cidr()]
-    })
+    got.is_some_and(|g| g.up && g.alias.as_deref() == Some(want.alias.as_str()) && g.addresses == [want.gateway_cidr()])
 }
 
 /// A container is kept only if every part of its wiring is as desired; anything else (for
 /// example an `up` killed half-way) is rebuilt from scratch.
-fn container_matches(
-    want: &Container,
-    got: &ObservedNetns,
-    actual: &Actual,
-    rebuilt: &BTreeSet<&str>,
-) -> bool {
+fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, rebuilt: &BTreeSet<&str>) -> bool {
     got.lo_up
         && got.default_gateway == want.gateway
         && got.links.len() == want.interfaces.len()
         && want.interfaces.iter().all(|i| {
-            let inside = got.links.get(&i.name).is_some_and(|l| {
-                l.up && l.alias.as_deref() == Some(i.alias.as_str()) && l.addresses == [i.cidr()]
-            });
+            let inside = got
+                .links
+                .get(&i.name)
+                .is_some_and(|l| l.up && l.alias.as_deref() == Some(i.alias.as_str()) && l.addresses == [i.cidr()]);
             let outside = actual
                 .host_veths
                 .get(&i.host_veth)

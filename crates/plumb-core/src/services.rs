@@ -60,8 +60,7 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
             env.insert("PLUMB_STACK".to_string(), desired.stack.clone());
             env.insert("PLUMB_SERVICE".to_string(), c.service.clone());
             env.insert("PLUMB_REPLICA".to_string(), c.replica.to_string());
-            let mut hosts =
-                String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+            let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
             for (service, replicas) in &by_service {
                 let addrs: Vec<String> = replicas
                     .iter()
@@ -71,11 +70,7 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
                 env.insert(addrs_variable(service), addrs.join(","));
                 for (i, r) in replicas.iter().enumerate() {
                     if let Some(a) = address_for(c, r) {
-                        let alias = if i == 0 {
-                            format!(" {service}")
-                        } else {
-                            String::new()
-                        };
+                        let alias = if i == 0 { format!(" {service}") } else { String::new() };
                         hosts += &format!("{a}\t{}{alias}\n", r.name);
                     }
                 }
@@ -142,16 +137,8 @@ workdir = "srv"
         // web reaches api on b, and api reaches web on b (not on a, which api is not on).
         assert_eq!(api2.env["PLUMB_ADDRS_WEB"], "10.0.2.4");
         assert_eq!(api2.env["PLUMB_ADDRS_MY_API"], "10.0.2.2,10.0.2.3");
-        assert!(
-            api2.hosts.contains("10.0.2.4\tweb-1 web\n"),
-            "{}",
-            api2.hosts
-        );
-        assert!(
-            api2.hosts.contains("10.0.2.3\tmy-api-2\n"),
-            "{}",
-            api2.hosts
-        );
+        assert!(api2.hosts.contains("10.0.2.4\tweb-1 web\n"), "{}", api2.hosts);
+        assert!(api2.hosts.contains("10.0.2.3\tmy-api-2\n"), "{}", api2.hosts);
         let web = specs.iter().find(|s| s.container == "web-1").unwrap();
         assert_eq!(web.env["PLUMB_ADDRS_WEB"], "10.0.1.2");
         assert_eq!(web.workdir, PathBuf::from("/stack"));

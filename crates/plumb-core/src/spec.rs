@@ -198,12 +198,7 @@ pub struct Parsed {
 
 impl Parsed {
     /// A diagnostic about a field of this file, for checks made outside the core.
-    pub fn error(
-        &self,
-        field: &str,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Diagnostic {
+    pub fn error(&self, field: &str, message: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
         let map = SourceMap {
             file: &self.file,
             text: &self.text,
@@ -248,13 +243,7 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(
-        &mut self,
-        span: Range<usize>,
-        field: &str,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) {
+    fn err(&mut self, span: Range<usize>, field: &str, message: impl Into<String>, hint: impl Into<String>) {
         let d = self.map.error(Some(span), field, message, hint);
         self.errors.push(d);
     }
@@ -296,8 +285,7 @@ impl Validator<'_> {
             }
         }
         self.check_overlaps(&networks);
-        let service_names: BTreeSet<String> =
-            raw.services.keys().map(|k| k.get_ref().clone()).collect();
+        let service_names: BTreeSet<String> = raw.services.keys().map(|k| k.get_ref().clone()).collect();
         let mut services = BTreeMap::new();
         let mut dep_spans = BTreeMap::new();
         for (key, mut raw_svc) in raw.services {
@@ -342,14 +330,7 @@ impl Validator<'_> {
             if let Some(dep) = &located.depends_on {
                 dep_spans.insert(svc_name.clone(), dep.span());
             }
-            let svc = self.service(
-                &field,
-                &svc_name,
-                raw_svc,
-                located,
-                &networks,
-                &service_names,
-            );
+            let svc = self.service(&field, &svc_name, raw_svc, located, &networks, &service_names);
             services.insert(svc_name, svc);
         }
         self.check_ports(&services, &networks);
@@ -444,19 +425,16 @@ impl Validator<'_> {
         let list: Vec<_> = networks.iter().collect();
         for (i, (a_name, a)) in list.iter().enumerate() {
             for (b_name, b) in &list[i + 1..] {
-                if !(a.subnet.contains(&b.subnet.network())
-                    || b.subnet.contains(&a.subnet.network()))
-                {
+                if !(a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network())) {
                     continue;
                 }
                 // Report it on whichever of the two comes later in the file.
                 let field_of = |n: &str| format!("networks.{n}.subnet");
-                let (first, second) =
-                    if self.spans[&field_of(a_name)].start < self.spans[&field_of(b_name)].start {
-                        ((a_name, a), (b_name, b))
-                    } else {
-                        ((b_name, b), (a_name, a))
-                    };
+                let (first, second) = if self.spans[&field_of(a_name)].start < self.spans[&field_of(b_name)].start {
+                    ((a_name, a), (b_name, b))
+                } else {
+                    ((b_name, b), (a_name, a))
+                };
                 let field = field_of(second.0);
                 let span = self.spans[&field].clone();
                 self.err(
@@ -570,10 +548,7 @@ impl Validator<'_> {
                     span.clone(),
                     &nfield,
                     format!("unknown network {net:?}"),
-                    format!(
-                        "declare [networks.{net}] or use one of: {}",
-                        known.join(", ")
-                    ),
+                    format!("declare [networks.{net}] or use one of: {}", known.join(", ")),
                 );
                 return;
             }
@@ -745,11 +720,7 @@ impl Validator<'_> {
                 env.insert(k.clone(), value);
             }
         }
-        let restart = match raw
-            .restart
-            .as_ref()
-            .map(|r| (r.get_ref().as_str(), r.span()))
-        {
+        let restart = match raw.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
             None | Some(("on-failure", _)) => RestartPolicy::OnFailure,
             Some(("no", _)) => RestartPolicy::No,
             Some(("always", _)) => RestartPolicy::Always,
@@ -883,11 +854,7 @@ impl Validator<'_> {
                 h.interval.as_ref(),
                 Duration::from_secs(2),
             ),
-            timeout: self.duration(
-                &format!("{field}.timeout"),
-                h.timeout.as_ref(),
-                Duration::from_secs(1),
-            ),
+            timeout: self.duration(&format!("{field}.timeout"), h.timeout.as_ref(), Duration::from_secs(1)),
             retries,
             start_period: self.duration(
                 &format!("{field}.start_period"),
@@ -897,12 +864,7 @@ impl Validator<'_> {
         })
     }
 
-    fn duration(
-        &mut self,
-        field: &str,
-        raw: Option<&Spanned<String>>,
-        default: Duration,
-    ) -> Duration {
+    fn duration(&mut self, field: &str, raw: Option<&Spanned<String>>, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
         parse_duration(raw.get_ref()).unwrap_or_else(|| {
             self.err(
@@ -941,10 +903,7 @@ impl Validator<'_> {
             }
             toml::Value::Table(table) => {
                 for (svc, v) in table {
-                    let cond = v
-                        .as_table()
-                        .and_then(|t| t.get("condition"))
-                        .and_then(|c| c.as_str());
+                    let cond = v.as_table().and_then(|t| t.get("condition")).and_then(|c| c.as_str());
                     let bad_key = v
                         .as_table()
                         .and_then(|t| t.keys().find(|k| k.as_str() != "condition").cloned());
@@ -1000,11 +959,7 @@ impl Validator<'_> {
         out
     }
 
-    fn check_ports(
-        &mut self,
-        services: &BTreeMap<String, ServiceSpec>,
-        networks: &BTreeMap<String, NetworkSpec>,
-    ) {
+    fn check_ports(&mut self, services: &BTreeMap<String, ServiceSpec>, networks: &BTreeMap<String, NetworkSpec>) {
         let mut seen: BTreeMap<(u16, Protocol), String> = BTreeMap::new();
         for (name, svc) in services {
             let reachable = svc
@@ -1038,11 +993,7 @@ impl Validator<'_> {
         }
     }
 
-    fn check_static_ips(
-        &mut self,
-        services: &BTreeMap<String, ServiceSpec>,
-        networks: &BTreeMap<String, NetworkSpec>,
-    ) {
+    fn check_static_ips(&mut self, services: &BTreeMap<String, ServiceSpec>, networks: &BTreeMap<String, NetworkSpec>) {
         let mut taken: BTreeMap<Ipv4Addr, String> = networks
             .iter()
             .map(|(n, s)| (s.gateway, format!("the gateway of network {n:?}")))
@@ -1058,10 +1009,7 @@ impl Validator<'_> {
                     self.err(
                         span,
                         &format!("{field}.{}.ip", a.network),
-                        format!(
-                            "{ip} is not a host address of network {:?} ({})",
-                            a.network, net.subnet
-                        ),
+                        format!("{ip} is not a host address of network {:?} ({})", a.network, net.subnet),
                         format!("pick an address inside {}", net.subnet),
                     );
                 } else if let Some(owner) = taken.insert(ip, format!("service {name:?}")) {
@@ -1076,11 +1024,7 @@ impl Validator<'_> {
         }
     }
 
-    fn check_cycles(
-        &mut self,
-        services: &BTreeMap<String, ServiceSpec>,
-        spans: &BTreeMap<String, Range<usize>>,
-    ) {
+    fn check_cycles(&mut self, services: &BTreeMap<String, ServiceSpec>, spans: &BTreeMap<String, Range<usize>>) {
         if let Some(cycle) = find_cycle(services) {
             let span = spans.get(&cycle[0]).cloned().unwrap_or(0..0);
             self.err(
@@ -1286,18 +1230,12 @@ depends_on = { web = { condition = "healthy" } }
                 protocol: Protocol::Udp
             }
         );
-        assert_eq!(
-            web.process.as_ref().unwrap().command,
-            ["nginx", "-g", "daemon off;"]
-        );
+        assert_eq!(web.process.as_ref().unwrap().command, ["nginx", "-g", "daemon off;"]);
         let db = &s.services["db"];
         assert_eq!(db.networks[0].ip.unwrap().to_string(), "10.89.2.10");
         let proc = db.process.as_ref().unwrap();
         assert_eq!(proc.restart, RestartPolicy::Always);
-        assert_eq!(
-            proc.health.as_ref().unwrap().interval,
-            Duration::from_millis(500)
-        );
+        assert_eq!(proc.health.as_ref().unwrap().interval, Duration::from_millis(500));
         assert_eq!(proc.depends_on[0].condition, Condition::Healthy);
     }
 
@@ -1305,47 +1243,35 @@ depends_on = { web = { condition = "healthy" } }
     fn invalid_cidr_names_line_field_and_fix() {
         let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/33\"\n");
         assert!(
-            e.starts_with(
-                "plumb.toml:3:10: networks.n.subnet: \"10.0.0.0/33\" is not a valid IPv4 CIDR"
-            ),
+            e.starts_with("plumb.toml:3:10: networks.n.subnet: \"10.0.0.0/33\" is not a valid IPv4 CIDR"),
             "{e}"
         );
         assert!(e.contains("hint:"), "{e}");
         let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.5/24\"\n");
-        assert!(
-            e.contains("host bits set") && e.contains("10.0.0.0/24"),
-            "{e}"
-        );
+        assert!(e.contains("host bits set") && e.contains("10.0.0.0/24"), "{e}");
     }
 
     #[test]
     fn overlapping_subnets_are_rejected() {
         let e = errors(&format!("{NET}[networks.m]\nsubnet = \"10.0.0.128/25\"\n"));
         assert!(
-            e.contains("plumb.toml:5:")
-                && e.contains("networks.m.subnet")
-                && e.contains("overlaps network \"n\""),
+            e.contains("plumb.toml:5:") && e.contains("networks.m.subnet") && e.contains("overlaps network \"n\""),
             "{e}"
         );
     }
 
     #[test]
     fn static_addresses_must_be_inside_and_unique() {
-        let e = errors(&format!(
-            "{NET}[services.a.networks.n]\nip = \"10.0.1.5\"\n"
-        ));
+        let e = errors(&format!("{NET}[services.a.networks.n]\nip = \"10.0.1.5\"\n"));
         assert!(
             e.contains("services.a.networks.n.ip") && e.contains("not a host address"),
             "{e}"
         );
-        let e = errors(&format!("{NET}[services.a.networks.n]\nip = \"10.0.0.5\"\n[services.b.networks.n]\nip = \"10.0.0.5\"\n"));
-        assert!(
-            e.contains("10.0.0.5 is already used by service \"a\""),
-            "{e}"
-        );
         let e = errors(&format!(
-            "{NET}[services.a.networks.n]\nip = \"10.0.0.1\"\n"
+            "{NET}[services.a.networks.n]\nip = \"10.0.0.5\"\n[services.b.networks.n]\nip = \"10.0.0.5\"\n"
         ));
+        assert!(e.contains("10.0.0.5 is already used by service \"a\""), "{e}");
+        let e = errors(&format!("{NET}[services.a.networks.n]\nip = \"10.0.0.1\"\n"));
         assert!(e.contains("the gateway"), "{e}");
     }
 
@@ -1369,10 +1295,7 @@ depends_on = { web = { condition = "healthy" } }
         let e = errors(&format!("{NET}[services.a]\nnetworks = [\"n\", \"n\"]\n"));
         assert!(e.contains("listed twice"), "{e}");
         let e = errors("name = \"thirteen-char\"\n");
-        assert!(
-            e.contains("plumb.toml:1:8: name:") && e.contains("1 to 12"),
-            "{e}"
-        );
+        assert!(e.contains("plumb.toml:1:8: name:") && e.contains("1 to 12"), "{e}");
         let long = "s".repeat(48);
         let e = errors(&format!("{NET}[services.{long}]\nreplicas = 100000\n"));
         assert!(e.contains("replicas"), "{e}");
@@ -1386,16 +1309,13 @@ depends_on = { web = { condition = "healthy" } }
             "{NET}[services.a]\nports = [\"80:80\"]\n[services.b]\nports = [\"80:8080\"]\n"
         ));
         assert!(
-            e.contains("services.b.ports[0]")
-                && e.contains("already published by services.a.ports[0]"),
+            e.contains("services.b.ports[0]") && e.contains("already published by services.a.ports[0]"),
             "{e}"
         );
         // The same number over UDP is another port.
         parse(
             "f",
-            &format!(
-                "{NET}[services.a]\nports = [\"80:80\"]\n[services.b]\nports = [\"80:80/udp\"]\n"
-            ),
+            &format!("{NET}[services.a]\nports = [\"80:80\"]\n[services.b]\nports = [\"80:80/udp\"]\n"),
         )
         .unwrap();
         let e = errors(&format!("{NET}[services.a]\nports = [\"0:80\"]\n"));
@@ -1442,9 +1362,7 @@ depends_on = { web = { condition = "healthy" } }
 
     #[test]
     fn several_networks_need_an_explicit_choice() {
-        let e = errors(&format!(
-            "{NET}[networks.m]\nsubnet = \"10.1.0.0/24\"\n[services.a]\n"
-        ));
+        let e = errors(&format!("{NET}[networks.m]\nsubnet = \"10.1.0.0/24\"\n[services.a]\n"));
         assert!(e.contains("say which this service joins"), "{e}");
         let one = parse("f", &format!("{NET}[services.a]\n")).unwrap();
         assert_eq!(one.stack.services["a"].networks[0].network, "n");

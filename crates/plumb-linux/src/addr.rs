@@ -17,9 +17,7 @@ pub fn add_v4(nl: &mut Netlink, index: u32, cidr: Ipv4Net) -> Result<()> {
     let ip = IpAddr::V4(cidr.addr());
     message.attributes.push(AddressAttribute::Local(ip));
     message.attributes.push(AddressAttribute::Address(ip));
-    message
-        .attributes
-        .push(AddressAttribute::Broadcast(cidr.broadcast()));
+    message.attributes.push(AddressAttribute::Broadcast(cidr.broadcast()));
     nl.request(
         RouteNetlinkMessage::NewAddress(message),
         NLM_F_CREATE | NLM_F_EXCL,
@@ -31,9 +29,7 @@ pub fn add_v4(nl: &mut Netlink, index: u32, cidr: Ipv4Net) -> Result<()> {
 pub fn list_v4(nl: &mut Netlink) -> Result<Vec<(u32, Ipv4Net)>> {
     let mut query = AddressMessage::default();
     query.header.family = AddressFamily::Inet;
-    let replies = nl.dump(RouteNetlinkMessage::GetAddress(query), || {
-        "list addresses".into()
-    })?;
+    let replies = nl.dump(RouteNetlinkMessage::GetAddress(query), || "list addresses".into())?;
     let mut out = Vec::new();
     for m in replies {
         let RouteNetlinkMessage::NewAddress(a) = m else {

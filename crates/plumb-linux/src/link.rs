@@ -4,8 +4,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -76,27 +76,17 @@ pub fn create_bridge(nl: &mut Netlink, name: &str) -> Result<()> {
         LinkInfo::Kind(InfoKind::Bridge),
         LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(0)])),
     ]));
-    nl.request(
-        RouteNetlinkMessage::NewLink(message),
-        NLM_F_CREATE | NLM_F_EXCL,
-        || format!("create bridge {name}"),
-    )
+    nl.request(RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL, || {
+        format!("create bridge {name}")
+    })
 }
 
 /// Creates a veth pair in one request: `name` here, attached to bridge `master`, and its peer
 /// `peer_name` placed straight into the namespace `peer_netns`.
-pub fn create_veth(
-    nl: &mut Netlink,
-    name: &str,
-    master: u32,
-    peer_name: &str,
-    peer_netns: BorrowedFd,
-) -> Result<()> {
+pub fn create_veth(nl: &mut Netlink, name: &str, master: u32, peer_name: &str, peer_netns: BorrowedFd) -> Result<()> {
     let mut peer = LinkMessage::default();
-    peer.attributes
-        .push(LinkAttribute::IfName(peer_name.into()));
-    peer.attributes
-        .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+    peer.attributes.push(LinkAttribute::IfName(peer_name.into()));
+    peer.attributes.push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
     let mut message = LinkMessage::default();
     message.attributes.push(LinkAttribute::IfName(name.into()));
     message.attributes.push(LinkAttribute::Controller(master));
@@ -104,11 +94,9 @@ pub fn create_veth(
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    nl.request(
-        RouteNetlinkMessage::NewLink(message),
-        NLM_F_CREATE | NLM_F_EXCL,
-        || format!("create veth {name}"),
-    )
+    nl.request(RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL, || {
+        format!("create veth {name}")
+    })
 }
 
 /// A link named by index or by name (the kernel looks names up in a hash table).
@@ -118,12 +106,7 @@ pub enum LinkRef<'a> {
     Name(&'a str),
 }
 
-fn set(
-    nl: &mut Netlink,
-    link: LinkRef,
-    edit: impl FnOnce(&mut LinkMessage),
-    what: impl Fn() -> String,
-) -> Result<()> {
+fn set(nl: &mut Netlink, link: LinkRef, edit: impl FnOnce(&mut LinkMessage), what: impl Fn() -> String) -> Result<()> {
     let mut message = LinkMessage::default();
     match link {
         LinkRef::Index(i) => message.header.index = i,
@@ -163,9 +146,9 @@ pub fn set_alias_without_ipv6(nl: &mut Netlink, link: LinkRef, alias: &str) -> R
         |m| {
             m.attributes.push(LinkAttribute::IfAlias(alias.into()));
             m.attributes
-                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
-                    vec![AfSpecInet6::AddrGenMode(ADDR_GEN_MODE_NONE)],
-                )]));
+                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                    AfSpecInet6::AddrGenMode(ADDR_GEN_MODE_NONE),
+                ])]));
         },
         || format!("configure {link:?}"),
     )
@@ -185,9 +168,7 @@ pub fn index_of(nl: &mut Netlink, name: &str) -> Result<u32> {
     message.attributes.push(LinkAttribute::IfName(name.into()));
     let mut index = None;
     // A GETLINK naming one link answers with that link alone.
-    let replies = nl.query(RouteNetlinkMessage::GetLink(message), || {
-        format!("look up link {name}")
-    })?;
+    let replies = nl.query(RouteNetlinkMessage::GetLink(message), || format!("look up link {name}"))?;
     for m in replies {
         if let RouteNetlinkMessage::NewLink(l) = m {
             index = Some(l.header.index);

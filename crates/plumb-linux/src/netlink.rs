@@ -4,9 +4,7 @@
 
 use std::io;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -57,12 +55,7 @@ impl Netlink {
         })
     }
 
-    fn send(
-        &mut self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-        what: &dyn Fn() -> String,
-    ) -> Result<u32> {
+    fn send(&mut self, message: RouteNetlinkMessage, flags: u16, what: &dyn Fn() -> String) -> Result<u32> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
@@ -71,9 +64,7 @@ impl Netlink {
         packet.finalize();
         let mut bytes = vec![0; packet.buffer_len()];
         packet.serialize(&mut bytes);
-        self.socket
-            .send(&bytes, 0)
-            .map_err(|e| Error::new(what(), e))?;
+        self.socket.send(&bytes, 0).map_err(|e| Error::new(what(), e))?;
         Ok(self.sequence)
     }
 
@@ -92,14 +83,8 @@ impl Netlink {
                 .map_err(|e| Error::new(what(), e))?;
             let mut offset = 0;
             while offset < size {
-                let packet =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..size])
-                        .map_err(|e| {
-                            Error::new(
-                                what(),
-                                io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                            )
-                        })?;
+                let packet = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..size])
+                    .map_err(|e| Error::new(what(), io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
                 let length = packet.header.length as usize;
                 if length == 0 {
                     break;
@@ -113,10 +98,7 @@ impl Netlink {
                     NetlinkPayload::Error(e) => {
                         return match e.code {
                             None => Ok(()),
-                            Some(code) => Err(Error::new(
-                                what(),
-                                io::Error::from_raw_os_error(-code.get()),
-                            )),
+                            Some(code) => Err(Error::new(what(), io::Error::from_raw_os_error(-code.get()))),
                         }
                     }
                     NetlinkPayload::InnerMessage(m) => each(m),
@@ -127,12 +109,7 @@ impl Netlink {
     }
 
     /// Sends a request and waits for the kernel's acknowledgement.
-    pub fn request(
-        &mut self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-        what: impl Fn() -> String,
-    ) -> Result<()> {
+    pub fn request(&mut self, message: RouteNetlinkMessage, flags: u16, what: impl Fn() -> String) -> Result<()> {
         let sequence = self.send(message, NLM_F_REQUEST | NLM_F_ACK | flags, &what)?;
         self.receive(sequence, &what, &mut |_| {})
     }

@@ -45,8 +45,7 @@ impl Home {
     }
 
     fn visit(&self, ns: BorrowedFd) -> Result<ReturnHome<'_>> {
-        setns(ns, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| Error::new("enter network namespace", e.into()))?;
+        setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::new("enter network namespace", e.into()))?;
         Ok(ReturnHome(self))
     }
 }
@@ -113,17 +112,9 @@ pub fn create(home: &Home, name: &str) -> Result<Created> {
     let made = (|| {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::new(what(), e.into()))?;
         let _back = ReturnHome(home);
-        mount(
-            Some(SELF_NS),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| Error::new(what(), e.into()))?;
-        let fd: OwnedFd = File::open(SELF_NS)
-            .map_err(|e| Error::new(what(), e))?
-            .into();
+        mount(Some(SELF_NS), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| Error::new(what(), e.into()))?;
+        let fd: OwnedFd = File::open(SELF_NS).map_err(|e| Error::new(what(), e))?.into();
         let netlink = Netlink::open()?;
         Ok(Created { fd, netlink })
     })();
@@ -147,12 +138,7 @@ pub fn delete(name: &str) -> Result<()> {
     let target = path(name);
     match umount2(&target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => {
-            return Err(Error::new(
-                format!("unmount network namespace {name}"),
-                e.into(),
-            ))
-        }
+        Err(e) => return Err(Error::new(format!("unmount network namespace {name}"), e.into())),
     }
     match fs::remove_file(&target) {
         Ok(()) => Ok(()),
@@ -164,9 +150,7 @@ pub fn delete(name: &str) -> Result<()> {
 /// Names of all namespaces under /run/netns.
 pub fn list() -> Result<Vec<String>> {
     match fs::read_dir(RUN_DIR) {
-        Ok(entries) => Ok(entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect()),
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::new(format!("list {RUN_DIR}"), e)),
     }
@@ -193,8 +177,6 @@ pub fn processes_in(inodes: &std::collections::HashSet<u64>) -> Vec<i32> {
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino()))
-        })
+        .filter(|pid| fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino())))
         .collect()
 }

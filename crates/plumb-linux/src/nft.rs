@@ -10,26 +10,20 @@ use crate::netlink::{Error, Result};
 
 /// True if an `nft` executable is on PATH.
 pub fn available() -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("nft").is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("nft").is_file()))
 }
 
 fn run(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String> {
     let mut child = Command::new("nft")
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::new(what, e))?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| Error::new(what, e))?;
+        pipe.write_all(text.as_bytes()).map_err(|e| Error::new(what, e))?;
     }
     let out = child.wait_with_output().map_err(|e| Error::new(what, e))?;
     if out.status.success() {
@@ -47,11 +41,7 @@ pub fn apply(script: &str) -> Result<()> {
 
 /// The listing of table `inet NAME`, or `None` if it does not exist.
 pub fn list_table(name: &str) -> Result<Option<String>> {
-    match run(
-        &["list", "table", "inet", name],
-        None,
-        "list nftables table",
-    ) {
+    match run(&["list", "table", "inet", name], None, "list nftables table") {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.source.to_string().contains("No such file or directory") => Ok(None),
         Err(e) => Err(e),
@@ -59,11 +49,7 @@ pub fn list_table(name: &str) -> Result<Option<String>> {
 }
 
 pub fn delete_table(name: &str) -> Result<()> {
-    match run(
-        &["delete", "table", "inet", name],
-        None,
-        "delete nftables table",
-    ) {
+    match run(&["delete", "table", "inet", name], None, "delete nftables table") {
         Err(e) if e.source.to_string().contains("No such file or directory") => Ok(()),
         other => other.map(drop),
     }

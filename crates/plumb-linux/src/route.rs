@@ -31,9 +31,7 @@ pub fn add_default_v4(nl: &mut Netlink, gateway: Ipv4Addr) -> Result<()> {
 pub fn default_gateway_v4(nl: &mut Netlink) -> Result<Option<Ipv4Addr>> {
     let mut query = RouteMessage::default();
     query.header.address_family = AddressFamily::Inet;
-    let replies = nl.dump(RouteNetlinkMessage::GetRoute(query), || {
-        "list routes".into()
-    })?;
+    let replies = nl.dump(RouteNetlinkMessage::GetRoute(query), || "list routes".into())?;
     for m in replies {
         let RouteNetlinkMessage::NewRoute(r) = m else {
             continue;

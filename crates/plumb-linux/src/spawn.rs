@@ -17,17 +17,10 @@ use nix::sys::signal::SigSet;
 use nix::unistd::{sethostname, setsid};
 
 /// Makes `command` start inside the container whose network namespace is `netns`.
-pub fn confine(
-    command: &mut Command,
-    netns: OwnedFd,
-    hostname: &str,
-    hosts_file: Option<&Path>,
-) -> io::Result<()> {
+pub fn confine(command: &mut Command, netns: OwnedFd, hostname: &str, hosts_file: Option<&Path>) -> io::Result<()> {
     // Everything the child needs is prepared here: between fork and exec only system calls run.
     let hostname = hostname.to_string();
-    let hosts = hosts_file
-        .map(|p| CString::new(p.as_os_str().as_bytes()))
-        .transpose()?;
+    let hosts = hosts_file.map(|p| CString::new(p.as_os_str().as_bytes())).transpose()?;
     let etc_hosts = CString::new("/etc/hosts")?;
     let root = CString::new("/")?;
     // SAFETY: the closure runs in the forked child before exec; it only makes system calls

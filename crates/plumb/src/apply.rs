@@ -129,10 +129,7 @@ impl Executor {
                 created.fd.as_fd(),
             )?;
             // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.
-            sysctl::set(
-                &format!("net.ipv6.conf.{}.disable_ipv6", iface.host_veth),
-                "1",
-            )?;
+            sysctl::set(&format!("net.ipv6.conf.{}.disable_ipv6", iface.host_veth), "1")?;
             link::set_up(&mut self.host, LinkRef::Name(&iface.host_veth))?;
             let index = link::index_of(&mut inner, &iface.name)?;
             link::set_alias_without_ipv6(&mut inner, LinkRef::Index(index), &iface.alias)?;
@@ -209,9 +206,7 @@ impl Progress {
         let now = Instant::now();
         if !self.tty
             || now - self.start < Duration::from_secs(1)
-            || self
-                .last
-                .is_some_and(|l| now - l < Duration::from_millis(200))
+            || self.last.is_some_and(|l| now - l < Duration::from_millis(200))
         {
             return;
         }

@@ -53,7 +53,9 @@ impl From<plumb_linux::Error> for Failure {
     fn from(e: plumb_linux::Error) -> Self {
         let hint = match e.errno() {
             Some(1) | Some(13) => Some("plumb needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); run it with sudo"),
-            Some(17) => Some("an object with that name already exists; `plumb down` the stack, or remove the object by hand"),
+            Some(17) => {
+                Some("an object with that name already exists; `plumb down` the stack, or remove the object by hand")
+            }
             _ => None,
         };
         let f = Failure::new(e.to_string());

@@ -28,12 +28,7 @@ use state::StateDir;
 )]
 struct Cli {
     /// Where plumb keeps leases, process ids and logs.
-    #[arg(
-        long,
-        global = true,
-        env = "PLUMB_STATE_DIR",
-        default_value = "/var/lib/plumb"
-    )]
+    #[arg(long, global = true, env = "PLUMB_STATE_DIR", default_value = "/var/lib/plumb")]
     state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -120,28 +115,18 @@ fn main() -> ExitCode {
         } => commands::up::run(&ctx, &file, dry_run, foreground),
         Command::Down { file, stack } => match (file, stack) {
             (_, Some(stack)) => commands::down::run(&ctx, &stack),
-            (file, None) => {
-                stackfile::stack_name(&file.unwrap_or_else(|| PathBuf::from("plumb.toml")))
-                    .and_then(|s| commands::down::run(&ctx, &s))
-            }
+            (file, None) => stackfile::stack_name(&file.unwrap_or_else(|| PathBuf::from("plumb.toml")))
+                .and_then(|s| commands::down::run(&ctx, &s)),
         },
         Command::Ps { json } => commands::ps::run(&ctx, json),
         Command::Exec { container, command } => commands::exec::run(&ctx, &container, &command),
         Command::Inspect { name, json } => commands::inspect::run(&ctx, &name, json),
         Command::Logs { name, follow, tail } => commands::logs::run(&ctx, &name, follow, tail),
-        Command::Restart { service } => {
-            commands::control::run(&ctx, commands::control::Action::Restart, &service)
-        }
-        Command::Stop { service } => {
-            commands::control::run(&ctx, commands::control::Action::Stop, &service)
-        }
-        Command::Start { service } => {
-            commands::control::run(&ctx, commands::control::Action::Start, &service)
-        }
+        Command::Restart { service } => commands::control::run(&ctx, commands::control::Action::Restart, &service),
+        Command::Stop { service } => commands::control::run(&ctx, commands::control::Action::Stop, &service),
+        Command::Start { service } => commands::control::run(&ctx, commands::control::Action::Start, &service),
         Command::Demo { down } => commands::demo::run(&ctx, down),
-        Command::Supervise { stack } => {
-            supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)).and_then(|s| s.run())
-        }
+        Command::Supervise { stack } => supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)).and_then(|s| s.run()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

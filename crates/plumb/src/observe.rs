@@ -13,23 +13,15 @@ use plumb_linux::{addr, link, netns, nft, route, sysctl, Netlink};
 use crate::failure::Result;
 use crate::state::StackState;
 
-pub fn observe(
-    stack: &str,
-    desired: Option<&Desired>,
-    state: Option<&StackState>,
-) -> Result<Actual> {
+pub fn observe(stack: &str, desired: Option<&Desired>, state: Option<&StackState>) -> Result<Actual> {
     let home = Home::current()?;
     let mut host = Netlink::open()?;
     let links = link::list(&mut host)?;
     let addresses = addresses_by_index(addr::list_v4(&mut host)?);
-    let names_by_index: HashMap<u32, &str> =
-        links.iter().map(|l| (l.index, l.name.as_str())).collect();
+    let names_by_index: HashMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
     let observed = |l: &Link| ObservedLink {
         alias: l.alias.clone(),
-        master: l
-            .master
-            .and_then(|m| names_by_index.get(&m))
-            .map(|s| s.to_string()),
+        master: l.master.and_then(|m| names_by_index.get(&m)).map(|s| s.to_string()),
         up: l.up,
         addresses: addresses.get(&l.index).cloned().unwrap_or_default(),
     };
@@ -42,8 +34,7 @@ pub fn observe(
         .iter()
         .filter(|l| l.kind.as_deref() == Some("bridge"))
         .filter(|l| {
-            desired_bridges.contains(l.name.as_str())
-                || l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix))
+            desired_bridges.contains(l.name.as_str()) || l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix))
         })
         .map(|l| (l.name.clone(), observed(l)))
         .collect();
@@ -57,17 +48,10 @@ pub fn observe(
         .iter()
         .flat_map(|d| d.containers.iter().map(|c| c.netns.as_str()))
         .collect();
-    known.extend(
-        state
-            .iter()
-            .flat_map(|s| s.namespaces.iter().map(String::as_str)),
-    );
+    known.extend(state.iter().flat_map(|s| s.namespaces.iter().map(String::as_str)));
     let ns_prefix = format!("{stack}-");
     let mut containers = BTreeMap::new();
-    for name in netns::list()?
-        .into_iter()
-        .filter(|n| n.starts_with(&ns_prefix))
-    {
+    for name in netns::list()?.into_iter().filter(|n| n.starts_with(&ns_prefix)) {
         let Ok(fd) = netns::open(&name) else { continue };
         let Ok(mut inner) = home.netlink_in(fd.as_fd()) else {
             // A name with no namespace mounted on it: an `up` killed between the two steps.
@@ -87,8 +71,7 @@ pub fn observe(
         }
     }
 
-    let mut known_networks: BTreeSet<String> =
-        state.map(|s| s.networks.clone()).unwrap_or_default();
+    let mut known_networks: BTreeSet<String> = state.map(|s| s.networks.clone()).unwrap_or_default();
     for l in links.iter().filter_map(|l| l.alias.as_deref()) {
         if let Some(net) = l.strip_prefix(&prefix).and_then(|r| r.strip_prefix("net/")) {
             known_networks.insert(net.to_string());
@@ -144,11 +127,7 @@ fn addresses_by_index(list: Vec<(u32, Ipv4Net)>) -> HashMap<u32, Vec<Ipv4Net>> {
     out
 }
 
-fn observe_firewall(
-    stack: &str,
-    desired: Option<&Desired>,
-    state: Option<&StackState>,
-) -> Result<ObservedFirewall> {
+fn observe_firewall(stack: &str, desired: Option<&Desired>, state: Option<&StackState>) -> Result<ObservedFirewall> {
     let Some(listing) = nft::list_table(&names::nft_table(stack))? else {
         return Ok(ObservedFirewall::Absent);
     };

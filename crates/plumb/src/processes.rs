@@ -103,12 +103,8 @@ pub fn stop_supervisor(stack_dir: &Path, stack: &str) -> Result<()> {
     }) {
         Ok(())
     } else {
-        Err(
-            Failure::new(format!("the supervisor (pid {pid}) did not stop")).hint(format!(
-                "see {}",
-                stack_dir.join("supervisor.log").display()
-            )),
-        )
+        Err(Failure::new(format!("the supervisor (pid {pid}) did not stop"))
+            .hint(format!("see {}", stack_dir.join("supervisor.log").display())))
     }
 }
 
@@ -138,11 +134,7 @@ pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<
     loop {
         let status = runfile::read_status(stack_dir);
         let mut waiting = Vec::new();
-        for spec in run
-            .specs
-            .iter()
-            .filter(|s| !run.stopped.contains(&s.service))
-        {
+        for spec in run.specs.iter().filter(|s| !run.stopped.contains(&s.service)) {
             let Some(r) = status.replicas.get(&spec.container) else {
                 waiting.push(format!("{} (not known to the supervisor)", spec.container));
                 continue;
@@ -151,19 +143,15 @@ pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<
                 return Err(Failure::new(format!("{}: {error}", spec.container))
                     .hint(format!("`plumb logs {}` shows its output", spec.container)));
             }
-            let started = r.state == "running"
-                || (r.state == "exited" && r.last_exit.as_deref() == Some("exit code 0"));
-            let needs_health = spec.health.is_some()
-                && (all_healthy || healthy_needed.contains(spec.service.as_str()));
+            let started =
+                r.state == "running" || (r.state == "exited" && r.last_exit.as_deref() == Some("exit code 0"));
+            let needs_health = spec.health.is_some() && (all_healthy || healthy_needed.contains(spec.service.as_str()));
             if !started || (needs_health && r.health.as_deref() != Some("healthy")) {
                 waiting.push(format!(
                     "{} ({}{})",
                     spec.container,
                     r.state,
-                    r.health
-                        .as_deref()
-                        .map(|h| format!(", {h}"))
-                        .unwrap_or_default()
+                    r.health.as_deref().map(|h| format!(", {h}")).unwrap_or_default()
                 ));
             }
         }
@@ -174,21 +162,14 @@ pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<
             return Ok(status);
         }
         if Instant::now() > deadline {
-            return Err(
-                Failure::new(format!("services not ready: {}", waiting.join(", ")))
-                    .hint("`plumb ps` shows their state, `plumb logs SVC` their output"),
-            );
+            return Err(Failure::new(format!("services not ready: {}", waiting.join(", ")))
+                .hint("`plumb ps` shows their state, `plumb logs SVC` their output"));
         }
         if tty && start.elapsed() > Duration::from_secs(1) {
             eprint!(
                 "\r\x1b[K  waiting for {} replica(s): {}",
                 waiting.len(),
-                waiting
-                    .iter()
-                    .take(3)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                waiting.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
             );
         }
         std::thread::sleep(Duration::from_millis(100));

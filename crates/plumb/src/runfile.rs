@@ -85,33 +85,20 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 /// The stack's supervisor, if one is alive: its PID file names a live `plumb supervise` of
 /// this stack (a reused PID running something else does not count).
 pub fn live_supervisor(stack_dir: &Path, stack: &str) -> Option<Pid> {
-    let pid: i32 = std::fs::read_to_string(pid_path(stack_dir))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_path(stack_dir)).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let is_ours = args
         .windows(2)
         .any(|w| w[0] == b"supervise" && w[1] == stack.as_bytes());
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-    });
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
     (is_ours && !zombie).then(|| Pid::from_raw(pid))
 }
 
 /// Asks the supervisor to apply `generation` (SIGHUP) and waits until its status says so.
-pub fn signal_and_wait(
-    stack_dir: &Path,
-    pid: Pid,
-    generation: u64,
-    timeout: Duration,
-) -> Result<StatusFile> {
-    kill(pid, Signal::SIGHUP)
-        .map_err(|e| Failure::new(format!("cannot signal the supervisor (pid {pid}): {e}")))?;
+pub fn signal_and_wait(stack_dir: &Path, pid: Pid, generation: u64, timeout: Duration) -> Result<StatusFile> {
+    kill(pid, Signal::SIGHUP).map_err(|e| Failure::new(format!("cannot signal the supervisor (pid {pid}): {e}")))?;
     wait_generation(stack_dir, generation, timeout)
 }
 
@@ -123,12 +110,8 @@ pub fn wait_generation(stack_dir: &Path, generation: u64, timeout: Duration) -> 
             return Ok(status);
         }
         if Instant::now() > deadline {
-            return Err(
-                Failure::new("the supervisor did not answer in time").hint(format!(
-                    "see {}",
-                    stack_dir.join("supervisor.log").display()
-                )),
-            );
+            return Err(Failure::new("the supervisor did not answer in time")
+                .hint(format!("see {}", stack_dir.join("supervisor.log").display())));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -47,22 +47,17 @@ pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Conta
             continue;
         }
         let Some(desired) = &st.desired else { continue };
-        let hit = desired.container(name).or_else(|| {
-            desired
-                .containers
-                .iter()
-                .find(|c| c.service == name && c.replica == 1)
-        });
+        let hit = desired
+            .container(name)
+            .or_else(|| desired.containers.iter().find(|c| c.service == name && c.replica == 1));
         if let Some(c) = hit {
             found.push((st.clone(), c.clone()));
         }
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(
-            Failure::new(format!("no container {name:?} in any stack that is up"))
-                .hint("`plumb ps` lists the containers"),
-        ),
+        0 => Err(Failure::new(format!("no container {name:?} in any stack that is up"))
+            .hint("`plumb ps` lists the containers")),
         _ => {
             let stacks: Vec<_> = found.iter().map(|(s, _)| s.stack.as_str()).collect();
             Err(Failure::new(format!(

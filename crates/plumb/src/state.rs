@@ -53,11 +53,8 @@ impl StateDir {
 
     fn ensure(&self) -> Result<()> {
         fs::create_dir_all(&self.root).map_err(|e| {
-            Failure::new(format!(
-                "cannot create state directory {}: {e}",
-                self.root.display()
-            ))
-            .hint("pass --state-dir DIR or set PLUMB_STATE_DIR to a writable folder")
+            Failure::new(format!("cannot create state directory {}: {e}", self.root.display()))
+                .hint("pass --state-dir DIR or set PLUMB_STATE_DIR to a writable folder")
         })
     }
 
@@ -87,9 +84,8 @@ impl StateDir {
         let path = self.state_file(stack);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Failure::new(format!("state file {} is damaged: {e}", path.display())).hint(
-                    "remove it; `plumb down STACK` still finds the stack's objects in the kernel",
-                )
+                Failure::new(format!("state file {} is damaged: {e}", path.display()))
+                    .hint("remove it; `plumb down STACK` still finds the stack's objects in the kernel")
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),

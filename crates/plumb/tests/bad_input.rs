@@ -37,28 +37,17 @@ fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
     rejected(
         &sb,
         "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.0/33\"\n",
-        &[
-            "plumb.toml:3:10",
-            "networks.n.subnet",
-            "not a valid IPv4 CIDR",
-        ],
+        &["plumb.toml:3:10", "networks.n.subnet", "not a valid IPv4 CIDR"],
     );
     rejected(
         &sb,
         &format!("{NET}[networks.m]\nsubnet = \"10.0.0.0/16\"\n"),
-        &[
-            "plumb.toml:5:",
-            "networks.m.subnet",
-            "overlaps network \"n\"",
-        ],
+        &["plumb.toml:5:", "networks.m.subnet", "overlaps network \"n\""],
     );
     rejected(
         &sb,
         &format!("{NET}[services.a.networks.n]\nip = \"192.168.1.1\"\n"),
-        &[
-            "services.a.networks.n.ip",
-            "not a host address of network \"n\"",
-        ],
+        &["services.a.networks.n.ip", "not a host address of network \"n\""],
     );
     rejected(
         &sb,
@@ -88,10 +77,7 @@ fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
     rejected(
         &sb,
         &format!("{NET}[services.a]\nports = [\"80:80\"]\n[services.b]\nports = [\"80:81\"]\n"),
-        &[
-            "services.b.ports[0]",
-            "host port 80/tcp is already published",
-        ],
+        &["services.b.ports[0]", "host port 80/tcp is already published"],
     );
     rejected(
         &sb,

@@ -63,24 +63,14 @@ fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
     sb.plumb_ok(&["up"]);
 
     // Inside a container: eth0, eth1 in network order, lo up, default route via the first gateway.
-    let inside = sb.ok(
-        "ip netns exec demo-web-1 ip -o addr show; ip netns exec demo-web-1 ip route show default",
-    );
+    let inside = sb.ok("ip netns exec demo-web-1 ip -o addr show; ip netns exec demo-web-1 ip route show default");
     assert!(
         inside.contains("eth0    inet 10.89.1.") || inside.contains("eth0 inet 10.89.1."),
         "{inside}"
     );
-    assert!(
-        inside.contains("eth1") && inside.contains("inet 10.89.2."),
-        "{inside}"
-    );
-    assert!(
-        inside.contains("default via 10.89.1.1 dev eth0"),
-        "{inside}"
-    );
-    assert!(sb
-        .ok("ip netns exec demo-lone-1 ip -o link show lo")
-        .contains("UP"));
+    assert!(inside.contains("eth1") && inside.contains("inet 10.89.2."), "{inside}");
+    assert!(inside.contains("default via 10.89.1.1 dev eth0"), "{inside}");
+    assert!(sb.ok("ip netns exec demo-lone-1 ip -o link show lo").contains("UP"));
     assert_eq!(addr(&sb, "fixed-1", "eth0"), "10.89.1.200");
 
     let web_front = addr(&sb, "web-1", "eth0");
@@ -104,9 +94,7 @@ fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
         None,
         "front must not reach back"
     );
-    assert!(
-        !sb.ping("demo-api-1", &web_front) || sb.ping("demo-api-1", &addr(&sb, "web-1", "eth1"))
-    );
+    assert!(!sb.ping("demo-api-1", &web_front) || sb.ping("demo-api-1", &addr(&sb, "web-1", "eth1")));
     assert!(!sb.ping("demo-lone-1", &api2), "front must not reach back");
     // Egress through masquerade: the outside sees the host's address, not the container's.
     assert_eq!(
@@ -125,10 +113,7 @@ fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
         .connect(Some("outside"), HOST_IP, 8080)
         .unwrap()
         .starts_with("web from 203.0.113.2"));
-    assert!(sb
-        .connect(None, HOST_IP, 8080)
-        .unwrap()
-        .starts_with("web from"));
+    assert!(sb.connect(None, HOST_IP, 8080).unwrap().starts_with("web from"));
     assert!(sb
         .connect(None, "127.0.0.1", 8080)
         .unwrap()
@@ -148,11 +133,7 @@ fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
     let sb = Sandbox::new();
     sb.write("plumb.toml", STACK);
     sb.plumb_ok(&["up"]);
-    assert_eq!(
-        sb.plumb_ok(&["up", "--dry-run"]),
-        "",
-        "a second up must change nothing"
-    );
+    assert_eq!(sb.plumb_ok(&["up", "--dry-run"]), "", "a second up must change nothing");
     assert!(sb.plumb_ok(&["up"]).contains("up to date"));
     let inode = |ns: &str| sb.ok(&format!("stat -L -c %i /run/netns/{ns}"));
     let lone = inode("demo-lone-1");
@@ -182,18 +163,11 @@ fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
         ),
     );
     let plan = sb.plumb_ok(&["up", "--dry-run"]);
-    assert!(
-        plan.contains("dport 8081") && !plan.contains("ip netns"),
-        "{plan}"
-    );
+    assert!(plan.contains("dport 8081") && !plan.contains("ip netns"), "{plan}");
     sb.plumb_ok(&["up"]);
     sb.serve("demo-web-1", 80, "web");
     assert!(sb.connect(Some("outside"), HOST_IP, 8081).is_some());
-    assert_eq!(
-        sb.connect(Some("outside"), HOST_IP, 8080),
-        None,
-        "the old port is gone"
-    );
+    assert_eq!(sb.connect(Some("outside"), HOST_IP, 8080), None, "the old port is gone");
 
     // Remove a service: only it goes; the others keep their namespaces and addresses.
     sb.write(
@@ -258,38 +232,25 @@ fn ps_inspect_and_exec_show_and_enter_containers() {
     );
     let rows: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["ps", "--json"])).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 5);
-    assert!(rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|r| r["present"] == true));
+    assert!(rows.as_array().unwrap().iter().all(|r| r["present"] == true));
 
-    let net: serde_json::Value =
-        serde_json::from_str(&sb.plumb_ok(&["inspect", "back", "--json"])).unwrap();
+    let net: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["inspect", "back", "--json"])).unwrap();
     assert_eq!(net["kind"], "network");
     assert_eq!(net["subnet"], "10.89.2.0/24");
     assert_eq!(net["internal"], true);
     assert_eq!(net["containers"].as_array().unwrap().len(), 3);
-    let web: serde_json::Value =
-        serde_json::from_str(&sb.plumb_ok(&["inspect", "web-1", "--json"])).unwrap();
+    let web: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["inspect", "web-1", "--json"])).unwrap();
     assert_eq!(web["kernel"]["default_route"], "10.89.1.1");
-    assert!(sb
-        .plumb_ok(&["inspect", "web"])
-        .contains("namespace: demo-web-1"));
+    assert!(sb.plumb_ok(&["inspect", "web"]).contains("namespace: demo-web-1"));
 
     // exec runs inside the namespace and passes the exit code through.
     let out = sb.plumb_ok(&["exec", "web-1", "--", "ip", "-o", "addr", "show", "eth1"]);
     assert!(out.contains("10.89.2."), "{out}");
     assert_eq!(
-        sb.plumb(&["exec", "api", "--", "sh", "-c", "exit 7"])
-            .status
-            .code(),
+        sb.plumb(&["exec", "api", "--", "sh", "-c", "exit 7"]).status.code(),
         Some(7)
     );
-    assert_eq!(
-        sb.plumb(&["exec", "nope-1", "--", "true"]).status.code(),
-        Some(1)
-    );
+    assert_eq!(sb.plumb(&["exec", "nope-1", "--", "true"]).status.code(), Some(1));
 
     sb.plumb_ok(&["down", "demo"]);
     sb.assert_clean();
@@ -358,8 +319,7 @@ fn stacks_side_by_side_stay_apart_and_down_removes_only_its_own() {
     assert_eq!(sb.namespaces(), vec!["b-s-1".to_string()]);
     assert!(sb.nft_tables().contains("plumb_b") && !sb.nft_tables().contains("plumb_a"));
     assert!(
-        sb.connect(Some("outside"), "10.90.2.2", 80).is_none()
-            || sb.connect(Some("b-s-1"), "127.0.0.1", 80).is_some()
+        sb.connect(Some("outside"), "10.90.2.2", 80).is_none() || sb.connect(Some("b-s-1"), "127.0.0.1", 80).is_some()
     );
     sb.plumb_ok(&["down", "b"]);
     sb.assert_clean();

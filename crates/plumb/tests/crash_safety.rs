@@ -50,10 +50,7 @@ fn concurrent_plumb_processes_serialize() {
         return;
     }
     let sb = Sandbox::new();
-    sb.write(
-        "a/plumb.toml",
-        &stack("a", "10.92.0.0/24", 20).replace("8080", "8081"),
-    );
+    sb.write("a/plumb.toml", &stack("a", "10.92.0.0/24", 20).replace("8080", "8081"));
     sb.write("b/plumb.toml", &stack("b", "10.92.1.0/24", 20));
     let runs: Vec<_> = [
         ["up", "-f", "a/plumb.toml"],

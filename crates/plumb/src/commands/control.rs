@@ -20,9 +20,7 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
         Action::Start => "start",
     })?;
     let _lock = ctx.state.lock()?;
-    let (stack_filter, service) = service
-        .split_once('/')
-        .map_or((None, service), |(s, n)| (Some(s), n));
+    let (stack_filter, service) = service.split_once('/').map_or((None, service), |(s, n)| (Some(s), n));
     let stacks: Vec<String> = ctx
         .state
         .stacks()?
@@ -38,10 +36,10 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
     let stack = match stacks.as_slice() {
         [one] => one.clone(),
         [] => {
-            return Err(Failure::new(format!(
-                "no service {service:?} with a command in any stack that is up"
-            ))
-            .hint("`plumb ps` lists the services"))
+            return Err(
+                Failure::new(format!("no service {service:?} with a command in any stack that is up"))
+                    .hint("`plumb ps` lists the services"),
+            )
         }
         _ => {
             return Err(Failure::new(format!(
@@ -53,8 +51,7 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
     };
     let dir = ctx.state.stack_dir(&stack);
     let pid = runfile::live_supervisor(&dir, &stack).ok_or_else(|| {
-        Failure::new(format!("stack {stack} has no running supervisor"))
-            .hint("`plumb up` starts it again")
+        Failure::new(format!("stack {stack} has no running supervisor")).hint("`plumb up` starts it again")
     })?;
     let mut run = runfile::read_run(&dir);
     match action {
@@ -80,8 +77,7 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
             .map(|s| s.stop_grace_ms)
             .max()
             .unwrap_or(0);
-        let deadline =
-            std::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(5);
         while runfile::read_status(&dir)
             .replicas
             .values()

@@ -10,30 +10,15 @@ use crate::processes;
 use crate::runfile;
 
 const FILES: &[(&str, &str)] = &[
-    (
-        "plumb.toml",
-        include_str!("../../../../examples/shop/plumb.toml"),
-    ),
-    (
-        "nginx.conf",
-        include_str!("../../../../examples/shop/nginx.conf"),
-    ),
+    ("plumb.toml", include_str!("../../../../examples/shop/plumb.toml")),
+    ("nginx.conf", include_str!("../../../../examples/shop/nginx.conf")),
     (
         "html/index.html",
         include_str!("../../../../examples/shop/html/index.html"),
     ),
-    (
-        "gateway.py",
-        include_str!("../../../../examples/shop/gateway.py"),
-    ),
-    (
-        "product.py",
-        include_str!("../../../../examples/shop/product.py"),
-    ),
-    (
-        "README.md",
-        include_str!("../../../../examples/shop/README.md"),
-    ),
+    ("gateway.py", include_str!("../../../../examples/shop/gateway.py")),
+    ("product.py", include_str!("../../../../examples/shop/product.py")),
+    ("README.md", include_str!("../../../../examples/shop/README.md")),
 ];
 
 pub fn run(ctx: &Context, remove: bool) -> Result<()> {

@@ -1,22 +1,34 @@
-//! `plumb exec CONTAINER -- CMD ...`: run a command inside a container's network namespace;
-//! plumb's exit code is the command's.
+//! `plumb exec CONTAINER -- CMD ...`: run a command inside a container's network namespace
+//! (and, when a service runs there, its hostname and /etc/hosts too); plumb's exit code is
+//! the command's.
 
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+use nix::sched::{setns, CloneFlags};
 use plumb_linux::netns;
 
 use super::{require_root, Context};
 use crate::failure::{Failure, Result};
+use crate::runfile;
 use crate::stackfile::find_container;
 
 pub fn run(ctx: &Context, container: &str, command: &[String]) -> Result<()> {
     require_root("exec")?;
-    let (_, c) = find_container(&ctx.state, container)?;
-    let fd = netns::open(&c.netns).map_err(|e| {
-        Failure::from(e).hint("the container's namespace is gone: run `plumb up` to recreate it")
-    })?;
+    let (st, c) = find_container(&ctx.state, container)?;
+    let fd = netns::open(&c.netns)
+        .map_err(|e| Failure::from(e).hint("the container's namespace is gone: run `plumb up` to recreate it"))?;
+    let dir = ctx.state.stack_dir(&st.stack);
+    let service_pid =
+        runfile::live_supervisor(&dir, &st.stack).and_then(|_| runfile::read_status(&dir).replicas.get(&c.name)?.pid);
+    if let Some(pid) = service_pid {
+        for (kind, flag) in [("uts", CloneFlags::CLONE_NEWUTS), ("mnt", CloneFlags::CLONE_NEWNS)] {
+            if let Ok(ns) = std::fs::File::open(format!("/proc/{pid}/ns/{kind}")) {
+                let _ = setns(ns.as_fd(), flag);
+            }
+        }
+    }
     netns::enter(fd.as_fd())?;
     let Some((program, args)) = command.split_first() else {
         return Err(Failure::new("no command given").hint("plumb exec CONTAINER -- CMD ARGS..."));

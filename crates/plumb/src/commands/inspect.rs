@@ -37,9 +37,7 @@ pub fn run(ctx: &Context, name: &str, json: bool) -> Result<()> {
 type Member = (String, String, String);
 
 fn find_network(ctx: &Context, name: &str) -> Result<Option<(String, Network, Vec<Member>)>> {
-    let (stack_filter, name) = name
-        .split_once('/')
-        .map_or((None, name), |(s, n)| (Some(s), n));
+    let (stack_filter, name) = name.split_once('/').map_or((None, name), |(s, n)| (Some(s), n));
     for (stack, st) in ctx.state.stacks()? {
         if stack_filter.is_some_and(|f| f != stack) {
             continue;

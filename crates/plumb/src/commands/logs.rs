@@ -12,9 +12,7 @@ use crate::failure::{Failure, Result};
 use crate::runfile;
 
 pub fn run(ctx: &Context, name: &str, follow: bool, tail: usize) -> Result<()> {
-    let (stack_filter, name) = name
-        .split_once('/')
-        .map_or((None, name), |(s, n)| (Some(s), n));
+    let (stack_filter, name) = name.split_once('/').map_or((None, name), |(s, n)| (Some(s), n));
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for stack in ctx
         .state
@@ -52,7 +50,10 @@ pub fn run(ctx: &Context, name: &str, follow: bool, tail: usize) -> Result<()> {
         followers.push(Follower::at_end(container.clone(), path.clone()));
     }
     let _ = out.flush();
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         for f in &mut followers {
             for line in f.new_lines() {
@@ -61,7 +62,6 @@ pub fn run(ctx: &Context, name: &str, follow: bool, tail: usize) -> Result<()> {
         }
         let _ = out.flush();
     }
-    Ok(())
 }
 
 fn print_line(out: &mut impl Write, prefix: Option<&str>, line: &str) {

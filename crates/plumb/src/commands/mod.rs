@@ -32,9 +32,9 @@ pub fn require_nft() -> Result<()> {
     if plumb_linux::nft::available() {
         Ok(())
     } else {
-        Err(Failure::new(
-            "the `nft` program is not installed; plumb applies its firewall rules with it",
+        Err(
+            Failure::new("the `nft` program is not installed; plumb applies its firewall rules with it")
+                .hint("install it: apt-get install nftables"),
         )
-        .hint("install it: apt-get install nftables"))
     }
 }

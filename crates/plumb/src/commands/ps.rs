@@ -52,12 +52,7 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
         let Some(desired) = &st.desired else { continue };
         let dir = ctx.state.stack_dir(&st.stack);
         let status = runfile::live_supervisor(&dir, &st.stack).map(|_| runfile::read_status(&dir));
-        rows.extend(
-            desired
-                .containers
-                .iter()
-                .map(|c| row(&st.stack, c, status.as_ref())),
-        );
+        rows.extend(desired.containers.iter().map(|c| row(&st.stack, c, status.as_ref())));
     }
     if json {
         print_json(&rows);
@@ -122,9 +117,7 @@ fn row<'a>(stack: &'a str, c: &'a Container, status: Option<&StatusFile>) -> Row
             health: s.and_then(|s| s.health.clone()),
             pid: s.and_then(|s| s.pid),
             restarts: s.map_or(0, |s| s.restarts),
-            uptime_seconds: s
-                .and_then(|s| s.started_at_ms)
-                .map(|t| now.saturating_sub(t) / 1000),
+            uptime_seconds: s.and_then(|s| s.started_at_ms).map(|t| now.saturating_sub(t) / 1000),
         }
     });
     Row {

@@ -56,10 +56,8 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
     st.file = Some(stackfile::absolute(file));
     st.desired = Some(desired.clone());
     st.leases = leases;
-    st.namespaces
-        .extend(desired.containers.iter().map(|c| c.netns.clone()));
-    st.networks
-        .extend(desired.networks.iter().map(|n| n.name.clone()));
+    st.namespaces.extend(desired.containers.iter().map(|c| c.netns.clone()));
+    st.networks.extend(desired.networks.iter().map(|n| n.name.clone()));
     ctx.state.save(&st)?;
 
     let stack_dir = ctx.state.stack_dir(&stack);
@@ -93,13 +91,16 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
     let run = processes::write_run(&stack_dir, specs)?;
     if foreground {
         if runfile::live_supervisor(&stack_dir, &stack).is_some() {
-            return Err(Failure::new(format!(
-                "stack {stack} is already supervised in the background"
-            ))
-            .hint("`plumb logs` follows it; `plumb down` stops it"));
+            return Err(
+                Failure::new(format!("stack {stack} is already supervised in the background"))
+                    .hint("`plumb logs` follows it; `plumb down` stops it"),
+            );
         }
         drop(lock);
-        println!("supervising {} process(es) in the foreground; Ctrl-C stops them (`plumb down` removes the network)", run.specs.len());
+        println!(
+            "supervising {} process(es) in the foreground; Ctrl-C stops them (`plumb down` removes the network)",
+            run.specs.len()
+        );
         Supervisor::new(&stack_dir)?.run()?;
         println!("stopped");
         return Ok(());
@@ -120,10 +121,7 @@ fn check_programs(parsed: &Parsed, base: &Path) -> std::result::Result<(), Diagn
     let mut errors = Vec::new();
     for (name, svc) in &parsed.stack.services {
         let Some(p) = &svc.process else { continue };
-        let workdir = p
-            .workdir
-            .as_ref()
-            .map_or(base.to_path_buf(), |w| base.join(w));
+        let workdir = p.workdir.as_ref().map_or(base.to_path_buf(), |w| base.join(w));
         if !workdir.is_dir() {
             errors.push(parsed.error(
                 &format!("services.{name}"),
@@ -206,9 +204,7 @@ fn check_other_stacks(
         };
         for net in &desired.networks {
             for t in &theirs.networks {
-                if net.subnet.contains(&t.subnet.network())
-                    || t.subnet.contains(&net.subnet.network())
-                {
+                if net.subnet.contains(&t.subnet.network()) || t.subnet.contains(&net.subnet.network()) {
                     errors.push(parsed.error(
                         &format!("networks.{}.subnet", net.name),
                         format!(

@@ -17,11 +17,7 @@ pub struct LogWriter {
 impl LogWriter {
     pub fn new(path: PathBuf) -> Self {
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        LogWriter {
-            path,
-            file: None,
-            size,
-        }
+        LogWriter { path, file: None, size }
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
@@ -31,11 +27,7 @@ impl LogWriter {
             self.size = 0;
         }
         if self.file.is_none() {
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .ok();
+            self.file = OpenOptions::new().create(true).append(true).open(&self.path).ok();
         }
         if let Some(f) = &mut self.file {
             if f.write_all(bytes).is_ok() {

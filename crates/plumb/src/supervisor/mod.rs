@@ -126,12 +126,7 @@ impl Supervisor {
     /// handles; call from the main thread before any other thread starts.
     pub fn new(dir: &Path) -> Result<Self> {
         let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGCHLD,
-            Signal::SIGHUP,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-        ] {
+        for s in [Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
             mask.add(s);
         }
         mask.thread_block()
@@ -175,9 +170,7 @@ impl Supervisor {
             }
             let timeout = self
                 .next_deadline(now)
-                .map_or(Duration::from_secs(1), |d| {
-                    d.saturating_duration_since(Instant::now())
-                })
+                .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()))
                 .min(Duration::from_secs(1));
             self.wait_events(timeout);
         }
@@ -191,27 +184,17 @@ impl Supervisor {
     /// restarting the stack never runs a service twice.
     fn kill_orphans(&self) {
         let run = runfile::read_run(&self.dir);
-        let inodes: HashSet<u64> = run
-            .specs
-            .iter()
-            .filter_map(|s| netns::inode(&s.netns))
-            .collect();
+        let inodes: HashSet<u64> = run.specs.iter().filter_map(|s| netns::inode(&s.netns)).collect();
         let me = std::process::id() as i32;
-        for pid in netns::processes_in(&inodes)
-            .into_iter()
-            .filter(|p| *p != me)
-        {
+        for pid in netns::processes_in(&inodes).into_iter().filter(|p| *p != me) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 
     fn reload(&mut self) {
         let run = runfile::read_run(&self.dir);
-        let mut wanted: BTreeMap<String, RunSpec> = run
-            .specs
-            .iter()
-            .map(|s| (s.container.clone(), s.clone()))
-            .collect();
+        let mut wanted: BTreeMap<String, RunSpec> =
+            run.specs.iter().map(|s| (s.container.clone(), s.clone())).collect();
         let names: Vec<String> = self.replicas.keys().cloned().collect();
         for name in names {
             let token = |spec: &RunSpec| run.restarts.get(&spec.service).copied().unwrap_or(0);
@@ -282,12 +265,8 @@ impl Supervisor {
         for name in &names {
             let r = &self.replicas[name];
             match r.state {
-                State::Waiting if !self.shutting_down && self.dependencies_met(&r.spec) => {
-                    self.start(name)
-                }
-                State::Backoff if !self.shutting_down && r.restart_at.is_some_and(|t| t <= now) => {
-                    self.start(name)
-                }
+                State::Waiting if !self.shutting_down && self.dependencies_met(&r.spec) => self.start(name),
+                State::Backoff if !self.shutting_down && r.restart_at.is_some_and(|t| t <= now) => self.start(name),
                 State::Stopping => {
                     if let (Some((_, deadline)), Some(child)) = (r.stopping, &r.child) {
                         if deadline <= now {
@@ -295,9 +274,7 @@ impl Supervisor {
                         }
                     }
                 }
-                State::Running if r.next_probe.is_some_and(|t| t <= now) && !r.probing => {
-                    self.probe(name)
-                }
+                State::Running if r.next_probe.is_some_and(|t| t <= now) && !r.probing => self.probe(name),
                 _ => {}
             }
         }
@@ -328,9 +305,7 @@ impl Supervisor {
                     r.state == State::Running
                         && match dep.condition {
                             Condition::Started => true,
-                            Condition::Healthy => {
-                                r.spec.health.is_none() || r.health == Some(Health::Healthy)
-                            }
+                            Condition::Healthy => r.spec.health.is_none() || r.health == Some(Health::Healthy),
                         }
                 })
         })
@@ -347,11 +322,8 @@ impl Supervisor {
         r.epoch += 1;
         match result {
             Ok((mut child, inode)) => {
-                r.log.note(&format!(
-                    "started {} (pid {})",
-                    r.spec.command.join(" "),
-                    child.id()
-                ));
+                r.log
+                    .note(&format!("started {} (pid {})", r.spec.command.join(" "), child.id()));
                 for pipe in [
                     child.stdout.take().map(OwnedFd::from),
                     child.stderr.take().map(OwnedFd::from),
@@ -417,10 +389,7 @@ impl Supervisor {
             Some(child) => {
                 if r.stopping.is_none() {
                     signal_group(child.id(), Signal::SIGTERM);
-                    r.stopping = Some((
-                        then,
-                        Instant::now() + Duration::from_millis(r.spec.stop_grace_ms),
-                    ));
+                    r.stopping = Some((then, Instant::now() + Duration::from_millis(r.spec.stop_grace_ms)));
                 } else if let Some((_, deadline)) = r.stopping {
                     r.stopping = Some((then, deadline));
                 }
@@ -470,17 +439,15 @@ impl Supervisor {
             name.to_string(),
             r.epoch,
         );
-        let spawned = std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let healthy = probe::check(&fd, &health.probe, health.timeout);
-                let _ = tx.send(ProbeResult {
-                    container,
-                    epoch,
-                    healthy,
-                });
-                let _ = nix::unistd::write(wake.as_fd(), &[1]);
+        let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
+            let healthy = probe::check(&fd, &health.probe, health.timeout);
+            let _ = tx.send(ProbeResult {
+                container,
+                epoch,
+                healthy,
             });
+            let _ = nix::unistd::write(wake.as_fd(), &[1]);
+        });
         if spawned.is_err() {
             r.probing = false;
         }
@@ -502,11 +469,7 @@ impl Supervisor {
         if result.healthy {
             r.probe_failures = 0;
             r.health = Some(Health::Healthy);
-        } else if r
-            .started
-            .is_some_and(|(t, _)| t.elapsed() < spec.start_period)
-            && r.health != Some(Health::Healthy)
-        {
+        } else if r.started.is_some_and(|(t, _)| t.elapsed() < spec.start_period) && r.health != Some(Health::Healthy) {
             // Failures during the start period do not count.
         } else {
             r.probe_failures += 1;
@@ -523,8 +486,7 @@ impl Supervisor {
             };
             r.log.note(&format!("health: {text}"));
             if r.health == Some(Health::Unhealthy) && r.spec.restart == RestartPolicy::Always {
-                r.log
-                    .note("unhealthy with restart = \"always\": restarting");
+                r.log.note("unhealthy with restart = \"always\": restarting");
                 let name = result.container.clone();
                 self.stop(&name, Then::Restart);
             }
@@ -578,10 +540,7 @@ impl Supervisor {
         if poll(&mut fds, PollTimeout::from(millis)).unwrap_or(0) <= 0 {
             return;
         }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
         let pipe_ready: Vec<usize> = ready[2..]
             .iter()
@@ -701,10 +660,7 @@ fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<u64>
     command
         .args(args)
         .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/root")
         .env("HOSTNAME", &spec.container)
         // Python buffers output sent to a pipe; logs should show up as they happen.
@@ -738,19 +694,14 @@ fn signal_group(pid: u32, signal: Signal) {
 
 fn set_flags(fd: BorrowedFd) {
     let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-    let _ = fcntl(
-        fd.as_raw_fd(),
-        FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
+    let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
 }
 
 fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => {
-            Signal::try_from(sig).map_or(format!("signal {sig}"), |s| format!("killed by {s}"))
-        }
+        (None, Some(sig)) => Signal::try_from(sig).map_or(format!("signal {sig}"), |s| format!("killed by {s}")),
         _ => "unknown".into(),
     }
 }

@@ -23,8 +23,7 @@ pub fn check(netns: &OwnedFd, probe: &Probe, timeout: Duration) -> bool {
 }
 
 fn connect(port: u16, timeout: Duration) -> Option<TcpStream> {
-    let stream =
-        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout).ok()?;
+    let stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
     Some(stream)
@@ -35,8 +34,7 @@ fn http(port: u16, path: &str, timeout: Duration) -> bool {
     let Some(mut stream) = connect(port, timeout) else {
         return false;
     };
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: plumb-health\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: plumb-health\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
@@ -51,9 +49,7 @@ fn http(port: u16, path: &str, timeout: Duration) -> bool {
     let line = String::from_utf8_lossy(&head[..got]);
     line.starts_with("HTTP/")
         && matches!(
-            line.split_whitespace()
-                .nth(1)
-                .and_then(|c| c.chars().next()),
+            line.split_whitespace().nth(1).and_then(|c| c.chars().next()),
             Some('2') | Some('3')
         )
 }

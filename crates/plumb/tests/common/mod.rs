@@ -70,15 +70,7 @@ impl Sandbox {
         let state_dir = dir.join("state");
         fs::create_dir_all(&state_dir).unwrap();
         let mut holder = Command::new("unshare")
-            .args([
-                "--net",
-                "--mount",
-                "--propagation",
-                "private",
-                "bash",
-                "-c",
-                SETUP,
-            ])
+            .args(["--net", "--mount", "--propagation", "private", "bash", "-c", SETUP])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -164,9 +156,7 @@ impl Sandbox {
     /// Starts a background command inside namespace `ns` (of the sandbox); it is ended by PID
     /// when the sandbox is dropped.
     pub fn spawn_in(&self, ns: &str, command: &str) {
-        self.ok(&format!(
-            "ip netns exec {ns} {command} >/dev/null 2>&1 & echo $!"
-        ));
+        self.ok(&format!("ip netns exec {ns} {command} >/dev/null 2>&1 & echo $!"));
     }
 
     /// A tiny TCP server in `ns` answering every connection with `reply` and the address the
@@ -196,15 +186,11 @@ impl Sandbox {
     /// Connects to ip:port from `ns` (or from the sandbox host when `ns` is None) and returns
     /// what the server said, or None if the connection failed within 1 s.
     pub fn connect(&self, ns: Option<&str>, ip: &str, port: u16) -> Option<String> {
-        let prefix = ns
-            .map(|n| format!("ip netns exec {n} "))
-            .unwrap_or_default();
+        let prefix = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
         let out = self.sh(&format!(
             "{prefix}timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port} && head -c 100 <&3'"
         ));
-        out.status
-            .success()
-            .then(|| text(&out.stdout).trim().to_string())
+        out.status.success().then(|| text(&out.stdout).trim().to_string())
     }
 
     /// Pings once from `ns`; true if a reply came back within 1 s.
@@ -272,19 +258,11 @@ impl Sandbox {
 
     /// Asserts the sandbox holds nothing of any stack: no namespace, link, nft table or process.
     pub fn assert_clean(&self) {
-        assert_eq!(
-            self.namespaces(),
-            Vec::<String>::new(),
-            "namespaces left behind"
-        );
+        assert_eq!(self.namespaces(), Vec::<String>::new(), "namespaces left behind");
         assert_eq!(self.links(), Vec::<String>::new(), "links left behind");
         assert_eq!(self.nft_tables(), "", "nft tables left behind");
         let procs = self.processes();
-        assert!(
-            procs.is_empty(),
-            "processes left behind: {}",
-            describe(&procs)
-        );
+        assert!(procs.is_empty(), "processes left behind: {}", describe(&procs));
     }
 }
 
@@ -304,9 +282,7 @@ impl Drop for Sandbox {
 
 fn netns_inode(pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    fs::metadata(format!("/proc/{pid}/ns/net"))
-        .ok()
-        .map(|m| m.ino())
+    fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())
 }
 
 fn describe(pids: &[u32]) -> String {
@@ -314,9 +290,7 @@ fn describe(pids: &[u32]) -> String {
         .map(|p| {
             format!(
                 "{p}({})",
-                fs::read_to_string(format!("/proc/{p}/comm"))
-                    .unwrap_or_default()
-                    .trim()
+                fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim()
             )
         })
         .collect::<Vec<_>>()

@@ -1,0 +1,250 @@
+//! Services inside containers, supervised: the reference shop app end to end with real nginx,
+//! Flask and Redis; restarts by policy and on failed health; dependency order; logs; control
+//! commands; a dead supervisor replaced without running anything twice.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+
+fn copy_shop(sb: &Sandbox) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop");
+    for f in [
+        "plumb.toml",
+        "nginx.conf",
+        "html/index.html",
+        "gateway.py",
+        "product.py",
+    ] {
+        sb.write(
+            &format!("shop/{f}"),
+            &std::fs::read_to_string(format!("{root}/{f}")).unwrap(),
+        );
+    }
+    std::fs::create_dir_all(sb.dir.join("shop/run")).unwrap();
+}
+
+fn ps(sb: &Sandbox) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&sb.plumb_ok(&["ps", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn process<'a>(rows: &'a [serde_json::Value], container: &str) -> &'a serde_json::Value {
+    &rows
+        .iter()
+        .find(|r| r["container"] == container)
+        .unwrap_or_else(|| panic!("no {container}"))["process"]
+}
+
+fn http(sb: &Sandbox, from: Option<&str>, url: &str) -> String {
+    let prefix = from.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+    sb.ok(&format!("{prefix}curl -sf -m 5 {url}"))
+}
+
+#[test]
+fn the_shop_runs_for_real_and_survives_a_killed_replica() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    copy_shop(&sb);
+    sb.plumb_ok(&["up", "-f", "shop/plumb.toml"]);
+    // Everything something waits on is healthy once `up` returns; web (last) soon after.
+    assert!(eventually(Duration::from_secs(20), || ps(&sb)
+        .iter()
+        .all(|r| r["process"]["health"] == "healthy")));
+
+    // The page through the published port, from the outside namespace and from the host.
+    assert!(http(&sb, Some("outside"), &format!("http://{HOST_IP}:8080/")).contains("<html"));
+    assert!(http(&sb, None, "http://127.0.0.1:8080/").contains("<html"));
+    // The catalogue from Redis through nginx -> gateway -> product, spread over all replicas.
+    let mut served_by = BTreeSet::new();
+    for _ in 0..6 {
+        let body: serde_json::Value = serde_json::from_str(&http(
+            &sb,
+            Some("outside"),
+            &format!("http://{HOST_IP}:8080/api/products"),
+        ))
+        .unwrap();
+        assert!(body["products"].as_array().unwrap().len() >= 3, "{body}");
+        served_by.insert(body["served_by"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        served_by,
+        BTreeSet::from(["product-1".into(), "product-2".into(), "product-3".into()])
+    );
+    // Views are counted in Redis.
+    let views = |sb: &Sandbox| -> i64 {
+        let body: serde_json::Value = serde_json::from_str(&http(
+            sb,
+            Some("outside"),
+            &format!("http://{HOST_IP}:8080/api/products/2"),
+        ))
+        .unwrap();
+        body["product"]["views"].as_i64().unwrap()
+    };
+    let first = views(&sb);
+    assert_eq!(views(&sb), first + 1);
+    assert_eq!(
+        sb.ok("ip netns exec shop-redis-1 redis-cli get views:2").trim(),
+        (first + 1).to_string()
+    );
+    // Each replica has its own hostname and finds the others by name.
+    assert_eq!(
+        sb.plumb_ok(&["exec", "product-2", "--", "hostname"]).trim(),
+        "product-2"
+    );
+    assert!(sb
+        .plumb_ok(&["exec", "product-2", "--", "getent", "hosts", "redis"])
+        .contains("10.89.0."));
+
+    // Logs: the product replicas' output, prefixed.
+    let logs = sb.plumb_ok(&["logs", "product", "--tail", "50"]);
+    assert!(
+        logs.contains("product-1 | ") && logs.contains("product-3 | ") && logs.contains("GET /products"),
+        "{logs}"
+    );
+
+    // Kill a replica by PID: it comes back and ps counts the restart.
+    let rows = ps(&sb);
+    let pid = process(&rows, "product-2")["pid"].as_u64().unwrap();
+    sb.ok(&format!("kill -9 {pid}"));
+    assert!(eventually(Duration::from_secs(15), || {
+        let rows = ps(&sb);
+        let p = process(&rows, "product-2");
+        p["restarts"] == 1 && p["state"] == "running" && p["pid"].as_u64() != Some(pid)
+    }));
+    assert!(eventually(Duration::from_secs(15), || process(&ps(&sb), "product-2")
+        ["health"]
+        == "healthy"));
+
+    sb.plumb_ok(&["down", "-f", "shop/plumb.toml"]);
+    sb.assert_clean();
+}
+
+const FLAKY: &str = r#"
+name = "svc"
+[networks.n]
+subnet = "10.93.0.0/24"
+
+# Listens on 7000 for two seconds, then stops listening but keeps running.
+[services.flaky]
+command = ["/usr/bin/python3", "-c", "import socket,time; s=socket.socket(); s.bind(('0.0.0.0',7000)); s.listen(); print('listening', flush=True); time.sleep(2); s.close(); print('deaf now', flush=True); time.sleep(3600)"]
+restart = "always"
+health = { tcp = 7000, interval = "300ms", timeout = "300ms", retries = 2 }
+
+# Becomes reachable only after 2 seconds.
+[services.slow]
+command = ["/usr/bin/python3", "-c", "import socket,time; time.sleep(2); s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('0.0.0.0',7001)); s.listen(); time.sleep(3600)"]
+health = { tcp = 7001, interval = "200ms" }
+
+# Fails for good (restart = "no") unless slow is already listening when it starts.
+[services.eager]
+command = ["/usr/bin/python3", "-c", "import socket,time; socket.create_connection(('slow', 7001), 2).close(); print('slow was ready', flush=True); time.sleep(3600)"]
+restart = "no"
+depends_on = { slow = { condition = "healthy" } }
+"#;
+
+#[test]
+fn health_failures_restart_and_dependencies_wait_for_health() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("plumb.toml", FLAKY);
+    sb.plumb_ok(&["up"]);
+    // eager started only once slow was healthy: it connected by name and keeps running.
+    let rows = ps(&sb);
+    assert_eq!(process(&rows, "eager-1")["state"], "running");
+    assert!(sb.plumb_ok(&["logs", "eager"]).contains("slow was ready"));
+    assert_eq!(process(&rows, "slow-1")["health"], "healthy");
+
+    // flaky goes deaf: unhealthy, then restarted (restart = "always").
+    assert!(eventually(Duration::from_secs(20), || process(&ps(&sb), "flaky-1")
+        ["restarts"]
+        .as_u64()
+        >= Some(1)));
+    let logs = sb.plumb_ok(&["logs", "flaky-1"]);
+    assert!(
+        logs.contains("health: unhealthy") && logs.contains("deaf now"),
+        "{logs}"
+    );
+
+    // stop / start / restart a service.
+    sb.plumb_ok(&["stop", "slow"]);
+    assert_eq!(process(&ps(&sb), "slow-1")["state"], "stopped");
+    assert_eq!(sb.connect(Some("svc-eager-1"), "slow", 7001), None);
+    sb.plumb_ok(&["start", "slow"]);
+    assert_eq!(process(&ps(&sb), "slow-1")["state"], "running");
+    let before = process(&ps(&sb), "eager-1")["pid"].clone();
+    sb.plumb_ok(&["restart", "eager"]);
+    assert_ne!(process(&ps(&sb), "eager-1")["pid"], before);
+
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+#[test]
+fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write(
+        "plumb.toml",
+        "name = \"adopt\"\n[networks.n]\nsubnet = \"10.94.0.0/24\"\n[services.s]\nreplicas = 3\ncommand = \"/bin/sleep 3600\"\n",
+    );
+    sb.plumb_ok(&["up"]);
+    let supervisor = sb.ok(&format!("cat {}/stacks/adopt/supervisor.pid", sb.state_dir.display()));
+    sb.ok(&format!("kill -9 {supervisor}"));
+    assert!(ps(&sb).iter().all(|r| r["process"]["state"] == "no supervisor"));
+    sb.plumb_ok(&["up"]);
+    for ns in ["adopt-s-1", "adopt-s-2", "adopt-s-3"] {
+        let pids = sb.ok(&format!("ip netns pids {ns}"));
+        assert_eq!(
+            pids.split_whitespace().count(),
+            1,
+            "exactly one process in {ns}: {pids}"
+        );
+    }
+    assert!(ps(&sb).iter().all(|r| r["process"]["state"] == "running"));
+    // A second up changes nothing, processes included.
+    let pids = sb.ok("ip netns pids adopt-s-1");
+    sb.plumb_ok(&["up"]);
+    assert_eq!(sb.ok("ip netns pids adopt-s-1"), pids);
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+#[test]
+fn bad_services_are_rejected_before_anything_starts() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let base = "name = \"bad\"\n[networks.n]\nsubnet = \"10.95.0.0/24\"\n";
+    let cases = [
+        (format!("{base}[services.a]\ncommand = [\"no-such-program\", \"x\"]\n"), vec!["plumb.toml:5:", "services.a.command", "\"no-such-program\" is not installed"]),
+        (
+            format!("{base}[services.a]\ncommand = \"/bin/true\"\ndepends_on = [\"b\"]\n[services.b]\ncommand = \"/bin/true\"\ndepends_on = [\"a\"]\n"),
+            vec!["dependency cycle: a -> b -> a"],
+        ),
+        (format!("{base}[services.a]\ncommand = \"/bin/true\"\nhealth = {{ tcp = 0 }}\n"), vec!["services.a.health.tcp", "outside 1-65535"]),
+        (format!("{base}[services.a]\ncommand = \"/bin/true\"\nhealth = {{ http = \"/\", port = 70000 }}\n"), vec!["services.a.health.port", "outside 1-65535"]),
+    ];
+    for (stack, needles) in cases {
+        sb.write("plumb.toml", &stack);
+        let out = sb.plumb(&["up"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+        }
+        sb.assert_clean();
+    }
+}
