@@ -29,8 +29,8 @@ pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>) -> Result<RunFile> {
 
 /// Before containers are deleted or rebuilt: have a running supervisor stop their processes
 /// gracefully (their `stop_grace`), so nothing is restarted into a namespace going away.
-pub fn release_containers(stack_dir: &Path, stack: &str, netns: &BTreeSet<String>) -> Result<()> {
-    let Some(pid) = runfile::live_supervisor(stack_dir, stack) else {
+pub fn release_containers(stack_dir: &Path, netns: &BTreeSet<String>) -> Result<()> {
+    let Some(pid) = runfile::live_supervisor(stack_dir) else {
         return Ok(());
     };
     let current = runfile::read_run(stack_dir);
@@ -62,7 +62,7 @@ pub fn release_containers(stack_dir: &Path, stack: &str, netns: &BTreeSet<String
 /// Makes the supervisor run `run`: signals the live one, or starts one in the background.
 pub fn hand_over(state: &StateDir, stack: &str, run: &RunFile) -> Result<()> {
     let dir = state.stack_dir(stack);
-    if let Some(pid) = runfile::live_supervisor(&dir, stack) {
+    if let Some(pid) = runfile::live_supervisor(&dir) {
         runfile::signal_and_wait(&dir, pid, run.generation, Duration::from_secs(10))?;
         return Ok(());
     }
@@ -92,14 +92,14 @@ pub fn hand_over(state: &StateDir, stack: &str, run: &RunFile) -> Result<()> {
 }
 
 /// Stops the stack's supervisor (it stops every process first) and waits until it is gone.
-pub fn stop_supervisor(stack_dir: &Path, stack: &str) -> Result<()> {
-    let Some(pid) = runfile::live_supervisor(stack_dir, stack) else {
+pub fn stop_supervisor(stack_dir: &Path) -> Result<()> {
+    let Some(pid) = runfile::live_supervisor(stack_dir) else {
         return Ok(());
     };
     let grace = max_grace(&runfile::read_run(stack_dir).specs);
     let _ = kill(pid, Signal::SIGTERM);
     if wait_until(grace + Duration::from_secs(10), || {
-        runfile::live_supervisor(stack_dir, stack).is_none()
+        runfile::live_supervisor(stack_dir).is_none()
     }) {
         Ok(())
     } else {

@@ -82,18 +82,31 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     write_atomically(path, &bytes)
 }
 
-/// The stack's supervisor, if one is alive: its PID file names a live `plumb supervise` of
-/// this stack (a reused PID running something else does not count).
-pub fn live_supervisor(stack_dir: &Path, stack: &str) -> Option<Pid> {
-    let pid: i32 = std::fs::read_to_string(pid_path(stack_dir)).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_ours = args
-        .windows(2)
-        .any(|w| w[0] == b"supervise" && w[1] == stack.as_bytes());
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
-    (is_ours && !zombie).then(|| Pid::from_raw(pid))
+/// The stack's supervisor, if one is alive: the PID file names a process that is still the
+/// one that wrote it (same start time, so a reused PID does not count) and not a zombie.
+pub fn live_supervisor(stack_dir: &Path) -> Option<Pid> {
+    let text = std::fs::read_to_string(pid_path(stack_dir)).ok()?;
+    let mut fields = text.split_whitespace();
+    let pid: i32 = fields.next()?.parse().ok()?;
+    let started: u64 = fields.next()?.parse().ok()?;
+    let (state, start) = process_state(pid)?;
+    (start == started && state != 'Z').then(|| Pid::from_raw(pid))
+}
+
+/// What the supervisor writes to its PID file: its PID and its start time.
+pub fn pid_file_content() -> String {
+    let pid = std::process::id() as i32;
+    let start = process_state(pid).map_or(0, |(_, s)| s);
+    format!("{pid} {start}\n")
+}
+
+/// A process's state letter and start time (clock ticks after boot), from /proc/PID/stat.
+fn process_state(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
 }
 
 /// Asks the supervisor to apply `generation` (SIGHUP) and waits until its status says so.

@@ -200,7 +200,10 @@ fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
         "name = \"adopt\"\n[networks.n]\nsubnet = \"10.94.0.0/24\"\n[services.s]\nreplicas = 3\ncommand = \"/bin/sleep 3600\"\n",
     );
     sb.plumb_ok(&["up"]);
-    let supervisor = sb.ok(&format!("cat {}/stacks/adopt/supervisor.pid", sb.state_dir.display()));
+    let supervisor = sb.ok(&format!(
+        "cut -d' ' -f1 {}/stacks/adopt/supervisor.pid",
+        sb.state_dir.display()
+    ));
     sb.ok(&format!("kill -9 {supervisor}"));
     assert!(ps(&sb).iter().all(|r| r["process"]["state"] == "no supervisor"));
     sb.plumb_ok(&["up"]);
@@ -247,4 +250,82 @@ fn bad_services_are_rejected_before_anything_starts() {
         }
         sb.assert_clean();
     }
+}
+
+fn pid_of(sb: &Sandbox, container: &str) -> u64 {
+    let rows = ps(sb);
+    process(&rows, container)["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{container} has no pid: {rows:?}"))
+}
+
+#[test]
+fn an_edit_restarts_only_what_changed() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let base = "name = \"edit\"\n[networks.n]\nsubnet = \"10.98.0.0/24\"\n[networks.m]\nsubnet = \"10.98.1.0/24\"\n";
+    let a = "[services.a]\nnetworks = [\"n\"]\ncommand = \"/bin/sleep 3600\"\n";
+    sb.write(
+        "plumb.toml",
+        &format!("{base}{a}[services.b]\nnetworks = [\"n\"]\ncommand = \"/bin/sleep 3600\"\n"),
+    );
+    sb.plumb_ok(&["up"]);
+    let (a1, b1) = (pid_of(&sb, "a-1"), pid_of(&sb, "b-1"));
+
+    // Another command for b: only b restarts.
+    sb.write(
+        "plumb.toml",
+        &format!("{base}{a}[services.b]\nnetworks = [\"n\"]\ncommand = \"/bin/sleep 3601\"\n"),
+    );
+    sb.plumb_ok(&["up"]);
+    let b2 = pid_of(&sb, "b-1");
+    assert_eq!(pid_of(&sb, "a-1"), a1);
+    assert_ne!(b2, b1);
+
+    // A service added: nobody else restarts.
+    sb.write("plumb.toml", &format!("{base}{a}[services.b]\nnetworks = [\"n\"]\ncommand = \"/bin/sleep 3601\"\n[services.c]\nnetworks = [\"n\"]\ncommand = \"/bin/sleep 3600\"\n"));
+    sb.plumb_ok(&["up"]);
+    assert_eq!((pid_of(&sb, "a-1"), pid_of(&sb, "b-1")), (a1, b2));
+    assert!(
+        sb.plumb_ok(&["exec", "a-1", "--", "getent", "hosts", "c"])
+            .contains("10.98.0."),
+        "hosts updated in place"
+    );
+
+    // b moves to another network: its container is rebuilt and its process runs in the new one.
+    sb.write("plumb.toml", &format!("{base}{a}[services.b]\nnetworks = [\"m\"]\ncommand = \"/bin/sleep 3601\"\n[services.c]\nnetworks = [\"n\"]\ncommand = \"/bin/sleep 3600\"\n"));
+    sb.plumb_ok(&["up"]);
+    assert_eq!(pid_of(&sb, "a-1"), a1);
+    let b3 = pid_of(&sb, "b-1");
+    assert_ne!(b3, b2);
+    assert_eq!(sb.ok("ip netns pids edit-b-1").trim(), b3.to_string());
+    assert!(sb
+        .ok("ip netns exec edit-b-1 ip -o addr show eth0")
+        .contains("10.98.1."));
+
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+#[test]
+fn foreground_supervision_stops_on_ctrl_c() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write("plumb.toml", "name = \"fg\"\n[networks.n]\nsubnet = \"10.99.0.0/24\"\n[services.s]\nreplicas = 2\ncommand = \"/bin/sleep 3600\"\n");
+    let child = sb.spawn_plumb(&["up", "--foreground"]);
+    let running = eventually(Duration::from_secs(10), || {
+        let rows = ps(&sb);
+        rows.len() == 2 && rows.iter().all(|r| r["process"]["state"] == "running")
+    });
+    assert!(running, "{:?}", ps(&sb));
+    sb.ok(&format!("kill -INT {}", child.id()));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?} {}", out.status, text(&out.stderr));
+    assert_eq!(sb.ok("ip netns pids fg-s-1"), "", "Ctrl-C stops the services");
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
 }

@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
         }
     };
     let dir = ctx.state.stack_dir(&stack);
-    let pid = runfile::live_supervisor(&dir, &stack).ok_or_else(|| {
+    let pid = runfile::live_supervisor(&dir).ok_or_else(|| {
         Failure::new(format!("stack {stack} has no running supervisor")).hint("`plumb up` starts it again")
     })?;
     let mut run = runfile::read_run(&dir);

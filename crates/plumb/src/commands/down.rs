@@ -15,7 +15,7 @@ pub fn run(ctx: &Context, stack: &str) -> Result<()> {
     let _lock = ctx.state.lock()?;
     let state = ctx.state.load(stack)?;
     // Processes first, each with its stop_grace: they keep namespaces alive.
-    processes::stop_supervisor(&ctx.state.stack_dir(stack), stack)?;
+    processes::stop_supervisor(&ctx.state.stack_dir(stack))?;
     let actual = observe(stack, None, state.as_ref())?;
     let plan = plan::diff(stack, None, &actual);
     if plan.is_empty() && state.is_none() {

@@ -21,7 +21,7 @@ pub fn run(ctx: &Context, container: &str, command: &[String]) -> Result<()> {
         .map_err(|e| Failure::from(e).hint("the container's namespace is gone: run `plumb up` to recreate it"))?;
     let dir = ctx.state.stack_dir(&st.stack);
     let service_pid =
-        runfile::live_supervisor(&dir, &st.stack).and_then(|_| runfile::read_status(&dir).replicas.get(&c.name)?.pid);
+        runfile::live_supervisor(&dir).and_then(|_| runfile::read_status(&dir).replicas.get(&c.name)?.pid);
     if let Some(pid) = service_pid {
         for (kind, flag) in [("uts", CloneFlags::CLONE_NEWUTS), ("mnt", CloneFlags::CLONE_NEWNS)] {
             if let Ok(ns) = std::fs::File::open(format!("/proc/{pid}/ns/{kind}")) {

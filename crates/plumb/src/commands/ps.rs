@@ -51,7 +51,7 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
     for st in stacks.values() {
         let Some(desired) = &st.desired else { continue };
         let dir = ctx.state.stack_dir(&st.stack);
-        let status = runfile::live_supervisor(&dir, &st.stack).map(|_| runfile::read_status(&dir));
+        let status = runfile::live_supervisor(&dir).map(|_| runfile::read_status(&dir));
         rows.extend(desired.containers.iter().map(|c| row(&st.stack, c, status.as_ref())));
     }
     if json {

@@ -69,7 +69,7 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
             _ => None,
         })
         .collect();
-    processes::release_containers(&stack_dir, &stack, &rebuilt)?;
+    processes::release_containers(&stack_dir, &rebuilt)?;
 
     let mut executor = Executor::new()?;
     let result = executor.run(&plan);
@@ -86,11 +86,11 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
 
     let specs = run_specs(&desired, &base);
     if specs.is_empty() && !foreground {
-        return processes::stop_supervisor(&stack_dir, &stack);
+        return processes::stop_supervisor(&stack_dir);
     }
     let run = processes::write_run(&stack_dir, specs)?;
     if foreground {
-        if runfile::live_supervisor(&stack_dir, &stack).is_some() {
+        if runfile::live_supervisor(&stack_dir).is_some() {
             return Err(
                 Failure::new(format!("stack {stack} is already supervised in the background"))
                     .hint("`plumb logs` follows it; `plumb down` stops it"),

@@ -41,3 +41,27 @@ impl LogWriter {
         self.write(format!("[plumb] {text}\n").as_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_rotate_and_stay_bounded() {
+        let dir = std::env::temp_dir().join(format!("plumb-logs-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c-1.log");
+        let mut log = LogWriter::new(path.clone());
+        let line = vec![b'x'; 1000];
+        for _ in 0..3000 {
+            log.write(&line);
+        }
+        let current = fs::metadata(&path).unwrap().len();
+        let old = fs::metadata(path.with_extension("log.1")).unwrap().len();
+        assert!(
+            current <= LIMIT && old <= LIMIT && old > LIMIT - 1000,
+            "{current} {old}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -156,7 +156,7 @@ impl Supervisor {
 
     /// Runs until asked to stop (SIGTERM or SIGINT), then stops every process and returns.
     pub fn run(mut self) -> Result<()> {
-        std::fs::write(runfile::pid_path(&self.dir), std::process::id().to_string())?;
+        std::fs::write(runfile::pid_path(&self.dir), runfile::pid_file_content())?;
         self.kill_orphans();
         self.reload();
         loop {
