@@ -22,7 +22,8 @@ pub struct Actual {
     /// The stack's container namespaces, by name under /run/netns.
     pub containers: BTreeMap<String, ObservedNetns>,
     pub firewall: ObservedFirewall,
-    /// Networks the stack has had (from the state file and aliases), to name old veths.
+    /// Networks the state file says the stack has had (aliases in the kernel tell the rest),
+    /// to name the host ends of old veths.
     pub known_networks: BTreeSet<String>,
 }
 
@@ -137,8 +138,7 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     );
     deleted.sort_unstable();
 
-    let mut networks: BTreeSet<&str> = actual.known_networks.iter().map(String::as_str).collect();
-    networks.extend(want_networks.iter().map(|n| n.name.as_str()));
+    let networks = networks_seen(stack, want_networks, actual);
     let mut gone_links = Vec::new();
     if !deleted.is_empty() {
         steps.push(Step::StopProcesses {
@@ -205,6 +205,24 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     Plan { steps }
 }
 
+/// Every network the stack may have wired a veth to: wanted, remembered, or named by an alias
+/// on a bridge (`plumb:S/net/N`) or on a container interface (`plumb:S/C/N`).
+fn networks_seen(stack: &str, want: &[Network], actual: &Actual) -> BTreeSet<String> {
+    let prefix = names::alias_prefix(stack);
+    let mut out: BTreeSet<String> = actual.known_networks.clone();
+    out.extend(want.iter().map(|n| n.name.clone()));
+    let aliases = actual
+        .bridges
+        .values()
+        .chain(actual.containers.values().flat_map(|ns| ns.links.values()));
+    for alias in aliases.filter_map(|l| l.alias.as_deref()) {
+        if let Some((_, net)) = alias.strip_prefix(&prefix).and_then(|rest| rest.split_once('/')) {
+            out.insert(net.to_string());
+        }
+    }
+    out
+}
+
 fn network_of_alias(stack: &str, alias: Option<&str>) -> String {
     alias
         .and_then(|a| a.strip_prefix(&names::alias_prefix(stack)))
@@ -234,4 +252,161 @@ fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, reb
                 .is_some_and(|h| h.up && h.master.as_deref() == Some(i.bridge.as_str()));
             inside && outside && !rebuilt.contains(i.bridge.as_str())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::resolve;
+    use crate::spec::parse;
+
+    fn desired(text: &str) -> Desired {
+        resolve(&parse("f", text).unwrap(), &Default::default()).unwrap().0
+    }
+
+    const STACK: &str =
+        "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n[services.a]\nreplicas = 2\nports = [\"80:80\"]\n";
+
+    /// The kernel state that executing `d`'s plan leaves behind.
+    fn applied(d: &Desired) -> Actual {
+        let mut actual = Actual {
+            ip_forward: true,
+            ..Default::default()
+        };
+        for n in &d.networks {
+            let link = ObservedLink {
+                alias: Some(n.alias.clone()),
+                master: None,
+                up: true,
+                addresses: vec![n.gateway_cidr()],
+            };
+            actual.bridges.insert(n.bridge.clone(), link);
+        }
+        for c in &d.containers {
+            let mut ns = ObservedNetns {
+                lo_up: true,
+                default_gateway: c.gateway,
+                ..Default::default()
+            };
+            for i in &c.interfaces {
+                let inside = ObservedLink {
+                    alias: Some(i.alias.clone()),
+                    master: None,
+                    up: true,
+                    addresses: vec![i.cidr()],
+                };
+                ns.links.insert(i.name.clone(), inside);
+                let outside = ObservedLink {
+                    master: Some(i.bridge.clone()),
+                    up: true,
+                    ..Default::default()
+                };
+                actual.host_veths.insert(i.host_veth.clone(), outside);
+            }
+            actual.containers.insert(c.netns.clone(), ns);
+        }
+        actual.firewall = ObservedFirewall::Applied(firewall::ruleset(d).unwrap());
+        actual
+    }
+
+    fn kinds(plan: &Plan) -> Vec<&'static str> {
+        plan.steps
+            .iter()
+            .map(|s| match s {
+                Step::EnableForwarding => "forwarding",
+                Step::CreateBridge(_) => "create bridge",
+                Step::DeleteBridge { .. } => "delete bridge",
+                Step::CreateContainer(_) => "create container",
+                Step::StopProcesses { .. } => "stop processes",
+                Step::DeleteContainer { .. } => "delete container",
+                Step::AwaitLinksGone { .. } => "await links",
+                Step::ApplyFirewall { .. } => "apply firewall",
+                Step::DeleteFirewall { .. } => "delete firewall",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn from_nothing_everything_is_made_bridges_and_rules_before_containers() {
+        let d = desired(STACK);
+        let plan = diff("s", Some(&d), &Actual::default());
+        assert_eq!(
+            kinds(&plan),
+            [
+                "forwarding",
+                "create bridge",
+                "apply firewall",
+                "create container",
+                "create container"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_matching_kernel_needs_nothing() {
+        let d = desired(STACK);
+        assert!(diff("s", Some(&d), &applied(&d)).is_empty());
+    }
+
+    #[test]
+    fn an_incomplete_container_is_rebuilt_alone() {
+        let d = desired(STACK);
+        let mut actual = applied(&d);
+        actual.containers.get_mut("s-a-2").unwrap().default_gateway = None;
+        let plan = diff("s", Some(&d), &actual);
+        assert_eq!(
+            kinds(&plan),
+            ["stop processes", "delete container", "await links", "create container"]
+        );
+        assert!(matches!(&plan.steps[3], Step::CreateContainer(c) if c.name == "a-2"));
+    }
+
+    #[test]
+    fn a_changed_port_only_replaces_the_rules() {
+        let d = desired(STACK);
+        let actual = applied(&d);
+        let plan = diff("s", Some(&desired(&STACK.replace("80:80", "81:80"))), &actual);
+        assert_eq!(kinds(&plan), ["apply firewall"]);
+    }
+
+    #[test]
+    fn down_removes_everything_in_order() {
+        let d = desired(STACK);
+        let plan = diff("s", None, &applied(&d));
+        assert_eq!(
+            kinds(&plan),
+            [
+                "stop processes",
+                "delete container",
+                "delete container",
+                "await links",
+                "delete bridge",
+                "delete firewall"
+            ]
+        );
+        let Step::AwaitLinksGone { links } = &plan.steps[3] else {
+            panic!()
+        };
+        assert_eq!(links.len(), 2);
+    }
+
+    #[test]
+    fn the_script_says_what_each_step_does() {
+        let d = desired(STACK);
+        let script = crate::render::script(&diff("s", Some(&d), &Actual::default()));
+        assert!(script.starts_with("#!/bin/sh\n"));
+        for needle in [
+            "ip link add plb",
+            "type bridge mcast_snooping 0",
+            "ip netns add s-a-1",
+            "type veth peer name eth0 netns s-a-1",
+            "ip -n s-a-2 addr add 10.0.0.3/24 dev eth0",
+            "ip -n s-a-1 route add default via 10.0.0.1",
+            "nft -f - <<'EOF'",
+            "numgen inc mod 2 map { 0 : 10.0.0.2, 1 : 10.0.0.3 }:80",
+        ] {
+            assert!(script.contains(needle), "missing {needle:?} in:\n{script}");
+        }
+        assert_eq!(crate::render::script(&Plan::default()), "");
+    }
 }

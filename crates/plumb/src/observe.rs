@@ -71,27 +71,13 @@ pub fn observe(stack: &str, desired: Option<&Desired>, state: Option<&StackState
         }
     }
 
-    let mut known_networks: BTreeSet<String> = state.map(|s| s.networks.clone()).unwrap_or_default();
-    for l in links.iter().filter_map(|l| l.alias.as_deref()) {
-        if let Some(net) = l.strip_prefix(&prefix).and_then(|r| r.strip_prefix("net/")) {
-            known_networks.insert(net.to_string());
-        }
-    }
-    for ns in containers.values() {
-        for l in ns.links.values().filter_map(|l| l.alias.as_deref()) {
-            if let Some((_, net)) = l.strip_prefix(&prefix).and_then(|r| r.split_once('/')) {
-                known_networks.insert(net.to_string());
-            }
-        }
-    }
-
     Ok(Actual {
         ip_forward: sysctl::get("net.ipv4.ip_forward").is_ok_and(|v| v == "1"),
         bridges,
         host_veths,
         containers,
         firewall: observe_firewall(stack, desired, state)?,
-        known_networks,
+        known_networks: state.map(|s| s.networks.clone()).unwrap_or_default(),
     })
 }
 

@@ -105,14 +105,7 @@ impl Sandbox {
 
     /// Runs a script that must succeed; returns its stdout.
     pub fn ok(&self, script: &str) -> String {
-        let out = self.sh(script);
-        assert!(
-            out.status.success(),
-            "script failed: {script}\nstdout: {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        succeeded(self.sh(script), script)
     }
 
     /// Runs plumb with `args` inside the sandbox.
@@ -122,14 +115,7 @@ impl Sandbox {
 
     /// Runs plumb and asserts it succeeded; returns stdout.
     pub fn plumb_ok(&self, args: &[&str]) -> String {
-        let out = self.plumb(args);
-        assert!(
-            out.status.success(),
-            "plumb {args:?} failed\nstdout: {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        succeeded(self.plumb(args), &format!("plumb {args:?}"))
     }
 
     /// A plumb process left running (for crash and concurrency tests).
@@ -295,6 +281,16 @@ fn describe(pids: &[u32]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The stdout of a command that must have succeeded.
+fn succeeded(out: Output, what: &str) -> String {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
 }
 
 pub fn text(bytes: &[u8]) -> String {
