@@ -50,6 +50,13 @@ def mark(text, ok):
     return text if ok else f"~~{text}~~ INVALID"
 
 
+def ratio(value, base, ok):
+    """value / plumb's value, or – where plumb has no valid number."""
+    if not base:
+        return "–"
+    return mark(f"{value / base:.1f}×", ok)
+
+
 def control_section(work, meta):
     rows = read_tsv(os.path.join(work, "control.tsv"), 8)
     if not rows:
@@ -68,10 +75,11 @@ def control_section(work, meta):
     out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     notes = []
     for n in sizes:
-        base = None
+        base = None  # plumb's per-container (setup, teardown) medians; None where there is no valid one
         if ("plumb", n) in groups:
             g = groups[("plumb", n)]
-            base = (statistics.median(x[0] for x in g) / n, statistics.median(x[1] for x in g) / n)
+            base = (statistics.median(x[0] for x in g) / n if all(x[2] for x in g) else None,
+                    statistics.median(x[1] for x in g) / n if all(x[3] for x in g) else None)
         for m in METHODS:
             label = METHOD_LABEL[m]
             if (m, n) in skipped:
@@ -84,10 +92,8 @@ def control_section(work, meta):
             t_med = statistics.median(x[1] for x in g)
             s_ok = all(x[2] for x in g)
             t_ok = all(x[3] for x in g)
-            if base and base[0] > 0 and base[1] > 0:
-                rs, rt = f"{s_med / n / base[0]:.1f}×", f"{t_med / n / base[1]:.1f}×"
-            else:
-                rs = rt = "–"
+            rs = ratio(s_med / n, base and base[0], s_ok)
+            rt = ratio(t_med / n, base and base[1], t_ok)
             bad = sum(1 for x in g if not (x[2] and x[3]))
             checks = "ok" if bad == 0 else f"{bad}/{len(g)} runs failed (see notes)"
             out.append(
@@ -151,7 +157,7 @@ def dataplane_section(work, meta):
 def main():
     work = sys.argv[1]
     meta = dict(r[:2] for r in read_tsv(os.path.join(work, "meta.tsv"), 2))
-    out = [f"# plumb benchmark ({meta.get('mode', '?')})", ""]
+    out = [f"# plumb benchmark ({meta.get('mode', '?')}; N = {meta.get('sizes', '?').replace(' ', ', ')})", ""]
     out.append(f"{meta.get('date', '?')}; kernel {meta.get('kernel', '?')}, {meta.get('cpus', '?')} CPUs; "
                f"plumb: {meta.get('plumb_version', '?')}; {meta.get('netavark', '?')}; "
                f"containernetworking-plugins {meta.get('cni', '?')}; {meta.get('iproute2', '?')}; "
@@ -160,7 +166,8 @@ def main():
     out += control_section(work, meta)
     out += dataplane_section(work, meta)
     runs = meta.get("runs", "?")
-    runs_note = (f"{runs} run(s) per method and N" if meta.get("runs_forced") == "1" or meta.get("mode") == "quick"
+    big = any(int(n) >= 1000 for n in meta.get("sizes", "").split())
+    runs_note = (f"{runs} run(s) per method and N" if meta.get("runs_forced") == "1" or not big
                  else f"{runs} runs per method and N, except bash `ip`, netavark and CNI at N≥1000: "
                       f"{meta.get('peer_runs_1000', '?')} runs")
     out += [
@@ -173,7 +180,7 @@ def main():
         "creating the bridge and the NAT rule; teardown time includes removing them (the CNI bridge is deleted by "
         "the harness: the plugin never does). ms/ctr = total / N.",
         "- Teardown is timed until the kernel has really removed the links: after the method returns, the harness "
-        "polls `ip -o link | wc -l` every 10 ms until it is back to the sandbox's baseline (deleting a namespace "
+        "polls `ip -o link | wc -l` (every 10 ms, after the first second every 50 ms) until it is back to the sandbox's baseline (deleting a namespace "
         "destroys its veth asynchronously).",
         "- Checked in every run: N namespaces and N host veths exist; the first and last container ping the "
         "gateway 10.200.0.1 and, through the NAT, the `outside` namespace 203.0.113.2; after teardown no "
