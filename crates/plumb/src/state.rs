@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::failure::{Failure, Result};
 
+/// Present while IPv4 forwarding is on because plumb turned it on.
+const FORWARDING_MARK: &str = "ip_forward-enabled-by-plumb";
+
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub root: PathBuf,
@@ -105,6 +108,27 @@ impl StateDir {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    /// Records that plumb turned on IPv4 forwarding (it was off), so the last `down` turns
+    /// it off again and the machine is left as plumb found it.
+    pub fn note_forwarding_enabled(&self) -> Result<()> {
+        self.ensure()?;
+        fs::write(
+            self.root.join(FORWARDING_MARK),
+            "net.ipv4.ip_forward was 0 before plumb\n",
+        )?;
+        Ok(())
+    }
+
+    /// When no stack is left and plumb had turned forwarding on, turns it off again.
+    pub fn restore_forwarding_if_last(&self) -> Result<()> {
+        let mark = self.root.join(FORWARDING_MARK);
+        if mark.exists() && self.stacks()?.is_empty() {
+            plumb_linux::sysctl::set("net.ipv4.ip_forward", "0")?;
+            fs::remove_file(mark)?;
+        }
+        Ok(())
     }
 
     /// Every stack with a state file, by name.

@@ -324,3 +324,30 @@ fn stacks_side_by_side_stay_apart_and_down_removes_only_its_own() {
     sb.plumb_ok(&["down", "b"]);
     sb.assert_clean();
 }
+
+#[test]
+fn forwarding_turned_on_by_plumb_is_turned_off_by_the_last_down() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.ok("sysctl -qw net.ipv4.ip_forward=0");
+    sb.write(
+        "a.toml",
+        "name = \"a\"\n[networks.n]\nsubnet = \"10.90.3.0/24\"\n[services.s]\n",
+    );
+    sb.write(
+        "b.toml",
+        "name = \"b\"\n[networks.n]\nsubnet = \"10.90.4.0/24\"\n[services.s]\n",
+    );
+    sb.plumb_ok(&["up", "-f", "a.toml"]);
+    sb.plumb_ok(&["up", "-f", "b.toml"]);
+    let forwarding = || sb.ok("sysctl -n net.ipv4.ip_forward").trim().to_string();
+    assert_eq!(forwarding(), "1");
+    assert!(sb.ping("a-s-1", OUTSIDE_IP));
+    sb.plumb_ok(&["down", "a"]);
+    assert_eq!(forwarding(), "1", "stack b still needs it");
+    sb.plumb_ok(&["down", "b"]);
+    assert_eq!(forwarding(), "0", "the machine is left as plumb found it");
+    sb.assert_clean();
+}

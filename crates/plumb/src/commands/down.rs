@@ -24,6 +24,7 @@ pub fn run(ctx: &Context, stack: &str) -> Result<()> {
     }
     Executor::new()?.run(&plan)?;
     ctx.state.remove(stack)?;
+    ctx.state.restore_forwarding_if_last()?;
     let containers = plan
         .steps
         .iter()

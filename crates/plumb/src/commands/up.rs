@@ -71,6 +71,9 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
         .collect();
     processes::release_containers(&stack_dir, &rebuilt)?;
 
+    if plan.steps.contains(&Step::EnableForwarding) {
+        ctx.state.note_forwarding_enabled()?;
+    }
     let mut executor = Executor::new()?;
     let result = executor.run(&plan);
     if let Some(applied) = executor.firewall.take() {
