@@ -69,11 +69,13 @@ wait_links_baseline() {
 # firewall_leftovers: the nft tables present in the sandbox namespace, on one line.
 firewall_leftovers() { nft list tables 2>/dev/null | sed 's/^table //' | paste -sd, -; }
 
-# reset_firewall: empty the sandbox's own ruleset (never the host's: assert_sandboxed) so that one method's
-# leftover chains (netavark leaves empty NETAVARK_* chains behind) cannot slow down the next method.
+# reset_firewall: delete, one by one, the tables a method left in the sandbox (never the host's:
+# assert_sandboxed) so that its leftover chains (netavark leaves empty NETAVARK_* chains behind) cannot slow
+# down the next method. Every table here was made by a method under test in this sandbox.
 reset_firewall() {
   assert_sandboxed
-  nft flush ruleset
+  local family name
+  nft list tables 2>/dev/null | while read -r _ family name; do nft delete table "$family" "$name"; done
 }
 
 # check_clean: print what a teardown left behind (namespaces, links); prints nothing when the sandbox is clean.

@@ -185,7 +185,7 @@ def main():
         "- Checked in every run: N namespaces and N host veths exist; the first and last container ping the "
         "gateway 10.200.0.1 and, through the NAT, the `outside` namespace 203.0.113.2; after teardown no "
         "namespace or link is left. A failed check strikes the number through and marks it INVALID. nft tables "
-        "a method leaves behind are flushed by the harness before the next method and listed above.",
+        "a method leaves behind are deleted by the harness before the next method and listed above.",
         "- Everything runs in a throwaway network + mount namespace (private tmpfs on /run); `outside` "
         "(203.0.113.2, behind uplink up0) stands for the internet.",
         "",

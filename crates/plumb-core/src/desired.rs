@@ -30,6 +30,20 @@ pub struct Network {
 }
 
 impl Network {
+    /// The bridge's MAC address: locally administered, derived from its name.
+    pub fn bridge_mac(&self) -> [u8; 6] {
+        let h = crate::names::fnv1a(&[&self.alias]).to_be_bytes();
+        [0x02, h[0], h[1], h[2], h[3], h[4]]
+    }
+
+    pub fn bridge_mac_text(&self) -> String {
+        self.bridge_mac()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
     /// The bridge's own address: the gateway, with the subnet's prefix.
     pub fn gateway_cidr(&self) -> Ipv4Net {
         Ipv4Net::new(self.gateway, self.subnet.prefix_len()).expect("prefix comes from a valid subnet")

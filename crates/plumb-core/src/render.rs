@@ -55,7 +55,11 @@ fn bridge(net: &Network) -> String {
         net.subnet,
         if net.internal { ", internal" } else { "" }
     );
-    let _ = writeln!(out, "ip link add {br} type bridge mcast_snooping 0");
+    let _ = writeln!(
+        out,
+        "ip link add {br} address {} type bridge mcast_snooping 0",
+        net.bridge_mac_text()
+    );
     let _ = writeln!(out, "ip link set {br} alias {}", net.alias);
     let _ = writeln!(out, "sysctl -qw net.ipv6.conf.{br}.disable_ipv6=1");
     let _ = writeln!(

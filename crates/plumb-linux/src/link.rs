@@ -67,11 +67,14 @@ fn link_of(message: LinkMessage) -> Link {
     link
 }
 
-/// Creates a bridge with multicast snooping off (snooping re-arms timers on every port
-/// whenever one changes: quadratic work at scale).
-pub fn create_bridge(nl: &mut Netlink, name: &str) -> Result<()> {
+/// Creates a bridge with a fixed MAC address and multicast snooping off (snooping re-arms
+/// timers on every port whenever one changes: quadratic work at scale).
+pub fn create_bridge(nl: &mut Netlink, name: &str, mac: [u8; 6]) -> Result<()> {
     let mut message = LinkMessage::default();
     message.attributes.push(LinkAttribute::IfName(name.into()));
+    // A bridge without an address of its own takes its ports' lowest one, and recomputes it
+    // (notifying every listener) as ports come and go.
+    message.attributes.push(LinkAttribute::Address(mac.to_vec()));
     message.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Bridge),
         LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(0)])),

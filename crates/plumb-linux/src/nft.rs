@@ -1,10 +1,11 @@
 //! nftables through the `nft` program: plumb's rules are nft text, applied in one transaction
 //! with `nft -f -`, so the text printed by `--dry-run` is exactly what runs. plumb only ever
-//! names its own tables.
+//! names its own tables. Calls can run in the background ([`Pending`]) so the few
+//! milliseconds an `nft` process takes overlap with netlink work on the other core.
 
 use std::io::{self, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use crate::netlink::{Error, Result};
 
@@ -14,8 +15,27 @@ pub fn available() -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("nft").is_file()))
 }
 
-fn run(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String> {
-    let mut child = Command::new("nft")
+/// An `nft` run in progress.
+pub struct Pending {
+    child: Child,
+    what: &'static str,
+}
+
+impl Pending {
+    /// Waits for it; its standard output on success.
+    pub fn wait(self) -> Result<String> {
+        let out = self.child.wait_with_output().map_err(|e| Error::new(self.what, e))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            Err(Error::new(self.what, io::Error::other(stderr)))
+        }
+    }
+}
+
+fn start(program: &str, args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<Pending> {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -25,23 +45,24 @@ fn run(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String> {
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes()).map_err(|e| Error::new(what, e))?;
     }
-    let out = child.wait_with_output().map_err(|e| Error::new(what, e))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(Error::new(what, io::Error::other(stderr)))
-    }
+    Ok(Pending { child, what })
 }
 
-/// Applies an nft script as one atomic transaction.
-pub fn apply(script: &str) -> Result<()> {
-    run(&["-f", "-"], Some(script), "apply nftables rules").map(drop)
+/// Starts applying an nft script as one atomic transaction, then listing table `inet TABLE`
+/// as the kernel holds it afterwards (the listing is what [`Pending::wait`] returns).
+pub fn apply_and_list(script: &str, table: &str) -> Result<Pending> {
+    let both = format!("nft -f - && exec nft list table inet {table}");
+    start("sh", &["-c", &both], Some(script), "apply nftables rules")
 }
 
-/// The listing of table `inet NAME`, or `None` if it does not exist.
-pub fn list_table(name: &str) -> Result<Option<String>> {
-    match run(&["list", "table", "inet", name], None, "list nftables table") {
+/// Starts listing table `inet NAME`; see [`listing`] for the result.
+pub fn start_list_table(name: &str) -> Result<Pending> {
+    start("nft", &["list", "table", "inet", name], None, "list nftables table")
+}
+
+/// The result of [`start_list_table`]: the listing, or `None` if the table does not exist.
+pub fn listing(pending: Pending) -> Result<Option<String>> {
+    match pending.wait() {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.source.to_string().contains("No such file or directory") => Ok(None),
         Err(e) => Err(e),
@@ -49,7 +70,7 @@ pub fn list_table(name: &str) -> Result<Option<String>> {
 }
 
 pub fn delete_table(name: &str) -> Result<()> {
-    match run(&["delete", "table", "inet", name], None, "delete nftables table") {
+    match start("nft", &["delete", "table", "inet", name], None, "delete nftables table")?.wait() {
         Err(e) if e.source.to_string().contains("No such file or directory") => Ok(()),
         other => other.map(drop),
     }

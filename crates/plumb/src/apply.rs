@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -16,27 +17,31 @@ use crate::failure::{Failure, Result};
 use crate::observe::listing_hash;
 use crate::state::AppliedFirewall;
 
+/// Batches at least this large are wired on two threads.
+const PARALLEL_FROM: usize = 8;
 /// How long processes found in a namespace being deleted get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for the kernel to finish destroying deleted namespaces' veths.
 const LINK_REMOVAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Executor {
-    home: Home,
     host: Netlink,
     bridges: HashMap<String, u32>,
     /// Set when the plan replaced the nft table.
     pub firewall: Option<AppliedFirewall>,
+    /// The nft transaction, running in the background while containers are wired (no
+    /// process runs in them yet, so no packet can pass before the rules are in place).
+    firewall_pending: Option<(nft::Pending, String)>,
     progress: Progress,
 }
 
 impl Executor {
     pub fn new() -> Result<Self> {
         Ok(Executor {
-            home: Home::current()?,
             host: Netlink::open()?,
             bridges: HashMap::new(),
             firewall: None,
+            firewall_pending: None,
             progress: Progress::new(),
         })
     }
@@ -50,12 +55,41 @@ impl Executor {
             netns::prepare_run_dir()?;
         }
         let total = plan.steps.len();
-        for (done, step) in plan.steps.iter().enumerate() {
+        let mut result = Ok(());
+        let mut done = 0;
+        while done < total {
             self.progress.tick(done, total);
-            self.step(step)?;
+            // Consecutive containers are wired together, on two threads.
+            let batch: Vec<&Container> = plan.steps[done..]
+                .iter()
+                .map_while(|s| match s {
+                    Step::CreateContainer(c) => Some(c.as_ref()),
+                    _ => None,
+                })
+                .collect();
+            result = if batch.is_empty() {
+                done += 1;
+                self.step(&plan.steps[done - 1])
+            } else {
+                done += batch.len();
+                self.create_containers(&batch)
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        // The nft transaction started earlier completes whatever happened after it.
+        if let Some((pending, ruleset)) = self.firewall_pending.take() {
+            match pending.wait() {
+                Ok(listing) => {
+                    let listing_hash = listing_hash(&listing);
+                    self.firewall = Some(AppliedFirewall { ruleset, listing_hash });
+                }
+                Err(e) => result = result.and(Err(e.into())),
+            }
         }
         self.progress.finish();
-        Ok(())
+        result
     }
 
     fn step(&mut self, step: &Step) -> Result<()> {
@@ -66,26 +100,15 @@ impl Executor {
                 Err(e) if e.errno() == Some(nix::errno::Errno::ENODEV as i32) => {}
                 other => other?,
             },
-            Step::CreateContainer(c) => {
-                if let Err(e) = self.create_container(c) {
-                    // Leave no half-made container behind: the next `up` makes it whole again.
-                    let _ = netns::delete(&c.netns);
-                    return Err(e);
-                }
-            }
+            Step::CreateContainer(c) => self.create_containers(&[c])?,
             Step::StopProcesses { namespaces } => stop_processes(namespaces),
             Step::DeleteContainer { netns: name, .. } => netns::delete(name)?,
             Step::AwaitLinksGone { links } => self.await_links_gone(links)?,
             Step::ApplyFirewall { table, script } => {
-                nft::apply(script)?;
-                let listing = nft::list_table(table)?.unwrap_or_default();
                 let ruleset = script
                     .split_once(&format!("delete table inet {table}\n"))
                     .map_or(script.as_str(), |(_, body)| body);
-                self.firewall = Some(AppliedFirewall {
-                    ruleset: ruleset.to_string(),
-                    listing_hash: listing_hash(&listing),
-                });
+                self.firewall_pending = Some((nft::apply_and_list(script, table)?, ruleset.to_string()));
             }
             Step::DeleteFirewall { table } => nft::delete_table(table)?,
         }
@@ -94,7 +117,7 @@ impl Executor {
 
     fn create_bridge(&mut self, net: &Network) -> Result<()> {
         let br = &net.bridge;
-        link::create_bridge(&mut self.host, br)?;
+        link::create_bridge(&mut self.host, br, net.bridge_mac())?;
         link::set_alias(&mut self.host, LinkRef::Name(br), &net.alias)?;
         sysctl::set(&format!("net.ipv6.conf.{br}.disable_ipv6"), "1")?;
         sysctl::set(&format!("net.ipv4.conf.{br}.route_localnet"), "1")?;
@@ -114,32 +137,46 @@ impl Executor {
         Ok(index)
     }
 
-    fn create_container(&mut self, c: &Container) -> Result<()> {
-        let created = netns::create(&self.home, &c.netns)?;
-        let mut inner = created.netlink;
-        // lo is always index 1 in a new namespace.
-        link::set_up(&mut inner, LinkRef::Index(1))?;
-        for iface in &c.interfaces {
-            let master = self.bridge_index(&iface.bridge)?;
-            link::create_veth(
-                &mut self.host,
-                &iface.host_veth,
-                master,
-                &iface.name,
-                created.fd.as_fd(),
-            )?;
-            // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.
-            sysctl::set(&format!("net.ipv6.conf.{}.disable_ipv6", iface.host_veth), "1")?;
-            link::set_up(&mut self.host, LinkRef::Name(&iface.host_veth))?;
-            let index = link::index_of(&mut inner, &iface.name)?;
-            link::set_alias_without_ipv6(&mut inner, LinkRef::Index(index), &iface.alias)?;
-            addr::add_v4(&mut inner, index, iface.cidr())?;
-            link::set_up(&mut inner, LinkRef::Index(index))?;
+    /// Wires containers on up to two threads, each with its own host netlink socket: the
+    /// kernel serializes most link changes, but namespace creation and the work inside each
+    /// namespace overlap. A container that fails is removed again (the next `up` retries it).
+    fn create_containers(&mut self, batch: &[&Container]) -> Result<()> {
+        for c in batch {
+            for iface in &c.interfaces {
+                self.bridge_index(&iface.bridge)?;
+            }
         }
-        if let Some(gw) = c.gateway {
-            route::add_default_v4(&mut inner, gw)?;
-        }
-        Ok(())
+        let bridges = &self.bridges;
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let work = || -> Result<()> {
+            let home = Home::current()?;
+            let mut host = Netlink::open()?;
+            while !failed.load(Ordering::Relaxed) {
+                let Some(c) = batch.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                if let Err(e) = create_container(&home, &mut host, bridges, c) {
+                    failed.store(true, Ordering::Relaxed);
+                    let _ = netns::delete(&c.netns);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        };
+        let threads = if batch.len() >= PARALLEL_FROM { 2 } else { 1 };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
+            // Join every thread before reporting the first error.
+            let outcomes: Vec<Result<()>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Failure::new("a wiring thread panicked")))
+                })
+                .collect();
+            outcomes.into_iter().collect::<Result<()>>()
+        })
     }
 
     fn await_links_gone(&mut self, links: &[String]) -> Result<()> {
@@ -160,6 +197,29 @@ impl Executor {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Makes one container: its namespace, `lo` up, one veth per network, addresses, default route.
+fn create_container(home: &Home, host: &mut Netlink, bridges: &HashMap<String, u32>, c: &Container) -> Result<()> {
+    let created = netns::create(home, &c.netns)?;
+    let mut inner = created.netlink;
+    // lo is always index 1 in a new namespace.
+    link::set_up(&mut inner, LinkRef::Index(1))?;
+    for iface in &c.interfaces {
+        let master = bridges[&iface.bridge];
+        link::create_veth(host, &iface.host_veth, master, &iface.name, created.fd.as_fd())?;
+        // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.
+        sysctl::set(&format!("net.ipv6.conf.{}.disable_ipv6", iface.host_veth), "1")?;
+        link::set_up(host, LinkRef::Name(&iface.host_veth))?;
+        let index = link::index_of(&mut inner, &iface.name)?;
+        link::set_alias_without_ipv6(&mut inner, LinkRef::Index(index), &iface.alias)?;
+        addr::add_v4(&mut inner, index, iface.cidr())?;
+        link::set_up(&mut inner, LinkRef::Index(index))?;
+    }
+    if let Some(gw) = c.gateway {
+        route::add_default_v4(&mut inner, gw)?;
+    }
+    Ok(())
 }
 
 /// Ends every process inside the namespaces: SIGTERM, then SIGKILL for those still there

@@ -14,6 +14,8 @@ use crate::failure::Result;
 use crate::state::StackState;
 
 pub fn observe(stack: &str, desired: Option<&Desired>, state: Option<&StackState>) -> Result<Actual> {
+    // nft runs in the background while netlink reads the rest.
+    let table = nft::start_list_table(&names::nft_table(stack))?;
     let home = Home::current()?;
     let mut host = Netlink::open()?;
     let links = link::list(&mut host)?;
@@ -76,7 +78,7 @@ pub fn observe(stack: &str, desired: Option<&Desired>, state: Option<&StackState
         bridges,
         host_veths,
         containers,
-        firewall: observe_firewall(stack, desired, state)?,
+        firewall: observe_firewall(nft::listing(table)?, desired, state),
         known_networks: state.map(|s| s.networks.clone()).unwrap_or_default(),
     })
 }
@@ -113,23 +115,27 @@ fn addresses_by_index(list: Vec<(u32, Ipv4Net)>) -> HashMap<u32, Vec<Ipv4Net>> {
     out
 }
 
-fn observe_firewall(stack: &str, desired: Option<&Desired>, state: Option<&StackState>) -> Result<ObservedFirewall> {
-    let Some(listing) = nft::list_table(&names::nft_table(stack))? else {
-        return Ok(ObservedFirewall::Absent);
+fn observe_firewall(
+    listing: Option<String>,
+    desired: Option<&Desired>,
+    state: Option<&StackState>,
+) -> ObservedFirewall {
+    let Some(listing) = listing else {
+        return ObservedFirewall::Absent;
     };
     // Ours if nft lists exactly what we would apply (our text is written in nft's own listing
     // format), or if it is unchanged since we applied it (in case nft formats differently).
     if let Some(want) = desired.and_then(plumb_core::firewall::ruleset) {
         if without_whitespace(&want) == without_whitespace(&listing) {
-            return Ok(ObservedFirewall::Applied(want));
+            return ObservedFirewall::Applied(want);
         }
     }
-    Ok(match state.and_then(|s| s.firewall.as_ref()) {
+    match state.and_then(|s| s.firewall.as_ref()) {
         Some(applied) if applied.listing_hash == listing_hash(&listing) => {
             ObservedFirewall::Applied(applied.ruleset.clone())
         }
         _ => ObservedFirewall::Changed,
-    })
+    }
 }
 
 fn without_whitespace(text: &str) -> String {
