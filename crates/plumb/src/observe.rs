@@ -54,6 +54,11 @@ pub fn observe(stack: &str, desired: Option<&Desired>, state: Option<&StackState
     let ns_prefix = format!("{stack}-");
     let mut containers = BTreeMap::new();
     for name in netns::list()?.into_iter().filter(|n| n.starts_with(&ns_prefix)) {
+        if desired.is_none() && known.contains(name.as_str()) {
+            // Going down: a known container is deleted whatever it holds; no need to read it.
+            containers.insert(name, ObservedNetns::default());
+            continue;
+        }
         let Ok(fd) = netns::open(&name) else { continue };
         let Ok(mut inner) = home.netlink_in(fd.as_fd()) else {
             // A name with no namespace mounted on it: an `up` killed between the two steps.
