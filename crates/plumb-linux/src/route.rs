@@ -47,3 +47,32 @@ pub fn default_gateway_v4(nl: &mut Netlink) -> Result<Option<Ipv4Addr>> {
     }
     Ok(None)
 }
+
+/// The IPv4 routes of the main table other than default routes, as (destination, output
+/// link index).
+pub fn list_v4(nl: &mut Netlink) -> Result<Vec<(ipnet::Ipv4Net, Option<u32>)>> {
+    let mut query = RouteMessage::default();
+    query.header.address_family = AddressFamily::Inet;
+    let replies = nl.dump(RouteNetlinkMessage::GetRoute(query), || "list routes".into())?;
+    let mut out = Vec::new();
+    for m in replies {
+        let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+        let prefix = r.header.destination_prefix_length;
+        if prefix == 0 || r.header.table != RouteHeader::RT_TABLE_MAIN {
+            continue;
+        }
+        let mut destination = None;
+        let mut oif = None;
+        for attribute in &r.attributes {
+            match attribute {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => destination = Some(*d),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if let Some(net) = destination.and_then(|d| ipnet::Ipv4Net::new(d, prefix).ok()) {
+            out.push((net, oif));
+        }
+    }
+    Ok(out)
+}

@@ -84,6 +84,15 @@ fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
         &format!("{NET}[services.a]\nimage = \"nginx\"\n"),
         &["plumb.toml:5:1", "unknown field `image`"],
     );
+    // The sandbox host routes 203.0.113.0/24 through its uplink.
+    rejected(
+        &sb,
+        "name = \"bad\"\n[networks.n]\nsubnet = \"203.0.113.128/25\"\n",
+        &[
+            "networks.n.subnet",
+            "overlaps the host's route to 203.0.113.0/24 via up0",
+        ],
+    );
     rejected(
         &sb,
         "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.0/30\"\n[services.a]\nreplicas = 3\n",

@@ -34,6 +34,9 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
     let previous = state.as_ref().map(|s| s.leases.clone()).unwrap_or_default();
     let (desired, leases) = desired::resolve(&parsed, &previous)?;
     check_other_stacks(&parsed, &desired, &ctx.state.stacks()?)?;
+    if root {
+        check_host_routes(&parsed, &desired)?;
+    }
     let actual = if root {
         observe(&stack, Some(&desired), state.as_ref())?
     } else {
@@ -117,6 +120,37 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
         status.supervisor_pid
     );
     Ok(())
+}
+
+/// A network must not take an address range the host already routes elsewhere (the host
+/// would lose its way there). Routes on plumb's own bridges do not count.
+fn check_host_routes(parsed: &Parsed, desired: &Desired) -> Result<()> {
+    let mut nl = plumb_linux::Netlink::open()?;
+    let names: BTreeMap<u32, String> = plumb_linux::link::list(&mut nl)?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
+    let mut errors = Vec::new();
+    for (route, oif) in plumb_linux::route::list_v4(&mut nl)? {
+        let dev = oif.and_then(|i| names.get(&i)).map_or("?", String::as_str);
+        if dev.starts_with(plumb_core::names::BRIDGE_PREFIX) {
+            continue;
+        }
+        for net in &desired.networks {
+            if net.subnet.contains(&route.network()) || route.contains(&net.subnet.network()) {
+                errors.push(parsed.error(
+                    &format!("networks.{}.subnet", net.name),
+                    format!("{} overlaps the host's route to {route} via {dev}", net.subnet),
+                    "pick another address range: the host would lose its way to that network",
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics(errors).into())
+    }
 }
 
 /// Every command's program must exist before anything is touched.
