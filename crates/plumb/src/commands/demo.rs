@@ -22,10 +22,14 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 pub fn run(ctx: &Context, remove: bool) -> Result<()> {
-    if remove {
-        return down::run(ctx, "shop");
-    }
     let dir = ctx.state.root.join("demo").join("shop");
+    if remove {
+        down::run(ctx, "shop")?;
+        return match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        };
+    }
     for (name, content) in FILES {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
