@@ -178,9 +178,25 @@ fn health_failures_restart_and_dependencies_wait_for_health() {
     // stop / start / restart a service.
     sb.plumb_ok(&["stop", "slow"]);
     assert_eq!(process(&ps(&sb), "slow-1")["state"], "stopped");
-    assert_eq!(sb.connect(Some("svc-eager-1"), "slow", 7001), None);
+    let slow_ip = ps(&sb).iter().find(|r| r["container"] == "slow-1").unwrap()["interfaces"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let reachable = |sb: &Sandbox| {
+        sb.ok(&format!(
+            "ip netns exec svc-eager-1 bash -c 'echo > /dev/tcp/{slow_ip}/7001' 2>/dev/null && echo yes || echo no"
+        ))
+    };
+    assert_eq!(reachable(&sb).trim(), "no", "a stopped service does not answer");
     sb.plumb_ok(&["start", "slow"]);
     assert_eq!(process(&ps(&sb), "slow-1")["state"], "running");
+    assert!(
+        eventually(Duration::from_secs(10), || reachable(&sb).trim() == "yes"),
+        "a started service answers again"
+    );
     let before = process(&ps(&sb), "eager-1")["pid"].clone();
     sb.plumb_ok(&["restart", "eager"]);
     assert_ne!(process(&ps(&sb), "eager-1")["pid"], before);
