@@ -139,9 +139,26 @@ pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<
                 waiting.push(format!("{} (not known to the supervisor)", spec.container));
                 continue;
             };
-            if let Some(error) = &r.error {
-                return Err(Failure::new(format!("{}: {error}", spec.container))
+            let crash_looping = r.state == "backoff" && r.restarts >= CRASH_LOOP;
+            if let Some(problem) = r.error.clone().or_else(|| {
+                crash_looping.then(|| {
+                    format!(
+                        "keeps exiting ({}, {} restarts)",
+                        r.last_exit.as_deref().unwrap_or("?"),
+                        r.restarts
+                    )
+                })
+            }) {
+                return Err(Failure::new(format!("{}: {problem}", spec.container))
                     .hint(format!("`plumb logs {}` shows its output", spec.container)));
+            }
+            if r.state == "exited" && r.last_exit.as_deref() != Some("exit code 0") {
+                return Err(Failure::new(format!(
+                    "{}: exited ({})",
+                    spec.container,
+                    r.last_exit.as_deref().unwrap_or("?")
+                ))
+                .hint(format!("`plumb logs {}` shows its output", spec.container)));
             }
             let started =
                 r.state == "running" || (r.state == "exited" && r.last_exit.as_deref() == Some("exit code 0"));
@@ -175,6 +192,9 @@ pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// After this many restarts in a row during `up`, a replica is reported as failing.
+const CRASH_LOOP: u32 = 3;
 
 fn max_grace(specs: &[RunSpec]) -> Duration {
     Duration::from_millis(specs.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0))

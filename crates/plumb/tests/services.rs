@@ -345,3 +345,34 @@ fn foreground_supervision_stops_on_ctrl_c() {
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+#[test]
+fn up_reports_a_service_that_keeps_failing() {
+    if !can_run() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let base = "name = \"fail\"\n[networks.n]\nsubnet = \"10.99.1.0/24\"\n";
+    sb.write("plumb.toml", &format!("{base}[services.loop]\ncommand = [\"/bin/sh\", \"-c\", \"echo broken config; exit 3\"]\nrestart = \"always\"\n"));
+    let out = sb.plumb(&["up"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("loop-1: keeps exiting (exit code 3") && err.contains("plumb logs loop-1"),
+        "{err}"
+    );
+    assert!(sb.plumb_ok(&["logs", "loop"]).contains("broken config"));
+
+    sb.write(
+        "plumb.toml",
+        &format!("{base}[services.once]\ncommand = \"/bin/false\"\nrestart = \"no\"\n"),
+    );
+    let out = sb.plumb(&["up"]);
+    assert!(
+        text(&out.stderr).contains("once-1: exited (exit code 1)"),
+        "{}",
+        text(&out.stderr)
+    );
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
