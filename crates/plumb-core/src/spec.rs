@@ -15,6 +15,8 @@ use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 
 /// The longest stack name: it prefixes namespace names and nft table names.
 pub const MAX_STACK_NAME: usize = 12;
+/// The most ports a Linux bridge takes (the kernel's BR_MAX_PORTS, less the reserved port 0).
+pub const MAX_BRIDGE_PORTS: u64 = 1023;
 /// Container names become hostnames, which the kernel limits to 64 bytes.
 pub const MAX_CONTAINER_NAME: usize = 64;
 
@@ -334,6 +336,7 @@ impl Validator<'_> {
             services.insert(svc_name, svc);
         }
         self.check_ports(&services, &networks);
+        self.check_bridge_ports(&services);
         self.check_static_ips(&services, &networks);
         self.check_cycles(&services, &dep_spans);
         Stack {
@@ -993,6 +996,27 @@ impl Validator<'_> {
         }
     }
 
+    /// A Linux bridge takes at most 1,023 ports (BR_MAX_PORTS is 1,024 and port 0 is
+    /// reserved): one per container interface on the network.
+    fn check_bridge_ports(&mut self, services: &BTreeMap<String, ServiceSpec>) {
+        let mut ports: BTreeMap<&str, u64> = BTreeMap::new();
+        for svc in services.values() {
+            for a in &svc.networks {
+                *ports.entry(&a.network).or_default() += u64::from(svc.replicas);
+            }
+        }
+        for (net, count) in ports.into_iter().filter(|(_, c)| *c > MAX_BRIDGE_PORTS) {
+            let field = format!("networks.{net}");
+            let span = self.spans.get(&field).cloned().unwrap_or(0..0);
+            self.err(
+                span,
+                &field,
+                format!("{count} containers join network {net:?}, but a Linux bridge takes at most {MAX_BRIDGE_PORTS} ports"),
+                "spread the replicas over several networks, or use fewer replicas",
+            );
+        }
+    }
+
     fn check_static_ips(&mut self, services: &BTreeMap<String, ServiceSpec>, networks: &BTreeMap<String, NetworkSpec>) {
         let mut taken: BTreeMap<Ipv4Addr, String> = networks
             .iter()
@@ -1358,6 +1382,20 @@ depends_on = { web = { condition = "healthy" } }
             "{NET}[services.a]\ncommand = \"x\"\nrestart = \"sometimes\"\n"
         ));
         assert!(e.contains("unknown restart policy"), "{e}");
+    }
+
+    #[test]
+    fn a_bridge_takes_at_most_1023_containers() {
+        let stack =
+            |n: u32| format!("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/16\"\n[services.a]\nreplicas = {n}\n");
+        parse("f", &stack(1023)).unwrap();
+        let e = errors(&stack(1024));
+        assert!(
+            e.contains("plumb.toml:2:")
+                && e.contains("1024 containers join network \"n\"")
+                && e.contains("at most 1023"),
+            "{e}"
+        );
     }
 
     #[test]

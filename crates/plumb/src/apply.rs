@@ -58,7 +58,7 @@ impl Executor {
         let mut result = Ok(());
         let mut done = 0;
         while done < total {
-            self.progress.tick(done, total);
+            self.progress.tick(done, total, "steps applied");
             // Consecutive containers are wired together, on two threads.
             let batch: Vec<&Container> = plan.steps[done..]
                 .iter()
@@ -165,8 +165,17 @@ impl Executor {
             Ok(())
         };
         let threads = if batch.len() >= PARALLEL_FROM { 2 } else { 1 };
+        let progress = &mut self.progress;
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
+            while !handles.iter().all(|h| h.is_finished()) {
+                std::thread::sleep(Duration::from_millis(50));
+                progress.tick(
+                    next.load(Ordering::Relaxed).min(batch.len()),
+                    batch.len(),
+                    "containers wired",
+                );
+            }
             // Join every thread before reporting the first error.
             let outcomes: Vec<Result<()>> = handles
                 .into_iter()
@@ -262,7 +271,7 @@ impl Progress {
         }
     }
 
-    fn tick(&mut self, done: usize, total: usize) {
+    fn tick(&mut self, done: usize, total: usize, what: &str) {
         let now = Instant::now();
         if !self.tty
             || now - self.start < Duration::from_secs(1)
@@ -271,7 +280,7 @@ impl Progress {
             return;
         }
         self.last = Some(now);
-        eprint!("\r  applying step {done}/{total}");
+        eprint!("\r\x1b[K  {done}/{total} {what}");
     }
 
     fn finish(&mut self) {
