@@ -14,17 +14,31 @@ use std::process::Command;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::SigSet;
-use nix::unistd::{sethostname, setsid};
+use nix::unistd::{setgid, setgroups, sethostname, setsid, setuid, Gid, Uid};
+
+/// Who a confined process runs as, when not root: set last, after the namespaces (which
+/// need root).
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
 
 /// Makes `command` start inside the container whose network namespace is `netns`.
-pub fn confine(command: &mut Command, netns: OwnedFd, hostname: &str, hosts_file: Option<&Path>) -> io::Result<()> {
+pub fn confine(
+    command: &mut Command,
+    netns: OwnedFd,
+    hostname: &str,
+    hosts_file: Option<&Path>,
+    identity: Option<Identity>,
+) -> io::Result<()> {
     // Everything the child needs is prepared here: between fork and exec only system calls run.
     let hostname = hostname.to_string();
     let hosts = hosts_file.map(|p| CString::new(p.as_os_str().as_bytes())).transpose()?;
     let etc_hosts = CString::new("/etc/hosts")?;
     let root = CString::new("/")?;
     // SAFETY: the closure runs in the forked child before exec; it only makes system calls
-    // (setns, unshare, sethostname, mount, setsid) on data prepared before the fork.
+    // (setns, unshare, sethostname, mount, setsid, set*id) on data prepared before the fork.
     unsafe {
         command.pre_exec(move || {
             // A supervisor blocks the signals it reads from a signalfd; the mask is inherited.
@@ -50,6 +64,12 @@ pub fn confine(command: &mut Command, netns: OwnedFd, hostname: &str, hosts_file
                 )?;
             }
             setsid()?;
+            if let Some(id) = identity {
+                let gid = Gid::from_raw(id.gid);
+                setgroups(&[gid])?;
+                setgid(gid)?;
+                setuid(Uid::from_raw(id.uid))?;
+            }
             Ok(())
         });
     }

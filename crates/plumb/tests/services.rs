@@ -141,7 +141,13 @@ health = { tcp = 7000, interval = "300ms", timeout = "300ms", retries = 2 }
 # Becomes reachable only after 2 seconds.
 [services.slow]
 command = ["/usr/bin/python3", "-c", "import socket,time; time.sleep(2); s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('0.0.0.0',7001)); s.listen(); time.sleep(3600)"]
-health = { tcp = 7001, interval = "200ms" }
+# An exec probe: runs in the container's network namespace.
+health = { exec = ["/bin/bash", "-c", "echo > /dev/tcp/127.0.0.1/7001"], interval = "200ms" }
+
+# Runs as an unprivileged user.
+[services.unprivileged]
+command = "/bin/sleep 3600"
+user = "nobody"
 
 # Fails for good (restart = "no") unless slow is already listening when it starts.
 [services.eager]
@@ -163,6 +169,8 @@ fn health_failures_restart_and_dependencies_wait_for_health() {
     assert_eq!(process(&rows, "eager-1")["state"], "running");
     assert!(sb.plumb_ok(&["logs", "eager"]).contains("slow was ready"));
     assert_eq!(process(&rows, "slow-1")["health"], "healthy");
+    let pid = process(&rows, "unprivileged-1")["pid"].as_u64().unwrap();
+    assert_eq!(sb.ok(&format!("ps -o user= -p {pid}")).trim(), "nobody");
 
     // flaky goes deaf: unhealthy, then restarted (restart = "always").
     assert!(eventually(Duration::from_secs(20), || process(&ps(&sb), "flaky-1")

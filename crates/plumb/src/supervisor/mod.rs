@@ -9,7 +9,6 @@ mod probe;
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -670,17 +669,21 @@ fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<u64>
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(name) = &spec.user {
-        let user = User::from_name(name)
-            .ok()
-            .flatten()
-            .ok_or_else(|| Failure::new(format!("unknown user {name:?}")))?;
-        command
-            .uid(user.uid.as_raw())
-            .gid(user.gid.as_raw())
-            .env("HOME", &user.dir);
-    }
-    spawn::confine(&mut command, netns_fd, &spec.container, Some(&hosts))?;
+    let identity = match &spec.user {
+        None => None,
+        Some(name) => {
+            let user = User::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| Failure::new(format!("unknown user {name:?}")))?;
+            command.env("HOME", &user.dir);
+            Some(spawn::Identity {
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            })
+        }
+    };
+    spawn::confine(&mut command, netns_fd, &spec.container, Some(&hosts), identity)?;
     let child = command
         .spawn()
         .map_err(|e| Failure::new(format!("{}: {e}", program.display())))?;
