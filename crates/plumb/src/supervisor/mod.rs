@@ -267,9 +267,12 @@ impl Supervisor {
                 State::Waiting if !self.shutting_down && self.dependencies_met(&r.spec) => self.start(name),
                 State::Backoff if !self.shutting_down && r.restart_at.is_some_and(|t| t <= now) => self.start(name),
                 State::Stopping => {
-                    if let (Some((_, deadline)), Some(child)) = (r.stopping, &r.child) {
+                    if let (Some((then, deadline)), Some(child)) = (r.stopping, &r.child) {
                         if deadline <= now {
                             signal_group(child.id(), Signal::SIGKILL);
+                            // Check again in a second rather than spinning until it is reaped.
+                            let r = self.replicas.get_mut(name).expect("listed above");
+                            r.stopping = Some((then, now + Duration::from_secs(1)));
                         }
                     }
                 }
