@@ -167,20 +167,28 @@ pub fn delete(nl: &mut Netlink, name: &str) -> Result<()> {
 
 /// The index of the link called `name`.
 pub fn index_of(nl: &mut Netlink, name: &str) -> Result<u32> {
+    get(nl, LinkRef::Name(name)).map(|l| l.index)
+}
+
+/// One link, by index or name: a GETLINK naming one link answers with that link alone.
+pub fn get(nl: &mut Netlink, link: LinkRef) -> Result<Link> {
     let mut message = LinkMessage::default();
-    message.attributes.push(LinkAttribute::IfName(name.into()));
-    let mut index = None;
-    // A GETLINK naming one link answers with that link alone.
-    let replies = nl.query(RouteNetlinkMessage::GetLink(message), || format!("look up link {name}"))?;
-    for m in replies {
-        if let RouteNetlinkMessage::NewLink(l) = m {
-            index = Some(l.header.index);
-        }
+    match link {
+        LinkRef::Index(i) => message.header.index = i,
+        LinkRef::Name(n) => message.attributes.push(LinkAttribute::IfName(n.into())),
     }
-    index.ok_or_else(|| {
-        crate::Error::new(
-            format!("look up link {name}"),
-            std::io::Error::from_raw_os_error(nix::errno::Errno::ENODEV as i32),
-        )
-    })
+    let what = || format!("look up link {link:?}");
+    let replies = nl.query(RouteNetlinkMessage::GetLink(message), what)?;
+    replies
+        .into_iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(link_of(l)),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            crate::Error::new(
+                what(),
+                std::io::Error::from_raw_os_error(nix::errno::Errno::ENODEV as i32),
+            )
+        })
 }

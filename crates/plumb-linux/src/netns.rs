@@ -2,15 +2,19 @@
 //! file onto /run/netns/NAME. Creating one happens on the calling thread (unshare, mount,
 //! open what is needed inside, return home), so no process is spawned.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::netlink::{Error, Netlink, Result};
 
@@ -169,7 +173,7 @@ pub fn inode(name: &str) -> Option<u64> {
 
 /// PIDs of the processes living in any of the namespaces with these inodes (what
 /// `ip netns pids` finds), from one pass over /proc.
-pub fn processes_in(inodes: &std::collections::HashSet<u64>) -> Vec<i32> {
+fn processes_in(inodes: &HashSet<u64>) -> Vec<i32> {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -179,4 +183,36 @@ pub fn processes_in(inodes: &std::collections::HashSet<u64>) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino())))
         .collect()
+}
+
+/// Ends every process living in the named namespaces (anything inside keeps a namespace and
+/// its veths alive): SIGTERM, then SIGKILL for those still there after `grace` (at once
+/// when `grace` is zero). By PID, never by name. Returns how many processes it found.
+pub fn end_processes<'a>(names: impl IntoIterator<Item = &'a str>, grace: Duration) -> usize {
+    let inodes: HashSet<u64> = names.into_iter().filter_map(inode).collect();
+    let signal_all = |signal| {
+        let pids = processes_in(&inodes);
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), signal);
+        }
+        pids.len()
+    };
+    let first = if grace.is_zero() {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGTERM
+    };
+    let found = signal_all(first);
+    if found == 0 || grace.is_zero() {
+        return found;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        if processes_in(&inodes).is_empty() {
+            return found;
+        }
+    }
+    signal_all(Signal::SIGKILL);
+    found
 }

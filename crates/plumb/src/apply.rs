@@ -1,13 +1,11 @@
 //! Executes a plan's steps with in-process netlink, sysctl writes and one nft transaction.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use plumb_core::{Container, Network, Plan, Step};
 use plumb_linux::link::LinkRef;
 use plumb_linux::netns::Home;
@@ -101,7 +99,9 @@ impl Executor {
                 other => other?,
             },
             Step::CreateContainer(c) => self.create_containers(&[c])?,
-            Step::StopProcesses { namespaces } => stop_processes(namespaces),
+            Step::StopProcesses { namespaces } => {
+                netns::end_processes(namespaces.iter().map(String::as_str), STOP_GRACE);
+            }
             Step::DeleteContainer { netns: name, .. } => netns::delete(name)?,
             Step::AwaitLinksGone { links } => self.await_links_gone(links)?,
             Step::ApplyFirewall { table, script } => {
@@ -229,30 +229,6 @@ fn create_container(home: &Home, host: &mut Netlink, bridges: &HashMap<String, u
         route::add_default_v4(&mut inner, gw)?;
     }
     Ok(())
-}
-
-/// Ends every process inside the namespaces: SIGTERM, then SIGKILL for those still there
-/// after a grace period. By PID, never by name.
-fn stop_processes(namespaces: &[String]) {
-    let inodes: HashSet<u64> = namespaces.iter().filter_map(|n| netns::inode(n)).collect();
-    let signal_all = |signal| {
-        let pids = netns::processes_in(&inodes);
-        for pid in &pids {
-            let _ = kill(Pid::from_raw(*pid), signal);
-        }
-        pids.len()
-    };
-    if signal_all(Signal::SIGTERM) == 0 {
-        return;
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        if netns::processes_in(&inodes).is_empty() {
-            return;
-        }
-    }
-    signal_all(Signal::SIGKILL);
 }
 
 /// A one-line progress report on stderr for plans that take more than a second.

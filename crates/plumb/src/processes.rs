@@ -47,7 +47,7 @@ pub fn release_containers(stack_dir: &Path, netns: &BTreeSet<String>) -> Result<
     let run = write_run(stack_dir, keep)?;
     runfile::signal_and_wait(stack_dir, pid, run.generation, Duration::from_secs(5))?;
     // The supervisor acknowledged; wait until those processes are really gone.
-    wait_until(grace + Duration::from_secs(5), || {
+    runfile::wait_until(grace + Duration::from_secs(5), || {
         let status = runfile::read_status(stack_dir);
         !status.replicas.keys().any(|c| {
             current
@@ -98,7 +98,7 @@ pub fn stop_supervisor(stack_dir: &Path) -> Result<()> {
     };
     let grace = max_grace(&runfile::read_run(stack_dir).specs);
     let _ = kill(pid, Signal::SIGTERM);
-    if wait_until(grace + Duration::from_secs(10), || {
+    if runfile::wait_until(grace + Duration::from_secs(10), || {
         runfile::live_supervisor(stack_dir).is_none()
     }) {
         Ok(())
@@ -198,15 +198,4 @@ const CRASH_LOOP: u32 = 3;
 
 fn max_grace(specs: &[RunSpec]) -> Duration {
     Duration::from_millis(specs.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0))
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
 }

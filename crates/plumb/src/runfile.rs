@@ -116,16 +116,23 @@ pub fn signal_and_wait(stack_dir: &Path, pid: Pid, generation: u64, timeout: Dur
 }
 
 pub fn wait_generation(stack_dir: &Path, generation: u64, timeout: Duration) -> Result<StatusFile> {
+    if wait_until(timeout, || read_status(stack_dir).generation >= generation) {
+        Ok(read_status(stack_dir))
+    } else {
+        Err(Failure::new("the supervisor did not answer in time")
+            .hint(format!("see {}", stack_dir.join("supervisor.log").display())))
+    }
+}
+
+/// Polls `done` every 20 ms until it holds (true) or `timeout` has passed (false): how plumb
+/// waits for the supervisor, whose answers are files.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
-    loop {
-        let status = read_status(stack_dir);
-        if status.generation >= generation {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            return Err(Failure::new("the supervisor did not answer in time")
-                .hint(format!("see {}", stack_dir.join("supervisor.log").display())));
+    while Instant::now() < deadline {
+        if done() {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    done()
 }

@@ -35,12 +35,15 @@ pub fn absolute(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// Splits `STACK/NAME` into its stack and name; a plain `NAME` means any stack.
+pub fn qualified(name: &str) -> (Option<&str>, &str) {
+    name.split_once('/')
+        .map_or((None, name), |(stack, rest)| (Some(stack), rest))
+}
+
 /// A container named `SVC-k`, `SVC` (replica 1) or `STACK/NAME`, in any stack that is up.
 pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Container)> {
-    let (stack_filter, name) = match name.split_once('/') {
-        Some((s, n)) => (Some(s), n),
-        None => (None, name),
-    };
+    let (stack_filter, name) = qualified(name);
     let mut found = Vec::new();
     for (stack, st) in state.stacks()? {
         if stack_filter.is_some_and(|f| f != stack) {

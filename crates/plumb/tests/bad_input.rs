@@ -30,10 +30,7 @@ fn rejected(sb: &Sandbox, stack: &str, needles: &[&str]) {
 
 #[test]
 fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     rejected(
         &sb,
         "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.0/33\"\n",
@@ -102,10 +99,7 @@ fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
 
 #[test]
 fn a_missing_file_is_named() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     let out = sb.plumb(&["up", "-f", "nowhere.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read stack file nowhere.toml"));
@@ -114,10 +108,7 @@ fn a_missing_file_is_named() {
 
 #[test]
 fn plumb_refuses_without_root_or_nft_and_says_what_to_do() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", &format!("{NET}[services.a]\n"));
     let out = sb.sh(&format!(
         "setpriv --reuid=65534 --regid=65534 --clear-groups {PLUMB} up"

@@ -30,35 +30,9 @@ networks = ["front"]
 ip = "10.89.1.200"
 "#;
 
-fn addr(sb: &Sandbox, container: &str, ifname: &str) -> String {
-    let ps: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["ps", "--json"])).unwrap();
-    let row = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["container"] == container)
-        .unwrap();
-    let iface = row["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == ifname)
-        .unwrap();
-    iface["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
     sb.plumb_ok(&["up"]);
 
@@ -71,11 +45,11 @@ fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
     assert!(inside.contains("eth1") && inside.contains("inet 10.89.2."), "{inside}");
     assert!(inside.contains("default via 10.89.1.1 dev eth0"), "{inside}");
     assert!(sb.ok("ip netns exec demo-lone-1 ip -o link show lo").contains("UP"));
-    assert_eq!(addr(&sb, "fixed-1", "eth0"), "10.89.1.200");
+    assert_eq!(sb.address("fixed-1", "eth0"), "10.89.1.200");
 
-    let web_front = addr(&sb, "web-1", "eth0");
-    let api1 = addr(&sb, "api-1", "eth0");
-    let api2 = addr(&sb, "api-2", "eth0");
+    let web_front = sb.address("web-1", "eth0");
+    let api1 = sb.address("api-1", "eth0");
+    let api2 = sb.address("api-2", "eth0");
     sb.serve("demo-web-1", 80, "web");
     sb.serve("demo-api-1", 5000, "api1");
     sb.serve("outside", 9000, "internet");
@@ -95,7 +69,7 @@ fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
         "front must not reach back"
     );
     assert!(
-        sb.ping("demo-api-1", &addr(&sb, "web-1", "eth1")),
+        sb.ping("demo-api-1", &sb.address("web-1", "eth1")),
         "back reaches web on back"
     );
     assert!(
@@ -134,10 +108,7 @@ fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
 
 #[test]
 fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
     sb.plumb_ok(&["up"]);
     assert_eq!(sb.plumb_ok(&["up", "--dry-run"]), "", "a second up must change nothing");
@@ -158,7 +129,7 @@ fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
     );
     assert_eq!(plan.matches("ip netns add").count(), 1, "{plan}");
     sb.plumb_ok(&["up"]);
-    assert!(sb.ping("demo-extra-1", &addr(&sb, "lone-1", "eth0")));
+    assert!(sb.ping("demo-extra-1", &sb.address("lone-1", "eth0")));
 
     // Publish another port: only the nft table changes.
     sb.write(
@@ -198,10 +169,7 @@ fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
 
 #[test]
 fn the_dry_run_script_replayed_by_hand_builds_the_same_network() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
     let script = sb.plumb_ok(&["up", "--dry-run"]);
     assert!(script.starts_with("#!/bin/sh"));
@@ -233,10 +201,7 @@ fn the_dry_run_script_replayed_by_hand_builds_the_same_network() {
 
 #[test]
 fn ps_inspect_and_exec_show_and_enter_containers() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
     sb.plumb_ok(&["up"]);
 
@@ -273,10 +238,7 @@ fn ps_inspect_and_exec_show_and_enter_containers() {
 
 #[test]
 fn down_works_without_the_state_file_and_rules_removed_by_others_are_restored() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
     sb.plumb_ok(&["up"]);
     // Someone deletes plumb's table: the next up notices and puts it back.
@@ -297,10 +259,7 @@ fn down_works_without_the_state_file_and_rules_removed_by_others_are_restored() 
 
 #[test]
 fn stacks_side_by_side_stay_apart_and_down_removes_only_its_own() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write(
         "a/plumb.toml",
         "name = \"a\"\n[networks.n]\nsubnet = \"10.90.1.0/24\"\n[services.s]\nreplicas = 2\n",
@@ -345,10 +304,7 @@ fn stacks_side_by_side_stay_apart_and_down_removes_only_its_own() {
 
 #[test]
 fn forwarding_turned_on_by_plumb_is_turned_off_by_the_last_down() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.ok("sysctl -qw net.ipv4.ip_forward=0");
     sb.write(
         "a.toml",

@@ -13,10 +13,7 @@ fn stack(name: &str, subnet: &str, replicas: u32) -> String {
 
 #[test]
 fn an_up_killed_at_any_point_is_finished_by_up_and_undone_by_down() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", &stack("crash", "10.91.0.0/22", 150));
     // Kill at several points: before, during and after wiring the containers.
     for (round, delay_ms) in [0u64, 15, 40, 90, 160].into_iter().enumerate() {
@@ -46,10 +43,7 @@ fn an_up_killed_at_any_point_is_finished_by_up_and_undone_by_down() {
 
 #[test]
 fn concurrent_plumb_processes_serialize() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("a/plumb.toml", &stack("a", "10.92.0.0/24", 20).replace("8080", "8081"));
     sb.write("b/plumb.toml", &stack("b", "10.92.1.0/24", 20));
     let runs: Vec<_> = [

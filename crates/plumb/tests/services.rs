@@ -26,14 +26,6 @@ fn copy_shop(sb: &Sandbox) {
     std::fs::create_dir_all(sb.dir.join("shop/run")).unwrap();
 }
 
-fn ps(sb: &Sandbox) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(&sb.plumb_ok(&["ps", "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn process<'a>(rows: &'a [serde_json::Value], container: &str) -> &'a serde_json::Value {
     &rows
         .iter()
@@ -48,16 +40,14 @@ fn http(sb: &Sandbox, from: Option<&str>, url: &str) -> String {
 
 #[test]
 fn the_shop_runs_for_real_and_survives_a_killed_replica() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     copy_shop(&sb);
     sb.plumb_ok(&["up", "-f", "shop/plumb.toml"]);
     // Everything something waits on is healthy once `up` returns; web (last) soon after.
-    assert!(eventually(Duration::from_secs(20), || ps(&sb)
-        .iter()
-        .all(|r| r["process"]["health"] == "healthy")));
+    assert!(eventually(Duration::from_secs(20), || {
+        let rows = sb.ps();
+        rows.len() == 6 && rows.iter().all(|r| r["process"]["health"] == "healthy")
+    }));
 
     // The page through the published port, from the outside namespace and from the host.
     assert!(http(&sb, Some("outside"), &format!("http://{HOST_IP}:8080/")).contains("<html"));
@@ -111,15 +101,15 @@ fn the_shop_runs_for_real_and_survives_a_killed_replica() {
     );
 
     // Kill a replica by PID: it comes back and ps counts the restart.
-    let rows = ps(&sb);
+    let rows = sb.ps();
     let pid = process(&rows, "product-2")["pid"].as_u64().unwrap();
     sb.ok(&format!("kill -9 {pid}"));
     assert!(eventually(Duration::from_secs(15), || {
-        let rows = ps(&sb);
+        let rows = sb.ps();
         let p = process(&rows, "product-2");
         p["restarts"] == 1 && p["state"] == "running" && p["pid"].as_u64() != Some(pid)
     }));
-    assert!(eventually(Duration::from_secs(15), || process(&ps(&sb), "product-2")
+    assert!(eventually(Duration::from_secs(15), || process(&sb.ps(), "product-2")
         ["health"]
         == "healthy"));
 
@@ -158,14 +148,11 @@ depends_on = { slow = { condition = "healthy" } }
 
 #[test]
 fn health_failures_restart_and_dependencies_wait_for_health() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", FLAKY);
     sb.plumb_ok(&["up"]);
     // eager started only once slow was healthy: it connected by name and keeps running.
-    let rows = ps(&sb);
+    let rows = sb.ps();
     assert_eq!(process(&rows, "eager-1")["state"], "running");
     assert!(sb.plumb_ok(&["logs", "eager"]).contains("slow was ready"));
     assert_eq!(process(&rows, "slow-1")["health"], "healthy");
@@ -173,7 +160,7 @@ fn health_failures_restart_and_dependencies_wait_for_health() {
     assert_eq!(sb.ok(&format!("ps -o user= -p {pid}")).trim(), "nobody");
 
     // flaky goes deaf: unhealthy, then restarted (restart = "always").
-    assert!(eventually(Duration::from_secs(20), || process(&ps(&sb), "flaky-1")
+    assert!(eventually(Duration::from_secs(20), || process(&sb.ps(), "flaky-1")
         ["restarts"]
         .as_u64()
         >= Some(1)));
@@ -185,14 +172,8 @@ fn health_failures_restart_and_dependencies_wait_for_health() {
 
     // stop / start / restart a service.
     sb.plumb_ok(&["stop", "slow"]);
-    assert_eq!(process(&ps(&sb), "slow-1")["state"], "stopped");
-    let slow_ip = ps(&sb).iter().find(|r| r["container"] == "slow-1").unwrap()["interfaces"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    assert_eq!(process(&sb.ps(), "slow-1")["state"], "stopped");
+    let slow_ip = sb.address("slow-1", "eth0");
     let reachable = |sb: &Sandbox| {
         sb.ok(&format!(
             "ip netns exec svc-eager-1 bash -c 'echo > /dev/tcp/{slow_ip}/7001' 2>/dev/null && echo yes || echo no"
@@ -200,14 +181,14 @@ fn health_failures_restart_and_dependencies_wait_for_health() {
     };
     assert_eq!(reachable(&sb).trim(), "no", "a stopped service does not answer");
     sb.plumb_ok(&["start", "slow"]);
-    assert_eq!(process(&ps(&sb), "slow-1")["state"], "running");
+    assert_eq!(process(&sb.ps(), "slow-1")["state"], "running");
     assert!(
         eventually(Duration::from_secs(10), || reachable(&sb).trim() == "yes"),
         "a started service answers again"
     );
-    let before = process(&ps(&sb), "eager-1")["pid"].clone();
+    let before = process(&sb.ps(), "eager-1")["pid"].clone();
     sb.plumb_ok(&["restart", "eager"]);
-    assert_ne!(process(&ps(&sb), "eager-1")["pid"], before);
+    assert_ne!(process(&sb.ps(), "eager-1")["pid"], before);
 
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
@@ -215,10 +196,7 @@ fn health_failures_restart_and_dependencies_wait_for_health() {
 
 #[test]
 fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write(
         "plumb.toml",
         "name = \"adopt\"\n[networks.n]\nsubnet = \"10.94.0.0/24\"\n[services.s]\nreplicas = 3\ncommand = \"/bin/sleep 3600\"\n",
@@ -229,7 +207,13 @@ fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
         sb.state_dir.display()
     ));
     sb.ok(&format!("kill -9 {supervisor}"));
-    assert!(ps(&sb).iter().all(|r| r["process"]["state"] == "no supervisor"));
+    let states = |sb: &Sandbox| {
+        sb.ps()
+            .iter()
+            .map(|r| r["process"]["state"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(states(&sb), ["no supervisor"; 3]);
     sb.plumb_ok(&["up"]);
     for ns in ["adopt-s-1", "adopt-s-2", "adopt-s-3"] {
         let pids = sb.ok(&format!("ip netns pids {ns}"));
@@ -239,7 +223,7 @@ fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
             "exactly one process in {ns}: {pids}"
         );
     }
-    assert!(ps(&sb).iter().all(|r| r["process"]["state"] == "running"));
+    assert_eq!(states(&sb), ["running"; 3]);
     // A second up changes nothing, processes included.
     let pids = sb.ok("ip netns pids adopt-s-1");
     sb.plumb_ok(&["up"]);
@@ -250,10 +234,7 @@ fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
 
 #[test]
 fn bad_services_are_rejected_before_anything_starts() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     let base = "name = \"bad\"\n[networks.n]\nsubnet = \"10.95.0.0/24\"\n";
     let cases = [
         (format!("{base}[services.a]\ncommand = [\"no-such-program\", \"x\"]\n"), vec!["plumb.toml:5:", "services.a.command", "\"no-such-program\" is not installed"]),
@@ -277,7 +258,7 @@ fn bad_services_are_rejected_before_anything_starts() {
 }
 
 fn pid_of(sb: &Sandbox, container: &str) -> u64 {
-    let rows = ps(sb);
+    let rows = sb.ps();
     process(&rows, container)["pid"]
         .as_u64()
         .unwrap_or_else(|| panic!("{container} has no pid: {rows:?}"))
@@ -285,10 +266,7 @@ fn pid_of(sb: &Sandbox, container: &str) -> u64 {
 
 #[test]
 fn an_edit_restarts_only_what_changed() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     let base = "name = \"edit\"\n[networks.n]\nsubnet = \"10.98.0.0/24\"\n[networks.m]\nsubnet = \"10.98.1.0/24\"\n";
     let a = "[services.a]\nnetworks = [\"n\"]\ncommand = \"/bin/sleep 3600\"\n";
     sb.write(
@@ -335,17 +313,14 @@ fn an_edit_restarts_only_what_changed() {
 
 #[test]
 fn foreground_supervision_stops_on_ctrl_c() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", "name = \"fg\"\n[networks.n]\nsubnet = \"10.99.0.0/24\"\n[services.s]\nreplicas = 2\ncommand = \"/bin/sleep 3600\"\n");
     let child = sb.spawn_plumb(&["up", "--foreground"]);
     let running = eventually(Duration::from_secs(10), || {
-        let rows = ps(&sb);
+        let rows = sb.ps();
         rows.len() == 2 && rows.iter().all(|r| r["process"]["state"] == "running")
     });
-    assert!(running, "{:?}", ps(&sb));
+    assert!(running, "{:?}", sb.ps());
     sb.ok(&format!("kill -INT {}", child.id()));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?} {}", out.status, text(&out.stderr));
@@ -356,10 +331,7 @@ fn foreground_supervision_stops_on_ctrl_c() {
 
 #[test]
 fn up_reports_a_service_that_keeps_failing() {
-    if !can_run() {
-        return;
-    }
-    let sb = Sandbox::new();
+    let Some(sb) = Sandbox::start() else { return };
     let base = "name = \"fail\"\n[networks.n]\nsubnet = \"10.99.1.0/24\"\n";
     sb.write("plumb.toml", &format!("{base}[services.loop]\ncommand = [\"/bin/sh\", \"-c\", \"echo broken config; exit 3\"]\nrestart = \"always\"\n"));
     let out = sb.plumb(&["up"]);

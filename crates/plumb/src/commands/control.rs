@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{require_root, Context};
 use crate::failure::{Failure, Result};
-use crate::{processes, runfile};
+use crate::{processes, runfile, stackfile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -20,7 +20,7 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
         Action::Start => "start",
     })?;
     let _lock = ctx.state.lock()?;
-    let (stack_filter, service) = service.split_once('/').map_or((None, service), |(s, n)| (Some(s), n));
+    let (stack_filter, service) = stackfile::qualified(service);
     let stacks: Vec<String> = ctx
         .state
         .stacks()?
@@ -77,16 +77,14 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
             .map(|s| s.stop_grace_ms)
             .max()
             .unwrap_or(0);
-        let deadline = std::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(5);
-        while runfile::read_status(&dir)
-            .replicas
-            .values()
-            .any(|r| r.service == service && r.state != "stopped")
-        {
-            if std::time::Instant::now() > deadline {
-                return Err(Failure::new(format!("{service} did not stop in time")));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let stopped = runfile::wait_until(Duration::from_millis(grace) + Duration::from_secs(5), || {
+            runfile::read_status(&dir)
+                .replicas
+                .values()
+                .all(|r| r.service != service || r.state == "stopped")
+        });
+        if !stopped {
+            return Err(Failure::new(format!("{service} did not stop in time")));
         }
         println!("{stack}/{service}: stopped");
     } else {

@@ -11,7 +11,7 @@ use super::Context;
 use crate::failure::{Failure, Result};
 use crate::observe::observe_netns;
 use crate::output::print_json;
-use crate::stackfile::find_container;
+use crate::stackfile::{self, find_container};
 
 pub fn run(ctx: &Context, name: &str, json: bool) -> Result<()> {
     let value = match find_network(ctx, name)? {
@@ -37,7 +37,7 @@ pub fn run(ctx: &Context, name: &str, json: bool) -> Result<()> {
 type Member = (String, String, String);
 
 fn find_network(ctx: &Context, name: &str) -> Result<Option<(String, Network, Vec<Member>)>> {
-    let (stack_filter, name) = name.split_once('/').map_or((None, name), |(s, n)| (Some(s), n));
+    let (stack_filter, name) = stackfile::qualified(name);
     for (stack, st) in ctx.state.stacks()? {
         if stack_filter.is_some_and(|f| f != stack) {
             continue;

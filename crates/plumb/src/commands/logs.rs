@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use super::Context;
 use crate::failure::{Failure, Result};
-use crate::runfile;
+use crate::{runfile, stackfile};
 
 pub fn run(ctx: &Context, name: &str, follow: bool, tail: usize) -> Result<()> {
-    let (stack_filter, name) = name.split_once('/').map_or((None, name), |(s, n)| (Some(s), n));
+    let (stack_filter, name) = stackfile::qualified(name);
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for stack in ctx
         .state

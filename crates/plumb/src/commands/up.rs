@@ -126,24 +126,30 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
 /// would lose its way there). Routes on plumb's own bridges do not count.
 fn check_host_routes(parsed: &Parsed, desired: &Desired) -> Result<()> {
     let mut nl = plumb_linux::Netlink::open()?;
-    let names: BTreeMap<u32, String> = plumb_linux::link::list(&mut nl)?
-        .into_iter()
-        .map(|l| (l.index, l.name))
-        .collect();
     let mut errors = Vec::new();
     for (route, oif) in plumb_linux::route::list_v4(&mut nl)? {
-        let dev = oif.and_then(|i| names.get(&i)).map_or("?", String::as_str);
+        let overlapping: Vec<_> = desired
+            .networks
+            .iter()
+            .filter(|net| net.subnet.contains(&route.network()) || route.contains(&net.subnet.network()))
+            .collect();
+        if overlapping.is_empty() {
+            continue;
+        }
+        // Only an overlapping route's device is looked up (a dump of every link would cost
+        // more than the check itself on a host with many containers).
+        let dev = oif
+            .and_then(|i| plumb_linux::link::get(&mut nl, plumb_linux::link::LinkRef::Index(i)).ok())
+            .map_or_else(|| "?".to_string(), |l| l.name);
         if dev.starts_with(plumb_core::names::BRIDGE_PREFIX) {
             continue;
         }
-        for net in &desired.networks {
-            if net.subnet.contains(&route.network()) || route.contains(&net.subnet.network()) {
-                errors.push(parsed.error(
-                    &format!("networks.{}.subnet", net.name),
-                    format!("{} overlaps the host's route to {route} via {dev}", net.subnet),
-                    "pick another address range: the host would lose its way to that network",
-                ));
-            }
+        for net in overlapping {
+            errors.push(parsed.error(
+                &format!("networks.{}.subnet", net.name),
+                format!("{} overlaps the host's route to {route} via {dev}", net.subnet),
+                "pick another address range: the host would lose its way to that network",
+            ));
         }
     }
     if errors.is_empty() {

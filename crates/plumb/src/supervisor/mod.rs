@@ -7,7 +7,7 @@
 mod logs;
 mod probe;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -183,11 +183,7 @@ impl Supervisor {
     /// restarting the stack never runs a service twice.
     fn kill_orphans(&self) {
         let run = runfile::read_run(&self.dir);
-        let inodes: HashSet<u64> = run.specs.iter().filter_map(|s| netns::inode(&s.netns)).collect();
-        let me = std::process::id() as i32;
-        for pid in netns::processes_in(&inodes).into_iter().filter(|p| *p != me) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+        netns::end_processes(run.specs.iter().map(|s| s.netns.as_str()), Duration::ZERO);
     }
 
     fn reload(&mut self) {

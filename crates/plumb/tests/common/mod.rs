@@ -34,16 +34,7 @@ echo ready
 exec sleep 100000
 "#;
 
-/// True when the tests can make namespaces; kernel tests print a note and pass otherwise.
-pub fn can_run() -> bool {
-    let root = nix_is_root();
-    if !root {
-        eprintln!("skipped: kernel tests need root");
-    }
-    root
-}
-
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .map(|s| {
             s.lines()
@@ -62,7 +53,16 @@ pub struct Sandbox {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Sandbox {
-    pub fn new() -> Sandbox {
+    /// A fresh sandbox, or `None` (with a note) when not root: kernel tests then pass as skipped.
+    pub fn start() -> Option<Sandbox> {
+        if !is_root() {
+            eprintln!("skipped: kernel tests need root");
+            return None;
+        }
+        Some(Sandbox::new())
+    }
+
+    fn new() -> Sandbox {
         fs::create_dir_all("/run/netns").expect("create /run/netns for the sandbox mount point");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("plumb-test-{}-{n}", std::process::id()));
@@ -202,6 +202,34 @@ impl Sandbox {
             .filter(|l| *l != "lo" && *l != "up0")
             .map(str::to_string)
             .collect()
+    }
+
+    /// The rows of `plumb ps --json`.
+    pub fn ps(&self) -> Vec<serde_json::Value> {
+        let rows: serde_json::Value = serde_json::from_str(&self.plumb_ok(&["ps", "--json"])).unwrap();
+        rows.as_array().unwrap().clone()
+    }
+
+    /// The IPv4 address (without prefix) of a container's interface, from `plumb ps`.
+    pub fn address(&self, container: &str, ifname: &str) -> String {
+        let rows = self.ps();
+        let row = rows
+            .iter()
+            .find(|r| r["container"] == container)
+            .unwrap_or_else(|| panic!("no {container}"));
+        let iface = row["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == ifname)
+            .unwrap();
+        iface["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
     }
 
     pub fn nft_tables(&self) -> String {
