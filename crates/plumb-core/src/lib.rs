@@ -6,7 +6,9 @@ pub mod desired;
 pub mod diag;
 pub mod firewall;
 pub mod ipam;
+pub mod lower;
 pub mod names;
+pub mod ops;
 pub mod plan;
 pub mod render;
 pub mod services;
@@ -14,4 +16,5 @@ pub mod spec;
 
 pub use desired::{Container, Desired, Interface, Network};
 pub use diag::{Diagnostic, Diagnostics};
-pub use plan::{Actual, ObservedFirewall, ObservedLink, ObservedNetns, Plan, Step};
+pub use ops::{At, Op};
+pub use plan::{Actual, ObservedFirewall, ObservedLink, ObservedNetns, Plan, Step, What};

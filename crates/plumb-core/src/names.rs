@@ -45,6 +45,12 @@ pub fn alias_prefix(stack: &str) -> String {
     format!("plumb:{stack}/")
 }
 
+/// The interface group a stack's links are put in just before they are deleted together:
+/// `0x7000_0000` plus 24 bits of the stack's hash, far from the small groups people use.
+pub fn link_group(stack: &str) -> u32 {
+    0x7000_0000 | (fnv1a(&["group/", stack]) as u32 & 0x00ff_ffff)
+}
+
 /// The nft table (family inet) holding all of one stack's rules.
 pub fn nft_table(stack: &str) -> String {
     format!("plumb_{}", stack.replace('-', "_"))

@@ -1,6 +1,7 @@
 //! Plans are values: the diff between what the stack file wants ([`Desired`]) and what the
-//! kernel holds ([`Actual`]) is a list of [`Step`]s. Executing the steps (netlink, nft) and
-//! rendering them as an `ip`/`nft` script are two readings of the same value.
+//! kernel holds ([`Actual`]) is a list of [`Step`]s, each lowered to [`Op`]s. Executing the
+//! operations (netlink, nft) and rendering them as an `ip`/`nft` script are two readings of
+//! the same value.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -9,7 +10,9 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::desired::{Container, Desired, Network};
-use crate::{firewall, names};
+use crate::firewall::{NftChange, Ruleset};
+use crate::ops::Op;
+use crate::{firewall, lower, names};
 
 /// What the kernel holds of one stack, read back by the observer.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,44 +50,35 @@ pub struct ObservedNetns {
 pub enum ObservedFirewall {
     #[default]
     Absent,
-    /// The table as plumb last applied it (its listing is unchanged since).
-    Applied(String),
+    /// The table exactly as plumb last applied it (the kernel's listing is unchanged since).
+    Applied(Ruleset),
     /// The table exists but differs from what plumb applied (or plumb has no record).
     Changed,
 }
 
-/// One change to the kernel. Coarse on purpose: a step is what a person would call one thing
-/// ("make container web-1"), and renders to the handful of commands that do it.
+/// One change to the kernel, as a person would name it ("make container web-1"), and the
+/// operations it lowers to. The operations are what executes and what renders.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    #[serde(flatten)]
+    pub what: What,
+    pub ops: Vec<Op>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
-pub enum Step {
+pub enum What {
     EnableForwarding,
-    CreateBridge(Network),
-    DeleteBridge {
-        name: String,
-        network: String,
-    },
-    CreateContainer(Box<Container>),
     /// Anything running inside a namespace keeps it (and its veths) alive: end it first.
-    StopProcesses {
-        namespaces: Vec<String>,
-    },
-    DeleteContainer {
-        container: String,
-        netns: String,
-    },
-    /// Deleting a namespace returns at once; the kernel destroys its veths later. Wait, so
-    /// that names can be reused and `down` really leaves nothing.
-    AwaitLinksGone {
-        links: Vec<String>,
-    },
-    ApplyFirewall {
-        table: String,
-        script: String,
-    },
-    DeleteFirewall {
-        table: String,
-    },
+    StopProcesses { namespaces: Vec<String> },
+    /// The host ends of removed containers' veths (their peers go with them) and the bridges
+    /// of removed networks, in one request.
+    RemoveLinks { links: Vec<String>, networks: Vec<String> },
+    DeleteContainer { container: String, netns: String },
+    CreateBridge { network: String, bridge: String },
+    ApplyFirewall { table: String },
+    CreateContainer { container: String, service: String, replica: u32 },
+    DeleteFirewall { table: String },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -96,7 +90,20 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
+
+    /// How many steps match `f`.
+    pub fn count(&self, f: impl Fn(&What) -> bool) -> usize {
+        self.steps.iter().filter(|s| f(&s.what)).count()
+    }
+
+    /// Every operation, in order.
+    pub fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.steps.iter().flat_map(|s| &s.ops)
+    }
 }
+
+/// How long processes found in a namespace being deleted get between SIGTERM and SIGKILL.
+pub const STOP_GRACE_MS: u64 = 3000;
 
 /// The plan that makes `actual` match `desired`; `None` means the stack should not exist.
 pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
@@ -107,7 +114,7 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     let mut steps = Vec::new();
 
     if !actual.ip_forward && want_networks.iter().any(|n| !n.internal) {
-        steps.push(Step::EnableForwarding);
+        steps.push(lower::enable_forwarding());
     }
 
     let rebuilt: BTreeSet<&str> = want_networks
@@ -138,69 +145,64 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     );
     deleted.sort_unstable();
 
-    let networks = networks_seen(stack, want_networks, actual);
-    let mut gone_links = Vec::new();
+    // Everything removed goes first, in one batch: names are free again before anything is
+    // made, and one request removes every link (one RCU wait instead of one per link).
     if !deleted.is_empty() {
-        steps.push(Step::StopProcesses {
-            namespaces: deleted.iter().map(|n| n.to_string()).collect(),
-        });
+        steps.push(lower::stop_processes(deleted.iter().map(|n| n.to_string()).collect()));
     }
-    for netns in &deleted {
-        let container = netns.strip_prefix(&format!("{stack}-")).unwrap_or(netns).to_string();
+    let networks = networks_seen(stack, want_networks, actual);
+    let mut links = Vec::new();
+    let containers: Vec<(String, &str)> = deleted
+        .iter()
+        .map(|netns| (netns.strip_prefix(&format!("{stack}-")).unwrap_or(netns).to_string(), *netns))
+        .collect();
+    for (container, _) in &containers {
         for net in &networks {
-            let veth = names::host_veth(stack, &container, net);
+            let veth = names::host_veth(stack, container, net);
             if actual.host_veths.contains_key(&veth) {
-                gone_links.push(veth);
+                links.push(veth);
             }
         }
-        steps.push(Step::DeleteContainer {
-            container,
-            netns: netns.to_string(),
-        });
     }
-
     let want_bridges: BTreeSet<&str> = want_networks.iter().map(|n| n.bridge.as_str()).collect();
-    let stale_bridges: Vec<(&String, String)> = actual
-        .bridges
-        .iter()
-        .filter(|(name, _)| !want_bridges.contains(name.as_str()) || rebuilt.contains(name.as_str()))
-        .map(|(name, link)| (name, network_of_alias(stack, link.alias.as_deref())))
-        .collect();
-    // Bridges being rebuilt go first (their names are reused); bridges no longer wanted go last.
-    for (name, network) in stale_bridges.iter().filter(|(n, _)| rebuilt.contains(n.as_str())) {
-        steps.push(Step::DeleteBridge {
-            name: (*name).clone(),
-            network: network.clone(),
-        });
+    let mut gone_networks = Vec::new();
+    for (name, link) in &actual.bridges {
+        if !want_bridges.contains(name.as_str()) || rebuilt.contains(name.as_str()) {
+            links.push(name.clone());
+            gone_networks.push(network_of_alias(stack, link.alias.as_deref()));
+        }
     }
-    if !gone_links.is_empty() {
-        steps.push(Step::AwaitLinksGone { links: gone_links });
+    if !links.is_empty() {
+        steps.push(lower::remove_links(names::link_group(stack), links, gone_networks));
+    }
+    for (container, netns) in containers {
+        steps.push(lower::delete_container(container, netns.to_string()));
     }
     for net in want_networks.iter().filter(|n| rebuilt.contains(n.bridge.as_str())) {
-        steps.push(Step::CreateBridge(net.clone()));
+        steps.push(lower::create_bridge(net));
     }
 
     let table = names::nft_table(stack);
     let want_rules = desired.and_then(firewall::ruleset);
-    match (&want_rules, &actual.firewall) {
-        (Some(want), ObservedFirewall::Applied(have)) if want == have => {}
-        (Some(_), _) => steps.push(Step::ApplyFirewall {
-            table: table.clone(),
-            script: desired.and_then(firewall::replace_script).unwrap_or_default(),
-        }),
-        (None, _) => {}
-    }
+    let change = match (want_rules, &actual.firewall) {
+        (Some(want), ObservedFirewall::Applied(have)) => firewall::changes(Some(have), &want),
+        (Some(want), ObservedFirewall::Absent) => Some(NftChange::Create { ruleset: want }),
+        (Some(want), ObservedFirewall::Changed) => firewall::changes(None, &want),
+        (None, ObservedFirewall::Absent) => None,
+        (None, _) => Some(NftChange::Delete { table: table.clone() }),
+    };
+    let delete_firewall = match change {
+        Some(NftChange::Delete { .. }) => change,
+        Some(c) => {
+            steps.push(lower::firewall(What::ApplyFirewall { table: table.clone() }, c));
+            None
+        }
+        None => None,
+    };
 
-    steps.extend(created.into_iter().map(|c| Step::CreateContainer(Box::new(c.clone()))));
-
-    for (name, network) in stale_bridges.iter().filter(|(n, _)| !rebuilt.contains(n.as_str())) {
-        steps.push(Step::DeleteBridge {
-            name: (*name).clone(),
-            network: network.clone(),
-        });
-    }
-    if want_rules.is_none() && actual.firewall != ObservedFirewall::Absent {
-        steps.push(Step::DeleteFirewall { table });
+    steps.extend(created.into_iter().map(lower::create_container));
+    if let Some(c) = delete_firewall {
+        steps.push(lower::firewall(What::DeleteFirewall { table }, c));
     }
     Plan { steps }
 }
@@ -312,16 +314,15 @@ mod tests {
     fn kinds(plan: &Plan) -> Vec<&'static str> {
         plan.steps
             .iter()
-            .map(|s| match s {
-                Step::EnableForwarding => "forwarding",
-                Step::CreateBridge(_) => "create bridge",
-                Step::DeleteBridge { .. } => "delete bridge",
-                Step::CreateContainer(_) => "create container",
-                Step::StopProcesses { .. } => "stop processes",
-                Step::DeleteContainer { .. } => "delete container",
-                Step::AwaitLinksGone { .. } => "await links",
-                Step::ApplyFirewall { .. } => "apply firewall",
-                Step::DeleteFirewall { .. } => "delete firewall",
+            .map(|s| match s.what {
+                What::EnableForwarding => "forwarding",
+                What::CreateBridge { .. } => "create bridge",
+                What::RemoveLinks { .. } => "remove links",
+                What::CreateContainer { .. } => "create container",
+                What::StopProcesses { .. } => "stop processes",
+                What::DeleteContainer { .. } => "delete container",
+                What::ApplyFirewall { .. } => "apply firewall",
+                What::DeleteFirewall { .. } => "delete firewall",
             })
             .collect()
     }
@@ -340,6 +341,7 @@ mod tests {
                 "create container"
             ]
         );
+        assert!(matches!(&plan.steps[2].ops[..], [Op::Nft(NftChange::Create { .. })]));
     }
 
     #[test]
@@ -356,44 +358,45 @@ mod tests {
         let plan = diff("s", Some(&d), &actual);
         assert_eq!(
             kinds(&plan),
-            ["stop processes", "delete container", "await links", "create container"]
+            ["stop processes", "remove links", "delete container", "create container"]
         );
-        assert!(matches!(&plan.steps[3], Step::CreateContainer(c) if c.name == "a-2"));
+        assert!(matches!(&plan.steps[3].what, What::CreateContainer { container, .. } if container == "a-2"));
     }
 
     #[test]
-    fn a_changed_port_only_replaces_the_rules() {
+    fn a_changed_port_only_updates_the_rules_in_place() {
         let d = desired(STACK);
         let actual = applied(&d);
         let plan = diff("s", Some(&desired(&STACK.replace("80:80", "81:80"))), &actual);
         assert_eq!(kinds(&plan), ["apply firewall"]);
+        assert!(matches!(&plan.steps[0].ops[..], [Op::Nft(NftChange::Update { .. })]));
     }
 
     #[test]
-    fn down_removes_everything_in_order() {
+    fn down_removes_everything_links_in_one_request() {
         let d = desired(STACK);
         let plan = diff("s", None, &applied(&d));
         assert_eq!(
             kinds(&plan),
             [
                 "stop processes",
+                "remove links",
                 "delete container",
                 "delete container",
-                "await links",
-                "delete bridge",
                 "delete firewall"
             ]
         );
-        let Step::AwaitLinksGone { links } = &plan.steps[3] else {
+        let What::RemoveLinks { links, networks } = &plan.steps[1].what else {
             panic!()
         };
-        assert_eq!(links.len(), 2);
+        assert_eq!((links.len(), networks.as_slice()), (3, ["n".to_string()].as_slice()));
+        assert!(matches!(plan.steps[1].ops.last(), Some(Op::LinkDelGroup { links, .. }) if links.len() == 3));
     }
 
     #[test]
     fn the_script_says_what_each_step_does() {
         let d = desired(STACK);
-        let script = crate::render::script(&diff("s", Some(&d), &Actual::default()));
+        let script = crate::render::script(&diff("s", Some(&d), &Actual::default()), "plumb up");
         assert!(script.starts_with("#!/bin/sh\n"));
         for needle in [
             "ip link add plb",
@@ -407,6 +410,6 @@ mod tests {
         ] {
             assert!(script.contains(needle), "missing {needle:?} in:\n{script}");
         }
-        assert_eq!(crate::render::script(&Plan::default()), "");
+        assert_eq!(crate::render::script(&Plan::default(), "plumb up"), "");
     }
 }

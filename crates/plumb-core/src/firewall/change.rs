@@ -1,0 +1,223 @@
+//! One nftables transaction, and the smallest one that turns the applied ruleset into the
+//! wanted one: element by element and chain by chain when only sets, maps and regular chains
+//! changed (a load balancer swaps a backend without replacing the table), otherwise the whole
+//! table replaced atomically.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Chain, Ruleset, Set};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum NftChange {
+    /// The table does not exist yet: add it.
+    Create { ruleset: Ruleset },
+    /// Replace whatever table is there, atomically (create it empty so the delete cannot fail).
+    Replace { ruleset: Ruleset },
+    /// Edit the table in place: `commands` turn the applied ruleset into `ruleset`.
+    Update { ruleset: Ruleset, commands: Vec<String> },
+    Delete { table: String },
+}
+
+impl NftChange {
+    /// The table this change leaves, if any.
+    pub fn result(&self) -> Option<&Ruleset> {
+        match self {
+            NftChange::Create { ruleset } | NftChange::Replace { ruleset } | NftChange::Update { ruleset, .. } => {
+                Some(ruleset)
+            }
+            NftChange::Delete { .. } => None,
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        match self {
+            NftChange::Delete { table } => table,
+            other => &other.result().expect("only delete has no result").table,
+        }
+    }
+
+    /// What `nft -f -` reads; `None` for a delete.
+    pub fn script(&self) -> Option<String> {
+        match self {
+            NftChange::Create { ruleset } => Some(ruleset.print()),
+            NftChange::Replace { ruleset } => {
+                let t = &ruleset.table;
+                Some(format!("table inet {t} {{}}\ndelete table inet {t}\n{}", ruleset.print()))
+            }
+            NftChange::Update { commands, .. } => Some(commands.iter().map(|c| format!("{c}\n")).collect()),
+            NftChange::Delete { .. } => None,
+        }
+    }
+
+    /// The shell command.
+    pub fn command(&self) -> String {
+        match (self, self.script()) {
+            (_, Some(script)) => format!("nft -f - <<'EOF'\n{script}EOF"),
+            (NftChange::Delete { table }, None) => {
+                format!("if nft list table inet {table} >/dev/null 2>&1; then nft delete table inet {table}; fi")
+            }
+            _ => unreachable!("every change but delete has a script"),
+        }
+    }
+}
+
+/// The transaction from `applied` (what plumb last applied, if the kernel still holds exactly
+/// that) to `want`; `None` when nothing changes.
+pub fn changes(applied: Option<&Ruleset>, want: &Ruleset) -> Option<NftChange> {
+    let Some(old) = applied else {
+        return Some(NftChange::Replace { ruleset: want.clone() });
+    };
+    if old == want {
+        return None;
+    }
+    Some(match update_commands(old, want) {
+        Some(commands) => NftChange::Update {
+            ruleset: want.clone(),
+            commands,
+        },
+        None => NftChange::Replace { ruleset: want.clone() },
+    })
+}
+
+/// Commands editing `old` into `new`, or `None` when a base chain or a set's type changed.
+fn update_commands(old: &Ruleset, new: &Ruleset) -> Option<Vec<String>> {
+    let base = |r: &Ruleset| -> Vec<Chain> { r.chains.iter().filter(|c| c.hook.is_some()).cloned().collect() };
+    let shape = |r: &Ruleset| -> Vec<(String, String, Option<String>)> {
+        r.sets.iter().map(|s| (s.name.clone(), s.key.clone(), s.value.clone())).collect()
+    };
+    if base(old) != base(new) || shape(old) != shape(new) {
+        return None;
+    }
+    let t = &new.table;
+    let regular = |r: &Ruleset| -> BTreeMap<String, Chain> {
+        r.chains
+            .iter()
+            .filter(|c| c.hook.is_none())
+            .map(|c| (c.name.clone(), c.clone()))
+            .collect()
+    };
+    let (old_chains, new_chains) = (regular(old), regular(new));
+    let mut out = Vec::new();
+    // New and changed chains first: the elements added below may name them.
+    for (name, chain) in &new_chains {
+        match old_chains.get(name) {
+            Some(same) if same == chain => continue,
+            Some(_) => out.push(format!("flush chain inet {t} {name}")),
+            None => out.push(format!("add chain inet {t} {name}")),
+        }
+        for rule in &chain.rules {
+            out.push(format!("add rule inet {t} {name} {}", rule.text()));
+        }
+    }
+    for (old_set, new_set) in old.sets.iter().zip(&new.sets) {
+        out.extend(element_commands(t, old_set, new_set));
+    }
+    // Chains no one names any more go last, once no element points at them.
+    for name in old_chains.keys().filter(|n| !new_chains.contains_key(*n)) {
+        out.push(format!("delete chain inet {t} {name}"));
+    }
+    Some(out)
+}
+
+fn element_commands(table: &str, old: &Set, new: &Set) -> Vec<String> {
+    let gone: Vec<&String> = old
+        .elements
+        .iter()
+        .filter(|(k, v)| new.elements.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    let added: Vec<&String> = new
+        .elements
+        .iter()
+        .filter(|(k, v)| old.elements.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    let mut out = Vec::new();
+    if !gone.is_empty() {
+        let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
+        out.push(format!("delete element inet {table} {} {{ {} }}", old.name, keys.join(", ")));
+    }
+    if !added.is_empty() {
+        out.push(format!(
+            "add element inet {table} {} {{ {} }}",
+            new.name,
+            new.elements_text(added.into_iter())
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::resolve;
+    use crate::firewall::ruleset;
+    use crate::spec::parse;
+
+    fn rules(text: &str) -> Ruleset {
+        let d = resolve(&parse("f", text).unwrap(), &Default::default()).unwrap().0;
+        ruleset(&d).unwrap()
+    }
+
+    const STACK: &str = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n[services.a]\nports = [\"80:80\"]\n";
+
+    #[test]
+    fn nothing_applied_means_replace_and_the_same_means_nothing() {
+        let r = rules(STACK);
+        assert!(matches!(changes(None, &r), Some(NftChange::Replace { .. })));
+        assert_eq!(changes(Some(&r), &r), None);
+    }
+
+    #[test]
+    fn a_changed_port_swaps_one_element_and_one_chain() {
+        let old = rules(STACK);
+        let new = rules(&STACK.replace("80:80", "81:80"));
+        let Some(NftChange::Update { commands, .. }) = changes(Some(&old), &new) else {
+            panic!("expected an in-place update")
+        };
+        assert_eq!(
+            commands,
+            [
+                "add chain inet plumb_s port_tcp_81",
+                "add rule inet plumb_s port_tcp_81 dnat ip to 10.0.0.2:80 comment \"published 81/tcp -> a:80\"",
+                "delete element inet plumb_s published { tcp . 80 }",
+                "add element inet plumb_s published { tcp . 81 : goto port_tcp_81 }",
+                "delete chain inet plumb_s port_tcp_80",
+            ]
+        );
+    }
+
+    #[test]
+    fn more_replicas_rewrite_only_their_ports_chain() {
+        let old = rules(STACK);
+        let new = rules(&STACK.replace("[services.a]\n", "[services.a]\nreplicas = 2\n"));
+        let Some(NftChange::Update { commands, .. }) = changes(Some(&old), &new) else {
+            panic!("expected an in-place update")
+        };
+        assert_eq!(commands[0], "flush chain inet plumb_s port_tcp_80");
+        assert!(commands[1].contains("numgen inc mod 2 map { 0 : 10.0.0.2, 1 : 10.0.0.3 }:80"));
+        assert_eq!(commands.len(), 2);
+    }
+
+    #[test]
+    fn a_new_network_replaces_the_table() {
+        let old = rules(STACK);
+        let with_m = STACK.replace("[services.a]\n", "[networks.m]\nsubnet = \"10.0.1.0/24\"\n[services.a]\nnetworks = [\"n\"]\n");
+        let new = rules(&with_m);
+        assert!(matches!(changes(Some(&old), &new), Some(NftChange::Replace { .. })));
+    }
+
+    #[test]
+    fn the_table_prints_chains_before_the_map_that_names_them() {
+        let text = rules(STACK).print();
+        let chain = text.find("chain port_tcp_80").unwrap();
+        let map = text.find("map published").unwrap();
+        let pre = text.find("chain prerouting").unwrap();
+        assert!(chain < map && map < pre, "{text}");
+        assert!(text.contains("elements = { tcp . 80 : goto port_tcp_80 }"));
+        assert!(text.contains("type nat hook prerouting priority -100; policy accept;"));
+    }
+}

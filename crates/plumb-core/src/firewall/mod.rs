@@ -1,0 +1,271 @@
+//! The nftables ruleset of one stack as typed values: one `inet plumb_STACK` table with its
+//! chains (base chains with hook, priority and policy; regular chains), sets, maps and rules.
+//! Each feature (isolation, egress NAT, published ports; next: virtual IPs, policies,
+//! anti-spoofing) contributes its part through [`Feature`]; the table is printed once, in
+//! nft's own syntax. [`NftChange`] is one transaction: create, replace, an element-by-element
+//! update, or delete.
+
+mod change;
+mod egress;
+mod isolation;
+mod ports;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::Desired;
+use crate::names;
+
+pub use change::{changes, NftChange};
+
+/// A feature adds its chains, rules, sets and maps to the stack's ruleset.
+pub type Feature = fn(&Desired, &mut Ruleset);
+
+/// In this order: rules added earlier match first within a shared base chain.
+const FEATURES: &[Feature] = &[isolation::contribute, ports::contribute, egress::contribute];
+
+/// The stack's ruleset, or `None` if the stack has no networks.
+pub fn ruleset(desired: &Desired) -> Option<Ruleset> {
+    if desired.networks.is_empty() {
+        return None;
+    }
+    let mut rules = Ruleset::new(names::nft_table(&desired.stack));
+    for feature in FEATURES {
+        feature(desired, &mut rules);
+    }
+    Some(rules)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ruleset {
+    /// Family `inet`.
+    pub table: String,
+    pub sets: Vec<Set>,
+    pub chains: Vec<Chain>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    pub name: String,
+    /// `None` for a regular chain, reached only by jump, goto or a verdict map.
+    pub hook: Option<Hook>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    pub kind: ChainKind,
+    pub point: HookPoint,
+    pub priority: i32,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainKind {
+    Filter,
+    Nat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookPoint {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Accept,
+    Drop,
+}
+
+/// One rule: an nft expression and the comment saying which feature made it and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub expr: String,
+    pub comment: String,
+}
+
+/// A named set (`value` is `None`) or map (`key : value`); elements change one by one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Set {
+    pub name: String,
+    /// nft type, e.g. `inet_proto . inet_service`.
+    pub key: String,
+    /// For a map, the value type, e.g. `verdict`.
+    pub value: Option<String>,
+    /// Element key → value (`None` in a plain set), as nft text.
+    pub elements: BTreeMap<String, Option<String>>,
+}
+
+impl Set {
+    fn holds_verdicts(&self) -> bool {
+        self.value.as_deref() == Some("verdict")
+    }
+
+    /// `k : v, k2 : v2`, or `k, k2` for a set.
+    fn elements_text<'a>(&self, keys: impl Iterator<Item = &'a String>) -> String {
+        keys.map(|k| match self.elements.get(k).cloned().flatten() {
+            Some(v) => format!("{k} : {v}"),
+            None => k.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
+impl Hook {
+    pub fn filter(point: HookPoint) -> Hook {
+        Hook {
+            kind: ChainKind::Filter,
+            point,
+            priority: 0,
+            policy: Policy::Accept,
+        }
+    }
+
+    /// Destination NAT runs at -100 ("dstnat"), source NAT at 100 ("srcnat").
+    pub fn nat(point: HookPoint) -> Hook {
+        let priority = if point == HookPoint::Postrouting { 100 } else { -100 };
+        Hook {
+            kind: ChainKind::Nat,
+            point,
+            priority,
+            policy: Policy::Accept,
+        }
+    }
+}
+
+impl Ruleset {
+    pub fn new(table: String) -> Ruleset {
+        Ruleset {
+            table,
+            sets: Vec::new(),
+            chains: Vec::new(),
+        }
+    }
+
+    /// The chain called `name`, made (with `hook`) the first time it is asked for.
+    pub fn chain(&mut self, name: &str, hook: Option<Hook>) -> &mut Chain {
+        let at = match self.chains.iter().position(|c| c.name == name) {
+            Some(i) => i,
+            None => {
+                self.chains.push(Chain {
+                    name: name.to_string(),
+                    hook,
+                    rules: Vec::new(),
+                });
+                self.chains.len() - 1
+            }
+        };
+        &mut self.chains[at]
+    }
+
+    pub fn set(&mut self, set: Set) {
+        self.sets.push(set);
+    }
+
+    /// The table in nft syntax. Order matters within one transaction: plain sets, then regular
+    /// chains, then verdict maps (their elements name those chains), then base chains (their
+    /// rules name the sets and maps).
+    pub fn print(&self) -> String {
+        let mut out = format!("table inet {} {{\n", self.table);
+        let (verdict_maps, plain): (Vec<&Set>, Vec<&Set>) = self.sets.iter().partition(|s| s.holds_verdicts());
+        for set in plain {
+            print_set(&mut out, set);
+        }
+        for chain in self.chains.iter().filter(|c| c.hook.is_none()) {
+            print_chain(&mut out, chain);
+        }
+        for set in verdict_maps {
+            print_set(&mut out, set);
+        }
+        for chain in self.chains.iter().filter(|c| c.hook.is_some()) {
+            print_chain(&mut out, chain);
+        }
+        out += "}\n";
+        out
+    }
+}
+
+impl Rule {
+    pub fn new(expr: impl Into<String>, comment: impl Into<String>) -> Rule {
+        Rule {
+            expr: expr.into(),
+            comment: comment.into(),
+        }
+    }
+
+    /// The rule as nft writes it inside a chain (comments cannot hold a double quote).
+    pub fn text(&self) -> String {
+        format!("{} comment \"{}\"", self.expr, self.comment.replace('"', "'"))
+    }
+}
+
+fn print_set(out: &mut String, set: &Set) {
+    let kind = if set.value.is_some() { "map" } else { "set" };
+    let ty = match &set.value {
+        Some(v) => format!("{} : {v}", set.key),
+        None => set.key.clone(),
+    };
+    let _ = write!(out, "\t{kind} {} {{\n\t\ttype {ty}\n", set.name);
+    if !set.elements.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {} }}", set.elements_text(set.elements.keys()));
+    }
+    out.push_str("\t}\n");
+}
+
+fn print_chain(out: &mut String, chain: &Chain) {
+    let _ = writeln!(out, "\tchain {} {{", chain.name);
+    if let Some(h) = chain.hook {
+        let _ = writeln!(
+            out,
+            "\t\ttype {} hook {} priority {}; policy {};",
+            h.kind.as_str(),
+            h.point.as_str(),
+            h.priority,
+            h.policy.as_str()
+        );
+    }
+    for rule in &chain.rules {
+        let _ = writeln!(out, "\t\t{}", rule.text());
+    }
+    out.push_str("\t}\n");
+}
+
+impl ChainKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChainKind::Filter => "filter",
+            ChainKind::Nat => "nat",
+        }
+    }
+}
+
+impl HookPoint {
+    fn as_str(self) -> &'static str {
+        match self {
+            HookPoint::Prerouting => "prerouting",
+            HookPoint::Input => "input",
+            HookPoint::Forward => "forward",
+            HookPoint::Output => "output",
+            HookPoint::Postrouting => "postrouting",
+        }
+    }
+}
+
+impl Policy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Policy::Accept => "accept",
+            Policy::Drop => "drop",
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Operations: one kernel change each (add a namespace, a veth, an address, an nft
+//! transaction ...). A plan's steps lower to operations here, and each operation has exactly
+//! one rendering, [`Op::command`], as the shell command that does the same by hand; the engine
+//! has exactly one execution for each. Render and execute are two readings of one list.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::firewall::NftChange;
+
+/// Where an operation runs: the host's network namespace or a container's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum At {
+    Host,
+    Netns(String),
+}
+
+impl At {
+    /// `ip` or `ip -n NS`.
+    fn ip(&self) -> String {
+        match self {
+            At::Host => "ip".into(),
+            At::Netns(ns) => format!("ip -n {ns}"),
+        }
+    }
+}
+
+/// How `LinkAlias` treats IPv6 on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ipv6 {
+    Keep,
+    /// `addrgenmode none`: the link makes no IPv6 link-local address (no DAD, RS, MLD noise).
+    NoAddresses,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A host kernel parameter.
+    Sysctl { key: String, value: String },
+    /// A named network namespace, bind-mounted on /run/netns/NAME.
+    NetnsAdd { name: String },
+    /// A bridge with a fixed MAC and multicast snooping off.
+    BridgeAdd { name: String, mac: String },
+    /// A veth pair in one request: `name` on the host attached to `bridge`, its peer placed
+    /// straight into `netns` as `peer`.
+    VethAdd {
+        name: String,
+        bridge: String,
+        peer: String,
+        netns: String,
+    },
+    /// The link's alias, which records in the kernel who owns it.
+    LinkAlias {
+        at: At,
+        link: String,
+        alias: String,
+        ipv6: Ipv6,
+    },
+    LinkUp { at: At, link: String },
+    AddrAdd { at: At, link: String, cidr: Ipv4Net },
+    DefaultRoute { at: At, gateway: Ipv4Addr },
+    /// Ends every process in these namespaces, by PID: TERM, then KILL after `grace_ms`.
+    StopProcesses { namespaces: Vec<String>, grace_ms: u64 },
+    /// Puts a host link into an interface group, so [`Op::LinkDelGroup`] removes a whole
+    /// batch in one request (one RCU wait instead of one per link). Absent links are skipped.
+    LinkSetGroup { link: String, group: u32 },
+    /// Deletes every host link in the group in one request; an empty group is not an error.
+    /// Execution first checks that only links of this plan are in the group.
+    LinkDelGroup { group: u32, links: Vec<String> },
+    /// Removes a namespace's name; the kernel destroys it once nothing holds it. An absent name
+    /// is not an error.
+    NetnsDel { name: String },
+    /// One nftables transaction.
+    Nft(NftChange),
+}
+
+impl Op {
+    /// The shell command that performs this operation, as execution performs it.
+    pub fn command(&self) -> String {
+        match self {
+            Op::Sysctl { key, value } => format!("sysctl -qw {key}={value}"),
+            Op::NetnsAdd { name } => format!("ip netns add {name}"),
+            Op::BridgeAdd { name, mac } => {
+                format!("ip link add {name} address {mac} type bridge mcast_snooping 0")
+            }
+            Op::VethAdd {
+                name,
+                bridge,
+                peer,
+                netns,
+            } => format!("ip link add {name} master {bridge} type veth peer name {peer} netns {netns}"),
+            Op::LinkAlias { at, link, alias, ipv6 } => {
+                let gen = match ipv6 {
+                    Ipv6::Keep => "",
+                    Ipv6::NoAddresses => " addrgenmode none",
+                };
+                format!("{} link set {link} alias {alias}{gen}", at.ip())
+            }
+            Op::LinkUp { at, link } => format!("{} link set {link} up", at.ip()),
+            Op::AddrAdd { at, link, cidr } => format!("{} addr add {cidr} dev {link}", at.ip()),
+            Op::DefaultRoute { at, gateway } => format!("{} route add default via {gateway}", at.ip()),
+            Op::StopProcesses { namespaces, grace_ms } => stop_processes(namespaces, *grace_ms),
+            Op::LinkSetGroup { link, group } => {
+                format!("if ip link show {link} >/dev/null 2>&1; then ip link set {link} group {group}; fi")
+            }
+            Op::LinkDelGroup { group, .. } => {
+                format!("ip link del group {group} 2>/dev/null || true  # nothing left in the group is fine")
+            }
+            Op::NetnsDel { name } => format!("if [ -e /run/netns/{name} ]; then ip netns del {name}; fi"),
+            Op::Nft(change) => change.command(),
+        }
+    }
+}
+
+/// TERM, wait up to the grace period (polling every 100 ms), then KILL what is left.
+fn stop_processes(namespaces: &[String], grace_ms: u64) -> String {
+    let list = namespaces.join(" ");
+    let pids = format!("for ns in {list}; do ip netns pids \"$ns\" 2>/dev/null || true; done");
+    let polls = grace_ms.div_ceil(100);
+    format!(
+        "pids=$({pids}); if [ -n \"$pids\" ]; then kill -TERM $pids 2>/dev/null || true; \
+         i=0; while [ $i -lt {polls} ] && [ -n \"$({pids})\" ]; do sleep 0.1; i=$((i+1)); done; \
+         pids=$({pids}); [ -z \"$pids\" ] || kill -KILL $pids 2>/dev/null || true; fi"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_op_reads_like_the_command_it_replaces() {
+        let inside = At::Netns("s-a-1".into());
+        let cases = [
+            (
+                Op::VethAdd {
+                    name: "plv1".into(),
+                    bridge: "plb1".into(),
+                    peer: "eth0".into(),
+                    netns: "s-a-1".into(),
+                },
+                "ip link add plv1 master plb1 type veth peer name eth0 netns s-a-1",
+            ),
+            (
+                Op::LinkAlias {
+                    at: inside.clone(),
+                    link: "eth0".into(),
+                    alias: "plumb:s/a-1/n".into(),
+                    ipv6: Ipv6::NoAddresses,
+                },
+                "ip -n s-a-1 link set eth0 alias plumb:s/a-1/n addrgenmode none",
+            ),
+            (
+                Op::DefaultRoute {
+                    at: inside,
+                    gateway: Ipv4Addr::new(10, 0, 0, 1),
+                },
+                "ip -n s-a-1 route add default via 10.0.0.1",
+            ),
+        ];
+        for (op, command) in cases {
+            assert_eq!(op.command(), command);
+        }
+    }
+
+    #[test]
+    fn stopping_processes_waits_the_grace_period_then_kills() {
+        let cmd = stop_processes(&["a".into(), "b".into()], 3000);
+        assert!(cmd.contains("kill -TERM"));
+        assert!(cmd.contains("-lt 30 "));
+        assert!(cmd.contains("kill -KILL"));
+    }
+}
