@@ -6,6 +6,7 @@ pub mod desired;
 pub mod diag;
 pub mod firewall;
 pub mod ipam;
+pub mod kernel;
 pub mod lower;
 pub mod names;
 pub mod ops;

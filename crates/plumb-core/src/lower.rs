@@ -34,10 +34,7 @@ pub fn stop_processes(namespaces: Vec<String>) -> Step {
 pub fn remove_links(group: u32, links: Vec<String>, networks: Vec<String>) -> Step {
     let mut ops: Vec<Op> = links
         .iter()
-        .map(|l| Op::LinkSetGroup {
-            link: l.clone(),
-            group,
-        })
+        .map(|l| Op::LinkSetGroup { link: l.clone(), group })
         .collect();
     ops.push(Op::LinkDelGroup {
         group,

@@ -41,11 +41,19 @@ pub enum Ipv6 {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// A host kernel parameter.
-    Sysctl { key: String, value: String },
+    Sysctl {
+        key: String,
+        value: String,
+    },
     /// A named network namespace, bind-mounted on /run/netns/NAME.
-    NetnsAdd { name: String },
+    NetnsAdd {
+        name: String,
+    },
     /// A bridge with a fixed MAC and multicast snooping off.
-    BridgeAdd { name: String, mac: String },
+    BridgeAdd {
+        name: String,
+        mac: String,
+    },
     /// A veth pair in one request: `name` on the host attached to `bridge`, its peer placed
     /// straight into `netns` as `peer`.
     VethAdd {
@@ -61,20 +69,41 @@ pub enum Op {
         alias: String,
         ipv6: Ipv6,
     },
-    LinkUp { at: At, link: String },
-    AddrAdd { at: At, link: String, cidr: Ipv4Net },
-    DefaultRoute { at: At, gateway: Ipv4Addr },
+    LinkUp {
+        at: At,
+        link: String,
+    },
+    AddrAdd {
+        at: At,
+        link: String,
+        cidr: Ipv4Net,
+    },
+    DefaultRoute {
+        at: At,
+        gateway: Ipv4Addr,
+    },
     /// Ends every process in these namespaces, by PID: TERM, then KILL after `grace_ms`.
-    StopProcesses { namespaces: Vec<String>, grace_ms: u64 },
+    StopProcesses {
+        namespaces: Vec<String>,
+        grace_ms: u64,
+    },
     /// Puts a host link into an interface group, so [`Op::LinkDelGroup`] removes a whole
     /// batch in one request (one RCU wait instead of one per link). Absent links are skipped.
-    LinkSetGroup { link: String, group: u32 },
+    LinkSetGroup {
+        link: String,
+        group: u32,
+    },
     /// Deletes every host link in the group in one request; an empty group is not an error.
     /// Execution first checks that only links of this plan are in the group.
-    LinkDelGroup { group: u32, links: Vec<String> },
+    LinkDelGroup {
+        group: u32,
+        links: Vec<String>,
+    },
     /// Removes a namespace's name; the kernel destroys it once nothing holds it. An absent name
     /// is not an error.
-    NetnsDel { name: String },
+    NetnsDel {
+        name: String,
+    },
     /// One nftables transaction.
     Nft(NftChange),
 }

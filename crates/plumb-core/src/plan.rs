@@ -70,15 +70,34 @@ pub struct Step {
 pub enum What {
     EnableForwarding,
     /// Anything running inside a namespace keeps it (and its veths) alive: end it first.
-    StopProcesses { namespaces: Vec<String> },
+    StopProcesses {
+        namespaces: Vec<String>,
+    },
     /// The host ends of removed containers' veths (their peers go with them) and the bridges
     /// of removed networks, in one request.
-    RemoveLinks { links: Vec<String>, networks: Vec<String> },
-    DeleteContainer { container: String, netns: String },
-    CreateBridge { network: String, bridge: String },
-    ApplyFirewall { table: String },
-    CreateContainer { container: String, service: String, replica: u32 },
-    DeleteFirewall { table: String },
+    RemoveLinks {
+        links: Vec<String>,
+        networks: Vec<String>,
+    },
+    DeleteContainer {
+        container: String,
+        netns: String,
+    },
+    CreateBridge {
+        network: String,
+        bridge: String,
+    },
+    ApplyFirewall {
+        table: String,
+    },
+    CreateContainer {
+        container: String,
+        service: String,
+        replica: u32,
+    },
+    DeleteFirewall {
+        table: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -154,7 +173,12 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     let mut links = Vec::new();
     let containers: Vec<(String, &str)> = deleted
         .iter()
-        .map(|netns| (netns.strip_prefix(&format!("{stack}-")).unwrap_or(netns).to_string(), *netns))
+        .map(|netns| {
+            (
+                netns.strip_prefix(&format!("{stack}-")).unwrap_or(netns).to_string(),
+                *netns,
+            )
+        })
         .collect();
     for (container, _) in &containers {
         for net in &networks {

@@ -24,6 +24,8 @@ pub struct Link {
     pub master: Option<u32>,
     pub up: bool,
     pub kind: Option<String>,
+    /// The interface group (0 unless someone set one).
+    pub group: u32,
 }
 
 /// Every link of the socket's namespace.
@@ -48,12 +50,14 @@ fn link_of(message: LinkMessage) -> Link {
         master: None,
         up: message.header.flags.contains(LinkFlags::Up),
         kind: None,
+        group: 0,
     };
     for attribute in message.attributes {
         match attribute {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::IfAlias(a) => link.alias = Some(a),
             LinkAttribute::Controller(m) => link.master = Some(m),
+            LinkAttribute::Group(g) => link.group = g,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
@@ -155,6 +159,26 @@ pub fn set_alias_without_ipv6(nl: &mut Netlink, link: LinkRef, alias: &str) -> R
         },
         || format!("configure {link:?}"),
     )
+}
+
+/// Puts a link into interface group `group`.
+pub fn set_group(nl: &mut Netlink, link: LinkRef, group: u32) -> Result<()> {
+    set(
+        nl,
+        link,
+        |m| m.attributes.push(LinkAttribute::Group(group)),
+        || format!("set group of {link:?}"),
+    )
+}
+
+/// Deletes every link in interface group `group` in one request (the kernel unregisters them
+/// as one batch). ENODEV when the group is empty.
+pub fn delete_group(nl: &mut Netlink, group: u32) -> Result<()> {
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::Group(group));
+    nl.request(RouteNetlinkMessage::DelLink(message), 0, || {
+        format!("delete links of group {group}")
+    })
 }
 
 pub fn delete(nl: &mut Netlink, name: &str) -> Result<()> {

@@ -1,11 +1,12 @@
 //! nftables through the `nft` program: plumb's rules are nft text, applied in one transaction
 //! with `nft -f -`, so the text printed by `--dry-run` is exactly what runs. plumb only ever
-//! names its own tables. Calls can run in the background ([`Pending`]) so the few
-//! milliseconds an `nft` process takes overlap with netlink work on the other core.
+//! names its own tables. A transaction can run on a background thread ([`Pending`]) so the
+//! few milliseconds an `nft` process takes overlap with netlink work.
 
 use std::io::{self, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::thread::JoinHandle;
 
 use crate::netlink::{Error, Result};
 
@@ -15,63 +16,82 @@ pub fn available() -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("nft").is_file()))
 }
 
-/// An `nft` run in progress.
-pub struct Pending {
-    child: Child,
-    what: &'static str,
-}
-
-impl Pending {
-    /// Waits for it; its standard output on success.
-    pub fn wait(self) -> Result<String> {
-        let out = self.child.wait_with_output().map_err(|e| Error::new(self.what, e))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            Err(Error::new(self.what, io::Error::other(stderr)))
-        }
-    }
-}
-
-fn start(program: &str, args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<Pending> {
-    let mut child = Command::new(program)
+fn run(args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
+    let mut child = Command::new("nft")
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::new(what, e))?;
+        .spawn()?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|e| Error::new(what, e))?;
+        pipe.write_all(text.as_bytes())?;
     }
-    Ok(Pending { child, what })
+    child.wait_with_output()
 }
 
-/// Starts applying an nft script as one atomic transaction, then listing table `inet TABLE`
-/// as the kernel holds it afterwards (the listing is what [`Pending::wait`] returns).
-pub fn apply_and_list(script: &str, table: &str) -> Result<Pending> {
-    let both = format!("nft -f - && exec nft list table inet {table}");
-    start("sh", &["-c", &both], Some(script), "apply nftables rules")
-}
-
-/// Starts listing table `inet NAME`; see [`listing`] for the result.
-pub fn start_list_table(name: &str) -> Result<Pending> {
-    start("nft", &["list", "table", "inet", name], None, "list nftables table")
-}
-
-/// The result of [`start_list_table`]: the listing, or `None` if the table does not exist.
-pub fn listing(pending: Pending) -> Result<Option<String>> {
-    match pending.wait() {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.source.to_string().contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
+/// The output of a successful run, or an error carrying nft's own message.
+fn checked(what: &str, output: io::Result<Output>) -> Result<String> {
+    let out = output.map_err(|e| Error::new(what, e))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(Error::new(what, io::Error::other(stderr)))
     }
 }
 
+/// A transaction in progress; [`Pending::wait`] gives the table's JSON listing afterwards.
+pub struct Pending(JoinHandle<Result<Option<String>>>);
+
+impl Pending {
+    pub fn wait(self) -> Result<Option<String>> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(Error::new("apply nftables rules", io::Error::other("thread panicked"))))
+    }
+}
+
+/// Starts applying `script` as one atomic transaction on a background thread, then reads
+/// table `inet TABLE` back as JSON (`None` if the script removed it).
+pub fn apply(script: String, table: String) -> Pending {
+    Pending(std::thread::spawn(move || {
+        checked("apply nftables rules", run(&["-f", "-"], Some(&script)))?;
+        list_table(&table)
+    }))
+}
+
+/// Table `inet NAME` as JSON (`nft -j`), or `None` if there is no such table. Absence is
+/// decided from the exit status and the list of tables, not from an error message.
+pub fn list_table(name: &str) -> Result<Option<String>> {
+    let what = "list nftables table";
+    let out = run(&["-j", "list", "table", "inet", name], None).map_err(|e| Error::new(what, e))?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    if table_exists(name)? {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(Error::new(what, io::Error::other(stderr)));
+    }
+    Ok(None)
+}
+
+/// True if `nft -j list tables inet` names table `name`.
+fn table_exists(name: &str) -> Result<bool> {
+    let what = "list nftables tables";
+    let json = checked(what, run(&["-j", "list", "tables", "inet"], None))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&json).map_err(|e| Error::new(what, io::Error::other(e.to_string())))?;
+    let tables = value["nftables"].as_array().cloned().unwrap_or_default();
+    Ok(tables.iter().any(|o| o["table"]["name"] == name))
+}
+
+/// Deletes table `inet NAME`; a table that is not there is not an error.
 pub fn delete_table(name: &str) -> Result<()> {
-    match start("nft", &["delete", "table", "inet", name], None, "delete nftables table")?.wait() {
-        Err(e) if e.source.to_string().contains("No such file or directory") => Ok(()),
+    match checked("delete nftables table", run(&["delete", "table", "inet", name], None)) {
+        Err(e) if !table_exists(name)? => {
+            drop(e);
+            Ok(())
+        }
         other => other.map(drop),
     }
 }

@@ -13,12 +13,21 @@ use super::{Chain, Ruleset, Set};
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum NftChange {
     /// The table does not exist yet: add it.
-    Create { ruleset: Ruleset },
+    Create {
+        ruleset: Ruleset,
+    },
     /// Replace whatever table is there, atomically (create it empty so the delete cannot fail).
-    Replace { ruleset: Ruleset },
+    Replace {
+        ruleset: Ruleset,
+    },
     /// Edit the table in place: `commands` turn the applied ruleset into `ruleset`.
-    Update { ruleset: Ruleset, commands: Vec<String> },
-    Delete { table: String },
+    Update {
+        ruleset: Ruleset,
+        commands: Vec<String>,
+    },
+    Delete {
+        table: String,
+    },
 }
 
 impl NftChange {
@@ -45,7 +54,10 @@ impl NftChange {
             NftChange::Create { ruleset } => Some(ruleset.print()),
             NftChange::Replace { ruleset } => {
                 let t = &ruleset.table;
-                Some(format!("table inet {t} {{}}\ndelete table inet {t}\n{}", ruleset.print()))
+                Some(format!(
+                    "table inet {t} {{}}\ndelete table inet {t}\n{}",
+                    ruleset.print()
+                ))
             }
             NftChange::Update { commands, .. } => Some(commands.iter().map(|c| format!("{c}\n")).collect()),
             NftChange::Delete { .. } => None,
@@ -86,7 +98,10 @@ pub fn changes(applied: Option<&Ruleset>, want: &Ruleset) -> Option<NftChange> {
 fn update_commands(old: &Ruleset, new: &Ruleset) -> Option<Vec<String>> {
     let base = |r: &Ruleset| -> Vec<Chain> { r.chains.iter().filter(|c| c.hook.is_some()).cloned().collect() };
     let shape = |r: &Ruleset| -> Vec<(String, String, Option<String>)> {
-        r.sets.iter().map(|s| (s.name.clone(), s.key.clone(), s.value.clone())).collect()
+        r.sets
+            .iter()
+            .map(|s| (s.name.clone(), s.key.clone(), s.value.clone()))
+            .collect()
     };
     if base(old) != base(new) || shape(old) != shape(new) {
         return None;
@@ -138,7 +153,11 @@ fn element_commands(table: &str, old: &Set, new: &Set) -> Vec<String> {
     let mut out = Vec::new();
     if !gone.is_empty() {
         let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
-        out.push(format!("delete element inet {table} {} {{ {} }}", old.name, keys.join(", ")));
+        out.push(format!(
+            "delete element inet {table} {} {{ {} }}",
+            old.name,
+            keys.join(", ")
+        ));
     }
     if !added.is_empty() {
         out.push(format!(
@@ -205,7 +224,10 @@ mod tests {
     #[test]
     fn a_new_network_replaces_the_table() {
         let old = rules(STACK);
-        let with_m = STACK.replace("[services.a]\n", "[networks.m]\nsubnet = \"10.0.1.0/24\"\n[services.a]\nnetworks = [\"n\"]\n");
+        let with_m = STACK.replace(
+            "[services.a]\n",
+            "[networks.m]\nsubnet = \"10.0.1.0/24\"\n[services.a]\nnetworks = [\"n\"]\n",
+        );
         let new = rules(&with_m);
         assert!(matches!(changes(Some(&old), &new), Some(NftChange::Replace { .. })));
     }

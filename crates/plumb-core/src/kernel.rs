@@ -1,0 +1,66 @@
+//! The kernel as the engine sees it: a small trait with one method that performs an
+//! [`Op`] and the few reads that observing a stack needs. plumb-linux implements it with
+//! netlink, namespaces and `nft`; plumb-engine's recording fake implements it in memory so
+//! the engine is tested without root.
+
+use std::fmt;
+
+use crate::ops::Op;
+use crate::plan::{ObservedLink, ObservedNetns};
+
+/// A link in the host's namespace, as read back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostLink {
+    pub name: String,
+    /// `bridge`, `veth`, ...
+    pub kind: Option<String>,
+    pub group: u32,
+    pub link: ObservedLink,
+}
+
+/// What went wrong in one kernel operation or read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelError {
+    /// What was being done: `create veth plv...`.
+    pub what: String,
+    pub detail: String,
+    pub errno: Option<i32>,
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.detail)
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+pub type KernelResult<T> = Result<T, KernelError>;
+
+pub trait Kernel: Send {
+    /// Performs one operation. Some (nft transactions) may go on in the background until
+    /// [`Kernel::settle`].
+    fn apply(&mut self, op: &Op) -> KernelResult<()>;
+
+    /// Waits for background work; the fingerprint of the nft table that the last transaction
+    /// left, if it left one.
+    fn settle(&mut self) -> KernelResult<Option<u64>>;
+
+    /// Another handle on the same kernel, for a second thread.
+    fn worker(&self) -> KernelResult<Box<dyn Kernel>>;
+
+    fn ip_forward(&mut self) -> KernelResult<bool>;
+
+    fn host_links(&mut self) -> KernelResult<Vec<HostLink>>;
+
+    /// Names under /run/netns.
+    fn namespaces(&mut self) -> KernelResult<Vec<String>>;
+
+    /// The inside of a named namespace; `None` for a name with no namespace mounted on it
+    /// (an `up` killed between creating the name and mounting it).
+    fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>>;
+
+    /// The fingerprint of table `inet TABLE` as the kernel lists it, `None` if there is no
+    /// such table.
+    fn nft_table(&mut self, table: &str) -> KernelResult<Option<u64>>;
+}

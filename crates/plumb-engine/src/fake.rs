@@ -1,0 +1,312 @@
+//! A recording fake kernel, in memory: it performs every [`Op`] on a model of links,
+//! namespaces and nft tables with the kernel's rules that matter to plans (names are unique,
+//! a veth needs its bridge and namespace, deleting a veth's end deletes its peer, deleting a
+//! namespace deletes the veths inside it), and records what it was asked. The engine's
+//! tests run "execute, observe, diff" over it without root.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ipnet::Ipv4Net;
+use plumb_core::firewall::{NftChange, Ruleset};
+use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult};
+use plumb_core::{names, At, ObservedLink, ObservedNetns, Op};
+
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const ENODEV: i32 = 19;
+
+#[derive(Debug, Clone, Default)]
+struct Link {
+    kind: &'static str,
+    group: u32,
+    alias: Option<String>,
+    master: Option<String>,
+    up: bool,
+    addresses: Vec<Ipv4Net>,
+    /// For a host veth: the namespace and name of its peer.
+    peer: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Netns {
+    lo_up: bool,
+    links: BTreeMap<String, Link>,
+    gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Default)]
+pub struct World {
+    pub ip_forward: bool,
+    links: BTreeMap<String, Link>,
+    namespaces: BTreeMap<String, Netns>,
+    tables: BTreeMap<String, Ruleset>,
+    last_table: Option<String>,
+    /// Every operation applied, in order.
+    pub log: Vec<Op>,
+}
+
+/// Handles share one world, as threads share one kernel.
+#[derive(Clone, Default)]
+pub struct FakeKernel(pub Arc<Mutex<World>>);
+
+fn fail(what: impl Into<String>, errno: i32) -> KernelError {
+    KernelError {
+        what: what.into(),
+        detail: format!("errno {errno}"),
+        errno: Some(errno),
+    }
+}
+
+impl FakeKernel {
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl World {
+    fn link(&mut self, at: &At, name: &str) -> KernelResult<&mut Link> {
+        let found = match at {
+            At::Host => self.links.get_mut(name),
+            At::Netns(ns) => self.namespaces.get_mut(ns).and_then(|n| n.links.get_mut(name)),
+        };
+        found.ok_or_else(|| fail(format!("find link {name}"), ENODEV))
+    }
+
+    fn delete_host_link(&mut self, name: &str) {
+        if let Some(link) = self.links.remove(name) {
+            if let Some((ns, peer)) = link.peer {
+                if let Some(n) = self.namespaces.get_mut(&ns) {
+                    n.links.remove(&peer);
+                }
+            }
+            if link.kind == "bridge" {
+                for port in self.links.values_mut().filter(|l| l.master.as_deref() == Some(name)) {
+                    port.master = None;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &Op) -> KernelResult<()> {
+        self.log.push(op.clone());
+        match op {
+            Op::Sysctl { key, value } => {
+                if key == "net.ipv4.ip_forward" {
+                    self.ip_forward = value == "1";
+                }
+            }
+            Op::NetnsAdd { name } => {
+                if self.namespaces.contains_key(name) {
+                    return Err(fail(format!("add netns {name}"), EEXIST));
+                }
+                self.namespaces.insert(name.clone(), Netns::default());
+            }
+            Op::BridgeAdd { name, .. } => {
+                if self.links.contains_key(name) {
+                    return Err(fail(format!("add bridge {name}"), EEXIST));
+                }
+                let bridge = Link {
+                    kind: "bridge",
+                    ..Default::default()
+                };
+                self.links.insert(name.clone(), bridge);
+            }
+            Op::VethAdd {
+                name,
+                bridge,
+                peer,
+                netns,
+            } => {
+                if self.links.contains_key(name) {
+                    return Err(fail(format!("add veth {name}"), EEXIST));
+                }
+                if !self.links.get(bridge).is_some_and(|b| b.kind == "bridge") {
+                    return Err(fail(format!("find bridge {bridge}"), ENODEV));
+                }
+                let ns = self
+                    .namespaces
+                    .get_mut(netns)
+                    .ok_or_else(|| fail(format!("find netns {netns}"), ENOENT))?;
+                if ns.links.contains_key(peer) {
+                    return Err(fail(format!("add veth peer {peer}"), EEXIST));
+                }
+                ns.links.insert(
+                    peer.clone(),
+                    Link {
+                        kind: "veth",
+                        ..Default::default()
+                    },
+                );
+                let host = Link {
+                    kind: "veth",
+                    master: Some(bridge.clone()),
+                    peer: Some((netns.clone(), peer.clone())),
+                    ..Default::default()
+                };
+                self.links.insert(name.clone(), host);
+            }
+            Op::LinkAlias { at, link, alias, .. } => self.link(at, link)?.alias = Some(alias.clone()),
+            Op::LinkUp { at, link } => {
+                if let (At::Netns(ns), "lo") = (at, link.as_str()) {
+                    let n = self.namespaces.get_mut(ns).ok_or_else(|| fail("find netns", ENOENT))?;
+                    n.lo_up = true;
+                } else {
+                    self.link(at, link)?.up = true;
+                }
+            }
+            Op::AddrAdd { at, link, cidr } => {
+                let l = self.link(at, link)?;
+                if l.addresses.contains(cidr) {
+                    return Err(fail(format!("add address {cidr}"), EEXIST));
+                }
+                l.addresses.push(*cidr);
+            }
+            Op::DefaultRoute { at, gateway } => {
+                let At::Netns(ns) = at else {
+                    return Err(fail("the fake routes only inside namespaces", ENOENT));
+                };
+                let n = self.namespaces.get_mut(ns).ok_or_else(|| fail("find netns", ENOENT))?;
+                if n.gateway.is_some() {
+                    return Err(fail("add default route", EEXIST));
+                }
+                n.gateway = Some(*gateway);
+            }
+            Op::StopProcesses { .. } => {}
+            Op::LinkSetGroup { link, group } => {
+                if let Some(l) = self.links.get_mut(link) {
+                    l.group = *group;
+                }
+            }
+            Op::LinkDelGroup { group, .. } => {
+                let members: Vec<String> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| l.group == *group)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in members {
+                    self.delete_host_link(&name);
+                }
+            }
+            Op::NetnsDel { name } => {
+                if self.namespaces.remove(name).is_some() {
+                    let inside: Vec<String> = self
+                        .links
+                        .iter()
+                        .filter(|(_, l)| l.peer.as_ref().is_some_and(|(ns, _)| ns == name))
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for link in inside {
+                        self.links.remove(&link);
+                    }
+                }
+            }
+            Op::Nft(change) => self.nft(change)?,
+        }
+        Ok(())
+    }
+
+    fn nft(&mut self, change: &NftChange) -> KernelResult<()> {
+        let table = change.table().to_string();
+        let exists = self.tables.contains_key(&table);
+        match change {
+            NftChange::Create { .. } if exists => return Err(fail(format!("create table {table}"), EEXIST)),
+            NftChange::Update { .. } if !exists => return Err(fail(format!("update table {table}"), ENOENT)),
+            _ => {}
+        }
+        match change.result() {
+            Some(ruleset) => {
+                self.tables.insert(table.clone(), ruleset.clone());
+                self.last_table = Some(table);
+            }
+            None => {
+                self.tables.remove(&table);
+                self.last_table = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the table behind plumb's back, as another firewall manager would.
+    pub fn tamper_with_table(&mut self, table: &str) {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.chains.clear();
+        }
+    }
+
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces.keys().cloned().collect()
+    }
+
+    pub fn link_names(&self) -> Vec<String> {
+        self.links.keys().cloned().collect()
+    }
+
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables.keys().cloned().collect()
+    }
+}
+
+fn fingerprint(ruleset: &Ruleset) -> u64 {
+    names::fnv1a(&[&ruleset.print()])
+}
+
+fn observed(l: &Link) -> ObservedLink {
+    ObservedLink {
+        alias: l.alias.clone(),
+        master: l.master.clone(),
+        up: l.up,
+        addresses: l.addresses.clone(),
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn apply(&mut self, op: &Op) -> KernelResult<()> {
+        self.world().apply(op)
+    }
+
+    fn settle(&mut self) -> KernelResult<Option<u64>> {
+        let w = self.world();
+        Ok(w.last_table.as_ref().and_then(|t| w.tables.get(t)).map(fingerprint))
+    }
+
+    fn worker(&self) -> KernelResult<Box<dyn Kernel>> {
+        Ok(Box::new(self.clone()))
+    }
+
+    fn ip_forward(&mut self) -> KernelResult<bool> {
+        Ok(self.world().ip_forward)
+    }
+
+    fn host_links(&mut self) -> KernelResult<Vec<HostLink>> {
+        Ok(self
+            .world()
+            .links
+            .iter()
+            .map(|(name, l)| HostLink {
+                name: name.clone(),
+                kind: Some(l.kind.to_string()),
+                group: l.group,
+                link: observed(l),
+            })
+            .collect())
+    }
+
+    fn namespaces(&mut self) -> KernelResult<Vec<String>> {
+        Ok(self.world().namespace_names())
+    }
+
+    fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>> {
+        Ok(self.world().namespaces.get(name).map(|n| ObservedNetns {
+            lo_up: n.lo_up,
+            links: n.links.iter().map(|(k, l)| (k.clone(), observed(l))).collect(),
+            default_gateway: n.gateway,
+        }))
+    }
+
+    fn nft_table(&mut self, table: &str) -> KernelResult<Option<u64>> {
+        Ok(self.world().tables.get(table).map(fingerprint))
+    }
+}

@@ -1,0 +1,129 @@
+//! Reads back what the kernel holds of one stack (bridges, veths, namespaces, the nft table)
+//! into an [`Actual`] for the diff. Ownership comes from what plumb stamped on the kernel's
+//! objects (link aliases `plumb:STACK/...`), not from names alone: a namespace named like one
+//! of ours but stamped by another stack is that stack's, and is reported, never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use plumb_core::kernel::Kernel;
+use plumb_core::{names, Actual, Desired, ObservedFirewall, ObservedNetns};
+
+use crate::error::Result;
+use crate::state::StackState;
+
+/// What observing found: the stack's own objects, and the names it wants that another stack
+/// owns (an `up` must refuse those).
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub actual: Actual,
+    /// Namespace name → the stack that owns it.
+    pub foreign: BTreeMap<String, String>,
+}
+
+/// The owner named for a namespace that carries no plumb mark and no plumb record.
+pub const NOT_PLUMB: &str = "(not made by plumb)";
+
+/// Which stack's alias marks a namespace's interfaces, if any.
+fn stamped_owner(ns: &ObservedNetns) -> Option<String> {
+    ns.links.values().find_map(|l| {
+        let rest = l.alias.as_deref()?.strip_prefix("plumb:")?;
+        rest.split_once('/').map(|(stack, _)| stack.to_string())
+    })
+}
+
+/// Namespace names the other stacks' state records claim, with their stack.
+pub fn claims(others: &BTreeMap<String, StackState>, stack: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, st) in others.iter().filter(|(n, _)| n.as_str() != stack) {
+        let desired = st.desired.iter().flat_map(|d| d.containers.iter().map(|c| &c.netns));
+        for ns in st.namespaces.iter().chain(desired) {
+            out.insert(ns.clone(), name.clone());
+        }
+    }
+    out
+}
+
+pub fn observe(
+    kernel: &mut dyn Kernel,
+    stack: &str,
+    desired: Option<&Desired>,
+    state: Option<&StackState>,
+    others: &BTreeMap<String, String>,
+) -> Result<Observed> {
+    let table_fingerprint = kernel.nft_table(&names::nft_table(stack))?;
+    let links = kernel.host_links()?;
+    let prefix = names::alias_prefix(stack);
+    let desired_bridges: BTreeSet<&str> = desired
+        .iter()
+        .flat_map(|d| d.networks.iter().map(|n| n.bridge.as_str()))
+        .collect();
+    let bridges = links
+        .iter()
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .filter(|l| {
+            let alias = l.link.alias.as_deref();
+            match alias.filter(|a| a.starts_with("plumb:")) {
+                Some(a) => a.starts_with(&prefix),
+                None => desired_bridges.contains(l.name.as_str()),
+            }
+        })
+        .map(|l| (l.name.clone(), l.link.clone()))
+        .collect();
+    let host_veths = links
+        .iter()
+        .filter(|l| l.name.starts_with(names::VETH_PREFIX))
+        .map(|l| (l.name.clone(), l.link.clone()))
+        .collect();
+
+    let wanted: BTreeSet<&str> = desired
+        .iter()
+        .flat_map(|d| d.containers.iter().map(|c| c.netns.as_str()))
+        .collect();
+    let remembered: BTreeSet<&str> = state
+        .iter()
+        .flat_map(|s| s.namespaces.iter().map(String::as_str))
+        .collect();
+    let ns_prefix = format!("{stack}-");
+    let mut observed = Observed::default();
+    for name in kernel.namespaces()?.into_iter().filter(|n| n.starts_with(&ns_prefix)) {
+        let claimed_by = others.get(&name);
+        let ours_by_record = remembered.contains(name.as_str()) && claimed_by.is_none();
+        if desired.is_none() && ours_by_record {
+            // Going down: a container of ours is deleted whatever it holds; no need to read it.
+            observed.actual.containers.insert(name, ObservedNetns::default());
+            continue;
+        }
+        let inside = kernel.netns(&name)?;
+        let owner = inside.as_ref().and_then(stamped_owner).or_else(|| claimed_by.cloned());
+        match (owner, inside) {
+            (Some(owner), Some(ns)) if owner == stack => {
+                observed.actual.containers.insert(name, ns);
+            }
+            (Some(owner), _) => {
+                if wanted.contains(name.as_str()) {
+                    observed.foreign.insert(name, owner);
+                }
+            }
+            // Unstamped (half made, or emptied): ours if our record says we made it, or if it is
+            // a bare name with nothing mounted (nothing there to harm).
+            (None, inside) if ours_by_record || (wanted.contains(name.as_str()) && inside.is_none()) => {
+                observed.actual.containers.insert(name, inside.unwrap_or_default());
+            }
+            (None, Some(_)) if wanted.contains(name.as_str()) => {
+                observed.foreign.insert(name, NOT_PLUMB.into());
+            }
+            (None, _) => {}
+        }
+    }
+
+    observed.actual.ip_forward = kernel.ip_forward()?;
+    observed.actual.bridges = bridges;
+    observed.actual.host_veths = host_veths;
+    observed.actual.known_networks = state.map(|s| s.networks.clone()).unwrap_or_default();
+    observed.actual.firewall = match (table_fingerprint, state.and_then(|s| s.firewall.as_ref())) {
+        (None, _) => ObservedFirewall::Absent,
+        (Some(fp), Some(applied)) if applied.fingerprint == fp => ObservedFirewall::Applied(applied.ruleset.clone()),
+        (Some(_), _) => ObservedFirewall::Changed,
+    };
+    Ok(observed)
+}

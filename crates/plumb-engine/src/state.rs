@@ -1,0 +1,212 @@
+//! plumb's state: what the kernel cannot tell us (address leases, the rules last applied, the
+//! stack file's path), behind the [`StateStore`] trait (lock, load, save, leases). Its one
+//! implementation today is [`StateDir`]: one folder per stack, written atomically, and a lock
+//! file so two plumb processes never interleave their changes. A cluster store (etcd) comes next.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use plumb_core::firewall::Ruleset;
+use plumb_core::ipam::Leases;
+use plumb_core::kernel::Kernel;
+use plumb_core::{Desired, Op};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error as Failure, Result};
+
+/// Present while IPv4 forwarding is on because plumb turned it on.
+const FORWARDING_MARK: &str = "ip_forward-enabled-by-plumb";
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+/// What plumb remembers of one stack.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StackState {
+    pub stack: String,
+    /// Absolute path of the stack file last brought up.
+    pub file: Option<PathBuf>,
+    pub desired: Option<Desired>,
+    pub leases: Leases,
+    /// Unreadable records (from an older plumb) count as none: the table is then re-applied.
+    #[serde(default, deserialize_with = "lenient")]
+    pub firewall: Option<AppliedFirewall>,
+    /// Every namespace plumb may have made for the stack (written before making them, so an
+    /// interrupted `up` is still known to the next `up` or `down`).
+    pub namespaces: BTreeSet<String>,
+    /// Every network the stack may have wired, to name its veths on the way out.
+    pub networks: BTreeSet<String>,
+}
+
+/// The rules plumb applied, and a fingerprint of the kernel's listing right after, so a table
+/// changed by anyone else is noticed and re-asserted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedFirewall {
+    pub ruleset: Ruleset,
+    pub fingerprint: u64,
+}
+
+fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<AppliedFirewall>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+/// Where plumb keeps what the kernel cannot tell it.
+pub trait StateStore {
+    type Lock;
+    /// Waits for, then takes, the store's exclusive lock.
+    fn lock(&self) -> Result<Self::Lock>;
+    fn load(&self, stack: &str) -> Result<Option<StackState>>;
+    fn save(&self, state: &StackState) -> Result<()>;
+    fn remove(&self, stack: &str) -> Result<()>;
+    /// Every stack the store knows, by name.
+    fn stacks(&self) -> Result<BTreeMap<String, StackState>>;
+    /// The stack's address leases (empty for a new stack).
+    fn leases(&self, stack: &str) -> Result<Leases> {
+        Ok(self.load(stack)?.map(|s| s.leases).unwrap_or_default())
+    }
+}
+
+/// Holds the state directory's lock until dropped.
+pub struct Lock(#[allow(dead_code)] Flock<File>);
+
+impl StateDir {
+    pub fn new(root: PathBuf) -> Self {
+        StateDir { root }
+    }
+
+    fn ensure(&self) -> Result<()> {
+        fs::create_dir_all(&self.root).map_err(|e| {
+            Failure::new(format!("cannot create state directory {}: {e}", self.root.display()))
+                .hint("pass --state-dir DIR or set PLUMB_STATE_DIR to a writable folder")
+        })
+    }
+
+    /// Waits for, then takes, the exclusive lock on the state directory.
+    pub fn lock(&self) -> Result<Lock> {
+        self.ensure()?;
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map(Lock)
+            .map_err(|(_, e)| Failure::new(format!("cannot lock {}: {e}", path.display())))
+    }
+
+    pub fn stack_dir(&self, stack: &str) -> PathBuf {
+        self.root.join("stacks").join(stack)
+    }
+
+    fn state_file(&self, stack: &str) -> PathBuf {
+        self.stack_dir(stack).join("state.json")
+    }
+
+    pub fn load(&self, stack: &str) -> Result<Option<StackState>> {
+        let path = self.state_file(stack);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Failure::new(format!("state file {} is damaged: {e}", path.display()))
+                    .hint("remove it; `plumb down STACK` still finds the stack's objects in the kernel")
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the state atomically: a temporary file, fsync, rename.
+    pub fn save(&self, state: &StackState) -> Result<()> {
+        let dir = self.stack_dir(&state.stack);
+        fs::create_dir_all(&dir)?;
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| Failure::new(e.to_string()))?;
+        write_atomically(&self.state_file(&state.stack), &bytes)
+    }
+
+    pub fn remove(&self, stack: &str) -> Result<()> {
+        match fs::remove_dir_all(self.stack_dir(stack)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records that plumb turned on IPv4 forwarding (it was off), so the last `down` turns
+    /// it off again and the machine is left as plumb found it.
+    pub fn note_forwarding_enabled(&self) -> Result<()> {
+        self.ensure()?;
+        fs::write(
+            self.root.join(FORWARDING_MARK),
+            "net.ipv4.ip_forward was 0 before plumb\n",
+        )?;
+        Ok(())
+    }
+
+    /// When no stack is left and plumb had turned forwarding on, turns it off again.
+    pub fn restore_forwarding_if_last(&self, kernel: &mut dyn Kernel) -> Result<()> {
+        let mark = self.root.join(FORWARDING_MARK);
+        if mark.exists() && self.stacks()?.is_empty() {
+            kernel.apply(&Op::Sysctl {
+                key: "net.ipv4.ip_forward".into(),
+                value: "0".into(),
+            })?;
+            fs::remove_file(mark)?;
+        }
+        Ok(())
+    }
+
+    /// Every stack with a state file, by name.
+    pub fn stacks(&self) -> Result<BTreeMap<String, StackState>> {
+        let mut out = BTreeMap::new();
+        let Ok(entries) = fs::read_dir(self.root.join("stacks")) else {
+            return Ok(out);
+        };
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if let Some(state) = self.load(&name)? {
+                out.insert(name, state);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl StateStore for StateDir {
+    type Lock = Lock;
+
+    fn lock(&self) -> Result<Lock> {
+        StateDir::lock(self)
+    }
+
+    fn load(&self, stack: &str) -> Result<Option<StackState>> {
+        StateDir::load(self, stack)
+    }
+
+    fn save(&self, state: &StackState) -> Result<()> {
+        StateDir::save(self, state)
+    }
+
+    fn remove(&self, stack: &str) -> Result<()> {
+        StateDir::remove(self, stack)
+    }
+
+    fn stacks(&self) -> Result<BTreeMap<String, StackState>> {
+        StateDir::stacks(self)
+    }
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}

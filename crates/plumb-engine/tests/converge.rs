@@ -1,0 +1,194 @@
+//! Without root, over the fake kernel: for creation, edits and teardown, "execute the plan,
+//! observe, diff" gives an empty plan, and teardown leaves nothing.
+
+use std::collections::BTreeMap;
+
+use plumb_core::desired::resolve;
+use plumb_core::spec::parse;
+use plumb_core::{plan, Desired, Op, Plan, What};
+
+use plumb_engine::fake::FakeKernel;
+use plumb_engine::state::StackState;
+use plumb_engine::{execute, observe, OnError};
+
+const BASE: &str = r#"
+name = "s"
+[networks.front]
+subnet = "10.1.0.0/24"
+[networks.back]
+subnet = "10.2.0.0/24"
+internal = true
+[services.web]
+networks = ["front", "back"]
+ports = ["8080:80"]
+[services.api]
+networks = ["back"]
+replicas = 2
+"#;
+
+/// One `up` or `down` as the binary does it, with the state kept in memory.
+struct Host {
+    kernel: FakeKernel,
+    state: Option<StackState>,
+}
+
+impl Host {
+    fn new() -> Host {
+        Host {
+            kernel: FakeKernel::default(),
+            state: None,
+        }
+    }
+
+    fn plan(&mut self, desired: Option<&Desired>) -> Plan {
+        let observed = observe(&mut self.kernel, "s", desired, self.state.as_ref(), &BTreeMap::new()).unwrap();
+        plan::diff("s", desired, &observed.actual)
+    }
+
+    fn apply(&mut self, text: Option<&str>) -> Plan {
+        let desired = text.map(|t| {
+            let leases = self.state.as_ref().map(|s| s.leases.clone()).unwrap_or_default();
+            let (d, leases) = resolve(&parse("f", t).unwrap(), &leases).unwrap();
+            let st = self.state.get_or_insert_with(StackState::default);
+            st.stack = "s".into();
+            st.leases = leases;
+            st.namespaces.extend(d.containers.iter().map(|c| c.netns.clone()));
+            st.networks.extend(d.networks.iter().map(|n| n.name.clone()));
+            d
+        });
+        let plan = self.plan(desired.as_ref());
+        let mode = if desired.is_some() {
+            OnError::Stop
+        } else {
+            OnError::Continue
+        };
+        let outcome = execute(&mut self.kernel, &plan, mode, &|_, _, _| {});
+        assert!(outcome.ok(), "{:?}", outcome.errors);
+        match &desired {
+            Some(d) => {
+                let st = self.state.as_mut().unwrap();
+                if outcome.firewall.is_some() {
+                    st.firewall = outcome.firewall;
+                }
+                st.namespaces = d.containers.iter().map(|c| c.netns.clone()).collect();
+                st.networks = d.networks.iter().map(|n| n.name.clone()).collect();
+            }
+            None => self.state = None,
+        }
+        let again = self.plan(desired.as_ref());
+        assert!(again.is_empty(), "not converged: {:#?}", again.steps);
+        plan
+    }
+}
+
+fn kinds(plan: &Plan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            serde_json::to_value(&s.what).unwrap()["step"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn create_converges() {
+    let mut host = Host::new();
+    let plan = host.apply(Some(BASE));
+    assert_eq!(plan.count(|w| matches!(w, What::CreateContainer { .. })), 3);
+    let w = host.kernel.world();
+    assert_eq!(w.namespace_names(), ["s-api-1", "s-api-2", "s-web-1"]);
+    assert_eq!(w.table_names(), ["plumb_s"]);
+}
+
+#[test]
+fn adding_and_removing_a_service_converges() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let with_cache = format!("{BASE}[services.cache]\nnetworks = [\"back\"]\n");
+    let plan = host.apply(Some(&with_cache));
+    assert_eq!(kinds(&plan), ["create_container"]);
+    let plan = host.apply(Some(BASE));
+    assert_eq!(kinds(&plan), ["stop_processes", "remove_links", "delete_container"]);
+    assert_eq!(host.kernel.world().namespace_names(), ["s-api-1", "s-api-2", "s-web-1"]);
+}
+
+#[test]
+fn changing_a_service_rebuilds_only_it() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let plan = host.apply(Some(&BASE.replace("replicas = 2", "replicas = 3")));
+    assert_eq!(kinds(&plan), ["create_container"]);
+    let moved = BASE.replace("networks = [\"front\", \"back\"]", "networks = [\"front\"]");
+    let plan = host.apply(Some(&moved));
+    assert!(plan
+        .steps
+        .iter()
+        .any(|s| matches!(&s.what, What::CreateContainer { container, .. } if container == "web-1")));
+    assert_eq!(plan.count(|w| matches!(w, What::CreateContainer { .. })), 1);
+}
+
+#[test]
+fn changing_a_port_updates_the_table_in_place() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let plan = host.apply(Some(&BASE.replace("8080:80", "9090:80")));
+    assert_eq!(kinds(&plan), ["apply_firewall"]);
+    assert!(matches!(
+        &plan.steps[0].ops[..],
+        [Op::Nft(plumb_core::firewall::NftChange::Update { .. })]
+    ));
+}
+
+#[test]
+fn a_table_changed_by_someone_else_is_replaced() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    host.kernel.world().tamper_with_table("plumb_s");
+    let plan = host.apply(Some(BASE));
+    assert!(matches!(
+        &plan.steps[0].ops[..],
+        [Op::Nft(plumb_core::firewall::NftChange::Replace { .. })]
+    ));
+}
+
+#[test]
+fn down_converges_and_leaves_nothing() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let plan = host.apply(None);
+    assert_eq!(
+        kinds(&plan),
+        [
+            "stop_processes",
+            "remove_links",
+            "delete_container",
+            "delete_container",
+            "delete_container",
+            "delete_firewall"
+        ]
+    );
+    let w = host.kernel.world();
+    assert!(w.namespace_names().is_empty() && w.link_names().is_empty() && w.table_names().is_empty());
+}
+
+#[test]
+fn teardown_goes_on_past_a_failure_and_reports_it() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let mut plan = host.plan(None);
+    // An operation that fails (a route outside any namespace) in the middle of the teardown.
+    plan.steps[1].ops.insert(
+        0,
+        Op::DefaultRoute {
+            at: plumb_core::At::Host,
+            gateway: [10, 0, 0, 1].into(),
+        },
+    );
+    let outcome = execute(&mut host.kernel, &plan, OnError::Continue, &|_, _, _| {});
+    assert_eq!(outcome.errors.len(), 1);
+    let w = host.kernel.world();
+    assert!(w.namespace_names().is_empty() && w.link_names().is_empty() && w.table_names().is_empty());
+}

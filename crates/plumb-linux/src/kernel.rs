@@ -1,0 +1,285 @@
+//! The real kernel behind plumb-core's [`Kernel`] trait: each [`Op`] has its one execution
+//! here, with in-process netlink (a socket per namespace, opened once), sysctl writes and
+//! `nft` transactions in the background.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult};
+use plumb_core::names;
+use plumb_core::ops::{At, Ipv6, Op};
+use plumb_core::{ObservedLink, ObservedNetns};
+
+use crate::link::LinkRef;
+use crate::netns::Home;
+use crate::{addr, link, netns, nft, route, sysctl, Error, Netlink};
+
+pub struct LinuxKernel {
+    home: Home,
+    host: Netlink,
+    /// Sockets inside container namespaces, by name, with the namespace's fd.
+    inside: HashMap<String, (OwnedFd, Netlink)>,
+    /// Bridge name → index (veths name their master by index).
+    bridges: HashMap<String, u32>,
+    /// The nft transaction running in the background, with the table it leaves.
+    nft: Option<nft::Pending>,
+    /// /run/netns is made a shared mount point once per handle.
+    run_dir_ready: bool,
+}
+
+fn kernel_error(e: Error) -> KernelError {
+    KernelError {
+        errno: e.errno(),
+        detail: e.source.to_string(),
+        what: e.what,
+    }
+}
+
+/// Absence is fine for the operations that delete or skip what is gone.
+fn tolerate(result: crate::netlink::Result<()>, errno: Errno) -> crate::netlink::Result<()> {
+    match result {
+        Err(e) if e.errno() == Some(errno as i32) => Ok(()),
+        other => other,
+    }
+}
+
+impl LinuxKernel {
+    pub fn new() -> KernelResult<Self> {
+        Ok(LinuxKernel {
+            home: Home::current().map_err(kernel_error)?,
+            host: Netlink::open().map_err(kernel_error)?,
+            inside: HashMap::new(),
+            bridges: HashMap::new(),
+            nft: None,
+            run_dir_ready: false,
+        })
+    }
+
+    fn socket(&mut self, at: &At) -> crate::netlink::Result<&mut Netlink> {
+        match at {
+            At::Host => Ok(&mut self.host),
+            At::Netns(name) => {
+                if !self.inside.contains_key(name) {
+                    let fd = netns::open(name)?;
+                    let nl = self.home.netlink_in(fd.as_fd())?;
+                    self.inside.insert(name.clone(), (fd, nl));
+                }
+                Ok(&mut self.inside.get_mut(name).expect("inserted above").1)
+            }
+        }
+    }
+
+    fn bridge_index(&mut self, name: &str) -> crate::netlink::Result<u32> {
+        if let Some(i) = self.bridges.get(name) {
+            return Ok(*i);
+        }
+        let index = link::index_of(&mut self.host, name)?;
+        self.bridges.insert(name.to_string(), index);
+        Ok(index)
+    }
+
+    fn execute(&mut self, op: &Op) -> crate::netlink::Result<()> {
+        match op {
+            Op::Sysctl { key, value } => sysctl::set(key, value),
+            Op::NetnsAdd { name } => {
+                if !self.run_dir_ready {
+                    netns::prepare_run_dir()?;
+                    self.run_dir_ready = true;
+                }
+                let created = netns::create(&self.home, name)?;
+                self.inside.insert(name.clone(), (created.fd, created.netlink));
+                Ok(())
+            }
+            Op::BridgeAdd { name, mac } => {
+                link::create_bridge(&mut self.host, name, parse_mac(mac))?;
+                self.bridges.remove(name);
+                Ok(())
+            }
+            Op::VethAdd {
+                name,
+                bridge,
+                peer,
+                netns: ns,
+            } => {
+                let master = self.bridge_index(bridge)?;
+                self.socket(&At::Netns(ns.clone()))?;
+                let fd = &self.inside[ns].0;
+                link::create_veth(&mut self.host, name, master, peer, fd.as_fd())
+            }
+            Op::LinkAlias {
+                at,
+                link: l,
+                alias,
+                ipv6,
+            } => {
+                let nl = self.socket(at)?;
+                match ipv6 {
+                    Ipv6::Keep => link::set_alias(nl, LinkRef::Name(l), alias),
+                    Ipv6::NoAddresses => link::set_alias_without_ipv6(nl, LinkRef::Name(l), alias),
+                }
+            }
+            Op::LinkUp { at, link: l } => link::set_up(self.socket(at)?, LinkRef::Name(l)),
+            Op::AddrAdd { at, link: l, cidr } => {
+                let nl = self.socket(at)?;
+                let index = link::index_of(nl, l)?;
+                addr::add_v4(nl, index, *cidr)
+            }
+            Op::DefaultRoute { at, gateway } => route::add_default_v4(self.socket(at)?, *gateway),
+            Op::StopProcesses { namespaces, grace_ms } => {
+                netns::end_processes(namespaces.iter().map(String::as_str), Duration::from_millis(*grace_ms));
+                Ok(())
+            }
+            Op::LinkSetGroup { link: l, group } => {
+                tolerate(link::set_group(&mut self.host, LinkRef::Name(l), *group), Errno::ENODEV)
+            }
+            Op::LinkDelGroup { group, links } => self.delete_group(*group, links),
+            Op::NetnsDel { name } => {
+                self.inside.remove(name);
+                netns::delete(name)
+            }
+            Op::Nft(change) => {
+                // One transaction at a time: the previous one completes first.
+                if let Some(pending) = self.nft.take() {
+                    pending.wait()?;
+                }
+                match change.script() {
+                    Some(script) => self.nft = Some(nft::apply(script, change.table().to_string())),
+                    None => nft::delete_table(change.table())?,
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes the group in one request, unless a link this plan does not name is in it
+    /// (someone else's group with the same number): then only the named links, one by one.
+    fn delete_group(&mut self, group: u32, links: &[String]) -> crate::netlink::Result<()> {
+        let ours: BTreeSet<&str> = links.iter().map(String::as_str).collect();
+        let members: Vec<link::Link> = link::list(&mut self.host)?
+            .into_iter()
+            .filter(|l| l.group == group)
+            .collect();
+        for l in &members {
+            if l.kind.as_deref() == Some("bridge") {
+                self.bridges.remove(&l.name);
+            }
+        }
+        if members.iter().all(|l| ours.contains(l.name.as_str())) {
+            return tolerate(link::delete_group(&mut self.host, group), Errno::ENODEV);
+        }
+        for l in members.iter().filter(|l| ours.contains(l.name.as_str())) {
+            tolerate(link::delete(&mut self.host, &l.name), Errno::ENODEV)?;
+        }
+        Ok(())
+    }
+}
+
+/// `02:ab:...` as bytes; plumb-core made it, so it is well formed.
+fn parse_mac(text: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).unwrap_or(0);
+    }
+    mac
+}
+
+/// Fingerprint of nft's JSON listing of a table.
+pub fn listing_fingerprint(listing: &str) -> u64 {
+    names::fnv1a(&[listing])
+}
+
+impl Kernel for LinuxKernel {
+    fn apply(&mut self, op: &Op) -> KernelResult<()> {
+        self.execute(op).map_err(kernel_error)
+    }
+
+    fn settle(&mut self) -> KernelResult<Option<u64>> {
+        match self.nft.take() {
+            Some(pending) => Ok(pending.wait().map_err(kernel_error)?.map(|l| listing_fingerprint(&l))),
+            None => Ok(None),
+        }
+    }
+
+    fn worker(&self) -> KernelResult<Box<dyn Kernel>> {
+        Ok(Box::new(LinuxKernel::new()?))
+    }
+
+    fn ip_forward(&mut self) -> KernelResult<bool> {
+        Ok(sysctl::get("net.ipv4.ip_forward").map_err(kernel_error)? == "1")
+    }
+
+    fn host_links(&mut self) -> KernelResult<Vec<HostLink>> {
+        let links = link::list(&mut self.host).map_err(kernel_error)?;
+        let mut addresses = addresses_by_index(addr::list_v4(&mut self.host).map_err(kernel_error)?);
+        let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        Ok(links
+            .into_iter()
+            .map(|l| HostLink {
+                link: ObservedLink {
+                    alias: l.alias,
+                    master: l.master.and_then(|m| names.get(&m).cloned()),
+                    up: l.up,
+                    addresses: addresses.remove(&l.index).unwrap_or_default(),
+                },
+                name: l.name,
+                kind: l.kind,
+                group: l.group,
+            })
+            .collect())
+    }
+
+    fn namespaces(&mut self) -> KernelResult<Vec<String>> {
+        netns::list().map_err(kernel_error)
+    }
+
+    fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>> {
+        let Ok(fd) = netns::open(name) else {
+            return Ok(None);
+        };
+        // A name with nothing mounted on it cannot be entered.
+        let Ok(mut nl) = self.home.netlink_in(fd.as_fd()) else {
+            return Ok(None);
+        };
+        observe_netns(&mut nl).map(Some).map_err(kernel_error)
+    }
+
+    fn nft_table(&mut self, table: &str) -> KernelResult<Option<u64>> {
+        Ok(nft::list_table(table)
+            .map_err(kernel_error)?
+            .map(|l| listing_fingerprint(&l)))
+    }
+}
+
+/// Links, addresses and default route inside one namespace.
+pub fn observe_netns(nl: &mut Netlink) -> crate::netlink::Result<ObservedNetns> {
+    let links = link::list(nl)?;
+    let mut addresses = addresses_by_index(addr::list_v4(nl)?);
+    let mut ns = ObservedNetns {
+        default_gateway: route::default_gateway_v4(nl)?,
+        ..Default::default()
+    };
+    for l in links {
+        if l.name == "lo" {
+            ns.lo_up = l.up;
+            continue;
+        }
+        let observed = ObservedLink {
+            alias: l.alias,
+            master: None,
+            up: l.up,
+            addresses: addresses.remove(&l.index).unwrap_or_default(),
+        };
+        ns.links.insert(l.name, observed);
+    }
+    Ok(ns)
+}
+
+fn addresses_by_index(list: Vec<(u32, ipnet::Ipv4Net)>) -> HashMap<u32, Vec<ipnet::Ipv4Net>> {
+    let mut out: HashMap<u32, Vec<ipnet::Ipv4Net>> = HashMap::new();
+    for (index, net) in list {
+        out.entry(index).or_default().push(net);
+    }
+    out
+}
