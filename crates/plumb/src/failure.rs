@@ -51,7 +51,27 @@ impl From<Diagnostics> for Failure {
 
 impl From<plumb_linux::Error> for Failure {
     fn from(e: plumb_linux::Error) -> Self {
-        let hint = match e.errno() {
+        Failure::from(plumb_core::kernel::KernelError {
+            errno: e.errno(),
+            detail: e.source.to_string(),
+            what: e.what,
+        })
+    }
+}
+
+impl From<plumb_engine::Error> for Failure {
+    fn from(e: plumb_engine::Error) -> Self {
+        let f = Failure::new(e.message);
+        match e.hint {
+            Some(h) => f.hint(h),
+            None => f,
+        }
+    }
+}
+
+impl From<plumb_core::kernel::KernelError> for Failure {
+    fn from(e: plumb_core::kernel::KernelError) -> Self {
+        let hint = match e.errno {
             Some(1) | Some(13) => Some("plumb needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); run it with sudo"),
             Some(17) => {
                 Some("an object with that name already exists; `plumb down` the stack, or remove the object by hand")

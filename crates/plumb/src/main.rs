@@ -4,7 +4,6 @@
 mod apply;
 mod commands;
 mod failure;
-mod observe;
 mod output;
 mod processes;
 mod runfile;
@@ -17,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::Context;
+use commands::{Context, PlanFormat};
 use state::StateDir;
 
 #[derive(Parser)]
@@ -44,6 +43,9 @@ enum Command {
         /// Print the plan as a runnable shell script of ip/nft commands and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: print the plan (steps and their operations) as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
         /// Supervise the services in this process (Ctrl-C stops them) instead of in the background.
         #[arg(long, conflicts_with = "dry_run")]
         foreground: bool,
@@ -55,6 +57,12 @@ enum Command {
         file: Option<PathBuf>,
         /// The stack's name.
         stack: Option<String>,
+        /// Print the plan as a runnable shell script and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: print the plan (steps and their operations) as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
     /// List the containers of every stack that is up.
     Ps {
@@ -111,13 +119,35 @@ fn main() -> ExitCode {
         Command::Up {
             file,
             dry_run,
+            json,
             foreground,
-        } => commands::up::run(&ctx, &file, dry_run, foreground),
-        Command::Down { file, stack } => match (file, stack) {
-            (_, Some(stack)) => commands::down::run(&ctx, &stack),
-            (file, None) => stackfile::stack_name(&file.unwrap_or_else(|| PathBuf::from("plumb.toml")))
-                .and_then(|s| commands::down::run(&ctx, &s)),
-        },
+        } => {
+            use commands::up::{Mode, Supervision};
+            let mode = match (dry_run, foreground) {
+                (true, _) => Mode::DryRun(PlanFormat::from_json_flag(json)),
+                (false, true) => Mode::Apply(Supervision::Foreground),
+                (false, false) => Mode::Apply(Supervision::Background),
+            };
+            commands::up::run(&ctx, &file, mode)
+        }
+        Command::Down {
+            file,
+            stack,
+            dry_run,
+            json,
+        } => {
+            use commands::down::Mode;
+            let mode = if dry_run {
+                Mode::DryRun(PlanFormat::from_json_flag(json))
+            } else {
+                Mode::Apply
+            };
+            match (file, stack) {
+                (_, Some(stack)) => commands::down::run(&ctx, &stack, mode),
+                (file, None) => stackfile::stack_name(&file.unwrap_or_else(|| PathBuf::from("plumb.toml")))
+                    .and_then(|s| commands::down::run(&ctx, &s, mode)),
+            }
+        }
         Command::Ps { json } => commands::ps::run(&ctx, json),
         Command::Exec { container, command } => commands::exec::run(&ctx, &container, &command),
         Command::Inspect { name, json } => commands::inspect::run(&ctx, &name, json),

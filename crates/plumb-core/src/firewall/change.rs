@@ -201,7 +201,7 @@ mod tests {
             commands,
             [
                 "add chain inet plumb_s port_tcp_81",
-                "add rule inet plumb_s port_tcp_81 dnat ip to 10.0.0.2:80 comment \"published 81/tcp -> a:80\"",
+                "add rule inet plumb_s port_tcp_81 meta l4proto tcp dnat ip to 10.0.0.2:80 comment \"published 81/tcp -> a:80\"",
                 "delete element inet plumb_s published { tcp . 80 }",
                 "add element inet plumb_s published { tcp . 81 : goto port_tcp_81 }",
                 "delete chain inet plumb_s port_tcp_80",

@@ -47,7 +47,7 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
             }
         };
         rules.chain(&chain, None).rules.push(Rule::new(
-            format!("dnat ip to {target}"),
+            format!("meta l4proto {proto} dnat ip to {target}"),
             format!("published {}/{proto} -> {service}:{}", port.host, port.container),
         ));
     }

@@ -24,7 +24,7 @@ const FILES: &[(&str, &str)] = &[
 pub fn run(ctx: &Context, remove: bool) -> Result<()> {
     let dir = ctx.state.root.join("demo").join("shop");
     if remove {
-        down::run(ctx, "shop")?;
+        down::run(ctx, "shop", down::Mode::Apply)?;
         return match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -39,7 +39,7 @@ pub fn run(ctx: &Context, remove: bool) -> Result<()> {
     }
     std::fs::create_dir_all(dir.join("run"))?;
     let file: PathBuf = dir.join("plumb.toml");
-    up::run(ctx, &file, false, false)?;
+    up::run(ctx, &file, up::Mode::Apply(up::Supervision::Background))?;
     let stack_dir = ctx.state.stack_dir("shop");
     processes::wait_ready(&stack_dir, &runfile::read_run(&stack_dir), true)?;
     println!(

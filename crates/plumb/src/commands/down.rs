@@ -1,40 +1,63 @@
 //! `plumb down`: remove everything a stack made (namespaces, veths, bridges, its nft table)
-//! and nothing else. Works from the kernel's own records even if the state file is gone.
+//! and nothing else, or print that plan with `--dry-run`. Works from the kernel's own records
+//! even if the state file is gone. A teardown goes on past failures and reports them all.
 
-use plumb_core::{plan, Step};
+use plumb_core::{plan, What};
+use plumb_engine::observe::{claims, observe};
+use plumb_engine::OnError;
 
-use super::{require_nft, require_root, Context};
-use crate::apply::Executor;
+use super::up::print_plan;
+use super::{require_nft, require_root, Context, PlanFormat};
 use crate::failure::Result;
-use crate::observe::observe;
-use crate::processes;
+use crate::{apply, processes, runfile};
 
-pub fn run(ctx: &Context, stack: &str) -> Result<()> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    DryRun(PlanFormat),
+}
+
+pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
     require_root("down")?;
     require_nft()?;
     let _lock = ctx.state.lock()?;
     let state = ctx.state.load(stack)?;
-    // Processes first, each with its stop_grace: they keep namespaces alive.
-    processes::stop_supervisor(&ctx.state.stack_dir(stack))?;
-    let actual = observe(stack, None, state.as_ref())?;
-    let plan = plan::diff(stack, None, &actual);
+    let stack_dir = ctx.state.stack_dir(stack);
+    if let Mode::DryRun(PlanFormat::Script) = mode {
+        if let Some(pid) = runfile::live_supervisor(&stack_dir) {
+            println!("# plumb down first stops the stack's supervisor, which would restart what the plan ends:");
+            println!("kill -TERM {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done");
+        }
+    }
+    if mode == Mode::Apply {
+        // Processes first, each with its stop_grace: they keep namespaces alive.
+        processes::stop_supervisor(&stack_dir)?;
+    }
+    let mut kernel = apply::kernel()?;
+    let claimed = claims(&ctx.state.stacks()?, stack);
+    let observed = observe(&mut kernel, stack, None, state.as_ref(), &claimed)?;
+    let plan = plan::diff(stack, None, &observed.actual);
+    if let Mode::DryRun(format) = mode {
+        return print_plan(&plan, "plumb down", format);
+    }
     if plan.is_empty() && state.is_none() {
         println!("stack {stack} is not up: nothing to remove");
         return Ok(());
     }
-    Executor::new()?.run(&plan)?;
+    let (_, result) = apply::run(&mut kernel, &plan, OnError::Continue);
+    // With errors the record stays, so the next `down` finds what is left.
+    result?;
     ctx.state.remove(stack)?;
-    ctx.state.restore_forwarding_if_last()?;
-    let containers = plan
+    ctx.state.restore_forwarding_if_last(&mut kernel)?;
+    let containers = plan.count(|w| matches!(w, What::DeleteContainer { .. }));
+    let networks: usize = plan
         .steps
         .iter()
-        .filter(|s| matches!(s, Step::DeleteContainer { .. }))
-        .count();
-    let networks = plan
-        .steps
-        .iter()
-        .filter(|s| matches!(s, Step::DeleteBridge { .. }))
-        .count();
+        .map(|s| match &s.what {
+            What::RemoveLinks { networks, .. } => networks.len(),
+            _ => 0,
+        })
+        .sum();
     println!("stack {stack} removed ({containers} containers, {networks} networks)");
     Ok(())
 }

@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 
 use super::Context;
 use crate::failure::{Failure, Result};
-use crate::observe::observe_netns;
 use crate::output::print_json;
 use crate::stackfile::{self, find_container};
+use plumb_linux::kernel::observe_netns;
 
 pub fn run(ctx: &Context, name: &str, json: bool) -> Result<()> {
     let value = match find_network(ctx, name)? {

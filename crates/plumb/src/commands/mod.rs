@@ -12,6 +12,25 @@ pub mod up;
 use crate::failure::{Failure, Result};
 use crate::state::StateDir;
 
+/// How a plan is printed by `--dry-run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanFormat {
+    /// A runnable shell script of `ip`, `sysctl` and `nft` commands.
+    Script,
+    /// The steps and their operations, for programs.
+    Json,
+}
+
+impl PlanFormat {
+    pub fn from_json_flag(json: bool) -> PlanFormat {
+        if json {
+            PlanFormat::Json
+        } else {
+            PlanFormat::Script
+        }
+    }
+}
+
 /// What every command gets: where plumb keeps its state.
 pub struct Context {
     pub state: StateDir,

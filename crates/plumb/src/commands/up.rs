@@ -6,21 +6,38 @@ use std::path::Path;
 
 use plumb_core::services::run_specs;
 use plumb_core::spec::Parsed;
-use plumb_core::{desired, plan, render, Actual, Desired, Diagnostics, Step};
+use plumb_core::{desired, plan, render, Desired, Diagnostics, Plan, What};
+use plumb_engine::observe::{claims, observe, Observed};
+use plumb_engine::{ownership, OnError};
 
-use super::{require_nft, require_root, Context};
-use crate::apply::Executor;
+use super::{require_nft, require_root, Context, PlanFormat};
+use crate::apply;
 use crate::failure::{Failure, Result};
-use crate::observe::observe;
 use crate::state::StackState;
 use crate::supervisor::Supervisor;
 use crate::{processes, runfile, stackfile};
 
-pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Result<()> {
+/// What `up` does with the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply(Supervision),
+    /// Print the plan and change nothing.
+    DryRun(PlanFormat),
+}
+
+/// Where the stack's processes are supervised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supervision {
+    Background,
+    /// In this process, until Ctrl-C.
+    Foreground,
+}
+
+pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     let parsed = stackfile::load(file)?;
     let stack = parsed.stack.name.clone();
     let root = nix::unistd::geteuid().is_root();
-    if !dry_run {
+    if let Mode::Apply(_) = mode {
         require_root("up")?;
         require_nft()?;
     }
@@ -33,24 +50,32 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
     let state = ctx.state.load(&stack)?;
     let previous = state.as_ref().map(|s| s.leases.clone()).unwrap_or_default();
     let (desired, leases) = desired::resolve(&parsed, &previous)?;
-    check_other_stacks(&parsed, &desired, &ctx.state.stacks()?)?;
-    if root {
-        check_host_routes(&parsed, &desired)?;
-    }
-    let actual = if root {
-        observe(&stack, Some(&desired), state.as_ref())?
-    } else {
-        Actual::default()
-    };
-    let plan = plan::diff(&stack, Some(&desired), &actual);
-
-    if dry_run {
-        print!("{}", render::script(&plan));
-        if !root {
-            eprintln!("note: not running as root, so the kernel was not read: this is the plan from scratch");
+    let others = ctx.state.stacks()?;
+    check_other_stacks(&parsed, &desired, &others)?;
+    let claimed = claims(&others, &stack);
+    refuse_taken_names(&desired, &claimed, &Default::default())?;
+    let mut kernel = if root { Some(apply::kernel()?) } else { None };
+    let observed = match kernel.as_mut() {
+        Some(k) => {
+            check_host_routes(&parsed, &desired)?;
+            observe(k, &stack, Some(&desired), state.as_ref(), &claimed)?
         }
-        return Ok(());
-    }
+        None => Observed::default(),
+    };
+    refuse_taken_names(&desired, &claimed, &observed.foreign)?;
+    let plan = plan::diff(&stack, Some(&desired), &observed.actual);
+
+    let (supervision, mut kernel) = match (mode, kernel) {
+        (Mode::DryRun(format), _) => {
+            print_plan(&plan, "plumb up", format)?;
+            if !root {
+                eprintln!("note: not running as root, so the kernel was not read: this is the plan from scratch");
+            }
+            return Ok(());
+        }
+        (Mode::Apply(supervision), Some(kernel)) => (supervision, kernel),
+        (Mode::Apply(_), None) => unreachable!("require_root passed"),
+    };
 
     // Record the intent first: an `up` killed from here on is finished or undone by the next
     // `up` or `down`, which find every namespace and network listed here.
@@ -67,19 +92,18 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
     let rebuilt: BTreeSet<String> = plan
         .steps
         .iter()
-        .filter_map(|s| match s {
-            Step::DeleteContainer { netns, .. } => Some(netns.clone()),
+        .filter_map(|s| match &s.what {
+            What::DeleteContainer { netns, .. } => Some(netns.clone()),
             _ => None,
         })
         .collect();
     processes::release_containers(&stack_dir, &rebuilt)?;
 
-    if plan.steps.contains(&Step::EnableForwarding) {
+    if plan.count(|w| *w == What::EnableForwarding) > 0 {
         ctx.state.note_forwarding_enabled()?;
     }
-    let mut executor = Executor::new()?;
-    let result = executor.run(&plan);
-    if let Some(applied) = executor.firewall.take() {
+    let (outcome, result) = apply::run(&mut kernel, &plan, OnError::Stop);
+    if let Some(applied) = outcome.firewall {
         st.firewall = Some(applied);
     }
     if result.is_ok() {
@@ -88,14 +112,14 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
     }
     ctx.state.save(&st)?;
     result?;
-    println!("{}", summary(&desired, &plan.steps));
+    println!("{}", summary(&desired, &plan));
 
     let specs = run_specs(&desired, &base);
-    if specs.is_empty() && !foreground {
+    if specs.is_empty() && supervision == Supervision::Background {
         return processes::stop_supervisor(&stack_dir);
     }
     let run = processes::write_run(&stack_dir, specs)?;
-    if foreground {
+    if supervision == Supervision::Foreground {
         if runfile::live_supervisor(&stack_dir).is_some() {
             return Err(
                 Failure::new(format!("stack {stack} is already supervised in the background"))
@@ -120,6 +144,31 @@ pub fn run(ctx: &Context, file: &Path, dry_run: bool, foreground: bool) -> Resul
         status.supervisor_pid
     );
     Ok(())
+}
+
+/// Prints a plan as a script for people or as JSON (steps and their operations) for programs.
+pub fn print_plan(plan: &Plan, command: &str, format: PlanFormat) -> Result<()> {
+    match format {
+        PlanFormat::Script => print!("{}", render::script(plan, command)),
+        PlanFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(plan).map_err(|e| Failure::new(e.to_string()))?
+        ),
+    }
+    Ok(())
+}
+
+/// Refuses an `up` whose container names another stack owns; nothing has been touched yet.
+fn refuse_taken_names(
+    desired: &Desired,
+    claimed: &BTreeMap<String, String>,
+    foreign: &BTreeMap<String, String>,
+) -> Result<()> {
+    let taken = ownership::conflicts(desired, claimed, foreign);
+    match ownership::refusal(desired, &taken) {
+        Some(e) => Err(Failure::from(e).code(2)),
+        None => Ok(()),
+    }
 }
 
 /// A network must not take an address range the host already routes elsewhere (the host
@@ -213,11 +262,10 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn summary(desired: &Desired, steps: &[Step]) -> String {
-    let count = |f: fn(&Step) -> bool| steps.iter().filter(|s| f(s)).count();
-    let created = count(|s| matches!(s, Step::CreateContainer(_)));
-    let removed = count(|s| matches!(s, Step::DeleteContainer { .. }));
-    if steps.is_empty() {
+fn summary(desired: &Desired, plan: &Plan) -> String {
+    let created = plan.count(|w| matches!(w, What::CreateContainer { .. }));
+    let removed = plan.count(|w| matches!(w, What::DeleteContainer { .. }));
+    if plan.is_empty() {
         return format!(
             "stack {}: up to date ({} containers, {} networks)",
             desired.stack,
