@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use crate::firewall::Shape;
 use crate::ops::Op;
 use crate::plan::{ObservedLink, ObservedNetns};
 
@@ -16,6 +17,14 @@ pub struct HostLink {
     pub kind: Option<String>,
     pub group: u32,
     pub link: ObservedLink,
+}
+
+/// An nft table as read back: a fingerprint of the exact listing (compared with what plumb
+/// recorded when it applied the table) and its shape (compared when there is no record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftListing {
+    pub fingerprint: u64,
+    pub shape: Option<Shape>,
 }
 
 /// What went wrong in one kernel operation or read.
@@ -60,7 +69,10 @@ pub trait Kernel: Send {
     /// (an `up` killed between creating the name and mounting it).
     fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>>;
 
-    /// The fingerprint of table `inet TABLE` as the kernel lists it, `None` if there is no
-    /// such table.
-    fn nft_table(&mut self, table: &str) -> KernelResult<Option<u64>>;
+    /// Table `inet TABLE` as the kernel lists it, `None` if there is no such table.
+    fn nft_table(&mut self, table: &str) -> KernelResult<Option<NftListing>>;
+
+    /// Starts reading table `inet TABLE` in the background, for a later [`Kernel::nft_table`]
+    /// (listing runs a program: it overlaps with the netlink reads).
+    fn prefetch_nft_table(&mut self, _table: &str) {}
 }

@@ -169,6 +169,14 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     if !deleted.is_empty() {
         steps.push(lower::stop_processes(deleted.iter().map(|n| n.to_string()).collect()));
     }
+    let table = names::nft_table(stack);
+    let want_rules = desired.and_then(firewall::ruleset);
+    // Going down, the table goes as soon as no process runs: its transaction then overlaps
+    // with removing the links.
+    if want_rules.is_none() && actual.firewall != ObservedFirewall::Absent {
+        let delete = NftChange::Delete { table: table.clone() };
+        steps.push(lower::firewall(What::DeleteFirewall { table: table.clone() }, delete));
+    }
     let networks = networks_seen(stack, want_networks, actual);
     let mut links = Vec::new();
     let containers: Vec<(String, &str)> = deleted
@@ -206,28 +214,16 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         steps.push(lower::create_bridge(net));
     }
 
-    let table = names::nft_table(stack);
-    let want_rules = desired.and_then(firewall::ruleset);
     let change = match (want_rules, &actual.firewall) {
         (Some(want), ObservedFirewall::Applied(have)) => firewall::changes(Some(have), &want),
         (Some(want), ObservedFirewall::Absent) => Some(NftChange::Create { ruleset: want }),
         (Some(want), ObservedFirewall::Changed) => firewall::changes(None, &want),
-        (None, ObservedFirewall::Absent) => None,
-        (None, _) => Some(NftChange::Delete { table: table.clone() }),
+        (None, _) => None,
     };
-    let delete_firewall = match change {
-        Some(NftChange::Delete { .. }) => change,
-        Some(c) => {
-            steps.push(lower::firewall(What::ApplyFirewall { table: table.clone() }, c));
-            None
-        }
-        None => None,
-    };
-
-    steps.extend(created.into_iter().map(lower::create_container));
-    if let Some(c) = delete_firewall {
-        steps.push(lower::firewall(What::DeleteFirewall { table }, c));
+    if let Some(c) = change {
+        steps.push(lower::firewall(What::ApplyFirewall { table }, c));
     }
+    steps.extend(created.into_iter().map(lower::create_container));
     Plan { steps }
 }
 
@@ -404,17 +400,17 @@ mod tests {
             kinds(&plan),
             [
                 "stop processes",
+                "delete firewall",
                 "remove links",
                 "delete container",
-                "delete container",
-                "delete firewall"
+                "delete container"
             ]
         );
-        let What::RemoveLinks { links, networks } = &plan.steps[1].what else {
+        let What::RemoveLinks { links, networks } = &plan.steps[2].what else {
             panic!()
         };
         assert_eq!((links.len(), networks.as_slice()), (3, ["n".to_string()].as_slice()));
-        assert!(matches!(plan.steps[1].ops.last(), Some(Op::LinkDelGroup { links, .. }) if links.len() == 3));
+        assert!(matches!(plan.steps[2].ops.last(), Some(Op::LinkDelGroup { links, .. }) if links.len() == 3));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 use plumb_core::firewall::{NftChange, Ruleset};
-use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult};
+use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
 use plumb_core::{names, At, ObservedLink, ObservedNetns, Op};
 
 const EEXIST: i32 = 17;
@@ -306,7 +306,10 @@ impl Kernel for FakeKernel {
         }))
     }
 
-    fn nft_table(&mut self, table: &str) -> KernelResult<Option<u64>> {
-        Ok(self.world().tables.get(table).map(fingerprint))
+    fn nft_table(&mut self, table: &str) -> KernelResult<Option<NftListing>> {
+        Ok(self.world().tables.get(table).map(|t| NftListing {
+            fingerprint: fingerprint(t),
+            shape: Some(t.shape()),
+        }))
     }
 }

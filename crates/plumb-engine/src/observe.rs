@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plumb_core::kernel::Kernel;
-use plumb_core::{names, Actual, Desired, ObservedFirewall, ObservedNetns};
+use plumb_core::{firewall, names, Actual, Desired, ObservedFirewall, ObservedNetns};
 
 use crate::error::Result;
 use crate::state::StackState;
@@ -50,7 +50,8 @@ pub fn observe(
     state: Option<&StackState>,
     others: &BTreeMap<String, String>,
 ) -> Result<Observed> {
-    let table_fingerprint = kernel.nft_table(&names::nft_table(stack))?;
+    let table = names::nft_table(stack);
+    kernel.prefetch_nft_table(&table);
     let links = kernel.host_links()?;
     let prefix = names::alias_prefix(stack);
     let desired_bridges: BTreeSet<&str> = desired
@@ -120,10 +121,18 @@ pub fn observe(
     observed.actual.bridges = bridges;
     observed.actual.host_veths = host_veths;
     observed.actual.known_networks = state.map(|s| s.networks.clone()).unwrap_or_default();
-    observed.actual.firewall = match (table_fingerprint, state.and_then(|s| s.firewall.as_ref())) {
+    let listing = kernel.nft_table(&table)?;
+    let want = desired.and_then(firewall::ruleset);
+    observed.actual.firewall = match (listing, state.and_then(|s| s.firewall.as_ref())) {
         (None, _) => ObservedFirewall::Absent,
-        (Some(fp), Some(applied)) if applied.fingerprint == fp => ObservedFirewall::Applied(applied.ruleset.clone()),
-        (Some(_), _) => ObservedFirewall::Changed,
+        (Some(l), Some(applied)) if applied.fingerprint == l.fingerprint => {
+            ObservedFirewall::Applied(applied.ruleset.clone())
+        }
+        // No record of this exact table: ours if it has the very shape we want.
+        (Some(l), _) => match want {
+            Some(want) if l.shape.as_ref() == Some(&want.shape()) => ObservedFirewall::Applied(want),
+            _ => ObservedFirewall::Changed,
+        },
     };
     Ok(observed)
 }

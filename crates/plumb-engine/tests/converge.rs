@@ -163,11 +163,11 @@ fn down_converges_and_leaves_nothing() {
         kinds(&plan),
         [
             "stop_processes",
+            "delete_firewall",
             "remove_links",
             "delete_container",
             "delete_container",
-            "delete_container",
-            "delete_firewall"
+            "delete_container"
         ]
     );
     let w = host.kernel.world();

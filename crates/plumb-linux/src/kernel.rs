@@ -7,7 +7,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult};
+use plumb_core::firewall::shape_of_listing;
+use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
 use plumb_core::{ObservedLink, ObservedNetns};
@@ -23,8 +24,10 @@ pub struct LinuxKernel {
     inside: HashMap<String, (OwnedFd, Netlink)>,
     /// Bridge name → index (veths name their master by index).
     bridges: HashMap<String, u32>,
-    /// The nft transaction running in the background, with the table it leaves.
+    /// The nft transaction running in the background.
     nft: Option<nft::Pending>,
+    /// A table listing started by `prefetch_nft_table`.
+    prefetched: Option<(String, nft::Pending)>,
     /// /run/netns is made a shared mount point once per handle.
     run_dir_ready: bool,
 }
@@ -53,6 +56,7 @@ impl LinuxKernel {
             inside: HashMap::new(),
             bridges: HashMap::new(),
             nft: None,
+            prefetched: None,
             run_dir_ready: false,
         })
     }
@@ -144,10 +148,11 @@ impl LinuxKernel {
                 if let Some(pending) = self.nft.take() {
                     pending.wait()?;
                 }
-                match change.script() {
-                    Some(script) => self.nft = Some(nft::apply(script, change.table().to_string())),
-                    None => nft::delete_table(change.table())?,
-                }
+                let table = change.table().to_string();
+                self.nft = Some(match change.script() {
+                    Some(script) => nft::apply(script, table),
+                    None => nft::start_delete_table(table),
+                });
                 Ok(())
             }
         }
@@ -245,10 +250,19 @@ impl Kernel for LinuxKernel {
         observe_netns(&mut nl).map(Some).map_err(kernel_error)
     }
 
-    fn nft_table(&mut self, table: &str) -> KernelResult<Option<u64>> {
-        Ok(nft::list_table(table)
-            .map_err(kernel_error)?
-            .map(|l| listing_fingerprint(&l)))
+    fn nft_table(&mut self, table: &str) -> KernelResult<Option<NftListing>> {
+        let listing = match self.prefetched.take() {
+            Some((name, pending)) if name == table => pending.wait(),
+            _ => nft::list_table(table),
+        };
+        Ok(listing.map_err(kernel_error)?.map(|l| NftListing {
+            fingerprint: listing_fingerprint(&l),
+            shape: shape_of_listing(&l),
+        }))
+    }
+
+    fn prefetch_nft_table(&mut self, table: &str) {
+        self.prefetched = Some((table.to_string(), nft::start_list_table(table.to_string())));
     }
 }
 

@@ -60,6 +60,16 @@ pub fn apply(script: String, table: String) -> Pending {
     }))
 }
 
+/// Starts [`list_table`] on a background thread.
+pub fn start_list_table(name: String) -> Pending {
+    Pending(std::thread::spawn(move || list_table(&name)))
+}
+
+/// Starts [`delete_table`] on a background thread ([`Pending::wait`] then gives `None`).
+pub fn start_delete_table(name: String) -> Pending {
+    Pending(std::thread::spawn(move || delete_table(&name).map(|()| None)))
+}
+
 /// Table `inet NAME` as JSON (`nft -j`), or `None` if there is no such table. Absence is
 /// decided from the exit status and the list of tables, not from an error message.
 pub fn list_table(name: &str) -> Result<Option<String>> {

@@ -140,7 +140,7 @@ fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
         ),
     );
     let plan = sb.plumb_ok(&["up", "--dry-run"]);
-    assert!(plan.contains("dport 8081") && !plan.contains("ip netns"), "{plan}");
+    assert!(plan.contains("tcp . 8081") && !plan.contains("ip netns"), "{plan}");
     sb.plumb_ok(&["up"]);
     sb.serve("demo-web-1", 80, "web");
     assert!(sb.connect(Some("outside"), HOST_IP, 8081).is_some());

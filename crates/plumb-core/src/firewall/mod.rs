@@ -9,6 +9,7 @@ mod change;
 mod egress;
 mod isolation;
 mod ports;
+mod shape;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -19,6 +20,7 @@ use crate::desired::Desired;
 use crate::names;
 
 pub use change::{changes, NftChange};
+pub use shape::{shape_of_listing, Shape};
 
 /// A feature adds its chains, rules, sets and maps to the stack's ruleset.
 pub type Feature = fn(&Desired, &mut Ruleset);

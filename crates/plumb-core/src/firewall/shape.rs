@@ -1,0 +1,147 @@
+//! A ruleset's shape, comparable between plumb's typed ruleset and the kernel's JSON listing
+//! (`nft -j list table`): chains with their hook, priority and policy and the comments of
+//! their rules in order, and every set's and map's elements. Used when plumb has no record of
+//! what it applied (a table made by replaying `--dry-run` by hand, a lost state file): a table
+//! of the same shape is taken as plumb's; anything else is replaced.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{ChainKind, Policy, Ruleset};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Chain → (hook as `type hook priority policy`, rule comments in order).
+    chains: BTreeMap<String, (Option<String>, Vec<String>)>,
+    /// Set or map → element key → value.
+    sets: BTreeMap<String, BTreeMap<String, Option<String>>>,
+}
+
+fn hook_text(kind: &str, hook: &str, prio: i64, policy: &str) -> String {
+    format!("{kind} {hook} {prio} {policy}")
+}
+
+impl Ruleset {
+    pub fn shape(&self) -> Shape {
+        let mut shape = Shape::default();
+        for c in &self.chains {
+            let hook = c.hook.map(|h| {
+                let kind = match h.kind {
+                    ChainKind::Filter => "filter",
+                    ChainKind::Nat => "nat",
+                };
+                let point = serde_json::to_value(h.point).ok();
+                let point = point.as_ref().and_then(Value::as_str).unwrap_or("?").to_string();
+                let policy = if h.policy == Policy::Accept { "accept" } else { "drop" };
+                hook_text(kind, &point, h.priority.into(), policy)
+            });
+            let comments = c.rules.iter().map(|r| r.comment.replace('"', "'")).collect();
+            shape.chains.insert(c.name.clone(), (hook, comments));
+        }
+        for s in &self.sets {
+            shape.sets.insert(s.name.clone(), s.elements.clone());
+        }
+        shape
+    }
+}
+
+/// The shape of `nft -j list table` output; `None` if it is not what nft prints.
+pub fn shape_of_listing(json: &str) -> Option<Shape> {
+    let value: Value = serde_json::from_str(json).ok()?;
+    let mut shape = Shape::default();
+    for object in value.get("nftables")?.as_array()? {
+        if let Some(c) = object.get("chain") {
+            let hook = match c.get("hook") {
+                Some(h) => Some(hook_text(
+                    c.get("type")?.as_str()?,
+                    h.as_str()?,
+                    c.get("prio")?.as_i64()?,
+                    c.get("policy")?.as_str()?,
+                )),
+                None => None,
+            };
+            shape
+                .chains
+                .insert(c.get("name")?.as_str()?.to_string(), (hook, Vec::new()));
+        }
+        for kind in ["set", "map"] {
+            if let Some(s) = object.get(kind) {
+                let mut elements = BTreeMap::new();
+                for e in s.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                    match (kind, e.as_array()) {
+                        ("map", Some(pair)) if pair.len() == 2 => {
+                            elements.insert(element(&pair[0])?, Some(element(&pair[1])?));
+                        }
+                        _ => {
+                            elements.insert(element(e)?, None);
+                        }
+                    }
+                }
+                shape.sets.insert(s.get("name")?.as_str()?.to_string(), elements);
+            }
+        }
+        if let Some(r) = object.get("rule") {
+            let chain = r.get("chain")?.as_str()?;
+            let comment = r.get("comment").and_then(Value::as_str).unwrap_or("").to_string();
+            shape.chains.get_mut(chain)?.1.push(comment);
+        }
+    }
+    Some(shape)
+}
+
+/// One element (or part of one) as plumb writes it: `tcp . 8080`, `goto port_tcp_8080`.
+fn element(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Object(o) => {
+            if let Some(parts) = o.get("concat").and_then(Value::as_array) {
+                let parts: Option<Vec<String>> = parts.iter().map(element).collect();
+                return Some(parts?.join(" . "));
+            }
+            for verdict in ["goto", "jump"] {
+                if let Some(target) = o.get(verdict).and_then(|t| t.get("target")).and_then(Value::as_str) {
+                    return Some(format!("{verdict} {target}"));
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::HookPoint;
+
+    #[test]
+    fn a_listing_reads_back_into_the_same_shape() {
+        let listing = r#"{"nftables":[{"metainfo":{"version":"1.0.6"}},
+            {"table":{"family":"inet","name":"t","handle":1}},
+            {"map":{"family":"inet","name":"published","table":"t","type":["inet_proto","inet_service"],"map":"verdict",
+              "elem":[[{"concat":["tcp",8080]},{"goto":{"target":"port_tcp_8080"}}]]}},
+            {"chain":{"family":"inet","table":"t","name":"port_tcp_8080","handle":1}},
+            {"chain":{"family":"inet","table":"t","name":"prerouting","type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}},
+            {"rule":{"family":"inet","table":"t","chain":"port_tcp_8080","comment":"published 8080/tcp -> web:80","expr":[]}},
+            {"rule":{"family":"inet","table":"t","chain":"prerouting","comment":"published ports","expr":[]}}]}"#;
+        let mut want = Ruleset::new("t".into());
+        let hook = super::super::Hook::nat(HookPoint::Prerouting);
+        want.chain("port_tcp_8080", None)
+            .rules
+            .push(super::super::Rule::new("x", "published 8080/tcp -> web:80"));
+        want.set(super::super::Set {
+            name: "published".into(),
+            key: "inet_proto . inet_service".into(),
+            value: Some("verdict".into()),
+            elements: BTreeMap::from([("tcp . 8080".into(), Some("goto port_tcp_8080".into()))]),
+        });
+        want.chain("prerouting", Some(hook))
+            .rules
+            .push(super::super::Rule::new("y", "published ports"));
+        assert_eq!(shape_of_listing(listing), Some(want.shape()));
+        want.chains[1].rules.clear();
+        assert_ne!(shape_of_listing(listing), Some(want.shape()));
+    }
+}
