@@ -246,17 +246,17 @@ mod tests {
             text: "",
         };
         let report = Diagnostics(vec![map.error(None, "", "is missing", "create it")]).render(Style::Plain);
-        assert!(report.contains("error: is missing") && report.contains("plumb.toml"), "{report}");
+        assert!(
+            report.contains("error: is missing") && report.contains("plumb.toml"),
+            "{report}"
+        );
         assert!(report.contains("hint: create it"), "{report}");
     }
 
     #[test]
     fn excerpts_keep_whole_lines_and_stay_short() {
         let text = format!("a = [\n{}]\nb = 1\n", "  1,\n".repeat(20));
-        let map = SourceMap {
-            file: "f",
-            text: &text,
-        };
+        let map = SourceMap { file: "f", text: &text };
         let e = map.excerpt(4..text.find(']').unwrap() + 1);
         assert_eq!(e.first_line, 1);
         assert_eq!(e.text.lines().count(), MAX_EXCERPT_LINES);

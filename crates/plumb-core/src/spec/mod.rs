@@ -43,13 +43,15 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, Diagnostics> {
     let map = SourceMap { file, text };
     let raw: raw::RawStack = toml::from_str(text).map_err(|e| {
         // toml says where, not which field: find the field at that place.
-        let field = e.span().map(|s| raw::field_at(text, &s)).unwrap_or_default();
-        Diagnostics(vec![map.error(
-            e.span(),
-            field,
-            e.message().trim(),
-            "see docs/stack-file.md for the stack file's fields",
-        )])
+        let (field, hint) = match raw::field_at(text, &e.span().unwrap_or_default()) {
+            Some(field) => (field, "see docs/stack-file.md for the stack file's fields"),
+            None if e.message().contains("duplicate") => (String::new(), "give each table and key once"),
+            None => (
+                String::new(),
+                "fix the TOML syntax here (text needs quotes: subnet = \"10.89.1.0/24\")",
+            ),
+        };
+        Diagnostics(vec![map.error(e.span(), field, e.message().trim(), hint)])
     })?;
     let (stack, spans) = validate::validate(&map, raw)?;
     Ok(Parsed {

@@ -116,7 +116,6 @@ pub enum Condition {
     Healthy,
 }
 
-
 /// True if `ip` is inside `net` and is neither its network nor its broadcast address.
 pub fn is_host_of(ip: Ipv4Addr, net: Ipv4Net) -> bool {
     net.contains(&ip) && ip != net.network() && ip != net.broadcast()

@@ -147,17 +147,15 @@ impl<'de> Visitor<'de> for RawValueVisitor {
 }
 
 /// The dotted path (as in diagnostics) of the innermost key or value at `span`, for errors
-/// that toml reports with a span but no field; empty if the text is not valid TOML.
-pub(super) fn field_at(text: &str, span: &Range<usize>) -> String {
-    let Ok(root) = DeTable::parse(text) else {
-        return String::new();
-    };
+/// that toml reports with a place but no field: empty if none is there (or `span` is empty,
+/// as for a field missing from the top level), `None` if the text is not valid TOML at all.
+pub(super) fn field_at(text: &str, span: &Range<usize>) -> Option<String> {
+    let root = DeTable::parse(text).ok()?;
     let mut path = Vec::new();
-    let found = find_in_table(root.get_ref(), span, &mut path);
-    if found {
-        join_path(&path)
+    if !span.is_empty() && find_in_table(root.get_ref(), span, &mut path) {
+        Some(join_path(&path))
     } else {
-        String::new()
+        Some(String::new())
     }
 }
 
@@ -219,7 +217,7 @@ mod tests {
 
     fn field(text: &str, needle: &str) -> String {
         let start = text.find(needle).unwrap();
-        field_at(text, &(start..start + needle.len()))
+        field_at(text, &(start..start + needle.len())).unwrap()
     }
 
     #[test]
@@ -229,7 +227,8 @@ mod tests {
         assert_eq!(field(text, "7"), "services.a.ports[1]");
         assert_eq!(field(text, "\"x\""), "services.a.health.tcp");
         assert_eq!(field(text, "\"s\""), "name");
-        assert_eq!(field("a = [", "a"), "");
+        assert_eq!(field_at(text, &(0..0)).unwrap(), "");
+        assert_eq!(field_at("a = [", &(0..1)), None);
     }
 
     #[test]

@@ -248,20 +248,17 @@ impl Validator<'_> {
                 self.err(
                     span,
                     &format!("networks.{}.subnet", second.0),
-                    format!("{} overlaps network {:?} ({})", second.1.subnet, first.0, first.1.subnet),
+                    format!(
+                        "{} overlaps network {:?} ({})",
+                        second.1.subnet, first.0, first.1.subnet
+                    ),
                     "give each network its own address range",
                 );
             }
         }
     }
 
-    fn service(
-        &mut self,
-        field: &str,
-        name: &str,
-        raw: RawService,
-        service_names: &BTreeSet<String>,
-    ) -> ServiceSpec {
+    fn service(&mut self, field: &str, name: &str, raw: RawService, service_names: &BTreeSet<String>) -> ServiceSpec {
         for (key, span) in [
             ("networks", raw.networks.as_ref().map(Spanned::span)),
             ("replicas", raw.replicas.as_ref().map(Spanned::span)),
@@ -446,7 +443,12 @@ impl Validator<'_> {
                         None
                     }
                     None => {
-                        self.err(ip.span(), &ip_field, "ip must be a string", "for example ip = \"10.89.1.10\"");
+                        self.err(
+                            ip.span(),
+                            &ip_field,
+                            "ip must be a string",
+                            "for example ip = \"10.89.1.10\"",
+                        );
                         None
                     }
                 }
@@ -733,8 +735,12 @@ impl Validator<'_> {
                         _ => None,
                     };
                     match condition.map(|c| (c.get_ref().as_str(), c.span())) {
-                        Some((Some("healthy"), _)) => entries.push((svc.get_ref().clone(), Condition::Healthy, svc.span())),
-                        Some((Some("started"), _)) => entries.push((svc.get_ref().clone(), Condition::Started, svc.span())),
+                        Some((Some("healthy"), _)) => {
+                            entries.push((svc.get_ref().clone(), Condition::Healthy, svc.span()))
+                        }
+                        Some((Some("started"), _)) => {
+                            entries.push((svc.get_ref().clone(), Condition::Started, svc.span()))
+                        }
                         other => self.err(
                             other.map_or(v.span(), |(_, span)| span),
                             &svc_field,
@@ -1187,12 +1193,18 @@ depends_on = { web = { condition = "healthy" } }
             ["sh", "-c", "echo $HOME", "say \"hi\""]
         );
         // As in a shell, '#' starts a comment only at the start of a word.
-        assert_eq!(split_command("redis-server a#b # the port").unwrap(), ["redis-server", "a#b"]);
+        assert_eq!(
+            split_command("redis-server a#b # the port").unwrap(),
+            ["redis-server", "a#b"]
+        );
         assert_eq!(split_command("   ").unwrap(), Vec::<String>::new());
         assert_eq!(split_command("echo 'open").unwrap_err(), "has an unterminated quote");
         assert!(split_command("echo \"open").is_err());
         let e = errors(&format!("{NET}[services.a]\ncommand = \"echo 'open\"\n"));
-        assert!(e.contains("services.a.command: command has an unterminated quote"), "{e}");
+        assert!(
+            e.contains("services.a.command: command has an unterminated quote"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1242,10 +1254,9 @@ depends_on = { web = { condition = "healthy" } }
 
     #[test]
     fn a_subnet_with_host_bits_gets_one_error_and_the_fix() {
-        let text = format!(
-            "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.5/24\"\n[services.a]\nnetworks = [\"n\"]\nports = [\"80:80\"]\n[services.b]\n"
-        );
-        let Err(d) = parse("plumb.toml", &text) else {
+        // Service a joins the network by name and publishes a port, b joins it by default.
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.5/24\"\n[services.a]\nnetworks = [\"n\"]\nports = [\"80:80\"]\n[services.b]\n";
+        let Err(d) = parse("plumb.toml", text) else {
             panic!("host bits accepted")
         };
         assert_eq!(d.0.len(), 1, "{d}");
