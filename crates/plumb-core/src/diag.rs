@@ -173,6 +173,10 @@ impl SourceMap<'_> {
         if let Some((i, _)) = self.text[first..last].match_indices('\n').nth(MAX_EXCERPT_LINES - 1) {
             last = first + i;
         }
+        // A file with CRLF line ends: the '\r' is no part of the line to show.
+        if self.text[first..last].ends_with('\r') && start < last {
+            last -= 1;
+        }
         Excerpt {
             first_line: self.position(start).0,
             text: self.text[first..last].to_string(),
@@ -261,6 +265,11 @@ mod tests {
         assert_eq!(e.first_line, 1);
         assert_eq!(e.text.lines().count(), MAX_EXCERPT_LINES);
         assert_eq!(e.span, 4..e.text.len());
+        let map = SourceMap {
+            file: "f",
+            text: "a = 1\r\nb = 2\r\n",
+        };
+        assert_eq!(map.excerpt(7..8).text, "b = 2");
         // Out-of-range and mid-character spans are clamped, never a panic.
         let map = SourceMap { file: "f", text: "é" };
         let e = map.excerpt(1..50);
