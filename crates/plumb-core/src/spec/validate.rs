@@ -74,12 +74,6 @@ impl Validator<'_> {
         self.errors.push(d);
     }
 
-    fn note<T>(&mut self, field: String, value: &Option<Spanned<T>>) {
-        if let Some(v) = value {
-            self.spans.insert(field, v.span());
-        }
-    }
-
     fn stack(&mut self, raw: RawStack) -> Stack {
         let name = raw.name.get_ref().clone();
         self.spans.insert("name".into(), raw.name.span());
@@ -149,7 +143,9 @@ impl Validator<'_> {
     fn network(&mut self, field: &str, raw: RawNetwork) -> Option<NetworkSpec> {
         let subnet_field = format!("{field}.subnet");
         self.spans.insert(subnet_field.clone(), raw.subnet.span());
-        self.note(format!("{field}.gateway"), &raw.gateway);
+        if let Some(gw) = &raw.gateway {
+            self.spans.insert(format!("{field}.gateway"), gw.span());
+        }
         let text = raw.subnet.get_ref();
         let subnet = match text.parse::<Ipv4Net>() {
             Ok(net) => net,
@@ -173,16 +169,18 @@ impl Validator<'_> {
             }
         };
         if subnet.network() != subnet.addr() {
+            let (fixed, addr) = (subnet.trunc(), subnet.addr());
+            // The address written may have been meant for the bridge.
+            let hint = if is_host_of(addr, fixed) {
+                format!("use \"{fixed}\"; to give the bridge {addr}, add gateway = \"{addr}\"")
+            } else {
+                format!("use \"{fixed}\"")
+            };
             self.err(
                 raw.subnet.span(),
                 &subnet_field,
                 format!("{text:?} has host bits set"),
-                format!(
-                    "use \"{}\"; to give the bridge {}, add gateway = \"{}\"",
-                    subnet.trunc(),
-                    subnet.addr(),
-                    subnet.addr()
-                ),
+                hint,
             );
             return None;
         }
@@ -1263,7 +1261,12 @@ depends_on = { web = { condition = "healthy" } }
         let e = &d.0[0];
         assert_eq!((e.line, e.column, e.field.as_str()), (3, 10, "networks.n.subnet"));
         assert!(e.message.contains("host bits set"), "{d}");
-        assert!(e.hint.starts_with("use \"10.0.0.0/24\""), "{d}");
+        assert!(
+            e.hint.starts_with("use \"10.0.0.0/24\"; to give the bridge 10.0.0.5"),
+            "{d}"
+        );
+        let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.255/24\"\n");
+        assert!(e.ends_with("hint: use \"10.0.0.0/24\""), "{e}");
     }
 
     #[test]
