@@ -34,6 +34,12 @@ pub struct Exhausted {
     pub subnet: Ipv4Net,
 }
 
+/// True if the two subnets share at least one address. Two CIDR blocks either nest or are
+/// disjoint, so one holds the other's network address exactly when they overlap.
+pub fn subnets_overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 /// Gives every request an address: fixed ones first, then previous leases that are still
 /// valid, then the lowest free host address of the network.
 pub fn allocate(pools: &BTreeMap<String, Pool>, requests: &[Request], previous: &Leases) -> Result<Leases, Exhausted> {
@@ -104,6 +110,19 @@ mod tests {
             network: "n".into(),
             fixed: fixed.map(|f| f.parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn subnets_overlap_when_one_holds_the_other() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert!(subnets_overlap(net("10.0.0.0/24"), net("10.0.0.128/25")));
+        assert!(subnets_overlap(net("10.0.0.128/25"), net("10.0.0.0/24")));
+        assert!(subnets_overlap(net("10.0.0.0/24"), net("10.0.0.0/24")));
+        assert!(subnets_overlap(net("0.0.0.0/0"), net("192.168.1.0/30")));
+        assert!(!subnets_overlap(net("10.0.0.0/25"), net("10.0.0.128/25")));
+        assert!(!subnets_overlap(net("10.0.1.0/24"), net("10.0.0.0/24")));
+        // Host bits set (as in a route's view) do not change the answer.
+        assert!(subnets_overlap(net("10.0.0.5/24"), net("10.0.0.200/32")));
     }
 
     #[test]

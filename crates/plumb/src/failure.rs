@@ -1,7 +1,9 @@
 //! What a command reports when it fails: a message, a hint saying what to do, an exit code.
 
 use std::fmt;
+use std::io::IsTerminal;
 
+use plumb_core::diag::Style;
 use plumb_core::Diagnostics;
 
 pub struct Failure {
@@ -42,10 +44,21 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Input errors exit with 2, so scripts can tell them from kernel failures (1).
+/// Input errors exit with 2, so scripts can tell them from kernel failures (1). They are
+/// drawn like rustc's, the offending text underlined, in colour only on a terminal.
 impl From<Diagnostics> for Failure {
     fn from(d: Diagnostics) -> Self {
-        Failure::new(d.to_string()).code(2)
+        Failure::new(d.render(stderr_style())).code(2)
+    }
+}
+
+/// Failures go to stderr: colours only when it is a terminal and NO_COLOR is not set.
+fn stderr_style() -> Style {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    if std::io::stderr().is_terminal() && !no_color {
+        Style::Coloured
+    } else {
+        Style::Plain
     }
 }
 

@@ -8,7 +8,8 @@ use common::*;
 const NET: &str = "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n";
 
 /// Runs `plumb up` on `stack`; asserts exit code 2, every `needles` in stderr, nothing made.
-fn rejected(sb: &Sandbox, stack: &str, needles: &[&str]) {
+/// Returns stderr.
+fn rejected(sb: &Sandbox, stack: &str, needles: &[&str]) -> String {
     sb.write("plumb.toml", stack);
     let out = sb.plumb(&["up"]);
     let err = text(&out.stderr);
@@ -26,6 +27,7 @@ fn rejected(sb: &Sandbox, stack: &str, needles: &[&str]) {
         !sb.state_dir.join("stacks/bad").exists(),
         "no state may be written for a rejected file"
     );
+    err
 }
 
 #[test]
@@ -94,6 +96,42 @@ fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
         &sb,
         "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.0/30\"\n[services.a]\nreplicas = 3\n",
         &["networks.n.subnet", "no free address left"],
+    );
+}
+
+#[test]
+fn errors_are_drawn_with_the_offending_text_underlined() {
+    let Some(sb) = Sandbox::start() else { return };
+    // "env" also occurs in "printenv": the error must point at env's bad value all the same.
+    let err = rejected(
+        &sb,
+        &format!("{NET}[services.a]\ncommand = \"printenv\"\nenv = {{ A = [1] }}\n"),
+        &["plumb.toml:6:13", "services.a.env.A", "environment values must be"],
+    );
+    assert!(
+        err.contains("6 | env = { A = [1] }\n  |             ^^^\n"),
+        "no underlined line in:\n{err}"
+    );
+    // stderr is a pipe here: no colours.
+    assert!(!err.contains('\u{1b}'), "colour codes in:\n{err}");
+    // Host bits set: the fix, and no second error for the service that joins the network.
+    let err = rejected(
+        &sb,
+        "name = \"bad\"\n[networks.n]\nsubnet = \"10.0.0.5/24\"\n[services.a]\nnetworks = [\"n\"]\n",
+        &[
+            "plumb.toml:3:10",
+            "networks.n.subnet",
+            "host bits set",
+            "use \"10.0.0.0/24\"",
+        ],
+    );
+    assert!(!err.contains("unknown network"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    // A table written as a header, the bad field below it.
+    rejected(
+        &sb,
+        &format!("{NET}[services.a]\ncommand = \"x\"\n[services.a.health]\ntcp = 80\ninterval = \"soon\"\n"),
+        &["plumb.toml:8:12", "services.a.health.interval", "is not a duration"],
     );
 }
 

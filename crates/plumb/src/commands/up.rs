@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use plumb_core::ipam::subnets_overlap;
 use plumb_core::services::run_specs;
 use plumb_core::spec::Parsed;
 use plumb_core::{desired, plan, render, Desired, Diagnostics, Plan, What};
@@ -180,7 +181,7 @@ fn check_host_routes(parsed: &Parsed, desired: &Desired) -> Result<()> {
         let overlapping: Vec<_> = desired
             .networks
             .iter()
-            .filter(|net| net.subnet.contains(&route.network()) || route.contains(&net.subnet.network()))
+            .filter(|net| subnets_overlap(net.subnet, route))
             .collect();
         if overlapping.is_empty() {
             continue;
@@ -295,7 +296,7 @@ fn check_other_stacks(
         };
         for net in &desired.networks {
             for t in &theirs.networks {
-                if net.subnet.contains(&t.subnet.network()) || t.subnet.contains(&net.subnet.network()) {
+                if subnets_overlap(net.subnet, t.subnet) {
                     errors.push(parsed.error(
                         &format!("networks.{}.subnet", net.name),
                         format!(

@@ -1,6 +1,6 @@
-//! The stack file: its TOML shape, and validation into a typed [`Stack`].
-//! Every check runs before anything touches the kernel, and every problem found is reported
-//! with the file, line and field it comes from.
+//! Validation: every check a stack file must pass, from the raw TOML shape to the typed
+//! model, before anything touches the kernel. All problems are collected, each at the span
+//! of the value at fault; the field values' own text formats (ports, durations, commands) too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -8,10 +8,12 @@ use std::ops::Range;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::model::*;
+use super::raw::{RawHealth, RawNetwork, RawService, RawStack, RawTable, RawValue};
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
+use crate::ipam::subnets_overlap;
 
 /// The longest stack name: it prefixes namespace names and nft table names.
 pub const MAX_STACK_NAME: usize = 12;
@@ -20,247 +22,61 @@ pub const MAX_BRIDGE_PORTS: u64 = 1023;
 /// Container names become hostnames, which the kernel limits to 64 bytes.
 pub const MAX_CONTAINER_NAME: usize = 64;
 
-/// A validated stack file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stack {
-    pub name: String,
-    pub networks: BTreeMap<String, NetworkSpec>,
-    pub services: BTreeMap<String, ServiceSpec>,
-}
+/// Field path (as in diagnostics) → byte range in the file.
+pub(super) type Spans = HashMap<String, Range<usize>>;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkSpec {
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    /// No egress NAT, no published ports, no forwarding in or out.
-    pub internal: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    /// Networks in interface order (`eth0` first), each with an optional static address.
-    pub networks: Vec<Attachment>,
-    pub replicas: u32,
-    pub ports: Vec<PortSpec>,
-    /// `None` for a bare container: a namespace wired into its networks, no process.
-    pub process: Option<ProcessSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub network: String,
-    pub ip: Option<Ipv4Addr>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
-/// `HOST:CONTAINER[/udp]`: host port forwarded to the container port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PortSpec {
-    pub host: u16,
-    pub container: u16,
-    pub protocol: Protocol,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProcessSpec {
-    pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub workdir: Option<String>,
-    pub user: Option<String>,
-    pub restart: RestartPolicy,
-    pub health: Option<HealthSpec>,
-    pub depends_on: Vec<Dependency>,
-    pub stop_grace: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    No,
-    OnFailure,
-    Always,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthSpec {
-    pub probe: Probe,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub retries: u32,
-    pub start_period: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Probe {
-    Tcp { port: u16 },
-    Http { path: String, port: u16 },
-    Exec { command: Vec<String> },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dependency {
-    pub service: String,
-    pub condition: Condition,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Condition {
-    /// The dependency's processes have been started.
-    Started,
-    /// The dependency's health probe passes on every replica.
-    Healthy,
-}
-
-// ---- The TOML shape, with spans so errors can point into the file. ----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStack {
-    name: Spanned<String>,
-    #[serde(default)]
-    networks: BTreeMap<Spanned<String>, RawNetwork>,
-    #[serde(default)]
-    services: BTreeMap<Spanned<String>, RawService>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNetwork {
-    subnet: Spanned<String>,
-    gateway: Option<Spanned<String>>,
-    internal: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    // Table-valued fields are not `Spanned`: toml 0.8 fails on spanned tables written as
-    // `[services.x.networks.y]` headers. Their place is found with `Validator::locate`.
-    networks: Option<toml::Value>,
-    replicas: Option<Spanned<i64>>,
-    ports: Option<Vec<Spanned<String>>>,
-    command: Option<Spanned<toml::Value>>,
-    env: Option<BTreeMap<String, toml::Value>>,
-    workdir: Option<Spanned<String>>,
-    user: Option<Spanned<String>>,
-    restart: Option<Spanned<String>>,
-    health: Option<RawHealth>,
-    depends_on: Option<toml::Value>,
-    stop_grace: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    tcp: Option<Spanned<i64>>,
-    http: Option<Spanned<String>>,
-    port: Option<Spanned<i64>>,
-    exec: Option<Spanned<toml::Value>>,
-    interval: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-    retries: Option<Spanned<i64>>,
-    start_period: Option<Spanned<String>>,
-}
-
-/// The table-valued fields of a service, with the place each was found in the file.
-struct Located {
-    networks: Option<Spanned<toml::Value>>,
-    env: Option<Spanned<BTreeMap<String, toml::Value>>>,
-    health: Option<Spanned<RawHealth>>,
-    depends_on: Option<Spanned<toml::Value>>,
-}
-
-/// A parsed stack together with where each field sits in its file, so later checks that need
-/// the machine (is the command installed? is the port free?) can still point at the line.
-#[derive(Debug, Clone)]
-pub struct Parsed {
-    pub stack: Stack,
-    pub file: String,
-    pub text: String,
-    /// Field path (as in diagnostics) → byte range in `text`.
-    pub spans: HashMap<String, Range<usize>>,
-}
-
-impl Parsed {
-    /// A diagnostic about a field of this file, for checks made outside the core.
-    pub fn error(&self, field: &str, message: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
-        let map = SourceMap {
-            file: &self.file,
-            text: &self.text,
-        };
-        map.error(self.spans.get(field).cloned(), field, message, hint)
-    }
-}
-
-/// Parses and validates a stack file. `file` names it in diagnostics.
-pub fn parse(file: &str, text: &str) -> Result<Parsed, Diagnostics> {
-    let map = SourceMap { file, text };
-    let raw: RawStack = toml::from_str(text).map_err(|e| {
-        Diagnostics(vec![map.error(
-            e.span(),
-            "",
-            e.message().trim().to_string(),
-            "see docs/stack-file.md for the stack file's fields",
-        )])
-    })?;
+/// Checks a raw stack and builds the typed one, with the span of every field it read.
+pub(super) fn validate(map: &SourceMap, raw: RawStack) -> Result<(Stack, Spans), Diagnostics> {
     let mut v = Validator {
-        map: &map,
+        map,
         errors: Vec::new(),
-        spans: HashMap::new(),
+        spans: Spans::new(),
+        declared_networks: raw.networks.keys().map(|k| k.get_ref().clone()).collect(),
     };
     let stack = v.stack(raw);
     if v.errors.is_empty() {
-        Ok(Parsed {
-            stack,
-            file: file.to_string(),
-            text: text.to_string(),
-            spans: v.spans,
-        })
+        Ok((stack, v.spans))
     } else {
         Err(Diagnostics(v.errors))
+    }
+}
+
+/// The span of `field`, or else of the nearest field holding it (`services.a.workdir` falls
+/// back to `services.a`).
+pub(super) fn span_of(spans: &Spans, field: &str) -> Option<Range<usize>> {
+    let mut field = field;
+    loop {
+        if let Some(span) = spans.get(field) {
+            return Some(span.clone());
+        }
+        field = &field[..field.rfind(['.', '['])?];
     }
 }
 
 struct Validator<'a> {
     map: &'a SourceMap<'a>,
     errors: Vec<Diagnostic>,
-    spans: HashMap<String, Range<usize>>,
+    spans: Spans,
+    /// Every network the file declares, valid or not: a service joining a network whose own
+    /// definition is wrong gets that one error, not a second "unknown network".
+    declared_networks: BTreeSet<String>,
 }
 
 impl Validator<'_> {
-    fn err(&mut self, span: Range<usize>, field: &str, message: impl Into<String>, hint: impl Into<String>) {
-        let d = self.map.error(Some(span), field, message, hint);
+    fn err(
+        &mut self,
+        span: impl Into<Option<Range<usize>>>,
+        field: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        let d = self.map.error(span.into(), field, message, hint);
         self.errors.push(d);
-    }
-
-    /// Where `word` first appears after the service key at `from` (its field or its
-    /// `[services.x.word]` header); the key itself if not found.
-    fn locate(&self, from: Range<usize>, word: &str) -> Range<usize> {
-        self.map.text[from.start..]
-            .find(word)
-            .map(|i| from.start + i..from.start + i + word.len())
-            .unwrap_or(from)
     }
 
     fn stack(&mut self, raw: RawStack) -> Stack {
         let name = raw.name.get_ref().clone();
+        self.spans.insert("name".into(), raw.name.span());
         if !valid_name(&name, MAX_STACK_NAME) {
             self.err(
                 raw.name.span(),
@@ -289,8 +105,7 @@ impl Validator<'_> {
         self.check_overlaps(&networks);
         let service_names: BTreeSet<String> = raw.services.keys().map(|k| k.get_ref().clone()).collect();
         let mut services = BTreeMap::new();
-        let mut dep_spans = BTreeMap::new();
-        for (key, mut raw_svc) in raw.services {
+        for (key, raw_svc) in raw.services {
             let svc_name = key.get_ref().clone();
             let field = format!("services.{svc_name}");
             self.spans.insert(field.clone(), key.span());
@@ -311,34 +126,13 @@ impl Validator<'_> {
                     "use a shorter service name",
                 );
             }
-            let located = Located {
-                networks: raw_svc
-                    .networks
-                    .clone()
-                    .map(|v| Spanned::new(self.locate(key.span(), "networks"), v)),
-                env: raw_svc
-                    .env
-                    .clone()
-                    .map(|v| Spanned::new(self.locate(key.span(), "env"), v)),
-                health: raw_svc
-                    .health
-                    .take()
-                    .map(|v| Spanned::new(self.locate(key.span(), "health"), v)),
-                depends_on: raw_svc
-                    .depends_on
-                    .clone()
-                    .map(|v| Spanned::new(self.locate(key.span(), "depends_on"), v)),
-            };
-            if let Some(dep) = &located.depends_on {
-                dep_spans.insert(svc_name.clone(), dep.span());
-            }
-            let svc = self.service(&field, &svc_name, raw_svc, located, &networks, &service_names);
+            let svc = self.service(&field, &svc_name, raw_svc, &service_names);
             services.insert(svc_name, svc);
         }
         self.check_ports(&services, &networks);
         self.check_bridge_ports(&services);
         self.check_static_ips(&services, &networks);
-        self.check_cycles(&services, &dep_spans);
+        self.check_cycles(&services);
         Stack {
             name,
             networks,
@@ -349,6 +143,9 @@ impl Validator<'_> {
     fn network(&mut self, field: &str, raw: RawNetwork) -> Option<NetworkSpec> {
         let subnet_field = format!("{field}.subnet");
         self.spans.insert(subnet_field.clone(), raw.subnet.span());
+        if let Some(gw) = &raw.gateway {
+            self.spans.insert(format!("{field}.gateway"), gw.span());
+        }
         let text = raw.subnet.get_ref();
         let subnet = match text.parse::<Ipv4Net>() {
             Ok(net) => net,
@@ -372,11 +169,18 @@ impl Validator<'_> {
             }
         };
         if subnet.network() != subnet.addr() {
+            let (fixed, addr) = (subnet.trunc(), subnet.addr());
+            // The address written may have been meant for the bridge.
+            let hint = if is_host_of(addr, fixed) {
+                format!("use \"{fixed}\"; to give the bridge {addr}, add gateway = \"{addr}\"")
+            } else {
+                format!("use \"{fixed}\"")
+            };
             self.err(
                 raw.subnet.span(),
                 &subnet_field,
                 format!("{text:?} has host bits set"),
-                format!("did you mean \"{}\"?", subnet.trunc()),
+                hint,
             );
             return None;
         }
@@ -428,21 +232,20 @@ impl Validator<'_> {
         let list: Vec<_> = networks.iter().collect();
         for (i, (a_name, a)) in list.iter().enumerate() {
             for (b_name, b) in &list[i + 1..] {
-                if !(a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network())) {
+                if !subnets_overlap(a.subnet, b.subnet) {
                     continue;
                 }
                 // Report it on whichever of the two comes later in the file.
-                let field_of = |n: &str| format!("networks.{n}.subnet");
-                let (first, second) = if self.spans[&field_of(a_name)].start < self.spans[&field_of(b_name)].start {
-                    ((a_name, a), (b_name, b))
+                let subnet_span = |n: &str| span_of(&self.spans, &format!("networks.{n}.subnet"));
+                let (a_span, b_span) = (subnet_span(a_name), subnet_span(b_name));
+                let (first, second, span) = if a_span.as_ref().map(|s| s.start) < b_span.as_ref().map(|s| s.start) {
+                    ((*a_name, *a), (*b_name, *b), b_span)
                 } else {
-                    ((b_name, b), (a_name, a))
+                    ((*b_name, *b), (*a_name, *a), a_span)
                 };
-                let field = field_of(second.0);
-                let span = self.spans[&field].clone();
                 self.err(
                     span,
-                    &field,
+                    &format!("networks.{}.subnet", second.0),
                     format!(
                         "{} overlaps network {:?} ({})",
                         second.1.subnet, first.0, first.1.subnet
@@ -453,36 +256,47 @@ impl Validator<'_> {
         }
     }
 
-    fn service(
-        &mut self,
-        field: &str,
-        name: &str,
-        raw: RawService,
-        located: Located,
-        networks: &BTreeMap<String, NetworkSpec>,
-        service_names: &BTreeSet<String>,
-    ) -> ServiceSpec {
-        let attachments = match &located.networks {
-            Some(value) => self.attachments(field, value, networks),
+    fn service(&mut self, field: &str, name: &str, raw: RawService, service_names: &BTreeSet<String>) -> ServiceSpec {
+        for (key, span) in [
+            ("networks", raw.networks.as_ref().map(Spanned::span)),
+            ("replicas", raw.replicas.as_ref().map(Spanned::span)),
+            ("ports", raw.ports.as_ref().map(Spanned::span)),
+            ("command", raw.command.as_ref().map(Spanned::span)),
+            ("env", raw.env.as_ref().map(Spanned::span)),
+            ("workdir", raw.workdir.as_ref().map(Spanned::span)),
+            ("user", raw.user.as_ref().map(Spanned::span)),
+            ("restart", raw.restart.as_ref().map(Spanned::span)),
+            ("health", raw.health.as_ref().map(Spanned::span)),
+            ("depends_on", raw.depends_on.as_ref().map(Spanned::span)),
+            ("stop_grace", raw.stop_grace.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                self.spans.insert(format!("{field}.{key}"), span);
+            }
+        }
+        let attachments = match &raw.networks {
+            Some(value) => self.attachments(field, value),
             // Like compose's default network: with one network there is nothing to choose.
-            None if networks.len() <= 1 => networks
-                .keys()
+            None if self.declared_networks.len() <= 1 => self
+                .declared_networks
+                .iter()
                 .map(|n| Attachment {
                     network: n.clone(),
                     ip: None,
                 })
                 .collect(),
             None => {
-                let span = self.spans[field].clone();
-                let known: Vec<_> = networks.keys().map(String::as_str).collect();
+                let span = span_of(&self.spans, field);
+                let known: Vec<_> = self.declared_networks.iter().map(String::as_str).collect();
+                let hint = format!(
+                    "add networks = [...] with some of: {} (or networks = [] for no network)",
+                    known.join(", ")
+                );
                 self.err(
                     span,
                     &format!("{field}.networks"),
                     "the stack has several networks: say which this service joins",
-                    format!(
-                        "add networks = [...] with some of: {} (or networks = [] for no network)",
-                        known.join(", ")
-                    ),
+                    hint,
                 );
                 Vec::new()
             }
@@ -503,7 +317,7 @@ impl Validator<'_> {
             },
         };
         if replicas > 1 && attachments.iter().any(|a| a.ip.is_some()) {
-            let span = located.networks.as_ref().map_or(0..0, |n| n.span());
+            let span = raw.networks.as_ref().map(Spanned::span);
             self.err(
                 span,
                 &format!("{field}.networks"),
@@ -512,7 +326,7 @@ impl Validator<'_> {
             );
         }
         let mut ports = Vec::new();
-        for (i, p) in raw.ports.iter().flatten().enumerate() {
+        for (i, p) in raw.ports.iter().flat_map(|p| p.get_ref()).enumerate() {
             let pfield = format!("{field}.ports[{i}]");
             self.spans.insert(pfield.clone(), p.span());
             match parse_port(p.get_ref()) {
@@ -525,7 +339,7 @@ impl Validator<'_> {
                 ),
             }
         }
-        let process = self.process(field, name, &raw, &located, service_names);
+        let process = self.process(field, name, &raw, service_names);
         ServiceSpec {
             networks: attachments,
             replicas,
@@ -534,96 +348,42 @@ impl Validator<'_> {
         }
     }
 
-    fn attachments(
-        &mut self,
-        field: &str,
-        value: &Spanned<toml::Value>,
-        networks: &BTreeMap<String, NetworkSpec>,
-    ) -> Vec<Attachment> {
+    /// `networks = ["a", "b"]`, or a table of attachments `[services.x.networks.a] ip = "..."`.
+    fn attachments(&mut self, field: &str, value: &Spanned<RawValue>) -> Vec<Attachment> {
         let nfield = format!("{field}.networks");
-        let span = value.span();
-        self.spans.insert(nfield.clone(), span.clone());
         let mut out: Vec<Attachment> = Vec::new();
-        let mut push = |v: &mut Self, net: &str, ip: Option<&toml::Value>| {
-            if !networks.contains_key(net) {
-                let known: Vec<_> = networks.keys().map(String::as_str).collect();
-                v.err(
-                    span.clone(),
-                    &nfield,
-                    format!("unknown network {net:?}"),
-                    format!("declare [networks.{net}] or use one of: {}", known.join(", ")),
-                );
-                return;
-            }
-            if out.iter().any(|a| a.network == net) {
-                v.err(
-                    span.clone(),
-                    &nfield,
-                    format!("network {net:?} is listed twice"),
-                    "list each network once",
-                );
-                return;
-            }
-            let ip = match ip {
-                None => None,
-                Some(toml::Value::String(s)) => match s.parse::<Ipv4Addr>() {
-                    Ok(ip) => Some(ip),
-                    Err(_) => {
-                        v.err(
-                            span.clone(),
-                            &format!("{nfield}.{net}.ip"),
-                            format!("{s:?} is not an IPv4 address"),
-                            "for example ip = \"10.89.1.10\"",
-                        );
-                        None
-                    }
-                },
-                Some(_) => {
-                    v.err(
-                        span.clone(),
-                        &format!("{nfield}.{net}.ip"),
-                        "ip must be a string",
-                        "for example ip = \"10.89.1.10\"",
-                    );
-                    None
-                }
-            };
-            out.push(Attachment {
-                network: net.to_string(),
-                ip,
-            });
-        };
         match value.get_ref() {
-            toml::Value::Array(items) => {
-                for item in items {
-                    match item.as_str() {
-                        Some(net) => push(self, net, None),
+            RawValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item.get_ref().as_str() {
+                        Some(net) => self.attach(&mut out, &nfield, net, item.span(), None),
                         None => self.err(
-                            span.clone(),
-                            &nfield,
+                            item.span(),
+                            &format!("{nfield}[{i}]"),
                             "network names must be strings",
                             "networks = [\"frontend\", \"backend\"]",
                         ),
                     }
                 }
             }
-            toml::Value::Table(table) => {
+            RawValue::Table(table) => {
                 for (net, attach) in table {
-                    match attach.as_table() {
-                        Some(t) => {
-                            if let Some(bad) = t.keys().find(|k| k.as_str() != "ip") {
+                    let afield = format!("{nfield}.{}", net.get_ref());
+                    match attach.get_ref() {
+                        RawValue::Table(t) => {
+                            for key in t.keys().filter(|k| k.get_ref() != "ip") {
                                 self.err(
-                                    span.clone(),
-                                    &format!("{nfield}.{net}"),
-                                    format!("unknown field {bad:?}"),
+                                    key.span(),
+                                    &format!("{afield}.{}", key.get_ref()),
+                                    format!("unknown field {:?}", key.get_ref()),
                                     "the only field of a network attachment is ip",
                                 );
                             }
-                            push(self, net, t.get("ip"));
+                            self.attach(&mut out, &nfield, net.get_ref(), net.span(), t.get("ip"));
                         }
-                        None => self.err(
-                            span.clone(),
-                            &format!("{nfield}.{net}"),
+                        _ => self.err(
+                            attach.span(),
+                            &afield,
                             "a network attachment must be a table",
                             "write [services.SVC.networks.NET] ip = \"...\", or networks = [\"NET\"]",
                         ),
@@ -631,7 +391,7 @@ impl Validator<'_> {
                 }
             }
             _ => self.err(
-                span.clone(),
+                value.span(),
                 &nfield,
                 "networks must be a list or a table",
                 "networks = [\"frontend\"]",
@@ -640,23 +400,80 @@ impl Validator<'_> {
         out
     }
 
+    /// Adds one network to a service's attachments, if it is declared and not there yet.
+    fn attach(
+        &mut self,
+        out: &mut Vec<Attachment>,
+        nfield: &str,
+        net: &str,
+        span: Range<usize>,
+        ip: Option<&Spanned<RawValue>>,
+    ) {
+        if !self.declared_networks.contains(net) {
+            let known: Vec<_> = self.declared_networks.iter().map(String::as_str).collect();
+            let hint = format!("declare [networks.{net}] or use one of: {}", known.join(", "));
+            self.err(span, nfield, format!("unknown network {net:?}"), hint);
+            return;
+        }
+        if out.iter().any(|a| a.network == net) {
+            self.err(
+                span,
+                nfield,
+                format!("network {net:?} is listed twice"),
+                "list each network once",
+            );
+            return;
+        }
+        let ip_field = format!("{nfield}.{net}.ip");
+        let ip = match ip {
+            None => None,
+            Some(ip) => {
+                self.spans.insert(ip_field.clone(), ip.span());
+                match ip.get_ref().as_str().map(str::parse::<Ipv4Addr>) {
+                    Some(Ok(addr)) => Some(addr),
+                    Some(Err(_)) => {
+                        self.err(
+                            ip.span(),
+                            &ip_field,
+                            format!("{:?} is not an IPv4 address", ip.get_ref().as_str().unwrap_or_default()),
+                            "for example ip = \"10.89.1.10\"",
+                        );
+                        None
+                    }
+                    None => {
+                        self.err(
+                            ip.span(),
+                            &ip_field,
+                            "ip must be a string",
+                            "for example ip = \"10.89.1.10\"",
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        out.push(Attachment {
+            network: net.to_string(),
+            ip,
+        });
+    }
+
     fn process(
         &mut self,
         field: &str,
         name: &str,
         raw: &RawService,
-        located: &Located,
         service_names: &BTreeSet<String>,
     ) -> Option<ProcessSpec> {
         let Some(cmd) = &raw.command else {
             let process_keys = [
-                ("env", located.env.as_ref().map(|s| s.span())),
-                ("workdir", raw.workdir.as_ref().map(|s| s.span())),
-                ("user", raw.user.as_ref().map(|s| s.span())),
-                ("restart", raw.restart.as_ref().map(|s| s.span())),
-                ("health", located.health.as_ref().map(|s| s.span())),
-                ("depends_on", located.depends_on.as_ref().map(|s| s.span())),
-                ("stop_grace", raw.stop_grace.as_ref().map(|s| s.span())),
+                ("env", raw.env.as_ref().map(Spanned::span)),
+                ("workdir", raw.workdir.as_ref().map(Spanned::span)),
+                ("user", raw.user.as_ref().map(Spanned::span)),
+                ("restart", raw.restart.as_ref().map(Spanned::span)),
+                ("health", raw.health.as_ref().map(Spanned::span)),
+                ("depends_on", raw.depends_on.as_ref().map(Spanned::span)),
+                ("stop_grace", raw.stop_grace.as_ref().map(Spanned::span)),
             ];
             for (key, span) in process_keys {
                 if let Some(span) = span {
@@ -671,18 +488,15 @@ impl Validator<'_> {
             return None;
         };
         let cfield = format!("{field}.command");
-        self.spans.insert(cfield.clone(), cmd.span());
         let command = match cmd.get_ref() {
-            toml::Value::String(s) => split_command(s),
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|i| i.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or("every argument must be a string".to_string()),
-            _ => Err("must be a string or a list of strings".to_string()),
+            RawValue::String(s) => split_command(s).map_err(|why| (cmd.span(), format!("command {why}"))),
+            RawValue::Array(items) => {
+                strings(items).map_err(|span| (span, "every argument of command must be a string".to_string()))
+            }
+            _ => Err((cmd.span(), "command must be a string or a list of strings".to_string())),
         };
         let command = match command {
-            Ok(c) if !c.is_empty() && !c[0].is_empty() => c,
+            Ok(c) if c.first().is_some_and(|program| !program.is_empty()) => c,
             Ok(_) => {
                 self.err(
                     cmd.span(),
@@ -692,37 +506,21 @@ impl Validator<'_> {
                 );
                 return None;
             }
-            Err(why) => {
+            Err((span, why)) => {
                 self.err(
-                    cmd.span(),
+                    span,
                     &cfield,
-                    format!("command {why}"),
+                    why,
                     "command = [\"program\", \"arg\"] or command = \"program arg\"",
                 );
                 return None;
             }
         };
-        let mut env = BTreeMap::new();
-        if let Some(raw_env) = &located.env {
-            for (k, v) in raw_env.get_ref() {
-                let value = match v {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(i) => i.to_string(),
-                    toml::Value::Float(f) => f.to_string(),
-                    toml::Value::Boolean(b) => b.to_string(),
-                    _ => {
-                        self.err(
-                            raw_env.span(),
-                            &format!("{field}.env.{k}"),
-                            "environment values must be strings, numbers or booleans",
-                            "env = { LEVEL = \"debug\" }",
-                        );
-                        continue;
-                    }
-                };
-                env.insert(k.clone(), value);
-            }
-        }
+        let env = raw
+            .env
+            .as_ref()
+            .map(|e| self.env(field, e.get_ref()))
+            .unwrap_or_default();
         let restart = match raw.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
             None | Some(("on-failure", _)) => RestartPolicy::OnFailure,
             Some(("no", _)) => RestartPolicy::No,
@@ -737,11 +535,11 @@ impl Validator<'_> {
                 RestartPolicy::OnFailure
             }
         };
-        let health = located
+        let health = raw
             .health
             .as_ref()
             .and_then(|h| self.health(&format!("{field}.health"), h));
-        let depends_on = located
+        let depends_on = raw
             .depends_on
             .as_ref()
             .map(|d| self.depends_on(field, name, d, service_names))
@@ -761,6 +559,29 @@ impl Validator<'_> {
             depends_on,
             stop_grace,
         })
+    }
+
+    fn env(&mut self, field: &str, table: &RawTable) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for (key, value) in table {
+            let text = match value.get_ref() {
+                RawValue::String(s) => s.clone(),
+                RawValue::Integer(i) => i.to_string(),
+                RawValue::Float(f) => f.to_string(),
+                RawValue::Boolean(b) => b.to_string(),
+                RawValue::Array(_) | RawValue::Table(_) => {
+                    self.err(
+                        value.span(),
+                        &format!("{field}.env.{}", key.get_ref()),
+                        "environment values must be strings, numbers or booleans",
+                        "env = { LEVEL = \"debug\" }",
+                    );
+                    continue;
+                }
+            };
+            env.insert(key.get_ref().clone(), text);
+        }
+        env
     }
 
     fn health(&mut self, field: &str, raw: &Spanned<RawHealth>) -> Option<HealthSpec> {
@@ -821,8 +642,8 @@ impl Validator<'_> {
         } else {
             let exec = h.exec.as_ref()?;
             let command = match exec.get_ref() {
-                toml::Value::String(s) => split_command(s).ok(),
-                toml::Value::Array(a) => a.iter().map(|i| i.as_str().map(str::to_string)).collect(),
+                RawValue::String(s) => split_command(s).ok(),
+                RawValue::Array(items) => strings(items).ok(),
                 _ => None,
             };
             match command {
@@ -880,74 +701,79 @@ impl Validator<'_> {
         })
     }
 
+    /// `depends_on = ["svc"]`, or a table `{ svc = { condition = "healthy" } }`.
     fn depends_on(
         &mut self,
         field: &str,
         name: &str,
-        raw: &Spanned<toml::Value>,
+        raw: &Spanned<RawValue>,
         service_names: &BTreeSet<String>,
     ) -> Vec<Dependency> {
         let dfield = format!("{field}.depends_on");
-        let span = raw.span();
-        let mut entries: Vec<(String, Condition)> = Vec::new();
+        let mut entries: Vec<(String, Condition, Range<usize>)> = Vec::new();
         match raw.get_ref() {
-            toml::Value::Array(items) => {
-                for item in items {
-                    match item.as_str() {
-                        Some(s) => entries.push((s.to_string(), Condition::Started)),
+            RawValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item.get_ref().as_str() {
+                        Some(s) => entries.push((s.to_string(), Condition::Started, item.span())),
                         None => self.err(
-                            span.clone(),
-                            &dfield,
+                            item.span(),
+                            &format!("{dfield}[{i}]"),
                             "dependencies must be service names",
                             "depends_on = [\"redis\"]",
                         ),
                     }
                 }
             }
-            toml::Value::Table(table) => {
+            RawValue::Table(table) => {
                 for (svc, v) in table {
-                    let cond = v.as_table().and_then(|t| t.get("condition")).and_then(|c| c.as_str());
-                    let bad_key = v
-                        .as_table()
-                        .and_then(|t| t.keys().find(|k| k.as_str() != "condition").cloned());
-                    match (cond, bad_key) {
-                        (Some("healthy"), None) => entries.push((svc.clone(), Condition::Healthy)),
-                        (Some("started"), None) => entries.push((svc.clone(), Condition::Started)),
-                        _ => self.err(
-                            span.clone(),
-                            &format!("{dfield}.{svc}"),
+                    let svc_field = format!("{dfield}.{}", svc.get_ref());
+                    let condition = match v.get_ref() {
+                        RawValue::Table(t) if t.len() == 1 => t.get("condition"),
+                        _ => None,
+                    };
+                    match condition.map(|c| (c.get_ref().as_str(), c.span())) {
+                        Some((Some("healthy"), _)) => {
+                            entries.push((svc.get_ref().clone(), Condition::Healthy, svc.span()))
+                        }
+                        Some((Some("started"), _)) => {
+                            entries.push((svc.get_ref().clone(), Condition::Started, svc.span()))
+                        }
+                        other => self.err(
+                            other.map_or(v.span(), |(_, span)| span),
+                            &svc_field,
                             "expected { condition = \"healthy\" } or { condition = \"started\" }",
-                            format!("depends_on.{svc} = {{ condition = \"healthy\" }}"),
+                            format!("depends_on.{} = {{ condition = \"healthy\" }}", svc.get_ref()),
                         ),
                     }
                 }
             }
             _ => self.err(
-                span.clone(),
+                raw.span(),
                 &dfield,
                 "depends_on must be a list or a table",
                 "depends_on = [\"redis\"]",
             ),
         }
         let mut out: Vec<Dependency> = Vec::new();
-        for (svc, condition) in entries {
+        for (svc, condition, span) in entries {
             if svc == name {
                 self.err(
-                    span.clone(),
+                    span,
                     &dfield,
                     format!("service {name:?} depends on itself"),
                     "remove it from its own depends_on",
                 );
             } else if !service_names.contains(&svc) {
                 self.err(
-                    span.clone(),
+                    span,
                     &dfield,
                     format!("unknown service {svc:?}"),
                     format!("declare [services.{svc}] or remove it"),
                 );
             } else if out.iter().any(|d| d.service == svc) {
                 self.err(
-                    span.clone(),
+                    span,
                     &dfield,
                     format!("{svc:?} is listed twice"),
                     "list each dependency once",
@@ -965,13 +791,14 @@ impl Validator<'_> {
     fn check_ports(&mut self, services: &BTreeMap<String, ServiceSpec>, networks: &BTreeMap<String, NetworkSpec>) {
         let mut seen: BTreeMap<(u16, Protocol), String> = BTreeMap::new();
         for (name, svc) in services {
+            // A network that failed its own checks is not in `networks`: it has its error.
             let reachable = svc
                 .networks
                 .iter()
-                .any(|a| networks.get(&a.network).is_some_and(|n| !n.internal));
+                .any(|a| networks.get(&a.network).is_none_or(|n| !n.internal));
             for (i, port) in svc.ports.iter().enumerate() {
                 let field = format!("services.{name}.ports[{i}]");
-                let span = self.spans[&field].clone();
+                let span = span_of(&self.spans, &field);
                 if !reachable {
                     self.err(
                         span.clone(),
@@ -1007,7 +834,7 @@ impl Validator<'_> {
         }
         for (net, count) in ports.into_iter().filter(|(_, c)| *c > MAX_BRIDGE_PORTS) {
             let field = format!("networks.{net}");
-            let span = self.spans.get(&field).cloned().unwrap_or(0..0);
+            let span = span_of(&self.spans, &field);
             self.err(
                 span,
                 &field,
@@ -1027,19 +854,19 @@ impl Validator<'_> {
                 let (Some(ip), Some(net)) = (a.ip, networks.get(&a.network)) else {
                     continue;
                 };
-                let field = format!("services.{name}.networks");
-                let span = self.spans[&field].clone();
+                let field = format!("services.{name}.networks.{}.ip", a.network);
+                let span = span_of(&self.spans, &field);
                 if !is_host_of(ip, net.subnet) {
                     self.err(
                         span,
-                        &format!("{field}.{}.ip", a.network),
+                        &field,
                         format!("{ip} is not a host address of network {:?} ({})", a.network, net.subnet),
                         format!("pick an address inside {}", net.subnet),
                     );
                 } else if let Some(owner) = taken.insert(ip, format!("service {name:?}")) {
                     self.err(
                         span,
-                        &format!("{field}.{}.ip", a.network),
+                        &field,
                         format!("{ip} is already used by {owner}"),
                         "give each container its own address",
                     );
@@ -1048,17 +875,26 @@ impl Validator<'_> {
         }
     }
 
-    fn check_cycles(&mut self, services: &BTreeMap<String, ServiceSpec>, spans: &BTreeMap<String, Range<usize>>) {
+    fn check_cycles(&mut self, services: &BTreeMap<String, ServiceSpec>) {
         if let Some(cycle) = find_cycle(services) {
-            let span = spans.get(&cycle[0]).cloned().unwrap_or(0..0);
+            let field = format!("services.{}.depends_on", cycle[0]);
+            let span = span_of(&self.spans, &field);
             self.err(
                 span,
-                &format!("services.{}.depends_on", cycle[0]),
+                &field,
                 format!("dependency cycle: {}", cycle.join(" -> ")),
                 "break the cycle: one of these services must start without waiting for the other",
             );
         }
     }
+}
+
+/// The strings of a list, or the span of the first item that is not one.
+fn strings(items: &[Spanned<RawValue>]) -> Result<Vec<String>, Range<usize>> {
+    items
+        .iter()
+        .map(|i| i.get_ref().as_str().map(str::to_string).ok_or(i.span()))
+        .collect()
 }
 
 /// A cycle in `depends_on`, as the list of services along it (first repeated at the end).
@@ -1109,11 +945,6 @@ fn valid_name(name: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// True if `ip` is inside `net` and is neither its network nor its broadcast address.
-pub fn is_host_of(ip: Ipv4Addr, net: Ipv4Net) -> bool {
-    net.contains(&ip) && ip != net.network() && ip != net.broadcast()
-}
-
 fn parse_port(text: &str) -> Result<PortSpec, String> {
     let (ports, protocol) = match text.split_once('/') {
         None => (text, Protocol::Tcp),
@@ -1133,78 +964,21 @@ fn parse_port(text: &str) -> Result<PortSpec, String> {
     })
 }
 
-/// "500ms", "2s", "1.5s", "1m", "1h".
+/// A duration with a unit: "500ms", "2s", "1.5s", "1m", "1h", also "1m 30s" (humantime's
+/// format). A bare number other than 0 has no unit and is refused.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(seconds).ok()
+    humantime::parse_duration(text.trim()).ok()
 }
 
-/// Splits a command line into words like a shell would (quotes, backslashes), without running one.
+/// Splits a command line into words like a POSIX shell would (quotes, backslashes, and `#`
+/// starting a comment), without running one. The error says what is wrong with the line.
 pub fn split_command(line: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => return Err("has an unterminated ' quote".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c) => word.push(c),
-                            None => return Err("ends with a backslash".into()),
-                        },
-                        Some(c) => word.push(c),
-                        None => return Err("has an unterminated \" quote".into()),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                word.push(chars.next().ok_or("ends with a backslash")?);
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
+    shell_words::split(line).map_err(|_| "has an unterminated quote".to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse;
     use super::*;
 
     fn errors(text: &str) -> String {
@@ -1303,7 +1077,7 @@ depends_on = { web = { condition = "healthy" } }
     fn unknown_network_lists_the_known_ones() {
         let e = errors(&format!("{NET}[services.a]\nnetworks = [\"nope\"]\n"));
         assert!(
-            e.contains("plumb.toml:5:1: services.a.networks: unknown network \"nope\""),
+            e.contains("plumb.toml:5:13: services.a.networks: unknown network \"nope\""),
             "{e}"
         );
         assert!(e.contains("use one of: n"), "{e}");
@@ -1412,9 +1186,104 @@ depends_on = { web = { condition = "healthy" } }
             split_command(r#"nginx -g "daemon off;" 'a b' c\ d"#).unwrap(),
             ["nginx", "-g", "daemon off;", "a b", "c d"]
         );
-        assert!(split_command("echo 'open").is_err());
+        assert_eq!(
+            split_command(r#"sh -c 'echo $HOME' "say \"hi\"""#).unwrap(),
+            ["sh", "-c", "echo $HOME", "say \"hi\""]
+        );
+        // As in a shell, '#' starts a comment only at the start of a word.
+        assert_eq!(
+            split_command("redis-server a#b # the port").unwrap(),
+            ["redis-server", "a#b"]
+        );
+        assert_eq!(split_command("   ").unwrap(), Vec::<String>::new());
+        assert_eq!(split_command("echo 'open").unwrap_err(), "has an unterminated quote");
+        assert!(split_command("echo \"open").is_err());
+        let e = errors(&format!("{NET}[services.a]\ncommand = \"echo 'open\"\n"));
+        assert!(
+            e.contains("services.a.command: command has an unterminated quote"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration(" 1m 30s "), Some(Duration::from_secs(90)));
+        for bad in ["5", "soon", "-1s", "", "1e3s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_in_tables_point_at_the_value_at_fault() {
+        // "env" also occurs inside "printenv": the error must still point at env's value.
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"printenv\"\nenv = {{ A = \"1\", B = [2] }}\n"
+        ));
+        assert!(
+            e.starts_with("plumb.toml:6:22: services.a.env.B: environment values must be"),
+            "{e}"
+        );
+        // A table written as a header, with the bad field two lines below it.
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"x\"\n[services.a.health]\ntcp = 80\ninterval = \"soon\"\n"
+        ));
+        assert!(
+            e.starts_with("plumb.toml:8:12: services.a.health.interval: \"soon\" is not a duration"),
+            "{e}"
+        );
+        let e = errors(&format!("{NET}[services.a.health]\nbogus = 1\n"));
+        assert!(
+            e.starts_with("plumb.toml:5:1: services.a.health.bogus: unknown field `bogus`"),
+            "{e}"
+        );
+        let e = errors(&format!("{NET}[services.a]\ncommand = \"x\"\ndepends_on = [\"a\"]\n"));
+        assert!(e.starts_with("plumb.toml:6:15: services.a.depends_on:"), "{e}");
+        let e = errors(&format!("{NET}[services.a]\ncommand = [\"x\", 1]\n"));
+        assert!(
+            e.starts_with("plumb.toml:5:17: services.a.command: every argument of command must be a string"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_subnet_with_host_bits_gets_one_error_and_the_fix() {
+        // Service a joins the network by name and publishes a port, b joins it by default.
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.5/24\"\n[services.a]\nnetworks = [\"n\"]\nports = [\"80:80\"]\n[services.b]\n";
+        let Err(d) = parse("plumb.toml", text) else {
+            panic!("host bits accepted")
+        };
+        assert_eq!(d.0.len(), 1, "{d}");
+        let e = &d.0[0];
+        assert_eq!((e.line, e.column, e.field.as_str()), (3, 10, "networks.n.subnet"));
+        assert!(e.message.contains("host bits set"), "{d}");
+        assert!(
+            e.hint.starts_with("use \"10.0.0.0/24\"; to give the bridge 10.0.0.5"),
+            "{d}"
+        );
+        let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.255/24\"\n");
+        assert!(e.ends_with("hint: use \"10.0.0.0/24\""), "{e}");
+    }
+
+    #[test]
+    fn machine_checks_point_at_the_field_or_its_service() {
+        let p = parse(
+            "plumb.toml",
+            &format!("{NET}[services.a]\ncommand = \"nope\"\n[services.a.health]\ntcp = 1\n"),
+        )
+        .unwrap();
+        let d = p.error("services.a.command", "not installed", "install it");
+        assert_eq!((d.line, d.column), (5, 11));
+        assert_eq!(d.excerpt.as_ref().map(|e| e.text.as_str()), Some("command = \"nope\""));
+        let d = p.error("services.a.workdir", "missing", "create it");
+        assert_eq!((d.line, d.column), (4, 11));
+        let d = p.error("services.a.health", "bad", "fix it");
+        assert_eq!((d.line, d.column), (6, 1));
+        let d = p.error("elsewhere", "no place", "");
+        assert_eq!(d.line, 0);
     }
 }

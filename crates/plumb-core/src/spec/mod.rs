@@ -1,0 +1,63 @@
+//! The stack file: [`parse`] reads its TOML shape (`raw`), checks it (`validate`) and returns
+//! the typed stack (`model`) with the place of every field, so that any later check can
+//! still point into the file.
+
+mod model;
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+pub use model::*;
+pub use validate::{parse_duration, split_command, MAX_BRIDGE_PORTS, MAX_CONTAINER_NAME, MAX_STACK_NAME};
+
+use crate::diag::{Diagnostic, Diagnostics, SourceMap};
+
+/// A parsed stack together with where each field sits in its file, so later checks that need
+/// the machine (is the command installed? is the port free?) can still point at the line.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub stack: Stack,
+    pub file: String,
+    pub text: String,
+    /// Field path (as in diagnostics) → byte range in `text`.
+    pub spans: HashMap<String, Range<usize>>,
+}
+
+impl Parsed {
+    /// A diagnostic about a field of this file, for checks made outside the core. It points
+    /// at the field, or else at the nearest field holding it (`services.a.workdir` falls back
+    /// to `services.a` when the file does not set `workdir`).
+    pub fn error(&self, field: &str, message: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
+        let map = SourceMap {
+            file: &self.file,
+            text: &self.text,
+        };
+        map.error(validate::span_of(&self.spans, field), field, message, hint)
+    }
+}
+
+/// Parses and validates a stack file. `file` names it in diagnostics.
+pub fn parse(file: &str, text: &str) -> Result<Parsed, Diagnostics> {
+    let map = SourceMap { file, text };
+    let raw: raw::RawStack = toml::from_str(text).map_err(|e| {
+        // toml says where, not which field: find the field at that place.
+        let (field, hint) = match raw::field_at(text, &e.span().unwrap_or_default()) {
+            Some(field) => (field, "see docs/stack-file.md for the stack file's fields"),
+            None if e.message().contains("duplicate") => (String::new(), "give each table and key once"),
+            None => (
+                String::new(),
+                "fix the TOML syntax here (text needs quotes: subnet = \"10.89.1.0/24\")",
+            ),
+        };
+        Diagnostics(vec![map.error(e.span(), field, e.message().trim(), hint)])
+    })?;
+    let (stack, spans) = validate::validate(&map, raw)?;
+    Ok(Parsed {
+        stack,
+        file: file.to_string(),
+        text: text.to_string(),
+        spans,
+    })
+}

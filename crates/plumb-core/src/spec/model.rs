@@ -1,0 +1,122 @@
+//! The typed stack: what a valid stack file means, as the rest of plumb uses it. Values here
+//! have passed every check in `validate`; nothing in this module parses or judges input.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// A validated stack file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stack {
+    pub name: String,
+    pub networks: BTreeMap<String, NetworkSpec>,
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// No egress NAT, no published ports, no forwarding in or out.
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Networks in interface order (`eth0` first), each with an optional static address.
+    pub networks: Vec<Attachment>,
+    pub replicas: u32,
+    pub ports: Vec<PortSpec>,
+    /// `None` for a bare container: a namespace wired into its networks, no process.
+    pub process: Option<ProcessSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `HOST:CONTAINER[/udp]`: host port forwarded to the container port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub host: u16,
+    pub container: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub restart: RestartPolicy,
+    pub health: Option<HealthSpec>,
+    pub depends_on: Vec<Dependency>,
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    Tcp { port: u16 },
+    Http { path: String, port: u16 },
+    Exec { command: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub service: String,
+    pub condition: Condition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    /// The dependency's processes have been started.
+    Started,
+    /// The dependency's health probe passes on every replica.
+    Healthy,
+}
+
+/// True if `ip` is inside `net` and is neither its network nor its broadcast address.
+pub fn is_host_of(ip: Ipv4Addr, net: Ipv4Net) -> bool {
+    net.contains(&ip) && ip != net.network() && ip != net.broadcast()
+}
