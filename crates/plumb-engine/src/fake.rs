@@ -122,7 +122,7 @@ impl World {
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add veth {name}"), EEXIST));
                 }
-                if !self.links.get(bridge).is_some_and(|b| b.kind == "bridge") {
+                if self.links.get(bridge).is_none_or(|b| b.kind != "bridge") {
                     return Err(fail(format!("find bridge {bridge}"), ENODEV));
                 }
                 let ns = self

@@ -31,6 +31,7 @@ fn rejected(sb: &Sandbox, stack: &str, needles: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
     let Some(sb) = Sandbox::start() else { return };
     rejected(
@@ -100,6 +101,7 @@ fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn errors_are_drawn_with_the_offending_text_underlined() {
     let Some(sb) = Sandbox::start() else { return };
     // "env" also occurs in "printenv": the error must point at env's bad value all the same.
@@ -136,6 +138,7 @@ fn errors_are_drawn_with_the_offending_text_underlined() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn a_missing_file_is_named() {
     let Some(sb) = Sandbox::start() else { return };
     let out = sb.plumb(&["up", "-f", "nowhere.toml"]);
@@ -145,6 +148,7 @@ fn a_missing_file_is_named() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn plumb_refuses_without_root_or_nft_and_says_what_to_do() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", &format!("{NET}[services.a]\n"));

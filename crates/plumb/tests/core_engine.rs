@@ -31,6 +31,7 @@ ip = "10.89.1.200"
 "#;
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
@@ -107,6 +108,7 @@ fn containers_talk_within_networks_not_across_and_reach_out_through_nat() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
@@ -168,6 +170,7 @@ fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn the_dry_run_script_replayed_by_hand_builds_the_same_network() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
@@ -200,6 +203,7 @@ fn the_dry_run_script_replayed_by_hand_builds_the_same_network() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn ps_inspect_and_exec_show_and_enter_containers() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
@@ -237,6 +241,7 @@ fn ps_inspect_and_exec_show_and_enter_containers() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn down_works_without_the_state_file_and_rules_removed_by_others_are_restored() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", STACK);
@@ -258,6 +263,7 @@ fn down_works_without_the_state_file_and_rules_removed_by_others_are_restored() 
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn stacks_side_by_side_stay_apart_and_down_removes_only_its_own() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write(
@@ -303,6 +309,7 @@ fn stacks_side_by_side_stay_apart_and_down_removes_only_its_own() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn forwarding_turned_on_by_plumb_is_turned_off_by_the_last_down() {
     let Some(sb) = Sandbox::start() else { return };
     sb.ok("sysctl -qw net.ipv4.ip_forward=0");

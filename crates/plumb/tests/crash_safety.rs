@@ -12,6 +12,7 @@ fn stack(name: &str, subnet: &str, replicas: u32) -> String {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn an_up_killed_at_any_point_is_finished_by_up_and_undone_by_down() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", &stack("crash", "10.91.0.0/22", 150));
@@ -42,6 +43,7 @@ fn an_up_killed_at_any_point_is_finished_by_up_and_undone_by_down() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn concurrent_plumb_processes_serialize() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("a/plumb.toml", &stack("a", "10.92.0.0/24", 20).replace("8080", "8081"));
