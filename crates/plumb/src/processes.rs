@@ -256,3 +256,67 @@ const CRASH_LOOP: u32 = 3;
 fn max_grace(specs: &[RunSpec]) -> Duration {
     Duration::from_millis(specs.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runfile::{Exit, Health};
+
+    fn message(readiness: Readiness) -> String {
+        match readiness {
+            Readiness::Ready => "ready".into(),
+            Readiness::Waiting(why) => format!("waiting: {why}"),
+            Readiness::Failed(failure) => format!("failed: {}", failure.message),
+        }
+    }
+
+    #[test]
+    fn readiness_names_what_each_replica_waits_for_or_why_it_failed() {
+        let status = |state, health, last_exit, restarts| ReplicaStatus {
+            state,
+            health,
+            last_exit,
+            restarts,
+            ..ReplicaStatus::default()
+        };
+        use ReplicaState::*;
+        let cases = [
+            (None, false, "waiting: w-1 (not known to the supervisor)"),
+            (Some(status(Running, None, None, 0)), false, "ready"),
+            (Some(status(Running, Some(Health::Starting), None, 0)), false, "ready"),
+            (
+                Some(status(Running, Some(Health::Starting), None, 0)),
+                true,
+                "waiting: w-1 (running, starting)",
+            ),
+            (Some(status(Running, Some(Health::Healthy), None, 0)), true, "ready"),
+            (Some(status(Exited, None, Some(Exit::Code(0)), 0)), false, "ready"),
+            (
+                Some(status(Exited, None, Some(Exit::Code(1)), 0)),
+                false,
+                "failed: w-1: exited (exit code 1)",
+            ),
+            (
+                Some(status(Backoff, None, Some(Exit::Code(3)), 2)),
+                false,
+                "waiting: w-1 (backoff)",
+            ),
+            (
+                Some(status(Backoff, None, Some(Exit::Code(3)), 3)),
+                false,
+                "failed: w-1: keeps exiting (exit code 3, 3 restarts)",
+            ),
+        ];
+        for (status, needs_health, expected) in cases {
+            assert_eq!(message(readiness("w-1", status.as_ref(), needs_health)), expected);
+        }
+        let broken = ReplicaStatus {
+            error: Some("cannot start: no such file".into()),
+            ..ReplicaStatus::default()
+        };
+        assert_eq!(
+            message(readiness("w-1", Some(&broken), false)),
+            "failed: w-1: cannot start: no such file"
+        );
+    }
+}

@@ -328,11 +328,20 @@ impl Replica {
     fn finish_stop(&mut self, then: AfterStop) -> AfterExit {
         self.health = None;
         match then {
-            AfterStop::Remove => return AfterExit::Remove,
-            AfterStop::Stop => self.phase = Phase::Stopped,
-            AfterStop::Restart => self.phase = Phase::Waiting,
+            // Stopped too, so nothing starts it before the loop has forgotten it.
+            AfterStop::Remove => {
+                self.phase = Phase::Stopped;
+                AfterExit::Remove
+            }
+            AfterStop::Stop => {
+                self.phase = Phase::Stopped;
+                AfterExit::Settled
+            }
+            AfterStop::Restart => {
+                self.phase = Phase::Waiting;
+                AfterExit::Settled
+            }
         }
-        AfterExit::Settled
     }
 
     /// SIGKILL was sent at `now`: check back a little later rather than spin until it is reaped.
@@ -416,4 +425,233 @@ pub fn dependencies_ready<'a>(spec: &RunSpec, replicas: impl Iterator<Item = &'a
             .filter(|r| r.spec.service == dep.service)
             .all(|r| r.satisfies(dep.condition))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::fixtures::{depending_on, spec, with_health, with_restart};
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn millis(delays: &[Duration]) -> Vec<u128> {
+        delays.iter().map(Duration::as_millis).collect()
+    }
+
+    #[test]
+    fn back_off_starts_at_half_a_second_doubles_and_stops_at_thirty() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..9).map(|_| backoff.after(Some(SECOND))).collect();
+        assert_eq!(
+            millis(&delays),
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        // A start that failed counts like a quick exit; nothing overflows however long it goes.
+        for _ in 0..100 {
+            assert_eq!(backoff.after(None), BACKOFF_CAP);
+        }
+    }
+
+    #[test]
+    fn a_stable_run_starts_the_back_off_over() {
+        let mut backoff = Backoff::default();
+        for _ in 0..5 {
+            backoff.after(Some(SECOND));
+        }
+        let delays = [
+            backoff.after(Some(STABLE_AFTER)),
+            backoff.after(Some(SECOND)),
+            backoff.after(Some(STABLE_AFTER - Duration::from_millis(1))),
+        ];
+        assert_eq!(millis(&delays), [500, 1000, 2000]);
+    }
+
+    /// Starts `r` at `now`, lets it run for `ran`, and returns what its exit with `exit` brings.
+    fn run_once(r: &mut Replica, now: &mut Instant, ran: Duration, exit: Exit) -> AfterExit {
+        r.started(*now, 0, None);
+        *now += ran;
+        let after = r.exited(*now, Some(exit));
+        if let AfterExit::RestartIn(delay) = after {
+            assert_eq!(r.due(*now + delay - Duration::from_millis(1)), None);
+            *now += delay;
+            assert_eq!(r.due(*now), Some(Due::Restart));
+        }
+        after
+    }
+
+    #[test]
+    fn a_crashing_replica_is_restarted_later_and_later_and_sooner_after_a_stable_run() {
+        let mut r = Replica::new(spec("s", 1), 0);
+        let mut now = Instant::now();
+        assert_eq!(r.due(now), Some(Due::StartAfterDependencies));
+        let mut delays = Vec::new();
+        for ran in [SECOND, SECOND, SECOND, STABLE_AFTER, SECOND] {
+            match run_once(&mut r, &mut now, ran, Exit::Code(1)) {
+                AfterExit::RestartIn(delay) => delays.push(delay),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(r.state(), ReplicaState::Backoff);
+        }
+        assert_eq!(millis(&delays), [500, 1000, 2000, 500, 1000]);
+        assert_eq!((r.restarts(), r.last_exit()), (4, Some(Exit::Code(1))));
+    }
+
+    #[test]
+    fn the_restart_policy_decides_who_comes_back() {
+        let cases = [
+            (RestartPolicy::No, Exit::Code(1), ReplicaState::Exited),
+            (RestartPolicy::No, Exit::Signal(9), ReplicaState::Exited),
+            (RestartPolicy::OnFailure, Exit::Code(0), ReplicaState::Exited),
+            (RestartPolicy::OnFailure, Exit::Code(1), ReplicaState::Backoff),
+            (RestartPolicy::OnFailure, Exit::Signal(9), ReplicaState::Backoff),
+            (RestartPolicy::Always, Exit::Code(0), ReplicaState::Backoff),
+        ];
+        for (policy, exit, state) in cases {
+            let mut r = Replica::new(with_restart(spec("s", 1), policy), 0);
+            run_once(&mut r, &mut Instant::now(), SECOND, exit);
+            assert_eq!(r.state(), state, "{policy:?} after {exit}");
+        }
+    }
+
+    #[test]
+    fn a_start_that_fails_backs_off_and_keeps_the_error() {
+        let mut r = Replica::new(spec("s", 1), 0);
+        let now = Instant::now();
+        let after = r.start_failed(now, "cannot start: no such file".into());
+        assert_eq!(after, AfterExit::RestartIn(BACKOFF_START));
+        assert_eq!(
+            (r.state(), r.error()),
+            (ReplicaState::Backoff, Some("cannot start: no such file"))
+        );
+        r.started(now + SECOND, 0, None);
+        assert_eq!((r.restarts(), r.error()), (1, None));
+    }
+
+    #[test]
+    fn a_stop_terminates_then_kills_after_the_grace_period() {
+        let mut r = Replica::new(spec("s", 1), 0);
+        let now = Instant::now();
+        r.started(now, 1_000, Some(7));
+        assert_eq!(r.started_at_ms(), Some(1_000));
+        assert_eq!(r.stop(now, AfterStop::Stop), StopStep::Terminate);
+        assert_eq!(r.state(), ReplicaState::Stopping);
+        // Asked again (say, to restart): the newest reason counts, the grace period runs on.
+        assert_eq!(r.stop(now + SECOND, AfterStop::Restart), StopStep::Wait);
+        let grace = Duration::from_millis(r.spec().stop_grace_ms);
+        assert_eq!(r.due(now + grace - Duration::from_millis(1)), None);
+        assert_eq!(r.due(now + grace), Some(Due::Kill));
+        r.kill_sent(now + grace);
+        assert_eq!(r.due(now + grace), None);
+        assert_eq!(r.due(now + grace + KILL_RECHECK), Some(Due::Kill));
+        assert_eq!(r.exited(now + grace, Some(Exit::Signal(9))), AfterExit::Settled);
+        assert_eq!((r.state(), r.started_at_ms()), (ReplicaState::Waiting, None));
+    }
+
+    #[test]
+    fn what_a_stop_leads_to() {
+        let now = Instant::now();
+        for (then, state) in [
+            (AfterStop::Stop, Some(ReplicaState::Stopped)),
+            (AfterStop::Restart, Some(ReplicaState::Waiting)),
+            (AfterStop::Remove, None),
+        ] {
+            let mut running = Replica::new(spec("s", 1), 0);
+            running.started(now, 0, None);
+            running.stop(now, then);
+            let after = running.exited(now, Some(Exit::Code(0)));
+            assert_eq!(after == AfterExit::Remove, state.is_none(), "{then:?}");
+            if let Some(state) = state {
+                assert_eq!(running.state(), state, "{then:?}");
+            }
+            // Without a process the stop is complete at once; a back-off is cancelled.
+            let mut backing_off = Replica::new(spec("s", 1), 0);
+            backing_off.start_failed(now, "no".into());
+            let step = backing_off.stop(now, then);
+            assert_eq!(step == StopStep::Remove, state.is_none(), "{then:?}");
+            assert_eq!(backing_off.due(now + BACKOFF_CAP).is_some(), then == AfterStop::Restart);
+        }
+        let mut stopped = Replica::new(spec("s", 1), 0);
+        stopped.stop(now, AfterStop::Stop);
+        stopped.resume();
+        assert_eq!(stopped.state(), ReplicaState::Waiting);
+    }
+
+    #[test]
+    fn health_follows_probe_results_and_restarts_under_always() {
+        let now = Instant::now();
+        for (policy, last) in [
+            (RestartPolicy::Always, Verdict::Restart),
+            (RestartPolicy::OnFailure, Verdict::Now(Health::Unhealthy)),
+        ] {
+            let mut r = Replica::new(with_restart(with_health(spec("s", 1)), policy), 0);
+            r.started(now, 0, None);
+            assert_eq!(r.health(), Some(Health::Starting));
+            assert_eq!(r.due(now + FIRST_PROBE_WITHIN), Some(Due::Probe));
+            r.probe_launched();
+            assert_eq!(r.due(now + FIRST_PROBE_WITHIN), None, "one probe at a time");
+            let epoch = r.epoch();
+            assert_eq!(r.probe_result(now, epoch, true), Verdict::Now(Health::Healthy));
+            assert_eq!(r.probe_result(now, epoch, true), Verdict::Same);
+            // Three failures in a row (retries = 3) turn it unhealthy.
+            assert_eq!(r.probe_result(now, epoch, false), Verdict::Same);
+            assert_eq!(r.probe_result(now, epoch, false), Verdict::Same);
+            assert_eq!(r.probe_result(now, epoch, false), last);
+            // A late result for an earlier process changes nothing.
+            assert_eq!(r.probe_result(now, epoch - 1, true), Verdict::Same);
+        }
+    }
+
+    #[test]
+    fn failures_in_the_start_period_do_not_count() {
+        let now = Instant::now();
+        let mut spec = with_health(spec("s", 1));
+        if let Some(h) = &mut spec.health {
+            (h.retries, h.start_period) = (1, Duration::from_secs(5));
+        }
+        let mut r = Replica::new(spec, 0);
+        r.started(now, 0, None);
+        assert_eq!(r.probe_result(now + SECOND, 1, false), Verdict::Same);
+        assert_eq!(r.health(), Some(Health::Starting));
+        assert_eq!(r.probe_result(now + 5 * SECOND, 1, false), Verdict::Restart);
+    }
+
+    #[test]
+    fn a_replica_waits_until_its_dependencies_are_started_or_healthy() {
+        let now = Instant::now();
+        let mut db = [1, 2].map(|i| Replica::new(with_health(spec("db", i)), 0));
+        let mut cache = Replica::new(spec("cache", 1), 0);
+        let after_start = depending_on(spec("web", 1), "db", Condition::Started);
+        let after_health = depending_on(after_start.clone(), "db", Condition::Healthy);
+        let after_cache = depending_on(spec("web", 1), "cache", Condition::Healthy);
+        let ready =
+            |spec: &RunSpec, db: &[Replica], cache: &Replica| dependencies_ready(spec, db.iter().chain([cache]));
+
+        assert!(ready(&spec("web", 1), &db, &cache), "nothing to wait for");
+        assert!(!ready(&after_start, &db, &cache));
+        db[0].started(now, 0, None);
+        assert!(!ready(&after_start, &db, &cache), "every replica counts");
+        db[1].started(now, 0, None);
+        assert!(ready(&after_start, &db, &cache));
+        assert!(!ready(&after_health, &db, &cache));
+        db[0].probe_result(now, 1, true);
+        assert!(!ready(&after_health, &db, &cache));
+        db[1].probe_result(now, 1, true);
+        assert!(ready(&after_health, &db, &cache));
+        db[1].exited(now, Some(Exit::Signal(9)));
+        assert!(
+            !ready(&after_start, &db, &cache),
+            "a dependency that went down is waited for again"
+        );
+
+        // Without a health check, started counts as healthy.
+        assert!(!ready(&after_cache, &db, &cache));
+        cache.started(now, 0, None);
+        assert!(ready(&after_cache, &db, &cache));
+        // A service with no replicas to run holds nobody up.
+        assert!(ready(
+            &depending_on(spec("web", 1), "static", Condition::Healthy),
+            &db,
+            &cache
+        ));
+    }
 }
