@@ -152,11 +152,17 @@ pub fn wait_until_ready(stack_dir: &Path, run: &RunFile, health: HealthWait) -> 
     let progress = Progress::start();
     loop {
         let status = runfile::read_status(stack_dir);
+        let now_ms = runfile::unix_ms();
         let mut waiting = Vec::new();
         for spec in run.specs.iter().filter(|s| !run.is_stopped(&s.service)) {
             let needs_health = spec.health.is_some()
                 && (health == HealthWait::Everything || healthy_needed.contains(spec.service.as_str()));
-            match readiness(&spec.container, status.replicas.get(&spec.container), needs_health) {
+            match readiness(
+                &spec.container,
+                status.replicas.get(&spec.container),
+                needs_health,
+                now_ms,
+            ) {
                 Readiness::Ready => {}
                 Readiness::Waiting(why) => waiting.push(why),
                 Readiness::Failed(failure) => return Err(failure),
@@ -183,8 +189,9 @@ enum Readiness {
     Failed(Failure),
 }
 
-/// Where one replica stands, from its status (None: the supervisor does not know it yet).
-fn readiness(container: &str, status: Option<&ReplicaStatus>, needs_health: bool) -> Readiness {
+/// Where one replica stands at `now_ms`, from its status (None: the supervisor does not know
+/// it yet).
+fn readiness(container: &str, status: Option<&ReplicaStatus>, needs_health: bool, now_ms: u64) -> Readiness {
     let Some(r) = status else {
         return Readiness::Waiting(format!("{container} (not known to the supervisor)"));
     };
@@ -207,7 +214,9 @@ fn readiness(container: &str, status: Option<&ReplicaStatus>, needs_health: bool
             Failure::new(format!("{container}: {problem}")).hint(format!("`plumb logs {container}` shows its output")),
         );
     }
-    if r.has_started() && (!needs_health || r.is_healthy()) {
+    // A process that dies at once is seen running for a moment: give it time to show it.
+    let settled = r.state != ReplicaState::Running || r.up_for(now_ms).is_some_and(|t| t >= SETTLE);
+    if r.has_started() && settled && (!needs_health || r.is_healthy()) {
         return Readiness::Ready;
     }
     let health = r.health.map(|h| format!(", {h}")).unwrap_or_default();
@@ -253,6 +262,10 @@ impl Progress {
 /// After this many restarts in a row during `up`, a replica is reported as failing.
 const CRASH_LOOP: u32 = 3;
 
+/// A process counts as started once it has run this long (as long as its first back-off), so
+/// one that fails at once is reported rather than declared started.
+const SETTLE: Duration = Duration::from_millis(500);
+
 fn max_grace(specs: &[RunSpec]) -> Duration {
     Duration::from_millis(specs.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0))
 }
@@ -272,11 +285,13 @@ mod tests {
 
     #[test]
     fn readiness_names_what_each_replica_waits_for_or_why_it_failed() {
+        const NOW: u64 = 1_000_000;
         let status = |state, health, last_exit, restarts| ReplicaStatus {
             state,
             health,
             last_exit,
             restarts,
+            started_at_ms: (state == Running).then_some(NOW - SETTLE.as_millis() as u64),
             ..ReplicaStatus::default()
         };
         use ReplicaState::*;
@@ -308,14 +323,19 @@ mod tests {
             ),
         ];
         for (status, needs_health, expected) in cases {
-            assert_eq!(message(readiness("w-1", status.as_ref(), needs_health)), expected);
+            assert_eq!(message(readiness("w-1", status.as_ref(), needs_health, NOW)), expected);
         }
+        let just_started = status(Running, None, None, 0);
+        assert_eq!(
+            message(readiness("w-1", Some(&just_started), false, NOW - 1)),
+            "waiting: w-1 (running)"
+        );
         let broken = ReplicaStatus {
             error: Some("cannot start: no such file".into()),
             ..ReplicaStatus::default()
         };
         assert_eq!(
-            message(readiness("w-1", Some(&broken), false)),
+            message(readiness("w-1", Some(&broken), false, NOW)),
             "failed: w-1: cannot start: no such file"
         );
     }

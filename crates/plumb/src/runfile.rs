@@ -7,7 +7,7 @@ use std::fmt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -81,6 +81,12 @@ impl ReplicaStatus {
     /// How the last process ended, for messages: `exit code 3`, or `?` before any ended.
     pub fn last_exit_text(&self) -> String {
         self.last_exit.map_or_else(|| "?".to_string(), |e| e.to_string())
+    }
+
+    /// How long its current process has been running at `now_ms` (None without one).
+    pub fn up_for(&self, now_ms: u64) -> Option<Duration> {
+        self.started_at_ms
+            .map(|t| Duration::from_millis(now_ms.saturating_sub(t)))
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -189,6 +195,13 @@ fn unknown_if_unreadable<'de, D: Deserializer<'de>, T: DeserializeOwned>(
     d: D,
 ) -> std::result::Result<Option<T>, D::Error> {
     Ok(serde_json::from_value(serde_json::Value::deserialize(d)?).ok())
+}
+
+/// Now as Unix milliseconds: the clock of `started_at_ms`.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn run_path(stack_dir: &Path) -> PathBuf {

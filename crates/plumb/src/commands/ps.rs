@@ -1,8 +1,6 @@
 //! `plumb ps`: the containers of every stack that is up, with their namespaces, interfaces,
 //! addresses, published ports and, for services with a command, their process.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use plumb_core::Container;
 use serde::{Serialize, Serializer};
 
@@ -129,9 +127,7 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
 }
 
 fn row<'a>(stack: &'a str, c: &'a Container, status: Option<&StatusFile>) -> Row<'a> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = runfile::unix_ms();
     let process = c.process.as_ref().map(|_| {
         let s = status.and_then(|s| s.replicas.get(&c.name));
         Process {
@@ -139,7 +135,7 @@ fn row<'a>(stack: &'a str, c: &'a Container, status: Option<&StatusFile>) -> Row
             health: s.and_then(|s| s.health),
             pid: s.and_then(|s| s.pid),
             restarts: s.map_or(0, |s| s.restarts),
-            uptime_seconds: s.and_then(|s| s.started_at_ms).map(|t| now.saturating_sub(t) / 1000),
+            uptime_seconds: s.and_then(|s| s.up_for(now)).map(|d| d.as_secs()),
         }
     });
     Row {

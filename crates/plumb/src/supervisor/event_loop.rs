@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -44,13 +44,6 @@ pub struct Supervisor {
     shutting_down: bool,
     /// Something changed since `status.json` was written.
     dirty: bool,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Supervisor {
@@ -185,7 +178,7 @@ impl Supervisor {
                 let command = slot.replica.spec().command.join(" ");
                 slot.log.note(&format!("started {command} (pid {})", child.id()));
                 self.pipes.add(&mut child, name);
-                slot.replica.started(now, unix_ms(), inode);
+                slot.replica.started(now, runfile::unix_ms(), inode);
                 slot.child = Some(child);
             }
             Err(e) => {
