@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use plumb_core::services::RunSpec;
 use plumb_linux::netns;
 
 use super::logs::{LogWriter, Pipes};
@@ -110,43 +111,39 @@ impl Supervisor {
     fn reload(&mut self, now: Instant) {
         let run = runfile::read_run(&self.dir);
         let changes = plan::changes(self.slots.iter().map(|(n, s)| (n, &s.replica)), &run, netns::inode);
-        let mut wanted: BTreeMap<&str, _> = run.specs.iter().map(|s| (s.container.as_str(), s)).collect();
+        for spec in &run.specs {
+            self.adopt(spec, run.restart_token(&spec.service));
+        }
         for (name, change) in changes {
-            let Some(spec) = wanted.remove(name.as_str()) else {
-                self.stop(&name, AfterStop::Remove, now);
-                continue;
-            };
-            let token = run.restart_token(&spec.service);
-            match self.slots.get_mut(&name) {
-                Some(slot) => {
-                    if slot.replica.spec().hosts != spec.hosts {
-                        // Rewritten in place: the container's bind mount shows the new content.
-                        let _ = std::fs::write(self.dir.join("hosts").join(&name), &spec.hosts);
-                    }
-                    slot.replica.update(spec.clone(), token);
-                }
-                None => {
-                    let log = LogWriter::new(runfile::logs_dir(&self.dir).join(format!("{name}.log")));
-                    let replica = Replica::new(spec.clone(), token);
-                    self.slots.insert(
-                        name.clone(),
-                        Slot {
-                            replica,
-                            child: None,
-                            log,
-                        },
-                    );
-                }
-            }
             match change {
-                Change::Stop => self.stop(&name, AfterStop::Stop, now),
-                Change::Restart => self.stop(&name, AfterStop::Restart, now),
+                Change::Add => {}
                 Change::Keep => self.slots.get_mut(&name).into_iter().for_each(|s| s.replica.resume()),
-                Change::Add | Change::Remove => {}
+                Change::Restart => self.stop(&name, AfterStop::Restart, now),
+                Change::Stop => self.stop(&name, AfterStop::Stop, now),
+                Change::Remove => self.stop(&name, AfterStop::Remove, now),
             }
         }
         self.generation = run.generation;
         self.dirty = true;
+    }
+
+    /// Takes `spec` as its replica's definition, adding the replica if it is new.
+    fn adopt(&mut self, spec: &RunSpec, restart_token: u64) {
+        let name = &spec.container;
+        if let Some(slot) = self.slots.get_mut(name) {
+            if slot.replica.spec().hosts != spec.hosts {
+                // Rewritten in place: the container's bind mount shows the new content.
+                let _ = std::fs::write(self.dir.join("hosts").join(name), &spec.hosts);
+            }
+            slot.replica.update(spec.clone(), restart_token);
+            return;
+        }
+        let slot = Slot {
+            replica: Replica::new(spec.clone(), restart_token),
+            child: None,
+            log: LogWriter::new(runfile::logs_dir(&self.dir).join(format!("{name}.log"))),
+        };
+        self.slots.insert(name.clone(), slot);
     }
 
     /// Starts what may start, restarts what is due, probes, and escalates slow stops.
