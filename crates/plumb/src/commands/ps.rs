@@ -172,3 +172,15 @@ fn uptime(seconds: u64) -> String {
         s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_names_process_states_as_the_table_does() {
+        let json = |state| serde_json::to_value(state).unwrap();
+        assert_eq!(json(ProcessState::Supervised(ReplicaState::Backoff)), "backoff");
+        assert_eq!(json(ProcessState::NoSupervisor), "no supervisor");
+    }
+}
