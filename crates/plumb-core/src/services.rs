@@ -29,6 +29,9 @@ pub struct RunSpec {
     pub hosts: String,
 }
 
+/// The PATH every service runs with, and where `plumb up` looks for a command's program.
+pub const SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Environment variable naming a service's addresses: `PLUMB_ADDRS_MY_API`.
 pub fn addrs_variable(service: &str) -> String {
     format!("PLUMB_ADDRS_{}", service.to_uppercase().replace('-', "_"))

@@ -14,7 +14,7 @@ use plumb_core::services::RunSpec;
 use plumb_core::spec::Condition;
 
 use crate::failure::{Failure, Result};
-use crate::runfile::{self, RunFile, StatusFile};
+use crate::runfile::{self, ReplicaState, ReplicaStatus, RunFile, StatusFile};
 use crate::state::StateDir;
 
 /// Writes `specs` as the next generation of `run.json` and returns it.
@@ -108,9 +108,29 @@ pub fn stop_supervisor(stack_dir: &Path) -> Result<()> {
     }
 }
 
-/// Waits until every service is started, and healthy where another service waits for it to
-/// be (or `all_healthy`: wherever it has a health check).
+/// Which replicas `wait_until_ready` also waits to see healthy (every one must have started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthWait {
+    /// Those another service depends on with `condition = "healthy"` (what `up` promises).
+    Dependencies,
+    /// Every replica with a health check (`demo`, which then says "open the page").
+    Everything,
+}
+
+/// Kept for callers not yet switched (`up`, `demo`): `all_healthy` is `HealthWait::Everything`.
+/// Switch to `wait_until_ready` and remove this.
 pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<StatusFile> {
+    let health = if all_healthy {
+        HealthWait::Everything
+    } else {
+        HealthWait::Dependencies
+    };
+    wait_until_ready(stack_dir, run, health)
+}
+
+/// Waits until every service that is not stopped has started, and is healthy where `health`
+/// asks; fails as soon as one cannot get there (cannot start, keeps exiting, exited).
+pub fn wait_until_ready(stack_dir: &Path, run: &RunFile, health: HealthWait) -> Result<StatusFile> {
     let healthy_needed: BTreeSet<&str> = run
         .specs
         .iter()
@@ -129,73 +149,194 @@ pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<
         .max()
         .unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60) + slowest;
-    let tty = std::io::stderr().is_terminal();
-    let start = Instant::now();
+    let progress = Progress::start();
     loop {
         let status = runfile::read_status(stack_dir);
+        let now_ms = runfile::unix_ms();
         let mut waiting = Vec::new();
-        for spec in run.specs.iter().filter(|s| !run.stopped.contains(&s.service)) {
-            let Some(r) = status.replicas.get(&spec.container) else {
-                waiting.push(format!("{} (not known to the supervisor)", spec.container));
-                continue;
-            };
-            let crash_looping = r.state == "backoff" && r.restarts >= CRASH_LOOP;
-            if let Some(problem) = r.error.clone().or_else(|| {
-                crash_looping.then(|| {
-                    format!(
-                        "keeps exiting ({}, {} restarts)",
-                        r.last_exit.as_deref().unwrap_or("?"),
-                        r.restarts
-                    )
-                })
-            }) {
-                return Err(Failure::new(format!("{}: {problem}", spec.container))
-                    .hint(format!("`plumb logs {}` shows its output", spec.container)));
-            }
-            if r.state == "exited" && r.last_exit.as_deref() != Some("exit code 0") {
-                return Err(Failure::new(format!(
-                    "{}: exited ({})",
-                    spec.container,
-                    r.last_exit.as_deref().unwrap_or("?")
-                ))
-                .hint(format!("`plumb logs {}` shows its output", spec.container)));
-            }
-            let started =
-                r.state == "running" || (r.state == "exited" && r.last_exit.as_deref() == Some("exit code 0"));
-            let needs_health = spec.health.is_some() && (all_healthy || healthy_needed.contains(spec.service.as_str()));
-            if !started || (needs_health && r.health.as_deref() != Some("healthy")) {
-                waiting.push(format!(
-                    "{} ({}{})",
-                    spec.container,
-                    r.state,
-                    r.health.as_deref().map(|h| format!(", {h}")).unwrap_or_default()
-                ));
+        for spec in run.specs.iter().filter(|s| !run.is_stopped(&s.service)) {
+            let needs_health = spec.health.is_some()
+                && (health == HealthWait::Everything || healthy_needed.contains(spec.service.as_str()));
+            match readiness(
+                &spec.container,
+                status.replicas.get(&spec.container),
+                needs_health,
+                now_ms,
+            ) {
+                Readiness::Ready => {}
+                Readiness::Waiting(why) => waiting.push(why),
+                Readiness::Failed(failure) => return Err(failure),
             }
         }
         if waiting.is_empty() {
-            if tty && start.elapsed() > Duration::from_secs(1) {
-                eprint!("\r\x1b[K");
-            }
+            progress.clear();
             return Ok(status);
         }
         if Instant::now() > deadline {
             return Err(Failure::new(format!("services not ready: {}", waiting.join(", ")))
                 .hint("`plumb ps` shows their state, `plumb logs SVC` their output"));
         }
-        if tty && start.elapsed() > Duration::from_secs(1) {
+        progress.show(&waiting);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+enum Readiness {
+    Ready,
+    /// Not yet: the container and what it is doing, such as `web-1 (running, starting)`.
+    Waiting(String),
+    /// It will not get there.
+    Failed(Failure),
+}
+
+/// Where one replica stands at `now_ms`, from its status (None: the supervisor does not know
+/// it yet).
+fn readiness(container: &str, status: Option<&ReplicaStatus>, needs_health: bool, now_ms: u64) -> Readiness {
+    let Some(r) = status else {
+        return Readiness::Waiting(format!("{container} (not known to the supervisor)"));
+    };
+    let crash_looping = r.state == ReplicaState::Backoff && r.restarts >= CRASH_LOOP;
+    let problem = if let Some(error) = &r.error {
+        Some(error.clone())
+    } else if crash_looping {
+        Some(format!(
+            "keeps exiting ({}, {} restarts)",
+            r.last_exit_text(),
+            r.restarts
+        ))
+    } else if r.has_failed() {
+        Some(format!("exited ({})", r.last_exit_text()))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Readiness::Failed(
+            Failure::new(format!("{container}: {problem}")).hint(format!("`plumb logs {container}` shows its output")),
+        );
+    }
+    // A process that dies at once is seen running for a moment: give it time to show it.
+    let settled = r.state != ReplicaState::Running || r.up_for(now_ms).is_some_and(|t| t >= SETTLE);
+    if r.has_started() && settled && (!needs_health || r.is_healthy()) {
+        return Readiness::Ready;
+    }
+    let health = r.health.map(|h| format!(", {h}")).unwrap_or_default();
+    Readiness::Waiting(format!("{container} ({}{health})", r.state))
+}
+
+/// The "waiting for N replica(s)" line on a terminal, once waiting takes more than a second.
+struct Progress {
+    tty: bool,
+    start: Instant,
+}
+
+impl Progress {
+    fn start() -> Self {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+        }
+    }
+
+    fn shown(&self) -> bool {
+        self.tty && self.start.elapsed() > Duration::from_secs(1)
+    }
+
+    fn show(&self, waiting: &[String]) {
+        if self.shown() {
+            let first: Vec<&str> = waiting.iter().take(3).map(String::as_str).collect();
             eprint!(
                 "\r\x1b[K  waiting for {} replica(s): {}",
                 waiting.len(),
-                waiting.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                first.join(", ")
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    fn clear(&self) {
+        if self.shown() {
+            eprint!("\r\x1b[K");
+        }
     }
 }
 
 /// After this many restarts in a row during `up`, a replica is reported as failing.
 const CRASH_LOOP: u32 = 3;
 
+/// A process counts as started once it has run this long (as long as its first back-off), so
+/// one that fails at once is reported rather than declared started.
+const SETTLE: Duration = Duration::from_millis(500);
+
 fn max_grace(specs: &[RunSpec]) -> Duration {
     Duration::from_millis(specs.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runfile::{Exit, Health};
+
+    fn message(readiness: Readiness) -> String {
+        match readiness {
+            Readiness::Ready => "ready".into(),
+            Readiness::Waiting(why) => format!("waiting: {why}"),
+            Readiness::Failed(failure) => format!("failed: {}", failure.message),
+        }
+    }
+
+    #[test]
+    fn readiness_names_what_each_replica_waits_for_or_why_it_failed() {
+        const NOW: u64 = 1_000_000;
+        let status = |state, health, last_exit, restarts| ReplicaStatus {
+            state,
+            health,
+            last_exit,
+            restarts,
+            started_at_ms: (state == Running).then_some(NOW - SETTLE.as_millis() as u64),
+            ..ReplicaStatus::default()
+        };
+        use ReplicaState::*;
+        let cases = [
+            (None, false, "waiting: w-1 (not known to the supervisor)"),
+            (Some(status(Running, None, None, 0)), false, "ready"),
+            (Some(status(Running, Some(Health::Starting), None, 0)), false, "ready"),
+            (
+                Some(status(Running, Some(Health::Starting), None, 0)),
+                true,
+                "waiting: w-1 (running, starting)",
+            ),
+            (Some(status(Running, Some(Health::Healthy), None, 0)), true, "ready"),
+            (Some(status(Exited, None, Some(Exit::Code(0)), 0)), false, "ready"),
+            (
+                Some(status(Exited, None, Some(Exit::Code(1)), 0)),
+                false,
+                "failed: w-1: exited (exit code 1)",
+            ),
+            (
+                Some(status(Backoff, None, Some(Exit::Code(3)), 2)),
+                false,
+                "waiting: w-1 (backoff)",
+            ),
+            (
+                Some(status(Backoff, None, Some(Exit::Code(3)), 3)),
+                false,
+                "failed: w-1: keeps exiting (exit code 3, 3 restarts)",
+            ),
+        ];
+        for (status, needs_health, expected) in cases {
+            assert_eq!(message(readiness("w-1", status.as_ref(), needs_health, NOW)), expected);
+        }
+        let just_started = status(Running, None, None, 0);
+        assert_eq!(
+            message(readiness("w-1", Some(&just_started), false, NOW - 1)),
+            "waiting: w-1 (running)"
+        );
+        let broken = ReplicaStatus {
+            error: Some("cannot start: no such file".into()),
+            ..ReplicaStatus::default()
+        };
+        assert_eq!(
+            message(readiness("w-1", Some(&broken), false, NOW)),
+            "failed: w-1: cannot start: no such file"
+        );
+    }
 }

@@ -3,13 +3,17 @@
 //! the supervisor, naming the generation it has applied).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use plumb_core::services::RunSpec;
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::failure::{Failure, Result};
 use crate::state::write_atomically;
@@ -24,6 +28,17 @@ pub struct RunFile {
     pub restarts: BTreeMap<String, u64>,
 }
 
+impl RunFile {
+    pub fn is_stopped(&self, service: &str) -> bool {
+        self.stopped.contains(service)
+    }
+
+    /// How often `plumb restart` named this service: a replica restarts when it changes.
+    pub fn restart_token(&self, service: &str) -> u64 {
+        self.restarts.get(service).copied().unwrap_or(0)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusFile {
     pub generation: u64,
@@ -34,16 +49,159 @@ pub struct StatusFile {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     pub service: String,
-    /// waiting, running, stopping, backoff, exited, stopped
-    pub state: String,
-    /// starting, healthy, unhealthy; None without a health check.
-    pub health: Option<String>,
+    pub state: ReplicaState,
+    /// None without a health check.
+    pub health: Option<Health>,
     pub pid: Option<u32>,
     pub restarts: u32,
     /// Unix time in milliseconds when the current process started.
     pub started_at_ms: Option<u64>,
-    pub last_exit: Option<String>,
+    /// How the last process ended. A status written by an older plumb had this as text: it
+    /// reads as unknown rather than making the whole file unreadable.
+    #[serde(default, deserialize_with = "unknown_if_unreadable")]
+    pub last_exit: Option<Exit>,
     pub error: Option<String>,
+}
+
+impl ReplicaStatus {
+    /// Its process runs, or ran to completion (exit code 0) and is not restarted.
+    pub fn has_started(&self) -> bool {
+        match self.state {
+            ReplicaState::Running => true,
+            ReplicaState::Exited => self.last_exit.is_some_and(Exit::is_success),
+            _ => false,
+        }
+    }
+
+    /// Its process ended with a failure and is not restarted.
+    pub fn has_failed(&self) -> bool {
+        self.state == ReplicaState::Exited && !self.last_exit.is_some_and(Exit::is_success)
+    }
+
+    /// How the last process ended, for messages: `exit code 3`, or `?` before any ended.
+    pub fn last_exit_text(&self) -> String {
+        self.last_exit.map_or_else(|| "?".to_string(), |e| e.to_string())
+    }
+
+    /// How long its current process has been running at `now_ms` (None without one).
+    pub fn up_for(&self, now_ms: u64) -> Option<Duration> {
+        self.started_at_ms
+            .map(|t| Duration::from_millis(now_ms.saturating_sub(t)))
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.health == Some(Health::Healthy)
+    }
+}
+
+/// Where a replica's process is in its life, as the supervisor reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Not started yet: waits for its dependencies.
+    #[default]
+    Waiting,
+    Running,
+    /// Asked to stop; waits for the process to exit.
+    Stopping,
+    /// Exited and restarts after a back-off.
+    Backoff,
+    /// Exited and stays down (its restart policy says so).
+    Exited,
+    /// Stopped by `plumb stop` or by the supervisor stopping.
+    Stopped,
+}
+
+impl ReplicaState {
+    /// The name users see, in `ps` and in `status.json` alike.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Waiting => "waiting",
+            ReplicaState::Running => "running",
+            ReplicaState::Stopping => "stopping",
+            ReplicaState::Backoff => "backoff",
+            ReplicaState::Exited => "exited",
+            ReplicaState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for ReplicaState {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a replica's health check says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// No verdict yet.
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal (by number) ended it.
+    Signal(i32),
+}
+
+impl Exit {
+    /// None for a status that is neither (a stopped or continued process).
+    pub fn of(status: ExitStatus) -> Option<Exit> {
+        status.code().map(Exit::Code).or(status.signal().map(Exit::Signal))
+    }
+
+    pub fn is_success(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match *self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal(number) => match Signal::try_from(number) {
+                Ok(signal) => write!(f, "killed by {signal}"),
+                Err(_) => write!(f, "killed by signal {number}"),
+            },
+        }
+    }
+}
+
+fn unknown_if_unreadable<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    Ok(serde_json::from_value(serde_json::Value::deserialize(d)?).ok())
+}
+
+/// Now as Unix milliseconds: the clock of `started_at_ms`.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn run_path(stack_dir: &Path) -> PathBuf {
@@ -135,4 +293,69 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     done()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_read_as_users_know_them() {
+        assert_eq!(Exit::Code(3).to_string(), "exit code 3");
+        assert_eq!(Exit::Signal(9).to_string(), "killed by SIGKILL");
+        assert_eq!(Exit::Signal(200).to_string(), "killed by signal 200");
+        assert!(Exit::Code(0).is_success());
+        assert!(!Exit::Code(1).is_success() && !Exit::Signal(15).is_success());
+    }
+
+    #[test]
+    fn the_status_file_names_states_in_snake_case() {
+        let status = ReplicaStatus {
+            service: "web".into(),
+            state: ReplicaState::Backoff,
+            health: Some(Health::Unhealthy),
+            last_exit: Some(Exit::Signal(9)),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["state"], "backoff");
+        assert_eq!(json["health"], "unhealthy");
+        assert_eq!(json["last_exit"], serde_json::json!({ "signal": 9 }));
+        assert_eq!(serde_json::from_value::<ReplicaStatus>(json).unwrap(), status);
+    }
+
+    #[test]
+    fn display_names_are_the_serialized_ones() {
+        use ReplicaState::*;
+        for state in [Waiting, Running, Stopping, Backoff, Exited, Stopped] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        for health in [Health::Starting, Health::Healthy, Health::Unhealthy] {
+            assert_eq!(serde_json::to_value(health).unwrap(), health.as_str());
+        }
+    }
+
+    #[test]
+    fn a_status_from_an_older_plumb_still_reads() {
+        let old = r#"{"service":"s","state":"exited","health":null,"pid":null,"restarts":2,
+            "started_at_ms":null,"last_exit":"exit code 1","error":null}"#;
+        let status: ReplicaStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (status.state, status.restarts, status.last_exit),
+            (ReplicaState::Exited, 2, None)
+        );
+        assert!(status.has_failed() && !status.has_started());
+    }
+
+    #[test]
+    fn a_process_that_ran_to_completion_counts_as_started() {
+        let done = |exit| ReplicaStatus {
+            state: ReplicaState::Exited,
+            last_exit: Some(exit),
+            ..Default::default()
+        };
+        assert!(done(Exit::Code(0)).has_started() && !done(Exit::Code(0)).has_failed());
+        assert!(!done(Exit::Code(2)).has_started() && done(Exit::Code(2)).has_failed());
+        assert_eq!(done(Exit::Code(2)).last_exit_text(), "exit code 2");
+    }
 }

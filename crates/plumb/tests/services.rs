@@ -213,7 +213,12 @@ fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
             .map(|r| r["process"]["state"].as_str().unwrap().to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!(states(&sb), ["no supervisor"; 3]);
+    // kill returns before the process is gone: wait for it.
+    assert!(
+        eventually(Duration::from_secs(5), || states(&sb) == ["no supervisor"; 3]),
+        "{:?}",
+        states(&sb)
+    );
     sb.plumb_ok(&["up"]);
     for ns in ["adopt-s-1", "adopt-s-2", "adopt-s-3"] {
         let pids = sb.ok(&format!("ip netns pids {ns}"));

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use super::{require_root, Context};
 use crate::failure::{Failure, Result};
-use crate::{processes, runfile, stackfile};
+use crate::processes::{self, HealthWait};
+use crate::runfile::{self, ReplicaState};
+use crate::stackfile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -81,14 +83,14 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
             runfile::read_status(&dir)
                 .replicas
                 .values()
-                .all(|r| r.service != service || r.state == "stopped")
+                .all(|r| r.service != service || r.state == ReplicaState::Stopped)
         });
         if !stopped {
             return Err(Failure::new(format!("{service} did not stop in time")));
         }
         println!("{stack}/{service}: stopped");
     } else {
-        processes::wait_ready(&dir, &run, false)?;
+        processes::wait_until_ready(&dir, &run, HealthWait::Dependencies)?;
         println!(
             "{stack}/{service}: {}",
             if action == Action::Start {

@@ -1,15 +1,13 @@
 //! `plumb ps`: the containers of every stack that is up, with their namespaces, interfaces,
 //! addresses, published ports and, for services with a command, their process.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use plumb_core::Container;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::Context;
 use crate::failure::Result;
 use crate::output::{print_json, table};
-use crate::runfile::{self, StatusFile};
+use crate::runfile::{self, Health, ReplicaState, StatusFile};
 
 #[derive(Serialize)]
 struct Row<'a> {
@@ -37,12 +35,34 @@ struct Iface<'a> {
 
 #[derive(Serialize)]
 struct Process {
-    /// waiting, running, stopping, backoff, exited, stopped, or "no supervisor".
-    state: String,
-    health: Option<String>,
+    state: ProcessState,
+    health: Option<Health>,
     pid: Option<u32>,
     restarts: u32,
     uptime_seconds: Option<u64>,
+}
+
+/// What `ps` knows of a process: its supervisor's report, or that none is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcessState {
+    Supervised(ReplicaState),
+    NoSupervisor,
+}
+
+impl ProcessState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Supervised(state) => state.as_str(),
+            ProcessState::NoSupervisor => "no supervisor",
+        }
+    }
+}
+
+/// As the bare name (`"running"`, `"no supervisor"`), like the table shows it.
+impl Serialize for ProcessState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 pub fn run(ctx: &Context, json: bool) -> Result<()> {
@@ -70,13 +90,13 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
             let state = match (r.present, p) {
                 (false, _) => "missing".to_string(),
                 (true, None) => "up".to_string(),
-                (true, Some(p)) => p.state.clone(),
+                (true, Some(p)) => p.state.as_str().to_string(),
             };
             vec![
                 r.stack.to_string(),
                 r.container.to_string(),
                 state,
-                p.and_then(|p| p.health.clone()).unwrap_or_else(dash),
+                p.and_then(|p| p.health).map_or_else(dash, |h| h.to_string()),
                 p.and_then(|p| p.pid).map_or_else(dash, |p| p.to_string()),
                 p.map_or_else(dash, |p| p.restarts.to_string()),
                 p.and_then(|p| p.uptime_seconds).map_or_else(dash, uptime),
@@ -107,17 +127,15 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
 }
 
 fn row<'a>(stack: &'a str, c: &'a Container, status: Option<&StatusFile>) -> Row<'a> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = runfile::unix_ms();
     let process = c.process.as_ref().map(|_| {
         let s = status.and_then(|s| s.replicas.get(&c.name));
         Process {
-            state: s.map_or_else(|| "no supervisor".to_string(), |s| s.state.clone()),
-            health: s.and_then(|s| s.health.clone()),
+            state: s.map_or(ProcessState::NoSupervisor, |s| ProcessState::Supervised(s.state)),
+            health: s.and_then(|s| s.health),
             pid: s.and_then(|s| s.pid),
             restarts: s.map_or(0, |s| s.restarts),
-            uptime_seconds: s.and_then(|s| s.started_at_ms).map(|t| now.saturating_sub(t) / 1000),
+            uptime_seconds: s.and_then(|s| s.up_for(now)).map(|d| d.as_secs()),
         }
     });
     Row {
@@ -152,5 +170,17 @@ fn uptime(seconds: u64) -> String {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
         s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_names_process_states_as_the_table_does() {
+        let json = |state| serde_json::to_value(state).unwrap();
+        assert_eq!(json(ProcessState::Supervised(ReplicaState::Backoff)), "backoff");
+        assert_eq!(json(ProcessState::NoSupervisor), "no supervisor");
     }
 }

@@ -1,10 +1,14 @@
 //! Per-replica log files in the stack's `logs/` folder: everything a process writes to stdout
-//! and stderr, rotated at a fixed size so a chatty service cannot fill the disk (at most two
-//! files of `LIMIT` bytes per replica).
+//! and stderr (read from its pipes here), rotated at a fixed size so a chatty service cannot
+//! fill the disk (at most two files of `LIMIT` bytes per replica).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::process::Child;
+
+use super::nonblocking_cloexec;
 
 pub const LIMIT: u64 = 1024 * 1024;
 
@@ -39,6 +43,52 @@ impl LogWriter {
     /// A line from plumb itself (start, exit, restart), marked so it stands out.
     pub fn note(&mut self, text: &str) {
         self.write(format!("[plumb] {text}\n").as_bytes());
+    }
+}
+
+/// The output pipes still open, each with the container whose process writes to it.
+#[derive(Default)]
+pub struct Pipes {
+    open: Vec<(OwnedFd, String)>,
+}
+
+impl Pipes {
+    /// Takes over `child`'s stdout and stderr.
+    pub fn add(&mut self, child: &mut Child, container: &str) {
+        let fds = [
+            child.stdout.take().map(OwnedFd::from),
+            child.stderr.take().map(OwnedFd::from),
+        ];
+        for fd in fds.into_iter().flatten() {
+            nonblocking_cloexec(fd.as_fd());
+            self.open.push((fd, container.to_string()));
+        }
+    }
+
+    /// The pipes to poll, in the order `read` expects its `ready` flags.
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.open.iter().map(|(fd, _)| fd.as_fd())
+    }
+
+    /// Reads the pipes flagged in `ready`, handing each chunk to `write` with its container;
+    /// forgets the pipes that closed.
+    pub fn read(&mut self, ready: &[bool], mut write: impl FnMut(&str, &[u8])) {
+        let mut buffer = [0u8; 16 * 1024];
+        let mut closed = Vec::new();
+        for (i, (fd, container)) in self.open.iter().enumerate() {
+            if !ready.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            match nix::unistd::read(fd.as_raw_fd(), &mut buffer) {
+                Ok(0) => closed.push(i),
+                Ok(n) => write(container, &buffer[..n]),
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            self.open.remove(i);
+        }
     }
 }
 

@@ -1,14 +1,87 @@
-//! Health probes, run on a short-lived thread that enters the container's network namespace
-//! (setns affects only the calling thread), so a slow probe never stalls the supervisor.
+//! Health probes, each run on a short-lived thread that enters the container's network
+//! namespace (setns affects only the calling thread), so a slow probe never stalls the
+//! supervisor; results come back through a channel, with a byte on a pipe to wake its loop.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
-use plumb_core::spec::Probe;
+use nix::unistd::pipe;
+use plumb_core::spec::{HealthSpec, Probe};
+use plumb_linux::netns;
+
+use super::nonblocking_cloexec;
+use crate::failure::{Failure, Result};
+
+/// A probe thread stack: probes need little, and hundreds may run at once.
+const THREAD_STACK: usize = 256 * 1024;
+
+pub struct ProbeResult {
+    pub container: String,
+    /// The replica's epoch when the probe started: a result for an earlier process is stale.
+    pub epoch: u64,
+    pub healthy: bool,
+}
+
+/// Launches probes and collects their results.
+pub struct Probes {
+    tx: Sender<ProbeResult>,
+    rx: Receiver<ProbeResult>,
+    wake_read: OwnedFd,
+    wake_write: Arc<OwnedFd>,
+}
+
+impl Probes {
+    pub fn new() -> Result<Self> {
+        let (wake_read, wake_write) = pipe().map_err(|e| Failure::new(format!("pipe: {e}")))?;
+        for fd in [&wake_read, &wake_write] {
+            nonblocking_cloexec(fd.as_fd());
+        }
+        let (tx, rx) = channel();
+        Ok(Probes {
+            tx,
+            rx,
+            wake_read,
+            wake_write: Arc::new(wake_write),
+        })
+    }
+
+    /// Readable when results are waiting.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake_read.as_fd()
+    }
+
+    /// Probes `container` (whose process is of `epoch`) in the namespace `netns` on a thread.
+    pub fn launch(&self, container: &str, epoch: u64, netns: &str, health: HealthSpec) -> Result<()> {
+        let fd = netns::open(netns)?;
+        let (tx, wake, container) = (self.tx.clone(), self.wake_write.clone(), container.to_string());
+        std::thread::Builder::new()
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                let healthy = check(&fd, &health.probe, health.timeout);
+                let _ = tx.send(ProbeResult {
+                    container,
+                    epoch,
+                    healthy,
+                });
+                let _ = nix::unistd::write(wake.as_fd(), &[1]);
+            })
+            .map_err(|e| Failure::new(format!("cannot start a probe thread: {e}")))?;
+        Ok(())
+    }
+
+    /// The results that came back since the last call.
+    pub fn results(&self) -> Vec<ProbeResult> {
+        let mut drain = [0u8; 64];
+        while matches!(nix::unistd::read(self.wake_read.as_raw_fd(), &mut drain), Ok(n) if n > 0) {}
+        self.rx.try_iter().collect()
+    }
+}
 
 /// Runs `probe` inside the namespace `netns`; true if the service answered as healthy.
 pub fn check(netns: &OwnedFd, probe: &Probe, timeout: Duration) -> bool {

@@ -1,0 +1,75 @@
+//! Starting a replica's process inside its container (network namespace, hostname, hosts
+//! file, user) with the environment services get, and signalling its process group. The only
+//! module that creates or signals service processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+use plumb_core::services::{RunSpec, SEARCH_PATH};
+use plumb_linux::{netns, spawn};
+
+use crate::failure::{Failure, Result};
+
+/// Starts one replica's process inside its container, with its stdout and stderr piped;
+/// returns it and the inode of the namespace it runs in. Writes the container's hosts file
+/// into `hosts_dir` first.
+pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<u64>)> {
+    let netns_fd = netns::open(&spec.netns)?;
+    let inode = netns::inode(&spec.netns);
+    std::fs::create_dir_all(hosts_dir)?;
+    let hosts = hosts_dir.join(&spec.container);
+    std::fs::write(&hosts, &spec.hosts)?;
+    let (program, args) = spec
+        .command
+        .split_first()
+        .ok_or_else(|| Failure::new("empty command"))?;
+    let program = if program.contains('/') {
+        spec.workdir.join(program)
+    } else {
+        PathBuf::from(program)
+    };
+    let mut command = Command::new(&program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", SEARCH_PATH)
+        .env("HOME", "/root")
+        .env("HOSTNAME", &spec.container)
+        // Python buffers output sent to a pipe; logs should show up as they happen.
+        .env("PYTHONUNBUFFERED", "1")
+        .envs(&spec.env)
+        .current_dir(&spec.workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let identity = spec
+        .user
+        .as_deref()
+        .map(|name| run_as(&mut command, name))
+        .transpose()?;
+    spawn::confine(&mut command, netns_fd, &spec.container, Some(&hosts), identity)?;
+    let child = command
+        .spawn()
+        .map_err(|e| Failure::new(format!("{}: {e}", program.display())))?;
+    Ok((child, inode))
+}
+
+/// The identity to drop to for user `name` (also its HOME).
+fn run_as(command: &mut Command, name: &str) -> Result<spawn::Identity> {
+    let user = User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| Failure::new(format!("unknown user {name:?}")))?;
+    command.env("HOME", &user.dir);
+    Ok(spawn::Identity {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
+}
+
+/// Signals a replica's whole process group (it is a session leader: pgid = pid).
+pub fn signal_group(child: &Child, signal: Signal) {
+    let _ = kill(Pid::from_raw(-(child.id() as i32)), signal);
+}
