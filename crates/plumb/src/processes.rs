@@ -117,17 +117,6 @@ pub enum HealthWait {
     Everything,
 }
 
-/// Kept for callers not yet switched (`up`, `demo`): `all_healthy` is `HealthWait::Everything`.
-/// Switch to `wait_until_ready` and remove this.
-pub fn wait_ready(stack_dir: &Path, run: &RunFile, all_healthy: bool) -> Result<StatusFile> {
-    let health = if all_healthy {
-        HealthWait::Everything
-    } else {
-        HealthWait::Dependencies
-    };
-    wait_until_ready(stack_dir, run, health)
-}
-
 /// Waits until every service that is not stopped has started, and is healthy where `health`
 /// asks; fails as soon as one cannot get there (cannot start, keeps exiting, exited).
 pub fn wait_until_ready(stack_dir: &Path, run: &RunFile, health: HealthWait) -> Result<StatusFile> {

@@ -39,6 +39,7 @@ fn http(sb: &Sandbox, from: Option<&str>, url: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn the_shop_runs_for_real_and_survives_a_killed_replica() {
     let Some(sb) = Sandbox::start() else { return };
     copy_shop(&sb);
@@ -147,6 +148,7 @@ depends_on = { slow = { condition = "healthy" } }
 "#;
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn health_failures_restart_and_dependencies_wait_for_health() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", FLAKY);
@@ -195,6 +197,7 @@ fn health_failures_restart_and_dependencies_wait_for_health() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write(
@@ -238,6 +241,7 @@ fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn bad_services_are_rejected_before_anything_starts() {
     let Some(sb) = Sandbox::start() else { return };
     let base = "name = \"bad\"\n[networks.n]\nsubnet = \"10.95.0.0/24\"\n";
@@ -270,6 +274,7 @@ fn pid_of(sb: &Sandbox, container: &str) -> u64 {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn an_edit_restarts_only_what_changed() {
     let Some(sb) = Sandbox::start() else { return };
     let base = "name = \"edit\"\n[networks.n]\nsubnet = \"10.98.0.0/24\"\n[networks.m]\nsubnet = \"10.98.1.0/24\"\n";
@@ -317,6 +322,7 @@ fn an_edit_restarts_only_what_changed() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn foreground_supervision_stops_on_ctrl_c() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", "name = \"fg\"\n[networks.n]\nsubnet = \"10.99.0.0/24\"\n[services.s]\nreplicas = 2\ncommand = \"/bin/sleep 3600\"\n");
@@ -335,6 +341,7 @@ fn foreground_supervision_stops_on_ctrl_c() {
 }
 
 #[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn up_reports_a_service_that_keeps_failing() {
     let Some(sb) = Sandbox::start() else { return };
     let base = "name = \"fail\"\n[networks.n]\nsubnet = \"10.99.1.0/24\"\n";

@@ -41,7 +41,11 @@ pub fn run(ctx: &Context, remove: bool) -> Result<()> {
     let file: PathBuf = dir.join("plumb.toml");
     up::run(ctx, &file, up::Mode::Apply(up::Supervision::Background))?;
     let stack_dir = ctx.state.stack_dir("shop");
-    processes::wait_ready(&stack_dir, &runfile::read_run(&stack_dir), true)?;
+    processes::wait_until_ready(
+        &stack_dir,
+        &runfile::read_run(&stack_dir),
+        processes::HealthWait::Everything,
+    )?;
     println!(
         "
 The shop is up and healthy: nginx (web) -> API gateway -> 3 product replicas -> Redis.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use plumb_core::ipam::subnets_overlap;
-use plumb_core::services::run_specs;
+use plumb_core::services::{run_specs, SEARCH_PATH};
 use plumb_core::spec::Parsed;
 use plumb_core::{desired, plan, render, Desired, Diagnostics, Plan, What};
 use plumb_engine::observe::{claims, observe, Observed};
@@ -138,7 +138,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     }
     processes::hand_over(&ctx.state, &stack, &run)?;
     drop(lock);
-    let status = processes::wait_ready(&stack_dir, &run, false)?;
+    let status = processes::wait_until_ready(&stack_dir, &run, processes::HealthWait::Dependencies)?;
     println!(
         "{} process(es) started (supervisor pid {})",
         status.replicas.len(),
@@ -254,9 +254,6 @@ fn check_programs(parsed: &Parsed, base: &Path) -> std::result::Result<(), Diagn
         Err(Diagnostics(errors))
     }
 }
-
-/// The PATH processes run with (the supervisor sets the same).
-const SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
