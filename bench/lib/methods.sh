@@ -10,7 +10,7 @@
 
 SUBNET=10.200.0.0/16
 GATEWAY=10.200.0.1
-ALL_METHODS="plumb ip batch netavark cni"
+ALL_METHODS="plumb base ip batch netavark cni"
 
 # addr_of I: the address of container I for the methods that assign addresses themselves: 10.200.0.2 upward.
 addr_of() { local h=$(($1 + 1)); printf '10.200.%d.%d' $((h >> 8)) $((h & 255)); }
@@ -54,6 +54,14 @@ m_plumb_setup() {
 m_plumb_teardown() {
   PLUMB_STATE_DIR="$WORK/plumb/state" timeout 900 "$PLUMB" down -f "$WORK/plumb/stack-$1.toml" >/dev/null
 }
+
+# --- 1b. base: another build of plumb ($PLUMB_BASE, e.g. the previous revision), the same way -------------
+# For "no regression" checks: both builds measured in one interleaved run.
+m_base_available() {
+  [ -n "${PLUMB_BASE:-}" ] && [ -x "$PLUMB_BASE" ] || { echo "set PLUMB_BASE to another plumb binary to compare with"; return 1; }
+}
+m_base_setup() { PLUMB="$PLUMB_BASE" m_plumb_setup "$@"; }
+m_base_teardown() { PLUMB="$PLUMB_BASE" m_plumb_teardown "$@"; }
 
 # --- 2. ip: one `ip` command per operation, as a shell script would do it ------------------------------------
 m_ip_available() { command -v ip >/dev/null && command -v nft >/dev/null; }

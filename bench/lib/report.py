@@ -9,9 +9,10 @@ import os
 import statistics
 import sys
 
-METHODS = ["plumb", "ip", "batch", "netavark", "cni"]
+METHODS = ["plumb", "base", "ip", "batch", "netavark", "cni"]
 METHOD_LABEL = {
     "plumb": "plumb up / down",
+    "base": "plumb up / down, the $PLUMB_BASE build",
     "ip": "bash, one `ip` per operation",
     "batch": "`ip -batch` (host) + `ip -n NS -batch`",
     "netavark": "netavark 1.4 (iptables driver)",
