@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{Context, PlanFormat};
+use commands::{Context, Format};
 use state::StateDir;
 
 #[derive(Parser)]
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
         } => {
             use commands::up::{Mode, Supervision};
             let mode = match (dry_run, foreground) {
-                (true, _) => Mode::DryRun(PlanFormat::from_json_flag(json)),
+                (true, _) => Mode::DryRun(Format::from_json_flag(json)),
                 (false, true) => Mode::Apply(Supervision::Foreground),
                 (false, false) => Mode::Apply(Supervision::Background),
             };
@@ -138,7 +138,7 @@ fn main() -> ExitCode {
         } => {
             use commands::down::Mode;
             let mode = if dry_run {
-                Mode::DryRun(PlanFormat::from_json_flag(json))
+                Mode::DryRun(Format::from_json_flag(json))
             } else {
                 Mode::Apply
             };
@@ -148,14 +148,20 @@ fn main() -> ExitCode {
                     .and_then(|s| commands::down::run(&ctx, &s, mode)),
             }
         }
-        Command::Ps { json } => commands::ps::run(&ctx, json),
+        Command::Ps { json } => commands::ps::run(&ctx, Format::from_json_flag(json)),
         Command::Exec { container, command } => commands::exec::run(&ctx, &container, &command),
-        Command::Inspect { name, json } => commands::inspect::run(&ctx, &name, json),
-        Command::Logs { name, follow, tail } => commands::logs::run(&ctx, &name, follow, tail),
+        Command::Inspect { name, json } => commands::inspect::run(&ctx, &name, Format::from_json_flag(json)),
+        Command::Logs { name, follow, tail } => {
+            let follow = if follow { commands::logs::Follow::New } else { commands::logs::Follow::Once };
+            commands::logs::run(&ctx, &name, follow, tail)
+        }
         Command::Restart { service } => commands::control::run(&ctx, commands::control::Action::Restart, &service),
         Command::Stop { service } => commands::control::run(&ctx, commands::control::Action::Stop, &service),
         Command::Start { service } => commands::control::run(&ctx, commands::control::Action::Start, &service),
-        Command::Demo { down } => commands::demo::run(&ctx, down),
+        Command::Demo { down } => {
+            let action = if down { commands::demo::Action::Down } else { commands::demo::Action::Up };
+            commands::demo::run(&ctx, action)
+        }
         Command::Supervise { stack } => supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)).and_then(|s| s.run()),
     };
     match result {

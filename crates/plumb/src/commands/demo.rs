@@ -21,9 +21,17 @@ const FILES: &[(&str, &str)] = &[
     ("README.md", include_str!("../../../../examples/shop/README.md")),
 ];
 
-pub fn run(ctx: &Context, remove: bool) -> Result<()> {
+/// What `demo` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Up,
+    /// `--down`: remove the demo and its files.
+    Down,
+}
+
+pub fn run(ctx: &Context, action: Action) -> Result<()> {
     let dir = ctx.state.root.join("demo").join("shop");
-    if remove {
+    if action == Action::Down {
         down::run(ctx, "shop", down::Mode::Apply)?;
         return match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),

@@ -7,14 +7,14 @@ use plumb_engine::observe::{claims, observe};
 use plumb_engine::OnError;
 
 use super::up::print_plan;
-use super::{require_nft, require_root, Context, PlanFormat};
+use super::{require_nft, require_root, Context, Format};
 use crate::failure::Result;
 use crate::{apply, processes, runfile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Apply,
-    DryRun(PlanFormat),
+    DryRun(Format),
 }
 
 pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
@@ -23,7 +23,7 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
     let _lock = ctx.state.lock()?;
     let state = ctx.state.load(stack)?;
     let stack_dir = ctx.state.stack_dir(stack);
-    if let Mode::DryRun(PlanFormat::Script) = mode {
+    if let Mode::DryRun(Format::Human) = mode {
         if let Some(pid) = runfile::live_supervisor(&stack_dir) {
             println!("# plumb down first stops the stack's supervisor, which would restart what the plan ends:");
             println!("kill -TERM {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done");

@@ -7,13 +7,13 @@ use plumb_core::{Container, Network};
 use plumb_linux::netns::{self, Home};
 use serde_json::{json, Value};
 
-use super::Context;
+use super::{Context, Format};
 use crate::failure::{Failure, Result};
 use crate::output::print_json;
 use crate::stackfile::{self, find_container};
 use plumb_linux::kernel::observe_netns;
 
-pub fn run(ctx: &Context, name: &str, json: bool) -> Result<()> {
+pub fn run(ctx: &Context, name: &str, format: Format) -> Result<()> {
     let value = match find_network(ctx, name)? {
         Some((stack, net, members)) => network_report(&stack, &net, &members),
         None => {
@@ -26,7 +26,7 @@ pub fn run(ctx: &Context, name: &str, json: bool) -> Result<()> {
             container_report(&st.stack, &c)
         }
     };
-    if json {
+    if format == Format::Json {
         print_json(&value);
     } else {
         print_value(&value, 0);

@@ -11,7 +11,16 @@ use super::Context;
 use crate::failure::{Failure, Result};
 use crate::{runfile, stackfile};
 
-pub fn run(ctx: &Context, name: &str, follow: bool, tail: usize) -> Result<()> {
+/// Whether `logs` keeps printing new output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// Print the past and stop.
+    Once,
+    /// Then keep printing what is appended.
+    New,
+}
+
+pub fn run(ctx: &Context, name: &str, follow: Follow, tail: usize) -> Result<()> {
     let (stack_filter, name) = stackfile::qualified(name);
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for stack in ctx
@@ -50,7 +59,7 @@ pub fn run(ctx: &Context, name: &str, follow: bool, tail: usize) -> Result<()> {
         followers.push(Follower::at_end(container.clone(), path.clone()));
     }
     let _ = out.flush();
-    if !follow {
+    if follow == Follow::Once {
         return Ok(());
     }
     loop {

@@ -12,21 +12,22 @@ pub mod up;
 use crate::failure::{Failure, Result};
 use crate::state::StateDir;
 
-/// How a plan is printed by `--dry-run`.
+/// How a command prints what it reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlanFormat {
-    /// A runnable shell script of `ip`, `sysctl` and `nft` commands.
-    Script,
-    /// The steps and their operations, for programs.
+pub enum Format {
+    /// For people: tables; a plan as a runnable shell script of `ip`, `sysctl` and `nft` commands.
+    Human,
+    /// For programs (`--json`); a plan as its steps and their operations.
     Json,
 }
 
-impl PlanFormat {
-    pub fn from_json_flag(json: bool) -> PlanFormat {
+impl Format {
+    /// From a command line's `--json` flag.
+    pub fn from_json_flag(json: bool) -> Format {
         if json {
-            PlanFormat::Json
+            Format::Json
         } else {
-            PlanFormat::Script
+            Format::Human
         }
     }
 }

@@ -4,7 +4,7 @@
 use plumb_core::Container;
 use serde::{Serialize, Serializer};
 
-use super::Context;
+use super::{Context, Format};
 use crate::failure::Result;
 use crate::output::{print_json, table};
 use crate::runfile::{self, Health, ReplicaState, StatusFile};
@@ -65,7 +65,7 @@ impl Serialize for ProcessState {
     }
 }
 
-pub fn run(ctx: &Context, json: bool) -> Result<()> {
+pub fn run(ctx: &Context, format: Format) -> Result<()> {
     let stacks = ctx.state.stacks()?;
     let mut rows = Vec::new();
     for st in stacks.values() {
@@ -74,7 +74,7 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
         let status = runfile::live_supervisor(&dir).map(|_| runfile::read_status(&dir));
         rows.extend(desired.containers.iter().map(|c| row(&st.stack, c, status.as_ref())));
     }
-    if json {
+    if format == Format::Json {
         print_json(&rows);
         return Ok(());
     }

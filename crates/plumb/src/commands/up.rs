@@ -11,7 +11,7 @@ use plumb_core::{desired, plan, render, Desired, Diagnostics, Plan, What};
 use plumb_engine::observe::{claims, observe, Observed};
 use plumb_engine::{ownership, OnError};
 
-use super::{require_nft, require_root, Context, PlanFormat};
+use super::{require_nft, require_root, Context, Format};
 use crate::apply;
 use crate::failure::{Failure, Result};
 use crate::state::StackState;
@@ -23,7 +23,7 @@ use crate::{processes, runfile, stackfile};
 pub enum Mode {
     Apply(Supervision),
     /// Print the plan and change nothing.
-    DryRun(PlanFormat),
+    DryRun(Format),
 }
 
 /// Where the stack's processes are supervised.
@@ -148,10 +148,10 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
 }
 
 /// Prints a plan as a script for people or as JSON (steps and their operations) for programs.
-pub fn print_plan(plan: &Plan, command: &str, format: PlanFormat) -> Result<()> {
+pub fn print_plan(plan: &Plan, command: &str, format: Format) -> Result<()> {
     match format {
-        PlanFormat::Script => print!("{}", render::script(plan, command)),
-        PlanFormat::Json => println!(
+        Format::Human => print!("{}", render::script(plan, command)),
+        Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(plan).map_err(|e| Failure::new(e.to_string()))?
         ),
