@@ -20,7 +20,8 @@ use crate::{addr, link, netns, nft, route, sysctl, Error, Netlink};
 pub struct LinuxKernel {
     home: Home,
     host: Netlink,
-    /// Sockets inside container namespaces, by name, with the namespace's fd.
+    /// Sockets inside container namespaces, by name, with the namespace's fd. A container's
+    /// operations come together, so only the last few are kept (see `keep_inside`).
     inside: HashMap<String, (OwnedFd, Netlink)>,
     /// Bridge name → index (veths name their master by index).
     bridges: HashMap<String, u32>,
@@ -68,11 +69,20 @@ impl LinuxKernel {
                 if !self.inside.contains_key(name) {
                     let fd = netns::open(name)?;
                     let nl = self.home.netlink_in(fd.as_fd())?;
-                    self.inside.insert(name.clone(), (fd, nl));
+                    self.keep_inside(name, fd, nl);
                 }
                 Ok(&mut self.inside.get_mut(name).expect("inserted above").1)
             }
         }
+    }
+
+    /// Remembers a namespace's socket, forgetting older ones first: a thousand open sockets
+    /// (each with its 64 KiB buffer) would cost more than reopening the rare one needed again.
+    fn keep_inside(&mut self, name: &str, fd: OwnedFd, nl: Netlink) {
+        if self.inside.len() >= 4 {
+            self.inside.clear();
+        }
+        self.inside.insert(name.to_string(), (fd, nl));
     }
 
     fn bridge_index(&mut self, name: &str) -> crate::netlink::Result<u32> {
@@ -93,7 +103,7 @@ impl LinuxKernel {
                     self.run_dir_ready = true;
                 }
                 let created = netns::create(&self.home, name)?;
-                self.inside.insert(name.clone(), (created.fd, created.netlink));
+                self.keep_inside(name, created.fd, created.netlink);
                 Ok(())
             }
             Op::BridgeAdd { name, mac } => {

@@ -152,14 +152,22 @@ fn main() -> ExitCode {
         Command::Exec { container, command } => commands::exec::run(&ctx, &container, &command),
         Command::Inspect { name, json } => commands::inspect::run(&ctx, &name, Format::from_json_flag(json)),
         Command::Logs { name, follow, tail } => {
-            let follow = if follow { commands::logs::Follow::New } else { commands::logs::Follow::Once };
+            let follow = if follow {
+                commands::logs::Follow::New
+            } else {
+                commands::logs::Follow::Once
+            };
             commands::logs::run(&ctx, &name, follow, tail)
         }
         Command::Restart { service } => commands::control::run(&ctx, commands::control::Action::Restart, &service),
         Command::Stop { service } => commands::control::run(&ctx, commands::control::Action::Stop, &service),
         Command::Start { service } => commands::control::run(&ctx, commands::control::Action::Start, &service),
         Command::Demo { down } => {
-            let action = if down { commands::demo::Action::Down } else { commands::demo::Action::Up };
+            let action = if down {
+                commands::demo::Action::Down
+            } else {
+                commands::demo::Action::Up
+            };
             commands::demo::run(&ctx, action)
         }
         Command::Supervise { stack } => supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)).and_then(|s| s.run()),
