@@ -28,8 +28,6 @@ pub struct Outcome {
     /// The table the plan left, with the kernel's fingerprint of it; `None` if the plan did
     /// not change the firewall or removed it.
     pub firewall: Option<AppliedFirewall>,
-    /// True if the plan removed the stack's table.
-    pub firewall_removed: bool,
     pub errors: Vec<KernelError>,
 }
 
@@ -69,24 +67,24 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
         }
     }
     // Background work (the nft transaction) completes whatever happened after it started.
-    let fingerprint = kernel.settle();
-    let last_nft = plan.ops().filter_map(|op| match op {
-        Op::Nft(change) => Some(change),
-        _ => None,
-    });
-    match (last_nft.last(), fingerprint) {
-        (Some(change), Ok(fp)) => match (change.result(), fp) {
-            (Some(ruleset), Some(fingerprint)) => {
-                outcome.firewall = Some(AppliedFirewall {
-                    ruleset: ruleset.clone(),
-                    fingerprint,
-                })
-            }
-            (None, _) => outcome.firewall_removed = true,
-            (Some(_), None) => {}
-        },
+    let last_table = plan
+        .ops()
+        .filter_map(|op| match op {
+            Op::Nft(change) => Some(change.result()),
+            _ => None,
+        })
+        .last()
+        .flatten();
+    match (last_table, kernel.settle()) {
+        (Some(ruleset), Ok(Some(fingerprint))) => {
+            outcome.firewall = Some(AppliedFirewall {
+                ruleset: ruleset.clone(),
+                fingerprint,
+            })
+        }
         (_, Err(e)) => outcome.errors.push(e),
-        (None, Ok(_)) => {}
+        // No table left, or none changed: nothing to record.
+        _ => {}
     }
     outcome
 }

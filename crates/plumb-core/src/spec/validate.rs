@@ -354,16 +354,14 @@ impl Validator<'_> {
         let mut out: Vec<Attachment> = Vec::new();
         match value.get_ref() {
             RawValue::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match item.get_ref().as_str() {
-                        Some(net) => self.attach(&mut out, &nfield, net, item.span(), None),
-                        None => self.err(
-                            item.span(),
-                            &format!("{nfield}[{i}]"),
-                            "network names must be strings",
-                            "networks = [\"frontend\", \"backend\"]",
-                        ),
-                    }
+                let names = self.names_in(
+                    items,
+                    &nfield,
+                    "network names must be strings",
+                    "networks = [\"frontend\", \"backend\"]",
+                );
+                for (net, span) in names {
+                    self.attach(&mut out, &nfield, &net, span, None);
                 }
             }
             RawValue::Table(table) => {
@@ -701,6 +699,25 @@ impl Validator<'_> {
         })
     }
 
+    /// The strings of a list of names (`networks = [...]`, `depends_on = [...]`) with their
+    /// places; each item that is not a string is reported at `field[i]`.
+    fn names_in(
+        &mut self,
+        items: &[Spanned<RawValue>],
+        field: &str,
+        message: &str,
+        hint: &str,
+    ) -> Vec<(String, Range<usize>)> {
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref().as_str() {
+                Some(name) => out.push((name.to_string(), item.span())),
+                None => self.err(item.span(), &format!("{field}[{i}]"), message, hint),
+            }
+        }
+        out
+    }
+
     /// `depends_on = ["svc"]`, or a table `{ svc = { condition = "healthy" } }`.
     fn depends_on(
         &mut self,
@@ -713,17 +730,13 @@ impl Validator<'_> {
         let mut entries: Vec<(String, Condition, Range<usize>)> = Vec::new();
         match raw.get_ref() {
             RawValue::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match item.get_ref().as_str() {
-                        Some(s) => entries.push((s.to_string(), Condition::Started, item.span())),
-                        None => self.err(
-                            item.span(),
-                            &format!("{dfield}[{i}]"),
-                            "dependencies must be service names",
-                            "depends_on = [\"redis\"]",
-                        ),
-                    }
-                }
+                let names = self.names_in(
+                    items,
+                    &dfield,
+                    "dependencies must be service names",
+                    "depends_on = [\"redis\"]",
+                );
+                entries.extend(names.into_iter().map(|(s, span)| (s, Condition::Started, span)));
             }
             RawValue::Table(table) => {
                 for (svc, v) in table {
