@@ -416,7 +416,7 @@ mod tests {
     #[test]
     fn the_script_says_what_each_step_does() {
         let d = desired(STACK);
-        let script = crate::render::script(&diff("s", Some(&d), &Actual::default()), "plumb up");
+        let script = crate::render::script(&diff("s", Some(&d), &Actual::default()), "plumb up", "");
         assert!(script.starts_with("#!/bin/sh\n"));
         for needle in [
             "ip link add plb",
@@ -430,6 +430,6 @@ mod tests {
         ] {
             assert!(script.contains(needle), "missing {needle:?} in:\n{script}");
         }
-        assert_eq!(crate::render::script(&Plan::default(), "plumb up"), "");
+        assert_eq!(crate::render::script(&Plan::default(), "plumb up", ""), "");
     }
 }

@@ -23,12 +23,6 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
     let _lock = ctx.state.lock()?;
     let state = ctx.state.load(stack)?;
     let stack_dir = ctx.state.stack_dir(stack);
-    if let Mode::DryRun(Format::Human) = mode {
-        if let Some(pid) = runfile::live_supervisor(&stack_dir) {
-            println!("# plumb down first stops the stack's supervisor, which would restart what the plan ends:");
-            println!("kill -TERM {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done");
-        }
-    }
     if mode == Mode::Apply {
         // Processes first, each with its stop_grace: they keep namespaces alive.
         processes::stop_supervisor(&stack_dir)?;
@@ -38,7 +32,14 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
     let observed = observe(&mut kernel, stack, None, state.as_ref(), &claimed)?;
     let plan = plan::diff(stack, None, &observed.actual);
     if let Mode::DryRun(format) = mode {
-        return print_plan(&plan, "plumb down", format);
+        let preamble = match runfile::live_supervisor(&stack_dir) {
+            Some(pid) => format!(
+                "# First the stack's supervisor stops (it would restart what the plan ends); it stops its services itself.\n\
+                 kill -TERM {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done\n"
+            ),
+            None => String::new(),
+        };
+        return print_plan(&plan, "plumb down", &preamble, format);
     }
     if plan.is_empty() && state.is_none() {
         println!("stack {stack} is not up: nothing to remove");
@@ -58,6 +59,19 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
             _ => 0,
         })
         .sum();
-    println!("stack {stack} removed ({containers} containers, {networks} networks)");
+    println!(
+        "stack {stack} removed ({} and {})",
+        count(containers, "container"),
+        count(networks, "network")
+    );
     Ok(())
+}
+
+/// `1 network`, `2 networks`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }

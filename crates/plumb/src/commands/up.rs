@@ -68,7 +68,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
 
     let (supervision, mut kernel) = match (mode, kernel) {
         (Mode::DryRun(format), _) => {
-            print_plan(&plan, "plumb up", format)?;
+            print_plan(&plan, "plumb up", "", format)?;
             if !root {
                 eprintln!("note: not running as root, so the kernel was not read: this is the plan from scratch");
             }
@@ -147,10 +147,11 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     Ok(())
 }
 
-/// Prints a plan as a script for people or as JSON (steps and their operations) for programs.
-pub fn print_plan(plan: &Plan, command: &str, format: Format) -> Result<()> {
+/// Prints a plan as a script for people (after `preamble`, see [`render::script`]) or as
+/// JSON (steps and their operations) for programs.
+pub fn print_plan(plan: &Plan, command: &str, preamble: &str, format: Format) -> Result<()> {
     match format {
-        Format::Human => print!("{}", render::script(plan, command)),
+        Format::Human => print!("{}", render::script(plan, command, preamble)),
         Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(plan).map_err(|e| Failure::new(e.to_string()))?
