@@ -12,7 +12,7 @@ import sys
 METHODS = ["plumb", "base", "ip", "batch", "netavark", "cni"]
 METHOD_LABEL = {
     "plumb": "plumb up / down",
-    "base": "plumb up / down, the $PLUMB_BASE build",
+    "base": "plumb up / down, base build ($PLUMB_BASE)",
     "ip": "bash, one `ip` per operation",
     "batch": "`ip -batch` (host) + `ip -n NS -batch`",
     "netavark": "netavark 1.4 (iptables driver)",
