@@ -30,18 +30,9 @@ pub struct Network {
 }
 
 impl Network {
-    /// The bridge's MAC address: locally administered, derived from its name.
-    pub fn bridge_mac(&self) -> [u8; 6] {
-        let h = crate::names::fnv1a(&[&self.alias]).to_be_bytes();
-        [0x02, h[0], h[1], h[2], h[3], h[4]]
-    }
-
+    /// The bridge's MAC address: locally administered, derived from its alias.
     pub fn bridge_mac_text(&self) -> String {
-        self.bridge_mac()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        names::mac(&self.alias)
     }
 
     /// The bridge's own address: the gateway, with the subnet's prefix.
@@ -87,6 +78,9 @@ pub struct Interface {
     pub prefix_len: u8,
     /// `plumb:shop/web-2/frontend`: marks the interface (and so the namespace) as the stack's.
     pub alias: String,
+    /// Derived from the alias: the only MAC the anti-spoofing rules let it send from.
+    #[serde(default)]
+    pub mac: String,
 }
 
 impl Interface {
@@ -170,6 +164,7 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
                         address: leases[&format!("{name}/{}", a.network)],
                         prefix_len: net.subnet.prefix_len(),
                         alias: names::alias(&stack.name, &format!("{name}/{}", a.network)),
+                        mac: names::mac(&names::alias(&stack.name, &format!("{name}/{}", a.network))),
                     }
                 })
                 .collect();

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::firewall::Shape;
+use crate::firewall::{Shape, TableId};
 use crate::ops::Op;
 use crate::plan::{ObservedLink, ObservedNetns};
 
@@ -51,9 +51,9 @@ pub trait Kernel: Send {
     /// [`Kernel::settle`].
     fn apply(&mut self, op: &Op) -> KernelResult<()>;
 
-    /// Waits for background work; the fingerprint of the nft table that the last transaction
-    /// left, if it left one.
-    fn settle(&mut self) -> KernelResult<Option<u64>>;
+    /// Waits for background work; for the tables the last nft transaction left, their
+    /// fingerprints.
+    fn settle(&mut self) -> KernelResult<Vec<(TableId, u64)>>;
 
     /// Another handle on the same kernel, for a second thread.
     fn worker(&self) -> KernelResult<Box<dyn Kernel>>;
@@ -69,10 +69,10 @@ pub trait Kernel: Send {
     /// (an `up` killed between creating the name and mounting it).
     fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>>;
 
-    /// Table `inet TABLE` as the kernel lists it, `None` if there is no such table.
-    fn nft_table(&mut self, table: &str) -> KernelResult<Option<NftListing>>;
+    /// The table as the kernel lists it, `None` if there is no such table.
+    fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>>;
 
-    /// Starts reading table `inet TABLE` in the background, for a later [`Kernel::nft_table`]
-    /// (listing runs a program: it overlaps with the netlink reads).
-    fn prefetch_nft_table(&mut self, _table: &str) {}
+    /// Starts reading a table in the background, for a later [`Kernel::nft_table`] (listing
+    /// runs a program: it overlaps with the netlink reads).
+    fn prefetch_nft_table(&mut self, _table: &TableId) {}
 }

@@ -87,10 +87,10 @@ pub fn create_bridge(net: &Network) -> Step {
     }
 }
 
-pub fn firewall(what: What, change: NftChange) -> Step {
+pub fn firewall(what: What, changes: Vec<NftChange>) -> Step {
     Step {
         what,
-        ops: vec![Op::Nft(change)],
+        ops: vec![Op::Nft { changes }],
     }
 }
 
@@ -110,6 +110,7 @@ pub fn create_container(c: &Container) -> Step {
             bridge: i.bridge.clone(),
             peer: i.name.clone(),
             netns: ns.clone(),
+            peer_mac: i.mac.clone(),
         });
         // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.
         ops.push(sysctl(format!("net.ipv6.conf.{}.disable_ipv6", i.host_veth), "1"));

@@ -45,6 +45,15 @@ pub fn alias_prefix(stack: &str) -> String {
     format!("plumb:{stack}/")
 }
 
+/// A locally administered unicast MAC address derived from `owner` (a link's alias), so a
+/// bridge keeps its address as ports come and go and a container's interface has the address
+/// the anti-spoofing sets expect.
+pub fn mac(owner: &str) -> String {
+    let h = fnv1a(&[owner]).to_be_bytes();
+    let bytes = [0x02, h[0], h[1], h[2], h[3], h[4]];
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// The interface group a stack's links are put in just before they are deleted together:
 /// `0x7000_0000` plus 24 bits of the stack's hash, far from the small groups people use.
 pub fn link_group(stack: &str) -> u32 {

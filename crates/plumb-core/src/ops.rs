@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::firewall::NftChange;
+use crate::firewall::{self, NftChange};
 
 /// Where an operation runs: the host's network namespace or a container's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -55,12 +55,13 @@ pub enum Op {
         mac: String,
     },
     /// A veth pair in one request: `name` on the host attached to `bridge`, its peer placed
-    /// straight into `netns` as `peer`.
+    /// straight into `netns` as `peer`, with MAC address `peer_mac`.
     VethAdd {
         name: String,
         bridge: String,
         peer: String,
         netns: String,
+        peer_mac: String,
     },
     /// The link's alias, which records in the kernel who owns it.
     LinkAlias {
@@ -104,8 +105,10 @@ pub enum Op {
     NetnsDel {
         name: String,
     },
-    /// One nftables transaction.
-    Nft(NftChange),
+    /// One nftables transaction changing the stack's tables together.
+    Nft {
+        changes: Vec<NftChange>,
+    },
 }
 
 impl Op {
@@ -122,7 +125,10 @@ impl Op {
                 bridge,
                 peer,
                 netns,
-            } => format!("ip link add {name} master {bridge} type veth peer name {peer} netns {netns}"),
+                peer_mac,
+            } => format!(
+                "ip link add {name} master {bridge} type veth peer name {peer} netns {netns} address {peer_mac}"
+            ),
             Op::LinkAlias { at, link, alias, ipv6 } => {
                 let gen = match ipv6 {
                     Ipv6::Keep => "",
@@ -141,7 +147,7 @@ impl Op {
                 format!("ip link del group {group} 2>/dev/null || true  # nothing left in the group is fine")
             }
             Op::NetnsDel { name } => format!("if [ -e /run/netns/{name} ]; then ip netns del {name}; fi"),
-            Op::Nft(change) => change.command(),
+            Op::Nft { changes } => firewall::command(changes),
         }
     }
 }
@@ -172,8 +178,9 @@ mod tests {
                     bridge: "plb1".into(),
                     peer: "eth0".into(),
                     netns: "s-a-1".into(),
+                    peer_mac: "02:00:00:00:00:01".into(),
                 },
-                "ip link add plv1 master plb1 type veth peer name eth0 netns s-a-1",
+                "ip link add plv1 master plb1 type veth peer name eth0 netns s-a-1 address 02:00:00:00:00:01",
             ),
             (
                 Op::LinkAlias {

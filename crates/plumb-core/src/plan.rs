@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::desired::{Container, Desired, Network};
-use crate::firewall::{NftChange, Ruleset};
+use crate::firewall::{NftChange, Ruleset, TableId};
 use crate::ops::Op;
 use crate::{firewall, lower, names};
 
@@ -24,7 +24,8 @@ pub struct Actual {
     pub host_veths: BTreeMap<String, ObservedLink>,
     /// The stack's container namespaces, by name under /run/netns.
     pub containers: BTreeMap<String, ObservedNetns>,
-    pub firewall: ObservedFirewall,
+    /// The stack's nft tables that exist (a table not listed is absent).
+    pub firewall: BTreeMap<TableId, ObservedFirewall>,
     /// Networks the state file says the stack has had (aliases in the kernel tell the rest),
     /// to name the host ends of old veths.
     pub known_networks: BTreeSet<String>,
@@ -33,6 +34,8 @@ pub struct Actual {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ObservedLink {
     pub alias: Option<String>,
+    /// `02:ab:...`, lower case.
+    pub mac: Option<String>,
     pub master: Option<String>,
     pub up: bool,
     pub addresses: Vec<Ipv4Net>,
@@ -88,7 +91,7 @@ pub enum What {
         bridge: String,
     },
     ApplyFirewall {
-        table: String,
+        tables: Vec<String>,
     },
     CreateContainer {
         container: String,
@@ -96,7 +99,7 @@ pub enum What {
         replica: u32,
     },
     DeleteFirewall {
-        table: String,
+        tables: Vec<String>,
     },
 }
 
@@ -169,13 +172,15 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     if !deleted.is_empty() {
         steps.push(lower::stop_processes(deleted.iter().map(|n| n.to_string()).collect()));
     }
-    let table = names::nft_table(stack);
-    let want_rules = desired.and_then(firewall::ruleset);
-    // Going down, the table goes as soon as no process runs: its transaction then overlaps
+    let nft = firewall_changes(desired, actual);
+    let tables = |changes: &[NftChange]| changes.iter().map(|c| c.table().to_string()).collect();
+    // Going down, the tables go as soon as no process runs: their transaction then overlaps
     // with removing the links.
-    if want_rules.is_none() && actual.firewall != ObservedFirewall::Absent {
-        let delete = NftChange::Delete { table: table.clone() };
-        steps.push(lower::firewall(What::DeleteFirewall { table: table.clone() }, delete));
+    if desired.is_none() && !nft.is_empty() {
+        steps.push(lower::firewall(
+            What::DeleteFirewall { tables: tables(&nft) },
+            nft.clone(),
+        ));
     }
     let networks = networks_seen(stack, want_networks, actual);
     let mut links = Vec::new();
@@ -214,17 +219,34 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         steps.push(lower::create_bridge(net));
     }
 
-    let change = match (want_rules, &actual.firewall) {
-        (Some(want), ObservedFirewall::Applied(have)) => firewall::changes(Some(have), &want),
-        (Some(want), ObservedFirewall::Absent) => Some(NftChange::Create { ruleset: want }),
-        (Some(want), ObservedFirewall::Changed) => firewall::changes(None, &want),
-        (None, _) => None,
-    };
-    if let Some(c) = change {
-        steps.push(lower::firewall(What::ApplyFirewall { table }, c));
+    if desired.is_some() && !nft.is_empty() {
+        steps.push(lower::firewall(What::ApplyFirewall { tables: tables(&nft) }, nft));
     }
     steps.extend(created.into_iter().map(lower::create_container));
     Plan { steps }
+}
+
+/// The changes that turn the stack's tables into the wanted ones: each wanted table created,
+/// updated or replaced as needed, each other table of the stack deleted.
+fn firewall_changes(desired: Option<&Desired>, actual: &Actual) -> Vec<NftChange> {
+    let want = desired.map(firewall::rulesets).unwrap_or_default();
+    let mut out = Vec::new();
+    for ruleset in &want {
+        let change = match actual.firewall.get(&ruleset.table) {
+            None | Some(ObservedFirewall::Absent) => Some(NftChange::Create {
+                ruleset: ruleset.clone(),
+            }),
+            Some(ObservedFirewall::Applied(have)) => firewall::changes(Some(have), ruleset),
+            Some(ObservedFirewall::Changed) => firewall::changes(None, ruleset),
+        };
+        out.extend(change);
+    }
+    for (table, observed) in &actual.firewall {
+        if *observed != ObservedFirewall::Absent && !want.iter().any(|r| &r.table == table) {
+            out.push(NftChange::Delete { table: table.clone() });
+        }
+    }
+    out
 }
 
 /// Every network the stack may have wired a veth to: wanted, remembered, or named by an alias
@@ -264,10 +286,11 @@ fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, reb
         && got.default_gateway == want.gateway
         && got.links.len() == want.interfaces.len()
         && want.interfaces.iter().all(|i| {
-            let inside = got
-                .links
-                .get(&i.name)
-                .is_some_and(|l| l.up && l.alias.as_deref() == Some(i.alias.as_str()) && l.addresses == [i.cidr()]);
+            let inside = got.links.get(&i.name).is_some_and(|l| {
+                l.up && l.alias.as_deref() == Some(i.alias.as_str())
+                    && l.addresses == [i.cidr()]
+                    && l.mac.as_deref() == Some(i.mac.as_str())
+            });
             let outside = actual
                 .host_veths
                 .get(&i.host_veth)
@@ -298,6 +321,7 @@ mod tests {
         for n in &d.networks {
             let link = ObservedLink {
                 alias: Some(n.alias.clone()),
+                mac: None,
                 master: None,
                 up: true,
                 addresses: vec![n.gateway_cidr()],
@@ -313,6 +337,7 @@ mod tests {
             for i in &c.interfaces {
                 let inside = ObservedLink {
                     alias: Some(i.alias.clone()),
+                    mac: Some(i.mac.clone()),
                     master: None,
                     up: true,
                     addresses: vec![i.cidr()],
@@ -327,7 +352,9 @@ mod tests {
             }
             actual.containers.insert(c.netns.clone(), ns);
         }
-        actual.firewall = ObservedFirewall::Applied(firewall::ruleset(d).unwrap());
+        for r in firewall::rulesets(d) {
+            actual.firewall.insert(r.table.clone(), ObservedFirewall::Applied(r));
+        }
         actual
     }
 
@@ -361,7 +388,7 @@ mod tests {
                 "create container"
             ]
         );
-        assert!(matches!(&plan.steps[2].ops[..], [Op::Nft(NftChange::Create { .. })]));
+        assert!(matches!(&plan.steps[2].ops[..], [Op::Nft { changes }] if changes.len() == 2));
     }
 
     #[test]
@@ -389,7 +416,9 @@ mod tests {
         let actual = applied(&d);
         let plan = diff("s", Some(&desired(&STACK.replace("80:80", "81:80"))), &actual);
         assert_eq!(kinds(&plan), ["apply firewall"]);
-        assert!(matches!(&plan.steps[0].ops[..], [Op::Nft(NftChange::Update { .. })]));
+        assert!(
+            matches!(&plan.steps[0].ops[..], [Op::Nft { changes }] if matches!(changes[..], [NftChange::Update { .. }]))
+        );
     }
 
     #[test]

@@ -62,9 +62,10 @@ fn describe(what: &What) -> String {
         What::CreateBridge { network, .. } => {
             format!("network {network}: a bridge is the switch its containers plug into; the host is the gateway")
         }
-        What::ApplyFirewall { table } => {
-            format!("nftables: table inet {table} (isolation, egress NAT, published ports) in one transaction")
-        }
+        What::ApplyFirewall { tables } => format!(
+            "nftables: {} in one transaction (isolation, inbound, host access, published ports, egress NAT, anti-spoofing)",
+            tables.join(", ")
+        ),
         What::CreateContainer {
             container,
             service,
@@ -72,7 +73,7 @@ fn describe(what: &What) -> String {
         } => format!(
             "container {container} (service {service}, replica {replica}): its own network namespace, one veth per network"
         ),
-        What::DeleteFirewall { table } => format!("nftables: remove table inet {table}"),
+        What::DeleteFirewall { tables } => format!("nftables: remove {} (if there) in one transaction", tables.join(", ")),
     }
 }
 

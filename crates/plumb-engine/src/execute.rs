@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use plumb_core::firewall::{NftChange, TableId};
 use plumb_core::kernel::{Kernel, KernelError};
 use plumb_core::{Op, Plan, Step, What};
 
@@ -25,9 +26,9 @@ pub enum OnError {
 /// What executing a plan did.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// The table the plan left, with the kernel's fingerprint of it; `None` if the plan did
-    /// not change the firewall or removed it.
-    pub firewall: Option<AppliedFirewall>,
+    /// Every table the plan's nft transaction touched, with what it left and the kernel's
+    /// fingerprint of it (`None`: removed). Empty if the firewall did not change.
+    pub firewall: Vec<(TableId, Option<AppliedFirewall>)>,
     pub errors: Vec<KernelError>,
 }
 
@@ -67,24 +68,29 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
         }
     }
     // Background work (the nft transaction) completes whatever happened after it started.
-    let last_table = plan
+    let changes: Vec<&NftChange> = plan
         .ops()
         .filter_map(|op| match op {
-            Op::Nft(change) => Some(change.result()),
+            Op::Nft { changes } => Some(changes),
             _ => None,
         })
-        .last()
-        .flatten();
-    match (last_table, kernel.settle()) {
-        (Some(ruleset), Ok(Some(fingerprint))) => {
-            outcome.firewall = Some(AppliedFirewall {
-                ruleset: ruleset.clone(),
-                fingerprint,
-            })
+        .flatten()
+        .collect();
+    match kernel.settle() {
+        Ok(fingerprints) => {
+            for change in changes {
+                let table = change.table().clone();
+                let left = change.result().and_then(|ruleset| {
+                    let (_, fingerprint) = fingerprints.iter().find(|(t, _)| *t == table)?;
+                    Some(AppliedFirewall {
+                        ruleset: ruleset.clone(),
+                        fingerprint: *fingerprint,
+                    })
+                });
+                outcome.firewall.push((table, left));
+            }
         }
-        (_, Err(e)) => outcome.errors.push(e),
-        // No table left, or none changed: nothing to record.
-        _ => {}
+        Err(e) => outcome.errors.push(e),
     }
     outcome
 }

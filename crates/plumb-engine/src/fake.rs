@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
-use plumb_core::firewall::{NftChange, Ruleset};
+use plumb_core::firewall::{NftChange, Ruleset, TableId};
 use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
 use plumb_core::{names, At, ObservedLink, ObservedNetns, Op};
 
@@ -22,6 +22,7 @@ struct Link {
     kind: &'static str,
     group: u32,
     alias: Option<String>,
+    mac: Option<String>,
     master: Option<String>,
     up: bool,
     addresses: Vec<Ipv4Net>,
@@ -41,8 +42,9 @@ pub struct World {
     pub ip_forward: bool,
     links: BTreeMap<String, Link>,
     namespaces: BTreeMap<String, Netns>,
-    tables: BTreeMap<String, Ruleset>,
-    last_table: Option<String>,
+    tables: BTreeMap<TableId, Ruleset>,
+    /// The tables the last nft transaction left.
+    last_tables: Vec<TableId>,
     /// Every operation applied, in order.
     pub log: Vec<Op>,
 }
@@ -118,6 +120,7 @@ impl World {
                 bridge,
                 peer,
                 netns,
+                peer_mac,
             } => {
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add veth {name}"), EEXIST));
@@ -132,13 +135,12 @@ impl World {
                 if ns.links.contains_key(peer) {
                     return Err(fail(format!("add veth peer {peer}"), EEXIST));
                 }
-                ns.links.insert(
-                    peer.clone(),
-                    Link {
-                        kind: "veth",
-                        ..Default::default()
-                    },
-                );
+                let inside = Link {
+                    kind: "veth",
+                    mac: Some(peer_mac.clone()),
+                    ..Default::default()
+                };
+                ns.links.insert(peer.clone(), inside);
                 let host = Link {
                     kind: "veth",
                     master: Some(bridge.clone()),
@@ -203,34 +205,38 @@ impl World {
                     }
                 }
             }
-            Op::Nft(change) => self.nft(change)?,
+            Op::Nft { changes } => self.nft(changes)?,
         }
         Ok(())
     }
 
-    fn nft(&mut self, change: &NftChange) -> KernelResult<()> {
-        let table = change.table().to_string();
-        let exists = self.tables.contains_key(&table);
-        match change {
-            NftChange::Create { .. } if exists => return Err(fail(format!("create table {table}"), EEXIST)),
-            NftChange::Update { .. } if !exists => return Err(fail(format!("update table {table}"), ENOENT)),
-            _ => {}
-        }
-        match change.result() {
-            Some(ruleset) => {
-                self.tables.insert(table.clone(), ruleset.clone());
-                self.last_table = Some(table);
+    /// One transaction: every change or none.
+    fn nft(&mut self, changes: &[NftChange]) -> KernelResult<()> {
+        let mut tables = self.tables.clone();
+        for change in changes {
+            let table = change.table().clone();
+            let exists = tables.contains_key(&table);
+            match change {
+                NftChange::Create { .. } if exists => return Err(fail(format!("create table {table}"), EEXIST)),
+                NftChange::Update { .. } if !exists => return Err(fail(format!("update table {table}"), ENOENT)),
+                _ => {}
             }
-            None => {
-                self.tables.remove(&table);
-                self.last_table = None;
-            }
+            match change.result() {
+                Some(ruleset) => tables.insert(table, ruleset.clone()),
+                None => tables.remove(&table),
+            };
         }
+        self.tables = tables;
+        self.last_tables = changes
+            .iter()
+            .filter(|c| c.result().is_some())
+            .map(|c| c.table().clone())
+            .collect();
         Ok(())
     }
 
-    /// Changes the table behind plumb's back, as another firewall manager would.
-    pub fn tamper_with_table(&mut self, table: &str) {
+    /// Changes a table behind plumb's back, as another firewall manager would.
+    pub fn tamper_with_table(&mut self, table: &TableId) {
         if let Some(t) = self.tables.get_mut(table) {
             t.chains.clear();
         }
@@ -245,7 +251,7 @@ impl World {
     }
 
     pub fn table_names(&self) -> Vec<String> {
-        self.tables.keys().cloned().collect()
+        self.tables.keys().map(|t| t.to_string()).collect()
     }
 }
 
@@ -256,6 +262,7 @@ fn fingerprint(ruleset: &Ruleset) -> u64 {
 fn observed(l: &Link) -> ObservedLink {
     ObservedLink {
         alias: l.alias.clone(),
+        mac: l.mac.clone(),
         master: l.master.clone(),
         up: l.up,
         addresses: l.addresses.clone(),
@@ -267,9 +274,13 @@ impl Kernel for FakeKernel {
         self.world().apply(op)
     }
 
-    fn settle(&mut self) -> KernelResult<Option<u64>> {
-        let w = self.world();
-        Ok(w.last_table.as_ref().and_then(|t| w.tables.get(t)).map(fingerprint))
+    fn settle(&mut self) -> KernelResult<Vec<(TableId, u64)>> {
+        let mut w = self.world();
+        let left = std::mem::take(&mut w.last_tables);
+        Ok(left
+            .into_iter()
+            .filter_map(|t| w.tables.get(&t).map(|r| (t.clone(), fingerprint(r))))
+            .collect())
     }
 
     fn worker(&self) -> KernelResult<Box<dyn Kernel>> {
@@ -306,7 +317,7 @@ impl Kernel for FakeKernel {
         }))
     }
 
-    fn nft_table(&mut self, table: &str) -> KernelResult<Option<NftListing>> {
+    fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {
         Ok(self.world().tables.get(table).map(|t| NftListing {
             fingerprint: fingerprint(t),
             shape: Some(t.shape()),

@@ -50,8 +50,10 @@ pub fn observe(
     state: Option<&StackState>,
     others: &BTreeMap<String, String>,
 ) -> Result<Observed> {
-    let table = names::nft_table(stack);
-    kernel.prefetch_nft_table(&table);
+    let tables = firewall::table_ids(stack);
+    for table in &tables {
+        kernel.prefetch_nft_table(table);
+    }
     let links = kernel.host_links()?;
     let prefix = names::alias_prefix(stack);
     let desired_bridges: BTreeSet<&str> = desired
@@ -121,18 +123,22 @@ pub fn observe(
     observed.actual.bridges = bridges;
     observed.actual.host_veths = host_veths;
     observed.actual.known_networks = state.map(|s| s.networks.clone()).unwrap_or_default();
-    let listing = kernel.nft_table(&table)?;
-    let want = desired.and_then(firewall::ruleset);
-    observed.actual.firewall = match (listing, state.and_then(|s| s.firewall.as_ref())) {
-        (None, _) => ObservedFirewall::Absent,
-        (Some(l), Some(applied)) if applied.fingerprint == l.fingerprint => {
-            ObservedFirewall::Applied(applied.ruleset.clone())
-        }
-        // No record of this exact table: ours if it has the very shape we want.
-        (Some(l), _) => match want {
-            Some(want) if l.shape.as_ref() == Some(&want.shape()) => ObservedFirewall::Applied(want),
+    let want = desired.map(firewall::rulesets).unwrap_or_default();
+    for table in tables {
+        let Some(listing) = kernel.nft_table(&table)? else {
+            continue;
+        };
+        let recorded = state.and_then(|s| s.applied(&table));
+        let wanted = want.iter().find(|r| r.table == table);
+        let seen = match (recorded, wanted) {
+            (Some(applied), _) if applied.fingerprint == listing.fingerprint => {
+                ObservedFirewall::Applied(applied.ruleset.clone())
+            }
+            // No record of this exact table: ours if it has the very shape we want.
+            (_, Some(want)) if listing.shape.as_ref() == Some(&want.shape()) => ObservedFirewall::Applied(want.clone()),
             _ => ObservedFirewall::Changed,
-        },
-    };
+        };
+        observed.actual.firewall.insert(table, seen);
+    }
     Ok(observed)
 }

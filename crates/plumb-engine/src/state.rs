@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use plumb_core::firewall::Ruleset;
+use plumb_core::firewall::{Ruleset, TableId};
 use plumb_core::ipam::Leases;
 use plumb_core::kernel::Kernel;
 use plumb_core::{Desired, Op};
@@ -33,9 +33,10 @@ pub struct StackState {
     pub file: Option<PathBuf>,
     pub desired: Option<Desired>,
     pub leases: Leases,
-    /// Unreadable records (from an older plumb) count as none: the table is then re-applied.
+    /// The tables as plumb last applied them. Unreadable records (from an older plumb)
+    /// count as none: the tables are then compared by shape, or re-applied.
     #[serde(default, deserialize_with = "lenient")]
-    pub firewall: Option<AppliedFirewall>,
+    pub firewall: Vec<AppliedFirewall>,
     /// Every namespace plumb may have made for the stack (written before making them, so an
     /// interrupted `up` is still known to the next `up` or `down`).
     pub namespaces: BTreeSet<String>,
@@ -51,9 +52,25 @@ pub struct AppliedFirewall {
     pub fingerprint: u64,
 }
 
-fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<AppliedFirewall>, D::Error> {
+fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<AppliedFirewall>, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
-    Ok(serde_json::from_value(value).ok())
+    Ok(serde_json::from_value(value).unwrap_or_default())
+}
+
+impl StackState {
+    /// What plumb applied to `table`, if it has a record.
+    pub fn applied(&self, table: &TableId) -> Option<&AppliedFirewall> {
+        self.firewall.iter().find(|a| &a.ruleset.table == table)
+    }
+
+    /// Records what a plan did to the tables: `changed` holds every table the plan's
+    /// transaction touched, with what it left (`None`: removed).
+    pub fn record_firewall(&mut self, changed: &[(TableId, Option<AppliedFirewall>)]) {
+        for (table, after) in changed {
+            self.firewall.retain(|a| &a.ruleset.table != table);
+            self.firewall.extend(after.clone());
+        }
+    }
 }
 
 /// Where plumb keeps what the kernel cannot tell it.

@@ -67,9 +67,7 @@ impl Host {
         match &desired {
             Some(d) => {
                 let st = self.state.as_mut().unwrap();
-                if outcome.firewall.is_some() {
-                    st.firewall = outcome.firewall;
-                }
+                st.record_firewall(&outcome.firewall);
                 st.namespaces = d.containers.iter().map(|c| c.netns.clone()).collect();
                 st.networks = d.networks.iter().map(|n| n.name.clone()).collect();
             }
@@ -79,6 +77,19 @@ impl Host {
         assert!(again.is_empty(), "not converged: {:#?}", again.steps);
         plan
     }
+}
+
+/// The plan's firewall changes only add and delete set elements (no table replaced).
+fn only_element_updates(plan: &Plan) -> bool {
+    plan.ops().all(|op| match op {
+        Op::Nft { changes } => changes.iter().all(|c| match c {
+            plumb_core::firewall::NftChange::Update { commands, .. } => commands
+                .iter()
+                .all(|c| c.starts_with("add element") || c.starts_with("delete element")),
+            _ => false,
+        }),
+        _ => true,
+    })
 }
 
 fn kinds(plan: &Plan) -> Vec<String> {
@@ -100,7 +111,7 @@ fn create_converges() {
     assert_eq!(plan.count(|w| matches!(w, What::CreateContainer { .. })), 3);
     let w = host.kernel.world();
     assert_eq!(w.namespace_names(), ["s-api-1", "s-api-2", "s-web-1"]);
-    assert_eq!(w.table_names(), ["plumb_s"]);
+    assert_eq!(w.table_names(), ["inet plumb_s", "bridge plumb_s"]);
 }
 
 #[test]
@@ -109,9 +120,15 @@ fn adding_and_removing_a_service_converges() {
     host.apply(Some(BASE));
     let with_cache = format!("{BASE}[services.cache]\nnetworks = [\"back\"]\n");
     let plan = host.apply(Some(&with_cache));
-    assert_eq!(kinds(&plan), ["create_container"]);
+    // The new container's port, MAC and address join the anti-spoofing sets: elements only.
+    assert_eq!(kinds(&plan), ["apply_firewall", "create_container"]);
+    assert!(only_element_updates(&plan));
     let plan = host.apply(Some(BASE));
-    assert_eq!(kinds(&plan), ["stop_processes", "remove_links", "delete_container"]);
+    assert_eq!(
+        kinds(&plan),
+        ["stop_processes", "remove_links", "delete_container", "apply_firewall"]
+    );
+    assert!(only_element_updates(&plan));
     assert_eq!(host.kernel.world().namespace_names(), ["s-api-1", "s-api-2", "s-web-1"]);
 }
 
@@ -120,7 +137,7 @@ fn changing_a_service_rebuilds_only_it() {
     let mut host = Host::new();
     host.apply(Some(BASE));
     let plan = host.apply(Some(&BASE.replace("replicas = 2", "replicas = 3")));
-    assert_eq!(kinds(&plan), ["create_container"]);
+    assert_eq!(kinds(&plan), ["apply_firewall", "create_container"]);
     let moved = BASE.replace("networks = [\"front\", \"back\"]", "networks = [\"front\"]");
     let plan = host.apply(Some(&moved));
     assert!(plan
@@ -138,7 +155,7 @@ fn changing_a_port_updates_the_table_in_place() {
     assert_eq!(kinds(&plan), ["apply_firewall"]);
     assert!(matches!(
         &plan.steps[0].ops[..],
-        [Op::Nft(plumb_core::firewall::NftChange::Update { .. })]
+        [Op::Nft { changes }] if matches!(changes[..], [plumb_core::firewall::NftChange::Update { .. }])
     ));
 }
 
@@ -146,11 +163,13 @@ fn changing_a_port_updates_the_table_in_place() {
 fn a_table_changed_by_someone_else_is_replaced() {
     let mut host = Host::new();
     host.apply(Some(BASE));
-    host.kernel.world().tamper_with_table("plumb_s");
+    host.kernel
+        .world()
+        .tamper_with_table(&plumb_core::firewall::table_ids("s")[0]);
     let plan = host.apply(Some(BASE));
     assert!(matches!(
         &plan.steps[0].ops[..],
-        [Op::Nft(plumb_core::firewall::NftChange::Replace { .. })]
+        [Op::Nft { changes }] if matches!(changes[..], [plumb_core::firewall::NftChange::Replace { .. }])
     ));
 }
 

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use plumb_core::firewall::shape_of_listing;
+use plumb_core::firewall::{self, shape_of_listing, TableId};
 use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
@@ -26,9 +26,9 @@ pub struct LinuxKernel {
     /// Bridge name → index (veths name their master by index).
     bridges: HashMap<String, u32>,
     /// The nft transaction running in the background.
-    nft: Option<nft::Pending>,
-    /// A table listing started by `prefetch_nft_table`.
-    prefetched: Option<(String, nft::Pending)>,
+    nft: Option<nft::Pending<Vec<(TableId, String)>>>,
+    /// Table listings started by `prefetch_nft_table`.
+    prefetched: Vec<(TableId, nft::Pending<Option<String>>)>,
     /// /run/netns is made a shared mount point once per handle.
     run_dir_ready: bool,
 }
@@ -57,7 +57,7 @@ impl LinuxKernel {
             inside: HashMap::new(),
             bridges: HashMap::new(),
             nft: None,
-            prefetched: None,
+            prefetched: Vec::new(),
             run_dir_ready: false,
         })
     }
@@ -116,11 +116,12 @@ impl LinuxKernel {
                 bridge,
                 peer,
                 netns: ns,
+                peer_mac,
             } => {
                 let master = self.bridge_index(bridge)?;
                 self.socket(&At::Netns(ns.clone()))?;
                 let fd = &self.inside[ns].0;
-                link::create_veth(&mut self.host, name, master, peer, fd.as_fd())
+                link::create_veth(&mut self.host, name, master, (peer, parse_mac(peer_mac)), fd.as_fd())
             }
             Op::LinkAlias {
                 at,
@@ -153,16 +154,17 @@ impl LinuxKernel {
                 self.inside.remove(name);
                 netns::delete(name)
             }
-            Op::Nft(change) => {
+            Op::Nft { changes } => {
                 // One transaction at a time: the previous one completes first.
                 if let Some(pending) = self.nft.take() {
                     pending.wait()?;
                 }
-                let table = change.table().to_string();
-                self.nft = Some(match change.script() {
-                    Some(script) => nft::apply(script, table),
-                    None => nft::start_delete_table(table),
-                });
+                let left = changes
+                    .iter()
+                    .filter(|c| c.result().is_some())
+                    .map(|c| c.table().clone())
+                    .collect();
+                self.nft = Some(nft::apply(firewall::transaction(changes), left));
                 Ok(())
             }
         }
@@ -210,11 +212,15 @@ impl Kernel for LinuxKernel {
         self.execute(op).map_err(kernel_error)
     }
 
-    fn settle(&mut self) -> KernelResult<Option<u64>> {
-        match self.nft.take() {
-            Some(pending) => Ok(pending.wait().map_err(kernel_error)?.map(|l| listing_fingerprint(&l))),
-            None => Ok(None),
-        }
+    fn settle(&mut self) -> KernelResult<Vec<(TableId, u64)>> {
+        let Some(pending) = self.nft.take() else {
+            return Ok(Vec::new());
+        };
+        let listings = pending.wait().map_err(kernel_error)?;
+        Ok(listings
+            .into_iter()
+            .map(|(table, listing)| (table, listing_fingerprint(&listing)))
+            .collect())
     }
 
     fn worker(&self) -> KernelResult<Box<dyn Kernel>> {
@@ -233,6 +239,7 @@ impl Kernel for LinuxKernel {
             .into_iter()
             .map(|l| HostLink {
                 link: ObservedLink {
+                    mac: l.mac,
                     alias: l.alias,
                     master: l.master.and_then(|m| names.get(&m).cloned()),
                     up: l.up,
@@ -260,10 +267,10 @@ impl Kernel for LinuxKernel {
         observe_netns(&mut nl).map(Some).map_err(kernel_error)
     }
 
-    fn nft_table(&mut self, table: &str) -> KernelResult<Option<NftListing>> {
-        let listing = match self.prefetched.take() {
-            Some((name, pending)) if name == table => pending.wait(),
-            _ => nft::list_table(table),
+    fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {
+        let listing = match self.prefetched.iter().position(|(t, _)| t == table) {
+            Some(i) => self.prefetched.swap_remove(i).1.wait(),
+            None => nft::list_table(table),
         };
         Ok(listing.map_err(kernel_error)?.map(|l| NftListing {
             fingerprint: listing_fingerprint(&l),
@@ -271,8 +278,9 @@ impl Kernel for LinuxKernel {
         }))
     }
 
-    fn prefetch_nft_table(&mut self, table: &str) {
-        self.prefetched = Some((table.to_string(), nft::start_list_table(table.to_string())));
+    fn prefetch_nft_table(&mut self, table: &TableId) {
+        let pending = nft::start_list_table(table.clone());
+        self.prefetched.push((table.clone(), pending));
     }
 }
 
@@ -290,6 +298,7 @@ pub fn observe_netns(nl: &mut Netlink) -> crate::netlink::Result<ObservedNetns> 
             continue;
         }
         let observed = ObservedLink {
+            mac: l.mac,
             alias: l.alias,
             master: None,
             up: l.up,

@@ -26,6 +26,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// The interface group (0 unless someone set one).
     pub group: u32,
+    /// `02:ab:...`, lower case.
+    pub mac: Option<String>,
 }
 
 /// Every link of the socket's namespace.
@@ -51,6 +53,7 @@ fn link_of(message: LinkMessage) -> Link {
         up: message.header.flags.contains(LinkFlags::Up),
         kind: None,
         group: 0,
+        mac: None,
     };
     for attribute in message.attributes {
         match attribute {
@@ -58,6 +61,9 @@ fn link_of(message: LinkMessage) -> Link {
             LinkAttribute::IfAlias(a) => link.alias = Some(a),
             LinkAttribute::Controller(m) => link.master = Some(m),
             LinkAttribute::Group(g) => link.group = g,
+            LinkAttribute::Address(bytes) => {
+                link.mac = Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
+            }
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
@@ -89,10 +95,17 @@ pub fn create_bridge(nl: &mut Netlink, name: &str, mac: [u8; 6]) -> Result<()> {
 }
 
 /// Creates a veth pair in one request: `name` here, attached to bridge `master`, and its peer
-/// `peer_name` placed straight into the namespace `peer_netns`.
-pub fn create_veth(nl: &mut Netlink, name: &str, master: u32, peer_name: &str, peer_netns: BorrowedFd) -> Result<()> {
+/// (name and MAC address) placed straight into the namespace `peer_netns`.
+pub fn create_veth(
+    nl: &mut Netlink,
+    name: &str,
+    master: u32,
+    (peer_name, peer_mac): (&str, [u8; 6]),
+    peer_netns: BorrowedFd,
+) -> Result<()> {
     let mut peer = LinkMessage::default();
     peer.attributes.push(LinkAttribute::IfName(peer_name.into()));
+    peer.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
     peer.attributes.push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
     let mut message = LinkMessage::default();
     message.attributes.push(LinkAttribute::IfName(name.into()));

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
 
+use plumb_core::firewall::TableId;
+
 use crate::netlink::{Error, Result};
 
 /// True if an `nft` executable is on PATH.
@@ -40,68 +42,59 @@ fn checked(what: &str, output: io::Result<Output>) -> Result<String> {
     }
 }
 
-/// A transaction in progress; [`Pending::wait`] gives the table's JSON listing afterwards.
-pub struct Pending(JoinHandle<Result<Option<String>>>);
+/// A transaction or listing in progress on a background thread.
+pub struct Pending<T>(JoinHandle<Result<T>>);
 
-impl Pending {
-    pub fn wait(self) -> Result<Option<String>> {
+impl<T> Pending<T> {
+    pub fn wait(self) -> Result<T> {
         self.0
             .join()
-            .unwrap_or_else(|_| Err(Error::new("apply nftables rules", io::Error::other("thread panicked"))))
+            .unwrap_or_else(|_| Err(Error::new("nftables", io::Error::other("thread panicked"))))
     }
 }
 
 /// Starts applying `script` as one atomic transaction on a background thread, then reads
-/// table `inet TABLE` back as JSON (`None` if the script removed it).
-pub fn apply(script: String, table: String) -> Pending {
+/// each of `tables` back as JSON ([`Pending::wait`] gives the listings of those that exist).
+pub fn apply(script: String, tables: Vec<TableId>) -> Pending<Vec<(TableId, String)>> {
     Pending(std::thread::spawn(move || {
         checked("apply nftables rules", run(&["-f", "-"], Some(&script)))?;
-        list_table(&table)
+        let mut out = Vec::new();
+        for table in tables {
+            if let Some(listing) = list_table(&table)? {
+                out.push((table, listing));
+            }
+        }
+        Ok(out)
     }))
 }
 
 /// Starts [`list_table`] on a background thread.
-pub fn start_list_table(name: String) -> Pending {
-    Pending(std::thread::spawn(move || list_table(&name)))
+pub fn start_list_table(table: TableId) -> Pending<Option<String>> {
+    Pending(std::thread::spawn(move || list_table(&table)))
 }
 
-/// Starts [`delete_table`] on a background thread ([`Pending::wait`] then gives `None`).
-pub fn start_delete_table(name: String) -> Pending {
-    Pending(std::thread::spawn(move || delete_table(&name).map(|()| None)))
-}
-
-/// Table `inet NAME` as JSON (`nft -j`), or `None` if there is no such table. Absence is
-/// decided from the exit status and the list of tables, not from an error message.
-pub fn list_table(name: &str) -> Result<Option<String>> {
+/// The table as JSON (`nft -j`), or `None` if there is no such table. Absence is decided
+/// from the exit status and the list of tables, not from an error message.
+pub fn list_table(table: &TableId) -> Result<Option<String>> {
     let what = "list nftables table";
-    let out = run(&["-j", "list", "table", "inet", name], None).map_err(|e| Error::new(what, e))?;
+    let (family, name) = (table.family.as_str(), table.name.as_str());
+    let out = run(&["-j", "list", "table", family, name], None).map_err(|e| Error::new(what, e))?;
     if out.status.success() {
         return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
     }
-    if table_exists(name)? {
+    if table_exists(family, name)? {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         return Err(Error::new(what, io::Error::other(stderr)));
     }
     Ok(None)
 }
 
-/// True if `nft -j list tables inet` names table `name`.
-fn table_exists(name: &str) -> Result<bool> {
+/// True if `nft -j list tables FAMILY` names table `name`.
+fn table_exists(family: &str, name: &str) -> Result<bool> {
     let what = "list nftables tables";
-    let json = checked(what, run(&["-j", "list", "tables", "inet"], None))?;
+    let json = checked(what, run(&["-j", "list", "tables", family], None))?;
     let value: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| Error::new(what, io::Error::other(e.to_string())))?;
     let tables = value["nftables"].as_array().cloned().unwrap_or_default();
     Ok(tables.iter().any(|o| o["table"]["name"] == name))
-}
-
-/// Deletes table `inet NAME`; a table that is not there is not an error.
-pub fn delete_table(name: &str) -> Result<()> {
-    match checked("delete nftables table", run(&["delete", "table", "inet", name], None)) {
-        Err(e) if !table_exists(name)? => {
-            drop(e);
-            Ok(())
-        }
-        other => other.map(drop),
-    }
 }

@@ -61,7 +61,8 @@ fn script_and_execution_agree(before: Option<&str>, after: Option<&str>) {
             "netns eq-web-1",
             "addr eth1 10.93.2.",
             "route default via 10.93.1.1",
-            "table plumb_eq",
+            "table inet plumb_eq",
+            "table bridge plumb_eq",
         ] {
             assert!(want.contains(needle), "missing {needle:?} in:\n{want}");
         }

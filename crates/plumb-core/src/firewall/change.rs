@@ -7,27 +7,20 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Chain, Ruleset, Set};
+use super::{Chain, Ruleset, Set, TableId};
 
+/// One table's change; a plan's changes go to the kernel together, as one transaction.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum NftChange {
     /// The table does not exist yet: add it.
-    Create {
-        ruleset: Ruleset,
-    },
+    Create { ruleset: Ruleset },
     /// Replace whatever table is there, atomically (create it empty so the delete cannot fail).
-    Replace {
-        ruleset: Ruleset,
-    },
+    Replace { ruleset: Ruleset },
     /// Edit the table in place: `commands` turn the applied ruleset into `ruleset`.
-    Update {
-        ruleset: Ruleset,
-        commands: Vec<String>,
-    },
-    Delete {
-        table: String,
-    },
+    Update { ruleset: Ruleset, commands: Vec<String> },
+    /// Remove the table if it is there.
+    Delete { table: TableId },
 }
 
 impl NftChange {
@@ -41,39 +34,38 @@ impl NftChange {
         }
     }
 
-    pub fn table(&self) -> &str {
+    pub fn table(&self) -> &TableId {
         match self {
             NftChange::Delete { table } => table,
-            other => &other.result().expect("only delete has no result").table,
+            NftChange::Create { ruleset } | NftChange::Replace { ruleset } | NftChange::Update { ruleset, .. } => {
+                &ruleset.table
+            }
         }
     }
 
-    /// What `nft -f -` reads; `None` for a delete.
-    pub fn script(&self) -> Option<String> {
+    /// This change's part of the `nft -f -` script. A table created empty and deleted in the
+    /// same transaction makes "replace" and "delete if there" idempotent.
+    pub fn script(&self) -> String {
         match self {
-            NftChange::Create { ruleset } => Some(ruleset.print()),
+            NftChange::Create { ruleset } => ruleset.print(),
             NftChange::Replace { ruleset } => {
                 let t = &ruleset.table;
-                Some(format!(
-                    "table inet {t} {{}}\ndelete table inet {t}\n{}",
-                    ruleset.print()
-                ))
+                format!("table {t} {{}}\ndelete table {t}\n{}", ruleset.print())
             }
-            NftChange::Update { commands, .. } => Some(commands.iter().map(|c| format!("{c}\n")).collect()),
-            NftChange::Delete { .. } => None,
+            NftChange::Update { commands, .. } => commands.iter().map(|c| format!("{c}\n")).collect(),
+            NftChange::Delete { table } => format!("table {table} {{}}\ndelete table {table}\n"),
         }
     }
+}
 
-    /// The shell command.
-    pub fn command(&self) -> String {
-        match (self, self.script()) {
-            (_, Some(script)) => format!("nft -f - <<'EOF'\n{script}EOF"),
-            (NftChange::Delete { table }, None) => {
-                format!("if nft list table inet {table} >/dev/null 2>&1; then nft delete table inet {table}; fi")
-            }
-            _ => unreachable!("every change but delete has a script"),
-        }
-    }
+/// The whole transaction for several changes.
+pub fn transaction(changes: &[NftChange]) -> String {
+    changes.iter().map(NftChange::script).collect()
+}
+
+/// The shell command applying `changes` as one transaction.
+pub fn command(changes: &[NftChange]) -> String {
+    format!("nft -f - <<'EOF'\n{}EOF", transaction(changes))
 }
 
 /// The transaction from `applied` (what plumb last applied, if the kernel still holds exactly
@@ -120,11 +112,11 @@ fn update_commands(old: &Ruleset, new: &Ruleset) -> Option<Vec<String>> {
     for (name, chain) in &new_chains {
         match old_chains.get(name) {
             Some(same) if same == chain => continue,
-            Some(_) => out.push(format!("flush chain inet {t} {name}")),
-            None => out.push(format!("add chain inet {t} {name}")),
+            Some(_) => out.push(format!("flush chain {t} {name}")),
+            None => out.push(format!("add chain {t} {name}")),
         }
         for rule in &chain.rules {
-            out.push(format!("add rule inet {t} {name} {}", rule.text()));
+            out.push(format!("add rule {t} {name} {}", rule.text()));
         }
     }
     for (old_set, new_set) in old.sets.iter().zip(&new.sets) {
@@ -132,12 +124,12 @@ fn update_commands(old: &Ruleset, new: &Ruleset) -> Option<Vec<String>> {
     }
     // Chains no one names any more go last, once no element points at them.
     for name in old_chains.keys().filter(|n| !new_chains.contains_key(*n)) {
-        out.push(format!("delete chain inet {t} {name}"));
+        out.push(format!("delete chain {t} {name}"));
     }
     Some(out)
 }
 
-fn element_commands(table: &str, old: &Set, new: &Set) -> Vec<String> {
+fn element_commands(table: &TableId, old: &Set, new: &Set) -> Vec<String> {
     let gone: Vec<&String> = old
         .elements
         .iter()
@@ -153,15 +145,11 @@ fn element_commands(table: &str, old: &Set, new: &Set) -> Vec<String> {
     let mut out = Vec::new();
     if !gone.is_empty() {
         let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
-        out.push(format!(
-            "delete element inet {table} {} {{ {} }}",
-            old.name,
-            keys.join(", ")
-        ));
+        out.push(format!("delete element {table} {} {{ {} }}", old.name, keys.join(", ")));
     }
     if !added.is_empty() {
         out.push(format!(
-            "add element inet {table} {} {{ {} }}",
+            "add element {table} {} {{ {} }}",
             new.name,
             new.elements_text(added.into_iter())
         ));
@@ -173,12 +161,13 @@ fn element_commands(table: &str, old: &Set, new: &Set) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::desired::resolve;
-    use crate::firewall::ruleset;
+    use crate::firewall::rulesets;
     use crate::spec::parse;
 
+    /// The stack's inet table.
     fn rules(text: &str) -> Ruleset {
         let d = resolve(&parse("f", text).unwrap(), &Default::default()).unwrap().0;
-        ruleset(&d).unwrap()
+        rulesets(&d).remove(0)
     }
 
     const STACK: &str = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n[services.a]\nports = [\"80:80\"]\n";

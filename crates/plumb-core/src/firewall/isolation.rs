@@ -1,5 +1,5 @@
 //! Isolation between networks: a plumb network talks to no other plumb network (of any stack),
-//! and an internal network talks to nothing outside itself.
+//! and nothing leaves an internal network (nothing enters any network: see `inbound`).
 
 use super::{Hook, HookPoint, Rule, Ruleset};
 use crate::desired::Desired;
@@ -13,10 +13,6 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
             forward.rules.push(Rule::new(
                 format!("iifname \"{br}\" oifname != \"{br}\" drop"),
                 format!("{name}: internal, nothing leaves"),
-            ));
-            forward.rules.push(Rule::new(
-                format!("oifname \"{br}\" iifname != \"{br}\" drop"),
-                format!("{name}: internal, nothing enters"),
             ));
         } else {
             forward.rules.push(Rule::new(

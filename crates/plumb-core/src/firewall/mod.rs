@@ -1,12 +1,16 @@
-//! The nftables ruleset of one stack as typed values: one `inet plumb_STACK` table with its
-//! chains (base chains with hook, priority and policy; regular chains), sets, maps and rules.
-//! Each feature (isolation, egress NAT, published ports; next: virtual IPs, policies,
-//! anti-spoofing) contributes its part through [`Feature`]; the table is printed once, in
-//! nft's own syntax. [`NftChange`] is one transaction: create, replace, an element-by-element
-//! update, or delete.
+//! The nftables rulesets of one stack as typed values: an `inet plumb_STACK` table (routed
+//! traffic: isolation, inbound, host access, published ports, egress NAT) and a
+//! `bridge plumb_STACK` table (frames on the bridges: anti-spoofing), each with its chains
+//! (base chains with hook, priority and policy; regular chains), sets, maps and rules. Each
+//! feature contributes its part through [`Feature`]; a table is printed once, in nft's own
+//! syntax. [`NftChange`] is one table's change (create, replace, an element-by-element
+//! update, delete); the changes of one plan go to the kernel as one transaction.
 
+mod antispoof;
 mod change;
 mod egress;
+mod host;
+mod inbound;
 mod isolation;
 mod ports;
 mod shape;
@@ -19,31 +23,94 @@ use serde::{Deserialize, Serialize};
 use crate::desired::Desired;
 use crate::names;
 
-pub use change::{changes, NftChange};
+pub use change::{changes, command, transaction, NftChange};
 pub use shape::{shape_of_listing, Shape};
 
-/// A feature adds its chains, rules, sets and maps to the stack's ruleset.
+/// A feature adds its chains, rules, sets and maps to one of the stack's rulesets.
 pub type Feature = fn(&Desired, &mut Ruleset);
 
 /// In this order: rules added earlier match first within a shared base chain.
-const FEATURES: &[Feature] = &[isolation::contribute, ports::contribute, egress::contribute];
+const INET_FEATURES: &[Feature] = &[
+    inbound::contribute,
+    isolation::contribute,
+    host::contribute,
+    ports::contribute,
+    egress::contribute,
+];
+const BRIDGE_FEATURES: &[Feature] = &[antispoof::contribute];
 
-/// The stack's ruleset, or `None` if the stack has no networks.
-pub fn ruleset(desired: &Desired) -> Option<Ruleset> {
+/// The stack's rulesets (none if the stack has no networks; no bridge table without
+/// containers).
+pub fn rulesets(desired: &Desired) -> Vec<Ruleset> {
     if desired.networks.is_empty() {
-        return None;
+        return Vec::new();
     }
-    let mut rules = Ruleset::new(names::nft_table(&desired.stack));
-    for feature in FEATURES {
-        feature(desired, &mut rules);
+    let name = names::nft_table(&desired.stack);
+    let mut out = Vec::new();
+    for (family, features) in [(Family::Inet, INET_FEATURES), (Family::Bridge, BRIDGE_FEATURES)] {
+        let mut rules = Ruleset::new(TableId {
+            family,
+            name: name.clone(),
+        });
+        for feature in features {
+            feature(desired, &mut rules);
+        }
+        if !rules.chains.is_empty() {
+            out.push(rules);
+        }
     }
-    Some(rules)
+    out
+}
+
+/// The tables a stack may have, wanted or not (what observing reads back).
+pub fn table_ids(stack: &str) -> [TableId; 2] {
+    let name = names::nft_table(stack);
+    [
+        TableId {
+            family: Family::Inet,
+            name: name.clone(),
+        },
+        TableId {
+            family: Family::Bridge,
+            name,
+        },
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// IPv4 and IPv6 as routed by the host.
+    Inet,
+    /// Frames crossing a bridge.
+    Bridge,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Bridge => "bridge",
+        }
+    }
+}
+
+/// A table: its family and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TableId {
+    pub family: Family,
+    pub name: String,
+}
+
+impl std::fmt::Display for TableId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.family.as_str(), self.name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ruleset {
-    /// Family `inet`.
-    pub table: String,
+    pub table: TableId,
     pub sets: Vec<Set>,
     pub chains: Vec<Chain>,
 }
@@ -133,6 +200,16 @@ impl Hook {
         }
     }
 
+    /// Bridge filtering before anything else sees the frame ("filter" in the bridge family).
+    pub fn bridge_filter(point: HookPoint) -> Hook {
+        Hook {
+            kind: ChainKind::Filter,
+            point,
+            priority: -200,
+            policy: Policy::Accept,
+        }
+    }
+
     /// Destination NAT runs at -100 ("dstnat"), source NAT at 100 ("srcnat").
     pub fn nat(point: HookPoint) -> Hook {
         let priority = if point == HookPoint::Postrouting { 100 } else { -100 };
@@ -146,7 +223,7 @@ impl Hook {
 }
 
 impl Ruleset {
-    pub fn new(table: String) -> Ruleset {
+    pub fn new(table: TableId) -> Ruleset {
         Ruleset {
             table,
             sets: Vec::new(),
@@ -178,7 +255,7 @@ impl Ruleset {
     /// chains, then verdict maps (their elements name those chains), then base chains (their
     /// rules name the sets and maps).
     pub fn print(&self) -> String {
-        let mut out = format!("table inet {} {{\n", self.table);
+        let mut out = format!("table {} {{\n", self.table);
         let (verdict_maps, plain): (Vec<&Set>, Vec<&Set>) = self.sets.iter().partition(|s| s.holds_verdicts());
         for set in plain {
             print_set(&mut out, set);

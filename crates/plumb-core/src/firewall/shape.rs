@@ -39,8 +39,15 @@ impl Ruleset {
             let comments = c.rules.iter().map(|r| r.comment.replace('"', "'")).collect();
             shape.chains.insert(c.name.clone(), (hook, comments));
         }
+        // nft's JSON writes strings (interface names) without the quotes nft syntax needs.
+        let unquoted = |t: &String| t.replace('"', "");
         for s in &self.sets {
-            shape.sets.insert(s.name.clone(), s.elements.clone());
+            let elements = s
+                .elements
+                .iter()
+                .map(|(k, v)| (unquoted(k), v.as_ref().map(unquoted)))
+                .collect();
+            shape.sets.insert(s.name.clone(), elements);
         }
         shape
     }
@@ -126,7 +133,10 @@ mod tests {
             {"chain":{"family":"inet","table":"t","name":"prerouting","type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}},
             {"rule":{"family":"inet","table":"t","chain":"port_tcp_8080","comment":"published 8080/tcp -> web:80","expr":[]}},
             {"rule":{"family":"inet","table":"t","chain":"prerouting","comment":"published ports","expr":[]}}]}"#;
-        let mut want = Ruleset::new("t".into());
+        let mut want = Ruleset::new(super::super::TableId {
+            family: super::super::Family::Inet,
+            name: "t".into(),
+        });
         let hook = super::super::Hook::nat(HookPoint::Prerouting);
         want.chain("port_tcp_8080", None)
             .rules

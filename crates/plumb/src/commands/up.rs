@@ -104,9 +104,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
         ctx.state.note_forwarding_enabled()?;
     }
     let (outcome, result) = apply::run(&mut kernel, &plan, OnError::Stop);
-    if let Some(applied) = outcome.firewall {
-        st.firewall = Some(applied);
-    }
+    st.record_firewall(&outcome.firewall);
     if result.is_ok() {
         st.namespaces = desired.containers.iter().map(|c| c.netns.clone()).collect();
         st.networks = desired.networks.iter().map(|n| n.name.clone()).collect();

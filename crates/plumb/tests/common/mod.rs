@@ -343,7 +343,7 @@ for l in sorted(json.load(sys.stdin), key=lambda l: l["ifname"]):
                 [ "$ns" = outside ] && continue
                 echo "netns $ns"; show -n "$ns"
             done
-            for t in $(nft list tables | awk '{print $3}' | sort); do echo "table $t"; nft list table inet "$t"; done
+            nft list tables | sort | while read -r _ family name; do echo "table $family $name"; nft list table "$family" "$name"; done
         "#)
     }
 }

@@ -1,0 +1,38 @@
+//! What containers may send to the host itself. Containers on an internal network reach
+//! nothing of the host (plumb's own services for them, such as DNS, will be the exception);
+//! other networks keep Docker's behaviour (host services are reachable), without spoofed
+//! sources. The gateway addresses answer only on plumb's own bridges and from the host.
+
+use super::{Hook, HookPoint, Rule, Ruleset};
+use crate::desired::Desired;
+use crate::names::BRIDGE_PREFIX;
+
+pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
+    let input = rules.chain("input", Some(Hook::filter(HookPoint::Input)));
+    input.rules.push(Rule::new(
+        "ct state established,related accept",
+        "replies to connections the host made",
+    ));
+    for net in &desired.networks {
+        let (br, name) = (&net.bridge, &net.name);
+        if net.internal {
+            input.rules.push(Rule::new(
+                format!("iifname \"{br}\" drop"),
+                format!("{name}: internal, the host is not reachable"),
+            ));
+        } else {
+            input.rules.push(Rule::new(
+                format!("iifname \"{br}\" ip saddr != {} drop", net.subnet),
+                format!("{name}: no spoofed sources"),
+            ));
+        }
+    }
+    let gateways: Vec<String> = desired.networks.iter().map(|n| n.gateway.to_string()).collect();
+    input.rules.push(Rule::new(
+        format!(
+            "iifname != \"lo\" iifname != \"{BRIDGE_PREFIX}*\" ip daddr {{ {} }} drop",
+            gateways.join(", ")
+        ),
+        "gateways answer only their containers and the host",
+    ));
+}
