@@ -118,6 +118,10 @@ pub fn create_container(c: &Container) -> Step {
             at: At::Host,
             link: i.host_veth.clone(),
         });
+        // A container reaching its own published port is bridged back to its own port.
+        ops.push(Op::BridgePortHairpin {
+            link: i.host_veth.clone(),
+        });
         ops.push(Op::LinkAlias {
             at: inside.clone(),
             link: i.name.clone(),

@@ -74,6 +74,10 @@ pub enum Op {
         at: At,
         link: String,
     },
+    /// Hairpin mode on a bridge port: a frame may leave by the port it came in on.
+    BridgePortHairpin {
+        link: String,
+    },
     AddrAdd {
         at: At,
         link: String,
@@ -137,6 +141,7 @@ impl Op {
                 format!("{} link set {link} alias {alias}{gen}", at.ip())
             }
             Op::LinkUp { at, link } => format!("{} link set {link} up", at.ip()),
+            Op::BridgePortHairpin { link } => format!("ip link set {link} type bridge_slave hairpin on"),
             Op::AddrAdd { at, link, cidr } => format!("{} addr add {cidr} dev {link}", at.ip()),
             Op::DefaultRoute { at, gateway } => format!("{} route add default via {gateway}", at.ip()),
             Op::StopProcesses { namespaces, grace_ms } => stop_processes(namespaces, *grace_ms),

@@ -176,6 +176,9 @@ impl World {
                 n.gateway = Some(*gateway);
             }
             Op::StopProcesses { .. } => {}
+            Op::BridgePortHairpin { link } => {
+                self.link(&At::Host, link)?;
+            }
             Op::LinkSetGroup { link, group } => {
                 if let Some(l) = self.links.get_mut(link) {
                     l.group = *group;

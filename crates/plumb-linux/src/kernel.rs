@@ -136,6 +136,7 @@ impl LinuxKernel {
                 }
             }
             Op::LinkUp { at, link: l } => link::set_up(self.socket(at)?, LinkRef::Name(l)),
+            Op::BridgePortHairpin { link: l } => link::set_hairpin(&mut self.host, LinkRef::Name(l)),
             Op::AddrAdd { at, link: l, cidr } => {
                 let nl = self.socket(at)?;
                 let index = link::index_of(nl, l)?;

@@ -4,8 +4,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    AfSpecInet6, AfSpecUnspec, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -172,6 +172,26 @@ pub fn set_alias_without_ipv6(nl: &mut Netlink, link: LinkRef, alias: &str) -> R
         },
         || format!("configure {link:?}"),
     )
+}
+
+/// Lets a bridge port send a frame back out the port it came in on (hairpin mode): with
+/// `br_netfilter`, a container's packet to its own published port is DNATed and bridged
+/// straight back to its own port.
+/// Port settings travel in a NEWLINK for an existing link (SETLINK ignores them), as
+/// `ip link set ... type bridge_slave` sends them.
+pub fn set_hairpin(nl: &mut Netlink, link: LinkRef) -> Result<()> {
+    let mut message = LinkMessage::default();
+    match link {
+        LinkRef::Index(i) => message.header.index = i,
+        LinkRef::Name(n) => message.attributes.push(LinkAttribute::IfName(n.into())),
+    }
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)])),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(message), 0, || {
+        format!("set hairpin mode on {link:?}")
+    })
 }
 
 /// Puts a link into interface group `group`.
