@@ -8,6 +8,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod route;
+pub mod sockets;
 pub mod spawn;
 pub mod sysctl;
 

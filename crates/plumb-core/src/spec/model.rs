@@ -56,12 +56,44 @@ impl Protocol {
     }
 }
 
-/// `HOST:CONTAINER[/udp]`: host port forwarded to the container port.
+/// `[ADDRESS:]HOST:CONTAINER[/udp]` (Compose's syntax): the host port, on one host address or
+/// on all of them, forwarded to the container port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortSpec {
+    /// `None`: every address of the host (as Docker publishes by default).
+    #[serde(default)]
+    pub host_ip: Option<Ipv4Addr>,
     pub host: u16,
     pub container: u16,
     pub protocol: Protocol,
+}
+
+impl PortSpec {
+    /// True if both claim the same host port: same protocol and port, and the same address
+    /// or one of them on every address.
+    pub fn overlaps(&self, other: &PortSpec) -> bool {
+        self.protocol == other.protocol
+            && self.host == other.host
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+
+    /// `8080/tcp`, or `127.0.0.1:8080/tcp`: the host side, as messages name it.
+    pub fn host_side(&self) -> String {
+        match self.host_ip {
+            Some(ip) => format!("{ip}:{}/{}", self.host, self.protocol.as_str()),
+            None => format!("{}/{}", self.host, self.protocol.as_str()),
+        }
+    }
+}
+
+/// `8080->80/tcp`, `127.0.0.1:8080->80/tcp`, as `docker ps` shows ports.
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(f, "{}->{}/{}", self.host, self.container, self.protocol.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

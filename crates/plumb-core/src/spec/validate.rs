@@ -802,7 +802,7 @@ impl Validator<'_> {
     }
 
     fn check_ports(&mut self, services: &BTreeMap<String, ServiceSpec>, networks: &BTreeMap<String, NetworkSpec>) {
-        let mut seen: BTreeMap<(u16, Protocol), String> = BTreeMap::new();
+        let mut seen: Vec<(PortSpec, String)> = Vec::new();
         for (name, svc) in services {
             // A network that failed its own checks is not in `networks`: it has its error.
             let reachable = svc
@@ -820,18 +820,15 @@ impl Validator<'_> {
                         "attach the service to a network without internal = true, or remove the port",
                     );
                 }
-                if let Some(other) = seen.insert((port.host, port.protocol), field.clone()) {
+                if let Some((_, other)) = seen.iter().find(|(p, _)| p.overlaps(port)) {
                     self.err(
                         span,
                         &field,
-                        format!(
-                            "host port {}/{} is already published by {other}",
-                            port.host,
-                            port.protocol.as_str()
-                        ),
+                        format!("host port {} is already published by {other}", port.host_side()),
                         "publish each host port once; pick another host port",
                     );
                 }
+                seen.push((*port, field.clone()));
             }
         }
     }
@@ -965,12 +962,31 @@ fn parse_port(text: &str) -> Result<PortSpec, String> {
         Some((p, "udp")) => (p, Protocol::Udp),
         Some((_, other)) => return Err(format!("unknown protocol {other:?}")),
     };
-    let (host, container) = ports.split_once(':').ok_or("missing ':'")?;
+    if ports.starts_with('[') {
+        return Err("IPv6 host addresses are not supported".into());
+    }
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (address, host, container) = match parts.as_slice() {
+        [host, container] => (None, *host, *container),
+        [address, host, container] => (Some(*address), *host, *container),
+        [_] => return Err("missing ':'".into()),
+        _ => return Err("too many ':'".into()),
+    };
+    let host_ip = match address.map(str::parse::<Ipv4Addr>) {
+        None => None,
+        Some(Ok(ip)) if ip.is_unspecified() => None,
+        Some(Ok(ip)) if ip.is_multicast() || ip.is_broadcast() => {
+            return Err(format!("{ip} is not a unicast address of the host"))
+        }
+        Some(Ok(ip)) => Some(ip),
+        Some(Err(_)) => return Err(format!("{:?} is not an IPv4 address", address.unwrap_or_default())),
+    };
     let number = |s: &str| match s.parse::<u16>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{s:?} is not a port number")),
     };
     Ok(PortSpec {
+        host_ip,
         host: number(host)?,
         container: number(container)?,
         protocol,
@@ -1036,6 +1052,7 @@ depends_on = { web = { condition = "healthy" } }
         assert_eq!(
             web.ports[1],
             PortSpec {
+                host_ip: None,
                 host: 5353,
                 container: 53,
                 protocol: Protocol::Udp
@@ -1048,6 +1065,34 @@ depends_on = { web = { condition = "healthy" } }
         assert_eq!(proc.restart, RestartPolicy::Always);
         assert_eq!(proc.health.as_ref().unwrap().interval, Duration::from_millis(500));
         assert_eq!(proc.depends_on[0].condition, Condition::Healthy);
+    }
+
+    #[test]
+    fn ports_take_a_host_address_as_compose_does() {
+        let port = |t: &str| parse_port(t);
+        let bound = port("127.0.0.1:8080:80/udp").unwrap();
+        assert_eq!(bound.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!((bound.host, bound.container, bound.protocol), (8080, 80, Protocol::Udp));
+        assert_eq!(bound.to_string(), "127.0.0.1:8080->80/udp");
+        assert_eq!(
+            port("0.0.0.0:8080:80").unwrap().host_ip,
+            None,
+            "0.0.0.0 means every address"
+        );
+        assert!(port("[::1]:8080:80").unwrap_err().contains("IPv6"));
+        assert!(port("localhost:8080:80").unwrap_err().contains("not an IPv4 address"));
+        assert!(port("1:2:3:4").unwrap_err().contains("too many"));
+        let any = port("8080:80").unwrap();
+        assert!(!any.overlaps(&bound), "tcp and udp do not clash");
+        assert!(port("127.0.0.1:8080:80").unwrap().overlaps(&any));
+        assert!(!port("127.0.0.1:8080:80")
+            .unwrap()
+            .overlaps(&port("10.0.0.1:8080:80").unwrap()));
+        let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n[services.a]\nports = [\"8080:80\", \"127.0.0.1:8080:81\"]\n");
+        assert!(
+            e.contains("host port 127.0.0.1:8080/tcp is already published by services.a.ports[0]"),
+            "{e}"
+        );
     }
 
     #[test]

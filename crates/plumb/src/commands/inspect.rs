@@ -86,7 +86,7 @@ fn container_report(stack: &str, c: &Container) -> Value {
             "name": i.name, "network": i.network, "address": i.cidr().to_string(),
             "host_veth": i.host_veth, "bridge": i.bridge,
         })).collect::<Vec<_>>(),
-        "ports": c.ports.iter().map(|p| format!("{}->{}/{}", p.host, p.container, p.protocol.as_str())).collect::<Vec<_>>(),
+        "ports": c.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "kernel": live(&c.netns),
     })
 }

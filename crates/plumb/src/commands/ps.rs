@@ -156,11 +156,7 @@ fn row<'a>(stack: &'a str, c: &'a Container, status: Option<&StatusFile>) -> Row
                 bridge: &i.bridge,
             })
             .collect(),
-        ports: c
-            .ports
-            .iter()
-            .map(|p| format!("{}->{}/{}", p.host, p.container, p.protocol.as_str()))
-            .collect(),
+        ports: c.ports.iter().map(|p| p.to_string()).collect(),
         process,
     }
 }

@@ -59,6 +59,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     let observed = match kernel.as_mut() {
         Some(k) => {
             check_host_routes(&parsed, &desired)?;
+            check_published_ports(&parsed)?;
             observe(k, &stack, Some(&desired), state.as_ref(), &claimed)?
         }
         None => Observed::default(),
@@ -208,6 +209,62 @@ fn check_host_routes(parsed: &Parsed, desired: &Desired) -> Result<()> {
     }
 }
 
+/// A published port must be free on the host: a host process listening there would be
+/// shadowed by the DNAT (unreachable on that port until `down`), so it is named instead. A
+/// port published on one address needs that address on the host.
+fn check_published_ports(parsed: &Parsed) -> Result<()> {
+    use plumb_linux::sockets::{listeners, Transport};
+    use std::net::IpAddr;
+    let mut nl = plumb_linux::Netlink::open()?;
+    let local: Vec<std::net::Ipv4Addr> = plumb_linux::addr::list_v4(&mut nl)?
+        .into_iter()
+        .map(|(_, net)| net.addr())
+        .collect();
+    let mut errors = Vec::new();
+    for (svc, spec) in &parsed.stack.services {
+        for (i, p) in spec.ports.iter().enumerate() {
+            let field = format!("services.{svc}.ports[{i}]");
+            if let Some(ip) = p.host_ip.filter(|ip| !local.contains(ip)) {
+                let mut known: Vec<String> = local.iter().map(|a| a.to_string()).collect();
+                known.dedup();
+                errors.push(parsed.error(
+                    &field,
+                    format!("{ip} is not an address of this host"),
+                    format!(
+                        "publish on one of {}, or leave the address out for all",
+                        known.join(", ")
+                    ),
+                ));
+                continue;
+            }
+            let transport = match p.protocol {
+                plumb_core::spec::Protocol::Tcp => Transport::Tcp,
+                plumb_core::spec::Protocol::Udp => Transport::Udp,
+            };
+            let clash = listeners(transport, p.host).into_iter().find(|l| match l.address {
+                IpAddr::V4(a) => a.is_unspecified() || p.host_ip.is_none_or(|ip| ip == a),
+                IpAddr::V6(a) => a.is_unspecified(),
+            });
+            if let Some(l) = clash {
+                let who = match l.holders.first() {
+                    Some((pid, command)) => format!("{command} (pid {pid})"),
+                    None => "a process (not found in /proc)".to_string(),
+                };
+                errors.push(parsed.error(
+                    &field,
+                    format!("host port {} is in use: {who} listens on {}:{}", p.host_side(), l.address, l.port),
+                    "stop that process, publish another host port, or publish on an address it does not use (ADDRESS:HOST:CONTAINER)",
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics(errors).into())
+    }
+}
+
 /// Every command's program must exist before anything is touched.
 fn check_programs(parsed: &Parsed, base: &Path) -> std::result::Result<(), Diagnostics> {
     let mut errors = Vec::new();
@@ -304,21 +361,13 @@ fn check_other_stacks(
                 }
             }
         }
-        let their_ports: Vec<_> = theirs
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter().map(|p| (p.host, p.protocol)))
-            .collect();
+        let their_ports: Vec<_> = theirs.containers.iter().flat_map(|c| c.ports.iter()).collect();
         for (svc, spec) in &parsed.stack.services {
             for (i, p) in spec.ports.iter().enumerate() {
-                if their_ports.contains(&(p.host, p.protocol)) {
+                if their_ports.iter().any(|theirs| theirs.overlaps(p)) {
                     errors.push(parsed.error(
                         &format!("services.{svc}.ports[{i}]"),
-                        format!(
-                            "host port {}/{} is already published by stack {name:?}",
-                            p.host,
-                            p.protocol.as_str()
-                        ),
+                        format!("host port {} is already published by stack {name:?}", p.host_side()),
                         "pick another host port, or `plumb down` the other stack",
                     ));
                 }
