@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{Container, Desired};
-use crate::spec::{Dependency, HealthSpec, RestartPolicy};
+use crate::spec::{Capabilities, Dependency, HealthSpec, RestartPolicy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
@@ -21,6 +21,10 @@ pub struct RunSpec {
     pub env: BTreeMap<String, String>,
     pub workdir: PathBuf,
     pub user: Option<String>,
+    /// What the process (and its exec health probe) may hold, by who it runs as. A run file
+    /// written before plumb set capabilities reads as Docker's default set.
+    #[serde(default)]
+    pub capabilities: Capabilities,
     pub restart: RestartPolicy,
     pub health: Option<HealthSpec>,
     pub depends_on: Vec<Dependency>,
@@ -92,6 +96,7 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
                 env,
                 workdir,
                 user: p.user.clone(),
+                capabilities: p.capabilities,
                 restart: p.restart,
                 health: p.health.clone(),
                 depends_on: p.depends_on.clone(),

@@ -1,7 +1,10 @@
 //! Running a program inside a container: after fork and before exec, the child enters the
 //! container's network namespace, gets its own UTS namespace (hostname = container name), its
 //! own mount namespace with the container's /etc/hosts bound over the host's, and its own
-//! session, so the whole process tree can be signalled as one group.
+//! session, so the whole process tree can be signalled as one group. Last it drops to the
+//! service's user and capabilities (`privileges`).
+
+mod privileges;
 
 use std::ffi::CString;
 use std::io;
@@ -14,31 +17,30 @@ use std::process::Command;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::SigSet;
-use nix::unistd::{setgid, setgroups, sethostname, setsid, setuid, Gid, Uid};
+use nix::unistd::{sethostname, setsid};
+use plumb_core::spec::Capabilities;
 
-/// Who a confined process runs as, when not root: set last, after the namespaces (which
-/// need root).
-#[derive(Debug, Clone, Copy)]
-pub struct Identity {
-    pub uid: u32,
-    pub gid: u32,
-}
+pub use privileges::{Identity, Privileges};
 
-/// Makes `command` start inside the container whose network namespace is `netns`.
+/// Makes `command` start inside the container whose network namespace is `netns`, as
+/// `identity` (root if `None`) with `capabilities`.
 pub fn confine(
     command: &mut Command,
     netns: OwnedFd,
     hostname: &str,
     hosts_file: Option<&Path>,
     identity: Option<Identity>,
+    capabilities: &Capabilities,
 ) -> io::Result<()> {
     // Everything the child needs is prepared here: between fork and exec only system calls run.
+    let privileges = Privileges::new(identity, capabilities)?;
     let hostname = hostname.to_string();
     let hosts = hosts_file.map(|p| CString::new(p.as_os_str().as_bytes())).transpose()?;
     let etc_hosts = CString::new("/etc/hosts")?;
     let root = CString::new("/")?;
     // SAFETY: the closure runs in the forked child before exec; it only makes system calls
-    // (setns, unshare, sethostname, mount, setsid, set*id) on data prepared before the fork.
+    // (setns, unshare, sethostname, mount, setsid, prctl, set*id, capset) on data prepared
+    // before the fork.
     unsafe {
         command.pre_exec(move || {
             // A supervisor blocks the signals it reads from a signalfd; the mask is inherited.
@@ -64,13 +66,22 @@ pub fn confine(
                 )?;
             }
             setsid()?;
-            if let Some(id) = identity {
-                let gid = Gid::from_raw(id.gid);
-                setgroups(&[gid])?;
-                setgid(gid)?;
-                setuid(Uid::from_raw(id.uid))?;
-            }
-            Ok(())
+            privileges.apply()
+        });
+    }
+    Ok(())
+}
+
+/// Makes `command` (run in a container by a thread that entered its network namespace, such
+/// as a health probe) start with no signal blocked, as `identity` with `capabilities`.
+pub fn restrict(command: &mut Command, identity: Option<Identity>, capabilities: &Capabilities) -> io::Result<()> {
+    let privileges = Privileges::new(identity, capabilities)?;
+    // SAFETY: only sigprocmask and the system calls of `Privileges::apply` run between fork
+    // and exec, on masks computed before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            SigSet::empty().thread_set_mask()?;
+            privileges.apply()
         });
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! the typed stack (`model`) with the place of every field, so that any later check can
 //! still point into the file.
 
+mod capabilities;
 mod model;
 mod raw;
 mod validate;
@@ -9,8 +10,12 @@ mod validate;
 use std::collections::HashMap;
 use std::ops::Range;
 
+pub use capabilities::{closest_name, parse_name, Capabilities, CapabilityName, CapabilitySet};
 pub use model::*;
-pub use validate::{parse_duration, split_command, MAX_BRIDGE_PORTS, MAX_CONTAINER_NAME, MAX_STACK_NAME};
+pub use validate::{
+    parse_duration, split_command, MAX_BRIDGE_PORTS, MAX_CONTAINER_NAME, MAX_STACK_CONTAINERS, MAX_STACK_NAME,
+    MIN_PROBE_INTERVAL,
+};
 
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 

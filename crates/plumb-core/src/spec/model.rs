@@ -8,6 +8,8 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::capabilities::Capabilities;
+
 /// A validated stack file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stack {
@@ -106,6 +108,8 @@ pub struct ProcessSpec {
     pub health: Option<HealthSpec>,
     pub depends_on: Vec<Dependency>,
     pub stop_grace: Duration,
+    /// What its processes may hold: Docker's default set, with `cap_add` and `cap_drop`.
+    pub capabilities: Capabilities,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,6 +45,8 @@ pub(super) struct RawService {
     pub health: Option<Spanned<RawHealth>>,
     pub depends_on: Option<Spanned<RawValue>>,
     pub stop_grace: Option<Spanned<String>>,
+    pub cap_add: Option<Spanned<RawValue>>,
+    pub cap_drop: Option<Spanned<RawValue>>,
 }
 
 #[derive(DeriveDeserialize)]

@@ -1,6 +1,10 @@
 //! Validation: every check a stack file must pass, from the raw TOML shape to the typed
 //! model, before anything touches the kernel. All problems are collected, each at the span
 //! of the value at fault; the field values' own text formats (ports, durations, commands) too.
+//! What a process is given is checked in `process`, reserved address ranges in `addresses`.
+
+mod addresses;
+mod process;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -11,7 +15,7 @@ use ipnet::Ipv4Net;
 use toml::Spanned;
 
 use super::model::*;
-use super::raw::{RawHealth, RawNetwork, RawService, RawStack, RawTable, RawValue};
+use super::raw::{RawHealth, RawNetwork, RawService, RawStack, RawValue};
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 use crate::ipam::subnets_overlap;
 
@@ -21,6 +25,11 @@ pub const MAX_STACK_NAME: usize = 12;
 pub const MAX_BRIDGE_PORTS: u64 = 1023;
 /// Container names become hostnames, which the kernel limits to 64 bytes.
 pub const MAX_CONTAINER_NAME: usize = 64;
+/// The most containers a stack holds: four full bridges. Each is a network namespace, and
+/// `up` makes them all before it starts anything.
+pub const MAX_STACK_CONTAINERS: u32 = 4096;
+/// Health probes run at most this often: shorter intervals keep the supervisor busy.
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Field path (as in diagnostics) → byte range in the file.
 pub(super) type Spans = HashMap<String, Range<usize>>;
@@ -131,6 +140,7 @@ impl Validator<'_> {
         }
         self.check_ports(&services, &networks);
         self.check_bridge_ports(&services);
+        self.check_stack_size(&services);
         self.check_static_ips(&services, &networks);
         self.check_cycles(&services);
         Stack {
@@ -193,21 +203,30 @@ impl Validator<'_> {
             );
             return None;
         }
+        if let Some(why) = addresses::reserved_subnet(subnet) {
+            self.err(raw.subnet.span(), &subnet_field, why, addresses::USE_PRIVATE);
+            return None;
+        }
         let first_host = Ipv4Addr::from(u32::from(subnet.network()) + 1);
         let gateway = match &raw.gateway {
             None => first_host,
             Some(gw) => {
                 let gw_field = format!("{field}.gateway");
                 match gw.get_ref().parse::<Ipv4Addr>() {
-                    Ok(ip) if is_host_of(ip, subnet) => ip,
                     Ok(ip) => {
-                        self.err(
-                            gw.span(),
-                            &gw_field,
-                            format!("gateway {ip} is not a host address of {subnet}"),
-                            format!("pick an address inside {subnet}, such as {first_host}"),
-                        );
-                        return None;
+                        let problem = addresses::reserved_address(ip).or_else(|| {
+                            (!is_host_of(ip, subnet)).then(|| format!("gateway {ip} is not a host address of {subnet}"))
+                        });
+                        if let Some(why) = problem {
+                            self.err(
+                                gw.span(),
+                                &gw_field,
+                                why,
+                                format!("pick an address inside {subnet}, such as {first_host}"),
+                            );
+                            return None;
+                        }
+                        ip
                     }
                     Err(_) => {
                         self.err(
@@ -269,6 +288,8 @@ impl Validator<'_> {
             ("health", raw.health.as_ref().map(Spanned::span)),
             ("depends_on", raw.depends_on.as_ref().map(Spanned::span)),
             ("stop_grace", raw.stop_grace.as_ref().map(Spanned::span)),
+            ("cap_add", raw.cap_add.as_ref().map(Spanned::span)),
+            ("cap_drop", raw.cap_drop.as_ref().map(Spanned::span)),
         ] {
             if let Some(span) = span {
                 self.spans.insert(format!("{field}.{key}"), span);
@@ -304,13 +325,13 @@ impl Validator<'_> {
         let replicas = match &raw.replicas {
             None => 1,
             Some(r) => match u32::try_from(*r.get_ref()) {
-                Ok(n) if n <= 65_000 => n,
+                Ok(n) if n <= MAX_STACK_CONTAINERS => n,
                 _ => {
                     self.err(
                         r.span(),
                         &format!("{field}.replicas"),
                         format!("replicas = {} is out of range", r.get_ref()),
-                        "use a number from 0 to 65000",
+                        format!("use a number from 0 to {MAX_STACK_CONTAINERS}: a stack holds at most {MAX_STACK_CONTAINERS} containers"),
                     );
                     1
                 }
@@ -428,7 +449,13 @@ impl Validator<'_> {
             Some(ip) => {
                 self.spans.insert(ip_field.clone(), ip.span());
                 match ip.get_ref().as_str().map(str::parse::<Ipv4Addr>) {
-                    Some(Ok(addr)) => Some(addr),
+                    Some(Ok(addr)) => match addresses::reserved_address(addr) {
+                        Some(why) => {
+                            self.err(ip.span(), &ip_field, why, "pick an address inside the network's subnet");
+                            None
+                        }
+                        None => Some(addr),
+                    },
                     Some(Err(_)) => {
                         self.err(
                             ip.span(),
@@ -472,6 +499,8 @@ impl Validator<'_> {
                 ("health", raw.health.as_ref().map(Spanned::span)),
                 ("depends_on", raw.depends_on.as_ref().map(Spanned::span)),
                 ("stop_grace", raw.stop_grace.as_ref().map(Spanned::span)),
+                ("cap_add", raw.cap_add.as_ref().map(Spanned::span)),
+                ("cap_drop", raw.cap_drop.as_ref().map(Spanned::span)),
             ];
             for (key, span) in process_keys {
                 if let Some(span) = span {
@@ -514,11 +543,20 @@ impl Validator<'_> {
                 return None;
             }
         };
+        if self.nul_in_command(&cfield, "command", cmd) {
+            return None;
+        }
         let env = raw
             .env
             .as_ref()
             .map(|e| self.env(field, e.get_ref()))
             .unwrap_or_default();
+        for (key, value) in [("workdir", &raw.workdir), ("user", &raw.user)] {
+            if let Some(value) = value {
+                self.nul_in(value.span(), &format!("{field}.{key}"), key, value.get_ref());
+            }
+        }
+        let capabilities = self.capabilities(field, raw.cap_add.as_ref(), raw.cap_drop.as_ref());
         let restart = match raw.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
             None | Some(("on-failure", _)) => RestartPolicy::OnFailure,
             Some(("no", _)) => RestartPolicy::No,
@@ -556,30 +594,8 @@ impl Validator<'_> {
             health,
             depends_on,
             stop_grace,
+            capabilities,
         })
-    }
-
-    fn env(&mut self, field: &str, table: &RawTable) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::new();
-        for (key, value) in table {
-            let text = match value.get_ref() {
-                RawValue::String(s) => s.clone(),
-                RawValue::Integer(i) => i.to_string(),
-                RawValue::Float(f) => f.to_string(),
-                RawValue::Boolean(b) => b.to_string(),
-                RawValue::Array(_) | RawValue::Table(_) => {
-                    self.err(
-                        value.span(),
-                        &format!("{field}.env.{}", key.get_ref()),
-                        "environment values must be strings, numbers or booleans",
-                        "env = { LEVEL = \"debug\" }",
-                    );
-                    continue;
-                }
-            };
-            env.insert(key.get_ref().clone(), text);
-        }
-        env
     }
 
     fn health(&mut self, field: &str, raw: &Spanned<RawHealth>) -> Option<HealthSpec> {
@@ -639,6 +655,9 @@ impl Validator<'_> {
             }
         } else {
             let exec = h.exec.as_ref()?;
+            if self.nul_in_command(&format!("{field}.exec"), "exec", exec) {
+                return None;
+            }
             let command = match exec.get_ref() {
                 RawValue::String(s) => split_command(s).ok(),
                 RawValue::Array(items) => strings(items).ok(),
@@ -669,14 +688,11 @@ impl Validator<'_> {
                 3
             }),
         };
+        let (interval, timeout) = self.probe_timing(field, h);
         Some(HealthSpec {
             probe,
-            interval: self.duration(
-                &format!("{field}.interval"),
-                h.interval.as_ref(),
-                Duration::from_secs(2),
-            ),
-            timeout: self.duration(&format!("{field}.timeout"), h.timeout.as_ref(), Duration::from_secs(1)),
+            interval,
+            timeout,
             retries,
             start_period: self.duration(
                 &format!("{field}.start_period"),
@@ -684,6 +700,53 @@ impl Validator<'_> {
                 Duration::ZERO,
             ),
         })
+    }
+
+    /// A probe's interval (at least [`MIN_PROBE_INTERVAL`]) and timeout (not zero, and no
+    /// longer than the interval, so probes never overlap; by default 1s or the interval).
+    fn probe_timing(&mut self, field: &str, h: &RawHealth) -> (Duration, Duration) {
+        let interval_field = format!("{field}.interval");
+        let interval = self.duration(&interval_field, h.interval.as_ref(), Duration::from_secs(2));
+        let default_timeout = interval.min(Duration::from_secs(1));
+        let timeout = self.duration(&format!("{field}.timeout"), h.timeout.as_ref(), default_timeout);
+        if let Some(raw) = h.interval.as_ref().filter(|_| interval < MIN_PROBE_INTERVAL) {
+            self.err(
+                raw.span(),
+                &interval_field,
+                format!(
+                    "interval {:?} is too short: probes would keep the supervisor busy",
+                    raw.get_ref()
+                ),
+                "use at least \"100ms\" (the default is \"2s\")",
+            );
+            return (MIN_PROBE_INTERVAL, default_timeout);
+        }
+        let Some(raw) = h.timeout.as_ref() else {
+            return (interval, timeout);
+        };
+        let problem = if timeout.is_zero() {
+            Some(format!("timeout {:?} leaves a probe no time", raw.get_ref()))
+        } else if timeout > interval {
+            Some(format!(
+                "timeout {:?} is longer than the interval ({})",
+                raw.get_ref(),
+                humantime::format_duration(interval)
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = problem {
+            self.err(
+                raw.span(),
+                &format!("{field}.timeout"),
+                why,
+                format!(
+                    "a probe must end before the next one starts: use a timeout from \"1ms\" to \"{}\", or a longer interval",
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        (interval, timeout)
     }
 
     fn duration(&mut self, field: &str, raw: Option<&Spanned<String>>, default: Duration) -> Duration {
@@ -883,6 +946,26 @@ impl Validator<'_> {
                 }
             }
         }
+    }
+
+    /// A stack holds at most [`MAX_STACK_CONTAINERS`] containers; the error points at the
+    /// service with the most replicas.
+    fn check_stack_size(&mut self, services: &BTreeMap<String, ServiceSpec>) {
+        let total: u64 = services.values().map(|s| u64::from(s.replicas)).sum();
+        if total <= u64::from(MAX_STACK_CONTAINERS) {
+            return;
+        }
+        let Some((name, _)) = services.iter().max_by_key(|(_, s)| s.replicas) else {
+            return;
+        };
+        let field = format!("services.{name}.replicas");
+        let span = span_of(&self.spans, &field);
+        self.err(
+            span,
+            &field,
+            format!("the stack has {total} containers, more than the {MAX_STACK_CONTAINERS} plumb runs in one stack"),
+            "use fewer replicas, or split the services over several stacks",
+        );
     }
 
     fn check_cycles(&mut self, services: &BTreeMap<String, ServiceSpec>) {
@@ -1325,6 +1408,99 @@ depends_on = { web = { condition = "healthy" } }
         );
         let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.255/24\"\n");
         assert!(e.ends_with("hint: use \"10.0.0.0/24\""), "{e}");
+    }
+
+    #[test]
+    fn probes_run_at_most_every_100ms_and_end_before_the_next() {
+        let health = |h: &str| format!("{NET}[services.a]\ncommand = \"x\"\nhealth = {{ tcp = 80, {h} }}\n");
+        for short in ["0s", "1ms", "99ms"] {
+            let e = errors(&health(&format!("interval = \"{short}\"")));
+            assert!(
+                e.starts_with("plumb.toml:6:33: services.a.health.interval: interval")
+                    && e.contains("too short")
+                    && e.contains("at least \"100ms\""),
+                "{e}"
+            );
+        }
+        let e = errors(&health("interval = \"1s\", timeout = \"2s\""));
+        assert!(
+            e.starts_with(
+                "plumb.toml:6:49: services.a.health.timeout: timeout \"2s\" is longer than the interval (1s)"
+            ),
+            "{e}"
+        );
+        let e = errors(&health("timeout = \"0s\""));
+        assert!(
+            e.contains("services.a.health.timeout: timeout \"0s\" leaves a probe no time"),
+            "{e}"
+        );
+        // A short interval shortens the default timeout with it.
+        let p = parse("f", &health("interval = \"100ms\"")).unwrap();
+        let h = p.stack.services["a"].process.as_ref().unwrap().health.clone().unwrap();
+        assert_eq!((h.interval, h.timeout), (MIN_PROBE_INTERVAL, MIN_PROBE_INTERVAL));
+    }
+
+    #[test]
+    fn a_stack_holds_at_most_4096_containers() {
+        let e = errors(&format!("{NET}[services.a]\nnetworks = []\nreplicas = 65000\n"));
+        assert!(
+            e.starts_with("plumb.toml:6:12: services.a.replicas: replicas = 65000 is out of range")
+                && e.contains("at most 4096 containers"),
+            "{e}"
+        );
+        let two = |a: u32, b: u32| {
+            format!("{NET}[services.a]\nnetworks = []\nreplicas = {a}\n[services.b]\nnetworks = []\nreplicas = {b}\n")
+        };
+        parse("f", &two(2048, 2048)).unwrap();
+        let e = errors(&two(2048, 2049));
+        assert!(
+            e.starts_with("plumb.toml:9:12: services.b.replicas: the stack has 4097 containers, more than the 4096"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reserved_ranges_are_refused_for_subnets_gateways_and_addresses() {
+        for (subnet, range) in [
+            ("224.0.0.0/24", "224.0.0.0/4 (multicast)"),
+            ("127.0.0.0/24", "127.0.0.0/8 (loopback)"),
+            ("169.254.0.0/16", "169.254.0.0/16 (link-local)"),
+            ("0.0.0.0/8", "0.0.0.0/8"),
+            ("240.0.0.0/24", "240.0.0.0/4"),
+        ] {
+            let e = errors(&format!("name = \"s\"\n[networks.n]\nsubnet = \"{subnet}\"\n"));
+            assert!(
+                e.starts_with(&format!(
+                    "plumb.toml:3:10: networks.n.subnet: {subnet} is inside {range}"
+                )),
+                "{e}"
+            );
+            assert!(e.contains("use a private range"), "{e}");
+        }
+        let e = errors(&format!("{NET}gateway = \"127.0.0.1\"\n"));
+        assert!(
+            e.starts_with("plumb.toml:4:11: networks.n.gateway: 127.0.0.1 is in 127.0.0.0/8 (loopback)"),
+            "{e}"
+        );
+        let e = errors(&format!("{NET}[services.a.networks.n]\nip = \"224.0.0.1\"\n"));
+        assert!(
+            e.starts_with("plumb.toml:5:6: services.a.networks.n.ip: 224.0.0.1 is in 224.0.0.0/4 (multicast)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn user_and_workdir_errors_point_at_their_own_line() {
+        let p = parse(
+            "plumb.toml",
+            &format!("{NET}[services.x]\ncommand = \"nope\"\nuser = \"ghost\"\nworkdir = \"srv\"\n"),
+        )
+        .unwrap();
+        let d = p.error("services.x.user", "user \"ghost\" does not exist", "create it");
+        assert_eq!((d.line, d.column, d.field.as_str()), (6, 8, "services.x.user"));
+        assert_eq!(d.excerpt.as_ref().map(|e| e.text.as_str()), Some("user = \"ghost\""));
+        let d = p.error("services.x.workdir", "missing", "create it");
+        assert_eq!((d.line, d.column, d.field.as_str()), (7, 11, "services.x.workdir"));
     }
 
     #[test]

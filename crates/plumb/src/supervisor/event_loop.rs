@@ -255,7 +255,7 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(name) else { return };
         let spec = slot.replica.spec();
         let Some(health) = spec.health.clone() else { return };
-        match self.probes.launch(name, slot.replica.epoch(), &spec.netns, health) {
+        match self.probes.launch(name, slot.replica.epoch(), spec, health) {
             Ok(()) => slot.replica.probe_launched(),
             Err(_) => slot.replica.probe_not_launched(now),
         }

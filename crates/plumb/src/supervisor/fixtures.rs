@@ -16,6 +16,7 @@ pub fn spec(service: &str, replica: u32) -> RunSpec {
         env: Default::default(),
         workdir: "/".into(),
         user: None,
+        capabilities: Default::default(),
         restart: RestartPolicy::Always,
         health: None,
         depends_on: Vec::new(),

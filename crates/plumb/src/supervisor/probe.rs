@@ -1,6 +1,7 @@
 //! Health probes, each run on a short-lived thread that enters the container's network
 //! namespace (setns affects only the calling thread), so a slow probe never stalls the
 //! supervisor; results come back through a channel, with a byte on a pipe to wake its loop.
+//! An exec probe runs as the service's own processes do: same user, same capabilities.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,9 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
-use nix::unistd::pipe;
-use plumb_core::spec::{HealthSpec, Probe};
+use nix::unistd::{pipe, User};
+use plumb_core::services::RunSpec;
+use plumb_core::spec::{Capabilities, HealthSpec, Probe};
 use plumb_linux::netns;
+use plumb_linux::spawn::Identity;
 
 use super::nonblocking_cloexec;
 use crate::failure::{Failure, Result};
@@ -56,14 +59,19 @@ impl Probes {
         self.wake_read.as_fd()
     }
 
-    /// Probes `container` (whose process is of `epoch`) in the namespace `netns` on a thread.
-    pub fn launch(&self, container: &str, epoch: u64, netns: &str, health: HealthSpec) -> Result<()> {
-        let fd = netns::open(netns)?;
+    /// Probes `container` (whose process, started from `spec`, is of `epoch`) in its network
+    /// namespace on a thread.
+    pub fn launch(&self, container: &str, epoch: u64, spec: &RunSpec, health: HealthSpec) -> Result<()> {
+        let fd = netns::open(&spec.netns)?;
         let (tx, wake, container) = (self.tx.clone(), self.wake_write.clone(), container.to_string());
+        let run_as = RunAs {
+            user: spec.user.clone(),
+            capabilities: spec.capabilities,
+        };
         std::thread::Builder::new()
             .stack_size(THREAD_STACK)
             .spawn(move || {
-                let healthy = check(&fd, &health.probe, health.timeout);
+                let healthy = check(&fd, &health.probe, health.timeout, &run_as);
                 let _ = tx.send(ProbeResult {
                     container,
                     epoch,
@@ -83,15 +91,21 @@ impl Probes {
     }
 }
 
+/// Who an exec probe runs as: the service's user (root if `None`) and capabilities.
+pub struct RunAs {
+    pub user: Option<String>,
+    pub capabilities: Capabilities,
+}
+
 /// Runs `probe` inside the namespace `netns`; true if the service answered as healthy.
-pub fn check(netns: &OwnedFd, probe: &Probe, timeout: Duration) -> bool {
+pub fn check(netns: &OwnedFd, probe: &Probe, timeout: Duration, run_as: &RunAs) -> bool {
     if setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
         return false;
     }
     match probe {
         Probe::Tcp { port } => connect(*port, timeout).is_some(),
         Probe::Http { path, port } => http(*port, path, timeout),
-        Probe::Exec { command } => exec(command, timeout),
+        Probe::Exec { command } => exec(command, timeout, run_as),
     }
 }
 
@@ -127,10 +141,19 @@ fn http(port: u16, path: &str, timeout: Duration) -> bool {
         )
 }
 
-/// Healthy if the command exits 0 within the timeout (it runs in the thread's namespace).
-fn exec(command: &[String], timeout: Duration) -> bool {
+/// Healthy if the command exits 0 within the timeout (it runs in the thread's namespace, as
+/// `run_as`).
+fn exec(command: &[String], timeout: Duration, run_as: &RunAs) -> bool {
     let Some((program, args)) = command.split_first() else {
         return false;
+    };
+    let identity = match run_as.user.as_deref().map(User::from_name) {
+        None => None,
+        Some(Ok(Some(user))) => Some(Identity {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }),
+        Some(_) => return false,
     };
     let mut command = Command::new(program);
     command
@@ -138,7 +161,9 @@ fn exec(command: &[String], timeout: Duration) -> bool {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    plumb_linux::spawn::default_signals(&mut command);
+    if plumb_linux::spawn::restrict(&mut command, identity, &run_as.capabilities).is_err() {
+        return false;
+    }
     let Ok(mut child) = command.spawn() else {
         return false;
     };

@@ -49,7 +49,14 @@ pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<
         .as_deref()
         .map(|name| run_as(&mut command, name))
         .transpose()?;
-    spawn::confine(&mut command, netns_fd, &spec.container, Some(&hosts), identity)?;
+    spawn::confine(
+        &mut command,
+        netns_fd,
+        &spec.container,
+        Some(&hosts),
+        identity,
+        &spec.capabilities,
+    )?;
     let child = command
         .spawn()
         .map_err(|e| Failure::new(format!("{}: {e}", program.display())))?;
