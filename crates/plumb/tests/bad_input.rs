@@ -337,10 +337,8 @@ fn unknown_capabilities_are_refused_with_the_name_meant() {
 }
 
 /// Checked by `up` on the machine, not by the core: the errors point at the field itself.
-/// Needs root; ignored until `check_programs` in up.rs names `services.X.user` and
-/// `services.X.workdir` (issue #8, item 17): then replace this `ignore` with the usual one.
 #[test]
-#[ignore = "waits for up.rs check_programs to report at services.X.user / services.X.workdir"]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn a_missing_user_or_workdir_is_shown_at_its_field() {
     let Some(sb) = Sandbox::start() else { return };
     let err = rejected(

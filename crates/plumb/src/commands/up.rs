@@ -273,7 +273,7 @@ fn check_programs(parsed: &Parsed, base: &Path) -> std::result::Result<(), Diagn
         let workdir = p.workdir.as_ref().map_or(base.to_path_buf(), |w| base.join(w));
         if !workdir.is_dir() {
             errors.push(parsed.error(
-                &format!("services.{name}"),
+                &format!("services.{name}.workdir"),
                 format!("workdir {} does not exist", workdir.display()),
                 "create it, or fix workdir (relative to the stack file's folder)",
             ));
@@ -297,7 +297,7 @@ fn check_programs(parsed: &Parsed, base: &Path) -> std::result::Result<(), Diagn
         if let Some(user) = &p.user {
             if nix::unistd::User::from_name(user).ok().flatten().is_none() {
                 errors.push(parsed.error(
-                    &format!("services.{name}"),
+                    &format!("services.{name}.user"),
                     format!("user {user:?} does not exist on this machine"),
                     "create the user, or remove `user`",
                 ));
