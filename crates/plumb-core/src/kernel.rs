@@ -51,9 +51,8 @@ pub trait Kernel: Send {
     /// [`Kernel::settle`].
     fn apply(&mut self, op: &Op) -> KernelResult<()>;
 
-    /// Waits for background work; for the tables the last nft transaction left, their
-    /// fingerprints.
-    fn settle(&mut self) -> KernelResult<Vec<(TableId, u64)>>;
+    /// Waits for background work (the nft transaction).
+    fn settle(&mut self) -> KernelResult<()>;
 
     /// Another handle on the same kernel, for a second thread.
     fn worker(&self) -> KernelResult<Box<dyn Kernel>>;

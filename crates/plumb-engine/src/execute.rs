@@ -26,8 +26,8 @@ pub enum OnError {
 /// What executing a plan did.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Every table the plan's nft transaction touched, with what it left and the kernel's
-    /// fingerprint of it (`None`: removed). Empty if the firewall did not change.
+    /// Every table the plan's nft transaction touched, with what it left (`None`: removed).
+    /// Empty if the firewall did not change.
     pub firewall: Vec<(TableId, Option<AppliedFirewall>)>,
     pub errors: Vec<KernelError>,
 }
@@ -77,17 +77,13 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
         .flatten()
         .collect();
     match kernel.settle() {
-        Ok(fingerprints) => {
+        Ok(()) => {
             for change in changes {
-                let table = change.table().clone();
-                let left = change.result().and_then(|ruleset| {
-                    let (_, fingerprint) = fingerprints.iter().find(|(t, _)| *t == table)?;
-                    Some(AppliedFirewall {
-                        ruleset: ruleset.clone(),
-                        fingerprint: *fingerprint,
-                    })
+                let left = change.result().map(|ruleset| AppliedFirewall {
+                    ruleset: ruleset.clone(),
+                    fingerprint: None,
                 });
-                outcome.firewall.push((table, left));
+                outcome.firewall.push((change.table().clone(), left));
             }
         }
         Err(e) => outcome.errors.push(e),

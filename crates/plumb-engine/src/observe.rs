@@ -18,6 +18,8 @@ pub struct Observed {
     pub actual: Actual,
     /// Namespace name → the stack that owns it.
     pub foreign: BTreeMap<String, String>,
+    /// Tables recognised by their shape, with the fingerprint to record for them.
+    pub fingerprints: Vec<(plumb_core::firewall::Ruleset, u64)>,
 }
 
 /// The owner named for a namespace that carries no plumb mark and no plumb record.
@@ -130,13 +132,25 @@ pub fn observe(
         };
         let recorded = state.and_then(|s| s.applied(&table));
         let wanted = want.iter().find(|r| r.table == table);
-        let seen = match (recorded, wanted) {
-            (Some(applied), _) if applied.fingerprint == listing.fingerprint => {
-                ObservedFirewall::Applied(applied.ruleset.clone())
-            }
-            // No record of this exact table: ours if it has the very shape we want.
-            (_, Some(want)) if listing.shape.as_ref() == Some(&want.shape()) => ObservedFirewall::Applied(want.clone()),
-            _ => ObservedFirewall::Changed,
+        let same_shape = |r: &plumb_core::firewall::Ruleset| listing.shape.as_ref() == Some(&r.shape());
+        let seen = match recorded.and_then(|r| r.fingerprint.map(|fp| (r, fp))) {
+            Some((applied, fp)) if fp == listing.fingerprint => ObservedFirewall::Applied(applied.ruleset.clone()),
+            // Changed since plumb fingerprinted it, whatever its shape now.
+            Some(_) => ObservedFirewall::Changed,
+            // Not fingerprinted yet (applied by the last run, made by a script replayed by
+            // hand, or the record is lost): recognised by its shape, fingerprinted now.
+            None => match recorded
+                .map(|r| &r.ruleset)
+                .into_iter()
+                .chain(wanted)
+                .find(|r| same_shape(r))
+            {
+                Some(ruleset) => {
+                    observed.fingerprints.push((ruleset.clone(), listing.fingerprint));
+                    ObservedFirewall::Applied(ruleset.clone())
+                }
+                None => ObservedFirewall::Changed,
+            },
         };
         observed.actual.firewall.insert(table, seen);
     }

@@ -44,12 +44,14 @@ pub struct StackState {
     pub networks: BTreeSet<String>,
 }
 
-/// The rules plumb applied, and a fingerprint of the kernel's listing right after, so a table
-/// changed by anyone else is noticed and re-asserted.
+/// The rules plumb applied, and a fingerprint of the kernel's listing of them, so a table
+/// changed by anyone else is noticed and re-asserted. The fingerprint is taken by the first
+/// observation after applying (which lists the table anyway), not by a listing right after
+/// the transaction: until then the table is recognised by its shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppliedFirewall {
     pub ruleset: Ruleset,
-    pub fingerprint: u64,
+    pub fingerprint: Option<u64>,
 }
 
 fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<AppliedFirewall>, D::Error> {
@@ -69,6 +71,17 @@ impl StackState {
         for (table, after) in changed {
             self.firewall.retain(|a| &a.ruleset.table != table);
             self.firewall.extend(after.clone());
+        }
+    }
+
+    /// Records fingerprints observing took of tables it recognised (see [`AppliedFirewall`]).
+    pub fn record_fingerprints(&mut self, seen: &[(Ruleset, u64)]) {
+        for (ruleset, fingerprint) in seen {
+            self.firewall.retain(|a| a.ruleset.table != ruleset.table);
+            self.firewall.push(AppliedFirewall {
+                ruleset: ruleset.clone(),
+                fingerprint: Some(*fingerprint),
+            });
         }
     }
 }

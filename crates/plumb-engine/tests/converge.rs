@@ -174,6 +174,25 @@ fn a_table_changed_by_someone_else_is_replaced() {
 }
 
 #[test]
+fn a_rule_edited_behind_plumbs_back_is_noticed_once_the_table_is_fingerprinted() {
+    let mut host = Host::new();
+    let d = resolve(&parse("f", BASE).unwrap(), &Default::default()).unwrap().0;
+    host.apply(Some(BASE));
+    // The first observation after applying recognises the tables by shape and fingerprints them.
+    let seen = observe(&mut host.kernel, "s", Some(&d), host.state.as_ref(), &BTreeMap::new()).unwrap();
+    assert_eq!(seen.fingerprints.len(), 2);
+    host.state.as_mut().unwrap().record_fingerprints(&seen.fingerprints);
+    // Someone edits a rule, keeping its comment: the shape is the same, the fingerprint is not.
+    let inet = plumb_core::firewall::table_ids("s")[0].clone();
+    host.kernel.world().edit_a_rule(&inet);
+    let plan = host.apply(Some(BASE));
+    assert!(matches!(
+        &plan.steps[0].ops[..],
+        [Op::Nft { changes }] if matches!(changes[..], [plumb_core::firewall::NftChange::Replace { .. }])
+    ));
+}
+
+#[test]
 fn down_converges_and_leaves_nothing() {
     let mut host = Host::new();
     host.apply(Some(BASE));

@@ -26,7 +26,7 @@ pub struct LinuxKernel {
     /// Bridge name → index (veths name their master by index).
     bridges: HashMap<String, u32>,
     /// The nft transaction running in the background.
-    nft: Option<nft::Pending<Vec<(TableId, String)>>>,
+    nft: Option<nft::Pending<()>>,
     /// Table listings started by `prefetch_nft_table`.
     prefetched: Vec<(TableId, nft::Pending<Option<String>>)>,
     /// /run/netns is made a shared mount point once per handle.
@@ -160,12 +160,7 @@ impl LinuxKernel {
                 if let Some(pending) = self.nft.take() {
                     pending.wait()?;
                 }
-                let left = changes
-                    .iter()
-                    .filter(|c| c.result().is_some())
-                    .map(|c| c.table().clone())
-                    .collect();
-                self.nft = Some(nft::apply(firewall::transaction(changes), left));
+                self.nft = Some(nft::apply(firewall::transaction(changes)));
                 Ok(())
             }
         }
@@ -213,15 +208,11 @@ impl Kernel for LinuxKernel {
         self.execute(op).map_err(kernel_error)
     }
 
-    fn settle(&mut self) -> KernelResult<Vec<(TableId, u64)>> {
-        let Some(pending) = self.nft.take() else {
-            return Ok(Vec::new());
-        };
-        let listings = pending.wait().map_err(kernel_error)?;
-        Ok(listings
-            .into_iter()
-            .map(|(table, listing)| (table, listing_fingerprint(&listing)))
-            .collect())
+    fn settle(&mut self) -> KernelResult<()> {
+        match self.nft.take() {
+            Some(pending) => pending.wait().map_err(kernel_error),
+            None => Ok(()),
+        }
     }
 
     fn worker(&self) -> KernelResult<Box<dyn Kernel>> {

@@ -53,18 +53,10 @@ impl<T> Pending<T> {
     }
 }
 
-/// Starts applying `script` as one atomic transaction on a background thread, then reads
-/// each of `tables` back as JSON ([`Pending::wait`] gives the listings of those that exist).
-pub fn apply(script: String, tables: Vec<TableId>) -> Pending<Vec<(TableId, String)>> {
+/// Starts applying `script` as one atomic transaction on a background thread.
+pub fn apply(script: String) -> Pending<()> {
     Pending(std::thread::spawn(move || {
-        checked("apply nftables rules", run(&["-f", "-"], Some(&script)))?;
-        let mut out = Vec::new();
-        for table in tables {
-            if let Some(listing) = list_table(&table)? {
-                out.push((table, listing));
-            }
-        }
-        Ok(out)
+        checked("apply nftables rules", run(&["-f", "-"], Some(&script))).map(drop)
     }))
 }
 

@@ -105,6 +105,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
         ctx.state.note_forwarding_enabled()?;
     }
     let (outcome, result) = apply::run(&mut kernel, &plan, OnError::Stop);
+    st.record_fingerprints(&observed.fingerprints);
     st.record_firewall(&outcome.firewall);
     if result.is_ok() {
         st.namespaces = desired.containers.iter().map(|c| c.netns.clone()).collect();
