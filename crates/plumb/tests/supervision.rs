@@ -64,10 +64,16 @@ fn a_stack_has_one_supervisor_even_when_its_state_directory_is_lost() {
     sb.ok(&format!("rm -rf {state}"));
     let rows = sb.ps();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert!(rows.iter().all(|r| r["stack"] == "uniq" && r["record"] == "none"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r["stack"] == "uniq" && r["record"] == "none"),
+        "{rows:?}"
+    );
     let out = sb.plumb(&["ps"]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(stdout.contains("uniq (no record)") && stdout.contains("s-2"), "{stdout}");
+    assert!(
+        stdout.contains("uniq (no record)") && stdout.contains("s-2"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("stack uniq has no record") && stderr.contains("plumb down uniq"),
         "{stderr}"
@@ -77,7 +83,10 @@ fn a_stack_has_one_supervisor_even_when_its_state_directory_is_lost() {
     sb.plumb_ok(&["up"]);
     assert_eq!(supervisors(&sb), first);
     one_each(&sb);
-    assert!(sb.ps().iter().all(|r| r["process"]["state"] == "running" && r["record"] == "ok"));
+    assert!(sb
+        .ps()
+        .iter()
+        .all(|r| r["process"]["state"] == "running" && r["record"] == "ok"));
 
     // Lost again: down STACK still ends the supervisor and everything of the stack.
     sb.ok(&format!("rm -rf {state}"));
@@ -107,7 +116,11 @@ fn the_state_directory_is_private_to_root() {
     sb.plumb_ok(&["up"]);
 
     let nobody = |command: &str| sb.sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups {command}"));
-    for file in ["stacks/priv/run.json", "stacks/priv/state.json", "stacks/priv/logs/s-1.log"] {
+    for file in [
+        "stacks/priv/run.json",
+        "stacks/priv/state.json",
+        "stacks/priv/logs/s-1.log",
+    ] {
         let out = nobody(&format!("cat {state}/{file}"));
         assert!(!out.status.success(), "nobody reads {file}: {}", text(&out.stdout));
     }
@@ -126,14 +139,20 @@ fn the_state_directory_is_private_to_root() {
         let out = nobody(&format!("{PLUMB} --state-dir {state} {args}"));
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "plumb {args} as nobody: {}", text(&out.stdout));
-        assert!(stderr.contains("Permission denied") && stderr.contains("root"), "{stderr}");
+        assert!(
+            stderr.contains("Permission denied") && stderr.contains("root"),
+            "{stderr}"
+        );
     }
     // A service running as another user still reads its hosts file, and gets the usual umask.
     let logs = sb.plumb_ok(&["logs", "u"]);
     assert!(logs.contains("0022\n1\n"), "{logs}");
 
     // A state directory whose parent anyone may write is refused before anything is made.
-    sb.ok(&format!("mkdir -m 0777 {0}/open && chmod 0777 {0}/open", sb.dir.display()));
+    sb.ok(&format!(
+        "mkdir -m 0777 {0}/open && chmod 0777 {0}/open",
+        sb.dir.display()
+    ));
     sb.write(
         "other.toml",
         "name = \"other\"\n[networks.n]\nsubnet = \"10.120.2.0/24\"\n[services.s]\ncommand = \"/bin/sleep 3600\"\n",
@@ -179,7 +198,10 @@ fn a_damaged_record_harms_only_its_own_stack() {
             .map(|r| r["record"].as_str().unwrap_or("?").to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!((record("a"), record("b")), (vec!["ok".to_string()], vec!["damaged".to_string()]));
+    assert_eq!(
+        (record("a"), record("b")),
+        (vec!["ok".to_string()], vec!["damaged".to_string()])
+    );
     assert_eq!(process(&rows, "s-1")["state"], "running");
     let out = sb.plumb(&["ps"]);
     let stderr = text(&out.stderr);
@@ -229,7 +251,11 @@ fn processes_a_service_leaves_behind_are_ended_before_it_starts_again() {
     // on-failure: exited, and ps tells of the process it left.
     let rows = sb.ps();
     let once = process(&rows, "once-1");
-    assert_eq!((once["state"].as_str(), once["untracked"].as_u64()), (Some("exited"), Some(1)), "{once}");
+    assert_eq!(
+        (once["state"].as_str(), once["untracked"].as_u64()),
+        (Some("exited"), Some(1)),
+        "{once}"
+    );
     let table = sb.plumb_ok(&["ps"]);
     assert!(table.contains("exited, 1 untracked"), "{table}");
     // A later up starts it again, ending the one left first.
@@ -245,7 +271,8 @@ fn processes_a_service_leaves_behind_are_ended_before_it_starts_again() {
     // stop ends what it left too.
     sb.plumb_ok(&["stop", "once"]);
     assert!(
-        eventually(Duration::from_secs(5), || running(&sb, "daemon-once-1", "sleep 779") == 0),
+        eventually(Duration::from_secs(5), || running(&sb, "daemon-once-1", "sleep 779")
+            == 0),
         "stop leaves its daemon"
     );
 
