@@ -17,13 +17,19 @@ use plumb_core::spec::Condition;
 use crate::failure::{Failure, Result};
 use crate::runfile::{self, ReplicaState, ReplicaStatus, RunFile, StatusFile};
 use crate::state::{create_private_dir, write_error, StateDir, PRIVATE_FILE};
+use crate::supervisor_socket;
 
 /// Writes `specs` as the next generation of `run.json` and returns it. The generation is past
-/// what the status names too, so a `run.json` lost with the state directory never makes an old
-/// status look like an answer.
+/// what the status file and the running supervisor name too, so a `run.json` lost with the
+/// state directory never makes an old status look like an answer.
 pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>) -> Result<RunFile> {
     let mut run = runfile::read_run(stack_dir);
-    run.generation = run.generation.max(runfile::read_status(stack_dir).generation) + 1;
+    let applied = supervisor_socket::report(stack_dir).map_or(0, |(_, report)| report.generation);
+    run.generation = run
+        .generation
+        .max(runfile::read_status(stack_dir).generation)
+        .max(applied)
+        + 1;
     run.specs = specs;
     create_private_dir(stack_dir)?;
     runfile::write_json(&runfile::run_path(stack_dir), &run)?;
