@@ -114,38 +114,15 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
             report,
             status: runfile::read_status(&dir),
         });
-        let (record, containers) = match (records.get(stack), found.get(stack)) {
-            (
-                Some(StackState {
-                    damaged: None, desired, ..
-                }),
-                _,
-            ) => (
-                Record::Ok,
-                desired
-                    .iter()
-                    .flat_map(|d| d.containers.iter())
-                    .map(from_record)
-                    .collect(),
-            ),
-            (Some(StackState { damaged: Some(why), .. }), kernel) => {
-                notes.add(
-                    format!("the record of stack {stack} is damaged: {why}; its containers are shown as the kernel holds them"),
-                    format!("remove it; `plumb down {stack}` still finds the stack's objects in the kernel"),
-                );
-                (
-                    Record::Damaged,
-                    kernel.map(|k| from_kernel(stack, k)).unwrap_or_default(),
-                )
-            }
-            (None, Some(kernel)) => {
-                notes.add(
-                    unrecorded(ctx, stack, kernel, supervision.as_ref()),
-                    format!("`plumb down {stack}` removes it; `plumb up` with its stack file takes it over again"),
-                );
-                (Record::None, from_kernel(stack, kernel))
-            }
-            (None, None) => continue,
+        let Some((record, containers)) = containers_of(
+            ctx,
+            stack,
+            records.get(stack),
+            found.get(stack),
+            supervision.as_ref(),
+            &mut notes,
+        ) else {
+            continue;
         };
         if let Some(s) = supervision.as_ref() {
             note_stale(stack, s, &mut notes);
@@ -169,6 +146,44 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
     }
     print!("{}", render(&rows));
     Ok(())
+}
+
+/// The containers of `stack` and where they come from: its record, or the kernel when the
+/// record is damaged or missing (which gets a note).
+fn containers_of(
+    ctx: &Context,
+    stack: &str,
+    record: Option<&StackState>,
+    found: Option<&FoundStack>,
+    supervision: Option<&Supervision>,
+    notes: &mut Notes,
+) -> Option<(Record, Vec<Shown>)> {
+    let from_kernel = || found.map(|k| from_kernel(stack, k)).unwrap_or_default();
+    match record {
+        Some(StackState {
+            damaged: None, desired, ..
+        }) => {
+            let containers = desired.iter().flat_map(|d| d.containers.iter()).map(from_record);
+            Some((Record::Ok, containers.collect()))
+        }
+        Some(StackState { damaged: Some(why), .. }) => {
+            notes.add(
+                format!(
+                    "the record of stack {stack} is damaged ({why}); its containers are shown as the kernel holds them"
+                ),
+                format!("remove it; `plumb down {stack}` still finds the stack's objects in the kernel"),
+            );
+            Some((Record::Damaged, from_kernel()))
+        }
+        None => {
+            let found = found?;
+            notes.add(
+                unrecorded(ctx, stack, found, supervision),
+                format!("`plumb down {stack}` removes it; `plumb up` with its stack file takes it over again"),
+            );
+            Some((Record::None, from_kernel()))
+        }
+    }
 }
 
 /// A container as `ps` shows it, from the record or from the kernel.

@@ -27,7 +27,7 @@ use super::spawn::{signal_each, signal_group, spawn_replica};
 use super::status;
 use crate::census;
 use crate::failure::{Failure, Result};
-use crate::runfile::{self, Exit};
+use crate::runfile::{self, Exit, ReplicaState};
 use crate::state::{create_private_dir, HOSTS_DIR};
 use crate::supervisor_socket::{Listener, Report};
 
@@ -388,6 +388,13 @@ impl Supervisor {
                 "exited: {}",
                 exit.map_or("unknown".to_string(), |e| e.to_string())
             ));
+            if slot.replica.state() == ReplicaState::Stopping {
+                // Stopped on purpose: what is left of its tree goes too (the sweep begun with
+                // the stop spared the tree while its process ran, and may be over).
+                self.sweeps
+                    .entry(name.clone())
+                    .or_insert_with(|| Sweep::of(slot.replica.spec()));
+            }
             let after = slot.replica.exited(now, exit);
             self.dirty = true;
             self.settle(&name, after);
