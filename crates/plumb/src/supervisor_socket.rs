@@ -81,13 +81,16 @@ impl Listener {
                     .map_err(|e| Failure::new(format!("supervisor socket @{name}: {e}")))?;
                 Ok(Listener(listener))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                let holder = find(stack_dir).map_or_else(|| "of another user".to_string(), |p| p.to_string());
-                Err(Failure::new(format!(
-                    "the stack already has a supervisor (pid {holder}, socket @{name})"
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(match find(stack_dir) {
+                Some(pid) => Failure::new(format!(
+                    "the stack already has a supervisor (pid {pid}, socket @{name})"
                 ))
-                .hint("`plumb up` hands it new work; `plumb down` stops it"))
-            }
+                .hint("`plumb up` hands it new work; `plumb down` stops it"),
+                None => Failure::new(format!(
+                    "the supervisor socket @{name} is held by a process of another user"
+                ))
+                .hint("find it with `ss -xlp | grep plumb-supervisor` and end it"),
+            }),
             Err(e) => Err(Failure::new(format!("cannot bind the supervisor socket @{name}: {e}"))),
         }
     }
