@@ -1,11 +1,15 @@
 //! plumb's state: what the kernel cannot tell us (address leases, the rules last applied, the
 //! stack file's path), behind the [`StateStore`] trait (lock, load, save, leases). Its one
 //! implementation today is [`StateDir`]: one folder per stack, written atomically, and a lock
-//! file so two plumb processes never interleave their changes. A cluster store (etcd) comes next.
+//! file so two plumb processes never interleave their changes. The directory is private to its
+//! owner (`access`). A cluster store (etcd) comes next.
+
+mod access;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -16,6 +20,8 @@ use plumb_core::{Desired, Op};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error as Failure, Result};
+
+pub use access::{create_private_dir, read_error, write_error, HOSTS_DIR, PRIVATE_FILE, SHARED_FILE};
 
 /// Present while IPv4 forwarding is on because plumb turned it on.
 const FORWARDING_MARK: &str = "ip_forward-enabled-by-plumb";
@@ -42,6 +48,21 @@ pub struct StackState {
     pub namespaces: BTreeSet<String>,
     /// Every network the stack may have wired, to name its veths on the way out.
     pub networks: BTreeSet<String>,
+    /// Set only on a record that [`StateStore::stacks`] could not read: why (its state file is
+    /// damaged or unreadable). Such a record holds nothing else.
+    #[serde(skip)]
+    pub damaged: Option<String>,
+}
+
+impl StackState {
+    /// The stand-in for a record that cannot be read.
+    pub fn damaged(stack: &str, why: String) -> Self {
+        StackState {
+            stack: stack.to_string(),
+            damaged: Some(why),
+            ..StackState::default()
+        }
+    }
 }
 
 /// The rules plumb applied, and a fingerprint of the kernel's listing of them, so a table
@@ -94,7 +115,8 @@ pub trait StateStore {
     fn load(&self, stack: &str) -> Result<Option<StackState>>;
     fn save(&self, state: &StackState) -> Result<()>;
     fn remove(&self, stack: &str) -> Result<()>;
-    /// Every stack the store knows, by name.
+    /// Every stack the store knows, by name. A record that cannot be read is there too, with
+    /// [`StackState::damaged`] set: one bad record harms only its own stack.
     fn stacks(&self) -> Result<BTreeMap<String, StackState>>;
     /// The stack's address leases (empty for a new stack).
     fn leases(&self, stack: &str) -> Result<Leases> {
@@ -110,10 +132,11 @@ impl StateDir {
         StateDir { root }
     }
 
+    /// Creates the state directory private, or checks and tightens the one there is.
     fn ensure(&self) -> Result<()> {
-        fs::create_dir_all(&self.root).map_err(|e| {
-            Failure::new(format!("cannot create state directory {}: {e}", self.root.display()))
-                .hint("pass --state-dir DIR or set PLUMB_STATE_DIR to a writable folder")
+        access::prepare(&self.root).map_err(|e| match e.hint {
+            Some(_) => e,
+            None => e.hint("pass --state-dir DIR or set PLUMB_STATE_DIR to a writable folder"),
         })
     }
 
@@ -125,7 +148,9 @@ impl StateDir {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)?;
+            .mode(PRIVATE_FILE)
+            .open(&path)
+            .map_err(|e| write_error(&path, e))?;
         Flock::lock(file, FlockArg::LockExclusive)
             .map(Lock)
             .map_err(|(_, e)| Failure::new(format!("cannot lock {}: {e}", path.display())))
@@ -146,22 +171,22 @@ impl StateDir {
                 Failure::new(format!("state file {} is damaged: {e}", path.display()))
                     .hint("remove it; `plumb down STACK` still finds the stack's objects in the kernel")
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(read_error(&path, e)),
         }
     }
 
     /// Writes the state atomically: a temporary file, fsync, rename.
     pub fn save(&self, state: &StackState) -> Result<()> {
-        let dir = self.stack_dir(&state.stack);
-        fs::create_dir_all(&dir)?;
+        create_private_dir(&self.stack_dir(&state.stack))?;
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| Failure::new(e.to_string()))?;
         write_atomically(&self.state_file(&state.stack), &bytes)
     }
 
     pub fn remove(&self, stack: &str) -> Result<()> {
-        match fs::remove_dir_all(self.stack_dir(stack)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        let dir = self.stack_dir(stack);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(write_error(&dir, e)),
             _ => Ok(()),
         }
     }
@@ -170,11 +195,10 @@ impl StateDir {
     /// it off again and the machine is left as plumb found it.
     pub fn note_forwarding_enabled(&self) -> Result<()> {
         self.ensure()?;
-        fs::write(
-            self.root.join(FORWARDING_MARK),
-            "net.ipv4.ip_forward was 0 before plumb\n",
-        )?;
-        Ok(())
+        write_atomically(
+            &self.root.join(FORWARDING_MARK),
+            b"net.ipv4.ip_forward was 0 before plumb\n",
+        )
     }
 
     /// When no stack is left and plumb had turned forwarding on, turns it off again.
@@ -185,23 +209,34 @@ impl StateDir {
                 key: "net.ipv4.ip_forward".into(),
                 value: "0".into(),
             })?;
-            fs::remove_file(mark)?;
+            fs::remove_file(&mark).map_err(|e| write_error(&mark, e))?;
         }
         Ok(())
     }
 
-    /// Every stack with a state file, by name.
+    /// Every stack with a state file, by name; one that cannot be read is there as
+    /// [`StackState::damaged`]. Fails only when the directory itself cannot be read.
     pub fn stacks(&self) -> Result<BTreeMap<String, StackState>> {
         let mut out = BTreeMap::new();
-        let Ok(entries) = fs::read_dir(self.root.join("stacks")) else {
-            return Ok(out);
+        let folder = self.root.join("stacks");
+        let entries = match fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(read_error(&folder, e)),
         };
         for entry in entries.flatten() {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if let Some(state) = self.load(&name)? {
-                out.insert(name, state);
+            match self.load(&name) {
+                Ok(Some(state)) => {
+                    out.insert(name, state);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let damaged = StackState::damaged(&name, e.message);
+                    out.insert(name, damaged);
+                }
             }
         }
         Ok(out)
@@ -232,11 +267,51 @@ impl StateStore for StateDir {
     }
 }
 
+/// Writes `path` (private to its owner) so that readers see the old content or the new, never
+/// half: a temporary file, fsync, rename. A failure names `path` and leaves no temporary file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    Ok(())
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(PRIVATE_FILE)
+            .open(&tmp)?;
+        // One left by an older plumb keeps its mode through open: set it.
+        file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        write_error(path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_damaged_record_is_returned_as_damaged_and_the_others_as_they_are() {
+        let root = std::env::temp_dir().join(format!("plumb-stacks-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = StateDir::new(root.clone());
+        for stack in ["a", "b"] {
+            dir.save(&StackState {
+                stack: stack.into(),
+                ..StackState::default()
+            })
+            .unwrap();
+        }
+        fs::write(dir.stack_dir("b").join("state.json"), "{ broken").unwrap();
+        let stacks = dir.stacks().unwrap();
+        assert_eq!(stacks["a"].damaged, None);
+        let why = stacks["b"].damaged.as_deref().unwrap_or_default();
+        assert!(why.contains("stacks/b/state.json is damaged"), "{why}");
+        assert!(dir.load("b").is_err(), "its own commands still see the damage");
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

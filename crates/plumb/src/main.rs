@@ -2,7 +2,9 @@
 //! parses the command line and hands each subcommand to its module.
 
 mod apply;
+mod census;
 mod commands;
+mod discover;
 mod failure;
 mod output;
 mod processes;
@@ -10,6 +12,7 @@ mod runfile;
 mod stackfile;
 mod state;
 mod supervisor;
+mod supervisor_socket;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,14 +16,22 @@ use plumb_core::spec::Condition;
 
 use crate::failure::{Failure, Result};
 use crate::runfile::{self, ReplicaState, ReplicaStatus, RunFile, StatusFile};
-use crate::state::StateDir;
+use crate::state::{create_private_dir, write_error, StateDir, PRIVATE_FILE};
+use crate::supervisor_socket;
 
-/// Writes `specs` as the next generation of `run.json` and returns it.
+/// Writes `specs` as the next generation of `run.json` and returns it. The generation is past
+/// what the status file and the running supervisor name too, so a `run.json` lost with the
+/// state directory never makes an old status look like an answer.
 pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>) -> Result<RunFile> {
     let mut run = runfile::read_run(stack_dir);
-    run.generation += 1;
+    let applied = supervisor_socket::report(stack_dir).map_or(0, |(_, report)| report.generation);
+    run.generation = run
+        .generation
+        .max(runfile::read_status(stack_dir).generation)
+        .max(applied)
+        + 1;
     run.specs = specs;
-    std::fs::create_dir_all(stack_dir)?;
+    create_private_dir(stack_dir)?;
     runfile::write_json(&runfile::run_path(stack_dir), &run)?;
     Ok(run)
 }
@@ -66,10 +75,13 @@ pub fn hand_over(state: &StateDir, stack: &str, run: &RunFile) -> Result<()> {
         runfile::signal_and_wait(&dir, pid, run.generation, Duration::from_secs(10))?;
         return Ok(());
     }
+    let log_path = dir.join("supervisor.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("supervisor.log"))?;
+        .mode(PRIVATE_FILE)
+        .open(&log_path)
+        .map_err(|e| write_error(&log_path, e))?;
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command

@@ -1,6 +1,7 @@
 //! The two files through which `plumb` and a stack's supervisor talk: `run.json` (what to run,
 //! written by plumb; a new generation, then SIGHUP) and `status.json` (what runs, written by
-//! the supervisor, naming the generation it has applied).
+//! the supervisor, naming the generation it has applied). The supervisor itself is found
+//! through its socket (`supervisor_socket`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::failure::{Failure, Result};
 use crate::state::write_atomically;
+use crate::supervisor_socket;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunFile {
@@ -212,10 +214,6 @@ pub fn status_path(stack_dir: &Path) -> PathBuf {
     stack_dir.join("status.json")
 }
 
-pub fn pid_path(stack_dir: &Path) -> PathBuf {
-    stack_dir.join("supervisor.pid")
-}
-
 pub fn logs_dir(stack_dir: &Path) -> PathBuf {
     stack_dir.join("logs")
 }
@@ -240,31 +238,10 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     write_atomically(path, &bytes)
 }
 
-/// The stack's supervisor, if one is alive: the PID file names a process that is still the
-/// one that wrote it (same start time, so a reused PID does not count) and not a zombie.
+/// The stack's supervisor, if one runs (found through its socket, whatever is left of the
+/// state directory).
 pub fn live_supervisor(stack_dir: &Path) -> Option<Pid> {
-    let text = std::fs::read_to_string(pid_path(stack_dir)).ok()?;
-    let mut fields = text.split_whitespace();
-    let pid: i32 = fields.next()?.parse().ok()?;
-    let started: u64 = fields.next()?.parse().ok()?;
-    let (state, start) = process_state(pid)?;
-    (start == started && state != 'Z').then(|| Pid::from_raw(pid))
-}
-
-/// What the supervisor writes to its PID file: its PID and its start time.
-pub fn pid_file_content() -> String {
-    let pid = std::process::id() as i32;
-    let start = process_state(pid).map_or(0, |(_, s)| s);
-    format!("{pid} {start}\n")
-}
-
-/// A process's state letter and start time (clock ticks after boot), from /proc/PID/stat.
-fn process_state(pid: i32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
+    supervisor_socket::find(stack_dir)
 }
 
 /// Asks the supervisor to apply `generation` (SIGHUP) and waits until its status says so.

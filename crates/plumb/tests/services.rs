@@ -205,10 +205,8 @@ fn a_dead_supervisor_is_replaced_without_running_anything_twice() {
         "name = \"adopt\"\n[networks.n]\nsubnet = \"10.94.0.0/24\"\n[services.s]\nreplicas = 3\ncommand = \"/bin/sleep 3600\"\n",
     );
     sb.plumb_ok(&["up"]);
-    let supervisor = sb.ok(&format!(
-        "cut -d' ' -f1 {}/stacks/adopt/supervisor.pid",
-        sb.state_dir.display()
-    ));
+    let status = std::fs::read_to_string(sb.state_dir.join("stacks/adopt/status.json")).unwrap();
+    let supervisor = serde_json::from_str::<serde_json::Value>(&status).unwrap()["supervisor_pid"].clone();
     sb.ok(&format!("kill -9 {supervisor}"));
     let states = |sb: &Sandbox| {
         sb.ps()

@@ -1,36 +1,59 @@
 //! `plumb ps`: the containers of every stack that is up, with their namespaces, interfaces,
-//! addresses, published ports and, for services with a command, their process.
+//! addresses, published ports and, for services with a command, their process (and the
+//! processes in the container no supervisor started). A stack whose record is damaged or lost
+//! is shown as the kernel holds it; notes on stderr say so, and when a supervisor's status is
+//! stale.
 
-use plumb_core::Container;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use nix::unistd::Pid;
+use plumb_core::{names, Container};
 use serde::{Serialize, Serializer};
 
 use super::{Context, Format};
+use crate::census;
+use crate::discover::{self, FoundContainer, FoundStack, Known};
 use crate::failure::Result;
 use crate::output::{print_json, table};
-use crate::runfile::{self, Health, ReplicaState, StatusFile};
+use crate::runfile::{self, Health, ReplicaState, ReplicaStatus, StatusFile};
+use crate::state::StackState;
+use crate::supervisor_socket::{self, Report};
 
 #[derive(Serialize)]
-struct Row<'a> {
-    stack: &'a str,
-    container: &'a str,
-    service: &'a str,
+struct Row {
+    stack: String,
+    /// Where the row comes from: the stack's record, or the kernel's marks.
+    record: Record,
+    container: String,
+    service: String,
     replica: u32,
-    namespace: &'a str,
+    namespace: String,
     /// The namespace exists under /run/netns.
     present: bool,
-    interfaces: Vec<Iface<'a>>,
+    interfaces: Vec<Iface>,
     ports: Vec<String>,
     /// The supervised process, for containers with a command.
     process: Option<Process>,
 }
 
+/// The state of a stack's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Record {
+    Ok,
+    /// Its state file cannot be read: the row is what the kernel holds.
+    Damaged,
+    /// There is no record: the row is what the kernel holds.
+    None,
+}
+
 #[derive(Serialize)]
-struct Iface<'a> {
-    name: &'a str,
-    network: &'a str,
+struct Iface {
+    name: String,
+    network: String,
     address: String,
-    host_veth: &'a str,
-    bridge: &'a str,
+    host_veth: String,
+    bridge: String,
 }
 
 #[derive(Serialize)]
@@ -40,6 +63,11 @@ struct Process {
     pid: Option<u32>,
     restarts: u32,
     uptime_seconds: Option<u64>,
+    /// Processes in the container that its supervisor did not start (a daemon the service
+    /// left behind, a shell from `plumb exec`); ended before the service starts again.
+    untracked: usize,
+    /// The supervisor cannot write its status: what is shown may be out of date.
+    stale: bool,
 }
 
 /// What `ps` knows of a process: its supervisor's report, or that none is running.
@@ -65,15 +93,49 @@ impl Serialize for ProcessState {
     }
 }
 
+/// A stack's running supervisor: its PID, its report and the status it last wrote.
+struct Supervision {
+    pid: Pid,
+    report: Report,
+    status: StatusFile,
+}
+
 pub fn run(ctx: &Context, format: Format) -> Result<()> {
-    let stacks = ctx.state.stacks()?;
+    let records = ctx.state.stacks()?;
+    let mut notes = Notes::default();
+    let found = found_in_kernel(&records, &mut notes);
     let mut rows = Vec::new();
-    for st in stacks.values() {
-        let Some(desired) = &st.desired else { continue };
-        let dir = ctx.state.stack_dir(&st.stack);
-        let status = runfile::live_supervisor(&dir).map(|_| runfile::read_status(&dir));
-        rows.extend(desired.containers.iter().map(|c| row(&st.stack, c, status.as_ref())));
+    let mut supervisors = BTreeMap::new();
+    let names: BTreeSet<&String> = records.keys().chain(found.keys()).collect();
+    for stack in names {
+        let dir = ctx.state.stack_dir(stack);
+        let supervision = supervisor_socket::report(&dir).map(|(pid, report)| Supervision {
+            pid,
+            report,
+            status: runfile::read_status(&dir),
+        });
+        let Some((record, containers)) = containers_of(
+            ctx,
+            stack,
+            records.get(stack),
+            found.get(stack),
+            supervision.as_ref(),
+            &mut notes,
+        ) else {
+            continue;
+        };
+        if let Some(s) = supervision.as_ref() {
+            note_stale(stack, s, &mut notes);
+            supervisors.insert(stack.clone(), s.pid);
+        }
+        rows.extend(
+            containers
+                .into_iter()
+                .map(|c| c.row(stack, record, supervision.as_ref())),
+        );
     }
+    count_untracked(&mut rows, &supervisors);
+    notes.print();
     if format == Format::Json {
         print_json(&rows);
         return Ok(());
@@ -82,25 +144,286 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
         println!("no stack is up");
         return Ok(());
     }
+    print!("{}", render(&rows));
+    Ok(())
+}
+
+/// The containers of `stack` and where they come from: its record, or the kernel when the
+/// record is damaged or missing (which gets a note).
+fn containers_of(
+    ctx: &Context,
+    stack: &str,
+    record: Option<&StackState>,
+    found: Option<&FoundStack>,
+    supervision: Option<&Supervision>,
+    notes: &mut Notes,
+) -> Option<(Record, Vec<Shown>)> {
+    let from_kernel = || found.map(|k| from_kernel(stack, k)).unwrap_or_default();
+    match record {
+        Some(StackState {
+            damaged: None, desired, ..
+        }) => {
+            let containers = desired.iter().flat_map(|d| d.containers.iter()).map(from_record);
+            Some((Record::Ok, containers.collect()))
+        }
+        Some(StackState { damaged: Some(why), .. }) => {
+            notes.add(
+                format!(
+                    "the record of stack {stack} is damaged ({why}); its containers are shown as the kernel holds them"
+                ),
+                format!("remove it; `plumb down {stack}` still finds the stack's objects in the kernel"),
+            );
+            Some((Record::Damaged, from_kernel()))
+        }
+        None => {
+            let found = found?;
+            notes.add(
+                unrecorded(ctx, stack, found, supervision),
+                format!("`plumb down {stack}` removes it; `plumb up` with its stack file takes it over again"),
+            );
+            Some((Record::None, from_kernel()))
+        }
+    }
+}
+
+/// A container as `ps` shows it, from the record or from the kernel.
+struct Shown {
+    name: String,
+    service: String,
+    replica: u32,
+    netns: String,
+    interfaces: Vec<Iface>,
+    ports: Vec<String>,
+    /// It has a command (always unknown for a container found in the kernel: then whether the
+    /// supervisor's status names it).
+    command: Option<bool>,
+}
+
+fn from_record(c: &Container) -> Shown {
+    Shown {
+        name: c.name.clone(),
+        service: c.service.clone(),
+        replica: c.replica,
+        netns: c.netns.clone(),
+        interfaces: c
+            .interfaces
+            .iter()
+            .map(|i| Iface {
+                name: i.name.clone(),
+                network: i.network.clone(),
+                address: i.cidr().to_string(),
+                host_veth: i.host_veth.clone(),
+                bridge: i.bridge.clone(),
+            })
+            .collect(),
+        ports: c.ports.iter().map(|p| p.to_string()).collect(),
+        command: Some(c.process.is_some()),
+    }
+}
+
+fn from_kernel(stack: &str, found: &FoundStack) -> Vec<Shown> {
+    found.containers.iter().map(|c| found_container(stack, c)).collect()
+}
+
+fn found_container(stack: &str, c: &FoundContainer) -> Shown {
+    // Container names are SERVICE-REPLICA.
+    let (service, replica) = c
+        .name
+        .rsplit_once('-')
+        .and_then(|(s, r)| Some((s.to_string(), r.parse().ok()?)))
+        .unwrap_or_else(|| (c.name.clone(), 0));
+    Shown {
+        name: c.name.clone(),
+        service,
+        replica,
+        netns: c.netns.clone(),
+        interfaces: c
+            .interfaces
+            .iter()
+            .map(|i| Iface {
+                name: i.name.clone(),
+                network: i.network.clone(),
+                address: i.address.map_or_else(|| "-".to_string(), |a| a.to_string()),
+                host_veth: names::host_veth(stack, &c.name, &i.network),
+                bridge: names::bridge(stack, &i.network),
+            })
+            .collect(),
+        ports: Vec::new(),
+        command: None,
+    }
+}
+
+impl Shown {
+    fn row(self, stack: &str, record: Record, supervision: Option<&Supervision>) -> Row {
+        let status = supervision.and_then(|s| s.status.replicas.get(&self.name));
+        let has_process = self.command.unwrap_or(status.is_some());
+        let process = has_process.then(|| process(status, supervision));
+        Row {
+            stack: stack.to_string(),
+            record,
+            present: plumb_linux::netns::path(&self.netns).exists(),
+            container: self.name,
+            service: self.service,
+            replica: self.replica,
+            namespace: self.netns,
+            interfaces: self.interfaces,
+            ports: self.ports,
+            process,
+        }
+    }
+}
+
+fn process(status: Option<&ReplicaStatus>, supervision: Option<&Supervision>) -> Process {
+    let now = runfile::unix_ms();
+    let state = match (supervision, status) {
+        (None, _) => ProcessState::NoSupervisor,
+        (Some(_), Some(s)) => ProcessState::Supervised(s.state),
+        // Running, but its status does not name this replica (yet).
+        (Some(_), None) => ProcessState::Supervised(ReplicaState::Waiting),
+    };
+    Process {
+        state,
+        health: status.and_then(|s| s.health),
+        pid: status.and_then(|s| s.pid),
+        restarts: status.map_or(0, |s| s.restarts),
+        uptime_seconds: status.and_then(|s| s.up_for(now)).map(|d| d.as_secs()),
+        untracked: 0,
+        stale: supervision.is_some_and(|s| s.report.status_error.is_some()),
+    }
+}
+
+/// Fills in each process's count of untracked processes, from one census of the containers.
+/// `supervisors`: the PID of each stack's running supervisor.
+fn count_untracked(rows: &mut [Row], supervisors: &BTreeMap<String, Pid>) {
+    let inode_of: Vec<Option<u64>> = rows
+        .iter()
+        .map(|r| r.process.as_ref().and(plumb_linux::netns::inode(&r.namespace)))
+        .collect();
+    let residents = census::residents(&inode_of.iter().flatten().copied().collect::<HashSet<u64>>());
+    for (row, inode) in rows.iter_mut().zip(inode_of) {
+        let (Some(p), Some(inode)) = (row.process.as_mut(), inode) else {
+            continue;
+        };
+        // Without a supervisor, everything in the container is untracked.
+        let supervisor = supervisors.get(&row.stack).map_or(0, |pid| pid.as_raw() as u32);
+        let inside = residents.get(&inode).map_or(&[][..], Vec::as_slice);
+        p.untracked = census::untracked(inside, supervisor, p.pid).len();
+    }
+}
+
+/// Stacks the kernel holds that have no readable record (none when not root: reading inside
+/// namespaces needs it). A failure to read is a note, not the end of `ps`.
+fn found_in_kernel(records: &BTreeMap<String, StackState>, notes: &mut Notes) -> BTreeMap<String, FoundStack> {
+    if !nix::unistd::geteuid().is_root() {
+        return BTreeMap::new();
+    }
+    let mut known = Known::default();
+    for (name, st) in records.iter().filter(|(_, st)| st.damaged.is_none()) {
+        known.stacks.insert(name.clone());
+        known.namespaces.extend(st.namespaces.iter().cloned());
+        known.namespaces.extend(
+            st.desired
+                .iter()
+                .flat_map(|d| d.containers.iter().map(|c| c.netns.clone())),
+        );
+    }
+    let found = crate::apply::kernel().and_then(|mut kernel| Ok(discover::stacks(&mut kernel, &known)?));
+    found.unwrap_or_else(|e| {
+        notes.add(
+            format!("cannot look for stacks without a record in the kernel: {}", e.message),
+            "stacks whose record is lost are not shown".to_string(),
+        );
+        BTreeMap::new()
+    })
+}
+
+/// The note on a stack found in the kernel with no record.
+fn unrecorded(ctx: &Context, stack: &str, found: &FoundStack, supervision: Option<&Supervision>) -> String {
+    let mut held = vec![
+        count(found.containers.len(), "container"),
+        count(found.networks.len(), "network"),
+    ];
+    if found.nft_table {
+        held.push(format!("nft table inet {}", names::nft_table(stack)));
+    }
+    let supervisor = supervision.map_or(String::new(), |s| {
+        format!("; its supervisor (pid {}) still runs", s.pid)
+    });
+    format!(
+        "stack {stack} has no record in {} but the kernel holds it ({}){supervisor}",
+        ctx.state.root.display(),
+        held.join(", ")
+    )
+}
+
+/// Notes when a supervisor cannot write its status, so what `ps` shows of it is stale.
+fn note_stale(stack: &str, supervision: &Supervision, notes: &mut Notes) {
+    let Some(error) = &supervision.report.status_error else {
+        return;
+    };
+    let since = supervision.report.status_written_ms.map_or_else(
+        || "has never written its status".to_string(),
+        |ms| {
+            let ago = runfile::unix_ms().saturating_sub(ms) / 1000;
+            format!("last wrote its status {} ago", uptime(ago))
+        },
+    );
+    notes.add(
+        format!(
+            "stack {stack}: what is shown is stale: its supervisor (pid {}) {since} and now fails: {error}",
+            supervision.pid
+        ),
+        "free space in the state directory: the supervisor writes its status again by itself".to_string(),
+    );
+}
+
+/// Notes for stderr, each with a hint.
+#[derive(Default)]
+struct Notes(Vec<(String, String)>);
+
+impl Notes {
+    fn add(&mut self, note: String, hint: String) {
+        self.0.push((note, hint));
+    }
+
+    fn print(&self) {
+        for (note, hint) in &self.0 {
+            eprintln!("note: {note}\n  hint: {hint}");
+        }
+    }
+}
+
+fn render(rows: &[Row]) -> String {
     let dash = || "-".to_string();
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let p = r.process.as_ref();
-            let state = match (r.present, p) {
+            let mut state = match (r.present, p) {
                 (false, _) => "missing".to_string(),
                 (true, None) => "up".to_string(),
                 (true, Some(p)) => p.state.as_str().to_string(),
             };
+            if let Some(p) = p.filter(|p| p.untracked > 0) {
+                state += &format!(", {} untracked", p.untracked);
+            }
+            if p.is_some_and(|p| p.stale) {
+                state += " (stale)";
+            }
+            let stack = match r.record {
+                Record::Ok => r.stack.clone(),
+                Record::Damaged => format!("{} (damaged)", r.stack),
+                Record::None => format!("{} (no record)", r.stack),
+            };
             vec![
-                r.stack.to_string(),
-                r.container.to_string(),
+                stack,
+                r.container.clone(),
                 state,
                 p.and_then(|p| p.health).map_or_else(dash, |h| h.to_string()),
                 p.and_then(|p| p.pid).map_or_else(dash, |p| p.to_string()),
                 p.map_or_else(dash, |p| p.restarts.to_string()),
                 p.and_then(|p| p.uptime_seconds).map_or_else(dash, uptime),
-                r.namespace.to_string(),
+                r.namespace.clone(),
                 r.interfaces
                     .iter()
                     .map(|i| format!("{} {} ({})", i.name, i.address, i.network))
@@ -122,42 +445,15 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
         "INTERFACES",
         "PORTS",
     ];
-    print!("{}", table(&headers, &cells));
-    Ok(())
+    table(&headers, &cells)
 }
 
-fn row<'a>(stack: &'a str, c: &'a Container, status: Option<&StatusFile>) -> Row<'a> {
-    let now = runfile::unix_ms();
-    let process = c.process.as_ref().map(|_| {
-        let s = status.and_then(|s| s.replicas.get(&c.name));
-        Process {
-            state: s.map_or(ProcessState::NoSupervisor, |s| ProcessState::Supervised(s.state)),
-            health: s.and_then(|s| s.health),
-            pid: s.and_then(|s| s.pid),
-            restarts: s.map_or(0, |s| s.restarts),
-            uptime_seconds: s.and_then(|s| s.up_for(now)).map(|d| d.as_secs()),
-        }
-    });
-    Row {
-        stack,
-        container: &c.name,
-        service: &c.service,
-        replica: c.replica,
-        namespace: &c.netns,
-        present: plumb_linux::netns::path(&c.netns).exists(),
-        interfaces: c
-            .interfaces
-            .iter()
-            .map(|i| Iface {
-                name: &i.name,
-                network: &i.network,
-                address: i.cidr().to_string(),
-                host_veth: &i.host_veth,
-                bridge: &i.bridge,
-            })
-            .collect(),
-        ports: c.ports.iter().map(|p| p.to_string()).collect(),
-        process,
+/// `1 network`, `2 networks`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
@@ -178,5 +474,10 @@ mod tests {
         let json = |state| serde_json::to_value(state).unwrap();
         assert_eq!(json(ProcessState::Supervised(ReplicaState::Backoff)), "backoff");
         assert_eq!(json(ProcessState::NoSupervisor), "no supervisor");
+        let record = |r| serde_json::to_value(r).unwrap();
+        assert_eq!(
+            [record(Record::Ok), record(Record::Damaged), record(Record::None)],
+            ["ok", "damaged", "none"]
+        );
     }
 }

@@ -1,8 +1,11 @@
 //! The supervisor's event loop: one thread waiting on a signalfd (SIGCHLD, SIGHUP for a new
-//! `run.json`, SIGTERM/SIGINT to stop), the processes' output pipes and the probes' wake pipe.
-//! Each event becomes a replica transition; the loop carries out what the transition asks.
+//! `run.json`, SIGTERM/SIGINT to stop), the processes' output pipes, the probes' wake pipe and
+//! the stack's socket (which makes this supervisor the stack's only one, and answers who asks
+//! with a report). Each event becomes a replica transition; the loop carries out what the
+//! transition asks. Whatever a replica leaves in its container (a daemon) is ended before it
+//! starts again and when it stops (sweeps).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -11,20 +14,32 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::{umask, Mode};
 use plumb_core::services::RunSpec;
 use plumb_linux::netns;
 
+use super::hosts;
 use super::logs::{LogWriter, Pipes};
 use super::plan::{self, Change};
 use super::probe::Probes;
 use super::replica::{dependencies_ready, AfterExit, AfterStop, Due, Replica, StopStep, Verdict};
-use super::spawn::{signal_group, spawn_replica};
+use super::spawn::{signal_each, signal_group, spawn_replica};
 use super::status;
+use crate::census;
 use crate::failure::{Failure, Result};
-use crate::runfile::{self, Exit};
+use crate::runfile::{self, Exit, ReplicaState};
+use crate::state::{create_private_dir, HOSTS_DIR};
+use crate::supervisor_socket::{Listener, Report};
 
 /// The loop wakes at least this often, whatever is due.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// While a sweep runs, the loop looks this often whether its processes are gone (they are not
+/// its children: their end sends no signal).
+const SWEEP_POLL: Duration = Duration::from_millis(100);
+/// A process still there this long after SIGKILL is signalled again ...
+const KILL_RECHECK: Duration = Duration::from_secs(1);
+/// ... this many times; then the sweep gives up (the process is stuck in the kernel).
+const KILL_ROUNDS: u32 = 3;
 
 /// A replica with what the loop holds for it: its process and its log.
 struct Slot {
@@ -32,6 +47,28 @@ struct Slot {
     /// Some exactly while `replica.has_process()`.
     child: Option<Child>,
     log: LogWriter,
+}
+
+/// Ending the processes a replica's container holds that are not the replica's own process
+/// tree (a daemon its service left behind): SIGTERM, then SIGKILL once the service's stop grace
+/// period has passed. Until its container is clear, the replica does not start.
+struct Sweep {
+    netns: String,
+    grace: Duration,
+    /// When SIGKILL is due; None until the first census has found something and sent SIGTERM.
+    deadline: Option<Instant>,
+    kills: u32,
+}
+
+impl Sweep {
+    fn of(spec: &RunSpec) -> Self {
+        Sweep {
+            netns: spec.netns.clone(),
+            grace: Duration::from_millis(spec.stop_grace_ms),
+            deadline: None,
+            kills: 0,
+        }
+    }
 }
 
 pub struct Supervisor {
@@ -42,15 +79,27 @@ pub struct Supervisor {
     pipes: Pipes,
     signals: SignalFd,
     probes: Probes,
+    /// Held while this supervisor runs: no other can start for the stack.
+    socket: Listener,
+    /// Containers being cleared of what their replica left, by container name.
+    sweeps: BTreeMap<String, Sweep>,
     shutting_down: bool,
     /// Something changed since `status.json` was written.
     dirty: bool,
+    /// Unix milliseconds of the last successful write of `status.json`.
+    status_written_ms: Option<u64>,
+    /// Why the last write of `status.json` failed (cleared by the next that succeeds).
+    status_error: Option<String>,
 }
 
 impl Supervisor {
     /// Prepares a supervisor for the stack whose state folder is `dir`. Blocks the signals it
     /// handles; call from the main thread before any other thread starts.
     pub fn new(dir: &Path) -> Result<Self> {
+        // What the supervisor writes (status, logs) is for its owner's eyes only.
+        umask(Mode::from_bits_truncate(0o077));
+        // First of all: a second supervisor of the stack stops here, before it touches anything.
+        let socket = Listener::bind(dir)?;
         let mut mask = SigSet::empty();
         for s in [Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
             mask.add(s);
@@ -59,7 +108,7 @@ impl Supervisor {
             .map_err(|e| Failure::new(format!("cannot block signals: {e}")))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| Failure::new(format!("signalfd: {e}")))?;
-        std::fs::create_dir_all(runfile::logs_dir(dir))?;
+        create_private_dir(&runfile::logs_dir(dir))?;
         Ok(Supervisor {
             dir: dir.to_path_buf(),
             generation: 0,
@@ -67,20 +116,23 @@ impl Supervisor {
             pipes: Pipes::default(),
             signals,
             probes: Probes::new()?,
+            socket,
+            sweeps: BTreeMap::new(),
             shutting_down: false,
             dirty: true,
+            status_written_ms: None,
+            status_error: None,
         })
     }
 
     /// Runs until asked to stop (SIGTERM or SIGINT), then stops every process and returns.
     pub fn run(mut self) -> Result<()> {
-        std::fs::write(runfile::pid_path(&self.dir), runfile::pid_file_content())?;
         self.kill_orphans();
         self.reload(Instant::now());
         loop {
             let now = Instant::now();
             self.tick(now);
-            if self.shutting_down && self.slots.values().all(|s| s.child.is_none()) {
+            if self.shutting_down && self.slots.values().all(|s| s.child.is_none()) && self.sweeps.is_empty() {
                 break;
             }
             if self.dirty {
@@ -92,11 +144,11 @@ impl Supervisor {
                 .filter_map(|s| s.replica.next_deadline())
                 .min()
                 .map_or(MAX_SLEEP, |t| t.saturating_duration_since(Instant::now()));
-            self.wait_events(sleep.min(MAX_SLEEP));
+            let most = if self.sweeps.is_empty() { MAX_SLEEP } else { SWEEP_POLL };
+            self.wait_events(sleep.min(most));
         }
         self.slots.clear();
         self.write_status();
-        let _ = std::fs::remove_file(runfile::pid_path(&self.dir));
         Ok(())
     }
 
@@ -110,6 +162,9 @@ impl Supervisor {
     /// Applies the current `run.json`.
     fn reload(&mut self, now: Instant) {
         let run = runfile::read_run(&self.dir);
+        // The state directory may have been deleted and made again: log to the new files.
+        let _ = create_private_dir(&runfile::logs_dir(&self.dir));
+        self.slots.values_mut().for_each(|s| s.log.reopen());
         let changes = plan::changes(self.slots.iter().map(|(n, s)| (n, &s.replica)), &run, netns::inode);
         for spec in &run.specs {
             self.adopt(spec, run.restart_token(&spec.service));
@@ -132,8 +187,7 @@ impl Supervisor {
         let name = &spec.container;
         if let Some(slot) = self.slots.get_mut(name) {
             if slot.replica.spec().hosts != spec.hosts {
-                // Rewritten in place: the container's bind mount shows the new content.
-                let _ = std::fs::write(self.dir.join("hosts").join(name), &spec.hosts);
+                let _ = hosts::write(&self.dir.join(HOSTS_DIR), name, &spec.hosts);
             }
             slot.replica.update(spec.clone(), restart_token);
             return;
@@ -146,28 +200,109 @@ impl Supervisor {
         self.slots.insert(name.clone(), slot);
     }
 
-    /// Starts what may start, restarts what is due, probes, and escalates slow stops.
+    /// Starts what may start (once its container is clear), restarts what is due, probes,
+    /// escalates slow stops, and carries sweeps on. Goes round again while it started
+    /// something, for those waiting on what just started.
     fn tick(&mut self, now: Instant) {
-        let names: Vec<String> = self.slots.keys().cloned().collect();
-        for name in &names {
-            let Some(slot) = self.slots.get(name) else { continue };
-            match slot.replica.due(now) {
-                Some(Due::StartAfterDependencies)
-                    if !self.shutting_down
-                        && dependencies_ready(slot.replica.spec(), self.slots.values().map(|s| &s.replica)) =>
-                {
-                    self.start(name, now)
+        loop {
+            let mut to_start = Vec::new();
+            let names: Vec<String> = self.slots.keys().cloned().collect();
+            for name in names {
+                let Some(slot) = self.slots.get(&name) else { continue };
+                match slot.replica.due(now) {
+                    Some(Due::StartAfterDependencies)
+                        if !self.shutting_down
+                            && dependencies_ready(slot.replica.spec(), self.slots.values().map(|s| &s.replica)) =>
+                    {
+                        to_start.push(name)
+                    }
+                    Some(Due::Restart) if !self.shutting_down => to_start.push(name),
+                    Some(Due::Kill) => self.kill(&name, now),
+                    Some(Due::Probe) => self.probe(&name, now),
+                    _ => {}
                 }
-                Some(Due::Restart) if !self.shutting_down => self.start(name, now),
-                Some(Due::Kill) => self.kill(name, now),
-                Some(Due::Probe) => self.probe(name, now),
-                _ => {}
+            }
+            for name in &to_start {
+                if let Some(slot) = self.slots.get(name) {
+                    let sweep = Sweep::of(slot.replica.spec());
+                    self.sweeps.entry(name.clone()).or_insert(sweep);
+                }
+            }
+            self.sweep(now);
+            let clear: Vec<String> = to_start.into_iter().filter(|n| !self.sweeps.contains_key(n)).collect();
+            if clear.is_empty() {
+                return;
+            }
+            for name in clear {
+                self.start(&name, now);
             }
         }
     }
 
+    /// Carries every sweep on, from one census of the containers: forgets those whose
+    /// container is clear, sends SIGTERM where a sweep begins and SIGKILL where one is due.
+    fn sweep(&mut self, now: Instant) {
+        if self.sweeps.is_empty() {
+            return;
+        }
+        let mut left = self.untracked();
+        let slots = &mut self.slots;
+        self.sweeps.retain(|name, sweep| {
+            let pids = left.remove(name).unwrap_or_default();
+            let mut note = |text: String| {
+                if let Some(slot) = slots.get_mut(name) {
+                    slot.log.note(&text);
+                }
+            };
+            if pids.is_empty() {
+                return false;
+            }
+            match sweep.deadline {
+                None => {
+                    note(format!(
+                        "ending {} process(es) left in the container: {pids:?}",
+                        pids.len()
+                    ));
+                    signal_each(&pids, Signal::SIGTERM);
+                    sweep.deadline = Some(now + sweep.grace);
+                }
+                Some(deadline) if deadline <= now => {
+                    if sweep.kills >= KILL_ROUNDS {
+                        note(format!("cannot end processes {pids:?}: they outlive SIGKILL"));
+                        return false;
+                    }
+                    signal_each(&pids, Signal::SIGKILL);
+                    sweep.kills += 1;
+                    sweep.deadline = Some(now + KILL_RECHECK);
+                }
+                Some(_) => {}
+            }
+            true
+        });
+    }
+
+    /// For each container being swept, the processes inside that are neither the replica's
+    /// process tree nor this supervisor's children (health probes).
+    fn untracked(&self) -> BTreeMap<String, Vec<i32>> {
+        let inodes: BTreeMap<&String, u64> = self
+            .sweeps
+            .iter()
+            .filter_map(|(name, sweep)| Some((name, netns::inode(&sweep.netns)?)))
+            .collect();
+        let residents = census::residents(&inodes.values().copied().collect::<HashSet<u64>>());
+        let supervisor = std::process::id();
+        inodes
+            .into_iter()
+            .map(|(name, inode)| {
+                let main = self.slots.get(name).and_then(|s| s.child.as_ref()).map(Child::id);
+                let inside = residents.get(&inode).map_or(&[][..], Vec::as_slice);
+                (name.clone(), census::untracked(inside, supervisor, main))
+            })
+            .collect()
+    }
+
     fn start(&mut self, name: &str, now: Instant) {
-        let hosts_dir = self.dir.join("hosts");
+        let hosts_dir = self.dir.join(HOSTS_DIR);
         let Some(slot) = self.slots.get_mut(name) else { return };
         self.dirty = true;
         match spawn_replica(slot.replica.spec(), &hosts_dir) {
@@ -202,9 +337,13 @@ impl Supervisor {
         }
     }
 
+    /// Stops a replica's process, and ends whatever else its container holds.
     fn stop(&mut self, name: &str, then: AfterStop, now: Instant) {
         let Some(slot) = self.slots.get_mut(name) else { return };
         self.dirty = true;
+        self.sweeps
+            .entry(name.to_string())
+            .or_insert_with(|| Sweep::of(slot.replica.spec()));
         match slot.replica.stop(now, then) {
             StopStep::Terminate => slot.child.iter().for_each(|c| signal_group(c, Signal::SIGTERM)),
             StopStep::Remove => {
@@ -218,6 +357,10 @@ impl Supervisor {
         if let Some(slot) = self.slots.get_mut(name) {
             slot.child.iter().for_each(|c| signal_group(c, Signal::SIGKILL));
             slot.replica.kill_sent(now);
+        }
+        // What else the container holds goes at the same time.
+        if let Some(sweep) = self.sweeps.get_mut(name) {
+            sweep.deadline = sweep.deadline.map(|d| d.min(now));
         }
     }
 
@@ -245,6 +388,13 @@ impl Supervisor {
                 "exited: {}",
                 exit.map_or("unknown".to_string(), |e| e.to_string())
             ));
+            if slot.replica.state() == ReplicaState::Stopping {
+                // Stopped on purpose: what is left of its tree goes too (the sweep begun with
+                // the stop spared the tree while its process ran, and may be over).
+                self.sweeps
+                    .entry(name.clone())
+                    .or_insert_with(|| Sweep::of(slot.replica.spec()));
+            }
             let after = slot.replica.exited(now, exit);
             self.dirty = true;
             self.settle(&name, after);
@@ -285,6 +435,7 @@ impl Supervisor {
         let mut fds = vec![
             PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.probes.wake_fd(), PollFlags::POLLIN),
+            PollFd::new(self.socket.fd(), PollFlags::POLLIN),
         ];
         fds.extend(self.pipes.fds().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
@@ -294,11 +445,14 @@ impl Supervisor {
         let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
         let slots = &mut self.slots;
-        self.pipes.read(&ready[2..], |name, bytes| {
+        self.pipes.read(&ready[3..], |name, bytes| {
             if let Some(slot) = slots.get_mut(name) {
                 slot.log.write(bytes);
             }
         });
+        if ready[2] {
+            self.socket.answer(&self.report());
+        }
         let now = Instant::now();
         if ready[1] {
             self.probe_results(now);
@@ -320,13 +474,43 @@ impl Supervisor {
         }
     }
 
+    /// Writes `status.json`. A failure (a full disk) is kept for the report, so `plumb ps`
+    /// can tell the file is stale; the write is tried again at every turn of the loop.
     fn write_status(&mut self) {
         let replicas = self.slots.iter().map(|(name, slot)| {
             let pid = slot.child.as_ref().map(Child::id);
             (name, status::replica_status(&slot.replica, pid))
         });
-        if status::write(&self.dir, self.generation, replicas).is_ok() {
-            self.dirty = false;
+        match status::write(&self.dir, self.generation, replicas) {
+            Ok(()) => {
+                self.dirty = false;
+                self.status_written_ms = Some(runfile::unix_ms());
+                if self.status_error.take().is_some() {
+                    say("status.json is written again");
+                }
+            }
+            Err(e) => {
+                if self.status_error.as_deref() != Some(e.message.as_str()) {
+                    say(&e.message);
+                }
+                self.status_error = Some(e.message);
+            }
         }
     }
+
+    /// What the socket tells whoever asks.
+    fn report(&self) -> Report {
+        Report {
+            generation: self.generation,
+            status_written_ms: self.status_written_ms,
+            status_error: self.status_error.clone(),
+        }
+    }
+}
+
+/// A line in the supervisor's own log (its stderr, a file in the state directory). Unlike
+/// `eprintln!`, a line that cannot be written (a full disk) is dropped, not a panic.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -5,10 +5,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Child;
 
 use super::nonblocking_cloexec;
+use crate::state::PRIVATE_FILE;
 
 pub const LIMIT: u64 = 1024 * 1024;
 
@@ -31,13 +33,25 @@ impl LogWriter {
             self.size = 0;
         }
         if self.file.is_none() {
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path).ok();
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(PRIVATE_FILE)
+                .open(&self.path)
+                .ok();
         }
         if let Some(f) = &mut self.file {
             if f.write_all(bytes).is_ok() {
                 self.size += bytes.len() as u64;
             }
         }
+    }
+
+    /// Opens the file again at the next write (it may have been deleted, with the state
+    /// directory, and made again).
+    pub fn reopen(&mut self) {
+        self.file = None;
+        self.size = fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
     }
 
     /// A line from plumb itself (start, exit, restart), marked so it stands out.

@@ -6,12 +6,14 @@
 //! - `event_loop`: the one thread, its events, and carrying out what replicas ask for.
 //! - `replica`: one replica's life as a pure state machine (back-off, health, dependencies).
 //! - `plan`: which replicas a new `run.json` keeps, restarts, stops, adds or removes (pure).
-//! - `spawn`: starting and signalling processes; `probe`: health probes; `logs`: output.
-//! - `status`: writing `status.json` for `plumb`.
+//! - `spawn`: starting and signalling processes; `probe`: health probes; `logs`: output;
+//!   `hosts`: the containers' hosts files.
+//! - `status`: writing `status.json` for `plumb` (the socket tells whether that works).
 
 mod event_loop;
 #[cfg(test)]
 mod fixtures;
+mod hosts;
 mod logs;
 mod plan;
 mod probe;

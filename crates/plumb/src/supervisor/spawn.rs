@@ -2,14 +2,17 @@
 //! file, user) with the environment services get, and signalling its process group. The only
 //! module that creates or signals service processes.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::{umask, Mode};
 use nix::unistd::{Pid, User};
 use plumb_core::services::{RunSpec, SEARCH_PATH};
 use plumb_linux::{netns, spawn};
 
+use super::hosts;
 use crate::failure::{Failure, Result};
 
 /// Starts one replica's process inside its container, with its stdout and stderr piped;
@@ -18,9 +21,7 @@ use crate::failure::{Failure, Result};
 pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<u64>)> {
     let netns_fd = netns::open(&spec.netns)?;
     let inode = netns::inode(&spec.netns);
-    std::fs::create_dir_all(hosts_dir)?;
-    let hosts = hosts_dir.join(&spec.container);
-    std::fs::write(&hosts, &spec.hosts)?;
+    let hosts = hosts::write(hosts_dir, &spec.container, &spec.hosts)?;
     let (program, args) = spec
         .command
         .split_first()
@@ -44,6 +45,7 @@ pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    usual_umask(&mut command);
     let identity = spec
         .user
         .as_deref()
@@ -63,6 +65,17 @@ pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<
     Ok((child, inode))
 }
 
+/// Services start with the usual umask (022), not the supervisor's own (077).
+fn usual_umask(command: &mut Command) {
+    // SAFETY: only umask(2), which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            umask(Mode::from_bits_truncate(0o022));
+            Ok(())
+        });
+    }
+}
+
 /// The identity to drop to for user `name` (also its HOME).
 fn run_as(command: &mut Command, name: &str) -> Result<spawn::Identity> {
     let user = User::from_name(name)
@@ -79,4 +92,11 @@ fn run_as(command: &mut Command, name: &str) -> Result<spawn::Identity> {
 /// Signals a replica's whole process group (it is a session leader: pgid = pid).
 pub fn signal_group(child: &Child, signal: Signal) {
     let _ = kill(Pid::from_raw(-(child.id() as i32)), signal);
+}
+
+/// Signals each of these processes by PID (what a replica left in its container).
+pub fn signal_each(pids: &[i32], signal: Signal) {
+    for pid in pids {
+        let _ = kill(Pid::from_raw(*pid), signal);
+    }
 }
