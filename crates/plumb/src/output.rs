@@ -36,6 +36,15 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// "1 network", "2 networks", "3 processes".
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}{}", if what.ends_with('s') { "es" } else { "s" })
+    }
+}
+
 /// Left-aligned columns separated by two spaces.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -68,5 +77,12 @@ mod tests {
     fn columns_align() {
         let t = super::table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\n");
+    }
+
+    #[test]
+    fn counts_are_plural_unless_one() {
+        assert_eq!(super::count(1, "network"), "1 network");
+        assert_eq!(super::count(0, "container"), "0 containers");
+        assert_eq!(super::count(3, "process"), "3 processes");
     }
 }

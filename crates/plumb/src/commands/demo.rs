@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{down, up, Context};
 use crate::failure::Result;
-use crate::output::say;
+use crate::output::{count, say};
 use crate::processes;
 use crate::runfile;
 
@@ -47,7 +47,8 @@ pub fn run(ctx: &Context, action: Action) -> Result<()> {
         let status = processes::wait_until_ready(&stack_dir, &run, processes::HealthWait::Everything)?;
         let running = status.replicas.values().filter(|r| r.pid.is_some()).count();
         say!(
-            "The shop demo was already up; nothing was changed ({running} processes running, supervisor pid {}).",
+            "The shop demo was already up; nothing was changed ({} running, supervisor pid {}).",
+            count(running, "process"),
             status.supervisor_pid
         );
         if !run.stopped.is_empty() {
