@@ -1,4 +1,4 @@
-//! `plumb demo`: the reference shop app (the seed's assignment 2), from files built into the
+//! `plumb demo`: the reference shop app (services, supervised), from files built into the
 //! binary: nginx serving a page and proxying /api/ to a Flask API gateway, which spreads
 //! requests over three product replicas backed by Redis.
 
