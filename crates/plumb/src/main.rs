@@ -14,19 +14,24 @@ mod state;
 mod supervisor;
 mod supervisor_socket;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use commands::{Context, Format};
+use output::ClosedPipe;
 use state::StateDir;
 
 #[derive(Parser)]
 #[command(
     name = "plumb",
     version,
-    about = "Container networks from Linux kernel primitives: namespaces, veth pairs, bridges, routes, nftables"
+    about = "Container networks from Linux kernel primitives: namespaces, veth pairs, bridges, routes, nftables",
+    after_help = "First steps:\n  \
+        plumb demo           bring up a sample app (nginx, Flask, Redis) and see what to try\n  \
+        plumb up --dry-run   what ./plumb.toml would make, as the ip/nft commands you could run by hand"
 )]
 struct Cli {
     /// Where plumb keeps leases, process ids and logs.
@@ -40,7 +45,7 @@ struct Cli {
 enum Command {
     /// Make the kernel match the stack file (idempotent; applies only the difference).
     Up {
-        /// The stack file.
+        /// The stack file: the networks and services to make.
         #[arg(short, long, default_value = "plumb.toml")]
         file: PathBuf,
         /// Print the plan as a runnable shell script of ip/nft commands and change nothing.
@@ -58,7 +63,7 @@ enum Command {
         /// The stack file naming the stack (default: ./plumb.toml when no STACK is given).
         #[arg(short, long, conflicts_with = "stack")]
         file: Option<PathBuf>,
-        /// The stack's name.
+        /// The stack's name, as `plumb ps` shows it (instead of --file).
         stack: Option<String>,
         /// Print the plan as a runnable shell script and change nothing.
         #[arg(long)]
@@ -69,6 +74,7 @@ enum Command {
     },
     /// List the containers of every stack that is up.
     Ps {
+        /// Print the containers as JSON, for programs.
         #[arg(long)]
         json: bool,
     },
@@ -76,12 +82,15 @@ enum Command {
     Exec {
         /// SVC-k, SVC (replica 1) or STACK/SVC-k.
         container: String,
+        /// The program to run and its arguments, after `--` (e.g. `-- ip addr`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
     /// Show one network or container, as asked for and as the kernel holds it.
     Inspect {
+        /// A network (NET or STACK/NET) or a container (SVC-k, SVC or STACK/SVC-k).
         name: String,
+        /// Print it as JSON, for programs.
         #[arg(long)]
         json: bool,
     },
@@ -97,24 +106,59 @@ enum Command {
         tail: usize,
     },
     /// Restart every replica of a service.
-    Restart { service: String },
+    Restart {
+        /// The service (SVC, or STACK/SVC when several stacks have one of that name).
+        service: String,
+    },
     /// Stop a service's processes (the containers stay wired).
-    Stop { service: String },
+    Stop {
+        /// The service (SVC, or STACK/SVC when several stacks have one of that name).
+        service: String,
+    },
     /// Start a service stopped with `plumb stop`.
-    Start { service: String },
+    Start {
+        /// The service (SVC, or STACK/SVC when several stacks have one of that name).
+        service: String,
+    },
     /// Bring up the reference shop app (nginx, API gateway, 3 product replicas, Redis).
     Demo {
-        /// Remove it instead.
+        /// Remove the demo (its containers, networks, processes and files) instead.
         #[arg(long)]
         down: bool,
     },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
-    Supervise { stack: String },
+    Supervise {
+        /// The stack whose processes to run.
+        stack: String,
+    },
+}
+
+impl Command {
+    /// Commands that only report end on a closed pipe; those that change the kernel or run
+    /// processes (the supervisor, also in `up --foreground`) carry on and report errors.
+    fn on_closed_pipe(&self) -> ClosedPipe {
+        match self {
+            Command::Up { dry_run: true, .. }
+            | Command::Down { dry_run: true, .. }
+            | Command::Ps { .. }
+            | Command::Exec { .. }
+            | Command::Inspect { .. }
+            | Command::Logs { .. } => ClosedPipe::EndsTheCommand,
+            Command::Up { .. }
+            | Command::Down { .. }
+            | Command::Restart { .. }
+            | Command::Stop { .. }
+            | Command::Start { .. }
+            | Command::Demo { .. }
+            | Command::Supervise { .. } => ClosedPipe::IsIgnored,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    output::on_closed_pipe(cli.command.on_closed_pipe());
     let ctx = Context {
         state: StateDir::new(cli.state_dir),
     };
@@ -178,7 +222,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("plumb: {failure}");
+            // Written, not eprintln!: a closed stderr must not turn a failure into a panic.
+            let _ = writeln!(std::io::stderr(), "plumb: {failure}");
             ExitCode::from(u8::try_from(failure.code).unwrap_or(1))
         }
     }
