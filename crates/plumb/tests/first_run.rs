@@ -258,3 +258,22 @@ fn shell_words(s: &str) -> Vec<&str> {
 fn http(sb: &Sandbox, url: &str) -> String {
     sb.ok(&format!("curl -sf -m 5 {url}"))
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn commands_that_change_things_finish_when_the_reader_goes() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write(
+        "plumb.toml",
+        "name = \"s\"\n[networks.n]\nsubnet = \"10.89.7.0/24\"\n[services.a]\nnetworks = [\"n\"]\ncommand = [\"/bin/sleep\", \"1000\"]\nreplicas = 2\n",
+    );
+    assert_quiet_end(&into_closed_pipe(&sb, "up"), "up", &[0]);
+    let rows = sb.ps();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["process"]["pid"].is_u64()), "{rows:?}");
+    let again = sb.plumb_ok(&["up"]);
+    assert!(again.contains("0 processes started, 2 left running"), "{again}");
+    assert_quiet_end(&into_closed_pipe(&sb, "restart a"), "restart", &[0]);
+    assert_quiet_end(&into_closed_pipe(&sb, "down"), "down", &[0]);
+    sb.assert_clean();
+}

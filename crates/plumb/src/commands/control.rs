@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::{require_root, Context};
 use crate::failure::{Failure, Result};
+use crate::output::say;
 use crate::processes::{self, HealthWait};
 use crate::runfile::{self, ReplicaState};
 use crate::stackfile;
@@ -88,10 +89,10 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
         if !stopped {
             return Err(Failure::new(format!("{service} did not stop in time")));
         }
-        println!("{stack}/{service}: stopped");
+        say!("{stack}/{service}: stopped");
     } else {
         processes::wait_until_ready(&dir, &run, HealthWait::Dependencies)?;
-        println!(
+        say!(
             "{stack}/{service}: {}",
             if action == Action::Start {
                 "started"

@@ -9,6 +9,7 @@ use plumb_engine::OnError;
 use super::up::print_plan;
 use super::{require_nft, require_root, Context, Format};
 use crate::failure::Result;
+use crate::output::{count, say};
 use crate::{apply, processes, runfile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
         return print_plan(&plan, "plumb down", &preamble, format);
     }
     if plan.is_empty() && state.is_none() {
-        println!("stack {stack} is not up: nothing to remove");
+        say!("stack {stack} is not up: nothing to remove");
         return Ok(());
     }
     let (_, result) = apply::run(&mut kernel, &plan, OnError::Continue);
@@ -59,19 +60,10 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
             _ => 0,
         })
         .sum();
-    println!(
+    say!(
         "stack {stack} removed ({} and {})",
         count(containers, "container"),
         count(networks, "network")
     );
     Ok(())
-}
-
-/// `1 network`, `2 networks`.
-fn count(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
 }

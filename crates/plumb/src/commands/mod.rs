@@ -42,7 +42,7 @@ pub fn require_root(command: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Failure::new(format!(
-            "plumb {command} needs root: it creates network namespaces, links and nft rules"
+            "`{command}` needs root: it changes network namespaces, links and nft rules"
         ))
         .hint(format!("run `sudo plumb {command} ...`")))
     }

@@ -14,6 +14,7 @@ use plumb_engine::{ownership, OnError};
 use super::{require_nft, require_root, Context, Format};
 use crate::apply;
 use crate::failure::{Failure, Result};
+use crate::output::{count, say};
 use crate::state::StackState;
 use crate::supervisor::Supervisor;
 use crate::{processes, runfile, stackfile};
@@ -113,7 +114,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     }
     ctx.state.save(&st)?;
     result?;
-    println!("{}", summary(&desired, &plan));
+    say!("{}", summary(&desired, &plan));
 
     let specs = run_specs(&desired, &base);
     if specs.is_empty() && supervision == Supervision::Background {
@@ -128,20 +129,27 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
             );
         }
         drop(lock);
-        println!(
+        say!(
             "supervising {} process(es) in the foreground; Ctrl-C stops them (`plumb down` removes the network)",
             run.specs.len()
         );
         Supervisor::new(&stack_dir)?.run()?;
-        println!("stopped");
+        say!("stopped");
         return Ok(());
     }
+    // What ran before, to tell what this `up` started from what it left running.
+    let before = runfile::read_status(&stack_dir);
     processes::hand_over(&ctx.state, &stack, &run)?;
     drop(lock);
     let status = processes::wait_until_ready(&stack_dir, &run, processes::HealthWait::Dependencies)?;
-    println!(
-        "{} process(es) started (supervisor pid {})",
-        status.replicas.len(),
+    let running: Vec<_> = status.replicas.iter().filter(|(_, r)| r.pid.is_some()).collect();
+    let kept = running
+        .iter()
+        .filter(|(c, r)| before.replicas.get(*c).and_then(|b| b.pid) == r.pid)
+        .count();
+    say!(
+        "{} started, {kept} left running (supervisor pid {})",
+        count(running.len() - kept, "process"),
         status.supervisor_pid
     );
     Ok(())
@@ -322,17 +330,17 @@ fn summary(desired: &Desired, plan: &Plan) -> String {
     let removed = plan.count(|w| matches!(w, What::DeleteContainer { .. }));
     if plan.is_empty() {
         return format!(
-            "stack {}: up to date ({} containers, {} networks)",
+            "stack {}: up to date ({}, {})",
             desired.stack,
-            desired.containers.len(),
-            desired.networks.len()
+            count(desired.containers.len(), "container"),
+            count(desired.networks.len(), "network")
         );
     }
     format!(
-        "stack {}: {} containers on {} networks ({created} created, {removed} removed, {} unchanged)",
+        "stack {}: {} on {} ({created} created, {removed} removed, {} unchanged)",
         desired.stack,
-        desired.containers.len(),
-        desired.networks.len(),
+        count(desired.containers.len(), "container"),
+        count(desired.networks.len(), "network"),
         desired.containers.len().saturating_sub(created)
     )
 }
