@@ -2,12 +2,12 @@
 //! here, with in-process netlink (a socket per namespace, opened once), sysctl writes and
 //! `nft` transactions in the background.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use plumb_core::firewall::{self, shape_of_listing, TableId};
+use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, TableId};
 use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
@@ -27,8 +27,10 @@ pub struct LinuxKernel {
     bridges: HashMap<String, u32>,
     /// The nft transaction running in the background.
     nft: Option<nft::Pending<()>>,
-    /// Table listings started by `prefetch_nft_table`.
-    prefetched: Vec<(TableId, nft::Pending<Option<String>>)>,
+    /// A ruleset listing started by `prefetch_nft_table`.
+    prefetched: Option<nft::Pending<String>>,
+    /// The last ruleset listing, by table (forgotten when a transaction changes it).
+    listed: Option<BTreeMap<TableId, Vec<serde_json::Value>>>,
     /// /run/netns is made a shared mount point once per handle.
     run_dir_ready: bool,
 }
@@ -57,7 +59,8 @@ impl LinuxKernel {
             inside: HashMap::new(),
             bridges: HashMap::new(),
             nft: None,
-            prefetched: Vec::new(),
+            prefetched: None,
+            listed: None,
             run_dir_ready: false,
         })
     }
@@ -160,6 +163,7 @@ impl LinuxKernel {
                 if let Some(pending) = self.nft.take() {
                     pending.wait()?;
                 }
+                self.listed = None;
                 self.nft = Some(nft::apply(firewall::transaction(changes)));
                 Ok(())
             }
@@ -260,19 +264,31 @@ impl Kernel for LinuxKernel {
     }
 
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {
-        let listing = match self.prefetched.iter().position(|(t, _)| t == table) {
-            Some(i) => self.prefetched.swap_remove(i).1.wait(),
-            None => nft::list_table(table),
-        };
-        Ok(listing.map_err(kernel_error)?.map(|l| NftListing {
-            fingerprint: listing_fingerprint(&l),
-            shape: shape_of_listing(&l),
+        if self.listed.is_none() {
+            let json = match self.prefetched.take() {
+                Some(pending) => pending.wait(),
+                None => nft::list_ruleset(),
+            }
+            .map_err(kernel_error)?;
+            let tables = tables_in_listing(&json).ok_or_else(|| KernelError {
+                what: "read the nftables ruleset".into(),
+                detail: "`nft -j list ruleset` printed something that is not nft's JSON".into(),
+                errno: None,
+            })?;
+            self.listed = Some(tables);
+        }
+        let objects = self.listed.as_ref().and_then(|t| t.get(table));
+        Ok(objects.map(|objects| NftListing {
+            fingerprint: listing_fingerprint(&serde_json::Value::from(objects.clone()).to_string()),
+            shape: shape_of_objects(objects),
         }))
     }
 
-    fn prefetch_nft_table(&mut self, table: &TableId) {
-        let pending = nft::start_list_table(table.clone());
-        self.prefetched.push((table.clone(), pending));
+    fn prefetch_nft_table(&mut self, _table: &TableId) {
+        // One listing serves every table: start it once.
+        if self.prefetched.is_none() && self.listed.is_none() {
+            self.prefetched = Some(nft::start_list_ruleset());
+        }
     }
 }
 

@@ -8,8 +8,6 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
 
-use plumb_core::firewall::TableId;
-
 use crate::netlink::{Error, Result};
 
 /// True if an `nft` executable is on PATH.
@@ -60,33 +58,13 @@ pub fn apply(script: String) -> Pending<()> {
     }))
 }
 
-/// Starts [`list_table`] on a background thread.
-pub fn start_list_table(table: TableId) -> Pending<Option<String>> {
-    Pending(std::thread::spawn(move || list_table(&table)))
+/// Starts [`list_ruleset`] on a background thread.
+pub fn start_list_ruleset() -> Pending<String> {
+    Pending(std::thread::spawn(list_ruleset))
 }
 
-/// The table as JSON (`nft -j`), or `None` if there is no such table. Absence is decided
-/// from the exit status and the list of tables, not from an error message.
-pub fn list_table(table: &TableId) -> Result<Option<String>> {
-    let what = "list nftables table";
-    let (family, name) = (table.family.as_str(), table.name.as_str());
-    let out = run(&["-j", "list", "table", family, name], None).map_err(|e| Error::new(what, e))?;
-    if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-    }
-    if table_exists(family, name)? {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(Error::new(what, io::Error::other(stderr)));
-    }
-    Ok(None)
-}
-
-/// True if `nft -j list tables FAMILY` names table `name`.
-fn table_exists(family: &str, name: &str) -> Result<bool> {
-    let what = "list nftables tables";
-    let json = checked(what, run(&["-j", "list", "tables", family], None))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&json).map_err(|e| Error::new(what, io::Error::other(e.to_string())))?;
-    let tables = value["nftables"].as_array().cloned().unwrap_or_default();
-    Ok(tables.iter().any(|o| o["table"]["name"] == name))
+/// The whole ruleset as JSON (`nft -j list ruleset`): one process for every table of a
+/// stack, where a table that does not exist is simply not in it.
+pub fn list_ruleset() -> Result<String> {
+    checked("list the nftables ruleset", run(&["-j", "list", "ruleset"], None))
 }

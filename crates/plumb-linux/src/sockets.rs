@@ -1,11 +1,20 @@
-//! Who listens on a port in this network namespace, read from /proc/net/{tcp,udp}{,6} (the
-//! kernel's text view of its socket tables, stable for decades) and /proc/PID/fd (which
-//! process holds each socket), as `ss -lp` shows it. Used before publishing a port, so a
-//! host service on it is named instead of silently shadowed.
+//! Who listens on a port in this network namespace: the sockets from the kernel through
+//! sock_diag netlink (as `ss -l` reads them), and which process holds each from /proc/PID/fd
+//! (as `ss -p` finds it). Used before publishing a port, so a host service on it is named
+//! instead of silently shadowed.
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::io;
+use std::net::IpAddr;
+
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use crate::netlink::{Error, Result};
 
 /// A socket listening (TCP) or bound (UDP) on the port asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,58 +31,87 @@ pub enum Transport {
     Udp,
 }
 
-/// Sockets of `transport` listening (TCP) or bound (UDP) on `port`, IPv4 and IPv6.
-pub fn listeners(transport: Transport, port: u16) -> Vec<Listener> {
-    let (files, state) = match transport {
-        Transport::Tcp => (["/proc/net/tcp", "/proc/net/tcp6"], "0A"), // TCP_LISTEN
-        Transport::Udp => (["/proc/net/udp", "/proc/net/udp6"], "07"), // TCP_CLOSE: bound, unconnected
+/// Sockets of `transport` listening (TCP) or bound (UDP) on `port`, IPv4 and IPv6, from
+/// the kernel's socket tables through sock_diag (as `ss` reads them): asking for listening
+/// TCP sockets walks only the listening table, not every connection of the machine.
+pub fn listeners(transport: Transport, port: u16) -> Result<Vec<Listener>> {
+    let (protocol, states) = match transport {
+        Transport::Tcp => (IPPROTO_TCP, StateFlags::LISTEN),
+        Transport::Udp => (IPPROTO_UDP, StateFlags::CLOSE),
     };
-    let mut found: Vec<(IpAddr, u16, u64)> = Vec::new();
-    for file in files {
-        let Ok(text) = fs::read_to_string(file) else { continue };
-        found.extend(text.lines().skip(1).filter_map(|line| parse_line(line, state)));
+    let mut found = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        for (address, p, inode) in dump(family, protocol, states)? {
+            if p == port {
+                found.push((address, p, inode));
+            }
+        }
     }
-    found.retain(|(_, p, _)| *p == port);
     if found.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let holders = socket_holders();
-    found
+    Ok(found
         .into_iter()
         .map(|(address, port, inode)| Listener {
             address,
             port,
-            holders: holders.get(&inode).cloned().unwrap_or_default(),
+            holders: holders.get(&u64::from(inode)).cloned().unwrap_or_default(),
         })
-        .collect()
+        .collect())
 }
 
-/// `sl local_address rem_address st ... inode`: the local address, port and inode of a
-/// socket in `state`.
-fn parse_line(line: &str, state: &str) -> Option<(IpAddr, u16, u64)> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    if fields.get(3) != Some(&state) {
-        return None;
-    }
-    let (address, port) = fields.get(1)?.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let inode = fields.get(9)?.parse().ok()?;
-    Some((parse_address(address)?, port, inode))
-}
-
-/// The kernel prints addresses as hex of the in-memory words (little-endian on x86).
-fn parse_address(hex: &str) -> Option<IpAddr> {
-    let words: Option<Vec<u32>> = (0..hex.len() / 8)
-        .map(|i| u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).ok())
-        .collect();
-    let bytes: Vec<u8> = words?.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    match bytes.len() {
-        4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
-        16 => {
-            let octets: [u8; 16] = bytes.try_into().ok()?;
-            Some(IpAddr::V6(Ipv6Addr::from(octets)))
+/// One sock_diag dump: (local address, local port, inode) of each socket in `states`.
+fn dump(family: u8, protocol: u8, states: StateFlags) -> Result<Vec<(IpAddr, u16, u32)>> {
+    let what = "list listening sockets";
+    let wrap = |e| Error::new(what, e);
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(wrap)?;
+    socket.bind_auto().map_err(wrap)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(wrap)?;
+    let socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let request = SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol,
+        extensions: ExtensionFlags::empty(),
+        states,
+        socket_id,
+    });
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    packet.finalize();
+    let mut bytes = vec![0; packet.buffer_len()];
+    packet.serialize(&mut bytes);
+    socket.send(&bytes, 0).map_err(wrap)?;
+    let mut out = Vec::new();
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let size = socket.recv(&mut &mut buffer[..], 0).map_err(wrap)?;
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buffer[offset..size])
+                .map_err(|e| Error::new(what, io::Error::other(e.to_string())))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    let id = &r.header.socket_id;
+                    out.push((id.source_address, id.source_port, r.header.inode));
+                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => {
+                    return Err(Error::new(what, io::Error::from_raw_os_error(e.raw_code().abs())))
+                }
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
         }
-        _ => None,
     }
 }
 
@@ -105,21 +143,4 @@ fn socket_holders() -> HashMap<u64, Vec<(u32, String)>> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_net_lines_read_back() {
-        let v4 = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0";
-        let want = (IpAddr::V4(Ipv4Addr::LOCALHOST), 8080, 12345);
-        if cfg!(target_endian = "little") {
-            assert_eq!(parse_line(v4, "0A"), Some(want));
-        }
-        assert_eq!(parse_line(v4, "07"), None);
-        let v6 = "   1: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1";
-        assert_eq!(parse_line(v6, "0A"), Some((IpAddr::V6(Ipv6Addr::UNSPECIFIED), 80, 777)));
-    }
 }

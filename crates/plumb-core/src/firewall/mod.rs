@@ -24,7 +24,7 @@ use crate::desired::Desired;
 use crate::names;
 
 pub use change::{changes, command, transaction, NftChange};
-pub use shape::{shape_of_listing, Shape};
+pub use shape::{shape_of_listing, shape_of_objects, tables_in_listing, Shape};
 
 /// A feature adds its chains, rules, sets and maps to one of the stack's rulesets.
 pub type Feature = fn(&Desired, &mut Ruleset);

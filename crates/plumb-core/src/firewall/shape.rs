@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{ChainKind, Policy, Ruleset};
+use super::{ChainKind, Family, Policy, Ruleset, TableId};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shape {
@@ -56,8 +56,45 @@ impl Ruleset {
 /// The shape of `nft -j list table` output; `None` if it is not what nft prints.
 pub fn shape_of_listing(json: &str) -> Option<Shape> {
     let value: Value = serde_json::from_str(json).ok()?;
-    let mut shape = Shape::default();
+    shape_of_objects(value.get("nftables")?.as_array()?)
+}
+
+/// Each table's objects (the table, its chains, sets, maps and rules) in `nft -j list
+/// ruleset` output: one listing serves every table of a stack. `None` if it is not what nft
+/// prints.
+pub fn tables_in_listing(json: &str) -> Option<BTreeMap<TableId, Vec<Value>>> {
+    let value: Value = serde_json::from_str(json).ok()?;
+    let mut out: BTreeMap<TableId, Vec<Value>> = BTreeMap::new();
     for object in value.get("nftables")?.as_array()? {
+        let Some((kind, body)) = object.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let name = if kind == "table" {
+            body.get("name")
+        } else {
+            body.get("table")
+        };
+        let family = match body.get("family").and_then(Value::as_str) {
+            Some("inet") => Family::Inet,
+            Some("bridge") => Family::Bridge,
+            _ => continue,
+        };
+        let Some(name) = name.and_then(Value::as_str) else {
+            continue;
+        };
+        let table = TableId {
+            family,
+            name: name.to_string(),
+        };
+        out.entry(table).or_default().push(object.clone());
+    }
+    Some(out)
+}
+
+/// The shape of one table's objects, as [`tables_in_listing`] gives them.
+pub fn shape_of_objects(objects: &[Value]) -> Option<Shape> {
+    let mut shape = Shape::default();
+    for object in objects {
         if let Some(c) = object.get("chain") {
             let hook = match c.get("hook") {
                 Some(h) => Some(hook_text(

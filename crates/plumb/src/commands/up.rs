@@ -60,7 +60,8 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     let observed = match kernel.as_mut() {
         Some(k) => {
             check_host_routes(&parsed, &desired)?;
-            check_published_ports(&parsed)?;
+            let published = state.as_ref().and_then(|s| s.desired.as_ref());
+            check_published_ports(&parsed, published)?;
             observe(k, &stack, Some(&desired), state.as_ref(), &claimed)?
         }
         None => Observed::default(),
@@ -218,10 +219,11 @@ fn check_host_routes(parsed: &Parsed, desired: &Desired) -> Result<()> {
     }
 }
 
-/// A published port must be free on the host: a host process listening there would be
-/// shadowed by the DNAT (unreachable on that port until `down`), so it is named instead. A
-/// port published on one address needs that address on the host.
-fn check_published_ports(parsed: &Parsed) -> Result<()> {
+/// A port about to be published must be free on the host: a host process listening there
+/// would be shadowed by the DNAT (unreachable on that port until `down`), so it is named
+/// instead. Ports the stack already publishes (`previous`) are not asked about again. A port
+/// published on one address needs that address on the host.
+fn check_published_ports(parsed: &Parsed, previous: Option<&Desired>) -> Result<()> {
     use plumb_linux::sockets::{listeners, Transport};
     use std::net::IpAddr;
     let mut nl = plumb_linux::Netlink::open()?;
@@ -250,7 +252,11 @@ fn check_published_ports(parsed: &Parsed) -> Result<()> {
                 plumb_core::spec::Protocol::Tcp => Transport::Tcp,
                 plumb_core::spec::Protocol::Udp => Transport::Udp,
             };
-            let clash = listeners(transport, p.host).into_iter().find(|l| match l.address {
+            let already = previous.is_some_and(|d| d.containers.iter().any(|c| c.ports.contains(p)));
+            if already {
+                continue;
+            }
+            let clash = listeners(transport, p.host)?.into_iter().find(|l| match l.address {
                 IpAddr::V4(a) => a.is_unspecified() || p.host_ip.is_none_or(|ip| ip == a),
                 IpAddr::V6(a) => a.is_unspecified(),
             });
