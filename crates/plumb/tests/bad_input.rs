@@ -158,6 +158,15 @@ fn plumb_refuses_without_root_or_nft_and_says_what_to_do() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+    // What plumb would do can still be seen without root: the plan from scratch.
+    sb.plumb_ok(&["up"]);
+    let out = sb.sh(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups {PLUMB} up --dry-run"
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ip netns add"), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("not running as root"));
+    sb.plumb_ok(&["down"]);
 
     let out = sb.sh(&format!("PATH=/nonexistent {PLUMB} up"));
     let err = text(&out.stderr);

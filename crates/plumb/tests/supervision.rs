@@ -220,8 +220,12 @@ fn a_damaged_record_harms_only_its_own_stack() {
     // b's own up names the damage and the way out.
     let out = sb.plumb(&["up", "-f", "b.toml"]);
     assert!(text(&out.stderr).contains("is damaged"), "{}", text(&out.stderr));
-    sb.ok(&format!("rm {state}/stacks/b/state.json"));
-    sb.plumb_ok(&["down", "b"]);
+    // And b's down removes it all from the kernel's marks, the damaged record too.
+    let out = sb.plumb(&["down", "b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is damaged"), "{}", text(&out.stderr));
+    assert!(!sb.state_dir.join("stacks/b").exists());
+    assert!(!sb.namespaces().iter().any(|n| n.starts_with("b-")));
     sb.plumb_ok(&["down", "-f", "a.toml"]);
     sb.assert_clean();
 }

@@ -22,7 +22,12 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
     require_root("down")?;
     require_nft()?;
     let _lock = ctx.state.lock()?;
-    let state = ctx.state.load(stack)?;
+    // A damaged record does not keep a stack up: what the kernel shows of it is removed, and
+    // the record with it.
+    let state = ctx.state.load(stack).unwrap_or_else(|damaged| {
+        eprintln!("plumb: {damaged}\n  removing what the kernel shows of stack {stack}, and the record");
+        None
+    });
     let stack_dir = ctx.state.stack_dir(stack);
     if mode == Mode::Apply {
         // Processes first, each with its stop_grace: they keep namespaces alive.

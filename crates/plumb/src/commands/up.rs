@@ -49,10 +49,12 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
         .unwrap_or_default();
     check_programs(&parsed, &base)?;
     let lock = if root { Some(ctx.state.lock()?) } else { None };
-    let state = ctx.state.load(&stack)?;
+    // Without root the state directory (private to root) cannot be read: the plan is then
+    // the plan from scratch, as the note below says.
+    let state = if root { ctx.state.load(&stack)? } else { None };
     let previous = state.as_ref().map(|s| s.leases.clone()).unwrap_or_default();
     let (desired, leases) = desired::resolve(&parsed, &previous)?;
-    let others = ctx.state.stacks()?;
+    let others = if root { ctx.state.stacks()? } else { Default::default() };
     check_other_stacks(&parsed, &desired, &others)?;
     let claimed = claims(&others, &stack);
     refuse_taken_names(&desired, &claimed, &Default::default())?;
