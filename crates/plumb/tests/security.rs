@@ -61,12 +61,16 @@ fn connect_from(sb: &Sandbox, ns: &str, source: &str, ip: &str, port: u16) -> Op
 fn udp_sink(sb: &Sandbox, ns: &str, port: u16) -> String {
     let file = format!("udp-{ns}-{port}.log");
     let code = format!(
-        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',{port}))\nwhile True:\n d,a=s.recvfrom(100)\n f=open('{file}','a'); f.write(a[0]+'\\n'); f.close()\n"
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',{port}))\nopen('{file}','a').write('ready\\n')\nwhile True:\n d,a=s.recvfrom(100)\n f=open('{file}','a'); f.write(a[0]+'\\n'); f.close()\n"
     );
     let path = sb.write(&format!("udp-{ns}-{port}.py"), &code);
     sb.write(&file, "");
     sb.spawn_in(ns, &format!("/usr/bin/python3 {}", path.display()));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let ready = || sb.ok(&format!("cat {file}")).contains("ready");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), ready),
+        "UDP sink in {ns} did not start"
+    );
     file
 }
 
@@ -170,6 +174,11 @@ fn a_container_cannot_send_from_another_address_or_mac() {
     udp_send_from(&sb, "sec-api-1", "198.51.100.7", OUTSIDE_IP, 9101);
     udp_send_from(&sb, "sec-api-1", &api, &lone, 9001);
     udp_send_from(&sb, "sec-api-1", &api, OUTSIDE_IP, 9101);
+    // The honest datagrams arrive (the forged ones were sent first, on the same path).
+    let arrived = |file: &str, from: &str| udp_sources(&sb, file).contains(from);
+    eventually(std::time::Duration::from_secs(5), || {
+        arrived(&at_lone, &api) && arrived(&at_outside, HOST_IP)
+    });
     let (got_lone, got_outside) = (udp_sources(&sb, &at_lone), udp_sources(&sb, &at_outside));
     assert!(
         !got_lone.contains(&web),
@@ -256,6 +265,39 @@ fn an_internal_network_does_not_reach_the_host_others_do() {
     sb.serve("sec-db-1", 5432, "db");
     assert!(sb.connect(None, &sb.address("db-1", "eth0"), 5432).is_some());
     sb.ok(&format!("kill {host_server}"));
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_container_cannot_reach_services_the_host_binds_to_its_loopback() {
+    let sb = Sandbox::start().unwrap();
+    up(&sb);
+    // A host service on 127.0.0.1 only (a database, an admin port).
+    let code = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',7001))\ns.listen(8)\nwhile True:\n c,a=s.accept()\n c.sendall(b'secret\\n')\n c.close()\n";
+    let path = sb.write("loopback.py", code);
+    let pid = sb.ok(&format!("python3 {} >/dev/null 2>&1 & echo $!", path.display()));
+    assert!(eventually(std::time::Duration::from_secs(10), || sb
+        .connect(None, "127.0.0.1", 7001)
+        .is_some()));
+    // The container routes 127.0.0.1 to its gateway (route_localnet on the host's bridge
+    // would accept it).
+    let api = sb.address("api-1", "eth0");
+    sb.ok(&format!(
+        "ip netns exec sec-api-1 sh -c 'ip addr flush dev lo; ip route flush table local dev lo; \
+         sysctl -qw net.ipv4.conf.eth0.route_localnet=1 net.ipv4.conf.all.route_localnet=1; \
+         ip route add 127.0.0.1/32 via 10.95.1.1 dev eth0 src {api}'"
+    ));
+    assert_eq!(
+        sb.connect(Some("sec-api-1"), "127.0.0.1", 7001),
+        None,
+        "a container reached the host's loopback"
+    );
+    // Published ports still answer on the host's 127.0.0.1 (their replies come back).
+    sb.serve("sec-web-1", 80, "web");
+    assert!(sb.connect(None, "127.0.0.1", 8080).is_some());
+    sb.ok(&format!("kill {}", pid.trim()));
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

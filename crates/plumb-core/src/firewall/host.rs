@@ -15,6 +15,13 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
     ));
     for net in &desired.networks {
         let (br, name) = (&net.bridge, &net.name);
+        // `route_localnet` (which lets published ports answer on 127.0.0.1) would otherwise
+        // let a container reach services the host binds to 127.0.0.1 only (as in
+        // Kubernetes' CVE-2020-8558): only replies may come back to the loopback.
+        input.rules.push(Rule::new(
+            format!("iifname \"{br}\" ip daddr 127.0.0.0/8 drop"),
+            format!("{name}: the host's loopback services are not reachable"),
+        ));
         if net.internal {
             input.rules.push(Rule::new(
                 format!("iifname \"{br}\" drop"),
