@@ -30,23 +30,6 @@ fn up(sb: &Sandbox) {
     sb.plumb_ok(&["up"]);
 }
 
-/// A TCP server in the sandbox host's own namespace (a host service), like `Sandbox::serve`;
-/// its PID, to end it before checking that plumb left nothing behind.
-fn serve_on_host(sb: &Sandbox, port: u16) -> String {
-    let code = format!(
-        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(64)\nwhile True:\n c,a=s.accept()\n c.sendall(('host from '+a[0]+'\\n').encode())\n c.close()\n"
-    );
-    let path = sb.write(&format!("host-{port}.py"), &code);
-    let pid = sb.ok(&format!("python3 {} >/dev/null 2>&1 & echo $!", path.display()));
-    assert!(
-        eventually(std::time::Duration::from_secs(10), || sb
-            .connect(None, "127.0.0.1", port)
-            .is_some()),
-        "host server on {port} did not start"
-    );
-    pid.trim().to_string()
-}
-
 /// Connects from `ns` with source address `source` (bound explicitly); what the server said.
 fn connect_from(sb: &Sandbox, ns: &str, source: &str, ip: &str, port: u16) -> Option<String> {
     let code = format!(
@@ -110,7 +93,7 @@ fn routed_access_from_outside_reaches_only_published_ports() {
     sb.serve("sec-web-1", 80, "web");
     sb.serve("sec-api-1", 9000, "api");
     sb.serve("sec-db-1", 5432, "db");
-    let host_server = serve_on_host(&sb, 7000);
+    let host_server = sb.serve_on_host("0.0.0.0", 7000, "host");
 
     assert_eq!(
         sb.connect(Some("outside"), &api, 9000),
@@ -246,7 +229,7 @@ fn a_container_cannot_send_from_another_address_or_mac() {
 fn an_internal_network_does_not_reach_the_host_others_do() {
     let sb = Sandbox::start().unwrap();
     up(&sb);
-    let host_server = serve_on_host(&sb, 7000);
+    let host_server = sb.serve_on_host("0.0.0.0", 7000, "host");
     for address in ["10.95.2.1", "10.95.1.1", HOST_IP] {
         assert_eq!(
             sb.connect(Some("sec-db-1"), address, 7000),
@@ -275,12 +258,7 @@ fn a_container_cannot_reach_services_the_host_binds_to_its_loopback() {
     let sb = Sandbox::start().unwrap();
     up(&sb);
     // A host service on 127.0.0.1 only (a database, an admin port).
-    let code = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',7001))\ns.listen(8)\nwhile True:\n c,a=s.accept()\n c.sendall(b'secret\\n')\n c.close()\n";
-    let path = sb.write("loopback.py", code);
-    let pid = sb.ok(&format!("python3 {} >/dev/null 2>&1 & echo $!", path.display()));
-    assert!(eventually(std::time::Duration::from_secs(10), || sb
-        .connect(None, "127.0.0.1", 7001)
-        .is_some()));
+    let pid = sb.serve_on_host("127.0.0.1", 7001, "secret");
     // The container routes 127.0.0.1 to its gateway (route_localnet on the host's bridge
     // would accept it).
     let api = sb.address("api-1", "eth0");
@@ -297,7 +275,7 @@ fn a_container_cannot_reach_services_the_host_binds_to_its_loopback() {
     // Published ports still answer on the host's 127.0.0.1 (their replies come back).
     sb.serve("sec-web-1", 80, "web");
     assert!(sb.connect(None, "127.0.0.1", 8080).is_some());
-    sb.ok(&format!("kill {}", pid.trim()));
+    sb.ok(&format!("kill {pid}"));
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

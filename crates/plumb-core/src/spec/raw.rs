@@ -49,6 +49,35 @@ pub(super) struct RawService {
     pub cap_drop: Option<Spanned<RawValue>>,
 }
 
+impl RawService {
+    /// Where each field that only a service with a `command` may have sits, if present.
+    pub fn process_fields(&self) -> [(&'static str, Option<Range<usize>>); 9] {
+        [
+            ("env", self.env.as_ref().map(Spanned::span)),
+            ("workdir", self.workdir.as_ref().map(Spanned::span)),
+            ("user", self.user.as_ref().map(Spanned::span)),
+            ("restart", self.restart.as_ref().map(Spanned::span)),
+            ("health", self.health.as_ref().map(Spanned::span)),
+            ("depends_on", self.depends_on.as_ref().map(Spanned::span)),
+            ("stop_grace", self.stop_grace.as_ref().map(Spanned::span)),
+            ("cap_add", self.cap_add.as_ref().map(Spanned::span)),
+            ("cap_drop", self.cap_drop.as_ref().map(Spanned::span)),
+        ]
+    }
+
+    /// Where each field sits, if present.
+    pub fn fields(&self) -> Vec<(&'static str, Option<Range<usize>>)> {
+        let mut out = vec![
+            ("networks", self.networks.as_ref().map(Spanned::span)),
+            ("replicas", self.replicas.as_ref().map(Spanned::span)),
+            ("ports", self.ports.as_ref().map(Spanned::span)),
+            ("command", self.command.as_ref().map(Spanned::span)),
+        ];
+        out.extend(self.process_fields());
+        out
+    }
+}
+
 #[derive(DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealth {

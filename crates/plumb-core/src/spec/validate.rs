@@ -276,21 +276,7 @@ impl Validator<'_> {
     }
 
     fn service(&mut self, field: &str, name: &str, raw: RawService, service_names: &BTreeSet<String>) -> ServiceSpec {
-        for (key, span) in [
-            ("networks", raw.networks.as_ref().map(Spanned::span)),
-            ("replicas", raw.replicas.as_ref().map(Spanned::span)),
-            ("ports", raw.ports.as_ref().map(Spanned::span)),
-            ("command", raw.command.as_ref().map(Spanned::span)),
-            ("env", raw.env.as_ref().map(Spanned::span)),
-            ("workdir", raw.workdir.as_ref().map(Spanned::span)),
-            ("user", raw.user.as_ref().map(Spanned::span)),
-            ("restart", raw.restart.as_ref().map(Spanned::span)),
-            ("health", raw.health.as_ref().map(Spanned::span)),
-            ("depends_on", raw.depends_on.as_ref().map(Spanned::span)),
-            ("stop_grace", raw.stop_grace.as_ref().map(Spanned::span)),
-            ("cap_add", raw.cap_add.as_ref().map(Spanned::span)),
-            ("cap_drop", raw.cap_drop.as_ref().map(Spanned::span)),
-        ] {
+        for (key, span) in raw.fields() {
             if let Some(span) = span {
                 self.spans.insert(format!("{field}.{key}"), span);
             }
@@ -491,17 +477,7 @@ impl Validator<'_> {
         service_names: &BTreeSet<String>,
     ) -> Option<ProcessSpec> {
         let Some(cmd) = &raw.command else {
-            let process_keys = [
-                ("env", raw.env.as_ref().map(Spanned::span)),
-                ("workdir", raw.workdir.as_ref().map(Spanned::span)),
-                ("user", raw.user.as_ref().map(Spanned::span)),
-                ("restart", raw.restart.as_ref().map(Spanned::span)),
-                ("health", raw.health.as_ref().map(Spanned::span)),
-                ("depends_on", raw.depends_on.as_ref().map(Spanned::span)),
-                ("stop_grace", raw.stop_grace.as_ref().map(Spanned::span)),
-                ("cap_add", raw.cap_add.as_ref().map(Spanned::span)),
-                ("cap_drop", raw.cap_drop.as_ref().map(Spanned::span)),
-            ];
+            let process_keys = raw.process_fields();
             for (key, span) in process_keys {
                 if let Some(span) = span {
                     self.err(

@@ -170,6 +170,23 @@ impl Sandbox {
         panic!("server in {ns} did not start on port {port}");
     }
 
+    /// A TCP server in the sandbox host's own namespace (a host service) on `address`,
+    /// answering `reply from CLIENT`; its PID, to end it before checking that plumb left
+    /// nothing behind.
+    pub fn serve_on_host(&self, address: &str, port: u16, reply: &str) -> String {
+        let code = format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{address}',{port}))\ns.listen(64)\nwhile True:\n c,a=s.accept()\n c.sendall(('{reply} from '+a[0]+'\\n').encode())\n c.close()\n"
+        );
+        let path = self.write(&format!("host-{port}.py"), &code);
+        let pid = self.ok(&format!("python3 {} >/dev/null 2>&1 & echo $!", path.display()));
+        let probe = if address == "0.0.0.0" { "127.0.0.1" } else { address };
+        assert!(
+            eventually(Duration::from_secs(10), || self.connect(None, probe, port).is_some()),
+            "host server on {address}:{port} did not start"
+        );
+        pid.trim().to_string()
+    }
+
     /// Connects to ip:port from `ns` (or from the sandbox host when `ns` is None) and returns
     /// what the server said, or None if the connection failed within 1 s.
     pub fn connect(&self, ns: Option<&str>, ip: &str, port: u16) -> Option<String> {
