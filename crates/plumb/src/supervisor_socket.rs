@@ -106,6 +106,12 @@ impl Listener {
             return;
         };
         while let Ok((mut stream, _)) = self.0.accept() {
+            // Only plumb's own user hears anything: the name is in the host's abstract
+            // namespace, where any local user may connect.
+            let peer = getsockopt(&stream.as_fd(), sockopt::PeerCredentials);
+            if !peer.is_ok_and(|p| p.uid() == geteuid().as_raw()) {
+                continue;
+            }
             // A few hundred bytes fit any socket buffer; a caller that left does not block us.
             let _ = stream.set_nonblocking(true);
             let _ = stream.write_all(&bytes);

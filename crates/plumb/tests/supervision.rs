@@ -144,6 +144,20 @@ fn the_state_directory_is_private_to_root() {
             "{stderr}"
         );
     }
+    // The supervisor's socket (abstract, so any local user may connect) tells them nothing;
+    // root hears its report.
+    let name = sb.ok("grep -o '@plumb-supervisor/[^ ]*' /proc/net/unix | head -1");
+    let name = name.trim().trim_start_matches('@');
+    assert!(!name.is_empty(), "no supervisor socket found");
+    let ask = format!("/usr/bin/python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('\\0{name}'); s.settimeout(2); print(len(s.recv(4096)))\"");
+    let heard = nobody(&ask);
+    assert_eq!(
+        text(&heard.stdout).trim(),
+        "0",
+        "another user heard the supervisor's report: {}",
+        text(&heard.stderr)
+    );
+    assert_ne!(sb.ok(&ask).trim(), "0", "root must hear the report");
     // A service running as another user still reads its hosts file, and gets the usual umask.
     let logs = sb.plumb_ok(&["logs", "u"]);
     assert!(logs.contains("0022\n1\n"), "{logs}");
