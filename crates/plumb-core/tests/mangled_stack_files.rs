@@ -31,8 +31,29 @@ interval = "1s"
 ];
 
 const PIECES: &[&str] = &[
-    "\"", "'", "[", "]", "{", "}", "=", ",", ".", "\n", "\0", "é", "ß", "🚀", "\t", "#", "\\", "0", "-1",
-    "99999999999999999999", "/", ":", "x",
+    "\"",
+    "'",
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    ",",
+    ".",
+    "\n",
+    "\0",
+    "é",
+    "ß",
+    "🚀",
+    "\t",
+    "#",
+    "\\",
+    "0",
+    "-1",
+    "99999999999999999999",
+    "/",
+    ":",
+    "x",
 ];
 
 /// xorshift64: small, deterministic.
@@ -90,5 +111,8 @@ fn mangled_stack_files_get_errors_not_panics() {
             }
         }
     }
-    assert!(rejected > 1000, "the mangling should break most files ({rejected} rejected)");
+    assert!(
+        rejected > 1000,
+        "the mangling should break most files ({rejected} rejected)"
+    );
 }

@@ -168,6 +168,20 @@ fn plumb_refuses_without_root_or_nft_and_says_what_to_do() {
     assert!(text(&out.stderr).contains("not running as root"));
     sb.plumb_ok(&["down"]);
 
+    // A stack name is never a path: `down ../x` touches nothing outside the state directory.
+    sb.ok("mkdir -p victim/stacks && echo '{}' > victim/state.json");
+    for name in ["../victim", "../../victim/..", "a/b", ""] {
+        let out = sb.plumb(&["down", name]);
+        assert_eq!(out.status.code(), Some(2), "down {name:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("is not a stack name"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(sb.dir.join("victim/state.json").exists());
+    sb.ok("rm -r victim");
+
     let out = sb.sh(&format!("PATH=/nonexistent {PLUMB} up"));
     let err = text(&out.stderr);
     assert!(!out.status.success());

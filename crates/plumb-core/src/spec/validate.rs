@@ -1003,6 +1003,11 @@ fn find_cycle(services: &BTreeMap<String, ServiceSpec>) -> Option<Vec<String>> {
         .find_map(|name| visit(name, services, &mut Vec::new(), &mut done))
 }
 
+/// True if `name` can name a stack (so it can name files and kernel objects too).
+pub fn is_stack_name(name: &str) -> bool {
+    valid_name(name, MAX_STACK_NAME)
+}
+
 /// Lowercase letters, digits and '-', starting with a letter, not ending with '-'.
 fn valid_name(name: &str, max: usize) -> bool {
     !name.is_empty()
