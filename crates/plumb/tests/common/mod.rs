@@ -13,6 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod reachability;
+
 pub const PLUMB: &str = env!("CARGO_BIN_EXE_plumb");
 pub const OUTSIDE_IP: &str = "203.0.113.2";
 pub const HOST_IP: &str = "203.0.113.1";
