@@ -43,10 +43,7 @@ fn todays_rules(
     published: &[(&str, u16, Proto)],
 ) -> impl Fn(&Source, &Target, u16, Proto) -> bool {
     let nets = nets.clone();
-    let published: Vec<(String, u16, Proto)> = published
-        .iter()
-        .map(|(t, p, pr)| (t.to_string(), *p, *pr))
-        .collect();
+    let published: Vec<(String, u16, Proto)> = published.iter().map(|(t, p, pr)| (t.to_string(), *p, *pr)).collect();
     move |s, t, port, proto| match &s.via {
         Via::Address(_) => published.contains(&(t.label.clone(), port, proto)),
         Via::Direct => {
@@ -129,8 +126,18 @@ fn two_stacks_side_by_side_grid() {
     let mut sources = Vec::new();
     for stack in ["left", "right"] {
         targets.push(Target::of(&sb, &format!("{stack}.x"), &format!("{stack}-x-1"), "eth0"));
-        targets.push(Target::of(&sb, &format!("{stack}.y@n"), &format!("{stack}-y-1"), "eth0"));
-        targets.push(Target::of(&sb, &format!("{stack}.y@m"), &format!("{stack}-y-1"), "eth1"));
+        targets.push(Target::of(
+            &sb,
+            &format!("{stack}.y@n"),
+            &format!("{stack}-y-1"),
+            "eth0",
+        ));
+        targets.push(Target::of(
+            &sb,
+            &format!("{stack}.y@m"),
+            &format!("{stack}-y-1"),
+            "eth1",
+        ));
         sources.push(Source::ns(&format!("{stack}.x"), &format!("{stack}-x-1")));
         sources.push(Source::ns(&format!("{stack}.y"), &format!("{stack}-y-1")));
     }
@@ -156,4 +163,36 @@ fn two_stacks_side_by_side_grid() {
     sb.plumb_ok(&["down", "-f", "left/plumb.toml"]);
     sb.plumb_ok(&["down", "-f", "right/plumb.toml"]);
     sb.assert_clean();
+}
+
+/// The printer, without the kernel: a mismatch is starred in a third grid and listed with
+/// what the probe saw, and the grids carry the expected and observed values.
+#[test]
+fn the_printer_marks_mismatches() {
+    use common::reachability::Matrix;
+    let grid = Reachability::new(
+        vec![Source::ns("a", "s-a-1"), Source::through("outside", "outside", HOST_IP)],
+        vec![
+            Target::new("a", "s-a-1", "10.0.0.2"),
+            Target::new("b", "s-b-1", "10.0.1.2"),
+        ],
+        &[80],
+        &[Proto::Tcp, Proto::Udp],
+    );
+    let expected = grid.expect(|s, t, _, proto| s.label == t.label || (t.label == "a" && proto == Proto::Tcp));
+    let mut observed: Matrix = expected.clone();
+    observed.cells[1][2] = true;
+    observed.seen[1][2] = "b".into();
+    let report = grid.render(&expected, &observed);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines[2], "from\\to | a   | b");
+    assert_eq!(lines[3], "a       | . . | X X", "{report}");
+    assert_eq!(lines[4], "outside | . X | X X", "{report}");
+    assert_eq!(lines[8], "outside | . X | . X", "{report}");
+    assert_eq!(lines[12], "outside | . X | * X", "{report}");
+    assert!(
+        report.contains("summary: 8 probes, 4 allowed, 4 denied, 1 mismatches")
+            && report.contains("outside -> b:80/tcp: expected denied, observed allowed (probe saw \"b\")"),
+        "{report}"
+    );
 }

@@ -9,7 +9,9 @@
 //! so a probe counts as allowed only if the *intended* target answered (a DNAT to the wrong
 //! container, or a neighbour answering for an address, is a denial here, and is reported).
 //! Each source runs one python script that probes all its cells at once (one thread per
-//! cell, 1 s timeout); the sources run in parallel, so a whole matrix takes about 1-2 s.
+//! cell, 1 s timeout). UDP datagrams carry a probe id the server logs, so a datagram that
+//! arrived counts as allowed even if its reply was lost: a denial means nothing arrived.
+//! The sources run in parallel, so a whole matrix takes about 1-2 s.
 //!
 //! Use: `Reachability::new(sources, targets, ports, protos)`, `expect(rule)`, `listen(sb)`
 //! once, then `assert_matches(sb, &expected)` as often as the rules change.
@@ -17,7 +19,11 @@
 use super::{text, Sandbox};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// Distinguishes the datagrams of one probe run from another's in the servers' logs.
+static RUN: AtomicU32 = AtomicU32::new(0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Proto {
@@ -145,11 +151,7 @@ impl Reachability {
         for target in 0..self.targets.len() {
             for &port in &self.ports {
                 for &proto in &self.protos {
-                    cols.push(Column {
-                        target,
-                        port,
-                        proto,
-                    });
+                    cols.push(Column { target, port, proto });
                 }
             }
         }
@@ -198,6 +200,7 @@ impl Reachability {
                 }
             }
             let ready = sb.dir.join(format!("reach-ready-{ns}"));
+            let log = self.log(sb, ns);
             let code = format!(
                 r#"import socket, selectors
 sel = selectors.DefaultSelector()
@@ -212,6 +215,7 @@ for addr, port, proto, label in [{socks}]:
         s.bind((addr, port))
     s.setblocking(False)
     sel.register(s, selectors.EVENT_READ, (proto, label.encode()))
+log = open('{log}', 'a', buffering=1)
 open('{ready}', 'w').write('ready')
 while True:
     for key, _ in sel.select():
@@ -223,13 +227,15 @@ while True:
                 c.sendall(label + b'\n')
                 c.close()
             else:
-                d, a = key.fileobj.recvfrom(100)
+                d, a = key.fileobj.recvfrom(200)
+                log.write(label.decode() + ' ' + d.decode(errors='replace') + '\n')
                 key.fileobj.sendto(label + b'\n', a)
         except OSError:
             pass
 "#,
                 socks = socks.join(","),
-                ready = ready.display()
+                ready = ready.display(),
+                log = log.display()
             );
             let path = sb.write(&format!("reach-serve-{ns}.py"), &code);
             let _ = std::fs::remove_file(&ready);
@@ -248,7 +254,8 @@ while True:
     /// Runs every probe and returns the observed matrix. One python script per source probes
     /// all of its cells in parallel threads (TCP: connect and read the label, 1 s; UDP: a
     /// connected socket sends up to 3 datagrams 300 ms apart and waits for the echoed label);
-    /// the sources run in parallel too. A cell is allowed only if the intended target answered.
+    /// the sources run in parallel too. A cell is allowed only if the intended target answered,
+    /// or (UDP) logged the probe's datagram.
     pub fn probe(&self, sb: &Sandbox) -> Matrix {
         let cols = self.columns();
         let results: Vec<(Vec<bool>, Vec<String>)> = std::thread::scope(|scope| {
@@ -263,6 +270,11 @@ while True:
         Matrix { cells, seen }
     }
 
+    /// The file where the server in `ns` logs every UDP datagram it received.
+    fn log(&self, sb: &Sandbox, ns: &str) -> std::path::PathBuf {
+        sb.dir.join(format!("reach-log-{ns}"))
+    }
+
     fn probe_from(&self, sb: &Sandbox, source: &Source, cols: &[Column]) -> (Vec<bool>, Vec<String>) {
         let probes: Vec<String> = cols
             .iter()
@@ -275,11 +287,13 @@ while True:
                 format!("('{addr}',{},'{}')", c.port, c.proto.name())
             })
             .collect();
+        let run = RUN.fetch_add(1, Ordering::SeqCst);
         let code = format!(
             r#"import socket, threading, json
 probes = [{probes}]
 out = [None] * len(probes)
 def run(i, addr, port, proto):
+    payload = ('{run}:%d' % i).encode()
     try:
         if proto == 'tcp':
             s = socket.create_connection((addr, port), timeout=1)
@@ -290,7 +304,7 @@ def run(i, addr, port, proto):
             s.connect((addr, port))
             s.settimeout(0.3)
             for _ in range(3):
-                s.send(b'probe')
+                s.send(payload)
                 try:
                     out[i] = s.recv(100).decode().strip()
                     break
@@ -326,10 +340,25 @@ print(json.dumps(out))
             text(&out.stderr)
         );
         let seen: Vec<String> = serde_json::from_str(stdout.trim()).expect("probe output");
+        // A UDP datagram that reached its target counts as allowed even if the reply was lost:
+        // a denial means nothing arrived, not just that nothing came back.
+        let mut seen = seen;
         let allowed = cols
             .iter()
-            .zip(&seen)
-            .map(|(c, s)| *s == self.targets[c.target].label)
+            .enumerate()
+            .map(|(i, c)| {
+                let t = &self.targets[c.target];
+                if seen[i] == t.label {
+                    return true;
+                }
+                let entry = format!("{} {run}:{i}", t.label);
+                let arrived =
+                    std::fs::read_to_string(self.log(sb, &t.ns)).is_ok_and(|l| l.lines().any(|line| line == entry));
+                if arrived {
+                    seen[i] = format!("{} (arrived at {}, no reply)", seen[i], t.label);
+                }
+                arrived
+            })
             .collect();
         (allowed, seen)
     }
@@ -356,6 +385,7 @@ print(json.dumps(out))
             for t in &self.targets {
                 let _ = write!(out, " | {:w$}", t.label, w = group_width(t));
             }
+            out.truncate(out.trim_end_matches(' ').len());
             let _ = writeln!(out);
             for (r, s) in self.sources.iter().enumerate() {
                 let _ = write!(out, "{:row_width$}", s.label);
@@ -374,6 +404,7 @@ print(json.dumps(out))
                         .collect();
                     let _ = write!(out, " | {:w$}", cells.join(" "), w = group_width(t));
                 }
+                out.truncate(out.trim_end_matches(' ').len());
                 let _ = writeln!(out);
             }
         };
@@ -386,7 +417,12 @@ print(json.dumps(out))
         grid(&mut out, "expected:", expected, false);
         grid(&mut out, "observed:", observed, false);
         if !mismatches.is_empty() {
-            grid(&mut out, "comparison (observed, * where it differs from expected):", observed, true);
+            grid(
+                &mut out,
+                "comparison (observed, * where it differs from expected):",
+                observed,
+                true,
+            );
         }
         let _ = writeln!(
             out,
