@@ -41,13 +41,13 @@ pub fn addrs_variable(service: &str) -> String {
     format!("PLUMB_ADDRS_{}", service.to_uppercase().replace('-', "_"))
 }
 
-/// The address `from` should use to reach `to`: on the first network they share, else `to`'s
-/// first address.
+/// The address `from` should use to reach `to`: `to`'s address on the first network they
+/// share. None if they share none: an address `from` has no route to would only turn a
+/// clear "unknown host" into a connect timeout (Docker does not resolve such names either).
 fn address_for(from: &Container, to: &Container) -> Option<Ipv4Addr> {
     to.interfaces
         .iter()
         .find(|t| from.interfaces.iter().any(|f| f.network == t.network))
-        .or(to.interfaces.first())
         .map(|i| i.address)
 }
 
@@ -74,7 +74,10 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
                     .filter_map(|r| address_for(c, r))
                     .map(|a| a.to_string())
                     .collect();
-                env.insert(addrs_variable(service), addrs.join(","));
+                // Unset rather than empty: the service is not there for this container.
+                if !addrs.is_empty() {
+                    env.insert(addrs_variable(service), addrs.join(","));
+                }
                 for (i, r) in replicas.iter().enumerate() {
                     if let Some(a) = address_for(c, r) {
                         let alias = if i == 0 { format!(" {service}") } else { String::new() };
@@ -150,5 +153,92 @@ workdir = "srv"
         let web = specs.iter().find(|s| s.container == "web-1").unwrap();
         assert_eq!(web.env["PLUMB_ADDRS_WEB"], "10.0.1.2");
         assert_eq!(web.workdir, PathBuf::from("/stack"));
+    }
+
+    #[test]
+    fn a_service_is_known_only_on_networks_the_asker_shares_with_it() {
+        // The segmented shop's shape: each tier sees its neighbours, never further.
+        let parsed = parse(
+            "f",
+            r#"
+name = "s"
+[networks.frontend]
+subnet = "10.0.10.0/24"
+[networks.backend]
+subnet = "10.0.11.0/24"
+[networks.database]
+subnet = "10.0.12.0/24"
+internal = true
+[services.redis]
+networks = ["database"]
+command = "redis"
+[services.product]
+networks = ["backend", "database"]
+replicas = 2
+command = "product"
+[services.gateway]
+networks = ["frontend", "backend"]
+command = "gateway"
+[services.web]
+networks = ["frontend"]
+command = "web"
+"#,
+        )
+        .unwrap();
+        let (desired, _) = resolve(&parsed, &Default::default()).unwrap();
+        let specs = run_specs(&desired, Path::new("/stack"));
+        let spec = |name: &str| specs.iter().find(|s| s.container == name).unwrap();
+        let on = |container: &str, network: &str| {
+            let c = desired.containers.iter().find(|c| c.name == container).unwrap();
+            let i = c.interfaces.iter().find(|i| i.network == network).unwrap();
+            i.address.to_string()
+        };
+        let hosts_line = |spec: &RunSpec, name: &str| {
+            spec.hosts
+                .lines()
+                .find(|l| l.split_whitespace().skip(1).any(|n| n == name))
+                .map(str::to_string)
+        };
+
+        // web knows gateway by its frontend address, and nothing behind it.
+        let web = spec("web-1");
+        let gw_front = on("gateway-1", "frontend");
+        assert_eq!(web.env["PLUMB_ADDRS_GATEWAY"], gw_front);
+        assert_eq!(
+            hosts_line(web, "gateway"),
+            Some(format!("{gw_front}\tgateway-1 gateway"))
+        );
+        for hidden in ["product", "product-1", "redis", "redis-1"] {
+            assert_eq!(hosts_line(web, hidden), None, "{}", web.hosts);
+        }
+        assert!(!web.env.contains_key("PLUMB_ADDRS_PRODUCT"));
+        assert!(!web.env.contains_key("PLUMB_ADDRS_REDIS"));
+
+        // gateway: web on frontend, the products on backend (their first network, shared).
+        let gw = spec("gateway-1");
+        assert_eq!(gw.env["PLUMB_ADDRS_WEB"], on("web-1", "frontend"));
+        let products = format!("{},{}", on("product-1", "backend"), on("product-2", "backend"));
+        assert_eq!(gw.env["PLUMB_ADDRS_PRODUCT"], products);
+        assert_eq!(gw.env["PLUMB_ADDRS_GATEWAY"], gw_front);
+        assert_eq!(hosts_line(gw, "redis"), None, "{}", gw.hosts);
+        assert!(!gw.env.contains_key("PLUMB_ADDRS_REDIS"));
+
+        // product: gateway on backend (not frontend), redis on database.
+        let p2 = spec("product-2");
+        let gw_back = on("gateway-1", "backend");
+        assert_eq!(p2.env["PLUMB_ADDRS_GATEWAY"], gw_back);
+        assert_eq!(hosts_line(p2, "gateway"), Some(format!("{gw_back}\tgateway-1 gateway")));
+        assert_eq!(p2.env["PLUMB_ADDRS_REDIS"], on("redis-1", "database"));
+        assert_eq!(hosts_line(p2, "web"), None, "{}", p2.hosts);
+
+        // redis: the products by their database addresses (not their first, backend, ones).
+        let redis = spec("redis-1");
+        let products = format!("{},{}", on("product-1", "database"), on("product-2", "database"));
+        assert_eq!(redis.env["PLUMB_ADDRS_PRODUCT"], products);
+        assert_eq!(
+            hosts_line(redis, "product-2"),
+            Some(format!("{}\tproduct-2", on("product-2", "database")))
+        );
+        assert!(!redis.env.contains_key("PLUMB_ADDRS_GATEWAY"));
     }
 }

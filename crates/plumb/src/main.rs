@@ -122,9 +122,14 @@ enum Command {
     },
     /// Bring up the reference shop app (nginx, API gateway, 3 product replicas, Redis).
     Demo {
-        /// Remove the demo (its containers, networks, processes and files) instead.
+        /// Remove the demo (its containers, networks, processes and files) instead, whichever
+        /// variant is up.
         #[arg(long)]
         down: bool,
+        /// The same app split into tiers on three networks (frontend, backend, database):
+        /// stack `shop-seg`, from examples/shop-segmented.
+        #[arg(long)]
+        segmented: bool,
     },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
@@ -209,13 +214,13 @@ fn main() -> ExitCode {
         Command::Restart { service } => commands::control::run(&ctx, commands::control::Action::Restart, &service),
         Command::Stop { service } => commands::control::run(&ctx, commands::control::Action::Stop, &service),
         Command::Start { service } => commands::control::run(&ctx, commands::control::Action::Start, &service),
-        Command::Demo { down } => {
+        Command::Demo { down, segmented } => {
             let action = if down {
                 commands::demo::Action::Down
             } else {
                 commands::demo::Action::Up
             };
-            commands::demo::run(&ctx, action)
+            commands::demo::run(&ctx, action, segmented)
         }
         Command::Supervise { stack } if !plumb_core::spec::is_stack_name(&stack) => {
             Err(failure::Failure::new(format!("{stack:?} is not a stack name")).code(2))

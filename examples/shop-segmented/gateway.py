@@ -1,0 +1,1 @@
+../shop/gateway.py

@@ -1,0 +1,1 @@
+../shop/product.py
