@@ -71,7 +71,7 @@ pub trait Kernel: Send {
     /// The table as the kernel lists it, `None` if there is no such table.
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>>;
 
-    /// Starts reading a table in the background, for a later [`Kernel::nft_table`] (listing
-    /// runs a program: it overlaps with the netlink reads).
-    fn prefetch_nft_table(&mut self, _table: &TableId) {}
+    /// Starts reading the tables in the background, for later [`Kernel::nft_table`] calls
+    /// (listing runs a program: it overlaps with the netlink reads).
+    fn prefetch_nft(&mut self) {}
 }

@@ -114,12 +114,8 @@ pub fn create_container(c: &Container) -> Step {
         });
         // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.
         ops.push(sysctl(format!("net.ipv6.conf.{}.disable_ipv6", i.host_veth), "1"));
-        ops.push(Op::LinkUp {
-            at: At::Host,
-            link: i.host_veth.clone(),
-        });
-        // A container reaching its own published port is bridged back to its own port.
-        ops.push(Op::BridgePortHairpin {
+        // Hairpin: a container reaching its own published port is bridged back to its port.
+        ops.push(Op::BridgePortUp {
             link: i.host_veth.clone(),
         });
         ops.push(Op::LinkAlias {

@@ -74,8 +74,9 @@ pub enum Op {
         at: At,
         link: String,
     },
-    /// Hairpin mode on a bridge port: a frame may leave by the port it came in on.
-    BridgePortHairpin {
+    /// A bridge port brought up in hairpin mode (a frame may leave by the port it came in
+    /// on), in one request.
+    BridgePortUp {
         link: String,
     },
     AddrAdd {
@@ -141,7 +142,7 @@ impl Op {
                 format!("{} link set {link} alias {alias}{gen}", at.ip())
             }
             Op::LinkUp { at, link } => format!("{} link set {link} up", at.ip()),
-            Op::BridgePortHairpin { link } => format!("ip link set {link} type bridge_slave hairpin on"),
+            Op::BridgePortUp { link } => format!("ip link set {link} up type bridge_slave hairpin on"),
             Op::AddrAdd { at, link, cidr } => format!("{} addr add {cidr} dev {link}", at.ip()),
             Op::DefaultRoute { at, gateway } => format!("{} route add default via {gateway}", at.ip()),
             Op::StopProcesses { namespaces, grace_ms } => stop_processes(namespaces, *grace_ms),

@@ -82,7 +82,7 @@ fn why(op: &Op) -> Option<&'static str> {
     match op {
         Op::Sysctl { key, .. } if key.ends_with("disable_ipv6") => Some("no IPv6 chatter flooding the bridge"),
         Op::Sysctl { key, .. } if key.ends_with("route_localnet") => Some("lets published ports answer on 127.0.0.1"),
-        Op::BridgePortHairpin { .. } => Some("a container may reach its own published port"),
+        Op::BridgePortUp { .. } => Some("hairpin: a container may reach its own published port"),
         _ => None,
     }
 }

@@ -174,9 +174,7 @@ impl World {
                 n.gateway = Some(*gateway);
             }
             Op::StopProcesses { .. } => {}
-            Op::BridgePortHairpin { link } => {
-                self.link(&At::Host, link)?;
-            }
+            Op::BridgePortUp { link } => self.link(&At::Host, link)?.up = true,
             Op::LinkSetGroup { link, group } => {
                 if let Some(l) = self.links.get_mut(link) {
                     l.group = *group;

@@ -53,9 +53,7 @@ pub fn observe(
     others: &BTreeMap<String, String>,
 ) -> Result<Observed> {
     let tables = firewall::table_ids(stack);
-    for table in &tables {
-        kernel.prefetch_nft_table(table);
-    }
+    kernel.prefetch_nft();
     let links = kernel.host_links()?;
     let prefix = names::alias_prefix(stack);
     let desired_bridges: BTreeSet<&str> = desired

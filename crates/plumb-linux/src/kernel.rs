@@ -27,7 +27,7 @@ pub struct LinuxKernel {
     bridges: HashMap<String, u32>,
     /// The nft transaction running in the background.
     nft: Option<nft::Pending<()>>,
-    /// A ruleset listing started by `prefetch_nft_table`.
+    /// A ruleset listing started by `prefetch_nft`.
     prefetched: Option<nft::Pending<String>>,
     /// The last ruleset listing, by table (forgotten when a transaction changes it).
     listed: Option<BTreeMap<TableId, Vec<serde_json::Value>>>,
@@ -139,7 +139,7 @@ impl LinuxKernel {
                 }
             }
             Op::LinkUp { at, link: l } => link::set_up(self.socket(at)?, LinkRef::Name(l)),
-            Op::BridgePortHairpin { link: l } => link::set_hairpin(&mut self.host, LinkRef::Name(l)),
+            Op::BridgePortUp { link: l } => link::set_port_up_with_hairpin(&mut self.host, LinkRef::Name(l)),
             Op::AddrAdd { at, link: l, cidr } => {
                 let nl = self.socket(at)?;
                 let index = link::index_of(nl, l)?;
@@ -279,13 +279,13 @@ impl Kernel for LinuxKernel {
         }
         let objects = self.listed.as_ref().and_then(|t| t.get(table));
         Ok(objects.map(|objects| NftListing {
-            fingerprint: listing_fingerprint(&serde_json::Value::from(objects.clone()).to_string()),
+            fingerprint: listing_fingerprint(&serde_json::to_string(objects).unwrap_or_default()),
             shape: shape_of_objects(objects),
         }))
     }
 
-    fn prefetch_nft_table(&mut self, _table: &TableId) {
-        // One listing serves every table: start it once.
+    fn prefetch_nft(&mut self) {
+        // One listing serves every table.
         if self.prefetched.is_none() && self.listed.is_none() {
             self.prefetched = Some(nft::start_list_ruleset());
         }

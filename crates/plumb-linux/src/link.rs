@@ -174,23 +174,24 @@ pub fn set_alias_without_ipv6(nl: &mut Netlink, link: LinkRef, alias: &str) -> R
     )
 }
 
-/// Lets a bridge port send a frame back out the port it came in on (hairpin mode): with
-/// `br_netfilter`, a container's packet to its own published port is DNATed and bridged
-/// straight back to its own port.
-/// Port settings travel in a NEWLINK for an existing link (SETLINK ignores them), as
-/// `ip link set ... type bridge_slave` sends them.
-pub fn set_hairpin(nl: &mut Netlink, link: LinkRef) -> Result<()> {
+/// Brings a bridge port up in hairpin mode (a frame may leave by the port it came in on:
+/// with `br_netfilter`, a container's packet to its own published port is DNATed and bridged
+/// straight back to its own port), in one request. Port settings travel in a NEWLINK for an
+/// existing link (SETLINK ignores them), as `ip link set ... type bridge_slave` sends them.
+pub fn set_port_up_with_hairpin(nl: &mut Netlink, link: LinkRef) -> Result<()> {
     let mut message = LinkMessage::default();
     match link {
         LinkRef::Index(i) => message.header.index = i,
         LinkRef::Name(n) => message.attributes.push(LinkAttribute::IfName(n.into())),
     }
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
     message.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::PortKind(InfoPortKind::Bridge),
         LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)])),
     ]));
     nl.request(RouteNetlinkMessage::NewLink(message), 0, || {
-        format!("set hairpin mode on {link:?}")
+        format!("set {link:?} up in hairpin mode")
     })
 }
 

@@ -222,10 +222,9 @@ fn main() -> ExitCode {
             };
             commands::demo::run(&ctx, action, segmented)
         }
-        Command::Supervise { stack } if !plumb_core::spec::is_stack_name(&stack) => {
-            Err(failure::Failure::new(format!("{stack:?} is not a stack name")).code(2))
-        }
-        Command::Supervise { stack } => supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)).and_then(|s| s.run()),
+        Command::Supervise { stack } => commands::require_stack_name(&stack)
+            .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)))
+            .and_then(|s| s.run()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,6 +47,14 @@ fn log_with(sb: &Sandbox, service: &str, needle: &str) -> String {
 /// Tries to serve HTTP on port 80, says how that went, then stays up.
 const BIND_80: &str = "python3 -m http.server 80; echo bind-rc=$?; exec sleep 3600";
 
+/// Writes `plumb.toml`: stack `caps` with one network and `services` (TOML tables).
+fn write_stack(sb: &Sandbox, services: &str) {
+    sb.write(
+        "plumb.toml",
+        &format!("name = \"caps\"\n[networks.n]\nsubnet = \"10.96.0.0/24\"\n{services}"),
+    );
+}
+
 /// Tries to re-address and re-MAC its own interface, says how that went, then stays up.
 const READDRESS: &str = "ip addr add 10.96.0.200/32 dev eth0; echo addr-rc=$?; ip link set eth0 address 02:00:00:00:96:01; echo mac-rc=$?; exec sleep 3600";
 
@@ -54,14 +62,10 @@ const READDRESS: &str = "ip addr add 10.96.0.200/32 dev eth0; echo addr-rc=$?; i
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn a_service_gets_dockers_default_capabilities_and_no_new_privileges() {
     let Some(sb) = Sandbox::start() else { return };
-    sb.write(
-        "plumb.toml",
+    write_stack(
+        &sb,
         &format!(
             r#"
-name = "caps"
-[networks.n]
-subnet = "10.96.0.0/24"
-
 [services.tamper]
 command = ["/bin/sh", "-c", "{READDRESS}"]
 
@@ -110,14 +114,10 @@ command = ["/usr/bin/python3", "-m", "http.server", "80"]
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn cap_add_and_cap_drop_change_what_a_service_may_do() {
     let Some(sb) = Sandbox::start() else { return };
-    sb.write(
-        "plumb.toml",
+    write_stack(
+        &sb,
         &format!(
             r#"
-name = "caps"
-[networks.n]
-subnet = "10.96.0.0/24"
-
 [services.admin]
 command = ["/bin/sh", "-c", "{READDRESS}"]
 cap_add = ["CAP_NET_ADMIN"]
@@ -194,14 +194,10 @@ fn an_exec_probe_runs_with_the_services_user_and_capabilities() {
     let probe = format!(
         "test $(id -u) = 65534 && grep -q 'CapBnd:.*{DOCKER_DEFAULT}' /proc/self/status && grep -q 'NoNewPrivs:.*1' /proc/self/status"
     );
-    sb.write(
-        "plumb.toml",
+    write_stack(
+        &sb,
         &format!(
             r#"
-name = "caps"
-[networks.n]
-subnet = "10.96.0.0/24"
-
 [services.probed]
 command = "/bin/sleep 3600"
 user = "nobody"

@@ -63,6 +63,7 @@ fn script_and_execution_agree(before: Option<&str>, after: Option<&str>) {
             "route default via 10.93.1.1",
             "table inet plumb_eq",
             "table bridge plumb_eq",
+            " hairpin",
         ] {
             assert!(want.contains(needle), "missing {needle:?} in:\n{want}");
         }

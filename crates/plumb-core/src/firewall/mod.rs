@@ -320,7 +320,7 @@ fn print_chain(out: &mut String, chain: &Chain) {
 }
 
 impl ChainKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChainKind::Filter => "filter",
             ChainKind::Nat => "nat",
@@ -329,7 +329,7 @@ impl ChainKind {
 }
 
 impl HookPoint {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             HookPoint::Prerouting => "prerouting",
             HookPoint::Input => "input",
@@ -341,7 +341,7 @@ impl HookPoint {
 }
 
 impl Policy {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Policy::Accept => "accept",
             Policy::Drop => "drop",

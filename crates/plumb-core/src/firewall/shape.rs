@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{ChainKind, Family, Policy, Ruleset, TableId};
+use super::{Family, Ruleset, TableId};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shape {
@@ -26,16 +26,9 @@ impl Ruleset {
     pub fn shape(&self) -> Shape {
         let mut shape = Shape::default();
         for c in &self.chains {
-            let hook = c.hook.map(|h| {
-                let kind = match h.kind {
-                    ChainKind::Filter => "filter",
-                    ChainKind::Nat => "nat",
-                };
-                let point = serde_json::to_value(h.point).ok();
-                let point = point.as_ref().and_then(Value::as_str).unwrap_or("?").to_string();
-                let policy = if h.policy == Policy::Accept { "accept" } else { "drop" };
-                hook_text(kind, &point, h.priority.into(), policy)
-            });
+            let hook = c
+                .hook
+                .map(|h| hook_text(h.kind.as_str(), h.point.as_str(), h.priority.into(), h.policy.as_str()));
             let comments = c.rules.iter().map(|r| r.comment.replace('"', "'")).collect();
             shape.chains.insert(c.name.clone(), (hook, comments));
         }

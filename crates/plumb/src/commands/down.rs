@@ -7,8 +7,8 @@ use plumb_engine::observe::{claims, observe};
 use plumb_engine::OnError;
 
 use super::up::print_plan;
-use super::{require_nft, require_root, Context, Format};
-use crate::failure::{Failure, Result};
+use super::{require_nft, require_root, require_stack_name, Context, Format};
+use crate::failure::Result;
 use crate::output::{count, say};
 use crate::{apply, processes, runfile};
 
@@ -19,14 +19,7 @@ pub enum Mode {
 }
 
 pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
-    // The name becomes paths and kernel names: nothing but a stack name gets that far.
-    if !plumb_core::spec::is_stack_name(stack) {
-        return Err(Failure::new(format!("{stack:?} is not a stack name"))
-            .hint(
-                "stack names are lowercase letters, digits and '-' (up to 12); `plumb ps` lists the stacks that are up",
-            )
-            .code(2));
-    }
+    require_stack_name(stack)?;
     require_root("down")?;
     require_nft()?;
     let _lock = ctx.state.lock()?;

@@ -37,6 +37,17 @@ pub struct Context {
     pub state: StateDir,
 }
 
+/// A stack name given on the command line becomes paths under the state directory and kernel
+/// names: nothing but a stack name gets that far (`../x` is refused).
+pub fn require_stack_name(stack: &str) -> Result<()> {
+    if plumb_core::spec::is_stack_name(stack) {
+        return Ok(());
+    }
+    Err(Failure::new(format!("{stack:?} is not a stack name"))
+        .hint("stack names are lowercase letters, digits and '-' (up to 12); `plumb ps` lists the stacks that are up")
+        .code(2))
+}
+
 pub fn require_root(command: &str) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         Ok(())

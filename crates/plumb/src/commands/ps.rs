@@ -14,7 +14,7 @@ use super::{Context, Format};
 use crate::census;
 use crate::discover::{self, FoundContainer, FoundStack, Known};
 use crate::failure::Result;
-use crate::output::{print_json, table};
+use crate::output::{count, print_json, table};
 use crate::runfile::{self, Health, ReplicaState, ReplicaStatus, StatusFile};
 use crate::state::StackState;
 use crate::supervisor_socket::{self, Report};
@@ -446,15 +446,6 @@ fn render(rows: &[Row]) -> String {
         "PORTS",
     ];
     table(&headers, &cells)
-}
-
-/// `1 network`, `2 networks`.
-fn count(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
 }
 
 fn uptime(seconds: u64) -> String {

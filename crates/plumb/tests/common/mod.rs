@@ -343,7 +343,7 @@ fn succeeded(out: Output, what: &str) -> String {
 
 impl Sandbox {
     /// The kernel state plumb makes, normalized for comparison: namespaces; per namespace
-    /// (and the host) each link's name, kind, master, alias, state and IPv4 addresses (no
+    /// (and the host) each link's name, kind, master, alias, state, hairpin mode and IPv4 addresses (no
     /// MACs or indexes, which differ between runs); IPv4 routes; and every nft table's listing.
     pub fn kernel_state(&self) -> String {
         self.ok(r#"
@@ -352,8 +352,10 @@ impl Sandbox {
                 ip "$@" -d -j link show | python3 -c '
 import json, sys
 for l in sorted(json.load(sys.stdin), key=lambda l: l["ifname"]):
-    kind = (l.get("linkinfo") or {}).get("info_kind", "")
-    print(" ", l["ifname"], kind, l.get("master", ""), l.get("ifalias", ""), "UP" if "UP" in l["flags"] else "DOWN", l.get("group", ""))'
+    info = l.get("linkinfo") or {}
+    kind = info.get("info_kind", "")
+    hairpin = "hairpin" if (info.get("info_slave_data") or {}).get("hairpin") else ""
+    print(" ", l["ifname"], kind, l.get("master", ""), l.get("ifalias", ""), "UP" if "UP" in l["flags"] else "DOWN", l.get("group", ""), hairpin)'
                 ip "$@" -4 -o addr show | awk '{print "  addr", $2, $4}' | sort
                 ip "$@" -4 route show | sed 's/^/  route /' | sort
             }
