@@ -40,6 +40,11 @@ pub fn alias(stack: &str, object: &str) -> String {
     format!("plumb:{stack}/{object}")
 }
 
+/// The stack and object an alias `plumb:STACK/OBJECT` names (`None`: not plumb's mark).
+pub fn parse_alias(alias: &str) -> Option<(&str, &str)> {
+    alias.strip_prefix("plumb:")?.split_once('/')
+}
+
 /// The alias prefix shared by every object of one stack.
 pub fn alias_prefix(stack: &str) -> String {
     format!("plumb:{stack}/")

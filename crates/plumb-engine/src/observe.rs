@@ -27,10 +27,9 @@ pub const NOT_PLUMB: &str = "(not made by plumb)";
 
 /// Which stack's alias marks a namespace's interfaces, if any.
 fn stamped_owner(ns: &ObservedNetns) -> Option<String> {
-    ns.links.values().find_map(|l| {
-        let rest = l.alias.as_deref()?.strip_prefix("plumb:")?;
-        rest.split_once('/').map(|(stack, _)| stack.to_string())
-    })
+    ns.links
+        .values()
+        .find_map(|l| names::parse_alias(l.alias.as_deref()?).map(|(stack, _)| stack.to_string()))
 }
 
 /// Namespace names the other stacks' state records claim, with their stack.

@@ -88,7 +88,7 @@ pub fn stacks(kernel: &mut dyn Kernel, known: &Known) -> KernelResult<BTreeMap<S
 
 /// The stack and object an alias `plumb:STACK/OBJECT` names.
 fn mark(alias: Option<&str>) -> Option<(String, &str)> {
-    let (stack, object) = alias?.strip_prefix("plumb:")?.split_once('/')?;
+    let (stack, object) = plumb_core::names::parse_alias(alias?)?;
     Some((stack.to_string(), object))
 }
 
