@@ -10,13 +10,31 @@ use serde::{Deserialize, Serialize};
 use crate::diag::Diagnostics;
 use crate::ipam::{self, Leases, Pool, Request};
 use crate::names;
-use crate::spec::{Parsed, PortSpec, ProcessSpec};
+use crate::spec::{Balance, Parsed, PortSpec, ProcessSpec, ServicePort};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
     pub stack: String,
     pub networks: Vec<Network>,
     pub containers: Vec<Container>,
+    /// Each service as others find it: its VIP, ports and replicas.
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+/// A service as the stack's containers reach it (DNS and the VIP's load balancer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    /// From the stack's service subnet, kept across edits; `None` for a headless service.
+    pub vip: Option<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    pub lb: Balance,
+    /// Client-IP affinity timeout, in seconds.
+    pub affinity_secs: Option<u64>,
+    pub aliases: Vec<String>,
+    /// Its containers (`web-1`, `web-2`), in replica order.
+    pub containers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +115,19 @@ impl Desired {
     pub fn container(&self, name: &str) -> Option<&Container> {
         self.containers.iter().find(|c| c.name == name)
     }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
 }
+
+/// The lease key of a service's VIP; the `@` keeps it apart from `container/network` keys.
+pub fn vip_lease(service: &str) -> String {
+    format!("@vip/{service}")
+}
+
+/// The IPAM pool VIPs come from (no network can take this name).
+const VIP_POOL: &str = "@services";
 
 /// Resolves a parsed stack into its desired state, keeping previous address leases.
 pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), Diagnostics> {
@@ -139,13 +169,51 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             }
         }
     }
+    // VIPs: the first host address of the service subnet stays free (for the stack's own use).
+    let vip_pool = Pool {
+        subnet: stack.service_subnet,
+        gateway: stack
+            .service_subnet
+            .hosts()
+            .next()
+            .unwrap_or(stack.service_subnet.network()),
+    };
+    let mut pools = pools;
+    pools.insert(VIP_POOL.to_string(), vip_pool);
+    for (svc_name, _) in stack.services.iter().filter(|(_, s)| s.lb != Balance::None) {
+        requests.push(Request {
+            key: vip_lease(svc_name),
+            network: VIP_POOL.to_string(),
+            fixed: None,
+        });
+    }
     let leases = ipam::allocate(&pools, &requests, previous).map_err(|e| {
-        Diagnostics(vec![parsed.error(
-            &format!("networks.{}.subnet", e.network),
-            e.to_string(),
-            "use a larger subnet (a shorter prefix) or fewer replicas",
-        )])
+        let (field, hint) = if e.network == VIP_POOL {
+            (
+                "service_subnet".to_string(),
+                "set a larger service_subnet (a shorter prefix)",
+            )
+        } else {
+            (
+                format!("networks.{}.subnet", e.network),
+                "use a larger subnet (a shorter prefix) or fewer replicas",
+            )
+        };
+        Diagnostics(vec![parsed.error(&field, e.to_string(), hint)])
     })?;
+    let services = stack
+        .services
+        .iter()
+        .map(|(name, svc)| Service {
+            name: name.clone(),
+            vip: leases.get(&vip_lease(name)).copied(),
+            ports: svc.service_ports(),
+            lb: svc.lb,
+            affinity_secs: svc.affinity.map(|d| d.as_secs().max(1)),
+            aliases: svc.aliases.clone(),
+            containers: (1..=svc.replicas).map(|r| names::container(name, r)).collect(),
+        })
+        .collect();
     let mut containers = Vec::new();
     for (svc_name, svc) in &stack.services {
         for replica in 1..=svc.replicas {
@@ -185,7 +253,82 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             stack: stack.name.clone(),
             networks,
             containers,
+            services,
         },
         leases,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse;
+
+    const NET: &str = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n";
+
+    fn desired(text: &str, previous: &Leases) -> (Desired, Leases) {
+        let parsed = parse("plumb.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        resolve(&parsed, previous).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn services_get_stable_vips_from_the_service_subnet() {
+        let (first, leases) = desired(
+            &format!("{NET}[services.web]\nexpose = [80]\n[services.db]\n"),
+            &Leases::new(),
+        );
+        let vip = |d: &Desired, s: &str| d.service(s).unwrap().vip.unwrap();
+        // The subnet's first host address is kept free.
+        assert_eq!(vip(&first, "db"), "10.96.0.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(vip(&first, "web"), "10.96.0.3".parse::<Ipv4Addr>().unwrap());
+        // A service added before them in name order does not renumber them.
+        let (second, _) = desired(
+            &format!("{NET}[services.web]\nexpose = [80]\n[services.db]\n[services.api]\n"),
+            &leases,
+        );
+        assert_eq!(vip(&second, "db"), vip(&first, "db"));
+        assert_eq!(vip(&second, "web"), vip(&first, "web"));
+        assert_eq!(vip(&second, "api"), "10.96.0.4".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn a_headless_service_has_no_vip_and_ports_merge_expose_and_published() {
+        let (d, _) = desired(
+            "name = \"s\"\nservice_subnet = \"10.97.0.0/24\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n\
+             [services.web]\nreplicas = 2\nports = [\"8080:80\"]\nexpose = [\"53/udp\", 80]\naliases = [\"www\"]\n\
+             affinity = \"client-ip\"\naffinity_timeout = \"10s\"\n[services.db]\nlb = \"none\"\n",
+            &Leases::new(),
+        );
+        let web = d.service("web").unwrap();
+        assert_eq!(web.vip, Some("10.97.0.2".parse().unwrap()));
+        let ports: Vec<String> = web.ports.iter().map(ToString::to_string).collect();
+        assert_eq!(ports, ["53/udp", "80/tcp"]);
+        assert_eq!(web.containers, ["web-1", "web-2"]);
+        assert_eq!(web.aliases, ["www"]);
+        assert_eq!(web.affinity_secs, Some(10));
+        assert_eq!(d.service("db").unwrap().vip, None);
+    }
+
+    #[test]
+    fn discovery_fields_are_checked() {
+        let errors = |text: &str| match parse("plumb.toml", text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        let e = errors(&format!("{NET}[services.a]\nlb = \"fastest\"\n"));
+        assert!(e.contains("services.a.lb") && e.contains("round-robin"), "{e}");
+        let e = errors(&format!("{NET}[services.a]\nexpose = [0]\n"));
+        assert!(e.contains("services.a.expose[0]"), "{e}");
+        let e = errors(&format!("{NET}[services.a]\n[services.b]\naliases = [\"a\"]\n"));
+        assert!(e.contains("services.b.aliases[0]") && e.contains("service a"), "{e}");
+        let e = errors(&format!("{NET}[services.a]\nlb = \"none\"\naffinity = \"client-ip\"\n"));
+        assert!(e.contains("headless"), "{e}");
+        let e = errors("name = \"s\"\nservice_subnet = \"10.0.0.0/16\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n");
+        assert!(
+            e.contains("service_subnet") && e.contains("overlaps network \"n\""),
+            "{e}"
+        );
+        let e = errors("name = \"s\"\nservice_subnet = \"127.0.0.0/24\"\n");
+        assert!(e.contains("loopback"), "{e}");
+    }
 }

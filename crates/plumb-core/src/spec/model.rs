@@ -14,9 +14,15 @@ use super::capabilities::Capabilities;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stack {
     pub name: String,
+    /// Where services' virtual IPs come from. Reached only from the stack's own containers
+    /// (the NAT that serves a VIP matches on the stack's bridges), so stacks may share it.
+    pub service_subnet: Ipv4Net,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
 }
+
+/// `service_subnet` when the stack file does not set one.
+pub const DEFAULT_SERVICE_SUBNET: &str = "10.96.0.0/20";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
@@ -34,6 +40,70 @@ pub struct ServiceSpec {
     pub ports: Vec<PortSpec>,
     /// `None` for a bare container: a namespace wired into its networks, no process.
     pub process: Option<ProcessSpec>,
+    /// Container ports other containers reach through the service's name and VIP, besides the
+    /// container side of `ports` (which counts as exposed too).
+    pub expose: Vec<ServicePort>,
+    pub lb: Balance,
+    /// `affinity = "client-ip"`: a client stays on one replica for this long after its last
+    /// new connection.
+    pub affinity: Option<Duration>,
+    /// More names for the service in DNS.
+    pub aliases: Vec<String>,
+}
+
+impl ServiceSpec {
+    /// Every port the service answers on: `expose`, then the container side of `ports`,
+    /// each once, sorted.
+    pub fn service_ports(&self) -> Vec<ServicePort> {
+        let mut out: Vec<ServicePort> = self
+            .expose
+            .iter()
+            .copied()
+            .chain(self.ports.iter().map(|p| ServicePort {
+                port: p.container,
+                protocol: p.protocol,
+            }))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// A port a service answers on, inside its containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol.as_str())
+    }
+}
+
+/// How connections to a service's VIP are spread over its ready replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// `numgen inc`: each new connection to the next replica.
+    #[default]
+    RoundRobin,
+    /// `numgen random`.
+    Random,
+    /// Headless: no VIP; the name gives the ready replicas' addresses.
+    None,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::Random => "random",
+            Balance::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

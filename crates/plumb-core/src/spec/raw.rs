@@ -15,6 +15,7 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStack {
     pub name: Spanned<String>,
+    pub service_subnet: Option<Spanned<String>>,
     #[serde(default)]
     pub networks: BTreeMap<Spanned<String>, RawNetwork>,
     #[serde(default)]
@@ -47,6 +48,11 @@ pub(super) struct RawService {
     pub stop_grace: Option<Spanned<String>>,
     pub cap_add: Option<Spanned<RawValue>>,
     pub cap_drop: Option<Spanned<RawValue>>,
+    pub expose: Option<Spanned<Vec<Spanned<RawValue>>>>,
+    pub lb: Option<Spanned<String>>,
+    pub affinity: Option<Spanned<String>>,
+    pub affinity_timeout: Option<Spanned<String>>,
+    pub aliases: Option<Spanned<Vec<Spanned<RawValue>>>>,
 }
 
 impl RawService {
@@ -72,6 +78,11 @@ impl RawService {
             ("replicas", self.replicas.as_ref().map(Spanned::span)),
             ("ports", self.ports.as_ref().map(Spanned::span)),
             ("command", self.command.as_ref().map(Spanned::span)),
+            ("expose", self.expose.as_ref().map(Spanned::span)),
+            ("lb", self.lb.as_ref().map(Spanned::span)),
+            ("affinity", self.affinity.as_ref().map(Spanned::span)),
+            ("affinity_timeout", self.affinity_timeout.as_ref().map(Spanned::span)),
+            ("aliases", self.aliases.as_ref().map(Spanned::span)),
         ];
         out.extend(self.process_fields());
         out

@@ -4,7 +4,10 @@
 //! What a process is given is checked in `process`, reserved address ranges in `addresses`.
 
 mod addresses;
+mod discovery;
 mod process;
+
+pub use discovery::DEFAULT_AFFINITY;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -112,6 +115,8 @@ impl Validator<'_> {
             }
         }
         self.check_overlaps(&networks);
+        let service_subnet = self.service_subnet(raw.service_subnet.as_ref());
+        self.check_service_subnet(service_subnet, &networks);
         let service_names: BTreeSet<String> = raw.services.keys().map(|k| k.get_ref().clone()).collect();
         let mut services = BTreeMap::new();
         for (key, raw_svc) in raw.services {
@@ -143,8 +148,10 @@ impl Validator<'_> {
         self.check_stack_size(&services);
         self.check_static_ips(&services, &networks);
         self.check_cycles(&services);
+        self.check_aliases(&services);
         Stack {
             name,
+            service_subnet,
             networks,
             services,
         }
@@ -347,11 +354,16 @@ impl Validator<'_> {
             }
         }
         let process = self.process(field, name, &raw, service_names);
+        let discovery = self.discovery(field, &raw);
         ServiceSpec {
             networks: attachments,
             replicas,
             ports,
             process,
+            expose: discovery.expose,
+            lb: discovery.lb,
+            affinity: discovery.affinity,
+            aliases: discovery.aliases,
         }
     }
 
