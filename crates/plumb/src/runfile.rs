@@ -94,6 +94,28 @@ impl ReplicaStatus {
     pub fn is_healthy(&self) -> bool {
         self.health == Some(Health::Healthy)
     }
+
+    /// May take new connections through its service's name and VIP: its process runs and its
+    /// health check, if it has one, passes.
+    #[allow(dead_code)] // the seam the load balancer and DNS build on
+    pub fn is_ready(&self) -> bool {
+        self.state == ReplicaState::Running && matches!(self.health, None | Some(Health::Healthy))
+    }
+}
+
+#[allow(dead_code)] // the seam the load balancer and DNS build on
+impl StatusFile {
+    /// The containers of `desired` that may not take new connections: those with a process
+    /// that is not ready (or not reported yet). A container without a process is always ready.
+    pub fn unready(&self, desired: &plumb_core::desired::Desired) -> BTreeSet<String> {
+        desired
+            .containers
+            .iter()
+            .filter(|c| c.process.is_some())
+            .filter(|c| !self.replicas.get(&c.name).is_some_and(ReplicaStatus::is_ready))
+            .map(|c| c.name.clone())
+            .collect()
+    }
 }
 
 /// Where a replica's process is in its life, as the supervisor reports it.
