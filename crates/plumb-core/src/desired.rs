@@ -10,13 +10,24 @@ use serde::{Deserialize, Serialize};
 use crate::diag::Diagnostics;
 use crate::ipam::{self, Leases, Pool, Request};
 use crate::names;
-use crate::spec::{Parsed, PortSpec, ProcessSpec};
+use crate::spec::{Parsed, PolicySpec, PortSpec, ProcessSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
     pub stack: String,
     pub networks: Vec<Network>,
     pub containers: Vec<Container>,
+    /// The stack file's `[[policies]]`, in order, each with where it is written.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+/// One policy and its place in the stack file, for `plumb policy why` and drop logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub spec: PolicySpec,
+    /// `plumb.toml:42`
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,11 +191,21 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             });
         }
     }
+    let policies = stack
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| Policy {
+            spec: spec.clone(),
+            source: parsed.place(&format!("policies[{i}]")),
+        })
+        .collect();
     Ok((
         Desired {
             stack: stack.name.clone(),
             networks,
             containers,
+            policies,
         },
         leases,
     ))

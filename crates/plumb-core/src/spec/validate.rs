@@ -4,6 +4,7 @@
 //! What a process is given is checked in `process`, reserved address ranges in `addresses`.
 
 mod addresses;
+mod policy;
 mod process;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -143,10 +144,12 @@ impl Validator<'_> {
         self.check_stack_size(&services);
         self.check_static_ips(&services, &networks);
         self.check_cycles(&services);
+        let policies = self.policies(raw.policies, &services);
         Stack {
             name,
             networks,
             services,
+            policies,
         }
     }
 
