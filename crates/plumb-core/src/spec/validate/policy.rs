@@ -338,9 +338,7 @@ mod tests {
 
     /// The one error of a stack with `policy` appended, as `file:line:col: field: message / hint`.
     fn error(policy: &str) -> String {
-        let err = parse("plumb.toml", &format!("{HEAD}{policy}"))
-            .err()
-            .expect("should be rejected");
+        let err = parse("plumb.toml", &format!("{HEAD}{policy}")).expect_err("should be rejected");
         assert_eq!(err.0.len(), 1, "{err}");
         err.0[0].to_string()
     }
@@ -424,7 +422,7 @@ mod tests {
             ),
         ] {
             let e = error(&format!("[[policies]]\nfrom = \"web\"\nto = \"api\"\n{policy}\n"));
-            assert!(e.contains(&format!("plumb.toml:13:")), "{e}");
+            assert!(e.contains("plumb.toml:13:"), "{e}");
             assert!(e.contains(&format!("{field}: ")) && e.contains(message), "{e}");
             assert!(e.contains("hint: "), "{e}");
         }
