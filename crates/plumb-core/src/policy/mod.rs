@@ -5,6 +5,7 @@
 //! explanation and the kernel cannot disagree.
 
 mod evaluate;
+mod explain;
 pub mod intervals;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use evaluate::{evaluate, Endpoint, Query, Reason, Verdict};
+pub use explain::{explain, Explanation, Party};
 use intervals::{disjoint, subtract, Box3, Interval};
 
 use crate::desired::Desired;
