@@ -272,3 +272,58 @@ ports = [7001]
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+/// `from`: a, plus `n` /30s from 172.16.0.0 on, every other one (so none merge).
+fn many_sources(n: u32) -> String {
+    let cidrs: Vec<String> = (0..n)
+        .map(|i| format!("\"{}/30\"", std::net::Ipv4Addr::from(0xac10_0000u32 + i * 8)))
+        .collect();
+    let mut from = vec!["\"a\"".to_string()];
+    from.extend(cidrs);
+    format!("[{}]", from.join(", "))
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn ten_thousand_policy_elements_give_the_small_policys_verdicts() {
+    let sb = Sandbox::start().unwrap();
+    let stack = "name = \"big\"\n[networks.n]\nsubnet = \"10.96.7.0/24\"\n\
+                 [services.a]\n[services.b]\n[services.c]\n[[policies]]\nto = \"b\"\nports = [80, 81]\n";
+    sb.write("plumb.toml", &format!("{stack}from = \"a\"\n"));
+    sb.plumb_ok(&["up"]);
+    let grid = Reachability::new(
+        vec![
+            Source::ns("a", "big-a-1"),
+            Source::ns("c", "big-c-1"),
+            Source::host("host"),
+        ],
+        vec![
+            Target::of(&sb, "a", "big-a-1", "eth0"),
+            Target::of(&sb, "b", "big-b-1", "eth0"),
+            Target::of(&sb, "c", "big-c-1", "eth0"),
+        ],
+        &[80, 81],
+        &[Proto::Tcp, Proto::Udp],
+    );
+    grid.listen(&sb);
+    // Only a reaches b, over TCP; everyone else reaches everyone else.
+    let expected = grid.expect(|s, t, _, proto| t.label != "b" || (s.label == "a" && proto == Proto::Tcp));
+    println!("small policy\n{}", grid.assert_matches(&sb, &expected));
+
+    sb.write("plumb.toml", &format!("{stack}from = {}\n", many_sources(5000)));
+    sb.plumb_ok(&["up"]);
+    let elements = sb.ok("nft list set inet plumb_big policy_allow | grep -o ' \\. tcp \\. ' | wc -l");
+    assert!(elements.trim().parse::<u32>().unwrap() >= 10_000, "{elements}");
+    println!("10,002 elements\n{}", grid.assert_matches(&sb, &expected));
+    // An edit with all of them present is one element added.
+    sb.write("plumb.toml", &format!("{stack}from = {}\n", many_sources(5001)));
+    let plan = sb.plumb_ok(&["up", "--dry-run"]);
+    assert_eq!(plan.matches("add element").count(), 2, "{plan}");
+    assert!(!plan.contains("delete table"), "{plan}");
+    sb.plumb_ok(&["up"]);
+    grid.assert_matches(&sb, &expected);
+
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+    assert_eq!(sb.ok("nft list ruleset").trim(), "", "nft objects left");
+}
