@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::diag::Diagnostics;
 use crate::ipam::{self, Leases, Pool, Request};
 use crate::names;
-use crate::spec::{Balance, Parsed, PortSpec, ProcessSpec, ServicePort};
+use crate::spec::{Balance, Parsed, PolicySpec, PortSpec, ProcessSpec, ServicePort};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
@@ -20,6 +20,9 @@ pub struct Desired {
     /// Each service as others find it: its VIP, ports and replicas.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// The stack file's `[[policies]]`, in order, each with where it is written.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
 }
 
 /// A service as the stack's containers reach it (DNS and the VIP's load balancer).
@@ -35,6 +38,14 @@ pub struct Service {
     pub aliases: Vec<String>,
     /// Its containers (`web-1`, `web-2`), in replica order.
     pub containers: Vec<String>,
+}
+
+/// One policy and its place in the stack file, for `plumb policy why` and drop logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub spec: PolicySpec,
+    /// `plumb.toml:42`
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,12 +259,22 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             });
         }
     }
+    let policies = stack
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| Policy {
+            spec: spec.clone(),
+            source: parsed.place(&format!("policies[{i}]")),
+        })
+        .collect();
     Ok((
         Desired {
             stack: stack.name.clone(),
             networks,
             containers,
             services,
+            policies,
         },
         leases,
     ))

@@ -11,6 +11,7 @@ pub mod lower;
 pub mod names;
 pub mod ops;
 pub mod plan;
+pub mod policy;
 pub mod render;
 pub mod services;
 pub mod spec;

@@ -131,11 +131,37 @@ enum Command {
         #[arg(long)]
         segmented: bool,
     },
+    /// Network policies: `plumb policy why FROM TO:PORT[/udp]`.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
     Supervise {
         /// The stack whose processes to run.
         stack: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Is FROM -> TO:PORT allowed? Names the deciding rule and the policy's stack-file line.
+    /// Exit 0: allowed, 1: denied, 2: bad input.
+    Why {
+        /// A container (web-1), a service (its first replica), `host`, `outside` or an IPv4 address.
+        from: String,
+        /// TO:PORT or TO:PORT/udp, TO as for FROM.
+        to: String,
+        /// The stack file naming the stack.
+        #[arg(short, long, conflicts_with = "stack")]
+        file: Option<PathBuf>,
+        /// The stack's name (default: the only stack that is up).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Print the answer as JSON, for programs.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -149,6 +175,7 @@ impl Command {
             | Command::Ps { .. }
             | Command::Exec { .. }
             | Command::Inspect { .. }
+            | Command::Policy { .. }
             | Command::Logs { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
@@ -222,6 +249,24 @@ fn main() -> ExitCode {
             };
             commands::demo::run(&ctx, action, segmented)
         }
+        Command::Policy {
+            action:
+                PolicyAction::Why {
+                    from,
+                    to,
+                    file,
+                    stack,
+                    json,
+                },
+        } => {
+            use commands::policy::Which;
+            let which = match (&stack, &file) {
+                (Some(s), _) => Which::Stack(s),
+                (None, Some(f)) => Which::File(f),
+                (None, None) => Which::Default,
+            };
+            commands::policy::why(&ctx, which, &from, &to, Format::from_json_flag(json))
+        }
         Command::Supervise { stack } => commands::require_stack_name(&stack)
             .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)))
             .and_then(|s| s.run()),
@@ -230,7 +275,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             // Written, not eprintln!: a closed stderr must not turn a failure into a panic.
-            let _ = writeln!(std::io::stderr(), "plumb: {failure}");
+            if !failure.message.is_empty() {
+                let _ = writeln!(std::io::stderr(), "plumb: {failure}");
+            }
             ExitCode::from(u8::try_from(failure.code).unwrap_or(1))
         }
     }

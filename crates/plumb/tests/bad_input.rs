@@ -383,3 +383,35 @@ fn a_missing_user_or_workdir_is_shown_at_its_field() {
         &["plumb.toml:6:11", "services.a.workdir", "does not exist"],
     );
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn bad_policies_are_named_and_nothing_is_created() {
+    let sb = Sandbox::start().unwrap();
+    let head = "name = \"bp\"\n[networks.n]\nsubnet = \"10.96.9.0/24\"\n[services.web]\n[services.api]\n[[policies]]\n";
+    for (policy, needles) in [
+        (
+            "from = \"web\"\nto = \"apii\"\n",
+            &[
+                "plumb.toml:8",
+                "policies[0].to",
+                "unknown selector \"apii\"",
+                "api, web",
+            ][..],
+        ),
+        (
+            "from = \"web\"\nto = \"api\"\nports = [\"90-80\"]\n",
+            &["plumb.toml:9", "policies[0].ports[0]", "runs backwards"][..],
+        ),
+        (
+            "from = \"web\"\nto = \"api\"\nprotocol = \"sctp\"\n",
+            &["plumb.toml:9", "policies[0].protocol", "\"tcp\""][..],
+        ),
+        (
+            "from = \"10.0.0.0/99\"\nto = \"api\"\n",
+            &["plumb.toml:7", "policies[0].from", "not a valid IPv4 CIDR"][..],
+        ),
+    ] {
+        rejected(&sb, &format!("{head}{policy}"), needles);
+    }
+}

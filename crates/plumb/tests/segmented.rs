@@ -95,9 +95,33 @@ fn the_segmented_shop_works_and_each_tier_reaches_only_the_next() {
         ("gateway-1", "redis", 6379),
         ("gateway-1", redis.as_str(), 6379),
         ("gateway-1", product_db.as_str(), 5001),
+        // The policies: each tier takes traffic only from the tier before it, on its port,
+        // even from containers isolation lets through (same network).
+        ("product-1", gateway_back.as_str(), 5000),
+        ("redis-1", product_db.as_str(), 5001),
+        ("product-2", product_back.as_str(), 5001),
+        ("product-1", "redis", 6380),
+        ("web-1", "gateway", 80),
     ] {
         assert!(!tcp(&sb, asker, target, port), "{asker} reached {target}:{port}");
     }
+    // The host reaches web's published port, but not the gateway directly (policies).
+    assert!(
+        sb.connect(None, &gateway_front, 5000).is_none(),
+        "the host reached the gateway"
+    );
+    // `plumb policy why` names the policy that decides.
+    let why = sb.plumb(&["policy", "why", "product-1", "redis:6379"]);
+    assert!(
+        why.status.success() && text(&why.stdout).contains("policies[2]"),
+        "{why:?}"
+    );
+    let why = sb.plumb(&["policy", "why", "product-1", &format!("{gateway_back}:5000")]);
+    assert_eq!(why.status.code(), Some(1), "{why:?}");
+    assert!(
+        text(&why.stdout).contains("gateway's ingress is default-deny"),
+        "{why:?}"
+    );
     // database is internal: Redis reaches nothing outside.
     assert!(!sb.ping("shop-seg-redis-1", OUTSIDE_IP));
 

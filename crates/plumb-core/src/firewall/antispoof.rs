@@ -29,6 +29,7 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
         key: key.into(),
         value: None,
         elements,
+        options: Vec::new(),
     };
     rules.set(set("ports", "ifname", ports));
     rules.set(set("port_macs", "ifname . ether_addr", macs));

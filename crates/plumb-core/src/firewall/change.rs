@@ -89,10 +89,10 @@ pub fn changes(applied: Option<&Ruleset>, want: &Ruleset) -> Option<NftChange> {
 /// Commands editing `old` into `new`, or `None` when a base chain or a set's type changed.
 fn update_commands(old: &Ruleset, new: &Ruleset) -> Option<Vec<String>> {
     let base = |r: &Ruleset| -> Vec<Chain> { r.chains.iter().filter(|c| c.hook.is_some()).cloned().collect() };
-    let shape = |r: &Ruleset| -> Vec<(String, String, Option<String>)> {
+    let shape = |r: &Ruleset| -> Vec<(String, String, Option<String>, Vec<String>)> {
         r.sets
             .iter()
-            .map(|s| (s.name.clone(), s.key.clone(), s.value.clone()))
+            .map(|s| (s.name.clone(), s.key.clone(), s.value.clone(), s.options.clone()))
             .collect()
     };
     if base(old) != base(new) || shape(old) != shape(new) {

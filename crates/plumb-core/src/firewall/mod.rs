@@ -12,6 +12,7 @@ mod egress;
 mod host;
 mod inbound;
 mod isolation;
+mod policy;
 mod ports;
 mod shape;
 
@@ -24,7 +25,7 @@ use crate::desired::Desired;
 use crate::names;
 
 pub use change::{changes, command, transaction, NftChange};
-pub use shape::{shape_of_listing, shape_of_objects, tables_in_listing, Shape};
+pub use shape::{settle_listing, shape_of_listing, shape_of_objects, tables_in_listing, Shape};
 
 /// A feature adds its chains, rules, sets and maps to one of the stack's rulesets.
 pub type Feature = fn(&Desired, &mut Ruleset);
@@ -36,8 +37,9 @@ const INET_FEATURES: &[Feature] = &[
     host::contribute,
     ports::contribute,
     egress::contribute,
+    policy::contribute_inet,
 ];
-const BRIDGE_FEATURES: &[Feature] = &[antispoof::contribute];
+const BRIDGE_FEATURES: &[Feature] = &[antispoof::contribute, policy::contribute_bridge];
 
 /// The stack's rulesets (none if the stack has no networks; no bridge table without
 /// containers).
@@ -172,9 +174,32 @@ pub struct Set {
     pub value: Option<String>,
     /// Element key → value (`None` in a plain set), as nft text.
     pub elements: BTreeMap<String, Option<String>>,
+    /// Declaration lines after `type`, e.g. `flags interval`, `timeout 10m`. A set with
+    /// `flags dynamic,timeout` is filled by the packet path: plumb never lists or edits its
+    /// elements.
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 impl Set {
+    /// A set (`value` `None`) or map without elements or options.
+    pub fn new(name: &str, key: &str, value: Option<&str>) -> Set {
+        Set {
+            name: name.into(),
+            key: key.into(),
+            value: value.map(str::to_string),
+            elements: BTreeMap::new(),
+            options: Vec::new(),
+        }
+    }
+
+    /// True for a set the packet path fills (its elements are not plumb's to compare).
+    pub fn is_dynamic(&self) -> bool {
+        self.options
+            .iter()
+            .any(|o| o.starts_with("flags") && o.contains("dynamic"))
+    }
+
     fn holds_verdicts(&self) -> bool {
         self.value.as_deref() == Some("verdict")
     }
@@ -295,6 +320,9 @@ fn print_set(out: &mut String, set: &Set) {
         None => set.key.clone(),
     };
     let _ = write!(out, "\t{kind} {} {{\n\t\ttype {ty}\n", set.name);
+    for option in &set.options {
+        let _ = writeln!(out, "\t\t{option}");
+    }
     if !set.elements.is_empty() {
         let _ = writeln!(out, "\t\telements = {{ {} }}", set.elements_text(set.elements.keys()));
     }

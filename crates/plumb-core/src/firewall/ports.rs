@@ -31,12 +31,7 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
     if by_port.is_empty() {
         return;
     }
-    let map = |name: &str, key: &str| Set {
-        name: name.into(),
-        key: key.into(),
-        value: Some("verdict".into()),
-        elements: BTreeMap::new(),
-    };
+    let map = |name: &str, key: &str| Set::new(name, key, Some("verdict"));
     let mut anywhere = map(MAP, "inet_proto . inet_service");
     let mut at = map(MAP_AT, "ipv4_addr . inet_proto . inet_service");
     for (port, (service, ips)) in &by_port {

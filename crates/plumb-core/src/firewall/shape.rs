@@ -35,6 +35,10 @@ impl Ruleset {
         // nft's JSON writes strings (interface names) without the quotes nft syntax needs.
         let unquoted = |t: &String| t.replace('"', "");
         for s in &self.sets {
+            if s.is_dynamic() {
+                shape.sets.insert(s.name.clone(), BTreeMap::new());
+                continue;
+            }
             let elements = s
                 .elements
                 .iter()
@@ -127,6 +131,39 @@ pub fn shape_of_objects(objects: &[Value]) -> Option<Shape> {
     Some(shape)
 }
 
+/// A table's listing without what the packet path changes: rule counters read as zero, and
+/// the elements of sets with timeouts (filled by the packet path) are left out. Fingerprints
+/// and shapes are taken of this, so traffic does not make plumb think a table was edited.
+pub fn settle_listing(objects: &mut [Value]) {
+    for object in objects.iter_mut() {
+        if let Some(set) = object.get_mut("set").and_then(Value::as_object_mut) {
+            let filled_by_packets = set.contains_key("timeout")
+                || set
+                    .get("flags")
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| f.iter().any(|x| x == "timeout" || x == "dynamic"));
+            if filled_by_packets {
+                set.remove("elem");
+            }
+        }
+        if let Some(exprs) = object
+            .get_mut("rule")
+            .and_then(|r| r.get_mut("expr"))
+            .and_then(Value::as_array_mut)
+        {
+            for e in exprs {
+                if let Some(counter) = e.get_mut("counter").and_then(Value::as_object_mut) {
+                    for k in ["packets", "bytes"] {
+                        if counter.contains_key(k) {
+                            counter.insert(k.into(), Value::from(0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One element (or part of one) as plumb writes it: `tcp . 8080`, `goto port_tcp_8080`.
 fn element(v: &Value) -> Option<String> {
     match v {
@@ -136,6 +173,17 @@ fn element(v: &Value) -> Option<String> {
             if let Some(parts) = o.get("concat").and_then(Value::as_array) {
                 let parts: Option<Vec<String>> = parts.iter().map(element).collect();
                 return Some(parts?.join(" . "));
+            }
+            if let Some(p) = o.get("prefix") {
+                let (addr, len) = (p.get("addr")?.as_str()?, p.get("len")?.as_u64()?);
+                return Some(if len == 32 {
+                    addr.to_string()
+                } else {
+                    format!("{addr}/{len}")
+                });
+            }
+            if let Some(r) = o.get("range").and_then(Value::as_array) {
+                return Some(format!("{}-{}", element(r.first()?)?, element(r.get(1)?)?));
             }
             for verdict in ["goto", "jump"] {
                 if let Some(target) = o.get(verdict).and_then(|t| t.get("target")).and_then(Value::as_str) {
@@ -176,6 +224,7 @@ mod tests {
             key: "inet_proto . inet_service".into(),
             value: Some("verdict".into()),
             elements: BTreeMap::from([("tcp . 8080".into(), Some("goto port_tcp_8080".into()))]),
+            options: Vec::new(),
         });
         want.chain("prerouting", Some(hook))
             .rules

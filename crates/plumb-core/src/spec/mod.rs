@@ -31,6 +31,18 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// `FILE:LINE` of a field (or of the nearest field holding it), as messages cite it.
+    pub fn place(&self, field: &str) -> String {
+        let map = SourceMap {
+            file: &self.file,
+            text: &self.text,
+        };
+        match validate::span_of(&self.spans, field) {
+            Some(span) => format!("{}:{}", self.file, map.position(span.start).0),
+            None => self.file.clone(),
+        }
+    }
+
     /// A diagnostic about a field of this file, for checks made outside the core. It points
     /// at the field, or else at the nearest field holding it (`services.a.workdir` falls back
     /// to `services.a` when the file does not set `workdir`).

@@ -19,6 +19,77 @@ pub struct Stack {
     pub service_subnet: Ipv4Net,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+    /// `[[policies]]`, in file order.
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+}
+
+/// One network policy: traffic from any of `from` to any of `to` on `ports` (all when
+/// empty) over `protocol` is allowed; naming a service in `to` makes its ingress default-deny,
+/// in `from` its egress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySpec {
+    pub from: Vec<Selector>,
+    pub to: Vec<Selector>,
+    /// Empty: every port.
+    pub ports: Vec<PortRange>,
+    pub protocol: Protocol,
+    /// Log (rate-limited) the drops this policy's targets suffer.
+    pub log: bool,
+}
+
+/// Who a policy's `from` or `to` names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selector {
+    /// Every replica of a service.
+    Service(String),
+    /// Every container attached to a network.
+    Network(String),
+    /// Any address that is neither in the stack's networks nor the host.
+    Outside,
+    /// The host itself.
+    Host,
+    /// Any address in this range.
+    Cidr(Ipv4Net),
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Service(s) => write!(f, "service:{s}"),
+            Selector::Network(n) => write!(f, "network:{n}"),
+            Selector::Outside => f.write_str("outside"),
+            Selector::Host => f.write_str("host"),
+            Selector::Cidr(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+/// Ports `first` to `last`, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub const ALL: PortRange = PortRange { first: 0, last: 65535 };
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+/// `5001`, or `6000-6010`, as nft writes a port or a range.
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
 }
 
 /// `service_subnet` when the stack file does not set one.

@@ -20,6 +20,20 @@ pub(super) struct RawStack {
     pub networks: BTreeMap<Spanned<String>, RawNetwork>,
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, RawService>,
+    #[serde(default)]
+    pub policies: Vec<Spanned<RawPolicy>>,
+}
+
+/// One `[[policies]]` entry. `from` and `to` take a name or a list, `ports` numbers and
+/// `"A-B"` strings: [`RawValue`]s, judged in `validate::policy`.
+#[derive(DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub from: Option<Spanned<RawValue>>,
+    pub to: Option<Spanned<RawValue>>,
+    pub ports: Option<Spanned<RawValue>>,
+    pub protocol: Option<Spanned<String>>,
+    pub log: Option<Spanned<bool>>,
 }
 
 #[derive(DeriveDeserialize)]

@@ -5,6 +5,7 @@
 
 mod addresses;
 mod discovery;
+mod policy;
 mod process;
 
 pub use discovery::DEFAULT_AFFINITY;
@@ -149,11 +150,13 @@ impl Validator<'_> {
         self.check_static_ips(&services, &networks);
         self.check_cycles(&services);
         self.check_aliases(&services);
+        let policies = self.policies(raw.policies, &services);
         Stack {
             name,
             service_subnet,
             networks,
             services,
+            policies,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod down;
 pub mod exec;
 pub mod inspect;
 pub mod logs;
+pub mod policy;
 pub mod ps;
 pub mod up;
 

@@ -68,6 +68,15 @@ impl Source {
         }
     }
 
+    /// The sandbox host itself (plumb's "host"), probing targets at their own addresses.
+    pub fn host(label: &str) -> Source {
+        Source {
+            label: label.into(),
+            ns: String::new(),
+            via: Via::Direct,
+        }
+    }
+
     /// A namespace (e.g. `outside`) probing every target through `address` (e.g. the host's
     /// uplink address): only a published port can lead to the target there.
     pub fn through(label: &str, ns: &str, address: &str) -> Source {
@@ -327,11 +336,12 @@ print(json.dumps(out))
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         let path = sb.write(&format!("reach-probe-{file}.py"), &code);
-        let out = sb.sh(&format!(
-            "ip netns exec {} timeout 10 python3 {}",
-            source.ns,
-            path.display()
-        ));
+        let netns = if source.ns.is_empty() {
+            String::new()
+        } else {
+            format!("ip netns exec {} ", source.ns)
+        };
+        let out = sb.sh(&format!("{netns}timeout 10 python3 {}", path.display()));
         let stdout = text(&out.stdout);
         assert!(
             out.status.success(),

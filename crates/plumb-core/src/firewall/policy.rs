@@ -1,0 +1,214 @@
+//! Network policies in the kernel, from [`crate::policy::compile`]'s values: one lookup in a
+//! concatenated interval set (`policy_allow`: source . destination . protocol . port)
+//! decides whether a policy allows a flow; verdict maps from an isolated address to its
+//! service's deny chain (counter, and a rate-limited log when a policy asks) deny the rest
+//! for isolated services. Only a stack with policies gets them; their base chains never
+//! change with the policies, so an edit is element and chain updates in one transaction.
+//!
+//! `inet`: routed traffic (forward, with conntrack for replies), containers to the host
+//! (input; plumb's DNS on the gateways always passes), the host to containers (output,
+//! published ports from the host included). Base chains at priority -10, before plumb's
+//! other filter chains: an accept here still meets network isolation there, so policies only
+//! restrict. `bridge`: frames between containers on one bridge, which never reach the inet
+//! hooks without br_netfilter. The bridge family has no conntrack without
+//! `nf_conntrack_bridge`, so replies pass through a set of allowed flows the packet path
+//! fills and refreshes (`policy_flows`, idle timeout [`FLOW_TIMEOUT`]).
+
+use super::{Hook, HookPoint, Rule, Ruleset, Set};
+use crate::desired::Desired;
+use crate::policy::{compile, Compiled, Target};
+
+/// Flows idle this long are forgotten by the bridge table (replies then count as new flows).
+pub const FLOW_TIMEOUT: &str = "10m";
+/// The most flows the bridge table remembers; past it, new flows of isolated services are denied.
+const FLOW_SLOTS: u32 = 65536;
+/// Priority of the policy base chains in `inet`: before plumb's own filter chains (0).
+const INET_PRIORITY: i32 = -10;
+
+const ALLOW: &str = "policy_allow";
+const TO_HOST: &str = "policy_to_host";
+const FROM_HOST: &str = "policy_from_host";
+const INGRESS: &str = "policy_ingress";
+const EGRESS: &str = "policy_egress";
+const ISOLATED: &str = "policy_isolated";
+const FLOWS: &str = "policy_flows";
+
+const FLOW_KEY: &str = "ip saddr . ip daddr . meta l4proto . th dport";
+const TUPLE: &str = "ip saddr . ip daddr . meta l4proto . th sport . th dport";
+const REPLY_TUPLE: &str = "ip daddr . ip saddr . meta l4proto . th dport . th sport";
+
+pub fn contribute_inet(desired: &Desired, rules: &mut Ruleset) {
+    if desired.policies.is_empty() {
+        return;
+    }
+    let c = compile(desired);
+    common(desired, &c, rules);
+    let host_set = |name: &str, elements: Vec<String>| {
+        let mut s = Set::new(name, "ipv4_addr . inet_proto . inet_service", None);
+        s.options.push("flags interval".into());
+        s.elements = elements.into_iter().map(|e| (e, None)).collect();
+        s
+    };
+    rules.set(host_set(TO_HOST, c.to_host.iter().map(|f| f.text()).collect()));
+    rules.set(host_set(FROM_HOST, c.from_host.iter().map(|f| f.text()).collect()));
+    let established = || {
+        Rule::new(
+            "ct state established,related accept",
+            "policies: replies to allowed connections",
+        )
+    };
+    let hook = |point| Hook {
+        priority: INET_PRIORITY,
+        ..Hook::filter(point)
+    };
+    let forward = rules.chain("policy_forward", Some(hook(HookPoint::Forward)));
+    forward.rules.extend([
+        established(),
+        Rule::new(format!("{FLOW_KEY} @{ALLOW} accept"), "policies: allowed flows"),
+        Rule::new(format!("ip daddr vmap @{INGRESS}"), "policies: default-deny ingress"),
+        Rule::new(format!("ip saddr vmap @{EGRESS}"), "policies: default-deny egress"),
+    ]);
+    let gateways: Vec<String> = c.gateways.iter().map(|g| g.to_string()).collect();
+    let input = rules.chain("policy_input", Some(hook(HookPoint::Input)));
+    input.rules.extend([
+        established(),
+        Rule::new(
+            format!(
+                "ip daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 accept",
+                gateways.join(", ")
+            ),
+            "policies: plumb's DNS resolver is always reachable",
+        ),
+        Rule::new(
+            format!("ip saddr . meta l4proto . th dport @{TO_HOST} accept"),
+            "policies: allowed flows to the host",
+        ),
+        Rule::new(format!("ip saddr vmap @{EGRESS}"), "policies: default-deny egress"),
+    ]);
+    let output = rules.chain("policy_output", Some(hook(HookPoint::Output)));
+    output.rules.extend([
+        established(),
+        Rule::new(
+            format!("ip daddr . meta l4proto . th dport @{FROM_HOST} accept"),
+            "policies: allowed flows from the host",
+        ),
+        Rule::new(format!("ip daddr vmap @{INGRESS}"), "policies: default-deny ingress"),
+    ]);
+}
+
+pub fn contribute_bridge(desired: &Desired, rules: &mut Ruleset) {
+    if desired.policies.is_empty() || desired.containers.is_empty() {
+        return;
+    }
+    let c = compile(desired);
+    common(desired, &c, rules);
+    let mut isolated = Set::new(ISOLATED, "ipv4_addr", None);
+    isolated.elements = c
+        .isolated(&c.ingress)
+        .chain(c.isolated(&c.egress))
+        .map(|(a, _)| (a.to_string(), None))
+        .collect();
+    rules.set(isolated);
+    let mut flows = Set::new(
+        FLOWS,
+        "ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service",
+        None,
+    );
+    flows.options = vec![
+        format!("size {FLOW_SLOTS}"),
+        "flags dynamic,timeout".into(),
+        format!("timeout {FLOW_TIMEOUT}"),
+    ];
+    rules.set(flows);
+    let remember = format!("update @{FLOWS} {{ {TUPLE} }}");
+    let forward = rules.chain("policy_forward", Some(Hook::bridge_filter(HookPoint::Forward)));
+    forward.rules.extend([
+        Rule::new(
+            format!("{REPLY_TUPLE} @{FLOWS} update @{FLOWS} {{ {REPLY_TUPLE} }} accept"),
+            "policies: replies to allowed flows",
+        ),
+        Rule::new(
+            format!("{TUPLE} @{FLOWS} {remember} accept"),
+            "policies: flows already allowed",
+        ),
+        Rule::new(
+            format!("{FLOW_KEY} @{ALLOW} {remember} accept"),
+            "policies: allowed flows",
+        ),
+        Rule::new(format!("ip daddr vmap @{INGRESS}"), "policies: default-deny ingress"),
+        Rule::new(format!("ip saddr vmap @{EGRESS}"), "policies: default-deny egress"),
+        Rule::new(
+            format!("ip saddr @{ISOLATED} {remember}"),
+            "policies: remember flows whose replies isolation would stop",
+        ),
+        Rule::new(
+            format!("ip daddr @{ISOLATED} {remember}"),
+            "policies: remember flows whose replies isolation would stop",
+        ),
+    ]);
+}
+
+/// What both tables hold: the allowed flows, the isolation maps and the deny chains.
+fn common(desired: &Desired, c: &Compiled, rules: &mut Ruleset) {
+    let mut allow = Set::new(ALLOW, "ipv4_addr . ipv4_addr . inet_proto . inet_service", None);
+    allow.options.push("flags interval".into());
+    allow.elements = c.allow.iter().map(|f| (f.text(), None)).collect();
+    rules.set(allow);
+    for (map, direction, targets) in [(INGRESS, "to", &c.ingress), (EGRESS, "from", &c.egress)] {
+        let mut m = Set::new(map, "ipv4_addr", Some("verdict"));
+        m.elements = c
+            .isolated(targets)
+            .map(|(a, svc)| (a.to_string(), Some(format!("goto {}", deny_chain(direction, svc)))))
+            .collect();
+        rules.set(m);
+        for (svc, target) in targets {
+            deny(desired, rules, direction, svc, target);
+        }
+    }
+}
+
+fn deny_chain(direction: &str, service: &str) -> String {
+    format!("deny_{direction}_{service}")
+}
+
+/// A service's deny chain in one direction: a rate-limited log if a policy asks, a counter, drop.
+fn deny(desired: &Desired, rules: &mut Ruleset, direction: &str, service: &str, target: &Target) {
+    let chain = rules.chain(&deny_chain(direction, service), None);
+    if !target.logged.is_empty() {
+        let named: Vec<String> = target
+            .logged
+            .iter()
+            .map(|i| format!("policies[{i}] {}", desired.policies[*i].source))
+            .collect();
+        let prefix = format!(
+            "plumb {} deny {direction} {service} ({}): ",
+            desired.stack,
+            named.join(", ")
+        );
+        chain.rules.push(Rule::new(
+            format!(
+                "limit rate 10/second burst 20 packets log prefix \"{}\"",
+                log_prefix(&prefix)
+            ),
+            format!("{service}: log what {direction} default-deny drops"),
+        ));
+    }
+    chain.rules.push(Rule::new(
+        "counter drop",
+        format!("{service}: {direction} default-deny"),
+    ));
+}
+
+/// nft takes log prefixes of at most 127 bytes, without double quotes.
+fn log_prefix(text: &str) -> String {
+    let mut out = text.replace('"', "'");
+    if out.len() > 127 {
+        let mut at = 120;
+        while !out.is_char_boundary(at) {
+            at -= 1;
+        }
+        out.truncate(at);
+        out.push_str("...: ");
+    }
+    out
+}
