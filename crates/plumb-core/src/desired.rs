@@ -349,6 +349,9 @@ mod tests {
             e.contains("service_subnet") && e.contains("overlaps network \"n\""),
             "{e}"
         );
+        // Without service_subnet, a network in the default range moves VIPs to the next one.
+        let parsed = parse("plumb.toml", "name = \"s\"\n[networks.n]\nsubnet = \"10.96.1.0/24\"\n").unwrap();
+        assert_eq!(parsed.stack.service_subnet.to_string(), "10.97.0.0/20");
         let e = errors("name = \"s\"\nservice_subnet = \"127.0.0.0/24\"\n");
         assert!(e.contains("loopback"), "{e}");
     }

@@ -92,8 +92,15 @@ impl std::fmt::Display for PortRange {
     }
 }
 
-/// `service_subnet` when the stack file does not set one.
+/// `service_subnet` when the stack file does not set one (the first of
+/// [`DEFAULT_SERVICE_SUBNETS`] that no network of the stack overlaps).
 pub const DEFAULT_SERVICE_SUBNET: &str = "10.96.0.0/20";
+pub const DEFAULT_SERVICE_SUBNETS: [&str; 4] = [
+    DEFAULT_SERVICE_SUBNET,
+    "10.97.0.0/20",
+    "172.31.240.0/20",
+    "192.168.240.0/20",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {

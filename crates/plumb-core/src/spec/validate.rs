@@ -116,7 +116,7 @@ impl Validator<'_> {
             }
         }
         self.check_overlaps(&networks);
-        let service_subnet = self.service_subnet(raw.service_subnet.as_ref());
+        let service_subnet = self.service_subnet(raw.service_subnet.as_ref(), &networks);
         self.check_service_subnet(service_subnet, &networks);
         let service_names: BTreeSet<String> = raw.services.keys().map(|k| k.get_ref().clone()).collect();
         let mut services = BTreeMap::new();

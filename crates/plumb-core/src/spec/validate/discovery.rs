@@ -25,8 +25,18 @@ pub(super) struct Discovery {
 }
 
 impl Validator<'_> {
-    pub(super) fn service_subnet(&mut self, raw: Option<&Spanned<String>>) -> Ipv4Net {
-        let default: Ipv4Net = DEFAULT_SERVICE_SUBNET.parse().expect("a valid constant");
+    /// The stack's `service_subnet`; without one, the first of [`DEFAULT_SERVICE_SUBNETS`] that
+    /// none of the stack's networks overlaps.
+    pub(super) fn service_subnet(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        networks: &BTreeMap<String, NetworkSpec>,
+    ) -> Ipv4Net {
+        let default: Ipv4Net = DEFAULT_SERVICE_SUBNETS
+            .iter()
+            .map(|s| s.parse::<Ipv4Net>().expect("a valid constant"))
+            .find(|candidate| !networks.values().any(|n| subnets_overlap(*candidate, n.subnet)))
+            .unwrap_or_else(|| DEFAULT_SERVICE_SUBNET.parse().expect("a valid constant"));
         let Some(raw) = raw else { return default };
         self.spans.insert("service_subnet".into(), raw.span());
         let why = match raw.get_ref().parse::<Ipv4Net>() {
