@@ -1,7 +1,7 @@
 //! Desired state: what a stack file asks for, fully resolved (every address allocated, every
 //! interface named). Pure data, computed without touching the machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -20,6 +20,15 @@ pub struct Desired {
     /// Each service as others find it: its VIP, ports and replicas.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Containers that may not take new connections through their service's VIP (their
+    /// process does not run or fails its health check). Not from the stack file: `plumb up`
+    /// fills it from the supervisor's `status.json`, so the load balancer it plans is the one
+    /// the supervisor keeps.
+    #[serde(default)]
+    pub unready: BTreeSet<String>,
+    /// Where the VIPs come from (`None` in a state file written before VIPs).
+    #[serde(default)]
+    pub service_subnet: Option<Ipv4Net>,
 }
 
 /// A service as the stack's containers reach it (DNS and the VIP's load balancer).
@@ -254,6 +263,8 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             networks,
             containers,
             services,
+            unready: BTreeSet::new(),
+            service_subnet: Some(stack.service_subnet),
         },
         leases,
     ))

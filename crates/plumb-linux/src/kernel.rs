@@ -202,7 +202,8 @@ fn parse_mac(text: &str) -> [u8; 6] {
     mac
 }
 
-/// Fingerprint of nft's JSON listing of a table.
+/// Fingerprint of nft's JSON listing of a table (without its run-time state: see
+/// `firewall::without_runtime_state`).
 pub fn listing_fingerprint(listing: &str) -> u64 {
     names::fnv1a(&[listing])
 }
@@ -279,7 +280,9 @@ impl Kernel for LinuxKernel {
         }
         let objects = self.listed.as_ref().and_then(|t| t.get(table));
         Ok(objects.map(|objects| NftListing {
-            fingerprint: listing_fingerprint(&serde_json::to_string(objects).unwrap_or_default()),
+            fingerprint: listing_fingerprint(
+                &serde_json::to_string(&firewall::without_runtime_state(objects)).unwrap_or_default(),
+            ),
             shape: shape_of_objects(objects),
         }))
     }

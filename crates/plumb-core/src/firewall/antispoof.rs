@@ -29,6 +29,7 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
         key: key.into(),
         value: None,
         elements,
+        timeout_secs: None,
     };
     rules.set(set("ports", "ifname", ports));
     rules.set(set("port_macs", "ifname . ether_addr", macs));

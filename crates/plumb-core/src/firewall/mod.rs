@@ -1,5 +1,5 @@
 //! The nftables rulesets of one stack as typed values: an `inet plumb_STACK` table (routed
-//! traffic: isolation, inbound, host access, published ports, egress NAT) and a
+//! traffic: isolation, inbound, host access, published ports, virtual IPs, egress NAT) and a
 //! `bridge plumb_STACK` table (frames on the bridges: anti-spoofing), each with its chains
 //! (base chains with hook, priority and policy; regular chains), sets, maps and rules. Each
 //! feature contributes its part through [`Feature`]; a table is printed once, in nft's own
@@ -14,6 +14,7 @@ mod inbound;
 mod isolation;
 mod ports;
 mod shape;
+pub mod vips;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -24,7 +25,7 @@ use crate::desired::Desired;
 use crate::names;
 
 pub use change::{changes, command, transaction, NftChange};
-pub use shape::{shape_of_listing, shape_of_objects, tables_in_listing, Shape};
+pub use shape::{shape_of_listing, shape_of_objects, tables_in_listing, without_runtime_state, Shape};
 
 /// A feature adds its chains, rules, sets and maps to one of the stack's rulesets.
 pub type Feature = fn(&Desired, &mut Ruleset);
@@ -35,6 +36,7 @@ const INET_FEATURES: &[Feature] = &[
     isolation::contribute,
     host::contribute,
     ports::contribute,
+    vips::contribute,
     egress::contribute,
 ];
 const BRIDGE_FEATURES: &[Feature] = &[antispoof::contribute];
@@ -172,6 +174,10 @@ pub struct Set {
     pub value: Option<String>,
     /// Element key → value (`None` in a plain set), as nft text.
     pub elements: BTreeMap<String, Option<String>>,
+    /// A set the packet path fills (`update @set`), whose elements expire after this many
+    /// seconds; its elements are the kernel's, not plumb's.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 impl Set {
@@ -295,6 +301,9 @@ fn print_set(out: &mut String, set: &Set) {
         None => set.key.clone(),
     };
     let _ = write!(out, "\t{kind} {} {{\n\t\ttype {ty}\n", set.name);
+    if let Some(secs) = set.timeout_secs {
+        let _ = write!(out, "\t\tflags dynamic,timeout\n\t\ttimeout {secs}s\n");
+    }
     if !set.elements.is_empty() {
         let _ = writeln!(out, "\t\telements = {{ {} }}", set.elements_text(set.elements.keys()));
     }

@@ -36,6 +36,7 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
         key: key.into(),
         value: Some("verdict".into()),
         elements: BTreeMap::new(),
+        timeout_secs: None,
     };
     let mut anywhere = map(MAP, "inet_proto . inet_service");
     let mut at = map(MAP_AT, "ipv4_addr . inet_proto . inet_service");
