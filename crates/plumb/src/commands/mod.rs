@@ -7,6 +7,7 @@ pub mod exec;
 pub mod inspect;
 pub mod logs;
 pub mod ps;
+pub mod services;
 pub mod up;
 
 use crate::failure::{Failure, Result};
