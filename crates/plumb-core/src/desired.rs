@@ -1,7 +1,7 @@
 //! Desired state: what a stack file asks for, fully resolved (every address allocated, every
 //! interface named). Pure data, computed without touching the machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -23,6 +23,15 @@ pub struct Desired {
     /// The stack file's `[[policies]]`, in order, each with where it is written.
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// Containers that may not take new connections through their service's VIP (their
+    /// process does not run or fails its health check). Not from the stack file: `plumb up`
+    /// fills it from the supervisor's `status.json`, so the load balancer it plans is the one
+    /// the supervisor keeps.
+    #[serde(default)]
+    pub unready: BTreeSet<String>,
+    /// Where the VIPs come from (`None` in a state file written before VIPs).
+    #[serde(default)]
+    pub service_subnet: Option<Ipv4Net>,
 }
 
 /// A service as the stack's containers reach it (DNS and the VIP's load balancer).
@@ -275,6 +284,8 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             containers,
             services,
             policies,
+            unready: BTreeSet::new(),
+            service_subnet: Some(stack.service_subnet),
         },
         leases,
     ))

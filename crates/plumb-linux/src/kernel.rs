@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use plumb_core::firewall::{self, settle_listing, shape_of_objects, tables_in_listing, TableId};
+use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, TableId};
 use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
@@ -202,7 +202,8 @@ fn parse_mac(text: &str) -> [u8; 6] {
     mac
 }
 
-/// Fingerprint of nft's JSON listing of a table.
+/// Fingerprint of nft's JSON listing of a table (without its run-time state: see
+/// `firewall::without_runtime_state`).
 pub fn listing_fingerprint(listing: &str) -> u64 {
     names::fnv1a(&[listing])
 }
@@ -278,13 +279,11 @@ impl Kernel for LinuxKernel {
             self.listed = Some(tables);
         }
         let objects = self.listed.as_ref().and_then(|t| t.get(table));
-        Ok(objects.map(|objects| {
-            let mut objects = objects.clone();
-            settle_listing(&mut objects);
-            NftListing {
-                fingerprint: listing_fingerprint(&serde_json::to_string(&objects).unwrap_or_default()),
-                shape: shape_of_objects(&objects),
-            }
+        Ok(objects.map(|objects| NftListing {
+            fingerprint: listing_fingerprint(
+                &serde_json::to_string(&firewall::without_runtime_state(objects)).unwrap_or_default(),
+            ),
+            shape: shape_of_objects(objects),
         }))
     }
 

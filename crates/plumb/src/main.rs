@@ -78,6 +78,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List each service's virtual IP, ports and endpoints (ready or not, connections received).
+    Services {
+        /// The stack file naming the stack.
+        #[arg(short, long, conflicts_with = "stack")]
+        file: Option<PathBuf>,
+        /// The stack's name (default: every stack that is up).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Print the services as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command inside a container's network namespace.
     Exec {
         /// SVC-k, SVC (replica 1) or STACK/SVC-k.
@@ -173,6 +185,7 @@ impl Command {
             Command::Up { dry_run: true, .. }
             | Command::Down { dry_run: true, .. }
             | Command::Ps { .. }
+            | Command::Services { .. }
             | Command::Exec { .. }
             | Command::Inspect { .. }
             | Command::Policy { .. }
@@ -228,6 +241,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Ps { json } => commands::ps::run(&ctx, Format::from_json_flag(json)),
+        Command::Services { file, stack, json } => {
+            let format = Format::from_json_flag(json);
+            match (file, stack) {
+                (Some(file), _) => {
+                    stackfile::stack_name(&file).and_then(|s| commands::services::run(&ctx, Some(&s), format))
+                }
+                (None, stack) => commands::services::run(&ctx, stack.as_deref(), format),
+            }
+        }
         Command::Exec { container, command } => commands::exec::run(&ctx, &container, &command),
         Command::Inspect { name, json } => commands::inspect::run(&ctx, &name, Format::from_json_flag(json)),
         Command::Logs { name, follow, tail } => {

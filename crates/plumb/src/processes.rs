@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
+use plumb_core::firewall::vips::Balancer;
 use plumb_core::services::RunSpec;
 use plumb_core::spec::Condition;
 
@@ -23,14 +24,31 @@ use crate::supervisor_socket;
 /// what the status file and the running supervisor name too, so a `run.json` lost with the
 /// state directory never makes an old status look like an answer.
 pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>) -> Result<RunFile> {
-    let mut run = runfile::read_run(stack_dir);
+    let run = runfile::read_run(stack_dir);
+    write_next(stack_dir, RunFile { specs, ..run })
+}
+
+/// Like [`write_run`], with the stack's virtual IPs as `up` resolved them.
+pub fn write_run_with(stack_dir: &Path, specs: Vec<RunSpec>, balancer: Balancer) -> Result<RunFile> {
+    let run = runfile::read_run(stack_dir);
+    write_next(
+        stack_dir,
+        RunFile {
+            specs,
+            balancer: Some(balancer),
+            ..run
+        },
+    )
+}
+
+/// Writes `run` as the next generation.
+fn write_next(stack_dir: &Path, mut run: RunFile) -> Result<RunFile> {
     let applied = supervisor_socket::report(stack_dir).map_or(0, |(_, report)| report.generation);
     run.generation = run
         .generation
         .max(runfile::read_status(stack_dir).generation)
         .max(applied)
         + 1;
-    run.specs = specs;
     create_private_dir(stack_dir)?;
     runfile::write_json(&runfile::run_path(stack_dir), &run)?;
     Ok(run)

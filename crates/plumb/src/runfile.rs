@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use plumb_core::firewall::vips::Balancer;
 use plumb_core::services::RunSpec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -28,6 +29,10 @@ pub struct RunFile {
     pub stopped: BTreeSet<String>,
     /// Bumped by `plumb restart SVC`.
     pub restarts: BTreeMap<String, u64>,
+    /// The stack's virtual IPs, whose port chains the supervisor keeps listing the ready
+    /// replicas.
+    #[serde(default)]
+    pub balancer: Option<Balancer>,
 }
 
 impl RunFile {
@@ -97,13 +102,11 @@ impl ReplicaStatus {
 
     /// May take new connections through its service's name and VIP: its process runs and its
     /// health check, if it has one, passes.
-    #[allow(dead_code)] // the seam the load balancer and DNS build on
     pub fn is_ready(&self) -> bool {
         self.state == ReplicaState::Running && matches!(self.health, None | Some(Health::Healthy))
     }
 }
 
-#[allow(dead_code)] // the seam the load balancer and DNS build on
 impl StatusFile {
     /// The containers of `desired` that may not take new connections: those with a process
     /// that is not ready (or not reported yet). A container without a process is always ready.

@@ -205,9 +205,17 @@ mod tests {
         let Some(NftChange::Update { commands, .. }) = changes(Some(&old), &new) else {
             panic!("expected an in-place update")
         };
-        assert_eq!(commands[0], "flush chain inet plumb_s port_tcp_80");
-        assert!(commands[1].contains("numgen inc mod 2 map { 0 : 10.0.0.2, 1 : 10.0.0.3 }:80"));
-        assert_eq!(commands.len(), 2);
+        // The published port's chain, and the VIP's: a new endpoint chain and its port chain.
+        let changed: Vec<&str> = commands
+            .iter()
+            .filter_map(|c| c.strip_prefix("flush chain inet plumb_s "))
+            .collect();
+        assert_eq!(changed, ["port_tcp_80", "svc_a_tcp_80"]);
+        assert!(commands.contains(&"add chain inet plumb_s ep_a-2".to_string()));
+        assert!(commands
+            .iter()
+            .any(|c| c.contains("numgen inc mod 2 map { 0 : 10.0.0.2, 1 : 10.0.0.3 }:80")));
+        assert!(commands.iter().all(|c| !c.contains("element")), "{commands:?}");
     }
 
     #[test]

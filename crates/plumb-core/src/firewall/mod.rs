@@ -1,5 +1,5 @@
 //! The nftables rulesets of one stack as typed values: an `inet plumb_STACK` table (routed
-//! traffic: isolation, inbound, host access, published ports, egress NAT) and a
+//! traffic: isolation, inbound, host access, published ports, virtual IPs, egress NAT) and a
 //! `bridge plumb_STACK` table (frames on the bridges: anti-spoofing), each with its chains
 //! (base chains with hook, priority and policy; regular chains), sets, maps and rules. Each
 //! feature contributes its part through [`Feature`]; a table is printed once, in nft's own
@@ -15,6 +15,7 @@ mod isolation;
 mod policy;
 mod ports;
 mod shape;
+pub mod vips;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -25,7 +26,7 @@ use crate::desired::Desired;
 use crate::names;
 
 pub use change::{changes, command, transaction, NftChange};
-pub use shape::{settle_listing, shape_of_listing, shape_of_objects, tables_in_listing, Shape};
+pub use shape::{shape_of_listing, shape_of_objects, tables_in_listing, without_runtime_state, Shape};
 
 /// A feature adds its chains, rules, sets and maps to one of the stack's rulesets.
 pub type Feature = fn(&Desired, &mut Ruleset);
@@ -36,6 +37,7 @@ const INET_FEATURES: &[Feature] = &[
     isolation::contribute,
     host::contribute,
     ports::contribute,
+    vips::contribute,
     egress::contribute,
     policy::contribute_inet,
 ];

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::vips::is_runtime_chain;
 use super::{Family, Ruleset, TableId};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,7 +30,10 @@ impl Ruleset {
             let hook = c
                 .hook
                 .map(|h| hook_text(h.kind.as_str(), h.point.as_str(), h.priority.into(), h.policy.as_str()));
-            let comments = c.rules.iter().map(|r| r.comment.replace('"', "'")).collect();
+            let comments = match is_runtime_chain(&c.name) {
+                true => Vec::new(),
+                false => c.rules.iter().map(|r| r.comment.replace('"', "'")).collect(),
+            };
             shape.chains.insert(c.name.clone(), (hook, comments));
         }
         // nft's JSON writes strings (interface names) without the quotes nft syntax needs.
@@ -109,7 +113,8 @@ pub fn shape_of_objects(objects: &[Value]) -> Option<Shape> {
         for kind in ["set", "map"] {
             if let Some(s) = object.get(kind) {
                 let mut elements = BTreeMap::new();
-                for e in s.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                let elems = s.get("elem").filter(|_| !is_dynamic(s));
+                for e in elems.and_then(Value::as_array).into_iter().flatten() {
                     match (kind, e.as_array()) {
                         ("map", Some(pair)) if pair.len() == 2 => {
                             elements.insert(element(&pair[0])?, Some(element(&pair[1])?));
@@ -124,6 +129,9 @@ pub fn shape_of_objects(objects: &[Value]) -> Option<Shape> {
         }
         if let Some(r) = object.get("rule") {
             let chain = r.get("chain")?.as_str()?;
+            if is_runtime_chain(chain) {
+                continue;
+            }
             let comment = r.get("comment").and_then(Value::as_str).unwrap_or("").to_string();
             shape.chains.get_mut(chain)?.1.push(comment);
         }
@@ -131,37 +139,42 @@ pub fn shape_of_objects(objects: &[Value]) -> Option<Shape> {
     Some(shape)
 }
 
-/// A table's listing without what the packet path changes: rule counters read as zero, and
-/// the elements of sets with timeouts (filled by the packet path) are left out. Fingerprints
-/// and shapes are taken of this, so traffic does not make plumb think a table was edited.
-pub fn settle_listing(objects: &mut [Value]) {
-    for object in objects.iter_mut() {
-        if let Some(set) = object.get_mut("set").and_then(Value::as_object_mut) {
-            let filled_by_packets = set.contains_key("timeout")
-                || set
-                    .get("flags")
-                    .and_then(Value::as_array)
-                    .is_some_and(|f| f.iter().any(|x| x == "timeout" || x == "dynamic"));
-            if filled_by_packets {
-                set.remove("elem");
-            }
-        }
-        if let Some(exprs) = object
-            .get_mut("rule")
-            .and_then(|r| r.get_mut("expr"))
-            .and_then(Value::as_array_mut)
-        {
-            for e in exprs {
-                if let Some(counter) = e.get_mut("counter").and_then(Value::as_object_mut) {
-                    for k in ["packets", "bytes"] {
-                        if counter.contains_key(k) {
-                            counter.insert(k.into(), Value::from(0));
-                        }
+/// A set the packet path fills (affinity): its elements are the kernel's.
+fn is_dynamic(set: &Value) -> bool {
+    let flags = set.get("flags").and_then(Value::as_array).into_iter().flatten();
+    flags
+        .filter_map(Value::as_str)
+        .any(|f| f == "timeout" || f == "dynamic")
+}
+
+/// One table's objects without what changes while it runs, for its fingerprint: counter
+/// values, the elements of dynamic (affinity) sets, and the rules of the chains the
+/// supervisor rewrites when a replica's readiness changes (their handles too). Any other
+/// change still shows.
+pub fn without_runtime_state(objects: &[Value]) -> Vec<Value> {
+    objects
+        .iter()
+        .filter(|o| {
+            let chain = o.get("rule").and_then(|r| r.get("chain")).and_then(Value::as_str);
+            !chain.is_some_and(is_runtime_chain)
+        })
+        .map(|o| {
+            let mut o = o.clone();
+            for kind in ["set", "map"] {
+                if let Some(Value::Object(s)) = o.get_mut(kind) {
+                    if is_dynamic(&Value::Object(s.clone())) {
+                        s.remove("elem");
                     }
                 }
             }
-        }
-    }
+            if let Some(Value::Array(exprs)) = o.get_mut("rule").and_then(|r| r.get_mut("expr")) {
+                for e in exprs.iter_mut().filter(|e| e.get("counter").is_some()) {
+                    *e = serde_json::json!({ "counter": null });
+                }
+            }
+            o
+        })
+        .collect()
 }
 
 /// One element (or part of one) as plumb writes it: `tcp . 8080`, `goto port_tcp_8080`.
@@ -232,5 +245,23 @@ mod tests {
         assert_eq!(shape_of_listing(listing), Some(want.shape()));
         want.chains[1].rules.clear();
         assert_ne!(shape_of_listing(listing), Some(want.shape()));
+    }
+
+    #[test]
+    fn runtime_state_is_left_out_and_everything_else_kept() {
+        let objects: Vec<Value> = serde_json::from_str(
+            r#"[{"chain":{"name":"ep_web-1"}},{"chain":{"name":"svc_web_tcp_80"}},
+                {"set":{"name":"aff_web-1","flags":["timeout"],"elem":[{"elem":{"val":"10.0.0.9","expires":5}}]}},
+                {"set":{"name":"ports","elem":["a"]}},
+                {"rule":{"chain":"svc_web_tcp_80","handle":9,"expr":[]}},
+                {"rule":{"chain":"ep_web-1","handle":3,"expr":[{"counter":{"packets":4,"bytes":9}},{"dnat":{}}]}}]"#,
+        )
+        .unwrap();
+        let stable = without_runtime_state(&objects);
+        assert_eq!(stable.len(), 5);
+        assert_eq!(stable[2]["set"].get("elem"), None);
+        assert_eq!(stable[3]["set"]["elem"][0], "a");
+        assert_eq!(stable[4]["rule"]["expr"][0], serde_json::json!({ "counter": null }));
+        assert_eq!(shape_of_objects(&objects).map(|s| s.sets["aff_web-1"].len()), Some(0));
     }
 }

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod logs;
 pub mod policy;
 pub mod ps;
+pub mod services;
 pub mod up;
 
 use crate::failure::{Failure, Result};

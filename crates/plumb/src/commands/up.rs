@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use plumb_core::firewall::vips::Balancer;
 use plumb_core::ipam::subnets_overlap;
 use plumb_core::services::{run_specs, SEARCH_PATH};
 use plumb_core::spec::Parsed;
@@ -53,7 +54,11 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     // the plan from scratch, as the note below says.
     let state = if root { ctx.state.load(&stack)? } else { None };
     let previous = state.as_ref().map(|s| s.leases.clone()).unwrap_or_default();
-    let (desired, leases) = desired::resolve(&parsed, &previous)?;
+    let (mut desired, leases) = desired::resolve(&parsed, &previous)?;
+    // The load balancer lists the replicas the supervisor reports ready (none before it
+    // ran): the plan then matches the chains the supervisor keeps, and it re-applies them
+    // from its own view when it takes this run (closing the race with this read).
+    desired.unready = runfile::read_status(&ctx.state.stack_dir(&stack)).unready(&desired);
     let others = if root { ctx.state.stacks()? } else { Default::default() };
     check_other_stacks(&parsed, &desired, &others)?;
     let claimed = claims(&others, &stack);
@@ -123,7 +128,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     if specs.is_empty() && supervision == Supervision::Background {
         return processes::stop_supervisor(&stack_dir);
     }
-    let run = processes::write_run(&stack_dir, specs)?;
+    let run = processes::write_run_with(&stack_dir, specs, Balancer::of(&desired))?;
     if supervision == Supervision::Foreground {
         if runfile::live_supervisor(&stack_dir).is_some() {
             return Err(

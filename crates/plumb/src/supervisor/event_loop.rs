@@ -5,7 +5,7 @@
 //! transition asks. Whatever a replica leaves in its container (a daemon) is ended before it
 //! starts again and when it stops (sweeps).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -16,8 +16,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{umask, Mode};
 use plumb_core::services::RunSpec;
-use plumb_linux::netns;
+use plumb_linux::{netns, nft};
 
+use super::balancer::Balancer;
 use super::hosts;
 use super::logs::{LogWriter, Pipes};
 use super::plan::{self, Change};
@@ -88,6 +89,8 @@ pub struct Supervisor {
     dirty: bool,
     /// Unix milliseconds of the last successful write of `status.json`.
     status_written_ms: Option<u64>,
+    /// The virtual IPs' port chains, following readiness.
+    balancer: Balancer,
     /// Why the last write of `status.json` failed (cleared by the next that succeeds).
     status_error: Option<String>,
 }
@@ -122,6 +125,7 @@ impl Supervisor {
             dirty: true,
             status_written_ms: None,
             status_error: None,
+            balancer: Balancer::default(),
         })
     }
 
@@ -136,6 +140,9 @@ impl Supervisor {
                 break;
             }
             if self.dirty {
+                // Every readiness change (start, exit, health verdict, stop) marks the status
+                // dirty: the load balancer follows it here, before `status.json` says so.
+                self.readiness_changed();
                 self.write_status();
             }
             let sleep = self
@@ -180,6 +187,28 @@ impl Supervisor {
         }
         self.generation = run.generation;
         self.dirty = true;
+        let unready = self.unready();
+        let result = self.balancer.reload(run.balancer, &unready, apply_nft);
+        note_balancer_error(result);
+    }
+
+    /// The load balancer (and whatever else follows readiness) catches up with the replicas.
+    fn readiness_changed(&mut self) {
+        if self.shutting_down {
+            // Everything stops and `down` removes the table: no point rewriting it.
+            return;
+        }
+        let unready = self.unready();
+        note_balancer_error(self.balancer.follow(&unready, apply_nft));
+    }
+
+    /// The replicas that may not take new connections (as `status.json` will say).
+    fn unready(&self) -> BTreeSet<String> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| !status::replica_status(&s.replica, s.child.as_ref().map(Child::id)).is_ready())
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Takes `spec` as its replica's definition, adding the replica if it is new.
@@ -505,6 +534,16 @@ impl Supervisor {
             status_written_ms: self.status_written_ms,
             status_error: self.status_error.clone(),
         }
+    }
+}
+
+fn apply_nft(script: &str) -> std::result::Result<(), String> {
+    nft::apply_now(script).map_err(|e| e.to_string())
+}
+
+fn note_balancer_error(result: std::result::Result<(), String>) {
+    if let Err(e) = result {
+        say(&format!("load balancer: {e}"));
     }
 }
 

@@ -9,7 +9,9 @@
 //! - `spawn`: starting and signalling processes; `probe`: health probes; `logs`: output;
 //!   `hosts`: the containers' hosts files.
 //! - `status`: writing `status.json` for `plumb` (the socket tells whether that works).
+//! - `balancer`: the virtual IPs' port chains follow the replicas' readiness.
 
+mod balancer;
 mod event_loop;
 #[cfg(test)]
 mod fixtures;
