@@ -24,6 +24,11 @@ set -e
 mount -t tmpfs tmpfs /run/netns
 ip link set lo up
 sysctl -qw net.ipv4.ip_forward=1
+# br_netfilter passes bridged frames through the inet hooks where it is loaded (here it is);
+# PLUMB_TEST_BRIDGE_NF=0 runs the suite as on a machine without it.
+if [ -n "$PLUMB_TEST_BRIDGE_NF" ] && [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+    sysctl -qw net.bridge.bridge-nf-call-iptables="$PLUMB_TEST_BRIDGE_NF"
+fi
 ip netns add outside
 ip link add up0 type veth peer name eth0 netns outside
 ip addr add 203.0.113.1/24 dev up0
