@@ -14,6 +14,7 @@ pub mod plan;
 pub mod render;
 pub mod services;
 pub mod spec;
+pub mod zone;
 
 pub use desired::{Container, Desired, Interface, Network};
 pub use diag::{Diagnostic, Diagnostics};
