@@ -323,16 +323,9 @@ impl Zone {
 /// The resolv.conf a container gets: the DNS server on its first network's gateway, the
 /// stack's domain to search, and `ndots:1` (a name with a dot is tried as it is first).
 /// Without a network, no server: nothing resolves (glibc then asks its own loopback).
-pub fn resolv_conf(desired: &Desired, container: &str) -> String {
-    let server = desired
-        .container(container)
-        .and_then(|c| c.gateway)
-        .map(|g| format!("nameserver {g}\n"))
-        .unwrap_or_default();
-    format!(
-        "# written by plumb for stack {}\n{server}search {}\noptions ndots:1\n",
-        desired.stack, desired.stack
-    )
+pub fn resolv_conf(stack: &str, gateway: Option<Ipv4Addr>) -> String {
+    let server = gateway.map(|g| format!("nameserver {g}\n")).unwrap_or_default();
+    format!("# written by plumb for stack {stack}\n{server}search {stack}\noptions ndots:1\n")
 }
 
 #[cfg(test)]
@@ -523,7 +516,7 @@ networks = ["db"]
     #[test]
     fn resolv_conf_names_the_first_networks_gateway_and_the_stack() {
         let (d, _) = zone(&[], VipAnswers::Vip);
-        let text = resolv_conf(&d, "store-1");
+        let text = resolv_conf("shop", d.container("store-1").unwrap().gateway);
         assert!(text.contains("nameserver 10.0.2.1\n"), "{text}");
         assert!(text.contains("search shop\noptions ndots:1\n"), "{text}");
     }

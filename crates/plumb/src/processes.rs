@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
+use plumb_core::desired::Desired;
 use plumb_core::services::RunSpec;
 use plumb_core::spec::Condition;
 
@@ -19,10 +20,11 @@ use crate::runfile::{self, ReplicaState, ReplicaStatus, RunFile, StatusFile};
 use crate::state::{create_private_dir, write_error, StateDir, PRIVATE_FILE};
 use crate::supervisor_socket;
 
-/// Writes `specs` as the next generation of `run.json` and returns it. The generation is past
+/// Writes `specs` (and `desired`, if given; else the one there stays) as the next generation
+/// of `run.json` and returns it. The generation is past
 /// what the status file and the running supervisor name too, so a `run.json` lost with the
 /// state directory never makes an old status look like an answer.
-pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>) -> Result<RunFile> {
+pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>, desired: Option<&Desired>) -> Result<RunFile> {
     let mut run = runfile::read_run(stack_dir);
     let applied = supervisor_socket::report(stack_dir).map_or(0, |(_, report)| report.generation);
     run.generation = run
@@ -31,6 +33,9 @@ pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>) -> Result<RunFile> {
         .max(applied)
         + 1;
     run.specs = specs;
+    if let Some(d) = desired {
+        run.desired = Some(d.clone());
+    }
     create_private_dir(stack_dir)?;
     runfile::write_json(&runfile::run_path(stack_dir), &run)?;
     Ok(run)
@@ -53,7 +58,7 @@ pub fn release_containers(stack_dir: &Path, netns: &BTreeSet<String>) -> Result<
         .cloned()
         .collect();
     let grace = max_grace(&current.specs);
-    let run = write_run(stack_dir, keep)?;
+    let run = write_run(stack_dir, keep, None)?;
     runfile::signal_and_wait(stack_dir, pid, run.generation, Duration::from_secs(5))?;
     // The supervisor acknowledged; wait until those processes are really gone.
     runfile::wait_until(grace + Duration::from_secs(5), || {

@@ -28,6 +28,9 @@ pub struct RunFile {
     pub stopped: BTreeSet<String>,
     /// Bumped by `plumb restart SVC`.
     pub restarts: BTreeMap<String, u64>,
+    /// The stack as `up` made it: what its DNS server answers (None from an older plumb).
+    #[serde(default)]
+    pub desired: Option<plumb_core::desired::Desired>,
 }
 
 impl RunFile {
@@ -97,13 +100,11 @@ impl ReplicaStatus {
 
     /// May take new connections through its service's name and VIP: its process runs and its
     /// health check, if it has one, passes.
-    #[allow(dead_code)] // the seam the load balancer and DNS build on
     pub fn is_ready(&self) -> bool {
         self.state == ReplicaState::Running && matches!(self.health, None | Some(Health::Healthy))
     }
 }
 
-#[allow(dead_code)] // the seam the load balancer and DNS build on
 impl StatusFile {
     /// The containers of `desired` that may not take new connections: those with a process
     /// that is not ready (or not reported yet). A container without a process is always ready.

@@ -120,10 +120,11 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     say!("{}", summary(&desired, &plan));
 
     let specs = run_specs(&desired, &base);
-    if specs.is_empty() && supervision == Supervision::Background {
+    // The supervisor also runs the stack's DNS server: it is needed while containers are.
+    if desired.containers.is_empty() && supervision == Supervision::Background {
         return processes::stop_supervisor(&stack_dir);
     }
-    let run = processes::write_run(&stack_dir, specs)?;
+    let run = processes::write_run(&stack_dir, specs, Some(&desired))?;
     if supervision == Supervision::Foreground {
         if runfile::live_supervisor(&stack_dir).is_some() {
             return Err(
@@ -145,6 +146,9 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     processes::hand_over(&ctx.state, &stack, &run)?;
     drop(lock);
     let status = processes::wait_until_ready(&stack_dir, &run, processes::HealthWait::Dependencies)?;
+    if run.specs.is_empty() {
+        return Ok(());
+    }
     let running: Vec<_> = status.replicas.iter().filter(|(_, r)| r.pid.is_some()).collect();
     let kept = running
         .iter()

@@ -18,6 +18,7 @@ use nix::sys::stat::{umask, Mode};
 use plumb_core::services::RunSpec;
 use plumb_linux::netns;
 
+use super::dns::Dns;
 use super::hosts;
 use super::logs::{LogWriter, Pipes};
 use super::plan::{self, Change};
@@ -27,7 +28,7 @@ use super::spawn::{signal_each, signal_group, spawn_replica};
 use super::status;
 use crate::census;
 use crate::failure::{Failure, Result};
-use crate::runfile::{self, Exit, ReplicaState};
+use crate::runfile::{self, Exit, ReplicaState, StatusFile};
 use crate::state::{create_private_dir, HOSTS_DIR};
 use crate::supervisor_socket::{Listener, Report};
 
@@ -72,6 +73,9 @@ impl Sweep {
 }
 
 pub struct Supervisor {
+    /// The stack's DNS server (its own threads). First: it stops (its sockets close) before
+    /// the stack's socket does, so when `down` sees the supervisor gone, port 53 is free.
+    dns: Dns,
     dir: PathBuf,
     /// The generation of `run.json` applied.
     generation: u64,
@@ -109,6 +113,8 @@ impl Supervisor {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| Failure::new(format!("signalfd: {e}")))?;
         create_private_dir(&runfile::logs_dir(dir))?;
+        // After the signals are blocked: its threads inherit the mask, so they never take one.
+        let dns = Dns::start();
         Ok(Supervisor {
             dir: dir.to_path_buf(),
             generation: 0,
@@ -122,6 +128,7 @@ impl Supervisor {
             dirty: true,
             status_written_ms: None,
             status_error: None,
+            dns,
         })
     }
 
@@ -136,8 +143,10 @@ impl Supervisor {
                 break;
             }
             if self.dirty {
+                self.dns_readiness();
                 self.write_status();
             }
+            self.dns.keep_listening();
             let sleep = self
                 .slots
                 .values()
@@ -180,6 +189,25 @@ impl Supervisor {
         }
         self.generation = run.generation;
         self.dirty = true;
+        self.dns.reload(run.desired.as_ref());
+    }
+
+    /// Tells the DNS server which replicas are not ready (the zone changes if that changed).
+    fn dns_readiness(&mut self) {
+        let Some(desired) = self.dns.desired() else { return };
+        let status = StatusFile {
+            replicas: self
+                .slots
+                .iter()
+                .map(|(name, slot)| {
+                    let pid = slot.child.as_ref().map(Child::id);
+                    (name.clone(), status::replica_status(&slot.replica, pid))
+                })
+                .collect(),
+            ..StatusFile::default()
+        };
+        let unready = status.unready(desired);
+        self.dns.readiness(unready);
     }
 
     /// Takes `spec` as its replica's definition, adding the replica if it is new.
@@ -510,7 +538,7 @@ impl Supervisor {
 
 /// A line in the supervisor's own log (its stderr, a file in the state directory). Unlike
 /// `eprintln!`, a line that cannot be written (a full disk) is dropped, not a panic.
-fn say(line: &str) {
+pub(super) fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
