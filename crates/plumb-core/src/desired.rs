@@ -12,7 +12,7 @@ use crate::ipam::{self, Leases, Pool, Request};
 use crate::names;
 use crate::spec::{Balance, Parsed, PolicySpec, PortSpec, ProcessSpec, ServicePort};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
     pub stack: String,
     pub networks: Vec<Network>,

@@ -6,6 +6,7 @@ use crate::desired::{Container, Network};
 use crate::firewall::NftChange;
 use crate::ops::{At, Ipv6, Op};
 use crate::plan::{Step, What, STOP_GRACE_MS};
+use crate::zone;
 
 fn sysctl(key: String, value: &str) -> Op {
     Op::Sysctl {
@@ -48,7 +49,10 @@ pub fn remove_links(group: u32, links: Vec<String>, networks: Vec<String>) -> St
 
 pub fn delete_container(container: String, netns: String) -> Step {
     Step {
-        ops: vec![Op::NetnsDel { name: netns.clone() }],
+        ops: vec![
+            Op::EtcNetnsDel { netns: netns.clone() },
+            Op::NetnsDel { name: netns.clone() },
+        ],
         what: What::DeleteContainer { container, netns },
     }
 }
@@ -94,11 +98,15 @@ pub fn firewall(what: What, changes: Vec<NftChange>) -> Step {
     }
 }
 
-pub fn create_container(c: &Container) -> Step {
+pub fn create_container(stack: &str, c: &Container) -> Step {
     let ns = &c.netns;
     let inside = At::Netns(ns.clone());
     let mut ops = vec![
         Op::NetnsAdd { name: ns.clone() },
+        Op::ResolvConf {
+            netns: ns.clone(),
+            content: zone::resolv_conf(stack, c.gateway),
+        },
         Op::LinkUp {
             at: inside.clone(),
             link: "lo".into(),

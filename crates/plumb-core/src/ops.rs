@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::firewall::{self, NftChange};
 
+/// Per-namespace files `ip netns exec` binds over /etc (iproute2's convention).
+pub const ETC_NETNS: &str = "/etc/netns";
+
 /// Where an operation runs: the host's network namespace or a container's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,6 +113,16 @@ pub enum Op {
     NetnsDel {
         name: String,
     },
+    /// The container's /etc/netns/NETNS/resolv.conf (what `ip netns exec` and the processes
+    /// plumb starts see as /etc/resolv.conf).
+    ResolvConf {
+        netns: String,
+        content: String,
+    },
+    /// Removes /etc/netns/NETNS and what it holds; an absent folder is not an error.
+    EtcNetnsDel {
+        netns: String,
+    },
     /// One nftables transaction changing the stack's tables together.
     Nft {
         changes: Vec<NftChange>,
@@ -153,6 +166,11 @@ impl Op {
                 format!("ip link del group {group} 2>/dev/null || true  # nothing left in the group is fine")
             }
             Op::NetnsDel { name } => format!("if [ -e /run/netns/{name} ]; then ip netns del {name}; fi"),
+            Op::ResolvConf { netns, content } => {
+                let text = content.replace('%', "%%").replace('\n', "\\n");
+                format!("mkdir -p {ETC_NETNS}/{netns} && printf '{text}' > {ETC_NETNS}/{netns}/resolv.conf")
+            }
+            Op::EtcNetnsDel { netns } => format!("rm -rf {ETC_NETNS}/{netns}"),
             Op::Nft { changes } => firewall::command(changes),
         }
     }

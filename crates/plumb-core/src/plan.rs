@@ -222,7 +222,7 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     if desired.is_some() && !nft.is_empty() {
         steps.push(lower::firewall(What::ApplyFirewall { tables: tables(&nft) }, nft));
     }
-    steps.extend(created.into_iter().map(lower::create_container));
+    steps.extend(created.into_iter().map(|c| lower::create_container(stack, c)));
     Plan { steps }
 }
 

@@ -29,7 +29,8 @@ pub struct RunSpec {
     pub health: Option<HealthSpec>,
     pub depends_on: Vec<Dependency>,
     pub stop_grace_ms: u64,
-    /// Content of the container's /etc/hosts.
+    /// Content of the container's /etc/hosts: localhost and the container's own name (other
+    /// names are the stack's DNS server's).
     pub hosts: String,
 }
 
@@ -51,6 +52,17 @@ fn address_for(from: &Container, to: &Container) -> Option<Ipv4Addr> {
         .map(|i| i.address)
 }
 
+/// A container's /etc/hosts: localhost, and its own name on its first address (127.0.1.1
+/// without a network, as Debian does). Services' names are not here: DNS answers them,
+/// scoped, and a service's name gives its VIP.
+fn hosts_file(c: &Container) -> String {
+    let own = c.interfaces.first().map_or(Ipv4Addr::new(127, 0, 1, 1), |i| i.address);
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{}\n",
+        c.name
+    )
+}
+
 /// Run specs for every container that has a command. `base` is the stack file's folder:
 /// commands, `workdir` and relative paths are relative to it.
 pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
@@ -67,7 +79,7 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
             env.insert("PLUMB_STACK".to_string(), desired.stack.clone());
             env.insert("PLUMB_SERVICE".to_string(), c.service.clone());
             env.insert("PLUMB_REPLICA".to_string(), c.replica.to_string());
-            let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+            let hosts = hosts_file(c);
             for (service, replicas) in &by_service {
                 let addrs: Vec<String> = replicas
                     .iter()
@@ -77,12 +89,6 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
                 // Unset rather than empty: the service is not there for this container.
                 if !addrs.is_empty() {
                     env.insert(addrs_variable(service), addrs.join(","));
-                }
-                for (i, r) in replicas.iter().enumerate() {
-                    if let Some(a) = address_for(c, r) {
-                        let alias = if i == 0 { format!(" {service}") } else { String::new() };
-                        hosts += &format!("{a}\t{}{alias}\n", r.name);
-                    }
                 }
             }
             env.extend(p.env.clone());
@@ -148,8 +154,11 @@ workdir = "srv"
         // web reaches api on b, and api reaches web on b (not on a, which api is not on).
         assert_eq!(api2.env["PLUMB_ADDRS_WEB"], "10.0.2.4");
         assert_eq!(api2.env["PLUMB_ADDRS_MY_API"], "10.0.2.2,10.0.2.3");
-        assert!(api2.hosts.contains("10.0.2.4\tweb-1 web\n"), "{}", api2.hosts);
-        assert!(api2.hosts.contains("10.0.2.3\tmy-api-2\n"), "{}", api2.hosts);
+        // The hosts file names the container itself only; DNS answers for the others.
+        assert_eq!(
+            api2.hosts,
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.0.2.3\tmy-api-2\n"
+        );
         let web = specs.iter().find(|s| s.container == "web-1").unwrap();
         assert_eq!(web.env["PLUMB_ADDRS_WEB"], "10.0.1.2");
         assert_eq!(web.workdir, PathBuf::from("/stack"));
@@ -193,24 +202,11 @@ command = "web"
             let i = c.interfaces.iter().find(|i| i.network == network).unwrap();
             i.address.to_string()
         };
-        let hosts_line = |spec: &RunSpec, name: &str| {
-            spec.hosts
-                .lines()
-                .find(|l| l.split_whitespace().skip(1).any(|n| n == name))
-                .map(str::to_string)
-        };
 
         // web knows gateway by its frontend address, and nothing behind it.
         let web = spec("web-1");
         let gw_front = on("gateway-1", "frontend");
         assert_eq!(web.env["PLUMB_ADDRS_GATEWAY"], gw_front);
-        assert_eq!(
-            hosts_line(web, "gateway"),
-            Some(format!("{gw_front}\tgateway-1 gateway"))
-        );
-        for hidden in ["product", "product-1", "redis", "redis-1"] {
-            assert_eq!(hosts_line(web, hidden), None, "{}", web.hosts);
-        }
         assert!(!web.env.contains_key("PLUMB_ADDRS_PRODUCT"));
         assert!(!web.env.contains_key("PLUMB_ADDRS_REDIS"));
 
@@ -220,25 +216,18 @@ command = "web"
         let products = format!("{},{}", on("product-1", "backend"), on("product-2", "backend"));
         assert_eq!(gw.env["PLUMB_ADDRS_PRODUCT"], products);
         assert_eq!(gw.env["PLUMB_ADDRS_GATEWAY"], gw_front);
-        assert_eq!(hosts_line(gw, "redis"), None, "{}", gw.hosts);
         assert!(!gw.env.contains_key("PLUMB_ADDRS_REDIS"));
 
         // product: gateway on backend (not frontend), redis on database.
         let p2 = spec("product-2");
         let gw_back = on("gateway-1", "backend");
         assert_eq!(p2.env["PLUMB_ADDRS_GATEWAY"], gw_back);
-        assert_eq!(hosts_line(p2, "gateway"), Some(format!("{gw_back}\tgateway-1 gateway")));
         assert_eq!(p2.env["PLUMB_ADDRS_REDIS"], on("redis-1", "database"));
-        assert_eq!(hosts_line(p2, "web"), None, "{}", p2.hosts);
 
         // redis: the products by their database addresses (not their first, backend, ones).
         let redis = spec("redis-1");
         let products = format!("{},{}", on("product-1", "database"), on("product-2", "database"));
         assert_eq!(redis.env["PLUMB_ADDRS_PRODUCT"], products);
-        assert_eq!(
-            hosts_line(redis, "product-2"),
-            Some(format!("{}\tproduct-2", on("product-2", "database")))
-        );
         assert!(!redis.env.contains_key("PLUMB_ADDRS_GATEWAY"));
     }
 }

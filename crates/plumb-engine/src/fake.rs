@@ -173,7 +173,7 @@ impl World {
                 }
                 n.gateway = Some(*gateway);
             }
-            Op::StopProcesses { .. } => {}
+            Op::StopProcesses { .. } | Op::ResolvConf { .. } | Op::EtcNetnsDel { .. } => {}
             Op::BridgePortUp { link } => self.link(&At::Host, link)?.up = true,
             Op::LinkSetGroup { link, group } => {
                 if let Some(l) = self.links.get_mut(link) {

@@ -158,6 +158,8 @@ impl LinuxKernel {
                 self.inside.remove(name);
                 netns::delete(name)
             }
+            Op::ResolvConf { netns: ns, content } => netns::write_resolv_conf(ns, content),
+            Op::EtcNetnsDel { netns: ns } => netns::remove_etc(ns),
             Op::Nft { changes } => {
                 // One transaction at a time: the previous one completes first.
                 if let Some(pending) = self.nft.take() {

@@ -6,8 +6,10 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use plumb_core::ops::ETC_NETNS;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -148,6 +150,58 @@ pub fn delete(name: &str) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::new(format!("remove {}", target.display()), e)),
+    }
+}
+
+/// /etc/netns/NAME/resolv.conf: what `ip netns exec NAME` binds over /etc/resolv.conf.
+pub fn resolv_conf_path(name: &str) -> PathBuf {
+    Path::new(ETC_NETNS).join(name).join("resolv.conf")
+}
+
+/// As `ip netns exec NAME` does: a private mount namespace for the caller (single-threaded)
+/// with /etc/netns/NAME/resolv.conf bound over /etc/resolv.conf; nothing if it is not there.
+pub fn bind_resolv_conf(name: &str) -> Result<()> {
+    let source = resolv_conf_path(name);
+    if !source.exists() {
+        return Ok(());
+    }
+    let fail = |what: &str, e: Errno| Error::new(format!("{what} for {name}"), e.into());
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| fail("new mount namespace", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail("private mounts", e))?;
+    mount(
+        Some(&source),
+        "/etc/resolv.conf",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| fail("bind resolv.conf", e))
+}
+
+/// Writes /etc/netns/NAME/resolv.conf (readable by all: services may run as any user).
+pub fn write_resolv_conf(name: &str, content: &str) -> Result<()> {
+    let path = resolv_conf_path(name);
+    let dir = Path::new(ETC_NETNS).join(name);
+    fs::create_dir_all(&dir).map_err(|e| Error::new(format!("create {}", dir.display()), e))?;
+    fs::write(&path, content).map_err(|e| Error::new(format!("write {}", path.display()), e))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::new(format!("chmod {}", path.display()), e))
+}
+
+/// Removes /etc/netns/NAME and what it holds; a folder that is not there is not an error.
+pub fn remove_etc(name: &str) -> Result<()> {
+    let dir = Path::new(ETC_NETNS).join(name);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::new(format!("remove {}", dir.display()), e)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Running a program inside a container: after fork and before exec, the child enters the
 //! container's network namespace, gets its own UTS namespace (hostname = container name), its
-//! own mount namespace with the container's /etc/hosts bound over the host's, and its own
+//! own mount namespace with the container's /etc/hosts and /etc/resolv.conf bound over the
+//! host's, and its own
 //! session, so the whole process tree can be signalled as one group. Last it drops to the
 //! service's user and capabilities (`privileges`).
 
@@ -22,21 +23,39 @@ use plumb_core::spec::Capabilities;
 
 pub use privileges::{Identity, Privileges};
 
+/// Files bound over the host's in a container's private mount namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EtcFiles<'a> {
+    /// Over /etc/hosts.
+    pub hosts: Option<&'a Path>,
+    /// Over /etc/resolv.conf (skipped if it does not exist: a container made by an older plumb).
+    pub resolv_conf: Option<&'a Path>,
+}
+
 /// Makes `command` start inside the container whose network namespace is `netns`, as
 /// `identity` (root if `None`) with `capabilities`.
 pub fn confine(
     command: &mut Command,
     netns: OwnedFd,
     hostname: &str,
-    hosts_file: Option<&Path>,
+    files: EtcFiles,
     identity: Option<Identity>,
     capabilities: &Capabilities,
 ) -> io::Result<()> {
     // Everything the child needs is prepared here: between fork and exec only system calls run.
     let privileges = Privileges::new(identity, capabilities)?;
     let hostname = hostname.to_string();
-    let hosts = hosts_file.map(|p| CString::new(p.as_os_str().as_bytes())).transpose()?;
+    let hosts = files
+        .hosts
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .transpose()?;
     let etc_hosts = CString::new("/etc/hosts")?;
+    let resolv = files
+        .resolv_conf
+        .filter(|p| p.exists())
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .transpose()?;
+    let etc_resolv = CString::new("/etc/resolv.conf")?;
     let root = CString::new("/")?;
     // SAFETY: the closure runs in the forked child before exec; it only makes system calls
     // (setns, unshare, sethostname, mount, setsid, prctl, set*id, capset) on data prepared
@@ -48,8 +67,8 @@ pub fn confine(
             setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
             unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS)?;
             sethostname(&hostname)?;
-            if let Some(hosts) = &hosts {
-                // Private propagation first, so the bind mount stays in this process's view.
+            if hosts.is_some() || resolv.is_some() {
+                // Private propagation first, so the bind mounts stay in this process's view.
                 mount(
                     None::<&str>,
                     root.as_c_str(),
@@ -57,13 +76,17 @@ pub fn confine(
                     MsFlags::MS_REC | MsFlags::MS_PRIVATE,
                     None::<&str>,
                 )?;
-                mount(
-                    Some(hosts.as_c_str()),
-                    etc_hosts.as_c_str(),
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )?;
+            }
+            for (source, target) in [(&hosts, &etc_hosts), (&resolv, &etc_resolv)] {
+                if let Some(source) = source {
+                    mount(
+                        Some(source.as_c_str()),
+                        target.as_c_str(),
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )?;
+                }
             }
             setsid()?;
             privileges.apply()

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
-use plumb_core::firewall::vips::Balancer;
+use plumb_core::desired::Desired;
 use plumb_core::services::RunSpec;
 use plumb_core::spec::Condition;
 
@@ -20,35 +20,22 @@ use crate::runfile::{self, ReplicaState, ReplicaStatus, RunFile, StatusFile};
 use crate::state::{create_private_dir, write_error, StateDir, PRIVATE_FILE};
 use crate::supervisor_socket;
 
-/// Writes `specs` as the next generation of `run.json` and returns it. The generation is past
+/// Writes `specs` (and `desired`, if given; else the one there stays) as the next generation
+/// of `run.json` and returns it. The generation is past
 /// what the status file and the running supervisor name too, so a `run.json` lost with the
 /// state directory never makes an old status look like an answer.
-pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>) -> Result<RunFile> {
-    let run = runfile::read_run(stack_dir);
-    write_next(stack_dir, RunFile { specs, ..run })
-}
-
-/// Like [`write_run`], with the stack's virtual IPs as `up` resolved them.
-pub fn write_run_with(stack_dir: &Path, specs: Vec<RunSpec>, balancer: Balancer) -> Result<RunFile> {
-    let run = runfile::read_run(stack_dir);
-    write_next(
-        stack_dir,
-        RunFile {
-            specs,
-            balancer: Some(balancer),
-            ..run
-        },
-    )
-}
-
-/// Writes `run` as the next generation.
-fn write_next(stack_dir: &Path, mut run: RunFile) -> Result<RunFile> {
+pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>, desired: Option<&Desired>) -> Result<RunFile> {
+    let mut run = runfile::read_run(stack_dir);
     let applied = supervisor_socket::report(stack_dir).map_or(0, |(_, report)| report.generation);
     run.generation = run
         .generation
         .max(runfile::read_status(stack_dir).generation)
         .max(applied)
         + 1;
+    run.specs = specs;
+    if let Some(d) = desired {
+        run.desired = Some(d.clone());
+    }
     create_private_dir(stack_dir)?;
     runfile::write_json(&runfile::run_path(stack_dir), &run)?;
     Ok(run)
@@ -71,7 +58,7 @@ pub fn release_containers(stack_dir: &Path, netns: &BTreeSet<String>) -> Result<
         .cloned()
         .collect();
     let grace = max_grace(&current.specs);
-    let run = write_run(stack_dir, keep)?;
+    let run = write_run(stack_dir, keep, None)?;
     runfile::signal_and_wait(stack_dir, pid, run.generation, Duration::from_secs(5))?;
     // The supervisor acknowledged; wait until those processes are really gone.
     runfile::wait_until(grace + Duration::from_secs(5), || {

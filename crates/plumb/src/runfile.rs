@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use plumb_core::firewall::vips::Balancer;
 use plumb_core::services::RunSpec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -29,10 +28,9 @@ pub struct RunFile {
     pub stopped: BTreeSet<String>,
     /// Bumped by `plumb restart SVC`.
     pub restarts: BTreeMap<String, u64>,
-    /// The stack's virtual IPs, whose port chains the supervisor keeps listing the ready
-    /// replicas.
+    /// The stack as `up` made it: what its DNS server answers (None from an older plumb).
     #[serde(default)]
-    pub balancer: Option<Balancer>,
+    pub desired: Option<plumb_core::desired::Desired>,
 }
 
 impl RunFile {

@@ -14,7 +14,7 @@ fn http(sb: &Sandbox, from: Option<&str>, url: &str) -> String {
 }
 
 /// True if `container` completes a TCP connect to `target:port` within 2 s. Run through
-/// `plumb exec`, so a name resolves through the container's own /etc/hosts.
+/// `plumb exec`, so a name resolves through the container's own resolv.conf (the stack's DNS).
 fn tcp(sb: &Sandbox, container: &str, target: &str, port: u16) -> bool {
     let script = format!("exec 3<>/dev/tcp/{target}/{port}");
     sb.plumb(&["exec", container, "--", "timeout", "2", "bash", "-c", &script])
@@ -22,9 +22,10 @@ fn tcp(sb: &Sandbox, container: &str, target: &str, port: u16) -> bool {
         .success()
 }
 
-/// What `container`'s /etc/hosts says `name` is (no DNS: `-s files`), if anything.
+/// What `name` resolves to in `container` (the stack's DNS server, through getaddrinfo), if
+/// anything; the first address.
 fn hosts_entry(sb: &Sandbox, container: &str, name: &str) -> Option<String> {
-    let out = sb.plumb(&["exec", container, "--", "getent", "-s", "files", "hosts", name]);
+    let out = sb.plumb(&["exec", container, "--", "getent", "ahostsv4", name]);
     out.status
         .success()
         .then(|| text(&out.stdout).split_whitespace().next().unwrap_or("").to_string())

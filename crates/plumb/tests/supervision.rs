@@ -108,7 +108,7 @@ fn the_state_directory_is_private_to_root() {
         "plumb.toml",
         "name = \"priv\"\n[networks.n]\nsubnet = \"10.120.1.0/24\"\n\
          [services.s]\ncommand = \"/bin/sleep 3600\"\nenv = { TOKEN = \"hunter2\" }\n\
-         [services.u]\nuser = \"nobody\"\ncommand = [\"/bin/sh\", \"-c\", \"umask; grep -c s-1 /etc/hosts; sleep 3600\"]\n",
+         [services.u]\nuser = \"nobody\"\ncommand = [\"/bin/sh\", \"-c\", \"umask; grep -c u-1 /etc/hosts; grep -c 'nameserver 10.120.1.1' /etc/resolv.conf; sleep 3600\"]\n",
     );
     sb.plumb_ok(&["up"]);
     // As an older plumb left it: everything readable by all.
@@ -158,9 +158,10 @@ fn the_state_directory_is_private_to_root() {
         text(&heard.stderr)
     );
     assert_ne!(sb.ok(&ask).trim(), "0", "root must hear the report");
-    // A service running as another user still reads its hosts file, and gets the usual umask.
+    // A service running as another user still reads its hosts file and its resolv.conf, and
+    // gets the usual umask.
     let logs = sb.plumb_ok(&["logs", "u"]);
-    assert!(logs.contains("0022\n1\n"), "{logs}");
+    assert!(logs.contains("0022\n1\n1\n"), "{logs}");
 
     // A state directory whose parent anyone may write is refused before anything is made.
     sb.ok(&format!(

@@ -1,7 +1,8 @@
-//! What containers may send to the host itself. Containers on an internal network reach
-//! nothing of the host (plumb's own services for them, such as DNS, will be the exception);
-//! other networks keep Docker's behaviour (host services are reachable), without spoofed
-//! sources. The gateway addresses answer only on plumb's own bridges and from the host.
+//! What containers may send to the host itself. Every container reaches the stack's DNS
+//! server (port 53, UDP and TCP) on its own network's gateway, and on no other of the stack's
+//! gateways. Containers on an internal network reach nothing else of the host; other
+//! networks keep Docker's behaviour (host services are reachable), without spoofed sources.
+//! The gateway addresses answer only on plumb's own bridges and from the host.
 
 use super::{Hook, HookPoint, Rule, Ruleset};
 use crate::desired::Desired;
@@ -22,6 +23,28 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
             format!("iifname \"{br}\" ip daddr 127.0.0.0/8 drop"),
             format!("{name}: the host's loopback services are not reachable"),
         ));
+        input.rules.push(Rule::new(
+            format!(
+                "iifname \"{br}\" ip saddr {} ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
+                net.subnet, net.gateway
+            ),
+            format!("{name}: the stack's DNS server on its gateway"),
+        ));
+        let others: Vec<String> = desired
+            .networks
+            .iter()
+            .filter(|n| n.name != net.name)
+            .map(|n| n.gateway.to_string())
+            .collect();
+        if !others.is_empty() {
+            input.rules.push(Rule::new(
+                format!(
+                    "iifname \"{br}\" ip daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 drop",
+                    others.join(", ")
+                ),
+                format!("{name}: not the DNS server of another network"),
+            ));
+        }
         if net.internal {
             input.rules.push(Rule::new(
                 format!("iifname \"{br}\" drop"),

@@ -1,6 +1,6 @@
 //! `plumb exec CONTAINER -- CMD ...`: run a command inside a container's network namespace
-//! (and, when a service runs there, its hostname and /etc/hosts too); plumb's exit code is
-//! the command's.
+//! (and, when a service runs there, its hostname, /etc/hosts and /etc/resolv.conf too; in a
+//! bare container its resolv.conf); plumb's exit code is the command's.
 
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
@@ -28,6 +28,9 @@ pub fn run(ctx: &Context, container: &str, command: &[String]) -> Result<()> {
                 let _ = setns(ns.as_fd(), flag);
             }
         }
+    } else {
+        // A bare container: its resolv.conf, as `ip netns exec` would give it.
+        netns::bind_resolv_conf(&c.netns)?;
     }
     netns::enter(fd.as_fd())?;
     let Some((program, args)) = command.split_first() else {

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use plumb_core::firewall::vips::Balancer;
 use plumb_core::ipam::subnets_overlap;
 use plumb_core::services::{run_specs, SEARCH_PATH};
 use plumb_core::spec::Parsed;
@@ -125,10 +124,11 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     say!("{}", summary(&desired, &plan));
 
     let specs = run_specs(&desired, &base);
-    if specs.is_empty() && supervision == Supervision::Background {
+    // The supervisor also runs the stack's DNS server: it is needed while containers are.
+    if desired.containers.is_empty() && supervision == Supervision::Background {
         return processes::stop_supervisor(&stack_dir);
     }
-    let run = processes::write_run_with(&stack_dir, specs, Balancer::of(&desired))?;
+    let run = processes::write_run(&stack_dir, specs, Some(&desired))?;
     if supervision == Supervision::Foreground {
         if runfile::live_supervisor(&stack_dir).is_some() {
             return Err(
@@ -150,6 +150,9 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     processes::hand_over(&ctx.state, &stack, &run)?;
     drop(lock);
     let status = processes::wait_until_ready(&stack_dir, &run, processes::HealthWait::Dependencies)?;
+    if run.specs.is_empty() {
+        return Ok(());
+    }
     let running: Vec<_> = status.replicas.iter().filter(|(_, r)| r.pid.is_some()).collect();
     let kept = running
         .iter()

@@ -19,6 +19,7 @@ use plumb_core::services::RunSpec;
 use plumb_linux::{netns, nft};
 
 use super::balancer::Balancer;
+use super::dns::Dns;
 use super::hosts;
 use super::logs::{LogWriter, Pipes};
 use super::plan::{self, Change};
@@ -28,7 +29,7 @@ use super::spawn::{signal_each, signal_group, spawn_replica};
 use super::status;
 use crate::census;
 use crate::failure::{Failure, Result};
-use crate::runfile::{self, Exit, ReplicaState};
+use crate::runfile::{self, Exit, ReplicaState, StatusFile};
 use crate::state::{create_private_dir, HOSTS_DIR};
 use crate::supervisor_socket::{Listener, Report};
 
@@ -73,6 +74,9 @@ impl Sweep {
 }
 
 pub struct Supervisor {
+    /// The stack's DNS server (its own threads). First: it stops (its sockets close) before
+    /// the stack's socket does, so when `down` sees the supervisor gone, port 53 is free.
+    dns: Dns,
     dir: PathBuf,
     /// The generation of `run.json` applied.
     generation: u64,
@@ -112,6 +116,8 @@ impl Supervisor {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| Failure::new(format!("signalfd: {e}")))?;
         create_private_dir(&runfile::logs_dir(dir))?;
+        // After the signals are blocked: its threads inherit the mask, so they never take one.
+        let dns = Dns::start();
         Ok(Supervisor {
             dir: dir.to_path_buf(),
             generation: 0,
@@ -126,6 +132,7 @@ impl Supervisor {
             status_written_ms: None,
             status_error: None,
             balancer: Balancer::default(),
+            dns,
         })
     }
 
@@ -141,10 +148,12 @@ impl Supervisor {
             }
             if self.dirty {
                 // Every readiness change (start, exit, health verdict, stop) marks the status
-                // dirty: the load balancer follows it here, before `status.json` says so.
+                // dirty: the load balancer and the DNS answers follow it here, before
+                // `status.json` says so.
                 self.readiness_changed();
                 self.write_status();
             }
+            self.dns.keep_listening();
             let sleep = self
                 .slots
                 .values()
@@ -187,12 +196,14 @@ impl Supervisor {
         }
         self.generation = run.generation;
         self.dirty = true;
+        self.dns.reload(run.desired.as_ref());
         let unready = self.unready();
-        let result = self.balancer.reload(run.balancer, &unready, apply_nft);
-        note_balancer_error(result);
+        let balancer = run.desired.as_ref().map(plumb_core::firewall::vips::Balancer::of);
+        note_balancer_error(self.balancer.reload(balancer, &unready, apply_nft));
+        self.dns.readiness(unready);
     }
 
-    /// The load balancer (and whatever else follows readiness) catches up with the replicas.
+    /// The load balancer and the DNS answers catch up with the replicas' readiness.
     fn readiness_changed(&mut self) {
         if self.shutting_down {
             // Everything stops and `down` removes the table: no point rewriting it.
@@ -200,15 +211,32 @@ impl Supervisor {
         }
         let unready = self.unready();
         note_balancer_error(self.balancer.follow(&unready, apply_nft));
+        self.dns.readiness(unready);
     }
 
-    /// The replicas that may not take new connections (as `status.json` will say).
+    /// The containers that may not take new connections (as `status.json` will say): see
+    /// [`StatusFile::unready`].
     fn unready(&self) -> BTreeSet<String> {
-        self.slots
-            .iter()
-            .filter(|(_, s)| !status::replica_status(&s.replica, s.child.as_ref().map(Child::id)).is_ready())
-            .map(|(name, _)| name.clone())
-            .collect()
+        let status = StatusFile {
+            replicas: self
+                .slots
+                .iter()
+                .map(|(name, slot)| {
+                    let pid = slot.child.as_ref().map(Child::id);
+                    (name.clone(), status::replica_status(&slot.replica, pid))
+                })
+                .collect(),
+            ..StatusFile::default()
+        };
+        match self.dns.desired() {
+            Some(desired) => status.unready(desired),
+            None => status
+                .replicas
+                .iter()
+                .filter(|(_, r)| !r.is_ready())
+                .map(|(n, _)| n.clone())
+                .collect(),
+        }
     }
 
     /// Takes `spec` as its replica's definition, adding the replica if it is new.
@@ -549,7 +577,7 @@ fn note_balancer_error(result: std::result::Result<(), String>) {
 
 /// A line in the supervisor's own log (its stderr, a file in the state directory). Unlike
 /// `eprintln!`, a line that cannot be written (a full disk) is dropped, not a panic.
-fn say(line: &str) {
+pub(super) fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }

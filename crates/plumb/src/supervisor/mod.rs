@@ -7,11 +7,12 @@
 //! - `replica`: one replica's life as a pure state machine (back-off, health, dependencies).
 //! - `plan`: which replicas a new `run.json` keeps, restarts, stops, adds or removes (pure).
 //! - `spawn`: starting and signalling processes; `probe`: health probes; `logs`: output;
-//!   `hosts`: the containers' hosts files.
+//!   `hosts`: the containers' hosts files; `dns`: the stack's DNS server and its zone.
 //! - `status`: writing `status.json` for `plumb` (the socket tells whether that works).
 //! - `balancer`: the virtual IPs' port chains follow the replicas' readiness.
 
 mod balancer;
+mod dns;
 mod event_loop;
 #[cfg(test)]
 mod fixtures;

@@ -1,5 +1,5 @@
 //! Starting a replica's process inside its container (network namespace, hostname, hosts
-//! file, user) with the environment services get, and signalling its process group. The only
+//! file, resolv.conf, user) with the environment services get, and signalling its process group. The only
 //! module that creates or signals service processes.
 
 use std::os::unix::process::CommandExt;
@@ -51,11 +51,16 @@ pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<
         .as_deref()
         .map(|name| run_as(&mut command, name))
         .transpose()?;
+    let resolv_conf = netns::resolv_conf_path(&spec.netns);
+    let files = spawn::EtcFiles {
+        hosts: Some(&hosts),
+        resolv_conf: Some(&resolv_conf),
+    };
     spawn::confine(
         &mut command,
         netns_fd,
         &spec.container,
-        Some(&hosts),
+        files,
         identity,
         &spec.capabilities,
     )?;

@@ -1,5 +1,6 @@
 //! The test sandbox: every kernel test runs plumb inside a fresh network namespace plus a
-//! private mount namespace with its own tmpfs on /run/netns and its own state dir. Inside,
+//! private mount namespace with its own tmpfs on /run/netns and /etc/netns (the containers'
+//! resolv.conf files) and its own state dir. Inside,
 //! an `outside` namespace (203.0.113.2, behind the uplink `up0` = 203.0.113.1, the default
 //! route) stands for the internet. Dropping the sandbox ends every process left in it (by
 //! PID) and the namespace vanishes with its holder process.
@@ -22,6 +23,7 @@ pub const HOST_IP: &str = "203.0.113.1";
 const SETUP: &str = r#"
 set -e
 mount -t tmpfs tmpfs /run/netns
+mount -t tmpfs tmpfs /etc/netns
 ip link set lo up
 sysctl -qw net.ipv4.ip_forward=1
 # br_netfilter passes bridged frames through the inet hooks where it is loaded (here it is);
@@ -72,6 +74,8 @@ impl Sandbox {
 
     fn new() -> Sandbox {
         fs::create_dir_all("/run/netns").expect("create /run/netns for the sandbox mount point");
+        // The containers' resolv.conf files go there: a tmpfs of the sandbox's own.
+        fs::create_dir_all("/etc/netns").expect("create /etc/netns for the sandbox mount point");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("plumb-test-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -104,6 +108,13 @@ impl Sandbox {
         c.args(["-t", &self.holder.id().to_string(), "-n", "-m", &wd, "--"]);
         c.env("PLUMB_STATE_DIR", &self.state_dir);
         c
+    }
+
+    /// Binds a file with `content` over the sandbox's /etc/resolv.conf (its own mount
+    /// namespace: the machine's stays as it is). Before `up`: the supervisor reads it at start.
+    pub fn use_resolv_conf(&self, content: &str) {
+        let path = self.write("resolv.conf", content);
+        self.ok(&format!("mount --bind {} /etc/resolv.conf", path.display()));
     }
 
     /// Runs a shell script inside the sandbox.
@@ -298,6 +309,7 @@ impl Sandbox {
     /// Asserts the sandbox holds nothing of any stack: no namespace, link, nft table or process.
     pub fn assert_clean(&self) {
         assert_eq!(self.namespaces(), Vec::<String>::new(), "namespaces left behind");
+        assert_eq!(self.ok("ls -A /etc/netns").trim(), "", "/etc/netns files left behind");
         assert_eq!(self.links(), Vec::<String>::new(), "links left behind");
         assert_eq!(self.nft_tables(), "", "nft tables left behind");
         let procs = self.processes();

@@ -1,0 +1,256 @@
+//! plumb's embedded DNS server: one per stack, in the stack's supervisor, listening on port 53
+//! (UDP and TCP) of each network's gateway address. The stack's names come from its
+//! [`Zone`], swapped in place when replicas come and go (no restart, no re-read, no query
+//! dropped); other names go to the host's resolvers (`upstream`).
+//!
+//! - `answer`: one query to one response (hickory-proto messages; no I/O).
+//! - `upstream`: forwarding, its bounded pool of threads and its cache.
+//!
+//! Threads: per listening address, [`UDP_THREADS`] reading one UDP socket, one accepting TCP
+//! connections and one per open connection (at most [`TCP_CONNECTIONS`]).
+
+pub mod answer;
+pub mod upstream;
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use answer::{Outcome, Transport};
+use nix::sys::socket::{shutdown, Shutdown};
+use plumb_core::zone::Zone;
+use upstream::Upstream;
+
+/// The port the server listens on.
+pub const PORT: u16 = 53;
+/// Threads reading one address's UDP socket.
+pub const UDP_THREADS: usize = 2;
+/// Open TCP connections at once, over all addresses; more are closed at once.
+pub const TCP_CONNECTIONS: usize = 64;
+/// How often a blocked UDP reader looks whether it is to stop.
+const STOP_POLL: Duration = Duration::from_millis(250);
+/// An idle TCP connection is closed after this long.
+const TCP_IDLE: Duration = Duration::from_secs(5);
+
+/// What every thread of the server shares: the zone (swapped whole) and the upstream side.
+struct Shared {
+    zone: RwLock<Arc<Zone>>,
+    upstream: Arc<Upstream>,
+    connections: AtomicUsize,
+}
+
+impl Shared {
+    fn zone(&self) -> Arc<Zone> {
+        Arc::clone(&self.zone.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The threads serving one address.
+struct Listener {
+    stop: Arc<AtomicBool>,
+    udp: Arc<UdpSocket>,
+    tcp: Arc<TcpListener>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start(address: Ipv4Addr, port: u16, shared: &Arc<Shared>) -> io::Result<Listener> {
+        let udp = Arc::new(UdpSocket::bind((address, port))?);
+        udp.set_read_timeout(Some(STOP_POLL))?;
+        let tcp = Arc::new(TcpListener::bind((address, port))?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for i in 0..UDP_THREADS {
+            let (udp, shared, stop) = (Arc::clone(&udp), Arc::clone(shared), Arc::clone(&stop));
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || serve_udp(&udp, &shared, &stop))?,
+            );
+        }
+        let (tcp2, shared2, stop2) = (Arc::clone(&tcp), Arc::clone(shared), Arc::clone(&stop));
+        threads.push(
+            thread::Builder::new()
+                .name("dns-tcp".into())
+                .spawn(move || serve_tcp(&tcp2, &shared2, &stop2))?,
+        );
+        Ok(Listener {
+            stop,
+            udp,
+            tcp,
+            threads,
+        })
+    }
+
+    /// Whether a thread has ended (a panic): then the listener is made again.
+    fn is_broken(&self) -> bool {
+        self.threads.iter().any(JoinHandle::is_finished)
+    }
+
+    /// Stops its threads and closes its sockets (even if its address is gone already).
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // On Linux, shutting a socket down for reading wakes whoever waits in recvfrom or
+        // accept on it.
+        let _ = shutdown(self.udp.as_raw_fd(), Shutdown::Read);
+        let _ = shutdown(self.tcp.as_raw_fd(), Shutdown::Read);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A running DNS server. Dropping it stops every listener (forwarding threads stay parked).
+pub struct Server {
+    shared: Arc<Shared>,
+    port: u16,
+    listeners: BTreeMap<Ipv4Addr, Listener>,
+}
+
+impl Server {
+    /// A server answering from `zone`, forwarding to `upstreams`, listening nowhere yet.
+    pub fn new(zone: Zone, upstreams: Vec<SocketAddr>, port: u16) -> Server {
+        let upstream = Upstream::new(upstreams);
+        upstream.start();
+        Server {
+            shared: Arc::new(Shared {
+                zone: RwLock::new(Arc::new(zone)),
+                upstream,
+                connections: AtomicUsize::new(0),
+            }),
+            port,
+            listeners: BTreeMap::new(),
+        }
+    }
+
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        self.shared.upstream.servers()
+    }
+
+    /// Answers from `zone` from now on; queries being answered finish with the old one.
+    pub fn set_zone(&self, zone: Zone) {
+        *self.shared.zone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(zone);
+    }
+
+    /// Listens on exactly `addresses`: starts what is missing or broken, stops the rest.
+    /// Returns the addresses it could not listen on, with why (tried again next call).
+    pub fn listen_on(&mut self, addresses: &[Ipv4Addr]) -> Vec<(Ipv4Addr, io::Error)> {
+        let gone: Vec<Ipv4Addr> = self
+            .listeners
+            .iter()
+            .filter(|(a, l)| !addresses.contains(a) || l.is_broken())
+            .map(|(a, _)| *a)
+            .collect();
+        for a in gone {
+            if let Some(l) = self.listeners.remove(&a) {
+                l.stop();
+            }
+        }
+        let mut failed = Vec::new();
+        for a in addresses {
+            if self.listeners.contains_key(a) {
+                continue;
+            }
+            match Listener::start(*a, self.port, &self.shared) {
+                Ok(l) => {
+                    self.listeners.insert(*a, l);
+                }
+                Err(e) => failed.push((*a, e)),
+            }
+        }
+        failed
+    }
+
+    /// The addresses listened on.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        self.listeners.keys().copied().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for (_, l) in std::mem::take(&mut self.listeners) {
+            l.stop();
+        }
+    }
+}
+
+fn serve_udp(socket: &Arc<UdpSocket>, shared: &Shared, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // ICMP errors of earlier replies (ECONNREFUSED) are not the socket's end.
+            Err(_) => continue,
+        };
+        let SocketAddr::V4(asker) = from else { continue };
+        match answer::handle(&shared.zone(), *asker.ip(), &buf[..n], Transport::Udp) {
+            Outcome::Reply(bytes) => {
+                let _ = socket.send_to(&bytes, from);
+            }
+            Outcome::Forward(request) => shared.upstream.forward_udp(request, socket, from),
+            Outcome::Drop => {}
+        }
+    }
+}
+
+fn serve_tcp(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if matches!(&stream, Err(e) if e.kind() == io::ErrorKind::InvalidInput) {
+            // Shut down: nothing more will come.
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        if shared.connections.fetch_add(1, Ordering::SeqCst) >= TCP_CONNECTIONS {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let mine = Arc::clone(shared);
+        let spawned = thread::Builder::new()
+            .name("dns-tcp-conn".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _ = serve_connection(stream, &mine);
+                mine.connections.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            // The thread never ran: its connection is closed, and no longer counted.
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Length-prefixed messages, one answer each, until the asker closes or goes idle.
+fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    stream.set_read_timeout(Some(TCP_IDLE))?;
+    let asker = match stream.peer_addr()? {
+        SocketAddr::V4(a) => *a.ip(),
+        SocketAddr::V6(_) => return Ok(()),
+    };
+    loop {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len)?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut buf)?;
+        let bytes = match answer::handle(&shared.zone(), asker, &buf, Transport::Tcp) {
+            Outcome::Reply(bytes) => bytes,
+            Outcome::Forward(request) => shared.upstream.forward_blocking(&request),
+            Outcome::Drop => return Ok(()),
+        };
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            return Ok(());
+        };
+        stream.write_all(&len.to_be_bytes())?;
+        stream.write_all(&bytes)?;
+    }
+}
