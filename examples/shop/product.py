@@ -7,7 +7,7 @@ round-robin can be seen from outside.
 Environment (set by plumb):
   PLUMB_SERVICE, PLUMB_REPLICA  -> served_by = "<service>-<replica>"
   PLUMB_ADDRS_REDIS             -> Redis address (first entry); else the
-                                   hostname "redis" from /etc/hosts
+                                   hostname "redis" (the stack's DNS)
 Overrides for running outside plumb: HOST (listen address, default 0.0.0.0),
 PORT (default 5001), REDIS_PORT (default 6379).
 """

@@ -38,7 +38,8 @@ pub struct Desired {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,
-    /// From the stack's service subnet, kept across edits; `None` for a headless service.
+    /// From the stack's service subnet, kept across edits; `None` for a headless service and
+    /// for one without ports.
     pub vip: Option<Ipv4Addr>,
     pub ports: Vec<ServicePort>,
     pub lb: Balance,
@@ -200,7 +201,13 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
     };
     let mut pools = pools;
     pools.insert(VIP_POOL.to_string(), vip_pool);
-    for (svc_name, _) in stack.services.iter().filter(|(_, s)| s.lb != Balance::None) {
+    // A VIP serves declared ports only: a service without any (no `expose`, no `ports`) is
+    // reached at its replicas' addresses, as a headless one.
+    for (svc_name, _) in stack
+        .services
+        .iter()
+        .filter(|(_, s)| s.lb != Balance::None && !s.service_ports().is_empty())
+    {
         requests.push(Request {
             key: vip_lease(svc_name),
             network: VIP_POOL.to_string(),
@@ -306,16 +313,20 @@ mod tests {
     #[test]
     fn services_get_stable_vips_from_the_service_subnet() {
         let (first, leases) = desired(
-            &format!("{NET}[services.web]\nexpose = [80]\n[services.db]\n"),
+            &format!("{NET}[services.web]\nexpose = [80]\n[services.db]\nexpose = [5432]\n[services.bare]\n"),
             &Leases::new(),
         );
         let vip = |d: &Desired, s: &str| d.service(s).unwrap().vip.unwrap();
         // The subnet's first host address is kept free.
         assert_eq!(vip(&first, "db"), "10.96.0.2".parse::<Ipv4Addr>().unwrap());
         assert_eq!(vip(&first, "web"), "10.96.0.3".parse::<Ipv4Addr>().unwrap());
+        // Without ports there is nothing for a VIP to serve: none.
+        assert_eq!(first.service("bare").unwrap().vip, None);
         // A service added before them in name order does not renumber them.
         let (second, _) = desired(
-            &format!("{NET}[services.web]\nexpose = [80]\n[services.db]\n[services.api]\n"),
+            &format!(
+                "{NET}[services.web]\nexpose = [80]\n[services.db]\nexpose = [5432]\n[services.api]\nexpose = [80]\n"
+            ),
             &leases,
         );
         assert_eq!(vip(&second, "db"), vip(&first, "db"));

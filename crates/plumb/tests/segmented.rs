@@ -69,9 +69,18 @@ fn the_segmented_shop_works_and_each_tier_reaches_only_the_next() {
     assert!(product_back.starts_with("10.89.11.") && product_db.starts_with("10.89.12."));
     assert!(redis.starts_with("10.89.12."));
 
-    // Names resolve to the address on the network the two share, or not at all.
-    assert_eq!(hosts_entry(&sb, "web-1", "gateway"), Some(gateway_front.clone()));
-    assert_eq!(hosts_entry(&sb, "product-1", "gateway"), Some(gateway_back.clone()));
+    // Names resolve only where the two share a network: a service to its VIP when that network
+    // is the asker's first (its default route), else to its replicas' addresses there.
+    let services: serde_json::Value =
+        serde_json::from_str(&sb.plumb_ok(&["services", "-s", "shop-seg", "--json"])).unwrap();
+    let gateway_vip = services
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["service"] == "gateway"))
+        .and_then(|s| s["vip"].as_str())
+        .unwrap_or_else(|| panic!("no VIP for the gateway: {services:#}"))
+        .to_string();
+    assert_eq!(hosts_entry(&sb, "web-1", "gateway"), Some(gateway_vip.clone()));
+    assert_eq!(hosts_entry(&sb, "product-1", "gateway"), Some(gateway_vip));
     assert_eq!(hosts_entry(&sb, "gateway-1", "product-1"), Some(product_back.clone()));
     assert_eq!(hosts_entry(&sb, "product-2", "redis"), Some(redis.clone()));
     for (asker, hidden) in [("web-1", "redis"), ("web-1", "product"), ("gateway-1", "redis")] {
