@@ -5,6 +5,7 @@
 pub mod desired;
 pub mod diag;
 pub mod firewall;
+pub mod graph;
 pub mod ipam;
 pub mod kernel;
 pub mod lower;

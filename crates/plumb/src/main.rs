@@ -41,6 +41,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GraphFormatArg {
+    Dot,
+    Mermaid,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Make the kernel match the stack file (idempotent; applies only the difference).
@@ -131,6 +137,17 @@ enum Command {
         #[arg(long)]
         segmented: bool,
     },
+    /// Draw the stack: networks, containers with addresses, published ports, service VIPs.
+    Graph {
+        /// A stack that is up (instead of --file).
+        stack: Option<String>,
+        /// The stack file to draw (addresses as `plumb up` gives them).
+        #[arg(short, long, default_value = "plumb.toml", conflicts_with = "stack")]
+        file: PathBuf,
+        /// `dot` for Graphviz (`| dot -Tsvg > stack.svg`), `mermaid` for Markdown.
+        #[arg(long, value_enum, default_value_t = GraphFormatArg::Dot)]
+        format: GraphFormatArg,
+    },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
     Supervise {
@@ -149,7 +166,8 @@ impl Command {
             | Command::Ps { .. }
             | Command::Exec { .. }
             | Command::Inspect { .. }
-            | Command::Logs { .. } => ClosedPipe::EndsTheCommand,
+            | Command::Logs { .. }
+            | Command::Graph { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
             | Command::Restart { .. }
@@ -221,6 +239,13 @@ fn main() -> ExitCode {
                 commands::demo::Action::Up
             };
             commands::demo::run(&ctx, action, segmented)
+        }
+        Command::Graph { stack, file, format } => {
+            let format = match format {
+                GraphFormatArg::Dot => plumb_core::graph::GraphFormat::Dot,
+                GraphFormatArg::Mermaid => plumb_core::graph::GraphFormat::Mermaid,
+            };
+            commands::graph::run(&ctx, stack.as_deref(), &file, format)
         }
         Command::Supervise { stack } => commands::require_stack_name(&stack)
             .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)))

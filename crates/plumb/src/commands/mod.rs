@@ -4,6 +4,7 @@ pub mod control;
 pub mod demo;
 pub mod down;
 pub mod exec;
+pub mod graph;
 pub mod inspect;
 pub mod logs;
 pub mod ps;
