@@ -137,6 +137,15 @@ enum Command {
         #[arg(long)]
         segmented: bool,
     },
+    /// Sockets in containers (with their processes) and the host's tracked flows with their NAT.
+    Conns {
+        /// A container (SVC-k), a service (all replicas), a stack, each also as STACK/NAME;
+        /// default: every container of every stack that is up.
+        target: Option<String>,
+        /// Print them as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
     /// Draw the stack: networks, containers with addresses, published ports, service VIPs.
     Graph {
         /// A stack that is up (instead of --file).
@@ -167,7 +176,8 @@ impl Command {
             | Command::Exec { .. }
             | Command::Inspect { .. }
             | Command::Logs { .. }
-            | Command::Graph { .. } => ClosedPipe::EndsTheCommand,
+            | Command::Graph { .. }
+            | Command::Conns { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
             | Command::Restart { .. }
@@ -240,6 +250,7 @@ fn main() -> ExitCode {
             };
             commands::demo::run(&ctx, action, segmented)
         }
+        Command::Conns { target, json } => commands::conns::run(&ctx, target.as_deref(), Format::from_json_flag(json)),
         Command::Graph { stack, file, format } => {
             let format = match format {
                 GraphFormatArg::Dot => plumb_core::graph::GraphFormat::Dot,
