@@ -15,6 +15,7 @@ pub mod plan;
 pub mod render;
 pub mod services;
 pub mod spec;
+pub mod trace;
 
 pub use desired::{Container, Desired, Interface, Network};
 pub use diag::{Diagnostic, Diagnostics};

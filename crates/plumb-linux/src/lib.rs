@@ -8,6 +8,7 @@ pub mod link;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod probe;
 pub mod route;
 pub mod sockets;
 pub mod spawn;

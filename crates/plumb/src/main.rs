@@ -146,6 +146,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send one probe connection from a container and show each hook and nftables rule it met.
+    Trace {
+        /// The container the probe starts from (SVC-k, SVC or STACK/SVC-k).
+        from: String,
+        /// TARGET:PORT[/tcp|udp]: TARGET is a container, a service (its VIP) or an IPv4 address.
+        to: String,
+        /// Print the trace as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
     /// Draw the stack: networks, containers with addresses, published ports, service VIPs.
     Graph {
         /// A stack that is up (instead of --file).
@@ -184,6 +194,7 @@ impl Command {
             | Command::Stop { .. }
             | Command::Start { .. }
             | Command::Demo { .. }
+            | Command::Trace { .. }
             | Command::Supervise { .. } => ClosedPipe::IsIgnored,
         }
     }
@@ -250,6 +261,7 @@ fn main() -> ExitCode {
             };
             commands::demo::run(&ctx, action, segmented)
         }
+        Command::Trace { from, to, json } => commands::trace::run(&ctx, &from, &to, Format::from_json_flag(json)),
         Command::Conns { target, json } => commands::conns::run(&ctx, target.as_deref(), Format::from_json_flag(json)),
         Command::Graph { stack, file, format } => {
             let format = match format {
@@ -266,7 +278,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             // Written, not eprintln!: a closed stderr must not turn a failure into a panic.
-            let _ = writeln!(std::io::stderr(), "plumb: {failure}");
+            if !failure.message.is_empty() {
+                let _ = writeln!(std::io::stderr(), "plumb: {failure}");
+            }
             ExitCode::from(u8::try_from(failure.code).unwrap_or(1))
         }
     }

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod inspect;
 pub mod logs;
 pub mod ps;
+pub mod trace;
 pub mod up;
 
 use crate::failure::{Failure, Result};
