@@ -137,6 +137,26 @@ enum Command {
         #[arg(long)]
         segmented: bool,
     },
+    /// Capture packets on a container, a service (every replica) or a network (its bridge).
+    Capture {
+        /// A container (SVC-k), a service, or a network (each also as STACK/NAME).
+        target: String,
+        /// One interface of each container (eth0...); default: all of them (also `any`).
+        #[arg(short = 'i', long = "interface")]
+        interface: Option<String>,
+        /// A tcpdump filter expression, compiled to BPF and run in the kernel ("tcp port 80").
+        #[arg(long)]
+        filter: Option<String>,
+        /// Stop after this many packets.
+        #[arg(short = 'c', long = "count")]
+        count: Option<u64>,
+        /// Stop after this long ("10s", "2m").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Write pcapng here (one interface block per CONTAINER/IFACE) instead of printing lines.
+        #[arg(short = 'w', long = "write")]
+        write: Option<PathBuf>,
+    },
     /// Sockets in containers (with their processes) and the host's tracked flows with their NAT.
     Conns {
         /// A container (SVC-k), a service (all replicas), a stack, each also as STACK/NAME;
@@ -187,7 +207,8 @@ impl Command {
             | Command::Inspect { .. }
             | Command::Logs { .. }
             | Command::Graph { .. }
-            | Command::Conns { .. } => ClosedPipe::EndsTheCommand,
+            | Command::Conns { .. }
+            | Command::Capture { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
             | Command::Restart { .. }
@@ -261,6 +282,24 @@ fn main() -> ExitCode {
             };
             commands::demo::run(&ctx, action, segmented)
         }
+        Command::Capture {
+            target,
+            interface,
+            filter,
+            count,
+            duration,
+            write,
+        } => commands::capture::run(
+            &ctx,
+            &target,
+            &commands::capture::Options {
+                interface: interface.as_deref(),
+                filter: filter.as_deref(),
+                count,
+                duration,
+                write: write.as_deref(),
+            },
+        ),
         Command::Trace { from, to, json } => commands::trace::run(&ctx, &from, &to, Format::from_json_flag(json)),
         Command::Conns { target, json } => commands::conns::run(&ctx, target.as_deref(), Format::from_json_flag(json)),
         Command::Graph { stack, file, format } => {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod capture;
 pub mod conns;
 pub mod control;
 pub mod demo;
