@@ -5,6 +5,7 @@
 pub mod desired;
 pub mod diag;
 pub mod firewall;
+pub mod graph;
 pub mod ipam;
 pub mod kernel;
 pub mod lower;
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod render;
 pub mod services;
 pub mod spec;
+pub mod trace;
 pub mod zone;
 
 pub use desired::{Container, Desired, Interface, Network};

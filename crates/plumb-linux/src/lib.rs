@@ -2,11 +2,13 @@
 //! (links, addresses, routes), nftables, sysctls. Knows nothing about stack files.
 
 pub mod addr;
+pub mod conntrack;
 pub mod kernel;
 pub mod link;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod probe;
 pub mod route;
 pub mod sockets;
 pub mod spawn;

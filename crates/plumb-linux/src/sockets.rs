@@ -1,7 +1,7 @@
-//! Who listens on a port in this network namespace: the sockets from the kernel through
-//! sock_diag netlink (as `ss -l` reads them), and which process holds each from /proc/PID/fd
-//! (as `ss -p` finds it). Used before publishing a port, so a host service on it is named
-//! instead of silently shadowed.
+//! The sockets of this network namespace, from the kernel through sock_diag netlink (as `ss`
+//! reads them), and which process holds each from /proc/PID/fd (as `ss -p` finds it). Used
+//! before publishing a port, so a host service on it is named instead of silently shadowed,
+//! and by `plumb conns`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -41,9 +41,9 @@ pub fn listeners(transport: Transport, port: u16) -> Result<Vec<Listener>> {
     };
     let mut found = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        for (address, p, inode) in dump(family, protocol, states)? {
-            if p == port {
-                found.push((address, p, inode));
+        for s in dump(family, protocol, states)? {
+            if s.local.1 == port {
+                found.push((s.local.0, s.local.1, s.inode));
             }
         }
     }
@@ -61,9 +61,77 @@ pub fn listeners(transport: Transport, port: u16) -> Result<Vec<Listener>> {
         .collect())
 }
 
-/// One sock_diag dump: (local address, local port, inode) of each socket in `states`.
-fn dump(family: u8, protocol: u8, states: StateFlags) -> Result<Vec<(IpAddr, u16, u32)>> {
-    let what = "list listening sockets";
+/// One socket, as `ss -tunap` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub transport: Transport,
+    /// TCP: `LISTEN`, `ESTAB`, `TIME-WAIT`...; UDP: `UNCONN` (bound) or `ESTAB` (connected).
+    pub state: &'static str,
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    /// The processes holding the socket: (pid, command name).
+    pub holders: Vec<(u32, String)>,
+}
+
+/// Every TCP and UDP socket of this network namespace (IPv4 and IPv6), with their holders.
+pub fn all() -> Result<Vec<SocketInfo>> {
+    let mut found = Vec::new();
+    for (transport, protocol) in [(Transport::Tcp, IPPROTO_TCP), (Transport::Udp, IPPROTO_UDP)] {
+        for family in [AF_INET, AF_INET6] {
+            for s in dump(family, protocol, StateFlags::all())? {
+                found.push((transport, s));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let holders = socket_holders();
+    Ok(found
+        .into_iter()
+        .map(|(transport, s)| SocketInfo {
+            transport,
+            state: state_name(transport, s.state),
+            local: s.local,
+            remote: s.remote,
+            holders: holders.get(&u64::from(s.inode)).cloned().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// The kernel's TCP state numbers (include/net/tcp_states.h) in `ss`'s words.
+fn state_name(transport: Transport, state: u8) -> &'static str {
+    match (transport, state) {
+        (Transport::Udp, 1) => "ESTAB",
+        (Transport::Udp, _) => "UNCONN",
+        (Transport::Tcp, s) => match s {
+            1 => "ESTAB",
+            2 => "SYN-SENT",
+            3 => "SYN-RECV",
+            4 => "FIN-WAIT-1",
+            5 => "FIN-WAIT-2",
+            6 => "TIME-WAIT",
+            7 => "UNCONN",
+            8 => "CLOSE-WAIT",
+            9 => "LAST-ACK",
+            10 => "LISTEN",
+            11 => "CLOSING",
+            _ => "UNKNOWN",
+        },
+    }
+}
+
+/// What one sock_diag answer says of a socket.
+struct Dumped {
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+    state: u8,
+    inode: u32,
+}
+
+/// One sock_diag dump of the sockets in `states`.
+fn dump(family: u8, protocol: u8, states: StateFlags) -> Result<Vec<Dumped>> {
+    let what = "list sockets";
     let wrap = |e| Error::new(what, e);
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(wrap)?;
     socket.bind_auto().map_err(wrap)?;
@@ -99,7 +167,12 @@ fn dump(family: u8, protocol: u8, states: StateFlags) -> Result<Vec<(IpAddr, u16
             match message.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let id = &r.header.socket_id;
-                    out.push((id.source_address, id.source_port, r.header.inode));
+                    out.push(Dumped {
+                        local: (id.source_address, id.source_port),
+                        remote: (id.destination_address, id.destination_port),
+                        state: r.header.state,
+                        inode: r.header.inode,
+                    });
                 }
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) => {

@@ -23,6 +23,11 @@ impl Failure {
         }
     }
 
+    /// A failure whose command has already said what went wrong: only the exit code.
+    pub fn silent(code: i32) -> Self {
+        Failure::new("").code(code)
+    }
+
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

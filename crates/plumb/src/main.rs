@@ -41,6 +41,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GraphFormatArg {
+    Dot,
+    Mermaid,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Make the kernel match the stack file (idempotent; applies only the difference).
@@ -148,6 +154,56 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Capture packets on a container, a service (every replica) or a network (its bridge).
+    Capture {
+        /// A container (SVC-k), a service, or a network (each also as STACK/NAME).
+        target: String,
+        /// One interface of each container (eth0...); default: all of them (also `any`).
+        #[arg(short = 'i', long = "interface")]
+        interface: Option<String>,
+        /// A tcpdump filter expression, compiled to BPF and run in the kernel ("tcp port 80").
+        #[arg(long)]
+        filter: Option<String>,
+        /// Stop after this many packets.
+        #[arg(short = 'c', long = "count")]
+        count: Option<u64>,
+        /// Stop after this long ("10s", "2m").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Write pcapng here (one interface block per CONTAINER/IFACE) instead of printing lines.
+        #[arg(short = 'w', long = "write")]
+        write: Option<PathBuf>,
+    },
+    /// Sockets in containers (with their processes) and the host's tracked flows with their NAT.
+    Conns {
+        /// A container (SVC-k), a service (all replicas), a stack, each also as STACK/NAME;
+        /// default: every container of every stack that is up.
+        target: Option<String>,
+        /// Print them as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one probe connection from a container and show each hook and nftables rule it met.
+    Trace {
+        /// The container the probe starts from (SVC-k, SVC or STACK/SVC-k).
+        from: String,
+        /// TARGET:PORT[/tcp|udp]: TARGET is a container, a service (its VIP) or an IPv4 address.
+        to: String,
+        /// Print the trace as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw the stack: networks, containers with addresses, published ports, service VIPs.
+    Graph {
+        /// A stack that is up (instead of --file).
+        stack: Option<String>,
+        /// The stack file to draw (addresses as `plumb up` gives them).
+        #[arg(short, long, default_value = "plumb.toml", conflicts_with = "stack")]
+        file: PathBuf,
+        /// `dot` for Graphviz (`| dot -Tsvg > stack.svg`), `mermaid` for Markdown.
+        #[arg(long, value_enum, default_value_t = GraphFormatArg::Dot)]
+        format: GraphFormatArg,
+    },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
     Supervise {
@@ -189,13 +245,17 @@ impl Command {
             | Command::Exec { .. }
             | Command::Inspect { .. }
             | Command::Policy { .. }
-            | Command::Logs { .. } => ClosedPipe::EndsTheCommand,
+            | Command::Logs { .. }
+            | Command::Graph { .. }
+            | Command::Conns { .. }
+            | Command::Capture { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
             | Command::Restart { .. }
             | Command::Stop { .. }
             | Command::Start { .. }
             | Command::Demo { .. }
+            | Command::Trace { .. }
             | Command::Supervise { .. } => ClosedPipe::IsIgnored,
         }
     }
@@ -288,6 +348,33 @@ fn main() -> ExitCode {
                 (None, None) => Which::Default,
             };
             commands::policy::why(&ctx, which, &from, &to, Format::from_json_flag(json))
+        }
+        Command::Capture {
+            target,
+            interface,
+            filter,
+            count,
+            duration,
+            write,
+        } => commands::capture::run(
+            &ctx,
+            &target,
+            &commands::capture::Options {
+                interface: interface.as_deref(),
+                filter: filter.as_deref(),
+                count,
+                duration,
+                write: write.as_deref(),
+            },
+        ),
+        Command::Trace { from, to, json } => commands::trace::run(&ctx, &from, &to, Format::from_json_flag(json)),
+        Command::Conns { target, json } => commands::conns::run(&ctx, target.as_deref(), Format::from_json_flag(json)),
+        Command::Graph { stack, file, format } => {
+            let format = match format {
+                GraphFormatArg::Dot => plumb_core::graph::GraphFormat::Dot,
+                GraphFormatArg::Mermaid => plumb_core::graph::GraphFormat::Mermaid,
+            };
+            commands::graph::run(&ctx, stack.as_deref(), &file, format)
         }
         Command::Supervise { stack } => commands::require_stack_name(&stack)
             .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)))

@@ -71,3 +71,37 @@ pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Conta
         }
     }
 }
+
+/// The containers a command's TARGET names, in every stack that is up: a container (`SVC-k`),
+/// every replica of a service (`SVC`), every container of a stack (`STACK`), each also as
+/// `STACK/NAME`; no TARGET names them all. Nothing found is an input error (exit 2).
+pub fn find_targets(state: &StateDir, target: Option<&str>) -> Result<Vec<(StackState, Container)>> {
+    let (stack_filter, name) = match target {
+        Some(t) => qualified(t),
+        None => (None, ""),
+    };
+    let mut found = Vec::new();
+    for (stack, st) in state.stacks()? {
+        if stack_filter.is_some_and(|f| f != stack) {
+            continue;
+        }
+        let Some(desired) = &st.desired else { continue };
+        let whole_stack = target.is_none() || (stack_filter.is_none() && name == stack);
+        let hits: Vec<&Container> = match desired.container(name) {
+            Some(c) if !whole_stack => vec![c],
+            _ => desired
+                .containers
+                .iter()
+                .filter(|c| whole_stack || c.service == name)
+                .collect(),
+        };
+        found.extend(hits.into_iter().map(|c| (st.clone(), c.clone())));
+    }
+    if found.is_empty() {
+        let what = target.map_or("any container".to_string(), |t| format!("{t:?}"));
+        return Err(Failure::new(format!("no stack, service or container {what} is up"))
+            .hint("`plumb ps` lists the containers of the stacks that are up")
+            .code(2));
+    }
+    Ok(found)
+}

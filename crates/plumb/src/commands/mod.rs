@@ -1,14 +1,18 @@
 //! One module per subcommand.
 
+pub mod capture;
+pub mod conns;
 pub mod control;
 pub mod demo;
 pub mod down;
 pub mod exec;
+pub mod graph;
 pub mod inspect;
 pub mod logs;
 pub mod policy;
 pub mod ps;
 pub mod services;
+pub mod trace;
 pub mod up;
 
 use crate::failure::{Failure, Result};

@@ -1,0 +1,244 @@
+//! A stack's topology as a graph, for people: networks (bridges with their subnet and
+//! gateway), containers with their addresses on each network, published ports (from the host)
+//! and services' virtual IPs. Rendered as Graphviz `dot` or as a Mermaid flowchart; pure text.
+
+use std::fmt::Write;
+
+use crate::desired::Desired;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+/// Node ids use only `[a-z0-9_]`, which both formats take unquoted.
+fn id(kind: &str, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{kind}_{clean}")
+}
+
+/// One edge of the graph: from, to, its label.
+struct Edge {
+    from: String,
+    to: String,
+    label: String,
+    dashed: bool,
+}
+
+/// One node: id, shape, label lines.
+struct Node {
+    id: String,
+    shape: Shape,
+    lines: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Shape {
+    Host,
+    Network,
+    Container,
+    Vip,
+}
+
+fn model(desired: &Desired) -> (Vec<Node>, Vec<Edge>) {
+    let mut nodes = vec![Node {
+        id: "host".into(),
+        shape: Shape::Host,
+        lines: vec!["host".into()],
+    }];
+    let mut edges = Vec::new();
+    for net in &desired.networks {
+        let mut lines = vec![
+            format!("network {}", net.name),
+            format!("{} {}", net.bridge, net.subnet),
+            format!("gateway {}", net.gateway),
+        ];
+        if net.internal {
+            lines.push("internal".into());
+        }
+        nodes.push(Node {
+            id: id("net", &net.name),
+            shape: Shape::Network,
+            lines,
+        });
+        if !net.internal {
+            edges.push(Edge {
+                from: "host".into(),
+                to: id("net", &net.name),
+                label: "routed, NAT out".into(),
+                dashed: true,
+            });
+        }
+    }
+    for c in &desired.containers {
+        let mut lines = vec![c.name.clone()];
+        if c.process.is_none() {
+            lines.push("(no process)".into());
+        }
+        nodes.push(Node {
+            id: id("ctr", &c.name),
+            shape: Shape::Container,
+            lines,
+        });
+        for i in &c.interfaces {
+            edges.push(Edge {
+                from: id("net", &i.network),
+                to: id("ctr", &c.name),
+                label: format!("{} {}", i.name, i.cidr()),
+                dashed: false,
+            });
+        }
+        for p in &c.ports {
+            edges.push(Edge {
+                from: "host".into(),
+                to: id("ctr", &c.name),
+                label: format!("publish {p}"),
+                dashed: true,
+            });
+        }
+    }
+    for svc in &desired.services {
+        let Some(vip) = svc.vip else { continue };
+        let ports: Vec<String> = svc.ports.iter().map(ToString::to_string).collect();
+        let mut lines = vec![format!("service {}", svc.name), format!("VIP {vip}")];
+        if !ports.is_empty() {
+            lines.push(ports.join(" "));
+        }
+        nodes.push(Node {
+            id: id("svc", &svc.name),
+            shape: Shape::Vip,
+            lines,
+        });
+        for c in &svc.containers {
+            edges.push(Edge {
+                from: id("svc", &svc.name),
+                to: id("ctr", c),
+                label: svc.lb.as_str().into(),
+                dashed: true,
+            });
+        }
+    }
+    (nodes, edges)
+}
+
+/// The stack as a graph in `format`.
+pub fn render(desired: &Desired, format: GraphFormat) -> String {
+    let (nodes, edges) = model(desired);
+    match format {
+        GraphFormat::Dot => dot(&desired.stack, &nodes, &edges),
+        GraphFormat::Mermaid => mermaid(&nodes, &edges),
+    }
+}
+
+fn dot(stack: &str, nodes: &[Node], edges: &[Edge]) -> String {
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = format!(
+        "digraph \"{}\" {{\n\trankdir=LR;\n\tnode [fontname=\"sans-serif\"];\n",
+        quote(stack)
+    );
+    for n in nodes {
+        let shape = match n.shape {
+            Shape::Host => "house",
+            Shape::Network => "box3d",
+            Shape::Container => "box",
+            Shape::Vip => "ellipse",
+        };
+        let label: Vec<String> = n.lines.iter().map(|l| quote(l)).collect();
+        let _ = writeln!(out, "\t{} [shape={shape}, label=\"{}\"];", n.id, label.join("\\n"));
+    }
+    for e in edges {
+        let style = if e.dashed { ", style=dashed" } else { "" };
+        let _ = writeln!(out, "\t{} -> {} [label=\"{}\"{style}];", e.from, e.to, quote(&e.label));
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn mermaid(nodes: &[Node], edges: &[Edge]) -> String {
+    // Mermaid labels are quoted; a double quote inside one is written as #quot;.
+    let quote = |s: &str| s.replace('"', "#quot;");
+    let mut out = String::from("flowchart LR\n");
+    for n in nodes {
+        let label = n.lines.iter().map(|l| quote(l)).collect::<Vec<_>>().join("<br/>");
+        let (open, close) = match n.shape {
+            Shape::Host => ("[/", "\\]"),
+            Shape::Network => ("[[", "]]"),
+            Shape::Container => ("[", "]"),
+            Shape::Vip => ("((", "))"),
+        };
+        let _ = writeln!(out, "    {}{open}\"{label}\"{close}", n.id);
+    }
+    for e in edges {
+        let arrow = if e.dashed { "-.->" } else { "-->" };
+        let _ = writeln!(out, "    {} {arrow}|\"{}\"| {}", e.from, quote(&e.label), e.to);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::resolve;
+    use crate::spec::parse;
+
+    fn shop() -> Desired {
+        let text = "name = \"shop\"\n[networks.front]\nsubnet = \"10.89.1.0/24\"\n[networks.db]\nsubnet = \"10.89.2.0/24\"\ninternal = true\n\
+                    [services.web]\nnetworks = [\"front\"]\nports = [\"8080:80\"]\n\
+                    [services.api]\nnetworks = [\"front\", \"db\"]\nreplicas = 2\nexpose = [5000]\n\
+                    [services.redis]\nnetworks = [\"db\"]\nlb = \"none\"\n";
+        resolve(&parse("plumb.toml", text).unwrap(), &Default::default())
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn dot_names_networks_containers_ports_and_vips() {
+        let out = render(&shop(), GraphFormat::Dot);
+        assert!(out.starts_with("digraph \"shop\" {"), "{out}");
+        assert!(
+            out.contains("net_front [shape=box3d, label=\"network front\\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("net_db -> ctr_api_2 [label=\"eth1 10.89.2.3/24\"]"),
+            "{out}"
+        );
+        assert!(
+            out.contains("host -> ctr_web_1 [label=\"publish 8080->80/tcp\", style=dashed]"),
+            "{out}"
+        );
+        assert!(
+            out.contains("svc_api [shape=ellipse, label=\"service api\\nVIP 10.96.0.2\\n5000/tcp\"]"),
+            "{out}"
+        );
+        // Internal networks have no way to the host; headless services no VIP.
+        assert!(!out.contains("host -> net_db"), "{out}");
+        assert!(!out.contains("svc_redis"), "{out}");
+    }
+
+    #[test]
+    fn mermaid_is_a_flowchart_with_the_same_edges() {
+        let out = render(&shop(), GraphFormat::Mermaid);
+        assert!(out.starts_with("flowchart LR\n"), "{out}");
+        assert!(out.contains("    net_front[[\"network front<br/>"), "{out}");
+        assert!(out.contains("    svc_api -.->|\"round-robin\"| ctr_api_1"), "{out}");
+        assert!(
+            out.contains("    net_front -->|\"eth0 10.89.1.4/24\"| ctr_web_1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    host -.->|\"publish 8080->80/tcp\"| ctr_web_1"),
+            "{out}"
+        );
+    }
+}

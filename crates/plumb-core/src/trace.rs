@@ -1,0 +1,250 @@
+//! Reading nftables' own packet traces (`nft monitor trace`) into the way a probe took: each
+//! hook a packet passed (family, table, chain, the interfaces it came in and went out by),
+//! each rule it matched with its verdict and the comment saying what plumb made the rule from,
+//! and the chain policies that applied. Pure: the lines come in, a [`Path`] comes out.
+
+use serde::Serialize;
+
+/// One line of `nft monitor trace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceLine {
+    /// `trace id ID FAMILY TABLE CHAIN packet: iif "x" oif "y" ...`
+    Packet {
+        at: Hook,
+        iif: Option<String>,
+        oif: Option<String>,
+    },
+    /// `trace id ID FAMILY TABLE CHAIN rule EXPR [comment "..."] (verdict V)`
+    Rule {
+        at: Hook,
+        expr: String,
+        comment: Option<String>,
+        verdict: String,
+    },
+    /// `trace id ID FAMILY TABLE CHAIN policy accept|drop`
+    Policy { at: Hook, verdict: String },
+}
+
+/// Where in the ruleset: family, table, chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hook {
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.family, self.table, self.chain)
+    }
+}
+
+/// Parses one line; other lines (and traces of tables `skip` names) give `None`.
+pub fn parse_line(line: &str) -> Option<TraceLine> {
+    let rest = line.trim().strip_prefix("trace id ")?;
+    let mut words = rest.splitn(5, ' ');
+    let _id = words.next()?;
+    let at = Hook {
+        family: words.next()?.to_string(),
+        table: words.next()?.to_string(),
+        chain: words.next()?.to_string(),
+    };
+    let what = words.next()?;
+    if let Some(packet) = what.strip_prefix("packet: ") {
+        return Some(TraceLine::Packet {
+            iif: quoted_after(packet, "iif "),
+            oif: quoted_after(packet, "oif "),
+            at,
+        });
+    }
+    if let Some(policy) = what.strip_prefix("policy ") {
+        return Some(TraceLine::Policy {
+            at,
+            verdict: policy.trim().to_string(),
+        });
+    }
+    let rule = what.strip_prefix("rule ")?;
+    let (body, verdict) = rule.rsplit_once(" (verdict ")?;
+    let verdict = verdict.trim().trim_end_matches(')').to_string();
+    let (expr, comment) = match body.find(" comment \"") {
+        Some(at) => (
+            body[..at].to_string(),
+            Some(body[at + " comment \"".len()..].trim_end_matches('"').to_string()),
+        ),
+        None => (body.to_string(), None),
+    };
+    Some(TraceLine::Rule {
+        at,
+        expr,
+        comment,
+        verdict,
+    })
+}
+
+/// The text inside the quotes after `key` (`iif "eth0"` → `eth0`).
+fn quoted_after(text: &str, key: &str) -> Option<String> {
+    let start = text.find(&format!("{key}\""))? + key.len() + 1;
+    let end = text[start..].find('"')? + start;
+    Some(text[start..end].to_string())
+}
+
+/// One hook a probe packet passed, and what happened there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub at: Hook,
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+    /// Rules that matched with a verdict that is not `continue`, or with a comment.
+    pub rules: Vec<Matched>,
+    /// The chain's policy, when no rule decided.
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Matched {
+    pub expr: String,
+    pub comment: Option<String>,
+    pub verdict: String,
+}
+
+/// What decided a packet's fate: a rule that dropped or rejected it, or a chain policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub at: Hook,
+    pub verdict: String,
+    /// The rule (none when the chain's policy decided).
+    pub rule: Option<Matched>,
+}
+
+/// The steps of every traced packet, in order, leaving out the tables named in `skip` (the
+/// tracing table itself).
+pub fn steps(lines: &[TraceLine], skip: &[&str]) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::new();
+    for line in lines {
+        let at = match line {
+            TraceLine::Packet { at, .. } | TraceLine::Rule { at, .. } | TraceLine::Policy { at, .. } => at,
+        };
+        if skip.contains(&at.table.as_str()) {
+            continue;
+        }
+        match line {
+            TraceLine::Packet { at, iif, oif } => out.push(Step {
+                at: at.clone(),
+                iif: iif.clone(),
+                oif: oif.clone(),
+                rules: Vec::new(),
+                policy: None,
+            }),
+            TraceLine::Rule {
+                at,
+                expr,
+                comment,
+                verdict,
+            } => {
+                if let Some(step) = out.iter_mut().rev().find(|s| &s.at == at) {
+                    step.rules.push(Matched {
+                        expr: expr.clone(),
+                        comment: comment.clone(),
+                        verdict: verdict.clone(),
+                    });
+                }
+            }
+            TraceLine::Policy { at, verdict } => {
+                if let Some(step) = out.iter_mut().rev().find(|s| &s.at == at) {
+                    step.policy = Some(verdict.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each distinct step once, in first-seen order, with how often it was taken: retransmitted
+/// packets take the same way again and would repeat it.
+pub fn collapse(steps: Vec<Step>) -> Vec<(Step, usize)> {
+    let mut out: Vec<(Step, usize)> = Vec::new();
+    for step in steps {
+        match out.iter_mut().find(|(s, _)| *s == step) {
+            Some((_, n)) => *n += 1,
+            None => out.push((step, 1)),
+        }
+    }
+    out
+}
+
+/// The first drop or reject among the steps, if any: what stopped the probe.
+pub fn decision(steps: &[Step]) -> Option<Decision> {
+    for step in steps {
+        for rule in &step.rules {
+            if is_refusal(&rule.verdict) {
+                return Some(Decision {
+                    at: step.at.clone(),
+                    verdict: rule.verdict.clone(),
+                    rule: Some(rule.clone()),
+                });
+            }
+        }
+        if let Some(policy) = step.policy.as_deref().filter(|p| is_refusal(p)) {
+            return Some(Decision {
+                at: step.at.clone(),
+                verdict: policy.to_string(),
+                rule: None,
+            });
+        }
+    }
+    None
+}
+
+fn is_refusal(verdict: &str) -> bool {
+    verdict.starts_with("drop") || verdict.starts_with("reject")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MONITOR: &str = r#"trace id 372d8a22 bridge plumb_trace pre packet: iif "plv31a3f1443c" ether saddr 02:9e:c0:97:4f:34 ip saddr 10.89.50.3 ip daddr 203.0.113.2
+trace id 372d8a22 bridge plumb_trace pre rule ip saddr 10.89.50.3 meta nftrace set 1 (verdict continue)
+trace id 372d8a22 bridge plumb_tr prerouting packet: iif "plv31a3f1443c" ether saddr 02:9e:c0:97:4f:34 ip saddr 10.89.50.3
+trace id 372d8a22 bridge plumb_tr prerouting policy accept 
+trace id 71354c74 inet plumb_tr forward packet: iif "plbc36b29c3" oif "up0" ip saddr 10.89.50.3 ip daddr 203.0.113.2
+trace id 71354c74 inet plumb_tr forward rule iifname "plbc36b29c3" oifname != "plbc36b29c3" drop comment "db: internal, nothing leaves" (verdict drop)
+"#;
+
+    #[test]
+    fn a_trace_reads_as_steps_and_the_rule_that_decided() {
+        let lines: Vec<TraceLine> = MONITOR.lines().filter_map(parse_line).collect();
+        assert_eq!(lines.len(), 6);
+        let steps = steps(&lines, &["plumb_trace"]);
+        assert_eq!(steps.len(), 2, "{steps:#?}");
+        assert_eq!(steps[0].at.to_string(), "bridge plumb_tr prerouting");
+        assert_eq!(steps[0].iif.as_deref(), Some("plv31a3f1443c"));
+        assert_eq!(steps[0].policy.as_deref(), Some("accept"));
+        assert_eq!(
+            (steps[1].iif.as_deref(), steps[1].oif.as_deref()),
+            (Some("plbc36b29c3"), Some("up0"))
+        );
+        let d = decision(&steps).unwrap();
+        assert_eq!(d.verdict, "drop");
+        let twice: Vec<Step> = steps.iter().chain(&steps).cloned().collect();
+        let collapsed = collapse(twice);
+        assert_eq!(collapsed.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 2]);
+        let rule = d.rule.unwrap();
+        assert_eq!(rule.comment.as_deref(), Some("db: internal, nothing leaves"));
+        assert_eq!(rule.expr, "iifname \"plbc36b29c3\" oifname != \"plbc36b29c3\" drop");
+    }
+
+    #[test]
+    fn a_chain_policy_can_decide() {
+        let lines: Vec<TraceLine> = [
+            "trace id 1 inet t input packet: iif \"br\" ip saddr 1.2.3.4",
+            "trace id 1 inet t input policy drop",
+        ]
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
+        let d = decision(&steps(&lines, &[])).unwrap();
+        assert_eq!((d.verdict.as_str(), d.rule), ("drop", None));
+        assert_eq!(parse_line("not a trace"), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! `plumb conns [TARGET]`: the sockets of each container (listening and connected, TCP and
+//! UDP, with the process holding each), read in its namespace through sock_diag as `ss -tunap`
+//! does; and the host's tracked flows that involve the stack's addresses, with the NAT each
+//! went through (published ports, VIPs, egress masquerade), as `conntrack -L` shows them.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
+
+use plumb_linux::conntrack::{self, Flow};
+use plumb_linux::netns::{self, Home};
+use plumb_linux::sockets::{self, SocketInfo, Transport};
+use serde_json::{json, Value};
+
+use super::{Context, Format};
+use crate::failure::{Failure, Result};
+use crate::output::{print_json, table};
+use crate::stackfile;
+
+pub fn run(ctx: &Context, target: Option<&str>, format: Format) -> Result<()> {
+    let targets = stackfile::find_targets(&ctx.state, target)?;
+    let home = Home::current()?;
+    let mut containers = Vec::new();
+    let mut addresses: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for (st, c) in &targets {
+        let ns = netns::open(&c.netns).map_err(|e| {
+            Failure::new(format!("container {} has no namespace: {e}", c.name))
+                .hint(format!("`plumb up` in the stack {}'s folder makes it again", st.stack))
+        })?;
+        let socks = home.within(ns.as_fd(), sockets::all)??;
+        addresses.extend(c.interfaces.iter().map(|i| i.address));
+        if let Some(desired) = &st.desired {
+            addresses.extend(
+                desired
+                    .services
+                    .iter()
+                    .filter(|s| s.name == c.service)
+                    .filter_map(|s| s.vip),
+            );
+        }
+        containers.push((st.stack.clone(), c.name.clone(), socks));
+    }
+    let flows: Vec<Flow> = conntrack::flows()
+        .into_iter()
+        .filter(|f| f.addresses().iter().any(|a| addresses.contains(a)))
+        .collect();
+    match format {
+        Format::Json => print_json(&json!({
+            "sockets": containers.iter().flat_map(|(stack, name, socks)| socks.iter().map(move |s| socket_json(stack, name, s))).collect::<Vec<_>>(),
+            "flows": flows.iter().map(flow_json).collect::<Vec<_>>(),
+        })),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = containers
+                .iter()
+                .flat_map(|(_, name, socks)| socks.iter().map(move |s| socket_row(name, s)))
+                .collect();
+            println!("SOCKETS");
+            print!(
+                "{}",
+                table(&["CONTAINER", "PROTO", "STATE", "LOCAL", "PEER", "PROCESS"], &rows)
+            );
+            println!("\nFLOWS (host conntrack)");
+            let rows: Vec<Vec<String>> = flows.iter().map(flow_row).collect();
+            print!("{}", table(&["PROTO", "STATE", "FROM", "TO", "NAT", "EXPIRES"], &rows));
+        }
+    }
+    Ok(())
+}
+
+fn endpoint(address: IpAddr, port: u16) -> String {
+    match address {
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+        IpAddr::V4(a) => format!("{a}:{port}"),
+    }
+}
+
+fn proto(s: &SocketInfo) -> &'static str {
+    match s.transport {
+        Transport::Tcp => "tcp",
+        Transport::Udp => "udp",
+    }
+}
+
+fn holders(s: &SocketInfo) -> String {
+    s.holders
+        .iter()
+        .map(|(pid, name)| format!("{name}[{pid}]"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn socket_row(container: &str, s: &SocketInfo) -> Vec<String> {
+    let peer = if s.remote.1 == 0 {
+        "*".to_string()
+    } else {
+        endpoint(s.remote.0, s.remote.1)
+    };
+    vec![
+        container.to_string(),
+        proto(s).to_string(),
+        s.state.to_string(),
+        endpoint(s.local.0, s.local.1),
+        peer,
+        holders(s),
+    ]
+}
+
+fn socket_json(stack: &str, container: &str, s: &SocketInfo) -> Value {
+    json!({
+        "stack": stack,
+        "container": container,
+        "protocol": proto(s),
+        "state": s.state,
+        "local": endpoint(s.local.0, s.local.1),
+        "peer": endpoint(s.remote.0, s.remote.1),
+        "processes": s.holders.iter().map(|(pid, name)| json!({"pid": pid, "command": name})).collect::<Vec<_>>(),
+    })
+}
+
+fn nat_text(f: &Flow) -> String {
+    let mut parts = Vec::new();
+    if let Some((a, p)) = f.dnat() {
+        parts.push(format!("dnat to {a}:{p}"));
+    }
+    if let Some((a, p)) = f.snat() {
+        parts.push(format!("snat to {a}:{p}"));
+    }
+    parts.join(", ")
+}
+
+fn flow_row(f: &Flow) -> Vec<String> {
+    let o = &f.original;
+    let mut state = f.state.clone();
+    if f.unreplied {
+        state = format!("{state} unreplied").trim().to_string();
+    }
+    vec![
+        f.protocol.clone(),
+        state,
+        format!("{}:{}", o.src, o.sport),
+        format!("{}:{}", o.dst, o.dport),
+        nat_text(f),
+        format!("{}s", f.expires),
+    ]
+}
+
+fn flow_json(f: &Flow) -> Value {
+    let tuple = |t: &conntrack::Tuple| json!({"src": t.src, "dst": t.dst, "sport": t.sport, "dport": t.dport});
+    json!({
+        "protocol": f.protocol,
+        "state": f.state,
+        "original": tuple(&f.original),
+        "reply": tuple(&f.reply),
+        "dnat": f.dnat().map(|(a, p)| format!("{a}:{p}")),
+        "snat": f.snat().map(|(a, p)| format!("{a}:{p}")),
+        "unreplied": f.unreplied,
+        "expires_s": f.expires,
+    })
+}

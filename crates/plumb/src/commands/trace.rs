@@ -1,0 +1,322 @@
+//! `plumb trace FROM TO:PORT[/proto]`: one real probe connection from a container, traced by
+//! nftables itself. A tracing table marks (`meta nftrace set 1`) only the probe's packets, in
+//! both directions, matched by its source port; `nft monitor trace` reports every hook they
+//! pass and every rule they match; the report names each step's interfaces by what plumb made
+//! them for, each rule by its comment (which feature of plumb made it and why), and the rule or
+//! policy that decided. Other traffic is not marked, so it is not slowed.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use plumb_core::desired::{Container, Desired};
+use plumb_core::trace::{self, Decision, Step};
+use plumb_linux::netns::{self, Home};
+use plumb_linux::probe::{Outcome, Probe};
+use serde_json::json;
+
+use super::{require_root, Context, Format};
+use crate::failure::{Failure, Result};
+use crate::output::print_json;
+use crate::stackfile;
+
+/// How long the probe waits for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// `nft monitor` has no "ready" signal: time for it to subscribe before the probe goes, and
+/// for the last events to arrive after.
+const MONITOR_SETTLE: Duration = Duration::from_millis(300);
+
+pub fn run(ctx: &Context, from: &str, to: &str, format: Format) -> Result<()> {
+    require_root("trace")?;
+    let (st, source) = stackfile::find_container(&ctx.state, from).map_err(|f| f.code(2))?;
+    let desired = st
+        .desired
+        .clone()
+        .ok_or_else(|| Failure::new(format!("stack {} has no record of what it is", st.stack)))?;
+    let (target, port, udp) = parse_target(to)?;
+    let (address, target_label) = resolve(&desired, &source, target)?;
+    let protocol = if udp { "udp" } else { "tcp" };
+
+    let home = Home::current()?;
+    let ns = netns::open(&source.netns)?;
+    let probe = home.within(ns.as_fd(), || Probe::bind(udp))??;
+    remove_stale_tables();
+    let table = format!("{TRACE_PREFIX}{}", std::process::id());
+    let sources: Vec<String> = source.interfaces.iter().map(|i| i.address.to_string()).collect();
+    let marks = TraceTables::add(&table, protocol, probe.port, &sources.join(", "))?;
+    let monitor = Monitor::start()?;
+    std::thread::sleep(MONITOR_SETTLE);
+    let outcome = probe.send(SocketAddrV4::new(address, port), PROBE_TIMEOUT);
+    std::thread::sleep(MONITOR_SETTLE);
+    let lines = monitor.stop();
+    drop(marks);
+
+    let parsed: Vec<_> = lines.iter().filter_map(|l| trace::parse_line(l)).collect();
+    let steps = trace::steps(&parsed, &[table.as_str()]);
+    let decision = trace::decision(&steps);
+    let steps = trace::collapse(steps);
+    let outcome_text = match &outcome {
+        Outcome::Answered if udp => "answered".to_string(),
+        Outcome::Answered => "connected".to_string(),
+        Outcome::Refused => "refused".to_string(),
+        Outcome::TimedOut => format!("no answer within {}s", PROBE_TIMEOUT.as_secs()),
+        Outcome::Failed(why) => format!("failed: {why}"),
+    };
+    let hops: Vec<(String, String)> = steps
+        .iter()
+        .map(|(s, _)| (label(&desired, s.iif.as_deref()), label(&desired, s.oif.as_deref())))
+        .collect();
+    match format {
+        Format::Json => print_json(&json!({
+            "from": source.name,
+            "to": target_label,
+            "address": address,
+            "port": port,
+            "protocol": protocol,
+            "source_port": probe.port,
+            "outcome": outcome_text,
+            "answered": outcome == Outcome::Answered,
+            "steps": steps.iter().zip(&hops).map(|((s, times), (i, o))| json!({
+                "at": s.at, "in": i, "out": o, "rules": s.rules, "policy": s.policy, "times": times,
+            })).collect::<Vec<_>>(),
+            "decided_by": decision,
+        })),
+        Format::Human => print_report(
+            &source.name,
+            &target_label,
+            address,
+            port,
+            protocol,
+            &outcome_text,
+            &steps,
+            &hops,
+            decision.as_ref(),
+        ),
+    }
+    if outcome == Outcome::Answered {
+        Ok(())
+    } else {
+        Err(Failure::silent(1))
+    }
+}
+
+/// `TARGET:PORT[/tcp|udp]`.
+fn parse_target(text: &str) -> Result<(&str, u16, bool)> {
+    let bad = || {
+        Failure::new(format!("{text:?} is not TARGET:PORT[/tcp|udp]"))
+            .hint("e.g. `plumb trace web-1 api:5000`, `plumb trace web-1 10.89.0.3:53/udp`")
+            .code(2)
+    };
+    let (rest, udp) = match text.rsplit_once('/') {
+        Some((rest, "udp")) => (rest, true),
+        Some((rest, "tcp")) => (rest, false),
+        Some(_) => return Err(bad()),
+        None => (text, false),
+    };
+    let (target, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    if target.is_empty() {
+        return Err(bad());
+    }
+    Ok((target, port, udp))
+}
+
+/// The address a target names: an IPv4 address; a container (its address on a network it
+/// shares with the source, else its first); a service (its VIP, or its first replica).
+fn resolve(desired: &Desired, source: &Container, target: &str) -> Result<(Ipv4Addr, String)> {
+    if let Ok(ip) = target.parse::<Ipv4Addr>() {
+        return Ok((ip, ip.to_string()));
+    }
+    if let Some(vip) = desired.service(target).and_then(|s| s.vip) {
+        return Ok((vip, format!("{target} (VIP)")));
+    }
+    let container = desired
+        .container(target)
+        .or_else(|| {
+            desired
+                .containers
+                .iter()
+                .find(|c| c.service == target && c.replica == 1)
+        })
+        .ok_or_else(|| {
+            Failure::new(format!(
+                "no container, service or address {target:?} in stack {}",
+                desired.stack
+            ))
+            .hint("name a container (SVC-k), a service, or an IPv4 address")
+            .code(2)
+        })?;
+    let shared = container
+        .interfaces
+        .iter()
+        .find(|i| source.interfaces.iter().any(|s| s.network == i.network))
+        .or(container.interfaces.first())
+        .ok_or_else(|| Failure::new(format!("container {} has no network", container.name)).code(2))?;
+    Ok((shared.address, container.name.clone()))
+}
+
+/// An interface by what plumb made it for.
+fn label(desired: &Desired, ifname: Option<&str>) -> String {
+    let Some(name) = ifname else { return String::new() };
+    if let Some(net) = desired.networks.iter().find(|n| n.bridge == name) {
+        return format!("bridge of {} ({name})", net.name);
+    }
+    for c in &desired.containers {
+        if let Some(i) = c.interfaces.iter().find(|i| i.host_veth == name) {
+            return format!("{} {} on {} ({name})", c.name, i.name, i.network);
+        }
+    }
+    format!("host {name}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_report(
+    from: &str,
+    to: &str,
+    address: Ipv4Addr,
+    port: u16,
+    protocol: &str,
+    outcome: &str,
+    steps: &[(Step, usize)],
+    hops: &[(String, String)],
+    decision: Option<&Decision>,
+) {
+    println!("trace {from} -> {to} {address}:{port}/{protocol}: {outcome}");
+    for (n, ((step, times), (iif, oif))) in steps.iter().zip(hops).enumerate() {
+        let way = match (iif.is_empty(), oif.is_empty()) {
+            (false, false) => format!("in {iif}, out {oif}"),
+            (false, true) => format!("in {iif}"),
+            (true, false) => format!("out {oif}"),
+            (true, true) => String::new(),
+        };
+        let again = if *times > 1 {
+            format!("  ({times} packets)")
+        } else {
+            String::new()
+        };
+        println!("{:>3}  {}  {way}{again}", n + 1, step.at);
+        for rule in &step.rules {
+            let why = rule
+                .comment
+                .as_deref()
+                .map(|c| format!("\"{c}\": "))
+                .unwrap_or_default();
+            println!("       {why}{}  -> {}", rule.expr, rule.verdict);
+        }
+        if let Some(policy) = &step.policy {
+            println!("       chain policy -> {policy}");
+        }
+    }
+    match decision {
+        Some(d) => {
+            let by = match &d.rule {
+                Some(r) => format!(
+                    "rule {}",
+                    r.comment.as_deref().map_or(r.expr.clone(), |c| format!("\"{c}\""))
+                ),
+                None => "the chain's policy".to_string(),
+            };
+            println!("decided by {by} in {}: {}", d.at, d.verdict);
+        }
+        None if steps.is_empty() => {
+            println!("no plumb rule saw the probe (it never left the container, or went nowhere plumb filters)")
+        }
+        None => println!("no rule dropped it"),
+    }
+}
+
+const TRACE_PREFIX: &str = "plumb_trace_";
+
+/// Tracing tables left by a trace that was killed (its PID is gone): removed.
+fn remove_stale_tables() {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((family, name)) = line.strip_prefix("table ").and_then(|t| t.split_once(' ')) else {
+            continue;
+        };
+        let Some(pid) = name.strip_prefix(TRACE_PREFIX).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if (family == "inet" || family == "bridge") && kill(Pid::from_raw(pid), None).is_err() {
+            let _ = plumb_linux::nft::apply(format!("delete table {family} {name}\n")).wait();
+        }
+    }
+}
+
+/// The tracing tables: they mark only the probe's packets, both ways, before anything else
+/// sees them (priority -350, ahead of conntrack); removed when dropped.
+struct TraceTables {
+    name: String,
+}
+
+impl TraceTables {
+    fn add(name: &str, protocol: &str, port: u16, sources: &str) -> Result<TraceTables> {
+        let mark = format!(
+            "meta l4proto {protocol} th sport {port} ip saddr {{ {sources} }} meta nftrace set 1\n\
+             \t\tmeta l4proto {protocol} th dport {port} ip daddr {{ {sources} }} meta nftrace set 1"
+        );
+        let script = format!(
+            "table inet {name} {{\n\tchain prerouting {{\n\t\ttype filter hook prerouting priority -350; policy accept;\n\t\t{mark}\n\t}}\n}}\n\
+             table bridge {name} {{\n\tchain prerouting {{\n\t\ttype filter hook prerouting priority -350; policy accept;\n\t\t{mark}\n\t}}\n}}\n"
+        );
+        plumb_linux::nft::apply(script).wait()?;
+        Ok(TraceTables { name: name.to_string() })
+    }
+}
+
+impl Drop for TraceTables {
+    fn drop(&mut self) {
+        let n = &self.name;
+        let script =
+            format!("table inet {n} {{}}\ndelete table inet {n}\ntable bridge {n} {{}}\ndelete table bridge {n}\n");
+        if let Err(e) = plumb_linux::nft::apply(script).wait() {
+            eprintln!("plumb: could not remove the tracing tables {n}: {e}");
+        }
+    }
+}
+
+/// `nft monitor trace`, its lines gathered on a thread.
+struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start() -> Result<Monitor> {
+        let mut child = Command::new("nft")
+            .args(["monitor", "trace"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| Failure::new(format!("cannot run nft monitor trace: {e}")))?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Monitor { child, lines })
+    }
+
+    /// Ends the monitor (SIGINT by PID, so it flushes what it has) and returns its lines.
+    fn stop(mut self) -> Vec<String> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        let _ = self.child.wait();
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            out.push(line);
+        }
+        out
+    }
+}

@@ -1,0 +1,100 @@
+//! `plumb trace`: a probe that gets through shows the way it took and the rules it met; one
+//! that is refused names the rule that decided (an internal network's way out); the tracing
+//! tables are gone afterwards.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const STACK: &str = r#"
+name = "tr"
+[networks.front]
+subnet = "10.89.44.0/24"
+[networks.db]
+subnet = "10.89.45.0/24"
+internal = true
+[services.web]
+networks = ["front"]
+[services.redis]
+networks = ["db"]
+"#;
+
+fn trace(sb: &Sandbox, from: &str, to: &str) -> (Option<i32>, Value) {
+    let out = sb.plumb(&["trace", from, to, "--json"]);
+    let report = serde_json::from_str(&text(&out.stdout))
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+    (out.status.code(), report)
+}
+
+/// Every rule comment the probe met, in order.
+fn comments(report: &Value) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["rules"].as_array().unwrap().iter())
+        .filter_map(|r| r["comment"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn trace_shows_the_way_and_the_rule_that_decided() {
+    let sb = Sandbox::start().unwrap();
+    sb.write("plumb.toml", STACK);
+    sb.plumb_ok(&["up"]);
+    sb.serve("outside", 9000, "outside");
+
+    // Allowed: web-1 reaches the outside through its bridge and the egress NAT.
+    let (code, report) = trace(&sb, "web-1", &format!("{OUTSIDE_IP}:9000"));
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["outcome"], "connected");
+    assert!(report["decided_by"].is_null(), "{report:#}");
+    let first = &report["steps"][0];
+    assert_eq!(first["at"]["family"], "bridge", "{report:#}");
+    assert!(
+        first["in"].as_str().unwrap().starts_with("web-1 eth0 on front"),
+        "{report:#}"
+    );
+    assert!(
+        comments(&report).contains(&"front: egress NAT".to_string()),
+        "{report:#}"
+    );
+    // The tracing table itself is not part of the report.
+    assert!(!report.to_string().contains("plumb_trace_"), "{report:#}");
+
+    // Refused: redis-1 sits on an internal network; the isolation rule decides.
+    let (code, report) = trace(&sb, "redis-1", &format!("{OUTSIDE_IP}:9000"));
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_ne!(report["outcome"], "connected");
+    assert_eq!(report["decided_by"]["verdict"], "drop", "{report:#}");
+    assert_eq!(
+        report["decided_by"]["rule"]["comment"], "db: internal, nothing leaves",
+        "{report:#}"
+    );
+    assert_eq!(report["decided_by"]["at"]["chain"], "forward", "{report:#}");
+    // For people: the same, in words.
+    let human = text(&sb.plumb(&["trace", "redis-1", &format!("{OUTSIDE_IP}:9000")]).stdout);
+    assert!(
+        human.contains("decided by rule \"db: internal, nothing leaves\""),
+        "{human}"
+    );
+
+    // No tracing table is left behind.
+    let tables = sb.nft_tables();
+    assert!(!tables.contains("plumb_trace_"), "{tables}");
+
+    for bad in [
+        vec!["trace", "nosuch", "web:80"],
+        vec!["trace", "web-1", "web"],
+        vec!["trace", "web-1", "nosuch:80"],
+    ] {
+        let out = sb.plumb(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+        assert!(!text(&out.stderr).is_empty(), "{bad:?} must say why");
+    }
+    sb.plumb_ok(&["down"]);
+    assert_eq!(sb.plumb(&["trace", "web-1", "10.89.44.3:80"]).status.code(), Some(2));
+    sb.assert_clean();
+}
