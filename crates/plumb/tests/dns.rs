@@ -378,7 +378,7 @@ fn queries_during_a_reload_are_all_answered() {
     let up_started = std::time::SystemTime::now();
     sb.write(
         "plumb.toml",
-        &format!("{base}[services.added]\ncommand = \"/bin/sleep 3600\"\n"),
+        &format!("{base}[services.added]\ncommand = \"/bin/sleep 3600\"\nexpose = [80]\n"),
     );
     sb.plumb_ok(&["up"]);
     let up_ended = std::time::SystemTime::now();

@@ -90,9 +90,11 @@ fn the_shop_runs_for_real_and_survives_a_killed_replica() {
         sb.plumb_ok(&["exec", "product-2", "--", "hostname"]).trim(),
         "product-2"
     );
-    assert!(sb
-        .plumb_ok(&["exec", "product-2", "--", "getent", "hosts", "redis"])
-        .contains("10.89.0."));
+    // `redis` is the service's VIP (from the default service subnet), `redis-1` the replica.
+    let redis = sb.plumb_ok(&["exec", "product-2", "--", "getent", "hosts", "redis"]);
+    assert!(redis.starts_with("10.96.0."), "{redis}");
+    let redis_1 = sb.plumb_ok(&["exec", "product-2", "--", "getent", "hosts", "redis-1"]);
+    assert!(redis_1.starts_with("10.89.0."), "{redis_1}");
 
     // Logs: the product replicas' output, prefixed.
     let logs = sb.plumb_ok(&["logs", "product", "--tail", "50"]);
