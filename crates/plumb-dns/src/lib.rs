@@ -12,7 +12,7 @@
 pub mod answer;
 pub mod upstream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -37,17 +37,61 @@ const STOP_POLL: Duration = Duration::from_millis(250);
 /// An idle TCP connection is closed after this long.
 const TCP_IDLE: Duration = Duration::from_secs(5);
 
-/// What every thread of the server shares: the zone (swapped whole) and the upstream side.
+/// The most UDP responses remembered per zone.
+const MAX_REMEMBERED: usize = 8192;
+
+/// What every thread of the server shares: the zone with its responses (swapped whole) and
+/// the upstream side.
 struct Shared {
-    zone: RwLock<Arc<Zone>>,
+    served: RwLock<Arc<Served>>,
     upstream: Arc<Upstream>,
     connections: AtomicUsize,
 }
 
 impl Shared {
-    fn zone(&self) -> Arc<Zone> {
-        Arc::clone(&self.zone.read().unwrap_or_else(|p| p.into_inner()))
+    fn served(&self) -> Arc<Served> {
+        Arc::clone(&self.served.read().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// A zone and the UDP responses it has given. The zone never changes (a change is a new
+/// `Served`), so the same query from the same asker gets the same response but for its ID:
+/// hickory parses and writes each distinct question once per zone, not once per query.
+struct Served {
+    zone: Zone,
+    /// The asker's address and the query without its ID → the response without its ID.
+    responses: RwLock<HashMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl Served {
+    fn new(zone: Zone) -> Served {
+        Served {
+            zone,
+            responses: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The remembered response to `query` from `asker`, with the query's ID.
+    fn recall(&self, key: &[u8], query: &[u8]) -> Option<Vec<u8>> {
+        let responses = self.responses.read().unwrap_or_else(|p| p.into_inner());
+        let mut response = responses.get(key)?.clone();
+        response[..2].copy_from_slice(&query[..2]);
+        Some(response)
+    }
+
+    fn remember(&self, key: &[u8], response: &[u8]) {
+        let mut responses = self.responses.write().unwrap_or_else(|p| p.into_inner());
+        if responses.len() < MAX_REMEMBERED && response.len() >= 12 {
+            responses.insert(key.to_vec(), response.to_vec());
+        }
+    }
+}
+
+/// The key a UDP query is remembered by: the asker's address, then the query but its ID.
+fn response_key(key: &mut Vec<u8>, asker: Ipv4Addr, query: &[u8]) {
+    key.clear();
+    key.extend_from_slice(&asker.octets());
+    key.extend_from_slice(&query[2..]);
 }
 
 /// The threads serving one address.
@@ -119,7 +163,7 @@ impl Server {
         upstream.start();
         Server {
             shared: Arc::new(Shared {
-                zone: RwLock::new(Arc::new(zone)),
+                served: RwLock::new(Arc::new(Served::new(zone))),
                 upstream,
                 connections: AtomicUsize::new(0),
             }),
@@ -134,7 +178,7 @@ impl Server {
 
     /// Answers from `zone` from now on; queries being answered finish with the old one.
     pub fn set_zone(&self, zone: Zone) {
-        *self.shared.zone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(zone);
+        *self.shared.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Served::new(zone));
     }
 
     /// Listens on exactly `addresses`: starts what is missing or broken, stops the rest.
@@ -182,6 +226,7 @@ impl Drop for Server {
 
 fn serve_udp(socket: &Arc<UdpSocket>, shared: &Shared, stop: &AtomicBool) {
     let mut buf = vec![0u8; 4096];
+    let mut key = Vec::with_capacity(512);
     while !stop.load(Ordering::Relaxed) {
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(got) => got,
@@ -191,8 +236,20 @@ fn serve_udp(socket: &Arc<UdpSocket>, shared: &Shared, stop: &AtomicBool) {
             Err(_) => continue,
         };
         let SocketAddr::V4(asker) = from else { continue };
-        match answer::handle(&shared.zone(), *asker.ip(), &buf[..n], Transport::Udp) {
+        let query = &buf[..n];
+        let served = shared.served();
+        if n >= 12 {
+            response_key(&mut key, *asker.ip(), query);
+            if let Some(bytes) = served.recall(&key, query) {
+                let _ = socket.send_to(&bytes, from);
+                continue;
+            }
+        }
+        match answer::handle(&served.zone, *asker.ip(), query, Transport::Udp) {
             Outcome::Reply(bytes) => {
+                if n >= 12 {
+                    served.remember(&key, &bytes);
+                }
                 let _ = socket.send_to(&bytes, from);
             }
             Outcome::Forward(request) => shared.upstream.forward_udp(request, socket, from),
@@ -242,7 +299,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         stream.read_exact(&mut len)?;
         let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut buf)?;
-        let bytes = match answer::handle(&shared.zone(), asker, &buf, Transport::Tcp) {
+        let bytes = match answer::handle(&shared.served().zone, asker, &buf, Transport::Tcp) {
             Outcome::Reply(bytes) => bytes,
             Outcome::Forward(request) => shared.upstream.forward_blocking(&request),
             Outcome::Drop => return Ok(()),
@@ -252,5 +309,29 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         };
         stream.write_all(&len.to_be_bytes())?;
         stream.write_all(&bytes)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_response_carries_the_new_query_id_and_is_kept_per_asker() {
+        let served = Served::new(Zone::build(&Default::default(), &Default::default()));
+        let query = [0xAB, 0xCD, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1, 0, 1];
+        let mut key = Vec::new();
+        response_key(&mut key, Ipv4Addr::new(10, 0, 0, 2), &query);
+        let response = [0xAB, 0xCD, 0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0];
+        served.remember(&key, &response);
+        let mut again = query;
+        again[..2].copy_from_slice(&[0x12, 0x34]);
+        let recalled = served.recall(&key, &again).unwrap();
+        assert_eq!(recalled[..2], [0x12, 0x34]);
+        assert_eq!(recalled[2..], response[2..]);
+        // Another asker asking the same is answered afresh (its networks may differ).
+        let mut other = Vec::new();
+        response_key(&mut other, Ipv4Addr::new(10, 0, 1, 2), &query);
+        assert_eq!(served.recall(&other, &query), None);
     }
 }
