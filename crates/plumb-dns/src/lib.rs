@@ -319,7 +319,9 @@ mod tests {
     #[test]
     fn a_remembered_response_carries_the_new_query_id_and_is_kept_per_asker() {
         let served = Served::new(Zone::build(&Default::default(), &Default::default()));
-        let query = [0xAB, 0xCD, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1, 0, 1];
+        let query = [
+            0xAB, 0xCD, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1, 0, 1,
+        ];
         let mut key = Vec::new();
         response_key(&mut key, Ipv4Addr::new(10, 0, 0, 2), &query);
         let response = [0xAB, 0xCD, 0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0];

@@ -5,6 +5,7 @@ mod apply;
 mod census;
 mod commands;
 mod discover;
+mod events;
 mod failure;
 mod output;
 mod processes;
@@ -174,6 +175,18 @@ enum Command {
         #[arg(short = 'w', long = "write")]
         write: Option<PathBuf>,
     },
+    /// What happened: containers created and removed, processes started, exited, restarted,
+    /// health changes, with their times.
+    Events {
+        /// One stack (default: every stack that is up).
+        stack: Option<String>,
+        /// Keep printing new events.
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per line, for programs.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sockets in containers (with their processes) and the host's tracked flows with their NAT.
     Conns {
         /// A container (SVC-k), a service (all replicas), a stack, each also as STACK/NAME;
@@ -248,6 +261,7 @@ impl Command {
             | Command::Logs { .. }
             | Command::Graph { .. }
             | Command::Conns { .. }
+            | Command::Events { .. }
             | Command::Capture { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
@@ -367,6 +381,9 @@ fn main() -> ExitCode {
                 write: write.as_deref(),
             },
         ),
+        Command::Events { stack, follow, json } => {
+            commands::events::run(&ctx, stack.as_deref(), follow, Format::from_json_flag(json))
+        }
         Command::Trace { from, to, json } => commands::trace::run(&ctx, &from, &to, Format::from_json_flag(json)),
         Command::Conns { target, json } => commands::conns::run(&ctx, target.as_deref(), Format::from_json_flag(json)),
         Command::Graph { stack, file, format } => {

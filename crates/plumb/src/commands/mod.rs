@@ -5,6 +5,7 @@ pub mod conns;
 pub mod control;
 pub mod demo;
 pub mod down;
+pub mod events;
 pub mod exec;
 pub mod graph;
 pub mod inspect;

@@ -13,6 +13,7 @@ use plumb_engine::{ownership, OnError};
 
 use super::{require_nft, require_root, Context, Format};
 use crate::apply;
+use crate::events;
 use crate::failure::{Failure, Result};
 use crate::output::{count, say};
 use crate::state::StackState;
@@ -121,6 +122,13 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     }
     ctx.state.save(&st)?;
     result?;
+    for step in &plan.steps {
+        match &step.what {
+            What::DeleteContainer { container, .. } => events::record(&stack_dir, &stack, container, "removed", ""),
+            What::CreateContainer { container, .. } => events::record(&stack_dir, &stack, container, "created", ""),
+            _ => {}
+        }
+    }
     say!("{}", summary(&desired, &plan));
 
     let specs = run_specs(&desired, &base);

@@ -28,6 +28,7 @@ use super::replica::{dependencies_ready, AfterExit, AfterStop, Due, Replica, Sto
 use super::spawn::{signal_each, signal_group, spawn_replica};
 use super::status;
 use crate::census;
+use crate::events;
 use crate::failure::{Failure, Result};
 use crate::runfile::{self, Exit, ReplicaState, StatusFile};
 use crate::state::{create_private_dir, HOSTS_DIR};
@@ -78,6 +79,8 @@ pub struct Supervisor {
     /// the stack's socket does, so when `down` sees the supervisor gone, port 53 is free.
     dns: Dns,
     dir: PathBuf,
+    /// The stack's name (its state folder's), for events.
+    stack: String,
     /// The generation of `run.json` applied.
     generation: u64,
     slots: BTreeMap<String, Slot>,
@@ -120,6 +123,10 @@ impl Supervisor {
         let dns = Dns::start();
         Ok(Supervisor {
             dir: dir.to_path_buf(),
+            stack: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             generation: 0,
             slots: BTreeMap::new(),
             pipes: Pipes::default(),
@@ -366,6 +373,7 @@ impl Supervisor {
             Ok((mut child, inode)) => {
                 let command = slot.replica.spec().command.join(" ");
                 slot.log.note(&format!("started {command} (pid {})", child.id()));
+                events::record(&self.dir, &self.stack, name, "started", format!("pid {}", child.id()));
                 self.pipes.add(&mut child, name);
                 slot.replica.started(now, runfile::unix_ms(), inode);
                 slot.child = Some(child);
@@ -373,6 +381,7 @@ impl Supervisor {
             Err(e) => {
                 let error = format!("cannot start: {e}");
                 slot.log.note(&error);
+                events::record(&self.dir, &self.stack, name, "start_failed", error.clone());
                 let after = slot.replica.start_failed(now, error);
                 self.settle(name, after);
             }
@@ -385,6 +394,7 @@ impl Supervisor {
             AfterExit::RestartIn(delay) => {
                 if let Some(slot) = self.slots.get_mut(name) {
                     slot.log.note(&format!("restarting in {delay:?}"));
+                    events::record(&self.dir, &self.stack, name, "restarting", format!("in {delay:?}"));
                 }
             }
             AfterExit::Remove => {
@@ -441,10 +451,9 @@ impl Supervisor {
             };
             slot.child = None;
             let exit = Exit::of(status);
-            slot.log.note(&format!(
-                "exited: {}",
-                exit.map_or("unknown".to_string(), |e| e.to_string())
-            ));
+            let how = exit.map_or("unknown".to_string(), |e| e.to_string());
+            slot.log.note(&format!("exited: {how}"));
+            events::record(&self.dir, &self.stack, &name, "exited", how);
             if slot.replica.state() == ReplicaState::Stopping {
                 // Stopped on purpose: what is left of its tree goes too (the sweep begun with
                 // the stop spared the tree while its process ran, and may be over).
@@ -476,9 +485,13 @@ impl Supervisor {
             let verdict = slot.replica.probe_result(now, result.epoch, result.healthy);
             match verdict {
                 Verdict::Same => continue,
-                Verdict::Now(health) => slot.log.note(&format!("health: {health}")),
+                Verdict::Now(health) => {
+                    slot.log.note(&format!("health: {health}"));
+                    events::record(&self.dir, &self.stack, &result.container, "health", health.to_string());
+                }
                 Verdict::Restart => {
                     slot.log.note("health: unhealthy");
+                    events::record(&self.dir, &self.stack, &result.container, "health", "unhealthy");
                     slot.log.note("unhealthy with restart = \"always\": restarting");
                     self.stop(&result.container, AfterStop::Restart, now);
                 }
