@@ -44,6 +44,52 @@ pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
         .collect())
 }
 
+/// A link's traffic counters (what the kernel keeps as `IFLA_STATS64`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// The counters of every link of the socket's namespace, by name (one dump, as `ip -s link`).
+pub fn counters(nl: &mut Netlink) -> Result<std::collections::BTreeMap<String, Counters>> {
+    let replies = nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), || {
+        "read link counters".into()
+    })?;
+    let mut out = std::collections::BTreeMap::new();
+    for reply in replies {
+        let RouteNetlinkMessage::NewLink(message) = reply else {
+            continue;
+        };
+        let mut name = None;
+        let mut counters = Counters::default();
+        for attribute in message.attributes {
+            match attribute {
+                LinkAttribute::IfName(n) => name = Some(n),
+                LinkAttribute::Stats64(s) => {
+                    counters = Counters {
+                        rx_bytes: s.rx_bytes,
+                        tx_bytes: s.tx_bytes,
+                        rx_packets: s.rx_packets,
+                        tx_packets: s.tx_packets,
+                        rx_dropped: s.rx_dropped,
+                        tx_dropped: s.tx_dropped,
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(name) = name {
+            out.insert(name, counters);
+        }
+    }
+    Ok(out)
+}
+
 fn link_of(message: LinkMessage) -> Link {
     let mut link = Link {
         index: message.header.index,

@@ -187,6 +187,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Each container's traffic per second, drops, connections, health and restarts, live.
+    Top {
+        /// A container, a service or a stack (default: every stack that is up).
+        target: Option<String>,
+        /// Print one table (rates over one second) and end, for scripts.
+        #[arg(long)]
+        once: bool,
+        /// With --once: print the rows as JSON.
+        #[arg(long, requires = "once")]
+        json: bool,
+    },
     /// Sockets in containers (with their processes) and the host's tracked flows with their NAT.
     Conns {
         /// A container (SVC-k), a service (all replicas), a stack, each also as STACK/NAME;
@@ -262,6 +273,7 @@ impl Command {
             | Command::Graph { .. }
             | Command::Conns { .. }
             | Command::Events { .. }
+            | Command::Top { .. }
             | Command::Capture { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
@@ -381,6 +393,9 @@ fn main() -> ExitCode {
                 write: write.as_deref(),
             },
         ),
+        Command::Top { target, once, json } => {
+            commands::top::run(&ctx, target.as_deref(), once, Format::from_json_flag(json))
+        }
         Command::Events { stack, follow, json } => {
             commands::events::run(&ctx, stack.as_deref(), follow, Format::from_json_flag(json))
         }

@@ -13,6 +13,7 @@ pub mod logs;
 pub mod policy;
 pub mod ps;
 pub mod services;
+pub mod top;
 pub mod trace;
 pub mod up;
 
