@@ -174,7 +174,7 @@ fn sort_rows(rows: &mut [Row], by: SortBy) {
         SortBy::Name => rows.sort_by(|a, b| (&a.stack, &a.container).cmp(&(&b.stack, &b.container))),
         SortBy::Rx => rows.sort_by(|a, b| b.rx_bytes_per_s.total_cmp(&a.rx_bytes_per_s)),
         SortBy::Tx => rows.sort_by(|a, b| b.tx_bytes_per_s.total_cmp(&a.tx_bytes_per_s)),
-        SortBy::Connections => rows.sort_by(|a, b| b.established.cmp(&a.established)),
+        SortBy::Connections => rows.sort_by_key(|r| std::cmp::Reverse(r.established)),
     }
 }
 
