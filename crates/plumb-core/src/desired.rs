@@ -23,6 +23,9 @@ pub struct Desired {
     /// The stack file's `[[policies]]`, in order, each with where it is written.
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// Where the supervisor serves Prometheus metrics, if anywhere.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddrV4>,
     /// Containers that may not take new connections through their service's VIP (their
     /// process does not run or fails its health check). Not from the stack file: `plumb up`
     /// fills it from the supervisor's `status.json`, so the load balancer it plans is the one
@@ -291,6 +294,7 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             containers,
             services,
             policies,
+            metrics: stack.metrics,
             unready: BTreeSet::new(),
             service_subnet: Some(stack.service_subnet),
         },

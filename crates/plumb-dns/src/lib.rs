@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -40,12 +40,22 @@ const TCP_IDLE: Duration = Duration::from_secs(5);
 /// The most UDP responses remembered per zone.
 const MAX_REMEMBERED: usize = 8192;
 
-/// What every thread of the server shares: the zone with its responses (swapped whole) and
-/// the upstream side.
+/// What every thread of the server shares: the zone with its responses (swapped whole),
+/// the upstream side, and the counts for metrics.
 struct Shared {
     served: RwLock<Arc<Served>>,
     upstream: Arc<Upstream>,
     connections: AtomicUsize,
+    stats: Arc<Stats>,
+}
+
+/// How many queries the server took, and what became of them (for metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Every query read, UDP and TCP.
+    pub queries: AtomicU64,
+    /// Queries for names outside the stack, sent to the upstream resolvers.
+    pub forwarded: AtomicU64,
 }
 
 impl Shared {
@@ -166,10 +176,16 @@ impl Server {
                 served: RwLock::new(Arc::new(Served::new(zone))),
                 upstream,
                 connections: AtomicUsize::new(0),
+                stats: Arc::default(),
             }),
             port,
             listeners: BTreeMap::new(),
         }
+    }
+
+    /// The server's counts, shared: they keep counting.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.shared.stats)
     }
 
     pub fn upstreams(&self) -> &[SocketAddr] {
@@ -237,6 +253,7 @@ fn serve_udp(socket: &Arc<UdpSocket>, shared: &Shared, stop: &AtomicBool) {
         };
         let SocketAddr::V4(asker) = from else { continue };
         let query = &buf[..n];
+        shared.stats.queries.fetch_add(1, Ordering::Relaxed);
         let served = shared.served();
         if n >= 12 {
             response_key(&mut key, *asker.ip(), query);
@@ -252,7 +269,10 @@ fn serve_udp(socket: &Arc<UdpSocket>, shared: &Shared, stop: &AtomicBool) {
                 }
                 let _ = socket.send_to(&bytes, from);
             }
-            Outcome::Forward(request) => shared.upstream.forward_udp(request, socket, from),
+            Outcome::Forward(request) => {
+                shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                shared.upstream.forward_udp(request, socket, from)
+            }
             Outcome::Drop => {}
         }
     }
@@ -299,9 +319,13 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         stream.read_exact(&mut len)?;
         let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut buf)?;
+        shared.stats.queries.fetch_add(1, Ordering::Relaxed);
         let bytes = match answer::handle(&shared.served().zone, asker, &buf, Transport::Tcp) {
             Outcome::Reply(bytes) => bytes,
-            Outcome::Forward(request) => shared.upstream.forward_blocking(&request),
+            Outcome::Forward(request) => {
+                shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                shared.upstream.forward_blocking(&request)
+            }
             Outcome::Drop => return Ok(()),
         };
         let Ok(len) = u16::try_from(bytes.len()) else {

@@ -26,6 +26,8 @@ use crate::desired::Desired;
 use crate::names;
 
 pub use change::{changes, command, transaction, NftChange};
+pub use policy::deny_counts as policy_deny_counts;
+pub use shape::counts_by_chain;
 pub use shape::{shape_of_listing, shape_of_objects, tables_in_listing, without_runtime_state, Shape};
 
 /// A feature adds its chains, rules, sets and maps to one of the stack's rulesets.

@@ -167,6 +167,18 @@ fn common(desired: &Desired, c: &Compiled, rules: &mut Ruleset) {
     }
 }
 
+/// Packets each service's default-deny dropped, by (direction, service), from one table's
+/// objects as `tables_in_listing` gives them.
+pub fn deny_counts(objects: &[serde_json::Value]) -> std::collections::BTreeMap<(String, String), u64> {
+    super::counts_by_chain(objects, "deny_")
+        .into_iter()
+        .filter_map(|(rest, n)| {
+            let (direction, service) = rest.split_once('_')?;
+            Some(((direction.to_string(), service.to_string()), n))
+        })
+        .collect()
+}
+
 fn deny_chain(direction: &str, service: &str) -> String {
     format!("deny_{direction}_{service}")
 }

@@ -177,6 +177,27 @@ pub fn without_runtime_state(objects: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// The packets the counters of each chain named `PREFIX...` counted, by the rest of its name,
+/// from one table's objects as `tables_in_listing` gives them.
+pub fn counts_by_chain(objects: &[Value], prefix: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for rule in objects.iter().filter_map(|o| o.get("rule")) {
+        let Some(rest) = rule
+            .get("chain")
+            .and_then(Value::as_str)
+            .and_then(|c| c.strip_prefix(prefix))
+        else {
+            continue;
+        };
+        let exprs = rule.get("expr").and_then(Value::as_array).into_iter().flatten();
+        for counter in exprs.filter_map(|e| e.get("counter")) {
+            let packets = counter.get("packets").and_then(Value::as_u64).unwrap_or(0);
+            *out.entry(rest.to_string()).or_insert(0) += packets;
+        }
+    }
+    out
+}
+
 /// One element (or part of one) as plumb writes it: `tcp . 8080`, `goto port_tcp_8080`.
 fn element(v: &Value) -> Option<String> {
     match v {

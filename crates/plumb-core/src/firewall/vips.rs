@@ -282,22 +282,7 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
 /// Connections each replica has received (its endpoint chain's counter), by container, from
 /// one table's objects as `tables_in_listing` gives them.
 pub fn endpoint_counts(objects: &[Value]) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for rule in objects.iter().filter_map(|o| o.get("rule")) {
-        let Some(container) = rule
-            .get("chain")
-            .and_then(Value::as_str)
-            .and_then(|c| c.strip_prefix(ENDPOINT_CHAIN_PREFIX))
-        else {
-            continue;
-        };
-        let exprs = rule.get("expr").and_then(Value::as_array).into_iter().flatten();
-        for counter in exprs.filter_map(|e| e.get("counter")) {
-            let packets = counter.get("packets").and_then(Value::as_u64).unwrap_or(0);
-            *out.entry(container.to_string()).or_insert(0) += packets;
-        }
-    }
-    out
+    super::counts_by_chain(objects, ENDPOINT_CHAIN_PREFIX)
 }
 
 /// Is this a chain the supervisor rewrites?

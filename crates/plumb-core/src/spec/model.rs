@@ -17,6 +17,10 @@ pub struct Stack {
     /// Where services' virtual IPs come from. Reached only from the stack's own containers
     /// (the NAT that serves a VIP matches on the stack's bridges), so stacks may share it.
     pub service_subnet: Ipv4Net,
+    /// Where the stack's supervisor serves Prometheus metrics (`metrics = "127.0.0.1:9464"`);
+    /// off when unset.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddrV4>,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
     /// `[[policies]]`, in file order.

@@ -16,6 +16,7 @@ use toml::Spanned;
 pub(super) struct RawStack {
     pub name: Spanned<String>,
     pub service_subnet: Option<Spanned<String>>,
+    pub metrics: Option<Spanned<String>>,
     #[serde(default)]
     pub networks: BTreeMap<Spanned<String>, RawNetwork>,
     #[serde(default)]

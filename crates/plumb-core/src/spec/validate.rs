@@ -118,6 +118,21 @@ impl Validator<'_> {
         self.check_overlaps(&networks);
         let service_subnet = self.service_subnet(raw.service_subnet.as_ref(), &networks);
         self.check_service_subnet(service_subnet, &networks);
+        let metrics = raw.metrics.as_ref().and_then(|m| {
+            self.spans.insert("metrics".into(), m.span());
+            match m.get_ref().parse::<std::net::SocketAddrV4>() {
+                Ok(a) if a.port() != 0 => Some(a),
+                _ => {
+                    self.err(
+                        m.span(),
+                        "metrics",
+                        format!("{:?} is not an address and port to serve metrics on", m.get_ref()),
+                        "write ADDRESS:PORT, e.g. \"127.0.0.1:9464\" (only this host), or leave metrics out to serve none",
+                    );
+                    None
+                }
+            }
+        });
         let service_names: BTreeSet<String> = raw.services.keys().map(|k| k.get_ref().clone()).collect();
         let mut services = BTreeMap::new();
         for (key, raw_svc) in raw.services {
@@ -154,6 +169,7 @@ impl Validator<'_> {
         Stack {
             name,
             service_subnet,
+            metrics,
             networks,
             services,
             policies,

@@ -26,6 +26,11 @@ pub struct Dns {
 }
 
 impl Dns {
+    /// The server's query counts (for metrics).
+    pub fn stats(&self) -> std::sync::Arc<plumb_dns::Stats> {
+        self.server.stats()
+    }
+
     pub fn start() -> Dns {
         let text = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
         let upstreams = servers_from_resolv_conf(&text);

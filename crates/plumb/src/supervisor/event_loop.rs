@@ -22,6 +22,7 @@ use super::balancer::Balancer;
 use super::dns::Dns;
 use super::hosts;
 use super::logs::{LogWriter, Pipes};
+use super::metrics;
 use super::plan::{self, Change};
 use super::probe::Probes;
 use super::replica::{dependencies_ready, AfterExit, AfterStop, Due, Replica, StopStep, Verdict};
@@ -98,6 +99,10 @@ pub struct Supervisor {
     status_written_ms: Option<u64>,
     /// The virtual IPs' port chains, following readiness.
     balancer: Balancer,
+    /// The Prometheus endpoint, when the stack file asks for one.
+    metrics: Option<metrics::Server>,
+    /// The last probe's duration per container, for the metrics.
+    probe_times: metrics::ProbeTimes,
     /// Why the last write of `status.json` failed (cleared by the next that succeeds).
     status_error: Option<String>,
 }
@@ -139,6 +144,8 @@ impl Supervisor {
             status_written_ms: None,
             status_error: None,
             balancer: Balancer::default(),
+            metrics: None,
+            probe_times: metrics::ProbeTimes::default(),
             dns,
         })
     }
@@ -204,10 +211,30 @@ impl Supervisor {
         self.generation = run.generation;
         self.dirty = true;
         self.dns.reload(run.desired.as_ref());
+        self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
         let unready = self.unready();
         let balancer = run.desired.as_ref().map(plumb_core::firewall::vips::Balancer::of);
         note_balancer_error(self.balancer.reload(balancer, &unready, apply_nft));
         self.dns.readiness(unready);
+    }
+
+    /// Serves metrics on `address` (moving there if it changed), or stops serving them.
+    fn serve_metrics(&mut self, address: Option<std::net::SocketAddrV4>) {
+        if self.metrics.as_ref().map(|m| m.address) == address {
+            return;
+        }
+        self.metrics = None;
+        let Some(address) = address else { return };
+        let sources = metrics::Sources {
+            stack: self.stack.clone(),
+            dir: self.dir.clone(),
+            probes: self.probe_times.clone(),
+            dns: self.dns.stats(),
+        };
+        match metrics::Server::start(address, sources) {
+            Ok(server) => self.metrics = Some(server),
+            Err(e) => say(&format!("cannot serve metrics on {address}: {e}")),
+        }
     }
 
     /// The load balancer and the DNS answers catch up with the replicas' readiness.
@@ -482,6 +509,9 @@ impl Supervisor {
             let Some(slot) = self.slots.get_mut(&result.container) else {
                 continue;
             };
+            if let Ok(mut times) = self.probe_times.lock() {
+                times.insert(result.container.clone(), result.seconds);
+            }
             let verdict = slot.replica.probe_result(now, result.epoch, result.healthy);
             match verdict {
                 Verdict::Same => continue,

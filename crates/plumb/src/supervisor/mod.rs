@@ -18,6 +18,7 @@ mod event_loop;
 mod fixtures;
 mod hosts;
 mod logs;
+mod metrics;
 mod plan;
 mod probe;
 mod replica;

@@ -29,6 +29,8 @@ pub struct ProbeResult {
     /// The replica's epoch when the probe started: a result for an earlier process is stale.
     pub epoch: u64,
     pub healthy: bool,
+    /// How long the probe took.
+    pub seconds: f64,
 }
 
 /// Launches probes and collects their results.
@@ -71,11 +73,13 @@ impl Probes {
         std::thread::Builder::new()
             .stack_size(THREAD_STACK)
             .spawn(move || {
+                let began = Instant::now();
                 let healthy = check(&fd, &health.probe, health.timeout, &run_as);
                 let _ = tx.send(ProbeResult {
                     container,
                     epoch,
                     healthy,
+                    seconds: began.elapsed().as_secs_f64(),
                 });
                 let _ = nix::unistd::write(wake.as_fd(), &[1]);
             })
