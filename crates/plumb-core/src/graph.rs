@@ -1,10 +1,12 @@
 //! A stack's topology as a graph, for people: networks (bridges with their subnet and
-//! gateway), containers with their addresses on each network, published ports (from the host)
-//! and services' virtual IPs. Rendered as Graphviz `dot` or as a Mermaid flowchart; pure text.
+//! gateway), containers with their addresses on each network, published ports (from the host),
+//! services' virtual IPs, and the flows policies allow (with the stack-file line of each).
+//! Rendered as Graphviz `dot` or as a Mermaid flowchart; pure text.
 
 use std::fmt::Write;
 
 use crate::desired::Desired;
+use crate::spec::Selector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphFormat {
@@ -48,6 +50,8 @@ enum Shape {
     Network,
     Container,
     Vip,
+    /// Outside the stack: "outside", or an address range.
+    Elsewhere,
 }
 
 fn model(desired: &Desired) -> (Vec<Node>, Vec<Edge>) {
@@ -107,10 +111,25 @@ fn model(desired: &Desired) -> (Vec<Node>, Vec<Edge>) {
             });
         }
     }
+    // A service node for every VIP, and for every service a policy names.
+    let named: Vec<&str> = desired
+        .policies
+        .iter()
+        .flat_map(|p| p.spec.from.iter().chain(&p.spec.to))
+        .filter_map(|s| match s {
+            Selector::Service(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
     for svc in &desired.services {
-        let Some(vip) = svc.vip else { continue };
+        if svc.vip.is_none() && !named.contains(&svc.name.as_str()) {
+            continue;
+        }
         let ports: Vec<String> = svc.ports.iter().map(ToString::to_string).collect();
-        let mut lines = vec![format!("service {}", svc.name), format!("VIP {vip}")];
+        let mut lines = vec![format!("service {}", svc.name)];
+        if let Some(vip) = svc.vip {
+            lines.push(format!("VIP {vip}"));
+        }
         if !ports.is_empty() {
             lines.push(ports.join(" "));
         }
@@ -123,12 +142,55 @@ fn model(desired: &Desired) -> (Vec<Node>, Vec<Edge>) {
             edges.push(Edge {
                 from: id("svc", &svc.name),
                 to: id("ctr", c),
-                label: svc.lb.as_str().into(),
+                label: if svc.vip.is_some() {
+                    svc.lb.as_str().into()
+                } else {
+                    "replica".into()
+                },
                 dashed: true,
             });
         }
     }
+    for policy in &desired.policies {
+        let ports: Vec<String> = policy.spec.ports.iter().map(ToString::to_string).collect();
+        let ports = if ports.is_empty() {
+            "all ports".to_string()
+        } else {
+            ports.join(",")
+        };
+        let label = format!("allow {ports}/{} ({})", policy.spec.protocol.as_str(), policy.source);
+        for from in &policy.spec.from {
+            for to in &policy.spec.to {
+                let (a, b) = (selector_node(from, &mut nodes), selector_node(to, &mut nodes));
+                edges.push(Edge {
+                    from: a,
+                    to: b,
+                    label: label.clone(),
+                    dashed: false,
+                });
+            }
+        }
+    }
     (nodes, edges)
+}
+
+/// The node a policy's selector names, made if it is outside the stack.
+fn selector_node(selector: &Selector, nodes: &mut Vec<Node>) -> String {
+    let (node, label) = match selector {
+        Selector::Service(name) => return id("svc", name),
+        Selector::Network(name) => return id("net", name),
+        Selector::Host => return "host".into(),
+        Selector::Outside => ("outside".to_string(), "outside".to_string()),
+        Selector::Cidr(net) => (id("cidr", &net.to_string()), net.to_string()),
+    };
+    if !nodes.iter().any(|n| n.id == node) {
+        nodes.push(Node {
+            id: node.clone(),
+            shape: Shape::Elsewhere,
+            lines: vec![label],
+        });
+    }
+    node
 }
 
 /// The stack as a graph in `format`.
@@ -152,6 +214,7 @@ fn dot(stack: &str, nodes: &[Node], edges: &[Edge]) -> String {
             Shape::Network => "box3d",
             Shape::Container => "box",
             Shape::Vip => "ellipse",
+            Shape::Elsewhere => "octagon",
         };
         let label: Vec<String> = n.lines.iter().map(|l| quote(l)).collect();
         let _ = writeln!(out, "\t{} [shape={shape}, label=\"{}\"];", n.id, label.join("\\n"));
@@ -175,6 +238,7 @@ fn mermaid(nodes: &[Node], edges: &[Edge]) -> String {
             Shape::Network => ("[[", "]]"),
             Shape::Container => ("[", "]"),
             Shape::Vip => ("((", "))"),
+            Shape::Elsewhere => ("{{", "}}"),
         };
         let _ = writeln!(out, "    {}{open}\"{label}\"{close}", n.id);
     }
@@ -224,6 +288,26 @@ mod tests {
         // Internal networks have no way to the host; headless services no VIP.
         assert!(!out.contains("host -> net_db"), "{out}");
         assert!(!out.contains("svc_redis"), "{out}");
+    }
+
+    #[test]
+    fn policies_are_drawn_as_allowed_flows_with_their_line() {
+        let text = "name = \"shop\"\n[networks.front]\nsubnet = \"10.89.1.0/24\"\n\
+                    [services.web]\n[services.api]\n\
+                    [[policies]]\nfrom = \"web\"\nto = \"api\"\nports = [5000]\n\
+                    [[policies]]\nfrom = \"outside\"\nto = \"web\"\n";
+        let d = resolve(&parse("plumb.toml", text).unwrap(), &Default::default())
+            .unwrap()
+            .0;
+        let out = render(&d, GraphFormat::Dot);
+        assert!(
+            out.contains("svc_web -> svc_api [label=\"allow 5000/tcp (plumb.toml:"),
+            "{out}"
+        );
+        assert!(out.contains("outside [shape=octagon, label=\"outside\"]"), "{out}");
+        assert!(out.contains("outside -> svc_web [label=\"allow all ports/tcp"), "{out}");
+        let m = render(&d, GraphFormat::Mermaid);
+        assert!(m.contains("    outside{{\"outside\"}}"), "{m}");
     }
 
     #[test]

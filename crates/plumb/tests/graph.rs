@@ -91,9 +91,15 @@ fn assert_mermaid_shape(chart: &str) {
                 "edge between undeclared nodes: {line}"
             );
         } else {
-            let ok = [("[[\"", "\"]]"), ("((\"", "\"))"), ("[/\"", "\"\\]"), ("[\"", "\"]")]
-                .iter()
-                .any(|(open, close)| rest.starts_with(open) && rest.ends_with(close));
+            let ok = [
+                ("[[\"", "\"]]"),
+                ("((\"", "\"))"),
+                ("{{\"", "\"}}"),
+                ("[/\"", "\"\\]"),
+                ("[\"", "\"]"),
+            ]
+            .iter()
+            .any(|(open, close)| rest.starts_with(open) && rest.ends_with(close));
             assert!(ok && !id.is_empty(), "not a node: {line}");
             nodes.insert(id);
         }
