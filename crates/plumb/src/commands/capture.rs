@@ -60,7 +60,7 @@ pub fn run(ctx: &Context, target: &str, options: &Options) -> Result<()> {
     let home = Home::current()?;
     let mut captures = Vec::new();
     for source in &sources {
-        let open = || open(&source.ifname, options.filter, source.netns.is_none());
+        let open = || open(&source.ifname, options.filter, source.netns.is_none(), options.write.is_none());
         let capture = match &source.netns {
             Some(ns) => {
                 let fd = netns::open(ns)?;
@@ -83,7 +83,7 @@ pub fn run(ctx: &Context, target: &str, options: &Options) -> Result<()> {
         options.filter.map(|f| format!(" (filter: {f})")).unwrap_or_default()
     );
 
-    let (tx, rx) = mpsc::channel::<Captured>();
+    let (tx, rx) = mpsc::channel::<Vec<Captured>>();
     let done = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for (index, mut capture) in captures.into_iter().enumerate() {
@@ -100,21 +100,22 @@ pub fn run(ctx: &Context, target: &str, options: &Options) -> Result<()> {
                 if poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0) == 0 {
                     continue;
                 }
-                match capture.next_packet() {
-                    Ok(p) => {
-                        let ts = Duration::new(p.header.ts.tv_sec as u64, p.header.ts.tv_usec as u32);
-                        let packet = Captured {
+                // Drain everything the kernel holds, then send it on in one piece.
+                let mut batch = Vec::new();
+                loop {
+                    match capture.next_packet() {
+                        Ok(p) => batch.push(Captured {
                             index,
-                            ts,
+                            ts: Duration::new(p.header.ts.tv_sec as u64, p.header.ts.tv_usec as u32),
                             original_len: p.header.len,
                             data: p.data.to_vec(),
-                        };
-                        if tx.send(packet).is_err() {
-                            break;
-                        }
+                        }),
+                        Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) => break,
+                        Err(_) => return capture.stats().ok(),
                     }
-                    Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) => {}
-                    Err(_) => break,
+                }
+                if !batch.is_empty() && tx.send(batch).is_err() {
+                    break;
                 }
             }
             capture.stats().ok()
@@ -136,9 +137,11 @@ pub fn run(ctx: &Context, target: &str, options: &Options) -> Result<()> {
             break;
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(p) => {
-                pending.insert((p.ts, seq), p);
-                seq += 1;
+            Ok(batch) => {
+                for p in batch.into_iter().chain(rx.try_iter().flatten()) {
+                    pending.insert((p.ts, seq), p);
+                    seq += 1;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -185,13 +188,15 @@ struct Captured {
 
 /// `promisc` on a bridge: only then does the bridge pass up a copy of the frames it forwards
 /// between its ports (otherwise it shows only what is for the host, and floods).
-fn open(ifname: &str, filter: Option<&str>, promisc: bool) -> Result<Capture<Active>> {
+/// `immediate`: each packet is handed over as it comes (lines on a terminal); otherwise the
+/// kernel fills whole blocks first (at most 100 ms), which keeps up with far more packets.
+fn open(ifname: &str, filter: Option<&str>, promisc: bool, immediate: bool) -> Result<Capture<Active>> {
     let failed = |e: pcap::Error| Failure::new(format!("cannot capture on {ifname}: {e}"));
     let mut capture = Capture::from_device(ifname)
         .map_err(failed)?
         .promisc(promisc)
         .snaplen(SNAPLEN)
-        .immediate_mode(true)
+        .immediate_mode(immediate)
         .timeout(100)
         .buffer_size(8 << 20)
         .precision(Precision::Nano)
