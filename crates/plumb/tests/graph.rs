@@ -57,6 +57,13 @@ fn a_stack_that_is_up_is_drawn_as_the_kernel_holds_it() {
     let mermaid = sb.plumb_ok(&["graph", "gr", "--format", "mermaid"]);
     assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
     assert_mermaid_shape(&mermaid);
+    // Mermaid's own parser (npm's `mermaid`, through scripts/mermaid-parse) reads it.
+    let parser = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/mermaid-parse");
+    let parsed = sb.sh(&format!("{PLUMB} graph gr --format mermaid | {parser}"));
+    match parsed.status.code() {
+        Some(3) => eprintln!("note: Mermaid's parser is not available here ({})", text(&parsed.stderr).trim()),
+        code => assert_eq!(code, Some(0), "Mermaid does not parse it: {}\n{mermaid}", text(&parsed.stderr)),
+    }
 
     let unknown = sb.plumb(&["graph", "nosuch"]);
     assert_eq!(unknown.status.code(), Some(2));
