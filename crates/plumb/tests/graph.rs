@@ -61,8 +61,16 @@ fn a_stack_that_is_up_is_drawn_as_the_kernel_holds_it() {
     let parser = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/mermaid-parse");
     let parsed = sb.sh(&format!("{PLUMB} graph gr --format mermaid | {parser}"));
     match parsed.status.code() {
-        Some(3) => eprintln!("note: Mermaid's parser is not available here ({})", text(&parsed.stderr).trim()),
-        code => assert_eq!(code, Some(0), "Mermaid does not parse it: {}\n{mermaid}", text(&parsed.stderr)),
+        Some(3) => eprintln!(
+            "note: Mermaid's parser is not available here ({})",
+            text(&parsed.stderr).trim()
+        ),
+        code => assert_eq!(
+            code,
+            Some(0),
+            "Mermaid does not parse it: {}\n{mermaid}",
+            text(&parsed.stderr)
+        ),
     }
 
     let unknown = sb.plumb(&["graph", "nosuch"]);

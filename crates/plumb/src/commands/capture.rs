@@ -60,7 +60,14 @@ pub fn run(ctx: &Context, target: &str, options: &Options) -> Result<()> {
     let home = Home::current()?;
     let mut captures = Vec::new();
     for source in &sources {
-        let open = || open(&source.ifname, options.filter, source.netns.is_none(), options.write.is_none());
+        let open = || {
+            open(
+                &source.ifname,
+                options.filter,
+                source.netns.is_none(),
+                options.write.is_none(),
+            )
+        };
         let capture = match &source.netns {
             Some(ns) => {
                 let fd = netns::open(ns)?;
