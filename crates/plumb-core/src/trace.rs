@@ -102,6 +102,8 @@ pub struct Step {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Matched {
+    /// The chain the rule is in: the step's base chain, or a chain it jumped to.
+    pub chain: String,
     pub expr: String,
     pub comment: Option<String>,
     pub verdict: String,
@@ -141,8 +143,11 @@ pub fn steps(lines: &[TraceLine], skip: &[&str]) -> Vec<Step> {
                 comment,
                 verdict,
             } => {
-                if let Some(step) = out.iter_mut().rev().find(|s| &s.at == at) {
+                // A rule of a chain jumped to belongs to the last base chain of its table.
+                let same_table = |s: &&mut Step| s.at.family == at.family && s.at.table == at.table;
+                if let Some(step) = out.iter_mut().rev().find(same_table) {
                     step.rules.push(Matched {
+                        chain: at.chain.clone(),
                         expr: expr.clone(),
                         comment: comment.clone(),
                         verdict: verdict.clone(),
@@ -150,6 +155,7 @@ pub fn steps(lines: &[TraceLine], skip: &[&str]) -> Vec<Step> {
                 }
             }
             TraceLine::Policy { at, verdict } => {
+                // Only a base chain's policy decides (a regular chain just returns).
                 if let Some(step) = out.iter_mut().rev().find(|s| &s.at == at) {
                     step.policy = Some(verdict.clone());
                 }
@@ -210,6 +216,22 @@ trace id 372d8a22 bridge plumb_tr prerouting policy accept
 trace id 71354c74 inet plumb_tr forward packet: iif "plbc36b29c3" oif "up0" ip saddr 10.89.50.3 ip daddr 203.0.113.2
 trace id 71354c74 inet plumb_tr forward rule iifname "plbc36b29c3" oifname != "plbc36b29c3" drop comment "db: internal, nothing leaves" (verdict drop)
 "#;
+
+    #[test]
+    fn a_rule_in_a_chain_jumped_to_is_part_of_its_base_chain_step() {
+        let text = "trace id 1 bridge t policy_forward packet: iif \"v1\" ip saddr 10.0.0.3\n\
+                    trace id 1 bridge t policy_forward rule ip daddr vmap @ingress (verdict goto deny_ingress_api)\n\
+                    trace id 1 bridge t deny_ingress_api rule counter packets 0 bytes 0 drop comment \"api: ingress default-deny\" (verdict drop)\n";
+        let lines: Vec<TraceLine> = text.lines().filter_map(parse_line).collect();
+        let steps = steps(&lines, &[]);
+        assert_eq!(steps.len(), 1);
+        let d = decision(&steps).unwrap();
+        let rule = d.rule.unwrap();
+        assert_eq!(
+            (rule.chain.as_str(), rule.comment.as_deref()),
+            ("deny_ingress_api", Some("api: ingress default-deny"))
+        );
+    }
 
     #[test]
     fn a_trace_reads_as_steps_and_the_rule_that_decided() {

@@ -98,3 +98,45 @@ fn trace_shows_the_way_and_the_rule_that_decided() {
     assert_eq!(sb.plumb(&["trace", "web-1", "10.89.44.3:80"]).status.code(), Some(2));
     sb.assert_clean();
 }
+
+const POLICED: &str = r#"
+name = "tp2"
+[networks.front]
+subnet = "10.89.47.0/24"
+[services.web]
+[services.api]
+
+[[policies]]
+from = "web"
+to = "api"
+ports = [80]
+"#;
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn trace_names_the_policy_and_its_line() {
+    let sb = Sandbox::start().unwrap();
+    sb.write("plumb.toml", POLICED);
+    sb.plumb_ok(&["up"]);
+    sb.serve("tp2-api-1", 80, "api");
+    sb.serve("tp2-api-1", 81, "api");
+    // Allowed by the policy: connected, and the policy is named with its line.
+    let line = POLICED.lines().position(|l| l == "[[policies]]").unwrap() + 1;
+    let (code, report) = trace(&sb, "web-1", "api-1:80");
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["policy"]["allowed"], true, "{report:#}");
+    let summary = report["policy"]["summary"].as_str().unwrap();
+    assert!(summary.contains(&format!("plumb.toml:{line}")), "{report:#}");
+    // Port 81 is no policy's: api's default-deny drops it, in the kernel and in words.
+    let (code, report) = trace(&sb, "web-1", "api-1:81");
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["policy"]["allowed"], false, "{report:#}");
+    assert_eq!(report["decided_by"]["verdict"], "drop", "{report:#}");
+    let rule = report["decided_by"]["rule"]["comment"].as_str().unwrap_or_default();
+    assert!(rule.contains("api") && rule.contains("default-deny"), "{report:#}");
+    assert_eq!(report["decided_by"]["rule"]["chain"], "deny_to_api", "{report:#}");
+    let human = text(&sb.plumb(&["trace", "web-1", "api-1:81"]).stdout);
+    assert!(human.contains("the stack's policies deny it"), "{human}");
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

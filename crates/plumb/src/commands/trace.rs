@@ -15,6 +15,8 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use plumb_core::desired::{Container, Desired};
+use plumb_core::policy::{explain, Explanation, Party};
+use plumb_core::spec::Protocol;
 use plumb_core::trace::{self, Decision, Step};
 use plumb_linux::netns::{self, Home};
 use plumb_linux::probe::{Outcome, Probe};
@@ -67,6 +69,13 @@ pub fn run(ctx: &Context, from: &str, to: &str, format: Format) -> Result<()> {
         Outcome::TimedOut => format!("no answer within {}s", PROBE_TIMEOUT.as_secs()),
         Outcome::Failed(why) => format!("failed: {why}"),
     };
+    let policy = policy_view(
+        &desired,
+        &source,
+        address,
+        if udp { Protocol::Udp } else { Protocol::Tcp },
+        port,
+    );
     let hops: Vec<(String, String)> = steps
         .iter()
         .map(|(s, _)| (label(&desired, s.iif.as_deref()), label(&desired, s.oif.as_deref())))
@@ -85,6 +94,7 @@ pub fn run(ctx: &Context, from: &str, to: &str, format: Format) -> Result<()> {
                 "at": s.at, "in": i, "out": o, "rules": s.rules, "policy": s.policy, "times": times,
             })).collect::<Vec<_>>(),
             "decided_by": decision,
+            "policy": policy,
         })),
         Format::Human => print_report(
             &source.name,
@@ -98,11 +108,53 @@ pub fn run(ctx: &Context, from: &str, to: &str, format: Format) -> Result<()> {
             decision.as_ref(),
         ),
     }
+    if let (Format::Human, Some(p)) = (format, &policy) {
+        let verdict = if p.allowed { "allow" } else { "deny" };
+        println!("the stack's policies {verdict} it: {} ({})", p.summary, p.stage);
+    }
     if outcome == Outcome::Answered {
         Ok(())
     } else {
         Err(Failure::silent(1))
     }
+}
+
+/// What the stack's policies say of the probe's flow, computed from the same compiled rules
+/// as `plumb policy why` (so the policy and its stack-file line are named); none without
+/// policies, or for a VIP (the replica it lands on is the load balancer's choice).
+fn policy_view(
+    desired: &Desired,
+    source: &Container,
+    to: Ipv4Addr,
+    protocol: Protocol,
+    port: u16,
+) -> Option<Explanation> {
+    if desired.policies.is_empty() || desired.services.iter().any(|s| s.vip == Some(to)) {
+        return None;
+    }
+    let target = desired
+        .containers
+        .iter()
+        .find(|c| c.interfaces.iter().any(|i| i.address == to));
+    let from_address = source
+        .interfaces
+        .iter()
+        .find(|i| target.is_some_and(|t| t.interfaces.iter().any(|o| o.network == i.network)))
+        .or(source.interfaces.first())?
+        .address;
+    let from = Party::Container {
+        name: source.name.clone(),
+        address: from_address,
+    };
+    let to = match target {
+        Some(t) => Party::Container {
+            name: t.name.clone(),
+            address: to,
+        },
+        None if desired.networks.iter().any(|n| n.gateway == to) => Party::Host(Some(to)),
+        None => Party::Outside(to),
+    };
+    Some(explain(desired, &from, &to, protocol, port))
 }
 
 /// `TARGET:PORT[/tcp|udp]`.
@@ -206,7 +258,12 @@ fn print_report(
                 .as_deref()
                 .map(|c| format!("\"{c}\": "))
                 .unwrap_or_default();
-            println!("       {why}{}  -> {}", rule.expr, rule.verdict);
+            let chain = if rule.chain == step.at.chain {
+                String::new()
+            } else {
+                format!("[{}] ", rule.chain)
+            };
+            println!("       {chain}{why}{}  -> {}", rule.expr, rule.verdict);
         }
         if let Some(policy) = &step.policy {
             println!("       chain policy -> {policy}");
