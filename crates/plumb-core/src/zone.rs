@@ -3,10 +3,7 @@
 //! asker's address, which decides what the asker may see (the networks it sits on).
 //!
 //! - `SVC`, `SVC.STACK` and each alias: the service's VIP; a headless service (`lb = "none"`)
-//!   gives its ready replicas' addresses instead, NXDOMAIN when none is ready. So does a
-//!   service the asker shares a network with, but not its first one: the asker's way to a VIP
-//!   is its default route, through its first network, and the load balancer takes VIP
-//!   connections only from the service's own networks.
+//!   gives its ready replicas' addresses instead, NXDOMAIN when none is ready.
 //! - `SVC-k`, `SVC-k.STACK`: that replica's address, ready or not.
 //! - `_PORT._tcp.SVC` / `_PORT._udp.SVC` (and `.STACK`): SRV for each of the service's ports,
 //!   pointing at `SVC.STACK.`.
@@ -205,15 +202,15 @@ impl Zone {
         let on = self.networks_of(asker);
         let labels: Vec<&str> = local.split('.').collect();
         match labels[..] {
-            [label] => self.forward_answer(asker, &on, label, qtype),
+            [label] => self.forward_answer(&on, label, qtype),
             [port, proto, label] => self.srv_answer(&on, port, proto, label, qtype),
             _ => Answer::NxDomain,
         }
     }
 
-    fn forward_answer(&self, asker: Ipv4Addr, on: &BTreeSet<&str>, label: &str, qtype: QueryType) -> Answer {
+    fn forward_answer(&self, on: &BTreeSet<&str>, label: &str, qtype: QueryType) -> Answer {
         let addresses = match self.labels.get(label) {
-            Some(Target::Service(s)) => self.service_addresses(asker, on, s),
+            Some(Target::Service(s)) => self.service_addresses(on, s),
             Some(Target::Replica(c)) => self.address_for(on, c).into_iter().collect(),
             None => Vec::new(),
         };
@@ -286,19 +283,12 @@ impl Zone {
             .any(|c| self.address_for(on, c).is_some())
     }
 
-    /// What the service's name gives this asker: its VIP when the asker's first network (its
-    /// default route) is one of the service's, else its ready replicas' addresses.
-    fn service_addresses(&self, asker: Ipv4Addr, on: &BTreeSet<&str>, service: &str) -> Vec<Ipv4Addr> {
+    /// What the service's name gives this asker: its VIP, or its ready replicas' addresses.
+    fn service_addresses(&self, on: &BTreeSet<&str>, service: &str) -> Vec<Ipv4Addr> {
         let s = &self.services[service];
-        let first = self
-            .by_address
-            .get(&asker)
-            .and_then(|c| self.containers.get(c))
-            .and_then(|c| c.addresses.first())
-            .map(|(n, _)| BTreeSet::from([n.as_str()]));
-        let via_default_route = first.is_some_and(|first| self.visible(&first, service));
         match s.vip {
-            Some(vip) if via_default_route => vec![vip],
+            Some(vip) if self.visible(on, service) => vec![vip],
+            Some(_) => Vec::new(),
             _ => s
                 .containers
                 .iter()
@@ -451,21 +441,20 @@ networks = ["db"]
     }
 
     #[test]
-    fn a_service_off_the_askers_first_network_gives_its_ready_replicas() {
-        // api's first network is front; store sits on back and db: api reaches it
-        // on back, not through its default route, so store's name gives its replicas there.
-        let text = STACK.replace("lb = \"none\"\n", "");
+    fn a_service_on_any_network_the_asker_shares_gives_its_vip() {
+        // api's first network is front; store sits on back and db: api reaches it on back,
+        // and the load balancer takes its VIP connections there too.
+        let text = STACK.replace("lb = \"none\"\n", "expose = [5432]\n");
         let parsed = parse("plumb.toml", &text).unwrap();
         let (d, _) = resolve(&parsed, &Default::default()).unwrap();
         let z = Zone::build(&d, &["store-2".to_string()].into());
         let api = addr(&d, "api-1", "front");
-        let ready = [addr(&d, "store-1", "back"), addr(&d, "store-3", "back")];
-        assert_eq!(z.answer(api, "store", QueryType::A), a(&ready));
-        // store-1's first network is back, which api is on: api's VIP.
-        let store = addr(&d, "store-1", "back");
+        let store_vip = d.service("store").unwrap().vip.unwrap();
+        assert_eq!(z.answer(api, "store", QueryType::A), a(&[store_vip]));
+        // web shares no network with store: nothing.
         assert_eq!(
-            z.answer(store, "api", QueryType::A),
-            a(&[d.service("api").unwrap().vip.unwrap()])
+            z.answer(addr(&d, "web-1", "front"), "store", QueryType::A),
+            Answer::NxDomain
         );
     }
 

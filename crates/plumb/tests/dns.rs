@@ -128,8 +128,7 @@ fn names_resolve_inside_containers_scoped_by_network_and_the_rest_goes_upstream(
         "{conf}"
     );
 
-    // A service's name gives its VIP to an asker whose first network (its default route) is
-    // one of the service's.
+    // A service's name gives its VIP to an asker that shares a network with it.
     let api_vip = vip(&sb, "api");
     for name in ["api", "api.d", "gateway", "gateway.d."] {
         assert_eq!(getaddrinfo(&sb, web, name), Ok(vec![api_vip.clone()]), "{name}");

@@ -345,3 +345,35 @@ fn services_of_an_unknown_stack_is_an_error() {
         text(&out.stderr)
     );
 }
+
+/// A client whose first network is another one reaches a service on its second (internal)
+/// network through the VIP, by name; a container not on that network is refused.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_client_reaches_a_vip_on_its_second_network() {
+    let sb = Sandbox::start().unwrap();
+    setup(&sb);
+    let dir = sb.dir.display().to_string();
+    let stack = format!(
+        "name = \"side\"\n[networks.front]\nsubnet = \"10.89.53.0/24\"\n[networks.db]\nsubnet = \"10.89.54.0/24\"\ninternal = true\n\
+         [services.client]\nnetworks = [\"front\", \"db\"]\n[services.outsider]\nnetworks = [\"front\"]\n{}",
+        web_service(2, "networks = [\"db\"]\n", &dir)
+    );
+    sb.write("plumb.toml", &stack);
+    sb.plumb_ok(&["up"]);
+    assert!(eventually(Duration::from_secs(15), || all_ready(&sb, "side", "web", 2)));
+    let vip = vip(&sb, "side", "web");
+    // The name gives the VIP to the client, whose default route is front.
+    let resolved = sb.ok("ip netns exec side-client-1 getent hosts web");
+    assert!(resolved.starts_with(&format!("{vip} ")), "{resolved}");
+    let counts = count(&sb, "side-client-1", &vip, 8000, 20);
+    assert!(counts.errors.is_empty(), "{:?}", counts.errors);
+    assert_eq!(counts.names.values().sum::<u64>(), 20);
+    assert_eq!(counts.names.len(), 2, "both replicas answer: {:?}", counts.names);
+    // A container on front only shares no network with web: refused, and no name either.
+    let refused = count(&sb, "side-outsider-1", &vip, 8000, 3);
+    assert_eq!(refused.names.len(), 0, "{:?}", refused.names);
+    assert!(!sb.sh("ip netns exec side-outsider-1 getent hosts web").status.success());
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

@@ -8,6 +8,9 @@ use super::{Hook, HookPoint, Rule, Ruleset};
 use crate::desired::Desired;
 
 pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
+    let vip_subnet = desired
+        .service_subnet
+        .filter(|_| desired.services.iter().any(|s| s.vip.is_some()));
     let forward = rules.chain("forward", Some(Hook::filter(HookPoint::Forward)));
     forward.rules.push(Rule::new(
         "ct state established,related accept",
@@ -23,6 +26,13 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
             forward.rules.push(Rule::new(
                 format!("oifname \"{br}\" iifname != \"{br}\" ct status dnat accept"),
                 format!("{name}: published ports enter"),
+            ));
+        } else if let Some(subnet) = vip_subnet {
+            // The load balancer sends a VIP connection here only from a container that is on
+            // this network too (its default route being another one).
+            forward.rules.push(Rule::new(
+                format!("oifname \"{br}\" iifname != \"{br}\" ct status dnat ct original ip daddr {subnet} accept"),
+                format!("{name}: VIP connections of containers also on it enter"),
             ));
         }
         forward.rules.push(Rule::new(

@@ -42,8 +42,13 @@ pub struct Balanced {
     pub ports: Vec<ServicePort>,
     pub lb: Balance,
     pub affinity_secs: Option<u64>,
-    /// The bridges of the service's networks: a client's packet must enter through one.
+    /// The bridges of the service's networks: a client's packet must enter through one...
     pub bridges: Vec<String>,
+    /// ... or come from one of these: containers that share a network with the service but
+    /// not their first one (their default route, which VIP traffic takes), each with the
+    /// bridge of the first network they share with it (where their connection is sent).
+    #[serde(default)]
+    pub side_clients: Vec<(Ipv4Addr, String)>,
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -79,6 +84,18 @@ impl Balancer {
                 if bridges.is_empty() {
                     return None;
                 }
+                let side_clients = desired
+                    .containers
+                    .iter()
+                    .filter_map(|c| {
+                        let first = c.interfaces.first()?;
+                        if bridges.contains(&first.bridge) {
+                            return None;
+                        }
+                        let shared = c.interfaces.iter().find(|i| bridges.contains(&i.bridge))?;
+                        Some((first.address, shared.bridge.clone()))
+                    })
+                    .collect();
                 Some(Balanced {
                     name: s.name.clone(),
                     vip,
@@ -86,6 +103,7 @@ impl Balancer {
                     lb: s.lb,
                     affinity_secs: s.affinity_secs,
                     bridges,
+                    side_clients,
                     endpoints,
                 })
             })
@@ -134,9 +152,15 @@ impl Balanced {
     pub fn port_chain(&self, port: &ServicePort, unready: &BTreeSet<String>) -> Chain {
         let name = self.port_chain_name(port);
         let svc = &self.name;
+        let side = if self.side_clients.is_empty() {
+            String::new()
+        } else {
+            let clients: Vec<String> = self.side_clients.iter().map(|(a, _)| a.to_string()).collect();
+            format!(" ip saddr != {{ {} }}", clients.join(", "))
+        };
         let mut rules = vec![Rule::new(
-            format!("iifname != {{ {} }} return", quoted(&self.bridges)),
-            format!("{svc}: only from its own networks"),
+            format!("iifname != {{ {} }}{side} return", quoted(&self.bridges)),
+            format!("{svc}: only from containers on its networks"),
         )];
         let ready: Vec<&Endpoint> = self
             .endpoints
@@ -197,6 +221,25 @@ impl Balanced {
                 format!("iifname map {{ {} }}", arms.join(", "))
             }
         };
+        // Clients whose default route is another network: the address on the network they
+        // share with the service (their connection is routed there).
+        for (bridge, address) in &e.addresses {
+            let clients: Vec<String> = self
+                .side_clients
+                .iter()
+                .filter(|(_, b)| b == bridge)
+                .map(|(a, _)| a.to_string())
+                .collect();
+            if !clients.is_empty() {
+                rules.push(Rule::new(
+                    format!("ip saddr {{ {} }} counter dnat ip to {address}", clients.join(", ")),
+                    format!(
+                        "{}: endpoint {}, for clients from another network",
+                        self.name, e.container
+                    ),
+                ));
+            }
+        }
         rules.push(Rule::new(
             format!("counter dnat ip to {to}"),
             format!("{}: endpoint {}", self.name, e.container),
