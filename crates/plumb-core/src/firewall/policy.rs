@@ -61,9 +61,28 @@ pub fn contribute_inet(desired: &Desired, rules: &mut Ruleset) {
         priority: INET_PRIORITY,
         ..Hook::filter(point)
     };
+    // Where br_netfilter is loaded, frames bridged between two containers also pass the inet
+    // hooks, after the bridge table's policy chain has judged them: they are told from routed
+    // packets by their destination MAC (a routed packet is sent to the bridge's own MAC), so
+    // the allowed-flow set is looked up once per new connection, not twice.
+    let bridges: Vec<String> = desired.networks.iter().map(|n| format!("\"{}\"", n.bridge)).collect();
+    let own_macs: Vec<String> = desired
+        .networks
+        .iter()
+        .map(|n| format!("\"{}\" . {}", n.bridge, n.bridge_mac_text()))
+        .collect();
+    let bridged = Rule::new(
+        format!(
+            "iifname {{ {} }} iifname . ether daddr != {{ {} }} accept",
+            bridges.join(", "),
+            own_macs.join(", ")
+        ),
+        "policies: bridged frames (br_netfilter) were judged in the bridge table",
+    );
     let forward = rules.chain("policy_forward", Some(hook(HookPoint::Forward)));
     forward.rules.extend([
         established(),
+        bridged,
         Rule::new(format!("{FLOW_KEY} @{ALLOW} accept"), "policies: allowed flows"),
         Rule::new(format!("ip daddr vmap @{INGRESS}"), "policies: default-deny ingress"),
         Rule::new(format!("ip saddr vmap @{EGRESS}"), "policies: default-deny egress"),
