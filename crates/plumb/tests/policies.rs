@@ -242,8 +242,10 @@ fn a_process_first_connection_is_already_denied() {
 subnet = "10.96.5.0/24"
 [services.server]
 command = ["/usr/bin/python3", "-c", "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',7000))\ns.listen()\nwhile True: s.accept()[0].close()"]
+[services.server.networks.n]
+ip = "10.96.5.10"
 [services.client]
-command = ["/bin/bash", "-c", "for p in 7000 7001; do timeout 1 bash -c \"exec 3<>/dev/tcp/server/$p\"; echo $p $?; done >> {log}; sleep 1000"]
+command = ["/bin/bash", "-c", "for p in 7000 7001; do timeout 1 bash -c \"exec 3<>/dev/tcp/10.96.5.10/$p\"; echo $p $?; done >> {log}; sleep 1000"]
 [[policies]]
 from = "client"
 to = "server"
