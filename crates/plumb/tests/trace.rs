@@ -81,7 +81,13 @@ fn trace_shows_the_way_and_the_rule_that_decided() {
         "{human}"
     );
 
-    // No tracing table is left behind.
+    // No tracing table is left behind, also when the trace is told to stop half-way (it
+    // finishes its few seconds and removes its tables first).
+    let stopped = sb.sh(&format!(
+        "{PLUMB} trace redis-1 {OUTSIDE_IP}:9000 >/dev/null 2>&1 & t=$!; sleep 0.5; \
+         nft list tables | grep -c plumb_trace_; kill -TERM $t; wait $t; echo exit $?"
+    ));
+    assert_eq!(text(&stopped.stdout).trim(), "2\nexit 143", "{}", text(&stopped.stderr));
     let tables = sb.nft_tables();
     assert!(!tables.contains("plumb_trace_"), "{tables}");
 

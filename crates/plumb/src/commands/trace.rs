@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 use plumb_core::desired::{Container, Desired};
 use plumb_core::policy::{explain, Explanation, Party};
@@ -50,13 +50,19 @@ pub fn run(ctx: &Context, from: &str, to: &str, format: Format) -> Result<()> {
     remove_stale_tables();
     let table = format!("{TRACE_PREFIX}{}", std::process::id());
     let sources: Vec<String> = source.interfaces.iter().map(|i| i.address.to_string()).collect();
+    let child = Monitor::spawn()?;
+    // From here until the tracing tables are gone, Ctrl-C (or a TERM) waits: the few seconds
+    // of the probe run out and the tables are removed first. Threads started from here on
+    // inherit the block; the monitor, started before, still takes the signal and ends.
+    let hold = HeldSignals::hold();
+    let monitor = Monitor::read(child);
     let marks = TraceTables::add(&table, protocol, probe.port, &sources.join(", "))?;
-    let monitor = Monitor::start()?;
     std::thread::sleep(MONITOR_SETTLE);
     let outcome = probe.send(SocketAddrV4::new(address, port), PROBE_TIMEOUT);
     std::thread::sleep(MONITOR_SETTLE);
     let lines = monitor.stop();
     drop(marks);
+    drop(hold);
 
     let parsed: Vec<_> = lines.iter().filter_map(|l| trace::parse_line(l)).collect();
     let steps = trace::steps(&parsed, &[table.as_str()]);
@@ -339,6 +345,27 @@ impl Drop for TraceTables {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP blocked while held; when dropped, unblocked (one that came
+/// meanwhile then takes effect).
+struct HeldSignals(SigSet);
+
+impl HeldSignals {
+    fn hold() -> HeldSignals {
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            set.add(s);
+        }
+        let _ = set.thread_block();
+        HeldSignals(set)
+    }
+}
+
+impl Drop for HeldSignals {
+    fn drop(&mut self) {
+        let _ = self.0.thread_unblock();
+    }
+}
+
 /// `nft monitor trace`, its lines gathered on a thread.
 struct Monitor {
     child: Child,
@@ -346,14 +373,18 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn start() -> Result<Monitor> {
-        let mut child = Command::new("nft")
+    fn spawn() -> Result<Child> {
+        Command::new("nft")
             .args(["monitor", "trace"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .stdin(Stdio::null())
             .spawn()
-            .map_err(|e| Failure::new(format!("cannot run nft monitor trace: {e}")))?;
+            .map_err(|e| Failure::new(format!("cannot run nft monitor trace: {e}")))
+    }
+
+    /// Gathers `child`'s lines on a thread.
+    fn read(mut child: Child) -> Monitor {
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -363,13 +394,24 @@ impl Monitor {
                 }
             }
         });
-        Ok(Monitor { child, lines })
+        Monitor { child, lines }
     }
 
-    /// Ends the monitor (SIGINT by PID, so it flushes what it has) and returns its lines.
+    /// Ends the monitor (SIGTERM by PID: SIGINT may be ignored, as it is for background jobs
+    /// of a shell; SIGKILL if it does not end within a second) and returns its lines (it
+    /// writes each event as it comes).
     fn stop(mut self) -> Vec<String> {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
-        let _ = self.child.wait();
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if std::time::Instant::now() > deadline {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let mut out = Vec::new();
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
             out.push(line);
