@@ -19,6 +19,7 @@ use crate::output::{count, say};
 use crate::state::StackState;
 use crate::supervisor::Supervisor;
 use crate::{processes, runfile, stackfile};
+use plumb_core::services::RunSpec;
 
 /// What `up` does with the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +137,20 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     if desired.containers.is_empty() && supervision == Supervision::Background {
         return processes::stop_supervisor(&stack_dir);
     }
+    if supervision == Supervision::Background && plan.is_empty() && supervisor_has(&stack_dir, &specs, &desired) {
+        // Nothing changed and the supervisor runs this very stack: no new generation to hand
+        // over (a no-op `up` stays a few milliseconds).
+        let status = runfile::read_status(&stack_dir);
+        if !specs.is_empty() {
+            let running = status.replicas.values().filter(|r| r.pid.is_some()).count();
+            say!(
+                "{} started, {running} left running (supervisor pid {})",
+                count(0, "process"),
+                status.supervisor_pid
+            );
+        }
+        return Ok(());
+    }
     let run = processes::write_run(&stack_dir, specs, Some(&desired))?;
     if supervision == Supervision::Foreground {
         if runfile::live_supervisor(&stack_dir).is_some() {
@@ -172,6 +187,20 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
         status.supervisor_pid
     );
     Ok(())
+}
+
+/// True if a live supervisor has applied a `run.json` with exactly these processes and this
+/// stack (readiness aside: that is the supervisor's own to follow).
+fn supervisor_has(stack_dir: &Path, specs: &[RunSpec], desired: &Desired) -> bool {
+    let run = runfile::read_run(stack_dir);
+    let settled = |d: &Desired| Desired {
+        unready: Default::default(),
+        ..d.clone()
+    };
+    run.specs == specs
+        && run.desired.as_ref().map(settled) == Some(settled(desired))
+        && runfile::read_status(stack_dir).generation == run.generation
+        && runfile::live_supervisor(stack_dir).is_some()
 }
 
 /// Prints a plan as a script for people (after `preamble`, see [`render::script`]) or as
