@@ -190,16 +190,25 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
 }
 
 /// True if a live supervisor has applied a `run.json` with exactly these processes and this
-/// stack (readiness aside: that is the supervisor's own to follow).
+/// stack (readiness aside: that is the supervisor's own to follow), and every process runs
+/// (or was stopped by `plumb stop`).
 fn supervisor_has(stack_dir: &Path, specs: &[RunSpec], desired: &Desired) -> bool {
     let run = runfile::read_run(stack_dir);
     let settled = |d: &Desired| Desired {
         unready: Default::default(),
         ..d.clone()
     };
+    let status = runfile::read_status(stack_dir);
+    // A replica that exited is started again by a new `up`: that needs a new generation.
+    let all_running = status
+        .replicas
+        .values()
+        .all(|r| matches!(r.state, runfile::ReplicaState::Running | runfile::ReplicaState::Stopped));
     run.specs == specs
         && run.desired.as_ref().map(settled) == Some(settled(desired))
-        && runfile::read_status(stack_dir).generation == run.generation
+        && status.generation == run.generation
+        && status.replicas.len() == specs.len()
+        && all_running
         && runfile::live_supervisor(stack_dir).is_some()
 }
 
