@@ -140,6 +140,13 @@ impl Desired {
         self.containers.iter().find(|c| c.name == name)
     }
 
+    /// A container by name (`web-2`), or a service's first replica (`web`), as commands take
+    /// them.
+    pub fn container_or_first(&self, name: &str) -> Option<&Container> {
+        self.container(name)
+            .or_else(|| self.containers.iter().find(|c| c.service == name && c.replica == 1))
+    }
+
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }

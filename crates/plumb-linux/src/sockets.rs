@@ -50,7 +50,7 @@ pub fn listeners(transport: Transport, port: u16) -> Result<Vec<Listener>> {
     if found.is_empty() {
         return Ok(Vec::new());
     }
-    let holders = socket_holders();
+    let holders = holders();
     Ok(found
         .into_iter()
         .map(|(address, port, inode)| Listener {
@@ -69,11 +69,11 @@ pub struct SocketInfo {
     pub state: &'static str,
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
-    /// The processes holding the socket: (pid, command name).
-    pub holders: Vec<(u32, String)>,
+    /// The kernel's inode of the socket: [`holders`] tells who holds it.
+    pub inode: u64,
 }
 
-/// Every TCP and UDP socket of this network namespace (IPv4 and IPv6), with their holders.
+/// Every TCP and UDP socket of this network namespace (IPv4 and IPv6).
 pub fn all() -> Result<Vec<SocketInfo>> {
     let mut found = Vec::new();
     for (transport, protocol) in [(Transport::Tcp, IPPROTO_TCP), (Transport::Udp, IPPROTO_UDP)] {
@@ -83,10 +83,6 @@ pub fn all() -> Result<Vec<SocketInfo>> {
             }
         }
     }
-    if found.is_empty() {
-        return Ok(Vec::new());
-    }
-    let holders = socket_holders();
     Ok(found
         .into_iter()
         .map(|(transport, s)| SocketInfo {
@@ -94,7 +90,7 @@ pub fn all() -> Result<Vec<SocketInfo>> {
             state: state_name(transport, s.state),
             local: s.local,
             remote: s.remote,
-            holders: holders.get(&u64::from(s.inode)).cloned().unwrap_or_default(),
+            inode: u64::from(s.inode),
         })
         .collect())
 }
@@ -188,8 +184,9 @@ fn dump(family: u8, protocol: u8, states: StateFlags) -> Result<Vec<Dumped>> {
     }
 }
 
-/// Socket inode → the processes holding it, from one pass over /proc/*/fd.
-fn socket_holders() -> HashMap<u64, Vec<(u32, String)>> {
+/// Socket inode → the processes holding it, from one pass over /proc/*/fd (inodes are the
+/// machine's, whatever namespace a socket is in: one pass serves every container).
+pub fn holders() -> HashMap<u64, Vec<(u32, String)>> {
     let mut out: HashMap<u64, Vec<(u32, String)>> = HashMap::new();
     let Ok(entries) = fs::read_dir("/proc") else {
         return out;

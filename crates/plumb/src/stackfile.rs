@@ -50,9 +50,7 @@ pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Conta
             continue;
         }
         let Some(desired) = &st.desired else { continue };
-        let hit = desired
-            .container(name)
-            .or_else(|| desired.containers.iter().find(|c| c.service == name && c.replica == 1));
+        let hit = desired.container_or_first(name);
         if let Some(c) = hit {
             found.push((st.clone(), c.clone()));
         }

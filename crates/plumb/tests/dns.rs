@@ -129,7 +129,7 @@ fn names_resolve_inside_containers_scoped_by_network_and_the_rest_goes_upstream(
     );
 
     // A service's name gives its VIP to an asker that shares a network with it.
-    let api_vip = vip(&sb, "api");
+    let api_vip = sb.vip("d", "api");
     for name in ["api", "api.d", "gateway", "gateway.d."] {
         assert_eq!(getaddrinfo(&sb, web, name), Ok(vec![api_vip.clone()]), "{name}");
     }
@@ -342,17 +342,6 @@ while time.time() < first + seconds:
 print(missed, first, time.time(), k)
 "#;
 
-/// A service's VIP in stack `d`, as `plumb services` shows it.
-fn vip(sb: &Sandbox, service: &str) -> String {
-    let services: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["services", "-s", "d", "--json"])).unwrap();
-    services
-        .as_array()
-        .and_then(|all| all.iter().find(|s| s["service"] == service))
-        .and_then(|s| s["vip"].as_str())
-        .unwrap_or_else(|| panic!("no VIP for {service} in {services:#}"))
-        .to_string()
-}
-
 #[test]
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn queries_during_a_reload_are_all_answered() {
@@ -390,7 +379,7 @@ fn queries_during_a_reload_are_all_answered() {
     assert!(fields[1] < secs(up_started) && fields[2] > secs(up_ended), "{result}");
     assert!(fields[3] > 100.0, "too few questions: {result}");
     assert_eq!(fields[0], 0.0, "queries without an answer: {result}");
-    assert_eq!(getaddrinfo(&sb, "d-web-1", "added"), Ok(vec![vip(&sb, "added")]));
+    assert_eq!(getaddrinfo(&sb, "d-web-1", "added"), Ok(vec![sb.vip("d", "added")]));
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

@@ -117,10 +117,6 @@ fn service(sb: &Sandbox, stack: &str, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no service {name}"))
 }
 
-fn vip(sb: &Sandbox, stack: &str, name: &str) -> String {
-    service(sb, stack, name)["vip"].as_str().unwrap().to_string()
-}
-
 /// Replica name → ready, as `plumb services` reports it.
 fn readiness(sb: &Sandbox, stack: &str, name: &str) -> BTreeMap<String, bool> {
     service(sb, stack, name)["endpoints"]
@@ -172,7 +168,7 @@ fn round_robin_follows_readiness_and_keeps_established_connections() {
         "web never became ready: {:?}",
         readiness(&sb, "lb", "web")
     );
-    let vip = vip(&sb, "lb", "web");
+    let vip = sb.vip("lb", "web");
     let client = "lb-client-1";
 
     // 300 connections from a client on the same bridge: exactly 100 on each replica.
@@ -286,8 +282,8 @@ fn affinity_refusals_nothing_leaks_and_two_stacks_share_a_subnet() {
     sb.plumb_ok(&["up", "-f", path_str(&fa)]);
     sb.plumb_ok(&["up", "-f", path_str(&fb)]);
     assert!(eventually(Duration::from_secs(20), || all_ready(&sb, "aff", "web", 3)));
-    let web = vip(&sb, "aff", "web");
-    assert_eq!(vip(&sb, "other", "web"), web);
+    let web = sb.vip("aff", "web");
+    assert_eq!(sb.vip("other", "web"), web);
     sb.serve("other-web-1", 8000, "other");
 
     // Each client stays on one replica; the second lands on another one.
@@ -309,7 +305,7 @@ fn affinity_refusals_nothing_leaks_and_two_stacks_share_a_subnet() {
 
     // No ready replica: refused at once (a reset, not a timeout).
     assert!(eventually(Duration::from_secs(5), || !readiness(&sb, "aff", "sick")["sick-1"]));
-    let sick = vip(&sb, "aff", "sick");
+    let sick = sb.vip("aff", "sick");
     let c = count(&sb, "aff-client-1", &sick, 8000, 3);
     assert_eq!(c.errors.get("ConnectionRefusedError"), Some(&3), "{:?}", c.errors);
     // An address of the subnet no service has, and UDP to a VIP: refused, not routed.
@@ -362,7 +358,7 @@ fn a_client_reaches_a_vip_on_its_second_network() {
     sb.write("plumb.toml", &stack);
     sb.plumb_ok(&["up"]);
     assert!(eventually(Duration::from_secs(15), || all_ready(&sb, "side", "web", 2)));
-    let vip = vip(&sb, "side", "web");
+    let vip = sb.vip("side", "web");
     // The name gives the VIP to the client, whose default route is front.
     let resolved = sb.ok("ip netns exec side-client-1 getent hosts web");
     assert!(resolved.starts_with(&format!("{vip} ")), "{resolved}");

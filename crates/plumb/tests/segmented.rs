@@ -71,23 +71,11 @@ fn the_segmented_shop_works_and_each_tier_reaches_only_the_next() {
 
     // Names resolve only where the two share a network: a service to its VIP, a replica to its
     // address on the network they share.
-    let services: serde_json::Value =
-        serde_json::from_str(&sb.plumb_ok(&["services", "-s", "shop-seg", "--json"])).unwrap();
-    let gateway_vip = services
-        .as_array()
-        .and_then(|all| all.iter().find(|s| s["service"] == "gateway"))
-        .and_then(|s| s["vip"].as_str())
-        .unwrap_or_else(|| panic!("no VIP for the gateway: {services:#}"))
-        .to_string();
+    let gateway_vip = sb.vip("shop-seg", "gateway");
     assert_eq!(hosts_entry(&sb, "web-1", "gateway"), Some(gateway_vip.clone()));
     assert_eq!(hosts_entry(&sb, "product-1", "gateway"), Some(gateway_vip));
     assert_eq!(hosts_entry(&sb, "gateway-1", "product-1"), Some(product_back.clone()));
-    let redis_vip = services
-        .as_array()
-        .and_then(|all| all.iter().find(|s| s["service"] == "redis"))
-        .and_then(|s| s["vip"].as_str())
-        .unwrap()
-        .to_string();
+    let redis_vip = sb.vip("shop-seg", "redis");
     // product's default route is backend; redis is on database only: its VIP all the same.
     assert_eq!(hosts_entry(&sb, "product-2", "redis"), Some(redis_vip));
     for (asker, hidden) in [("web-1", "redis"), ("web-1", "product"), ("gateway-1", "redis")] {

@@ -65,6 +65,9 @@ impl Balancer {
     /// The balanced services of `desired`: those with a VIP, a port and a network (a VIP
     /// without ports refuses everything: it needs no chains).
     pub fn of(desired: &Desired) -> Balancer {
+        // Only a container on several networks can reach a service off its default route.
+        let multi_homed: Vec<&crate::desired::Container> =
+            desired.containers.iter().filter(|c| c.interfaces.len() > 1).collect();
         let services = desired
             .services
             .iter()
@@ -84,8 +87,7 @@ impl Balancer {
                 if bridges.is_empty() {
                     return None;
                 }
-                let side_clients = desired
-                    .containers
+                let side_clients = multi_homed
                     .iter()
                     .filter_map(|c| {
                         let first = c.interfaces.first()?;

@@ -40,19 +40,21 @@ pub fn run(ctx: &Context, target: Option<&str>, format: Format) -> Result<()> {
         }
         containers.push((st.stack.clone(), c.name.clone(), socks));
     }
+    // Who holds each socket: one pass over /proc for all the containers.
+    let held = sockets::holders();
     let flows: Vec<Flow> = conntrack::flows()
         .into_iter()
         .filter(|f| f.addresses().iter().any(|a| addresses.contains(a)))
         .collect();
     match format {
         Format::Json => print_json(&json!({
-            "sockets": containers.iter().flat_map(|(stack, name, socks)| socks.iter().map(move |s| socket_json(stack, name, s))).collect::<Vec<_>>(),
+            "sockets": containers.iter().flat_map(|(stack, name, socks)| socks.iter().map(|s| socket_json(stack, name, s, &held))).collect::<Vec<_>>(),
             "flows": flows.iter().map(flow_json).collect::<Vec<_>>(),
         })),
         Format::Human => {
             let rows: Vec<Vec<String>> = containers
                 .iter()
-                .flat_map(|(_, name, socks)| socks.iter().map(move |s| socket_row(name, s)))
+                .flat_map(|(_, name, socks)| socks.iter().map(|s| socket_row(name, s, &held)))
                 .collect();
             println!("SOCKETS");
             print!(
@@ -81,15 +83,22 @@ fn proto(s: &SocketInfo) -> &'static str {
     }
 }
 
-fn holders(s: &SocketInfo) -> String {
-    s.holders
+/// The processes holding a socket: (pid, command name).
+type Held = std::collections::HashMap<u64, Vec<(u32, String)>>;
+
+fn holders_of<'a>(s: &SocketInfo, held: &'a Held) -> &'a [(u32, String)] {
+    held.get(&s.inode).map_or(&[], Vec::as_slice)
+}
+
+fn holders(s: &SocketInfo, held: &Held) -> String {
+    holders_of(s, held)
         .iter()
         .map(|(pid, name)| format!("{name}[{pid}]"))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-fn socket_row(container: &str, s: &SocketInfo) -> Vec<String> {
+fn socket_row(container: &str, s: &SocketInfo, held: &Held) -> Vec<String> {
     let peer = if s.remote.1 == 0 {
         "*".to_string()
     } else {
@@ -101,11 +110,11 @@ fn socket_row(container: &str, s: &SocketInfo) -> Vec<String> {
         s.state.to_string(),
         endpoint(s.local.0, s.local.1),
         peer,
-        holders(s),
+        holders(s, held),
     ]
 }
 
-fn socket_json(stack: &str, container: &str, s: &SocketInfo) -> Value {
+fn socket_json(stack: &str, container: &str, s: &SocketInfo, held: &Held) -> Value {
     json!({
         "stack": stack,
         "container": container,
@@ -113,7 +122,7 @@ fn socket_json(stack: &str, container: &str, s: &SocketInfo) -> Value {
         "state": s.state,
         "local": endpoint(s.local.0, s.local.1),
         "peer": endpoint(s.remote.0, s.remote.1),
-        "processes": s.holders.iter().map(|(pid, name)| json!({"pid": pid, "command": name})).collect::<Vec<_>>(),
+        "processes": holders_of(s, held).iter().map(|(pid, name)| json!({"pid": pid, "command": name})).collect::<Vec<_>>(),
     })
 }
 

@@ -42,7 +42,7 @@ pub fn why(ctx: &Context, which: Which, from: &str, to: &str, format: Format) ->
         Ok(())
     } else {
         // The verdict is the output; exit 1 says "denied" to scripts without a second message.
-        Err(Failure::new("").code(1))
+        Err(Failure::silent(1))
     }
 }
 
@@ -132,8 +132,7 @@ fn party(d: &Desired, name: &str, from: Option<&Party>) -> Result<Party> {
         return Ok(Party::Outside(ip));
     }
     let c = d
-        .container(name)
-        .or_else(|| d.containers.iter().find(|c| c.service == name && c.replica == 1))
+        .container_or_first(name)
         .ok_or_else(|| {
             bad(format!("no container or service {name:?} in stack {}", d.stack))
                 .hint("name a container (web-1), a service (its first replica), host, outside or an IPv4 address; `plumb ps` lists the containers")

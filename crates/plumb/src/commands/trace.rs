@@ -193,22 +193,14 @@ fn resolve(desired: &Desired, source: &Container, target: &str) -> Result<(Ipv4A
     if let Some(vip) = desired.service(target).and_then(|s| s.vip) {
         return Ok((vip, format!("{target} (VIP)")));
     }
-    let container = desired
-        .container(target)
-        .or_else(|| {
-            desired
-                .containers
-                .iter()
-                .find(|c| c.service == target && c.replica == 1)
-        })
-        .ok_or_else(|| {
-            Failure::new(format!(
-                "no container, service or address {target:?} in stack {}",
-                desired.stack
-            ))
-            .hint("name a container (SVC-k), a service, or an IPv4 address")
-            .code(2)
-        })?;
+    let container = desired.container_or_first(target).ok_or_else(|| {
+        Failure::new(format!(
+            "no container, service or address {target:?} in stack {}",
+            desired.stack
+        ))
+        .hint("name a container (SVC-k), a service, or an IPv4 address")
+        .code(2)
+    })?;
     let shared = container
         .interfaces
         .iter()

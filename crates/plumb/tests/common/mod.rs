@@ -246,6 +246,17 @@ impl Sandbox {
         rows.as_array().unwrap().clone()
     }
 
+    /// A service's VIP, as `plumb services` shows it.
+    pub fn vip(&self, stack: &str, service: &str) -> String {
+        let all: serde_json::Value =
+            serde_json::from_str(&self.plumb_ok(&["services", "-s", stack, "--json"])).unwrap();
+        all.as_array()
+            .and_then(|all| all.iter().find(|s| s["service"] == service))
+            .and_then(|s| s["vip"].as_str())
+            .unwrap_or_else(|| panic!("no VIP for {service} in {all:#}"))
+            .to_string()
+    }
+
     /// The IPv4 address (without prefix) of a container's interface, from `plumb ps`.
     pub fn address(&self, container: &str, ifname: &str) -> String {
         let rows = self.ps();
