@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{self, HostAssignment, OverlayPeer, RemoteContainer};
 use crate::diag::Diagnostics;
 use crate::ipam::{self, Leases, Pool, Request};
 use crate::names;
@@ -35,6 +36,12 @@ pub struct Desired {
     /// Where the VIPs come from (`None` in a state file written before VIPs).
     #[serde(default)]
     pub service_subnet: Option<Ipv4Net>,
+    /// In a cluster: this host's name (`None` for a stack brought up with `plumb up`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// In a cluster: the stack's containers that run on other hosts.
+    #[serde(default)]
+    pub remote: Vec<RemoteContainer>,
 }
 
 /// A service as the stack's containers reach it (DNS and the VIP's load balancer).
@@ -69,6 +76,35 @@ pub struct Network {
     pub internal: bool,
     pub bridge: String,
     pub alias: String,
+    /// An overlay network in a cluster (then `subnet` is this host's block of it).
+    #[serde(default)]
+    pub overlay: Option<Overlay>,
+}
+
+/// This host's side of an overlay network: a VXLAN device, and one route, neighbour and FDB
+/// entry per peer (static entries only, as flannel's vxlan backend: no multicast, no misses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlay {
+    pub vni: u32,
+    /// The whole network, across hosts.
+    pub subnet: Ipv4Net,
+    /// The VXLAN device (`plx…`).
+    pub device: String,
+    /// Its MAC ([`cluster::vtep_mac`]).
+    pub mac: String,
+    /// This host's underlay address.
+    pub local: Ipv4Addr,
+    /// The underlay's MTU minus VXLAN's 50 bytes: the bridge, the VXLAN device and the
+    /// containers' interfaces on this network all use it.
+    pub mtu: u32,
+    pub peers: Vec<OverlayPeer>,
+}
+
+impl Overlay {
+    /// The VTEP MAC of a peer on this network.
+    pub fn peer_mac(&self, stack: &str, network: &str, peer: &OverlayPeer) -> String {
+        cluster::vtep_mac(stack, network, &peer.host)
+    }
 }
 
 impl Network {
@@ -160,21 +196,65 @@ pub fn vip_lease(service: &str) -> String {
 /// The IPAM pool VIPs come from (no network can take this name).
 const VIP_POOL: &str = "@services";
 
-/// Resolves a parsed stack into its desired state, keeping previous address leases.
+/// Resolves a parsed stack into its desired state, keeping previous address leases. On one
+/// host (`plumb up`) an overlay network is a bridge like any other.
 pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), Diagnostics> {
+    resolve_with(parsed, previous, None)
+}
+
+/// This host's desired state in a cluster: only the replicas `assignment` places here, each
+/// overlay network as this host's block of it (with its VXLAN device and peers), and the
+/// containers of other hosts for names and VIPs.
+pub fn resolve_on_host(
+    parsed: &Parsed,
+    previous: &Leases,
+    assignment: &HostAssignment,
+) -> Result<(Desired, Leases), Diagnostics> {
+    resolve_with(parsed, previous, Some(assignment))
+}
+
+fn resolve_with(
+    parsed: &Parsed,
+    previous: &Leases,
+    assignment: Option<&HostAssignment>,
+) -> Result<(Desired, Leases), Diagnostics> {
     let stack = &parsed.stack;
-    let networks: Vec<Network> = stack
-        .networks
-        .iter()
-        .map(|(name, spec)| Network {
+    let mut networks = Vec::new();
+    for (name, spec) in &stack.networks {
+        let mut net = Network {
             name: name.clone(),
             subnet: spec.subnet,
             gateway: spec.gateway,
             internal: spec.internal,
             bridge: names::bridge(&stack.name, name),
             alias: names::alias(&stack.name, &format!("net/{name}")),
-        })
-        .collect();
+            overlay: None,
+        };
+        if let (Some(o), Some(a)) = (spec.overlay, assignment) {
+            let Some(part) = a.overlays.get(name) else {
+                return Err(Diagnostics(vec![parsed.error(
+                    &format!("networks.{name}"),
+                    format!("host {} has no block of overlay network {name:?}", a.host),
+                    "the agent leases one before it wires the network: this is a bug in plumb",
+                )]));
+            };
+            net.subnet = part.block;
+            net.gateway = cluster::block_gateway(part.block);
+            let mut peers = part.peers.clone();
+            peers.sort();
+            net.overlay = Some(Overlay {
+                vni: o.vni,
+                subnet: spec.subnet,
+                device: cluster::vxlan_device(&stack.name, name),
+                mac: cluster::vtep_mac(&stack.name, name, &a.host),
+                local: part.local,
+                mtu: part.mtu,
+                peers,
+            });
+        }
+        networks.push(net);
+    }
+    let runs_here = |service: &str, replica: u32| assignment.is_none_or(|a| a.runs(service, replica));
     let pools: BTreeMap<String, Pool> = networks
         .iter()
         .map(|n| {
@@ -189,7 +269,7 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
         .collect();
     let mut requests = Vec::new();
     for (svc_name, svc) in &stack.services {
-        for replica in 1..=svc.replicas {
+        for replica in (1..=svc.replicas).filter(|r| runs_here(svc_name, *r)) {
             let container = names::container(svc_name, replica);
             for a in &svc.networks {
                 requests.push(Request {
@@ -248,12 +328,15 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             lb: svc.lb,
             affinity_secs: svc.affinity.map(|d| d.as_secs().max(1)),
             aliases: svc.aliases.clone(),
-            containers: (1..=svc.replicas).map(|r| names::container(name, r)).collect(),
+            containers: (1..=svc.replicas)
+                .filter(|r| runs_here(name, *r))
+                .map(|r| names::container(name, r))
+                .collect(),
         })
         .collect();
     let mut containers = Vec::new();
     for (svc_name, svc) in &stack.services {
-        for replica in 1..=svc.replicas {
+        for replica in (1..=svc.replicas).filter(|r| runs_here(svc_name, *r)) {
             let name = names::container(svc_name, replica);
             let interfaces: Vec<Interface> = svc
                 .networks
@@ -304,6 +387,8 @@ pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), 
             metrics: stack.metrics,
             unready: BTreeSet::new(),
             service_subnet: Some(stack.service_subnet),
+            host: assignment.map(|a| a.host.clone()),
+            remote: assignment.map(|a| a.remote.clone()).unwrap_or_default(),
         },
         leases,
     ))
@@ -387,5 +472,90 @@ mod tests {
         assert_eq!(parsed.stack.service_subnet.to_string(), "10.97.0.0/20");
         let e = errors("name = \"s\"\nservice_subnet = \"127.0.0.0/24\"\n");
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn a_host_of_a_cluster_runs_its_replicas_in_its_block() {
+        let text = "name = \"s\"\n[networks.o]\nsubnet = \"10.50.0.0/16\"\ndriver = \"overlay\"\n\
+                    [services.web]\nreplicas = 3\nexpose = [80]\n";
+        let parsed = parse("plumb.toml", text).unwrap();
+        let o = parsed.stack.networks["o"].overlay.unwrap();
+        assert_eq!(o.host_prefix, 24);
+        assert_eq!(o.vni, crate::spec::default_vni("s", "o"));
+        let peer = OverlayPeer {
+            host: "h1".into(),
+            underlay: "192.168.9.11".parse().unwrap(),
+            block: "10.50.0.0/24".parse().unwrap(),
+        };
+        let assignment = HostAssignment {
+            host: "h2".into(),
+            replicas: [("web".to_string(), [2, 3].into())].into(),
+            overlays: [(
+                "o".to_string(),
+                cluster::OverlayAssignment {
+                    block: "10.50.1.0/24".parse().unwrap(),
+                    local: "192.168.9.12".parse().unwrap(),
+                    mtu: 1450,
+                    peers: vec![peer.clone()],
+                },
+            )]
+            .into(),
+            remote: vec![],
+        };
+        let (d, _) = resolve_on_host(&parsed, &Leases::new(), &assignment).unwrap();
+        let names: Vec<_> = d.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["web-2", "web-3"]);
+        let net = &d.networks[0];
+        assert_eq!(net.subnet.to_string(), "10.50.1.0/24");
+        assert_eq!(net.gateway.to_string(), "10.50.1.1");
+        assert_eq!(d.containers[0].interfaces[0].address.to_string(), "10.50.1.2");
+        assert_eq!(d.containers[0].interfaces[0].prefix_len, 24);
+        let overlay = net.overlay.as_ref().unwrap();
+        assert_eq!(overlay.subnet.to_string(), "10.50.0.0/16");
+        assert_eq!(overlay.peers, [peer]);
+        assert_eq!(d.service("web").unwrap().containers, ["web-2", "web-3"]);
+        // On one host (plumb up) the overlay is a bridge over its whole subnet.
+        let (alone, _) = resolve(&parsed, &Leases::new()).unwrap();
+        assert_eq!(alone.networks[0].subnet.to_string(), "10.50.0.0/16");
+        assert!(alone.networks[0].overlay.is_none());
+        assert_eq!(alone.containers.len(), 3);
+    }
+
+    #[test]
+    fn overlay_fields_are_checked() {
+        let errors = |text: &str| match parse("plumb.toml", text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\ndriver = \"macvlan\"\n");
+        assert!(e.contains("networks.n.driver") && e.contains("overlay"), "{e}");
+        let e = errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\nvni = 7\n");
+        assert!(
+            e.contains("networks.n.vni") && e.contains("driver = \"overlay\""),
+            "{e}"
+        );
+        let e =
+            errors("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\ndriver = \"overlay\"\nhost_prefix = 24\n");
+        assert!(e.contains("networks.n.host_prefix"), "{e}");
+        let e = errors(
+            "name = \"s\"\n[networks.a]\nsubnet = \"10.0.0.0/24\"\ndriver = \"overlay\"\nvni = 9\n\
+             [networks.b]\nsubnet = \"10.0.1.0/24\"\ndriver = \"overlay\"\nvni = 9\n",
+        );
+        assert!(e.contains("vni 9"), "{e}");
+        let e = errors(
+            "name = \"s\"\n[networks.a]\nsubnet = \"10.0.0.0/24\"\ndriver = \"overlay\"\n\
+             [services.x.networks.a]\nip = \"10.0.0.5\"\n",
+        );
+        assert!(e.contains("overlay") && e.contains("static ip"), "{e}");
+        let e = errors("name = \"s\"\n[services.x]\nplacement = { rack = \"r1\" }\n");
+        assert!(e.contains("services.x.placement") && e.contains("rack"), "{e}");
+        let e = errors("name = \"s\"\n[services.x]\nplacement = { host = \"a b\" }\n");
+        assert!(e.contains("services.x.placement.host"), "{e}");
+        let ok = parse(
+            "plumb.toml",
+            "name = \"s\"\n[services.x]\nplacement = { host = \"h1\" }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.stack.services["x"].placement.as_deref(), Some("h1"));
     }
 }

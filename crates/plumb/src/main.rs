@@ -64,6 +64,10 @@ enum Command {
         /// Supervise the services in this process (Ctrl-C stops them) instead of in the background.
         #[arg(long, conflicts_with = "dry_run")]
         foreground: bool,
+        /// Internal (what `plumb agent` does in-process): run only this host's part of a
+        /// cluster stack, as a JSON host assignment (replicas, overlay blocks and peers).
+        #[arg(long, hide = true)]
+        assignment: Option<PathBuf>,
     },
     /// Remove everything a stack made, and nothing else.
     Down {
@@ -299,6 +303,7 @@ fn main() -> ExitCode {
             dry_run,
             json,
             foreground,
+            assignment,
         } => {
             use commands::up::{Mode, Supervision};
             let mode = match (dry_run, foreground) {
@@ -306,7 +311,10 @@ fn main() -> ExitCode {
                 (false, true) => Mode::Apply(Supervision::Foreground),
                 (false, false) => Mode::Apply(Supervision::Background),
             };
-            commands::up::run(&ctx, &file, mode)
+            match assignment.as_deref().map(commands::up::read_assignment).transpose() {
+                Ok(assignment) => commands::up::run(&ctx, &file, mode, assignment.as_ref()),
+                Err(e) => Err(e),
+            }
         }
         Command::Down {
             file,

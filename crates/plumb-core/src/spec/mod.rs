@@ -13,8 +13,8 @@ use std::ops::Range;
 pub use capabilities::{closest_name, parse_name, Capabilities, CapabilityName, CapabilitySet};
 pub use model::*;
 pub use validate::{
-    is_stack_name, parse_duration, split_command, DEFAULT_AFFINITY, MAX_BRIDGE_PORTS, MAX_CONTAINER_NAME,
-    MAX_STACK_CONTAINERS, MAX_STACK_NAME, MIN_PROBE_INTERVAL,
+    is_stack_name, parse_duration, split_command, valid_host_name, DEFAULT_AFFINITY, MAX_BRIDGE_PORTS,
+    MAX_CONTAINER_NAME, MAX_STACK_CONTAINERS, MAX_STACK_NAME, MIN_PROBE_INTERVAL,
 };
 
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};

@@ -112,6 +112,40 @@ pub struct NetworkSpec {
     pub gateway: Ipv4Addr,
     /// No egress NAT, no published ports, no forwarding in or out.
     pub internal: bool,
+    /// `driver = "overlay"`: one network across the cluster's hosts (VXLAN); `None` for a
+    /// bridge on one host.
+    #[serde(default)]
+    pub overlay: Option<OverlaySpec>,
+}
+
+/// An overlay network's cluster-wide settings. Each host leases a block of `subnet` (of
+/// prefix `host_prefix`) for the containers it runs, as flannel leases a subnet per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlaySpec {
+    /// The VXLAN network identifier, the same on every host.
+    pub vni: u32,
+    /// The prefix of each host's block.
+    pub host_prefix: u8,
+}
+
+/// An overlay network's default block prefix: /24 blocks from a /20 or larger, else blocks
+/// 4 bits longer than the subnet (16 hosts), at most /28.
+pub fn default_host_prefix(subnet_prefix: u8) -> u8 {
+    if subnet_prefix <= 20 {
+        24
+    } else {
+        (subnet_prefix + 4).min(28)
+    }
+}
+
+/// An overlay network's VNI when the file sets none: derived from the stack's and the
+/// network's names (FNV-1a), in 4096..2^24 so it keeps clear of small hand-picked ones.
+pub fn default_vni(stack: &str, network: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in stack.bytes().chain([b'/']).chain(network.bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    4096 + h % ((1 << 24) - 4096)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +165,9 @@ pub struct ServiceSpec {
     pub affinity: Option<Duration>,
     /// More names for the service in DNS.
     pub aliases: Vec<String>,
+    /// `placement = { host = "h1" }`: in a cluster, every replica runs on this host.
+    #[serde(default)]
+    pub placement: Option<String>,
 }
 
 impl ServiceSpec {

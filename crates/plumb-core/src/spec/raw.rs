@@ -43,6 +43,9 @@ pub(super) struct RawNetwork {
     pub subnet: Spanned<String>,
     pub gateway: Option<Spanned<String>>,
     pub internal: Option<bool>,
+    pub driver: Option<Spanned<String>>,
+    pub vni: Option<Spanned<i64>>,
+    pub host_prefix: Option<Spanned<i64>>,
 }
 
 /// Fields that take several shapes (a list or a table, a string or a list) are
@@ -68,6 +71,7 @@ pub(super) struct RawService {
     pub affinity: Option<Spanned<String>>,
     pub affinity_timeout: Option<Spanned<String>>,
     pub aliases: Option<Spanned<Vec<Spanned<RawValue>>>>,
+    pub placement: Option<Spanned<RawTable>>,
 }
 
 impl RawService {
@@ -98,6 +102,7 @@ impl RawService {
             ("affinity", self.affinity.as_ref().map(Spanned::span)),
             ("affinity_timeout", self.affinity_timeout.as_ref().map(Spanned::span)),
             ("aliases", self.aliases.as_ref().map(Spanned::span)),
+            ("placement", self.placement.as_ref().map(Spanned::span)),
         ];
         out.extend(self.process_fields());
         out

@@ -54,6 +54,14 @@ pub(super) fn validate(map: &SourceMap, raw: RawStack) -> Result<(Stack, Spans),
     }
 }
 
+/// A cluster host's name, as `plumb agent --name` takes it (it goes into etcd keys).
+pub fn valid_host_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// The span of `field`, or else of the nearest field holding it (`services.a.workdir` falls
 /// back to `services.a`).
 pub(super) fn span_of(spans: &Spans, field: &str) -> Option<Range<usize>> {
@@ -111,11 +119,12 @@ impl Validator<'_> {
                     "use 1 to 32 lowercase letters, digits or '-', starting with a letter",
                 );
             }
-            if let Some(spec) = self.network(&field, raw_net) {
+            if let Some(spec) = self.network(&field, raw_net, &name, &net_name) {
                 networks.insert(net_name, spec);
             }
         }
         self.check_overlaps(&networks);
+        self.check_vnis(&networks);
         let service_subnet = self.service_subnet(raw.service_subnet.as_ref(), &networks);
         self.check_service_subnet(service_subnet, &networks);
         let metrics = raw.metrics.as_ref().and_then(|m| {
@@ -176,7 +185,7 @@ impl Validator<'_> {
         }
     }
 
-    fn network(&mut self, field: &str, raw: RawNetwork) -> Option<NetworkSpec> {
+    fn network(&mut self, field: &str, raw: RawNetwork, stack: &str, name: &str) -> Option<NetworkSpec> {
         let subnet_field = format!("{field}.subnet");
         self.spans.insert(subnet_field.clone(), raw.subnet.span());
         if let Some(gw) = &raw.gateway {
@@ -266,11 +275,114 @@ impl Validator<'_> {
                 }
             }
         };
+        let overlay = self.overlay(field, &raw, subnet, stack, name)?;
         Some(NetworkSpec {
             subnet,
             gateway,
             internal: raw.internal.unwrap_or(false),
+            overlay,
         })
+    }
+
+    /// `driver`, `vni` and `host_prefix`: `Some(None)` for a bridge network, `None` when a
+    /// field is wrong (reported).
+    fn overlay(
+        &mut self,
+        field: &str,
+        raw: &RawNetwork,
+        subnet: Ipv4Net,
+        stack: &str,
+        name: &str,
+    ) -> Option<Option<OverlaySpec>> {
+        let overlay = match raw.driver.as_ref() {
+            None => false,
+            Some(d) => {
+                self.spans.insert(format!("{field}.driver"), d.span());
+                match d.get_ref().as_str() {
+                    "bridge" => false,
+                    "overlay" => true,
+                    other => {
+                        self.err(
+                            d.span(),
+                            &format!("{field}.driver"),
+                            format!("unknown network driver {other:?}"),
+                            "use \"bridge\" (one host, the default) or \"overlay\" (across a cluster's hosts, VXLAN)",
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let only_overlay = [
+            ("vni", raw.vni.as_ref().map(Spanned::span)),
+            ("host_prefix", raw.host_prefix.as_ref().map(Spanned::span)),
+        ];
+        if !overlay {
+            for (key, span) in only_overlay {
+                if let Some(span) = span {
+                    self.err(
+                        span,
+                        &format!("{field}.{key}"),
+                        format!("{key} is a setting of overlay networks"),
+                        "add driver = \"overlay\", or remove it",
+                    );
+                    return None;
+                }
+            }
+            return Some(None);
+        }
+        let vni = match &raw.vni {
+            None => default_vni(stack, name),
+            Some(v) => match u32::try_from(*v.get_ref()) {
+                Ok(n) if (1..(1 << 24)).contains(&n) => n,
+                _ => {
+                    self.err(
+                        v.span(),
+                        &format!("{field}.vni"),
+                        format!("vni = {} is out of range", v.get_ref()),
+                        "a VXLAN network identifier is 1 to 16777215; leave it out to derive one from the names",
+                    );
+                    return None;
+                }
+            },
+        };
+        let host_prefix = match &raw.host_prefix {
+            None => default_host_prefix(subnet.prefix_len()),
+            Some(p) => match u8::try_from(*p.get_ref()) {
+                Ok(n) if n > subnet.prefix_len() && n <= 28 => n,
+                _ => {
+                    self.err(
+                        p.span(),
+                        &format!("{field}.host_prefix"),
+                        format!("host_prefix = {} does not fit {subnet}", p.get_ref()),
+                        format!(
+                            "each host's block must be smaller than the subnet and hold some containers: use {} to 28",
+                            subnet.prefix_len() + 1
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Some(OverlaySpec { vni, host_prefix }))
+    }
+
+    /// Two overlay networks of one stack cannot share a VNI.
+    fn check_vnis(&mut self, networks: &BTreeMap<String, NetworkSpec>) {
+        let mut seen: BTreeMap<u32, &str> = BTreeMap::new();
+        for (name, net) in networks {
+            let Some(o) = net.overlay else { continue };
+            if let Some(first) = seen.insert(o.vni, name) {
+                let field = format!("networks.{name}.vni");
+                let span = span_of(&self.spans, &field);
+                self.err(
+                    span,
+                    &field,
+                    format!("vni {} is also network {first:?}'s", o.vni),
+                    "give each overlay network its own vni",
+                );
+            }
+        }
     }
 
     fn check_overlaps(&mut self, networks: &BTreeMap<String, NetworkSpec>) {
@@ -374,6 +486,7 @@ impl Validator<'_> {
         }
         let process = self.process(field, name, &raw, service_names);
         let discovery = self.discovery(field, &raw);
+        let placement = raw.placement.as_ref().and_then(|p| self.placement(field, p));
         ServiceSpec {
             networks: attachments,
             replicas,
@@ -383,6 +496,38 @@ impl Validator<'_> {
             lb: discovery.lb,
             affinity: discovery.affinity,
             aliases: discovery.aliases,
+            placement,
+        }
+    }
+
+    /// `placement = { host = "h1" }`.
+    fn placement(&mut self, field: &str, table: &Spanned<super::raw::RawTable>) -> Option<String> {
+        let pfield = format!("{field}.placement");
+        let hint = "write placement = { host = \"HOST\" } with the name a host's `plumb agent --name` gave";
+        for key in table.get_ref().keys().filter(|k| k.get_ref() != "host") {
+            self.err(
+                key.span(),
+                &pfield,
+                format!("unknown placement field {:?}", key.get_ref()),
+                hint,
+            );
+            return None;
+        }
+        let Some(host) = table.get_ref().get("host") else {
+            self.err(table.span(), &pfield, "placement names no host", hint);
+            return None;
+        };
+        match host.get_ref().as_str() {
+            Some(h) if valid_host_name(h) => Some(h.to_string()),
+            _ => {
+                self.err(
+                    host.span(),
+                    &format!("{pfield}.host"),
+                    "a host name is 1 to 63 letters, digits, '-', '_' or '.'",
+                    hint,
+                );
+                None
+            }
         }
     }
 
@@ -936,7 +1081,17 @@ impl Validator<'_> {
                 };
                 let field = format!("services.{name}.networks.{}.ip", a.network);
                 let span = span_of(&self.spans, &field);
-                if !is_host_of(ip, net.subnet) {
+                if net.overlay.is_some() {
+                    self.err(
+                        span,
+                        &field,
+                        format!(
+                            "network {:?} is an overlay: each host gives addresses from its own block",
+                            a.network
+                        ),
+                        "drop the static ip; the service's name and VIP find it wherever it runs",
+                    );
+                } else if !is_host_of(ip, net.subnet) {
                     self.err(
                         span,
                         &field,

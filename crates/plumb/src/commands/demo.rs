@@ -123,7 +123,7 @@ pub fn run(ctx: &Context, action: Action, segmented: bool) -> Result<()> {
         );
     } else {
         write_files(demo, &dir)?;
-        up::run(ctx, &file, up::Mode::Apply(up::Supervision::Background))?;
+        up::run(ctx, &file, up::Mode::Apply(up::Supervision::Background), None)?;
         processes::wait_until_ready(
             &stack_dir,
             &runfile::read_run(&stack_dir),

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use plumb_core::cluster::HostAssignment;
 use plumb_core::ipam::subnets_overlap;
 use plumb_core::services::{run_specs, SEARCH_PATH};
 use plumb_core::spec::Parsed;
@@ -37,7 +38,17 @@ pub enum Supervision {
     Foreground,
 }
 
-pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
+/// Reads a host assignment (`plumb up --assignment FILE`, what the agent passes in-process).
+pub fn read_assignment(path: &Path) -> Result<HostAssignment> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Failure::new(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Failure::new(format!("{}: not a host assignment: {e}", path.display()))
+            .hint("it is the JSON form of plumb_core::cluster::HostAssignment")
+    })
+}
+
+pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssignment>) -> Result<()> {
     let parsed = stackfile::load(file)?;
     let stack = parsed.stack.name.clone();
     let root = nix::unistd::geteuid().is_root();
@@ -55,7 +66,10 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode) -> Result<()> {
     // the plan from scratch, as the note below says.
     let state = if root { ctx.state.load(&stack)? } else { None };
     let previous = state.as_ref().map(|s| s.leases.clone()).unwrap_or_default();
-    let (mut desired, leases) = desired::resolve(&parsed, &previous)?;
+    let (mut desired, leases) = match assignment {
+        Some(a) => desired::resolve_on_host(&parsed, &previous, a)?,
+        None => desired::resolve(&parsed, &previous)?,
+    };
     // The load balancer lists the replicas the supervisor reports ready (none before it
     // ran): the plan then matches the chains the supervisor keeps, and it re-applies them
     // from its own view when it takes this run (closing the race with this read).
