@@ -504,7 +504,7 @@ impl Validator<'_> {
     fn placement(&mut self, field: &str, table: &Spanned<super::raw::RawTable>) -> Option<String> {
         let pfield = format!("{field}.placement");
         let hint = "write placement = { host = \"HOST\" } with the name a host's `plumb agent --name` gave";
-        for key in table.get_ref().keys().filter(|k| k.get_ref() != "host") {
+        if let Some(key) = table.get_ref().keys().find(|k| k.get_ref() != "host") {
             self.err(
                 key.span(),
                 &pfield,
