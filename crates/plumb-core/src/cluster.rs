@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::names;
+use crate::spec::Stack;
 
 /// VXLAN's IANA port.
 pub const VXLAN_PORT: u16 = 4789;
@@ -30,6 +31,10 @@ pub struct HostAssignment {
     /// Containers of the stack that run on other hosts (for names, VIPs and policies).
     #[serde(default)]
     pub remote: Vec<RemoteContainer>,
+    /// Where relative commands of the stack resolve (the deployer's folder); `None`: the
+    /// stack file's folder.
+    #[serde(default)]
+    pub base: Option<std::path::PathBuf>,
 }
 
 impl HostAssignment {
@@ -94,9 +99,121 @@ pub fn block_gateway(block: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(block.network()) + 1)
 }
 
+/// Where each replica of a stack runs: container name (`web-2`) → host.
+pub type Placement = BTreeMap<String, String>;
+
+/// Places every replica of `stack` on one of the `alive` hosts. Sticky: a replica stays where
+/// `previous` put it while that host lives (and its pin allows); the others go to their pinned
+/// host, or else to the host with the fewest replicas of the same service, then the fewest
+/// overall, then by name, so replicas spread and every host computes the same answer. A
+/// replica whose pinned host is not alive is left out (pending).
+pub fn place(stack: &Stack, alive: &BTreeSet<String>, previous: &Placement) -> Placement {
+    let mut out = Placement::new();
+    let replicas: Vec<(&str, String, Option<&str>)> = stack
+        .services
+        .iter()
+        .flat_map(|(svc, spec)| {
+            (1..=spec.replicas).map(move |r| (svc.as_str(), names::container(svc, r), spec.placement.as_deref()))
+        })
+        .collect();
+    for (_, name, pin) in &replicas {
+        if let Some(host) = previous.get(name) {
+            if alive.contains(host) && pin.is_none_or(|p| p == host) {
+                out.insert(name.clone(), host.clone());
+            }
+        }
+    }
+    for (svc, name, pin) in &replicas {
+        if out.contains_key(name) {
+            continue;
+        }
+        let host = match pin {
+            Some(p) => alive.contains(*p).then(|| p.to_string()),
+            None => alive
+                .iter()
+                .min_by_key(|h| {
+                    let on = |pred: &dyn Fn(&str) -> bool| out.iter().filter(|(c, host)| host == h && pred(c)).count();
+                    let same = on(&|c: &str| c.rsplit_once('-').is_some_and(|(s, _)| s == *svc));
+                    (same, on(&|_: &str| true), (*h).clone())
+                })
+                .cloned(),
+        };
+        if let Some(h) = host {
+            out.insert(name.clone(), h);
+        }
+    }
+    out
+}
+
+/// The first block of prefix `prefix` in `subnet` that overlaps none of `taken`.
+pub fn free_block(subnet: Ipv4Net, prefix: u8, taken: &BTreeSet<Ipv4Net>) -> Option<Ipv4Net> {
+    subnet
+        .subnets(prefix)
+        .ok()?
+        .find(|b| !taken.iter().any(|t| crate::ipam::subnets_overlap(*t, *b)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::parse;
+
+    fn stack(text: &str) -> Stack {
+        parse("plumb.toml", text).unwrap().stack
+    }
+
+    fn hosts(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|h| h.to_string()).collect()
+    }
+
+    #[test]
+    fn replicas_spread_stay_put_and_move_only_off_dead_hosts() {
+        let s = stack("name = \"s\"\n[services.web]\nreplicas = 3\n[services.db]\n");
+        let first = place(&s, &hosts(&["h1", "h2", "h3"]), &Placement::new());
+        let on = |p: &Placement, c: &str| p[c].clone();
+        let web: BTreeSet<_> = ["web-1", "web-2", "web-3"].iter().map(|c| on(&first, c)).collect();
+        assert_eq!(web.len(), 3, "one web replica per host: {first:?}");
+        // Deterministic: every agent computes the same placement.
+        assert_eq!(place(&s, &hosts(&["h3", "h1", "h2"]), &Placement::new()), first);
+        // h2 dies: only its replicas move, to the other hosts.
+        let second = place(&s, &hosts(&["h1", "h3"]), &first);
+        for (c, h) in &first {
+            if h != "h2" {
+                assert_eq!(&second[c], h, "{c} moved although its host lives");
+            } else {
+                assert_ne!(second[c], "h2");
+            }
+        }
+        // h2 comes back: nothing moves back (sticky).
+        assert_eq!(place(&s, &hosts(&["h1", "h2", "h3"]), &second), second);
+    }
+
+    #[test]
+    fn a_pinned_service_runs_on_its_host_or_waits_for_it() {
+        let s = stack("name = \"s\"\n[services.db]\nreplicas = 2\nplacement = { host = \"h2\" }\n");
+        let p = place(&s, &hosts(&["h1", "h2"]), &Placement::new());
+        assert_eq!(p["db-1"], "h2");
+        assert_eq!(p["db-2"], "h2");
+        let without = place(&s, &hosts(&["h1"]), &p);
+        assert!(without.is_empty(), "{without:?}");
+        // A pin added later moves the replica there.
+        let moved = place(
+            &s,
+            &hosts(&["h1", "h2"]),
+            &[("db-1".to_string(), "h1".to_string())].into(),
+        );
+        assert_eq!(moved["db-1"], "h2");
+    }
+
+    #[test]
+    fn blocks_are_the_first_free_ones() {
+        let net: Ipv4Net = "10.50.0.0/16".parse().unwrap();
+        let taken: BTreeSet<Ipv4Net> = ["10.50.0.0/24".parse().unwrap(), "10.50.2.0/24".parse().unwrap()].into();
+        assert_eq!(free_block(net, 24, &taken).unwrap().to_string(), "10.50.1.0/24");
+        let small: Ipv4Net = "10.0.0.0/30".parse().unwrap();
+        let all: BTreeSet<Ipv4Net> = [small].into();
+        assert_eq!(free_block(small, 30, &all), None);
+    }
 
     #[test]
     fn device_names_fit_and_macs_differ_per_host() {

@@ -501,6 +501,7 @@ mod tests {
             )]
             .into(),
             remote: vec![],
+            base: None,
         };
         let (d, _) = resolve_on_host(&parsed, &Leases::new(), &assignment).unwrap();
         let names: Vec<_> = d.containers.iter().map(|c| c.name.as_str()).collect();

@@ -28,6 +28,7 @@ pub struct Link {
     pub group: u32,
     /// `02:ab:...`, lower case.
     pub mac: Option<String>,
+    pub mtu: Option<u32>,
 }
 
 /// Every link of the socket's namespace.
@@ -100,6 +101,7 @@ fn link_of(message: LinkMessage) -> Link {
         kind: None,
         group: 0,
         mac: None,
+        mtu: None,
     };
     for attribute in message.attributes {
         match attribute {
@@ -107,6 +109,7 @@ fn link_of(message: LinkMessage) -> Link {
             LinkAttribute::IfAlias(a) => link.alias = Some(a),
             LinkAttribute::Controller(m) => link.master = Some(m),
             LinkAttribute::Group(g) => link.group = g,
+            LinkAttribute::Mtu(m) => link.mtu = Some(m),
             LinkAttribute::Address(bytes) => {
                 link.mac = Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
             }

@@ -3,6 +3,7 @@
 
 mod apply;
 mod census;
+mod cluster;
 mod commands;
 mod discover;
 mod events;
@@ -238,6 +239,60 @@ enum Command {
         /// The stack whose processes to run.
         stack: String,
     },
+    /// Make this host a member of a cluster: register it in the store (etcd) under a lease,
+    /// and run the replicas and overlay entries the cluster places here, until stopped.
+    Agent {
+        /// The store's client URL(s), comma-separated: http://10.0.0.1:2379
+        #[arg(long, env = "PLUMB_STORE")]
+        store: String,
+        /// This host's name in the cluster (default: its host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The link or address other hosts reach this one at (default: the default route's link).
+        #[arg(long)]
+        underlay: Option<String>,
+        /// How long the host stays in the cluster without renewing its lease (e.g. 10s).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Run a stack across the cluster's hosts: write it into the store, wait until it runs.
+    Deploy {
+        #[arg(short, long, default_value = "plumb.toml")]
+        file: PathBuf,
+        #[arg(long, env = "PLUMB_STORE")]
+        store: String,
+        /// How long to wait for every replica to be ready (0s: do not wait).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a deployed stack from every host and from the store.
+    Undeploy {
+        stack: String,
+        #[arg(long, env = "PLUMB_STORE")]
+        store: String,
+        /// How long to wait for the hosts to confirm.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// The cluster as its store shows it.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Hosts (alive, underlay, uptime), where each replica runs and whether it is ready, and
+    /// each overlay network's blocks with the peers each host has wired.
+    Status {
+        #[arg(long, env = "PLUMB_STORE")]
+        store: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,7 +341,11 @@ impl Command {
             | Command::Start { .. }
             | Command::Demo { .. }
             | Command::Trace { .. }
-            | Command::Supervise { .. } => ClosedPipe::IsIgnored,
+            | Command::Supervise { .. }
+            | Command::Agent { .. }
+            | Command::Deploy { .. }
+            | Command::Undeploy { .. } => ClosedPipe::IsIgnored,
+            Command::Cluster { .. } => ClosedPipe::EndsTheCommand,
         }
     }
 }
@@ -419,6 +478,30 @@ fn main() -> ExitCode {
         Command::Supervise { stack } => commands::require_stack_name(&stack)
             .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)))
             .and_then(|s| s.run()),
+        Command::Agent {
+            store,
+            name,
+            underlay,
+            ttl,
+        } => cluster::agent::run(
+            &ctx,
+            cluster::agent::Options {
+                store,
+                name,
+                underlay,
+                ttl,
+            },
+        ),
+        Command::Deploy {
+            file,
+            store,
+            wait,
+            json,
+        } => commands::cluster::deploy(&store, &file, wait, Format::from_json_flag(json)),
+        Command::Undeploy { stack, store, wait } => commands::cluster::undeploy(&store, &stack, wait),
+        Command::Cluster {
+            action: ClusterAction::Status { store, json },
+        } => commands::cluster::status(&store, Format::from_json_flag(json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

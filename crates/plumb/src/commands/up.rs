@@ -36,6 +36,9 @@ pub enum Supervision {
     Background,
     /// In this process, until Ctrl-C.
     Foreground,
+    /// In the background, without waiting for the processes to be ready (the agent follows
+    /// readiness itself).
+    NoWait,
 }
 
 /// Reads a host assignment (`plumb up --assignment FILE`, what the agent passes in-process).
@@ -56,10 +59,13 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssig
         require_root("up")?;
         require_nft()?;
     }
-    let base = stackfile::absolute(file)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let base = match assignment.and_then(|a| a.base.clone()) {
+        Some(base) => base,
+        None => stackfile::absolute(file)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
     check_programs(&parsed, &base)?;
     let lock = if root { Some(ctx.state.lock()?) } else { None };
     // Without root the state directory (private to root) cannot be read: the plan is then
@@ -148,10 +154,10 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssig
 
     let specs = run_specs(&desired, &base);
     // The supervisor also runs the stack's DNS server: it is needed while containers are.
-    if desired.containers.is_empty() && supervision == Supervision::Background {
+    if desired.containers.is_empty() && supervision != Supervision::Foreground {
         return processes::stop_supervisor(&stack_dir);
     }
-    if supervision == Supervision::Background && plan.is_empty() && supervisor_has(&stack_dir, &specs, &desired) {
+    if supervision != Supervision::Foreground && plan.is_empty() && supervisor_has(&stack_dir, &specs, &desired) {
         // Nothing changed and the supervisor runs this very stack: no new generation to hand
         // over (a no-op `up` stays a few milliseconds).
         let status = runfile::read_status(&stack_dir);
@@ -186,6 +192,9 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssig
     let before = runfile::read_status(&stack_dir);
     processes::hand_over(&ctx.state, &stack, &run)?;
     drop(lock);
+    if supervision == Supervision::NoWait {
+        return Ok(());
+    }
     let status = processes::wait_until_ready(&stack_dir, &run, processes::HealthWait::Dependencies)?;
     if run.specs.is_empty() {
         return Ok(());

@@ -1,0 +1,591 @@
+//! `plumb agent`: one host's member of the cluster. It registers the host under a lease it
+//! keeps alive, watches the store, and on every change (and every second) reconciles:
+//! places replicas (compare-and-swap, so every agent may and one wins), leases this host's
+//! block of each overlay network it needs, makes the host match with the same code as
+//! `plumb up` (given a host assignment), and publishes where its replicas run and whether
+//! they are ready. A host that loses its lease (partitioned from the store longer than the
+//! TTL) removes its replicas, which run elsewhere by then, and joins again when it can.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plumb_core::cluster::{self, HostAssignment, OverlayAssignment, VXLAN_OVERHEAD};
+use plumb_core::spec::{self, Parsed};
+
+use super::keys;
+use super::store::{Expect, Store};
+use super::{EndpointRecord, HostRecord, HostReport, SpecRecord, StackView, View};
+use crate::commands::{down, require_nft, require_root, up, Context};
+use crate::failure::{Failure, Result};
+use crate::runfile;
+
+pub struct Options {
+    pub store: String,
+    pub name: Option<String>,
+    /// An interface name or one of this host's addresses; default: the default route's link.
+    pub underlay: Option<String>,
+    pub ttl: Duration,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn log(message: impl AsRef<str>) {
+    eprintln!("plumb agent: {}", message.as_ref());
+}
+
+pub fn run(ctx: &Context, options: Options) -> Result<()> {
+    require_root("agent")?;
+    require_nft()?;
+    let name = match options.name.clone() {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .map_err(|e| Failure::new(format!("cannot read the host name: {e}")))?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    if !spec::valid_host_name(&name) {
+        return Err(Failure::new(format!("{name:?} is not a usable host name"))
+            .hint("pass --name with 1 to 63 letters, digits, '-', '_' or '.'")
+            .code(2));
+    }
+    let ttl_secs = options.ttl.as_secs().max(1) as i64;
+    let (underlay, mtu) = underlay(options.underlay.as_deref())?;
+    let store = Store::connect(&options.store)?;
+    for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT] {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_stop),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { nix::sys::signal::sigaction(signal, &action) }
+            .map_err(|e| Failure::new(format!("cannot handle {signal}: {e}")))?;
+    }
+    let record = HostRecord {
+        name: name.clone(),
+        underlay,
+        mtu,
+        since_ms: runfile::unix_ms(),
+    };
+    let (wake, woken) = mpsc::channel::<()>();
+    let mut agent = Agent {
+        ctx,
+        store,
+        me: name,
+        record,
+        ttl: options.ttl.max(Duration::from_secs(1)),
+        ttl_secs,
+        lease: Arc::new(AtomicI64::new(0)),
+        renewed_ms: Arc::new(AtomicU64::new(0)),
+        applied: BTreeMap::new(),
+    };
+    log(format!(
+        "host {} (underlay {underlay}, mtu {mtu}) joining the store at {}",
+        agent.me,
+        agent.store.endpoints.join(",")
+    ));
+    let mut watching = false;
+    while !STOP.load(Ordering::SeqCst) {
+        if agent.lease.load(Ordering::SeqCst) == 0 {
+            match agent.register() {
+                Ok(revision) => {
+                    if !watching {
+                        let wake = wake.clone();
+                        agent.store.watch(keys::ROOT, revision, move || {
+                            let _ = wake.send(());
+                        });
+                        watching = true;
+                    }
+                }
+                Err(e) => {
+                    log(format!("cannot register: {e}"));
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        if agent.lease_lost() {
+            log("lost the lease (cut off from the store longer than the TTL): removing this host's replicas, which run elsewhere now");
+            agent.fence();
+            agent.lease.store(0, Ordering::SeqCst);
+            continue;
+        }
+        if let Err(e) = agent.reconcile() {
+            log(format!("{e}"));
+        }
+        // Wait for a change, or a second (readiness and expiry are polled).
+        let _ = woken.recv_timeout(Duration::from_secs(1));
+        // Coalesce a burst of changes into one pass.
+        std::thread::sleep(Duration::from_millis(50));
+        while woken.try_recv().is_ok() {}
+    }
+    log("stopping: removing this host's replicas and leaving the cluster");
+    agent.fence();
+    let lease = agent.lease.load(Ordering::SeqCst);
+    if lease != 0 {
+        let _ = agent.store.revoke(lease);
+    }
+    Ok(())
+}
+
+struct Agent<'a> {
+    ctx: &'a Context,
+    store: Store,
+    me: String,
+    record: HostRecord,
+    ttl: Duration,
+    ttl_secs: i64,
+    /// The current lease (0: none).
+    lease: Arc<AtomicI64>,
+    /// When the store last renewed it (Unix ms).
+    renewed_ms: Arc<AtomicU64>,
+    /// Per stack: the spec text and assignment last made real here.
+    applied: BTreeMap<String, (String, HostAssignment, Instant)>,
+}
+
+impl Agent<'_> {
+    /// Takes a lease, writes the host's record with it, moves keys this host still owns to
+    /// it (an agent restarted within the TTL keeps its blocks), and keeps it alive.
+    fn register(&mut self) -> Result<i64> {
+        let lease = self.store.grant(self.ttl_secs)?;
+        let key = keys::host(&self.me);
+        let value = serde_json::to_string(&self.record).map_err(|e| Failure::new(e.to_string()))?;
+        let snap = self.store.get_prefix(keys::ROOT)?;
+        if let Some(old) = snap.entries.get(&key) {
+            // Ours from before a restart, or another live agent with this name: wait out its
+            // lease rather than take its place.
+            let theirs: Option<HostRecord> = serde_json::from_str(&old.value).ok();
+            if theirs.is_none_or(|t| t.underlay != self.record.underlay) {
+                let _ = self.store.revoke(lease);
+                return Err(Failure::new(format!(
+                    "host name {} is taken by a live agent at another address",
+                    self.me
+                ))
+                .hint("give this host another --name, or stop the other agent"));
+            }
+        }
+        if !self.store.put_if(&[], &[(&key, &value)], Some(lease))? {
+            return Err(Failure::new("the store refused the host record"));
+        }
+        for (k, entry) in &snap.entries {
+            let mine = k.contains("/blocks/") && entry.value == self.me;
+            if mine && entry.lease != lease {
+                self.store.put_if(
+                    &[(k, Expect::ModRevision(entry.mod_revision))],
+                    &[(k, &entry.value)],
+                    Some(lease),
+                )?;
+            }
+        }
+        self.lease.store(lease, Ordering::SeqCst);
+        self.renewed_ms.store(runfile::unix_ms(), Ordering::SeqCst);
+        let (held, renewed) = (self.lease.clone(), self.renewed_ms.clone());
+        self.store.keep_alive(lease, self.ttl / 3, move |ttl| match ttl {
+            _ if held.load(Ordering::SeqCst) != lease => false,
+            Some(t) if t > 0 => {
+                renewed.store(runfile::unix_ms(), Ordering::SeqCst);
+                true
+            }
+            // The store says the lease is gone: make it look expired.
+            Some(_) => {
+                renewed.store(0, Ordering::SeqCst);
+                true
+            }
+            None => true,
+        });
+        log(format!("registered with lease {lease:x} (TTL {} s)", self.ttl_secs));
+        Ok(snap.revision)
+    }
+
+    fn lease_lost(&self) -> bool {
+        let renewed = self.renewed_ms.load(Ordering::SeqCst);
+        runfile::unix_ms().saturating_sub(renewed) > self.ttl.as_millis() as u64
+    }
+
+    /// Removes every cluster stack this host runs.
+    fn fence(&mut self) {
+        for stack in self.local_stacks() {
+            if let Err(e) = down::run(self.ctx, &stack, down::Mode::Apply) {
+                log(format!("removing {stack}: {e}"));
+            }
+        }
+        self.applied.clear();
+    }
+
+    /// Cluster stacks this host has made (their state says which host made them).
+    fn local_stacks(&self) -> Vec<String> {
+        self.ctx
+            .state
+            .stacks()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, st)| st.desired.as_ref().and_then(|d| d.host.as_deref()) == Some(self.me.as_str()))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    fn reconcile(&mut self) -> Result<()> {
+        let view = View::from_snapshot(&self.store.get_prefix(keys::ROOT)?);
+        let lease = self.lease.load(Ordering::SeqCst);
+        for (stack, sv) in &view.stacks {
+            let Some((spec, _)) = &sv.spec else { continue };
+            if let Err(e) = self.reconcile_stack(stack, spec, sv, &view, lease) {
+                log(format!("stack {stack}: {e}"));
+                self.report(stack, sv, 0, BTreeMap::new(), Some(e.to_string()), lease);
+            }
+        }
+        // Stacks undeployed (or never in the store) that this host still runs: remove them
+        // and this host's keys under them.
+        let deployed: BTreeSet<&String> = view
+            .stacks
+            .iter()
+            .filter(|(_, s)| s.spec.is_some())
+            .map(|(n, _)| n)
+            .collect();
+        for stack in self.local_stacks() {
+            if !deployed.contains(&stack) {
+                log(format!("stack {stack} was undeployed: removing it here"));
+                down::run(self.ctx, &stack, down::Mode::Apply)?;
+                self.applied.remove(&stack);
+            }
+        }
+        for (stack, sv) in view.stacks.iter().filter(|(_, s)| s.spec.is_none()) {
+            self.forget(stack, sv)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes this host's keys under an undeployed stack.
+    fn forget(&self, stack: &str, sv: &StackView) -> Result<()> {
+        for (net, blocks) in &sv.blocks {
+            for (block, host) in blocks {
+                if *host == self.me {
+                    self.store.delete(&keys::block(stack, net, *block))?;
+                }
+            }
+        }
+        for (c, e) in &sv.endpoints {
+            if e.host == self.me {
+                self.store.delete(&keys::endpoint(stack, c))?;
+            }
+        }
+        if sv.reports.contains_key(&self.me) {
+            self.store.delete(&keys::report(stack, &self.me))?;
+        }
+        Ok(())
+    }
+
+    fn reconcile_stack(
+        &mut self,
+        stack: &str,
+        spec: &SpecRecord,
+        sv: &StackView,
+        view: &View,
+        lease: i64,
+    ) -> Result<()> {
+        let parsed = spec::parse(&spec.file, &spec.text)?;
+        let placement = cluster::place(&parsed.stack, &view.alive(), &sv.placement);
+        if placement != sv.placement {
+            let value = serde_json::to_string(&placement).map_err(|e| Failure::new(e.to_string()))?;
+            let key = keys::placement(stack);
+            let won = self.store.put_if(
+                &[(&key, Expect::ModRevision(sv.placement_revision))],
+                &[(&key, &value)],
+                None,
+            )?;
+            if won {
+                let moved = placement
+                    .iter()
+                    .filter(|(c, h)| sv.placement.get(*c) != Some(h))
+                    .count();
+                log(format!("stack {stack}: placed {moved} replica(s)"));
+            }
+            // Either way the store has changed: the watch brings the next pass.
+            return Ok(());
+        }
+        let mut replicas: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+        for (container, host) in &placement {
+            if *host != self.me {
+                continue;
+            }
+            if let Some((svc, r)) = container.rsplit_once('-') {
+                if let Ok(r) = r.parse() {
+                    replicas.entry(svc.to_string()).or_default().insert(r);
+                }
+            }
+        }
+        if replicas.is_empty() {
+            if self.local_stacks().iter().any(|s| s == stack) {
+                log(format!(
+                    "stack {stack}: no replica placed here any more: removing it here"
+                ));
+                down::run(self.ctx, stack, down::Mode::Apply)?;
+            }
+            self.applied.remove(stack);
+            self.publish(stack, sv, &BTreeMap::new(), lease)?;
+            return Ok(());
+        }
+        let overlays = self.overlays(stack, &parsed, sv, &replicas, view, lease)?;
+        let assignment = HostAssignment {
+            host: self.me.clone(),
+            replicas,
+            overlays,
+            remote: sv.remote(&self.me),
+            base: Some(spec.dir.clone()),
+        };
+        // Apply when anything changed, and every 30 s anyway (the kernel is checked again).
+        let fresh = self.applied.get(stack).is_some_and(|(text, a, at)| {
+            *text == spec.text && *a == assignment && at.elapsed() < Duration::from_secs(30)
+        });
+        if !fresh {
+            let file = self.spec_file(stack, spec)?;
+            up::run(
+                self.ctx,
+                &file,
+                up::Mode::Apply(up::Supervision::NoWait),
+                Some(&assignment),
+            )?;
+            self.applied.insert(
+                stack.to_string(),
+                (spec.text.clone(), assignment.clone(), Instant::now()),
+            );
+        }
+        let endpoints = self.endpoints(stack);
+        self.publish(stack, sv, &endpoints, lease)?;
+        let peers = assignment
+            .overlays
+            .iter()
+            .map(|(n, o)| (n.clone(), o.peers.len()))
+            .collect();
+        self.report(stack, sv, endpoints.len(), peers, None, lease);
+        Ok(())
+    }
+
+    /// This host's block of each overlay network its replicas join, leased when missing
+    /// (create-if-absent: two hosts leasing at once never get the same block).
+    fn overlays(
+        &self,
+        stack: &str,
+        parsed: &Parsed,
+        sv: &StackView,
+        replicas: &BTreeMap<String, BTreeSet<u32>>,
+        view: &View,
+        lease: i64,
+    ) -> Result<BTreeMap<String, OverlayAssignment>> {
+        let joined: BTreeSet<&String> = replicas
+            .keys()
+            .filter_map(|s| parsed.stack.services.get(s))
+            .flat_map(|s| s.networks.iter().map(|a| &a.network))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (name, net) in &parsed.stack.networks {
+            let Some(o) = net.overlay else { continue };
+            if !joined.contains(name) {
+                continue;
+            }
+            let block = match sv.block_of(name, &self.me) {
+                Some(b) => b,
+                None => self.lease_block(stack, name, net.subnet, o.host_prefix, sv, lease)?,
+            };
+            out.insert(
+                name.clone(),
+                OverlayAssignment {
+                    block,
+                    local: self.record.underlay,
+                    mtu: self.record.mtu.saturating_sub(VXLAN_OVERHEAD),
+                    peers: sv.peers(name, &self.me, &view.hosts),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn lease_block(
+        &self,
+        stack: &str,
+        network: &str,
+        subnet: ipnet::Ipv4Net,
+        prefix: u8,
+        sv: &StackView,
+        lease: i64,
+    ) -> Result<ipnet::Ipv4Net> {
+        let mut taken: BTreeSet<ipnet::Ipv4Net> = sv
+            .blocks
+            .get(network)
+            .map(|b| b.keys().copied().collect())
+            .unwrap_or_default();
+        for _ in 0..16 {
+            let Some(block) = cluster::free_block(subnet, prefix, &taken) else {
+                break;
+            };
+            let key = keys::block(stack, network, block);
+            if self
+                .store
+                .put_if(&[(&key, Expect::Absent)], &[(&key, &self.me)], Some(lease))?
+            {
+                log(format!("stack {stack}: leased block {block} of network {network}"));
+                return Ok(block);
+            }
+            // Another host took it at the same moment.
+            taken.insert(block);
+        }
+        Err(Failure::new(format!(
+            "network {network} ({subnet}) has no free /{prefix} block left for this host"
+        ))
+        .hint("give the overlay a larger subnet or a longer host_prefix"))
+    }
+
+    /// The stack file as this host keeps it (private to root, beside the state).
+    fn spec_file(&self, stack: &str, spec: &SpecRecord) -> Result<PathBuf> {
+        let dir = self.ctx.state.root.join("cluster");
+        plumb_engine::state::create_private_dir(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(format!("{stack}.toml"));
+        crate::state::write_atomically(&path, spec.text.as_bytes())?;
+        Ok(path)
+    }
+
+    /// This host's replicas of `stack` as the store should show them.
+    fn endpoints(&self, stack: &str) -> BTreeMap<String, EndpointRecord> {
+        let Ok(Some(state)) = self.ctx.state.load(stack) else {
+            return BTreeMap::new();
+        };
+        let Some(desired) = state.desired else {
+            return BTreeMap::new();
+        };
+        let unready = runfile::read_status(&self.ctx.state.stack_dir(stack)).unready(&desired);
+        desired
+            .containers
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    EndpointRecord {
+                        host: self.me.clone(),
+                        service: c.service.clone(),
+                        replica: c.replica,
+                        addresses: c.interfaces.iter().map(|i| (i.network.clone(), i.address)).collect(),
+                        ready: !unready.contains(&c.name),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Writes changed endpoints (with this host's lease, and only while the stack is
+    /// deployed) and deletes this host's stale ones.
+    fn publish(&self, stack: &str, sv: &StackView, mine: &BTreeMap<String, EndpointRecord>, lease: i64) -> Result<()> {
+        let spec_key = keys::spec(stack);
+        for (c, e) in mine {
+            if sv.endpoints.get(c) == Some(e) {
+                continue;
+            }
+            let key = keys::endpoint(stack, c);
+            let value = serde_json::to_string(e).map_err(|e| Failure::new(e.to_string()))?;
+            let deployed = sv.spec.as_ref().map_or(0, |(_, rev)| *rev);
+            self.store.put_if(
+                &[(&spec_key, Expect::ModRevision(deployed))],
+                &[(&key, &value)],
+                Some(lease),
+            )?;
+        }
+        for (c, e) in &sv.endpoints {
+            if e.host == self.me && !mine.contains_key(c) {
+                self.store.delete(&keys::endpoint(stack, c))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn report(
+        &self,
+        stack: &str,
+        sv: &StackView,
+        containers: usize,
+        peers: BTreeMap<String, usize>,
+        error: Option<String>,
+        lease: i64,
+    ) {
+        let old = sv.reports.get(&self.me);
+        if old.is_some_and(|o| o.containers == containers && o.peers == peers && o.error == error) {
+            return;
+        }
+        let report = HostReport {
+            containers,
+            peers,
+            error,
+            at_ms: runfile::unix_ms(),
+        };
+        let (key, spec_key) = (keys::report(stack, &self.me), keys::spec(stack));
+        let deployed = sv.spec.as_ref().map_or(0, |(_, rev)| *rev);
+        if let Ok(value) = serde_json::to_string(&report) {
+            let _ = self.store.put_if(
+                &[(&spec_key, Expect::ModRevision(deployed))],
+                &[(&key, &value)],
+                Some(lease),
+            );
+        }
+    }
+}
+
+/// This host's underlay address and its link's MTU: from `--underlay` (a link name or an
+/// address of this host), else the link of the default route.
+fn underlay(wanted: Option<&str>) -> Result<(Ipv4Addr, u32)> {
+    let mut nl = plumb_linux::Netlink::open()?;
+    let addresses = plumb_linux::addr::list_v4(&mut nl)?;
+    let links = plumb_linux::link::list(&mut nl)?;
+    let index = match wanted {
+        Some(w) => match w.parse::<Ipv4Addr>() {
+            Ok(ip) => addresses
+                .iter()
+                .find(|(_, a)| a.addr() == ip)
+                .map(|(i, _)| *i)
+                .ok_or_else(|| {
+                    Failure::new(format!("{ip} is not an address of this host"))
+                        .hint("pass --underlay with one of `ip -4 addr`'s addresses, or a link name")
+                })?,
+            Err(_) => links.iter().find(|l| l.name == w).map(|l| l.index).ok_or_else(|| {
+                Failure::new(format!("no link named {w:?} on this host"))
+                    .hint("pass --underlay with a link name from `ip link`, or an address")
+            })?,
+        },
+        // The link of the default route: the one whose connected route holds its gateway.
+        None => {
+            let gateway = plumb_linux::route::default_gateway_v4(&mut nl)?;
+            gateway
+                .and_then(|gw| {
+                    plumb_linux::route::list_v4(&mut nl)
+                        .ok()?
+                        .into_iter()
+                        .filter(|(r, _)| r.contains(&gw))
+                        .max_by_key(|(r, _)| r.prefix_len())
+                        .and_then(|(_, oif)| oif)
+                })
+                .ok_or_else(|| {
+                    Failure::new("this host has no default route to find its underlay by")
+                        .hint("pass --underlay IFACE or --underlay ADDRESS")
+                })?
+        }
+    };
+    let address = addresses
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map(|(_, a)| a.addr())
+        .ok_or_else(|| {
+            Failure::new("the underlay link has no IPv4 address").hint("pass --underlay with an address of this host")
+        })?;
+    let mtu = links
+        .iter()
+        .find(|l| l.index == index)
+        .and_then(|l| l.mtu)
+        .unwrap_or(1500);
+    Ok((address, mtu))
+}
