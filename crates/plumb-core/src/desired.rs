@@ -500,7 +500,14 @@ mod tests {
                 },
             )]
             .into(),
-            remote: vec![],
+            remote: vec![RemoteContainer {
+                name: "web-1".into(),
+                service: "web".into(),
+                replica: 1,
+                host: "h1".into(),
+                addresses: [("o".to_string(), "10.50.0.2".parse().unwrap())].into(),
+                ready: true,
+            }],
             base: None,
         };
         let (d, _) = resolve_on_host(&parsed, &Leases::new(), &assignment).unwrap();
@@ -515,6 +522,18 @@ mod tests {
         assert_eq!(overlay.subnet.to_string(), "10.50.0.0/16");
         assert_eq!(overlay.peers, [peer]);
         assert_eq!(d.service("web").unwrap().containers, ["web-2", "web-3"]);
+        // The replica on h1 is an endpoint of the VIP here, and has a name.
+        let balancer = crate::firewall::vips::Balancer::of(&d);
+        let endpoints: Vec<_> = balancer.services[0]
+            .endpoints
+            .iter()
+            .map(|e| e.container.as_str())
+            .collect();
+        assert_eq!(endpoints, ["web-2", "web-3", "web-1"]);
+        let zone = crate::zone::Zone::build(&d, &Default::default());
+        let asker = d.containers[0].interfaces[0].address;
+        let answer = zone.answer(asker, "web-1.s", crate::zone::QueryType::A);
+        assert!(format!("{answer:?}").contains("10.50.0.2"), "{answer:?}");
         // On one host (plumb up) the overlay is a bridge over its whole subnet.
         let (alone, _) = resolve(&parsed, &Leases::new()).unwrap();
         assert_eq!(alone.networks[0].subnet.to_string(), "10.50.0.0/16");

@@ -123,6 +123,25 @@ impl Zone {
             );
             labels.insert(c.name.to_lowercase(), Target::Replica(c.name.clone()));
         }
+        // Replicas on other hosts of a cluster, reached over the overlay.
+        for r in &desired.remote {
+            let addresses: Vec<(String, Ipv4Addr)> = desired
+                .networks
+                .iter()
+                .filter_map(|n| r.addresses.get(&n.name).map(|a| (n.name.clone(), *a)))
+                .collect();
+            for (_, a) in &addresses {
+                by_address.insert(*a, r.name.clone());
+            }
+            containers.insert(
+                r.name.clone(),
+                ContainerEntry {
+                    addresses,
+                    ready: r.ready,
+                },
+            );
+            labels.insert(r.name.to_lowercase(), Target::Replica(r.name.clone()));
+        }
         let mut services = BTreeMap::new();
         let mut vips = BTreeMap::new();
         for s in &desired.services {
@@ -135,7 +154,18 @@ impl Zone {
                 ServiceEntry {
                     vip,
                     ports: s.ports.iter().map(|p| (p.port, p.protocol)).collect(),
-                    containers: s.containers.clone(),
+                    containers: s
+                        .containers
+                        .iter()
+                        .cloned()
+                        .chain(
+                            desired
+                                .remote
+                                .iter()
+                                .filter(|r| r.service == s.name)
+                                .map(|r| r.name.clone()),
+                        )
+                        .collect(),
                 },
             );
             for label in std::iter::once(&s.name).chain(&s.aliases) {

@@ -74,7 +74,7 @@ impl Balancer {
             .filter(|s| !s.ports.is_empty())
             .filter_map(|s| {
                 let vip = s.vip?;
-                let endpoints: Vec<Endpoint> = s
+                let mut endpoints: Vec<Endpoint> = s
                     .containers
                     .iter()
                     .filter_map(|name| desired.container(name))
@@ -83,6 +83,22 @@ impl Balancer {
                         addresses: c.interfaces.iter().map(|i| (i.bridge.clone(), i.address)).collect(),
                     })
                     .collect();
+                // Ready replicas on other hosts, by the bridge of their network here (the
+                // overlay routes from it to their host's block).
+                endpoints.extend(
+                    desired
+                        .remote
+                        .iter()
+                        .filter(|r| r.service == s.name && r.ready)
+                        .map(|r| Endpoint {
+                            container: r.name.clone(),
+                            addresses: desired
+                                .networks
+                                .iter()
+                                .filter_map(|n| r.addresses.get(&n.name).map(|a| (n.bridge.clone(), *a)))
+                                .collect(),
+                        }),
+                );
                 let bridges: Vec<String> = endpoints.first()?.addresses.iter().map(|(b, _)| b.clone()).collect();
                 if bridges.is_empty() {
                     return None;

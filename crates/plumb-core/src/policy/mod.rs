@@ -147,6 +147,11 @@ pub fn compile(desired: &Desired) -> Compiled {
             owners.insert(i.address, c.service.clone());
         }
     }
+    for r in &desired.remote {
+        for a in r.addresses.values() {
+            owners.insert(*a, r.service.clone());
+        }
+    }
     let mut out = Compiled {
         owners,
         gateways: desired.networks.iter().map(|n| n.gateway).collect(),
@@ -221,7 +226,12 @@ fn side(desired: &Desired, selectors: &[Selector]) -> Side {
             Selector::Host => out.host = true,
             Selector::Cidr(net) => out.addrs.push(Interval::of_net(*net)),
             Selector::Outside => {
-                let inside: Vec<Interval> = desired.networks.iter().map(|n| Interval::of_net(n.subnet)).collect();
+                // An overlay's inside is the whole network, every host's block.
+                let inside: Vec<Interval> = desired
+                    .networks
+                    .iter()
+                    .map(|n| Interval::of_net(n.overlay.as_ref().map_or(n.subnet, |o| o.subnet)))
+                    .collect();
                 out.addrs.extend(subtract(ALL, &inside));
             }
             Selector::Service(_) | Selector::Network(_) => {
@@ -229,6 +239,9 @@ fn side(desired: &Desired, selectors: &[Selector]) -> Side {
                 for c in desired.containers.iter().filter(|c| services.contains(&c.service)) {
                     out.addrs
                         .extend(c.interfaces.iter().map(|i| Interval::of_addr(i.address)));
+                }
+                for r in desired.remote.iter().filter(|r| services.contains(&r.service)) {
+                    out.addrs.extend(r.addresses.values().map(|a| Interval::of_addr(*a)));
                 }
             }
         }
@@ -249,6 +262,11 @@ fn services_named(desired: &Desired, selectors: &[Selector]) -> BTreeSet<String>
                 for c in &desired.containers {
                     if c.interfaces.iter().any(|i| &i.network == net) {
                         out.insert(c.service.clone());
+                    }
+                }
+                for r in &desired.remote {
+                    if r.addresses.contains_key(net) {
+                        out.insert(r.service.clone());
                     }
                 }
             }
