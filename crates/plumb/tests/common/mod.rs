@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod reachability;
 
 pub const PLUMB: &str = env!("CARGO_BIN_EXE_plumb");
