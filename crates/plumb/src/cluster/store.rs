@@ -84,8 +84,15 @@ impl Store {
             endpoints,
         };
         // Connecting is lazy: ask once, so a wrong address fails here and says so.
-        store.get_prefix(super::keys::ROOT)?;
-        Ok(store)
+        match store.get_prefix(super::keys::ROOT) {
+            Ok(_) => Ok(store),
+            Err(e) => Err(Failure::new(format!(
+                "cannot reach the store at {}: {}",
+                store.endpoints.join(","),
+                e.message.rsplit(": ").next().unwrap_or_default()
+            ))
+            .hint("start etcd (Debian's etcd-server) and pass its client URL, e.g. --store http://10.0.0.1:2379")),
+        }
     }
 
     fn run<T>(
@@ -246,11 +253,31 @@ impl Store {
 }
 
 fn unreachable_store(endpoints: &[String], e: etcd_client::Error) -> Failure {
-    Failure::new(format!("cannot reach the store at {}: {e}", endpoints.join(",")))
-        .hint("start etcd (Debian's etcd-server) and pass its client URL, e.g. --store http://10.0.0.1:2379")
+    Failure::new(format!(
+        "cannot reach the store at {}: {}",
+        endpoints.join(","),
+        reason(&e)
+    ))
+    .hint("start etcd (Debian's etcd-server) and pass its client URL, e.g. --store http://10.0.0.1:2379")
 }
 
 fn store_error(what: &str, endpoints: &[String], e: etcd_client::Error) -> Failure {
-    Failure::new(format!("{what} at {}: {e}", endpoints.join(",")))
+    Failure::new(format!("{what} at {}: {}", endpoints.join(","), reason(&e)))
         .hint("check that etcd runs and this host reaches it")
+}
+
+/// The part of a gRPC error a person can act on.
+fn reason(e: &etcd_client::Error) -> String {
+    let text = e.to_string();
+    for (needle, short) in [
+        ("Connection refused", "connection refused"),
+        ("No route to host", "no route to host"),
+        ("timed out", "timed out"),
+        ("deadline", "timed out"),
+    ] {
+        if text.contains(needle) {
+            return short.to_string();
+        }
+    }
+    text
 }

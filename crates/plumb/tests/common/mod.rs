@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod etcd;
 pub mod reachability;
 
 pub const PLUMB: &str = env!("CARGO_BIN_EXE_plumb");
