@@ -45,6 +45,8 @@ pub fn qualified(name: &str) -> (Option<&str>, &str) {
 pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Container)> {
     let (stack_filter, name) = qualified(name);
     let mut found = Vec::new();
+    // In a cluster: replicas of this host's stacks that run on other hosts.
+    let mut elsewhere = None;
     for (stack, st) in state.stacks()? {
         if stack_filter.is_some_and(|f| f != stack) {
             continue;
@@ -53,12 +55,21 @@ pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Conta
         let hit = desired.container_or_first(name);
         if let Some(c) = hit {
             found.push((st.clone(), c.clone()));
+        } else if let Some(r) = desired.remote.iter().find(|r| r.name == name) {
+            elsewhere = Some(r.host.clone());
         }
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(Failure::new(format!("no container {name:?} in any stack that is up"))
-            .hint("`plumb ps` lists the containers")),
+        0 => match elsewhere {
+            Some(host) => Err(
+                Failure::new(format!("container {name:?} runs on host {host}, not on this one")).hint(format!(
+                    "run the command on {host}; `plumb cluster status` shows where each replica runs"
+                )),
+            ),
+            None => Err(Failure::new(format!("no container {name:?} in any stack that is up"))
+                .hint("`plumb ps` lists the containers")),
+        },
         _ => {
             let stacks: Vec<_> = found.iter().map(|(s, _)| s.stack.as_str()).collect();
             Err(Failure::new(format!(
