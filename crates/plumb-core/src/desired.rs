@@ -113,6 +113,11 @@ impl Network {
         names::mac(&self.alias)
     }
 
+    /// The MTU of the bridge and its ports when it is not the kernel's default: an overlay's.
+    pub fn mtu(&self) -> Option<u32> {
+        self.overlay.as_ref().map(|o| o.mtu)
+    }
+
     /// The bridge's own address: the gateway, with the subnet's prefix.
     pub fn gateway_cidr(&self) -> Ipv4Net {
         Ipv4Net::new(self.gateway, self.subnet.prefix_len()).expect("prefix comes from a valid subnet")
@@ -159,6 +164,10 @@ pub struct Interface {
     /// Derived from the alias: the only MAC the anti-spoofing rules let it send from.
     #[serde(default)]
     pub mac: String,
+    /// Both ends' MTU when the network's is not the kernel's default (an overlay's: the
+    /// underlay's minus VXLAN's 50 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 impl Interface {
@@ -353,6 +362,7 @@ fn resolve_with(
                         prefix_len: net.subnet.prefix_len(),
                         alias: names::alias(&stack.name, &format!("{name}/{}", a.network)),
                         mac: names::mac(&names::alias(&stack.name, &format!("{name}/{}", a.network))),
+                        mtu: networks.iter().find(|n| n.name == a.network).and_then(Network::mtu),
                     }
                 })
                 .collect();

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::firewall::{Shape, TableId};
 use crate::ops::Op;
-use crate::plan::{ObservedLink, ObservedNetns};
+use crate::plan::{ObservedLink, ObservedNetns, ObservedVxlan};
 
 /// A link in the host's namespace, as read back.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,6 +67,10 @@ pub trait Kernel: Send {
     /// The inside of a named namespace; `None` for a name with no namespace mounted on it
     /// (an `up` killed between creating the name and mounting it).
     fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>>;
+
+    /// A VXLAN device of the host's namespace, its settings and its entries (routes through
+    /// it, permanent neighbours on it, its FDB); `None` if there is no link by that name.
+    fn vxlan(&mut self, name: &str) -> KernelResult<Option<ObservedVxlan>>;
 
     /// The table as the kernel lists it, `None` if there is no such table.
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>>;

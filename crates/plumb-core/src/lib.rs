@@ -23,4 +23,6 @@ pub mod zone;
 pub use desired::{Container, Desired, Interface, Network};
 pub use diag::{Diagnostic, Diagnostics};
 pub use ops::{At, Op};
-pub use plan::{Actual, ObservedFirewall, ObservedLink, ObservedNetns, Plan, Step, What};
+pub use plan::{
+    Actual, ObservedFirewall, ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries, Plan, Step, What,
+};

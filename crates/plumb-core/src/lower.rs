@@ -2,10 +2,11 @@
 //! only place that knows what "make a container" means in operations; execution and
 //! rendering both read the result.
 
-use crate::desired::{Container, Network};
+use crate::cluster::VXLAN_PORT;
+use crate::desired::{Container, Network, Overlay};
 use crate::firewall::NftChange;
 use crate::ops::{At, Ipv6, Op};
-use crate::plan::{Step, What, STOP_GRACE_MS};
+use crate::plan::{vtep_cidr, vxlan_alias, OverlayEntries, Step, What, STOP_GRACE_MS};
 use crate::zone;
 
 fn sysctl(key: String, value: &str) -> Op {
@@ -69,6 +70,7 @@ pub fn create_bridge(net: &Network) -> Step {
             Op::BridgeAdd {
                 name: br.clone(),
                 mac: net.bridge_mac_text(),
+                mtu: net.mtu(),
             },
             Op::LinkAlias {
                 at: host.clone(),
@@ -89,6 +91,111 @@ pub fn create_bridge(net: &Network) -> Step {
             },
         ],
     }
+}
+
+/// An overlay network's VXLAN device (not a port of the bridge: the host routes between
+/// them, per-host blocks as flannel's vxlan backend), its VTEP address, and every peer's
+/// entries.
+pub fn create_overlay(stack: &str, net: &Network, overlay: &Overlay) -> Step {
+    let dev = &overlay.device;
+    let host = At::Host;
+    let mut ops = vec![
+        Op::VxlanAdd {
+            name: dev.clone(),
+            vni: overlay.vni,
+            local: overlay.local,
+            port: VXLAN_PORT,
+            mac: overlay.mac.clone(),
+            mtu: overlay.mtu,
+        },
+        Op::LinkAlias {
+            at: host.clone(),
+            link: dev.clone(),
+            alias: vxlan_alias(stack, &net.name),
+            ipv6: Ipv6::Keep,
+        },
+        sysctl(format!("net.ipv6.conf.{dev}.disable_ipv6"), "1"),
+        Op::TxChecksumOff { link: dev.clone() },
+        Op::AddrAdd {
+            at: host.clone(),
+            link: dev.clone(),
+            cidr: vtep_cidr(net),
+        },
+        Op::LinkUp {
+            at: host,
+            link: dev.clone(),
+        },
+    ];
+    let entries = OverlayEntries::wanted(stack, &net.name, overlay);
+    ops.extend(entry_ops(dev, &OverlayEntries::default(), &entries));
+    Step {
+        what: What::CreateOverlay {
+            network: net.name.clone(),
+            device: dev.clone(),
+        },
+        ops,
+    }
+}
+
+/// Peers' entries changed in place: the stale ones removed, then the new ones added.
+pub fn update_overlay(net: &Network, overlay: &Overlay, gone: &OverlayEntries, new: &OverlayEntries) -> Step {
+    Step {
+        what: What::UpdateOverlay {
+            network: net.name.clone(),
+            device: overlay.device.clone(),
+        },
+        ops: entry_ops(&overlay.device, gone, new),
+    }
+}
+
+/// Removals first (a route or neighbour replaced for the same key must go before its
+/// successor comes), then, per entry kind in the order a packet needs them: FDB (MAC →
+/// underlay), neighbour (VTEP address → MAC), route (block → VTEP address).
+fn entry_ops(dev: &str, gone: &OverlayEntries, new: &OverlayEntries) -> Vec<Op> {
+    let link = || dev.to_string();
+    let mut ops = Vec::new();
+    for (destination, via) in &gone.routes {
+        ops.push(Op::OnlinkRouteDel {
+            destination: *destination,
+            via: *via,
+            link: link(),
+        });
+    }
+    for (address, _) in &gone.neighbours {
+        ops.push(Op::NeighDel {
+            link: link(),
+            address: *address,
+        });
+    }
+    for (mac, dst) in &gone.fdb {
+        ops.push(Op::FdbDel {
+            link: link(),
+            mac: mac.clone(),
+            dst: *dst,
+        });
+    }
+    for (mac, dst) in &new.fdb {
+        ops.push(Op::FdbAdd {
+            link: link(),
+            mac: mac.clone(),
+            dst: *dst,
+        });
+    }
+    for (address, mac) in &new.neighbours {
+        ops.push(Op::NeighAdd {
+            link: link(),
+            address: *address,
+            mac: mac.clone(),
+        });
+    }
+    for (destination, via) in &new.routes {
+        ops.push(Op::OnlinkRouteAdd {
+            destination: *destination,
+            via: *via,
+            link: link(),
+        });
+    }
+    ops
 }
 
 pub fn firewall(what: What, changes: Vec<NftChange>) -> Step {
@@ -119,6 +226,7 @@ pub fn create_container(stack: &str, c: &Container) -> Step {
             peer: i.name.clone(),
             netns: ns.clone(),
             peer_mac: i.mac.clone(),
+            mtu: i.mtu,
         });
         // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.
         ops.push(sysctl(format!("net.ipv6.conf.{}.disable_ipv6", i.host_veth), "1"));

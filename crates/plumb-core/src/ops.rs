@@ -52,10 +52,12 @@ pub enum Op {
     NetnsAdd {
         name: String,
     },
-    /// A bridge with a fixed MAC and multicast snooping off.
+    /// A bridge with a fixed MAC and multicast snooping off (and an overlay's MTU).
     BridgeAdd {
         name: String,
         mac: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
     },
     /// A veth pair in one request: `name` on the host attached to `bridge`, its peer placed
     /// straight into `netns` as `peer`, with MAC address `peer_mac`.
@@ -65,6 +67,60 @@ pub enum Op {
         peer: String,
         netns: String,
         peer_mac: String,
+        /// Both ends' MTU (an overlay network's), else the kernel's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
+    },
+    /// A VXLAN device with static entries only (no learning, no multicast group): frames go
+    /// where its FDB says, from `local`, to UDP port `port`.
+    VxlanAdd {
+        name: String,
+        vni: u32,
+        local: Ipv4Addr,
+        port: u16,
+        mac: String,
+        mtu: u32,
+    },
+    /// Transmit checksum offload off on a link (SIOCETHTOOL `ETHTOOL_STXCSUM`): works around
+    /// NICs that corrupt the checksums of VXLAN's inner packets (calico#3145, flannel#2152).
+    TxChecksumOff {
+        link: String,
+    },
+    /// A route through a link to a next hop the kernel takes as directly reachable on it
+    /// (`onlink`): a peer's block via its VTEP address.
+    OnlinkRouteAdd {
+        destination: Ipv4Net,
+        via: Ipv4Addr,
+        link: String,
+    },
+    /// Removes such a route; an absent one is not an error.
+    OnlinkRouteDel {
+        destination: Ipv4Net,
+        via: Ipv4Addr,
+        link: String,
+    },
+    /// A permanent neighbour entry on a host link (a peer's VTEP address → its MAC).
+    NeighAdd {
+        link: String,
+        address: Ipv4Addr,
+        mac: String,
+    },
+    /// Removes a neighbour entry; an absent one is not an error.
+    NeighDel {
+        link: String,
+        address: Ipv4Addr,
+    },
+    /// A permanent FDB entry of a VXLAN device (a peer's VTEP MAC → its underlay address).
+    FdbAdd {
+        link: String,
+        mac: String,
+        dst: Ipv4Addr,
+    },
+    /// Removes an FDB entry; an absent one is not an error.
+    FdbDel {
+        link: String,
+        mac: String,
+        dst: Ipv4Addr,
     },
     /// The link's alias, which records in the kernel who owns it.
     LinkAlias {
@@ -135,8 +191,11 @@ impl Op {
         match self {
             Op::Sysctl { key, value } => format!("sysctl -qw {key}={value}"),
             Op::NetnsAdd { name } => format!("ip netns add {name}"),
-            Op::BridgeAdd { name, mac } => {
-                format!("ip link add {name} address {mac} type bridge mcast_snooping 0")
+            Op::BridgeAdd { name, mac, mtu } => {
+                format!(
+                    "ip link add {name} address {mac}{} type bridge mcast_snooping 0",
+                    mtu_arg(*mtu)
+                )
             }
             Op::VethAdd {
                 name,
@@ -144,9 +203,39 @@ impl Op {
                 peer,
                 netns,
                 peer_mac,
+                mtu,
+            } => {
+                let mtu = mtu_arg(*mtu);
+                format!(
+                    "ip link add {name}{mtu} master {bridge} type veth peer name {peer} netns {netns} address {peer_mac}{mtu}"
+                )
+            }
+            Op::VxlanAdd {
+                name,
+                vni,
+                local,
+                port,
+                mac,
+                mtu,
             } => format!(
-                "ip link add {name} master {bridge} type veth peer name {peer} netns {netns} address {peer_mac}"
+                "ip link add {name} address {mac} mtu {mtu} type vxlan id {vni} local {local} dstport {port} nolearning"
             ),
+            // `tx` is every tx-checksum-* feature; a VXLAN device has tx-checksum-ip-generic.
+            Op::TxChecksumOff { link } => format!("ethtool -K {link} tx off"),
+            Op::OnlinkRouteAdd { destination, via, link } => {
+                format!("ip route add {destination} via {via} dev {link} onlink")
+            }
+            Op::OnlinkRouteDel { destination, via, link } => {
+                format!("ip route del {destination} via {via} dev {link} 2>/dev/null || true")
+            }
+            Op::NeighAdd { link, address, mac } => {
+                format!("ip neigh add {address} lladdr {mac} dev {link} nud permanent")
+            }
+            Op::NeighDel { link, address } => format!("ip neigh del {address} dev {link} 2>/dev/null || true"),
+            Op::FdbAdd { link, mac, dst } => format!("bridge fdb add {mac} dev {link} dst {dst} self permanent"),
+            Op::FdbDel { link, mac, dst } => {
+                format!("bridge fdb del {mac} dev {link} dst {dst} self 2>/dev/null || true")
+            }
             Op::LinkAlias { at, link, alias, ipv6 } => {
                 let gen = match ipv6 {
                     Ipv6::Keep => "",
@@ -176,6 +265,11 @@ impl Op {
     }
 }
 
+/// ` mtu N`, or nothing for the kernel's default.
+fn mtu_arg(mtu: Option<u32>) -> String {
+    mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
+}
+
 /// TERM, wait up to the grace period (polling every 100 ms), then KILL what is left.
 fn stop_processes(namespaces: &[String], grace_ms: u64) -> String {
     let list = namespaces.join(" ");
@@ -203,8 +297,55 @@ mod tests {
                     peer: "eth0".into(),
                     netns: "s-a-1".into(),
                     peer_mac: "02:00:00:00:00:01".into(),
+                    mtu: None,
                 },
                 "ip link add plv1 master plb1 type veth peer name eth0 netns s-a-1 address 02:00:00:00:00:01",
+            ),
+            (
+                Op::VethAdd {
+                    name: "plv1".into(),
+                    bridge: "plb1".into(),
+                    peer: "eth0".into(),
+                    netns: "s-a-1".into(),
+                    peer_mac: "02:00:00:00:00:01".into(),
+                    mtu: Some(1450),
+                },
+                "ip link add plv1 mtu 1450 master plb1 type veth peer name eth0 netns s-a-1 address 02:00:00:00:00:01 mtu 1450",
+            ),
+            (
+                Op::VxlanAdd {
+                    name: "plx1".into(),
+                    vni: 42,
+                    local: Ipv4Addr::new(10, 99, 0, 11),
+                    port: 4789,
+                    mac: "02:00:00:00:00:02".into(),
+                    mtu: 1450,
+                },
+                "ip link add plx1 address 02:00:00:00:00:02 mtu 1450 type vxlan id 42 local 10.99.0.11 dstport 4789 nolearning",
+            ),
+            (
+                Op::OnlinkRouteAdd {
+                    destination: "10.50.1.0/24".parse().unwrap(),
+                    via: Ipv4Addr::new(10, 50, 1, 0),
+                    link: "plx1".into(),
+                },
+                "ip route add 10.50.1.0/24 via 10.50.1.0 dev plx1 onlink",
+            ),
+            (
+                Op::NeighAdd {
+                    link: "plx1".into(),
+                    address: Ipv4Addr::new(10, 50, 1, 0),
+                    mac: "02:00:00:00:00:03".into(),
+                },
+                "ip neigh add 10.50.1.0 lladdr 02:00:00:00:00:03 dev plx1 nud permanent",
+            ),
+            (
+                Op::FdbAdd {
+                    link: "plx1".into(),
+                    mac: "02:00:00:00:00:03".into(),
+                    dst: Ipv4Addr::new(10, 99, 0, 12),
+                },
+                "bridge fdb add 02:00:00:00:00:03 dev plx1 dst 10.99.0.12 self permanent",
             ),
             (
                 Op::LinkAlias {

@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::desired::{Container, Desired, Network};
+use crate::cluster;
+use crate::desired::{Container, Desired, Network, Overlay};
 use crate::firewall::{NftChange, Ruleset, TableId};
 use crate::ops::Op;
 use crate::{firewall, lower, names};
@@ -29,6 +30,64 @@ pub struct Actual {
     /// Networks the state file says the stack has had (aliases in the kernel tell the rest),
     /// to name the host ends of old veths.
     pub known_networks: BTreeSet<String>,
+    /// The stack's VXLAN devices (by alias) and any link named like a desired one, with their
+    /// entries.
+    pub vxlans: BTreeMap<String, ObservedVxlan>,
+}
+
+/// A VXLAN device as read back: its settings and its static entries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedVxlan {
+    pub link: ObservedLink,
+    pub vni: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    pub learning: bool,
+    pub mtu: u32,
+    /// Transmit checksum offload is on (plumb turns it off).
+    pub tx_checksum: bool,
+    pub entries: OverlayEntries,
+}
+
+/// An overlay's static entries on one host: per peer, a route to its block via its VTEP
+/// address, a permanent neighbour entry for that address (its VTEP MAC) and a permanent FDB
+/// entry for that MAC (its underlay address).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayEntries {
+    /// (block, VTEP address)
+    pub routes: BTreeSet<(Ipv4Net, Ipv4Addr)>,
+    /// (VTEP address, VTEP MAC)
+    pub neighbours: BTreeSet<(Ipv4Addr, String)>,
+    /// (VTEP MAC, underlay address)
+    pub fdb: BTreeSet<(String, Ipv4Addr)>,
+}
+
+impl OverlayEntries {
+    /// What `overlay` wants on its device.
+    pub fn wanted(stack: &str, network: &str, overlay: &Overlay) -> OverlayEntries {
+        let mut out = OverlayEntries::default();
+        for peer in &overlay.peers {
+            let vtep = cluster::vtep_address(peer.block);
+            let mac = overlay.peer_mac(stack, network, peer);
+            out.routes.insert((peer.block, vtep));
+            out.neighbours.insert((vtep, mac.clone()));
+            out.fdb.insert((mac, peer.underlay));
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.neighbours.is_empty() && self.fdb.is_empty()
+    }
+
+    /// The entries of `self` that `other` lacks.
+    pub fn minus(&self, other: &OverlayEntries) -> OverlayEntries {
+        OverlayEntries {
+            routes: self.routes.difference(&other.routes).cloned().collect(),
+            neighbours: self.neighbours.difference(&other.neighbours).cloned().collect(),
+            fdb: self.fdb.difference(&other.fdb).cloned().collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -89,6 +148,16 @@ pub enum What {
     CreateBridge {
         network: String,
         bridge: String,
+    },
+    /// An overlay network's VXLAN device, its VTEP address and its peers' entries.
+    CreateOverlay {
+        network: String,
+        device: String,
+    },
+    /// Entries of peers gone or changed removed, of new or changed peers added.
+    UpdateOverlay {
+        network: String,
+        device: String,
     },
     ApplyFirewall {
         tables: Vec<String>,
@@ -201,6 +270,36 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
             }
         }
     }
+    let mut overlays = Vec::new();
+    for net in want_networks {
+        let Some(overlay) = &net.overlay else { continue };
+        match actual.vxlans.get(&overlay.device) {
+            Some(got) if vxlan_matches(stack, net, overlay, got) => {
+                let want = OverlayEntries::wanted(stack, &net.name, overlay);
+                let (gone, new) = (got.entries.minus(&want), want.minus(&got.entries));
+                if !gone.is_empty() || !new.is_empty() {
+                    overlays.push(lower::update_overlay(net, overlay, &gone, &new));
+                }
+            }
+            got => {
+                if got.is_some() {
+                    links.push(overlay.device.clone());
+                }
+                overlays.push(lower::create_overlay(stack, net, overlay));
+            }
+        }
+    }
+    let want_devices: BTreeSet<&str> = want_networks
+        .iter()
+        .filter_map(|n| n.overlay.as_ref().map(|o| o.device.as_str()))
+        .collect();
+    links.extend(
+        actual
+            .vxlans
+            .keys()
+            .filter(|d| !want_devices.contains(d.as_str()))
+            .cloned(),
+    );
     let want_bridges: BTreeSet<&str> = want_networks.iter().map(|n| n.bridge.as_str()).collect();
     let mut gone_networks = Vec::new();
     for (name, link) in &actual.bridges {
@@ -218,6 +317,7 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
     for net in want_networks.iter().filter(|n| rebuilt.contains(n.bridge.as_str())) {
         steps.push(lower::create_bridge(net));
     }
+    steps.extend(overlays);
 
     if desired.is_some() && !nft.is_empty() {
         steps.push(lower::firewall(What::ApplyFirewall { tables: tables(&nft) }, nft));
@@ -277,6 +377,31 @@ fn network_of_alias(stack: &str, alias: Option<&str>) -> String {
 
 fn bridge_matches(want: &Network, got: Option<&ObservedLink>) -> bool {
     got.is_some_and(|g| g.up && g.alias.as_deref() == Some(want.alias.as_str()) && g.addresses == [want.gateway_cidr()])
+}
+
+/// A VXLAN device is kept (its entries updated in place) while its settings are as wanted.
+fn vxlan_matches(stack: &str, net: &Network, want: &Overlay, got: &ObservedVxlan) -> bool {
+    let alias = vxlan_alias(stack, &net.name);
+    got.link.up
+        && got.link.alias.as_deref() == Some(alias.as_str())
+        && got.link.mac.as_deref() == Some(want.mac.as_str())
+        && got.link.addresses == [vtep_cidr(net)]
+        && got.vni == Some(want.vni)
+        && got.local == Some(want.local)
+        && got.port == Some(cluster::VXLAN_PORT)
+        && !got.learning
+        && !got.tx_checksum
+        && got.mtu == want.mtu
+}
+
+/// The alias of an overlay network's VXLAN device: `plumb:STACK/vxlan/NETWORK`.
+pub fn vxlan_alias(stack: &str, network: &str) -> String {
+    names::alias(stack, &format!("vxlan/{network}"))
+}
+
+/// This host's VTEP address on an overlay network, as a /32.
+pub fn vtep_cidr(net: &Network) -> Ipv4Net {
+    Ipv4Net::new(cluster::vtep_address(net.subnet), 32).expect("/32 is a valid prefix")
 }
 
 /// A container is kept only if every part of its wiring is as desired; anything else (for
@@ -355,7 +480,169 @@ mod tests {
         for r in firewall::rulesets(d) {
             actual.firewall.insert(r.table.clone(), ObservedFirewall::Applied(r));
         }
+        for n in &d.networks {
+            let Some(o) = &n.overlay else { continue };
+            let vxlan = ObservedVxlan {
+                link: ObservedLink {
+                    alias: Some(vxlan_alias(&d.stack, &n.name)),
+                    mac: Some(o.mac.clone()),
+                    master: None,
+                    up: true,
+                    addresses: vec![vtep_cidr(n)],
+                },
+                vni: Some(o.vni),
+                local: Some(o.local),
+                port: Some(cluster::VXLAN_PORT),
+                learning: false,
+                tx_checksum: false,
+                mtu: o.mtu,
+                entries: OverlayEntries::wanted(&d.stack, &n.name, o),
+            };
+            actual.vxlans.insert(o.device.clone(), vxlan);
+        }
         actual
+    }
+
+    const OVERLAY: &str = "name = \"s\"\n[networks.o]\nsubnet = \"10.50.0.0/16\"\ndriver = \"overlay\"\n\
+                           [services.a]\nnetworks = [\"o\"]\n";
+
+    fn peer(host: &str, underlay: &str, block: &str) -> cluster::OverlayPeer {
+        cluster::OverlayPeer {
+            host: host.into(),
+            underlay: underlay.parse().unwrap(),
+            block: block.parse().unwrap(),
+        }
+    }
+
+    /// Host h1 of a three-host cluster (block 10.50.0.0/24), running a-1, with `peers`.
+    fn on_h1(peers: Vec<cluster::OverlayPeer>) -> Desired {
+        let assignment = cluster::HostAssignment {
+            host: "h1".into(),
+            replicas: [("a".to_string(), [1].into())].into(),
+            overlays: [(
+                "o".to_string(),
+                cluster::OverlayAssignment {
+                    block: "10.50.0.0/24".parse().unwrap(),
+                    local: "10.99.0.11".parse().unwrap(),
+                    mtu: 1450,
+                    peers,
+                },
+            )]
+            .into(),
+            remote: vec![],
+        };
+        let parsed = parse("f", OVERLAY).unwrap();
+        crate::desired::resolve_on_host(&parsed, &Default::default(), &assignment)
+            .unwrap()
+            .0
+    }
+
+    fn two_peers() -> Vec<cluster::OverlayPeer> {
+        vec![
+            peer("h2", "10.99.0.12", "10.50.1.0/24"),
+            peer("h3", "10.99.0.13", "10.50.2.0/24"),
+        ]
+    }
+
+    #[test]
+    fn an_overlay_gets_its_device_and_three_entries_per_peer_before_the_containers() {
+        let d = on_h1(two_peers());
+        let plan = diff("s", Some(&d), &Actual::default());
+        assert_eq!(
+            kinds(&plan),
+            [
+                "forwarding",
+                "create bridge",
+                "create overlay",
+                "apply firewall",
+                "create container"
+            ]
+        );
+        let ops = &plan.steps[2].ops;
+        assert!(
+            matches!(&ops[0], Op::VxlanAdd { vni, mtu: 1450, port: 4789, .. } if *vni == d.networks[0].overlay.as_ref().unwrap().vni)
+        );
+        assert!(ops.iter().any(|o| matches!(o, Op::TxChecksumOff { .. })));
+        let count = |f: fn(&Op) -> bool| ops.iter().filter(|o| f(o)).count();
+        assert_eq!(count(|o| matches!(o, Op::FdbAdd { .. })), 2);
+        assert_eq!(count(|o| matches!(o, Op::NeighAdd { .. })), 2);
+        assert_eq!(count(|o| matches!(o, Op::OnlinkRouteAdd { .. })), 2);
+        // The bridge and the containers' veths get the overlay's MTU.
+        assert!(matches!(&plan.steps[1].ops[0], Op::BridgeAdd { mtu: Some(1450), .. }));
+        assert!(plan.ops().any(|o| matches!(o, Op::VethAdd { mtu: Some(1450), .. })));
+        let script = crate::render::script(&plan, "plumb up", "");
+        for needle in [
+            "type vxlan id",
+            "local 10.99.0.11 dstport 4789 nolearning",
+            "ethtool -K plx",
+            "ip addr add 10.50.0.0/32 dev plx",
+            "ip route add 10.50.2.0/24 via 10.50.2.0 dev plx",
+            "bridge fdb add",
+            "dst 10.99.0.13 self permanent",
+        ] {
+            assert!(script.contains(needle), "missing {needle:?} in:\n{script}");
+        }
+    }
+
+    #[test]
+    fn the_same_assignment_twice_needs_nothing() {
+        let d = on_h1(two_peers());
+        assert!(diff("s", Some(&d), &applied(&d)).is_empty());
+    }
+
+    #[test]
+    fn a_peer_gone_removes_exactly_its_three_entries() {
+        let actual = applied(&on_h1(two_peers()));
+        let plan = diff("s", Some(&on_h1(two_peers()[..1].to_vec())), &actual);
+        // The VXLAN accept set loses the peer's address, element by element.
+        assert_eq!(kinds(&plan), ["update overlay", "apply firewall"]);
+        assert!(
+            matches!(&plan.steps[1].ops[..], [Op::Nft { changes }] if matches!(changes[..], [NftChange::Update { .. }]))
+        );
+        let ops: Vec<String> = plan.steps[0].ops.iter().map(Op::command).collect();
+        assert_eq!(ops.len(), 3, "{ops:#?}");
+        assert!(ops[0].starts_with("ip route del 10.50.2.0/24 via 10.50.2.0 dev plx"));
+        assert!(ops[1].starts_with("ip neigh del 10.50.2.0 dev plx"));
+        assert!(ops[2].starts_with("bridge fdb del") && ops[2].contains("dst 10.99.0.13"));
+    }
+
+    #[test]
+    fn a_peer_moved_changes_only_its_fdb_entry_and_a_new_block_only_its_route_and_neighbour() {
+        let actual = applied(&on_h1(two_peers()));
+        let mut moved = two_peers();
+        moved[1].underlay = "10.99.0.23".parse().unwrap();
+        let ops: Vec<String> = diff("s", Some(&on_h1(moved)), &actual).steps[0]
+            .ops
+            .iter()
+            .map(Op::command)
+            .collect();
+        assert_eq!(ops.len(), 2, "{ops:#?}");
+        assert!(ops[0].contains("fdb del") && ops[0].contains("10.99.0.13"));
+        assert!(ops[1].contains("fdb add") && ops[1].contains("10.99.0.23"));
+        let mut reblocked = two_peers();
+        reblocked[1].block = "10.50.7.0/24".parse().unwrap();
+        let ops: Vec<String> = diff("s", Some(&on_h1(reblocked)), &actual)
+            .ops()
+            .map(Op::command)
+            .collect();
+        assert_eq!(ops.len(), 4, "{ops:#?}");
+        assert!(ops[3].contains("ip route add 10.50.7.0/24 via 10.50.7.0"));
+    }
+
+    #[test]
+    fn down_removes_the_vxlan_device_with_the_links() {
+        let d = on_h1(two_peers());
+        let plan = diff("s", None, &applied(&d));
+        let device = &d.networks[0].overlay.as_ref().unwrap().device;
+        assert!(plan
+            .steps
+            .iter()
+            .any(|s| matches!(&s.what, What::RemoveLinks { links, .. } if links.contains(device))));
+        // A device with another VNI is made again.
+        let mut actual = applied(&d);
+        actual.vxlans.get_mut(device).unwrap().vni = Some(7);
+        let kinds = kinds(&diff("s", Some(&d), &actual));
+        assert_eq!(kinds, ["remove links", "create overlay"]);
     }
 
     fn kinds(plan: &Plan) -> Vec<&'static str> {
@@ -364,6 +651,8 @@ mod tests {
             .map(|s| match s.what {
                 What::EnableForwarding => "forwarding",
                 What::CreateBridge { .. } => "create bridge",
+                What::CreateOverlay { .. } => "create overlay",
+                What::UpdateOverlay { .. } => "update overlay",
                 What::RemoveLinks { .. } => "remove links",
                 What::CreateContainer { .. } => "create container",
                 What::StopProcesses { .. } => "stop processes",

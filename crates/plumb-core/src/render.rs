@@ -62,6 +62,12 @@ fn describe(what: &What) -> String {
         What::CreateBridge { network, .. } => {
             format!("network {network}: a bridge is the switch its containers plug into; the host is the gateway")
         }
+        What::CreateOverlay { network, .. } => format!(
+            "network {network}: a VXLAN device routes to the other hosts' blocks (one route, neighbour and FDB entry per host)"
+        ),
+        What::UpdateOverlay { network, .. } => {
+            format!("network {network}: the overlay's entries for hosts gone, changed or new")
+        }
         What::ApplyFirewall { tables } => format!(
             "nftables: {} in one transaction (isolation, inbound, host access, published ports, egress NAT, anti-spoofing)",
             tables.join(", ")
@@ -83,6 +89,7 @@ fn why(op: &Op) -> Option<&'static str> {
         Op::Sysctl { key, .. } if key.ends_with("disable_ipv6") => Some("no IPv6 chatter flooding the bridge"),
         Op::Sysctl { key, .. } if key.ends_with("route_localnet") => Some("lets published ports answer on 127.0.0.1"),
         Op::BridgePortUp { .. } => Some("hairpin: a container may reach its own published port"),
+        Op::TxChecksumOff { .. } => Some("NICs that mangle VXLAN's inner checksums stall it (calico#3145)"),
         _ => None,
     }
 }

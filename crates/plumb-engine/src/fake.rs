@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ipnet::Ipv4Net;
 use plumb_core::firewall::{NftChange, Ruleset, TableId};
 use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
-use plumb_core::{names, At, ObservedLink, ObservedNetns, Op};
+use plumb_core::{names, At, ObservedLink, ObservedNetns, ObservedVxlan, Op};
 
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 const ENODEV: i32 = 19;
+const EINVAL: i32 = 22;
 
 #[derive(Debug, Clone, Default)]
 struct Link {
@@ -28,6 +29,8 @@ struct Link {
     addresses: Vec<Ipv4Net>,
     /// For a host veth: the namespace and name of its peer.
     peer: Option<(String, String)>,
+    /// For a VXLAN device: its settings and entries.
+    vxlan: Option<ObservedVxlan>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,6 +75,14 @@ impl World {
             At::Netns(ns) => self.namespaces.get_mut(ns).and_then(|n| n.links.get_mut(name)),
         };
         found.ok_or_else(|| fail(format!("find link {name}"), ENODEV))
+    }
+
+    fn entries(&mut self, name: &str) -> KernelResult<&mut plumb_core::OverlayEntries> {
+        let link = self.link(&At::Host, name)?;
+        match &mut link.vxlan {
+            Some(v) => Ok(&mut v.entries),
+            None => Err(fail(format!("{name} is not a VXLAN device"), EINVAL)),
+        }
     }
 
     fn delete_host_link(&mut self, name: &str) {
@@ -119,6 +130,7 @@ impl World {
                 peer,
                 netns,
                 peer_mac,
+                ..
             } => {
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add veth {name}"), EEXIST));
@@ -146,6 +158,60 @@ impl World {
                     ..Default::default()
                 };
                 self.links.insert(name.clone(), host);
+            }
+            Op::VxlanAdd {
+                name,
+                vni,
+                local,
+                port,
+                mac,
+                mtu,
+            } => {
+                if self.links.contains_key(name) {
+                    return Err(fail(format!("add vxlan {name}"), EEXIST));
+                }
+                let vxlan = ObservedVxlan {
+                    vni: Some(*vni),
+                    local: Some(*local),
+                    port: Some(*port),
+                    mtu: *mtu,
+                    ..Default::default()
+                };
+                let link = Link {
+                    kind: "vxlan",
+                    mac: Some(mac.clone()),
+                    vxlan: Some(vxlan),
+                    ..Default::default()
+                };
+                self.links.insert(name.clone(), link);
+            }
+            Op::TxChecksumOff { link } => {
+                self.link(&At::Host, link)?;
+            }
+            Op::OnlinkRouteAdd { destination, via, link } => {
+                let added = self.entries(link)?.routes.insert((*destination, *via));
+                if !added {
+                    return Err(fail(format!("add route {destination}"), EEXIST));
+                }
+            }
+            Op::OnlinkRouteDel { destination, via, link } => {
+                self.entries(link)?.routes.remove(&(*destination, *via));
+            }
+            Op::NeighAdd { link, address, mac } => {
+                let entries = self.entries(link)?;
+                if entries.neighbours.iter().any(|(a, _)| a == address) {
+                    return Err(fail(format!("add neighbour {address}"), EEXIST));
+                }
+                entries.neighbours.insert((*address, mac.clone()));
+            }
+            Op::NeighDel { link, address } => self.entries(link)?.neighbours.retain(|(a, _)| a != address),
+            Op::FdbAdd { link, mac, dst } => {
+                if !self.entries(link)?.fdb.insert((mac.clone(), *dst)) {
+                    return Err(fail(format!("add fdb entry {mac}"), EEXIST));
+                }
+            }
+            Op::FdbDel { link, mac, dst } => {
+                self.entries(link)?.fdb.remove(&(mac.clone(), *dst));
             }
             Op::LinkAlias { at, link, alias, .. } => self.link(at, link)?.alias = Some(alias.clone()),
             Op::LinkUp { at, link } => {
@@ -315,6 +381,15 @@ impl Kernel for FakeKernel {
             lo_up: n.lo_up,
             links: n.links.iter().map(|(k, l)| (k.clone(), observed(l))).collect(),
             default_gateway: n.gateway,
+        }))
+    }
+
+    fn vxlan(&mut self, name: &str) -> KernelResult<Option<ObservedVxlan>> {
+        let world = self.world();
+        Ok(world.links.get(name).and_then(|l| {
+            let mut v = l.vxlan.clone()?;
+            v.link = observed(l);
+            Some(v)
         }))
     }
 

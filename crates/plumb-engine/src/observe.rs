@@ -71,6 +71,25 @@ pub fn observe(
         })
         .map(|l| (l.name.clone(), l.link.clone()))
         .collect();
+    let desired_devices: BTreeSet<&str> = desired
+        .iter()
+        .flat_map(|d| {
+            d.networks
+                .iter()
+                .filter_map(|n| n.overlay.as_ref().map(|o| o.device.as_str()))
+        })
+        .collect();
+    let vxlan_prefix = format!("{prefix}vxlan/");
+    let mut vxlans = BTreeMap::new();
+    for l in links.iter().filter(|l| l.kind.as_deref() == Some("vxlan")) {
+        let ours = match l.link.alias.as_deref().filter(|a| a.starts_with("plumb:")) {
+            Some(a) => a.starts_with(&vxlan_prefix),
+            None => desired_devices.contains(l.name.as_str()),
+        };
+        if let Some(vxlan) = ours.then(|| kernel.vxlan(&l.name)).transpose()?.flatten() {
+            vxlans.insert(l.name.clone(), vxlan);
+        }
+    }
     let host_veths = links
         .iter()
         .filter(|l| l.name.starts_with(names::VETH_PREFIX))
@@ -121,6 +140,7 @@ pub fn observe(
     observed.actual.ip_forward = kernel.ip_forward()?;
     observed.actual.bridges = bridges;
     observed.actual.host_veths = host_veths;
+    observed.actual.vxlans = vxlans;
     observed.actual.known_networks = state.map(|s| s.networks.clone()).unwrap_or_default();
     let want = desired.map(firewall::rulesets).unwrap_or_default();
     for table in tables {

@@ -11,11 +11,11 @@ use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, TableId};
 use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
-use plumb_core::{ObservedLink, ObservedNetns};
+use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
 
 use crate::link::LinkRef;
 use crate::netns::Home;
-use crate::{addr, link, netns, nft, route, sysctl, Error, Netlink};
+use crate::{addr, ethtool, link, neigh, netns, nft, route, sysctl, Error, Netlink};
 
 pub struct LinuxKernel {
     home: Home,
@@ -109,8 +109,8 @@ impl LinuxKernel {
                 self.keep_inside(name, created.fd, created.netlink);
                 Ok(())
             }
-            Op::BridgeAdd { name, mac } => {
-                link::create_bridge(&mut self.host, name, parse_mac(mac))?;
+            Op::BridgeAdd { name, mac, mtu } => {
+                link::create_bridge(&mut self.host, name, parse_mac(mac), *mtu)?;
                 self.bridges.remove(name);
                 Ok(())
             }
@@ -120,11 +120,76 @@ impl LinuxKernel {
                 peer,
                 netns: ns,
                 peer_mac,
+                mtu,
             } => {
                 let master = self.bridge_index(bridge)?;
                 self.socket(&At::Netns(ns.clone()))?;
                 let fd = &self.inside[ns].0;
-                link::create_veth(&mut self.host, name, master, (peer, parse_mac(peer_mac)), fd.as_fd())
+                let peer = (peer.as_str(), parse_mac(peer_mac));
+                link::create_veth(&mut self.host, name, master, peer, fd.as_fd(), *mtu)
+            }
+            Op::VxlanAdd {
+                name,
+                vni,
+                local,
+                port,
+                mac,
+                mtu,
+            } => {
+                let vxlan = link::Vxlan {
+                    vni: *vni,
+                    local: Some(*local),
+                    port: Some(*port),
+                    learning: false,
+                    mac: parse_mac(mac),
+                    mtu: *mtu,
+                };
+                link::create_vxlan(&mut self.host, name, &vxlan)
+            }
+            Op::TxChecksumOff { link: l } => ethtool::tx_checksum_off(l),
+            Op::OnlinkRouteAdd {
+                destination,
+                via,
+                link: l,
+            } => {
+                let index = link::index_of(&mut self.host, l)?;
+                route::add_onlink(&mut self.host, *destination, *via, index)
+            }
+            Op::OnlinkRouteDel {
+                destination,
+                via,
+                link: l,
+            } => {
+                let Some(index) = self.index_if_present(l)? else {
+                    return Ok(());
+                };
+                tolerate(
+                    route::delete_via(&mut self.host, *destination, *via, index),
+                    Errno::ESRCH,
+                )
+            }
+            Op::NeighAdd { link: l, address, mac } => {
+                let index = link::index_of(&mut self.host, l)?;
+                neigh::add_permanent(&mut self.host, index, *address, parse_mac(mac))
+            }
+            Op::NeighDel { link: l, address } => {
+                let Some(index) = self.index_if_present(l)? else {
+                    return Ok(());
+                };
+                tolerate(neigh::delete(&mut self.host, index, *address), Errno::ENOENT)
+            }
+            Op::FdbAdd { link: l, mac, dst } => {
+                let index = link::index_of(&mut self.host, l)?;
+                neigh::fdb_add(&mut self.host, index, parse_mac(mac), *dst)
+            }
+            Op::FdbDel { link: l, mac, dst } => {
+                let Some(index) = self.index_if_present(l)? else {
+                    return Ok(());
+                };
+                tolerate(
+                    neigh::fdb_delete(&mut self.host, index, parse_mac(mac), *dst),
+                    Errno::ENOENT,
+                )
             }
             Op::LinkAlias {
                 at,
@@ -170,6 +235,48 @@ impl LinuxKernel {
                 Ok(())
             }
         }
+    }
+
+    /// A host link's index; `None` if it is gone (removing its entries is then done).
+    fn index_if_present(&mut self, name: &str) -> crate::netlink::Result<Option<u32>> {
+        match link::index_of(&mut self.host, name) {
+            Err(e) if e.errno() == Some(Errno::ENODEV as i32) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// A VXLAN device with its settings and entries.
+    fn read_vxlan(&mut self, name: &str) -> crate::netlink::Result<Option<ObservedVxlan>> {
+        let Some((index, v)) = link::vxlan(&mut self.host, name)? else {
+            return Ok(None);
+        };
+        let l = link::get(&mut self.host, LinkRef::Index(index))?;
+        let addresses = addr::list_v4(&mut self.host)?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, a)| a)
+            .collect();
+        let entries = OverlayEntries {
+            routes: route::via_link(&mut self.host, index)?.into_iter().collect(),
+            neighbours: neigh::permanent(&mut self.host, index)?.into_iter().collect(),
+            fdb: neigh::fdb(&mut self.host, index)?.into_iter().collect(),
+        };
+        Ok(Some(ObservedVxlan {
+            link: ObservedLink {
+                alias: l.alias,
+                mac: l.mac,
+                master: None,
+                up: l.up,
+                addresses,
+            },
+            vni: Some(v.vni),
+            local: v.local,
+            port: v.port,
+            learning: v.learning,
+            mtu: v.mtu,
+            tx_checksum: ethtool::tx_checksum(name)?,
+            entries,
+        }))
     }
 
     /// Deletes the group in one request, unless a link this plan does not name is in it
@@ -264,6 +371,10 @@ impl Kernel for LinuxKernel {
             return Ok(None);
         };
         observe_netns(&mut nl).map(Some).map_err(kernel_error)
+    }
+
+    fn vxlan(&mut self, name: &str) -> KernelResult<Option<ObservedVxlan>> {
+        self.read_vxlan(name).map_err(kernel_error)
     }
 
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {

@@ -3,8 +3,10 @@
 
 pub mod addr;
 pub mod conntrack;
+pub mod ethtool;
 pub mod kernel;
 pub mod link;
+pub mod neigh;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

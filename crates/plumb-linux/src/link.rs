@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -128,9 +128,10 @@ fn link_of(message: LinkMessage) -> Link {
 
 /// Creates a bridge with a fixed MAC address and multicast snooping off (snooping re-arms
 /// timers on every port whenever one changes: quadratic work at scale).
-pub fn create_bridge(nl: &mut Netlink, name: &str, mac: [u8; 6]) -> Result<()> {
+pub fn create_bridge(nl: &mut Netlink, name: &str, mac: [u8; 6], mtu: Option<u32>) -> Result<()> {
     let mut message = LinkMessage::default();
     message.attributes.push(LinkAttribute::IfName(name.into()));
+    message.attributes.extend(mtu.map(LinkAttribute::Mtu));
     // A bridge without an address of its own takes its ports' lowest one, and recomputes it
     // (notifying every listener) as ports come and go.
     message.attributes.push(LinkAttribute::Address(mac.to_vec()));
@@ -151,13 +152,16 @@ pub fn create_veth(
     master: u32,
     (peer_name, peer_mac): (&str, [u8; 6]),
     peer_netns: BorrowedFd,
+    mtu: Option<u32>,
 ) -> Result<()> {
     let mut peer = LinkMessage::default();
     peer.attributes.push(LinkAttribute::IfName(peer_name.into()));
+    peer.attributes.extend(mtu.map(LinkAttribute::Mtu));
     peer.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
     peer.attributes.push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
     let mut message = LinkMessage::default();
     message.attributes.push(LinkAttribute::IfName(name.into()));
+    message.attributes.extend(mtu.map(LinkAttribute::Mtu));
     message.attributes.push(LinkAttribute::Controller(master));
     message.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
@@ -166,6 +170,82 @@ pub fn create_veth(
     nl.request(RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL, || {
         format!("create veth {name}")
     })
+}
+
+/// A VXLAN device's settings, from `create_vxlan` or as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub local: Option<std::net::Ipv4Addr>,
+    pub port: Option<u16>,
+    pub learning: bool,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// `ip link add NAME address MAC mtu MTU type vxlan id VNI local LOCAL dstport PORT nolearning`:
+/// no remote and no group, so frames go only where FDB entries say.
+pub fn create_vxlan(nl: &mut Netlink, name: &str, v: &Vxlan) -> Result<()> {
+    let mut data = vec![InfoVxlan::Id(v.vni), InfoVxlan::Learning(v.learning)];
+    data.extend(v.local.map(InfoVxlan::Local));
+    data.extend(v.port.map(InfoVxlan::Port));
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    message.attributes.push(LinkAttribute::Address(v.mac.to_vec()));
+    message.attributes.push(LinkAttribute::Mtu(v.mtu));
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(data)),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL, || {
+        format!("create VXLAN device {name}")
+    })
+}
+
+/// A VXLAN device's index and settings; `None` if the link is absent or not VXLAN.
+pub fn vxlan(nl: &mut Netlink, name: &str) -> Result<Option<(u32, Vxlan)>> {
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    let replies = match nl.query(RouteNetlinkMessage::GetLink(message), || format!("look up link {name}")) {
+        Err(e) if e.errno() == Some(nix::errno::Errno::ENODEV as i32) => return Ok(None),
+        other => other?,
+    };
+    let Some(RouteNetlinkMessage::NewLink(link)) = replies.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut v = Vxlan {
+        vni: 0,
+        local: None,
+        port: None,
+        learning: true,
+        mac: [0; 6],
+        mtu: 0,
+    };
+    let mut is_vxlan = false;
+    for attribute in link.attributes {
+        match attribute {
+            LinkAttribute::Mtu(m) => v.mtu = m,
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => v.mac.copy_from_slice(&bytes),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(data)) = info {
+                        is_vxlan = true;
+                        for d in data {
+                            match d {
+                                InfoVxlan::Id(id) => v.vni = id,
+                                InfoVxlan::Local(a) => v.local = Some(a),
+                                InfoVxlan::Port(p) => v.port = Some(p),
+                                InfoVxlan::Learning(l) => v.learning = l,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(is_vxlan.then_some((link.header.index, v)))
 }
 
 /// A link named by index or by name (the kernel looks names up in a hash table).

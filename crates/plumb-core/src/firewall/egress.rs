@@ -9,11 +9,20 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
     for net in &desired.networks {
         let (br, subnet, name) = (&net.bridge, net.subnet, &net.name);
         let postrouting = rules.chain("postrouting", Some(Hook::nat(HookPoint::Postrouting)));
-        if !net.internal {
-            postrouting.rules.push(Rule::new(
+        match (&net.overlay, net.internal) {
+            (_, true) => {}
+            // Within an overlay, sources are preserved across hosts.
+            (Some(o), false) => postrouting.rules.push(Rule::new(
+                format!(
+                    "ip saddr {subnet} ip daddr != {} oifname != \"{br}\" masquerade",
+                    o.subnet
+                ),
+                format!("{name}: egress NAT (not within the overlay)"),
+            )),
+            (None, false) => postrouting.rules.push(Rule::new(
                 format!("ip saddr {subnet} oifname != \"{br}\" masquerade"),
                 format!("{name}: egress NAT"),
-            ));
+            )),
         }
         // A container reaching a published port or a VIP whose replica is on its own network
         // (itself included) gets the gateway as source: otherwise the replica's reply goes

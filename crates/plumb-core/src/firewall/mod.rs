@@ -12,6 +12,7 @@ mod egress;
 mod host;
 mod inbound;
 mod isolation;
+mod overlay;
 mod policy;
 mod ports;
 mod shape;
@@ -35,6 +36,7 @@ pub type Feature = fn(&Desired, &mut Ruleset);
 
 /// In this order: rules added earlier match first within a shared base chain.
 const INET_FEATURES: &[Feature] = &[
+    overlay::contribute,
     inbound::contribute,
     isolation::contribute,
     host::contribute,

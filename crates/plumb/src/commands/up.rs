@@ -266,11 +266,20 @@ fn refuse_taken_names(
 fn check_host_routes(parsed: &Parsed, desired: &Desired) -> Result<()> {
     let mut nl = plumb_linux::Netlink::open()?;
     let mut errors = Vec::new();
+    // An overlay network's routes to the other hosts' blocks go through its VXLAN device.
+    let own_devices: Vec<&str> = desired
+        .networks
+        .iter()
+        .filter_map(|n| n.overlay.as_ref().map(|o| o.device.as_str()))
+        .collect();
     for (route, oif) in plumb_linux::route::list_v4(&mut nl)? {
         let overlapping: Vec<_> = desired
             .networks
             .iter()
-            .filter(|net| subnets_overlap(net.subnet, route))
+            .filter(|net| {
+                subnets_overlap(net.subnet, route)
+                    || net.overlay.as_ref().is_some_and(|o| subnets_overlap(o.subnet, route))
+            })
             .collect();
         if overlapping.is_empty() {
             continue;
@@ -280,7 +289,7 @@ fn check_host_routes(parsed: &Parsed, desired: &Desired) -> Result<()> {
         let dev = oif
             .and_then(|i| plumb_linux::link::get(&mut nl, plumb_linux::link::LinkRef::Index(i)).ok())
             .map_or_else(|| "?".to_string(), |l| l.name);
-        if dev.starts_with(plumb_core::names::BRIDGE_PREFIX) {
+        if dev.starts_with(plumb_core::names::BRIDGE_PREFIX) || own_devices.contains(&dev.as_str()) {
             continue;
         }
         for net in overlapping {
