@@ -240,13 +240,8 @@ fn resolve_with(
             overlay: None,
         };
         if let (Some(o), Some(a)) = (spec.overlay, assignment) {
-            let Some(part) = a.overlays.get(name) else {
-                return Err(Diagnostics(vec![parsed.error(
-                    &format!("networks.{name}"),
-                    format!("host {} has no block of overlay network {name:?}", a.host),
-                    "the agent leases one before it wires the network: this is a bug in plumb",
-                )]));
-            };
+            // No replica here joins it: the network has no part on this host.
+            let Some(part) = a.overlays.get(name) else { continue };
             net.subnet = part.block;
             net.gateway = cluster::block_gateway(part.block);
             let mut peers = part.peers.clone();

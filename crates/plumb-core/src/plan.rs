@@ -530,6 +530,7 @@ mod tests {
             )]
             .into(),
             remote: vec![],
+            base: None,
         };
         let parsed = parse("f", OVERLAY).unwrap();
         crate::desired::resolve_on_host(&parsed, &Default::default(), &assignment)

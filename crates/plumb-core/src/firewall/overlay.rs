@@ -102,6 +102,7 @@ mod tests {
             )]
             .into(),
             remote: vec![],
+            base: None,
         };
         let d = resolve_on_host(&parse("f", text).unwrap(), &Default::default(), &assignment)
             .unwrap()

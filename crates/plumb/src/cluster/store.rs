@@ -39,8 +39,61 @@ pub enum Expect {
 
 pub struct Store {
     runtime: Runtime,
-    client: Client,
+    /// One client per member: a request that finds its member dead goes to the next one (the
+    /// client's own balancing fails a request on a refused connection instead).
+    clients: Members,
     pub endpoints: Vec<String>,
+}
+
+/// The members' clients and the one that answered last.
+#[derive(Clone)]
+struct Members {
+    clients: std::sync::Arc<Vec<Client>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Members {
+    /// Asks each member in turn, from the one that answered last, until one answers or an
+    /// error is not about reaching it.
+    async fn ask<T, F, Fut>(&self, f: F) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            match tokio::time::timeout(REQUEST_TIMEOUT, f(self.clients[i].clone())).await {
+                Ok(Ok(v)) => {
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(e)) if !unreachable(&e) => return Err(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(etcd_client::Error::InvalidArgs("timed out".into())),
+            }
+        }
+        Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no member".into())))
+    }
+}
+
+/// An error that says the member could not be reached (another member may answer).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    [
+        "unavailable",
+        "Unavailable",
+        "connect",
+        "refused",
+        "timed out",
+        "deadline",
+        "transport",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|n| text.contains(n))
 }
 
 /// How long one request may take before it fails (a partitioned host must notice).
@@ -75,12 +128,19 @@ impl Store {
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        let client = runtime
-            .block_on(Client::connect(&endpoints, Some(options)))
-            .map_err(|e| unreachable_store(&endpoints, e))?;
+        let mut clients = Vec::new();
+        for e in &endpoints {
+            let client = runtime
+                .block_on(Client::connect([e], Some(options.clone())))
+                .map_err(|err| unreachable_store(&endpoints, err))?;
+            clients.push(client);
+        }
         let store = Store {
             runtime,
-            client,
+            clients: Members {
+                clients: std::sync::Arc::new(clients),
+                current: Default::default(),
+            },
             endpoints,
         };
         // Connecting is lazy: ask once, so a wrong address fails here and says so.
@@ -95,26 +155,20 @@ impl Store {
         }
     }
 
-    fn run<T>(
-        &self,
-        what: &str,
-        f: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        self.runtime.block_on(async {
-            match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), f).await {
-                Ok(r) => r.map_err(|e| store_error(what, &self.endpoints, e)),
-                Err(_) => Err(Failure::new(format!(
-                    "{what}: the store did not answer in time ({})",
-                    self.endpoints.join(",")
-                ))
-                .hint("check that etcd runs and this host reaches it")),
-            }
-        })
+    fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.runtime
+            .block_on(self.clients.ask(f))
+            .map_err(|e| store_error(what, &self.endpoints, e))
     }
 
     pub fn get_prefix(&self, prefix: &str) -> Result<Snapshot> {
-        let mut c = self.client.clone();
-        let resp = self.run("read the store", c.get(prefix, Some(GetOptions::new().with_prefix())))?;
+        let resp = self.run("read the store", |mut c: Client| async move {
+            c.get(prefix, Some(GetOptions::new().with_prefix())).await
+        })?;
         let entries = resp
             .kvs()
             .iter()
@@ -149,49 +203,57 @@ impl Store {
             .iter()
             .map(|(k, v)| TxnOp::put(*k, *v, lease.map(|l| PutOptions::new().with_lease(l))))
             .collect();
-        let mut c = self.client.clone();
-        let resp = self.run("write to the store", c.txn(Txn::new().when(compares).and_then(ops)))?;
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = self.run("write to the store", |mut c: Client| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })?;
         Ok(resp.succeeded())
     }
 
     pub fn delete(&self, key: &str) -> Result<()> {
-        let mut c = self.client.clone();
-        self.run("delete from the store", c.delete(key, None)).map(drop)
+        self.run("delete from the store", |mut c: Client| async move {
+            c.delete(key, None).await
+        })
+        .map(drop)
     }
 
     pub fn delete_prefix(&self, prefix: &str) -> Result<()> {
-        let mut c = self.client.clone();
-        self.run(
-            "delete from the store",
-            c.delete(prefix, Some(DeleteOptions::new().with_prefix())),
-        )
+        self.run("delete from the store", |mut c: Client| async move {
+            c.delete(prefix, Some(DeleteOptions::new().with_prefix())).await
+        })
         .map(drop)
     }
 
     /// A lease of `ttl` seconds; keys written with it vanish when it is not kept alive.
     pub fn grant(&self, ttl: i64) -> Result<i64> {
-        let mut c = self.client.clone();
-        Ok(self.run("take a lease", c.lease_grant(ttl, None))?.id())
+        Ok(self
+            .run(
+                "take a lease",
+                |mut c: Client| async move { c.lease_grant(ttl, None).await },
+            )?
+            .id())
     }
 
     pub fn revoke(&self, lease: i64) -> Result<()> {
-        let mut c = self.client.clone();
-        self.run("give the lease back", c.lease_revoke(lease)).map(drop)
+        self.run("give the lease back", |mut c: Client| async move {
+            c.lease_revoke(lease).await
+        })
+        .map(drop)
     }
 
     /// Keeps `lease` alive every `every` in the background; `on_reply(ttl)` gets the TTL the
     /// store granted (0: the lease is gone). Ends when `on_reply` returns false.
     pub fn keep_alive(&self, lease: i64, every: Duration, on_reply: impl Fn(Option<i64>) -> bool + Send + 'static) {
-        let client = self.client.clone();
+        let members = self.clients.clone();
         self.runtime.spawn(async move {
-            let mut client = client;
             let mut stream = None;
             loop {
                 if stream.is_none() {
-                    stream = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_keep_alive(lease))
+                    stream = members
+                        .ask(|mut c: Client| async move { c.lease_keep_alive(lease).await })
                         .await
-                        .ok()
-                        .and_then(std::result::Result::ok);
+                        .ok();
                 }
                 let ttl = match stream.as_mut() {
                     Some((keeper, replies)) => {
@@ -221,14 +283,17 @@ impl Store {
     /// Calls `on_change()` (from the store's thread) whenever a key under `prefix` changes
     /// after `revision`; watches again from where it was after an error.
     pub fn watch(&self, prefix: &str, revision: i64, on_change: impl Fn() + Send + 'static) {
-        let client = self.client.clone();
+        let members = self.clients.clone();
         let prefix = prefix.to_string();
         self.runtime.spawn(async move {
-            let mut client = client;
             let mut next = revision + 1;
             loop {
                 let options = WatchOptions::new().with_prefix().with_start_revision(next);
-                if let Ok(mut stream) = client.watch(prefix.as_str(), Some(options)).await {
+                let watch = members.ask(|mut c: Client| {
+                    let (prefix, options) = (prefix.clone(), options.clone());
+                    async move { c.watch(prefix, Some(options)).await }
+                });
+                if let Ok(mut stream) = watch.await {
                     while let Ok(Some(resp)) = stream.message().await {
                         if resp.compact_revision() > 0 {
                             // History is gone: everything may have changed.

@@ -69,6 +69,7 @@ pub fn deploy(store: &str, file: &Path, wait: Duration, format: Format) -> Resul
         }
     }
     let mut last_line = String::new();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let ready = loop {
         let view = View::from_snapshot(&store.get_prefix(&keys::stack(&stack))?);
         let sv = view.stacks.get(&stack).cloned().unwrap_or_default();
@@ -96,7 +97,7 @@ pub fn deploy(store: &str, file: &Path, wait: Duration, format: Format) -> Resul
             }
             break ready;
         }
-        if format == Format::Human && started.elapsed() > Duration::from_secs(1) {
+        if format == Format::Human && tty && started.elapsed() > Duration::from_secs(1) {
             last_line = format!(
                 "  {ready}/{} replicas ready ({:.1} s)",
                 placement.len(),
