@@ -257,19 +257,24 @@ enum Command {
     },
     /// Run a stack across the cluster's hosts: write it into the store, wait until it runs.
     Deploy {
+        /// The stack file to run over the cluster.
         #[arg(short, long, default_value = "plumb.toml")]
         file: PathBuf,
+        /// The store's client URL(s), comma-separated: http://10.0.0.1:2379
         #[arg(long, env = "PLUMB_STORE")]
         store: String,
         /// How long to wait for every replica to be ready (0s: do not wait).
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
+        /// Print the placement, the ready count and the time taken as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove a deployed stack from every host and from the store.
     Undeploy {
+        /// The stack's name, as `plumb cluster status` shows it.
         stack: String,
+        /// The store's client URL(s), comma-separated: http://10.0.0.1:2379
         #[arg(long, env = "PLUMB_STORE")]
         store: String,
         /// How long to wait for the hosts to confirm.
@@ -288,8 +293,10 @@ enum ClusterAction {
     /// Hosts (alive, underlay, uptime), where each replica runs and whether it is ready, and
     /// each overlay network's blocks with the peers each host has wired.
     Status {
+        /// The store's client URL(s), comma-separated: http://10.0.0.1:2379
         #[arg(long, env = "PLUMB_STORE")]
         store: String,
+        /// Print hosts, replicas and overlays as JSON.
         #[arg(long)]
         json: bool,
     },
