@@ -39,7 +39,8 @@ fn simulated_hosts_share_an_underlay() {
     assert!(h1.links().is_empty());
 }
 
-/// Two overlay networks over three hosts: `web-N` on `a` and `other-N` on `b` run on host hN.
+/// Two overlay networks over three hosts, `b` internal: `web-N` on `a` and `other-N` on `b`
+/// run on host hN.
 const STACK: &str = r#"
 name = "ov"
 [networks.a]
@@ -48,6 +49,7 @@ driver = "overlay"
 [networks.b]
 subnet = "10.60.0.0/16"
 driver = "overlay"
+internal = true
 [services.web]
 networks = ["a"]
 replicas = 4
@@ -201,6 +203,11 @@ fn containers_on_three_hosts_reach_each_other_over_the_overlay_and_nothing_else(
     for (i, host) in cluster.hosts().iter().enumerate() {
         let got = host.connect(Some(&format!("ov-web-{}", i + 1)), OUTSIDE_IP, 8080);
         assert_eq!(got, Some(format!("outside from {}", host.underlay)));
+        // The internal overlay crosses hosts (above) but does not leave.
+        assert_eq!(
+            host.connect(Some(&format!("ov-other-{}", i + 1)), OUTSIDE_IP, 8080),
+            None
+        );
     }
     for host in cluster.hosts() {
         host.plumb_ok(&["down", "ov"]);
