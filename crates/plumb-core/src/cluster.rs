@@ -53,6 +53,10 @@ pub struct OverlayAssignment {
     pub mtu: u32,
     /// Every other host with a block of this network.
     pub peers: Vec<OverlayPeer>,
+    /// Keep transmit checksum offload on the VXLAN device (skip the workaround for NICs and
+    /// NATs that corrupt VXLAN checksums): about 3x the throughput where the path is sound.
+    #[serde(default)]
+    pub tx_offload: bool,
 }
 
 /// Another host of an overlay network: one route, one neighbour and one FDB entry here.

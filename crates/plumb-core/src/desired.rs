@@ -98,6 +98,9 @@ pub struct Overlay {
     /// containers' interfaces on this network all use it.
     pub mtu: u32,
     pub peers: Vec<OverlayPeer>,
+    /// Transmit checksum offload stays on (see [`cluster::OverlayAssignment::tx_offload`]).
+    #[serde(default)]
+    pub tx_offload: bool,
 }
 
 impl Overlay {
@@ -254,6 +257,7 @@ fn resolve_with(
                 local: part.local,
                 mtu: part.mtu,
                 peers,
+                tx_offload: part.tx_offload,
             });
         }
         networks.push(net);
@@ -501,6 +505,7 @@ mod tests {
                     block: "10.50.1.0/24".parse().unwrap(),
                     local: "192.168.9.12".parse().unwrap(),
                     mtu: 1450,
+                    tx_offload: false,
                     peers: vec![peer.clone()],
                 },
             )]

@@ -115,7 +115,11 @@ pub fn create_overlay(stack: &str, net: &Network, overlay: &Overlay) -> Step {
             ipv6: Ipv6::Keep,
         },
         sysctl(format!("net.ipv6.conf.{dev}.disable_ipv6"), "1"),
-        Op::TxChecksumOff { link: dev.clone() },
+    ];
+    if !overlay.tx_offload {
+        ops.push(Op::TxChecksumOff { link: dev.clone() });
+    }
+    ops.extend([
         Op::AddrAdd {
             at: host.clone(),
             link: dev.clone(),
@@ -125,7 +129,7 @@ pub fn create_overlay(stack: &str, net: &Network, overlay: &Overlay) -> Step {
             at: host,
             link: dev.clone(),
         },
-    ];
+    ]);
     let entries = OverlayEntries::wanted(stack, &net.name, overlay);
     ops.extend(entry_ops(dev, &OverlayEntries::default(), &entries));
     Step {

@@ -390,7 +390,7 @@ fn vxlan_matches(stack: &str, net: &Network, want: &Overlay, got: &ObservedVxlan
         && got.local == Some(want.local)
         && got.port == Some(cluster::VXLAN_PORT)
         && !got.learning
-        && !got.tx_checksum
+        && got.tx_checksum == want.tx_offload
         && got.mtu == want.mtu
 }
 
@@ -525,6 +525,7 @@ mod tests {
                     block: "10.50.0.0/24".parse().unwrap(),
                     local: "10.99.0.11".parse().unwrap(),
                     mtu: 1450,
+                    tx_offload: false,
                     peers,
                 },
             )]
@@ -543,6 +544,14 @@ mod tests {
             peer("h2", "10.99.0.12", "10.50.1.0/24"),
             peer("h3", "10.99.0.13", "10.50.2.0/24"),
         ]
+    }
+
+    #[test]
+    fn with_offload_kept_the_checksum_workaround_is_skipped() {
+        let mut d = on_h1(two_peers());
+        d.networks[0].overlay.as_mut().unwrap().tx_offload = true;
+        let plan = diff("s", Some(&d), &Actual::default());
+        assert!(!plan.ops().any(|o| matches!(o, Op::TxChecksumOff { .. })));
     }
 
     #[test]

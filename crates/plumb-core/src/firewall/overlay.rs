@@ -93,6 +93,7 @@ mod tests {
                     block: "10.50.0.0/24".parse().unwrap(),
                     local: "10.99.0.11".parse().unwrap(),
                     mtu: 1450,
+                    tx_offload: false,
                     peers: vec![OverlayPeer {
                         host: "h2".into(),
                         underlay: "10.99.0.12".parse().unwrap(),

@@ -30,6 +30,8 @@ pub struct Options {
     /// An interface name or one of this host's addresses; default: the default route's link.
     pub underlay: Option<String>,
     pub ttl: Duration,
+    /// Keep transmit checksum offload on the VXLAN devices.
+    pub tx_offload: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -87,6 +89,7 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
         lease: Arc::new(AtomicI64::new(0)),
         renewed_ms: Arc::new(AtomicU64::new(0)),
         applied: BTreeMap::new(),
+        tx_offload: options.tx_offload,
     };
     log(format!(
         "host {} (underlay {underlay}, mtu {mtu}) joining the store at {}",
@@ -150,6 +153,7 @@ struct Agent<'a> {
     renewed_ms: Arc<AtomicU64>,
     /// Per stack: the spec text and assignment last made real here.
     applied: BTreeMap<String, (String, HostAssignment, Instant)>,
+    tx_offload: bool,
 }
 
 impl Agent<'_> {
@@ -403,6 +407,7 @@ impl Agent<'_> {
                     local: self.record.underlay,
                     mtu: self.record.mtu.saturating_sub(VXLAN_OVERHEAD),
                     peers: sv.peers(name, &self.me, &view.hosts),
+                    tx_offload: self.tx_offload,
                 },
             );
         }
