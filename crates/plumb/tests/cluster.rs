@@ -74,18 +74,16 @@ impl Deployed {
             d.status()["hosts"].as_array().map(Vec::len) == Some(3)
         });
         assert!(hosts_up, "three hosts did not register: {:#}", d.status());
-        let file = d.cluster.sandbox.dir.join("stack.toml");
-        let out = d.host(0).plumb_ok(&[
-            "deploy",
-            "-f",
-            &file.display().to_string(),
-            "--store",
-            &d.etcd.store(),
-            "--wait",
-            "60s",
-        ]);
+        let out = d.deploy("stack.toml");
         assert!(out.contains("5/5 replicas ready"), "{out}");
         Some(d)
+    }
+
+    /// `plumb deploy` of a file in the sandbox's folder, from h1; its output.
+    fn deploy(&self, name: &str) -> String {
+        let file = self.cluster.sandbox.dir.join(name).display().to_string();
+        self.host(0)
+            .plumb_ok(&["deploy", "-f", &file, "--store", &self.etcd.store(), "--wait", "60s"])
     }
 
     fn host(&self, i: usize) -> &Host {
@@ -327,16 +325,7 @@ fn with_one_of_three_etcd_members_dead_deploys_and_failover_still_work() {
         "name = \"two\"\n[networks.o]\nsubnet = \"10.52.0.0/16\"\ndriver = \"overlay\"\n\
          [services.a]\nreplicas = 2\ncommand = \"python3 serve.py\"\nexpose = [7000]\n",
     );
-    let file = d.cluster.sandbox.dir.join("two.toml");
-    let out = d.host(0).plumb_ok(&[
-        "deploy",
-        "-f",
-        &file.display().to_string(),
-        "--store",
-        &d.etcd.store(),
-        "--wait",
-        "60s",
-    ]);
+    let out = d.deploy("two.toml");
     assert!(out.contains("2/2 replicas ready"), "{out}");
     // And a host's death is still handled.
     d.host(1).kill_all();

@@ -209,18 +209,12 @@ impl Host {
     /// Connects to ip:port from a container namespace of this host (or from the host itself
     /// when `ns` is None); what the server said, or None if the connection failed within 2 s.
     pub fn connect(&self, ns: Option<&str>, ip: &str, port: u16) -> Option<String> {
-        let prefix = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
-        let out = self.sh(&format!(
-            "{prefix}timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port} && head -c 100 <&3'"
-        ));
-        out.status.success().then(|| text(&out.stdout).trim().to_string())
+        super::reply(self.sh(&super::connect_script(ns, ip, port)))
     }
 
     /// Pings once from namespace `ns` of this host; true if a reply came back within 1 s.
     pub fn ping(&self, ns: &str, ip: &str) -> bool {
-        self.sh(&format!("ip netns exec {ns} ping -c1 -W1 {ip}"))
-            .status
-            .success()
+        self.sh(&super::ping_script(ns, ip)).status.success()
     }
 
     /// A tiny TCP server in namespace `ns` of this host answering every connection with

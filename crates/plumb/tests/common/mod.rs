@@ -210,18 +210,12 @@ impl Sandbox {
     /// Connects to ip:port from `ns` (or from the sandbox host when `ns` is None) and returns
     /// what the server said, or None if the connection failed within 1 s.
     pub fn connect(&self, ns: Option<&str>, ip: &str, port: u16) -> Option<String> {
-        let prefix = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
-        let out = self.sh(&format!(
-            "{prefix}timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port} && head -c 100 <&3'"
-        ));
-        out.status.success().then(|| text(&out.stdout).trim().to_string())
+        reply(self.sh(&connect_script(ns, ip, port)))
     }
 
     /// Pings once from `ns`; true if a reply came back within 1 s.
     pub fn ping(&self, ns: &str, ip: &str) -> bool {
-        self.sh(&format!("ip netns exec {ns} ping -c1 -W1 {ip}"))
-            .status
-            .success()
+        self.sh(&ping_script(ns, ip)).status.success()
     }
 
     /// Names under /run/netns other than `outside`.
@@ -359,6 +353,23 @@ fn describe(pids: &[u32]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A script connecting to ip:port from namespace `ns` (or where it runs) and printing what
+/// the server says, failing if no connection is made within 2 s.
+pub fn connect_script(ns: Option<&str>, ip: &str, port: u16) -> String {
+    let prefix = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+    format!("{prefix}timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port} && head -c 100 <&3'")
+}
+
+/// What a [`connect_script`] run got from the server, if it connected.
+pub fn reply(out: Output) -> Option<String> {
+    out.status.success().then(|| text(&out.stdout).trim().to_string())
+}
+
+/// One ping from namespace `ns`, waiting up to 1 s for the reply.
+pub fn ping_script(ns: &str, ip: &str) -> String {
+    format!("ip netns exec {ns} ping -c1 -W1 {ip}")
 }
 
 /// The stdout of a command that must have succeeded.
