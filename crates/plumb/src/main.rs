@@ -8,6 +8,7 @@ mod commands;
 mod discover;
 mod events;
 mod failure;
+mod load;
 mod output;
 mod processes;
 mod runfile;
@@ -233,6 +234,40 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormatArg::Dot)]
         format: GraphFormatArg,
     },
+    /// HTTP/1.1 load through the stack's network: requests/s, latency percentiles, errors by
+    /// kind, which replicas answered.
+    Bench {
+        /// http://HOST[:PORT]/PATH; HOST: a service (its VIP), a container, or an IPv4 address.
+        url: String,
+        /// Keep-alive connections, each one request at a time.
+        #[arg(short = 'c', long = "connections", default_value_t = 10)]
+        connections: usize,
+        /// How long to send ("10s", "1m").
+        #[arg(short = 'd', long = "duration", default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Open loop: this many requests per second at fixed intervals, each timed from when it
+        /// was due (default: closed loop, as fast as the server answers).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Send from this container (SVC-k, SVC or STACK/SVC-k), names resolved as its DNS would.
+        #[arg(long)]
+        from: Option<String>,
+        /// The stack whose names URL and --from use (default: the one that has them).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Worker threads (default: one per core, at most one per connection).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Per connection attempt and per request.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Also draw latency over time (p50 and p99 of each second) as an SVG here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Print the report as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
     Supervise {
@@ -344,7 +379,8 @@ impl Command {
             | Command::Conns { .. }
             | Command::Events { .. }
             | Command::Top { .. }
-            | Command::Capture { .. } => ClosedPipe::EndsTheCommand,
+            | Command::Capture { .. }
+            | Command::Bench { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
             | Command::Restart { .. }
@@ -486,6 +522,32 @@ fn main() -> ExitCode {
             };
             commands::graph::run(&ctx, stack.as_deref(), &file, format)
         }
+        Command::Bench {
+            url,
+            connections,
+            duration,
+            rate,
+            from,
+            stack,
+            threads,
+            timeout,
+            svg,
+            json,
+        } => commands::bench::run(
+            &ctx,
+            &commands::bench::Options {
+                url: &url,
+                connections,
+                duration,
+                rate,
+                from: from.as_deref(),
+                stack: stack.as_deref(),
+                threads,
+                timeout,
+                svg: svg.as_deref(),
+                format: Format::from_json_flag(json),
+            },
+        ),
         Command::Supervise { stack } => commands::require_stack_name(&stack)
             .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)))
             .and_then(|s| s.run()),

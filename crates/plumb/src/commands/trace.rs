@@ -186,7 +186,7 @@ fn parse_target(text: &str) -> Result<(&str, u16, bool)> {
 
 /// The address a target names: an IPv4 address; a container (its address on a network it
 /// shares with the source, else its first); a service (its VIP, or its first replica).
-fn resolve(desired: &Desired, source: &Container, target: &str) -> Result<(Ipv4Addr, String)> {
+pub(crate) fn resolve(desired: &Desired, source: &Container, target: &str) -> Result<(Ipv4Addr, String)> {
     if let Ok(ip) = target.parse::<Ipv4Addr>() {
         return Ok((ip, ip.to_string()));
     }
