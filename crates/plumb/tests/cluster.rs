@@ -40,6 +40,18 @@ command = "python3 serve.py"
 expose = [7000]
 health = { tcp = 7000, interval = "500ms", timeout = "400ms", retries = 1 }
 
+[services.vault]
+networks = ["o"]
+command = "python3 serve.py"
+expose = [7000]
+health = { tcp = 7000, interval = "500ms", timeout = "400ms", retries = 1 }
+
+# Only db may reach vault, wherever each runs.
+[[policies]]
+from = "db"
+to = "vault"
+ports = [7000]
+
 [services.iso]
 networks = ["p"]
 command = "python3 serve.py"
@@ -75,7 +87,7 @@ impl Deployed {
         });
         assert!(hosts_up, "three hosts did not register: {:#}", d.status());
         let out = d.deploy("stack.toml");
-        assert!(out.contains("5/5 replicas ready"), "{out}");
+        assert!(out.contains("6/6 replicas ready"), "{out}");
         Some(d)
     }
 
@@ -133,7 +145,7 @@ impl Deployed {
 
     /// Every replica ready, on a live host, each on exactly one host's kernel.
     fn converged(&self, alive: &[&str]) -> bool {
-        self.converged_with(alive, 5)
+        self.converged_with(alive, 6)
     }
 
     /// Every one of `replicas` replicas ready on a live host, each on exactly one host.
@@ -206,9 +218,19 @@ fn a_stack_spreads_over_three_hosts_and_talks_over_the_overlay() {
         ));
         assert_eq!(out.trim(), replicas["web-2"].1);
     }
+    // A policy holds across hosts: db reaches vault; no web replica does, wherever it runs.
+    let vault = &replicas["vault-1"].1;
+    assert_ne!(
+        replicas["db-1"].0, replicas["vault-1"].0,
+        "the policy is to be tested across hosts"
+    );
+    assert!(d.connect("db-1", vault).is_some(), "db-1 cannot reach vault");
+    for c in ["web-1", "web-2", "web-3"] {
+        assert_eq!(d.connect(c, vault), None, "{c} (on {}) reached vault", replicas[c].0);
+    }
     // Isolation: network p's container reaches no one on o, and no one on o reaches it.
     let iso_ip = &replicas["iso-1"].1;
-    for c in ["web-1", "web-2", "web-3", "db-1"] {
+    for c in ["web-1", "web-2", "web-3", "db-1", "vault-1"] {
         assert_eq!(d.connect("iso-1", &replicas[c].1), None, "iso-1 reached {c}");
         assert_eq!(d.connect(c, iso_ip), None, "{c} reached iso-1");
     }
@@ -303,8 +325,8 @@ fn a_dead_hosts_replicas_run_elsewhere_and_no_host_keeps_its_entries() {
     let replicas = d.replicas();
     for c in ["web-1", "web-2", "web-3"] {
         assert!(
-            d.connect("db-1", &replicas[c].1).is_some(),
-            "db-1 cannot reach {c} after failover"
+            d.connect("vault-1", &replicas[c].1).is_some(),
+            "vault-1 cannot reach {c} after failover"
         );
     }
     assert!(d
@@ -330,7 +352,7 @@ fn with_one_of_three_etcd_members_dead_deploys_and_failover_still_work() {
     // And a host's death is still handled.
     d.host(1).kill_all();
     assert!(
-        eventually(Duration::from_secs(25), || d.converged_with(&["h1", "h3"], 7)),
+        eventually(Duration::from_secs(25), || d.converged_with(&["h1", "h3"], 8)),
         "did not converge: {:?}",
         d.replicas()
     );
