@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod capture;
+pub mod chaos;
 pub mod conns;
 pub mod control;
 pub mod demo;
