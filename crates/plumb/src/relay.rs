@@ -221,6 +221,7 @@ mod tests {
             rate_bps: 1_000_000,
             ..Default::default()
         });
+        s.free_at = vec![now];
         // 1250 bytes = 10,000 bits = 10 ms at 1 mbit/s.
         for _ in 0..3 {
             s.take(0, vec![0; 1250], now);
