@@ -239,6 +239,11 @@ enum Command {
         #[command(flatten)]
         impair: ImpairArgs,
     },
+    /// Chaos experiments from the stack file's `[[experiments]]`: `plumb experiment run NAME`.
+    Experiment {
+        #[command(subcommand)]
+        action: ExperimentAction,
+    },
     /// Hold, drop or damage a fault's frames (started by `plumb chaos`).
     #[command(hide = true)]
     ChaosRelay { stack: String, fault: u32 },
@@ -289,6 +294,22 @@ struct FaultArgs {
     /// Print the tc/ip/nft commands the fault would run, and change nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+#[derive(Subcommand)]
+enum ExperimentAction {
+    /// Check the steady state, start the faults on schedule, check during and after; print
+    /// the timeline and whether the hypothesis held (exit 1 when it did not).
+    Run {
+        /// The experiment's name in the stack file.
+        name: String,
+        /// The stack file holding the experiment (its stack must be up).
+        #[arg(short, long, default_value = "plumb.toml")]
+        file: PathBuf,
+        /// Print the timeline and verdict as JSON, for CI.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -409,6 +430,7 @@ impl Command {
             | Command::Demo { .. }
             | Command::Trace { .. }
             | Command::Chaos { .. }
+            | Command::Experiment { .. }
             | Command::ChaosRelay { .. }
             | Command::Supervise { .. } => ClosedPipe::IsIgnored,
         }
@@ -566,6 +588,9 @@ fn main() -> ExitCode {
             commands::graph::run(&ctx, stack.as_deref(), &file, format)
         }
         Command::Chaos { action, impair } => run_chaos(&ctx, action, impair),
+        Command::Experiment {
+            action: ExperimentAction::Run { name, file, json },
+        } => commands::experiment::run(&ctx, &name, &file, Format::from_json_flag(json)),
         Command::ChaosRelay { stack, fault } => {
             commands::require_stack_name(&stack).and_then(|()| relay::run(&ctx.state.stack_dir(&stack), fault))
         }

@@ -41,6 +41,8 @@ pub struct ExperimentSpec {
     pub interval: Duration,
     /// After the faults: how long the checks may take to pass again.
     pub settle: Duration,
+    /// How long the faults phase lasts, if longer than its last fault.
+    pub lasts: Option<Duration>,
     pub checks: Vec<CheckSpec>,
     pub faults: Vec<FaultSpec>,
 }
@@ -53,6 +55,7 @@ impl ExperimentSpec {
             .map(|f| f.at + f.lasts.unwrap_or_default())
             .max()
             .unwrap_or_default()
+            .max(self.lasts.unwrap_or_default())
             .max(self.interval)
     }
 }

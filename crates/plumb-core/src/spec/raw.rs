@@ -35,6 +35,7 @@ pub(super) struct RawExperiment {
     pub description: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub settle: Option<Spanned<String>>,
+    pub duration: Option<Spanned<String>>,
     #[serde(default)]
     pub checks: Vec<Spanned<RawCheck>>,
     #[serde(default)]

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod down;
 pub mod events;
 pub mod exec;
+pub mod experiment;
 pub mod graph;
 pub mod inspect;
 pub mod logs;

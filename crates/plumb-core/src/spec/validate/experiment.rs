@@ -110,6 +110,10 @@ impl Validator<'_> {
             Duration::from_secs(1),
         );
         let settle = self.duration(&format!("{field}.settle"), raw.settle.as_ref(), Duration::from_secs(10));
+        let lasts = raw
+            .duration
+            .as_ref()
+            .map(|d| self.duration(&format!("{field}.duration"), Some(d), Duration::ZERO));
         if raw.checks.is_empty() {
             self.err(
                 span.clone(),
@@ -139,6 +143,7 @@ impl Validator<'_> {
             description: raw.description.as_ref().map(|d| d.get_ref().clone()),
             interval,
             settle,
+            lasts,
             checks,
             faults,
         })
