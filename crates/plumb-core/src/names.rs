@@ -70,6 +70,35 @@ pub fn nft_table(stack: &str) -> String {
     format!("plumb_{}", stack.replace('-', "_"))
 }
 
+/// Every chaos tap (the relay's door back into a bridge) starts with this.
+pub const TAP_PREFIX: &str = "plc";
+
+/// `plc` + 10 hex digits: the tap through which fault `fault`'s relay hands one container
+/// interface's frames back to its bridge.
+pub fn chaos_tap(stack: &str, fault: u32, container: &str, ifname: &str) -> String {
+    let id = fault.to_string();
+    format!(
+        "{TAP_PREFIX}{:010x}",
+        fnv1a(&[stack, "/chaos/", &id, "/", container, "/", ifname]) & 0xff_ffff_ffff
+    )
+}
+
+/// `plumbchaos3_shop`: the nft tables (inet and bridge) of one partition fault. They start
+/// apart from the stack's own `plumb_STACK` tables, so `up` never takes them for its own.
+pub fn chaos_table(stack: &str, fault: u32) -> String {
+    format!("plumbchaos{fault}_{}", stack.replace('-', "_"))
+}
+
+/// True if `table` is one of `stack`'s chaos tables (whatever its fault number).
+pub fn is_chaos_table(table: &str, stack: &str) -> bool {
+    table
+        .strip_prefix("plumbchaos")
+        .and_then(|rest| rest.split_once('_'))
+        .is_some_and(|(id, name)| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && name == stack.replace('-', "_")
+        })
+}
+
 /// 64-bit FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`).
 pub fn fnv1a(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -183,6 +183,30 @@ pub enum Op {
     Nft {
         changes: Vec<NftChange>,
     },
+    /// A persistent tap on the host, plugged into `bridge` as a port that neither learns MAC
+    /// addresses nor receives floods: frames a chaos relay writes to it enter the bridge as if
+    /// the container had just sent them, and nothing else comes out of it.
+    TapAdd {
+        name: String,
+        bridge: String,
+        alias: String,
+    },
+    /// Deletes a host link; an absent one is not an error.
+    LinkDel {
+        name: String,
+    },
+    /// Sends the frames a container sends (the ingress of its veth's host end), all of them or
+    /// only IPv4 packets to `to`, to a chaos tap instead of the bridge: a `clsact` qdisc and
+    /// one u32 filter with a `mirred` redirect per destination.
+    TcRedirect {
+        dev: String,
+        tap: String,
+        to: Vec<Ipv4Addr>,
+    },
+    /// Removes a host link's `clsact` qdisc and its filters; none there is not an error.
+    TcClear {
+        dev: String,
+    },
 }
 
 impl Op {
@@ -261,6 +285,47 @@ impl Op {
             }
             Op::EtcNetnsDel { netns } => format!("rm -rf {ETC_NETNS}/{netns}"),
             Op::Nft { changes } => firewall::command(changes),
+            Op::LinkDel { name } => format!("ip link del {name} 2>/dev/null || true"),
+            Op::TcClear { dev } => format!("tc qdisc del dev {dev} clsact 2>/dev/null || true"),
+            Op::TapAdd { .. } | Op::TcRedirect { .. } => self
+                .tool_commands()
+                .iter()
+                .map(|argv| argv.join(" "))
+                .collect::<Vec<_>>()
+                .join(" && "),
+        }
+    }
+
+    /// The programs (`ip`, `bridge`, `tc`) and arguments that perform an operation made by
+    /// running them, in order; empty for the others. Execution runs exactly these, so the
+    /// rendering cannot drift from it.
+    pub fn tool_commands(&self) -> Vec<Vec<String>> {
+        let argv = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<String>>();
+        match self {
+            Op::TapAdd { name, bridge, alias } => vec![
+                argv(&format!("ip tuntap add dev {name} mode tap")),
+                argv(&format!("ip link set {name} alias {alias} master {bridge}")),
+                argv(&format!(
+                    "bridge link set dev {name} learning off flood off mcast_flood off bcast_flood off"
+                )),
+                argv(&format!("ip link set {name} up")),
+            ],
+            Op::TcRedirect { dev, tap, to } => {
+                let mut out = vec![argv(&format!("tc qdisc add dev {dev} clsact"))];
+                let redirect = format!("action mirred egress redirect dev {tap}");
+                if to.is_empty() {
+                    out.push(argv(&format!(
+                        "tc filter add dev {dev} ingress prio 1 protocol all u32 match u32 0 0 {redirect}"
+                    )));
+                }
+                for ip in to {
+                    out.push(argv(&format!(
+                        "tc filter add dev {dev} ingress prio 1 protocol ip u32 match ip dst {ip}/32 {redirect}"
+                    )));
+                }
+                out
+            }
+            _ => Vec::new(),
         }
     }
 }

@@ -271,6 +271,8 @@ impl World {
                 }
             }
             Op::Nft { changes } => self.nft(changes)?,
+            // Chaos objects live outside the stack's model: recorded, not simulated.
+            Op::TapAdd { .. } | Op::LinkDel { .. } | Op::TcRedirect { .. } | Op::TcClear { .. } => {}
         }
         Ok(())
     }

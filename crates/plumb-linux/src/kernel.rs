@@ -15,7 +15,7 @@ use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
 
 use crate::link::LinkRef;
 use crate::netns::Home;
-use crate::{addr, ethtool, link, neigh, netns, nft, route, sysctl, Error, Netlink};
+use crate::{addr, ethtool, link, neigh, netns, nft, route, sysctl, tools, Error, Netlink};
 
 pub struct LinuxKernel {
     home: Home,
@@ -232,6 +232,12 @@ impl LinuxKernel {
                 }
                 self.listed = None;
                 self.nft = Some(nft::apply(firewall::transaction(changes)));
+                Ok(())
+            }
+            Op::TapAdd { .. } | Op::TcRedirect { .. } => tools::run_all(&op.tool_commands()),
+            Op::LinkDel { name } => tolerate(link::delete(&mut self.host, name), Errno::ENODEV),
+            Op::TcClear { dev } => {
+                tools::clear_clsact(dev);
                 Ok(())
             }
         }

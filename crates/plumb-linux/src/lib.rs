@@ -15,5 +15,7 @@ pub mod route;
 pub mod sockets;
 pub mod spawn;
 pub mod sysctl;
+pub mod tap;
+pub mod tools;
 
 pub use netlink::{Error, Netlink};

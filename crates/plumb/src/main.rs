@@ -8,9 +8,11 @@ mod commands;
 mod discover;
 mod events;
 mod failure;
+mod faults;
 mod load;
 mod output;
 mod processes;
+mod relay;
 mod runfile;
 mod stackfile;
 mod state;
@@ -268,6 +270,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Faults on purpose: `plumb chaos TARGET --delay 100ms`, `partition A B`, `kill SVC`,
+    /// `list`, `clear`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Chaos {
+        #[command(subcommand)]
+        action: Option<ChaosAction>,
+        #[command(flatten)]
+        impair: ImpairArgs,
+    },
+    /// Chaos experiments from the stack file's `[[experiments]]`: `plumb experiment run NAME`.
+    Experiment {
+        #[command(subcommand)]
+        action: ExperimentAction,
+    },
+    /// Hold, drop or damage a fault's frames (started by `plumb chaos`).
+    #[command(hide = true)]
+    ChaosRelay { stack: String, fault: u32 },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
     Supervise {
@@ -341,6 +360,134 @@ enum ClusterAction {
     },
 }
 
+#[derive(clap::Args)]
+struct ImpairArgs {
+    /// A container (web-1), a service (every replica) or a link (web->gateway: only what
+    /// web's replicas send to gateway's replicas and VIP).
+    #[arg(required = true)]
+    target: Option<String>,
+    /// Hold each frame the target sends this long ("100ms").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Option<std::time::Duration>,
+    /// Vary the delay by up to this much either way ("20ms").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    jitter: Option<std::time::Duration>,
+    /// Drop this share of frames ("5%").
+    #[arg(long)]
+    loss: Option<String>,
+    /// Send at most this fast ("1mbit", "500kbit", "100kbps").
+    #[arg(long)]
+    rate: Option<String>,
+    /// Flip a bit in the payload of this share of frames ("1%").
+    #[arg(long)]
+    corrupt: Option<String>,
+    /// Send this share of frames twice ("1%").
+    #[arg(long)]
+    duplicate: Option<String>,
+    #[command(flatten)]
+    common: FaultArgs,
+}
+
+#[derive(clap::Args)]
+struct FaultArgs {
+    /// End the fault by itself after this long ("30s"), even if plumb is killed meanwhile.
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    lasts: Option<std::time::Duration>,
+    /// The stack (default: the only stack that is up with such a name).
+    #[arg(short, long)]
+    stack: Option<String>,
+    /// Print the tc/ip/nft commands the fault would run, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Subcommand)]
+enum ExperimentAction {
+    /// Check the steady state, start the faults on schedule, check during and after; print
+    /// the timeline and whether the hypothesis held (exit 1 when it did not).
+    Run {
+        /// The experiment's name in the stack file.
+        name: String,
+        /// The stack file holding the experiment (its stack must be up).
+        #[arg(short, long, default_value = "plumb.toml")]
+        file: PathBuf,
+        /// Print the timeline and verdict as JSON, for CI.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChaosAction {
+    /// Cut all traffic between two services, containers or networks, both ways.
+    Partition {
+        a: String,
+        b: String,
+        #[command(flatten)]
+        common: FaultArgs,
+    },
+    /// Kill a running replica of a service at random (by PID); its supervisor restarts it.
+    Kill {
+        service: String,
+        /// Kill again this often ("10s"), until --count or Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
+        /// How many kills (default: 1, or unlimited with --every).
+        #[arg(long)]
+        count: Option<u32>,
+        #[arg(short, long)]
+        stack: Option<String>,
+    },
+    /// The active faults, with the time each has left.
+    List {
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Print them as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove faults: one by number, those on a target or service, or all of them.
+    Clear {
+        target: Option<String>,
+        #[arg(short, long)]
+        stack: Option<String>,
+    },
+}
+
+/// A share given on the command line ("5%") in parts per million; a bad one names its flag.
+fn share(flag: &str, value: Option<&str>) -> failure::Result<u32> {
+    match value {
+        None => Ok(0),
+        Some(v) => plumb_core::chaos::parse_percent(v).ok_or_else(|| {
+            failure::Failure::new(format!("--{flag} {v:?} is not a share"))
+                .hint(format!("give a percentage above 0 and at most 100, e.g. --{flag} 5%"))
+                .code(2)
+        }),
+    }
+}
+
+impl ImpairArgs {
+    fn impairment(&self) -> failure::Result<plumb_core::chaos::Impairment> {
+        let micros = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_micros() as u64);
+        let rate = match self.rate.as_deref() {
+            None => 0,
+            Some(r) => plumb_core::chaos::parse_rate(r).ok_or_else(|| {
+                failure::Failure::new(format!("--rate {r:?} is not a rate"))
+                    .hint("give bits per second as tc writes them: 1mbit, 500kbit, 2gbit (or bytes: 100kbps)")
+                    .code(2)
+            })?,
+        };
+        Ok(plumb_core::chaos::Impairment {
+            delay_us: micros(self.delay),
+            jitter_us: micros(self.jitter),
+            loss_ppm: share("loss", self.loss.as_deref())?,
+            corrupt_ppm: share("corrupt", self.corrupt.as_deref())?,
+            duplicate_ppm: share("duplicate", self.duplicate.as_deref())?,
+            rate_bps: rate,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum PolicyAction {
     /// Is FROM -> TO:PORT allowed? Names the deciding rule and the policy's stack-file line.
@@ -388,12 +535,44 @@ impl Command {
             | Command::Start { .. }
             | Command::Demo { .. }
             | Command::Trace { .. }
+            | Command::Chaos { .. }
+            | Command::Experiment { .. }
+            | Command::ChaosRelay { .. }
             | Command::Supervise { .. }
             | Command::Agent { .. }
             | Command::Deploy { .. }
             | Command::Undeploy { .. } => ClosedPipe::IsIgnored,
             Command::Cluster { .. } => ClosedPipe::EndsTheCommand,
         }
+    }
+}
+
+fn run_chaos(ctx: &Context, action: Option<ChaosAction>, impair: ImpairArgs) -> failure::Result<()> {
+    use commands::chaos::{self, Request};
+    match action {
+        None => {
+            let request = Request::Impair {
+                target: impair.target.clone().unwrap_or_default(),
+                impairment: impair.impairment()?,
+            };
+            let c = &impair.common;
+            chaos::run(ctx, &request, c.lasts, c.stack.as_deref(), c.dry_run)
+        }
+        Some(ChaosAction::Partition { a, b, common: c }) => chaos::run(
+            ctx,
+            &Request::Partition { a, b },
+            c.lasts,
+            c.stack.as_deref(),
+            c.dry_run,
+        ),
+        Some(ChaosAction::Kill {
+            service,
+            every,
+            count,
+            stack,
+        }) => chaos::kill(ctx, &service, every, count, stack.as_deref()),
+        Some(ChaosAction::List { stack, json }) => chaos::list(ctx, stack.as_deref(), Format::from_json_flag(json)),
+        Some(ChaosAction::Clear { target, stack }) => chaos::clear(ctx, target.as_deref(), stack.as_deref()),
     }
 }
 
@@ -548,6 +727,13 @@ fn main() -> ExitCode {
                 format: Format::from_json_flag(json),
             },
         ),
+        Command::Chaos { action, impair } => run_chaos(&ctx, action, impair),
+        Command::Experiment {
+            action: ExperimentAction::Run { name, file, json },
+        } => commands::experiment::run(&ctx, &name, &file, Format::from_json_flag(json)),
+        Command::ChaosRelay { stack, fault } => {
+            commands::require_stack_name(&stack).and_then(|()| relay::run(&ctx.state.stack_dir(&stack), fault))
+        }
         Command::Supervise { stack } => commands::require_stack_name(&stack)
             .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)))
             .and_then(|s| s.run()),

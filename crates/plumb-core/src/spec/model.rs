@@ -26,6 +26,90 @@ pub struct Stack {
     /// `[[policies]]`, in file order.
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
+    /// `[[experiments]]`, in file order.
+    #[serde(default)]
+    pub experiments: Vec<ExperimentSpec>,
+}
+
+/// A chaos experiment: a steady-state hypothesis (its checks), faults at given times, and the
+/// checks again during and after them (`plumb experiment run NAME`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// How often the checks run while the faults are on.
+    pub interval: Duration,
+    /// After the faults: how long the checks may take to pass again.
+    pub settle: Duration,
+    /// How long the faults phase lasts, if longer than its last fault.
+    pub lasts: Option<Duration>,
+    pub checks: Vec<CheckSpec>,
+    pub faults: Vec<FaultSpec>,
+}
+
+impl ExperimentSpec {
+    /// When the last fault ends (a kill is instant), from the start of the faults.
+    pub fn duration(&self) -> Duration {
+        self.faults
+            .iter()
+            .map(|f| f.at + f.lasts.unwrap_or_default())
+            .max()
+            .unwrap_or_default()
+            .max(self.lasts.unwrap_or_default())
+            .max(self.interval)
+    }
+}
+
+/// One steady-state check, named (as the verdict names a failing one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    pub name: String,
+    pub probe: CheckProbe,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CheckProbe {
+    /// `GET http://HOST[:PORT]/PATH` answers `status` within `within`; HOST is a service (its
+    /// VIP, else its first replica), a container, or an IPv4 address; sent from inside
+    /// container `from`, or from the host.
+    Http {
+        url: String,
+        host: String,
+        port: u16,
+        path: String,
+        from: Option<String>,
+        status: u16,
+        within: Duration,
+    },
+    /// At least `at_least` replicas of `service` run and pass their health check.
+    Healthy { service: String, at_least: u32 },
+}
+
+/// A fault of an experiment: what, when (from the start of the faults), for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultSpec {
+    pub at: Duration,
+    /// None for a kill, and for a fault lasting until the experiment's faults end.
+    pub lasts: Option<Duration>,
+    pub action: FaultAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultAction {
+    /// One running replica, chosen at random, killed (SIGKILL to its process group).
+    Kill {
+        service: String,
+    },
+    Partition {
+        a: String,
+        b: String,
+    },
+    Impair {
+        target: String,
+        impairment: crate::chaos::Impairment,
+    },
 }
 
 /// One network policy: traffic from any of `from` to any of `to` on `ports` (all when

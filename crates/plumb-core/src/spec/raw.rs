@@ -23,6 +23,52 @@ pub(super) struct RawStack {
     pub services: BTreeMap<Spanned<String>, RawService>,
     #[serde(default)]
     pub policies: Vec<Spanned<RawPolicy>>,
+    #[serde(default)]
+    pub experiments: Vec<Spanned<RawExperiment>>,
+}
+
+/// One `[[experiments]]` entry, judged in `validate::experiment`.
+#[derive(DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExperiment {
+    pub name: Option<Spanned<String>>,
+    pub description: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub settle: Option<Spanned<String>>,
+    pub duration: Option<Spanned<String>>,
+    #[serde(default)]
+    pub checks: Vec<Spanned<RawCheck>>,
+    #[serde(default)]
+    pub faults: Vec<Spanned<RawFault>>,
+}
+
+#[derive(DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheck {
+    pub name: Option<Spanned<String>>,
+    pub http: Option<Spanned<String>>,
+    pub from: Option<Spanned<String>>,
+    pub status: Option<Spanned<i64>>,
+    pub within: Option<Spanned<String>>,
+    pub service: Option<Spanned<String>>,
+    pub healthy: Option<Spanned<i64>>,
+}
+
+#[derive(DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFault {
+    pub at: Option<Spanned<String>>,
+    #[serde(rename = "for")]
+    pub lasts: Option<Spanned<String>>,
+    pub kill: Option<Spanned<String>>,
+    pub partition: Option<Spanned<Vec<Spanned<String>>>>,
+    pub target: Option<Spanned<String>>,
+    pub delay: Option<Spanned<String>>,
+    pub jitter: Option<Spanned<String>>,
+    pub loss: Option<Spanned<String>>,
+    pub rate: Option<Spanned<String>>,
+    pub corrupt: Option<Spanned<String>>,
+    pub duplicate: Option<Spanned<String>>,
 }
 
 /// One `[[policies]]` entry. `from` and `to` take a name or a list, `ports` numbers and

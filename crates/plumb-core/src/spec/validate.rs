@@ -5,6 +5,7 @@
 
 mod addresses;
 mod discovery;
+mod experiment;
 mod policy;
 mod process;
 
@@ -175,6 +176,7 @@ impl Validator<'_> {
         self.check_cycles(&services);
         self.check_aliases(&services);
         let policies = self.policies(raw.policies, &services);
+        let experiments = self.experiments(raw.experiments, &services, &networks);
         Stack {
             name,
             service_subnet,
@@ -182,6 +184,7 @@ impl Validator<'_> {
             networks,
             services,
             policies,
+            experiments,
         }
     }
 

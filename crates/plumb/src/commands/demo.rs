@@ -148,6 +148,15 @@ Try next:
   plumb demo --down               remove it all",
         dir.display(),
     );
+    if demo.stack == FLAT.stack {
+        say!(
+            "Faults on purpose:
+  plumb chaos product --delay 100ms --for 30s   every product replica answers 100 ms late
+  plumb experiment run product-dies -f {}
+                                  kill a product replica: does the catalogue keep answering?",
+            file.display()
+        );
+    }
     if !demo.flag.is_empty() {
         say!("  (`plumb demo` without{} runs the same app on one network)", demo.flag);
     }

@@ -10,7 +10,7 @@ use super::up::print_plan;
 use super::{require_nft, require_root, require_stack_name, Context, Format};
 use crate::failure::Result;
 use crate::output::{count, say};
-use crate::{apply, processes, runfile};
+use crate::{apply, faults, processes, runfile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -31,7 +31,12 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
     });
     let stack_dir = ctx.state.stack_dir(stack);
     if mode == Mode::Apply {
-        // Processes first, each with its stop_grace: they keep namespaces alive.
+        // Faults first (their relays, taps, redirects and tables), then processes, each with
+        // its stop_grace: they keep namespaces alive.
+        let errors = faults::remove_all(stack, &stack_dir)?;
+        if !errors.is_empty() {
+            eprintln!("plumb: removing faults: {}", errors.join("; "));
+        }
         processes::stop_supervisor(&stack_dir)?;
     }
     let mut kernel = apply::kernel()?;
@@ -39,7 +44,16 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
     let observed = observe(&mut kernel, stack, None, state.as_ref(), &claimed)?;
     let plan = plan::diff(stack, None, &observed.actual);
     if let Mode::DryRun(format) = mode {
-        let preamble = match runfile::live_supervisor(&stack_dir) {
+        let chaos_ops = faults::undo_all(stack, &faults::read(&stack_dir).unwrap_or_default());
+        let chaos = match chaos_ops.is_empty() {
+            true => String::new(),
+            false => format!(
+                "# Faults made by `plumb chaos` go first: their redirects, taps and tables; their relays end.\n{}\n",
+                chaos_ops.iter().map(|op| op.command()).collect::<Vec<_>>().join("\n")
+            ),
+        };
+        let preamble = chaos
+            + &match runfile::live_supervisor(&stack_dir) {
             Some(pid) => format!(
                 "# First the stack's supervisor stops (it would restart what the plan ends); it stops its services itself.\n\
                  kill -TERM {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done\n"

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod chaos;
 pub mod cluster;
 pub mod conns;
 pub mod control;
@@ -9,6 +10,7 @@ pub mod demo;
 pub mod down;
 pub mod events;
 pub mod exec;
+pub mod experiment;
 pub mod graph;
 pub mod inspect;
 pub mod logs;

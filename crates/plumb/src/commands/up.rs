@@ -121,6 +121,8 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssig
     ctx.state.save(&st)?;
 
     let stack_dir = ctx.state.stack_dir(&stack);
+    // Expired faults end before anything else (a command on the stack is one of their clocks).
+    crate::faults::tend(&stack_dir)?;
     let rebuilt: BTreeSet<String> = plan
         .steps
         .iter()

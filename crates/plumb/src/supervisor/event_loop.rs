@@ -105,6 +105,8 @@ pub struct Supervisor {
     probe_times: metrics::ProbeTimes,
     /// Why the last write of `status.json` failed (cleared by the next that succeeds).
     status_error: Option<String>,
+    /// When expired faults were last looked for.
+    faults_checked: Option<Instant>,
 }
 
 impl Supervisor {
@@ -143,6 +145,7 @@ impl Supervisor {
             dirty: true,
             status_written_ms: None,
             status_error: None,
+            faults_checked: None,
             balancer: Balancer::default(),
             metrics: None,
             probe_times: metrics::ProbeTimes::default(),
@@ -168,6 +171,7 @@ impl Supervisor {
                 self.write_status();
             }
             self.dns.keep_listening();
+            self.end_expired_faults(now);
             let sleep = self
                 .slots
                 .values()
@@ -180,6 +184,23 @@ impl Supervisor {
         self.slots.clear();
         self.write_status();
         Ok(())
+    }
+
+    /// Faults made by `plumb chaos` whose time is up (or whose relay died) are removed here,
+    /// at most once a second, so they end even if every plumb command was killed.
+    fn end_expired_faults(&mut self, now: Instant) {
+        if self.faults_checked.is_some_and(|t| now.duration_since(t) < MAX_SLEEP) {
+            return;
+        }
+        self.faults_checked = Some(now);
+        match crate::faults::tend(&self.dir) {
+            Ok(gone) => {
+                for f in gone {
+                    say(&format!("fault {} ({} on {}) ended", f.id, f.describe(), f.target));
+                }
+            }
+            Err(e) => say(&format!("removing expired faults: {}", e.message)),
+        }
     }
 
     /// A previous supervisor that died leaves its processes running: end them (by PID) so

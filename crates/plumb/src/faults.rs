@@ -1,0 +1,262 @@
+//! A stack's active faults on disk (`chaos.json` in its state directory, private to root,
+//! changed under `chaos.lock`), and removing them: on request, when they expire (checked by
+//! the supervisor every second and by plumb commands on the stack), when their relay died,
+//! and all of them at `down`. Whatever removes a fault runs the record's own undo operations.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use plumb_core::chaos::{Fault, Faults};
+use plumb_core::firewall::{Family, NftChange, TableId};
+use plumb_core::kernel::Kernel;
+use plumb_core::{names, Op};
+
+use crate::failure::{Failure, Result};
+use crate::runfile;
+use crate::state::{create_private_dir, read_error, write_atomically, write_error, PRIVATE_FILE};
+
+fn file(stack_dir: &Path) -> PathBuf {
+    stack_dir.join("chaos.json")
+}
+
+/// The stack's faults as recorded (none without a file).
+pub fn read(stack_dir: &Path) -> Result<Faults> {
+    let path = file(stack_dir);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::new(format!("{} is damaged: {e}", path.display()))
+                .hint("`plumb down` removes the stack's faults whatever the file says")
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Faults::default()),
+        Err(e) => Err(read_error(&path, e).into()),
+    }
+}
+
+/// The faults, held under the stack's chaos lock until dropped.
+pub struct Locked {
+    _lock: Flock<File>,
+    dir: PathBuf,
+    pub faults: Faults,
+}
+
+impl Locked {
+    pub fn open(stack_dir: &Path) -> Result<Locked> {
+        create_private_dir(stack_dir)?;
+        let path = stack_dir.join("chaos.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(PRIVATE_FILE)
+            .open(&path)
+            .map_err(|e| write_error(&path, e))?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| Failure::new(format!("cannot lock {}: {e}", path.display())))?;
+        Ok(Locked {
+            _lock: lock,
+            dir: stack_dir.to_path_buf(),
+            faults: read(stack_dir)?,
+        })
+    }
+
+    pub fn save(&self) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.faults).map_err(|e| Failure::new(e.to_string()))?;
+        write_atomically(&file(&self.dir), &bytes)
+    }
+
+    /// Removes the faults `pick` chooses from the kernel and the record; returns them, with
+    /// the errors met (removal goes on past them).
+    pub fn remove(&mut self, pick: impl Fn(&Fault) -> bool) -> Result<(Vec<Fault>, Vec<String>)> {
+        let (gone, kept): (Vec<Fault>, Vec<Fault>) = self.faults.faults.drain(..).partition(|f| pick(f));
+        self.faults.faults = kept;
+        let mut errors = Vec::new();
+        if !gone.is_empty() {
+            let mut kernel = plumb_linux::kernel::LinuxKernel::new()?;
+            for fault in &gone {
+                errors.extend(undo(&mut kernel, fault));
+            }
+        }
+        self.save()?;
+        Ok((gone, errors))
+    }
+}
+
+/// Runs a fault's undo operations, then ends its relay (unless that is this process).
+fn undo(kernel: &mut dyn Kernel, fault: &Fault) -> Vec<String> {
+    let mut errors = Vec::new();
+    for op in fault.undo_ops() {
+        if let Err(e) = kernel.apply(&op) {
+            errors.push(e.to_string());
+        }
+    }
+    if let Err(e) = kernel.settle() {
+        errors.push(e.to_string());
+    }
+    if let Some(pid) = fault.relay_pid.filter(|p| *p != std::process::id()) {
+        if is_relay(pid) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    errors
+}
+
+/// True if `pid` is a running chaos relay (not a PID reused by something else).
+pub fn is_relay(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"chaos-relay"))
+}
+
+/// A fault whose time is up, or whose relay is gone (its frames would go nowhere).
+fn is_due(fault: &Fault, now_ms: u64) -> bool {
+    fault.is_expired(now_ms) || (!fault.detours.is_empty() && !fault.relay_pid.is_some_and(is_relay))
+}
+
+/// Removes the stack's expired faults (and those whose relay died); quiet, cheap when the
+/// stack has none. Returns what it removed.
+pub fn tend(stack_dir: &Path) -> Result<Vec<Fault>> {
+    if !file(stack_dir).exists() {
+        return Ok(Vec::new());
+    }
+    let now = runfile::unix_ms();
+    if !read(stack_dir)?.faults.iter().any(|f| is_due(f, now)) {
+        return Ok(Vec::new());
+    }
+    let mut locked = Locked::open(stack_dir)?;
+    let now = runfile::unix_ms();
+    Ok(locked.remove(|f| is_due(f, now))?.0)
+}
+
+/// What removes every chaos object of the stack: the recorded faults' undo operations,
+/// then [`unrecorded`] ones.
+pub fn undo_all(stack: &str, recorded: &Faults) -> Vec<Op> {
+    let mut ops: Vec<Op> = recorded.faults.iter().flat_map(Fault::undo_ops).collect();
+    ops.extend(unrecorded(stack, recorded));
+    ops
+}
+
+/// Chaos objects of the stack no record names (a record lost, a run killed half way): taps
+/// marked as the stack's and its chaos tables still in the kernel.
+pub fn unrecorded(stack: &str, recorded: &Faults) -> Vec<Op> {
+    let taps: Vec<&str> = recorded
+        .faults
+        .iter()
+        .flat_map(|f| f.detours.iter().map(|d| d.tap.as_str()))
+        .collect();
+    let mut ops = Vec::new();
+    let prefix = names::alias(stack, "chaos-");
+    if let Ok(mut nl) = plumb_linux::Netlink::open() {
+        for l in plumb_linux::link::list(&mut nl).unwrap_or_default() {
+            let ours = l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
+            if ours && !taps.contains(&l.name.as_str()) {
+                ops.push(Op::LinkDel { name: l.name });
+            }
+        }
+    }
+    let tables: Vec<TableId> = chaos_tables(stack)
+        .into_iter()
+        .filter(|t| !recorded.faults.iter().any(|f| f.tables.iter().any(|r| r.table == *t)))
+        .collect();
+    if !tables.is_empty() {
+        ops.push(Op::Nft {
+            changes: tables.into_iter().map(|table| NftChange::Delete { table }).collect(),
+        });
+    }
+    ops
+}
+
+/// The stack's chaos tables the kernel holds (`nft list tables`).
+fn chaos_tables(stack: &str) -> Vec<TableId> {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (family, name) = line.strip_prefix("table ")?.split_once(' ')?;
+            let family = match family {
+                "inet" => Family::Inet,
+                "bridge" => Family::Bridge,
+                _ => return None,
+            };
+            names::is_chaos_table(name, stack).then(|| TableId {
+                family,
+                name: name.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `down`: every fault of the stack removed, recorded or left over, relays ended.
+pub fn remove_all(stack: &str, stack_dir: &Path) -> Result<Vec<String>> {
+    let mut errors = Vec::new();
+    let ops = if file(stack_dir).exists() {
+        let mut locked = Locked::open(stack_dir)?;
+        let ops = unrecorded(stack, &locked.faults);
+        errors.extend(locked.remove(|_| true)?.1);
+        ops
+    } else {
+        unrecorded(stack, &Faults::default())
+    };
+    if ops.is_empty() {
+        return Ok(errors);
+    }
+    let mut kernel = plumb_linux::kernel::LinuxKernel::new()?;
+    for op in &ops {
+        if let Err(e) = kernel.apply(op) {
+            errors.push(e.to_string());
+        }
+    }
+    if let Err(e) = kernel.settle() {
+        errors.push(e.to_string());
+    }
+    Ok(errors)
+}
+
+/// Starts the relay of fault `id` (detached, in its own session, so it outlives this
+/// command), and waits until it holds its taps. Its messages go to `chaos.log`.
+pub fn start_relay(state_root: &Path, stack: &str, stack_dir: &Path, id: u32) -> Result<u32> {
+    let log_path = stack_dir.join("chaos.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(PRIVATE_FILE)
+        .open(&log_path)
+        .map_err(|e| write_error(&log_path, e))?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("--state-dir")
+        .arg(state_root)
+        .args(["chaos-relay", stack, &id.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the relay from our terminal and
+    // process group, so it outlives this command and Ctrl-C here does not reach it.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| Failure::new(format!("cannot start the chaos relay: {e}")))?;
+    let pid = child.id();
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        let last = log.lines().last().unwrap_or("it said nothing").to_string();
+        return Err(Failure::new(format!("the chaos relay did not start: {last}")));
+    }
+    // The relay runs on in its own session; reap it if it ends while we still run.
+    std::thread::spawn(move || child.wait());
+    Ok(pid)
+}
