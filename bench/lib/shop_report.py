@@ -1,11 +1,11 @@
 """bench/shop-faults' table: one row per run from OUTDIR/shop-NAME.json.
-Usage: shop_report.py OUTDIR NETEM (NETEM 1 when the kernel has sch_netem)."""
+Usage: shop_report.py OUTDIR"""
 import json
 import os
 import sys
 
-out, netem = sys.argv[1], sys.argv[2] == "1"
-loss = "5 % loss on gateway" + ("" if netem else " (nft random drop)")
+out = sys.argv[1]
+loss = "5 % loss on gateway"
 rows = [("none", "no fault"), ("loss", loss), ("delay", "100 ms delay on product"),
         ("loss-10s-to-20s", loss + ", from 10 s to 20 s only")]
 print("| fault | requests | errors | requests/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | per replica (served_by) |")
@@ -13,7 +13,7 @@ print("|---|---|---|---|---|---|---|---|---|")
 for name, label in rows:
     path = f"{out}/shop-{name}.json"
     if not os.path.exists(path):
-        print(f"| {label} | skipped: this kernel has no sch_netem | | | | | | | |")
+        print(f"| {label} | not run | | | | | | | |")
         continue
     r = json.load(open(path))
     lat = r["latency_ms"]
