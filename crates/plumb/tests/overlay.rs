@@ -334,3 +334,45 @@ fn a_peer_removed_takes_exactly_its_entries_with_it() {
     assert_eq!(sorted(&entries(h1)), sorted(&before));
     assert!(h1.ping("ov-web-1", &web(3)));
 }
+
+/// A peer that turns hostile (root on h2: its own rules deleted) sends through its VXLAN
+/// device from addresses that are not its block's: h1 takes what comes from h2's block, and
+/// drops what claims to come from h1's own block or from outside the network.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_peer_cannot_spoof_sources_through_the_overlay() {
+    let Some(cluster) = Cluster::start(2) else { return };
+    let (h1, h2) = (cluster.host(0), cluster.host(1));
+    up(&cluster, 1, &[1, 2], &[]);
+    up(&cluster, 2, &[1, 2], &[]);
+    // Reverse-path filtering would drop some of these by itself: off, so plumb's rules decide.
+    h1.ok("for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done");
+    let log = udp_log(h1, "ov-web-1", 9000);
+    h2.ok("nft delete table inet plumb_ov; nft delete table bridge plumb_ov 2>/dev/null || true");
+    let dev = h2
+        .ok("ip -o link show type vxlan | awk -F': ' '/plumb:ov\\/vxlan\\/a/ {print $2}' | sed 's/@.*//'")
+        .trim()
+        .to_string();
+    for (source, text) in [
+        ("10.50.0.99", "claims-h1-block"),
+        ("10.77.0.5", "outside-the-network"),
+        ("10.50.1.99", "from-h2-block"),
+    ] {
+        h2.ok(&format!("ip addr add {source}/32 dev {dev}"));
+        h2.ok(&format!(
+            "python3 -c \"import socket; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); \
+             s.bind(('{source}',0)); s.sendto(b'{text}',('{}',9000))\"",
+            web(1)
+        ));
+    }
+    let arrived = || std::fs::read_to_string(&log).unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || arrived()
+            .contains("from-h2-block from 10.50.1.99")),
+        "the control datagram did not arrive: {}",
+        arrived()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!arrived().contains("claims-h1-block"), "{}", arrived());
+    assert!(!arrived().contains("outside-the-network"), "{}", arrived());
+}
