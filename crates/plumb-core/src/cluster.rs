@@ -112,7 +112,6 @@ pub type Placement = BTreeMap<String, String>;
 /// overall, then by name, so replicas spread and every host computes the same answer. A
 /// replica whose pinned host is not alive is left out (pending).
 pub fn place(stack: &Stack, alive: &BTreeSet<String>, previous: &Placement) -> Placement {
-    let mut out = Placement::new();
     let replicas: Vec<(&str, String, Option<&str>)> = stack
         .services
         .iter()
@@ -120,33 +119,56 @@ pub fn place(stack: &Stack, alive: &BTreeSet<String>, previous: &Placement) -> P
             (1..=spec.replicas).map(move |r| (svc.as_str(), names::container(svc, r), spec.placement.as_deref()))
         })
         .collect();
-    for (_, name, pin) in &replicas {
+    let mut placed = Placed::default();
+    for (svc, name, pin) in &replicas {
         if let Some(host) = previous.get(name) {
             if alive.contains(host) && pin.is_none_or(|p| p == host) {
-                out.insert(name.clone(), host.clone());
+                placed.put(svc, name, host);
             }
         }
     }
     for (svc, name, pin) in &replicas {
-        if out.contains_key(name) {
+        if placed.out.contains_key(name) {
             continue;
         }
         let host = match pin {
-            Some(p) => alive.contains(*p).then(|| p.to_string()),
-            None => alive
-                .iter()
-                .min_by_key(|h| {
-                    let on = |pred: &dyn Fn(&str) -> bool| out.iter().filter(|(c, host)| host == h && pred(c)).count();
-                    let same = on(&|c: &str| c.rsplit_once('-').is_some_and(|(s, _)| s == *svc));
-                    (same, on(&|_: &str| true), (*h).clone())
-                })
-                .cloned(),
+            Some(p) => alive.get(*p),
+            None => alive.iter().min_by_key(|h| placed.load_key(h, svc)),
         };
-        if let Some(h) = host {
-            out.insert(name.clone(), h);
+        if let Some(h) = host.cloned() {
+            placed.put(svc, name, &h);
         }
     }
-    out
+    placed.out
+}
+
+/// A placement being made, with the replicas each host got so far (in all, and per service).
+#[derive(Default)]
+struct Placed {
+    out: Placement,
+    load: BTreeMap<String, usize>,
+    load_of_service: BTreeMap<(String, String), usize>,
+}
+
+impl Placed {
+    fn put(&mut self, service: &str, container: &str, host: &str) {
+        *self.load.entry(host.to_string()).or_default() += 1;
+        *self
+            .load_of_service
+            .entry((host.to_string(), service.to_string()))
+            .or_default() += 1;
+        self.out.insert(container.to_string(), host.to_string());
+    }
+
+    /// Fewest replicas of the service first, then fewest in all, then by name.
+    fn load_key<'a>(&self, host: &'a str, service: &str) -> (usize, usize, &'a str) {
+        let of_service = self.load_of_service.get(&(host.to_string(), service.to_string()));
+        (
+            of_service.copied().unwrap_or(0),
+            self.load.get(host).copied().unwrap_or(0),
+            host,
+        )
+    }
 }
 
 /// The first block of prefix `prefix` in `subnet` that overlaps none of `taken`.

@@ -316,17 +316,17 @@ impl Agent<'_> {
             // Either way the store has changed: the watch brings the next pass.
             return Ok(());
         }
-        let mut replicas: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
-        for (container, host) in &placement {
-            if *host != self.me {
-                continue;
-            }
-            if let Some((svc, r)) = container.rsplit_once('-') {
-                if let Ok(r) = r.parse() {
-                    replicas.entry(svc.to_string()).or_default().insert(r);
-                }
-            }
-        }
+        let here = |c: &String| placement.get(c) == Some(&self.me);
+        let replicas: BTreeMap<String, BTreeSet<u32>> = parsed
+            .stack
+            .services
+            .iter()
+            .map(|(svc, spec)| {
+                let mine = (1..=spec.replicas).filter(|r| here(&plumb_core::names::container(svc, *r)));
+                (svc.clone(), mine.collect::<BTreeSet<u32>>())
+            })
+            .filter(|(_, mine)| !mine.is_empty())
+            .collect();
         if replicas.is_empty() {
             if self.local_stacks().iter().any(|s| s == stack) {
                 log(format!(
@@ -488,19 +488,10 @@ impl Agent<'_> {
     /// Writes changed endpoints (with this host's lease, and only while the stack is
     /// deployed) and deletes this host's stale ones.
     fn publish(&self, stack: &str, sv: &StackView, mine: &BTreeMap<String, EndpointRecord>, lease: i64) -> Result<()> {
-        let spec_key = keys::spec(stack);
         for (c, e) in mine {
-            if sv.endpoints.get(c) == Some(e) {
-                continue;
+            if sv.endpoints.get(c) != Some(e) {
+                self.put_while_deployed(stack, sv, &keys::endpoint(stack, c), e, lease)?;
             }
-            let key = keys::endpoint(stack, c);
-            let value = serde_json::to_string(e).map_err(|e| Failure::new(e.to_string()))?;
-            let deployed = sv.spec.as_ref().map_or(0, |(_, rev)| *rev);
-            self.store.put_if(
-                &[(&spec_key, Expect::ModRevision(deployed))],
-                &[(&key, &value)],
-                Some(lease),
-            )?;
         }
         for (c, e) in &sv.endpoints {
             if e.host == self.me && !mine.contains_key(c) {
@@ -529,15 +520,27 @@ impl Agent<'_> {
             error,
             at_ms: runfile::unix_ms(),
         };
-        let (key, spec_key) = (keys::report(stack, &self.me), keys::spec(stack));
+        // A report is advice: one that cannot be written is written on a later pass.
+        let _ = self.put_while_deployed(stack, sv, &keys::report(stack, &self.me), &report, lease);
+    }
+
+    /// Writes `value` at `key` with this host's lease, only if the stack's spec is still the
+    /// one `sv` read (an undeploy meanwhile must not be followed by a stray key).
+    fn put_while_deployed(
+        &self,
+        stack: &str,
+        sv: &StackView,
+        key: &str,
+        value: &impl serde::Serialize,
+        lease: i64,
+    ) -> Result<bool> {
+        let value = serde_json::to_string(value).map_err(|e| Failure::new(e.to_string()))?;
         let deployed = sv.spec.as_ref().map_or(0, |(_, rev)| *rev);
-        if let Ok(value) = serde_json::to_string(&report) {
-            let _ = self.store.put_if(
-                &[(&spec_key, Expect::ModRevision(deployed))],
-                &[(&key, &value)],
-                Some(lease),
-            );
-        }
+        self.store.put_if(
+            &[(&keys::spec(stack), Expect::ModRevision(deployed))],
+            &[(key, &value)],
+            Some(lease),
+        )
     }
 }
 
