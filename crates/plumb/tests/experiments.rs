@@ -10,23 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn copy_shop(sb: &Sandbox) {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop");
-    for f in [
-        "plumb.toml",
-        "nginx.conf",
-        "html/index.html",
-        "gateway.py",
-        "product.py",
-    ] {
-        sb.write(
-            &format!("shop/{f}"),
-            &std::fs::read_to_string(format!("{root}/{f}")).unwrap(),
-        );
-    }
-    std::fs::create_dir_all(sb.dir.join("shop/run")).unwrap();
-}
-
 fn experiment(sb: &Sandbox, name: &str) -> (Option<i32>, Value) {
     let out = sb.plumb(&["experiment", "run", name, "-f", "shop/plumb.toml", "--json"]);
     let report = serde_json::from_str(&text(&out.stdout))
@@ -44,7 +27,7 @@ fn catalogue_answers(sb: &Sandbox) -> bool {
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn the_shop_survives_a_killed_product_but_not_losing_redis() {
     let Some(sb) = Sandbox::start() else { return };
-    copy_shop(&sb);
+    sb.copy_shop();
     sb.plumb_ok(&["up", "-f", "shop/plumb.toml"]);
     assert!(eventually(Duration::from_secs(30), || {
         let rows = sb.ps();

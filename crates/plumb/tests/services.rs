@@ -9,23 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn copy_shop(sb: &Sandbox) {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop");
-    for f in [
-        "plumb.toml",
-        "nginx.conf",
-        "html/index.html",
-        "gateway.py",
-        "product.py",
-    ] {
-        sb.write(
-            &format!("shop/{f}"),
-            &std::fs::read_to_string(format!("{root}/{f}")).unwrap(),
-        );
-    }
-    std::fs::create_dir_all(sb.dir.join("shop/run")).unwrap();
-}
-
 fn process<'a>(rows: &'a [serde_json::Value], container: &str) -> &'a serde_json::Value {
     &rows
         .iter()
@@ -42,7 +25,7 @@ fn http(sb: &Sandbox, from: Option<&str>, url: &str) -> String {
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn the_shop_runs_for_real_and_survives_a_killed_replica() {
     let Some(sb) = Sandbox::start() else { return };
-    copy_shop(&sb);
+    sb.copy_shop();
     sb.plumb_ok(&["up", "-f", "shop/plumb.toml"]);
     // Everything something waits on is healthy once `up` returns; web (last) soon after.
     assert!(eventually(Duration::from_secs(20), || {

@@ -150,6 +150,24 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// Copies examples/shop (its stack file, nginx config, page and apps) into `shop/`.
+    pub fn copy_shop(&self) {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop");
+        for f in [
+            "plumb.toml",
+            "nginx.conf",
+            "html/index.html",
+            "gateway.py",
+            "product.py",
+        ] {
+            self.write(
+                &format!("shop/{f}"),
+                &fs::read_to_string(format!("{root}/{f}")).unwrap(),
+            );
+        }
+        fs::create_dir_all(self.dir.join("shop/run")).unwrap();
+    }
+
     /// Writes a file into the sandbox's folder and returns its path.
     pub fn write(&self, name: &str, content: &str) -> PathBuf {
         let path = self.dir.join(name);
