@@ -187,11 +187,13 @@ fn timed_faults_end_by_themselves_and_nothing_outlives_the_stack() {
         .any(|l| l.starts_with("plc"))));
 
     // With the supervisor stopped (SIGSTOP), the next plumb command ends an expired fault.
-    sb.plumb_ok(&["chaos", "partition", "a", "b", "--for", "1s"]);
-    assert!(!sb.ping("ch-a-1", &b1));
+    // (Stopped first: a ping that fails takes its whole 1 s timeout, and the supervisor
+    // must not get to the fault's end before the check below.)
     let supervisor = sb.ok("cat $PLUMB_STATE_DIR/stacks/ch/status.json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"supervisor_pid\"])'");
     let supervisor = supervisor.trim();
     sb.ok(&format!("kill -STOP {supervisor}"));
+    sb.plumb_ok(&["chaos", "partition", "a", "b", "--for", "2s"]);
+    assert!(!sb.ping("ch-a-1", &b1));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!sb.ping("ch-a-1", &b1), "nobody ended it yet");
     let listed = sb.plumb(&["chaos", "list"]);
