@@ -152,17 +152,13 @@ fn a_missing_file_is_named() {
 fn plumb_refuses_without_root_or_nft_and_says_what_to_do() {
     let Some(sb) = Sandbox::start() else { return };
     sb.write("plumb.toml", &format!("{NET}[services.a]\n"));
-    let out = sb.sh(&format!(
-        "setpriv --reuid=65534 --regid=65534 --clear-groups {PLUMB} up"
-    ));
+    let out = sb.plumb_as_nobody("up");
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
     // What plumb would do can still be seen without root: the plan from scratch.
     sb.plumb_ok(&["up"]);
-    let out = sb.sh(&format!(
-        "setpriv --reuid=65534 --regid=65534 --clear-groups {PLUMB} up --dry-run"
-    ));
+    let out = sb.plumb_as_nobody("up --dry-run");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ip netns add"), "{}", text(&out.stdout));
     assert!(text(&out.stderr).contains("not running as root"));

@@ -45,6 +45,63 @@ echo ready
 exec sleep 100000
 "#;
 
+/// Every program (or Python module) the kernel tests run, with the Debian package that has it:
+/// the same packages scripts/lib.sh installs for `scripts/test`. A test whose tool is missing
+/// must fail naming the package, never pass because a forbidden connect "failed".
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bridge", "iproute2"),
+    ("ss", "iproute2"),
+    ("nft", "nftables"),
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("sysctl", "procps"),
+    ("ping", "iputils-ping"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+    ("/usr/lib/python3/dist-packages/flask", "python3-flask"),
+    ("/usr/lib/python3/dist-packages/redis", "python3-redis"),
+    ("nginx", "nginx-light"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("dig", "bind9-dnsutils"),
+    ("tshark", "tshark"),
+    ("dot", "graphviz"),
+    ("promtool", "prometheus"),
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
+];
+
+/// Fails (once per test binary, in every kernel test) naming each missing tool's package.
+fn require_tools() {
+    static MISSING: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let missing = MISSING.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+            .collect();
+        TOOLS
+            .iter()
+            .filter(|(tool, _)| {
+                if tool.starts_with('/') {
+                    !Path::new(tool).exists()
+                } else {
+                    !dirs.iter().any(|d| d.join(tool).is_file())
+                }
+            })
+            .map(|(tool, package)| format!("{tool} (Debian package {package})"))
+            .collect()
+    });
+    assert!(
+        missing.is_empty(),
+        "the kernel tests need programs this machine lacks: {}.\n\
+         Run scripts/test, which installs them (as the README says), or apt-get install the packages named.",
+        missing.join(", ")
+    );
+}
+
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .map(|s| {
@@ -71,6 +128,7 @@ impl Sandbox {
             is_root(),
             "kernel tests need root: run `cargo test` as root (CI does); without root they are ignored"
         );
+        require_tools();
         Some(Sandbox::new())
     }
 
@@ -132,6 +190,21 @@ impl Sandbox {
     /// Runs plumb with `args` inside the sandbox.
     pub fn plumb(&self, args: &[&str]) -> Output {
         self.enter().arg(PLUMB).args(args).output().unwrap()
+    }
+
+    /// Runs plumb as user nobody, from a copy of the binary nobody can reach (the checkout may
+    /// be in /root, which only root may enter).
+    pub fn plumb_as_nobody(&self, args: &str) -> Output {
+        let copy = self.dir.join("bin/plumb");
+        if !copy.exists() {
+            fs::create_dir_all(self.dir.join("bin")).unwrap();
+            fs::copy(PLUMB, &copy).expect("copy the plumb binary for nobody");
+        }
+        self.sh(&format!(
+            "chmod 0755 {dir} {dir}/bin {copy} && setpriv --reuid=65534 --regid=65534 --clear-groups {copy} {args}",
+            dir = self.dir.display(),
+            copy = copy.display()
+        ))
     }
 
     /// Runs plumb and asserts it succeeded; returns stdout.
