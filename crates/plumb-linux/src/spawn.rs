@@ -9,7 +9,7 @@ mod privileges;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -32,6 +32,52 @@ pub struct EtcFiles<'a> {
     pub resolv_conf: Option<&'a Path>,
 }
 
+/// The steps between fork and exec, in order: a failed start names the one that failed,
+/// instead of blaming the program for a mount's "No such file or directory".
+const STEPS: [&str; 8] = [
+    "entering the container's network namespace",
+    "making the process's own UTS and mount namespaces",
+    "setting the hostname",
+    "making its mounts private",
+    "binding the container's hosts file over /etc/hosts",
+    "binding the container's resolv.conf over /etc/resolv.conf",
+    "starting a session",
+    "dropping to the service's user and capabilities",
+];
+
+/// What `confine` leaves to explain a failed spawn: the child writes the number of the step
+/// that failed into this pipe (closed at exec, so it stays empty when exec is reached).
+pub struct Confined {
+    failed_step: OwnedFd,
+}
+
+impl Confined {
+    /// Why the spawn of `program` failed: the step before exec that did, or exec itself.
+    pub fn explain(&self, program: &Path, err: &io::Error) -> String {
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(self.failed_step.as_raw_fd(), &mut byte) {
+            Ok(1) => match STEPS.get(usize::from(byte[0])) {
+                Some(step) => format!("{step}: {err}"),
+                None => err.to_string(),
+            },
+            _ => format!("{}: {err}", program.display()),
+        }
+    }
+}
+
+/// The files bound over /etc/hosts and /etc/resolv.conf need those files to exist as mount
+/// points: a host without them (a minimal root) gets empty ones, which mean what none meant.
+fn ensure_mount_point(target: &str) -> io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(target) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("creating {target} as a mount point: {e}"),
+        )),
+    }
+}
+
 /// Makes `command` start inside the container whose network namespace is `netns`, as
 /// `identity` (root if `None`) with `capabilities`.
 pub fn confine(
@@ -41,9 +87,10 @@ pub fn confine(
     files: EtcFiles,
     identity: Option<Identity>,
     capabilities: &Capabilities,
-) -> io::Result<()> {
+) -> io::Result<Confined> {
     // Everything the child needs is prepared here: between fork and exec only system calls run.
     let privileges = Privileges::new(identity, capabilities)?;
+    let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
     let hostname = hostname.to_string();
     let hosts = files
         .hosts
@@ -56,43 +103,63 @@ pub fn confine(
         .map(|p| CString::new(p.as_os_str().as_bytes()))
         .transpose()?;
     let etc_resolv = CString::new("/etc/resolv.conf")?;
+    if hosts.is_some() {
+        ensure_mount_point("/etc/hosts")?;
+    }
+    if resolv.is_some() {
+        ensure_mount_point("/etc/resolv.conf")?;
+    }
     let root = CString::new("/")?;
     // SAFETY: the closure runs in the forked child before exec; it only makes system calls
     // (setns, unshare, sethostname, mount, setsid, prctl, set*id, capset) on data prepared
     // before the fork.
     unsafe {
         command.pre_exec(move || {
+            // Notes which step failed (write(2) only), then fails as that step did.
+            let step = |n: u8, result: io::Result<()>| {
+                if result.is_err() {
+                    let _ = nix::unistd::write(&report_write, &[n]);
+                }
+                result
+            };
             // A supervisor blocks the signals it reads from a signalfd; the mask is inherited.
             SigSet::empty().thread_set_mask()?;
-            setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
-            unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS)?;
-            sethostname(&hostname)?;
+            step(0, setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(Into::into))?;
+            step(
+                1,
+                unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS).map_err(Into::into),
+            )?;
+            step(2, sethostname(&hostname).map_err(Into::into))?;
             if hosts.is_some() || resolv.is_some() {
                 // Private propagation first, so the bind mounts stay in this process's view.
-                mount(
+                let private = mount(
                     None::<&str>,
                     root.as_c_str(),
                     None::<&str>,
                     MsFlags::MS_REC | MsFlags::MS_PRIVATE,
                     None::<&str>,
-                )?;
+                );
+                step(3, private.map_err(Into::into))?;
             }
-            for (source, target) in [(&hosts, &etc_hosts), (&resolv, &etc_resolv)] {
+            for (n, source, target) in [(4, &hosts, &etc_hosts), (5, &resolv, &etc_resolv)] {
                 if let Some(source) = source {
-                    mount(
+                    let bound = mount(
                         Some(source.as_c_str()),
                         target.as_c_str(),
                         None::<&str>,
                         MsFlags::MS_BIND,
                         None::<&str>,
-                    )?;
+                    );
+                    step(n, bound.map_err(Into::into))?;
                 }
             }
-            setsid()?;
-            privileges.apply()
+            step(6, setsid().map(drop).map_err(Into::into))?;
+            step(7, privileges.apply())
         });
     }
-    Ok(())
+    Ok(Confined {
+        failed_step: report_read,
+    })
 }
 
 /// Makes `command` (run in a container by a thread that entered its network namespace, such

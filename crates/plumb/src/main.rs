@@ -415,19 +415,31 @@ enum ExperimentAction {
         #[arg(long)]
         json: bool,
     },
+    /// The experiments a stack file holds: name, checks, faults, how long, description.
+    List {
+        /// The stack file holding the experiments.
+        #[arg(short, long, default_value = "plumb.toml")]
+        file: PathBuf,
+        /// Print them as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum ChaosAction {
     /// Cut all traffic between two services, containers or networks, both ways.
     Partition {
+        /// One side: a service, a container or a network (also as STACK/NAME).
         a: String,
+        /// The other side, likewise.
         b: String,
         #[command(flatten)]
         common: FaultArgs,
     },
     /// Kill a running replica of a service at random (by PID); its supervisor restarts it.
     Kill {
+        /// The service whose replica to kill (also as STACK/SERVICE).
         service: String,
         /// Kill again this often ("10s"), until --count or Ctrl-C.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -435,11 +447,13 @@ enum ChaosAction {
         /// How many kills (default: 1, or unlimited with --every).
         #[arg(long)]
         count: Option<u32>,
+        /// The stack of the service, when several are up.
         #[arg(short, long)]
         stack: Option<String>,
     },
     /// The active faults, with the time each has left.
     List {
+        /// Only this stack's faults.
         #[arg(short, long)]
         stack: Option<String>,
         /// Print them as JSON, for programs.
@@ -448,7 +462,10 @@ enum ChaosAction {
     },
     /// Remove faults: one by number, those on a target or service, or all of them.
     Clear {
+        /// A fault number, a target as given (`web->gateway`), or a service or container a
+        /// fault names; none: every fault.
         target: Option<String>,
+        /// Only this stack's faults.
         #[arg(short, long)]
         stack: Option<String>,
     },
@@ -614,7 +631,7 @@ fn main() -> ExitCode {
                 Mode::Apply
             };
             match (file, stack) {
-                (_, Some(stack)) => commands::down::run(&ctx, &stack, mode),
+                (_, Some(stack)) => commands::down::run_named(&ctx, &stack, mode),
                 (file, None) => stackfile::stack_name(&file.unwrap_or_else(|| PathBuf::from("plumb.toml")))
                     .and_then(|s| commands::down::run(&ctx, &s, mode)),
             }
@@ -731,6 +748,9 @@ fn main() -> ExitCode {
         Command::Experiment {
             action: ExperimentAction::Run { name, file, json },
         } => commands::experiment::run(&ctx, &name, &file, Format::from_json_flag(json)),
+        Command::Experiment {
+            action: ExperimentAction::List { file, json },
+        } => commands::experiment::list(&file, Format::from_json_flag(json)),
         Command::ChaosRelay { stack, fault } => {
             commands::require_stack_name(&stack).and_then(|()| relay::run(&ctx.state.stack_dir(&stack), fault))
         }

@@ -41,7 +41,36 @@ pub fn qualified(name: &str) -> (Option<&str>, &str) {
         .map_or((None, name), |(stack, rest)| (Some(stack), rest))
 }
 
+/// The stack named by `./plumb.toml`, if the current folder has one: among several stacks that
+/// know a name, it wins (as the project folder does in Compose).
+pub fn local_stack() -> Option<String> {
+    let file = Path::new("plumb.toml");
+    file.is_file().then(|| stack_name(file).ok()).flatten()
+}
+
+/// Of the stacks that know a name (`found`, with `stack_of` giving each one's stack), the one to
+/// use: the only one, or the current folder's stack among several. `Err` keeps them all.
+pub fn one_stack<T>(mut found: Vec<T>, stack_of: impl Fn(&T) -> &str) -> std::result::Result<T, Vec<T>> {
+    if found.len() == 1 {
+        return Ok(found.remove(0));
+    }
+    if let Some(local) = local_stack() {
+        if let Some(i) = found.iter().position(|f| stack_of(f) == local) {
+            return Ok(found.swap_remove(i));
+        }
+    }
+    Err(found)
+}
+
+/// A name in several stacks: an input error (exit 2) naming them.
+pub fn in_several_stacks(what: &str, stacks: &[&str]) -> Failure {
+    Failure::new(format!("{what} exists in several stacks: {}", stacks.join(", ")))
+        .hint("name it as STACK/NAME, or run the command in the folder of the stack's plumb.toml")
+        .code(2)
+}
+
 /// A container named `SVC-k`, `SVC` (replica 1) or `STACK/NAME`, in any stack that is up.
+/// Unknown or ambiguous names are input errors (exit 2).
 pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Container)> {
     let (stack_filter, name) = qualified(name);
     let mut found = Vec::new();
@@ -105,6 +134,12 @@ pub fn find_targets(state: &StateDir, target: Option<&str>) -> Result<Vec<(Stack
                 .collect(),
         };
         found.extend(hits.into_iter().map(|c| (st.clone(), c.clone())));
+    }
+    if target.is_some() && stack_filter.is_none() {
+        let stacks: std::collections::BTreeSet<String> = found.iter().map(|(s, _)| s.stack.clone()).collect();
+        if let Ok(local) = one_stack(stacks.into_iter().collect(), |s| s.as_str()) {
+            found.retain(|(s, _)| s.stack == local);
+        }
     }
     if found.is_empty() {
         let what = target.map_or("any container".to_string(), |t| format!("{t:?}"));

@@ -259,7 +259,18 @@ fn down_works_without_the_state_file_and_rules_removed_by_others_are_restored() 
     std::fs::remove_dir_all(&sb.state_dir).unwrap();
     sb.plumb_ok(&["down", "demo"]);
     sb.assert_clean();
-    assert!(sb.plumb_ok(&["down", "demo"]).contains("nothing to remove"));
+    // Named again, or named wrong: nothing of it is up, an input error that says so.
+    for name in ["demo", "nosuch"] {
+        let again = sb.plumb(&["down", name]);
+        assert_eq!(again.status.code(), Some(2), "down {name}");
+        assert!(
+            text(&again.stderr).contains("nothing to remove"),
+            "{}",
+            text(&again.stderr)
+        );
+    }
+    // From the folder's file, a second `down` is a quiet success (as `compose down`).
+    assert!(sb.plumb_ok(&["down"]).contains("nothing to remove"));
 }
 
 #[test]

@@ -345,3 +345,37 @@ fn a_full_disk_is_named_and_stale_status_is_flagged() {
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_host_without_etc_hosts_runs_services_and_a_failed_mount_is_named() {
+    let Some(sb) = Sandbox::start() else { return };
+    // The sandbox's own copy of /etc (its mount namespace: the machine's stays as it is), with
+    // a directory where /etc/hosts should be: the bind mount over it must fail.
+    sb.ok("cp -a /etc etc-copy && rm etc-copy/hosts && mkdir etc-copy/hosts && mount --bind $PWD/etc-copy /etc");
+    sb.write(
+        "plumb.toml",
+        "name = \"eh\"\n[networks.n]\nsubnet = \"10.120.7.0/24\"\n[services.s]\ncommand = \"/bin/sleep 3600\"\n",
+    );
+    let _ = sb.plumb(&["up"]);
+    let named = eventually(Duration::from_secs(10), || {
+        sb.plumb_ok(&["events", "eh"])
+            .contains("binding the container's hosts file over /etc/hosts: Not a directory")
+    });
+    assert!(
+        named,
+        "the failed step is not named:\n{}",
+        sb.plumb_ok(&["events", "eh"])
+    );
+    assert!(!sb.plumb_ok(&["events", "eh"]).contains("/bin/sleep: Not a directory"));
+
+    // No /etc/hosts at all (a minimal root): plumb makes the mount point, the service runs.
+    sb.ok("rmdir etc-copy/hosts");
+    let runs = eventually(Duration::from_secs(20), || {
+        running(&sb, "eh-s-1", "/bin/sleep 3600") == 1
+    });
+    assert!(runs, "{}", sb.plumb_ok(&["events", "eh"]));
+    assert!(sb.plumb_ok(&["exec", "s-1", "--", "cat", "/etc/hosts"]).contains("s-1"));
+    sb.plumb_ok(&["down", "eh"]);
+    sb.assert_clean();
+}

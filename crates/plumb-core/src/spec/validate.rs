@@ -174,6 +174,7 @@ impl Validator<'_> {
         self.check_stack_size(&services);
         self.check_static_ips(&services, &networks);
         self.check_cycles(&services);
+        self.check_healthy_dependencies(&services);
         self.check_aliases(&services);
         let policies = self.policies(raw.policies, &services);
         let experiments = self.experiments(raw.experiments, &services, &networks);
@@ -1133,6 +1134,38 @@ impl Validator<'_> {
         );
     }
 
+    /// `condition = "healthy"` on a service without a health check could never be met: the
+    /// dependent would start at once (or never), against what the file says.
+    fn check_healthy_dependencies(&mut self, services: &BTreeMap<String, ServiceSpec>) {
+        for (name, service) in services {
+            let Some(process) = &service.process else { continue };
+            for dep in process.depends_on.iter().filter(|d| d.condition == Condition::Healthy) {
+                let target = services.get(&dep.service);
+                if target
+                    .and_then(|t| t.process.as_ref())
+                    .is_some_and(|p| p.health.is_some())
+                {
+                    continue;
+                }
+                let field = format!("services.{name}.depends_on");
+                let span = span_of(&self.spans, &field);
+                let hint = match target.is_some_and(|t| t.process.is_some()) {
+                    true => format!(
+                        "give [services.{}] a health check (health = {{ tcp = PORT }}), or depend on it being started: depends_on = [\"{}\"]",
+                        dep.service, dep.service
+                    ),
+                    false => format!("{:?} runs no command, so it is never healthy: depend on it without a condition", dep.service),
+                };
+                self.err(
+                    span,
+                    &field,
+                    format!("{:?} has no health check, so it can never be \"healthy\"", dep.service),
+                    hint,
+                );
+            }
+        }
+    }
+
     fn check_cycles(&mut self, services: &BTreeMap<String, ServiceSpec>) {
         if let Some(cycle) = find_cycle(services) {
             let field = format!("services.{}.depends_on", cycle[0]);
@@ -1288,6 +1321,7 @@ internal = true
 networks = ["front", "back"]
 ports = ["8080:80", "5353:53/udp"]
 command = "nginx -g 'daemon off;'"
+health = { tcp = 80 }
 [services.db.networks.back]
 ip = "10.89.2.10"
 [services.db]
@@ -1452,6 +1486,15 @@ depends_on = { web = { condition = "healthy" } }
             "{NET}[services.a]\ncommand = \"x\"\ndepends_on = [\"b\"]\n[services.b]\ncommand = \"x\"\ndepends_on = [\"a\"]\n"
         ));
         assert!(e.contains("dependency cycle: a -> b -> a"), "{e}");
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"x\"\ndepends_on = {{ b = {{ condition = \"healthy\" }} }}\n[services.b]\ncommand = \"x\"\n"
+        ));
+        assert!(
+            e.contains("services.a.depends_on")
+                && e.contains("\"b\" has no health check")
+                && e.contains("give [services.b] a health check"),
+            "{e}"
+        );
         let e = errors(&format!(
             "{NET}[services.a]\ncommand = \"x\"\nhealth = {{ tcp = 70000 }}\n"
         ));

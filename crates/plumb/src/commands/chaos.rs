@@ -16,6 +16,7 @@ use crate::failure::{Failure, Result};
 use crate::faults::{self, Locked};
 use crate::output::{count, print_json, say, table};
 use crate::runfile::{self, ReplicaState};
+use crate::stackfile;
 use crate::state::StackState;
 
 impl From<ChaosError> for Failure {
@@ -31,7 +32,52 @@ pub enum Request {
     Partition { a: String, b: String },
 }
 
+/// Takes the `STACK/` off each name (`shop/web`, `shop/web->shop/gateway`), as `exec`, `logs`
+/// and `capture` accept it: the stack they name, which must agree with each other and `-s`.
+pub fn unqualify<'a>(stack: Option<&'a str>, names: &mut [&'a str]) -> Result<Option<&'a str>> {
+    let mut chosen = stack;
+    for name in names.iter_mut() {
+        if let (Some(s), rest) = stackfile::qualified(name) {
+            if chosen.is_some_and(|c| c != s) {
+                return Err(Failure::new(format!(
+                    "{name:?} names stack {s}, but the command is about stack {}",
+                    chosen.unwrap_or_default()
+                ))
+                .hint("name one stack: STACK/NAME everywhere, or -s STACK")
+                .code(2));
+            }
+            chosen = Some(s);
+            *name = rest;
+        }
+    }
+    Ok(chosen)
+}
+
 impl Request {
+    /// The same request with every name unqualified, and the stack its names gave.
+    pub fn unqualified(&self, stack: Option<&str>) -> Result<(Request, Option<String>)> {
+        match self {
+            Request::Impair { target, impairment } => {
+                let mut ends: Vec<&str> = target.split("->").map(str::trim).collect();
+                let stack = unqualify(stack, &mut ends)?.map(str::to_string);
+                let target = ends.join("->");
+                Ok((
+                    Request::Impair {
+                        target,
+                        impairment: *impairment,
+                    },
+                    stack,
+                ))
+            }
+            Request::Partition { a, b } => {
+                let mut names = [a.as_str(), b.as_str()];
+                let stack = unqualify(stack, &mut names)?.map(str::to_string);
+                let [a, b] = names.map(str::to_string);
+                Ok((Request::Partition { a, b }, stack))
+            }
+        }
+    }
+
     /// The name a stack must know for the request to be about it.
     fn first_name(&self) -> &str {
         match self {
@@ -59,17 +105,19 @@ pub fn pick_stack(ctx: &Context, stack: Option<&str>, name: &str) -> Result<Stac
         })
     };
     let found: Vec<&StackState> = stacks.values().filter(|st| knows(st)).collect();
-    match found.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(Failure::new(format!(
+    if found.is_empty() {
+        return Err(Failure::new(format!(
             "no container, service or network {name:?} in any stack that is up"
         ))
         .hint("`plumb ps` lists the containers; a service name means all its replicas")
-        .code(2)),
-        _ => Err(Failure::new(format!("{name:?} exists in several stacks"))
-            .hint("name the stack with -s STACK")
-            .code(2)),
+        .code(2));
     }
+    stackfile::one_stack(found, |st| st.stack.as_str())
+        .cloned()
+        .map_err(|found| {
+            let stacks: Vec<&str> = found.iter().map(|st| st.stack.as_str()).collect();
+            stackfile::in_several_stacks(&format!("{name:?}"), &stacks)
+        })
 }
 
 /// Resolves a request against the stack (a new fault number is taken only when it is kept).
@@ -162,7 +210,9 @@ pub fn run(
 ) -> Result<()> {
     require_root("chaos")?;
     require_nft()?;
-    let st = pick_stack(ctx, stack, request.first_name())?;
+    let (request, stack) = request.unqualified(stack)?;
+    let request = &request;
+    let st = pick_stack(ctx, stack.as_deref(), request.first_name())?;
     let dir = ctx.state.stack_dir(&st.stack);
     report_expired(faults::tend(&dir)?);
     if dry_run {
@@ -297,6 +347,12 @@ pub fn list(ctx: &Context, stack: Option<&str>, format: Format) -> Result<()> {
 /// fault's target mentions (a service); none clears every fault.
 pub fn clear(ctx: &Context, target: Option<&str>, stack: Option<&str>) -> Result<()> {
     require_root("chaos clear")?;
+    let mut ends: Vec<&str> = target
+        .map(|t| t.split("->").map(str::trim).collect())
+        .unwrap_or_default();
+    let stack = unqualify(stack, &mut ends)?;
+    let unqualified = ends.join("->");
+    let target = target.map(|_| unqualified.as_str());
     let mut cleared = 0;
     let mut errors = Vec::new();
     for name in ctx.state.stacks()?.into_keys().filter(|s| stack.is_none_or(|f| f == s)) {
@@ -356,6 +412,9 @@ pub fn kill(
     stack: Option<&str>,
 ) -> Result<()> {
     require_root("chaos kill")?;
+    let mut names = [service];
+    let stack = unqualify(stack, &mut names)?;
+    let service = names[0];
     let st = pick_stack(ctx, stack, service)?;
     let dir = ctx.state.stack_dir(&st.stack);
     runfile::live_supervisor(&dir).ok_or_else(|| {

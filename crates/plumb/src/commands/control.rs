@@ -36,22 +36,17 @@ pub fn run(ctx: &Context, action: Action, service: &str) -> Result<()> {
                 .any(|r| r.service == service)
         })
         .collect();
-    let stack = match stacks.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            return Err(
-                Failure::new(format!("no service {service:?} with a command in any stack that is up"))
-                    .hint("`plumb ps` lists the services"),
-            )
-        }
-        _ => {
-            return Err(Failure::new(format!(
-                "service {service:?} exists in several stacks: {}",
-                stacks.join(", ")
-            ))
-            .hint(format!("name it as STACK/{service}")))
-        }
-    };
+    if stacks.is_empty() {
+        return Err(
+            Failure::new(format!("no service {service:?} with a command in any stack that is up"))
+                .hint("`plumb ps` lists the services")
+                .code(2),
+        );
+    }
+    let stack = stackfile::one_stack(stacks, |s| s.as_str()).map_err(|stacks| {
+        let stacks: Vec<&str> = stacks.iter().map(|s| s.as_str()).collect();
+        stackfile::in_several_stacks(&format!("service {service:?}"), &stacks)
+    })?;
     let dir = ctx.state.stack_dir(&stack);
     let pid = runfile::live_supervisor(&dir).ok_or_else(|| {
         Failure::new(format!("stack {stack} has no running supervisor")).hint("`plumb up` starts it again")

@@ -8,7 +8,7 @@ use plumb_engine::OnError;
 
 use super::up::print_plan;
 use super::{require_nft, require_root, require_stack_name, Context, Format};
-use crate::failure::Result;
+use crate::failure::{Failure, Result};
 use crate::output::{count, say};
 use crate::{apply, faults, processes, runfile};
 
@@ -19,6 +19,25 @@ pub enum Mode {
 }
 
 pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
+    remove(ctx, stack, mode).map(|_| ())
+}
+
+/// `plumb down STACK`: a stack named on the command line that plumb knows nothing of (no
+/// record, nothing in the kernel) is an input error (exit 2), not a quiet success: a typo
+/// must not look like a teardown.
+pub fn run_named(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
+    match remove(ctx, stack, mode)? {
+        true => Ok(()),
+        false => Err(
+            Failure::new(format!("no stack called {stack:?} is up: nothing to remove"))
+                .hint("`plumb ps` lists the stacks that are up")
+                .code(2),
+        ),
+    }
+}
+
+/// Removes the stack; false when there was nothing of it to remove.
+fn remove(ctx: &Context, stack: &str, mode: Mode) -> Result<bool> {
     require_stack_name(stack)?;
     require_root("down")?;
     require_nft()?;
@@ -60,11 +79,11 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
             ),
             None => String::new(),
         };
-        return print_plan(&plan, "plumb down", &preamble, format);
+        return print_plan(&plan, "plumb down", &preamble, format).map(|_| true);
     }
     if plan.is_empty() && state.is_none() {
         say!("stack {stack} is not up: nothing to remove");
-        return Ok(());
+        return Ok(false);
     }
     let (_, result) = apply::run(&mut kernel, &plan, OnError::Continue);
     // With errors the record stays, so the next `down` finds what is left.
@@ -85,5 +104,5 @@ pub fn run(ctx: &Context, stack: &str, mode: Mode) -> Result<()> {
         count(containers, "container"),
         count(networks, "network")
     );
-    Ok(())
+    Ok(true)
 }

@@ -409,6 +409,50 @@ fn http_get(
         .unwrap_or_else(|_| Err("the check's thread failed".into()))
 }
 
+/// `plumb experiment list`: what `run` can take from the file.
+pub fn list(file: &Path, format: Format) -> Result<()> {
+    let parsed = stackfile::load(file)?;
+    let experiments = &parsed.stack.experiments;
+    if format == Format::Json {
+        let rows: Vec<serde_json::Value> = experiments
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.name,
+                    "description": e.description,
+                    "checks": e.checks.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                    "faults": e.faults.len(),
+                    "duration_ms": e.duration().as_millis() as u64,
+                    "settle_ms": e.settle.as_millis() as u64,
+                })
+            })
+            .collect();
+        print_json(&rows);
+        return Ok(());
+    }
+    if experiments.is_empty() {
+        say!("{} has no [[experiments]] (see docs/stack-file.md)", file.display());
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = experiments
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.checks.len().to_string(),
+                e.faults.len().to_string(),
+                humantime::format_duration(e.duration()).to_string(),
+                e.description.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::output::table(&["NAME", "CHECKS", "FAULTS", "FAULTS FOR", "DESCRIPTION"], &rows)
+    );
+    Ok(())
+}
+
 pub fn run(ctx: &Context, name: &str, file: &Path, format: Format) -> Result<()> {
     require_root("experiment run")?;
     require_nft()?;

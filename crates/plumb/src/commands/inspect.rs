@@ -17,12 +17,17 @@ pub fn run(ctx: &Context, name: &str, format: Format) -> Result<()> {
     let value = match find_network(ctx, name)? {
         Some((stack, net, members)) => network_report(&stack, &net, &members),
         None => {
-            let (st, c) = find_container(&ctx.state, name).map_err(|_| {
-                Failure::new(format!(
-                    "no network or container called {name:?} in any stack that is up"
-                ))
-                .hint("`plumb ps` lists containers; networks are named in the stack file")
-            })?;
+            // Not found as a container either: say both were looked for (an ambiguous name or
+            // one on another host keeps its own message).
+            let (st, c) =
+                find_container(&ctx.state, name).map_err(|e| match e.message.starts_with("no container") {
+                    true => Failure::new(format!(
+                        "no network or container called {name:?} in any stack that is up"
+                    ))
+                    .hint("`plumb ps` lists containers; networks are named in the stack file")
+                    .code(2),
+                    false => e,
+                })?;
             container_report(&st.stack, &c)
         }
     };

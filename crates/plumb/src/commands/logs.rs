@@ -23,6 +23,7 @@ pub enum Follow {
 pub fn run(ctx: &Context, name: &str, follow: Follow, tail: usize) -> Result<()> {
     let (stack_filter, name) = stackfile::qualified(name);
     let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut stacks: Vec<String> = Vec::new();
     for stack in ctx
         .state
         .stacks()?
@@ -32,6 +33,9 @@ pub fn run(ctx: &Context, name: &str, follow: Follow, tail: usize) -> Result<()>
         let dir = ctx.state.stack_dir(&stack);
         for spec in runfile::read_run(&dir).specs {
             if spec.container == name || spec.service == name {
+                if !stacks.contains(&stack) {
+                    stacks.push(stack.clone());
+                }
                 files.push((
                     spec.container.clone(),
                     runfile::logs_dir(&dir).join(format!("{}.log", spec.container)),
@@ -39,11 +43,21 @@ pub fn run(ctx: &Context, name: &str, follow: Follow, tail: usize) -> Result<()>
             }
         }
     }
+    if stacks.len() > 1 {
+        // One stack's logs: the current folder's, or the name must say which.
+        let stack = stackfile::one_stack(stacks, |s| s.as_str()).map_err(|many| {
+            let many: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+            stackfile::in_several_stacks(&format!("{name:?}"), &many)
+        })?;
+        let dir = runfile::logs_dir(&ctx.state.stack_dir(&stack));
+        files.retain(|(_, path)| path.starts_with(&dir));
+    }
     if files.is_empty() {
         return Err(Failure::new(format!(
             "no service or container {name:?} with a command in any stack that is up"
         ))
-        .hint("`plumb ps` lists them"));
+        .hint("`plumb ps` lists them")
+        .code(2));
     }
     let prefixed = files.len() > 1;
     let mut out = std::io::stdout().lock();

@@ -69,16 +69,14 @@ fn stack(ctx: &Context, which: Which) -> Result<StackState> {
         }
         Which::File(f) => stackfile::stack_name(f)?,
         Which::Default => {
-            let stacks = ctx.state.stacks()?;
-            match stacks.keys().collect::<Vec<_>>().as_slice() {
-                [one] => one.to_string(),
-                [] => return Err(bad("no stack is up").hint("bring one up with `plumb up`")),
-                many => {
-                    let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
-                    return Err(bad(format!("several stacks are up: {}", names.join(", ")))
-                        .hint("say which with -s STACK or -f FILE"));
-                }
+            let stacks: Vec<String> = ctx.state.stacks()?.into_keys().collect();
+            if stacks.is_empty() {
+                return Err(bad("no stack is up").hint("bring one up with `plumb up`"));
             }
+            stackfile::one_stack(stacks, |s| s.as_str()).map_err(|many| {
+                bad(format!("several stacks are up: {}", many.join(", ")))
+                    .hint("say which with -s STACK or -f FILE, or run it in the folder of the stack's plumb.toml")
+            })?
         }
     };
     ctx.state

@@ -70,6 +70,9 @@ pub fn run(ctx: &Context, target: Option<&str>, once: bool, format: Format) -> R
         return Ok(());
     }
     let keys = Keys::raw();
+    // Into a pipe or file (`plumb top | head`): plain tables one after another, as `top -b`
+    // writes, never screen escapes.
+    let screen = std::io::stdout().is_terminal();
     let mut sort = SortBy::Name;
     loop {
         let deadline = Instant::now() + REFRESH;
@@ -88,12 +91,15 @@ pub fn run(ctx: &Context, target: Option<&str>, once: bool, format: Format) -> R
         at = Instant::now();
         sort_rows(&mut rows, sort);
         let mut out = std::io::stdout().lock();
-        let screen = format!(
-            "\x1b[H\x1b[2Jplumb top: {} containers, refreshed every second; q quits, sort: n name, r rx, t tx, c connections\r\n\r\n{}",
-            rows.len(),
-            render(&rows).replace('\n', "\r\n")
-        );
-        if out.write_all(screen.as_bytes()).and_then(|()| out.flush()).is_err() {
+        let page = match screen {
+            true => format!(
+                "\x1b[H\x1b[2Jplumb top: {} containers, refreshed every second; q quits, sort: n name, r rx, t tx, c connections\r\n\r\n{}",
+                rows.len(),
+                render(&rows).replace('\n', "\r\n")
+            ),
+            false => format!("plumb top: {} containers\n{}\n", rows.len(), render(&rows)),
+        };
+        if out.write_all(page.as_bytes()).and_then(|()| out.flush()).is_err() {
             return Ok(());
         }
     }

@@ -56,7 +56,7 @@ pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<
         hosts: Some(&hosts),
         resolv_conf: Some(&resolv_conf),
     };
-    spawn::confine(
+    let confined = spawn::confine(
         &mut command,
         netns_fd,
         &spec.container,
@@ -66,7 +66,7 @@ pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<
     )?;
     let child = command
         .spawn()
-        .map_err(|e| Failure::new(format!("{}: {e}", program.display())))?;
+        .map_err(|e| Failure::new(confined.explain(&program, &e)))?;
     Ok((child, inode))
 }
 
