@@ -220,6 +220,14 @@ pub fn enter(ns: BorrowedFd) -> Result<()> {
 }
 
 /// The inode that identifies the named namespace (the same for every handle on it).
+/// Whether the namespace's file holds a namespace: an `up` interrupted between creating the
+/// file and bind-mounting the namespace onto it leaves an empty mount point.
+pub fn is_bound(name: &str) -> bool {
+    /// The filesystem type of a bound namespace file (NSFS_MAGIC).
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(&path(name)).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+}
+
 pub fn inode(name: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path(name)).ok().map(|m| m.ino())

@@ -75,3 +75,36 @@ fn concurrent_plumb_processes_serialize() {
     }
     sb.assert_clean();
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn an_interrupted_up_says_what_to_do_and_ps_shows_what_is_incomplete() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write("plumb.toml", &stack("intr", "10.93.0.0/22", 150));
+    // Ctrl-C in the middle: exit 130 and a sentence saying how to finish or undo.
+    let up = sb.spawn_plumb(&["up"]);
+    std::thread::sleep(Duration::from_millis(60));
+    sb.ok(&format!("kill -INT {}", up.id()));
+    let out = up.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("plumb up") && err.contains("plumb down"),
+        "{err}"
+    );
+
+    // A namespace file that is only an empty mount point (an up stopped between making the
+    // file and binding the namespace to it) is shown as incomplete, not as up...
+    sb.plumb_ok(&["up"]);
+    sb.ok("umount /run/netns/intr-c-7");
+    let rows = sb.ps();
+    let row = rows.iter().find(|r| r["container"] == "c-7").expect("c-7 in ps");
+    assert_eq!(row["complete"], false, "{row}");
+    assert!(sb.plumb_ok(&["ps"]).contains("incomplete (run plumb up)"));
+    // ... and the next up makes it whole: the container answers again.
+    sb.plumb_ok(&["up"]);
+    assert!(sb.ps().iter().all(|r| r["complete"] == true));
+    assert!(sb.ping("intr-c-7", "10.93.0.2"));
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

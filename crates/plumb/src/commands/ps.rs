@@ -30,6 +30,8 @@ struct Row {
     namespace: String,
     /// The namespace exists under /run/netns.
     present: bool,
+    /// Its file holds the namespace (false: an `up` was interrupted before binding it).
+    complete: bool,
     interfaces: Vec<Iface>,
     ports: Vec<String>,
     /// The supervised process, for containers with a command.
@@ -262,6 +264,7 @@ impl Shown {
             stack: stack.to_string(),
             record,
             present: plumb_linux::netns::path(&self.netns).exists(),
+            complete: plumb_linux::netns::is_bound(&self.netns),
             container: self.name,
             service: self.service,
             replica: self.replica,
@@ -399,10 +402,11 @@ fn render(rows: &[Row]) -> String {
         .iter()
         .map(|r| {
             let p = r.process.as_ref();
-            let mut state = match (r.present, p) {
-                (false, _) => "missing".to_string(),
-                (true, None) => "up".to_string(),
-                (true, Some(p)) => p.state.as_str().to_string(),
+            let mut state = match (r.present, r.complete, p) {
+                (false, _, _) => "missing".to_string(),
+                (true, false, _) => "incomplete (run plumb up)".to_string(),
+                (true, true, None) => "up".to_string(),
+                (true, true, Some(p)) => p.state.as_str().to_string(),
             };
             if let Some(p) = p.filter(|p| p.untracked > 0) {
                 state += &format!(", {} untracked", p.untracked);

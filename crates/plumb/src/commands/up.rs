@@ -51,6 +51,26 @@ pub fn read_assignment(path: &Path) -> Result<HostAssignment> {
     })
 }
 
+/// Ctrl-C (or SIGTERM, SIGHUP) during `up` still ends it at once, as the user asked, but
+/// says what the stack is left as and what to do: the next `up` finishes, `down` undoes.
+fn say_how_to_recover_if_interrupted() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    extern "C" fn interrupted(_: nix::libc::c_int) {
+        const MESSAGE: &[u8] =
+            b"\nplumb: interrupted: the stack may be half made; run `plumb up` again to finish it or `plumb down` to undo it\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            nix::libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len());
+            nix::libc::_exit(130);
+        }
+    }
+    let action = SigAction::new(SigHandler::Handler(interrupted), SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only calls async-signal-safe functions.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
+}
+
 pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssignment>) -> Result<()> {
     let parsed = stackfile::load(file)?;
     let stack = parsed.stack.name.clone();
@@ -58,6 +78,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssig
     if let Mode::Apply(_) = mode {
         require_root("up")?;
         require_nft()?;
+        say_how_to_recover_if_interrupted();
     }
     let base = match assignment.and_then(|a| a.base.clone()) {
         Some(base) => base,
