@@ -65,13 +65,19 @@ pub fn parse_line(line: &str) -> Option<TraceLine> {
     }
     let rule = what.strip_prefix("rule ")?;
     let (body, verdict) = rule.rsplit_once(" (verdict ")?;
-    let verdict = verdict.trim().trim_end_matches(')').to_string();
     let (expr, comment) = match body.find(" comment \"") {
         Some(at) => (
             body[..at].to_string(),
             Some(body[at + " comment \"".len()..].trim_end_matches('"').to_string()),
         ),
         None => (body.to_string(), None),
+    };
+    // The kernel traces a reject as "drop": the sender got a reset or an ICMP error, which
+    // is not what a drop does (silence until a timeout).
+    let verdict = match verdict.trim().trim_end_matches(')') {
+        "drop" if expr.contains("reject with tcp reset") => "reject (TCP reset)".to_string(),
+        "drop" if expr.contains("reject") => "reject (ICMP error)".to_string(),
+        other => other.to_string(),
     };
     Some(TraceLine::Rule {
         at,
@@ -178,15 +184,25 @@ pub fn collapse(steps: Vec<Step>) -> Vec<(Step, usize)> {
     out
 }
 
-/// The first drop or reject among the steps, if any: what stopped the probe.
+/// The first drop or reject among the steps, if any: what stopped the probe. A connection a
+/// service's VIP turned away because the client shares none of its networks is decided by that
+/// isolation rule (its `return` sends it on to be refused), not by the refusal it leads to.
 pub fn decision(steps: &[Step]) -> Option<Decision> {
+    let mut turned_away: Option<&Matched> = None;
     for step in steps {
         for rule in &step.rules {
+            let isolation = rule
+                .comment
+                .as_deref()
+                .is_some_and(|c| c.ends_with(crate::firewall::vips::ISOLATION_COMMENT));
+            if isolation && rule.verdict == "return" {
+                turned_away = Some(rule);
+            }
             if is_refusal(&rule.verdict) {
                 return Some(Decision {
                     at: step.at.clone(),
                     verdict: rule.verdict.clone(),
-                    rule: Some(rule.clone()),
+                    rule: Some(turned_away.unwrap_or(rule).clone()),
                 });
             }
         }
@@ -216,6 +232,35 @@ trace id 372d8a22 bridge plumb_tr prerouting policy accept
 trace id 71354c74 inet plumb_tr forward packet: iif "plbc36b29c3" oif "up0" ip saddr 10.89.50.3 ip daddr 203.0.113.2
 trace id 71354c74 inet plumb_tr forward rule iifname "plbc36b29c3" oifname != "plbc36b29c3" drop comment "db: internal, nothing leaves" (verdict drop)
 "#;
+
+    #[test]
+    fn a_vip_refusal_after_the_isolation_rule_is_decided_by_isolation_and_called_a_reset() {
+        let text = "trace id 1 inet t prerouting packet: iif \"b1\" ip saddr 10.0.0.3\n\
+                    trace id 1 inet t prerouting rule ip daddr . meta l4proto . th dport vmap @services (verdict goto svc_redis_tcp_6379)\n\
+                    trace id 1 inet t svc_redis_tcp_6379 rule iifname != { \"b3\" } return comment \"redis: only from containers on its networks\" (verdict return)\n\
+                    trace id 1 inet t vip_refuse packet: iif \"b1\" ip saddr 10.0.0.3\n\
+                    trace id 1 inet t vip_refuse rule iifname { \"b1\" } ip daddr 10.96.0.0/20 meta l4proto tcp reject with tcp reset comment \"virtual IPs: no ready replica or port not exposed, refused\" (verdict drop)\n";
+        let lines: Vec<TraceLine> = text.lines().filter_map(parse_line).collect();
+        let d = decision(&steps(&lines, &[])).unwrap();
+        assert_eq!(d.verdict, "reject (TCP reset)");
+        assert_eq!(
+            d.rule.unwrap().comment.as_deref(),
+            Some("redis: only from containers on its networks")
+        );
+        // Without the isolation rule, the refusal itself decided (no ready replica).
+        let lines: Vec<TraceLine> = text
+            .lines()
+            .filter(|l| !l.contains("return"))
+            .filter_map(parse_line)
+            .collect();
+        let d = decision(&steps(&lines, &[])).unwrap();
+        assert!(d
+            .rule
+            .unwrap()
+            .comment
+            .unwrap()
+            .starts_with("virtual IPs: no ready replica"));
+    }
 
     #[test]
     fn a_rule_in_a_chain_jumped_to_is_part_of_its_base_chain_step() {

@@ -18,6 +18,7 @@ internal = true
 networks = ["front"]
 [services.redis]
 networks = ["db"]
+expose = [6379]
 "#;
 
 fn trace(sb: &Sandbox, from: &str, to: &str) -> (Option<i32>, Value) {
@@ -79,6 +80,17 @@ fn trace_shows_the_way_and_the_rule_that_decided() {
     assert!(
         human.contains("decided by rule \"db: internal, nothing leaves\""),
         "{human}"
+    );
+
+    // Through a VIP, from a container on none of the service's networks: the service's
+    // isolation rule decides (not "no ready replica"), and a reset is a reject, not a drop.
+    let (code, report) = trace(&sb, "web-1", "redis:6379");
+    assert_eq!(report["outcome"], "refused", "{report:#}");
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["decided_by"]["verdict"], "reject (TCP reset)", "{report:#}");
+    assert_eq!(
+        report["decided_by"]["rule"]["comment"], "redis: only from containers on its networks",
+        "{report:#}"
     );
 
     // No tracing table is left behind, also when the trace is told to stop half-way (it

@@ -25,6 +25,9 @@ const ENDPOINT_CHAIN_PREFIX: &str = "ep_";
 const AFFINITY_SET_PREFIX: &str = "aff_";
 /// The filter chain refusing what is addressed to the service subnet and was not DNATed.
 const REFUSE_CHAIN: &str = "vip_refuse";
+/// The end of the comment of a service's rule turning away clients on none of its networks
+/// (`plumb trace` names it as what decided).
+pub const ISOLATION_COMMENT: &str = "only from containers on its networks";
 
 /// What the load balancer needs of a stack, for rendering and for the supervisor (which gets
 /// it in `run.json`).
@@ -178,7 +181,7 @@ impl Balanced {
         };
         let mut rules = vec![Rule::new(
             format!("iifname != {{ {} }}{side} return", quoted(&self.bridges)),
-            format!("{svc}: only from containers on its networks"),
+            format!("{svc}: {ISOLATION_COMMENT}"),
         )];
         let ready: Vec<&Endpoint> = self
             .endpoints
