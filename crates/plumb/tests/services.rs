@@ -52,6 +52,18 @@ fn the_shop_runs_for_real_and_survives_a_killed_replica() {
         served_by,
         BTreeSet::from(["product-1".into(), "product-2".into(), "product-3".into()])
     );
+    // Spread by plumb's VIP balancer, not by the gateway: each replica's connections through
+    // product's VIP are counted.
+    let services: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["services", "--json"])).unwrap();
+    let product = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "product")
+        .expect("product in services");
+    for e in product["endpoints"].as_array().unwrap() {
+        assert!(e["connections"].as_u64().unwrap() >= 1, "{product}");
+    }
     // Views are counted in Redis.
     let views = |sb: &Sandbox| -> i64 {
         let body: serde_json::Value = serde_json::from_str(&http(
