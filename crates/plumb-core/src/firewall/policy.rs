@@ -16,6 +16,7 @@
 
 use super::{Hook, HookPoint, Rule, Ruleset, Set};
 use crate::desired::Desired;
+use crate::names;
 use crate::policy::{compile, Compiled, Target};
 
 /// Flows idle this long are forgotten by the bridge table (replies then count as new flows).
@@ -230,16 +231,41 @@ fn deny(desired: &Desired, rules: &mut Ruleset, direction: &str, service: &str, 
     ));
 }
 
-/// nft takes log prefixes of at most 127 bytes, without double quotes.
+/// A log prefix: a safe label ([`names::label`]: no newline can forge a kernel log line) of
+/// at most 127 bytes, ending in `...: ` when cut.
 fn log_prefix(text: &str) -> String {
-    let mut out = text.replace('"', "'");
-    if out.len() > 127 {
-        let mut at = 120;
-        while !out.is_char_boundary(at) {
-            at -= 1;
-        }
-        out.truncate(at);
-        out.push_str("...: ");
+    let whole = names::label(text, usize::MAX);
+    if whole.len() <= names::LOG_PREFIX_MAX {
+        return whole;
     }
-    out
+    names::label(&whole, names::LOG_PREFIX_MAX - 2) + ": "
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_prefix;
+    use crate::desired::resolve;
+    use crate::firewall::rulesets;
+    use crate::spec::parse;
+
+    #[test]
+    fn a_newline_in_the_stack_files_path_reaches_no_log_prefix_nor_comment() {
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.9.0.0/24\"\n[services.a]\n[services.b]\n\
+                    [[policies]]\nfrom = \"a\"\nto = \"b\"\nlog = true\n";
+        let file = "/tmp/x\nkernel: Out of memory: Killed process 1 \"init\"\n/plumb.toml";
+        let d = resolve(&parse(file, text).unwrap(), &Default::default()).unwrap().0;
+        for table in rulesets(&d) {
+            let printed = table.print();
+            let prefix = printed.lines().find(|l| l.contains("log prefix")).map(str::to_string);
+            for line in printed.lines() {
+                assert!(!line.trim_start().starts_with("kernel:"), "forged line in\n{printed}");
+            }
+            if let Some(line) = prefix {
+                assert!(line.contains("/tmp/x?kernel: Out of memory"), "{line}");
+                assert!(line.contains("'init'?/plumb.toml:6"), "{line}");
+            }
+        }
+        assert!(log_prefix(&"x".repeat(300)).ends_with("...: "));
+        assert!(log_prefix(&"é\n".repeat(300)).len() <= 127);
+    }
 }
