@@ -36,6 +36,7 @@ pub type Feature = fn(&Desired, &mut Ruleset);
 
 /// In this order: rules added earlier match first within a shared base chain.
 const INET_FEATURES: &[Feature] = &[
+    overlay::contribute_sender,
     overlay::contribute,
     inbound::contribute,
     isolation::contribute,
