@@ -37,7 +37,40 @@ pub fn host_veth(stack: &str, container: &str, network: &str) -> String {
 
 /// The link alias that marks an object as plumb's: `plumb:shop/net/frontend`.
 pub fn alias(stack: &str, object: &str) -> String {
-    format!("plumb:{stack}/{object}")
+    label(&format!("plumb:{stack}/{object}"), ALIAS_MAX)
+}
+
+/// The kernel keeps link aliases of at most this many bytes (IFALIASZ less the final NUL).
+pub const ALIAS_MAX: usize = 255;
+/// nft keeps rule comments of at most this many bytes.
+pub const COMMENT_MAX: usize = 128;
+/// nft keeps log prefixes of at most this many bytes.
+pub const LOG_PREFIX_MAX: usize = 127;
+
+/// `text` made safe as a label the kernel keeps and prints: an nft comment or log prefix, a
+/// link alias. Every such string goes through here. Control characters (a newline in a log
+/// prefix would start a kernel log line of the stack file's choosing) become `?`; a double
+/// quote (it ends an nft string) becomes `'`; a backslash becomes `/`. A label longer than
+/// `max` bytes is cut at a character boundary and ends with `...`.
+pub fn label(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| match c {
+            c if c.is_control() => '?',
+            '"' => '\'',
+            '\\' => '/',
+            c => c,
+        })
+        .collect();
+    if out.len() > max {
+        let mut at = max.saturating_sub(3);
+        while !out.is_char_boundary(at) {
+            at -= 1;
+        }
+        out.truncate(at);
+        out.push_str("...");
+    }
+    out
 }
 
 /// The stack and object an alias `plumb:STACK/OBJECT` names (`None`: not plumb's mark).
@@ -112,6 +145,26 @@ pub fn fnv1a(parts: &[&str]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_hold_no_control_characters_quotes_or_backslashes() {
+        let forged = "a\nkernel: forged line\r\t\u{1b}[31m \"q\" back\\slash \u{85}";
+        let l = label(forged, 200);
+        assert!(!l.chars().any(char::is_control), "{l:?}");
+        assert!(!l.contains('"') && !l.contains('\\'), "{l:?}");
+        assert_eq!(l, "a?kernel: forged line???[31m 'q' back/slash ?");
+        // Already safe text is kept as it is.
+        assert_eq!(label("plumb:shop/net/front", 200), "plumb:shop/net/front");
+    }
+
+    #[test]
+    fn long_labels_are_cut_at_a_character_boundary() {
+        let l = label(&"é".repeat(100), 20);
+        assert!(l.len() <= 20 && l.ends_with("..."), "{l:?}");
+        assert_eq!(label("abc", 3), "abc");
+        assert!(alias("s", &"x".repeat(400)).len() <= ALIAS_MAX);
+        assert!(!alias("s\nt", "net/a").contains('\n'));
+    }
 
     #[test]
     fn interface_names_fit_ifnamsiz() {

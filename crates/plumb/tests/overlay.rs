@@ -376,3 +376,172 @@ fn a_peer_cannot_spoof_sources_through_the_overlay() {
     assert!(!arrived().contains("claims-h1-block"), "{}", arrived());
     assert!(!arrived().contains("outside-the-network"), "{}", arrived());
 }
+
+/// `vx`: on one overlay, only `api` may send to `db` (UDP 9000); `intruder` may not. h1 runs
+/// api-1 and intruder-1, h2 runs db-1.
+const POLICY_STACK: &str = r#"
+name = "vx"
+[networks.a]
+subnet = "10.50.0.0/16"
+driver = "overlay"
+[services.api]
+networks = ["a"]
+[services.intruder]
+networks = ["a"]
+[services.db]
+networks = ["a"]
+[[policies]]
+from = "api"
+to = "db"
+ports = [9000]
+protocol = "udp"
+"#;
+
+/// `up` of POLICY_STACK on host `i` (1-based) of two, running `replicas`, knowing `remote`
+/// (JSON objects of RemoteContainer).
+fn up_policy_stack(cluster: &Cluster, i: usize, replicas: &str, remote: &[String]) {
+    let host = cluster.host(i - 1);
+    let stack = host.dir.join("vx.toml");
+    std::fs::write(&stack, POLICY_STACK).unwrap();
+    let peer = 3 - i;
+    let assignment = format!(
+        r#"{{"host": "h{i}", "replicas": {{{replicas}}}, "remote": [{}],
+            "overlays": {{"a": {{"block": "10.50.{}.0/24", "local": "10.99.0.{}", "mtu": 1450,
+            "peers": [{{"host": "h{peer}", "underlay": "10.99.0.{}", "block": "10.50.{}.0/24"}}]}}}}}}"#,
+        remote.join(", "),
+        i - 1,
+        10 + i,
+        10 + peer,
+        peer - 1
+    );
+    let file = host.dir.join(format!("vx-h{i}.json"));
+    std::fs::write(&file, assignment).unwrap();
+    host.plumb_ok(&["up", "-f", path_str(&stack), "--assignment", path_str(&file)]);
+}
+
+fn remote(name: &str, host: &str, address: &str) -> String {
+    let (service, replica) = name.rsplit_once('-').unwrap();
+    format!(
+        r#"{{"name": "{name}", "service": "{service}", "replica": {replica}, "host": "{host}",
+            "addresses": {{"a": "{address}"}}, "ready": true}}"#
+    )
+}
+
+fn address_in(host: &Host, ns: &str) -> String {
+    host.ok(&format!(
+        "ip -n {ns} -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1"
+    ))
+    .trim()
+    .to_string()
+}
+
+/// The overlay device of network `a` of `stack` on `host`: (VNI, MAC).
+fn vtep(host: &Host, stack: &str) -> (u32, String) {
+    let links: serde_json::Value = serde_json::from_str(&host.ok("ip -d -j link show type vxlan")).unwrap();
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifalias"].as_str() == Some(&format!("plumb:{stack}/vxlan/a")))
+        .expect("the overlay's VXLAN device");
+    let vni = link["linkinfo"]["info_data"]["id"].as_u64().unwrap() as u32;
+    (vni, link["address"].as_str().unwrap().to_string())
+}
+
+/// A Python script sending one VXLAN datagram to `vtep_ip`:4789 that carries an Ethernet
+/// frame to `dst_mac` holding an IPv4/UDP packet `src` -> `dst`:`port` with `text`.
+fn forged_vxlan(vni: u32, dst_mac: &str, src: &str, dst: &str, port: u16, text: &str, vtep_ip: &str) -> String {
+    format!(
+        "import socket,struct\n\
+         data=b'{text}'\n\
+         udp=struct.pack('!HHHH',40000,{port},8+len(data),0)+data\n\
+         h=struct.pack('!BBHHHBBH4s4s',0x45,0,20+len(udp),1,0,64,17,0,socket.inet_aton('{src}'),socket.inet_aton('{dst}'))\n\
+         c=sum(struct.unpack('!10H',h)); c=(c>>16)+(c&0xffff); c=~(c+(c>>16))&0xffff\n\
+         h=h[:10]+struct.pack('!H',c)+h[12:]\n\
+         eth=bytes.fromhex('{}')+bytes.fromhex('02aabbccddee')+b'\\x08\\x00'\n\
+         vx=struct.pack('!II',0x08000000,{vni}<<8)\n\
+         socket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto(vx+eth+h+udp,('{vtep_ip}',4789))\n",
+        dst_mac.replace(':', "")
+    )
+}
+
+/// A container cannot inject VXLAN: intruder-1 on h1 sends h2's VTEP a datagram with the
+/// right VNI (read from h2's device: knowing it gets it nothing) and a forged inner packet
+/// "from api-1" to db-1, which db's policy would take from api. h1 drops it before its
+/// egress NAT could give it h1's underlay address, which h2 accepts VXLAN from. The same
+/// bytes sent by h1 itself (the host encapsulating, as its VXLAN device does) arrive: the
+/// forged packet was well formed, only its sender was wrong.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_container_cannot_inject_vxlan_past_policies() {
+    let Some(cluster) = Cluster::start(2) else { return };
+    let (h1, h2) = (cluster.host(0), cluster.host(1));
+    let db = "10.50.1.2";
+    up_policy_stack(
+        &cluster,
+        1,
+        r#""api": [1], "intruder": [1]"#,
+        &[remote("db-1", "h2", db)],
+    );
+    let (api, intruder) = (address_in(h1, "vx-api-1"), address_in(h1, "vx-intruder-1"));
+    up_policy_stack(
+        &cluster,
+        2,
+        r#""db": [1]"#,
+        &[remote("api-1", "h1", &api), remote("intruder-1", "h1", &intruder)],
+    );
+    assert_eq!(address_in(h2, "vx-db-1"), db);
+    let log = udp_log(h2, "vx-db-1", 9000);
+    let arrived = || std::fs::read_to_string(&log).unwrap();
+    // The policy at work: api's datagram arrives, intruder's does not.
+    send_udp(h1, "vx-api-1", db, 9000, "honest");
+    send_udp(h1, "vx-intruder-1", db, 9000, "direct");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || arrived()
+            .contains(&format!("honest from {api}"))),
+        "{}",
+        arrived()
+    );
+
+    let (vni, mac) = vtep(h2, "vx");
+    let forged = forged_vxlan(vni, &mac, &api, db, 9000, "forged", "10.99.0.12");
+    std::fs::write(h1.dir.join("forged.py"), forged).unwrap();
+    let control = forged_vxlan(vni, &mac, &api, db, 9000, "control", "10.99.0.12");
+    std::fs::write(h1.dir.join("control.py"), control).unwrap();
+    // To h2's VTEP, and to h1's own (the input hook), from the container.
+    h1.ok(&format!(
+        "ip netns exec vx-intruder-1 python3 {}",
+        h1.dir.join("forged.py").display()
+    ));
+    let own = forged_vxlan(vni, &mac, &api, db, 9000, "forged-own", "10.99.0.11");
+    std::fs::write(h1.dir.join("own.py"), own).unwrap();
+    h1.ok(&format!(
+        "ip netns exec vx-intruder-1 python3 {}",
+        h1.dir.join("own.py").display()
+    ));
+    h1.ok(&format!("python3 {}", h1.dir.join("control.py").display()));
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || arrived()
+            .contains(&format!("control from {api}"))),
+        "the host's own encapsulation did not arrive: {}",
+        arrived()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!arrived().contains("direct"), "{}", arrived());
+    assert!(
+        !arrived().contains("forged"),
+        "a container injected VXLAN: {}",
+        arrived()
+    );
+    let forward = h1.ok("nft list chain inet plumb_vx forward");
+    assert!(
+        forward
+            .lines()
+            .any(|l| l.contains("containers send no VXLAN") && l.contains("counter packets 1 ")),
+        "h1 counts the container's VXLAN datagram:\n{forward}"
+    );
+    for host in cluster.hosts() {
+        host.plumb_ok(&["down", "vx"]);
+        host.assert_clean();
+    }
+}

@@ -3,7 +3,8 @@
 //! host) for six policy sets applied one after another with `plumb up` (each change an
 //! in-place update of the tables, not a new table), `plumb policy why` agreeing with every
 //! cell of one table, a process whose first connection is denied, and 10,000 policy elements
-//! giving the same verdicts as the small policy they contain.
+//! giving the same verdicts as the small policy they contain. Each truth table is also
+//! probed with UDP broadcast (limited and each subnet's) and multicast (224.0.0.1).
 
 mod common;
 
@@ -132,6 +133,45 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// Broadcast and multicast destinations each source sends the same UDP datagrams to.
+const GROUPS: &[&str] = &[
+    "255.255.255.255",
+    "224.0.0.1",
+    "10.96.1.255",
+    "10.96.2.255",
+    "10.96.3.255",
+];
+
+/// Whether a datagram from `s` to group `g` reaches the segment of network `net`: the subnet
+/// broadcast of a network it is on; the limited broadcast and multicast leave by its default
+/// route's interface, its first network's.
+fn on_segment(s: &Source, g: &str, net: &str) -> bool {
+    let mine = nets(&s.label);
+    match g.strip_prefix("10.96.").and_then(|r| r.strip_suffix(".255")) {
+        Some(n) => net == format!("n{n}") && mine.contains(&net),
+        None => mine.first() == Some(&net),
+    }
+}
+
+/// A group datagram arrives in namespace `ns` iff the sender is that namespace (the kernel
+/// loops it back, if it left by one of its own networks), or some target of `ns` on the
+/// datagram's segment would be reached by a unicast datagram on the same port.
+fn group_reaches(
+    grid: &Reachability,
+    allows: fn(&Source, &Target, u16, Proto) -> bool,
+    s: &Source,
+    ns: &str,
+    g: &str,
+    port: u16,
+) -> bool {
+    let targets = grid.targets.iter().filter(|t| t.ns == ns);
+    let mut targets = targets.filter(|t| on_segment(s, g, split(t).1));
+    if s.ns == ns {
+        return targets.next().is_some();
+    }
+    targets.any(|t| base(s, t, port, Proto::Udp) && allows(s, t, port, Proto::Udp))
+}
+
 fn grid(sb: &Sandbox) -> Reachability {
     let targets = vec![
         Target::of(sb, "a@n1", "pol-a-1", "eth0"),
@@ -213,6 +253,11 @@ fn six_policy_sets_give_their_truth_tables_and_edits_are_in_place() {
         let expected = grid.expect(|s, t, port, proto| base(s, t, port, proto) && allows(s, t, port, proto));
         let report = grid.assert_matches(&sb, &expected);
         println!("policy set {i}: {}\n{report}", case.name);
+        // The same flows as broadcast and multicast: a policy denies them as it denies unicast.
+        let groups = grid.assert_groups(&sb, GROUPS, |s, ns, g, port| {
+            group_reaches(&grid, allows, s, ns, g, port)
+        });
+        println!("{}: {groups}", case.name);
         if i == CASES.len() - 1 {
             why_agrees(&sb, &grid, &expected);
         }
@@ -322,10 +367,12 @@ fn ten_thousand_policy_elements_give_the_small_policys_verdicts() {
     let elements = sb.ok("nft list set inet plumb_big policy_allow | grep -o ' \\. tcp \\. ' | wc -l");
     assert!(elements.trim().parse::<u32>().unwrap() >= 10_000, "{elements}");
     println!("10,002 elements\n{}", grid.assert_matches(&sb, &expected));
-    // An edit with all of them present is one element added.
+    // An edit with all of them present is one element added (to each set holding flows).
     sb.write("plumb.toml", &format!("{stack}from = {}\n", many_sources(5001)));
     let plan = sb.plumb_ok(&["up", "--dry-run"]);
-    assert_eq!(plan.matches("add element").count(), 2, "{plan}");
+    // One element command per set: policy_allow in both tables, and the bridge table's
+    // policy_port_allow (the same flow at b's port, for broadcast and multicast).
+    assert_eq!(plan.matches("add element").count(), 3, "{plan}");
     assert!(!plan.contains("delete table"), "{plan}");
     sb.plumb_ok(&["up"]);
     grid.assert_matches(&sb, &expected);

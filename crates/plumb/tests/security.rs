@@ -296,3 +296,52 @@ fn a_container_reaches_its_own_published_port_and_so_do_its_neighbours() {
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+/// Strings that reach the kernel's labels are sanitized: a stack file in a folder whose name
+/// holds a newline (and a quote) gives log prefixes and rule comments without them, so a
+/// denied packet cannot print a kernel log line of the file's choosing.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_newline_in_the_stack_files_path_forges_no_kernel_log_line() {
+    let sb = Sandbox::start().unwrap();
+    let dir = "evil\nkernel: Out of memory: Killed process 1 \"init\"";
+    let file = sb.write(
+        &format!("{dir}/plumb.toml"),
+        "name = \"logs\"\n[networks.n]\nsubnet = \"10.95.7.0/24\"\n[services.a]\n[services.b]\n\
+         [[policies]]\nfrom = \"a\"\nto = \"b\"\nlog = true\n",
+    );
+    sb.plumb_ok(&["up", "-f", path_str(&file)]);
+    let mut prefixes = Vec::new();
+    for family in ["inet", "bridge"] {
+        let listing = sb.ok(&format!("nft -j list table {family} plumb_logs"));
+        let json: serde_json::Value = serde_json::from_str(&listing).unwrap();
+        fn strings(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match v.as_str() {
+                            Some(s) if k == key || k == "comment" => out.push(s.to_string()),
+                            _ => strings(v, key, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, key, out)),
+                _ => {}
+            }
+        }
+        strings(&json, "prefix", &mut prefixes);
+    }
+    let logged: Vec<&String> = prefixes.iter().filter(|p| p.contains("deny")).collect();
+    assert!(
+        logged.iter().any(|p| p.contains("evil?kernel: Out of memory")),
+        "no log prefix names the file: {prefixes:?}"
+    );
+    for label in &prefixes {
+        assert!(
+            !label.chars().any(char::is_control) && !label.contains('"'),
+            "a label the kernel prints holds {label:?}"
+        );
+    }
+    sb.plumb_ok(&["down", "logs"]);
+    sb.assert_clean();
+}

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use super::{Hook, HookPoint, Rule, Ruleset, Set};
 use crate::desired::Desired;
 
+/// The set of each container port's own address (`ifname . ipv4_addr`); policies use it too.
+pub const PORT_ADDRS: &str = "port_addrs";
+
 pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
     let mut ports = BTreeMap::new();
     let mut macs = BTreeMap::new();
@@ -33,7 +36,7 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
     };
     rules.set(set("ports", "ifname", ports));
     rules.set(set("port_macs", "ifname . ether_addr", macs));
-    rules.set(set("port_addrs", "ifname . ipv4_addr", addrs));
+    rules.set(set(PORT_ADDRS, "ifname . ipv4_addr", addrs));
     let prerouting = rules.chain("prerouting", Some(Hook::bridge_filter(HookPoint::Prerouting)));
     for (expr, why) in [
         ("iifname . ether saddr != @port_macs drop", "only from its own MAC"),

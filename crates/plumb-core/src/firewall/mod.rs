@@ -36,6 +36,7 @@ pub type Feature = fn(&Desired, &mut Ruleset);
 
 /// In this order: rules added earlier match first within a shared base chain.
 const INET_FEATURES: &[Feature] = &[
+    overlay::contribute_sender,
     overlay::contribute,
     inbound::contribute,
     isolation::contribute,
@@ -306,16 +307,22 @@ impl Ruleset {
 }
 
 impl Rule {
+    /// A rule; its comment is made a safe label ([`names::label`]) here, so what plumb keeps
+    /// is what nft lists back.
     pub fn new(expr: impl Into<String>, comment: impl Into<String>) -> Rule {
         Rule {
             expr: expr.into(),
-            comment: comment.into(),
+            comment: names::label(&comment.into(), names::COMMENT_MAX),
         }
     }
 
-    /// The rule as nft writes it inside a chain (comments cannot hold a double quote).
+    /// The rule as nft writes it inside a chain.
     pub fn text(&self) -> String {
-        format!("{} comment \"{}\"", self.expr, self.comment.replace('"', "'"))
+        format!(
+            "{} comment \"{}\"",
+            self.expr,
+            names::label(&self.comment, names::COMMENT_MAX)
+        )
     }
 }
 

@@ -5,6 +5,13 @@
 //! itself (UDP 4789, the network's VNI) is accepted only from the peers' underlay addresses,
 //! one set whose elements change as hosts come and go. Egress NAT leaves the overlay's own
 //! subnet alone (see `egress`): sources are preserved across hosts.
+//!
+//! And on every host, overlay or not: containers send no VXLAN ([`contribute_sender`]). A
+//! peer's underlay address is trusted only because what leaves it to the VXLAN port is what
+//! its own kernel encapsulated; a container's datagram to a VTEP, masqueraded to that same
+//! address, would otherwise be taken for one, its forged inner packet delivered past
+//! anti-spoofing and policies. So the VNI need not be secret: knowing it gets a container
+//! nothing.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +21,26 @@ use crate::desired::Desired;
 
 /// The set of the overlay peers' underlay addresses.
 pub const HOSTS_SET: &str = "overlay_hosts";
+
+/// Containers of every network send nothing to the VXLAN port (of any host, this one
+/// included): only the host encapsulates.
+pub fn contribute_sender(desired: &Desired, rules: &mut Ruleset) {
+    if desired.networks.is_empty() {
+        return;
+    }
+    let bridges: Vec<String> = desired.networks.iter().map(|n| format!("\"{}\"", n.bridge)).collect();
+    let expr = format!(
+        "iifname {{ {} }} udp dport {VXLAN_PORT} counter drop",
+        bridges.join(", ")
+    );
+    for point in [HookPoint::Forward, HookPoint::Input] {
+        let chain = rules.chain(point.as_str(), Some(Hook::filter(point)));
+        chain.rules.push(Rule::new(
+            expr.clone(),
+            "containers send no VXLAN: only the host encapsulates",
+        ));
+    }
+}
 
 pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
     let overlays: Vec<_> = desired
@@ -117,6 +144,7 @@ mod tests {
             "elements = { 10.99.0.12 }",
             "udp dport 4789 @th,96,24",
             "ip saddr != @overlay_hosts counter drop",
+            "udp dport 4789 counter drop comment \"containers send no VXLAN",
         ] {
             assert!(inet.contains(needle), "missing {needle:?} in\n{inet}");
         }
@@ -125,6 +153,17 @@ mod tests {
         let at = |needle: &str| inet.find(needle).unwrap_or_else(|| panic!("{needle}"));
         assert!(at("reach this host's") < at("nothing else enters"));
         assert!(at("reach the other hosts'") < at("internal, nothing leaves"));
+        // Containers' VXLAN is dropped before anything could accept it (and masquerade it
+        // into the underlay), in forward and in input.
+        let sender = inet
+            .lines()
+            .filter(|l| l.contains("containers send no VXLAN"))
+            .collect::<Vec<_>>();
+        assert_eq!(sender.len(), 2, "{inet}");
+        assert!(sender
+            .iter()
+            .all(|l| l.contains(&d.networks[0].bridge) && l.contains(&d.networks[1].bridge)));
+        assert!(at("containers send no VXLAN") < at("replies to connections already allowed"));
         // The bridge network keeps its egress NAT; the internal overlay has none.
         assert!(inet.contains("ip saddr 10.60.0.0/24 oifname"));
         assert!(!inet.contains("ip saddr 10.50.0.0/24 ip daddr != 10.50.0.0/16"));

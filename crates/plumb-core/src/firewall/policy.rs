@@ -13,9 +13,18 @@
 //! hooks without br_netfilter. The bridge family has no conntrack without
 //! `nf_conntrack_bridge`, so replies pass through a set of allowed flows the packet path
 //! fills and refreshes (`policy_flows`, idle timeout [`FLOW_TIMEOUT`]).
+//!
+//! Broadcast and multicast (and any frame not addressed to the container whose port it
+//! leaves by) are judged per receiving bridge port, before anything else in the bridge table:
+//! one lookup of `source . port . protocol . port number` in `policy_port_allow` (the allowed
+//! flows, each destination range turned into the ports of the containers in it), else the
+//! port's service's ingress deny chain (`policy_ingress_ports`), else the sender's egress
+//! deny chain. A frame a unicast to that container would not pass, a broadcast does not
+//! either.
 
-use super::{Hook, HookPoint, Rule, Ruleset, Set};
+use super::{antispoof, Hook, HookPoint, Rule, Ruleset, Set};
 use crate::desired::Desired;
+use crate::names;
 use crate::policy::{compile, Compiled, Target};
 
 /// Flows idle this long are forgotten by the bridge table (replies then count as new flows).
@@ -32,6 +41,8 @@ const INGRESS: &str = "policy_ingress";
 const EGRESS: &str = "policy_egress";
 const ISOLATED: &str = "policy_isolated";
 const FLOWS: &str = "policy_flows";
+const PORT_ALLOW: &str = "policy_port_allow";
+const INGRESS_PORTS: &str = "policy_ingress_ports";
 
 const FLOW_KEY: &str = "ip saddr . ip daddr . meta l4proto . th dport";
 const TUPLE: &str = "ip saddr . ip daddr . meta l4proto . th sport . th dport";
@@ -139,9 +150,24 @@ pub fn contribute_bridge(desired: &Desired, rules: &mut Ruleset) {
         format!("timeout {FLOW_TIMEOUT}"),
     ];
     rules.set(flows);
+    group_sets(desired, &c, rules);
     let remember = format!("update @{FLOWS} {{ {TUPLE} }}");
+    // Not addressed to the receiving port's container: broadcast, multicast.
+    let group = format!("oifname . ip daddr != @{}", antispoof::PORT_ADDRS);
     let forward = rules.chain("policy_forward", Some(Hook::bridge_filter(HookPoint::Forward)));
     forward.rules.extend([
+        Rule::new(
+            format!("{group} ip saddr . oifname . meta l4proto . th dport @{PORT_ALLOW} accept"),
+            "policies: broadcast and multicast, allowed to this port",
+        ),
+        Rule::new(
+            format!("{group} oifname vmap @{INGRESS_PORTS}"),
+            "policies: broadcast and multicast, default-deny ingress of this port",
+        ),
+        Rule::new(
+            format!("{group} ip saddr vmap @{EGRESS}"),
+            "policies: broadcast and multicast, default-deny egress",
+        ),
         Rule::new(
             format!("{REPLY_TUPLE} @{FLOWS} update @{FLOWS} {{ {REPLY_TUPLE} }} accept"),
             "policies: replies to allowed flows",
@@ -165,6 +191,40 @@ pub fn contribute_bridge(desired: &Desired, rules: &mut Ruleset) {
             "policies: remember flows whose replies isolation would stop",
         ),
     ]);
+}
+
+/// The bridge table's view of the policies by receiving port: the allowed flows with each
+/// destination range replaced by the ports of the container interfaces in it (disjoint, as
+/// the flows are), and each ingress-isolated interface's port to its service's deny chain.
+fn group_sets(desired: &Desired, c: &Compiled, rules: &mut Ruleset) {
+    let ports: Vec<(&str, u32)> = desired
+        .containers
+        .iter()
+        .flat_map(|k| k.interfaces.iter())
+        .map(|i| (i.host_veth.as_str(), u32::from(i.address)))
+        .collect();
+    let mut allow = Set::new(PORT_ALLOW, "ipv4_addr . ifname . inet_proto . inet_service", None);
+    allow.options.push("flags interval".into());
+    for f in &c.allow {
+        for (port, _) in ports.iter().filter(|(_, a)| f.dst.contains(*a)) {
+            let element = format!(
+                "{} . \"{port}\" . {} . {}",
+                f.src.addr_text(),
+                f.protocol.as_str(),
+                f.ports.port_text()
+            );
+            allow.elements.insert(element, None);
+        }
+    }
+    rules.set(allow);
+    let mut isolated = Set::new(INGRESS_PORTS, "ifname", Some("verdict"));
+    for (addr, svc) in c.isolated(&c.ingress) {
+        for (port, _) in ports.iter().filter(|(_, a)| *a == u32::from(addr)) {
+            let verdict = format!("goto {}", deny_chain("to", svc));
+            isolated.elements.insert(format!("\"{port}\""), Some(verdict));
+        }
+    }
+    rules.set(isolated);
 }
 
 /// What both tables hold: the allowed flows, the isolation maps and the deny chains.
@@ -230,16 +290,67 @@ fn deny(desired: &Desired, rules: &mut Ruleset, direction: &str, service: &str, 
     ));
 }
 
-/// nft takes log prefixes of at most 127 bytes, without double quotes.
+/// A log prefix: a safe label ([`names::label`]: no newline can forge a kernel log line) of
+/// at most 127 bytes, ending in `...: ` when cut.
 fn log_prefix(text: &str) -> String {
-    let mut out = text.replace('"', "'");
-    if out.len() > 127 {
-        let mut at = 120;
-        while !out.is_char_boundary(at) {
-            at -= 1;
-        }
-        out.truncate(at);
-        out.push_str("...: ");
+    let whole = names::label(text, usize::MAX);
+    if whole.len() <= names::LOG_PREFIX_MAX {
+        return whole;
     }
-    out
+    names::label(&whole, names::LOG_PREFIX_MAX - 2) + ": "
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_prefix;
+    use crate::desired::resolve;
+    use crate::firewall::rulesets;
+    use crate::spec::parse;
+
+    #[test]
+    fn a_newline_in_the_stack_files_path_reaches_no_log_prefix_nor_comment() {
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.9.0.0/24\"\n[services.a]\n[services.b]\n\
+                    [[policies]]\nfrom = \"a\"\nto = \"b\"\nlog = true\n";
+        let file = "/tmp/x\nkernel: Out of memory: Killed process 1 \"init\"\n/plumb.toml";
+        let d = resolve(&parse(file, text).unwrap(), &Default::default()).unwrap().0;
+        for table in rulesets(&d) {
+            let printed = table.print();
+            let prefix = printed.lines().find(|l| l.contains("log prefix")).map(str::to_string);
+            for line in printed.lines() {
+                assert!(!line.trim_start().starts_with("kernel:"), "forged line in\n{printed}");
+            }
+            if let Some(line) = prefix {
+                assert!(line.contains("/tmp/x?kernel: Out of memory"), "{line}");
+                assert!(line.contains("'init'?/plumb.toml:6"), "{line}");
+            }
+        }
+        assert!(log_prefix(&"x".repeat(300)).ends_with("...: "));
+        assert!(log_prefix(&"é\n".repeat(300)).len() <= 127);
+    }
+
+    #[test]
+    fn broadcast_and_multicast_are_judged_by_receiving_port_first() {
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.9.0.0/24\"\n[services.a]\n[services.b]\n[services.c]\n\
+                    [[policies]]\nfrom = \"a\"\nto = \"b\"\nports = [7001]\nprotocol = \"udp\"\n";
+        let d = resolve(&parse("f", text).unwrap(), &Default::default()).unwrap().0;
+        let port = |svc: &str| {
+            let c = d.containers.iter().find(|c| c.service == svc).unwrap();
+            c.interfaces[0].host_veth.clone()
+        };
+        let a = d.containers.iter().find(|c| c.service == "a").unwrap().interfaces[0].address;
+        let bridge = rulesets(&d).pop().unwrap();
+        let printed = bridge.print();
+        let set = |name: &str| bridge.sets.iter().find(|s| s.name == name).unwrap();
+        // a's flow to b, at b's port; b's port to b's deny chain; c is not isolated.
+        let allowed: Vec<&String> = set("policy_port_allow").elements.keys().collect();
+        assert_eq!(allowed, [&format!("{a} . \"{}\" . udp . 7001", port("b"))], "{printed}");
+        let ports = &set("policy_ingress_ports").elements;
+        assert_eq!(ports.len(), 1, "{printed}");
+        assert_eq!(ports[&format!("\"{}\"", port("b"))].as_deref(), Some("goto deny_to_b"));
+        let chain = bridge.chains.iter().find(|c| c.name == "policy_forward").unwrap();
+        assert!(chain.rules[..3]
+            .iter()
+            .all(|r| r.expr.starts_with("oifname . ip daddr != @port_addrs")));
+        assert!(chain.rules[3].comment.contains("replies"), "{printed}");
+    }
 }

@@ -201,6 +201,12 @@ impl Reachability {
         let mut ready_files = Vec::new();
         for (ns, targets) in by_ns {
             let mut socks = Vec::new();
+            // Broadcast and multicast reach only sockets bound to the wildcard address.
+            for &port in &self.ports {
+                if self.protos.contains(&Proto::Udp) {
+                    socks.push(format!("('0.0.0.0',{port},'udp','{}')", group_label(ns)));
+                }
+            }
             for t in targets {
                 for &port in &self.ports {
                     for &proto in &self.protos {
@@ -221,6 +227,7 @@ for addr, port, proto, label in [{socks}]:
         s.listen(64)
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((addr, port))
     s.setblocking(False)
     sel.register(s, selectors.EVENT_READ, (proto, label.encode()))
@@ -373,6 +380,81 @@ print(json.dumps(out))
         (allowed, seen)
     }
 
+    /// Broadcast and multicast: every container source (not the host, not through an address)
+    /// sends UDP datagrams to each of `groups` on each UDP port; a cell (source, target
+    /// namespace, group, port) is allowed if that namespace's wildcard listener logged it
+    /// (the sender's own namespace included: the kernel loops its broadcasts back). Compared
+    /// with `expected(source, target namespace, group, port)`; the message lists each
+    /// mismatch. Call `listen` first.
+    pub fn assert_groups(
+        &self,
+        sb: &Sandbox,
+        groups: &[&str],
+        expected: impl Fn(&Source, &str, &str, u16) -> bool,
+    ) -> String {
+        let namespaces: BTreeSet<&str> = self.targets.iter().map(|t| t.ns.as_str()).collect();
+        let sources: Vec<&Source> = self
+            .sources
+            .iter()
+            .filter(|s| s.via == Via::Direct && !s.ns.is_empty())
+            .collect();
+        let run = RUN.fetch_add(1, Ordering::SeqCst);
+        std::thread::scope(|scope| {
+            for (si, s) in sources.iter().enumerate() {
+                let sends: Vec<String> = groups
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(gi, g)| {
+                        self.ports
+                            .iter()
+                            .map(move |p| format!("('{g}',{p},'g{run}:{si}:{gi}:{p}')"))
+                    })
+                    .collect();
+                let code = format!(
+                    "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                     s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n\
+                     for _ in range(3):\n    for g, p, m in [{}]:\n        s.sendto(m.encode(), (g, p))\n    time.sleep(0.2)\n",
+                    sends.join(",")
+                );
+                let path = sb.write(&format!("reach-groups-{run}-{si}.py"), &code);
+                let ns = s.ns.clone();
+                scope.spawn(move || sb.ok(&format!("ip netns exec {ns} timeout 10 python3 {}", path.display())));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut mismatches = Vec::new();
+        let mut cells = 0;
+        for (si, s) in sources.iter().enumerate() {
+            for (gi, g) in groups.iter().enumerate() {
+                for &port in &self.ports {
+                    for ns in &namespaces {
+                        let log = std::fs::read_to_string(self.log(sb, ns)).unwrap_or_default();
+                        let entry = format!("{} g{run}:{si}:{gi}:{port}", group_label(ns));
+                        let got = log.lines().any(|l| l == entry);
+                        let want = expected(s, ns, g, port);
+                        cells += 1;
+                        if got != want {
+                            let say = |b: bool| if b { "allowed" } else { "denied" };
+                            mismatches.push(format!(
+                                "  {} -> {ns} via {g}:{port}/udp: expected {}, observed {}",
+                                s.label,
+                                say(want),
+                                say(got)
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let report = format!(
+            "broadcast and multicast: {cells} probes, {} mismatches\n{}",
+            mismatches.len(),
+            mismatches.join("\n")
+        );
+        assert!(mismatches.is_empty(), "{report}");
+        report
+    }
+
     /// Both grids, a comparison grid when they differ, and a summary listing each mismatch
     /// with what the probe saw (Kubernetes e2e style).
     pub fn render(&self, expected: &Matrix, observed: &Matrix) -> String {
@@ -468,4 +550,9 @@ print(json.dumps(out))
         );
         report
     }
+}
+
+/// The label a namespace's wildcard UDP listener logs its datagrams under.
+fn group_label(ns: &str) -> String {
+    format!("group@{ns}")
 }
