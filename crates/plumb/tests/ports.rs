@@ -105,3 +105,38 @@ fn a_port_a_host_process_listens_on_is_refused_naming_the_process() {
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_host_process_that_binds_a_published_port_later_is_reported() {
+    let sb = Sandbox::start().unwrap();
+    sb.write("plumb.toml", &stack("\"8080:80\""));
+    sb.plumb_ok(&["up"]);
+    sb.serve("pp-web-1", 80, "web");
+    // A host service starts on the published port after `up`: its clients get the container.
+    let pid = sb.serve_on_host("0.0.0.0", 8080, "host");
+    // (serve_on_host's own check connects to the container: wait for the socket itself.)
+    assert!(eventually(std::time::Duration::from_secs(5), || !sb
+        .ok("ss -Hltn 'sport = :8080'")
+        .is_empty()));
+    assert!(sb
+        .connect(Some("outside"), HOST_IP, 8080)
+        .is_some_and(|r| r.starts_with("web from")));
+    let said = format!(
+        "host port 8080/tcp is published by the stack, but python3 (pid {pid}) listens on 0.0.0.0:8080: its clients reach the container instead"
+    );
+    let ps = sb.plumb(&["ps"]);
+    assert!(ps.status.success());
+    assert!(text(&ps.stderr).contains(&said), "{}", text(&ps.stderr));
+    let up = sb.plumb(&["up"]);
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    assert!(text(&up.stderr).contains(&said), "{}", text(&up.stderr));
+    // Gone again: nothing to say.
+    sb.ok(&format!("kill {pid}"));
+    assert!(eventually(std::time::Duration::from_secs(5), || !text(
+        &sb.plumb(&["ps"]).stderr
+    )
+    .contains("published by the stack")));
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

@@ -165,6 +165,19 @@ fn containers_of(
         Some(StackState {
             damaged: None, desired, ..
         }) => {
+            let published: BTreeSet<_> = desired
+                .iter()
+                .flat_map(|d| d.containers.iter())
+                .flat_map(|c| c.ports.iter().cloned())
+                .collect();
+            for port in &published {
+                if let Ok(Some(listener)) = super::up::host_listener_on(port) {
+                    notes.add(
+                        format!("stack {stack}: {}", super::up::shadowed(port, &listener)),
+                        "move that process to another port, or publish the service on another one".to_string(),
+                    );
+                }
+            }
             let containers = desired.iter().flat_map(|d| d.containers.iter()).map(from_record);
             Some((Record::Ok, containers.collect()))
         }

@@ -335,8 +335,6 @@ fn check_host_routes(parsed: &Parsed, desired: &Desired) -> Result<()> {
 /// instead. Ports the stack already publishes (`previous`) are not asked about again. A port
 /// published on one address needs that address on the host.
 fn check_published_ports(parsed: &Parsed, previous: Option<&Desired>) -> Result<()> {
-    use plumb_linux::sockets::{listeners, Transport};
-    use std::net::IpAddr;
     let mut nl = plumb_linux::Netlink::open()?;
     let local: Vec<std::net::Ipv4Addr> = plumb_linux::addr::list_v4(&mut nl)?
         .into_iter()
@@ -359,29 +357,19 @@ fn check_published_ports(parsed: &Parsed, previous: Option<&Desired>) -> Result<
                 ));
                 continue;
             }
-            let transport = match p.protocol {
-                plumb_core::spec::Protocol::Tcp => Transport::Tcp,
-                plumb_core::spec::Protocol::Udp => Transport::Udp,
-            };
+            let Some(listener) = host_listener_on(p)? else { continue };
             let already = previous.is_some_and(|d| d.containers.iter().any(|c| c.ports.contains(p)));
             if already {
+                // The stack held the port first: the host process came later, and its clients
+                // reach the container. Not an error (the stack is right), but said.
+                eprintln!("warning: {}", shadowed(p, &listener));
                 continue;
             }
-            let clash = listeners(transport, p.host)?.into_iter().find(|l| match l.address {
-                IpAddr::V4(a) => a.is_unspecified() || p.host_ip.is_none_or(|ip| ip == a),
-                IpAddr::V6(a) => a.is_unspecified(),
-            });
-            if let Some(l) = clash {
-                let who = match l.holders.first() {
-                    Some((pid, command)) => format!("{command} (pid {pid})"),
-                    None => "a process (not found in /proc)".to_string(),
-                };
-                errors.push(parsed.error(
-                    &field,
-                    format!("host port {} is in use: {who} listens on {}:{}", p.host_side(), l.address, l.port),
-                    "stop that process, publish another host port, or publish on an address it does not use (ADDRESS:HOST:CONTAINER)",
-                ));
-            }
+            errors.push(parsed.error(
+                &field,
+                format!("host port {} is in use: {listener}", p.host_side()),
+                "stop that process, publish another host port, or publish on an address it does not use (ADDRESS:HOST:CONTAINER)",
+            ));
         }
     }
     if errors.is_empty() {
@@ -389,6 +377,37 @@ fn check_published_ports(parsed: &Parsed, previous: Option<&Desired>) -> Result<
     } else {
         Err(Diagnostics(errors).into())
     }
+}
+
+/// A host process listening where `port` is published (sock_diag in the host's namespace), as
+/// "python3 (pid 42) listens on 0.0.0.0:8080".
+pub fn host_listener_on(port: &plumb_core::spec::PortSpec) -> Result<Option<String>> {
+    use plumb_linux::sockets::{listeners, Transport};
+    use std::net::IpAddr;
+    let transport = match port.protocol {
+        plumb_core::spec::Protocol::Tcp => Transport::Tcp,
+        plumb_core::spec::Protocol::Udp => Transport::Udp,
+    };
+    let clash = listeners(transport, port.host)?.into_iter().find(|l| match l.address {
+        IpAddr::V4(a) => a.is_unspecified() || port.host_ip.is_none_or(|ip| ip == a),
+        IpAddr::V6(a) => a.is_unspecified(),
+    });
+    Ok(clash.map(|l| {
+        let who = match l.holders.first() {
+            Some((pid, command)) => format!("{command} (pid {pid})"),
+            None => "a process (not found in /proc)".to_string(),
+        };
+        format!("{who} listens on {}:{}", l.address, l.port)
+    }))
+}
+
+/// What a host process listening on a port the stack publishes meets: the stack's DNAT takes
+/// its clients first.
+pub fn shadowed(port: &plumb_core::spec::PortSpec, listener: &str) -> String {
+    format!(
+        "host port {} is published by the stack, but {listener}: its clients reach the container instead",
+        port.host_side()
+    )
 }
 
 /// Every command's program must exist before anything is touched.
