@@ -31,6 +31,9 @@ pub struct Report {
     pub status_written_ms: Option<u64>,
     /// Why its last write of `status.json` failed, if it did: the file then tells an old story.
     pub status_error: Option<String>,
+    /// The state directory it works for (so another one can name it).
+    #[serde(default)]
+    pub state_dir: Option<String>,
 }
 
 /// The socket's name, `plumb-supervisor/STACK/HASH`: HASH is of the stack folder's absolute
@@ -126,7 +129,26 @@ pub fn find(stack_dir: &Path) -> Option<Pid> {
 
 /// The stack's supervisor and what it reports (the default when it does not answer in time).
 pub fn report(stack_dir: &Path) -> Option<(Pid, Report)> {
-    let (mut stream, pid) = connect_to(stack_dir)?;
+    ask(&name(stack_dir))
+}
+
+/// A supervisor of the same stack working for another state directory: its PID and what it
+/// reports (its state directory among it). Found by the abstract names bound on this host
+/// (/proc/net/unix), which name the stack.
+pub fn elsewhere(stack_dir: &Path) -> Option<(Pid, Report)> {
+    let own = name(stack_dir);
+    let stack = own.rsplit_once('/')?.0;
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    table
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(7)?.strip_prefix('@'))
+        .filter(|n| n.strip_prefix(stack).is_some_and(|rest| rest.starts_with('/')) && *n != own)
+        .find_map(|other| ask(other))
+}
+
+/// What the supervisor holding the abstract name `name` reports.
+fn ask(name: &str) -> Option<(Pid, Report)> {
+    let (mut stream, pid) = connect_named(name)?;
     let _ = stream.set_read_timeout(Some(PATIENCE));
     let mut bytes = Vec::new();
     let _ = stream.read_to_end(&mut bytes);
@@ -134,11 +156,15 @@ pub fn report(stack_dir: &Path) -> Option<(Pid, Report)> {
 }
 
 fn connect_to(stack_dir: &Path) -> Option<(UnixStream, Pid)> {
+    connect_named(&name(stack_dir))
+}
+
+fn connect_named(name: &str) -> Option<(UnixStream, Pid)> {
     let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).ok()?;
     // A supervisor that does not accept (stopped, say) must not hang plumb: bound the wait.
     let patience = TimeVal::new(PATIENCE.as_secs() as i64, 0);
     setsockopt(&fd, sockopt::SendTimeout, &patience).ok()?;
-    let addr = UnixAddr::new_abstract(name(stack_dir).as_bytes()).ok()?;
+    let addr = UnixAddr::new_abstract(name.as_bytes()).ok()?;
     connect(fd.as_raw_fd(), &addr).ok()?;
     let peer = getsockopt(&fd, sockopt::PeerCredentials).ok()?;
     // Anyone may bind an abstract name: only a process of plumb's own user is its supervisor.

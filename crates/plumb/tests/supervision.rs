@@ -379,3 +379,31 @@ fn a_host_without_etc_hosts_runs_services_and_a_failed_mount_is_named() {
     sb.plumb_ok(&["down", "eh"]);
     sb.assert_clean();
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_second_state_directory_finds_the_running_stack_and_refuses() {
+    let Some(sb) = Sandbox::start() else { return };
+    let state = sb.state_dir.display().to_string();
+    sb.write(
+        "plumb.toml",
+        "name = \"two\"\n[networks.n]\nsubnet = \"10.120.8.0/24\"\n[services.s]\ncommand = \"/bin/sleep 3600\"\n",
+    );
+    sb.plumb_ok(&["up"]);
+    let first = supervisors(&sb);
+    let pid = sb.ps()[0]["process"]["pid"].clone();
+    let out = sb.sh(&format!("PLUMB_STATE_DIR={state}-other {PLUMB} up"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("stack two is already up from state directory {state}")),
+        "{err}"
+    );
+    // Nothing changed: one supervisor, the same process, still running.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(supervisors(&sb), first);
+    assert_eq!(sb.ps()[0]["process"]["pid"], pid);
+    assert_eq!(running(&sb, "two-s-1", "/bin/sleep 3600"), 1);
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

@@ -89,6 +89,9 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssig
     };
     check_programs(&parsed, &base)?;
     let lock = if root { Some(ctx.state.lock()?) } else { None };
+    if let (Mode::Apply(_), true) = (&mode, root) {
+        refuse_another_state_dir(ctx, &stack)?;
+    }
     // Without root the state directory (private to root) cannot be read: the plan is then
     // the plan from scratch, as the note below says.
     let state = if root { ctx.state.load(&stack)? } else { None };
@@ -377,6 +380,25 @@ fn check_published_ports(parsed: &Parsed, previous: Option<&Desired>) -> Result<
     } else {
         Err(Diagnostics(errors).into())
     }
+}
+
+/// The kernel's objects are the truth: a stack already run by the supervisor of another state
+/// directory (PLUMB_STATE_DIR) is not started a second time from this one, or both would end
+/// each other's processes.
+fn refuse_another_state_dir(ctx: &Context, stack: &str) -> Result<()> {
+    let Some((pid, report)) = crate::supervisor_socket::elsewhere(&ctx.state.stack_dir(stack)) else {
+        return Ok(());
+    };
+    let dir = report
+        .state_dir
+        .unwrap_or_else(|| "another state directory".to_string());
+    Err(Failure::new(format!(
+        "stack {stack} is already up from state directory {dir} (its supervisor is pid {pid}), not from {}",
+        ctx.state.root.display()
+    ))
+    .hint(format!(
+        "use that directory (PLUMB_STATE_DIR={dir} plumb up), or `PLUMB_STATE_DIR={dir} plumb down {stack}` first"
+    )))
 }
 
 /// A host process listening where `port` is published (sock_diag in the host's namespace), as

@@ -625,6 +625,12 @@ impl Supervisor {
             generation: self.generation,
             status_written_ms: self.status_written_ms,
             status_error: self.status_error.clone(),
+            // STATE_DIR/stacks/STACK: the state directory is two folders up.
+            state_dir: self
+                .dir
+                .parent()
+                .and_then(Path::parent)
+                .map(|d| d.display().to_string()),
         }
     }
 }
