@@ -613,6 +613,9 @@ fn main() -> ExitCode {
                 (false, true) => Mode::Apply(Supervision::Foreground),
                 (false, false) => Mode::Apply(Supervision::Background),
             };
+            if !dry_run {
+                commands::up::say_how_to_recover_if_interrupted();
+            }
             match assignment.as_deref().map(commands::up::read_assignment).transpose() {
                 Ok(assignment) => commands::up::run(&ctx, &file, mode, assignment.as_ref()),
                 Err(e) => Err(e),

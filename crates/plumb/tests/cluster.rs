@@ -249,6 +249,42 @@ fn a_stack_spreads_over_three_hosts_and_talks_over_the_overlay() {
     undeploy_leaves_nothing(&d);
 }
 
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_damaged_spec_in_the_store_changes_nothing_and_is_reported() {
+    let Some(d) = Deployed::start(1) else { return };
+    let before = d.replicas();
+    let namespaces: Vec<Vec<String>> = d.cluster.hosts().iter().map(|h| h.namespaces()).collect();
+    d.cluster.sandbox.ok(&format!(
+        "ETCDCTL_API=3 etcdctl --endpoints {} put /plumb/stacks/mh/spec '{{bad'",
+        d.etcd.store()
+    ));
+    // Reported (in the status, from the store and from each agent's report)...
+    let reported = eventually(Duration::from_secs(15), || {
+        let errors = d.status()["errors"].to_string();
+        errors.contains("its spec (/plumb/stacks/mh/spec) cannot be read")
+            && ["h1", "h2", "h3"]
+                .iter()
+                .all(|h| errors.contains(&format!("mh on {h}: stack mh")))
+    });
+    assert!(reported, "{:#}", d.status());
+    // ... and nothing changed: every replica still runs where it ran, and still answers.
+    std::thread::sleep(Duration::from_secs(2));
+    let after: Vec<Vec<String>> = d.cluster.hosts().iter().map(|h| h.namespaces()).collect();
+    assert_eq!(after, namespaces, "a damaged spec must not remove replicas");
+    assert!(
+        d.connect("web-1", &before["db-1"].1).is_some(),
+        "web-1 no longer reaches db-1"
+    );
+    // Deployed again: the error is gone, the stack as it was.
+    let out = d.deploy("stack.toml");
+    assert!(out.contains("6/6 replicas ready"), "{out}");
+    assert!(eventually(Duration::from_secs(10), || d.status()["errors"]
+        .as_array()
+        .is_some_and(Vec::is_empty)));
+    undeploy_leaves_nothing(&d);
+}
+
 fn undeploy_leaves_nothing(d: &Deployed) {
     d.host(1).plumb_ok(&["undeploy", "mh", "--store", &d.etcd.store()]);
     assert_eq!(d.etcd.keys(&d.cluster.sandbox, "/plumb/stacks/"), Vec::<String>::new());

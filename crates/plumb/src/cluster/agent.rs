@@ -241,6 +241,19 @@ impl Agent<'_> {
         let view = View::from_snapshot(&self.store.get_prefix(keys::ROOT)?);
         let lease = self.lease.load(Ordering::SeqCst);
         for (stack, sv) in &view.stacks {
+            if let Some(why) = &sv.damaged {
+                // Keep the last good state: nothing is removed or changed for a record that
+                // cannot be read; it is said in the log and in this host's report.
+                let message =
+                    format!("stack {stack}: {why}; keeping what runs here until it is fixed (plumb deploy again)");
+                let old = sv.reports.get(&self.me);
+                if old.and_then(|r| r.error.as_ref()) != Some(&message) {
+                    log(&message);
+                }
+                let (containers, peers) = old.map(|r| (r.containers, r.peers.clone())).unwrap_or_default();
+                self.report(stack, sv, containers, peers, Some(message), lease);
+                continue;
+            }
             let Some((spec, _)) = &sv.spec else { continue };
             if let Err(e) = self.reconcile_stack(stack, spec, sv, &view, lease) {
                 log(format!("stack {stack}: {e}"));
@@ -252,7 +265,7 @@ impl Agent<'_> {
         let deployed: BTreeSet<&String> = view
             .stacks
             .iter()
-            .filter(|(_, s)| s.spec.is_some())
+            .filter(|(_, s)| s.spec.is_some() || s.damaged.is_some())
             .map(|(n, _)| n)
             .collect();
         for stack in self.local_stacks() {
@@ -262,7 +275,11 @@ impl Agent<'_> {
                 self.applied.remove(&stack);
             }
         }
-        for (stack, sv) in view.stacks.iter().filter(|(_, s)| s.spec.is_none()) {
+        for (stack, sv) in view
+            .stacks
+            .iter()
+            .filter(|(_, s)| s.spec.is_none() && s.damaged.is_none())
+        {
             self.forget(stack, sv)?;
         }
         Ok(())
@@ -535,7 +552,7 @@ impl Agent<'_> {
         lease: i64,
     ) -> Result<bool> {
         let value = serde_json::to_string(value).map_err(|e| Failure::new(e.to_string()))?;
-        let deployed = sv.spec.as_ref().map_or(0, |(_, rev)| *rev);
+        let deployed = sv.spec_revision;
         self.store.put_if(
             &[(&keys::spec(stack), Expect::ModRevision(deployed))],
             &[(key, &value)],

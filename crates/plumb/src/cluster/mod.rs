@@ -107,6 +107,11 @@ pub struct StackView {
     pub blocks: BTreeMap<String, BTreeMap<Ipv4Net, String>>,
     pub endpoints: BTreeMap<String, EndpointRecord>,
     pub reports: BTreeMap<String, HostReport>,
+    /// Why its spec or placement key could not be read: the stack is deployed but its record
+    /// is damaged; agents keep what they run and change nothing until it is fixed.
+    pub damaged: Option<String>,
+    /// The spec key's revision (0: none), readable or not, for compare-and-swap.
+    pub spec_revision: i64,
 }
 
 /// The whole cluster at one revision.
@@ -136,9 +141,18 @@ impl View {
             let s = view.stacks.entry(stack.to_string()).or_default();
             let parts: Vec<&str> = rest.split('/').collect();
             match parts.as_slice() {
-                ["spec"] => s.spec = serde_json::from_str(&entry.value).ok().map(|r| (r, entry.mod_revision)),
+                ["spec"] => {
+                    s.spec_revision = entry.mod_revision;
+                    match serde_json::from_str(&entry.value) {
+                        Ok(r) => s.spec = Some((r, entry.mod_revision)),
+                        Err(e) => s.damaged = Some(format!("its spec ({key}) cannot be read: {e}")),
+                    }
+                }
                 ["placement"] => {
-                    s.placement = serde_json::from_str(&entry.value).unwrap_or_default();
+                    match serde_json::from_str(&entry.value) {
+                        Ok(p) => s.placement = p,
+                        Err(e) => s.damaged = Some(format!("its placement ({key}) cannot be read: {e}")),
+                    }
                     s.placement_revision = entry.mod_revision;
                 }
                 ["blocks", net, block] => {

@@ -234,6 +234,11 @@ pub fn status(store: &str, format: Format) -> Result<()> {
                 });
             }
         }
+        if let Some(why) = &sv.damaged {
+            errors.push(format!(
+                "{stack}: {why}; the agents keep what runs until `plumb deploy` writes it again"
+            ));
+        }
         for (host, r) in &sv.reports {
             if let Some(e) = &r.error {
                 errors.push(format!("{stack} on {host}: {e}"));

@@ -86,6 +86,7 @@ pub fn run(ctx: &Context, action: Action, segmented: bool) -> Result<()> {
     if action == Action::Down {
         return remove(ctx);
     }
+    up::say_how_to_recover_if_interrupted();
     let demo = if segmented { &SEGMENTED } else { &FLAT };
     // Both variants publish port 8080: one at a time.
     let other = demo.other();

@@ -53,7 +53,9 @@ pub fn read_assignment(path: &Path) -> Result<HostAssignment> {
 
 /// Ctrl-C (or SIGTERM, SIGHUP) during `up` still ends it at once, as the user asked, but
 /// says what the stack is left as and what to do: the next `up` finishes, `down` undoes.
-fn say_how_to_recover_if_interrupted() {
+/// For the `up` and `demo` commands only: the agent, which calls [`run`] too, handles its own
+/// signals (it must leave the cluster cleanly on TERM).
+pub fn say_how_to_recover_if_interrupted() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     extern "C" fn interrupted(_: nix::libc::c_int) {
         const MESSAGE: &[u8] =
@@ -78,7 +80,6 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssig
     if let Mode::Apply(_) = mode {
         require_root("up")?;
         require_nft()?;
-        say_how_to_recover_if_interrupted();
     }
     let base = match assignment.and_then(|a| a.base.clone()) {
         Some(base) => base,
