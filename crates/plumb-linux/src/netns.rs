@@ -224,8 +224,8 @@ pub fn enter(ns: BorrowedFd) -> Result<()> {
 /// file and bind-mounting the namespace onto it leaves an empty mount point.
 pub fn is_bound(name: &str) -> bool {
     /// The filesystem type of a bound namespace file (NSFS_MAGIC).
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(&path(name)).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    const NSFS_MAGIC: nix::libc::__fsword_t = 0x6e73_6673;
+    nix::sys::statfs::statfs(&path(name)).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 pub fn inode(name: &str) -> Option<u64> {
