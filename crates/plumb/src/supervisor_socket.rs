@@ -143,7 +143,7 @@ pub fn elsewhere(stack_dir: &Path) -> Option<(Pid, Report)> {
         .lines()
         .filter_map(|line| line.split_whitespace().nth(7)?.strip_prefix('@'))
         .filter(|n| n.strip_prefix(stack).is_some_and(|rest| rest.starts_with('/')) && *n != own)
-        .find_map(|other| ask(other))
+        .find_map(ask)
 }
 
 /// What the supervisor holding the abstract name `name` reports.
