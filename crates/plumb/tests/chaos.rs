@@ -133,8 +133,9 @@ fn a_partition_cuts_both_ways_and_only_between_its_two_sides() {
     );
     assert!(sb.nft_tables().contains("table inet plumbchaos1_ch"));
     // The stack's own tables are not touched: `up` has nothing to do.
+    let plan = sb.plumb_ok(&["up", "--dry-run"]);
     let again = sb.plumb_ok(&["up"]);
-    assert!(again.contains("up to date"), "{again}");
+    assert!(again.contains("up to date"), "{again}\nthe plan was:\n{plan}");
     sb.plumb_ok(&["chaos", "clear", "1"]);
     assert!(sb.ping("ch-a-1", &b1) && sb.ping("ch-b-1", &a));
 
