@@ -141,14 +141,14 @@ impl Upstream {
             request,
             reply_to: ReplyTo::Udp(Arc::clone(socket), to),
         };
-        let refused = match queue {
+        let turned_away = match queue {
             Some(q) => match q.try_send(job) {
                 Ok(()) => None,
                 Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => Some(j),
             },
             None => Some(job),
         };
-        let Some(job) = refused else {
+        let Some(job) = turned_away else {
             return Forwarded::Asked;
         };
         let ReplyTo::Udp(socket, to) = job.reply_to;
@@ -165,15 +165,12 @@ impl Upstream {
         if let Some(bytes) = self.cached(request, Transport::Tcp) {
             return (bytes, Forwarded::Cached);
         }
-        let (outcome, forwarded) = match self.allow(asker) {
-            true => {
-                let response = self.ask(request);
-                (
-                    answer::reply(&response, Some(request), Transport::Tcp),
-                    Forwarded::Asked,
-                )
-            }
-            false => (refused(request, Transport::Tcp), Forwarded::Limited),
+        let (outcome, forwarded) = if self.allow(asker) {
+            let response = self.ask(request);
+            let outcome = answer::reply(&response, Some(request), Transport::Tcp);
+            (outcome, Forwarded::Asked)
+        } else {
+            (refused(request, Transport::Tcp), Forwarded::Limited)
         };
         match outcome {
             Outcome::Reply(bytes) => (bytes, forwarded),
