@@ -4,38 +4,42 @@
 //! dropped); other names go to the host's resolvers (`upstream`).
 //!
 //! - `answer`: one query to one response (hickory-proto messages; no I/O).
-//! - `upstream`: forwarding, its bounded pool of threads and its cache.
+//! - `upstream`: forwarding, its bounded pool of threads, its cache and its rate per asker.
+//! - `limits`: what one asker may take (TCP connections, questions upstream per second).
 //!
 //! Threads: per listening address, [`UDP_THREADS`] reading one UDP socket, one accepting TCP
-//! connections and one per open connection (at most [`TCP_CONNECTIONS`]).
+//! connections and one per open connection (at most [`TCP_CONNECTIONS`], at most
+//! [`limits::TCP_PER_ASKER`] from one address, each closed when idle for [`TCP_IDLE`] or at
+//! the age of [`limits::TCP_LIFETIME`]).
 
 pub mod answer;
+pub mod limits;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use answer::{Outcome, Transport};
+pub use limits::TCP_CONNECTIONS;
+use limits::{Connections, TCP_LIFETIME, TCP_PER_ASKER};
 use nix::sys::socket::{shutdown, Shutdown};
 use plumb_core::zone::Zone;
-use upstream::Upstream;
+use upstream::{Forwarded, Upstream};
 
 /// The port the server listens on.
 pub const PORT: u16 = 53;
 /// Threads reading one address's UDP socket.
 pub const UDP_THREADS: usize = 2;
-/// Open TCP connections at once, over all addresses; more are closed at once.
-pub const TCP_CONNECTIONS: usize = 64;
 /// How often a blocked UDP reader looks whether it is to stop.
 const STOP_POLL: Duration = Duration::from_millis(250);
 /// An idle TCP connection is closed after this long.
-const TCP_IDLE: Duration = Duration::from_secs(5);
+pub const TCP_IDLE: Duration = Duration::from_secs(5);
 
 /// The most UDP responses remembered per zone.
 const MAX_REMEMBERED: usize = 8192;
@@ -45,7 +49,7 @@ const MAX_REMEMBERED: usize = 8192;
 struct Shared {
     served: RwLock<Arc<Served>>,
     upstream: Arc<Upstream>,
-    connections: AtomicUsize,
+    connections: Mutex<Connections>,
     stats: Arc<Stats>,
 }
 
@@ -54,13 +58,31 @@ struct Shared {
 pub struct Stats {
     /// Every query read, UDP and TCP.
     pub queries: AtomicU64,
-    /// Queries for names outside the stack, sent to the upstream resolvers.
+    /// Queries for names outside the stack, sent to the upstream resolvers (or answered
+    /// from their cache).
     pub forwarded: AtomicU64,
+    /// Queries for names outside the stack refused because their asker was past its rate.
+    pub rate_limited: AtomicU64,
+    /// TCP connections closed as they came: their asker (or everyone) had too many open.
+    pub tcp_refused: AtomicU64,
 }
 
 impl Shared {
     fn served(&self) -> Arc<Served> {
         Arc::clone(&self.served.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts what became of a question for upstream.
+    fn count(&self, forwarded: Forwarded) {
+        let counter = match forwarded {
+            Forwarded::Limited => &self.stats.rate_limited,
+            Forwarded::Cached | Forwarded::Asked | Forwarded::Busy => &self.stats.forwarded,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -175,7 +197,7 @@ impl Server {
             shared: Arc::new(Shared {
                 served: RwLock::new(Arc::new(Served::new(zone))),
                 upstream,
-                connections: AtomicUsize::new(0),
+                connections: Mutex::new(Connections::new(TCP_CONNECTIONS, TCP_PER_ASKER)),
                 stats: Arc::default(),
             }),
             port,
@@ -269,10 +291,7 @@ fn serve_udp(socket: &Arc<UdpSocket>, shared: &Shared, stop: &AtomicBool) {
                 }
                 let _ = socket.send_to(&bytes, from);
             }
-            Outcome::Forward(request) => {
-                shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                shared.upstream.forward_udp(request, socket, from)
-            }
+            Outcome::Forward(request) => shared.count(shared.upstream.forward_udp(request, socket, from)),
             Outcome::Drop => {}
         }
     }
@@ -288,8 +307,13 @@ fn serve_tcp(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) {
             return;
         }
         let Ok(stream) = stream else { continue };
-        if shared.connections.fetch_add(1, Ordering::SeqCst) >= TCP_CONNECTIONS {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
+        let Ok(SocketAddr::V4(peer)) = stream.peer_addr() else {
+            continue;
+        };
+        let asker = *peer.ip();
+        if !shared.connections().admit(IpAddr::V4(asker)) {
+            // Dropped: closed at once, before anything is read.
+            shared.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let mine = Arc::clone(shared);
@@ -297,43 +321,66 @@ fn serve_tcp(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) {
             .name("dns-tcp-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _ = serve_connection(stream, &mine);
-                mine.connections.fetch_sub(1, Ordering::SeqCst);
+                let _ = serve_connection(stream, asker, &mine);
+                mine.connections().release(IpAddr::V4(asker));
             });
         if spawned.is_err() {
             // The thread never ran: its connection is closed, and no longer counted.
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            shared.connections().release(IpAddr::V4(asker));
         }
     }
 }
 
-/// Length-prefixed messages, one answer each, until the asker closes or goes idle.
-fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    stream.set_read_timeout(Some(TCP_IDLE))?;
-    let asker = match stream.peer_addr()? {
-        SocketAddr::V4(a) => *a.ip(),
-        SocketAddr::V6(_) => return Ok(()),
-    };
+/// Length-prefixed messages, one answer each, until the asker closes, goes idle, or the
+/// connection reaches [`TCP_LIFETIME`] (however busy it is).
+fn serve_connection(mut stream: TcpStream, asker: Ipv4Addr, shared: &Shared) -> io::Result<()> {
+    let deadline = Instant::now() + TCP_LIFETIME;
     loop {
         let mut len = [0u8; 2];
-        stream.read_exact(&mut len)?;
+        read_before(&mut stream, &mut len, deadline)?;
         let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut buf)?;
+        read_before(&mut stream, &mut buf, deadline)?;
         shared.stats.queries.fetch_add(1, Ordering::Relaxed);
         let bytes = match answer::handle(&shared.served().zone, asker, &buf, Transport::Tcp) {
             Outcome::Reply(bytes) => bytes,
             Outcome::Forward(request) => {
-                shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                shared.upstream.forward_blocking(&request)
+                let (bytes, forwarded) = shared.upstream.forward_blocking(&request, IpAddr::V4(asker));
+                shared.count(forwarded);
+                bytes
             }
             Outcome::Drop => return Ok(()),
         };
         let Ok(len) = u16::try_from(bytes.len()) else {
             return Ok(());
         };
+        stream.set_write_timeout(Some(time_left(deadline)?))?;
         stream.write_all(&len.to_be_bytes())?;
         stream.write_all(&bytes)?;
     }
+}
+
+/// The time until `deadline`; an error once it has passed.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "the connection's life is over"))
+}
+
+/// Fills `buf`: each read waits at most [`TCP_IDLE`], and all of them end by `deadline` (a
+/// byte now and then does not keep a connection open).
+fn read_before(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        stream.set_read_timeout(Some(time_left(deadline)?.min(TCP_IDLE)))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -359,5 +406,38 @@ mod tests {
         let mut other = Vec::new();
         response_key(&mut other, Ipv4Addr::new(10, 0, 1, 2), &query);
         assert_eq!(served.recall(&other, &query), None);
+    }
+
+    #[test]
+    fn a_connection_trickling_bytes_is_cut_at_its_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let trickler = thread::spawn(move || {
+            let mut client = TcpStream::connect(address).unwrap();
+            // Never idle: a byte every 50 ms of a 100-byte query, for at most 2 s.
+            let _ = client.write_all(&[0, 100]);
+            for _ in 0..40 {
+                if client.write_all(&[0]).is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (mut stream, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 102];
+        let err = read_before(&mut stream, &mut buf, started + Duration::from_millis(300)).unwrap_err();
+        // The deadline passed between reads (TimedOut), or during one (its timeout).
+        assert!(
+            matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock),
+            "{err}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(1),
+            "{took:?}"
+        );
+        drop(stream);
+        trickler.join().unwrap();
     }
 }

@@ -1,6 +1,8 @@
 //! Names that are not the stack's: asked of the host's resolvers (from /etc/resolv.conf, read
 //! once when the server starts), at most [`FORWARDERS`] at a time, with a small cache that
-//! keeps an answer no longer than its TTL.
+//! keeps an answer no longer than its TTL. Each asker may send at most
+//! [`limits::FORWARD_RATE`] questions a second upstream (a token bucket); past that it gets
+//! REFUSED. Cached answers cost nothing.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,6 +16,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RData;
 
 use crate::answer::{self, Outcome, Transport};
+use crate::limits::{self, RateLimit};
 
 /// Forwarding threads: the most upstream questions in flight at once.
 pub const FORWARDERS: usize = 16;
@@ -43,6 +46,19 @@ pub fn servers_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// What became of a question for the upstream resolvers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// Answered from the cache.
+    Cached,
+    /// Asked upstream (or queued to be).
+    Asked,
+    /// Every forwarder busy and the queue full: SERVFAIL, nothing asked.
+    Busy,
+    /// The asker was past its rate: REFUSED, nothing asked.
+    Limited,
+}
+
 /// Where an upstream answer goes.
 pub enum ReplyTo {
     Udp(Arc<UdpSocket>, SocketAddr),
@@ -66,6 +82,7 @@ pub struct Upstream {
     servers: Vec<SocketAddr>,
     cache: Mutex<HashMap<Key, Cached>>,
     queue: Mutex<Option<SyncSender<Job>>>,
+    limit: Mutex<RateLimit>,
 }
 
 impl Upstream {
@@ -74,6 +91,7 @@ impl Upstream {
             servers,
             cache: Mutex::new(HashMap::new()),
             queue: Mutex::new(None),
+            limit: Mutex::new(RateLimit::new(limits::FORWARD_RATE, limits::FORWARD_BURST)),
         })
     }
 
@@ -99,43 +117,64 @@ impl Upstream {
         *queue = Some(tx);
     }
 
+    /// Whether `asker` may send one more question upstream now.
+    fn allow(&self, asker: IpAddr) -> bool {
+        let mut limit = self.limit.lock().unwrap_or_else(|p| p.into_inner());
+        limit.allow(asker, Instant::now())
+    }
+
     /// Answers a UDP asker from the cache, or hands the question to a forwarder (SERVFAIL if
-    /// all are busy and the queue is full).
-    pub fn forward_udp(&self, request: Message, socket: &Arc<UdpSocket>, to: SocketAddr) {
+    /// all are busy and the queue is full; REFUSED if the asker is past its rate).
+    pub fn forward_udp(&self, request: Message, socket: &Arc<UdpSocket>, to: SocketAddr) -> Forwarded {
         if let Some(bytes) = self.cached(&request, Transport::Udp) {
             let _ = socket.send_to(&bytes, to);
-            return;
+            return Forwarded::Cached;
+        }
+        if !self.allow(to.ip()) {
+            if let Outcome::Reply(bytes) = refused(&request, Transport::Udp) {
+                let _ = socket.send_to(&bytes, to);
+            }
+            return Forwarded::Limited;
         }
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let job = Job {
             request,
             reply_to: ReplyTo::Udp(Arc::clone(socket), to),
         };
-        let refused = match queue {
+        let turned_away = match queue {
             Some(q) => match q.try_send(job) {
                 Ok(()) => None,
                 Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => Some(j),
             },
             None => Some(job),
         };
-        if let Some(job) = refused {
-            let ReplyTo::Udp(socket, to) = job.reply_to;
-            let busy = answer::error(&job.request, ResponseCode::ServFail);
-            if let Outcome::Reply(bytes) = answer::reply(&busy, Some(&job.request), Transport::Udp) {
-                let _ = socket.send_to(&bytes, to);
-            }
+        let Some(job) = turned_away else {
+            return Forwarded::Asked;
+        };
+        let ReplyTo::Udp(socket, to) = job.reply_to;
+        let busy = answer::error(&job.request, ResponseCode::ServFail);
+        if let Outcome::Reply(bytes) = answer::reply(&busy, Some(&job.request), Transport::Udp) {
+            let _ = socket.send_to(&bytes, to);
         }
+        Forwarded::Busy
     }
 
-    /// Answers a TCP asker (on its own connection thread): cache, or upstream now.
-    pub fn forward_blocking(&self, request: &Message) -> Vec<u8> {
+    /// Answers a TCP asker (on its own connection thread): cache, or upstream now (REFUSED if
+    /// the asker is past its rate).
+    pub fn forward_blocking(&self, request: &Message, asker: IpAddr) -> (Vec<u8>, Forwarded) {
         if let Some(bytes) = self.cached(request, Transport::Tcp) {
-            return bytes;
+            return (bytes, Forwarded::Cached);
         }
-        let response = self.ask(request);
-        match answer::reply(&response, Some(request), Transport::Tcp) {
-            Outcome::Reply(bytes) => bytes,
-            _ => Vec::new(),
+        let (outcome, forwarded) = if self.allow(asker) {
+            let response = self.ask(request);
+            let outcome = answer::reply(&response, Some(request), Transport::Tcp);
+            (outcome, Forwarded::Asked)
+        } else {
+            (refused(request, Transport::Tcp), Forwarded::Limited)
+        };
+        match outcome {
+            Outcome::Reply(bytes) => (bytes, forwarded),
+            _ => (Vec::new(), forwarded),
         }
     }
 
@@ -235,6 +274,11 @@ impl Upstream {
             },
         );
     }
+}
+
+/// The answer to an asker past its rate.
+fn refused(request: &Message, transport: Transport) -> Outcome {
+    answer::reply(&answer::error(request, ResponseCode::Refused), Some(request), transport)
 }
 
 /// How long an upstream answer may be kept: the least TTL of its records (capped); for a

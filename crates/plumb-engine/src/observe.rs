@@ -55,10 +55,16 @@ pub fn observe(
     kernel.prefetch_nft();
     let links = kernel.host_links()?;
     let prefix = names::alias_prefix(stack);
-    let desired_bridges: BTreeSet<&str> = desired
+    // A link's alias is set by a request after the one that creates it (the kernel ignores
+    // IFLA_IFALIAS in a create request), so an `up` killed between the two leaves a link
+    // unmarked: it is ours too if its name is derived from a network this stack wants or
+    // recorded before making anything (`StackState::networks`).
+    let networks: BTreeSet<&str> = desired
         .iter()
-        .flat_map(|d| d.networks.iter().map(|n| n.bridge.as_str()))
+        .flat_map(|d| d.networks.iter().map(|n| n.name.as_str()))
+        .chain(state.iter().flat_map(|s| s.networks.iter().map(String::as_str)))
         .collect();
+    let desired_bridges: BTreeSet<String> = networks.iter().map(|n| names::bridge(stack, n)).collect();
     let bridges = links
         .iter()
         .filter(|l| l.kind.as_deref() == Some("bridge"))
@@ -66,25 +72,21 @@ pub fn observe(
             let alias = l.link.alias.as_deref();
             match alias.filter(|a| a.starts_with("plumb:")) {
                 Some(a) => a.starts_with(&prefix),
-                None => desired_bridges.contains(l.name.as_str()),
+                None => desired_bridges.contains(&l.name),
             }
         })
         .map(|l| (l.name.clone(), l.link.clone()))
         .collect();
-    let desired_devices: BTreeSet<&str> = desired
+    let desired_devices: BTreeSet<String> = networks
         .iter()
-        .flat_map(|d| {
-            d.networks
-                .iter()
-                .filter_map(|n| n.overlay.as_ref().map(|o| o.device.as_str()))
-        })
+        .map(|n| plumb_core::cluster::vxlan_device(stack, n))
         .collect();
     let vxlan_prefix = format!("{prefix}vxlan/");
     let mut vxlans = BTreeMap::new();
     for l in links.iter().filter(|l| l.kind.as_deref() == Some("vxlan")) {
         let ours = match l.link.alias.as_deref().filter(|a| a.starts_with("plumb:")) {
             Some(a) => a.starts_with(&vxlan_prefix),
-            None => desired_devices.contains(l.name.as_str()),
+            None => desired_devices.contains(&l.name),
         };
         if let Some(vxlan) = ours.then(|| kernel.vxlan(&l.name)).transpose()?.flatten() {
             vxlans.insert(l.name.clone(), vxlan);

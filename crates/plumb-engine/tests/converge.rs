@@ -230,3 +230,34 @@ fn teardown_goes_on_past_a_failure_and_reports_it() {
     let w = host.kernel.world();
     assert!(w.namespace_names().is_empty() && w.link_names().is_empty() && w.table_names().is_empty());
 }
+
+/// An `up` killed right after it created a bridge (its alias, the kernel's mark of plumb's
+/// objects, comes in the next request): its record names the network, so `down` removes the
+/// unmarked bridge, and so does an `up` of a file without that network.
+#[test]
+fn a_bridge_made_by_a_killed_up_before_its_alias_is_removed() {
+    for then in [None, Some("name = \"s\"\n[networks.other]\nsubnet = \"10.3.0.0/24\"\n")] {
+        let mut host = Host::new();
+        let (desired, leases) = resolve(&parse("f", BASE).unwrap(), &Default::default()).unwrap();
+        // What `up` does first: record its intent, then apply its plan, here killed after one op.
+        host.state = Some(StackState {
+            stack: "s".into(),
+            leases,
+            namespaces: desired.containers.iter().map(|c| c.netns.clone()).collect(),
+            networks: desired.networks.iter().map(|n| n.name.clone()).collect(),
+            ..StackState::default()
+        });
+        let plan = host.plan(Some(&desired));
+        let create = plan
+            .ops()
+            .find(|op| matches!(op, Op::BridgeAdd { .. }))
+            .expect("a bridge is made")
+            .clone();
+        plumb_core::kernel::Kernel::apply(&mut host.kernel, &create).unwrap();
+        assert_eq!(host.kernel.world().link_names().len(), 1);
+        host.apply(then);
+        let w = host.kernel.world();
+        let wanted: Vec<String> = then.map_or(vec![], |_| vec![plumb_core::names::bridge("s", "other")]);
+        assert_eq!(w.link_names(), wanted, "then {then:?}");
+    }
+}

@@ -42,6 +42,45 @@ fn an_up_killed_at_any_point_is_finished_by_up_and_undone_by_down() {
     }
 }
 
+/// The kernel and the record as an `up` killed right after creating a bridge leaves them: the
+/// record names the network (written before anything is made), the bridge has no alias yet
+/// (the kernel takes it only in a later request). Made deterministically: a veth holding the
+/// bridge's name makes that `up` fail at the bridge, after recording its intent; then the
+/// bridge is made by the very command `up --dry-run` shows for it. Returns the bridge's name.
+fn leave_a_bridge_without_its_alias(sb: &Sandbox) -> String {
+    let script = sb.plumb_ok(&["up", "--dry-run"]);
+    let create = script
+        .lines()
+        .find(|l| l.starts_with("ip link add plb") && l.contains(" type bridge "))
+        .unwrap_or_else(|| panic!("no bridge in the plan:\n{script}"))
+        .to_string();
+    let bridge = create.split_whitespace().nth(3).unwrap().to_string();
+    sb.ok(&format!("ip link add {bridge} type veth peer name squatter"));
+    assert!(!sb.plumb(&["up"]).status.success(), "up made its bridge over a veth");
+    sb.ok(&format!("ip link del {bridge} && {create}"));
+    let shown = sb.ok(&format!("ip -d link show {bridge}"));
+    assert!(!shown.contains("alias"), "{shown}");
+    bridge
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_bridge_made_just_before_the_kill_is_found_by_down_and_by_up() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write("plumb.toml", &stack("early", "10.93.0.0/24", 2));
+    let bridge = leave_a_bridge_without_its_alias(&sb);
+    sb.plumb_ok(&["down"]);
+    assert!(!sb.links().contains(&bridge), "down left {bridge}");
+    sb.assert_clean();
+
+    leave_a_bridge_without_its_alias(&sb);
+    sb.plumb_ok(&["up"]);
+    assert_eq!(sb.plumb_ok(&["up", "--dry-run"]), "");
+    assert!(sb.ping("early-c-1", "10.93.0.3"));
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
 #[test]
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn concurrent_plumb_processes_serialize() {

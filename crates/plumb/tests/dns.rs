@@ -383,3 +383,181 @@ fn queries_during_a_reload_are_all_answered() {
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+/// In a container: opens 70 TCP connections to the DNS server, each sending the start of a
+/// query (a 100-byte length, then a byte a second, never the whole query). After a second it
+/// writes how many are still open to `HELD`, then keeps trickling for 14 s and prints
+/// `open_after_1s ages...` where each age is when a held connection was closed (seconds since
+/// it was opened; -1: still open at the end).
+const SLOW_TCP: &str = r#"
+import select, socket, sys, time
+server, held_file = sys.argv[1], sys.argv[2]
+conns = []
+for _ in range(70):
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect((server, 53)); s.sendall(b"\x00\x64"); conns.append([s, time.time(), None])
+    except OSError:
+        pass
+def poll():
+    now = time.time()
+    for c in conns:
+        if c[2] is not None: continue
+        try:
+            r, _, _ = select.select([c[0]], [], [], 0)
+            if r and c[0].recv(1) == b"": raise OSError("closed")
+        except OSError:
+            c[2] = now - c[1]
+time.sleep(1); poll()
+held = [c for c in conns if c[2] is None]
+open(held_file, "w").write(str(len(held)))
+end = time.time() + 14
+while time.time() < end:
+    for c in held:
+        if c[2] is None:
+            try: c[0].send(b"\x00")
+            except OSError: c[2] = time.time() - c[1]
+    for _ in range(10):
+        time.sleep(0.1); poll()
+print(len(held), " ".join("%.1f" % (-1 if c[2] is None else c[2]) for c in held))
+"#;
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn one_container_cannot_hold_every_tcp_connection_nor_keep_one_forever() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write(
+        "plumb.toml",
+        "name = \"d\"\n[networks.n]\nsubnet = \"10.133.0.0/24\"\n[services.slow]\ncommand = \"/bin/sleep 3600\"\n\
+         [services.client]\ncommand = \"/bin/sleep 3600\"\n",
+    );
+    sb.plumb_ok(&["up"]);
+    let script = sb.write("slow.py", SLOW_TCP);
+    let (held, out) = (sb.dir.join("held"), sb.dir.join("slow.out"));
+    sb.ok(&format!(
+        "ip netns exec d-slow-1 python3 {} 10.133.0.1 {} > {} 2>&1 & echo $!",
+        script.display(),
+        held.display(),
+        out.display()
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || held.exists()),
+        "the slow client did not start"
+    );
+    // While the slow container holds what it may, another container's TCP query is answered.
+    let client = sb.address("client-1", "eth0");
+    assert_eq!(short(&sb, "d-client-1", "+tcp client-1.d"), [client.as_str()]);
+    // The slow container's own next connection is closed as it comes.
+    assert!(!short(&sb, "d-slow-1", "+tcp client-1.d").contains(&client));
+
+    assert!(eventually(Duration::from_secs(30), || std::fs::read_to_string(&out)
+        .is_ok_and(|s| !s.trim().is_empty())));
+    let result = std::fs::read_to_string(&out).unwrap();
+    let mut fields = result.split_whitespace();
+    let kept: usize = fields.next().unwrap().parse().unwrap();
+    let ages: Vec<f64> = fields.map(|f| f.parse().unwrap()).collect();
+    eprintln!("slow container: connections kept, and their ages when closed: {result}");
+    // Its extra connections were closed at once: it keeps its share (8), no more.
+    assert_eq!(kept, plumb_dns::limits::TCP_PER_ASKER, "{result}");
+    // Each kept connection, though never idle (a byte a second), is closed at 10 s of age.
+    for age in &ages {
+        assert!((9.5..12.0).contains(age), "closed at {age} s: {result}");
+    }
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+/// In a container: sends COUNT UDP queries (in bursts of 50, 5 ms apart) for NAME, where `#`
+/// becomes the query's number (distinct names miss the cache), and prints how many responses
+/// came back with each response code: `noerror nxdomain servfail refused other`.
+const FLOOD: &str = r##"
+import socket, struct, sys, threading, time
+server, count, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+codes, last = [0] * 16, [time.time()]
+def receive():
+    s.settimeout(0.2)
+    while time.time() < last[0] + 3:
+        try: r = s.recv(1500)
+        except socket.timeout: continue
+        codes[r[3] & 15] += 1; last[0] = time.time()
+t = threading.Thread(target=receive); t.start()
+for k in range(count):
+    labels = name.replace("#", str(k)).split(".")
+    q = struct.pack(">HHHHHH", k, 0x100, 1, 0, 0, 0) + b"".join(bytes([len(l)]) + l.encode() for l in labels) + b"\x00\x00\x01\x00\x01"
+    s.sendto(q, (server, 53)); last[0] = time.time()
+    if k % 50 == 49: time.sleep(0.005)
+t.join()
+print(codes[0], codes[3], codes[2], codes[5], sum(codes) - codes[0] - codes[2] - codes[3] - codes[5])
+"##;
+
+/// Runs FLOOD in `ns`: (noerror, nxdomain, servfail, refused, other).
+fn flood(sb: &Sandbox, ns: &str, server: &str, count: u32, name: &str) -> [u32; 5] {
+    let script = sb.write("flood.py", FLOOD);
+    let out = sb.ok(&format!(
+        "ip netns exec {ns} python3 {} {server} {count} {name}",
+        script.display()
+    ));
+    let v: Vec<u32> = out.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    v.try_into().unwrap_or_else(|v| panic!("flood: {v:?}"))
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn forwarded_queries_are_rate_limited_per_container_and_local_names_are_not() {
+    let Some(sb) = Sandbox::start() else { return };
+    let upstream_count = start_upstream(&sb);
+    sb.write(
+        "plumb.toml",
+        "name = \"d\"\nmetrics = \"127.0.0.1:9465\"\n[networks.n]\nsubnet = \"10.134.0.0/24\"\n\
+         [services.flood]\ncommand = \"/bin/sleep 3600\"\n[services.client]\ncommand = \"/bin/sleep 3600\"\n",
+    );
+    sb.plumb_ok(&["up"]);
+    let asked_before: u32 = std::fs::read_to_string(&upstream_count)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // 1,000 distinct outside names at once: the bucket's burst (200) and its rate (100/s)
+    // reach the upstream server; the rest are REFUSED without asking it.
+    let [noerror, nxdomain, servfail, refused, other] = flood(&sb, "d-flood-1", "10.134.0.1", 1000, "q#.example.test");
+    let seen = format!("noerror {noerror} nxdomain {nxdomain} servfail {servfail} refused {refused} other {other}");
+    eprintln!("a burst of 1,000 outside names from one container: {seen}");
+    assert!(refused >= 600, "{seen}");
+    assert!((150..=400).contains(&noerror), "{seen}");
+    let asked: u32 = std::fs::read_to_string(&upstream_count)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        asked - asked_before <= 400,
+        "upstream asked {} times: {seen}",
+        asked - asked_before
+    );
+
+    // Meanwhile another container's outside name is answered (its bucket is its own).
+    assert_eq!(short(&sb, "d-client-1", "other.example.test"), ["198.51.100.7"]);
+    // The flooding container's own stack names are not limited: 1,000 at once, all answered.
+    let client = sb.address("client-1", "eth0");
+    let [local_ok, _, _, local_refused, _] = flood(&sb, "d-flood-1", "10.134.0.1", 1000, "client-1.d");
+    assert_eq!(local_refused, 0);
+    assert!(
+        local_ok >= 950,
+        "{local_ok} of 1000 answered (UDP may lose a few, no more)"
+    );
+    assert_eq!(short(&sb, "d-flood-1", "client-1.d"), [client]);
+
+    // The refusals are counted in the metrics.
+    let scrape = sb.ok("curl -sf -m 5 http://127.0.0.1:9465/metrics");
+    let limited = scrape
+        .lines()
+        .find(|l| l.starts_with("plumb_dns_rate_limited_queries_total{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate-limited series: {scrape}"));
+    assert!(limited >= f64::from(refused) && limited <= 1000.0, "{limited}: {seen}");
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

@@ -215,6 +215,22 @@ pub fn render(sources: &Sources) -> String {
     dns_forwarded
         .get_or_create(&stack)
         .inc_by(sources.dns.forwarded.load(Ordering::Relaxed));
+    let dns_limited = counters(
+        &mut registry,
+        "dns_rate_limited_queries",
+        "Queries for outside names refused (REFUSED) because their asker was past its rate",
+    );
+    dns_limited
+        .get_or_create(&stack)
+        .inc_by(sources.dns.rate_limited.load(Ordering::Relaxed));
+    let dns_tcp_refused = counters(
+        &mut registry,
+        "dns_tcp_connections_refused",
+        "TCP connections closed as they came: their asker, or everyone, had too many open",
+    );
+    dns_tcp_refused
+        .get_or_create(&stack)
+        .inc_by(sources.dns.tcp_refused.load(Ordering::Relaxed));
 
     let listing = plumb_linux::nft::list_ruleset().ok();
     let table = listing
