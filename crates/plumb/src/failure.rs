@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use plumb_core::diag::Style;
 use plumb_core::Diagnostics;
 
+#[derive(Debug)]
 pub struct Failure {
     pub message: String,
     pub hint: Option<String>,

@@ -296,9 +296,8 @@ enum Command {
     /// Make this host a member of a cluster: register it in the store (etcd) under a lease,
     /// and run the replicas and overlay entries the cluster places here, until stopped.
     Agent {
-        /// The store's client URL(s), comma-separated: http://10.0.0.1:2379
-        #[arg(long, env = "PLUMB_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// This host's name in the cluster (default: its host name).
         #[arg(long)]
         name: Option<String>,
@@ -318,9 +317,8 @@ enum Command {
         /// The stack file to run over the cluster.
         #[arg(short, long, default_value = "plumb.toml")]
         file: PathBuf,
-        /// The store's client URL(s), comma-separated: http://10.0.0.1:2379
-        #[arg(long, env = "PLUMB_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// How long to wait for every replica to be ready (0s: do not wait).
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
@@ -332,9 +330,8 @@ enum Command {
     Undeploy {
         /// The stack's name, as `plumb cluster status` shows it.
         stack: String,
-        /// The store's client URL(s), comma-separated: http://10.0.0.1:2379
-        #[arg(long, env = "PLUMB_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// How long to wait for the hosts to confirm.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
@@ -346,14 +343,53 @@ enum Command {
     },
 }
 
+/// How to reach the cluster's store (every cluster command takes these).
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The store's client URL(s), comma-separated: https://10.0.0.1:2379
+    #[arg(long, env = "PLUMB_STORE")]
+    store: String,
+    /// The folder of this host's client certificate: ca.crt, client.crt, client.key (made by
+    /// `plumb cluster init`, as DIR/clients/NAME).
+    #[arg(long, env = "PLUMB_STORE_TLS", default_value = "/etc/plumb/tls")]
+    tls: PathBuf,
+    /// Accept a plain http:// store, without TLS or client certificates: anyone who reaches
+    /// it controls the cluster.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl StoreArgs {
+    fn access(self) -> cluster::store::Access {
+        cluster::store::Access {
+            urls: self.store,
+            tls: self.tls,
+            insecure: self.insecure,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum ClusterAction {
+    /// Make the cluster's certificates: a CA, the store's (for etcd's --cert-file) and one
+    /// client certificate per host or person; files already there are kept.
+    Init {
+        /// Where to write them (the CA key stays here: keep it off the hosts).
+        #[arg(long, default_value = "/etc/plumb/pki")]
+        out: PathBuf,
+        /// The addresses or names clients reach the store at, comma-separated (its certificate
+        /// names them).
+        #[arg(long, value_delimiter = ',')]
+        store_address: Vec<String>,
+        /// Who gets a client certificate (DIR/clients/NAME): host names, and e.g. admin.
+        #[arg(long, value_delimiter = ',', default_value = "admin")]
+        clients: Vec<String>,
+    },
     /// Hosts (alive, underlay, uptime), where each replica runs and whether it is ready, and
     /// each overlay network's blocks with the peers each host has wired.
     Status {
-        /// The store's client URL(s), comma-separated: http://10.0.0.1:2379
-        #[arg(long, env = "PLUMB_STORE")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Print hosts, replicas and overlays as JSON.
         #[arg(long)]
         json: bool,
@@ -769,7 +805,7 @@ fn main() -> ExitCode {
         } => cluster::agent::run(
             &ctx,
             cluster::agent::Options {
-                store,
+                store: store.access(),
                 name,
                 underlay,
                 ttl,
@@ -781,11 +817,19 @@ fn main() -> ExitCode {
             store,
             wait,
             json,
-        } => commands::cluster::deploy(&store, &file, wait, Format::from_json_flag(json)),
-        Command::Undeploy { stack, store, wait } => commands::cluster::undeploy(&store, &stack, wait),
+        } => commands::cluster::deploy(&store.access(), &file, wait, Format::from_json_flag(json)),
+        Command::Undeploy { stack, store, wait } => commands::cluster::undeploy(&store.access(), &stack, wait),
         Command::Cluster {
             action: ClusterAction::Status { store, json },
-        } => commands::cluster::status(&store, Format::from_json_flag(json)),
+        } => commands::cluster::status(&store.access(), Format::from_json_flag(json)),
+        Command::Cluster {
+            action:
+                ClusterAction::Init {
+                    out,
+                    store_address,
+                    clients,
+                },
+        } => commands::cluster::init(&out, &store_address, &clients),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

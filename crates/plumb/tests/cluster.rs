@@ -255,10 +255,9 @@ fn a_damaged_spec_in_the_store_changes_nothing_and_is_reported() {
     let Some(d) = Deployed::start(1) else { return };
     let before = d.replicas();
     let namespaces: Vec<Vec<String>> = d.cluster.hosts().iter().map(|h| h.namespaces()).collect();
-    d.cluster.sandbox.ok(&format!(
-        "ETCDCTL_API=3 etcdctl --endpoints {} put /plumb/stacks/mh/spec '{{bad'",
-        d.etcd.store()
-    ));
+    d.cluster
+        .sandbox
+        .ok(&format!("{} put /plumb/stacks/mh/spec '{{bad'", d.etcd.ctl()));
     // Reported (in the status, from the store and from each agent's report)...
     let reported = eventually(Duration::from_secs(15), || {
         let errors = d.status()["errors"].to_string();
@@ -433,17 +432,69 @@ fn a_host_cut_from_the_store_gives_up_its_replicas_and_rejoins_without_duplicate
 fn cluster_commands_refuse_bad_input_clearly() {
     let Some(cluster) = Cluster::start(1) else { return };
     let h = cluster.host(0);
+    let etcd = Etcd::start(&cluster.sandbox, 1);
     // Nothing listens: a clear error, quickly.
-    let out = h.plumb(&["cluster", "status", "--store", "http://10.99.0.1:2379"]);
+    let out = h.plumb(&["cluster", "status", "--store", "https://10.99.0.1:2999"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
         err.contains("cannot reach the store") || err.contains("did not answer"),
         "{err}"
     );
-    let out = h.plumb(&["cluster", "status", "--store", "10.99.0.1:2379"]);
-    assert!(text(&out.stderr).contains("http://"), "{}", text(&out.stderr));
-    let etcd = Etcd::start(&cluster.sandbox, 1);
+    let out = h.plumb(&["cluster", "status", "--store", "10.99.0.1:2999"]);
+    assert!(text(&out.stderr).contains("https://"), "{}", text(&out.stderr));
+    // A store without TLS is refused unless the operator says --insecure.
+    let plain = etcd.store().replace("https://", "http://");
+    let out = h.plumb(&["cluster", "status", "--store", &plain]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("plain http://") && err.contains("--insecure") && err.contains("plumb cluster init"),
+        "{err}"
+    );
+    // The store takes only clients with a certificate of the cluster's CA: none, or one of
+    // another CA, gets nothing (plumb and a plain HTTPS client alike).
+    let range = "-d '{\"key\":\"L3BsdW1i\",\"range_end\":\"L3BsdW1j\"}'";
+    let ca = etcd.pki.join("ca.crt").display().to_string();
+    let url = format!("{}/v3/kv/range", etcd.store());
+    let admin = etcd.pki.join("clients/admin").display().to_string();
+    let with_cert = cluster.sandbox.sh(&format!(
+        "curl -sf -m 3 --cacert {ca} --cert {admin}/client.crt --key {admin}/client.key {range} {url}"
+    ));
+    assert!(with_cert.status.success(), "{}", text(&with_cert.stderr));
+    let without = cluster
+        .sandbox
+        .sh(&format!("curl -sf -m 3 --cacert {ca} {range} {url}"));
+    assert!(
+        !without.status.success(),
+        "a client without a certificate read the store"
+    );
+    let other = cluster.sandbox.dir.join("other-pki").display().to_string();
+    cluster.sandbox.ok(&format!(
+        "{PLUMB} cluster init --out {other} --clients admin >/dev/null"
+    ));
+    let foreign = cluster.sandbox.sh(&format!(
+        "curl -sf -m 3 --cacert {ca} --cert {other}/clients/admin/client.crt --key {other}/clients/admin/client.key {range} {url}"
+    ));
+    assert!(!foreign.status.success(), "another CA's certificate read the store");
+    let out = h.plumb(&[
+        "cluster",
+        "status",
+        "--store",
+        &etcd.store(),
+        "--tls",
+        &format!("{other}/clients/admin"),
+    ]);
+    assert!(
+        !out.status.success(),
+        "plumb read the store with another CA's certificate"
+    );
+    let out = h.plumb(&["cluster", "status", "--store", &etcd.store(), "--tls", "/nonexistent"]);
+    assert!(
+        text(&out.stderr).contains("/nonexistent/ca.crt") && text(&out.stderr).contains("plumb cluster init"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = h.plumb(&["agent", "--store", &etcd.store(), "--name", "bad name"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = h.plumb(&["agent", "--store", &etcd.store(), "--underlay", "192.0.2.77"]);

@@ -25,7 +25,7 @@ use crate::failure::{Failure, Result};
 use crate::runfile;
 
 pub struct Options {
-    pub store: String,
+    pub store: super::store::Access,
     pub name: Option<String>,
     /// An interface name or one of this host's addresses; default: the default route's link.
     pub underlay: Option<String>,
@@ -61,7 +61,11 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
     }
     let ttl_secs = options.ttl.as_secs().max(1) as i64;
     let (underlay, mtu) = underlay(options.underlay.as_deref())?;
-    let store = Store::connect(&options.store)?;
+    let (store, transport) = Store::connect(&options.store)?;
+    if transport == super::store::Transport::Plain {
+        // Loud: this is not a state to forget about.
+        log(format!("WARNING: {} (--insecure)", super::store::PLAIN_WARNING));
+    }
     for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT] {
         let action = nix::sys::signal::SigAction::new(
             nix::sys::signal::SigHandler::Handler(on_stop),

@@ -4,6 +4,7 @@
 //! writes it.
 
 pub mod agent;
+pub mod pki;
 pub mod store;
 
 use std::collections::BTreeMap;

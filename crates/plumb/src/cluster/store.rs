@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::runtime::Runtime;
 
@@ -99,35 +102,89 @@ fn unreachable(e: &etcd_client::Error) -> bool {
 /// How long one request may take before it fails (a partitioned host must notice).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-impl Store {
-    /// Connects to the store at `urls` (`http://10.0.0.1:2379`, comma-separated for several
-    /// members).
-    pub fn connect(urls: &str) -> Result<Store> {
-        let endpoints: Vec<String> = urls
+/// How to reach the store: its client URLs, the directory of the client's certificate
+/// (`ca.crt`, `client.crt`, `client.key`), and whether plain `http://` is accepted.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub urls: String,
+    pub tls: PathBuf,
+    pub insecure: bool,
+}
+
+/// What connecting decided: TLS with a client certificate, or (asked for) none at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    Plain,
+}
+
+/// The warning a store without TLS deserves, wherever it is used.
+pub const PLAIN_WARNING: &str = "the store is reached over plain http:// without TLS or client certificates: \
+     anyone who reaches its port reads and writes the cluster, and what they deploy runs as root on every host";
+
+impl Access {
+    /// The URLs, checked: all https:// (TLS, client certificate required), or all http:// with
+    /// `--insecure`.
+    fn endpoints(&self) -> Result<(Vec<String>, Transport)> {
+        let endpoints: Vec<String> = self
+            .urls
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .map(str::to_string)
             .collect();
         if endpoints.is_empty() {
-            return Err(Failure::new("no store given").hint("pass --store http://ETCD:2379 (or set PLUMB_STORE)"));
+            return Err(Failure::new("no store given")
+                .hint("pass --store https://ETCD:2379 (or set PLUMB_STORE)")
+                .code(2));
         }
-        for e in &endpoints {
-            if !e.starts_with("http://") {
-                return Err(Failure::new(format!("store address {e:?} is not an http:// URL"))
-                    .hint("write --store http://ADDRESS:2379 (TLS is not supported yet)"));
-            }
+        let tls = endpoints.iter().all(|e| e.starts_with("https://"));
+        let plain = endpoints.iter().all(|e| e.starts_with("http://"));
+        match (tls, plain) {
+            (true, _) => Ok((endpoints, Transport::Tls)),
+            (_, true) if self.insecure => Ok((endpoints, Transport::Plain)),
+            (_, true) => Err(Failure::new(format!(
+                "the store {} is plain http://: no TLS, no client certificates",
+                endpoints.join(",")
+            ))
+            .hint(
+                "run etcd with TLS and client certificates (`plumb cluster init` makes them; see docs/cluster.md) and \
+                 pass --store https://...; or pass --insecure to accept a store anyone who reaches it controls",
+            )
+            .code(2)),
+            _ => Err(Failure::new(format!(
+                "store addresses {} are not all https:// URLs",
+                endpoints.join(",")
+            ))
+            .hint("write --store https://ADDRESS:2379[,https://...]")
+            .code(2)),
         }
+    }
+}
+
+impl Store {
+    /// Connects to the store (`https://10.0.0.1:2379`, comma-separated for several members),
+    /// and says how (so a caller can warn about a store without TLS).
+    pub fn connect(access: &Access) -> Result<(Store, Transport)> {
+        let (endpoints, transport) = access.endpoints()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .thread_name("plumb-store")
             .build()
             .map_err(|e| Failure::new(format!("cannot start the store client: {e}")))?;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if transport == Transport::Tls {
+            let (ca, cert, key) = super::pki::ClientFiles::in_dir(&access.tls).read()?;
+            options = options.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .identity(Identity::from_pem(cert, key)),
+            );
+        }
         let mut clients = Vec::new();
         for e in &endpoints {
             let client = runtime
@@ -145,13 +202,16 @@ impl Store {
         };
         // Connecting is lazy: ask once, so a wrong address fails here and says so.
         match store.get_prefix(super::keys::ROOT) {
-            Ok(_) => Ok(store),
+            Ok(_) => Ok((store, transport)),
             Err(e) => Err(Failure::new(format!(
                 "cannot reach the store at {}: {}",
                 store.endpoints.join(","),
                 e.message.rsplit(": ").next().unwrap_or_default()
             ))
-            .hint("start etcd (Debian's etcd-server) and pass its client URL, e.g. --store http://10.0.0.1:2379")),
+            .hint(
+                "start etcd (Debian's etcd-server) and pass its client URL, e.g. --store https://10.0.0.1:2379, \
+                 with a client certificate its CA signed (--tls DIR)",
+            )),
         }
     }
 
@@ -339,6 +399,15 @@ fn reason(e: &etcd_client::Error) -> String {
         ("No route to host", "no route to host"),
         ("timed out", "timed out"),
         ("deadline", "timed out"),
+        ("Elapsed", "timed out"),
+        (
+            "certificate",
+            "TLS: the store or this client's certificate was not accepted",
+        ),
+        (
+            "handshake",
+            "TLS handshake failed (a client certificate of the store's CA is needed)",
+        ),
     ] {
         if text.contains(needle) {
             return short.to_string();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{require_stack_name, Format};
-use crate::cluster::store::{Expect, Store};
+use crate::cluster::store::{Access, Expect, Store, Transport, PLAIN_WARNING};
 use crate::cluster::{keys, SpecRecord, StackView, View};
 use crate::failure::{Failure, Result};
 use crate::output::{count, print_json, say, table};
@@ -18,10 +18,42 @@ use crate::{runfile, stackfile};
 /// `plumb deploy -f FILE`: validates the file here (errors cite its lines), writes it and a
 /// first placement into the store in one transaction, then waits up to `wait` until every
 /// placed replica runs and is ready.
-pub fn deploy(store: &str, file: &Path, wait: Duration, format: Format) -> Result<()> {
+/// Connects to the store; a plain http:// one (--insecure) is warned about each time.
+fn connect(access: &Access) -> Result<Store> {
+    let (store, transport) = Store::connect(access)?;
+    if transport == Transport::Plain {
+        eprintln!("warning: {PLAIN_WARNING}");
+    }
+    Ok(store)
+}
+
+/// `plumb cluster init`: the cluster's certificates, and how to use them.
+pub fn init(out: &Path, store_addresses: &[String], clients: &[String]) -> Result<()> {
+    let made = crate::cluster::pki::init(out, store_addresses, clients)?;
+    for f in &made.written {
+        say!("wrote {}", f.display());
+    }
+    if !made.kept.is_empty() {
+        say!("kept {} file(s) already there (never overwritten)", made.kept.len());
+    }
+    let store = out.join("store");
+    say!(
+        "etcd: --cert-file {s}/server.crt --key-file {s}/server.key --trusted-ca-file {s}/ca.crt --client-cert-auth \\\n  \
+         --peer-cert-file {s}/server.crt --peer-key-file {s}/server.key --peer-trusted-ca-file {s}/ca.crt --peer-client-cert-auth \\\n  \
+         --listen-client-urls https://ADDRESS:2379 --advertise-client-urls https://ADDRESS:2379",
+        s = store.display()
+    );
+    say!(
+        "each host: copy {}/clients/NAME to /etc/plumb/tls (or pass --tls), then plumb agent --store https://ADDRESS:2379",
+        out.display()
+    );
+    Ok(())
+}
+
+pub fn deploy(store: &Access, file: &Path, wait: Duration, format: Format) -> Result<()> {
     let parsed = stackfile::load(file)?;
     let stack = parsed.stack.name.clone();
-    let store = Store::connect(store)?;
+    let store = connect(store)?;
     let view = View::from_snapshot(&store.get_prefix(keys::ROOT)?);
     let alive = view.alive();
     if alive.is_empty() {
@@ -133,9 +165,9 @@ pub fn deploy(store: &str, file: &Path, wait: Duration, format: Format) -> Resul
 
 /// `plumb undeploy STACK`: removes the stack's spec, waits until every agent has removed its
 /// replicas (and its keys), then clears what is left under the stack's prefix.
-pub fn undeploy(store: &str, stack: &str, wait: Duration) -> Result<()> {
+pub fn undeploy(store: &Access, stack: &str, wait: Duration) -> Result<()> {
     require_stack_name(stack)?;
-    let store = Store::connect(store)?;
+    let store = connect(store)?;
     let prefix = keys::stack(stack);
     if store.get_prefix(&prefix)?.entries.is_empty() {
         return Err(Failure::new(format!("stack {stack} is not deployed"))
@@ -200,8 +232,8 @@ struct Status {
     errors: Vec<String>,
 }
 
-pub fn status(store: &str, format: Format) -> Result<()> {
-    let store = Store::connect(store)?;
+pub fn status(store: &Access, format: Format) -> Result<()> {
+    let store = connect(store)?;
     let view = View::from_snapshot(&store.get_prefix(keys::ROOT)?);
     let now = runfile::unix_ms();
     let hosts: Vec<HostRow> = view

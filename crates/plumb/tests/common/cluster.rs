@@ -161,6 +161,11 @@ impl Host {
         let wd = format!("--wd={}", self.dir.display());
         c.args(["-t", &self.holder.id().to_string(), "-n", "-m", &wd, "--"]);
         c.env("PLUMB_STATE_DIR", &self.state_dir);
+        // The host's client certificate for the store (made by `Etcd::start`).
+        let tls = self.dir.parent().map(|d| d.join("pki/clients").join(&self.name));
+        if let Some(tls) = tls {
+            c.env("PLUMB_STORE_TLS", tls);
+        }
         c
     }
 
