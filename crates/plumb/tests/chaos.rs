@@ -112,6 +112,9 @@ fn a_delay_on_a_service_adds_to_the_round_trip_once_and_clearing_restores_it() {
 fn a_partition_cuts_both_ways_and_only_between_its_two_sides() {
     let Some(sb) = Sandbox::start() else { return };
     up(&sb);
+    let listing =
+        |sb: &Sandbox| sb.ok("nft list table inet plumb_ch | sed 's/counter packets [0-9]* bytes [0-9]*/counter/'");
+    let first = listing(&sb);
     let (a, b1, c) = (
         sb.address("a-1", "eth0"),
         sb.address("b-1", "eth0"),
@@ -133,7 +136,18 @@ fn a_partition_cuts_both_ways_and_only_between_its_two_sides() {
     );
     assert!(sb.nft_tables().contains("table inet plumbchaos1_ch"));
     // The stack's own tables are not touched: `up` has nothing to do.
-    let plan = sb.plumb_ok(&["up", "--dry-run"]);
+    let now = listing(&sb);
+    let diff: Vec<String> = now
+        .lines()
+        .zip(first.lines())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("- {b}\n+ {a}"))
+        .collect();
+    let plan = format!(
+        "{}\ntable changes since up:\n{}",
+        sb.plumb_ok(&["up", "--dry-run"]),
+        diff.join("\n")
+    );
     let again = sb.plumb_ok(&["up"]);
     assert!(again.contains("up to date"), "{again}\nthe plan was:\n{plan}");
     sb.plumb_ok(&["chaos", "clear", "1"]);

@@ -37,7 +37,7 @@ impl Ruleset {
             shape.chains.insert(c.name.clone(), (hook, comments));
         }
         // nft's JSON writes strings (interface names) without the quotes nft syntax needs.
-        let unquoted = |t: &String| t.replace('"', "");
+        let unquoted = |t: &String| canonical(&t.replace('"', ""));
         for s in &self.sets {
             if s.is_dynamic() {
                 shape.sets.insert(s.name.clone(), BTreeMap::new());
@@ -117,10 +117,10 @@ pub fn shape_of_objects(objects: &[Value]) -> Option<Shape> {
                 for e in elems.and_then(Value::as_array).into_iter().flatten() {
                     match (kind, e.as_array()) {
                         ("map", Some(pair)) if pair.len() == 2 => {
-                            elements.insert(element(&pair[0])?, Some(element(&pair[1])?));
+                            elements.insert(canonical(&element(&pair[0])?), Some(canonical(&element(&pair[1])?)));
                         }
                         _ => {
-                            elements.insert(element(e)?, None);
+                            elements.insert(canonical(&element(e)?), None);
                         }
                     }
                 }
@@ -199,6 +199,23 @@ pub fn counts_by_chain(objects: &[Value], prefix: &str) -> BTreeMap<String, u64>
 }
 
 /// One element (or part of one) as plumb writes it: `tcp . 8080`, `goto port_tcp_8080`.
+/// An element as both sides can agree on it: nft names a protocol ("tcp") where the host has
+/// /etc/protocols and prints its number (6) where it does not (a minimal root, a container
+/// image), so each part of a concatenation that is a protocol is written as its number.
+fn canonical(element: &str) -> String {
+    element
+        .split(" . ")
+        .map(|part| match part {
+            "icmp" => "1",
+            "tcp" => "6",
+            "udp" => "17",
+            "sctp" => "132",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
 fn element(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
@@ -264,6 +281,10 @@ mod tests {
             .rules
             .push(super::super::Rule::new("y", "published ports"));
         assert_eq!(shape_of_listing(listing), Some(want.shape()));
+        // Where the host has no /etc/protocols (no netbase), nft prints the number: the same.
+        let numeric = listing.replace(r#"["tcp",8080]"#, "[6,8080]");
+        assert_ne!(numeric, listing);
+        assert_eq!(shape_of_listing(&numeric), Some(want.shape()));
         want.chains[1].rules.clear();
         assert_ne!(shape_of_listing(listing), Some(want.shape()));
     }
