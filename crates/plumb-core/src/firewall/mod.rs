@@ -1,10 +1,11 @@
 //! The nftables rulesets of one stack as typed values: an `inet plumb_STACK` table (routed
-//! traffic: the cluster store's guard, isolation, inbound, host access, published ports, virtual IPs, egress NAT) and a
-//! `bridge plumb_STACK` table (frames on the bridges: anti-spoofing), each with its chains
-//! (base chains with hook, priority and policy; regular chains), sets, maps and rules. Each
-//! feature contributes its part through [`Feature`]; a table is printed once, in nft's own
-//! syntax. [`NftChange`] is one table's change (create, replace, an element-by-element
-//! update, delete); the changes of one plan go to the kernel as one transaction.
+//! traffic: the cluster store's guard, isolation, inbound, host access, published ports,
+//! virtual IPs, egress NAT) and a `bridge plumb_STACK` table (frames on the bridges:
+//! anti-spoofing), each with its chains (base chains with hook, priority and policy; regular
+//! chains), sets, maps and rules. Each feature contributes its part through [`Feature`]; a
+//! table is printed once, in nft's own syntax. [`NftChange`] is one table's change (create,
+//! replace, an element-by-element update, delete); the changes of one plan go to the kernel
+//! as one transaction.
 
 mod antispoof;
 mod change;
