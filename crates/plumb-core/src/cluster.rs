@@ -5,7 +5,7 @@
 //! `plumb up` makes real. Pure data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,10 @@ pub struct HostAssignment {
     /// stack file's folder.
     #[serde(default)]
     pub base: Option<std::path::PathBuf>,
+    /// The cluster store's endpoints, which no container of the stack may reach (see
+    /// [`store_endpoints`]).
+    #[serde(default)]
+    pub store: Vec<SocketAddrV4>,
 }
 
 impl HostAssignment {
@@ -57,6 +61,38 @@ pub struct OverlayAssignment {
     /// NATs that corrupt VXLAN checksums): about 3x the throughput where the path is sound.
     #[serde(default)]
     pub tx_offload: bool,
+}
+
+/// What containers must not reach of the cluster store at `urls` (etcd client URLs such as
+/// `http://10.77.0.1:2379`): each member's client port and, on the same address, the port
+/// after it, etcd's peer port by convention (2379 and 2380), since the agent is told only the
+/// client URLs. `resolve` turns a host name into its IPv4 addresses (an address is taken as
+/// it is); a URL without a port has etcd's 2379. Sorted, without duplicates.
+pub fn store_endpoints(urls: &[String], resolve: impl Fn(&str) -> Vec<Ipv4Addr>) -> Vec<SocketAddrV4> {
+    let mut out = BTreeSet::new();
+    for url in urls {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or_default();
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h, p),
+                Err(_) => continue,
+            },
+            None => (authority, 2379),
+        };
+        let addresses = match host.parse::<Ipv4Addr>() {
+            Ok(a) => vec![a],
+            Err(_) => resolve(host),
+        };
+        for a in addresses {
+            out.insert(SocketAddrV4::new(a, port));
+            if let Some(peer) = port.checked_add(1) {
+                out.insert(SocketAddrV4::new(a, peer));
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Another host of an overlay network: one route, one neighbour and one FDB entry here.

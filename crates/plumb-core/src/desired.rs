@@ -42,6 +42,9 @@ pub struct Desired {
     /// In a cluster: the stack's containers that run on other hosts.
     #[serde(default)]
     pub remote: Vec<RemoteContainer>,
+    /// In a cluster: the store's endpoints, which the stack's containers may not reach.
+    #[serde(default)]
+    pub store: Vec<std::net::SocketAddrV4>,
 }
 
 /// A service as the stack's containers reach it (DNS and the VIP's load balancer).
@@ -398,6 +401,7 @@ fn resolve_with(
             service_subnet: Some(stack.service_subnet),
             host: assignment.map(|a| a.host.clone()),
             remote: assignment.map(|a| a.remote.clone()).unwrap_or_default(),
+            store: assignment.map(|a| a.store.clone()).unwrap_or_default(),
         },
         leases,
     ))
@@ -519,6 +523,7 @@ mod tests {
                 ready: true,
             }],
             base: None,
+            store: vec![],
         };
         let (d, _) = resolve_on_host(&parsed, &Leases::new(), &assignment).unwrap();
         let names: Vec<_> = d.containers.iter().map(|c| c.name.as_str()).collect();

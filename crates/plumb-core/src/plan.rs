@@ -532,6 +532,7 @@ mod tests {
             .into(),
             remote: vec![],
             base: None,
+            store: vec![],
         };
         let parsed = parse("f", OVERLAY).unwrap();
         crate::desired::resolve_on_host(&parsed, &Default::default(), &assignment)

@@ -165,6 +165,21 @@ impl Deployed {
     }
 }
 
+/// Whether a TCP connection to ip:port opens within 2 s, from namespace `ns` of `host` (its
+/// own namespace when empty). Only the handshake: etcd says nothing first.
+fn tcp_connects(host: &Host, ns: &str, ip: &str, port: u16) -> bool {
+    let exec = if ns.is_empty() {
+        String::new()
+    } else {
+        format!("ip netns exec {ns} ")
+    };
+    host.sh(&format!(
+        "{exec}timeout 3 python3 -c \"import socket; socket.create_connection(('{ip}', {port}), 2)\""
+    ))
+    .status
+    .success()
+}
+
 fn start_agent(h: &Host, etcd: &Etcd, extra: &str) -> u32 {
     h.spawn(&format!(
         "{PLUMB} agent --store {} --name {} --ttl {TTL} {extra}",
@@ -240,6 +255,24 @@ fn a_stack_spreads_over_three_hosts_and_talks_over_the_overlay() {
         let host = d.host_named(&replicas[c].0);
         let reply = host.connect(Some(&format!("mh-{c}")), OUTSIDE_IP, 7100);
         assert_eq!(reply, Some(format!("outside from {}", host.underlay)), "{c} to outside");
+    }
+    // The store is out of every replica's reach (the hole: `curl STORE:2379/v3/kv/range`
+    // from a container), on its client and peer ports, while the agents use it.
+    let store = common::cluster::UNDERLAY_GATEWAY;
+    for c in ["web-1", "web-2", "web-3", "db-1"] {
+        let host = d.host_named(&replicas[c].0);
+        for port in [2379, 2380] {
+            assert!(
+                !tcp_connects(host, &format!("mh-{c}"), store, port),
+                "{c} (on {}) reached the store at {store}:{port}",
+                host.name
+            );
+        }
+        assert!(
+            tcp_connects(host, "", store, 2379),
+            "{} cannot reach the store",
+            host.name
+        );
     }
     // Overlay health as the status shows it: every host wired to its peers.
     let status = d.status();

@@ -224,30 +224,104 @@ fn a_container_cannot_send_from_another_address_or_mac() {
     sb.assert_clean();
 }
 
+/// A UDP sink in the sandbox host's own namespace (a host service on 0.0.0.0) that writes
+/// the source of every datagram to a file; its PID and the file.
+fn udp_sink_on_host(sb: &Sandbox, port: u16) -> (String, String) {
+    let file = format!("udp-host-{port}.log");
+    let code = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',{port}))\nopen('{file}','a').write('ready\\n')\nwhile True:\n d,a=s.recvfrom(100)\n f=open('{file}','a'); f.write(a[0]+'\\n'); f.close()\n"
+    );
+    let path = sb.write(&format!("udp-host-{port}.py"), &code);
+    sb.write(&file, "");
+    let pid = sb.ok(&format!("python3 {} >/dev/null 2>&1 & echo $!", path.display()));
+    let ready = || sb.ok(&format!("cat {file}")).contains("ready");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), ready),
+        "UDP sink on the host did not start"
+    );
+    (pid.trim().to_string(), file)
+}
+
+/// dig from `ns` at its gateway, one try; the answers.
+fn dig(sb: &Sandbox, ns: &str, args: &str) -> String {
+    sb.ok(&format!("ip netns exec {ns} dig +time=1 +tries=1 +short {args}"))
+        .trim()
+        .to_string()
+}
+
 #[test]
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
-fn an_internal_network_does_not_reach_the_host_others_do() {
+fn containers_reach_nothing_of_the_host_but_plumbs_own_services() {
     let sb = Sandbox::start().unwrap();
     up(&sb);
+    // Host services on every address (an sshd, an etcd on 0.0.0.0), TCP and UDP.
     let host_server = sb.serve_on_host("0.0.0.0", 7000, "host");
-    for address in ["10.95.2.1", "10.95.1.1", HOST_IP] {
-        assert_eq!(
-            sb.connect(Some("sec-db-1"), address, 7000),
-            None,
-            "an internal container reached the host at {address}"
-        );
+    let (udp_server, at_host) = udp_sink_on_host(&sb, 7001);
+    let api = sb.address("api-1", "eth0");
+    // Every address of the host: the own gateway, the other network's, the uplink.
+    for address in ["10.95.1.1", "10.95.2.1", HOST_IP] {
+        for ns in ["sec-db-1", "sec-api-1", "sec-web-1"] {
+            assert_eq!(
+                sb.connect(Some(ns), address, 7000),
+                None,
+                "{ns} reached the host's service at {address}"
+            );
+        }
+        udp_send_from(&sb, "sec-api-1", &api, address, 7001);
     }
     assert!(!sb.ping("sec-db-1", "10.95.2.1"));
-    // A container on a non-internal network reaches host services (as with Docker).
-    let api = sb.address("api-1", "eth0");
-    assert_eq!(
-        sb.connect(Some("sec-api-1"), "10.95.1.1", 7000),
-        Some(format!("host from {api}"))
-    );
-    // And the host reaches its containers, internal ones too (replies come back).
+    assert!(!sb.ping("sec-api-1", HOST_IP), "the uplink address answers pings");
+    // What plumb serves them passes: DNS on the gateway (UDP and TCP), ping of the own
+    // gateway, and the host's replies.
+    let web = sb.address("web-1", "eth0");
+    assert_eq!(dig(&sb, "sec-api-1", "@10.95.1.1 web-1"), web);
+    assert_eq!(dig(&sb, "sec-api-1", "+tcp @10.95.1.1 web-1"), web);
+    assert!(sb.ping("sec-api-1", "10.95.1.1"), "the gateway does not answer pings");
     sb.serve("sec-db-1", 5432, "db");
     assert!(sb.connect(None, &sb.address("db-1", "eth0"), 5432).is_some());
-    sb.ok(&format!("kill {host_server}"));
+    sb.serve("outside", 9100, "internet");
+    assert!(sb.connect(Some("sec-api-1"), OUTSIDE_IP, 9100).is_some());
+    // The datagrams were sent before the host's own one, on the same path.
+    sb.ok(
+        "python3 -c \"import socket;socket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto(b'x',('127.0.0.1',7001))\"",
+    );
+    assert!(eventually(std::time::Duration::from_secs(5), || {
+        udp_sources(&sb, &at_host).contains("127.0.0.1")
+    }));
+    let got = udp_sources(&sb, &at_host);
+    assert!(
+        !got.contains("10.95."),
+        "a container's datagram reached the host: {got}"
+    );
+    sb.ok(&format!("kill {host_server} {udp_server}"));
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_policy_to_the_host_opens_just_what_it_names() {
+    let sb = Sandbox::start().unwrap();
+    let policy = "[[policies]]\nfrom = \"api\"\nto = \"host\"\nports = [7000]\n";
+    sb.write("plumb.toml", &format!("{STACK}{policy}"));
+    sb.plumb_ok(&["up"]);
+    let host_server = sb.serve_on_host("0.0.0.0", 7000, "host");
+    let other_server = sb.serve_on_host("0.0.0.0", 7002, "other");
+    let api = sb.address("api-1", "eth0");
+    for address in ["10.95.1.1", HOST_IP] {
+        assert_eq!(
+            sb.connect(Some("sec-api-1"), address, 7000),
+            Some(format!("host from {api}")),
+            "the policy lets api reach the host at {address}"
+        );
+        assert_eq!(sb.connect(Some("sec-api-1"), address, 7002), None, "only port 7000");
+        assert_eq!(sb.connect(Some("sec-lone-1"), address, 7000), None, "only api");
+    }
+    // Policies never open what network isolation closes: an internal network's container.
+    assert_eq!(sb.connect(Some("sec-db-1"), "10.95.2.1", 7000), None);
+    let why = sb.plumb(&["policy", "why", "lone-1", "host:7000/tcp", "-s", "sec"]);
+    assert_eq!(why.status.code(), Some(1), "{why:?}");
+    sb.ok(&format!("kill {host_server} {other_server}"));
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

@@ -1,10 +1,12 @@
-//! What containers may send to the host itself. Every container reaches the stack's DNS
-//! server (port 53, UDP and TCP) on its own network's gateway, and on no other of the stack's
-//! gateways. Containers on an internal network reach nothing else of the host; other
-//! networks keep Docker's behaviour (host services are reachable), without spoofed sources.
-//! The gateway addresses answer only on plumb's own bridges and from the host.
+//! What containers may send to the host itself (any of its addresses: gateways, uplink,
+//! underlay). Only what plumb serves them: the stack's DNS server (port 53, UDP and TCP) on
+//! its own network's gateway (on no other of the stack's gateways), a ping of that gateway,
+//! replies to connections the host made, and, from a non-internal network, what a policy
+//! with `to = "host"` allows. Nothing else: a host service on 0.0.0.0 (sshd, etcd, a
+//! database) is not the containers' to reach. The gateway addresses answer only on plumb's
+//! own bridges and from the host.
 
-use super::{Hook, HookPoint, Rule, Ruleset};
+use super::{policy, Hook, HookPoint, Rule, Ruleset};
 use crate::desired::Desired;
 use crate::names::BRIDGE_PREFIX;
 
@@ -50,12 +52,32 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
                 format!("iifname \"{br}\" drop"),
                 format!("{name}: internal, the host is not reachable"),
             ));
-        } else {
+            continue;
+        }
+        input.rules.push(Rule::new(
+            format!("iifname \"{br}\" ip saddr != {} drop", net.subnet),
+            format!("{name}: no spoofed sources"),
+        ));
+        input.rules.push(Rule::new(
+            format!(
+                "iifname \"{br}\" ip daddr {} icmp type echo-request accept",
+                net.gateway
+            ),
+            format!("{name}: ping of its gateway"),
+        ));
+        if !desired.policies.is_empty() {
             input.rules.push(Rule::new(
-                format!("iifname \"{br}\" ip saddr != {} drop", net.subnet),
-                format!("{name}: no spoofed sources"),
+                format!(
+                    "iifname \"{br}\" ip saddr . meta l4proto . th dport @{} accept",
+                    policy::TO_HOST
+                ),
+                format!("{name}: what a policy to the host allows"),
             ));
         }
+        input.rules.push(Rule::new(
+            format!("iifname \"{br}\" drop"),
+            format!("{name}: the host's own services are not reachable"),
+        ));
     }
     let gateways: Vec<String> = desired.networks.iter().map(|n| n.gateway.to_string()).collect();
     input.rules.push(Rule::new(

@@ -1,10 +1,11 @@
 //! The nftables rulesets of one stack as typed values: an `inet plumb_STACK` table (routed
-//! traffic: isolation, inbound, host access, published ports, virtual IPs, egress NAT) and a
-//! `bridge plumb_STACK` table (frames on the bridges: anti-spoofing), each with its chains
-//! (base chains with hook, priority and policy; regular chains), sets, maps and rules. Each
-//! feature contributes its part through [`Feature`]; a table is printed once, in nft's own
-//! syntax. [`NftChange`] is one table's change (create, replace, an element-by-element
-//! update, delete); the changes of one plan go to the kernel as one transaction.
+//! traffic: the cluster store's guard, isolation, inbound, host access, published ports,
+//! virtual IPs, egress NAT) and a `bridge plumb_STACK` table (frames on the bridges:
+//! anti-spoofing), each with its chains (base chains with hook, priority and policy; regular
+//! chains), sets, maps and rules. Each feature contributes its part through [`Feature`]; a
+//! table is printed once, in nft's own syntax. [`NftChange`] is one table's change (create,
+//! replace, an element-by-element update, delete); the changes of one plan go to the kernel
+//! as one transaction.
 
 mod antispoof;
 mod change;
@@ -16,6 +17,7 @@ mod overlay;
 mod policy;
 mod ports;
 mod shape;
+mod store;
 pub mod vips;
 
 use std::collections::BTreeMap;
@@ -36,6 +38,7 @@ pub type Feature = fn(&Desired, &mut Ruleset);
 
 /// In this order: rules added earlier match first within a shared base chain.
 const INET_FEATURES: &[Feature] = &[
+    store::contribute,
     overlay::contribute_sender,
     overlay::contribute,
     inbound::contribute,

@@ -131,6 +131,7 @@ mod tests {
             .into(),
             remote: vec![],
             base: None,
+            store: vec![],
         };
         let d = resolve_on_host(&parse("f", text).unwrap(), &Default::default(), &assignment)
             .unwrap()

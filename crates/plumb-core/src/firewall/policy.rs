@@ -35,7 +35,7 @@ const FLOW_SLOTS: u32 = 65536;
 const INET_PRIORITY: i32 = -10;
 
 const ALLOW: &str = "policy_allow";
-const TO_HOST: &str = "policy_to_host";
+pub(super) const TO_HOST: &str = "policy_to_host";
 const FROM_HOST: &str = "policy_from_host";
 const INGRESS: &str = "policy_ingress";
 const EGRESS: &str = "policy_egress";

@@ -1,6 +1,7 @@
 //! The whole answer to `plumb policy why FROM TO:PORT/PROTO`: first what network isolation
 //! lets through (the same container, shared networks, published ports, internal networks),
-//! which policies never open; then the policy verdict from [`super::evaluate`].
+//! which policies never open; then the policy verdict from [`super::evaluate`]; last the
+//! host guard, which closes the host to containers except where a policy opens it.
 
 use std::net::Ipv4Addr;
 
@@ -55,6 +56,18 @@ pub fn explain(desired: &Desired, from: &Party, to: &Party, protocol: Protocol, 
             port,
         },
     );
+    // The host guard (firewall::host): a container reaches the host only at plumb's DNS or
+    // where a policy to the host allows, so a flow no policy isolates is still dropped there.
+    let guarded = matches!((from, to), (Party::Container { .. }, Party::Host(_)))
+        && matches!(verdict.reason, super::Reason::Unrestricted);
+    if guarded {
+        return Explanation {
+            allowed: false,
+            stage: "network",
+            summary: "the host's own services are closed to containers: only plumb's DNS on the gateways and what a policy to \"host\" allows".to_string(),
+            policy: Some(verdict),
+        };
+    }
     let summary = match &verdict.reason {
         super::Reason::Dns => "plumb's DNS resolver on a gateway is always reachable".to_string(),
         super::Reason::Allowed { policy: Some(i), .. } => {

@@ -366,6 +366,7 @@ impl Agent<'_> {
             overlays,
             remote: sv.remote(&self.me),
             base: Some(spec.dir.clone()),
+            store: super::store_endpoints(&self.store.endpoints),
         };
         // Apply when anything changed, and every 30 s anyway (the kernel is checked again).
         let fresh = self.applied.get(stack).is_some_and(|(text, a, at)| {

@@ -17,6 +17,26 @@ use serde::{Deserialize, Serialize};
 
 use store::{Entry, Snapshot};
 
+/// What the stack's containers must not reach of the store at `urls` (its members' client
+/// and peer ports: [`plumb_core::cluster::store_endpoints`]), a host name resolved to its
+/// IPv4 addresses here.
+pub fn store_endpoints(urls: &[String]) -> Vec<std::net::SocketAddrV4> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    plumb_core::cluster::store_endpoints(urls, |host| {
+        (host, 0)
+            .to_socket_addrs()
+            .map(|addrs| {
+                addrs
+                    .filter_map(|a| match a {
+                        SocketAddr::V4(v4) => Some(*v4.ip()),
+                        SocketAddr::V6(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
 /// The store's key layout. Hosts' keys, blocks and endpoints are written with their host's
 /// lease, so they vanish with a host that stops renewing it.
 pub mod keys {
