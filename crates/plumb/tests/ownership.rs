@@ -33,8 +33,11 @@ fn colliding_names_are_refused_and_neither_stack_is_harmed() {
     let err = text(&sb.plumb(&["up", "-f", "second.toml"]).stderr);
     assert!(err.contains("which stack a-b already uses"), "{err}");
     assert_eq!(inode(), before);
-    // And `down` of the second stack leaves the first one's container alone.
-    sb.plumb_ok(&["down", "a"]);
+    // And `down` of the second stack (never up: an input error, exit 2) leaves the first one's
+    // container alone.
+    let out = sb.plumb(&["down", "a"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nothing to remove"), "{}", text(&out.stderr));
     assert_eq!(inode(), before);
     assert!(sb.ping("a-b-c-1", gateway));
     sb.plumb_ok(&["down", "a-b"]);
