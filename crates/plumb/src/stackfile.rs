@@ -88,26 +88,22 @@ pub fn find_container(state: &StateDir, name: &str) -> Result<(StackState, Conta
             elsewhere = Some(r.host.clone());
         }
     }
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => match elsewhere {
-            Some(host) => Err(
-                Failure::new(format!("container {name:?} runs on host {host}, not on this one")).hint(format!(
+    if found.is_empty() {
+        return Err(match elsewhere {
+            Some(host) => Failure::new(format!("container {name:?} runs on host {host}, not on this one"))
+                .hint(format!(
                     "run the command on {host}; `plumb cluster status` shows where each replica runs"
-                )),
-            ),
-            None => Err(Failure::new(format!("no container {name:?} in any stack that is up"))
-                .hint("`plumb ps` lists the containers")),
-        },
-        _ => {
-            let stacks: Vec<_> = found.iter().map(|(s, _)| s.stack.as_str()).collect();
-            Err(Failure::new(format!(
-                "container {name:?} exists in several stacks: {}",
-                stacks.join(", ")
-            ))
-            .hint(format!("name it as STACK/{name}")))
-        }
+                ))
+                .code(2),
+            None => Failure::new(format!("no container {name:?} in any stack that is up"))
+                .hint("`plumb ps` lists the containers")
+                .code(2),
+        });
     }
+    one_stack(found, |(s, _)| s.stack.as_str()).map_err(|found| {
+        let stacks: Vec<_> = found.iter().map(|(s, _)| s.stack.as_str()).collect();
+        in_several_stacks(&format!("container {name:?}"), &stacks)
+    })
 }
 
 /// The containers a command's TARGET names, in every stack that is up: a container (`SVC-k`),

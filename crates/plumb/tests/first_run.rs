@@ -108,9 +108,8 @@ fn help_describes_every_argument_and_hides_supervise() {
     assert!(!top.contains("supervise"), "the hidden command is listed:\n{top}");
     let commands = subcommands(&top);
     assert!(commands.len() >= 10, "{top}");
-    // `help` is clap's own (`plumb help --help` is not a thing).
-    for command in commands.iter().filter(|c| *c != "help") {
-        let text = help(&[command]);
+    // Every argument and flag of a (sub)command's help has a description.
+    let described = |args: &[&str], text: &str| {
         let mut section = "";
         for line in text.lines() {
             if line.ends_with(':') && !line.starts_with(' ') {
@@ -126,8 +125,18 @@ fn help_describes_every_argument_and_hides_supervise() {
             let description = entry.split_once("  ").map(|(_, d)| d.trim()).unwrap_or("");
             assert!(
                 !description.is_empty(),
-                "plumb {command} --help: {line:?} has no description"
+                "plumb {} --help: {line:?} has no description",
+                args.join(" ")
             );
+        }
+    };
+    // `help` is clap's own (`plumb help --help` is not a thing).
+    for command in commands.iter().filter(|c| *c != "help") {
+        let text = help(&[command]);
+        described(&[command], &text);
+        // And their subcommands' (chaos partition, cluster init, experiment list, ...).
+        for sub in subcommands(&text).iter().filter(|c| *c != "help") {
+            described(&[command, sub], &help(&[command, sub]));
         }
         // docs/commands.md has a row for the command, naming each of its flags.
         let row = COMMANDS_DOC
@@ -275,5 +284,91 @@ fn commands_that_change_things_finish_when_the_reader_goes() {
     assert!(again.contains("0 processes started, 2 left running"), "{again}");
     assert_quiet_end(&into_closed_pipe(&sb, "restart a"), "restart", &[0]);
     assert_quiet_end(&into_closed_pipe(&sb, "down"), "down", &[0]);
+    sb.assert_clean();
+}
+
+/// Two stacks with the same service names: the folder's plumb.toml picks one (as in Compose),
+/// STACK/NAME picks one anywhere (chaos too), and an unknown or ambiguous name is an input
+/// error (exit 2) for every command.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn the_folders_stack_wins_and_unknown_names_exit_2_everywhere() {
+    let Some(sb) = Sandbox::start() else { return };
+    for (name, subnet) in [("sa", "10.89.8.0/24"), ("sb", "10.89.9.0/24")] {
+        sb.write(
+            &format!("{name}/plumb.toml"),
+            &format!(
+                "name = \"{name}\"\n[networks.n]\nsubnet = \"{subnet}\"\n[services.web]\ncommand = [\"/bin/sleep\", \"1000\"]\n\
+                 [[experiments]]\nname = \"web-dies\"\ndescription = \"web restarts\"\n\
+                 [[experiments.checks]]\nservice = \"web\"\n[[experiments.faults]]\nkill = \"web\"\n"
+            ),
+        );
+        sb.plumb_ok(&["up", "-f", &format!("{name}/plumb.toml")]);
+    }
+    let in_folder = |folder: &str, args: &str| sb.sh(&format!("cd {folder} && {PLUMB} {args}"));
+    // Outside both folders: ambiguous, exit 2, saying how to choose.
+    for args in [
+        "exec web -- true",
+        "logs web",
+        "inspect web-1",
+        "restart web",
+        "chaos web --delay 10ms --dry-run",
+    ] {
+        let out = in_folder(".", args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args}: {err}");
+        assert!(
+            err.contains("several stacks") && err.contains("STACK/"),
+            "{args}: {err}"
+        );
+    }
+    // In a stack's folder, that stack.
+    for stack in ["sa", "sb"] {
+        let out = in_folder(stack, "inspect web-1 --json");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains(&format!("\"stack\": \"{stack}\"")),
+            "{}",
+            text(&out.stdout)
+        );
+        let out = in_folder(stack, "exec web -- cat /proc/sys/kernel/hostname");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = in_folder(stack, "chaos web --delay 10ms --dry-run");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    // STACK/NAME anywhere, chaos included (it did not take it).
+    let dry = in_folder(".", "chaos sb/web --delay 10ms --dry-run");
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let partition = in_folder(".", "chaos partition sa/web sb/web --dry-run");
+    assert_eq!(partition.status.code(), Some(2), "two stacks in one fault: refused");
+    // Unknown names: exit 2 for every command that takes one.
+    for args in [
+        "exec nosuch -- true",
+        "logs nosuch",
+        "inspect nosuch",
+        "restart nosuch",
+        "policy why nosuch web-1:80 -s sa",
+        "top nosuch --once",
+        "capture nosuch -c 1",
+        "conns nosuch",
+        "chaos nosuch --delay 10ms",
+        "chaos kill nosuch",
+        "down nosuch",
+    ] {
+        let out = in_folder(".", args);
+        assert_eq!(out.status.code(), Some(2), "{args}: {}", text(&out.stderr));
+    }
+    // experiment list: what `run` takes from the folder's file.
+    let list = in_folder("sa", "experiment list");
+    assert!(text(&list.stdout).contains("web-dies") && text(&list.stdout).contains("web restarts"));
+    let json: serde_json::Value = serde_json::from_slice(&in_folder("sa", "experiment list --json").stdout).unwrap();
+    assert_eq!(json[0]["name"], "web-dies", "{json}");
+    // top into a pipe: plain tables, no screen escapes.
+    let piped = in_folder(".", "top | head -4");
+    assert!(!piped.stdout.contains(&0x1b), "{:?}", text(&piped.stdout));
+    assert!(text(&piped.stdout).contains("web-1"), "{}", text(&piped.stdout));
+    for stack in ["sa", "sb"] {
+        sb.plumb_ok(&["down", stack]);
+    }
     sb.assert_clean();
 }
