@@ -46,7 +46,7 @@ install_packages() {
   lib_say "packages to install: ${missing[*]}"
   lib_say "updating the package lists (apt-get update; gives up within a minute if the registry cannot be reached)"
   local log errors hosts
-  if ! log=$("${apt[@]}" update -q "${quick[@]}" -o APT::Update::Error-Mode=any 2>&1); then
+  if ! log=$(with_heartbeat "${apt[@]}" update -q "${quick[@]}" -o APT::Update::Error-Mode=any); then
     errors=$(printf '%s\n' "$log" | grep -E '^E: ' | grep -v 'Some index files failed' | sort -u | head -5)
     hosts=$(printf '%s\n' "$errors" | grep -oE '[a-z]+://[^/ ]+' | sort -u | tr '\n' ' ')
     printf '%s\n' "${errors:-$log}" >&2
@@ -75,13 +75,15 @@ fetch_crates() {
   local host
   host=$(rustc -vV | sed -n 's/^host: //p')
   lib_say "fetching the Rust crates plumb uses for $host (if not already here)"
-  CARGO_HTTP_TIMEOUT=15 CARGO_NET_RETRY=1 cargo fetch --target "$host" ||
+  with_heartbeat env CARGO_HTTP_TIMEOUT=15 CARGO_NET_RETRY=1 cargo fetch --target "$host" ||
     lib_fail "cannot download the Rust crates plumb needs from crates.io." \
              "Check this machine's network and proxy (https_proxy, or cargo's http.proxy), then run $LIB_WHO again."
 }
 
-# with_heartbeat CMD...: runs CMD (a build), passing its output on, and says it is still at
-# work whenever it has been silent for 10 s (cargo prints nothing while one big crate compiles).
+# with_heartbeat CMD...: runs CMD (a build, a download), passing its output (and errors) on to
+# stdout, and says on stderr that it is still at work whenever it has been silent for 10 s
+# (cargo prints nothing while one big crate compiles; `$(with_heartbeat ...)` captures only
+# the command's output).
 with_heartbeat() {
   local start=$SECONDS line rc
   "$@" 2>&1 | while :; do
@@ -91,7 +93,7 @@ with_heartbeat() {
       rc=$?
       [ -n "$line" ] && printf '%s\n' "$line"
       [ "$rc" -gt 128 ] || break
-      lib_say "still at work ($((SECONDS - start)) s): $*"
+      lib_say "still at work ($((SECONDS - start)) s): $*" >&2
     fi
   done
   return "${PIPESTATUS[0]}"
