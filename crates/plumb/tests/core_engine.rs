@@ -234,7 +234,7 @@ fn ps_inspect_and_exec_show_and_enter_containers() {
         sb.plumb(&["exec", "api", "--", "sh", "-c", "exit 7"]).status.code(),
         Some(7)
     );
-    assert_eq!(sb.plumb(&["exec", "nope-1", "--", "true"]).status.code(), Some(1));
+    assert_eq!(sb.plumb(&["exec", "nope-1", "--", "true"]).status.code(), Some(2));
 
     sb.plumb_ok(&["down", "demo"]);
     sb.assert_clean();
