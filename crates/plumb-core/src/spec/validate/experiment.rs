@@ -204,6 +204,15 @@ impl Validator<'_> {
                         }
                     },
                 };
+                if let Some(h) = &c.healthy {
+                    self.err(
+                        h.span(),
+                        &format!("{field}.healthy"),
+                        "`healthy` is for service checks; an http check passes on its status within its time",
+                        "move it into a check of its own: { service = \"NAME\", healthy = 2 }",
+                    );
+                    return None;
+                }
                 let within = self.duration(&format!("{field}.within"), c.within.as_ref(), Duration::from_secs(1));
                 Some(CheckSpec {
                     name: named.unwrap_or_else(|| format!("GET {}", url.get_ref())),
@@ -219,6 +228,21 @@ impl Validator<'_> {
                 })
             }
             (None, Some(service)) => {
+                // http's own keys would be ignored here: refused, not silently dropped.
+                let http_only = [
+                    ("within", c.within.as_ref().map(|w| w.span())),
+                    ("status", c.status.as_ref().map(|w| w.span())),
+                    ("from", c.from.as_ref().map(|w| w.span())),
+                ];
+                if let Some((key, Some(span))) = http_only.into_iter().find(|(_, span)| span.is_some()) {
+                    self.err(
+                        span,
+                        &format!("{field}.{key}"),
+                        format!("`{key}` is for http checks; a service check counts healthy replicas at each interval"),
+                        "remove it, or check the service over HTTP: { http = \"http://SERVICE:PORT/\", within = \"500ms\" }",
+                    );
+                    return None;
+                }
                 if !names.services.contains_key(service.get_ref()) {
                     self.err(
                         service.span(),
@@ -505,5 +529,16 @@ loss = "5%"
         assert!(e.contains("no service, container or network \"db\""), "{e}");
         let e = errors("[[experiments]]\nname = \"e\"\n");
         assert!(e.contains("has no checks") && e.contains("has no faults"), "{e}");
+        // A key of the other kind of check is refused, never silently ignored.
+        let e = errors("[[experiments]]\nname = \"e\"\n[[experiments.checks]]\nservice = \"api\"\nwithin = \"5s\"\n[[experiments.faults]]\nkill = \"api\"\n");
+        assert!(
+            e.contains("experiments[0].checks[0].within") && e.contains("`within` is for http checks"),
+            "{e}"
+        );
+        let e = errors("[[experiments]]\nname = \"e\"\n[[experiments.checks]]\nhttp = \"http://api:80/\"\nhealthy = 2\n[[experiments.faults]]\nkill = \"api\"\n");
+        assert!(
+            e.contains("experiments[0].checks[0].healthy") && e.contains("for service checks"),
+            "{e}"
+        );
     }
 }
