@@ -64,6 +64,11 @@ pub trait Kernel: Send {
     /// Names under /run/netns.
     fn namespaces(&mut self) -> KernelResult<Vec<String>>;
 
+    /// Whether the name under /run/netns holds a namespace: false for a missing name and for
+    /// an empty mount point (an `up` killed between creating the name and mounting it).
+    /// Cheaper than [`Kernel::netns`]: it does not look inside.
+    fn netns_bound(&mut self, name: &str) -> KernelResult<bool>;
+
     /// The inside of a named namespace; `None` for a name with no namespace mounted on it
     /// (an `up` killed between creating the name and mounting it).
     fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>>;

@@ -378,6 +378,10 @@ impl Kernel for FakeKernel {
         Ok(self.world().namespace_names())
     }
 
+    fn netns_bound(&mut self, name: &str) -> KernelResult<bool> {
+        Ok(self.world().namespaces.contains_key(name))
+    }
+
     fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>> {
         Ok(self.world().namespaces.get(name).map(|n| ObservedNetns {
             lo_up: n.lo_up,

@@ -368,6 +368,10 @@ impl Kernel for LinuxKernel {
         netns::list().map_err(kernel_error)
     }
 
+    fn netns_bound(&mut self, name: &str) -> KernelResult<bool> {
+        Ok(netns::is_bound(name))
+    }
+
     fn netns(&mut self, name: &str) -> KernelResult<Option<ObservedNetns>> {
         let Ok(fd) = netns::open(name) else {
             return Ok(None);

@@ -53,14 +53,21 @@ pub fn unqualify<'a>(stack: Option<&'a str>, names: &mut [&'a str]) -> Result<Op
     Ok(chosen)
 }
 
+/// A target as given (`web`, `shop/web`, `shop/web->shop/gateway`) without its `STACK/`s, and
+/// the stack they named.
+fn unqualify_target<'a>(stack: Option<&'a str>, target: &'a str) -> Result<(String, Option<&'a str>)> {
+    let mut ends: Vec<&str> = target.split("->").map(str::trim).collect();
+    let stack = unqualify(stack, &mut ends)?;
+    Ok((ends.join("->"), stack))
+}
+
 impl Request {
     /// The same request with every name unqualified, and the stack its names gave.
     pub fn unqualified(&self, stack: Option<&str>) -> Result<(Request, Option<String>)> {
         match self {
             Request::Impair { target, impairment } => {
-                let mut ends: Vec<&str> = target.split("->").map(str::trim).collect();
-                let stack = unqualify(stack, &mut ends)?.map(str::to_string);
-                let target = ends.join("->");
+                let (target, stack) = unqualify_target(stack, target)?;
+                let stack = stack.map(str::to_string);
                 Ok((
                     Request::Impair {
                         target,
@@ -347,12 +354,14 @@ pub fn list(ctx: &Context, stack: Option<&str>, format: Format) -> Result<()> {
 /// fault's target mentions (a service); none clears every fault.
 pub fn clear(ctx: &Context, target: Option<&str>, stack: Option<&str>) -> Result<()> {
     require_root("chaos clear")?;
-    let mut ends: Vec<&str> = target
-        .map(|t| t.split("->").map(str::trim).collect())
-        .unwrap_or_default();
-    let stack = unqualify(stack, &mut ends)?;
-    let unqualified = ends.join("->");
-    let target = target.map(|_| unqualified.as_str());
+    let (target, stack) = match target {
+        Some(t) => {
+            let (t, s) = unqualify_target(stack, t)?;
+            (Some(t), s)
+        }
+        None => (None, stack),
+    };
+    let target = target.as_deref();
     let mut cleared = 0;
     let mut errors = Vec::new();
     for name in ctx.state.stacks()?.into_keys().filter(|s| stack.is_none_or(|f| f == s)) {

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use nix::unistd::Pid;
+use plumb_core::kernel::Kernel;
 use plumb_core::{names, Container};
 use serde::{Serialize, Serializer};
 
@@ -106,6 +107,9 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
     let records = ctx.state.stacks()?;
     let mut notes = Notes::default();
     let found = found_in_kernel(&records, &mut notes);
+    // Whether each container's namespace is there, and whole (one readdir, one statfs each).
+    let mut kernel = crate::apply::kernel()?;
+    let namespaces: HashSet<String> = kernel.namespaces()?.into_iter().collect();
     let mut rows = Vec::new();
     let mut supervisors = BTreeMap::new();
     let names: BTreeSet<&String> = records.keys().chain(found.keys()).collect();
@@ -130,11 +134,11 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
             note_stale(stack, s, &mut notes);
             supervisors.insert(stack.clone(), s.pid);
         }
-        rows.extend(
-            containers
-                .into_iter()
-                .map(|c| c.row(stack, record, supervision.as_ref())),
-        );
+        rows.extend(containers.into_iter().map(|c| {
+            let present = namespaces.contains(&c.netns);
+            let complete = present && kernel.netns_bound(&c.netns).unwrap_or(false);
+            c.row(stack, record, supervision.as_ref(), (present, complete))
+        }));
     }
     count_untracked(&mut rows, &supervisors);
     notes.print();
@@ -269,15 +273,17 @@ fn found_container(stack: &str, c: &FoundContainer) -> Shown {
 }
 
 impl Shown {
-    fn row(self, stack: &str, record: Record, supervision: Option<&Supervision>) -> Row {
+    /// `namespace`: whether its name is under /run/netns, and whether a namespace is bound there.
+    fn row(self, stack: &str, record: Record, supervision: Option<&Supervision>, namespace: (bool, bool)) -> Row {
+        let (present, complete) = namespace;
         let status = supervision.and_then(|s| s.status.replicas.get(&self.name));
         let has_process = self.command.unwrap_or(status.is_some());
         let process = has_process.then(|| process(status, supervision));
         Row {
             stack: stack.to_string(),
             record,
-            present: plumb_linux::netns::path(&self.netns).exists(),
-            complete: plumb_linux::netns::is_bound(&self.netns),
+            present,
+            complete,
             container: self.name,
             service: self.service,
             replica: self.replica,

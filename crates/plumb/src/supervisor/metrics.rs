@@ -203,34 +203,33 @@ pub fn render(sources: &Sources) -> String {
     }
 
     let stack: Labels = vec![("stack", sources.stack.clone())];
-    let dns_queries = counters(&mut registry, "dns_queries", "Queries the stack's DNS server took");
-    dns_queries
-        .get_or_create(&stack)
-        .inc_by(sources.dns.queries.load(Ordering::Relaxed));
-    let dns_forwarded = counters(
-        &mut registry,
-        "dns_forwarded_queries",
-        "Queries sent on to the upstream resolvers",
-    );
-    dns_forwarded
-        .get_or_create(&stack)
-        .inc_by(sources.dns.forwarded.load(Ordering::Relaxed));
-    let dns_limited = counters(
-        &mut registry,
-        "dns_rate_limited_queries",
-        "Queries for outside names refused (REFUSED) because their asker was past its rate",
-    );
-    dns_limited
-        .get_or_create(&stack)
-        .inc_by(sources.dns.rate_limited.load(Ordering::Relaxed));
-    let dns_tcp_refused = counters(
-        &mut registry,
-        "dns_tcp_connections_refused",
-        "TCP connections closed as they came: their asker, or everyone, had too many open",
-    );
-    dns_tcp_refused
-        .get_or_create(&stack)
-        .inc_by(sources.dns.tcp_refused.load(Ordering::Relaxed));
+    // The stack's DNS server's counters, one series each.
+    for (name, help, value) in [
+        (
+            "dns_queries",
+            "Queries the stack's DNS server took",
+            &sources.dns.queries,
+        ),
+        (
+            "dns_forwarded_queries",
+            "Queries sent on to the upstream resolvers",
+            &sources.dns.forwarded,
+        ),
+        (
+            "dns_rate_limited_queries",
+            "Queries for outside names refused (REFUSED) because their asker was past its rate",
+            &sources.dns.rate_limited,
+        ),
+        (
+            "dns_tcp_connections_refused",
+            "TCP connections closed as they came: their asker, or everyone, had too many open",
+            &sources.dns.tcp_refused,
+        ),
+    ] {
+        counters(&mut registry, name, help)
+            .get_or_create(&stack)
+            .inc_by(value.load(Ordering::Relaxed));
+    }
 
     let listing = plumb_linux::nft::list_ruleset().ok();
     let table = listing
