@@ -608,7 +608,7 @@ mod tests {
         // The VXLAN accept set loses the peer's address, element by element.
         assert_eq!(kinds(&plan), ["update overlay", "apply firewall"]);
         assert!(
-            matches!(&plan.steps[1].ops[..], [Op::Nft { changes }] if matches!(changes[..], [NftChange::Update { .. }]))
+            matches!(&plan.steps[1].ops[..], [Op::Nft { changes }] if matches!(changes[..], [NftChange::Elements { .. }]))
         );
         let ops: Vec<String> = plan.steps[0].ops.iter().map(Op::command).collect();
         assert_eq!(ops.len(), 3, "{ops:#?}");

@@ -285,7 +285,9 @@ impl World {
             let exists = tables.contains_key(&table);
             match change {
                 NftChange::Create { .. } if exists => return Err(fail(format!("create table {table}"), EEXIST)),
-                NftChange::Update { .. } if !exists => return Err(fail(format!("update table {table}"), ENOENT)),
+                NftChange::Update { .. } | NftChange::Elements { .. } if !exists => {
+                    return Err(fail(format!("update table {table}"), ENOENT))
+                }
                 _ => {}
             }
             match change.result() {

@@ -82,12 +82,9 @@ impl Host {
 /// The plan's firewall changes only add and delete set elements (no table replaced).
 fn only_element_updates(plan: &Plan) -> bool {
     plan.ops().all(|op| match op {
-        Op::Nft { changes } => changes.iter().all(|c| match c {
-            plumb_core::firewall::NftChange::Update { commands, .. } => commands
-                .iter()
-                .all(|c| c.starts_with("add element") || c.starts_with("delete element")),
-            _ => false,
-        }),
+        Op::Nft { changes } => changes
+            .iter()
+            .all(|c| matches!(c, plumb_core::firewall::NftChange::Elements { .. })),
         _ => true,
     })
 }

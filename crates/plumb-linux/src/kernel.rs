@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, TableId};
+use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, NftChange, TableId};
 use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
@@ -15,7 +15,7 @@ use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
 
 use crate::link::LinkRef;
 use crate::netns::Home;
-use crate::{addr, ethtool, link, neigh, netns, nft, route, sysctl, tools, Error, Netlink};
+use crate::{addr, ethtool, link, neigh, netns, nft, nft_elements, route, sysctl, tools, Error, Netlink};
 
 pub struct LinuxKernel {
     home: Home,
@@ -231,8 +231,14 @@ impl LinuxKernel {
                     pending.wait()?;
                 }
                 self.listed = None;
-                self.nft = Some(nft::apply(firewall::transaction(changes)));
-                Ok(())
+                // Element edits alone go over netlink, now: no `nft` process, no ruleset read.
+                match element_batch(changes) {
+                    Some(batch) => batch.send(),
+                    None => {
+                        self.nft = Some(nft::apply(firewall::transaction(changes)));
+                        Ok(())
+                    }
+                }
             }
             Op::TapAdd { .. } | Op::TcRedirect { .. } => tools::run_all(&op.tool_commands()),
             Op::LinkDel { name } => tolerate(link::delete(&mut self.host, name), Errno::ENODEV),
@@ -306,6 +312,19 @@ impl LinuxKernel {
         }
         Ok(())
     }
+}
+
+/// The changes as one netlink batch, if they are element edits only and netlink can encode
+/// them.
+fn element_batch(changes: &[NftChange]) -> Option<nft_elements::Batch> {
+    let tables: Vec<nft_elements::TableEdits> = changes
+        .iter()
+        .map(|c| match c {
+            NftChange::Elements { ruleset, edits } => Some((&ruleset.table, edits.as_slice())),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    nft_elements::Batch::encode(&tables).ok()
 }
 
 /// `02:ab:...` as bytes; plumb-core made it, so it is well formed.

@@ -58,11 +58,6 @@ pub fn apply(script: String) -> Pending<()> {
     }))
 }
 
-/// Applies `script` as one atomic transaction, now (the supervisor's small updates).
-pub fn apply_now(script: &str) -> Result<()> {
-    checked("apply nftables rules", run(&["-f", "-"], Some(script))).map(drop)
-}
-
 /// Starts [`list_ruleset`] on a background thread.
 pub fn start_list_ruleset() -> Pending<String> {
     Pending(std::thread::spawn(list_ruleset))
