@@ -80,6 +80,12 @@ pub trait Kernel: Send {
     /// The table as the kernel lists it, `None` if there is no such table.
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>>;
 
+    /// The nftables ruleset's generation, which every committed transaction moves on (`None`
+    /// where the kernel cannot tell: then the tables are always listed).
+    fn nft_generation(&mut self) -> KernelResult<Option<u32>> {
+        Ok(None)
+    }
+
     /// Starts reading the tables in the background, for later [`Kernel::nft_table`] calls
     /// (listing runs a program: it overlaps with the netlink reads).
     fn prefetch_nft(&mut self) {}

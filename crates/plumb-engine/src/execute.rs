@@ -29,6 +29,10 @@ pub struct Outcome {
     /// Every table the plan's nft transaction touched, with what it left (`None`: removed).
     /// Empty if the firewall did not change.
     pub firewall: Vec<(TableId, Option<AppliedFirewall>)>,
+    /// The nft transactions the plan committed, and the kernel's nftables generation after
+    /// them (see [`crate::state::StackState::record_generation`]).
+    pub nft_commits: u32,
+    pub nft_generation: Option<u32>,
     pub errors: Vec<KernelError>,
 }
 
@@ -76,8 +80,13 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
         })
         .flatten()
         .collect();
+    let commits = plan.ops().filter(|op| matches!(op, Op::Nft { .. })).count() as u32;
     match kernel.settle() {
         Ok(()) => {
+            if commits > 0 {
+                outcome.nft_commits = commits;
+                outcome.nft_generation = kernel.nft_generation().ok().flatten();
+            }
             for change in changes {
                 let left = change.result().map(|ruleset| AppliedFirewall {
                     ruleset: ruleset.clone(),

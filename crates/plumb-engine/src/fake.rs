@@ -46,6 +46,11 @@ pub struct World {
     links: BTreeMap<String, Link>,
     namespaces: BTreeMap<String, Netns>,
     tables: BTreeMap<TableId, Ruleset>,
+    /// The nftables generation: every transaction (and every change behind plumb's back)
+    /// moves it on, as the kernel's does.
+    pub nft_generation: u32,
+    /// How many times a table was listed.
+    pub nft_listings: usize,
     /// Every operation applied, in order.
     pub log: Vec<Op>,
 }
@@ -296,6 +301,7 @@ impl World {
             };
         }
         self.tables = tables;
+        self.nft_generation += 1;
         Ok(())
     }
 
@@ -309,6 +315,7 @@ impl World {
         if let Some(rule) = rule {
             rule.expr = "accept".into();
         }
+        self.nft_generation += 1;
     }
 
     /// Changes a table behind plumb's back, as another firewall manager would.
@@ -316,6 +323,7 @@ impl World {
         if let Some(t) = self.tables.get_mut(table) {
             t.chains.clear();
         }
+        self.nft_generation += 1;
     }
 
     pub fn namespace_names(&self) -> Vec<String> {
@@ -401,7 +409,12 @@ impl Kernel for FakeKernel {
         }))
     }
 
+    fn nft_generation(&mut self) -> KernelResult<Option<u32>> {
+        Ok(Some(self.world().nft_generation))
+    }
+
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {
+        self.world().nft_listings += 1;
         Ok(self.world().tables.get(table).map(|t| NftListing {
             fingerprint: fingerprint(t),
             shape: Some(t.shape()),

@@ -43,6 +43,11 @@ pub struct StackState {
     /// count as none: the tables are then compared by shape, or re-applied.
     #[serde(default, deserialize_with = "lenient")]
     pub firewall: Vec<AppliedFirewall>,
+    /// The nftables generation at which the kernel held exactly the tables recorded in
+    /// `firewall` (every transaction moves it on): while it is still the kernel's, observing
+    /// need not list the tables (a listing grows with their elements).
+    #[serde(default)]
+    pub nft_generation: Option<u32>,
     /// Every namespace plumb may have made for the stack (written before making them, so an
     /// interrupted `up` is still known to the next `up` or `down`).
     pub namespaces: BTreeSet<String>,
@@ -93,6 +98,18 @@ impl StackState {
             self.firewall.retain(|a| &a.ruleset.table != table);
             self.firewall.extend(after.clone());
         }
+    }
+
+    /// Records the generation at which the tables are as recorded: the one observing verified
+    /// (`observed`) if the plan committed nothing, else the one after the plan's transactions
+    /// if they were the only ones since (else none: the next observation lists the tables).
+    pub fn record_generation(&mut self, observed: Option<u32>, outcome: &crate::execute::Outcome) {
+        self.nft_generation = match (observed, outcome.nft_commits, outcome.nft_generation) {
+            _ if !outcome.ok() => None,
+            (seen, 0, _) => seen,
+            (Some(seen), commits, Some(after)) if seen.wrapping_add(commits) == after => Some(after),
+            _ => None,
+        };
     }
 
     /// Records fingerprints observing took of tables it recognised (see [`AppliedFirewall`]).

@@ -30,6 +30,8 @@ replicas = 2
 struct Host {
     kernel: FakeKernel,
     state: Option<StackState>,
+    /// The nftables generation the last observation read the tables at.
+    observed_generation: Option<u32>,
 }
 
 impl Host {
@@ -37,11 +39,13 @@ impl Host {
         Host {
             kernel: FakeKernel::default(),
             state: None,
+            observed_generation: None,
         }
     }
 
     fn plan(&mut self, desired: Option<&Desired>) -> Plan {
         let observed = observe(&mut self.kernel, "s", desired, self.state.as_ref(), &BTreeMap::new()).unwrap();
+        self.observed_generation = observed.nft_generation;
         plan::diff("s", desired, &observed.actual)
     }
 
@@ -68,6 +72,7 @@ impl Host {
             Some(d) => {
                 let st = self.state.as_mut().unwrap();
                 st.record_firewall(&outcome.firewall);
+                st.record_generation(self.observed_generation, &outcome);
                 st.namespaces = d.containers.iter().map(|c| c.netns.clone()).collect();
                 st.networks = d.networks.iter().map(|n| n.name.clone()).collect();
             }
@@ -175,7 +180,10 @@ fn a_rule_edited_behind_plumbs_back_is_noticed_once_the_table_is_fingerprinted()
     let mut host = Host::new();
     let d = resolve(&parse("f", BASE).unwrap(), &Default::default()).unwrap().0;
     host.apply(Some(BASE));
-    // The first observation after applying recognises the tables by shape and fingerprints them.
+    // The first observation that lists the tables after applying (one not trusting the
+    // generation: another transaction came between) recognises them by shape and
+    // fingerprints them.
+    host.state.as_mut().unwrap().nft_generation = None;
     let seen = observe(&mut host.kernel, "s", Some(&d), host.state.as_ref(), &BTreeMap::new()).unwrap();
     assert_eq!(seen.fingerprints.len(), 2);
     host.state.as_mut().unwrap().record_fingerprints(&seen.fingerprints);
@@ -187,6 +195,55 @@ fn a_rule_edited_behind_plumbs_back_is_noticed_once_the_table_is_fingerprinted()
         &plan.steps[0].ops[..],
         [Op::Nft { changes }] if matches!(changes[..], [plumb_core::firewall::NftChange::Replace { .. }])
     ));
+}
+
+#[test]
+fn tables_are_listed_only_when_a_transaction_came_between() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let kernel = host.kernel.clone();
+    let listings = || kernel.world().nft_listings;
+    // Its own transaction was the only one: the next `up` trusts its record, lists nothing.
+    let before = listings();
+    assert!(host.apply(Some(BASE)).is_empty());
+    assert_eq!(listings(), before);
+    // An element edit: applied, and still nothing listed before or after it.
+    let with_cache = format!("{BASE}[services.cache]\nnetworks = [\"back\"]\n");
+    assert!(only_element_updates(&host.apply(Some(&with_cache))));
+    assert!(host.apply(Some(&with_cache)).is_empty());
+    assert_eq!(listings(), before);
+    // A transaction by anyone else (here: a table emptied) moves the generation: listed again,
+    // and the change is seen.
+    let inet = plumb_core::firewall::table_ids("s")[0].clone();
+    host.kernel.world().tamper_with_table(&inet);
+    let plan = host.apply(Some(&with_cache));
+    assert!(listings() > before);
+    assert!(matches!(
+        &plan.steps[0].ops[..],
+        [Op::Nft { changes }] if matches!(changes[..], [plumb_core::firewall::NftChange::Replace { .. }])
+    ));
+    // A plan that fails records no generation: the next observation lists.
+    let st = host.state.as_mut().unwrap();
+    let failed = plumb_engine::Outcome {
+        nft_commits: 1,
+        nft_generation: Some(1000),
+        errors: vec![plumb_core::kernel::KernelError {
+            what: "x".into(),
+            detail: "y".into(),
+            errno: None,
+        }],
+        ..Default::default()
+    };
+    st.record_generation(Some(999), &failed);
+    assert_eq!(st.nft_generation, None);
+    // Two transactions seen where the plan made one: someone else's came between.
+    let raced = plumb_engine::Outcome {
+        nft_commits: 1,
+        nft_generation: Some(1001),
+        ..Default::default()
+    };
+    st.record_generation(Some(999), &raced);
+    assert_eq!(st.nft_generation, None);
 }
 
 #[test]

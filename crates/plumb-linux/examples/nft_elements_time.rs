@@ -30,7 +30,7 @@ fn main() {
     };
     let read = |path: &str| {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        edits(&text, set, key, value, options)
+        edits(&text, &format!("{table} {set}"), key, value, options)
     };
     let (a, b) = (read(a), read(b));
     let runs: usize = runs.parse().expect("RUNS");
@@ -42,8 +42,9 @@ fn main() {
     }
 }
 
-/// The element lines of a rendering, as edits of `set`.
-fn edits(text: &str, set: &str, key: &str, value: &str, options: &str) -> Vec<ElementEdit> {
+/// The element lines of a rendering on `FAMILY TABLE SET`, as edits of that set.
+fn edits(text: &str, target: &str, key: &str, value: &str, options: &str) -> Vec<ElementEdit> {
+    let set = target.rsplit(' ').next().unwrap_or_default();
     text.lines()
         .filter_map(|line| {
             let (action, rest) = match line.split_once(" element ")? {
@@ -52,7 +53,7 @@ fn edits(text: &str, set: &str, key: &str, value: &str, options: &str) -> Vec<El
                 _ => return None,
             };
             let (head, body) = rest.split_once(" { ")?;
-            if head.split_whitespace().nth(2) != Some(set) {
+            if head != target {
                 return None;
             }
             let body = body.trim_end().strip_suffix('}')?.trim();

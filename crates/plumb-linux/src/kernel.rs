@@ -233,7 +233,7 @@ impl LinuxKernel {
                 self.listed = None;
                 // Element edits alone go over netlink, now: no `nft` process, no ruleset read.
                 match element_batch(changes) {
-                    Some(batch) => batch.send(),
+                    Some(mut batch) => batch.send(),
                     None => {
                         self.nft = Some(nft::apply(firewall::transaction(changes)));
                         Ok(())
@@ -427,6 +427,10 @@ impl Kernel for LinuxKernel {
             ),
             shape: shape_of_objects(objects),
         }))
+    }
+
+    fn nft_generation(&mut self) -> KernelResult<Option<u32>> {
+        nft_elements::generation().map(Some).map_err(kernel_error)
     }
 
     fn prefetch_nft(&mut self) {

@@ -4,6 +4,9 @@
 //! none. Unlike the `nft` program, nothing of the ruleset is read first, so one element costs
 //! the same in a table of ten sets or of ten thousand chains.
 //!
+//! [`generation`] reads the ruleset's generation (NFT_MSG_GETGEN): every committed transaction
+//! in the namespace moves it on, so an unchanged generation means an unchanged ruleset.
+//!
 //! Keys and values are encoded from nft's own text, for the types plumb's sets use
 //! (`ipv4_addr`, `inet_proto`, `inet_service`, `ifname`, `ether_addr`, `mark`, `typeof numgen`,
 //! their concatenations, ranges in concatenated interval sets, verdicts). Anything else is
@@ -24,6 +27,9 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -344,42 +350,54 @@ fn write_element(w: &mut Writer, e: &Element) {
 /// A batch encoded and ready to send.
 pub struct Batch {
     bytes: Vec<u8>,
-    acked: Vec<u32>,
+    /// Where each message starts (its sequence number is set when it is sent).
+    starts: Vec<usize>,
+    /// The messages the kernel acknowledges, by index.
+    acked: Vec<usize>,
     tables: Vec<String>,
 }
 
 impl Batch {
     /// The edits of every table as one batch, or why netlink cannot carry them.
     pub fn encode(tables: &[TableEdits]) -> std::result::Result<Batch, Unsupported> {
-        let (bytes, acked) = batch(tables, 1)?;
+        let (bytes, acked) = batch(tables, 0)?;
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            starts.push(at);
+            at += u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        }
         Ok(Batch {
             bytes,
-            acked,
+            starts,
+            acked: acked.into_iter().map(|seq| seq as usize).collect(),
             tables: tables.iter().map(|(t, _)| t.to_string()).collect(),
         })
     }
 
     /// Applies the batch, atomically; an error names the first message the kernel refused.
-    pub fn send(&self) -> Result<()> {
+    pub fn send(&mut self) -> Result<()> {
         if self.acked.is_empty() {
             return Ok(());
         }
-        let what = || format!("change set elements in {}", self.tables.join(", "));
-        let wrap = |e| Error::new(what(), e);
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(wrap)?;
-        socket.bind_auto().map_err(wrap)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(wrap)?;
-        // Errors carry only the refused message's header back, not the whole batch.
-        socket.set_cap_ack(true).map_err(wrap)?;
-        // The batch goes in one send (the kernel takes it as one transaction only then).
-        if self.bytes.len() > 128 * 1024 {
-            let size = self.bytes.len() * 2;
-            setsockopt(&socket.as_fd(), sockopt::SndBufForce, &size).map_err(|e| wrap(e.into()))?;
-            let acks = self.acked.len() * 64 + 65536;
-            setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &acks).map_err(|e| wrap(e.into()))?;
-        }
-        socket.send(&self.bytes, 0).map_err(wrap)?;
-        read_acks(&socket, &self.acked).map_err(wrap)
+        let what = format!("change set elements in {}", self.tables.join(", "));
+        with_channel(|channel| {
+            let first = channel.take_sequences(self.starts.len() as u32);
+            for (i, at) in self.starts.iter().enumerate() {
+                let seq = first.wrapping_add(i as u32);
+                self.bytes[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+            }
+            // The batch goes in one send (the kernel takes it as one transaction only then).
+            if self.bytes.len() > 128 * 1024 {
+                let fd = channel.socket.as_fd();
+                setsockopt(&fd, sockopt::SndBufForce, &(self.bytes.len() * 2))?;
+                setsockopt(&fd, sockopt::RcvBufForce, &(self.acked.len() * 64 + 65536))?;
+            }
+            channel.socket.send(&self.bytes, 0)?;
+            let acked: Vec<u32> = self.acked.iter().map(|i| first.wrapping_add(*i as u32)).collect();
+            read_acks(&channel.socket, &acked)
+        })
+        .map_err(|e| Error::new(what, e))
     }
 }
 
@@ -388,6 +406,113 @@ pub fn apply(tables: &[TableEdits]) -> Result<()> {
     let unsupported =
         |u: Unsupported| Error::new("encode set elements", io::Error::new(io::ErrorKind::Unsupported, u.0));
     Batch::encode(tables).map_err(unsupported)?.send()
+}
+
+/// A thread's netfilter socket, in the namespace it was opened in. It stays open: closing a
+/// netfilter socket waits for the kernel to free the elements deleted before (an RCU grace
+/// period, 10-20 ms here), which would otherwise be paid by every change.
+struct Channel {
+    socket: Socket,
+    netns: u64,
+    sequence: u32,
+}
+
+impl Channel {
+    fn open(netns: u64) -> io::Result<Channel> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Errors carry only the refused message's header back, not the whole batch.
+        socket.set_cap_ack(true)?;
+        Ok(Channel {
+            socket,
+            netns,
+            sequence: 0,
+        })
+    }
+
+    /// `n` fresh sequence numbers; the first is returned.
+    fn take_sequences(&mut self, n: u32) -> u32 {
+        let first = self.sequence.wrapping_add(1);
+        self.sequence = self.sequence.wrapping_add(n);
+        first
+    }
+}
+
+thread_local! {
+    static CHANNEL: std::cell::RefCell<Option<Channel>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's channel, opened on first use and again in a new namespace. A
+/// channel that failed is not reused (replies may be left in it).
+fn with_channel<T>(f: impl FnOnce(&mut Channel) -> io::Result<T>) -> io::Result<T> {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+    CHANNEL.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|c| c.netns) != Some(here) {
+            *slot = Some(Channel::open(here)?);
+        }
+        let result = f(slot.as_mut().expect("opened above"));
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    })
+}
+
+/// The nf_tables ruleset generation of the calling thread's network namespace.
+pub fn generation() -> Result<u32> {
+    with_channel(|channel| {
+        let seq = channel.take_sequences(1);
+        let mut w = Writer(Vec::new());
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
+        w.message(kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0, 0, |_| {});
+        channel.socket.send(&w.0, 0)?;
+        let mut buffer = vec![0u8; 8192];
+        let mut found = None;
+        loop {
+            let size = channel.socket.recv(&mut &mut buffer[..], 0)?;
+            if let Some(id) = generation_in(&buffer[..size]) {
+                found = Some(id);
+            }
+            if let Some((_, code)) = acks(&buffer[..size]).into_iter().find(|(s, _)| *s == seq) {
+                if code != 0 {
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                return found.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no NFTA_GEN_ID"));
+            }
+        }
+    })
+    .map_err(|e| Error::new("read the nftables generation", e))
+}
+
+/// NFTA_GEN_ID of an NFT_MSG_NEWGEN in a datagram.
+fn generation_in(datagram: &[u8]) -> Option<u32> {
+    let mut at = 0;
+    while at + 20 <= datagram.len() {
+        let len = u32::from_ne_bytes(datagram[at..at + 4].try_into().ok()?) as usize;
+        let kind = u16::from_ne_bytes([datagram[at + 4], datagram[at + 5]]);
+        if len < 16 || at + len > datagram.len() {
+            return None;
+        }
+        if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+            let mut a = at + 20;
+            while a + 4 <= at + len {
+                let alen = u16::from_ne_bytes([datagram[a], datagram[a + 1]]) as usize;
+                let akind = u16::from_ne_bytes([datagram[a + 2], datagram[a + 3]]) & !NLA_F_NESTED;
+                if alen < 4 || a + alen > at + len {
+                    break;
+                }
+                if akind == NFTA_GEN_ID && alen == 8 {
+                    return Some(u32::from_be_bytes(datagram[a + 4..a + 8].try_into().ok()?));
+                }
+                a += alen.next_multiple_of(4);
+            }
+        }
+        at += len.next_multiple_of(4);
+    }
+    None
 }
 
 /// Reads an acknowledgement or an error for each of `acked`; the first error wins.
@@ -593,6 +718,17 @@ mod tests {
         // The verdict: NFT_GOTO (-4) and the chain, nested under the element's data.
         let goto = [&(-4i32).to_be_bytes()[..], &[9, 0, 2, 0], b"ep_a\0"].concat();
         assert!(bytes.windows(goto.len()).any(|w| w == goto));
+    }
+
+    #[test]
+    fn the_generation_is_read_from_newgen() {
+        let mut w = Writer(Vec::new());
+        w.message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN, 0, 1, 0, 0, |w| {
+            w.attr(NFTA_GEN_ID, &77u32.to_be_bytes());
+            w.attr(2, &9u32.to_be_bytes());
+        });
+        assert_eq!(generation_in(&w.0), Some(77));
+        assert_eq!(generation_in(&w.0[..w.0.len() - 4]), None);
     }
 
     #[test]

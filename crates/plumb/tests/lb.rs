@@ -217,7 +217,7 @@ fn round_robin_follows_readiness_and_keeps_established_connections() {
     assert_eq!(c.names.values().sum::<u64>(), 300);
     // The supervisor refilled web's slots over netlink; `up --dry-run` renders the same change
     // as nft commands (element edits only), and `nft -f` of them leaves the map as it is.
-    let slots = || sb.ok("nft -j list map inet plumb_lb eps_web");
+    let slots = || sb.ok("nft -j list map inet plumb_lb eps_web_6");
     let by_netlink = slots();
     assert!(!by_netlink.contains("ep_web-2"), "{by_netlink}");
     let plan = sb.plumb_ok(&["up", "-f", path_str(&file), "--dry-run"]);
@@ -226,8 +226,8 @@ fn round_robin_follows_readiness_and_keeps_established_connections() {
     assert!(
         script
             .lines()
-            .all(|l| l.starts_with("delete element inet plumb_lb eps_web ")
-                || l.starts_with("add element inet plumb_lb eps_web ")),
+            .all(|l| l.starts_with("delete element inet plumb_lb eps_web_6 ")
+                || l.starts_with("add element inet plumb_lb eps_web_6 ")),
         "{script}"
     );
     sb.ok(&format!(
@@ -400,6 +400,16 @@ fn a_client_reaches_a_vip_on_its_second_network() {
     let refused = count(&sb, "side-outsider-1", &vip, 8000, 3);
     assert_eq!(refused.names.len(), 0, "{:?}", refused.names);
     assert!(!sb.sh("ip netns exec side-outsider-1 getent hosts web").status.success());
+    // A third replica: the table is edited in place (a new slots map replaces the old one),
+    // and once ready the third replica gets its exact third of the connections.
+    sb.write("plumb.toml", &stack.replace("replicas = 2", "replicas = 3"));
+    let plan = sb.plumb_ok(&["up", "--dry-run", "--json"]);
+    assert!(!plan.contains("\"replace\"") && plan.contains("\"update\""), "{plan}");
+    sb.plumb_ok(&["up"]);
+    assert!(eventually(Duration::from_secs(15), || all_ready(&sb, "side", "web", 3)));
+    let counts = count(&sb, "side-client-1", &vip, 8000, 30);
+    assert!(counts.errors.is_empty(), "{:?}", counts.errors);
+    assert_eq!(counts.names.values().collect::<Vec<_>>(), [&10, &10, &10], "{:?}", counts.names);
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

@@ -164,7 +164,7 @@ pub fn changes(applied: Option<&Ruleset>, want: &Ruleset) -> Option<NftChange> {
 
 /// The element edits turning `old` into `new`, or `None` when anything but elements changed.
 fn element_edits(old: &Ruleset, new: &Ruleset) -> Option<Vec<ElementEdit>> {
-    let declared = |s: &Set| (s.name.clone(), s.key.clone(), s.value.clone(), s.options.clone());
+    let declared = |s: &Set| (s.name.clone(), s.declaration());
     if old.chains != new.chains
         || old.sets.len() != new.sets.len()
         || old.sets.iter().zip(&new.sets).any(|(a, b)| declared(a) != declared(b))
@@ -204,16 +204,17 @@ fn set_edits(old: &Set, new: &Set) -> Vec<ElementEdit> {
     out
 }
 
-/// Commands editing `old` into `new`, or `None` when a base chain or a set's type changed.
+/// Commands editing `old` into `new`, or `None` when a base chain or the type of a set both
+/// hold changed.
 fn update_commands(old: &Ruleset, new: &Ruleset) -> Option<Vec<String>> {
     let base = |r: &Ruleset| -> Vec<Chain> { r.chains.iter().filter(|c| c.hook.is_some()).cloned().collect() };
-    let shape = |r: &Ruleset| -> Vec<(String, String, Option<String>, Vec<String>)> {
-        r.sets
-            .iter()
-            .map(|s| (s.name.clone(), s.key.clone(), s.value.clone(), s.options.clone()))
-            .collect()
-    };
-    if base(old) != base(new) || shape(old) != shape(new) {
+    let by_name =
+        |r: &Ruleset| -> BTreeMap<String, Set> { r.sets.iter().map(|s| (s.name.clone(), s.clone())).collect() };
+    let (old_sets, new_sets) = (by_name(old), by_name(new));
+    let retyped = old_sets
+        .iter()
+        .any(|(name, s)| new_sets.get(name).is_some_and(|n| n.declaration() != s.declaration()));
+    if base(old) != base(new) || retyped {
         return None;
     }
     let t = &new.table;
@@ -226,23 +227,48 @@ fn update_commands(old: &Ruleset, new: &Ruleset) -> Option<Vec<String>> {
     };
     let (old_chains, new_chains) = (regular(old), regular(new));
     let mut out = Vec::new();
-    // New and changed chains first: the elements added below may name them.
+    // New chains first, empty: new maps' elements and the rules below may name them.
+    for name in new_chains.keys().filter(|n| !old_chains.contains_key(*n)) {
+        out.push(format!("add chain {t} {name}"));
+    }
+    // New sets and maps, with their elements: the rules below may look them up.
+    for set in new_sets.values().filter(|s| !old_sets.contains_key(&s.name)) {
+        out.push(format!(
+            "add {} {t} {} {{ {}; }}",
+            set.kind(),
+            set.name,
+            set.declaration().join("; ")
+        ));
+        out.extend(element_commands(
+            t,
+            &Set {
+                elements: BTreeMap::new(),
+                ..set.clone()
+            },
+            set,
+        ));
+    }
     for (name, chain) in &new_chains {
         match old_chains.get(name) {
             Some(same) if same == chain => continue,
             Some(_) => out.push(format!("flush chain {t} {name}")),
-            None => out.push(format!("add chain {t} {name}")),
+            None => {}
         }
         for rule in &chain.rules {
             out.push(format!("add rule {t} {name} {}", rule.text()));
         }
     }
-    for (old_set, new_set) in old.sets.iter().zip(&new.sets) {
-        out.extend(element_commands(t, old_set, new_set));
+    for (name, new_set) in &new_sets {
+        if let Some(old_set) = old_sets.get(name) {
+            out.extend(element_commands(t, old_set, new_set));
+        }
     }
-    // Chains no one names any more go last, once no element points at them.
+    // Chains and sets no one names any more go last, once no element or rule points at them.
     for name in old_chains.keys().filter(|n| !new_chains.contains_key(*n)) {
         out.push(format!("delete chain {t} {name}"));
+    }
+    for set in old_sets.values().filter(|s| !new_sets.contains_key(&s.name)) {
+        out.push(format!("delete {} {t} {}", set.kind(), set.name));
     }
     Some(out)
 }
@@ -299,22 +325,31 @@ mod tests {
         let Some(NftChange::Update { commands, .. }) = changes(Some(&old), &new) else {
             panic!("expected an in-place update")
         };
-        // The published port's chain; for the VIP a new endpoint chain and half its slots.
+        // The published port's chain; for the VIP a new endpoint chain, a map of two slots
+        // (a map of one cannot grow: maps keep their type) and the port chain naming it.
         let changed: Vec<&str> = commands
             .iter()
             .filter_map(|c| c.strip_prefix("flush chain inet plumb_s "))
             .collect();
-        assert_eq!(changed, ["port_tcp_80"]);
-        assert!(commands.contains(&"add chain inet plumb_s ep_a-2".to_string()));
+        assert_eq!(changed, ["port_tcp_80", "svc_a_tcp_80"]);
         assert!(commands
             .iter()
             .any(|c| c.contains("numgen inc mod 2 map { 0 : 10.0.0.2, 1 : 10.0.0.3 }:80")));
-        let slots: Vec<&String> = commands
-            .iter()
-            .filter(|c| c.contains("element inet plumb_s eps_a "))
-            .collect();
-        assert_eq!(slots.len(), 2, "{commands:?}");
-        assert!(slots[1].starts_with("add element inet plumb_s eps_a { 1 : goto ep_a-2, 11 : goto ep_a-2, "));
+        let at = |what: &str| commands.iter().position(|c| c.starts_with(what)).unwrap();
+        assert!(
+            at("add chain inet plumb_s ep_a-2")
+                < at("add map inet plumb_s eps_a_2 { typeof numgen inc mod 2 : verdict; }")
+        );
+        assert!(
+            at("add map inet plumb_s eps_a_2")
+                < at("add element inet plumb_s eps_a_2 { 0 : goto ep_a-1, 1 : goto ep_a-2 }")
+        );
+        assert!(
+            at("add element inet plumb_s eps_a_2")
+                < at("add rule inet plumb_s svc_a_tcp_80 numgen inc mod 2 vmap @eps_a_2")
+        );
+        assert!(at("add rule inet plumb_s svc_a_tcp_80 numgen") < at("delete map inet plumb_s eps_a_1"));
+        assert_eq!(commands.last().unwrap(), "delete map inet plumb_s eps_a_1");
     }
 
     #[test]

@@ -363,19 +363,36 @@ impl Rule {
     }
 }
 
+impl Set {
+    /// `set` or `map`.
+    pub(crate) fn kind(&self) -> &'static str {
+        if self.value.is_some() {
+            "map"
+        } else {
+            "set"
+        }
+    }
+
+    /// The declaration's lines: `type K : V` (or `typeof EXPR : V`), then the options.
+    pub(crate) fn declaration(&self) -> Vec<String> {
+        let (decl, key) = match self.key.strip_prefix("typeof ") {
+            Some(expr) => ("typeof", expr),
+            None => ("type", self.key.as_str()),
+        };
+        let ty = match &self.value {
+            Some(v) => format!("{key} : {v}"),
+            None => key.to_string(),
+        };
+        std::iter::once(format!("{decl} {ty}"))
+            .chain(self.options.iter().cloned())
+            .collect()
+    }
+}
+
 fn print_set(out: &mut String, set: &Set) {
-    let kind = if set.value.is_some() { "map" } else { "set" };
-    let (decl, key) = match set.key.strip_prefix("typeof ") {
-        Some(expr) => ("typeof", expr),
-        None => ("type", set.key.as_str()),
-    };
-    let ty = match &set.value {
-        Some(v) => format!("{key} : {v}"),
-        None => key.to_string(),
-    };
-    let _ = write!(out, "\t{kind} {} {{\n\t\t{decl} {ty}\n", set.name);
-    for option in &set.options {
-        let _ = writeln!(out, "\t\t{option}");
+    let _ = writeln!(out, "\t{} {} {{", set.kind(), set.name);
+    for line in set.declaration() {
+        let _ = writeln!(out, "\t\t{line}");
     }
     if !set.elements.is_empty() {
         let _ = writeln!(out, "\t\telements = {{ {} }}", set.elements_text(set.elements.keys()));

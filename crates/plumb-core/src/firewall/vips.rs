@@ -30,10 +30,21 @@ const SLOTS_MAP_PREFIX: &str = "eps_";
 /// A replica's affinity gate (services with affinity): the VIP → its chain while it is ready,
 /// `continue` while it is not. Run-time elements too.
 const LIVE_MAP_PREFIX: &str = "live_";
-/// Slots per service: 60 is a multiple of 1 to 6, so up to six ready replicas share them
-/// exactly (more: within one slot of each other), and a replica count up to 60 changes only
-/// elements (more replicas: the next multiple of 60).
-pub const SLOTS: usize = 60;
+/// Slots of a service with `replicas` replicas: a number every count of ready replicas up to
+/// six divides (1, 2, 6, 12, 60, 60), so those share the slots exactly; past six, four slots a
+/// replica (shares within one slot of each other). As few as that, because adding a slot that
+/// names a chain makes the kernel walk the whole table for loops (its cost grows with the slots
+/// of every service); `return` slots do not.
+pub fn slots_for(replicas: usize) -> usize {
+    match replicas {
+        0 | 1 => 1,
+        2 => 2,
+        3 => 6,
+        4 => 12,
+        5 | 6 => 60,
+        n => 4 * n,
+    }
+}
 /// The filter chain refusing what is addressed to the service subnet and was not DNATed.
 const REFUSE_CHAIN: &str = "vip_refuse";
 /// The end of the comment of a service's rule turning away clients on none of its networks
@@ -186,9 +197,15 @@ impl Balanced {
         )
     }
 
+    /// `eps_web_6`: named by its size, so a service that grows gets a new map (a map's type
+    /// cannot change) beside its old one, in one transaction.
+    fn slots_map_name(&self) -> String {
+        format!("{SLOTS_MAP_PREFIX}{}_{}", self.name, self.slots())
+    }
+
     /// How many slots the service's replicas share.
     pub fn slots(&self) -> usize {
-        self.endpoints.len().max(1).next_multiple_of(SLOTS)
+        slots_for(self.endpoints.len())
     }
 
     fn numgen(&self) -> String {
@@ -200,7 +217,7 @@ impl Balanced {
     /// (the connection is then refused).
     pub fn slots_map(&self, unready: &BTreeSet<String>) -> Set {
         let mut map = Set::new(
-            &format!("{SLOTS_MAP_PREFIX}{}", self.name),
+            &self.slots_map_name(),
             &format!("typeof {}", self.numgen()),
             Some("verdict"),
         );
@@ -256,7 +273,7 @@ impl Balanced {
             }
         }
         rules.push(Rule::new(
-            format!("{} vmap @{SLOTS_MAP_PREFIX}{svc}", self.numgen()),
+            format!("{} vmap @{}", self.numgen(), self.slots_map_name()),
             format!("{svc} {port}: {} over {} slots", self.lb.as_str(), self.slots()),
         ));
         Chain {
@@ -434,29 +451,37 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("map eps_web {\n\t\ttypeof numgen inc mod 60 : verdict\n"),
+            text.contains("map eps_web_6 {\n\t\ttypeof numgen inc mod 6 : verdict\n"),
             "{text}"
         );
-        assert!(text.contains("0 : goto ep_web-1, 1 : goto ep_web-2, 10 : goto ep_web-2, 11 : goto ep_web-3"));
-        assert!(text.contains("numgen inc mod 60 vmap @eps_web comment \"web 80/tcp: round-robin over 60 slots\""));
+        assert!(text.contains("0 : goto ep_web-1, 1 : goto ep_web-2, 2 : goto ep_web-3, 3 : goto ep_web-1"));
+        assert!(text.contains("numgen inc mod 6 vmap @eps_web_6 comment \"web 80/tcp: round-robin over 6 slots\""));
         assert!(text.contains("counter dnat ip to 10.0.0.3 comment \"web: endpoint web-2\""));
         assert!(text.contains("iifname { \"") && text.contains("ip daddr . meta l4proto . th dport vmap @services"));
         assert!(text.contains("ip daddr 10.96.0.0/20 fib daddr type != local meta l4proto tcp reject with tcp reset"));
         // Each map comes after the chains it names, each chain after the maps it looks up.
         let at = |what: &str| text.find(what).unwrap();
-        assert!(at("chain ep_web-1") < at("map eps_web"), "{text}");
-        assert!(at("map eps_web") < at("chain svc_web_tcp_80"), "{text}");
+        assert!(at("chain ep_web-1") < at("map eps_web_6"), "{text}");
+        assert!(at("map eps_web_6") < at("chain svc_web_tcp_80"), "{text}");
         assert!(at("chain svc_web_tcp_80") < at("map services"), "{text}");
+    }
+
+    #[test]
+    fn every_count_of_ready_replicas_up_to_six_divides_the_slots() {
+        for n in 1..=6 {
+            assert!((1..=n).all(|k| slots_for(n).is_multiple_of(k)), "{n}");
+        }
+        assert_eq!((slots_for(1), slots_for(3), slots_for(7)), (1, 6, 28));
     }
 
     #[test]
     fn slots_share_the_ready_replicas_evenly_or_refuse() {
         let mut d = desired(&STACK.replace("expose", "lb = \"random\"\nexpose"));
         let svc = Balancer::of(&d).services.remove(0);
-        assert!(table(&d).contains("numgen random mod 60 vmap @eps_web"));
+        assert!(table(&d).contains("numgen random mod 6 vmap @eps_web_6"));
         d.unready = ["web-1".to_string(), "web-3".to_string()].into();
         let map = svc.slots_map(&d.unready);
-        assert_eq!(map.elements.len(), 60);
+        assert_eq!(map.elements.len(), 6);
         assert!(map.elements.values().all(|v| v.as_deref() == Some("goto ep_web-2")));
         let shares = |m: &Set, e: &str| m.elements.values().filter(|v| v.as_deref() == Some(e)).count();
         let all = svc.slots_map(&BTreeSet::new());
@@ -466,7 +491,7 @@ mod tests {
                 shares(&all, "goto ep_web-2"),
                 shares(&all, "goto ep_web-3")
             ],
-            [20, 20, 20]
+            [2, 2, 2]
         );
         let none = svc.slots_map(&svc.endpoints.iter().map(|e| e.container.clone()).collect());
         assert!(none.elements.values().all(|v| v.as_deref() == Some("return")));
@@ -500,7 +525,7 @@ mod tests {
         let edits = b.update(["web"], &unready);
         // Every slot deleted and added again: whatever the kernel held, the result is the same.
         assert_eq!(edits.len(), 2, "{edits:?}");
-        assert!(edits.iter().all(|e| e.set == "eps_web" && e.elements.len() == 60));
+        assert!(edits.iter().all(|e| e.set == "eps_web_6" && e.elements.len() == 6));
         assert_eq!(edits[0].action, ElementAction::Delete);
         assert_eq!(
             edits[1].elements[0],
@@ -511,7 +536,9 @@ mod tests {
             ("1".to_string(), Some("goto ep_web-3".to_string()))
         );
         let rendered = edits[1].command(&b.table);
-        assert!(rendered.starts_with("add element inet plumb_s eps_web { 0 : goto ep_web-1, 1 : goto ep_web-3, "));
+        assert!(rendered.starts_with(
+            "add element inet plumb_s eps_web_6 { 0 : goto ep_web-1, 1 : goto ep_web-3, 2 : goto ep_web-1, "
+        ));
         // The engine's own diff for the same change: element edits too, of the changed slots.
         let mut after = d.clone();
         after.unready = unready;
@@ -519,14 +546,14 @@ mod tests {
         let Some(NftChange::Elements { edits, .. }) = changes(Some(&old), &new) else {
             panic!("expected element edits")
         };
-        assert!(edits.iter().all(|e| e.set == "eps_web"), "{edits:?}");
+        assert!(edits.iter().all(|e| e.set == "eps_web_6"), "{edits:?}");
         let added: BTreeMap<String, Option<String>> = edits[1].elements.iter().cloned().collect();
         assert!(added.values().all(|v| v.as_deref() != Some("goto ep_web-2")));
         assert_eq!(
             added,
             new.sets
                 .iter()
-                .find(|s| s.name == "eps_web")
+                .find(|s| s.name == "eps_web_6")
                 .unwrap()
                 .elements
                 .clone()

@@ -164,6 +164,7 @@ pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssig
     let (outcome, result) = apply::run(&mut kernel, &plan, OnError::Stop);
     st.record_fingerprints(&observed.fingerprints);
     st.record_firewall(&outcome.firewall);
+    st.record_generation(observed.nft_generation, &outcome);
     if result.is_ok() {
         st.namespaces = desired.containers.iter().map(|c| c.netns.clone()).collect();
         st.networks = desired.networks.iter().map(|n| n.name.clone()).collect();
