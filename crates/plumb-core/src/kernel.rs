@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::firewall::{Shape, TableId};
 use crate::ops::Op;
 use crate::plan::{ObservedLink, ObservedNetns, ObservedVxlan};
@@ -25,6 +27,30 @@ pub struct HostLink {
 pub struct NftListing {
     pub fingerprint: u64,
     pub shape: Option<Shape>,
+}
+
+/// A route of the host's namespace (IPv4), as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoute {
+    pub destination: ipnet::Ipv4Net,
+    /// The index of the link it goes out of, if it names one.
+    pub link_index: Option<u32>,
+}
+
+/// TCP or UDP, for [`Kernel::listeners`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// A socket of the host's namespace listening (TCP) or bound (UDP) on a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    /// The processes holding the socket: (pid, command name).
+    pub holders: Vec<(u32, String)>,
 }
 
 /// What went wrong in one kernel operation or read.
@@ -79,6 +105,18 @@ pub trait Kernel: Send {
 
     /// The table as the kernel lists it, `None` if there is no such table.
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>>;
+
+    /// The host namespace's IPv4 routes (every table plumb's checks look at: main).
+    fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>>;
+
+    /// The name of the host link with this index, `None` if there is none.
+    fn link_name(&mut self, index: u32) -> KernelResult<Option<String>>;
+
+    /// The host namespace's IPv4 addresses.
+    fn host_addresses(&mut self) -> KernelResult<Vec<std::net::Ipv4Addr>>;
+
+    /// Sockets of the host namespace listening (TCP) or bound (UDP) on `port`.
+    fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>>;
 
     /// Starts reading the tables in the background, for later [`Kernel::nft_table`] calls
     /// (listing runs a program: it overlaps with the netlink reads).

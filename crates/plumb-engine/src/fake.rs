@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 use plumb_core::firewall::{NftChange, Ruleset, TableId};
-use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
+use plumb_core::kernel::{HostLink, HostRoute, Kernel, KernelError, KernelResult, Listener, NftListing, Transport};
 use plumb_core::{names, At, ObservedLink, ObservedNetns, ObservedVxlan, Op};
 
 const EEXIST: i32 = 17;
@@ -48,6 +48,12 @@ pub struct World {
     tables: BTreeMap<TableId, Ruleset>,
     /// Every operation applied, in order.
     pub log: Vec<Op>,
+    /// The host's own routes (destination, device), as a test sets them up.
+    pub routes: Vec<(Ipv4Net, String)>,
+    /// The host's own addresses.
+    pub addresses: Vec<Ipv4Addr>,
+    /// Host processes listening: (transport, address, port, holder).
+    pub listening: Vec<(Transport, std::net::IpAddr, u16, (u32, String))>,
 }
 
 /// Handles share one world, as threads share one kernel.
@@ -69,6 +75,11 @@ impl FakeKernel {
 }
 
 impl World {
+    /// How many nft tables the kernel holds.
+    pub fn table_count(&self) -> usize {
+        self.tables.len()
+    }
+
     fn link(&mut self, at: &At, name: &str) -> KernelResult<&mut Link> {
         let found = match at {
             At::Host => self.links.get_mut(name),
@@ -397,6 +408,39 @@ impl Kernel for FakeKernel {
             v.link = observed(l);
             Some(v)
         }))
+    }
+
+    fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>> {
+        // A route's link index is its position + 1 (see `link_name`).
+        Ok((self.world().routes.iter().enumerate())
+            .map(|(i, (destination, _))| HostRoute {
+                destination: *destination,
+                link_index: Some(i as u32 + 1),
+            })
+            .collect())
+    }
+
+    fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {
+        let world = self.world();
+        Ok(index
+            .checked_sub(1)
+            .and_then(|i| world.routes.get(i as usize))
+            .map(|(_, dev)| dev.clone()))
+    }
+
+    fn host_addresses(&mut self) -> KernelResult<Vec<Ipv4Addr>> {
+        Ok(self.world().addresses.clone())
+    }
+
+    fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>> {
+        Ok((self.world().listening.iter())
+            .filter(|(t, _, p, _)| *t == transport && *p == port)
+            .map(|(_, address, port, holder)| Listener {
+                address: *address,
+                port: *port,
+                holders: vec![holder.clone()],
+            })
+            .collect())
     }
 
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {

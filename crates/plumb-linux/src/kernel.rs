@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, TableId};
-use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
+use plumb_core::kernel::{HostLink, HostRoute, Kernel, KernelError, KernelResult, Listener, NftListing, Transport};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
 use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
@@ -408,6 +408,34 @@ impl Kernel for LinuxKernel {
             ),
             shape: shape_of_objects(objects),
         }))
+    }
+
+    fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>> {
+        let routes = route::list_v4(&mut self.host).map_err(kernel_error)?;
+        Ok(routes
+            .into_iter()
+            .map(|(destination, link_index)| HostRoute {
+                destination,
+                link_index,
+            })
+            .collect())
+    }
+
+    fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {
+        match link::get(&mut self.host, LinkRef::Index(index)) {
+            Ok(l) => Ok(Some(l.name)),
+            Err(e) if e.errno() == Some(Errno::ENODEV as i32) => Ok(None),
+            Err(e) => Err(kernel_error(e)),
+        }
+    }
+
+    fn host_addresses(&mut self) -> KernelResult<Vec<std::net::Ipv4Addr>> {
+        let list = addr::list_v4(&mut self.host).map_err(kernel_error)?;
+        Ok(list.into_iter().map(|(_, net)| net.addr()).collect())
+    }
+
+    fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>> {
+        crate::sockets::listeners(transport, port).map_err(kernel_error)
     }
 
     fn prefetch_nft(&mut self) {

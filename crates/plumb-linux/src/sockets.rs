@@ -16,20 +16,7 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 use crate::netlink::{Error, Result};
 
-/// A socket listening (TCP) or bound (UDP) on the port asked about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
-    pub address: IpAddr,
-    pub port: u16,
-    /// The processes holding the socket: (pid, command name).
-    pub holders: Vec<(u32, String)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Udp,
-}
+pub use plumb_core::kernel::{Listener, Transport};
 
 /// Sockets of `transport` listening (TCP) or bound (UDP) on `port`, IPv4 and IPv6, from
 /// the kernel's socket tables through sock_diag (as `ss` reads them): asking for listening
