@@ -9,13 +9,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use plumb_core::chaos::{Fault, Faults};
 use plumb_core::cluster::HostAssignment;
 use plumb_core::firewall::Ruleset;
 use plumb_core::ipam::subnets_overlap;
 use plumb_core::kernel::{Kernel, Transport};
+use plumb_core::plan::Step;
 use plumb_core::services::SEARCH_PATH;
 use plumb_core::spec::{Parsed, PortSpec, Protocol};
-use plumb_core::{desired, names, plan, Desired, Diagnostics, Plan, What};
+use plumb_core::{desired, names, plan, Desired, Diagnostics, Op, Plan, What};
 
 use crate::error::{Error, Result};
 use crate::execute::{execute, OnError, Outcome, Progress};
@@ -56,6 +58,9 @@ pub struct Change {
     pub rebuilt: BTreeSet<String>,
     /// Whether the kernel was read (false: the plan from scratch).
     pub observed: bool,
+    /// Faults whose time is up or whose relay died: the caller ends them (their undo
+    /// operations, their relay) in `apply`'s `before`, and the record drops them.
+    pub ending: Vec<Fault>,
     record: StackState,
     fingerprints: Vec<(Ruleset, u64)>,
 }
@@ -151,7 +156,7 @@ impl<'a> Engine<'a> {
             None => Observed::default(),
         };
         refuse_taken_names(&desired, &claimed, &observed.foreign)?;
-        let plan = plan::diff(&stack, Some(&desired), &observed.actual);
+        let mut plan = plan::diff(&stack, Some(&desired), &observed.actual);
         let rebuilt = plan
             .steps
             .iter()
@@ -164,12 +169,14 @@ impl<'a> Engine<'a> {
         record.stack = stack;
         record.file = up.file.clone().or(record.file);
         record.leases = leases;
+        let ending = keep_faults(&mut record.faults, &mut plan, unix_ms());
         Ok(Change {
             desired,
             plan,
             warnings,
             rebuilt,
             observed: online,
+            ending,
             record,
             fingerprints: observed.fingerprints,
         })
@@ -182,7 +189,7 @@ impl<'a> Engine<'a> {
     pub fn apply(
         &mut self,
         change: Change,
-        before: &mut dyn FnMut(&Change) -> Result<()>,
+        before: &mut dyn FnMut(&Change, &mut dyn Kernel) -> Result<()>,
         progress: Progress,
     ) -> Result<Change> {
         self.require_kernel()?;
@@ -193,7 +200,7 @@ impl<'a> Engine<'a> {
         st.namespaces.extend(desired.containers.iter().map(|c| c.netns.clone()));
         st.networks.extend(desired.networks.iter().map(|n| n.name.clone()));
         self.state.save(st)?;
-        before(&change)?;
+        before(&change, self.require_kernel()?)?;
         if change.plan.count(|w| *w == What::EnableForwarding) > 0 {
             self.state.note_forwarding_enabled()?;
         }
@@ -274,6 +281,64 @@ impl<'a> Engine<'a> {
         let parsed = plumb_core::spec::parse_scaled(&file.display().to_string(), &text, replicas)?;
         Ok((file, parsed))
     }
+}
+
+/// Drops the faults that are due from `faults` (returned: the caller ends them), and adds to
+/// `plan` the redirects of those kept on the containers the plan makes anew.
+fn keep_faults(faults: &mut Faults, plan: &mut Plan, now_ms: u64) -> Vec<Fault> {
+    let (ending, kept): (Vec<Fault>, Vec<Fault>) = faults.faults.drain(..).partition(|f| fault_is_due(f, now_ms));
+    faults.faults = kept;
+    let made: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.what {
+            What::CreateContainer { container, .. } => Some(container.as_str()),
+            _ => None,
+        })
+        .collect();
+    let restores: Vec<Step> = faults
+        .faults
+        .iter()
+        .filter(|f| f.containers().iter().any(|c| made.contains(c)))
+        .map(|f| Step {
+            what: What::RestoreFault {
+                fault: f.id,
+                target: f.target.clone(),
+            },
+            ops: f
+                .redirect_ops()
+                .into_iter()
+                .filter(|op| matches!(op, Op::TcRedirect { dev, .. } if rebuilt_dev(f, dev, &made)))
+                .collect(),
+        })
+        .collect();
+    plan.steps.extend(restores);
+    ending
+}
+
+/// Whether the host veth `dev` of a fault's detour belongs to a container the plan makes.
+fn rebuilt_dev(fault: &Fault, dev: &str, made: &BTreeSet<&str>) -> bool {
+    fault
+        .detours
+        .iter()
+        .any(|d| d.host_veth == dev && made.contains(d.container.as_str()))
+}
+
+/// A fault whose time is up, or whose relay is gone (its frames would go nowhere).
+pub fn fault_is_due(fault: &Fault, now_ms: u64) -> bool {
+    fault.is_expired(now_ms) || (!fault.detours.is_empty() && !fault.relay_pid.is_some_and(is_relay))
+}
+
+/// True if `pid` is a running chaos relay (not a PID reused by something else).
+pub fn is_relay(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"chaos-relay"))
+}
+
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One error naming every failed operation, or none.

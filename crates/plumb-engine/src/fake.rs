@@ -31,6 +31,8 @@ struct Link {
     peer: Option<(String, String)>,
     /// For a VXLAN device: its settings and entries.
     vxlan: Option<ObservedVxlan>,
+    /// The tap a tc redirect on its ingress sends frames to (a chaos fault's detour).
+    pub redirect: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -75,6 +77,11 @@ impl FakeKernel {
 }
 
 impl World {
+    /// Where a tc redirect on host link `dev` sends its frames, if it has one.
+    pub fn redirect(&self, dev: &str) -> Option<&str> {
+        self.links.get(dev)?.redirect.as_deref()
+    }
+
     /// How many nft tables the kernel holds.
     pub fn table_count(&self) -> usize {
         self.tables.len()
@@ -283,7 +290,13 @@ impl World {
             }
             Op::Nft { changes } => self.nft(changes)?,
             // Chaos objects live outside the stack's model: recorded, not simulated.
-            Op::TapAdd { .. } | Op::LinkDel { .. } | Op::TcRedirect { .. } | Op::TcClear { .. } => {}
+            Op::TcRedirect { dev, tap, .. } => self.link(&At::Host, dev)?.redirect = Some(tap.clone()),
+            Op::TcClear { dev } => {
+                if let Some(l) = self.links.get_mut(dev) {
+                    l.redirect = None;
+                }
+            }
+            Op::TapAdd { .. } | Op::LinkDel { .. } => {}
         }
         Ok(())
     }

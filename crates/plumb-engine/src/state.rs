@@ -48,6 +48,11 @@ pub struct StackState {
     pub namespaces: BTreeSet<String>,
     /// Every network the stack may have wired, to name its veths on the way out.
     pub networks: BTreeSet<String>,
+    /// Faults made by `plumb chaos` and experiments, active until cleared or expired: part
+    /// of what the stack should be, so an `up` that rebuilds a container re-makes its
+    /// redirects.
+    #[serde(default)]
+    pub faults: plumb_core::chaos::Faults,
     /// Set only on a record that [`StateStore::stacks`] could not read: why (its state file is
     /// damaged or unreadable). Such a record holds nothing else.
     #[serde(skip)]
@@ -154,6 +159,25 @@ impl StateDir {
         Flock::lock(file, FlockArg::LockExclusive)
             .map(Lock)
             .map_err(|(_, e)| Failure::new(format!("cannot lock {}: {e}", path.display())))
+    }
+
+    /// The lock if it is free now, `None` if someone holds it (for work in the background
+    /// that can wait for its next round).
+    pub fn try_lock(&self) -> Result<Option<Lock>> {
+        self.ensure()?;
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(PRIVATE_FILE)
+            .open(&path)
+            .map_err(|e| write_error(&path, e))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(Lock(lock))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(Failure::new(format!("cannot lock {}: {e}", path.display()))),
+        }
     }
 
     pub fn stack_dir(&self, stack: &str) -> PathBuf {

@@ -62,7 +62,7 @@ impl Host {
         let mut kernel = self.kernel.clone();
         let mut engine = Engine::open(&mut kernel, &self.state)?;
         let change = engine.plan_up(&self.request(parsed, None))?;
-        let change = engine.apply(change, &mut |_| Ok(()), &|_, _, _| {})?;
+        let change = engine.apply(change, &mut |_, _| Ok(()), &|_, _, _| {})?;
         Ok(change.plan.steps.into_iter().map(|s| s.what).collect())
     }
 
@@ -267,6 +267,147 @@ fn a_planner_plans_from_scratch_and_cannot_apply() {
         created(&change.plan.steps.iter().map(|s| s.what.clone()).collect::<Vec<_>>()),
         3
     );
-    let e = engine.apply(change, &mut |_| Ok(()), &|_, _, _| {}).unwrap_err();
+    let e = engine.apply(change, &mut |_, _| Ok(()), &|_, _, _| {}).unwrap_err();
     assert!(e.message.contains("only plans"), "{}", e.message);
+}
+
+/// A process that looks like a chaos relay to [`plumb_engine::engine::is_relay`].
+fn fake_relay() -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("sleep")
+        .arg0("chaos-relay")
+        .arg("60")
+        .spawn()
+        .unwrap()
+}
+
+fn fault_on_web(host: &Host, id: u32, relay: u32, expires_ms: Option<u64>) -> plumb_core::chaos::Fault {
+    let record = host.state.load("s").unwrap().unwrap();
+    let web = record.desired.unwrap();
+    let web = web.container("web-1").unwrap();
+    let i = &web.interfaces[0];
+    plumb_core::chaos::Fault {
+        id,
+        stack: "s".into(),
+        target: "web".into(),
+        kind: plumb_core::chaos::FaultKind::Partition,
+        started_ms: 1,
+        expires_ms,
+        relay_pid: Some(relay),
+        detours: vec![plumb_core::chaos::Detour {
+            container: "web-1".into(),
+            ifname: i.name.clone(),
+            host_veth: i.host_veth.clone(),
+            bridge: i.bridge.clone(),
+            tap: format!("pltap{id}"),
+            to: Vec::new(),
+        }],
+        tables: Vec::new(),
+        origin: "test".into(),
+    }
+}
+
+#[test]
+fn an_up_that_rebuilds_a_container_re_makes_its_active_faults_redirects() {
+    use plumb_core::kernel::Kernel;
+    let mut host = Host::new("faults");
+    let parsed = parse("s.toml", STACK).unwrap();
+    host.up(&parsed).unwrap();
+    let mut relay = fake_relay();
+    let fault = fault_on_web(&host, 1, relay.id(), None);
+    let veth = fault.detours[0].host_veth.clone();
+    let mut kernel = host.kernel.clone();
+    for op in fault.redirect_ops() {
+        kernel.apply(&op).unwrap();
+    }
+    let mut record = host.state.load("s").unwrap().unwrap();
+    record.faults.faults.push(fault);
+    host.state.save(&record).unwrap();
+    assert_eq!(host.kernel.world().redirect(&veth), Some("pltap1"));
+
+    // web moves off `back`: web-1 is rebuilt, its veths made anew (without the redirect).
+    let moved = parse(
+        "s.toml",
+        &STACK.replace("networks = [\"front\", \"back\"]", "networks = [\"front\"]"),
+    )
+    .unwrap();
+    let steps = host.up(&moved).unwrap();
+    assert!(
+        steps.iter().any(|w| matches!(w, What::RestoreFault { fault: 1, .. })),
+        "{steps:?}"
+    );
+    assert_eq!(
+        host.kernel.world().redirect(&veth),
+        Some("pltap1"),
+        "the fault still redirects web-1's frames"
+    );
+    assert_eq!(host.state.load("s").unwrap().unwrap().faults.faults.len(), 1);
+
+    // An up that rebuilds nothing touches no fault.
+    assert!(host.up(&moved).unwrap().is_empty());
+
+    // Once its relay is gone, the next up ends the fault instead of re-making it.
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let mut kernel = host.kernel.clone();
+    let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+    let change = engine.plan_up(&host.request(&moved, None)).unwrap();
+    assert_eq!(change.ending.len(), 1, "the fault whose relay died ends");
+    engine.apply(change, &mut |_, _| Ok(()), &|_, _, _| {}).unwrap();
+    assert!(host.state.load("s").unwrap().unwrap().faults.faults.is_empty());
+}
+
+#[test]
+fn an_expired_fault_ends_at_the_next_up() {
+    let mut host = Host::new("expired");
+    let parsed = parse("s.toml", STACK).unwrap();
+    host.up(&parsed).unwrap();
+    let mut relay = fake_relay();
+    let mut record = host.state.load("s").unwrap().unwrap();
+    record.faults.faults.push(fault_on_web(&host, 1, relay.id(), Some(2)));
+    record.faults.faults.push(fault_on_web(&host, 2, relay.id(), None));
+    host.state.save(&record).unwrap();
+    let mut kernel = host.kernel.clone();
+    let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+    let change = engine.plan_up(&host.request(&parsed, None)).unwrap();
+    let ending: Vec<u32> = change.ending.iter().map(|f| f.id).collect();
+    assert_eq!(ending, [1]);
+    let mut ended = Vec::new();
+    engine
+        .apply(
+            change,
+            &mut |c, _| {
+                ended.extend(c.ending.iter().map(|f| f.id));
+                Ok(())
+            },
+            &|_, _, _| {},
+        )
+        .unwrap();
+    assert_eq!(ended, [1], "the caller was given the fault to end");
+    let left: Vec<u32> = host
+        .state
+        .load("s")
+        .unwrap()
+        .unwrap()
+        .faults
+        .faults
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(left, [2]);
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+}
+
+#[test]
+fn the_state_lock_is_one_for_every_change() {
+    let host = Host::new("lock");
+    let mut kernel = host.kernel.clone();
+    let engine = Engine::open(&mut kernel, &host.state).unwrap();
+    assert!(
+        host.state.try_lock().unwrap().is_none(),
+        "chaos and the supervisor wait while an engine is open"
+    );
+    drop(engine);
+    assert!(host.state.try_lock().unwrap().is_some());
 }

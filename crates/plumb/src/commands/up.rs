@@ -170,10 +170,14 @@ pub fn bring_up(
     let change = apply::with_progress(|progress| {
         engine.apply(
             change,
-            &mut |c| {
-                // Expired faults end before anything else (a command on the stack is one of
-                // their clocks); processes in rebuilt containers are let go.
-                crate::faults::tend(&stack_dir).map_err(Failure::into_engine)?;
+            &mut |c, kernel| {
+                // Faults whose time is up end before anything else (a command on the stack is
+                // one of their clocks); processes in rebuilt containers are let go.
+                for fault in &c.ending {
+                    for e in crate::faults::undo(kernel, fault) {
+                        eprintln!("plumb: ending fault {}: {e}", fault.id);
+                    }
+                }
                 processes::release_containers(&stack_dir, &c.rebuilt).map_err(Failure::into_engine)
             },
             progress,
