@@ -676,6 +676,7 @@ mod tests {
                 What::DeleteContainer { .. } => "delete container",
                 What::ApplyFirewall { .. } => "apply firewall",
                 What::DeleteFirewall { .. } => "delete firewall",
+                What::RestoreFault { .. } => "restore fault",
             })
             .collect()
     }

@@ -366,7 +366,7 @@ pub fn clear(ctx: &Context, target: Option<&str>, stack: Option<&str>) -> Result
     let mut errors = Vec::new();
     for name in ctx.state.stacks()?.into_keys().filter(|s| stack.is_none_or(|f| f == s)) {
         let dir = ctx.state.stack_dir(&name);
-        if !dir.join("chaos.json").exists() {
+        if faults::read(&dir)?.faults.is_empty() {
             continue;
         }
         let mut locked = Locked::open(&dir)?;
