@@ -15,7 +15,7 @@ use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
 
 use crate::link::LinkRef;
 use crate::netns::Home;
-use crate::{addr, ethtool, link, neigh, netns, nft, route, sysctl, tools, Error, Netlink};
+use crate::{addr, ethtool, link, neigh, netns, nft, route, sysctl, tap, tc, Error, Netlink};
 
 pub struct LinuxKernel {
     home: Home,
@@ -234,10 +234,32 @@ impl LinuxKernel {
                 self.nft = Some(nft::apply(firewall::transaction(changes)));
                 Ok(())
             }
-            Op::TapAdd { .. } | Op::TcRedirect { .. } => tools::run_all(&op.tool_commands()),
+            // What `Op::tool_commands` renders, one request for each command.
+            Op::TapAdd { name, bridge, alias } => {
+                tap::create_persistent(name).map_err(|e| Error::new(format!("create tap {name}"), e))?;
+                let master = self.bridge_index(bridge)?;
+                link::set_alias_and_master(&mut self.host, LinkRef::Name(name), alias, master)?;
+                link::set_port_quiet(&mut self.host, LinkRef::Name(name))?;
+                link::set_up(&mut self.host, LinkRef::Name(name))
+            }
+            Op::TcRedirect { dev, tap, to } => {
+                let index = link::index_of(&mut self.host, dev)?;
+                let tap = link::index_of(&mut self.host, tap)?;
+                tc::add_clsact(&mut self.host, index)?;
+                if to.is_empty() {
+                    tc::add_redirect(&mut self.host, index, tap, None)?;
+                }
+                for ip in to {
+                    tc::add_redirect(&mut self.host, index, tap, Some(*ip))?;
+                }
+                Ok(())
+            }
             Op::LinkDel { name } => tolerate(link::delete(&mut self.host, name), Errno::ENODEV),
             Op::TcClear { dev } => {
-                tools::clear_clsact(dev);
+                // As the script's `2>/dev/null || true`: no link, or no qdisc, is done.
+                if let Ok(index) = link::index_of(&mut self.host, dev) {
+                    let _ = tc::delete_clsact(&mut self.host, index);
+                }
                 Ok(())
             }
         }

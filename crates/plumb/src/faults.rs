@@ -185,24 +185,18 @@ pub fn unrecorded(stack: &str, recorded: &Faults) -> Vec<Op> {
     ops
 }
 
-/// The stack's chaos tables the kernel holds (`nft list tables`).
+/// The stack's chaos tables the kernel holds (`nft -j list tables`).
 fn chaos_tables(stack: &str) -> Vec<TableId> {
-    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (family, name) = line.strip_prefix("table ")?.split_once(' ')?;
-            let family = match family {
+    plumb_linux::nft::list_tables()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(family, name)| {
+            let family = match family.as_str() {
                 "inet" => Family::Inet,
                 "bridge" => Family::Bridge,
                 _ => return None,
             };
-            names::is_chaos_table(name, stack).then(|| TableId {
-                family,
-                name: name.to_string(),
-            })
+            names::is_chaos_table(&name, stack).then_some(TableId { family, name })
         })
         .collect()
 }

@@ -289,13 +289,10 @@ const TRACE_PREFIX: &str = "plumb_trace_";
 
 /// Tracing tables left by a trace that was killed (its PID is gone): removed.
 fn remove_stale_tables() {
-    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+    let Ok(tables) = plumb_linux::nft::list_tables() else {
         return;
     };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some((family, name)) = line.strip_prefix("table ").and_then(|t| t.split_once(' ')) else {
-            continue;
-        };
+    for (family, name) in tables {
         let Some(pid) = name.strip_prefix(TRACE_PREFIX).and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
