@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 use plumb_core::firewall::{NftChange, Ruleset, TableId};
-use plumb_core::kernel::{HostLink, HostRoute, Kernel, KernelError, KernelResult, Listener, NftListing, Transport};
+use plumb_core::kernel::{
+    Flow, HostLink, HostRoute, Kernel, KernelError, KernelResult, LinkCounters, Listener, NftListing, SocketInfo,
+    Transport,
+};
 use plumb_core::{names, At, ObservedLink, ObservedNetns, ObservedVxlan, Op};
 
 const EEXIST: i32 = 17;
@@ -428,6 +431,7 @@ impl Kernel for FakeKernel {
         Ok((self.world().routes.iter().enumerate())
             .map(|(i, (destination, _))| HostRoute {
                 destination: *destination,
+                gateway: None,
                 link_index: Some(i as u32 + 1),
             })
             .collect())
@@ -454,6 +458,73 @@ impl Kernel for FakeKernel {
                 holders: vec![holder.clone()],
             })
             .collect())
+    }
+
+    fn link_counters(&mut self) -> KernelResult<BTreeMap<String, LinkCounters>> {
+        Ok(self
+            .world()
+            .links
+            .keys()
+            .map(|n| (n.clone(), LinkCounters::default()))
+            .collect())
+    }
+
+    fn sockets_in(&mut self, name: &str) -> KernelResult<Vec<SocketInfo>> {
+        match self.world().namespaces.contains_key(name) {
+            true => Ok(Vec::new()),
+            false => Err(fail(format!("open namespace {name}"), ENOENT)),
+        }
+    }
+
+    fn socket_holders(&mut self) -> BTreeMap<u64, Vec<(u32, String)>> {
+        BTreeMap::new()
+    }
+
+    fn conntrack(&mut self) -> KernelResult<Vec<Flow>> {
+        Ok(Vec::new())
+    }
+
+    fn nft_ruleset(&mut self) -> KernelResult<String> {
+        Ok(r#"{"nftables": []}"#.to_string())
+    }
+
+    fn nft_tables(&mut self) -> KernelResult<Vec<(String, String)>> {
+        Ok((self.world().tables.keys())
+            .map(|t| (t.family.as_str().to_string(), t.name.clone()))
+            .collect())
+    }
+
+    fn netns_inode(&mut self, name: &str) -> Option<u64> {
+        let world = self.world();
+        let position = world.namespaces.keys().position(|n| n == name)?;
+        Some(position as u64 + 1)
+    }
+
+    fn in_netns(&mut self, name: &str, _: &mut dyn FnMut()) -> KernelResult<()> {
+        // The fake has no namespaces a thread can enter.
+        Err(fail(format!("enter namespace {name} (the fake kernel cannot)"), EINVAL))
+    }
+
+    fn enter_netns(&mut self, name: &str) -> KernelResult<()> {
+        Err(fail(format!("enter namespace {name} (the fake kernel cannot)"), EINVAL))
+    }
+
+    fn bind_resolv_conf(&mut self, name: &str) -> KernelResult<()> {
+        Err(fail(
+            format!("bind the resolv.conf of {name} (the fake kernel cannot)"),
+            EINVAL,
+        ))
+    }
+
+    fn bind_probe(&mut self, name: &str, _udp: bool) -> KernelResult<Box<dyn plumb_core::kernel::Probe>> {
+        Err(fail(
+            format!("make a probe in {name} (the fake kernel sends no packets)"),
+            EINVAL,
+        ))
+    }
+
+    fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd> {
+        Err(fail(format!("open tap {name} (the fake kernel has none)"), EINVAL))
     }
 
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {

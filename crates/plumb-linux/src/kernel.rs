@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, TableId};
-use plumb_core::kernel::{HostLink, HostRoute, Kernel, KernelError, KernelResult, Listener, NftListing, Transport};
+use plumb_core::kernel::{
+    Flow, HostLink, HostRoute, Kernel, KernelError, KernelResult, LinkCounters, Listener, NftListing, SocketInfo,
+    Transport,
+};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
 use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
@@ -438,6 +441,7 @@ impl Kernel for LinuxKernel {
             .into_iter()
             .map(|(destination, link_index)| HostRoute {
                 destination,
+                gateway: None,
                 link_index,
             })
             .collect())
@@ -458,6 +462,70 @@ impl Kernel for LinuxKernel {
 
     fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>> {
         crate::sockets::listeners(transport, port).map_err(kernel_error)
+    }
+
+    fn link_counters(&mut self) -> KernelResult<BTreeMap<String, LinkCounters>> {
+        link::counters(&mut self.host).map_err(kernel_error)
+    }
+
+    fn sockets_in(&mut self, name: &str) -> KernelResult<Vec<SocketInfo>> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        self.home
+            .within(fd.as_fd(), crate::sockets::all)
+            .and_then(|r| r)
+            .map_err(kernel_error)
+    }
+
+    fn socket_holders(&mut self) -> BTreeMap<u64, Vec<(u32, String)>> {
+        crate::sockets::holders().into_iter().collect()
+    }
+
+    fn conntrack(&mut self) -> KernelResult<Vec<Flow>> {
+        Ok(crate::conntrack::flows())
+    }
+
+    fn nft_ruleset(&mut self) -> KernelResult<String> {
+        nft::list_ruleset().map_err(kernel_error)
+    }
+
+    fn nft_tables(&mut self) -> KernelResult<Vec<(String, String)>> {
+        nft::list_tables().map_err(kernel_error)
+    }
+
+    fn netns_inode(&mut self, name: &str) -> Option<u64> {
+        netns::inode(name)
+    }
+
+    fn in_netns(&mut self, name: &str, f: &mut dyn FnMut()) -> KernelResult<()> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        self.home.within(fd.as_fd(), f).map_err(kernel_error)
+    }
+
+    fn enter_netns(&mut self, name: &str) -> KernelResult<()> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        netns::enter(fd.as_fd()).map_err(kernel_error)
+    }
+
+    fn bind_resolv_conf(&mut self, name: &str) -> KernelResult<()> {
+        netns::bind_resolv_conf(name).map_err(kernel_error)
+    }
+
+    fn bind_probe(&mut self, name: &str, udp: bool) -> KernelResult<Box<dyn plumb_core::kernel::Probe>> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        let probe = self
+            .home
+            .within(fd.as_fd(), || crate::probe::Probe::bind(udp))
+            .and_then(|r| r)
+            .map_err(kernel_error)?;
+        Ok(Box::new(probe))
+    }
+
+    fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd> {
+        crate::tap::open(name).map_err(|e| KernelError {
+            what: format!("open tap {name}"),
+            detail: e.to_string(),
+            errno: e.raw_os_error(),
+        })
     }
 
     fn prefetch_nft(&mut self) {

@@ -45,16 +45,7 @@ pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
         .collect())
 }
 
-/// A link's traffic counters (what the kernel keeps as `IFLA_STATS64`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_dropped: u64,
-    pub tx_dropped: u64,
-}
+pub use plumb_core::kernel::LinkCounters as Counters;
 
 /// The counters of every link of the socket's namespace, by name (one dump, as `ip -s link`).
 pub fn counters(nl: &mut Netlink) -> Result<std::collections::BTreeMap<String, Counters>> {
