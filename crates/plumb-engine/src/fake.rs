@@ -299,7 +299,20 @@ impl World {
                     l.redirect = None;
                 }
             }
-            Op::TapAdd { .. } | Op::LinkDel { .. } => {}
+            Op::TapAdd { name, bridge, alias } => {
+                if self.links.contains_key(name) {
+                    return Err(fail(format!("create tap {name}"), EEXIST));
+                }
+                let tap = Link {
+                    kind: "tun",
+                    alias: Some(alias.clone()),
+                    master: Some(bridge.clone()),
+                    up: true,
+                    ..Link::default()
+                };
+                self.links.insert(name.clone(), tap);
+            }
+            Op::LinkDel { name } => self.delete_host_link(name),
         }
         Ok(())
     }

@@ -263,3 +263,66 @@ pub fn start_relay(state_root: &Path, stack: &str, stack_dir: &Path, id: u32) ->
     std::thread::spawn(move || child.wait());
     Ok(pid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plumb_core::firewall::Ruleset;
+    use plumb_engine::fake::FakeKernel;
+
+    /// What `down` removes when the record of the faults is lost: the stack's marked taps and
+    /// chaos tables, read through the kernel trait (here the fake), and nothing of another
+    /// stack's.
+    #[test]
+    fn faults_without_a_record_are_found_by_the_kernels_marks() {
+        let mut kernel = FakeKernel::default();
+        let table = |stack: &str| TableId {
+            family: Family::Inet,
+            name: names::chaos_table(stack, 3),
+        };
+        let ops = [
+            Op::TapAdd {
+                name: "pltapa".into(),
+                bridge: "plbr0".into(),
+                alias: names::alias("s", "chaos-3/web-1/eth0"),
+            },
+            Op::TapAdd {
+                name: "pltapb".into(),
+                bridge: "plbr0".into(),
+                alias: names::alias("other", "chaos-1/web-1/eth0"),
+            },
+            Op::Nft {
+                changes: ["s", "other"]
+                    .map(|s| NftChange::Replace {
+                        ruleset: Ruleset {
+                            table: table(s),
+                            sets: Vec::new(),
+                            chains: Vec::new(),
+                        },
+                    })
+                    .to_vec(),
+            },
+        ];
+        for op in &ops {
+            kernel.apply(op).unwrap();
+        }
+        let found = undo_all(&mut kernel, "s", &Faults::default());
+        assert_eq!(
+            found,
+            [
+                Op::LinkDel { name: "pltapa".into() },
+                Op::Nft {
+                    changes: vec![NftChange::Delete { table: table("s") }]
+                }
+            ]
+        );
+        for op in &found {
+            kernel.apply(op).unwrap();
+        }
+        assert!(
+            undo_all(&mut kernel, "s", &Faults::default()).is_empty(),
+            "nothing of s is left"
+        );
+        assert_eq!(kernel.world().table_count(), 1, "the other stack's table stays");
+    }
+}
