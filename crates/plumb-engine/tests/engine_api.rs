@@ -411,3 +411,115 @@ fn the_state_lock_is_one_for_every_change() {
     drop(engine);
     assert!(host.state.try_lock().unwrap().is_some());
 }
+
+const CLUSTER: &str = r#"
+name = "c"
+[networks.o]
+subnet = "10.60.0.0/16"
+driver = "overlay"
+[services.api]
+networks = ["o"]
+replicas = 4
+"#;
+
+/// One cluster host as the agent drives it: its own kernel and state, its assignment from
+/// the placement.
+fn assignment(
+    me: &str,
+    placement: &plumb_core::cluster::Placement,
+    hosts: &BTreeMap<&str, (Ipv4Addr, ipnet::Ipv4Net)>,
+) -> HostAssignment {
+    let mut replicas: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for (container, host) in placement {
+        if host == me {
+            let (service, replica) = container.rsplit_once('-').unwrap();
+            replicas
+                .entry(service.to_string())
+                .or_default()
+                .insert(replica.parse().unwrap());
+        }
+    }
+    let (local, block) = hosts[me];
+    let peers = hosts
+        .iter()
+        .filter(|(h, _)| **h != me)
+        .map(|(h, (underlay, block))| plumb_core::cluster::OverlayPeer {
+            host: h.to_string(),
+            underlay: *underlay,
+            block: *block,
+        })
+        .collect();
+    HostAssignment {
+        host: me.into(),
+        replicas,
+        overlays: BTreeMap::from([(
+            "o".to_string(),
+            OverlayAssignment {
+                block,
+                local,
+                mtu: 1450,
+                peers,
+                tx_offload: false,
+            },
+        )]),
+        remote: Vec::new(),
+        base: None,
+        store: Vec::new(),
+    }
+}
+
+fn apply_assignment(host: &mut Host, parsed: &Parsed, a: &HostAssignment) -> Vec<What> {
+    let mut kernel = host.kernel.clone();
+    let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+    let change = engine.plan_up(&host.request(parsed, Some(a))).unwrap();
+    let change = engine.apply(change, &mut |_, _| Ok(()), &|_, _, _| {}).unwrap();
+    change.plan.steps.into_iter().map(|s| s.what).collect()
+}
+
+/// Overlay reconcile and failover, as two agents would drive their engines: each host makes
+/// only its replicas and a VXLAN device with entries for the other; when h1 dies, h2 takes
+/// its replicas and drops h1's entries; a second pass changes nothing.
+#[test]
+fn overlay_hosts_reconcile_and_a_survivor_takes_a_dead_hosts_replicas() {
+    let parsed = parse("c.toml", CLUSTER).unwrap();
+    let hosts: BTreeMap<&str, (Ipv4Addr, ipnet::Ipv4Net)> = BTreeMap::from([
+        ("h1", (Ipv4Addr::new(192, 0, 2, 1), "10.60.0.0/24".parse().unwrap())),
+        ("h2", (Ipv4Addr::new(192, 0, 2, 2), "10.60.1.0/24".parse().unwrap())),
+    ]);
+    let alive: BTreeSet<String> = hosts.keys().map(|h| h.to_string()).collect();
+    let placement = plumb_core::cluster::place(&parsed.stack, &alive, &Default::default());
+    let mut h1 = Host::new("h1");
+    let mut h2 = Host::new("h2");
+    for (name, host) in [("h1", &mut h1), ("h2", &mut h2)] {
+        let steps = apply_assignment(host, &parsed, &assignment(name, &placement, &hosts));
+        let mine = placement.values().filter(|h| *h == name).count();
+        assert_eq!(created(&steps), mine, "{name}: {steps:?}");
+        assert!(
+            steps.iter().any(|w| matches!(w, What::CreateOverlay { .. })),
+            "{steps:?}"
+        );
+        assert_eq!(host.namespaces(), mine);
+    }
+    let device = plumb_core::cluster::vxlan_device("c", "o");
+    let entries = |host: &Host| {
+        use plumb_core::kernel::Kernel;
+        host.kernel.clone().vxlan(&device).unwrap().unwrap().entries
+    };
+    assert!(!entries(&h2).is_empty(), "h2 has entries for h1");
+
+    // h1 dies: the placement moves its replicas to h2, whose assignment has no peer left.
+    let survivors = BTreeSet::from(["h2".to_string()]);
+    let moved = plumb_core::cluster::place(&parsed.stack, &survivors, &placement);
+    assert!(moved.values().all(|h| h == "h2"));
+    let only_h2 = BTreeMap::from([("h2", hosts["h2"])]);
+    let a = assignment("h2", &moved, &only_h2);
+    let steps = apply_assignment(&mut h2, &parsed, &a);
+    assert_eq!(
+        created(&steps),
+        4 - placement.values().filter(|h| *h == "h2").count(),
+        "{steps:?}"
+    );
+    assert_eq!(h2.namespaces(), 4);
+    assert!(entries(&h2).is_empty(), "h1's entries are gone: {:?}", entries(&h2));
+    assert!(apply_assignment(&mut h2, &parsed, &a).is_empty(), "converged");
+}
