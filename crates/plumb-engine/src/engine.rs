@@ -23,14 +23,14 @@ use crate::error::{Error, Result};
 use crate::execute::{execute, OnError, Outcome, Progress};
 use crate::observe::{claims, observe, Observed};
 use crate::ownership;
-use crate::state::{Lock, StackState, StateDir};
+use crate::state::{StackState, StateStore, StoreLock};
 
 /// The engine over one kernel and one state store.
 pub struct Engine<'a> {
     /// `None`: planning only, from scratch (a user without root can read neither).
     kernel: Option<&'a mut dyn Kernel>,
-    state: &'a StateDir,
-    _lock: Option<Lock>,
+    state: &'a dyn StateStore,
+    _lock: Option<StoreLock>,
 }
 
 /// What to bring up.
@@ -85,7 +85,7 @@ pub struct Removed {
 
 impl<'a> Engine<'a> {
     /// The engine on a kernel: takes the state store's lock, held until the engine is dropped.
-    pub fn open(kernel: &'a mut dyn Kernel, state: &'a StateDir) -> Result<Self> {
+    pub fn open(kernel: &'a mut dyn Kernel, state: &'a dyn StateStore) -> Result<Self> {
         let lock = state.lock()?;
         Ok(Engine {
             kernel: Some(kernel),
@@ -95,7 +95,7 @@ impl<'a> Engine<'a> {
     }
 
     /// An engine that only plans, from scratch: it reads neither the kernel nor the state.
-    pub fn planner(state: &'a StateDir) -> Self {
+    pub fn planner(state: &'a dyn StateStore) -> Self {
         Engine {
             kernel: None,
             state,
@@ -103,7 +103,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    pub fn state(&self) -> &StateDir {
+    pub fn state(&self) -> &dyn StateStore {
         self.state
     }
 
@@ -248,8 +248,7 @@ impl<'a> Engine<'a> {
         let outcome = execute(kernel, &teardown.plan, OnError::Continue, progress);
         failure(&outcome)?;
         self.state.remove(&teardown.stack)?;
-        let state = self.state;
-        state.restore_forwarding_if_last(self.require_kernel()?)?;
+        restore_forwarding_if_last(self.state, self.require_kernel()?)?;
         let plan = &teardown.plan;
         Ok(Removed {
             containers: plan.count(|w| matches!(w, What::DeleteContainer { .. })),
@@ -281,6 +280,18 @@ impl<'a> Engine<'a> {
         let parsed = plumb_core::spec::parse_scaled(&file.display().to_string(), &text, replicas)?;
         Ok((file, parsed))
     }
+}
+
+/// When no stack is left and plumb had turned forwarding on, turns it off again.
+fn restore_forwarding_if_last(state: &dyn StateStore, kernel: &mut dyn Kernel) -> Result<()> {
+    if state.forwarding_enabled_by_plumb()? && state.stacks()?.is_empty() {
+        kernel.apply(&Op::Sysctl {
+            key: "net.ipv4.ip_forward".into(),
+            value: "0".into(),
+        })?;
+        state.forget_forwarding()?;
+    }
+    Ok(())
 }
 
 /// Drops the faults that are due from `faults` (returned: the caller ends them), and adds to
