@@ -296,9 +296,10 @@ impl Op {
         }
     }
 
-    /// The programs (`ip`, `bridge`, `tc`) and arguments that perform an operation made by
-    /// running them, in order; empty for the others. Execution runs exactly these, so the
-    /// rendering cannot drift from it.
+    /// The programs (`ip`, `bridge`, `tc`) and arguments that perform a chaos tap or redirect,
+    /// in order; empty for the others. Execution (plumb-linux) sends the same requests these
+    /// programs send, one command after the other, over netlink and ioctls of its own; a test
+    /// (tests/scripts.rs) holds the kernel state each leaves equal.
     pub fn tool_commands(&self) -> Vec<Vec<String>> {
         let argv = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<String>>();
         match self {

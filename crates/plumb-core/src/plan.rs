@@ -170,6 +170,12 @@ pub enum What {
     DeleteFirewall {
         tables: Vec<String>,
     },
+    /// An active fault's redirects, re-made on containers this plan rebuilt (their new veths
+    /// have none): the fault stays what `plumb chaos ls` says it is.
+    RestoreFault {
+        fault: u32,
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -670,6 +676,7 @@ mod tests {
                 What::DeleteContainer { .. } => "delete container",
                 What::ApplyFirewall { .. } => "apply firewall",
                 What::DeleteFirewall { .. } => "delete firewall",
+                What::RestoreFault { .. } => "restore fault",
             })
             .collect()
     }

@@ -80,6 +80,9 @@ fn describe(what: &What) -> String {
             "container {container} (service {service}, replica {replica}): its own network namespace, one veth per network"
         ),
         What::DeleteFirewall { tables } => format!("nftables: remove {} (if there) in one transaction", tables.join(", ")),
+        What::RestoreFault { fault, target } => format!(
+            "fault {fault} on {target} (plumb chaos) is still active: re-make its redirects on the rebuilt containers' new veths"
+        ),
     }
 }
 

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 use plumb_core::firewall::{NftChange, Ruleset, TableId};
-use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
+use plumb_core::kernel::{
+    Flow, HostLink, HostRoute, Kernel, KernelError, KernelResult, LinkCounters, Listener, NftListing, SocketInfo,
+    Transport,
+};
 use plumb_core::{names, At, ObservedLink, ObservedNetns, ObservedVxlan, Op};
 
 const EEXIST: i32 = 17;
@@ -31,6 +34,8 @@ struct Link {
     peer: Option<(String, String)>,
     /// For a VXLAN device: its settings and entries.
     vxlan: Option<ObservedVxlan>,
+    /// The tap a tc redirect on its ingress sends frames to (a chaos fault's detour).
+    pub redirect: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -53,6 +58,12 @@ pub struct World {
     pub nft_listings: usize,
     /// Every operation applied, in order.
     pub log: Vec<Op>,
+    /// The host's own routes (destination, device), as a test sets them up.
+    pub routes: Vec<(Ipv4Net, String)>,
+    /// The host's own addresses.
+    pub addresses: Vec<Ipv4Addr>,
+    /// Host processes listening: (transport, address, port, holder).
+    pub listening: Vec<(Transport, std::net::IpAddr, u16, (u32, String))>,
 }
 
 /// Handles share one world, as threads share one kernel.
@@ -74,6 +85,16 @@ impl FakeKernel {
 }
 
 impl World {
+    /// Where a tc redirect on host link `dev` sends its frames, if it has one.
+    pub fn redirect(&self, dev: &str) -> Option<&str> {
+        self.links.get(dev)?.redirect.as_deref()
+    }
+
+    /// How many nft tables the kernel holds.
+    pub fn table_count(&self) -> usize {
+        self.tables.len()
+    }
+
     fn link(&mut self, at: &At, name: &str) -> KernelResult<&mut Link> {
         let found = match at {
             At::Host => self.links.get_mut(name),
@@ -277,7 +298,26 @@ impl World {
             }
             Op::Nft { changes } => self.nft(changes)?,
             // Chaos objects live outside the stack's model: recorded, not simulated.
-            Op::TapAdd { .. } | Op::LinkDel { .. } | Op::TcRedirect { .. } | Op::TcClear { .. } => {}
+            Op::TcRedirect { dev, tap, .. } => self.link(&At::Host, dev)?.redirect = Some(tap.clone()),
+            Op::TcClear { dev } => {
+                if let Some(l) = self.links.get_mut(dev) {
+                    l.redirect = None;
+                }
+            }
+            Op::TapAdd { name, bridge, alias } => {
+                if self.links.contains_key(name) {
+                    return Err(fail(format!("create tap {name}"), EEXIST));
+                }
+                let tap = Link {
+                    kind: "tun",
+                    alias: Some(alias.clone()),
+                    master: Some(bridge.clone()),
+                    up: true,
+                    ..Link::default()
+                };
+                self.links.insert(name.clone(), tap);
+            }
+            Op::LinkDel { name } => self.delete_host_link(name),
         }
         Ok(())
     }
@@ -411,6 +451,107 @@ impl Kernel for FakeKernel {
 
     fn nft_generation(&mut self) -> KernelResult<Option<u32>> {
         Ok(Some(self.world().nft_generation))
+    }
+
+    fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>> {
+        // A route's link index is its position + 1 (see `link_name`).
+        Ok((self.world().routes.iter().enumerate())
+            .map(|(i, (destination, _))| HostRoute {
+                destination: *destination,
+                gateway: None,
+                link_index: Some(i as u32 + 1),
+            })
+            .collect())
+    }
+
+    fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {
+        let world = self.world();
+        Ok(index
+            .checked_sub(1)
+            .and_then(|i| world.routes.get(i as usize))
+            .map(|(_, dev)| dev.clone()))
+    }
+
+    fn host_addresses(&mut self) -> KernelResult<Vec<Ipv4Addr>> {
+        Ok(self.world().addresses.clone())
+    }
+
+    fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>> {
+        Ok((self.world().listening.iter())
+            .filter(|(t, _, p, _)| *t == transport && *p == port)
+            .map(|(_, address, port, holder)| Listener {
+                address: *address,
+                port: *port,
+                holders: vec![holder.clone()],
+            })
+            .collect())
+    }
+
+    fn link_counters(&mut self) -> KernelResult<BTreeMap<String, LinkCounters>> {
+        Ok(self
+            .world()
+            .links
+            .keys()
+            .map(|n| (n.clone(), LinkCounters::default()))
+            .collect())
+    }
+
+    fn sockets_in(&mut self, name: &str) -> KernelResult<Vec<SocketInfo>> {
+        match self.world().namespaces.contains_key(name) {
+            true => Ok(Vec::new()),
+            false => Err(fail(format!("open namespace {name}"), ENOENT)),
+        }
+    }
+
+    fn socket_holders(&mut self) -> BTreeMap<u64, Vec<(u32, String)>> {
+        BTreeMap::new()
+    }
+
+    fn conntrack(&mut self) -> KernelResult<Vec<Flow>> {
+        Ok(Vec::new())
+    }
+
+    fn nft_ruleset(&mut self) -> KernelResult<String> {
+        Ok(r#"{"nftables": []}"#.to_string())
+    }
+
+    fn nft_tables(&mut self) -> KernelResult<Vec<(String, String)>> {
+        Ok((self.world().tables.keys())
+            .map(|t| (t.family.as_str().to_string(), t.name.clone()))
+            .collect())
+    }
+
+    fn netns_inode(&mut self, name: &str) -> Option<u64> {
+        let world = self.world();
+        let position = world.namespaces.keys().position(|n| n == name)?;
+        Some(position as u64 + 1)
+    }
+
+    fn in_netns(&mut self, name: &str, _: &mut dyn FnMut()) -> KernelResult<()> {
+        // The fake has no namespaces a thread can enter.
+        Err(fail(format!("enter namespace {name} (the fake kernel cannot)"), EINVAL))
+    }
+
+    fn enter_netns(&mut self, name: &str) -> KernelResult<()> {
+        Err(fail(format!("enter namespace {name} (the fake kernel cannot)"), EINVAL))
+    }
+
+    fn bind_resolv_conf(&mut self, name: &str) -> KernelResult<()> {
+        Err(fail(
+            format!("bind the resolv.conf of {name} (the fake kernel cannot)"),
+            EINVAL,
+        ))
+    }
+
+    fn bind_probe(&mut self, name: &str, _udp: bool) -> KernelResult<Box<dyn plumb_core::kernel::Probe>> {
+        Err(fail(
+            format!("make a probe in {name} (the fake kernel sends no packets)"),
+            EINVAL,
+        ))
+    }
+
+    fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd> {
+        Err(fail(format!("open tap {name} (the fake kernel has none)"), EINVAL))
     }
 
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {

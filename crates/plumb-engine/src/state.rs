@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use plumb_core::firewall::{Ruleset, TableId};
 use plumb_core::ipam::Leases;
-use plumb_core::kernel::Kernel;
-use plumb_core::{Desired, Op};
+use plumb_core::Desired;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error as Failure, Result};
@@ -53,6 +52,11 @@ pub struct StackState {
     pub namespaces: BTreeSet<String>,
     /// Every network the stack may have wired, to name its veths on the way out.
     pub networks: BTreeSet<String>,
+    /// Faults made by `plumb chaos` and experiments, active until cleared or expired: part
+    /// of what the stack should be, so an `up` that rebuilds a container re-makes its
+    /// redirects.
+    #[serde(default)]
+    pub faults: plumb_core::chaos::Faults,
     /// Set only on a record that [`StateStore::stacks`] could not read: why (its state file is
     /// damaged or unreadable). Such a record holds nothing else.
     #[serde(skip)]
@@ -124,11 +128,18 @@ impl StackState {
     }
 }
 
-/// Where plumb keeps what the kernel cannot tell it.
-pub trait StateStore {
-    type Lock;
+/// Holds a store's exclusive lock until dropped.
+pub type StoreLock = Box<dyn std::any::Any + Send>;
+
+/// Where plumb keeps what the kernel cannot tell it: one record per stack (its desired
+/// state, address leases, the rules last applied, its faults), a lock, and the mark that
+/// plumb turned IPv4 forwarding on. [`StateDir`] keeps them in a private directory; the
+/// engine reaches them only through this trait.
+pub trait StateStore: Send + Sync {
     /// Waits for, then takes, the store's exclusive lock.
-    fn lock(&self) -> Result<Self::Lock>;
+    fn lock(&self) -> Result<StoreLock>;
+    /// The lock if it is free now, `None` if someone holds it.
+    fn try_lock(&self) -> Result<Option<StoreLock>>;
     fn load(&self, stack: &str) -> Result<Option<StackState>>;
     fn save(&self, state: &StackState) -> Result<()>;
     fn remove(&self, stack: &str) -> Result<()>;
@@ -139,6 +150,13 @@ pub trait StateStore {
     fn leases(&self, stack: &str) -> Result<Leases> {
         Ok(self.load(stack)?.map(|s| s.leases).unwrap_or_default())
     }
+    /// Records that plumb turned on IPv4 forwarding (it was off), so the last `down` turns
+    /// it off again and the machine is left as plumb found it.
+    fn note_forwarding_enabled(&self) -> Result<()>;
+    /// Whether plumb turned IPv4 forwarding on.
+    fn forwarding_enabled_by_plumb(&self) -> Result<bool>;
+    /// Forgets that plumb turned forwarding on (it was turned off again).
+    fn forget_forwarding(&self) -> Result<()>;
 }
 
 /// Holds the state directory's lock until dropped.
@@ -171,6 +189,25 @@ impl StateDir {
         Flock::lock(file, FlockArg::LockExclusive)
             .map(Lock)
             .map_err(|(_, e)| Failure::new(format!("cannot lock {}: {e}", path.display())))
+    }
+
+    /// The lock if it is free now, `None` if someone holds it (for work in the background
+    /// that can wait for its next round).
+    pub fn try_lock(&self) -> Result<Option<Lock>> {
+        self.ensure()?;
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(PRIVATE_FILE)
+            .open(&path)
+            .map_err(|e| write_error(&path, e))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(Lock(lock))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(Failure::new(format!("cannot lock {}: {e}", path.display()))),
+        }
     }
 
     pub fn stack_dir(&self, stack: &str) -> PathBuf {
@@ -218,19 +255,6 @@ impl StateDir {
         )
     }
 
-    /// When no stack is left and plumb had turned forwarding on, turns it off again.
-    pub fn restore_forwarding_if_last(&self, kernel: &mut dyn Kernel) -> Result<()> {
-        let mark = self.root.join(FORWARDING_MARK);
-        if mark.exists() && self.stacks()?.is_empty() {
-            kernel.apply(&Op::Sysctl {
-                key: "net.ipv4.ip_forward".into(),
-                value: "0".into(),
-            })?;
-            fs::remove_file(&mark).map_err(|e| write_error(&mark, e))?;
-        }
-        Ok(())
-    }
-
     /// Every stack with a state file, by name; one that cannot be read is there as
     /// [`StackState::damaged`]. Fails only when the directory itself cannot be read.
     pub fn stacks(&self) -> Result<BTreeMap<String, StackState>> {
@@ -261,10 +285,12 @@ impl StateDir {
 }
 
 impl StateStore for StateDir {
-    type Lock = Lock;
+    fn lock(&self) -> Result<StoreLock> {
+        Ok(Box::new(StateDir::lock(self)?))
+    }
 
-    fn lock(&self) -> Result<Lock> {
-        StateDir::lock(self)
+    fn try_lock(&self) -> Result<Option<StoreLock>> {
+        Ok(StateDir::try_lock(self)?.map(|l| Box::new(l) as StoreLock))
     }
 
     fn load(&self, stack: &str) -> Result<Option<StackState>> {
@@ -281,6 +307,22 @@ impl StateStore for StateDir {
 
     fn stacks(&self) -> Result<BTreeMap<String, StackState>> {
         StateDir::stacks(self)
+    }
+
+    fn note_forwarding_enabled(&self) -> Result<()> {
+        StateDir::note_forwarding_enabled(self)
+    }
+
+    fn forwarding_enabled_by_plumb(&self) -> Result<bool> {
+        Ok(self.root.join(FORWARDING_MARK).exists())
+    }
+
+    fn forget_forwarding(&self) -> Result<()> {
+        let mark = self.root.join(FORWARDING_MARK);
+        match fs::remove_file(&mark) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(write_error(&mark, e)),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -8,14 +8,17 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, NftChange, TableId};
-use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
+use plumb_core::kernel::{
+    Flow, HostLink, HostRoute, Kernel, KernelError, KernelResult, LinkCounters, Listener, NftListing, SocketInfo,
+    Transport,
+};
 use plumb_core::names;
 use plumb_core::ops::{At, Ipv6, Op};
 use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
 
 use crate::link::LinkRef;
 use crate::netns::Home;
-use crate::{addr, ethtool, link, neigh, netns, nft, nft_elements, route, sysctl, tools, Error, Netlink};
+use crate::{addr, ethtool, link, neigh, netns, nft, nft_elements, route, sysctl, tap, tc, Error, Netlink};
 
 pub struct LinuxKernel {
     home: Home,
@@ -240,10 +243,32 @@ impl LinuxKernel {
                     }
                 }
             }
-            Op::TapAdd { .. } | Op::TcRedirect { .. } => tools::run_all(&op.tool_commands()),
+            // What `Op::tool_commands` renders, one request for each command.
+            Op::TapAdd { name, bridge, alias } => {
+                tap::create_persistent(name).map_err(|e| Error::new(format!("create tap {name}"), e))?;
+                let master = self.bridge_index(bridge)?;
+                link::set_alias_and_master(&mut self.host, LinkRef::Name(name), alias, master)?;
+                link::set_port_quiet(&mut self.host, LinkRef::Name(name))?;
+                link::set_up(&mut self.host, LinkRef::Name(name))
+            }
+            Op::TcRedirect { dev, tap, to } => {
+                let index = link::index_of(&mut self.host, dev)?;
+                let tap = link::index_of(&mut self.host, tap)?;
+                tc::add_clsact(&mut self.host, index)?;
+                if to.is_empty() {
+                    tc::add_redirect(&mut self.host, index, tap, None)?;
+                }
+                for ip in to {
+                    tc::add_redirect(&mut self.host, index, tap, Some(*ip))?;
+                }
+                Ok(())
+            }
             Op::LinkDel { name } => tolerate(link::delete(&mut self.host, name), Errno::ENODEV),
             Op::TcClear { dev } => {
-                tools::clear_clsact(dev);
+                // As the script's `2>/dev/null || true`: no link, or no qdisc, is done.
+                if let Ok(index) = link::index_of(&mut self.host, dev) {
+                    let _ = tc::delete_clsact(&mut self.host, index);
+                }
                 Ok(())
             }
         }
@@ -431,6 +456,99 @@ impl Kernel for LinuxKernel {
 
     fn nft_generation(&mut self) -> KernelResult<Option<u32>> {
         nft_elements::generation().map(Some).map_err(kernel_error)
+    }
+
+    fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>> {
+        let routes = route::list_v4(&mut self.host).map_err(kernel_error)?;
+        Ok(routes
+            .into_iter()
+            .map(|(destination, link_index)| HostRoute {
+                destination,
+                gateway: None,
+                link_index,
+            })
+            .collect())
+    }
+
+    fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {
+        match link::get(&mut self.host, LinkRef::Index(index)) {
+            Ok(l) => Ok(Some(l.name)),
+            Err(e) if e.errno() == Some(Errno::ENODEV as i32) => Ok(None),
+            Err(e) => Err(kernel_error(e)),
+        }
+    }
+
+    fn host_addresses(&mut self) -> KernelResult<Vec<std::net::Ipv4Addr>> {
+        let list = addr::list_v4(&mut self.host).map_err(kernel_error)?;
+        Ok(list.into_iter().map(|(_, net)| net.addr()).collect())
+    }
+
+    fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>> {
+        crate::sockets::listeners(transport, port).map_err(kernel_error)
+    }
+
+    fn link_counters(&mut self) -> KernelResult<BTreeMap<String, LinkCounters>> {
+        link::counters(&mut self.host).map_err(kernel_error)
+    }
+
+    fn sockets_in(&mut self, name: &str) -> KernelResult<Vec<SocketInfo>> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        self.home
+            .within(fd.as_fd(), crate::sockets::all)
+            .and_then(|r| r)
+            .map_err(kernel_error)
+    }
+
+    fn socket_holders(&mut self) -> BTreeMap<u64, Vec<(u32, String)>> {
+        crate::sockets::holders().into_iter().collect()
+    }
+
+    fn conntrack(&mut self) -> KernelResult<Vec<Flow>> {
+        Ok(crate::conntrack::flows())
+    }
+
+    fn nft_ruleset(&mut self) -> KernelResult<String> {
+        nft::list_ruleset().map_err(kernel_error)
+    }
+
+    fn nft_tables(&mut self) -> KernelResult<Vec<(String, String)>> {
+        nft::list_tables().map_err(kernel_error)
+    }
+
+    fn netns_inode(&mut self, name: &str) -> Option<u64> {
+        netns::inode(name)
+    }
+
+    fn in_netns(&mut self, name: &str, f: &mut dyn FnMut()) -> KernelResult<()> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        self.home.within(fd.as_fd(), f).map_err(kernel_error)
+    }
+
+    fn enter_netns(&mut self, name: &str) -> KernelResult<()> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        netns::enter(fd.as_fd()).map_err(kernel_error)
+    }
+
+    fn bind_resolv_conf(&mut self, name: &str) -> KernelResult<()> {
+        netns::bind_resolv_conf(name).map_err(kernel_error)
+    }
+
+    fn bind_probe(&mut self, name: &str, udp: bool) -> KernelResult<Box<dyn plumb_core::kernel::Probe>> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        let probe = self
+            .home
+            .within(fd.as_fd(), || crate::probe::Probe::bind(udp))
+            .and_then(|r| r)
+            .map_err(kernel_error)?;
+        Ok(Box::new(probe))
+    }
+
+    fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd> {
+        crate::tap::open(name).map_err(|e| KernelError {
+            what: format!("open tap {name}"),
+            detail: e.to_string(),
+            errno: e.raw_os_error(),
+        })
     }
 
     fn prefetch_nft(&mut self) {

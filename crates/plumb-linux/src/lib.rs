@@ -17,6 +17,6 @@ pub mod sockets;
 pub mod spawn;
 pub mod sysctl;
 pub mod tap;
-pub mod tools;
+pub mod tc;
 
 pub use netlink::{Error, Netlink};

@@ -45,16 +45,7 @@ pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
         .collect())
 }
 
-/// A link's traffic counters (what the kernel keeps as `IFLA_STATS64`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_dropped: u64,
-    pub tx_dropped: u64,
-}
+pub use plumb_core::kernel::LinkCounters as Counters;
 
 /// The counters of every link of the socket's namespace, by name (one dump, as `ip -s link`).
 pub fn counters(nl: &mut Netlink) -> Result<std::collections::BTreeMap<String, Counters>> {
@@ -286,6 +277,19 @@ pub fn set_alias(nl: &mut Netlink, link: LinkRef, alias: &str) -> Result<()> {
     )
 }
 
+/// `ip link set NAME alias ALIAS master BRIDGE`, in one request as `ip` sends it.
+pub fn set_alias_and_master(nl: &mut Netlink, link: LinkRef, alias: &str, master: u32) -> Result<()> {
+    set(
+        nl,
+        link,
+        |m| {
+            m.attributes.push(LinkAttribute::IfAlias(alias.into()));
+            m.attributes.push(LinkAttribute::Controller(master));
+        },
+        || format!("set alias and master of {link:?}"),
+    )
+}
+
 /// Labels a container interface and turns off IPv6 address generation on it, in one request
 /// (it must come before "up": within one request the kernel applies "up" first).
 pub fn set_alias_without_ipv6(nl: &mut Netlink, link: LinkRef, alias: &str) -> Result<()> {
@@ -321,6 +325,30 @@ pub fn set_port_up_with_hairpin(nl: &mut Netlink, link: LinkRef) -> Result<()> {
     ]));
     nl.request(RouteNetlinkMessage::NewLink(message), 0, || {
         format!("set {link:?} up in hairpin mode")
+    })
+}
+
+/// `bridge link set dev NAME learning off flood off mcast_flood off bcast_flood off`: a
+/// bridge port that learns no MAC address and receives no unknown-unicast, multicast or
+/// broadcast floods (the bridge sends it nothing of its own accord). A NEWLINK with port
+/// data, as [`set_port_up_with_hairpin`] (the kernel applies both encodings alike).
+pub fn set_port_quiet(nl: &mut Netlink, link: LinkRef) -> Result<()> {
+    let mut message = LinkMessage::default();
+    match link {
+        LinkRef::Index(i) => message.header.index = i,
+        LinkRef::Name(n) => message.attributes.push(LinkAttribute::IfName(n.into())),
+    }
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![
+            InfoBridgePort::Learning(false),
+            InfoBridgePort::UnicastFlood(false),
+            InfoBridgePort::MulticastFlood(false),
+            InfoBridgePort::BroadcastFlood(false),
+        ])),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(message), 0, || {
+        format!("turn off learning and floods on bridge port {link:?}")
     })
 }
 

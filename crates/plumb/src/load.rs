@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -119,7 +118,7 @@ pub struct Run {
 
 impl Run {
     /// Starts the worker threads; those of a run from a container enter `netns` first.
-    pub fn start(job: Job, netns: Option<OwnedFd>) -> Run {
+    pub fn start(job: Job, netns: Option<String>) -> Run {
         let job = Arc::new(job);
         let netns = netns.map(Arc::new);
         let start = Instant::now();
@@ -171,11 +170,13 @@ fn worker(
     start: Instant,
     connections: Vec<usize>,
     tally: Arc<Mutex<Tally>>,
-    netns: Option<Arc<OwnedFd>>,
+    netns: Option<Arc<String>>,
 ) -> Result<(), String> {
     if let Some(ns) = &netns {
         // This thread only, for good: it ends with the run.
-        plumb_linux::netns::enter(ns.as_fd()).map_err(|e| e.to_string())?;
+        use plumb_core::kernel::Kernel;
+        let mut kernel = crate::apply::kernel().map_err(|e| e.to_string())?;
+        kernel.enter_netns(ns).map_err(|e| e.to_string())?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()

@@ -68,9 +68,10 @@ enum Command {
         /// Supervise the services in this process (Ctrl-C stops them) instead of in the background.
         #[arg(long, conflicts_with = "dry_run")]
         foreground: bool,
-        /// Internal (what `plumb agent` does in-process): run only this host's part of a
-        /// cluster stack, as a JSON host assignment (replicas, overlay blocks and peers).
-        #[arg(long, hide = true)]
+        /// Bring up only one host's part of a cluster stack, given by hand as a JSON host
+        /// assignment (replicas, overlay blocks and peers): for trying an overlay without the
+        /// cluster store. `plumb agent` does the same from the store.
+        #[arg(long, value_name = "FILE")]
         assignment: Option<PathBuf>,
     },
     /// Remove everything a stack made, and nothing else.
@@ -86,6 +87,19 @@ enum Command {
         /// With --dry-run: print the plan (steps and their operations) as JSON.
         #[arg(long, requires = "dry_run")]
         json: bool,
+    },
+    /// Change how many replicas services of a stack run (until the next `plumb up` of its
+    /// file): new replicas are wired and started, removed ones stopped and unwired.
+    Scale {
+        /// SERVICE=N (or STACK/SERVICE=N), one or more.
+        #[arg(required = true, value_name = "SERVICE=N")]
+        services: Vec<String>,
+        /// The stack (default: the only stack that is up with these services).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List the containers of every stack that is up.
     Ps {
@@ -583,6 +597,7 @@ impl Command {
             | Command::Bench { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
+            | Command::Scale { .. }
             | Command::Restart { .. }
             | Command::Stop { .. }
             | Command::Start { .. }
@@ -675,6 +690,11 @@ fn main() -> ExitCode {
                     .and_then(|s| commands::down::run(&ctx, &s, mode)),
             }
         }
+        Command::Scale {
+            services,
+            stack,
+            dry_run,
+        } => commands::up::scale(&ctx, stack.as_deref(), &services, dry_run),
         Command::Ps { json } => commands::ps::run(&ctx, Format::from_json_flag(json)),
         Command::Services { file, stack, json } => {
             let format = Format::from_json_flag(json);

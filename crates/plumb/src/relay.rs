@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use plumb_core::chaos::{FaultKind, Impairment};
+use plumb_core::kernel::Kernel;
 
 use crate::failure::{Failure, Result};
 use crate::{faults, runfile};
@@ -118,9 +119,10 @@ pub fn run(stack_dir: &Path, id: u32) -> Result<()> {
     let FaultKind::Impair { impairment } = fault.kind else {
         return Err(Failure::new(format!("fault {id} has nothing to relay")));
     };
+    let mut kernel = crate::apply::kernel()?;
     let mut taps: Vec<File> = Vec::new();
     for d in &fault.detours {
-        let fd = plumb_linux::tap::open(&d.tap).map_err(|e| Failure::new(format!("cannot open tap {}: {e}", d.tap)))?;
+        let fd = kernel.open_tap(&d.tap)?;
         taps.push(File::from(fd));
     }
     let expires = fault.expires_ms.map(|e| {

@@ -409,7 +409,12 @@ fn a_client_reaches_a_vip_on_its_second_network() {
     assert!(eventually(Duration::from_secs(15), || all_ready(&sb, "side", "web", 3)));
     let counts = count(&sb, "side-client-1", &vip, 8000, 30);
     assert!(counts.errors.is_empty(), "{:?}", counts.errors);
-    assert_eq!(counts.names.values().collect::<Vec<_>>(), [&10, &10, &10], "{:?}", counts.names);
+    assert_eq!(
+        counts.names.values().collect::<Vec<_>>(),
+        [&10, &10, &10],
+        "{:?}",
+        counts.names
+    );
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

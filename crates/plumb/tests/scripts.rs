@@ -127,3 +127,134 @@ fn dry_run_json_lists_steps_and_their_operations() {
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+const CHAOS: &str = r#"
+name = "eqc"
+[networks.n]
+subnet = "10.93.7.0/24"
+[services.a]
+networks = ["n"]
+[services.b]
+networks = ["n"]
+replicas = 2
+"#;
+
+/// What a chaos fault makes on the host, normalized for comparison: each link's qdiscs and
+/// ingress filters (`tc -j`), and each chaos tap's bridge port flags, link flags, tun
+/// settings (persist, pi...) and master. Left out: indexes, MACs, timers, and what follows
+/// from the relay holding a tap open or not (carrier, operstate, port state).
+fn chaos_state(sb: &Sandbox) -> String {
+    sb.ok(r#"
+        set -e
+        for dev in $(ip -j link show | python3 -c 'import json, sys; print(" ".join(sorted(l["ifname"] for l in json.load(sys.stdin))))'); do
+            echo "qdisc $dev $(tc -j qdisc show dev $dev)"
+            echo "filter $dev $(tc -j filter show dev $dev ingress)"
+        done
+        bridge -j -d link show | python3 -c '
+import json, sys
+for l in sorted(json.load(sys.stdin), key=lambda l: l["ifname"]):
+    for k in ("ifindex", "state"): l.pop(k, None)
+    l["flags"] = [f for f in l["flags"] if f not in ("LOWER_UP", "NO-CARRIER")]
+    print("port", json.dumps(l, sort_keys=True))'
+        ip -j -d link show | python3 -c '
+import json, sys
+for l in sorted(json.load(sys.stdin), key=lambda l: l["ifname"]):
+    if (l.get("linkinfo") or {}).get("info_kind") != "tun": continue
+    for k in ("ifindex", "address", "operstate", "linkmode", "qdisc"): l.pop(k, None)
+    l["flags"] = [f for f in l["flags"] if f not in ("LOWER_UP", "NO-CARRIER")]
+    port = l["linkinfo"].get("info_slave_data") or {}
+    for k in [k for k in port if k.endswith("_timer") or k == "state"]: port.pop(k)
+    print("tap", json.dumps(l, sort_keys=True))'
+    "#)
+}
+
+/// A chaos fault's taps, bridge-port flags and tc redirects: the commands `plumb chaos
+/// --dry-run` prints, run by hand, leave the same kernel state as plumb making the fault
+/// (over netlink and ioctls); and the commands it prints for removing it, the same state as
+/// `plumb chaos clear`.
+fn chaos_script_and_execution_agree(fault: &[&str], expected: &[&str]) {
+    let by_script = Sandbox::start().unwrap();
+    let by_plumb = Sandbox::start().unwrap();
+    for sb in [&by_script, &by_plumb] {
+        sb.write("plumb.toml", CHAOS);
+        sb.plumb_ok(&["up"]);
+    }
+    let before = chaos_state(&by_plumb);
+    let script = by_script.plumb_ok(&[fault, &["--dry-run"]].concat());
+    by_script.write("chaos.sh", &script);
+    by_script.ok("sh chaos.sh");
+    by_plumb.plumb_ok(fault);
+    let (want, got) = (chaos_state(&by_plumb), chaos_state(&by_script));
+    // The comparison is over real objects: a persistent tap, quiet on its bridge, and a
+    // redirect to it.
+    for needle in [
+        "\"kind\":\"clsact\"",
+        "\"mirred_action\":\"redirect\",\"direction\":\"egress\",\"to_dev\":\"plc",
+        "\"persist\": true",
+        "\"pi\": false",
+        "\"learning\": false",
+        "\"master\": \"plb",
+        "\"bcast_flood\": false",
+        "\"mcast_flood\": false",
+        "\"flood\": false",
+        "\"ifalias\": \"plumb:eqc/chaos-1/",
+    ]
+    .iter()
+    .chain(expected)
+    {
+        assert!(want.contains(needle), "missing {needle:?} in:\n{want}");
+    }
+    assert_eq!(
+        got, want,
+        "the script of `plumb {fault:?}` left another state than executing it:\n{script}"
+    );
+
+    // The removal the script prints (commented out: it runs at `chaos clear`), run by hand.
+    let undo: String = script
+        .split("# Removed by")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(undo.contains("tc qdisc del dev plv"), "{script}");
+    by_script.write("undo.sh", &undo);
+    by_script.ok("sh undo.sh");
+    by_plumb.plumb_ok(&["chaos", "clear", "1"]);
+    let (want, got) = (chaos_state(&by_plumb), chaos_state(&by_script));
+    assert_eq!(
+        got, want,
+        "the removal in the script left another state than `plumb chaos clear`:\n{undo}"
+    );
+    assert_eq!(want, before, "clearing the fault left something of it");
+    for sb in [by_script, by_plumb] {
+        sb.plumb_ok(&["down"]);
+        sb.assert_clean();
+    }
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn the_script_of_a_chaos_fault_on_some_destinations_makes_what_executing_it_makes() {
+    chaos_script_and_execution_agree(
+        &["chaos", "a->b", "--delay", "50ms"],
+        &[
+            "\"protocol\":\"ip\"",
+            "\"match\":{\"value\":\"a5d0703\",\"mask\":\"ffffffff\",\"offmask\":\"\",\"off\":16}",
+        ],
+    );
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn the_script_of_a_chaos_fault_on_all_traffic_makes_what_executing_it_makes() {
+    chaos_script_and_execution_agree(
+        &["chaos", "a", "--delay", "50ms"],
+        &[
+            "\"protocol\":\"all\"",
+            "\"match\":{\"value\":\"0\",\"mask\":\"0\",\"offmask\":\"\",\"off\":0}",
+        ],
+    );
+}

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -373,12 +372,14 @@ impl Agent<'_> {
             *text == spec.text && *a == assignment && at.elapsed() < Duration::from_secs(30)
         });
         if !fresh {
-            let file = self.spec_file(stack, spec)?;
-            up::run(
+            // Through the engine, as `plumb up` does: the spec comes from the store, no file.
+            up::bring_up(
                 self.ctx,
-                &file,
-                up::Mode::Apply(up::Supervision::NoWait),
+                &parsed,
+                spec.dir.clone(),
+                None,
                 Some(&assignment),
+                up::Mode::Apply(up::Supervision::NoWait),
             )?;
             self.applied.insert(
                 stack.to_string(),
@@ -469,15 +470,6 @@ impl Agent<'_> {
             "network {network} ({subnet}) has no free /{prefix} block left for this host"
         ))
         .hint("give the overlay a larger subnet or a longer host_prefix"))
-    }
-
-    /// The stack file as this host keeps it (private to root, beside the state).
-    fn spec_file(&self, stack: &str, spec: &SpecRecord) -> Result<PathBuf> {
-        let dir = self.ctx.state.root.join("cluster");
-        plumb_engine::state::create_private_dir(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display())))?;
-        let path = dir.join(format!("{stack}.toml"));
-        crate::state::write_atomically(&path, spec.text.as_bytes())?;
-        Ok(path)
     }
 
     /// This host's replicas of `stack` as the store should show them.

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod pki;
+pub mod records;
 pub mod store;
 
 use std::collections::BTreeMap;
