@@ -1,6 +1,7 @@
 //! Set-element changes over netlink: an `up` that only changes elements (a policy's sources)
 //! runs no `nft -f`, its packets see the change, and it leaves the sets exactly as `nft -f` of
-//! its own `--dry-run` rendering does (`nft -j list set`, byte for byte).
+//! its own `--dry-run` rendering does (`nft -j list set`, byte for byte). While no other
+//! transaction came since plumb's own, `up` does not list the ruleset; one that did is seen.
 
 mod common;
 
@@ -110,6 +111,25 @@ fn policy_element_edits_go_over_netlink_and_leave_what_nft_would() {
     for ((set, netlink), (_, nft)) in by_netlink.iter().zip(&by_nft) {
         assert_eq!(netlink, nft, "{set} differs");
     }
+
+    let logged_up = || {
+        let _ = std::fs::remove_file(&log);
+        sb.ok(&format!(
+            "PATH={}:$PATH {PLUMB} up -f {}",
+            bin.display(),
+            path_str(&after_file)
+        ));
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    // The hand-applied rendering moved the generation: the next `up` lists and finds the sets
+    // as it wants them; after that, nothing committed since: an `up` runs no `nft` at all.
+    assert!(logged_up().contains("list ruleset"));
+    assert_eq!(logged_up(), "", "an up with nothing to do listed the ruleset");
+    // An element added by hand moves the generation: listed, seen, and the table re-asserted.
+    sb.ok("nft add element inet plumb_el policy_allow { 192.0.2.1 . 10.71.0.3 . tcp . 22 }");
+    assert!(logged_up().contains("list ruleset"));
+    let allow = sb.ok("nft list set inet plumb_el policy_allow");
+    assert!(!allow.contains("192.0.2.1"), "{allow}");
 
     sb.plumb_ok(&["down", "-f", path_str(&after_file)]);
     sb.assert_clean();
