@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use plumb_core::cluster::{self, HostAssignment, OverlayAssignment, VXLAN_OVERHEA
 use plumb_core::spec::{self, Parsed};
 
 use super::keys;
+use super::lease::LeaseClock;
 use super::store::{Expect, Store};
 use super::{EndpointRecord, HostRecord, HostReport, SpecRecord, StackView, View};
 use crate::commands::{down, require_nft, require_root, up, Context};
@@ -90,7 +91,7 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
         ttl: options.ttl.max(Duration::from_secs(1)),
         ttl_secs,
         lease: Arc::new(AtomicI64::new(0)),
-        renewed_ms: Arc::new(AtomicU64::new(0)),
+        renewed: Arc::new(LeaseClock::default()),
         applied: BTreeMap::new(),
         tx_offload: options.tx_offload,
     };
@@ -152,8 +153,8 @@ struct Agent<'a> {
     ttl_secs: i64,
     /// The current lease (0: none).
     lease: Arc<AtomicI64>,
-    /// When the store last renewed it (Unix ms).
-    renewed_ms: Arc<AtomicU64>,
+    /// When the store last renewed it (on the monotonic clock).
+    renewed: Arc<LeaseClock>,
     /// Per stack: the spec text and assignment last made real here.
     applied: BTreeMap<String, (String, HostAssignment, Instant)>,
     tx_offload: bool,
@@ -194,17 +195,17 @@ impl Agent<'_> {
             }
         }
         self.lease.store(lease, Ordering::SeqCst);
-        self.renewed_ms.store(runfile::unix_ms(), Ordering::SeqCst);
-        let (held, renewed) = (self.lease.clone(), self.renewed_ms.clone());
+        self.renewed.renewed();
+        let (held, renewed) = (self.lease.clone(), self.renewed.clone());
         self.store.keep_alive(lease, self.ttl / 3, move |ttl| match ttl {
             _ if held.load(Ordering::SeqCst) != lease => false,
             Some(t) if t > 0 => {
-                renewed.store(runfile::unix_ms(), Ordering::SeqCst);
+                renewed.renewed();
                 true
             }
             // The store says the lease is gone: make it look expired.
             Some(_) => {
-                renewed.store(0, Ordering::SeqCst);
+                renewed.expire();
                 true
             }
             None => true,
@@ -214,8 +215,7 @@ impl Agent<'_> {
     }
 
     fn lease_lost(&self) -> bool {
-        let renewed = self.renewed_ms.load(Ordering::SeqCst);
-        runfile::unix_ms().saturating_sub(renewed) > self.ttl.as_millis() as u64
+        self.renewed.lost(self.ttl)
     }
 
     /// Removes every cluster stack this host runs.

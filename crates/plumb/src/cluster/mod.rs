@@ -4,6 +4,7 @@
 //! writes it.
 
 pub mod agent;
+pub mod lease;
 pub mod pki;
 pub mod records;
 pub mod store;
