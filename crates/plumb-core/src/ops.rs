@@ -158,8 +158,9 @@ pub enum Op {
         link: String,
         group: u32,
     },
-    /// Deletes every host link in the group in one request; an empty group is not an error.
-    /// Execution first checks that only links of this plan are in the group.
+    /// Deletes the plan's host links in the group: in one request if every link in the group
+    /// is one of `links`, else (another owner's link has the number) the plan's one by one
+    /// ([`group_delete`]). An empty group is not an error.
     LinkDelGroup {
         group: u32,
         links: Vec<String>,
@@ -275,9 +276,7 @@ impl Op {
             Op::LinkSetGroup { link, group } => {
                 format!("if ip link show {link} >/dev/null 2>&1; then ip link set {link} group {group}; fi")
             }
-            Op::LinkDelGroup { group, .. } => {
-                format!("ip link del group {group} 2>/dev/null || true  # nothing left in the group is fine")
-            }
+            Op::LinkDelGroup { group, links } => link_del_group(*group, links),
             Op::NetnsDel { name } => format!("if [ -e /run/netns/{name} ]; then ip netns del {name}; fi"),
             Op::ResolvConf { netns, content } => {
                 let text = content.replace('%', "%%").replace('\n', "\\n");
@@ -332,6 +331,38 @@ impl Op {
 }
 
 /// ` mtu N`, or nothing for the kernel's default.
+/// How [`Op::LinkDelGroup`] deletes, given the links now in its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupDelete {
+    /// The whole group in one request: every member is the plan's.
+    Whole,
+    /// These members (the plan's), one by one: another owner's link shares the group.
+    Each(Vec<String>),
+}
+
+/// Whether the group's `members` may go in one request, or only the plan's `links` in it.
+pub fn group_delete(members: &[String], links: &[String]) -> GroupDelete {
+    if members.iter().all(|m| links.contains(m)) {
+        GroupDelete::Whole
+    } else {
+        GroupDelete::Each(members.iter().filter(|m| links.contains(m)).cloned().collect())
+    }
+}
+
+/// [`group_delete`] in the shell: the group's members are `ip -o link show group` names.
+fn link_del_group(group: u32, links: &[String]) -> String {
+    let members = format!("ip -o link show group {group} | sed 's/^[0-9]*: \\([^:@]*\\).*/\\1/'");
+    let patterns: String = if links.is_empty() {
+        " -e ''".to_string()
+    } else {
+        links.iter().map(|l| format!(" -e {l}")).collect()
+    };
+    format!(
+        "if [ -z \"$({members} | grep -vxF{patterns})\" ]; then ip link del group {group} 2>/dev/null || true; \
+         else for l in $({members} | grep -xF{patterns}); do ip link del \"$l\"; done; fi"
+    )
+}
+
 fn mtu_arg(mtu: Option<u32>) -> String {
     mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
 }
@@ -351,6 +382,17 @@ fn stop_processes(namespaces: &[String], grace_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_with_another_owners_link_is_deleted_link_by_link() {
+        let v = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(group_delete(&v(&["a", "b"]), &v(&["a", "b", "c"])), GroupDelete::Whole);
+        assert_eq!(group_delete(&[], &v(&["a"])), GroupDelete::Whole);
+        assert_eq!(
+            group_delete(&v(&["a", "theirs", "b"]), &v(&["a", "b", "c"])),
+            GroupDelete::Each(v(&["a", "b"]))
+        );
+    }
 
     #[test]
     fn each_op_reads_like_the_command_it_replaces() {

@@ -267,14 +267,18 @@ impl World {
                     l.group = *group;
                 }
             }
-            Op::LinkDelGroup { group, .. } => {
+            Op::LinkDelGroup { group, links } => {
                 let members: Vec<String> = self
                     .links
                     .iter()
                     .filter(|(_, l)| l.group == *group)
                     .map(|(n, _)| n.clone())
                     .collect();
-                for name in members {
+                let doomed = match plumb_core::ops::group_delete(&members, links) {
+                    plumb_core::ops::GroupDelete::Whole => members,
+                    plumb_core::ops::GroupDelete::Each(ours) => ours,
+                };
+                for name in doomed {
                     self.delete_host_link(&name);
                 }
             }
@@ -354,6 +358,16 @@ impl World {
         if let Some(t) = self.tables.get_mut(table) {
             t.chains.clear();
         }
+    }
+
+    /// A bridge plumb did not make, in interface group `group`.
+    pub fn add_foreign_bridge(&mut self, name: &str, group: u32) {
+        let link = Link {
+            kind: "bridge",
+            group,
+            ..Link::default()
+        };
+        self.links.insert(name.to_string(), link);
     }
 
     pub fn namespace_names(&self) -> Vec<String> {

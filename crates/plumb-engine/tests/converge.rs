@@ -212,6 +212,30 @@ fn down_converges_and_leaves_nothing() {
     assert!(w.namespace_names().is_empty() && w.link_names().is_empty() && w.table_names().is_empty());
 }
 
+/// Someone else's link in the interface group the teardown deletes in one request: as on the
+/// real kernel, only the stack's links go.
+#[test]
+fn down_spares_a_foreign_link_in_the_stacks_link_group() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let plan = host.plan(None);
+    let group = plan
+        .steps
+        .iter()
+        .flat_map(|s| &s.ops)
+        .find_map(|op| match op {
+            Op::LinkDelGroup { group, .. } => Some(*group),
+            _ => None,
+        })
+        .expect("a group delete");
+    host.kernel.world().add_foreign_bridge("foreign0", group);
+    let outcome = execute(&mut host.kernel, &plan, OnError::Continue, &|_, _, _| {});
+    assert!(outcome.ok(), "{:?}", outcome.errors);
+    let w = host.kernel.world();
+    assert_eq!(w.link_names(), ["foreign0"]);
+    assert!(w.namespace_names().is_empty() && w.table_names().is_empty());
+}
+
 #[test]
 fn teardown_goes_on_past_a_failure_and_reports_it() {
     let mut host = Host::new();

@@ -2,7 +2,7 @@
 //! here, with in-process netlink (a socket per namespace, opened once), sysctl writes and
 //! `nft` transactions in the background.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use plumb_core::kernel::{
     Transport,
 };
 use plumb_core::names;
-use plumb_core::ops::{At, Ipv6, Op};
+use plumb_core::ops::{group_delete, At, GroupDelete, Ipv6, Op};
 use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
 
 use crate::link::LinkRef;
@@ -311,9 +311,9 @@ impl LinuxKernel {
     }
 
     /// Deletes the group in one request, unless a link this plan does not name is in it
-    /// (someone else's group with the same number): then only the named links, one by one.
+    /// (someone else's group with the same number): then only the named links, one by one
+    /// ([`group_delete`], as the script and the fake do).
     fn delete_group(&mut self, group: u32, links: &[String]) -> crate::netlink::Result<()> {
-        let ours: BTreeSet<&str> = links.iter().map(String::as_str).collect();
         let members: Vec<link::Link> = link::list(&mut self.host)?
             .into_iter()
             .filter(|l| l.group == group)
@@ -323,13 +323,16 @@ impl LinuxKernel {
                 self.bridges.remove(&l.name);
             }
         }
-        if members.iter().all(|l| ours.contains(l.name.as_str())) {
-            return tolerate(link::delete_group(&mut self.host, group), Errno::ENODEV);
+        let names: Vec<String> = members.into_iter().map(|l| l.name).collect();
+        match group_delete(&names, links) {
+            GroupDelete::Whole => tolerate(link::delete_group(&mut self.host, group), Errno::ENODEV),
+            GroupDelete::Each(ours) => {
+                for name in &ours {
+                    tolerate(link::delete(&mut self.host, name), Errno::ENODEV)?;
+                }
+                Ok(())
+            }
         }
-        for l in members.iter().filter(|l| ours.contains(l.name.as_str())) {
-            tolerate(link::delete(&mut self.host, &l.name), Errno::ENODEV)?;
-        }
-        Ok(())
     }
 }
 
