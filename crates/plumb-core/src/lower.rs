@@ -23,6 +23,13 @@ pub fn enable_forwarding() -> Step {
     }
 }
 
+pub fn disable_forwarding() -> Step {
+    Step {
+        what: What::DisableForwarding,
+        ops: vec![sysctl("net.ipv4.ip_forward".into(), "0")],
+    }
+}
+
 pub fn stop_processes(namespaces: Vec<String>) -> Step {
     Step {
         ops: vec![Op::StopProcesses {

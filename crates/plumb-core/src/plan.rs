@@ -19,6 +19,9 @@ use crate::{firewall, lower, names};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Actual {
     pub ip_forward: bool,
+    /// plumb turned IPv4 forwarding on and this stack is the last one up: removing it turns
+    /// forwarding off again (the state store knows this, not the kernel).
+    pub forwarding_to_restore: bool,
     /// The stack's bridges (by alias) and any link named like a desired bridge.
     pub bridges: BTreeMap<String, ObservedLink>,
     /// Host-side veth ends (names starting with `plv`).
@@ -131,6 +134,8 @@ pub struct Step {
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum What {
     EnableForwarding,
+    /// The last stack is gone and forwarding was off before plumb: off again.
+    DisableForwarding,
     /// Anything running inside a namespace keeps it (and its veths) alive: end it first.
     StopProcesses {
         namespaces: Vec<String>,
@@ -329,6 +334,9 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         steps.push(lower::firewall(What::ApplyFirewall { tables: tables(&nft) }, nft));
     }
     steps.extend(created.into_iter().map(|c| lower::create_container(stack, c)));
+    if desired.is_none() && actual.forwarding_to_restore && actual.ip_forward {
+        steps.push(lower::disable_forwarding());
+    }
     Plan { steps }
 }
 
@@ -667,6 +675,7 @@ mod tests {
             .iter()
             .map(|s| match s.what {
                 What::EnableForwarding => "forwarding",
+                What::DisableForwarding => "no forwarding",
                 What::CreateBridge { .. } => "create bridge",
                 What::CreateOverlay { .. } => "create overlay",
                 What::UpdateOverlay { .. } => "update overlay",
@@ -679,6 +688,27 @@ mod tests {
                 What::RestoreFault { .. } => "restore fault",
             })
             .collect()
+    }
+
+    #[test]
+    fn the_last_down_turns_forwarding_off_as_a_step_of_its_plan() {
+        let d = desired(STACK);
+        let mut actual = applied(&d);
+        assert!(!kinds(&diff("s", None, &actual)).contains(&"no forwarding"));
+        actual.forwarding_to_restore = true;
+        let plan = diff("s", None, &actual);
+        assert_eq!(kinds(&plan).last(), Some(&"no forwarding"));
+        assert_eq!(
+            plan.steps.last().unwrap().ops,
+            [Op::Sysctl {
+                key: "net.ipv4.ip_forward".into(),
+                value: "0".into()
+            }]
+        );
+        // Not while the stack stays, nor when forwarding is off already.
+        assert!(!kinds(&diff("s", Some(&d), &actual)).contains(&"no forwarding"));
+        actual.ip_forward = false;
+        assert!(!kinds(&diff("s", None, &actual)).contains(&"no forwarding"));
     }
 
     #[test]

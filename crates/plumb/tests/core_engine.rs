@@ -337,8 +337,18 @@ fn forwarding_turned_on_by_plumb_is_turned_off_by_the_last_down() {
     let forwarding = || sb.ok("sysctl -n net.ipv4.ip_forward").trim().to_string();
     assert_eq!(forwarding(), "1");
     assert!(sb.ping("a-s-1", OUTSIDE_IP));
+    let off = "sysctl -qw net.ipv4.ip_forward=0";
+    let script = sb.plumb_ok(&["down", "a", "--dry-run"]);
+    assert!(!script.contains(off), "stack b still needs forwarding:\n{script}");
     sb.plumb_ok(&["down", "a"]);
     assert_eq!(forwarding(), "1", "stack b still needs it");
+    // The last down's plan says it turns forwarding off, and --dry-run changes nothing.
+    let script = sb.plumb_ok(&["down", "b", "--dry-run"]);
+    assert!(
+        script.contains(off),
+        "the last down's script leaves forwarding on:\n{script}"
+    );
+    assert_eq!(forwarding(), "1");
     sb.plumb_ok(&["down", "b"]);
     assert_eq!(forwarding(), "0", "the machine is left as plumb found it");
     sb.assert_clean();
