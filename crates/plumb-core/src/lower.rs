@@ -30,6 +30,21 @@ pub fn disable_forwarding() -> Step {
     }
 }
 
+/// Links of `net` set to its MTU (none: no step).
+pub fn set_mtu(net: &Network, ops: Vec<Op>) -> Option<Step> {
+    let mtu = ops.iter().find_map(|op| match op {
+        Op::LinkMtu { mtu, .. } => Some(*mtu),
+        _ => None,
+    })?;
+    Some(Step {
+        what: What::SetMtu {
+            network: net.name.clone(),
+            mtu,
+        },
+        ops,
+    })
+}
+
 pub fn stop_processes(namespaces: Vec<String>) -> Step {
     Step {
         ops: vec![Op::StopProcesses {

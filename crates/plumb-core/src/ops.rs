@@ -133,6 +133,12 @@ pub enum Op {
         at: At,
         link: String,
     },
+    /// Sets a link's MTU in place (an overlay's MTU followed its underlay's).
+    LinkMtu {
+        at: At,
+        link: String,
+        mtu: u32,
+    },
     /// A bridge port brought up in hairpin mode (a frame may leave by the port it came in
     /// on), in one request.
     BridgePortUp {
@@ -269,6 +275,7 @@ impl Op {
                 format!("{} link set {link} alias {alias}{gen}", at.ip())
             }
             Op::LinkUp { at, link } => format!("{} link set {link} up", at.ip()),
+            Op::LinkMtu { at, link, mtu } => format!("{} link set {link} mtu {mtu}", at.ip()),
             Op::BridgePortUp { link } => format!("ip link set {link} up type bridge_slave hairpin on"),
             Op::AddrAdd { at, link, cidr } => format!("{} addr add {cidr} dev {link}", at.ip()),
             Op::DefaultRoute { at, gateway } => format!("{} route add default via {gateway}", at.ip()),

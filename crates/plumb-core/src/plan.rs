@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cluster;
 use crate::desired::{Container, Desired, Network, Overlay};
 use crate::firewall::{NftChange, Ruleset, TableId};
-use crate::ops::Op;
+use crate::ops::{At, Op};
 use crate::{firewall, lower, names};
 
 /// What the kernel holds of one stack, read back by the observer.
@@ -101,6 +101,8 @@ pub struct ObservedLink {
     pub master: Option<String>,
     pub up: bool,
     pub addresses: Vec<Ipv4Net>,
+    /// None: not read.
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -164,6 +166,12 @@ pub enum What {
         network: String,
         device: String,
     },
+    /// Kept links of a network whose MTU is not the network's (an overlay's MTU followed its
+    /// underlay's, or someone changed it) set to it in place: the ports, then the bridge.
+    SetMtu {
+        network: String,
+        mtu: u32,
+    },
     ApplyFirewall {
         tables: Vec<String>,
     },
@@ -203,6 +211,9 @@ impl Plan {
         self.steps.iter().flat_map(|s| &s.ops)
     }
 }
+
+/// The MTU of a link made without one (bridges and veths of a network that is not an overlay).
+pub const DEFAULT_MTU: u32 = 1500;
 
 /// How long processes found in a namespace being deleted get between SIGTERM and SIGKILL.
 pub const STOP_GRACE_MS: u64 = 3000;
@@ -329,6 +340,13 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         steps.push(lower::create_bridge(net));
     }
     steps.extend(overlays);
+    let kept: Vec<&Container> = want_containers
+        .iter()
+        .filter(|c| !created.iter().any(|n| n.netns == c.netns))
+        .collect();
+    for net in want_networks.iter().filter(|n| !rebuilt.contains(n.bridge.as_str())) {
+        steps.extend(lower::set_mtu(net, mtu_drift(net, &kept, actual)));
+    }
 
     if desired.is_some() && !nft.is_empty() {
         steps.push(lower::firewall(What::ApplyFirewall { tables: tables(&nft) }, nft));
@@ -338,6 +356,34 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         steps.push(lower::disable_forwarding());
     }
     Plan { steps }
+}
+
+/// The kept links of `net` (its bridge and both ends of its kept containers' veths) whose MTU
+/// is not the network's, as operations that set it: the ports first, then the bridge.
+fn mtu_drift(net: &Network, kept: &[&Container], actual: &Actual) -> Vec<Op> {
+    let want = net.mtu().unwrap_or(DEFAULT_MTU);
+    let drifted = |link: Option<&ObservedLink>| link.and_then(|l| l.mtu).is_some_and(|m| m != want);
+    let set = |at: At, link: &str| Op::LinkMtu {
+        at,
+        link: link.to_string(),
+        mtu: want,
+    };
+    let mut ops = Vec::new();
+    for c in kept {
+        for i in c.interfaces.iter().filter(|i| i.bridge == net.bridge) {
+            if drifted(actual.host_veths.get(&i.host_veth)) {
+                ops.push(set(At::Host, &i.host_veth));
+            }
+            let inside = actual.containers.get(&c.netns).and_then(|ns| ns.links.get(&i.name));
+            if drifted(inside) {
+                ops.push(set(At::Netns(c.netns.clone()), &i.name));
+            }
+        }
+    }
+    if drifted(actual.bridges.get(&net.bridge)) {
+        ops.push(set(At::Host, &net.bridge));
+    }
+    ops
 }
 
 /// The changes that turn the stack's tables into the wanted ones: each wanted table created,
@@ -464,6 +510,7 @@ mod tests {
                 master: None,
                 up: true,
                 addresses: vec![n.gateway_cidr()],
+                mtu: Some(n.mtu().unwrap_or(DEFAULT_MTU)),
             };
             actual.bridges.insert(n.bridge.clone(), link);
         }
@@ -480,11 +527,13 @@ mod tests {
                     master: None,
                     up: true,
                     addresses: vec![i.cidr()],
+                    mtu: Some(i.mtu.unwrap_or(DEFAULT_MTU)),
                 };
                 ns.links.insert(i.name.clone(), inside);
                 let outside = ObservedLink {
                     master: Some(i.bridge.clone()),
                     up: true,
+                    mtu: Some(i.mtu.unwrap_or(DEFAULT_MTU)),
                     ..Default::default()
                 };
                 actual.host_veths.insert(i.host_veth.clone(), outside);
@@ -503,6 +552,7 @@ mod tests {
                     master: None,
                     up: true,
                     addresses: vec![vtep_cidr(n)],
+                    mtu: Some(o.mtu),
                 },
                 vni: Some(o.vni),
                 local: Some(o.local),
@@ -530,6 +580,10 @@ mod tests {
 
     /// Host h1 of a three-host cluster (block 10.50.0.0/24), running a-1, with `peers`.
     fn on_h1(peers: Vec<cluster::OverlayPeer>) -> Desired {
+        on_h1_with_mtu(peers, 1450)
+    }
+
+    fn on_h1_with_mtu(peers: Vec<cluster::OverlayPeer>, mtu: u32) -> Desired {
         let assignment = cluster::HostAssignment {
             host: "h1".into(),
             replicas: [("a".to_string(), [1].into())].into(),
@@ -538,7 +592,7 @@ mod tests {
                 cluster::OverlayAssignment {
                     block: "10.50.0.0/24".parse().unwrap(),
                     local: "10.99.0.11".parse().unwrap(),
-                    mtu: 1450,
+                    mtu,
                     tx_offload: false,
                     peers,
                 },
@@ -559,6 +613,43 @@ mod tests {
             peer("h2", "10.99.0.12", "10.50.1.0/24"),
             peer("h3", "10.99.0.13", "10.50.2.0/24"),
         ]
+    }
+
+    /// The underlay's MTU changed: the overlay's is lower now. The VXLAN device is made
+    /// again, and the bridge and both ends of each veth take the new MTU in place.
+    #[test]
+    fn an_overlay_mtu_change_reaches_the_bridge_and_the_veths() {
+        let actual = applied(&on_h1_with_mtu(two_peers(), 1450));
+        let d = on_h1_with_mtu(two_peers(), 1400);
+        let plan = diff("s", Some(&d), &actual);
+        assert_eq!(kinds(&plan), ["remove links", "create overlay", "set mtu"]);
+        let (net, c) = (&d.networks[0], &d.containers[0]);
+        let i = &c.interfaces[0];
+        assert_eq!(
+            plan.steps[2].ops,
+            [
+                Op::LinkMtu {
+                    at: At::Host,
+                    link: i.host_veth.clone(),
+                    mtu: 1400
+                },
+                Op::LinkMtu {
+                    at: At::Netns(c.netns.clone()),
+                    link: i.name.clone(),
+                    mtu: 1400
+                },
+                Op::LinkMtu {
+                    at: At::Host,
+                    link: net.bridge.clone(),
+                    mtu: 1400
+                },
+            ]
+        );
+        let mut after = applied(&d);
+        assert!(diff("s", Some(&d), &after).is_empty());
+        // A link changed behind plumb's back is set back.
+        after.host_veths.get_mut(&i.host_veth).unwrap().mtu = Some(9000);
+        assert_eq!(kinds(&diff("s", Some(&d), &after)), ["set mtu"]);
     }
 
     #[test]
@@ -686,6 +777,7 @@ mod tests {
                 What::ApplyFirewall { .. } => "apply firewall",
                 What::DeleteFirewall { .. } => "delete firewall",
                 What::RestoreFault { .. } => "restore fault",
+                What::SetMtu { .. } => "set mtu",
             })
             .collect()
     }

@@ -14,6 +14,7 @@ use plumb_core::kernel::{
     Flow, HostLink, HostRoute, Kernel, KernelError, KernelResult, LinkCounters, Listener, NftListing, SocketInfo,
     Transport,
 };
+use plumb_core::plan::DEFAULT_MTU;
 use plumb_core::{names, At, ObservedLink, ObservedNetns, ObservedVxlan, Op};
 
 const EEXIST: i32 = 17;
@@ -30,6 +31,7 @@ struct Link {
     master: Option<String>,
     up: bool,
     addresses: Vec<Ipv4Net>,
+    mtu: Option<u32>,
     /// For a host veth: the namespace and name of its peer.
     peer: Option<(String, String)>,
     /// For a VXLAN device: its settings and entries.
@@ -135,12 +137,13 @@ impl World {
                 }
                 self.namespaces.insert(name.clone(), Netns::default());
             }
-            Op::BridgeAdd { name, .. } => {
+            Op::BridgeAdd { name, mtu, .. } => {
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add bridge {name}"), EEXIST));
                 }
                 let bridge = Link {
                     kind: "bridge",
+                    mtu: Some(mtu.unwrap_or(DEFAULT_MTU)),
                     ..Default::default()
                 };
                 self.links.insert(name.clone(), bridge);
@@ -151,8 +154,9 @@ impl World {
                 peer,
                 netns,
                 peer_mac,
-                ..
+                mtu,
             } => {
+                let mtu = Some(mtu.unwrap_or(DEFAULT_MTU));
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add veth {name}"), EEXIST));
                 }
@@ -169,6 +173,7 @@ impl World {
                 let inside = Link {
                     kind: "veth",
                     mac: Some(peer_mac.clone()),
+                    mtu,
                     ..Default::default()
                 };
                 ns.links.insert(peer.clone(), inside);
@@ -176,6 +181,7 @@ impl World {
                     kind: "veth",
                     master: Some(bridge.clone()),
                     peer: Some((netns.clone(), peer.clone())),
+                    mtu,
                     ..Default::default()
                 };
                 self.links.insert(name.clone(), host);
@@ -201,6 +207,7 @@ impl World {
                 let link = Link {
                     kind: "vxlan",
                     mac: Some(mac.clone()),
+                    mtu: Some(*mtu),
                     vxlan: Some(vxlan),
                     ..Default::default()
                 };
@@ -235,6 +242,7 @@ impl World {
                 self.entries(link)?.fdb.remove(&(mac.clone(), *dst));
             }
             Op::LinkAlias { at, link, alias, .. } => self.link(at, link)?.alias = Some(alias.clone()),
+            Op::LinkMtu { at, link, mtu } => self.link(at, link)?.mtu = Some(*mtu),
             Op::LinkUp { at, link } => {
                 if let (At::Netns(ns), "lo") = (at, link.as_str()) {
                     let n = self.namespaces.get_mut(ns).ok_or_else(|| fail("find netns", ENOENT))?;
@@ -360,6 +368,13 @@ impl World {
         }
     }
 
+    /// Changes a link's MTU behind plumb's back.
+    pub fn set_mtu(&mut self, at: &At, link: &str, mtu: u32) {
+        if let Ok(l) = self.link(at, link) {
+            l.mtu = Some(mtu);
+        }
+    }
+
     /// A bridge plumb did not make, in interface group `group`.
     pub fn add_foreign_bridge(&mut self, name: &str, group: u32) {
         let link = Link {
@@ -394,6 +409,7 @@ fn observed(l: &Link) -> ObservedLink {
         master: l.master.clone(),
         up: l.up,
         addresses: l.addresses.clone(),
+        mtu: l.mtu,
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use plumb_core::desired::resolve;
 use plumb_core::spec::parse;
-use plumb_core::{plan, Desired, Op, Plan, What};
+use plumb_core::{plan, At, Desired, Op, Plan, What};
 
 use plumb_engine::fake::FakeKernel;
 use plumb_engine::state::StackState;
@@ -234,6 +234,34 @@ fn down_spares_a_foreign_link_in_the_stacks_link_group() {
     let w = host.kernel.world();
     assert_eq!(w.link_names(), ["foreign0"]);
     assert!(w.namespace_names().is_empty() && w.table_names().is_empty());
+}
+
+/// The MTU of a bridge, or of either end of a veth, changed behind plumb's back is noticed and
+/// set back, without rebuilding anything.
+#[test]
+fn a_changed_link_mtu_is_set_back_in_place() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let bridge = host
+        .kernel
+        .world()
+        .link_names()
+        .into_iter()
+        .find(|l| l.starts_with("plb"))
+        .unwrap();
+    let veth = host
+        .kernel
+        .world()
+        .link_names()
+        .into_iter()
+        .find(|l| l.starts_with("plv"))
+        .unwrap();
+    host.kernel.world().set_mtu(&At::Host, &bridge, 1400);
+    host.kernel.world().set_mtu(&At::Host, &veth, 9000);
+    host.kernel.world().set_mtu(&At::Netns("s-api-1".into()), "eth0", 1280);
+    let plan = host.apply(Some(BASE));
+    assert_eq!(kinds(&plan), ["set_mtu"]);
+    assert_eq!(plan.ops().count(), 3);
 }
 
 #[test]

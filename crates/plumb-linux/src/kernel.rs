@@ -207,6 +207,7 @@ impl LinuxKernel {
                 }
             }
             Op::LinkUp { at, link: l } => link::set_up(self.socket(at)?, LinkRef::Name(l)),
+            Op::LinkMtu { at, link: l, mtu } => link::set_mtu(self.socket(at)?, LinkRef::Name(l), *mtu),
             Op::BridgePortUp { link: l } => link::set_port_up_with_hairpin(&mut self.host, LinkRef::Name(l)),
             Op::AddrAdd { at, link: l, cidr } => {
                 let nl = self.socket(at)?;
@@ -299,6 +300,7 @@ impl LinuxKernel {
                 master: None,
                 up: l.up,
                 addresses,
+                mtu: l.mtu,
             },
             vni: Some(v.vni),
             local: v.local,
@@ -384,6 +386,7 @@ impl Kernel for LinuxKernel {
                     master: l.master.and_then(|m| names.get(&m).cloned()),
                     up: l.up,
                     addresses: addresses.remove(&l.index).unwrap_or_default(),
+                    mtu: l.mtu,
                 },
                 name: l.name,
                 kind: l.kind,
@@ -558,6 +561,7 @@ pub fn observe_netns(nl: &mut Netlink) -> crate::netlink::Result<ObservedNetns> 
             master: None,
             up: l.up,
             addresses: addresses.remove(&l.index).unwrap_or_default(),
+            mtu: l.mtu,
         };
         ns.links.insert(l.name, observed);
     }

@@ -268,6 +268,15 @@ pub fn set_up(nl: &mut Netlink, link: LinkRef) -> Result<()> {
     )
 }
 
+pub fn set_mtu(nl: &mut Netlink, link: LinkRef, mtu: u32) -> Result<()> {
+    set(
+        nl,
+        link,
+        |m| m.attributes.push(LinkAttribute::Mtu(mtu)),
+        || format!("set the MTU of {link:?} to {mtu}"),
+    )
+}
+
 pub fn set_alias(nl: &mut Netlink, link: LinkRef, alias: &str) -> Result<()> {
     set(
         nl,
