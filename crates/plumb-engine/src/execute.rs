@@ -45,6 +45,8 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
     let mut outcome = Outcome::default();
     let total = plan.steps.len();
     let mut done = 0;
+    // The nft changes of the operations that ran (after a stop, later ones never did).
+    let mut started: Vec<&NftChange> = Vec::new();
     while done < total && (outcome.ok() || on_error == OnError::Continue) {
         progress(done, total, "steps applied");
         let batch: Vec<&Step> = plan.steps[done..]
@@ -55,10 +57,17 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
             let step = &plan.steps[done];
             done += 1;
             for op in &step.ops {
-                if let Err(e) = kernel.apply(op) {
-                    outcome.errors.push(e);
-                    if on_error == OnError::Stop {
-                        break;
+                match kernel.apply(op) {
+                    Ok(()) => {
+                        if let Op::Nft { changes } = op {
+                            started.extend(changes);
+                        }
+                    }
+                    Err(e) => {
+                        outcome.errors.push(e);
+                        if on_error == OnError::Stop {
+                            break;
+                        }
                     }
                 }
             }
@@ -68,17 +77,9 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
         }
     }
     // Background work (the nft transaction) completes whatever happened after it started.
-    let changes: Vec<&NftChange> = plan
-        .ops()
-        .filter_map(|op| match op {
-            Op::Nft { changes } => Some(changes),
-            _ => None,
-        })
-        .flatten()
-        .collect();
     match kernel.settle() {
         Ok(()) => {
-            for change in changes {
+            for change in started {
                 let left = change.result().map(|ruleset| AppliedFirewall {
                     ruleset: ruleset.clone(),
                     fingerprint: None,

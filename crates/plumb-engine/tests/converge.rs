@@ -264,6 +264,36 @@ fn a_changed_link_mtu_is_set_back_in_place() {
     assert_eq!(plan.ops().count(), 3);
 }
 
+/// An `up` that stops at a failure before its firewall step reports no table as applied: the
+/// record must not claim rules that never ran.
+#[test]
+fn after_a_stop_nft_changes_that_never_ran_are_not_recorded() {
+    let mut host = Host::new();
+    let (desired, _) = resolve(&parse("f", BASE).unwrap(), &Default::default()).unwrap();
+    let mut plan = host.plan(Some(&desired));
+    let firewall = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s.what, What::ApplyFirewall { .. }))
+        .expect("a firewall step");
+    // An operation that fails (a route outside any namespace) in a step before it.
+    plan.steps[firewall - 1].ops.insert(
+        0,
+        Op::DefaultRoute {
+            at: At::Host,
+            gateway: [10, 0, 0, 1].into(),
+        },
+    );
+    let outcome = execute(&mut host.kernel, &plan, OnError::Stop, &|_, _, _| {});
+    assert_eq!(outcome.errors.len(), 1);
+    assert!(
+        host.kernel.world().table_names().is_empty(),
+        "the firewall step never ran"
+    );
+    let recorded: Vec<String> = outcome.firewall.iter().map(|(t, _)| t.to_string()).collect();
+    assert!(recorded.is_empty(), "recorded as applied: {recorded:?}");
+}
+
 #[test]
 fn teardown_goes_on_past_a_failure_and_reports_it() {
     let mut host = Host::new();
