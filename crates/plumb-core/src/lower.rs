@@ -91,7 +91,7 @@ pub fn create_bridge(net: &Network) -> Step {
         ops: vec![
             Op::BridgeAdd {
                 name: br.clone(),
-                mac: net.bridge_mac_text(),
+                mac: net.bridge_mac(),
                 mtu: net.mtu(),
             },
             Op::LinkAlias {
@@ -127,7 +127,7 @@ pub fn create_overlay(stack: &str, net: &Network, overlay: &Overlay) -> Step {
             vni: overlay.vni,
             local: overlay.local,
             port: VXLAN_PORT,
-            mac: overlay.mac.clone(),
+            mac: overlay.mac,
             mtu: overlay.mtu,
         },
         Op::LinkAlias {
@@ -196,14 +196,14 @@ fn entry_ops(dev: &str, gone: &OverlayEntries, new: &OverlayEntries) -> Vec<Op> 
     for (mac, dst) in &gone.fdb {
         ops.push(Op::FdbDel {
             link: link(),
-            mac: mac.clone(),
+            mac: *mac,
             dst: *dst,
         });
     }
     for (mac, dst) in &new.fdb {
         ops.push(Op::FdbAdd {
             link: link(),
-            mac: mac.clone(),
+            mac: *mac,
             dst: *dst,
         });
     }
@@ -211,7 +211,7 @@ fn entry_ops(dev: &str, gone: &OverlayEntries, new: &OverlayEntries) -> Vec<Op> 
         ops.push(Op::NeighAdd {
             link: link(),
             address: *address,
-            mac: mac.clone(),
+            mac: *mac,
         });
     }
     for (destination, via) in &new.routes {
@@ -251,7 +251,7 @@ pub fn create_container(stack: &str, c: &Container) -> Step {
             bridge: i.bridge.clone(),
             peer: i.name.clone(),
             netns: ns.clone(),
-            peer_mac: i.mac.clone(),
+            peer_mac: i.mac,
             mtu: i.mtu,
         });
         // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::firewall::{self, NftChange};
+use crate::mac::Mac;
 
 /// Per-namespace files `ip netns exec` binds over /etc (iproute2's convention).
 pub const ETC_NETNS: &str = "/etc/netns";
@@ -55,7 +56,7 @@ pub enum Op {
     /// A bridge with a fixed MAC and multicast snooping off (and an overlay's MTU).
     BridgeAdd {
         name: String,
-        mac: String,
+        mac: Mac,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtu: Option<u32>,
     },
@@ -66,7 +67,7 @@ pub enum Op {
         bridge: String,
         peer: String,
         netns: String,
-        peer_mac: String,
+        peer_mac: Mac,
         /// Both ends' MTU (an overlay network's), else the kernel's default.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtu: Option<u32>,
@@ -78,7 +79,7 @@ pub enum Op {
         vni: u32,
         local: Ipv4Addr,
         port: u16,
-        mac: String,
+        mac: Mac,
         mtu: u32,
     },
     /// Transmit checksum offload off on a link (SIOCETHTOOL `ETHTOOL_STXCSUM`): works around
@@ -103,7 +104,7 @@ pub enum Op {
     NeighAdd {
         link: String,
         address: Ipv4Addr,
-        mac: String,
+        mac: Mac,
     },
     /// Removes a neighbour entry; an absent one is not an error.
     NeighDel {
@@ -113,13 +114,13 @@ pub enum Op {
     /// A permanent FDB entry of a VXLAN device (a peer's VTEP MAC → its underlay address).
     FdbAdd {
         link: String,
-        mac: String,
+        mac: Mac,
         dst: Ipv4Addr,
     },
     /// Removes an FDB entry; an absent one is not an error.
     FdbDel {
         link: String,
-        mac: String,
+        mac: Mac,
         dst: Ipv4Addr,
     },
     /// The link's alias, which records in the kernel who owns it.
@@ -411,7 +412,7 @@ mod tests {
                     bridge: "plb1".into(),
                     peer: "eth0".into(),
                     netns: "s-a-1".into(),
-                    peer_mac: "02:00:00:00:00:01".into(),
+                    peer_mac: "02:00:00:00:00:01".parse().unwrap(),
                     mtu: None,
                 },
                 "ip link add plv1 master plb1 type veth peer name eth0 netns s-a-1 address 02:00:00:00:00:01",
@@ -422,7 +423,7 @@ mod tests {
                     bridge: "plb1".into(),
                     peer: "eth0".into(),
                     netns: "s-a-1".into(),
-                    peer_mac: "02:00:00:00:00:01".into(),
+                    peer_mac: "02:00:00:00:00:01".parse().unwrap(),
                     mtu: Some(1450),
                 },
                 "ip link add plv1 mtu 1450 master plb1 type veth peer name eth0 netns s-a-1 address 02:00:00:00:00:01 mtu 1450",
@@ -433,7 +434,7 @@ mod tests {
                     vni: 42,
                     local: Ipv4Addr::new(10, 99, 0, 11),
                     port: 4789,
-                    mac: "02:00:00:00:00:02".into(),
+                    mac: "02:00:00:00:00:02".parse().unwrap(),
                     mtu: 1450,
                 },
                 "ip link add plx1 address 02:00:00:00:00:02 mtu 1450 type vxlan id 42 local 10.99.0.11 dstport 4789 nolearning",
@@ -450,14 +451,14 @@ mod tests {
                 Op::NeighAdd {
                     link: "plx1".into(),
                     address: Ipv4Addr::new(10, 50, 1, 0),
-                    mac: "02:00:00:00:00:03".into(),
+                    mac: "02:00:00:00:00:03".parse().unwrap(),
                 },
                 "ip neigh add 10.50.1.0 lladdr 02:00:00:00:00:03 dev plx1 nud permanent",
             ),
             (
                 Op::FdbAdd {
                     link: "plx1".into(),
-                    mac: "02:00:00:00:00:03".into(),
+                    mac: "02:00:00:00:00:03".parse().unwrap(),
                     dst: Ipv4Addr::new(10, 99, 0, 12),
                 },
                 "bridge fdb add 02:00:00:00:00:03 dev plx1 dst 10.99.0.12 self permanent",

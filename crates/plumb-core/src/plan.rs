@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::cluster;
 use crate::desired::{Container, Desired, Network, Overlay};
 use crate::firewall::{NftChange, Ruleset, TableId};
+use crate::mac::Mac;
 use crate::ops::{At, Op};
 use crate::{firewall, lower, names};
 
@@ -60,9 +61,9 @@ pub struct OverlayEntries {
     /// (block, VTEP address)
     pub routes: BTreeSet<(Ipv4Net, Ipv4Addr)>,
     /// (VTEP address, VTEP MAC)
-    pub neighbours: BTreeSet<(Ipv4Addr, String)>,
+    pub neighbours: BTreeSet<(Ipv4Addr, Mac)>,
     /// (VTEP MAC, underlay address)
-    pub fdb: BTreeSet<(String, Ipv4Addr)>,
+    pub fdb: BTreeSet<(Mac, Ipv4Addr)>,
 }
 
 impl OverlayEntries {
@@ -73,7 +74,7 @@ impl OverlayEntries {
             let vtep = cluster::vtep_address(peer.block);
             let mac = overlay.peer_mac(stack, network, peer);
             out.routes.insert((peer.block, vtep));
-            out.neighbours.insert((vtep, mac.clone()));
+            out.neighbours.insert((vtep, mac));
             out.fdb.insert((mac, peer.underlay));
         }
         out
@@ -96,8 +97,7 @@ impl OverlayEntries {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ObservedLink {
     pub alias: Option<String>,
-    /// `02:ab:...`, lower case.
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     pub master: Option<String>,
     pub up: bool,
     pub addresses: Vec<Ipv4Net>,
@@ -444,7 +444,7 @@ fn vxlan_matches(stack: &str, net: &Network, want: &Overlay, got: &ObservedVxlan
     let alias = vxlan_alias(stack, &net.name);
     got.link.up
         && got.link.alias.as_deref() == Some(alias.as_str())
-        && got.link.mac.as_deref() == Some(want.mac.as_str())
+        && got.link.mac == Some(want.mac)
         && got.link.addresses == [vtep_cidr(net)]
         && got.vni == Some(want.vni)
         && got.local == Some(want.local)
@@ -474,7 +474,7 @@ fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, reb
             let inside = got.links.get(&i.name).is_some_and(|l| {
                 l.up && l.alias.as_deref() == Some(i.alias.as_str())
                     && l.addresses == [i.cidr()]
-                    && l.mac.as_deref() == Some(i.mac.as_str())
+                    && l.mac == Some(i.mac)
             });
             let outside = actual
                 .host_veths
@@ -523,7 +523,7 @@ mod tests {
             for i in &c.interfaces {
                 let inside = ObservedLink {
                     alias: Some(i.alias.clone()),
-                    mac: Some(i.mac.clone()),
+                    mac: Some(i.mac),
                     master: None,
                     up: true,
                     addresses: vec![i.cidr()],
@@ -548,7 +548,7 @@ mod tests {
             let vxlan = ObservedVxlan {
                 link: ObservedLink {
                     alias: Some(vxlan_alias(&d.stack, &n.name)),
-                    mac: Some(o.mac.clone()),
+                    mac: Some(o.mac),
                     master: None,
                     up: true,
                     addresses: vec![vtep_cidr(n)],

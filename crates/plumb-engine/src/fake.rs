@@ -15,7 +15,7 @@ use plumb_core::kernel::{
     Transport,
 };
 use plumb_core::plan::DEFAULT_MTU;
-use plumb_core::{names, At, ObservedLink, ObservedNetns, ObservedVxlan, Op};
+use plumb_core::{names, At, Mac, ObservedLink, ObservedNetns, ObservedVxlan, Op};
 
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
@@ -27,7 +27,7 @@ struct Link {
     kind: &'static str,
     group: u32,
     alias: Option<String>,
-    mac: Option<String>,
+    mac: Option<Mac>,
     master: Option<String>,
     up: bool,
     addresses: Vec<Ipv4Net>,
@@ -137,12 +137,13 @@ impl World {
                 }
                 self.namespaces.insert(name.clone(), Netns::default());
             }
-            Op::BridgeAdd { name, mtu, .. } => {
+            Op::BridgeAdd { name, mac, mtu } => {
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add bridge {name}"), EEXIST));
                 }
                 let bridge = Link {
                     kind: "bridge",
+                    mac: Some(*mac),
                     mtu: Some(mtu.unwrap_or(DEFAULT_MTU)),
                     ..Default::default()
                 };
@@ -172,7 +173,7 @@ impl World {
                 }
                 let inside = Link {
                     kind: "veth",
-                    mac: Some(peer_mac.clone()),
+                    mac: Some(*peer_mac),
                     mtu,
                     ..Default::default()
                 };
@@ -206,7 +207,7 @@ impl World {
                 };
                 let link = Link {
                     kind: "vxlan",
-                    mac: Some(mac.clone()),
+                    mac: Some(*mac),
                     mtu: Some(*mtu),
                     vxlan: Some(vxlan),
                     ..Default::default()
@@ -230,16 +231,16 @@ impl World {
                 if entries.neighbours.iter().any(|(a, _)| a == address) {
                     return Err(fail(format!("add neighbour {address}"), EEXIST));
                 }
-                entries.neighbours.insert((*address, mac.clone()));
+                entries.neighbours.insert((*address, *mac));
             }
             Op::NeighDel { link, address } => self.entries(link)?.neighbours.retain(|(a, _)| a != address),
             Op::FdbAdd { link, mac, dst } => {
-                if !self.entries(link)?.fdb.insert((mac.clone(), *dst)) {
+                if !self.entries(link)?.fdb.insert((*mac, *dst)) {
                     return Err(fail(format!("add fdb entry {mac}"), EEXIST));
                 }
             }
             Op::FdbDel { link, mac, dst } => {
-                self.entries(link)?.fdb.remove(&(mac.clone(), *dst));
+                self.entries(link)?.fdb.remove(&(*mac, *dst));
             }
             Op::LinkAlias { at, link, alias, .. } => self.link(at, link)?.alias = Some(alias.clone()),
             Op::LinkMtu { at, link, mtu } => self.link(at, link)?.mtu = Some(*mtu),
@@ -405,7 +406,7 @@ fn fingerprint(ruleset: &Ruleset) -> u64 {
 fn observed(l: &Link) -> ObservedLink {
     ObservedLink {
         alias: l.alias.clone(),
-        mac: l.mac.clone(),
+        mac: l.mac,
         master: l.master.clone(),
         up: l.up,
         addresses: l.addresses.clone(),

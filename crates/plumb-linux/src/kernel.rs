@@ -113,7 +113,7 @@ impl LinuxKernel {
                 Ok(())
             }
             Op::BridgeAdd { name, mac, mtu } => {
-                link::create_bridge(&mut self.host, name, parse_mac(mac), *mtu)?;
+                link::create_bridge(&mut self.host, name, mac.octets(), *mtu)?;
                 self.bridges.remove(name);
                 Ok(())
             }
@@ -128,7 +128,7 @@ impl LinuxKernel {
                 let master = self.bridge_index(bridge)?;
                 self.socket(&At::Netns(ns.clone()))?;
                 let fd = &self.inside[ns].0;
-                let peer = (peer.as_str(), parse_mac(peer_mac));
+                let peer = (peer.as_str(), peer_mac.octets());
                 link::create_veth(&mut self.host, name, master, peer, fd.as_fd(), *mtu)
             }
             Op::VxlanAdd {
@@ -144,7 +144,7 @@ impl LinuxKernel {
                     local: Some(*local),
                     port: Some(*port),
                     learning: false,
-                    mac: parse_mac(mac),
+                    mac: mac.octets(),
                     mtu: *mtu,
                 };
                 link::create_vxlan(&mut self.host, name, &vxlan)
@@ -173,7 +173,7 @@ impl LinuxKernel {
             }
             Op::NeighAdd { link: l, address, mac } => {
                 let index = link::index_of(&mut self.host, l)?;
-                neigh::add_permanent(&mut self.host, index, *address, parse_mac(mac))
+                neigh::add_permanent(&mut self.host, index, *address, mac.octets())
             }
             Op::NeighDel { link: l, address } => {
                 let Some(index) = self.index_if_present(l)? else {
@@ -183,14 +183,14 @@ impl LinuxKernel {
             }
             Op::FdbAdd { link: l, mac, dst } => {
                 let index = link::index_of(&mut self.host, l)?;
-                neigh::fdb_add(&mut self.host, index, parse_mac(mac), *dst)
+                neigh::fdb_add(&mut self.host, index, mac.octets(), *dst)
             }
             Op::FdbDel { link: l, mac, dst } => {
                 let Some(index) = self.index_if_present(l)? else {
                     return Ok(());
                 };
                 tolerate(
-                    neigh::fdb_delete(&mut self.host, index, parse_mac(mac), *dst),
+                    neigh::fdb_delete(&mut self.host, index, mac.octets(), *dst),
                     Errno::ENOENT,
                 )
             }
@@ -336,15 +336,6 @@ impl LinuxKernel {
             }
         }
     }
-}
-
-/// `02:ab:...` as bytes; plumb-core made it, so it is well formed.
-fn parse_mac(text: &str) -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16).unwrap_or(0);
-    }
-    mac
 }
 
 /// Fingerprint of nft's JSON listing of a table (without its run-time state: see
