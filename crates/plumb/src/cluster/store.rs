@@ -343,19 +343,22 @@ impl Store {
             .map(|(k, v)| TxnOp::put(*k, *v, lease.map(|l| PutOptions::new().with_lease(l))))
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let once = || {
-            let txn = txn.clone();
-            self.runtime
-                .block_on(self.clients.ask(Repeat::Harmful, |mut c: Client| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                }))
-                .map(|resp| resp.succeeded())
-        };
-        settle(self.clients.clients.len(), once, || {
-            self.holds(writes, lease.unwrap_or(0))
-        })
+        settle(
+            self.clients.clients.len(),
+            || self.txn_once(&txn),
+            || self.holds(writes, lease.unwrap_or(0)),
+        )
         .map_err(|e| store_error("write to the store", &self.endpoints, e))
+    }
+
+    /// One try of a transaction (true: its conditions held and it wrote).
+    fn txn_once(&self, txn: &Txn) -> std::result::Result<bool, etcd_client::Error> {
+        self.runtime
+            .block_on(self.clients.ask(Repeat::Harmful, |mut c: Client| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            }))
+            .map(|resp| resp.succeeded())
     }
 
     /// Whether every key holds its value, written with `lease`.
@@ -626,6 +629,43 @@ mod tests {
         let (result, txns, reads) = settle_with(vec![Err("timed out"); 3], vec![false; 3]);
         assert!(result.unwrap_err().contains("timed out"));
         assert_eq!((txns, reads), (3, 3));
+    }
+
+    /// Against a real etcd: a `put_if(Absent)` that committed but whose reply was lost (its
+    /// first try commits for real, then reports a timeout) is found by reading the key back:
+    /// true, where trying it again finds the key present and says false. A key holding
+    /// another value or another lease is not taken for this write.
+    #[test]
+    fn a_committed_put_if_whose_reply_was_lost_is_found_in_a_real_etcd() {
+        use crate::cluster::records::tests::Etcd;
+        let etcd = Etcd::start();
+        let store = etcd.store();
+        let lease = store.grant(30).unwrap();
+        let key = "/plumb/test/ov/blocks/a/10.50.0.0";
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, "h1", Some(PutOptions::new().with_lease(lease)))]);
+        let mut tries = 0;
+        let lost_reply = || {
+            tries += 1;
+            let committed = store.txn_once(&txn)?;
+            if tries == 1 {
+                assert!(committed);
+                return Err(error("timed out"));
+            }
+            Ok(committed)
+        };
+        let wrote = settle(3, lost_reply, || store.holds(&[(key, "h1")], lease));
+        assert!(wrote.unwrap(), "the committed write is found");
+        assert_eq!(tries, 1, "and not sent again");
+        // What the retry would have said: the key is there, false.
+        assert!(!store
+            .put_if(&[(key, Expect::Absent)], &[(key, "h1")], Some(lease))
+            .unwrap());
+        // Someone else's value, or this value under another lease, is not this write.
+        assert!(!store.holds(&[(key, "h2")], lease).unwrap());
+        assert!(!store.holds(&[(key, "h1")], 0).unwrap());
+        assert!(!store.holds(&[("/plumb/test/absent", "h1")], lease).unwrap());
     }
 
     #[test]
