@@ -18,11 +18,13 @@ use plumb_core::spec::{self, Parsed};
 
 use super::keys;
 use super::lease::LeaseClock;
+use super::records::EtcdRecords;
 use super::store::{Expect, Store};
 use super::{EndpointRecord, HostRecord, HostReport, SpecRecord, StackView, View};
 use crate::commands::{down, require_nft, require_root, up, Context};
 use crate::failure::{Failure, Result};
 use crate::runfile;
+use plumb_engine::state::StateStore;
 
 pub struct Options {
     pub store: super::store::Access,
@@ -83,9 +85,12 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
         since_ms: runfile::unix_ms(),
     };
     let (wake, woken) = mpsc::channel::<()>();
+    let store = Arc::new(store);
+    let records = EtcdRecords::new(store.clone(), &super::keys::records(&name));
     let mut agent = Agent {
         ctx,
         store,
+        records,
         me: name,
         record,
         ttl: options.ttl.max(Duration::from_secs(1)),
@@ -146,7 +151,10 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
 
 struct Agent<'a> {
     ctx: &'a Context,
-    store: Store,
+    store: Arc<Store>,
+    /// This host's stack records, copied into the store after each change here (the
+    /// engine's `StateStore` on etcd), so any host or operator reads what each host holds.
+    records: EtcdRecords,
     me: String,
     record: HostRecord,
     ttl: Duration,
@@ -275,6 +283,7 @@ impl Agent<'_> {
             if !deployed.contains(&stack) {
                 log(format!("stack {stack} was undeployed: removing it here"));
                 down::run(self.ctx, &stack, down::Mode::Apply)?;
+                self.copy_record(&stack);
                 self.applied.remove(&stack);
             }
         }
@@ -353,6 +362,7 @@ impl Agent<'_> {
                     "stack {stack}: no replica placed here any more: removing it here"
                 ));
                 down::run(self.ctx, stack, down::Mode::Apply)?;
+                self.copy_record(stack);
             }
             self.applied.remove(stack);
             self.publish(stack, sv, &BTreeMap::new(), lease)?;
@@ -381,6 +391,7 @@ impl Agent<'_> {
                 Some(&assignment),
                 up::Mode::Apply(up::Supervision::NoWait),
             )?;
+            self.copy_record(stack);
             self.applied.insert(
                 stack.to_string(),
                 (spec.text.clone(), assignment.clone(), Instant::now()),
@@ -470,6 +481,19 @@ impl Agent<'_> {
             "network {network} ({subnet}) has no free /{prefix} block left for this host"
         ))
         .hint("give the overlay a larger subnet or a longer host_prefix"))
+    }
+
+    /// Copies this host's record of `stack` into the store (or removes it there once the
+    /// stack is gone here). A failure is said, not fatal: the record on disk is the truth.
+    fn copy_record(&self, stack: &str) {
+        let copied = match self.ctx.state.load(stack) {
+            Ok(Some(record)) => self.records.save(&record),
+            Ok(None) => self.records.remove(stack),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = copied {
+            log(format!("stack {stack}: copying its record to the store: {e}"));
+        }
     }
 
     /// This host's replicas of `stack` as the store should show them.
