@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{self, HostAssignment, OverlayPeer, RemoteContainer};
 use crate::diag::Diagnostics;
 use crate::ipam::{self, Leases, Pool, Request};
+use crate::mac::Mac;
 use crate::names;
 use crate::spec::{Balance, Parsed, PolicySpec, PortSpec, ProcessSpec, ServicePort};
 
@@ -94,7 +95,7 @@ pub struct Overlay {
     /// The VXLAN device (`plx…`).
     pub device: String,
     /// Its MAC ([`cluster::vtep_mac`]).
-    pub mac: String,
+    pub mac: Mac,
     /// This host's underlay address.
     pub local: Ipv4Addr,
     /// The underlay's MTU minus VXLAN's 50 bytes: the bridge, the VXLAN device and the
@@ -108,14 +109,14 @@ pub struct Overlay {
 
 impl Overlay {
     /// The VTEP MAC of a peer on this network.
-    pub fn peer_mac(&self, stack: &str, network: &str, peer: &OverlayPeer) -> String {
+    pub fn peer_mac(&self, stack: &str, network: &str, peer: &OverlayPeer) -> Mac {
         cluster::vtep_mac(stack, network, &peer.host)
     }
 }
 
 impl Network {
     /// The bridge's MAC address: locally administered, derived from its alias.
-    pub fn bridge_mac_text(&self) -> String {
+    pub fn bridge_mac(&self) -> Mac {
         names::mac(&self.alias)
     }
 
@@ -167,9 +168,10 @@ pub struct Interface {
     pub prefix_len: u8,
     /// `plumb:shop/web-2/frontend`: marks the interface (and so the namespace) as the stack's.
     pub alias: String,
-    /// Derived from the alias: the only MAC the anti-spoofing rules let it send from.
+    /// Derived from the alias: the only MAC the anti-spoofing rules let it send from. (Absent
+    /// only in records older than MACs: then zeros, which nothing executes.)
     #[serde(default)]
-    pub mac: String,
+    pub mac: Mac,
     /// Both ends' MTU when the network's is not the kernel's default (an overlay's: the
     /// underlay's minus VXLAN's 50 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,6 +419,26 @@ mod tests {
     fn desired(text: &str, previous: &Leases) -> (Desired, Leases) {
         let parsed = parse("plumb.toml", text).unwrap_or_else(|e| panic!("{e}"));
         resolve(&parsed, previous).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A record with a malformed MAC is refused when read, not carried on to become
+    /// 00:00:00:00:00:00 in the kernel.
+    #[test]
+    fn a_record_with_a_malformed_mac_is_refused() {
+        let (d, _) = desired(&format!("{NET}[services.web]\n"), &Leases::new());
+        let mac = d.containers[0].interfaces[0].mac.to_string();
+        assert!(mac.starts_with("02:") && mac.len() == 17, "{mac}");
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(serde_json::from_str::<Desired>(&json).is_ok());
+        for bad in [
+            "02:00:00:00:00:zz",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0200.0000.0000",
+        ] {
+            let damaged = json.replace(&mac, bad);
+            assert!(serde_json::from_str::<Desired>(&damaged).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]

@@ -232,11 +232,17 @@ impl<'a> Engine<'a> {
             ));
             None
         });
-        let claimed = claims(&self.state.stacks()?, stack);
+        let stacks = self.state.stacks()?;
+        let claimed = claims(&stacks, stack);
+        // The last stack going: forwarding goes off again if plumb turned it on (a step of
+        // the plan, so --dry-run shows it).
+        let last = stacks.keys().all(|s| s == stack);
+        let restore = last && self.state.forwarding_enabled_by_plumb()?;
         let kernel = self.require_kernel()?;
-        let observed = observe(kernel, stack, None, record.as_ref(), &claimed)?;
+        let mut observed = observe(kernel, stack, None, record.as_ref(), &claimed)?;
+        observed.actual.forwarding_to_restore = restore;
         let plan = plan::diff(stack, None, &observed.actual);
-        let exists = !plan.is_empty() || record.is_some();
+        let exists = plan.steps.iter().any(|s| s.what != What::DisableForwarding) || record.is_some();
         Ok(Teardown {
             stack: stack.to_string(),
             plan,
@@ -252,7 +258,10 @@ impl<'a> Engine<'a> {
         let outcome = execute(kernel, &teardown.plan, OnError::Continue, progress);
         failure(&outcome)?;
         self.state.remove(&teardown.stack)?;
-        restore_forwarding_if_last(self.state, self.require_kernel()?)?;
+        if self.state.forwarding_enabled_by_plumb()? && self.state.stacks()?.is_empty() {
+            // The plan turned it off (or it was off already).
+            self.state.forget_forwarding()?;
+        }
         let plan = &teardown.plan;
         Ok(Removed {
             containers: plan.count(|w| matches!(w, What::DeleteContainer { .. })),
@@ -284,18 +293,6 @@ impl<'a> Engine<'a> {
         let parsed = plumb_core::spec::parse_scaled(&file.display().to_string(), &text, replicas)?;
         Ok((file, parsed))
     }
-}
-
-/// When no stack is left and plumb had turned forwarding on, turns it off again.
-fn restore_forwarding_if_last(state: &dyn StateStore, kernel: &mut dyn Kernel) -> Result<()> {
-    if state.forwarding_enabled_by_plumb()? && state.stacks()?.is_empty() {
-        kernel.apply(&Op::Sysctl {
-            key: "net.ipv4.ip_forward".into(),
-            value: "0".into(),
-        })?;
-        state.forget_forwarding()?;
-    }
-    Ok(())
 }
 
 /// Drops the faults that are due from `faults` (returned: the caller ends them), and adds to

@@ -49,6 +49,9 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
     let mut outcome = Outcome::default();
     let total = plan.steps.len();
     let mut done = 0;
+    // The nft changes of the operations that ran (after a stop, later ones never did).
+    let mut started: Vec<&NftChange> = Vec::new();
+    let mut started_ops = 0;
     while done < total && (outcome.ok() || on_error == OnError::Continue) {
         progress(done, total, "steps applied");
         let batch: Vec<&Step> = plan.steps[done..]
@@ -59,10 +62,18 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
             let step = &plan.steps[done];
             done += 1;
             for op in &step.ops {
-                if let Err(e) = kernel.apply(op) {
-                    outcome.errors.push(e);
-                    if on_error == OnError::Stop {
-                        break;
+                match kernel.apply(op) {
+                    Ok(()) => {
+                        if let Op::Nft { changes } = op {
+                            started.extend(changes);
+                            started_ops += 1;
+                        }
+                    }
+                    Err(e) => {
+                        outcome.errors.push(e);
+                        if on_error == OnError::Stop {
+                            break;
+                        }
                     }
                 }
             }
@@ -72,22 +83,15 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
         }
     }
     // Background work (the nft transaction) completes whatever happened after it started.
-    let changes: Vec<&NftChange> = plan
-        .ops()
-        .filter_map(|op| match op {
-            Op::Nft { changes } => Some(changes),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let commits = plan.ops().filter(|op| matches!(op, Op::Nft { .. })).count() as u32;
+    // Each Op::Nft that ran is one transaction.
+    let commits = started_ops as u32;
     match kernel.settle() {
         Ok(()) => {
             if commits > 0 {
                 outcome.nft_commits = commits;
                 outcome.nft_generation = kernel.nft_generation().ok().flatten();
             }
-            for change in changes {
+            for change in started {
                 let left = change.result().map(|ruleset| AppliedFirewall {
                     ruleset: ruleset.clone(),
                     fingerprint: None,

@@ -14,7 +14,8 @@ use plumb_core::kernel::{
     Flow, HostLink, HostRoute, Kernel, KernelError, KernelResult, LinkCounters, Listener, NftListing, SocketInfo,
     Transport,
 };
-use plumb_core::{names, At, ObservedLink, ObservedNetns, ObservedVxlan, Op};
+use plumb_core::plan::DEFAULT_MTU;
+use plumb_core::{names, At, Mac, ObservedLink, ObservedNetns, ObservedVxlan, Op};
 
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
@@ -26,10 +27,11 @@ struct Link {
     kind: &'static str,
     group: u32,
     alias: Option<String>,
-    mac: Option<String>,
+    mac: Option<Mac>,
     master: Option<String>,
     up: bool,
     addresses: Vec<Ipv4Net>,
+    mtu: Option<u32>,
     /// For a host veth: the namespace and name of its peer.
     peer: Option<(String, String)>,
     /// For a VXLAN device: its settings and entries.
@@ -140,12 +142,14 @@ impl World {
                 }
                 self.namespaces.insert(name.clone(), Netns::default());
             }
-            Op::BridgeAdd { name, .. } => {
+            Op::BridgeAdd { name, mac, mtu } => {
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add bridge {name}"), EEXIST));
                 }
                 let bridge = Link {
                     kind: "bridge",
+                    mac: Some(*mac),
+                    mtu: Some(mtu.unwrap_or(DEFAULT_MTU)),
                     ..Default::default()
                 };
                 self.links.insert(name.clone(), bridge);
@@ -156,8 +160,9 @@ impl World {
                 peer,
                 netns,
                 peer_mac,
-                ..
+                mtu,
             } => {
+                let mtu = Some(mtu.unwrap_or(DEFAULT_MTU));
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add veth {name}"), EEXIST));
                 }
@@ -173,7 +178,8 @@ impl World {
                 }
                 let inside = Link {
                     kind: "veth",
-                    mac: Some(peer_mac.clone()),
+                    mac: Some(*peer_mac),
+                    mtu,
                     ..Default::default()
                 };
                 ns.links.insert(peer.clone(), inside);
@@ -181,6 +187,7 @@ impl World {
                     kind: "veth",
                     master: Some(bridge.clone()),
                     peer: Some((netns.clone(), peer.clone())),
+                    mtu,
                     ..Default::default()
                 };
                 self.links.insert(name.clone(), host);
@@ -205,7 +212,8 @@ impl World {
                 };
                 let link = Link {
                     kind: "vxlan",
-                    mac: Some(mac.clone()),
+                    mac: Some(*mac),
+                    mtu: Some(*mtu),
                     vxlan: Some(vxlan),
                     ..Default::default()
                 };
@@ -228,18 +236,19 @@ impl World {
                 if entries.neighbours.iter().any(|(a, _)| a == address) {
                     return Err(fail(format!("add neighbour {address}"), EEXIST));
                 }
-                entries.neighbours.insert((*address, mac.clone()));
+                entries.neighbours.insert((*address, *mac));
             }
             Op::NeighDel { link, address } => self.entries(link)?.neighbours.retain(|(a, _)| a != address),
             Op::FdbAdd { link, mac, dst } => {
-                if !self.entries(link)?.fdb.insert((mac.clone(), *dst)) {
+                if !self.entries(link)?.fdb.insert((*mac, *dst)) {
                     return Err(fail(format!("add fdb entry {mac}"), EEXIST));
                 }
             }
             Op::FdbDel { link, mac, dst } => {
-                self.entries(link)?.fdb.remove(&(mac.clone(), *dst));
+                self.entries(link)?.fdb.remove(&(*mac, *dst));
             }
             Op::LinkAlias { at, link, alias, .. } => self.link(at, link)?.alias = Some(alias.clone()),
+            Op::LinkMtu { at, link, mtu } => self.link(at, link)?.mtu = Some(*mtu),
             Op::LinkUp { at, link } => {
                 if let (At::Netns(ns), "lo") = (at, link.as_str()) {
                     let n = self.namespaces.get_mut(ns).ok_or_else(|| fail("find netns", ENOENT))?;
@@ -272,14 +281,18 @@ impl World {
                     l.group = *group;
                 }
             }
-            Op::LinkDelGroup { group, .. } => {
+            Op::LinkDelGroup { group, links } => {
                 let members: Vec<String> = self
                     .links
                     .iter()
                     .filter(|(_, l)| l.group == *group)
                     .map(|(n, _)| n.clone())
                     .collect();
-                for name in members {
+                let doomed = match plumb_core::ops::group_delete(&members, links) {
+                    plumb_core::ops::GroupDelete::Whole => members,
+                    plumb_core::ops::GroupDelete::Each(ours) => ours,
+                };
+                for name in doomed {
                     self.delete_host_link(&name);
                 }
             }
@@ -366,6 +379,23 @@ impl World {
         self.nft_generation += 1;
     }
 
+    /// Changes a link's MTU behind plumb's back.
+    pub fn set_mtu(&mut self, at: &At, link: &str, mtu: u32) {
+        if let Ok(l) = self.link(at, link) {
+            l.mtu = Some(mtu);
+        }
+    }
+
+    /// A bridge plumb did not make, in interface group `group`.
+    pub fn add_foreign_bridge(&mut self, name: &str, group: u32) {
+        let link = Link {
+            kind: "bridge",
+            group,
+            ..Link::default()
+        };
+        self.links.insert(name.to_string(), link);
+    }
+
     pub fn namespace_names(&self) -> Vec<String> {
         self.namespaces.keys().cloned().collect()
     }
@@ -386,10 +416,11 @@ fn fingerprint(ruleset: &Ruleset) -> u64 {
 fn observed(l: &Link) -> ObservedLink {
     ObservedLink {
         alias: l.alias.clone(),
-        mac: l.mac.clone(),
+        mac: l.mac,
         master: l.master.clone(),
         up: l.up,
         addresses: l.addresses.clone(),
+        mtu: l.mtu,
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use plumb_core::desired::resolve;
 use plumb_core::spec::parse;
-use plumb_core::{plan, Desired, Op, Plan, What};
+use plumb_core::{plan, At, Desired, Op, Plan, What};
 
 use plumb_engine::fake::FakeKernel;
 use plumb_engine::state::StackState;
@@ -264,6 +264,88 @@ fn down_converges_and_leaves_nothing() {
     );
     let w = host.kernel.world();
     assert!(w.namespace_names().is_empty() && w.link_names().is_empty() && w.table_names().is_empty());
+}
+
+/// Someone else's link in the interface group the teardown deletes in one request: as on the
+/// real kernel, only the stack's links go.
+#[test]
+fn down_spares_a_foreign_link_in_the_stacks_link_group() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let plan = host.plan(None);
+    let group = plan
+        .steps
+        .iter()
+        .flat_map(|s| &s.ops)
+        .find_map(|op| match op {
+            Op::LinkDelGroup { group, .. } => Some(*group),
+            _ => None,
+        })
+        .expect("a group delete");
+    host.kernel.world().add_foreign_bridge("foreign0", group);
+    let outcome = execute(&mut host.kernel, &plan, OnError::Continue, &|_, _, _| {});
+    assert!(outcome.ok(), "{:?}", outcome.errors);
+    let w = host.kernel.world();
+    assert_eq!(w.link_names(), ["foreign0"]);
+    assert!(w.namespace_names().is_empty() && w.table_names().is_empty());
+}
+
+/// The MTU of a bridge, or of either end of a veth, changed behind plumb's back is noticed and
+/// set back, without rebuilding anything.
+#[test]
+fn a_changed_link_mtu_is_set_back_in_place() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let bridge = host
+        .kernel
+        .world()
+        .link_names()
+        .into_iter()
+        .find(|l| l.starts_with("plb"))
+        .unwrap();
+    let veth = host
+        .kernel
+        .world()
+        .link_names()
+        .into_iter()
+        .find(|l| l.starts_with("plv"))
+        .unwrap();
+    host.kernel.world().set_mtu(&At::Host, &bridge, 1400);
+    host.kernel.world().set_mtu(&At::Host, &veth, 9000);
+    host.kernel.world().set_mtu(&At::Netns("s-api-1".into()), "eth0", 1280);
+    let plan = host.apply(Some(BASE));
+    assert_eq!(kinds(&plan), ["set_mtu"]);
+    assert_eq!(plan.ops().count(), 3);
+}
+
+/// An `up` that stops at a failure before its firewall step reports no table as applied: the
+/// record must not claim rules that never ran.
+#[test]
+fn after_a_stop_nft_changes_that_never_ran_are_not_recorded() {
+    let mut host = Host::new();
+    let (desired, _) = resolve(&parse("f", BASE).unwrap(), &Default::default()).unwrap();
+    let mut plan = host.plan(Some(&desired));
+    let firewall = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s.what, What::ApplyFirewall { .. }))
+        .expect("a firewall step");
+    // An operation that fails (a route outside any namespace) in a step before it.
+    plan.steps[firewall - 1].ops.insert(
+        0,
+        Op::DefaultRoute {
+            at: At::Host,
+            gateway: [10, 0, 0, 1].into(),
+        },
+    );
+    let outcome = execute(&mut host.kernel, &plan, OnError::Stop, &|_, _, _| {});
+    assert_eq!(outcome.errors.len(), 1);
+    assert!(
+        host.kernel.world().table_names().is_empty(),
+        "the firewall step never ran"
+    );
+    let recorded: Vec<String> = outcome.firewall.iter().map(|(t, _)| t.to_string()).collect();
+    assert!(recorded.is_empty(), "recorded as applied: {recorded:?}");
 }
 
 #[test]

@@ -143,6 +143,46 @@ fn up_edit_scale_and_down_through_the_engine() {
     assert_eq!(host.kernel.world().table_count(), 0, "no nft table is left");
 }
 
+/// plumb turned forwarding on: the last stack's `down` turns it off as a step of its plan
+/// (what `--dry-run` shows), an earlier one does not.
+#[test]
+fn the_last_down_plans_forwarding_off() {
+    let mut host = Host::new("forwarding");
+    let a = parse("a.toml", STACK).unwrap();
+    let b = parse(
+        "b.toml",
+        "name = \"b\"\n[networks.n]\nsubnet = \"10.3.0.0/24\"\n[services.x]\n",
+    )
+    .unwrap();
+    assert!(host.up(&a).unwrap().contains(&What::EnableForwarding));
+    host.up(&b).unwrap();
+    assert!(host.kernel.world().ip_forward);
+    let plan_down = |host: &mut Host, stack: &str| {
+        let mut kernel = host.kernel.clone();
+        let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+        let steps: Vec<What> = engine
+            .plan_down(stack)
+            .unwrap()
+            .plan
+            .steps
+            .into_iter()
+            .map(|s| s.what)
+            .collect();
+        steps
+    };
+    assert!(
+        !plan_down(&mut host, "s").contains(&What::DisableForwarding),
+        "b still needs it"
+    );
+    host.down("s").unwrap();
+    assert!(host.kernel.world().ip_forward);
+    assert_eq!(plan_down(&mut host, "b").last(), Some(&What::DisableForwarding));
+    assert!(host.kernel.world().ip_forward, "planning changes nothing");
+    host.down("b").unwrap();
+    assert!(!host.kernel.world().ip_forward, "left as plumb found it");
+    assert!(!plumb_engine::state::StateStore::forwarding_enabled_by_plumb(&host.state).unwrap());
+}
+
 #[test]
 fn a_host_route_over_the_subnet_is_refused_before_the_kernel_is_touched() {
     let mut host = Host::new("route");

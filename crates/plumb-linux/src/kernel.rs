@@ -2,7 +2,7 @@
 //! here, with in-process netlink (a socket per namespace, opened once), sysctl writes and
 //! `nft` transactions in the background.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use plumb_core::kernel::{
     Transport,
 };
 use plumb_core::names;
-use plumb_core::ops::{At, Ipv6, Op};
+use plumb_core::ops::{group_delete, At, GroupDelete, Ipv6, Op};
 use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
 
 use crate::link::LinkRef;
@@ -113,7 +113,7 @@ impl LinuxKernel {
                 Ok(())
             }
             Op::BridgeAdd { name, mac, mtu } => {
-                link::create_bridge(&mut self.host, name, parse_mac(mac), *mtu)?;
+                link::create_bridge(&mut self.host, name, mac.octets(), *mtu)?;
                 self.bridges.remove(name);
                 Ok(())
             }
@@ -128,7 +128,7 @@ impl LinuxKernel {
                 let master = self.bridge_index(bridge)?;
                 self.socket(&At::Netns(ns.clone()))?;
                 let fd = &self.inside[ns].0;
-                let peer = (peer.as_str(), parse_mac(peer_mac));
+                let peer = (peer.as_str(), peer_mac.octets());
                 link::create_veth(&mut self.host, name, master, peer, fd.as_fd(), *mtu)
             }
             Op::VxlanAdd {
@@ -144,7 +144,7 @@ impl LinuxKernel {
                     local: Some(*local),
                     port: Some(*port),
                     learning: false,
-                    mac: parse_mac(mac),
+                    mac: mac.octets(),
                     mtu: *mtu,
                 };
                 link::create_vxlan(&mut self.host, name, &vxlan)
@@ -173,7 +173,7 @@ impl LinuxKernel {
             }
             Op::NeighAdd { link: l, address, mac } => {
                 let index = link::index_of(&mut self.host, l)?;
-                neigh::add_permanent(&mut self.host, index, *address, parse_mac(mac))
+                neigh::add_permanent(&mut self.host, index, *address, mac.octets())
             }
             Op::NeighDel { link: l, address } => {
                 let Some(index) = self.index_if_present(l)? else {
@@ -183,14 +183,14 @@ impl LinuxKernel {
             }
             Op::FdbAdd { link: l, mac, dst } => {
                 let index = link::index_of(&mut self.host, l)?;
-                neigh::fdb_add(&mut self.host, index, parse_mac(mac), *dst)
+                neigh::fdb_add(&mut self.host, index, mac.octets(), *dst)
             }
             Op::FdbDel { link: l, mac, dst } => {
                 let Some(index) = self.index_if_present(l)? else {
                     return Ok(());
                 };
                 tolerate(
-                    neigh::fdb_delete(&mut self.host, index, parse_mac(mac), *dst),
+                    neigh::fdb_delete(&mut self.host, index, mac.octets(), *dst),
                     Errno::ENOENT,
                 )
             }
@@ -207,6 +207,7 @@ impl LinuxKernel {
                 }
             }
             Op::LinkUp { at, link: l } => link::set_up(self.socket(at)?, LinkRef::Name(l)),
+            Op::LinkMtu { at, link: l, mtu } => link::set_mtu(self.socket(at)?, LinkRef::Name(l), *mtu),
             Op::BridgePortUp { link: l } => link::set_port_up_with_hairpin(&mut self.host, LinkRef::Name(l)),
             Op::AddrAdd { at, link: l, cidr } => {
                 let nl = self.socket(at)?;
@@ -305,6 +306,7 @@ impl LinuxKernel {
                 master: None,
                 up: l.up,
                 addresses,
+                mtu: l.mtu,
             },
             vni: Some(v.vni),
             local: v.local,
@@ -317,9 +319,9 @@ impl LinuxKernel {
     }
 
     /// Deletes the group in one request, unless a link this plan does not name is in it
-    /// (someone else's group with the same number): then only the named links, one by one.
+    /// (someone else's group with the same number): then only the named links, one by one
+    /// ([`group_delete`], as the script and the fake do).
     fn delete_group(&mut self, group: u32, links: &[String]) -> crate::netlink::Result<()> {
-        let ours: BTreeSet<&str> = links.iter().map(String::as_str).collect();
         let members: Vec<link::Link> = link::list(&mut self.host)?
             .into_iter()
             .filter(|l| l.group == group)
@@ -329,13 +331,16 @@ impl LinuxKernel {
                 self.bridges.remove(&l.name);
             }
         }
-        if members.iter().all(|l| ours.contains(l.name.as_str())) {
-            return tolerate(link::delete_group(&mut self.host, group), Errno::ENODEV);
+        let names: Vec<String> = members.into_iter().map(|l| l.name).collect();
+        match group_delete(&names, links) {
+            GroupDelete::Whole => tolerate(link::delete_group(&mut self.host, group), Errno::ENODEV),
+            GroupDelete::Each(ours) => {
+                for name in &ours {
+                    tolerate(link::delete(&mut self.host, name), Errno::ENODEV)?;
+                }
+                Ok(())
+            }
         }
-        for l in members.iter().filter(|l| ours.contains(l.name.as_str())) {
-            tolerate(link::delete(&mut self.host, &l.name), Errno::ENODEV)?;
-        }
-        Ok(())
     }
 }
 
@@ -350,15 +355,6 @@ fn element_batch(changes: &[NftChange]) -> Option<nft_elements::Batch> {
         })
         .collect::<Option<_>>()?;
     nft_elements::Batch::encode(&tables).ok()
-}
-
-/// `02:ab:...` as bytes; plumb-core made it, so it is well formed.
-fn parse_mac(text: &str) -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16).unwrap_or(0);
-    }
-    mac
 }
 
 /// Fingerprint of nft's JSON listing of a table (without its run-time state: see
@@ -400,6 +396,7 @@ impl Kernel for LinuxKernel {
                     master: l.master.and_then(|m| names.get(&m).cloned()),
                     up: l.up,
                     addresses: addresses.remove(&l.index).unwrap_or_default(),
+                    mtu: l.mtu,
                 },
                 name: l.name,
                 kind: l.kind,
@@ -578,6 +575,7 @@ pub fn observe_netns(nl: &mut Netlink) -> crate::netlink::Result<ObservedNetns> 
             master: None,
             up: l.up,
             addresses: addresses.remove(&l.index).unwrap_or_default(),
+            mtu: l.mtu,
         };
         ns.links.insert(l.name, observed);
     }

@@ -37,13 +37,25 @@ fn edited() -> String {
 /// Brings `before` up (if any), then reaches `after` (a stack file, or `None` for down) once
 /// by running plumb's script by hand and once by plumb itself; both kernel states must match.
 fn script_and_execution_agree(before: Option<&str>, after: Option<&str>) {
+    script_and_execution_agree_after(before, after, |_| None);
+}
+
+/// The same, with `prepare` run in each sandbox once `before` is up; it may make a link
+/// that is not the stack's, which must survive (and is then deleted).
+fn script_and_execution_agree_after(
+    before: Option<&str>,
+    after: Option<&str>,
+    prepare: impl Fn(&Sandbox) -> Option<String>,
+) {
     let by_script = Sandbox::start().unwrap();
     let by_plumb = Sandbox::start().unwrap();
+    let mut survivor = None;
     for sb in [&by_script, &by_plumb] {
         if let Some(text) = before {
             sb.write("plumb.toml", text);
             sb.plumb_ok(&["up"]);
         }
+        survivor = prepare(sb);
         if let Some(text) = after {
             sb.write("plumb.toml", text);
         }
@@ -76,6 +88,12 @@ fn script_and_execution_agree(before: Option<&str>, after: Option<&str>) {
         // plumb reads the script's work back and finds nothing left to do.
         assert_eq!(by_script.plumb_ok(&["up", "--dry-run"]), "");
     }
+    if let Some(link) = &survivor {
+        assert!(want.contains(&format!("  {link} ")), "{link} was deleted:\n{want}");
+        for sb in [&by_script, &by_plumb] {
+            sb.ok(&format!("ip link del {link}"));
+        }
+    }
     for sb in [by_script, by_plumb] {
         sb.plumb_ok(&["down"]);
         sb.assert_clean();
@@ -98,6 +116,25 @@ fn the_script_of_an_edit_changes_what_executing_it_changes() {
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn the_script_of_a_down_removes_what_executing_it_removes() {
     script_and_execution_agree(Some(BASE), None);
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn the_script_of_a_down_spares_a_foreign_link_in_the_stacks_link_group() {
+    // Someone else's link (a bridge) in the interface group the down deletes in one request: executing
+    // the plan deletes only the stack's links; so must the script.
+    script_and_execution_agree_after(Some(BASE), None, |sb| {
+        let script = sb.plumb_ok(&["down", "--dry-run"]);
+        let group = script
+            .split("group ")
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok())
+            .next()
+            .unwrap_or_else(|| panic!("no link group in:\n{script}"));
+        sb.ok(&format!(
+            "ip link add foreign0 type bridge && ip link set foreign0 group {group}"
+        ));
+        Some("foreign0".to_string())
+    });
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,11 +17,14 @@ use plumb_core::cluster::{self, HostAssignment, OverlayAssignment, VXLAN_OVERHEA
 use plumb_core::spec::{self, Parsed};
 
 use super::keys;
+use super::lease::LeaseClock;
+use super::records::EtcdRecords;
 use super::store::{Expect, Store};
 use super::{EndpointRecord, HostRecord, HostReport, SpecRecord, StackView, View};
 use crate::commands::{down, require_nft, require_root, up, Context};
 use crate::failure::{Failure, Result};
 use crate::runfile;
+use plumb_engine::state::StateStore;
 
 pub struct Options {
     pub store: super::store::Access,
@@ -82,15 +85,18 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
         since_ms: runfile::unix_ms(),
     };
     let (wake, woken) = mpsc::channel::<()>();
+    let store = Arc::new(store);
+    let records = EtcdRecords::new(store.clone(), &super::keys::records(&name));
     let mut agent = Agent {
         ctx,
         store,
+        records,
         me: name,
         record,
         ttl: options.ttl.max(Duration::from_secs(1)),
         ttl_secs,
         lease: Arc::new(AtomicI64::new(0)),
-        renewed_ms: Arc::new(AtomicU64::new(0)),
+        renewed: Arc::new(LeaseClock::default()),
         applied: BTreeMap::new(),
         tx_offload: options.tx_offload,
     };
@@ -145,15 +151,18 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
 
 struct Agent<'a> {
     ctx: &'a Context,
-    store: Store,
+    store: Arc<Store>,
+    /// This host's stack records, copied into the store after each change here (the
+    /// engine's `StateStore` on etcd), so any host or operator reads what each host holds.
+    records: EtcdRecords,
     me: String,
     record: HostRecord,
     ttl: Duration,
     ttl_secs: i64,
     /// The current lease (0: none).
     lease: Arc<AtomicI64>,
-    /// When the store last renewed it (Unix ms).
-    renewed_ms: Arc<AtomicU64>,
+    /// When the store last renewed it (on the monotonic clock).
+    renewed: Arc<LeaseClock>,
     /// Per stack: the spec text and assignment last made real here.
     applied: BTreeMap<String, (String, HostAssignment, Instant)>,
     tx_offload: bool,
@@ -194,17 +203,17 @@ impl Agent<'_> {
             }
         }
         self.lease.store(lease, Ordering::SeqCst);
-        self.renewed_ms.store(runfile::unix_ms(), Ordering::SeqCst);
-        let (held, renewed) = (self.lease.clone(), self.renewed_ms.clone());
+        self.renewed.renewed();
+        let (held, renewed) = (self.lease.clone(), self.renewed.clone());
         self.store.keep_alive(lease, self.ttl / 3, move |ttl| match ttl {
             _ if held.load(Ordering::SeqCst) != lease => false,
             Some(t) if t > 0 => {
-                renewed.store(runfile::unix_ms(), Ordering::SeqCst);
+                renewed.renewed();
                 true
             }
             // The store says the lease is gone: make it look expired.
             Some(_) => {
-                renewed.store(0, Ordering::SeqCst);
+                renewed.expire();
                 true
             }
             None => true,
@@ -214,8 +223,7 @@ impl Agent<'_> {
     }
 
     fn lease_lost(&self) -> bool {
-        let renewed = self.renewed_ms.load(Ordering::SeqCst);
-        runfile::unix_ms().saturating_sub(renewed) > self.ttl.as_millis() as u64
+        self.renewed.lost(self.ttl)
     }
 
     /// Removes every cluster stack this host runs.
@@ -275,6 +283,7 @@ impl Agent<'_> {
             if !deployed.contains(&stack) {
                 log(format!("stack {stack} was undeployed: removing it here"));
                 down::run(self.ctx, &stack, down::Mode::Apply)?;
+                self.copy_record(&stack);
                 self.applied.remove(&stack);
             }
         }
@@ -353,6 +362,7 @@ impl Agent<'_> {
                     "stack {stack}: no replica placed here any more: removing it here"
                 ));
                 down::run(self.ctx, stack, down::Mode::Apply)?;
+                self.copy_record(stack);
             }
             self.applied.remove(stack);
             self.publish(stack, sv, &BTreeMap::new(), lease)?;
@@ -381,6 +391,7 @@ impl Agent<'_> {
                 Some(&assignment),
                 up::Mode::Apply(up::Supervision::NoWait),
             )?;
+            self.copy_record(stack);
             self.applied.insert(
                 stack.to_string(),
                 (spec.text.clone(), assignment.clone(), Instant::now()),
@@ -470,6 +481,19 @@ impl Agent<'_> {
             "network {network} ({subnet}) has no free /{prefix} block left for this host"
         ))
         .hint("give the overlay a larger subnet or a longer host_prefix"))
+    }
+
+    /// Copies this host's record of `stack` into the store (or removes it there once the
+    /// stack is gone here). A failure is said, not fatal: the record on disk is the truth.
+    fn copy_record(&self, stack: &str) {
+        let copied = match self.ctx.state.load(stack) {
+            Ok(Some(record)) => self.records.save(&record),
+            Ok(None) => self.records.remove(stack),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = copied {
+            log(format!("stack {stack}: copying its record to the store: {e}"));
+        }
     }
 
     /// This host's replicas of `stack` as the store should show them.

@@ -155,7 +155,7 @@ impl StateStore for EtcdRecords {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cluster::store::Access;
     use plumb_core::desired::Desired;
@@ -165,7 +165,7 @@ mod tests {
     use std::process::{Child, Command, Stdio};
 
     /// An etcd of its own on loopback (Debian's etcd-server), removed when dropped.
-    struct Etcd {
+    pub(crate) struct Etcd {
         child: Child,
         dir: std::path::PathBuf,
         url: String,
@@ -180,10 +180,11 @@ mod tests {
     }
 
     impl Etcd {
-        fn start() -> Etcd {
-            let dir = std::env::temp_dir().join(format!("plumb-records-etcd-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
+        pub(crate) fn start() -> Etcd {
             let (client, peer) = (free_port(), free_port());
+            // One per test: tests of one process run side by side.
+            let dir = std::env::temp_dir().join(format!("plumb-records-etcd-{}-{client}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
             let url = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let child = Command::new("etcd")
@@ -204,7 +205,7 @@ mod tests {
             Etcd { child, dir, url }
         }
 
-        fn store(&self) -> Arc<Store> {
+        pub(crate) fn store(&self) -> Arc<Store> {
             let access = Access {
                 urls: self.url.clone(),
                 tls: std::path::PathBuf::new(),

@@ -162,25 +162,14 @@ fn policy_view(
     Some(explain(desired, &from, &to, protocol, port))
 }
 
-/// `TARGET:PORT[/tcp|udp]`.
+/// `TARGET:PORT[/tcp|udp]` ([`plumb_core::policy::parse_target`]); true for udp.
 fn parse_target(text: &str) -> Result<(&str, u16, bool)> {
-    let bad = || {
-        Failure::new(format!("{text:?} is not TARGET:PORT[/tcp|udp]"))
+    let t = plumb_core::policy::parse_target(text).map_err(|e| {
+        Failure::new(format!("{text:?} is not TARGET:PORT[/tcp|udp]: {e}"))
             .hint("e.g. `plumb trace web-1 api:5000`, `plumb trace web-1 10.89.0.3:53/udp`")
             .code(2)
-    };
-    let (rest, udp) = match text.rsplit_once('/') {
-        Some((rest, "udp")) => (rest, true),
-        Some((rest, "tcp")) => (rest, false),
-        Some(_) => return Err(bad()),
-        None => (text, false),
-    };
-    let (target, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
-    if target.is_empty() {
-        return Err(bad());
-    }
-    Ok((target, port, udp))
+    })?;
+    Ok((t.name, t.port, t.protocol == plumb_core::spec::Protocol::Udp))
 }
 
 /// The address a target names: an IPv4 address; a container (its address on a network it

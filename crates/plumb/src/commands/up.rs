@@ -198,7 +198,7 @@ pub fn bring_up(
     if desired.containers.is_empty() && supervision != Supervision::Foreground {
         return processes::stop_supervisor(&stack_dir);
     }
-    if supervision != Supervision::Foreground && plan.is_empty() && supervisor_has(&stack_dir, &specs, &desired) {
+    if supervision != Supervision::Foreground && plan.is_empty() && supervisor_has(&stack_dir, &specs, desired) {
         // Nothing changed and the supervisor runs this very stack: no new generation to hand
         // over (a no-op `up` stays a few milliseconds).
         let status = runfile::read_status(&stack_dir);
