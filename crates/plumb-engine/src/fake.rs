@@ -131,7 +131,7 @@ impl World {
                     self.ip_forward = value == "1";
                 }
             }
-            Op::NetnsAdd { name } => {
+            Op::NetnsAdd { name } | Op::NetnsAttach { name, .. } => {
                 if self.namespaces.contains_key(name) {
                     return Err(fail(format!("add netns {name}"), EEXIST));
                 }

@@ -112,6 +112,15 @@ impl LinuxKernel {
                 self.keep_inside(name, created.fd, created.netlink);
                 Ok(())
             }
+            Op::NetnsAttach { name, path } => {
+                if !self.run_dir_ready {
+                    netns::prepare_run_dir()?;
+                    self.run_dir_ready = true;
+                }
+                let attached = netns::attach(&self.home, name, std::path::Path::new(path))?;
+                self.keep_inside(name, attached.fd, attached.netlink);
+                Ok(())
+            }
             Op::BridgeAdd { name, mac, mtu } => {
                 link::create_bridge(&mut self.host, name, mac.octets(), *mtu)?;
                 self.bridges.remove(name);
