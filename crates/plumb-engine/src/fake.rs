@@ -481,6 +481,15 @@ impl Kernel for FakeKernel {
             .collect())
     }
 
+    fn default_gateway(&mut self) -> KernelResult<Option<Ipv4Addr>> {
+        Ok(None)
+    }
+
+    fn residents(&mut self, _: &std::collections::HashSet<u64>) -> BTreeMap<u64, Vec<plumb_core::kernel::Resident>> {
+        // The fake runs no processes.
+        BTreeMap::new()
+    }
+
     fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {
         let world = self.world();
         Ok(index

@@ -453,6 +453,17 @@ impl Kernel for LinuxKernel {
             .collect())
     }
 
+    fn default_gateway(&mut self) -> KernelResult<Option<std::net::Ipv4Addr>> {
+        route::default_gateway_v4(&mut self.host).map_err(kernel_error)
+    }
+
+    fn residents(
+        &mut self,
+        inodes: &std::collections::HashSet<u64>,
+    ) -> BTreeMap<u64, Vec<plumb_core::kernel::Resident>> {
+        netns::residents(inodes)
+    }
+
     fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {
         match link::get(&mut self.host, LinkRef::Index(index)) {
             Ok(l) => Ok(Some(l.name)),

@@ -267,13 +267,7 @@ pub fn inode(name: &str) -> Option<u64> {
     fs::metadata(path(name)).ok().map(|m| m.ino())
 }
 
-/// A process inside a namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resident {
-    pub pid: i32,
-    pub parent: i32,
-    pub session: i32,
-}
+pub use plumb_core::kernel::Resident;
 
 /// The processes inside each of the network namespaces with these inodes, by inode, from one
 /// pass over /proc (a zombie has no namespace left to read: it is not counted).
