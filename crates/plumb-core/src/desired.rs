@@ -144,6 +144,27 @@ pub struct Container {
     pub gateway: Option<Ipv4Addr>,
     pub ports: Vec<PortSpec>,
     pub process: Option<ProcessSpec>,
+    /// An attached container: the namespace is another's (a container runtime's), at this
+    /// path; plumb wires it and later unwires it, but never makes, empties or deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
+}
+
+/// A container made by someone else (a runtime's, as a CNI ADD gives it) joined to one network
+/// of a stack: it gets an address, a veth, DNS, the stack's policies, and the VIP of
+/// `service` if that names one of the stack's services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Its name in the stack (DNS, `plumb ps`): a label.
+    pub name: String,
+    pub network: String,
+    /// The namespace, as the runtime gives it (`/run/netns/X`, `/proc/PID/ns/net`).
+    pub netns_path: String,
+    /// The interface inside (`eth0`).
+    pub ifname: String,
+    /// A service of the stack whose VIP and name it joins, if any.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 impl Container {
@@ -216,7 +237,7 @@ const VIP_POOL: &str = "@services";
 /// Resolves a parsed stack into its desired state, keeping previous address leases. On one
 /// host (`plumb up`) an overlay network is a bridge like any other.
 pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), Diagnostics> {
-    resolve_with(parsed, previous, None)
+    resolve_with(parsed, previous, None, &[])
 }
 
 /// This host's desired state in a cluster: only the replicas `assignment` places here, each
@@ -227,13 +248,84 @@ pub fn resolve_on_host(
     previous: &Leases,
     assignment: &HostAssignment,
 ) -> Result<(Desired, Leases), Diagnostics> {
-    resolve_with(parsed, previous, Some(assignment))
+    resolve_with(parsed, previous, Some(assignment), &[])
+}
+
+/// The desired state with attached containers too (their addresses leased beside the
+/// replicas', so neither takes the other's). Attachments are checked first: see
+/// [`check_attachment`].
+pub fn resolve_attached(
+    parsed: &Parsed,
+    previous: &Leases,
+    assignment: Option<&HostAssignment>,
+    attached: &[Attachment],
+) -> Result<(Desired, Leases), Diagnostics> {
+    resolve_with(parsed, previous, assignment, attached)
+}
+
+/// Why `a` cannot join the stack, if it cannot: a name that is not a label or is taken, a
+/// network or service the stack lacks, an interface name the kernel refuses.
+pub fn check_attachment(stack: &crate::spec::Stack, a: &Attachment, others: &[Attachment]) -> Result<(), String> {
+    if !crate::spec::valid_host_name(&a.name) || a.name.len() > 40 || a.name.contains('.') {
+        return Err(format!(
+            "{:?} is not a usable container name: 1 to 40 letters, digits, '-' or '_'",
+            a.name
+        ));
+    }
+    let replica_name = stack
+        .services
+        .iter()
+        .any(|(svc, spec)| (1..=spec.replicas).any(|r| names::container(svc, r) == a.name));
+    if replica_name || stack.services.contains_key(&a.name) && a.service.as_deref() != Some(&a.name) {
+        return Err(format!(
+            "{:?} is a name of the stack's own services or replicas",
+            a.name
+        ));
+    }
+    if others.iter().any(|o| o.name == a.name) {
+        return Err(format!("a container {:?} is already attached", a.name));
+    }
+    match stack.networks.get(&a.network) {
+        None => {
+            let known: Vec<&str> = stack.networks.keys().map(String::as_str).collect();
+            return Err(format!(
+                "the stack has no network {:?} (it has {})",
+                a.network,
+                known.join(", ")
+            ));
+        }
+        Some(n) if n.overlay.is_some() => {
+            return Err(format!(
+                "{} is an overlay network: attach to a local network",
+                a.network
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(service) = &a.service {
+        if !stack.services.contains_key(service) {
+            return Err(format!("the stack has no service {service:?}"));
+        }
+    }
+    let ifname_ok = !a.ifname.is_empty()
+        && a.ifname.len() <= 15
+        && a.ifname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !ifname_ok {
+        return Err(format!(
+            "{:?} is not an interface name (1 to 15 letters, digits, '-', '_', '.')",
+            a.ifname
+        ));
+    }
+    Ok(())
 }
 
 fn resolve_with(
     parsed: &Parsed,
     previous: &Leases,
     assignment: Option<&HostAssignment>,
+    attached: &[Attachment],
 ) -> Result<(Desired, Leases), Diagnostics> {
     let stack = &parsed.stack;
     let mut networks = Vec::new();
@@ -293,6 +385,13 @@ fn resolve_with(
             }
         }
     }
+    for a in attached {
+        requests.push(Request {
+            key: format!("{}/{}", a.name, a.network),
+            network: a.network.clone(),
+            fixed: None,
+        });
+    }
     // VIPs: the first host address of the service subnet stays free (for the stack's own use).
     let vip_pool = Pool {
         subnet: stack.service_subnet,
@@ -344,6 +443,11 @@ fn resolve_with(
             containers: (1..=svc.replicas)
                 .filter(|r| runs_here(name, *r))
                 .map(|r| names::container(name, r))
+                .chain(
+                    (attached.iter())
+                        .filter(|a| a.service.as_deref() == Some(name))
+                        .map(|a| a.name.clone()),
+                )
                 .collect(),
         })
         .collect();
@@ -379,8 +483,34 @@ fn resolve_with(
                 interfaces,
                 ports: svc.ports.clone(),
                 process: svc.process.clone(),
+                external: None,
             });
         }
+    }
+    for a in attached {
+        let net = &pools[&a.network];
+        let alias = names::alias(&stack.name, &format!("{}/{}", a.name, a.network));
+        containers.push(Container {
+            netns: names::netns(&stack.name, &a.name),
+            gateway: Some(net.gateway),
+            name: a.name.clone(),
+            service: a.service.clone().unwrap_or_else(|| a.name.clone()),
+            replica: 0,
+            interfaces: vec![Interface {
+                name: a.ifname.clone(),
+                network: a.network.clone(),
+                bridge: names::bridge(&stack.name, &a.network),
+                host_veth: names::host_veth(&stack.name, &a.name, &a.network),
+                address: leases[&format!("{}/{}", a.name, a.network)],
+                prefix_len: net.subnet.prefix_len(),
+                mac: names::mac(&alias),
+                alias,
+                mtu: networks.iter().find(|n| n.name == a.network).and_then(Network::mtu),
+            }],
+            ports: Vec::new(),
+            process: None,
+            external: Some(a.netns_path.clone()),
+        });
     }
     let policies = stack
         .policies

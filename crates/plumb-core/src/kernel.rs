@@ -122,6 +122,14 @@ pub struct LinkCounters {
     pub tx_dropped: u64,
 }
 
+/// A process found inside a container's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resident {
+    pub pid: i32,
+    pub parent: i32,
+    pub session: i32,
+}
+
 /// What one probe connection met (`plumb trace`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -205,6 +213,12 @@ pub trait Kernel: Send {
 
     /// The host namespace's IPv4 routes (every table plumb's checks look at: main).
     fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>>;
+
+    /// The gateway of the host namespace's IPv4 default route (main table), if any.
+    fn default_gateway(&mut self) -> KernelResult<Option<std::net::Ipv4Addr>>;
+
+    /// The processes inside each of the namespaces with these inodes, by inode.
+    fn residents(&mut self, inodes: &std::collections::HashSet<u64>) -> BTreeMap<u64, Vec<Resident>>;
 
     /// The name of the host link with this index, `None` if there is none.
     fn link_name(&mut self, index: u32) -> KernelResult<Option<String>>;

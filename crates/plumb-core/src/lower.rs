@@ -234,8 +234,15 @@ pub fn firewall(what: What, changes: Vec<NftChange>) -> Step {
 pub fn create_container(stack: &str, c: &Container) -> Step {
     let ns = &c.netns;
     let inside = At::Netns(ns.clone());
+    let namespace = match &c.external {
+        Some(path) => Op::NetnsAttach {
+            name: ns.clone(),
+            path: path.clone(),
+        },
+        None => Op::NetnsAdd { name: ns.clone() },
+    };
     let mut ops = vec![
-        Op::NetnsAdd { name: ns.clone() },
+        namespace,
         Op::ResolvConf {
             netns: ns.clone(),
             content: zone::resolv_conf(stack, c.gateway),

@@ -53,6 +53,13 @@ pub enum Op {
     NetnsAdd {
         name: String,
     },
+    /// A namespace someone else made (a container runtime: a CNI ADD), bind-mounted on
+    /// /run/netns/NAME so plumb reaches it by name; `NetnsDel` later removes only the name,
+    /// the namespace stays its owner's.
+    NetnsAttach {
+        name: String,
+        path: String,
+    },
     /// A bridge with a fixed MAC and multicast snooping off (and an overlay's MTU).
     BridgeAdd {
         name: String,
@@ -223,6 +230,10 @@ impl Op {
         match self {
             Op::Sysctl { key, value } => format!("sysctl -qw {key}={value}"),
             Op::NetnsAdd { name } => format!("ip netns add {name}"),
+            Op::NetnsAttach { name, path } => format!(
+                "mkdir -p /run/netns && touch /run/netns/{name} && mount --bind '{}' /run/netns/{name}",
+                path.replace('\'', "'\\''")
+            ),
             Op::BridgeAdd { name, mac, mtu } => {
                 format!(
                     "ip link add {name} address {mac}{} type bridge mcast_snooping 0",

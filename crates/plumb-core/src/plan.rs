@@ -37,6 +37,9 @@ pub struct Actual {
     /// The stack's VXLAN devices (by alias) and any link named like a desired one, with their
     /// entries.
     pub vxlans: BTreeMap<String, ObservedVxlan>,
+    /// Namespaces of attached containers (another's: the record says so): removing them ends
+    /// no process in them, it only unwires them and drops the name.
+    pub external: BTreeSet<String>,
 }
 
 /// A VXLAN device as read back: its settings and its static entries.
@@ -260,8 +263,12 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
 
     // Everything removed goes first, in one batch: names are free again before anything is
     // made, and one request removes every link (one RCU wait instead of one per link).
-    if !deleted.is_empty() {
-        steps.push(lower::stop_processes(deleted.iter().map(|n| n.to_string()).collect()));
+    let ours: Vec<String> = (deleted.iter())
+        .filter(|n| !actual.external.contains(**n))
+        .map(|n| n.to_string())
+        .collect();
+    if !ours.is_empty() {
+        steps.push(lower::stop_processes(ours));
     }
     let nft = firewall_changes(desired, actual);
     let tables = |changes: &[NftChange]| changes.iter().map(|c| c.table().to_string()).collect();
@@ -467,9 +474,11 @@ pub fn vtep_cidr(net: &Network) -> Ipv4Net {
 /// A container is kept only if every part of its wiring is as desired; anything else (for
 /// example an `up` killed half-way) is rebuilt from scratch.
 fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, rebuilt: &BTreeSet<&str>) -> bool {
+    // An attached container may hold interfaces of its own (another plugin's): only plumb's
+    // are compared.
     got.lo_up
         && got.default_gateway == want.gateway
-        && got.links.len() == want.interfaces.len()
+        && (want.external.is_some() || got.links.len() == want.interfaces.len())
         && want.interfaces.iter().all(|i| {
             let inside = got.links.get(&i.name).is_some_and(|l| {
                 l.up && l.alias.as_deref() == Some(i.alias.as_str())

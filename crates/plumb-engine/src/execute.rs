@@ -147,6 +147,16 @@ fn create_containers(kernel: &mut dyn Kernel, batch: &[&Step], progress: Progres
 
 /// Removes what a failed container step made: its namespace (its veths go with it).
 fn undo(kernel: &mut dyn Kernel, step: &Step) {
+    if let Some(Op::NetnsAttach { name, .. }) = step.ops.first() {
+        // Another's namespace stays: only plumb's veths and the name go.
+        for op in &step.ops {
+            if let Op::VethAdd { name: veth, .. } = op {
+                let _ = kernel.apply(&Op::LinkDel { name: veth.clone() });
+            }
+        }
+        let _ = kernel.apply(&Op::EtcNetnsDel { netns: name.clone() });
+        let _ = kernel.apply(&Op::NetnsDel { name: name.clone() });
+    }
     if let Some(Op::NetnsAdd { name }) = step.ops.first() {
         let _ = kernel.apply(&Op::EtcNetnsDel { netns: name.clone() });
         let _ = kernel.apply(&Op::NetnsDel { name: name.clone() });

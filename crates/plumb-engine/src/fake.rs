@@ -136,7 +136,7 @@ impl World {
                     self.ip_forward = value == "1";
                 }
             }
-            Op::NetnsAdd { name } => {
+            Op::NetnsAdd { name } | Op::NetnsAttach { name, .. } => {
                 if self.namespaces.contains_key(name) {
                     return Err(fail(format!("add netns {name}"), EEXIST));
                 }
@@ -493,6 +493,15 @@ impl Kernel for FakeKernel {
                 link_index: Some(i as u32 + 1),
             })
             .collect())
+    }
+
+    fn default_gateway(&mut self) -> KernelResult<Option<Ipv4Addr>> {
+        Ok(None)
+    }
+
+    fn residents(&mut self, _: &std::collections::HashSet<u64>) -> BTreeMap<u64, Vec<plumb_core::kernel::Resident>> {
+        // The fake runs no processes.
+        BTreeMap::new()
     }
 
     fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {

@@ -57,10 +57,29 @@ pub struct StackState {
     /// redirects.
     #[serde(default)]
     pub faults: plumb_core::chaos::Faults,
+    /// Containers made by others and attached to the stack's networks (CNI ADD).
+    #[serde(default)]
+    pub attached: Vec<plumb_core::desired::Attachment>,
+    /// The stack file (its text) and host assignment last brought up: what an attach or a
+    /// detach plans from, without the file.
+    #[serde(default)]
+    pub spec: Option<RecordedSpec>,
     /// Set only on a record that [`StateStore::stacks`] could not read: why (its state file is
     /// damaged or unreadable). Such a record holds nothing else.
     #[serde(skip)]
     pub damaged: Option<String>,
+}
+
+/// The spec a stack was last brought up from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedSpec {
+    /// Its name in messages (the stack file's path).
+    pub file: String,
+    pub text: String,
+    /// The folder its relative paths start from.
+    pub base: PathBuf,
+    /// On a cluster host: this host's part.
+    pub assignment: Option<plumb_core::cluster::HostAssignment>,
 }
 
 impl StackState {

@@ -563,3 +563,134 @@ fn overlay_hosts_reconcile_and_a_survivor_takes_a_dead_hosts_replicas() {
     assert!(entries(&h2).is_empty(), "h1's entries are gone: {:?}", entries(&h2));
     assert!(apply_assignment(&mut h2, &parsed, &a).is_empty(), "converged");
 }
+
+fn attachment(name: &str, network: &str, service: Option<&str>) -> plumb_core::desired::Attachment {
+    plumb_core::desired::Attachment {
+        name: name.into(),
+        network: network.into(),
+        netns_path: format!("/run/netns/runtime-{name}"),
+        ifname: "eth0".into(),
+        service: service.map(str::to_string),
+    }
+}
+
+fn apply_change(
+    host: &mut Host,
+    plan: impl FnOnce(&mut Engine) -> plumb_engine::Result<plumb_engine::Change>,
+) -> plumb_engine::Result<plumb_engine::Change> {
+    let mut kernel = host.kernel.clone();
+    let mut engine = Engine::open(&mut kernel, &host.state)?;
+    let change = plan(&mut engine)?;
+    engine.apply(change, &mut |_, _| Ok(()), &|_, _, _| {})
+}
+
+/// Attach and detach (what a CNI ADD and DEL call): the container gets an address of the
+/// network beside the replicas', joins the service's VIP, survives an `up` of the stack, and
+/// its namespace is never emptied: no StopProcesses for it, ever.
+#[test]
+fn attach_and_detach_a_container_made_by_someone_else() {
+    use plumb_core::Op;
+    let mut host = Host::new("attach");
+    let parsed = parse("s.toml", STACK).unwrap();
+    host.up(&parsed).unwrap();
+    let change = apply_change(&mut host, |e| {
+        e.plan_attach("s", attachment("ext", "back", Some("api")))
+    })
+    .unwrap();
+    let steps: Vec<&What> = change.plan.steps.iter().map(|s| &s.what).collect();
+    assert!(
+        steps
+            .iter()
+            .any(|w| matches!(w, What::CreateContainer { container, .. } if container == "ext")),
+        "{steps:?}"
+    );
+    let ops: Vec<&Op> = change.plan.ops().collect();
+    assert!(ops
+        .iter()
+        .any(|op| matches!(op, Op::NetnsAttach { name, path } if name == "s-ext" && path == "/run/netns/runtime-ext")));
+    assert!(!ops.iter().any(|op| matches!(op, Op::NetnsAdd { .. })), "{ops:?}");
+    let ext = change.desired.container("ext").unwrap();
+    let address = ext.interfaces[0].address;
+    let api: Vec<std::net::Ipv4Addr> = ["api-1", "api-2"]
+        .iter()
+        .map(|c| change.desired.container(c).unwrap().interfaces[0].address)
+        .collect();
+    assert!(!api.contains(&address), "its own address: {address}");
+    assert!(
+        change
+            .desired
+            .service("api")
+            .unwrap()
+            .containers
+            .contains(&"ext".to_string()),
+        "it joins api's VIP"
+    );
+    assert_eq!(host.namespaces(), 4);
+
+    // Bad attachments are input errors and change nothing.
+    for (bad, why) in [
+        (attachment("web-1", "back", None), "own services or replicas"),
+        (attachment("ext2", "nope", None), "no network \"nope\""),
+        (attachment("ext2", "back", Some("nope")), "no service \"nope\""),
+        (
+            plumb_core::desired::Attachment {
+                netns_path: "/run/netns/another".into(),
+                ..attachment("ext", "back", None)
+            },
+            "already attached",
+        ),
+    ] {
+        let mut kernel = host.kernel.clone();
+        let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+        let e = engine.plan_attach("s", bad).unwrap_err();
+        assert!(e.input && e.message.contains(why), "{}", e.message);
+    }
+
+    // The same ADD again (a runtime retrying) changes nothing.
+    let same = apply_change(&mut host, |e| {
+        e.plan_attach("s", attachment("ext", "back", Some("api")))
+    })
+    .unwrap();
+    assert!(same.plan.is_empty(), "{:?}", same.plan);
+    // An up of the stack keeps it, at its address.
+    assert!(host.up(&parsed).unwrap().is_empty(), "up keeps the attached container");
+    // Detach: its veth and name go, no process in it is ended.
+    let change = apply_change(&mut host, |e| e.plan_detach("s", "ext")).unwrap();
+    let ops: Vec<&Op> = change.plan.ops().collect();
+    assert!(
+        !ops.iter()
+            .any(|op| matches!(op, Op::StopProcesses { namespaces, .. } if namespaces.iter().any(|n| n == "s-ext"))),
+        "{ops:?}"
+    );
+    assert!(ops
+        .iter()
+        .any(|op| matches!(op, Op::NetnsDel { name } if name == "s-ext")));
+    assert_eq!(host.namespaces(), 3);
+    assert!(!change
+        .desired
+        .service("api")
+        .unwrap()
+        .containers
+        .contains(&"ext".to_string()));
+    let again = apply_change(&mut host, |e| e.plan_detach("s", "ext")).unwrap();
+    assert!(again.plan.is_empty(), "a second DEL does nothing");
+
+    // Down with an attached container ends no process in it either.
+    apply_change(&mut host, |e| e.plan_attach("s", attachment("ext", "back", None))).unwrap();
+    let mut kernel = host.kernel.clone();
+    let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+    let teardown = engine.plan_down("s").unwrap();
+    let stopped: Vec<&Op> = teardown
+        .plan
+        .ops()
+        .filter(|op| matches!(op, Op::StopProcesses { .. }))
+        .collect();
+    assert!(
+        stopped
+            .iter()
+            .all(|op| !matches!(op, Op::StopProcesses { namespaces, .. } if namespaces.iter().any(|n| n == "s-ext"))),
+        "{stopped:?}"
+    );
+    engine.down(teardown, &|_, _, _| {}).unwrap();
+    assert_eq!(host.namespaces(), 0);
+}

@@ -112,6 +112,15 @@ impl LinuxKernel {
                 self.keep_inside(name, created.fd, created.netlink);
                 Ok(())
             }
+            Op::NetnsAttach { name, path } => {
+                if !self.run_dir_ready {
+                    netns::prepare_run_dir()?;
+                    self.run_dir_ready = true;
+                }
+                let attached = netns::attach(&self.home, name, std::path::Path::new(path))?;
+                self.keep_inside(name, attached.fd, attached.netlink);
+                Ok(())
+            }
             Op::BridgeAdd { name, mac, mtu } => {
                 link::create_bridge(&mut self.host, name, mac.octets(), *mtu)?;
                 self.bridges.remove(name);
@@ -465,6 +474,17 @@ impl Kernel for LinuxKernel {
                 link_index,
             })
             .collect())
+    }
+
+    fn default_gateway(&mut self) -> KernelResult<Option<std::net::Ipv4Addr>> {
+        route::default_gateway_v4(&mut self.host).map_err(kernel_error)
+    }
+
+    fn residents(
+        &mut self,
+        inodes: &std::collections::HashSet<u64>,
+    ) -> BTreeMap<u64, Vec<plumb_core::kernel::Resident>> {
+        netns::residents(inodes)
     }
 
     fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {

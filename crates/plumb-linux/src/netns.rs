@@ -131,6 +131,42 @@ pub fn create(home: &Home, name: &str) -> Result<Created> {
     made
 }
 
+/// Gives the namespace at `path` (another's: a runtime's /run/netns/X or /proc/PID/ns/net)
+/// the name `name`, as `ip netns attach` does: a bind mount on /run/netns/NAME. Returns a
+/// handle on it and a netlink socket inside.
+pub fn attach(home: &Home, name: &str, path: &Path) -> Result<Created> {
+    let target = super::netns::path(name);
+    let what = || format!("attach network namespace {} as {name}", path.display());
+    let fd: OwnedFd = File::open(path).map_err(|e| Error::new(what(), e))?.into();
+    if nix::sys::statfs::fstatfs(&fd).map(|s| s.filesystem_type().0) != Ok(NSFS_MAGIC) {
+        return Err(Error::new(
+            what(),
+            io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace"),
+        ));
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&target)
+        .map_err(|e| Error::new(what(), e))?;
+    let made = (|| {
+        mount(Some(path), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| Error::new(what(), e.into()))?;
+        let netlink = home.netlink_in(fd.as_fd())?;
+        Ok(Created { fd, netlink })
+    })();
+    if made.is_err() {
+        let _ = umount2(&target, MntFlags::MNT_DETACH);
+        let _ = fs::remove_file(&target);
+    }
+    made
+}
+
+/// The filesystem type of a bound namespace file.
+const NSFS_MAGIC: nix::libc::__fsword_t = 0x6e73_6673;
+
 /// Opens the named namespace.
 pub fn open(name: &str) -> Result<OwnedFd> {
     File::open(path(name))
@@ -223,8 +259,6 @@ pub fn enter(ns: BorrowedFd) -> Result<()> {
 /// Whether the namespace's file holds a namespace: an `up` interrupted between creating the
 /// file and bind-mounting the namespace onto it leaves an empty mount point.
 pub fn is_bound(name: &str) -> bool {
-    /// The filesystem type of a bound namespace file (NSFS_MAGIC).
-    const NSFS_MAGIC: nix::libc::__fsword_t = 0x6e73_6673;
     nix::sys::statfs::statfs(&path(name)).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
@@ -233,13 +267,7 @@ pub fn inode(name: &str) -> Option<u64> {
     fs::metadata(path(name)).ok().map(|m| m.ino())
 }
 
-/// A process inside a namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resident {
-    pub pid: i32,
-    pub parent: i32,
-    pub session: i32,
-}
+pub use plumb_core::kernel::Resident;
 
 /// The processes inside each of the network namespaces with these inodes, by inode, from one
 /// pass over /proc (a zombie has no namespace left to read: it is not counted).

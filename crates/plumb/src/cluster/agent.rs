@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plumb_core::cluster::{self, HostAssignment, OverlayAssignment, VXLAN_OVERHEAD};
+use plumb_core::kernel::Kernel;
 use plumb_core::spec::{self, Parsed};
 
 use super::keys;
@@ -62,7 +63,7 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
             .code(2));
     }
     let ttl_secs = options.ttl.as_secs().max(1) as i64;
-    let (underlay, mtu) = underlay(options.underlay.as_deref())?;
+    let (underlay, mtu) = underlay(&mut crate::apply::kernel()?, options.underlay.as_deref())?;
     let (store, transport) = Store::connect(&options.store)?;
     if transport == super::store::Transport::Plain {
         // Loud: this is not a state to forget about.
@@ -583,55 +584,53 @@ impl Agent<'_> {
 }
 
 /// This host's underlay address and its link's MTU: from `--underlay` (a link name or an
-/// address of this host), else the link of the default route.
-fn underlay(wanted: Option<&str>) -> Result<(Ipv4Addr, u32)> {
-    let mut nl = plumb_linux::Netlink::open()?;
-    let addresses = plumb_linux::addr::list_v4(&mut nl)?;
-    let links = plumb_linux::link::list(&mut nl)?;
-    let index = match wanted {
-        Some(w) => match w.parse::<Ipv4Addr>() {
-            Ok(ip) => addresses
-                .iter()
-                .find(|(_, a)| a.addr() == ip)
-                .map(|(i, _)| *i)
-                .ok_or_else(|| {
-                    Failure::new(format!("{ip} is not an address of this host"))
-                        .hint("pass --underlay with one of `ip -4 addr`'s addresses, or a link name")
-                })?,
-            Err(_) => links.iter().find(|l| l.name == w).map(|l| l.index).ok_or_else(|| {
+/// address of this host), else the link of the default route (the one whose connected
+/// route holds its gateway).
+fn underlay(kernel: &mut dyn Kernel, wanted: Option<&str>) -> Result<(Ipv4Addr, u32)> {
+    let links = kernel.host_links()?;
+    let wanted_ip = wanted.and_then(|w| w.parse::<Ipv4Addr>().ok());
+    let name = match (wanted, wanted_ip) {
+        (_, Some(ip)) => links
+            .iter()
+            .find(|l| l.link.addresses.iter().any(|a| a.addr() == ip))
+            .map(|l| l.name.clone())
+            .ok_or_else(|| {
+                Failure::new(format!("{ip} is not an address of this host"))
+                    .hint("pass --underlay with one of `ip -4 addr`'s addresses, or a link name")
+            })?,
+        (Some(w), None) => links
+            .iter()
+            .find(|l| l.name == w)
+            .map(|l| l.name.clone())
+            .ok_or_else(|| {
                 Failure::new(format!("no link named {w:?} on this host"))
                     .hint("pass --underlay with a link name from `ip link`, or an address")
             })?,
-        },
-        // The link of the default route: the one whose connected route holds its gateway.
-        None => {
-            let gateway = plumb_linux::route::default_gateway_v4(&mut nl)?;
-            gateway
-                .and_then(|gw| {
-                    plumb_linux::route::list_v4(&mut nl)
-                        .ok()?
-                        .into_iter()
-                        .filter(|(r, _)| r.contains(&gw))
-                        .max_by_key(|(r, _)| r.prefix_len())
-                        .and_then(|(_, oif)| oif)
-                })
-                .ok_or_else(|| {
-                    Failure::new("this host has no default route to find its underlay by")
-                        .hint("pass --underlay IFACE or --underlay ADDRESS")
-                })?
+        (None, None) => {
+            let gateway = kernel.default_gateway()?;
+            let index = match gateway {
+                Some(gw) => (kernel.host_routes()?.into_iter())
+                    .filter(|r| r.destination.contains(&gw))
+                    .max_by_key(|r| r.destination.prefix_len())
+                    .and_then(|r| r.link_index),
+                None => None,
+            };
+            let name = match index {
+                Some(i) => kernel.link_name(i)?,
+                None => None,
+            };
+            name.ok_or_else(|| {
+                Failure::new("this host has no default route to find its underlay by")
+                    .hint("pass --underlay IFACE or --underlay ADDRESS")
+            })?
         }
     };
-    let address = addresses
-        .iter()
-        .find(|(i, _)| *i == index)
-        .map(|(_, a)| a.addr())
+    let link = links.iter().find(|l| l.name == name);
+    let address = wanted_ip
+        .or_else(|| link.and_then(|l| l.link.addresses.first()).map(|a| a.addr()))
         .ok_or_else(|| {
             Failure::new("the underlay link has no IPv4 address").hint("pass --underlay with an address of this host")
         })?;
-    let mtu = links
-        .iter()
-        .find(|l| l.index == index)
-        .and_then(|l| l.mtu)
-        .unwrap_or(1500);
+    let mtu = link.and_then(|l| l.link.mtu).unwrap_or(1500);
     Ok((address, mtu))
 }

@@ -365,8 +365,9 @@ fn http_get(
     let (host, path) = (host.to_string(), path.to_string());
     let task = move || -> std::result::Result<(u16, Duration), String> {
         if let Some(ns) = netns {
-            let fd = plumb_linux::netns::open(&ns).map_err(|e| e.to_string())?;
-            plumb_linux::netns::enter(fd.as_fd()).map_err(|e| e.to_string())?;
+            use plumb_core::kernel::Kernel;
+            let mut kernel = crate::apply::kernel().map_err(|e| e.to_string())?;
+            kernel.enter_netns(&ns).map_err(|e| e.to_string())?;
         }
         crate::load::get_once(SocketAddr::from((ip, port)), &host, &path, within)
     };
