@@ -1,8 +1,8 @@
 //! nftables set and map elements over netlink. A list of [`ElementEdit`]s becomes one
 //! nf_tables batch on a NETLINK_NETFILTER socket (NFNL_MSG_BATCH_BEGIN, NFT_MSG_DELSETELEM /
 //! NFT_MSG_NEWSETELEM, NFNL_MSG_BATCH_END), every message acknowledged: all of it applies or
-//! none. Unlike the `nft` program, nothing of the ruleset is read first, so one element costs
-//! the same in a table of ten sets or of ten thousand chains.
+//! none. Unlike the `nft` program, nothing of the ruleset is read first: what is left is the
+//! kernel's own work (docs/architecture.md says where that still grows with the table).
 //!
 //! [`generation`] reads the ruleset's generation (NFT_MSG_GETGEN): every committed transaction
 //! in the namespace moves it on, so an unchanged generation means an unchanged ruleset.
@@ -52,7 +52,8 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_BRIDGE: u8 = 7;
 
-/// Elements per message: a message stays well under a page multiple the kernel likes.
+/// Elements per message: an attribute's length is 16 bits, so the element list of one message
+/// must stay under 64 KiB (256 of plumb's largest elements take about 25 KiB).
 const ELEMENTS_PER_MESSAGE: usize = 256;
 
 /// An edit this module cannot encode (a type or form plumb's sets do not use).
