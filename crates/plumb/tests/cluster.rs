@@ -449,8 +449,10 @@ fn a_host_cut_from_the_store_gives_up_its_replicas_and_rejoins_without_duplicate
     // The others take its replicas over; h2 itself removes them once its lease is gone.
     assert!(
         eventually(Duration::from_secs(20), || d.converged(&["h1", "h3"])),
-        "did not converge: {:?}",
-        d.replicas()
+        "did not converge: {:?}\nh1: {}\nh3: {}",
+        d.replicas(),
+        d.host(0).log(d.agents[0]),
+        d.host(2).log(d.agents[2])
     );
     assert!(
         eventually(Duration::from_secs(10), || h2.namespaces().is_empty()),

@@ -263,12 +263,21 @@ fn update_commands(old: &Ruleset, new: &Ruleset) -> Option<Vec<String>> {
             out.extend(element_commands(t, old_set, new_set));
         }
     }
-    // Chains and sets no one names any more go last, once no element or rule points at them.
-    for name in old_chains.keys().filter(|n| !new_chains.contains_key(*n)) {
-        out.push(format!("delete chain {t} {name}"));
+    // Chains and sets no one names any more go last, once no element or rule points at them:
+    // the chains are emptied first when sets go too (their rules may name one), then the sets
+    // (a map's elements may `goto` a chain that goes), then the chains.
+    let gone: Vec<&String> = old_chains.keys().filter(|n| !new_chains.contains_key(*n)).collect();
+    let gone_sets: Vec<&Set> = old_sets.values().filter(|s| !new_sets.contains_key(&s.name)).collect();
+    if !gone_sets.is_empty() {
+        for name in &gone {
+            out.push(format!("flush chain {t} {name}"));
+        }
     }
-    for set in old_sets.values().filter(|s| !new_sets.contains_key(&s.name)) {
+    for set in gone_sets {
         out.push(format!("delete {} {t} {}", set.kind(), set.name));
+    }
+    for name in gone {
+        out.push(format!("delete chain {t} {name}"));
     }
     Some(out)
 }
@@ -350,6 +359,25 @@ mod tests {
         );
         assert!(at("add rule inet plumb_s svc_a_tcp_80 numgen") < at("delete map inet plumb_s eps_a_1"));
         assert_eq!(commands.last().unwrap(), "delete map inet plumb_s eps_a_1");
+    }
+
+    /// Fewer replicas: the old slot map still `goto`s the chain of the replica that goes, so
+    /// it is deleted before that chain (the kernel refuses to delete a chain still named:
+    /// EBUSY, which a cluster host met when a peer's replica moved away).
+    #[test]
+    fn fewer_replicas_delete_the_old_map_before_the_chain_it_names() {
+        let old = rules(&STACK.replace("[services.a]\n", "[services.a]\nreplicas = 2\n"));
+        let new = rules(STACK);
+        let Some(NftChange::Update { commands, .. }) = changes(Some(&old), &new) else {
+            panic!("expected an in-place update")
+        };
+        let at = |what: &str| {
+            commands
+                .iter()
+                .position(|c| c.starts_with(what))
+                .unwrap_or_else(|| panic!("no {what:?} in {commands:#?}"))
+        };
+        assert!(at("delete map inet plumb_s eps_a_2") < at("delete chain inet plumb_s ep_a-2"));
     }
 
     #[test]

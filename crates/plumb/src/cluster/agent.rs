@@ -295,6 +295,19 @@ impl Agent<'_> {
         {
             self.forget(stack, sv)?;
         }
+        // Copies of records whose stack is gone here while the store was out of reach (a
+        // fenced host removes its stacks without reaching the store).
+        let local: BTreeSet<String> = self.local_stacks().into_iter().collect();
+        for stack in self
+            .records
+            .stacks()
+            .map(|r| r.into_keys().collect())
+            .unwrap_or_else(|_| Vec::new())
+        {
+            if !local.contains(&stack) {
+                self.copy_record(&stack);
+            }
+        }
         Ok(())
     }
 
