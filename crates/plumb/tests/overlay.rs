@@ -224,7 +224,8 @@ fn tx_checksum(host: &Host) -> bool {
         "dev=$(ip -o link show type vxlan | awk -F': ' '/plumb:ov\\/vxlan\\/a/ {print $2}' | sed 's/@.*//')
          python3 -c 'import array,fcntl,socket,struct,sys
 v=array.array(\"I\",[0x16,0])
-fcntl.ioctl(socket.socket().fileno(),0x8946,struct.pack(\"16sP\",sys.argv[1].encode(),v.buffer_info()[0])+bytes(16))
+s=socket.socket()
+fcntl.ioctl(s.fileno(),0x8946,struct.pack(\"16sP\",sys.argv[1].encode(),v.buffer_info()[0])+bytes(16))
 print(v[1])' $dev",
     );
     out.trim() == "1"
