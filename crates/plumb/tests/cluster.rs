@@ -288,9 +288,7 @@ fn a_stack_spreads_over_three_hosts_and_talks_over_the_overlay() {
         };
         assert!(why.contains(expected), "{o}");
     }
-    let text = d
-        .host(0)
-        .plumb_ok(&["cluster", "status", "--store", &d.etcd.store()]);
+    let text = d.host(0).plumb_ok(&["cluster", "status", "--store", &d.etcd.store()]);
     assert!(text.contains("TX CSUM OFFLOAD") && text.contains("kept"), "{text}");
     undeploy_leaves_nothing(&d);
 }

@@ -246,7 +246,9 @@ fn bulk_tcp(h1: &Host, h2: &Host, port: u16) {
     .unwrap();
     h2.spawn(&format!("timeout 30 ip netns exec ov-web-2 python3 {}", sink.display()));
     assert!(eventually(std::time::Duration::from_secs(10), || h2
-        .sh(&format!("ip netns exec ov-web-2 ss -Htln 'sport = :{port}' | grep -q LISTEN"))
+        .sh(&format!(
+            "ip netns exec ov-web-2 ss -Htln 'sport = :{port}' | grep -q LISTEN"
+        ))
         .status
         .success()));
     let got = h1.ok(&format!(

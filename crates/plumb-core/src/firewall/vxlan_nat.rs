@@ -190,9 +190,10 @@ impl<'a> Listing<'a> {
         };
         let data = vmap.get("data").unwrap_or(&Value::Null);
         let elements: Vec<&Value> = if let Some(name) = data.as_str().and_then(|s| s.strip_prefix('@')) {
-            let map = self.objects.iter().filter_map(|o| o.get("map")).find(|m| {
-                str_of(m, "family") == family && str_of(m, "table") == table && str_of(m, "name") == name
-            });
+            let map =
+                self.objects.iter().filter_map(|o| o.get("map")).find(|m| {
+                    str_of(m, "family") == family && str_of(m, "table") == table && str_of(m, "name") == name
+                });
             match map {
                 Some(m) => m
                     .get("elem")
@@ -217,7 +218,9 @@ impl<'a> Listing<'a> {
         };
         let mut out = Vec::new();
         for element in elements {
-            let Some([k, verdict]) = element.as_array().map(Vec::as_slice) else { continue };
+            let Some([k, verdict]) = element.as_array().map(Vec::as_slice) else {
+                continue;
+            };
             let k = k.get("elem").and_then(|e| e.get("val")).unwrap_or(k);
             let values: Vec<&Value> = match k.get("concat").and_then(Value::as_array) {
                 Some(c) => c.iter().collect(),
@@ -260,14 +263,23 @@ impl<'a> Listing<'a> {
         let holds: Option<bool> = if let Some(p) = left.get("payload") {
             let (protocol, field) = (str_of(p, "protocol"), str_of(p, "field"));
             match (protocol, field) {
-                ("ip", "saddr") => values.iter().map(|v| contains_addr(v, self.local)).collect::<Option<Vec<_>>>().map(|v| v.contains(&true)),
+                ("ip", "saddr") => values
+                    .iter()
+                    .map(|v| contains_addr(v, self.local))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| v.contains(&true)),
                 ("ip", "protocol") => Some(values.iter().any(|v| is_udp(v))),
-                ("udp" | "th", "dport") => values.iter().map(|v| contains_port(v, VXLAN_PORT)).collect::<Option<Vec<_>>>().map(|v| v.contains(&true)),
+                ("udp" | "th", "dport") => values
+                    .iter()
+                    .map(|v| contains_port(v, VXLAN_PORT))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| v.contains(&true)),
                 // A match on another transport's or IPv6's header holds only for those
                 // packets, whatever the value.
-                ("tcp" | "sctp" | "dccp" | "icmp" | "icmpv6" | "igmp" | "ah" | "esp" | "comp" | "udplite" | "ip6", _) => {
-                    return true
-                }
+                (
+                    "tcp" | "sctp" | "dccp" | "icmp" | "icmpv6" | "igmp" | "ah" | "esp" | "comp" | "udplite" | "ip6",
+                    _,
+                ) => return true,
                 _ => None,
             }
         } else if let Some(meta) = left.get("meta") {
@@ -281,7 +293,10 @@ impl<'a> Listing<'a> {
             }
         } else if let Some(fib) = left.get("fib") {
             let daddr_type = str_of(fib, "result") == "type"
-                && fib.get("flags").and_then(Value::as_array).is_some_and(|f| f.iter().any(|x| x == "daddr"));
+                && fib
+                    .get("flags")
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| f.iter().any(|x| x == "daddr"));
             // The destination is a peer: another host's unicast address.
             daddr_type.then(|| values.iter().any(|v| v.as_str() == Some("unicast")))
         } else {
@@ -316,7 +331,10 @@ fn contains_addr(v: &Value, addr: Ipv4Addr) -> Option<bool> {
         return net.parse::<Ipv4Net>().ok().map(|n| n.contains(&addr));
     }
     if let Some([lo, hi]) = v.get("range").and_then(Value::as_array).map(Vec::as_slice) {
-        let (lo, hi) = (lo.as_str()?.parse::<Ipv4Addr>().ok()?, hi.as_str()?.parse::<Ipv4Addr>().ok()?);
+        let (lo, hi) = (
+            lo.as_str()?.parse::<Ipv4Addr>().ok()?,
+            hi.as_str()?.parse::<Ipv4Addr>().ok()?,
+        );
         return Some(lo <= addr && addr <= hi);
     }
     None
@@ -395,9 +413,15 @@ mod tests {
             {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING", "handle": 1, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
             {"rule": {"family": "ip", "table": "nat", "chain": "POSTROUTING", "handle": 4, "expr": [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]}, "right": 16384}}, {"counter": {"packets": 0, "bytes": 0}}, {"xt": {"type": "target", "name": "MASQUERADE"}}]}}]}"#;
         let found = nat(kube).expect("kube-proxy's masquerade may match");
-        assert!(found.contains("table ip nat, chain POSTROUTING") && found.contains("MASQUERADE"), "{found}");
+        assert!(
+            found.contains("table ip nat, chain POSTROUTING") && found.contains("MASQUERADE"),
+            "{found}"
+        );
         let d = decide(None, LOCAL, Ok((kube, &[])));
-        assert!(!d.keep && d.why.contains("calico#3145") && d.why.contains("POSTROUTING"), "{d:?}");
+        assert!(
+            !d.keep && d.why.contains("calico#3145") && d.why.contains("POSTROUTING"),
+            "{d:?}"
+        );
         // The same rule in plumb's listing: still the workaround.
         let both = PLUMB.replacen(
             r#"{"nftables": ["#,
@@ -408,19 +432,27 @@ mod tests {
         // A blanket masquerade, a source NAT of the underlay's subnet, one to port 4789.
         assert!(nat(&table(&[&format!("[{MASQ}]")], &[])).is_some());
         let saddr = |net: &str, len: u8, op: &str| {
-            format!(r#"[{{"match": {{"op": "{op}", "left": {{"payload": {{"protocol": "ip", "field": "saddr"}}}}, "right": {{"prefix": {{"addr": "{net}", "len": {len}}}}}}}}}, {MASQ}]"#)
+            format!(
+                r#"[{{"match": {{"op": "{op}", "left": {{"payload": {{"protocol": "ip", "field": "saddr"}}}}, "right": {{"prefix": {{"addr": "{net}", "len": {len}}}}}}}}}, {MASQ}]"#
+            )
         };
         assert!(nat(&table(&[&saddr("10.99.0.0", 24, "==")], &[])).is_some());
         assert!(nat(&table(&[&saddr("10.50.0.0", 16, "!=")], &[])).is_some());
         let dport = |port: u16| {
-            format!(r#"[{{"match": {{"op": "==", "left": {{"payload": {{"protocol": "udp", "field": "dport"}}}}, "right": {port}}}}}, {{"snat": {{"family": "ip", "addr": "1.2.3.4"}}}}]"#)
+            format!(
+                r#"[{{"match": {{"op": "==", "left": {{"payload": {{"protocol": "udp", "field": "dport"}}}}, "right": {port}}}}}, {{"snat": {{"family": "ip", "addr": "1.2.3.4"}}}}]"#
+            )
         };
         assert!(nat(&table(&[&dport(4789)], &[])).is_some());
         // Reached through a jump, and through a verdict map whose element may match.
         let jump = r#"[{"jump": {"target": "sub"}}]"#;
-        assert!(nat(&table(&[jump], &[&format!("[{MASQ}]")])).expect("through the jump").contains("chain sub"));
+        assert!(nat(&table(&[jump], &[&format!("[{MASQ}]")]))
+            .expect("through the jump")
+            .contains("chain sub"));
         let vmap = |proto: &str, port: u16| {
-            format!(r#"[{{"vmap": {{"key": {{"concat": [{{"meta": {{"key": "l4proto"}}}}, {{"payload": {{"protocol": "th", "field": "dport"}}}}]}}, "data": {{"set": [[{{"concat": ["{proto}", {port}]}}, {{"goto": {{"target": "sub"}}}}]]}}}}}}]"#)
+            format!(
+                r#"[{{"vmap": {{"key": {{"concat": [{{"meta": {{"key": "l4proto"}}}}, {{"payload": {{"protocol": "th", "field": "dport"}}}}]}}, "data": {{"set": [[{{"concat": ["{proto}", {port}]}}, {{"goto": {{"target": "sub"}}}}]]}}}}}}]"#
+            )
         };
         assert!(nat(&table(&[&vmap("udp", 4789)], &[&format!("[{MASQ}]")])).is_some());
         // A named map that is not in the listing: every chain of the table may be reached.
@@ -437,19 +469,33 @@ mod tests {
     #[test]
     fn nat_rules_that_cannot_match_vxlan_keep_offload() {
         let saddr = |net: &str, len: u8, op: &str| {
-            format!(r#"[{{"match": {{"op": "{op}", "left": {{"payload": {{"protocol": "ip", "field": "saddr"}}}}, "right": {{"prefix": {{"addr": "{net}", "len": {len}}}}}}}}}, {MASQ}]"#)
+            format!(
+                r#"[{{"match": {{"op": "{op}", "left": {{"payload": {{"protocol": "ip", "field": "saddr"}}}}, "right": {{"prefix": {{"addr": "{net}", "len": {len}}}}}}}}}, {MASQ}]"#
+            )
         };
         let others = [
             // Another source, another transport, another port, an input interface, a
             // local destination, IPv6.
             saddr("10.50.0.0", 16, "=="),
             saddr("10.99.0.0", 24, "!="),
-            format!(r#"[{{"match": {{"op": "==", "left": {{"meta": {{"key": "l4proto"}}}}, "right": "tcp"}}}}, {MASQ}]"#),
-            format!(r#"[{{"match": {{"op": "==", "left": {{"payload": {{"protocol": "tcp", "field": "dport"}}}}, "right": 4789}}}}, {MASQ}]"#),
-            format!(r#"[{{"match": {{"op": "==", "left": {{"payload": {{"protocol": "udp", "field": "dport"}}}}, "right": {{"set": [53, {{"range": [5000, 6000]}}]}}}}}}, {MASQ}]"#),
-            format!(r#"[{{"match": {{"op": "==", "left": {{"meta": {{"key": "iifname"}}}}, "right": {{"set": ["br0", "veth*"]}}}}}}, {MASQ}]"#),
-            format!(r#"[{{"match": {{"op": "==", "left": {{"fib": {{"result": "type", "flags": ["daddr"]}}}}, "right": "local"}}}}, {MASQ}]"#),
-            format!(r#"[{{"match": {{"op": "==", "left": {{"meta": {{"key": "nfproto"}}}}, "right": "ipv6"}}}}, {MASQ}]"#),
+            format!(
+                r#"[{{"match": {{"op": "==", "left": {{"meta": {{"key": "l4proto"}}}}, "right": "tcp"}}}}, {MASQ}]"#
+            ),
+            format!(
+                r#"[{{"match": {{"op": "==", "left": {{"payload": {{"protocol": "tcp", "field": "dport"}}}}, "right": 4789}}}}, {MASQ}]"#
+            ),
+            format!(
+                r#"[{{"match": {{"op": "==", "left": {{"payload": {{"protocol": "udp", "field": "dport"}}}}, "right": {{"set": [53, {{"range": [5000, 6000]}}]}}}}}}, {MASQ}]"#
+            ),
+            format!(
+                r#"[{{"match": {{"op": "==", "left": {{"meta": {{"key": "iifname"}}}}, "right": {{"set": ["br0", "veth*"]}}}}}}, {MASQ}]"#
+            ),
+            format!(
+                r#"[{{"match": {{"op": "==", "left": {{"fib": {{"result": "type", "flags": ["daddr"]}}}}, "right": "local"}}}}, {MASQ}]"#
+            ),
+            format!(
+                r#"[{{"match": {{"op": "==", "left": {{"meta": {{"key": "nfproto"}}}}, "right": "ipv6"}}}}, {MASQ}]"#
+            ),
         ];
         for rule in &others {
             assert_eq!(nat(&table(&[rule], &[])), None, "{rule}");

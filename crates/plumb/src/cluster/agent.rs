@@ -555,9 +555,9 @@ impl Agent<'_> {
         lease: i64,
     ) {
         let old = sv.reports.get(&self.me);
-        if old.is_some_and(|o| {
-            o.containers == containers && o.peers == peers && o.error == error && o.offload == offload
-        }) {
+        if old
+            .is_some_and(|o| o.containers == containers && o.peers == peers && o.error == error && o.offload == offload)
+        {
             return;
         }
         let report = HostReport {

@@ -132,7 +132,10 @@ pub fn decide_offload(assignment: &HostAssignment, kernel: Option<&mut dyn Kerne
             .map_err(|e| e.to_string()),
     };
     for o in out.overlays.values_mut() {
-        let ruleset = read.as_ref().map(|(j, l)| (j.as_str(), l.as_slice())).map_err(Clone::clone);
+        let ruleset = read
+            .as_ref()
+            .map(|(j, l)| (j.as_str(), l.as_slice()))
+            .map_err(Clone::clone);
         let d = vxlan_nat::decide(o.tx_offload, o.local, ruleset);
         o.tx_offload = Some(d.keep);
         o.tx_offload_why = Some(d.why);
@@ -225,7 +228,7 @@ pub fn bring_up(
     if desired.containers.is_empty() && supervision != Supervision::Foreground {
         return processes::stop_supervisor(&stack_dir);
     }
-    if supervision != Supervision::Foreground && plan.is_empty() && supervisor_has(&stack_dir, &specs, &desired) {
+    if supervision != Supervision::Foreground && plan.is_empty() && supervisor_has(&stack_dir, &specs, desired) {
         // Nothing changed and the supervisor runs this very stack: no new generation to hand
         // over (a no-op `up` stays a few milliseconds).
         let status = runfile::read_status(&stack_dir);
