@@ -18,7 +18,7 @@ pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use answer::{Outcome, Transport};
 pub use limits::TCP_CONNECTIONS;
 use limits::{Connections, TCP_LIFETIME, TCP_PER_ASKER};
-use nix::libc;
 use nix::sys::socket::{shutdown, Shutdown};
 use plumb_core::zone::Zone;
 use upstream::{Forwarded, Upstream};
@@ -263,177 +262,37 @@ impl Drop for Server {
     }
 }
 
-/// Datagrams read (and answered) with one system call at most: a busy server reads what has
-/// queued with `recvmmsg` and answers it with one `sendmmsg`, instead of two calls a query.
-const UDP_BATCH: usize = 32;
-/// The largest UDP query read (EDNS0's usual payload size is smaller).
-const UDP_QUERY_MAX: usize = 4096;
-
 fn serve_udp(socket: &Arc<UdpSocket>, shared: &Shared, stop: &AtomicBool) {
-    let mut batch = UdpBatch::new();
+    let mut buf = vec![0u8; 4096];
     let mut key = Vec::with_capacity(512);
-    let mut replies: Vec<(SocketAddrV4, Vec<u8>)> = Vec::with_capacity(UDP_BATCH);
     while !stop.load(Ordering::Relaxed) {
-        // Blocks until one datagram is there (or STOP_POLL passed), then takes what else has
-        // queued without waiting.
-        let got = match batch.receive(socket) {
-            Ok(n) => n,
-            // Timed out, interrupted, or an ICMP error of an earlier reply (ECONNREFUSED):
-            // none is the socket's end.
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // ICMP errors of earlier replies (ECONNREFUSED) are not the socket's end.
             Err(_) => continue,
         };
+        let SocketAddr::V4(asker) = from else { continue };
+        let query = &buf[..n];
+        shared.stats.queries.fetch_add(1, Ordering::Relaxed);
         let served = shared.served();
-        for i in 0..got {
-            let (query, asker) = batch.datagram(i);
-            let Some(asker) = asker else { continue };
-            let n = query.len();
-            shared.stats.queries.fetch_add(1, Ordering::Relaxed);
-            if n >= 12 {
-                response_key(&mut key, *asker.ip(), query);
-                if let Some(bytes) = served.recall(&key, query) {
-                    replies.push((asker, bytes));
-                    continue;
-                }
-            }
-            match answer::handle(&served.zone, *asker.ip(), query, Transport::Udp) {
-                Outcome::Reply(bytes) => {
-                    if n >= 12 {
-                        served.remember(&key, &bytes);
-                    }
-                    replies.push((asker, bytes));
-                }
-                Outcome::Forward(request) => {
-                    shared.count(shared.upstream.forward_udp(request, socket, SocketAddr::V4(asker)))
-                }
-                Outcome::Drop => {}
+        if n >= 12 {
+            response_key(&mut key, *asker.ip(), query);
+            if let Some(bytes) = served.recall(&key, query) {
+                let _ = socket.send_to(&bytes, from);
+                continue;
             }
         }
-        send_all(socket, &replies);
-        replies.clear();
-    }
-}
-
-/// Buffers for reading up to [`UDP_BATCH`] datagrams with one `recvmmsg`.
-struct UdpBatch {
-    buffers: Vec<u8>,
-    names: Vec<libc::sockaddr_in>,
-    iovecs: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
-}
-
-// The raw pointers in `iovecs` and `headers` point into the batch's own heap buffers, which
-// never move (their Vecs are never resized).
-unsafe impl Send for UdpBatch {}
-
-impl UdpBatch {
-    fn new() -> UdpBatch {
-        let mut b = UdpBatch {
-            buffers: vec![0; UDP_BATCH * UDP_QUERY_MAX],
-            // SAFETY: sockaddr_in, iovec and mmsghdr are plain C structs; zero is valid for
-            // each (null pointers are set below before any use).
-            names: vec![unsafe { std::mem::zeroed() }; UDP_BATCH],
-            iovecs: vec![unsafe { std::mem::zeroed() }; UDP_BATCH],
-            headers: vec![unsafe { std::mem::zeroed() }; UDP_BATCH],
-        };
-        for i in 0..UDP_BATCH {
-            b.iovecs[i].iov_base = b.buffers[i * UDP_QUERY_MAX..].as_mut_ptr().cast();
-            b.iovecs[i].iov_len = UDP_QUERY_MAX;
-            let h = &mut b.headers[i].msg_hdr;
-            h.msg_iov = &mut b.iovecs[i];
-            h.msg_iovlen = 1;
-            h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_in).cast();
-        }
-        b
-    }
-
-    /// Reads one datagram or more: how many.
-    fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        for h in &mut self.headers {
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_len = 0;
-        }
-        // SAFETY: every header points at this batch's buffers, sized as declared.
-        let n = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                self.headers.as_mut_ptr(),
-                UDP_BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    /// Datagram `i` of the last [`UdpBatch::receive`] and its sender (`None` if not IPv4).
-    fn datagram(&self, i: usize) -> (&[u8], Option<SocketAddrV4>) {
-        let len = (self.headers[i].msg_len as usize).min(UDP_QUERY_MAX);
-        let data = &self.buffers[i * UDP_QUERY_MAX..i * UDP_QUERY_MAX + len];
-        let name = &self.names[i];
-        let from = (name.sin_family == libc::AF_INET as libc::sa_family_t).then(|| {
-            SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
-                u16::from_be(name.sin_port),
-            )
-        });
-        (data, from)
-    }
-}
-
-/// Sends each reply to its asker, with as few `sendmmsg` calls as it takes; one that cannot be
-/// sent is dropped (as a lost datagram: the asker asks again).
-fn send_all(socket: &UdpSocket, replies: &[(SocketAddrV4, Vec<u8>)]) {
-    if replies.is_empty() {
-        return;
-    }
-    let mut names: Vec<libc::sockaddr_in> = replies
-        .iter()
-        .map(|(to, _)| {
-            // SAFETY: a zeroed sockaddr_in is valid; the fields that matter are set next.
-            let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            a.sin_family = libc::AF_INET as libc::sa_family_t;
-            a.sin_port = to.port().to_be();
-            a.sin_addr.s_addr = u32::from(*to.ip()).to_be();
-            a
-        })
-        .collect();
-    let mut iovecs: Vec<libc::iovec> = replies
-        .iter()
-        .map(|(_, bytes)| libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        })
-        .collect();
-    let mut headers: Vec<libc::mmsghdr> = (0..replies.len())
-        .map(|i| {
-            // SAFETY: as above; the pointers set here outlive the calls below.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut iovecs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
-    let mut sent = 0;
-    while sent < headers.len() {
-        // SAFETY: the headers from `sent` on are valid and point at live buffers.
-        let n = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                headers[sent..].as_mut_ptr(),
-                (headers.len() - sent) as libc::c_uint,
-                0,
-            )
-        };
-        match n {
-            n if n > 0 => sent += n as usize,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            // The first one failed (an ICMP error of an earlier reply, a full buffer): skip it.
-            _ => sent += 1,
+        match answer::handle(&served.zone, *asker.ip(), query, Transport::Udp) {
+            Outcome::Reply(bytes) => {
+                if n >= 12 {
+                    served.remember(&key, &bytes);
+                }
+                let _ = socket.send_to(&bytes, from);
+            }
+            Outcome::Forward(request) => shared.count(shared.upstream.forward_udp(request, socket, from)),
+            Outcome::Drop => {}
         }
     }
 }
