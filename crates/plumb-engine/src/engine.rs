@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use plumb_core::chaos::{Fault, Faults};
 use plumb_core::cluster::HostAssignment;
+use plumb_core::desired::Attachment;
 use plumb_core::firewall::Ruleset;
 use plumb_core::ipam::subnets_overlap;
 use plumb_core::kernel::{Kernel, Transport};
@@ -23,14 +24,14 @@ use crate::error::{Error, Result};
 use crate::execute::{execute, OnError, Outcome, Progress};
 use crate::observe::{claims, observe, Observed};
 use crate::ownership;
-use crate::state::{Lock, StackState, StateDir};
+use crate::state::{RecordedSpec, StackState, StateStore, StoreLock};
 
 /// The engine over one kernel and one state store.
 pub struct Engine<'a> {
     /// `None`: planning only, from scratch (a user without root can read neither).
     kernel: Option<&'a mut dyn Kernel>,
-    state: &'a StateDir,
-    _lock: Option<Lock>,
+    state: &'a dyn StateStore,
+    _lock: Option<StoreLock>,
 }
 
 /// What to bring up.
@@ -61,8 +62,12 @@ pub struct Change {
     /// Faults whose time is up or whose relay died: the caller ends them (their undo
     /// operations, their relay) in `apply`'s `before`, and the record drops them.
     pub ending: Vec<Fault>,
+    /// The attachments before this change: what the record keeps if executing it fails.
+    attached_before: Vec<Attachment>,
     record: StackState,
     fingerprints: Vec<(Ruleset, u64)>,
+    /// The nftables generation observing read the tables at.
+    nft_generation: Option<u32>,
 }
 
 /// A planned teardown.
@@ -83,9 +88,16 @@ pub struct Removed {
     pub networks: usize,
 }
 
+impl Change {
+    /// The folder the stack's relative paths start from (its spec's).
+    pub fn base(&self) -> &Path {
+        self.record.spec.as_ref().map_or(Path::new("/"), |s| s.base.as_path())
+    }
+}
+
 impl<'a> Engine<'a> {
     /// The engine on a kernel: takes the state store's lock, held until the engine is dropped.
-    pub fn open(kernel: &'a mut dyn Kernel, state: &'a StateDir) -> Result<Self> {
+    pub fn open(kernel: &'a mut dyn Kernel, state: &'a dyn StateStore) -> Result<Self> {
         let lock = state.lock()?;
         Ok(Engine {
             kernel: Some(kernel),
@@ -95,7 +107,7 @@ impl<'a> Engine<'a> {
     }
 
     /// An engine that only plans, from scratch: it reads neither the kernel nor the state.
-    pub fn planner(state: &'a StateDir) -> Self {
+    pub fn planner(state: &'a dyn StateStore) -> Self {
         Engine {
             kernel: None,
             state,
@@ -103,7 +115,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    pub fn state(&self) -> &StateDir {
+    pub fn state(&self) -> &dyn StateStore {
         self.state
     }
 
@@ -124,6 +136,62 @@ impl<'a> Engine<'a> {
     /// time), checks it against the other stacks and the host, reads the kernel and diffs.
     /// Refusals name the stack file's line; nothing is changed.
     pub fn plan_up(&mut self, up: &Up) -> Result<Change> {
+        self.plan(up, None)
+    }
+
+    /// Plans attaching a container someone else made (a runtime's: a CNI ADD) to a network of
+    /// a stack that is up: the stack as last brought up, plus this container. Refusals (a
+    /// name taken, a network or service the stack lacks) are input errors.
+    pub fn plan_attach(&mut self, stack: &str, attachment: Attachment) -> Result<Change> {
+        self.plan_recorded(stack, |parsed, attached| {
+            attached.retain(|a| a.name != attachment.name || a.netns_path != attachment.netns_path);
+            desired::check_attachment(&parsed.stack, &attachment, attached).map_err(Error::input)?;
+            attached.push(attachment);
+            Ok(())
+        })
+    }
+
+    /// Plans detaching an attached container (a CNI DEL): its veth and name go, its namespace
+    /// and processes stay their owner's. Detaching one that is not attached plans nothing.
+    pub fn plan_detach(&mut self, stack: &str, name: &str) -> Result<Change> {
+        self.plan_recorded(stack, |_, attached| {
+            attached.retain(|a| a.name != name);
+            Ok(())
+        })
+    }
+
+    /// Plans the stack as last brought up, with its attachments changed by `edit`.
+    fn plan_recorded(
+        &mut self,
+        stack: &str,
+        edit: impl FnOnce(&Parsed, &mut Vec<Attachment>) -> Result<()>,
+    ) -> Result<Change> {
+        let record = self.state.load(stack)?.ok_or_else(|| {
+            Error::input(format!("stack {stack} is not up")).hint("`plumb ps` lists the stacks that are up")
+        })?;
+        let spec = record.spec.clone().ok_or_else(|| {
+            Error::input(format!(
+                "stack {stack} was brought up by an older plumb: its record holds no spec"
+            ))
+            .hint("run `plumb up` for it again")
+        })?;
+        let parsed = plumb_core::spec::parse(&spec.file, &spec.text)?;
+        let mut attached = record.attached.clone();
+        edit(&parsed, &mut attached)?;
+        let unready = record.desired.as_ref().map(|d| d.unready.clone()).unwrap_or_default();
+        let unready = move |_: &Desired| unready.clone();
+        let up = Up {
+            parsed: &parsed,
+            base: spec.base.clone(),
+            file: record.file.clone(),
+            assignment: spec.assignment.as_ref(),
+            unready: &unready,
+        };
+        self.plan(&up, Some(attached))
+    }
+
+    /// Plans `up`, with these attachments (`None`: the record's).
+    fn plan(&mut self, up: &Up, attached: Option<Vec<Attachment>>) -> Result<Change> {
         let parsed = up.parsed;
         let stack = parsed.stack.name.clone();
         check_programs(parsed, &up.base)?;
@@ -133,10 +201,18 @@ impl<'a> Engine<'a> {
             false => None,
         };
         let previous = record.as_ref().map(|s| s.leases.clone()).unwrap_or_default();
-        let (mut desired, leases) = match up.assignment {
-            Some(a) => desired::resolve_on_host(parsed, &previous, a)?,
-            None => desired::resolve(parsed, &previous)?,
+        let recorded = record.as_ref().map(|r| r.attached.clone()).unwrap_or_default();
+        let attached_before = recorded.clone();
+        // The record's attachments whose network or service the stack no longer has are
+        // dropped (their containers are unwired), not an error for the `up` that changed it.
+        let attached: Vec<Attachment> = match attached {
+            Some(a) => a,
+            None => recorded
+                .into_iter()
+                .filter(|a| desired::check_attachment(&parsed.stack, a, &[]).is_ok())
+                .collect(),
         };
+        let (mut desired, leases) = desired::resolve_attached(parsed, &previous, up.assignment, &attached)?;
         desired.unready = (up.unready)(&desired);
         let others = match online {
             true => self.state.stacks()?,
@@ -156,7 +232,9 @@ impl<'a> Engine<'a> {
             None => Observed::default(),
         };
         refuse_taken_names(&desired, &claimed, &observed.foreign)?;
-        let mut plan = plan::diff(&stack, Some(&desired), &observed.actual);
+        let mut actual = observed.actual;
+        actual.external = external_namespaces(record.as_ref());
+        let mut plan = plan::diff(&stack, Some(&desired), &actual);
         let rebuilt = plan
             .steps
             .iter()
@@ -169,6 +247,13 @@ impl<'a> Engine<'a> {
         record.stack = stack;
         record.file = up.file.clone().or(record.file);
         record.leases = leases;
+        record.attached = attached;
+        record.spec = Some(RecordedSpec {
+            file: parsed.file.clone(),
+            text: parsed.text.clone(),
+            base: up.base.clone(),
+            assignment: up.assignment.cloned(),
+        });
         let ending = keep_faults(&mut record.faults, &mut plan, unix_ms());
         Ok(Change {
             desired,
@@ -177,8 +262,10 @@ impl<'a> Engine<'a> {
             rebuilt,
             observed: online,
             ending,
+            attached_before,
             record,
             fingerprints: observed.fingerprints,
+            nft_generation: observed.nft_generation,
         })
     }
 
@@ -209,10 +296,18 @@ impl<'a> Engine<'a> {
         let st = &mut change.record;
         st.record_fingerprints(&change.fingerprints);
         st.record_firewall(&outcome.firewall);
+        st.record_generation(change.nft_generation, &outcome);
         let result = failure(&outcome);
-        if result.is_ok() {
-            st.namespaces = change.desired.containers.iter().map(|c| c.netns.clone()).collect();
-            st.networks = change.desired.networks.iter().map(|n| n.name.clone()).collect();
+        match result {
+            Ok(()) => {
+                st.namespaces = change.desired.containers.iter().map(|c| c.netns.clone()).collect();
+                st.networks = change.desired.networks.iter().map(|n| n.name.clone()).collect();
+            }
+            // An attach that failed is not kept (its container was undone); one detached
+            // stays detached.
+            Err(_) => st
+                .attached
+                .retain(|a| change.attached_before.iter().any(|b| b.name == a.name)),
         }
         self.state.save(&change.record)?;
         result.map(|_| change)
@@ -228,11 +323,18 @@ impl<'a> Engine<'a> {
             ));
             None
         });
-        let claimed = claims(&self.state.stacks()?, stack);
+        let stacks = self.state.stacks()?;
+        let claimed = claims(&stacks, stack);
+        // The last stack going: forwarding goes off again if plumb turned it on (a step of
+        // the plan, so --dry-run shows it).
+        let last = stacks.keys().all(|s| s == stack);
+        let restore = last && self.state.forwarding_enabled_by_plumb()?;
         let kernel = self.require_kernel()?;
-        let observed = observe(kernel, stack, None, record.as_ref(), &claimed)?;
+        let mut observed = observe(kernel, stack, None, record.as_ref(), &claimed)?;
+        observed.actual.forwarding_to_restore = restore;
+        observed.actual.external = external_namespaces(record.as_ref());
         let plan = plan::diff(stack, None, &observed.actual);
-        let exists = !plan.is_empty() || record.is_some();
+        let exists = plan.steps.iter().any(|s| s.what != What::DisableForwarding) || record.is_some();
         Ok(Teardown {
             stack: stack.to_string(),
             plan,
@@ -248,8 +350,10 @@ impl<'a> Engine<'a> {
         let outcome = execute(kernel, &teardown.plan, OnError::Continue, progress);
         failure(&outcome)?;
         self.state.remove(&teardown.stack)?;
-        let state = self.state;
-        state.restore_forwarding_if_last(self.require_kernel()?)?;
+        if self.state.forwarding_enabled_by_plumb()? && self.state.stacks()?.is_empty() {
+            // The plan turned it off (or it was off already).
+            self.state.forget_forwarding()?;
+        }
         let plan = &teardown.plan;
         Ok(Removed {
             containers: plan.count(|w| matches!(w, What::DeleteContainer { .. })),
@@ -281,6 +385,15 @@ impl<'a> Engine<'a> {
         let parsed = plumb_core::spec::parse_scaled(&file.display().to_string(), &text, replicas)?;
         Ok((file, parsed))
     }
+}
+
+/// The namespaces the record says are attached (another's: never emptied or deleted).
+fn external_namespaces(record: Option<&StackState>) -> BTreeSet<String> {
+    (record.and_then(|r| r.desired.as_ref()).iter())
+        .flat_map(|d| d.containers.iter())
+        .filter(|c| c.external.is_some())
+        .map(|c| c.netns.clone())
+        .collect()
 }
 
 /// Drops the faults that are due from `faults` (returned: the caller ends them), and adds to

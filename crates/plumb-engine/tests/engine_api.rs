@@ -143,6 +143,46 @@ fn up_edit_scale_and_down_through_the_engine() {
     assert_eq!(host.kernel.world().table_count(), 0, "no nft table is left");
 }
 
+/// plumb turned forwarding on: the last stack's `down` turns it off as a step of its plan
+/// (what `--dry-run` shows), an earlier one does not.
+#[test]
+fn the_last_down_plans_forwarding_off() {
+    let mut host = Host::new("forwarding");
+    let a = parse("a.toml", STACK).unwrap();
+    let b = parse(
+        "b.toml",
+        "name = \"b\"\n[networks.n]\nsubnet = \"10.3.0.0/24\"\n[services.x]\n",
+    )
+    .unwrap();
+    assert!(host.up(&a).unwrap().contains(&What::EnableForwarding));
+    host.up(&b).unwrap();
+    assert!(host.kernel.world().ip_forward);
+    let plan_down = |host: &mut Host, stack: &str| {
+        let mut kernel = host.kernel.clone();
+        let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+        let steps: Vec<What> = engine
+            .plan_down(stack)
+            .unwrap()
+            .plan
+            .steps
+            .into_iter()
+            .map(|s| s.what)
+            .collect();
+        steps
+    };
+    assert!(
+        !plan_down(&mut host, "s").contains(&What::DisableForwarding),
+        "b still needs it"
+    );
+    host.down("s").unwrap();
+    assert!(host.kernel.world().ip_forward);
+    assert_eq!(plan_down(&mut host, "b").last(), Some(&What::DisableForwarding));
+    assert!(host.kernel.world().ip_forward, "planning changes nothing");
+    host.down("b").unwrap();
+    assert!(!host.kernel.world().ip_forward, "left as plumb found it");
+    assert!(!plumb_engine::state::StateStore::forwarding_enabled_by_plumb(&host.state).unwrap());
+}
+
 #[test]
 fn a_host_route_over_the_subnet_is_refused_before_the_kernel_is_touched() {
     let mut host = Host::new("route");
@@ -410,4 +450,248 @@ fn the_state_lock_is_one_for_every_change() {
     );
     drop(engine);
     assert!(host.state.try_lock().unwrap().is_some());
+}
+
+const CLUSTER: &str = r#"
+name = "c"
+[networks.o]
+subnet = "10.60.0.0/16"
+driver = "overlay"
+[services.api]
+networks = ["o"]
+replicas = 4
+"#;
+
+/// One cluster host as the agent drives it: its own kernel and state, its assignment from
+/// the placement.
+fn assignment(
+    me: &str,
+    placement: &plumb_core::cluster::Placement,
+    hosts: &BTreeMap<&str, (Ipv4Addr, ipnet::Ipv4Net)>,
+) -> HostAssignment {
+    let mut replicas: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for (container, host) in placement {
+        if host == me {
+            let (service, replica) = container.rsplit_once('-').unwrap();
+            replicas
+                .entry(service.to_string())
+                .or_default()
+                .insert(replica.parse().unwrap());
+        }
+    }
+    let (local, block) = hosts[me];
+    let peers = hosts
+        .iter()
+        .filter(|(h, _)| **h != me)
+        .map(|(h, (underlay, block))| plumb_core::cluster::OverlayPeer {
+            host: h.to_string(),
+            underlay: *underlay,
+            block: *block,
+        })
+        .collect();
+    HostAssignment {
+        host: me.into(),
+        replicas,
+        overlays: BTreeMap::from([(
+            "o".to_string(),
+            OverlayAssignment {
+                block,
+                local,
+                mtu: 1450,
+                peers,
+                tx_offload: None,
+                tx_offload_why: None,
+            },
+        )]),
+        remote: Vec::new(),
+        base: None,
+        store: Vec::new(),
+    }
+}
+
+fn apply_assignment(host: &mut Host, parsed: &Parsed, a: &HostAssignment) -> Vec<What> {
+    let mut kernel = host.kernel.clone();
+    let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+    let change = engine.plan_up(&host.request(parsed, Some(a))).unwrap();
+    let change = engine.apply(change, &mut |_, _| Ok(()), &|_, _, _| {}).unwrap();
+    change.plan.steps.into_iter().map(|s| s.what).collect()
+}
+
+/// Overlay reconcile and failover, as two agents would drive their engines: each host makes
+/// only its replicas and a VXLAN device with entries for the other; when h1 dies, h2 takes
+/// its replicas and drops h1's entries; a second pass changes nothing.
+#[test]
+fn overlay_hosts_reconcile_and_a_survivor_takes_a_dead_hosts_replicas() {
+    let parsed = parse("c.toml", CLUSTER).unwrap();
+    let hosts: BTreeMap<&str, (Ipv4Addr, ipnet::Ipv4Net)> = BTreeMap::from([
+        ("h1", (Ipv4Addr::new(192, 0, 2, 1), "10.60.0.0/24".parse().unwrap())),
+        ("h2", (Ipv4Addr::new(192, 0, 2, 2), "10.60.1.0/24".parse().unwrap())),
+    ]);
+    let alive: BTreeSet<String> = hosts.keys().map(|h| h.to_string()).collect();
+    let placement = plumb_core::cluster::place(&parsed.stack, &alive, &Default::default());
+    let mut h1 = Host::new("h1");
+    let mut h2 = Host::new("h2");
+    for (name, host) in [("h1", &mut h1), ("h2", &mut h2)] {
+        let steps = apply_assignment(host, &parsed, &assignment(name, &placement, &hosts));
+        let mine = placement.values().filter(|h| *h == name).count();
+        assert_eq!(created(&steps), mine, "{name}: {steps:?}");
+        assert!(
+            steps.iter().any(|w| matches!(w, What::CreateOverlay { .. })),
+            "{steps:?}"
+        );
+        assert_eq!(host.namespaces(), mine);
+    }
+    let device = plumb_core::cluster::vxlan_device("c", "o");
+    let entries = |host: &Host| {
+        use plumb_core::kernel::Kernel;
+        host.kernel.clone().vxlan(&device).unwrap().unwrap().entries
+    };
+    assert!(!entries(&h2).is_empty(), "h2 has entries for h1");
+
+    // h1 dies: the placement moves its replicas to h2, whose assignment has no peer left.
+    let survivors = BTreeSet::from(["h2".to_string()]);
+    let moved = plumb_core::cluster::place(&parsed.stack, &survivors, &placement);
+    assert!(moved.values().all(|h| h == "h2"));
+    let only_h2 = BTreeMap::from([("h2", hosts["h2"])]);
+    let a = assignment("h2", &moved, &only_h2);
+    let steps = apply_assignment(&mut h2, &parsed, &a);
+    assert_eq!(
+        created(&steps),
+        4 - placement.values().filter(|h| *h == "h2").count(),
+        "{steps:?}"
+    );
+    assert_eq!(h2.namespaces(), 4);
+    assert!(entries(&h2).is_empty(), "h1's entries are gone: {:?}", entries(&h2));
+    assert!(apply_assignment(&mut h2, &parsed, &a).is_empty(), "converged");
+}
+
+fn attachment(name: &str, network: &str, service: Option<&str>) -> plumb_core::desired::Attachment {
+    plumb_core::desired::Attachment {
+        name: name.into(),
+        network: network.into(),
+        netns_path: format!("/run/netns/runtime-{name}"),
+        ifname: "eth0".into(),
+        service: service.map(str::to_string),
+    }
+}
+
+fn apply_change(
+    host: &mut Host,
+    plan: impl FnOnce(&mut Engine) -> plumb_engine::Result<plumb_engine::Change>,
+) -> plumb_engine::Result<plumb_engine::Change> {
+    let mut kernel = host.kernel.clone();
+    let mut engine = Engine::open(&mut kernel, &host.state)?;
+    let change = plan(&mut engine)?;
+    engine.apply(change, &mut |_, _| Ok(()), &|_, _, _| {})
+}
+
+/// Attach and detach (what a CNI ADD and DEL call): the container gets an address of the
+/// network beside the replicas', joins the service's VIP, survives an `up` of the stack, and
+/// its namespace is never emptied: no StopProcesses for it, ever.
+#[test]
+fn attach_and_detach_a_container_made_by_someone_else() {
+    use plumb_core::Op;
+    let mut host = Host::new("attach");
+    let parsed = parse("s.toml", STACK).unwrap();
+    host.up(&parsed).unwrap();
+    let change = apply_change(&mut host, |e| {
+        e.plan_attach("s", attachment("ext", "back", Some("api")))
+    })
+    .unwrap();
+    let steps: Vec<&What> = change.plan.steps.iter().map(|s| &s.what).collect();
+    assert!(
+        steps
+            .iter()
+            .any(|w| matches!(w, What::CreateContainer { container, .. } if container == "ext")),
+        "{steps:?}"
+    );
+    let ops: Vec<&Op> = change.plan.ops().collect();
+    assert!(ops
+        .iter()
+        .any(|op| matches!(op, Op::NetnsAttach { name, path } if name == "s-ext" && path == "/run/netns/runtime-ext")));
+    assert!(!ops.iter().any(|op| matches!(op, Op::NetnsAdd { .. })), "{ops:?}");
+    let ext = change.desired.container("ext").unwrap();
+    let address = ext.interfaces[0].address;
+    let api: Vec<std::net::Ipv4Addr> = ["api-1", "api-2"]
+        .iter()
+        .map(|c| change.desired.container(c).unwrap().interfaces[0].address)
+        .collect();
+    assert!(!api.contains(&address), "its own address: {address}");
+    assert!(
+        change
+            .desired
+            .service("api")
+            .unwrap()
+            .containers
+            .contains(&"ext".to_string()),
+        "it joins api's VIP"
+    );
+    assert_eq!(host.namespaces(), 4);
+
+    // Bad attachments are input errors and change nothing.
+    for (bad, why) in [
+        (attachment("web-1", "back", None), "own services or replicas"),
+        (attachment("ext2", "nope", None), "no network \"nope\""),
+        (attachment("ext2", "back", Some("nope")), "no service \"nope\""),
+        (
+            plumb_core::desired::Attachment {
+                netns_path: "/run/netns/another".into(),
+                ..attachment("ext", "back", None)
+            },
+            "already attached",
+        ),
+    ] {
+        let mut kernel = host.kernel.clone();
+        let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+        let e = engine.plan_attach("s", bad).unwrap_err();
+        assert!(e.input && e.message.contains(why), "{}", e.message);
+    }
+
+    // The same ADD again (a runtime retrying) changes nothing.
+    let same = apply_change(&mut host, |e| {
+        e.plan_attach("s", attachment("ext", "back", Some("api")))
+    })
+    .unwrap();
+    assert!(same.plan.is_empty(), "{:?}", same.plan);
+    // An up of the stack keeps it, at its address.
+    assert!(host.up(&parsed).unwrap().is_empty(), "up keeps the attached container");
+    // Detach: its veth and name go, no process in it is ended.
+    let change = apply_change(&mut host, |e| e.plan_detach("s", "ext")).unwrap();
+    let ops: Vec<&Op> = change.plan.ops().collect();
+    assert!(
+        !ops.iter()
+            .any(|op| matches!(op, Op::StopProcesses { namespaces, .. } if namespaces.iter().any(|n| n == "s-ext"))),
+        "{ops:?}"
+    );
+    assert!(ops
+        .iter()
+        .any(|op| matches!(op, Op::NetnsDel { name } if name == "s-ext")));
+    assert_eq!(host.namespaces(), 3);
+    assert!(!change
+        .desired
+        .service("api")
+        .unwrap()
+        .containers
+        .contains(&"ext".to_string()));
+    let again = apply_change(&mut host, |e| e.plan_detach("s", "ext")).unwrap();
+    assert!(again.plan.is_empty(), "a second DEL does nothing");
+
+    // Down with an attached container ends no process in it either.
+    apply_change(&mut host, |e| e.plan_attach("s", attachment("ext", "back", None))).unwrap();
+    let mut kernel = host.kernel.clone();
+    let mut engine = Engine::open(&mut kernel, &host.state).unwrap();
+    let teardown = engine.plan_down("s").unwrap();
+    let stopped: Vec<&Op> = teardown
+        .plan
+        .ops()
+        .filter(|op| matches!(op, Op::StopProcesses { .. }))
+        .collect();
+    assert!(
+        stopped
+            .iter()
+            .all(|op| !matches!(op, Op::StopProcesses { namespaces, .. } if namespaces.iter().any(|n| n == "s-ext"))),
+        "{stopped:?}"
+    );
+    engine.down(teardown, &|_, _, _| {}).unwrap();
+    assert_eq!(host.namespaces(), 0);
 }

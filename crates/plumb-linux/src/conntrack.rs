@@ -12,49 +12,7 @@ use std::net::Ipv4Addr;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-/// One direction of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tuple {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    /// 0 for protocols without ports (ICMP).
-    pub sport: u16,
-    pub dport: u16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Flow {
-    /// `tcp`, `udp`, `icmp`...
-    pub protocol: String,
-    /// TCP's state (`ESTABLISHED`, `TIME_WAIT`...), empty for other protocols.
-    pub state: String,
-    pub original: Tuple,
-    pub reply: Tuple,
-    /// Seconds until the kernel forgets the flow.
-    pub expires: u64,
-    /// No packet came back yet.
-    pub unreplied: bool,
-}
-
-impl Flow {
-    /// Where the original destination was translated to, if it was (DNAT: published ports,
-    /// VIPs): the reply's source.
-    pub fn dnat(&self) -> Option<(Ipv4Addr, u16)> {
-        (self.reply.src != self.original.dst || self.reply.sport != self.original.dport)
-            .then_some((self.reply.src, self.reply.sport))
-    }
-
-    /// What the original source was translated to, if it was (SNAT, masquerade).
-    pub fn snat(&self) -> Option<(Ipv4Addr, u16)> {
-        (self.reply.dst != self.original.src || self.reply.dport != self.original.sport)
-            .then_some((self.reply.dst, self.reply.dport))
-    }
-
-    /// Every address the flow names, in either direction.
-    pub fn addresses(&self) -> [Ipv4Addr; 4] {
-        [self.original.src, self.original.dst, self.reply.src, self.reply.dst]
-    }
-}
+pub use plumb_core::kernel::{Flow, Tuple};
 
 /// The IPv4 flows of this network namespace (empty when conntrack is not loaded).
 pub fn flows() -> Vec<Flow> {

@@ -10,6 +10,7 @@ pub mod neigh;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nft_elements;
 pub mod probe;
 pub mod route;
 pub mod sockets;

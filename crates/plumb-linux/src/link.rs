@@ -8,6 +8,7 @@ use netlink_packet_route::link::{
     InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
+use plumb_core::Mac;
 
 use crate::netlink::{Netlink, Result};
 
@@ -26,8 +27,7 @@ pub struct Link {
     pub kind: Option<String>,
     /// The interface group (0 unless someone set one).
     pub group: u32,
-    /// `02:ab:...`, lower case.
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     pub mtu: Option<u32>,
 }
 
@@ -45,16 +45,7 @@ pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
         .collect())
 }
 
-/// A link's traffic counters (what the kernel keeps as `IFLA_STATS64`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_dropped: u64,
-    pub tx_dropped: u64,
-}
+pub use plumb_core::kernel::LinkCounters as Counters;
 
 /// The counters of every link of the socket's namespace, by name (one dump, as `ip -s link`).
 pub fn counters(nl: &mut Netlink) -> Result<std::collections::BTreeMap<String, Counters>> {
@@ -110,9 +101,7 @@ fn link_of(message: LinkMessage) -> Link {
             LinkAttribute::Controller(m) => link.master = Some(m),
             LinkAttribute::Group(g) => link.group = g,
             LinkAttribute::Mtu(m) => link.mtu = Some(m),
-            LinkAttribute::Address(bytes) => {
-                link.mac = Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
-            }
+            LinkAttribute::Address(bytes) => link.mac = Mac::from_bytes(&bytes),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
@@ -274,6 +263,15 @@ pub fn set_up(nl: &mut Netlink, link: LinkRef) -> Result<()> {
             m.header.change_mask = LinkFlags::Up;
         },
         || format!("set {link:?} up"),
+    )
+}
+
+pub fn set_mtu(nl: &mut Netlink, link: LinkRef, mtu: u32) -> Result<()> {
+    set(
+        nl,
+        link,
+        |m| m.attributes.push(LinkAttribute::Mtu(mtu)),
+        || format!("set the MTU of {link:?} to {mtu}"),
     )
 }
 

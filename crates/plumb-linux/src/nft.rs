@@ -4,17 +4,10 @@
 //! few milliseconds an `nft` process takes overlap with netlink work.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
 
 use crate::netlink::{Error, Result};
-
-/// True if an `nft` executable is on PATH.
-pub fn available() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("nft").is_file()))
-}
 
 fn run(args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
     let mut child = Command::new("nft")
@@ -56,11 +49,6 @@ pub fn apply(script: String) -> Pending<()> {
     Pending(std::thread::spawn(move || {
         checked("apply nftables rules", run(&["-f", "-"], Some(&script))).map(drop)
     }))
-}
-
-/// Applies `script` as one atomic transaction, now (the supervisor's small updates).
-pub fn apply_now(script: &str) -> Result<()> {
-    checked("apply nftables rules", run(&["-f", "-"], Some(script))).map(drop)
 }
 
 /// Starts [`list_ruleset`] on a background thread.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use plumb_engine::execute::Progress;
-use plumb_linux::kernel::LinuxKernel;
+pub use plumb_linux::kernel::LinuxKernel;
 
 use crate::failure::Result;
 

@@ -149,15 +149,15 @@ pub fn tend(stack_dir: &Path) -> Result<Vec<Fault>> {
 
 /// What removes every chaos object of the stack: the recorded faults' undo operations,
 /// then [`unrecorded`] ones.
-pub fn undo_all(stack: &str, recorded: &Faults) -> Vec<Op> {
+pub fn undo_all(kernel: &mut dyn Kernel, stack: &str, recorded: &Faults) -> Vec<Op> {
     let mut ops: Vec<Op> = recorded.faults.iter().flat_map(Fault::undo_ops).collect();
-    ops.extend(unrecorded(stack, recorded));
+    ops.extend(unrecorded(kernel, stack, recorded));
     ops
 }
 
 /// Chaos objects of the stack no record names (a record lost, a run killed half way): taps
 /// marked as the stack's and its chaos tables still in the kernel.
-pub fn unrecorded(stack: &str, recorded: &Faults) -> Vec<Op> {
+pub fn unrecorded(kernel: &mut dyn Kernel, stack: &str, recorded: &Faults) -> Vec<Op> {
     let taps: Vec<&str> = recorded
         .faults
         .iter()
@@ -165,15 +165,13 @@ pub fn unrecorded(stack: &str, recorded: &Faults) -> Vec<Op> {
         .collect();
     let mut ops = Vec::new();
     let prefix = names::alias(stack, "chaos-");
-    if let Ok(mut nl) = plumb_linux::Netlink::open() {
-        for l in plumb_linux::link::list(&mut nl).unwrap_or_default() {
-            let ours = l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
-            if ours && !taps.contains(&l.name.as_str()) {
-                ops.push(Op::LinkDel { name: l.name });
-            }
+    for l in kernel.host_links().unwrap_or_default() {
+        let ours = l.link.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
+        if ours && !taps.contains(&l.name.as_str()) {
+            ops.push(Op::LinkDel { name: l.name });
         }
     }
-    let tables: Vec<TableId> = chaos_tables(stack)
+    let tables: Vec<TableId> = chaos_tables(kernel, stack)
         .into_iter()
         .filter(|t| !recorded.faults.iter().any(|f| f.tables.iter().any(|r| r.table == *t)))
         .collect();
@@ -186,8 +184,9 @@ pub fn unrecorded(stack: &str, recorded: &Faults) -> Vec<Op> {
 }
 
 /// The stack's chaos tables the kernel holds (`nft -j list tables`).
-fn chaos_tables(stack: &str) -> Vec<TableId> {
-    plumb_linux::nft::list_tables()
+fn chaos_tables(kernel: &mut dyn Kernel, stack: &str) -> Vec<TableId> {
+    kernel
+        .nft_tables()
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(family, name)| {
@@ -202,16 +201,15 @@ fn chaos_tables(stack: &str) -> Vec<TableId> {
 }
 
 /// `down`: every fault of the stack removed, recorded or left over, relays ended.
-pub fn remove_all(stack: &str, stack_dir: &Path) -> Result<Vec<String>> {
+pub fn remove_all(kernel: &mut dyn Kernel, stack: &str, stack_dir: &Path) -> Result<Vec<String>> {
     let mut errors = Vec::new();
     // `down` holds the state's lock through its engine.
     let mut locked = Locked::held(stack_dir)?;
-    let ops = unrecorded(stack, &locked.faults);
+    let ops = unrecorded(kernel, stack, &locked.faults);
     errors.extend(locked.remove(|_| true)?.1);
     if ops.is_empty() {
         return Ok(errors);
     }
-    let mut kernel = crate::apply::kernel()?;
     for op in &ops {
         if let Err(e) = kernel.apply(op) {
             errors.push(e.to_string());
@@ -264,4 +262,67 @@ pub fn start_relay(state_root: &Path, stack: &str, stack_dir: &Path, id: u32) ->
     // The relay runs on in its own session; reap it if it ends while we still run.
     std::thread::spawn(move || child.wait());
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plumb_core::firewall::Ruleset;
+    use plumb_engine::fake::FakeKernel;
+
+    /// What `down` removes when the record of the faults is lost: the stack's marked taps and
+    /// chaos tables, read through the kernel trait (here the fake), and nothing of another
+    /// stack's.
+    #[test]
+    fn faults_without_a_record_are_found_by_the_kernels_marks() {
+        let mut kernel = FakeKernel::default();
+        let table = |stack: &str| TableId {
+            family: Family::Inet,
+            name: names::chaos_table(stack, 3),
+        };
+        let ops = [
+            Op::TapAdd {
+                name: "pltapa".into(),
+                bridge: "plbr0".into(),
+                alias: names::alias("s", "chaos-3/web-1/eth0"),
+            },
+            Op::TapAdd {
+                name: "pltapb".into(),
+                bridge: "plbr0".into(),
+                alias: names::alias("other", "chaos-1/web-1/eth0"),
+            },
+            Op::Nft {
+                changes: ["s", "other"]
+                    .map(|s| NftChange::Replace {
+                        ruleset: Ruleset {
+                            table: table(s),
+                            sets: Vec::new(),
+                            chains: Vec::new(),
+                        },
+                    })
+                    .to_vec(),
+            },
+        ];
+        for op in &ops {
+            kernel.apply(op).unwrap();
+        }
+        let found = undo_all(&mut kernel, "s", &Faults::default());
+        assert_eq!(
+            found,
+            [
+                Op::LinkDel { name: "pltapa".into() },
+                Op::Nft {
+                    changes: vec![NftChange::Delete { table: table("s") }]
+                }
+            ]
+        );
+        for op in &found {
+            kernel.apply(op).unwrap();
+        }
+        assert!(
+            undo_all(&mut kernel, "s", &Faults::default()).is_empty(),
+            "nothing of s is left"
+        );
+        assert_eq!(kernel.world().table_count(), 1, "the other stack's table stays");
+    }
 }

@@ -101,6 +101,33 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Join a container someone else made (its network namespace) to a network of a stack
+    /// that is up: an address, a veth, DNS, policies, a service's VIP (what a CNI ADD does).
+    Attach {
+        /// STACK/NAME: the stack, and the container's name in it.
+        target: String,
+        /// The stack's network to join.
+        #[arg(long)]
+        network: String,
+        /// The container's network namespace (/run/netns/NAME, /proc/PID/ns/net).
+        #[arg(long, value_name = "PATH")]
+        netns: PathBuf,
+        /// The interface's name inside.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// A service of the stack whose name and VIP it joins.
+        #[arg(long)]
+        service: Option<String>,
+        /// Print the interface (address, gateway, MAC) as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an attached container off its stack: its veth and name go, its namespace and
+    /// processes stay (what a CNI DEL does; nothing attached is not an error).
+    Detach {
+        /// STACK/NAME, as attached.
+        target: String,
+    },
     /// List the containers of every stack that is up.
     Ps {
         /// Print the containers as JSON, for programs.
@@ -600,6 +627,8 @@ impl Command {
             Command::Up { .. }
             | Command::Down { .. }
             | Command::Scale { .. }
+            | Command::Attach { .. }
+            | Command::Detach { .. }
             | Command::Restart { .. }
             | Command::Stop { .. }
             | Command::Start { .. }
@@ -697,6 +726,25 @@ fn main() -> ExitCode {
             stack,
             dry_run,
         } => commands::up::scale(&ctx, stack.as_deref(), &services, dry_run),
+        Command::Attach {
+            target,
+            network,
+            netns,
+            ifname,
+            service,
+            json,
+        } => commands::attach::attach(
+            &ctx,
+            &commands::attach::Request {
+                target: &target,
+                network: &network,
+                netns: &netns,
+                ifname: &ifname,
+                service: service.as_deref(),
+            },
+            Format::from_json_flag(json),
+        ),
+        Command::Detach { target } => commands::attach::detach(&ctx, &target),
         Command::Ps { json } => commands::ps::run(&ctx, Format::from_json_flag(json)),
         Command::Services { file, stack, json } => {
             let format = Format::from_json_flag(json);

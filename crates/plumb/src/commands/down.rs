@@ -45,7 +45,8 @@ fn remove(ctx: &Context, stack: &str, mode: Mode) -> Result<bool> {
     if mode == Mode::Apply {
         // Faults first (their relays, taps, redirects and tables), then processes, each with
         // its stop_grace: they keep namespaces alive.
-        let errors = faults::remove_all(stack, &stack_dir)?;
+        let kernel = engine.kernel().expect("an engine on a kernel");
+        let errors = faults::remove_all(kernel, stack, &stack_dir)?;
         if !errors.is_empty() {
             eprintln!("plumb: removing faults: {}", errors.join("; "));
         }
@@ -56,7 +57,8 @@ fn remove(ctx: &Context, stack: &str, mode: Mode) -> Result<bool> {
         eprintln!("plumb: {warning}");
     }
     if let Mode::DryRun(format) = mode {
-        let chaos_ops = faults::undo_all(stack, &faults::read(&stack_dir).unwrap_or_default());
+        let recorded = faults::read(&stack_dir).unwrap_or_default();
+        let chaos_ops = faults::undo_all(engine.kernel().expect("an engine on a kernel"), stack, &recorded);
         let chaos = match chaos_ops.is_empty() {
             true => String::new(),
             false => format!(

@@ -142,7 +142,7 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
             c.row(stack, record, supervision.as_ref(), (present, complete))
         }));
     }
-    count_untracked(&mut rows, &supervisors);
+    count_untracked(&mut kernel, &mut rows, &supervisors);
     notes.print();
     if format == Format::Json {
         print_json(&rows);
@@ -319,10 +319,10 @@ fn process(status: Option<&ReplicaStatus>, supervision: Option<&Supervision>) ->
 
 /// Fills in each process's count of untracked processes, from one census of the containers.
 /// `supervisors`: the PID of each stack's running supervisor.
-fn count_untracked(rows: &mut [Row], supervisors: &BTreeMap<String, Pid>) {
+fn count_untracked(kernel: &mut dyn Kernel, rows: &mut [Row], supervisors: &BTreeMap<String, Pid>) {
     let inode_of: Vec<Option<u64>> = rows
         .iter()
-        .map(|r| r.process.as_ref().and(plumb_linux::netns::inode(&r.namespace)))
+        .map(|r| r.process.as_ref().and_then(|_| kernel.netns_inode(&r.namespace)))
         .collect();
     let residents = census::residents(&inode_of.iter().flatten().copied().collect::<HashSet<u64>>());
     for (row, inode) in rows.iter_mut().zip(inode_of) {

@@ -283,6 +283,17 @@ pub fn bring_up(
     Ok(())
 }
 
+/// Hands a changed stack (an attach, a detach) to its supervisor without waiting: its DNS
+/// names and VIP endpoints follow the new desired state; its processes are left as they are.
+pub fn refresh_supervisor(ctx: &Context, desired: &Desired, base: &Path) -> Result<()> {
+    let stack_dir = ctx.state.stack_dir(&desired.stack);
+    if desired.containers.is_empty() {
+        return processes::stop_supervisor(&stack_dir);
+    }
+    let run = processes::write_run(&stack_dir, run_specs(desired, base), Some(desired))?;
+    processes::hand_over(&ctx.state, &desired.stack, &run)
+}
+
 /// True if a live supervisor has applied a `run.json` with exactly these processes and this
 /// stack (readiness aside: that is the supervisor's own to follow), and every process runs
 /// (or was stopped by `plumb stop`).
