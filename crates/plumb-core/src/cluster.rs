@@ -57,10 +57,15 @@ pub struct OverlayAssignment {
     pub mtu: u32,
     /// Every other host with a block of this network.
     pub peers: Vec<OverlayPeer>,
-    /// Keep transmit checksum offload on the VXLAN device (skip the workaround for NICs and
-    /// NATs that corrupt VXLAN checksums): about 3x the throughput where the path is sound.
-    #[serde(default)]
-    pub tx_offload: bool,
+    /// Transmit checksum offload on the VXLAN device: `Some(true)` keeps it, `Some(false)`
+    /// turns it off (the workaround for NATs and NICs that corrupt VXLAN checksums,
+    /// calico#3145). `None`, the default: the host decides, keeping it unless a NAT rule there
+    /// may rewrite VXLAN ([`crate::firewall::vxlan_nat`]). Kept: about 3x the throughput.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_offload: Option<bool>,
+    /// Why offload is kept or off, once decided on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_offload_why: Option<String>,
 }
 
 /// What containers must not reach of the cluster store at `urls` (etcd client URLs such as

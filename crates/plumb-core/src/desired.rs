@@ -105,6 +105,9 @@ pub struct Overlay {
     /// Transmit checksum offload stays on (see [`cluster::OverlayAssignment::tx_offload`]).
     #[serde(default)]
     pub tx_offload: bool,
+    /// Why it stays on or is turned off ([`crate::firewall::vxlan_nat::decide`]).
+    #[serde(default)]
+    pub tx_offload_why: String,
 }
 
 impl Overlay {
@@ -354,7 +357,11 @@ fn resolve_with(
                 local: part.local,
                 mtu: part.mtu,
                 peers,
-                tx_offload: part.tx_offload,
+                tx_offload: part.tx_offload.unwrap_or(false),
+                tx_offload_why: part.tx_offload_why.clone().unwrap_or_else(|| match part.tx_offload {
+                    Some(true) => "tx checksum offload kept: the assignment asks for it".into(),
+                    _ => "tx checksum offload off (calico#3145 workaround): no NAT check was made on this host".into(),
+                }),
             });
         }
         networks.push(net);
@@ -661,7 +668,8 @@ mod tests {
                     block: "10.50.1.0/24".parse().unwrap(),
                     local: "192.168.9.12".parse().unwrap(),
                     mtu: 1450,
-                    tx_offload: false,
+                    tx_offload: None,
+                    tx_offload_why: None,
                     peers: vec![peer.clone()],
                 },
             )]

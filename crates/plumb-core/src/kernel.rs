@@ -271,4 +271,14 @@ pub trait Kernel: Send {
     /// Starts reading the tables in the background, for later [`Kernel::nft_table`] calls
     /// (listing runs a program: it overlaps with the netlink reads).
     fn prefetch_nft(&mut self) {}
+
+    /// The host namespace's iptables-legacy tables (`/proc/net/ip_tables_names`: empty where
+    /// iptables-legacy was never used), whose rules nftables' listing does not show.
+    fn iptables_legacy_tables(&mut self) -> KernelResult<Vec<String>> {
+        Err(KernelError {
+            what: "read the iptables-legacy tables".into(),
+            detail: "not read by this kernel".into(),
+            errno: None,
+        })
+    }
 }

@@ -158,6 +158,7 @@ pub fn create_overlay(stack: &str, net: &Network, overlay: &Overlay) -> Step {
         what: What::CreateOverlay {
             network: net.name.clone(),
             device: dev.clone(),
+            offload: overlay.tx_offload_why.clone(),
         },
         ops,
     }

@@ -163,6 +163,8 @@ pub enum What {
     CreateOverlay {
         network: String,
         device: String,
+        /// Whether tx checksum offload is kept, and why.
+        offload: String,
     },
     /// Entries of peers gone or changed removed, of new or changed peers added.
     UpdateOverlay {
@@ -602,7 +604,8 @@ mod tests {
                     block: "10.50.0.0/24".parse().unwrap(),
                     local: "10.99.0.11".parse().unwrap(),
                     mtu,
-                    tx_offload: false,
+                    tx_offload: None,
+                    tx_offload_why: None,
                     peers,
                 },
             )]

@@ -66,8 +66,8 @@ fn describe(what: &What) -> String {
         What::CreateBridge { network, .. } => {
             format!("network {network}: a bridge is the switch its containers plug into; the host is the gateway")
         }
-        What::CreateOverlay { network, .. } => format!(
-            "network {network}: a VXLAN device routes to the other hosts' blocks (one route, neighbour and FDB entry per host)"
+        What::CreateOverlay { network, offload, .. } => format!(
+            "network {network}: a VXLAN device routes to the other hosts' blocks (one route, neighbour and FDB entry per host); {offload}"
         ),
         What::UpdateOverlay { network, .. } => {
             format!("network {network}: the overlay's entries for hosts gone, changed or new")

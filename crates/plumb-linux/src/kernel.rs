@@ -574,6 +574,19 @@ impl Kernel for LinuxKernel {
             self.prefetched = Some(nft::start_list_ruleset());
         }
     }
+
+    fn iptables_legacy_tables(&mut self) -> KernelResult<Vec<String>> {
+        match std::fs::read_to_string("/proc/net/ip_tables_names") {
+            Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+            // No ip_tables in this kernel (or not loaded): no legacy table.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(KernelError {
+                what: "read /proc/net/ip_tables_names".into(),
+                detail: e.to_string(),
+                errno: e.raw_os_error(),
+            }),
+        }
+    }
 }
 
 /// Links, addresses and default route inside one namespace.

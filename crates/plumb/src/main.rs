@@ -348,8 +348,10 @@ enum Command {
         /// How long the host stays in the cluster without renewing its lease (e.g. 10s).
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
-        /// Keep transmit checksum offload on the VXLAN devices (about 3x the throughput),
-        /// where no NAT on the underlay path rewrites VXLAN (calico#3145, flannel#2152).
+        /// Keep transmit checksum offload on the VXLAN devices whatever the host's NAT rules.
+        /// Without it offload is kept (about 3x the throughput) unless a NAT rule on this host
+        /// may rewrite VXLAN, where the checksum workaround is used (calico#3145); a NAT further
+        /// along the underlay path is not seen from here.
         #[arg(long)]
         vxlan_offload: bool,
     },

@@ -281,9 +281,20 @@ fn a_stack_spreads_over_three_hosts_and_talks_over_the_overlay() {
     }
     // Overlay health as the status shows it: every host wired to its peers.
     let status = d.status();
+    // And each host's VXLAN checksum offload: kept everywhere, h3 because it was told to,
+    // h1 and h2 because no NAT rule on them may rewrite VXLAN.
     for o in status["overlays"].as_array().unwrap() {
         assert_eq!(o["peers"], o["expected_peers"], "{o}");
+        assert_eq!(o["tx_offload"], true, "{o}");
+        let why = o["tx_offload_why"].as_str().unwrap_or_default();
+        let expected = match o["host"].as_str() {
+            Some("h3") => "asked for",
+            _ => "no NAT rule on this host can match its VXLAN packets",
+        };
+        assert!(why.contains(expected), "{o}");
     }
+    let text = d.host(0).plumb_ok(&["cluster", "status", "--store", &d.etcd.store()]);
+    assert!(text.contains("TX CSUM OFFLOAD") && text.contains("kept"), "{text}");
     undeploy_leaves_nothing(&d);
 }
 

@@ -19,6 +19,7 @@ mod ports;
 mod shape;
 mod store;
 pub mod vips;
+pub mod vxlan_nat;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

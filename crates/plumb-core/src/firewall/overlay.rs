@@ -120,7 +120,8 @@ mod tests {
                     block: "10.50.0.0/24".parse().unwrap(),
                     local: "10.99.0.11".parse().unwrap(),
                     mtu: 1450,
-                    tx_offload: false,
+                    tx_offload: None,
+                    tx_offload_why: None,
                     peers: vec![OverlayPeer {
                         host: "h2".into(),
                         underlay: "10.99.0.12".parse().unwrap(),

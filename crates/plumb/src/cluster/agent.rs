@@ -21,7 +21,7 @@ use super::keys;
 use super::lease::LeaseClock;
 use super::records::EtcdRecords;
 use super::store::{Expect, Store};
-use super::{EndpointRecord, HostRecord, HostReport, SpecRecord, StackView, View};
+use super::{EndpointRecord, HostRecord, HostReport, OffloadReport, SpecRecord, StackView, View};
 use crate::commands::{down, require_nft, require_root, up, Context};
 use crate::failure::{Failure, Result};
 use crate::runfile;
@@ -262,14 +262,16 @@ impl Agent<'_> {
                 if old.and_then(|r| r.error.as_ref()) != Some(&message) {
                     log(&message);
                 }
-                let (containers, peers) = old.map(|r| (r.containers, r.peers.clone())).unwrap_or_default();
-                self.report(stack, sv, containers, peers, Some(message), lease);
+                let (containers, peers, offload) = old
+                    .map(|r| (r.containers, r.peers.clone(), r.offload.clone()))
+                    .unwrap_or_default();
+                self.report(stack, sv, containers, (peers, offload), Some(message), lease);
                 continue;
             }
             let Some((spec, _)) = &sv.spec else { continue };
             if let Err(e) = self.reconcile_stack(stack, spec, sv, &view, lease) {
                 log(format!("stack {stack}: {e}"));
-                self.report(stack, sv, 0, BTreeMap::new(), Some(e.to_string()), lease);
+                self.report(stack, sv, 0, Default::default(), Some(e.to_string()), lease);
             }
         }
         // Stacks undeployed (or never in the store) that this host still runs: remove them
@@ -418,8 +420,33 @@ impl Agent<'_> {
             .iter()
             .map(|(n, o)| (n.clone(), o.peers.len()))
             .collect();
-        self.report(stack, sv, endpoints.len(), peers, None, lease);
+        self.report(stack, sv, endpoints.len(), (peers, self.offload(stack)), None, lease);
         Ok(())
+    }
+
+    /// What this host decided about each overlay's transmit checksum offload, as its state
+    /// records it.
+    fn offload(&self, stack: &str) -> BTreeMap<String, OffloadReport> {
+        let Ok(Some(state)) = self.ctx.state.load(stack) else {
+            return BTreeMap::new();
+        };
+        let Some(desired) = state.desired else {
+            return BTreeMap::new();
+        };
+        desired
+            .networks
+            .iter()
+            .filter_map(|n| {
+                let o = n.overlay.as_ref()?;
+                Some((
+                    n.name.clone(),
+                    OffloadReport {
+                        kept: o.tx_offload,
+                        why: o.tx_offload_why.clone(),
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// This host's block of each overlay network its replicas join, leased when missing
@@ -455,7 +482,10 @@ impl Agent<'_> {
                     local: self.record.underlay,
                     mtu: self.record.mtu.saturating_sub(VXLAN_OVERHEAD),
                     peers: sv.peers(name, &self.me, &view.hosts),
-                    tx_offload: self.tx_offload,
+                    // Unless told to keep it, offload is decided where the host's NAT rules
+                    // are read (`up::decide_offload`), each time the stack is applied.
+                    tx_offload: self.tx_offload.then_some(true),
+                    tx_offload_why: None,
                 },
             );
         }
@@ -558,12 +588,14 @@ impl Agent<'_> {
         stack: &str,
         sv: &StackView,
         containers: usize,
-        peers: BTreeMap<String, usize>,
+        (peers, offload): (BTreeMap<String, usize>, BTreeMap<String, OffloadReport>),
         error: Option<String>,
         lease: i64,
     ) {
         let old = sv.reports.get(&self.me);
-        if old.is_some_and(|o| o.containers == containers && o.peers == peers && o.error == error) {
+        if old
+            .is_some_and(|o| o.containers == containers && o.peers == peers && o.error == error && o.offload == offload)
+        {
             return;
         }
         let report = HostReport {
@@ -571,6 +603,7 @@ impl Agent<'_> {
             peers,
             error,
             at_ms: runfile::unix_ms(),
+            offload,
         };
         // A report is advice: one that cannot be written is written on a later pass.
         let _ = self.put_while_deployed(stack, sv, &keys::report(stack, &self.me), &report, lease);

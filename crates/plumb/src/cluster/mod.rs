@@ -121,6 +121,17 @@ pub struct HostReport {
     /// Why the last attempt failed, if it did.
     pub error: Option<String>,
     pub at_ms: u64,
+    /// Per overlay network: whether its VXLAN device keeps transmit checksum offload, and why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offload: BTreeMap<String, OffloadReport>,
+}
+
+/// A VXLAN device's transmit checksum offload as the host decided it
+/// (`plumb_core::firewall::vxlan_nat::decide`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffloadReport {
+    pub kept: bool,
+    pub why: String,
 }
 
 /// One stack as the store holds it.

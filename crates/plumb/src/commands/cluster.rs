@@ -222,6 +222,10 @@ struct OverlayRow {
     /// Peers the host has wired, and how many it should have.
     peers: Option<usize>,
     expected_peers: usize,
+    /// Whether the host's VXLAN device keeps tx checksum offload (None: not reported yet).
+    tx_offload: Option<bool>,
+    /// Why: no NAT rule there may rewrite VXLAN, or the rule that may (the workaround).
+    tx_offload_why: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -253,6 +257,7 @@ pub fn status(store: &Access, format: Format) -> Result<()> {
         replicas.extend(replica_rows(stack, sv));
         for (network, blocks) in &sv.blocks {
             for (block, host) in blocks {
+                let offload = sv.reports.get(host).and_then(|r| r.offload.get(network));
                 overlays.push(OverlayRow {
                     stack: stack.clone(),
                     network: network.clone(),
@@ -263,6 +268,8 @@ pub fn status(store: &Access, format: Format) -> Result<()> {
                         .values()
                         .filter(|h| *h != host && view.hosts.contains_key(*h))
                         .count(),
+                    tx_offload: offload.map(|o| o.kept),
+                    tx_offload_why: offload.map(|o| o.why.clone()),
                 });
             }
         }
@@ -338,13 +345,27 @@ pub fn status(store: &Access, format: Format) -> Result<()> {
                     o.host.clone(),
                     o.block.clone(),
                     format!("{wired}/{} {health}", o.expected_peers),
+                    match o.tx_offload {
+                        Some(true) => "kept",
+                        Some(false) => "off (workaround)",
+                        None => "?",
+                    }
+                    .into(),
                 ]
             })
             .collect();
         print!(
             "\n{}",
-            table(&["STACK", "NETWORK", "HOST", "BLOCK", "PEERS WIRED"], &rows)
+            table(
+                &["STACK", "NETWORK", "HOST", "BLOCK", "PEERS WIRED", "TX CSUM OFFLOAD"],
+                &rows
+            )
         );
+        for o in &status.overlays {
+            if let Some(why) = &o.tx_offload_why {
+                println!("{} on {} ({}): {why}", o.network, o.host, o.stack);
+            }
+        }
     }
     for e in &status.errors {
         println!("error: {e}");

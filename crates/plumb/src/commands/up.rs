@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use plumb_core::cluster::HostAssignment;
+use plumb_core::firewall::vxlan_nat;
+use plumb_core::kernel::Kernel;
 use plumb_core::services::run_specs;
 use plumb_core::spec::Parsed;
 use plumb_core::{render, Desired, Plan, What};
@@ -114,6 +116,33 @@ pub fn scale(ctx: &Context, stack: Option<&str>, services: &[String], dry_run: b
     bring_up(ctx, &parsed, base, Some(file), None, mode)
 }
 
+/// The assignment with each overlay's transmit checksum offload decided where it leaves it
+/// open: kept unless a NAT rule on this host may rewrite the VXLAN packets it sends
+/// ([`vxlan_nat`]; one ruleset read for all overlays), the workaround otherwise and when the
+/// kernel cannot be read (not root).
+pub fn decide_offload(assignment: &HostAssignment, kernel: Option<&mut dyn Kernel>) -> HostAssignment {
+    let mut out = assignment.clone();
+    let open = out.overlays.values().any(|o| o.tx_offload.is_none());
+    let read = match kernel {
+        _ if !open => Err("not needed".to_string()),
+        None => Err("not running as root".to_string()),
+        Some(k) => k
+            .nft_ruleset()
+            .and_then(|json| Ok((json, k.iptables_legacy_tables()?)))
+            .map_err(|e| e.to_string()),
+    };
+    for o in out.overlays.values_mut() {
+        let ruleset = read
+            .as_ref()
+            .map(|(j, l)| (j.as_str(), l.as_slice()))
+            .map_err(Clone::clone);
+        let d = vxlan_nat::decide(o.tx_offload, o.local, ruleset);
+        o.tx_offload = Some(d.keep);
+        o.tx_offload_why = Some(d.why);
+    }
+    out
+}
+
 /// Brings a parsed stack up (the CLI's `up`, `scale`, and the cluster agent with this host's
 /// assignment): the engine plans and applies the change, then the supervisor takes the
 /// stack's processes.
@@ -132,6 +161,10 @@ pub fn bring_up(
         require_nft()?;
     }
     let stack_dir = ctx.state.stack_dir(&stack);
+    // Without root neither the kernel nor the state directory (private to root) can be read:
+    // the plan is then the plan from scratch, as the note below says.
+    let mut kernel = if root { Some(apply::kernel()?) } else { None };
+    let decided = assignment.map(|a| decide_offload(a, kernel.as_mut().map(|k| k as &mut dyn Kernel)));
     // The load balancer lists the replicas the supervisor reports ready (none before it
     // ran): the plan then matches the chains the supervisor keeps, and it re-applies them
     // from its own view when it takes this run (closing the race with this read).
@@ -140,12 +173,9 @@ pub fn bring_up(
         parsed,
         base: base.clone(),
         file,
-        assignment,
+        assignment: decided.as_ref(),
         unready: &unready,
     };
-    // Without root neither the kernel nor the state directory (private to root) can be read:
-    // the plan is then the plan from scratch, as the note below says.
-    let mut kernel = if root { Some(apply::kernel()?) } else { None };
     let mut engine = match kernel.as_mut() {
         Some(k) => Engine::open(k, &ctx.state)?,
         None => Engine::planner(&ctx.state),
