@@ -68,10 +68,18 @@ impl Locked {
         }
     }
 
-    /// For a caller that holds the lock already (`down`, through its engine).
+    /// For a caller that holds the lock already (`down`, through its engine). A damaged
+    /// record counts as none: `down` still removes the faults the kernel's marks show.
     pub fn held(stack_dir: &Path) -> Result<Locked> {
         let (state, stack) = locate(stack_dir);
-        Locked::read(state, &stack, None)
+        let record = state.load(&stack).ok().flatten();
+        let faults = record.as_ref().map(|r| r.faults.clone()).unwrap_or_default();
+        Ok(Locked {
+            _lock: None,
+            state,
+            record,
+            faults,
+        })
     }
 
     fn read(state: StateDir, stack: &str, lock: Option<Lock>) -> Result<Locked> {

@@ -95,18 +95,18 @@ mod tests {
         let first = first.expect("a reload writes every service");
         assert!(first
             .iter()
-            .any(|c| c.starts_with("add element inet plumb_s eps_web { 0 : goto ep_web-1, 1 : goto ep_web-2")));
+            .any(|c| c.starts_with("add element inet plumb_s eps_web_2 { 0 : goto ep_web-1, 1 : goto ep_web-2")));
         assert!(first
             .iter()
-            .any(|c| c.starts_with("add element inet plumb_s eps_db { 0 : goto ep_db-1, 1 : goto ep_db-1")));
+            .any(|c| c.starts_with("add element inet plumb_s eps_db_1 { 0 : goto ep_db-1 }")));
         assert_eq!(run(&mut b, &[]), None);
         let script = run(&mut b, &["web-2"]).expect("web changed");
         assert!(!script.contains("db"), "{script}");
         assert!(
-            script.starts_with("delete element inet plumb_s eps_web { 0, 1, "),
+            script.starts_with("delete element inet plumb_s eps_web_2 { 0, 1 }"),
             "{script}"
         );
-        assert!(script.contains("add element inet plumb_s eps_web { 0 : goto ep_web-1, 1 : goto ep_web-1, "));
+        assert!(script.contains("add element inet plumb_s eps_web_2 { 0 : goto ep_web-1, 1 : goto ep_web-1 }"));
         assert!(!script.contains("ep_web-2"), "{script}");
         assert_eq!(run(&mut b, &["web-2"]), None);
         assert!(run(&mut b, &[]).unwrap().contains("1 : goto ep_web-2"));
