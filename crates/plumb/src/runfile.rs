@@ -274,16 +274,20 @@ pub fn signal_and_wait(stack_dir: &Path, pid: Pid, generation: u64, timeout: Dur
 }
 
 pub fn wait_generation(stack_dir: &Path, generation: u64, timeout: Duration) -> Result<StatusFile> {
-    if wait_until(timeout, || read_status(stack_dir).generation >= generation) {
-        Ok(read_status(stack_dir))
+    let mut status = StatusFile::default();
+    let answered = wait_for_status(stack_dir, timeout, |s| {
+        status = s;
+        status.generation >= generation
+    });
+    if answered {
+        Ok(status)
     } else {
         Err(Failure::new("the supervisor did not answer in time")
             .hint(format!("see {}", stack_dir.join("supervisor.log").display())))
     }
 }
 
-/// Polls `done` every 20 ms until it holds (true) or `timeout` has passed (false): how plumb
-/// waits for the supervisor, whose answers are files.
+/// Polls `done` every 20 ms until it holds (true) or `timeout` has passed (false).
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -294,6 +298,48 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
     done()
 }
+
+/// Reads `status.json` each time the supervisor writes it (inotify on the stack folder: the
+/// file is renamed into place) until `done` holds for it (true) or `timeout` has passed
+/// (false). Without inotify, or should an event be missed, it reads again every
+/// [`STATUS_RECHECK`]: how plumb waits for the supervisor without sleeping on a fixed beat.
+pub fn wait_for_status(stack_dir: &Path, timeout: Duration, mut done: impl FnMut(StatusFile) -> bool) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+
+    let deadline = Instant::now() + timeout;
+    // Watched before the first read, so a write between the two is not missed.
+    let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .ok()
+        .filter(|i| {
+            i.add_watch(stack_dir, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE)
+                .is_ok()
+        });
+    loop {
+        if done(read_status(stack_dir)) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let nap = left.min(STATUS_RECHECK);
+        match &watch {
+            Some(inotify) => {
+                let millis = u16::try_from(nap.as_millis()).unwrap_or(u16::MAX);
+                let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(millis)).unwrap_or(0) > 0 {
+                    let _ = inotify.read_events();
+                }
+            }
+            None => std::thread::sleep(nap),
+        }
+    }
+}
+
+/// How often [`wait_for_status`] reads the status without being told it changed.
+const STATUS_RECHECK: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {
