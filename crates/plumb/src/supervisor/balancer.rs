@@ -16,15 +16,23 @@ pub struct Balancer {
 
 impl Balancer {
     /// A new `run.json`: every service's chains are written again from `unready` (`up` may
-    /// have written them from an older view).
+    /// have written them from an older view), but those of services without a process among
+    /// their replicas (`supervised` lists the containers with one): those are always all
+    /// ready, as `up` wrote them, so a stack without processes costs its supervisor no nft run.
     pub fn reload(
         &mut self,
         layout: Option<vips::Balancer>,
         unready: &BTreeSet<String>,
+        supervised: &BTreeSet<String>,
         apply: impl FnOnce(&str) -> Result<(), String>,
     ) -> Result<(), String> {
         self.layout = layout;
         self.written.clear();
+        for svc in self.layout.iter().flat_map(|l| &l.services) {
+            if !svc.endpoints.iter().any(|e| supervised.contains(&e.container)) {
+                self.written.insert(svc.name.clone(), BTreeSet::new());
+            }
+        }
         self.follow(unready, apply)
     }
 
@@ -88,7 +96,8 @@ mod tests {
     fn only_a_change_is_written_and_only_its_services_chains() {
         let mut b = Balancer::default();
         let mut first = None;
-        b.reload(Some(layout()), &BTreeSet::new(), |s| {
+        let supervised: BTreeSet<String> = ["web-1", "web-2", "db-1"].map(String::from).into();
+        b.reload(Some(layout()), &BTreeSet::new(), &supervised, |s| {
             first = Some(s.to_string());
             Ok(())
         })
@@ -107,8 +116,29 @@ mod tests {
     #[test]
     fn without_virtual_ips_nothing_is_written() {
         let mut b = Balancer::default();
-        b.reload(None, &BTreeSet::new(), |_| panic!("nothing to write"))
+        b.reload(None, &BTreeSet::new(), &BTreeSet::new(), |_| panic!("nothing to write"))
             .unwrap();
         assert_eq!(run(&mut b, &["x"]), None);
+    }
+
+    #[test]
+    fn services_without_processes_are_not_rewritten_on_reload() {
+        let mut b = Balancer::default();
+        let mut script = None;
+        let supervised: BTreeSet<String> = ["db-1"].map(String::from).into();
+        b.reload(Some(layout()), &BTreeSet::new(), &supervised, |s| {
+            script = Some(s.to_string());
+            Ok(())
+        })
+        .unwrap();
+        let script = script.expect("db has a process");
+        assert!(
+            script.contains("svc_db_tcp_5432") && !script.contains("web"),
+            "{script}"
+        );
+        b.reload(Some(layout()), &BTreeSet::new(), &BTreeSet::new(), |_| {
+            panic!("nothing to write")
+        })
+        .unwrap();
     }
 }

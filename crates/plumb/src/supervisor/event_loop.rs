@@ -221,7 +221,10 @@ impl Supervisor {
     /// restarting the stack never runs a service twice.
     fn kill_orphans(&self) {
         let run = runfile::read_run(&self.dir);
-        netns::end_processes(run.specs.iter().map(|s| s.netns.as_str()), Duration::ZERO);
+        // A stack without processes has none to end: no scan of /proc.
+        if !run.specs.is_empty() {
+            netns::end_processes(run.specs.iter().map(|s| s.netns.as_str()), Duration::ZERO);
+        }
     }
 
     /// Applies the current `run.json`.
@@ -249,7 +252,8 @@ impl Supervisor {
         self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
         let unready = self.unready();
         let balancer = run.desired.as_ref().map(plumb_core::firewall::vips::Balancer::of);
-        note_balancer_error(self.balancer.reload(balancer, &unready, apply_nft));
+        let supervised: BTreeSet<String> = run.specs.iter().map(|s| s.container.clone()).collect();
+        note_balancer_error(self.balancer.reload(balancer, &unready, &supervised, apply_nft));
         self.dns.readiness(unready);
     }
 
