@@ -212,12 +212,16 @@ pub enum HealthWait {
 /// What one replica must reach to count as ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
-    /// Its program executed (or ran to completion).
+    /// Its program executed: only a failed start (exec) is a failure; what the process does
+    /// after is for `ps` and `events` to tell.
     Started,
-    /// Started, and still running [`SETTLE`] later.
+    /// Started, and still running [`SETTLE`] later; exiting for good or in a loop fails.
     StayedUp,
-    /// Started, and passing its health check.
+    /// Started, and passing its health check (waiting through an unhealthy spell, as a
+    /// dependency that is slow to listen has); exiting for good or in a loop fails.
     Healthy,
+    /// Healthy, and unhealthy fails at once (`up --wait`, as Compose's).
+    HealthyOrFail,
 }
 
 /// Waits until the supervisor has applied `run` and every service that is not stopped has
@@ -236,7 +240,7 @@ pub fn wait_until_ready(stack_dir: &Path, run: &RunFile, health: HealthWait) -> 
         })
         .collect();
     let need = |spec: &RunSpec| match (health, spec.health.is_some()) {
-        (HealthWait::Everything, true) => Need::Healthy,
+        (HealthWait::Everything, true) => Need::HealthyOrFail,
         (HealthWait::Everything, false) => Need::StayedUp,
         (HealthWait::Dependencies, true) if healthy_needed.contains(spec.service.as_str()) => Need::Healthy,
         (HealthWait::Dependencies, _) => Need::Started,
@@ -324,6 +328,8 @@ fn readiness(container: &str, status: Option<&ReplicaStatus>, need: Need, now_ms
     let crash_looping = r.state == ReplicaState::Backoff && r.restarts >= CRASH_LOOP;
     let problem = if let Some(error) = &r.error {
         Some(error.clone())
+    } else if need == Need::Started {
+        None
     } else if crash_looping {
         Some(format!(
             "keeps exiting ({}, {} restarts)",
@@ -332,7 +338,7 @@ fn readiness(container: &str, status: Option<&ReplicaStatus>, need: Need, now_ms
         ))
     } else if r.has_failed() {
         Some(format!("exited ({})", r.last_exit_text()))
-    } else if need == Need::Healthy && r.health == Some(crate::runfile::Health::Unhealthy) {
+    } else if need == Need::HealthyOrFail && r.health == Some(crate::runfile::Health::Unhealthy) {
         Some("unhealthy (its health check keeps failing)".to_string())
     } else {
         None
@@ -340,12 +346,17 @@ fn readiness(container: &str, status: Option<&ReplicaStatus>, need: Need, now_ms
     if let Some(problem) = problem {
         return Readiness::Failed(problem);
     }
-    let ready = r.has_started()
-        && match need {
-            Need::Started => true,
-            Need::StayedUp => r.state != ReplicaState::Running || r.up_for(now_ms).is_some_and(|t| t >= SETTLE),
-            Need::Healthy => r.is_healthy(),
-        };
+    let ready = match need {
+        // Its program ran: it runs, or it has exited since (and is not waiting to start).
+        Need::Started => {
+            r.state == ReplicaState::Running
+                || (matches!(r.state, ReplicaState::Exited | ReplicaState::Backoff) && r.last_exit.is_some())
+        }
+        Need::StayedUp => {
+            r.has_started() && (r.state != ReplicaState::Running || r.up_for(now_ms).is_some_and(|t| t >= SETTLE))
+        }
+        Need::Healthy | Need::HealthyOrFail => r.has_started() && r.is_healthy(),
+    };
     if ready {
         return Readiness::Ready;
     }
@@ -442,8 +453,13 @@ mod tests {
             (Some(status(Running, Some(Health::Healthy), None, 0)), Healthy, "ready"),
             (
                 Some(status(Running, Some(Health::Unhealthy), None, 0)),
-                Healthy,
+                HealthyOrFail,
                 "failed: unhealthy (its health check keeps failing)",
+            ),
+            (
+                Some(status(Running, Some(Health::Unhealthy), None, 0)),
+                Healthy,
+                "waiting: w-1 (running, unhealthy)",
             ),
             (
                 Some(status(Running, Some(Health::Unhealthy), None, 0)),
@@ -452,19 +468,32 @@ mod tests {
             ),
             (Some(status(Exited, None, Some(Exit::Code(0)), 0)), Started, "ready"),
             (Some(status(Exited, None, Some(Exit::Code(0)), 0)), StayedUp, "ready"),
+            // A crash after the program ran is not up's to report, unless it waits for more.
+            (Some(status(Exited, None, Some(Exit::Code(1)), 0)), Started, "ready"),
+            (Some(status(Backoff, None, Some(Exit::Code(3)), 3)), Started, "ready"),
+            (
+                Some(status(Waiting, None, Some(Exit::Code(3)), 0)),
+                Started,
+                "waiting: w-1 (waiting)",
+            ),
             (
                 Some(status(Exited, None, Some(Exit::Code(1)), 0)),
-                Started,
+                StayedUp,
+                "failed: exited (exit code 1)",
+            ),
+            (
+                Some(status(Exited, None, Some(Exit::Code(1)), 0)),
+                Healthy,
                 "failed: exited (exit code 1)",
             ),
             (
                 Some(status(Backoff, None, Some(Exit::Code(3)), 2)),
-                Started,
+                StayedUp,
                 "waiting: w-1 (backoff)",
             ),
             (
                 Some(status(Backoff, None, Some(Exit::Code(3)), 3)),
-                Started,
+                StayedUp,
                 "failed: keeps exiting (exit code 3, 3 restarts)",
             ),
         ];
