@@ -77,10 +77,10 @@ pub fn release_containers(stack_dir: &Path, netns: &BTreeSet<String>) -> Result<
 /// Makes the supervisor run `run`: signals the live one, or starts one in the background.
 ///
 /// A supervisor started here inherits `lock` (the state directory's, taken by the caller) and
-/// lets it go once it has applied `run` (its socket bound, its DNS server listening, its
-/// processes started and `status.json` written): the caller returns at once, and the next
-/// command that takes the lock (`up`, `down`, `stop`, ...) finds the supervisor ready. So a
-/// stack without processes never waits for its supervisor. A live supervisor is waited for
+/// lets it go once its socket is bound and its signals are blocked: the caller returns at
+/// once, and the next command that takes the lock (`up`, `down`, `stop`, ...) finds the
+/// supervisor and may signal it. So a stack without processes never waits for its supervisor
+/// (nor its DNS server, which listens a few milliseconds later). A live supervisor is waited for
 /// only when processes are to be reported (it ran some, or `run` has some); the caller waits
 /// for those with [`wait_until_ready`].
 pub fn hand_over(state: &StateDir, stack: &str, run: &RunFile, lock: Option<Lock>) -> Result<()> {

@@ -6,12 +6,11 @@
 //! starts again and when it stops (sweeps).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -108,21 +107,15 @@ pub struct Supervisor {
     status_error: Option<String>,
     /// When expired faults were last looked for.
     faults_checked: Option<Instant>,
-    /// The state directory's lock, handed over by the `up` that started this supervisor: let
-    /// go once the first `run.json` is applied (see `processes::hand_over`).
-    startup_lock: Option<OwnedFd>,
 }
 
 impl Supervisor {
-    /// Prepares a supervisor for the stack whose state folder is `dir`, holding
-    /// `startup_lock` (the state directory's lock, inherited) until it has applied `run.json`
-    /// once. Blocks the signals it handles; call from the main thread before any other thread
-    /// starts.
+    /// Prepares a supervisor for the stack whose state folder is `dir`. Blocks the signals it
+    /// handles; call from the main thread before any other thread starts. `startup_lock` (the
+    /// state directory's lock, inherited from the `up` that started it) is let go once the
+    /// socket is bound and the signals are blocked: from then on the next command finds this
+    /// supervisor, and what it sends is read in turn (see `processes::hand_over`).
     pub fn new(dir: &Path, startup_lock: Option<OwnedFd>) -> Result<Self> {
-        // The lock must not reach the processes this supervisor starts.
-        if let Some(fd) = &startup_lock {
-            let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
-        }
         // What the supervisor writes (status, logs) is for its owner's eyes only.
         umask(Mode::from_bits_truncate(0o077));
         // First of all: a second supervisor of the stack stops here, before it touches anything.
@@ -135,6 +128,7 @@ impl Supervisor {
             .map_err(|e| Failure::new(format!("cannot block signals: {e}")))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| Failure::new(format!("signalfd: {e}")))?;
+        drop(startup_lock);
         create_private_dir(&runfile::logs_dir(dir))?;
         // After the signals are blocked: its threads inherit the mask, so they never take one.
         let dns = Dns::start();
@@ -160,7 +154,6 @@ impl Supervisor {
             metrics: None,
             probe_times: metrics::ProbeTimes::default(),
             dns,
-            startup_lock,
         })
     }
 
@@ -181,9 +174,6 @@ impl Supervisor {
                 self.readiness_changed();
                 self.write_status();
             }
-            // Applied once (socket bound, DNS listening, processes started, status written):
-            // whoever waits for the state directory's lock may go on.
-            self.startup_lock = None;
             self.dns.keep_listening();
             self.end_expired_faults(now);
             let sleep = self
