@@ -427,7 +427,8 @@ fn up_names_a_program_that_cannot_be_executed_at_once() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("bad-1: cannot start:") && err.contains("broken.sh") && err.contains("No such file"),
+        err.contains("bad-1: cannot start:")
+            && err.contains("broken.sh: its interpreter /nonexistent/interpreter does not exist"),
         "{err}"
     );
     // Reported from the failed exec itself, not after a back-off or a timeout.
