@@ -13,7 +13,7 @@ DEMO_PACKAGES=(iproute2 nftables util-linux procps iputils-ping curl
 # The test suite, beyond the demo's: dig, reading pcapng captures, graphviz for `plumb graph`,
 # promtool for the metrics, a real etcd and etcdctl for the cluster, strace, Node.js and npm
 # for Mermaid's own parser.
-TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client strace nodejs npm)
+TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client strace nodejs npm ethtool)
 # The benchmarks' peers and load generators (bench/; CI runs them in --quick mode).
 BENCH_PACKAGES=(netavark containernetworking-plugins iperf3 wrk dnsperf aardvark-dns)
 

@@ -268,7 +268,7 @@ impl Fault {
     }
 }
 
-/// The stack's active faults, as `chaos.json` in its state directory holds them.
+/// The stack's active faults, as its record in the state store holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Faults {
     /// The number the next fault gets (numbers are not reused while the stack is up).

@@ -124,7 +124,7 @@ pub fn vxlan_device(stack: &str, network: &str) -> String {
 
 /// The MAC of a host's VXLAN device on one network; every host derives every peer's, so the
 /// store need not carry them.
-pub fn vtep_mac(stack: &str, network: &str, host: &str) -> String {
+pub fn vtep_mac(stack: &str, network: &str, host: &str) -> crate::Mac {
     names::mac(&names::alias(stack, &format!("vtep/{network}/{host}")))
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{self, HostAssignment, OverlayPeer, RemoteContainer};
 use crate::diag::Diagnostics;
 use crate::ipam::{self, Leases, Pool, Request};
+use crate::mac::Mac;
 use crate::names;
 use crate::spec::{Balance, Parsed, PolicySpec, PortSpec, ProcessSpec, ServicePort};
 
@@ -94,7 +95,7 @@ pub struct Overlay {
     /// The VXLAN device (`plx…`).
     pub device: String,
     /// Its MAC ([`cluster::vtep_mac`]).
-    pub mac: String,
+    pub mac: Mac,
     /// This host's underlay address.
     pub local: Ipv4Addr,
     /// The underlay's MTU minus VXLAN's 50 bytes: the bridge, the VXLAN device and the
@@ -108,14 +109,14 @@ pub struct Overlay {
 
 impl Overlay {
     /// The VTEP MAC of a peer on this network.
-    pub fn peer_mac(&self, stack: &str, network: &str, peer: &OverlayPeer) -> String {
+    pub fn peer_mac(&self, stack: &str, network: &str, peer: &OverlayPeer) -> Mac {
         cluster::vtep_mac(stack, network, &peer.host)
     }
 }
 
 impl Network {
     /// The bridge's MAC address: locally administered, derived from its alias.
-    pub fn bridge_mac_text(&self) -> String {
+    pub fn bridge_mac(&self) -> Mac {
         names::mac(&self.alias)
     }
 
@@ -143,6 +144,27 @@ pub struct Container {
     pub gateway: Option<Ipv4Addr>,
     pub ports: Vec<PortSpec>,
     pub process: Option<ProcessSpec>,
+    /// An attached container: the namespace is another's (a container runtime's), at this
+    /// path; plumb wires it and later unwires it, but never makes, empties or deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
+}
+
+/// A container made by someone else (a runtime's, as a CNI ADD gives it) joined to one network
+/// of a stack: it gets an address, a veth, DNS, the stack's policies, and the VIP of
+/// `service` if that names one of the stack's services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Its name in the stack (DNS, `plumb ps`): a label.
+    pub name: String,
+    pub network: String,
+    /// The namespace, as the runtime gives it (`/run/netns/X`, `/proc/PID/ns/net`).
+    pub netns_path: String,
+    /// The interface inside (`eth0`).
+    pub ifname: String,
+    /// A service of the stack whose VIP and name it joins, if any.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 impl Container {
@@ -167,9 +189,10 @@ pub struct Interface {
     pub prefix_len: u8,
     /// `plumb:shop/web-2/frontend`: marks the interface (and so the namespace) as the stack's.
     pub alias: String,
-    /// Derived from the alias: the only MAC the anti-spoofing rules let it send from.
+    /// Derived from the alias: the only MAC the anti-spoofing rules let it send from. (Absent
+    /// only in records older than MACs: then zeros, which nothing executes.)
     #[serde(default)]
-    pub mac: String,
+    pub mac: Mac,
     /// Both ends' MTU when the network's is not the kernel's default (an overlay's: the
     /// underlay's minus VXLAN's 50 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,7 +237,7 @@ const VIP_POOL: &str = "@services";
 /// Resolves a parsed stack into its desired state, keeping previous address leases. On one
 /// host (`plumb up`) an overlay network is a bridge like any other.
 pub fn resolve(parsed: &Parsed, previous: &Leases) -> Result<(Desired, Leases), Diagnostics> {
-    resolve_with(parsed, previous, None)
+    resolve_with(parsed, previous, None, &[])
 }
 
 /// This host's desired state in a cluster: only the replicas `assignment` places here, each
@@ -225,13 +248,84 @@ pub fn resolve_on_host(
     previous: &Leases,
     assignment: &HostAssignment,
 ) -> Result<(Desired, Leases), Diagnostics> {
-    resolve_with(parsed, previous, Some(assignment))
+    resolve_with(parsed, previous, Some(assignment), &[])
+}
+
+/// The desired state with attached containers too (their addresses leased beside the
+/// replicas', so neither takes the other's). Attachments are checked first: see
+/// [`check_attachment`].
+pub fn resolve_attached(
+    parsed: &Parsed,
+    previous: &Leases,
+    assignment: Option<&HostAssignment>,
+    attached: &[Attachment],
+) -> Result<(Desired, Leases), Diagnostics> {
+    resolve_with(parsed, previous, assignment, attached)
+}
+
+/// Why `a` cannot join the stack, if it cannot: a name that is not a label or is taken, a
+/// network or service the stack lacks, an interface name the kernel refuses.
+pub fn check_attachment(stack: &crate::spec::Stack, a: &Attachment, others: &[Attachment]) -> Result<(), String> {
+    if !crate::spec::valid_host_name(&a.name) || a.name.len() > 40 || a.name.contains('.') {
+        return Err(format!(
+            "{:?} is not a usable container name: 1 to 40 letters, digits, '-' or '_'",
+            a.name
+        ));
+    }
+    let replica_name = stack
+        .services
+        .iter()
+        .any(|(svc, spec)| (1..=spec.replicas).any(|r| names::container(svc, r) == a.name));
+    if replica_name || stack.services.contains_key(&a.name) && a.service.as_deref() != Some(&a.name) {
+        return Err(format!(
+            "{:?} is a name of the stack's own services or replicas",
+            a.name
+        ));
+    }
+    if others.iter().any(|o| o.name == a.name) {
+        return Err(format!("a container {:?} is already attached", a.name));
+    }
+    match stack.networks.get(&a.network) {
+        None => {
+            let known: Vec<&str> = stack.networks.keys().map(String::as_str).collect();
+            return Err(format!(
+                "the stack has no network {:?} (it has {})",
+                a.network,
+                known.join(", ")
+            ));
+        }
+        Some(n) if n.overlay.is_some() => {
+            return Err(format!(
+                "{} is an overlay network: attach to a local network",
+                a.network
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(service) = &a.service {
+        if !stack.services.contains_key(service) {
+            return Err(format!("the stack has no service {service:?}"));
+        }
+    }
+    let ifname_ok = !a.ifname.is_empty()
+        && a.ifname.len() <= 15
+        && a.ifname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !ifname_ok {
+        return Err(format!(
+            "{:?} is not an interface name (1 to 15 letters, digits, '-', '_', '.')",
+            a.ifname
+        ));
+    }
+    Ok(())
 }
 
 fn resolve_with(
     parsed: &Parsed,
     previous: &Leases,
     assignment: Option<&HostAssignment>,
+    attached: &[Attachment],
 ) -> Result<(Desired, Leases), Diagnostics> {
     let stack = &parsed.stack;
     let mut networks = Vec::new();
@@ -291,6 +385,13 @@ fn resolve_with(
             }
         }
     }
+    for a in attached {
+        requests.push(Request {
+            key: format!("{}/{}", a.name, a.network),
+            network: a.network.clone(),
+            fixed: None,
+        });
+    }
     // VIPs: the first host address of the service subnet stays free (for the stack's own use).
     let vip_pool = Pool {
         subnet: stack.service_subnet,
@@ -342,6 +443,11 @@ fn resolve_with(
             containers: (1..=svc.replicas)
                 .filter(|r| runs_here(name, *r))
                 .map(|r| names::container(name, r))
+                .chain(
+                    (attached.iter())
+                        .filter(|a| a.service.as_deref() == Some(name))
+                        .map(|a| a.name.clone()),
+                )
                 .collect(),
         })
         .collect();
@@ -377,8 +483,34 @@ fn resolve_with(
                 interfaces,
                 ports: svc.ports.clone(),
                 process: svc.process.clone(),
+                external: None,
             });
         }
+    }
+    for a in attached {
+        let net = &pools[&a.network];
+        let alias = names::alias(&stack.name, &format!("{}/{}", a.name, a.network));
+        containers.push(Container {
+            netns: names::netns(&stack.name, &a.name),
+            gateway: Some(net.gateway),
+            name: a.name.clone(),
+            service: a.service.clone().unwrap_or_else(|| a.name.clone()),
+            replica: 0,
+            interfaces: vec![Interface {
+                name: a.ifname.clone(),
+                network: a.network.clone(),
+                bridge: names::bridge(&stack.name, &a.network),
+                host_veth: names::host_veth(&stack.name, &a.name, &a.network),
+                address: leases[&format!("{}/{}", a.name, a.network)],
+                prefix_len: net.subnet.prefix_len(),
+                mac: names::mac(&alias),
+                alias,
+                mtu: networks.iter().find(|n| n.name == a.network).and_then(Network::mtu),
+            }],
+            ports: Vec::new(),
+            process: None,
+            external: Some(a.netns_path.clone()),
+        });
     }
     let policies = stack
         .policies
@@ -417,6 +549,26 @@ mod tests {
     fn desired(text: &str, previous: &Leases) -> (Desired, Leases) {
         let parsed = parse("plumb.toml", text).unwrap_or_else(|e| panic!("{e}"));
         resolve(&parsed, previous).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A record with a malformed MAC is refused when read, not carried on to become
+    /// 00:00:00:00:00:00 in the kernel.
+    #[test]
+    fn a_record_with_a_malformed_mac_is_refused() {
+        let (d, _) = desired(&format!("{NET}[services.web]\n"), &Leases::new());
+        let mac = d.containers[0].interfaces[0].mac.to_string();
+        assert!(mac.starts_with("02:") && mac.len() == 17, "{mac}");
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(serde_json::from_str::<Desired>(&json).is_ok());
+        for bad in [
+            "02:00:00:00:00:zz",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0200.0000.0000",
+        ] {
+            let damaged = json.replace(&mac, bad);
+            assert!(serde_json::from_str::<Desired>(&damaged).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]

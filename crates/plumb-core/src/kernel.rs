@@ -3,7 +3,10 @@
 //! netlink, namespaces and `nft`; plumb-engine's recording fake implements it in memory so
 //! the engine is tested without root.
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 use crate::firewall::{Shape, TableId};
 use crate::ops::Op;
@@ -25,6 +28,128 @@ pub struct HostLink {
 pub struct NftListing {
     pub fingerprint: u64,
     pub shape: Option<Shape>,
+}
+
+/// A route of the host's namespace (IPv4), as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoute {
+    pub destination: ipnet::Ipv4Net,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// The index of the link it goes out of, if it names one.
+    pub link_index: Option<u32>,
+}
+
+/// TCP or UDP, for [`Kernel::listeners`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// A socket of the host's namespace listening (TCP) or bound (UDP) on a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    /// The processes holding the socket: (pid, command name).
+    pub holders: Vec<(u32, String)>,
+}
+
+/// One socket, as `ss -tunap` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub transport: Transport,
+    /// TCP: `LISTEN`, `ESTAB`, `TIME-WAIT`...; UDP: `UNCONN` (bound) or `ESTAB` (connected).
+    pub state: &'static str,
+    pub local: (std::net::IpAddr, u16),
+    pub remote: (std::net::IpAddr, u16),
+    /// The kernel's inode of the socket: [`Kernel::socket_holders`] tells who holds it.
+    pub inode: u64,
+}
+
+/// One direction of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: std::net::Ipv4Addr,
+    pub dst: std::net::Ipv4Addr,
+    /// 0 for protocols without ports (ICMP).
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    /// `tcp`, `udp`, `icmp`...
+    pub protocol: String,
+    /// TCP's state (`ESTABLISHED`, `TIME_WAIT`...), empty for other protocols.
+    pub state: String,
+    pub original: Tuple,
+    pub reply: Tuple,
+    /// Seconds until the kernel forgets the flow.
+    pub expires: u64,
+    /// No packet came back yet.
+    pub unreplied: bool,
+}
+
+impl Flow {
+    /// Where the original destination was translated to, if it was (DNAT: published ports,
+    /// VIPs): the reply's source.
+    pub fn dnat(&self) -> Option<(std::net::Ipv4Addr, u16)> {
+        (self.reply.src != self.original.dst || self.reply.sport != self.original.dport)
+            .then_some((self.reply.src, self.reply.sport))
+    }
+
+    /// What the original source was translated to, if it was (SNAT, masquerade).
+    pub fn snat(&self) -> Option<(std::net::Ipv4Addr, u16)> {
+        (self.reply.dst != self.original.src || self.reply.dport != self.original.sport)
+            .then_some((self.reply.dst, self.reply.dport))
+    }
+
+    /// Every address the flow names, in either direction.
+    pub fn addresses(&self) -> [std::net::Ipv4Addr; 4] {
+        [self.original.src, self.original.dst, self.reply.src, self.reply.dst]
+    }
+}
+
+/// A link's traffic counters (what the kernel keeps as `IFLA_STATS64`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// A process found inside a container's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resident {
+    pub pid: i32,
+    pub parent: i32,
+    pub session: i32,
+}
+
+/// What one probe connection met (`plumb trace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// TCP: the handshake completed. UDP: a reply came back.
+    Answered,
+    /// A TCP reset or an ICMP port unreachable.
+    Refused,
+    /// Nothing came back in time (dropped somewhere, or a UDP service that does not answer).
+    TimedOut,
+    /// Another error the kernel reported (no route, host unreachable...).
+    Failed(String),
+}
+
+/// A probe socket made inside a namespace and bound to a port the kernel picked, so rules
+/// can be made for its exact source port before it sends.
+pub trait Probe: Send {
+    /// The source port the probe's packets carry.
+    fn port(&self) -> u16;
+    /// TCP: a connect; UDP: one datagram, then a wait for any reply or an ICMP error.
+    fn send(&self, to: std::net::SocketAddrV4, timeout: std::time::Duration) -> ProbeOutcome;
 }
 
 /// What went wrong in one kernel operation or read.
@@ -79,6 +204,69 @@ pub trait Kernel: Send {
 
     /// The table as the kernel lists it, `None` if there is no such table.
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>>;
+
+    /// The nftables ruleset's generation, which every committed transaction moves on (`None`
+    /// where the kernel cannot tell: then the tables are always listed).
+    fn nft_generation(&mut self) -> KernelResult<Option<u32>> {
+        Ok(None)
+    }
+
+    /// The host namespace's IPv4 routes (every table plumb's checks look at: main).
+    fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>>;
+
+    /// The gateway of the host namespace's IPv4 default route (main table), if any.
+    fn default_gateway(&mut self) -> KernelResult<Option<std::net::Ipv4Addr>>;
+
+    /// The processes inside each of the namespaces with these inodes, by inode.
+    fn residents(&mut self, inodes: &std::collections::HashSet<u64>) -> BTreeMap<u64, Vec<Resident>>;
+
+    /// The name of the host link with this index, `None` if there is none.
+    fn link_name(&mut self, index: u32) -> KernelResult<Option<String>>;
+
+    /// The host namespace's IPv4 addresses.
+    fn host_addresses(&mut self) -> KernelResult<Vec<std::net::Ipv4Addr>>;
+
+    /// Sockets of the host namespace listening (TCP) or bound (UDP) on `port`.
+    fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>>;
+
+    /// The traffic counters of every link of the host namespace, by name.
+    fn link_counters(&mut self) -> KernelResult<BTreeMap<String, LinkCounters>>;
+
+    /// Every TCP and UDP socket inside a named namespace (IPv4 and IPv6).
+    fn sockets_in(&mut self, netns: &str) -> KernelResult<Vec<SocketInfo>>;
+
+    /// Which processes hold each socket, by the socket's inode: (pid, command name).
+    fn socket_holders(&mut self) -> BTreeMap<u64, Vec<(u32, String)>>;
+
+    /// The host namespace's tracked IPv4 flows (empty when conntrack is not loaded).
+    fn conntrack(&mut self) -> KernelResult<Vec<Flow>>;
+
+    /// The whole nft ruleset as nft's JSON listing.
+    fn nft_ruleset(&mut self) -> KernelResult<String>;
+
+    /// The nft tables the kernel holds: (family, name).
+    fn nft_tables(&mut self) -> KernelResult<Vec<(String, String)>>;
+
+    /// The inode of a named namespace (what tells two namespaces apart), `None` if the name
+    /// holds none.
+    fn netns_inode(&mut self, name: &str) -> Option<u64>;
+
+    /// Runs `f` on this thread inside a named namespace, then comes back.
+    fn in_netns(&mut self, name: &str, f: &mut dyn FnMut()) -> KernelResult<()>;
+
+    /// Moves this thread into a named namespace for good (before exec, or for a thread that
+    /// works there until it ends).
+    fn enter_netns(&mut self, name: &str) -> KernelResult<()>;
+
+    /// Bind-mounts the namespace's resolv.conf over /etc/resolv.conf in this process's mount
+    /// namespace (what `ip netns exec` does), for a command about to run there.
+    fn bind_resolv_conf(&mut self, netns: &str) -> KernelResult<()>;
+
+    /// A probe socket inside a named namespace (TCP, or UDP with `udp`).
+    fn bind_probe(&mut self, netns: &str, udp: bool) -> KernelResult<Box<dyn Probe>>;
+
+    /// Opens a persistent tap for reading and writing its frames (a chaos relay's end).
+    fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd>;
 
     /// Starts reading the tables in the background, for later [`Kernel::nft_table`] calls
     /// (listing runs a program: it overlaps with the netlink reads).

@@ -12,6 +12,7 @@ pub mod graph;
 pub mod ipam;
 pub mod kernel;
 pub mod lower;
+pub mod mac;
 pub mod names;
 pub mod ops;
 pub mod plan;
@@ -24,6 +25,7 @@ pub mod zone;
 
 pub use desired::{Container, Desired, Interface, Network};
 pub use diag::{Diagnostic, Diagnostics};
+pub use mac::Mac;
 pub use ops::{At, Op};
 pub use plan::{
     Actual, ObservedFirewall, ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries, Plan, Step, What,

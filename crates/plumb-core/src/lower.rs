@@ -23,6 +23,28 @@ pub fn enable_forwarding() -> Step {
     }
 }
 
+pub fn disable_forwarding() -> Step {
+    Step {
+        what: What::DisableForwarding,
+        ops: vec![sysctl("net.ipv4.ip_forward".into(), "0")],
+    }
+}
+
+/// Links of `net` set to its MTU (none: no step).
+pub fn set_mtu(net: &Network, ops: Vec<Op>) -> Option<Step> {
+    let mtu = ops.iter().find_map(|op| match op {
+        Op::LinkMtu { mtu, .. } => Some(*mtu),
+        _ => None,
+    })?;
+    Some(Step {
+        what: What::SetMtu {
+            network: net.name.clone(),
+            mtu,
+        },
+        ops,
+    })
+}
+
 pub fn stop_processes(namespaces: Vec<String>) -> Step {
     Step {
         ops: vec![Op::StopProcesses {
@@ -69,7 +91,7 @@ pub fn create_bridge(net: &Network) -> Step {
         ops: vec![
             Op::BridgeAdd {
                 name: br.clone(),
-                mac: net.bridge_mac_text(),
+                mac: net.bridge_mac(),
                 mtu: net.mtu(),
             },
             Op::LinkAlias {
@@ -105,7 +127,7 @@ pub fn create_overlay(stack: &str, net: &Network, overlay: &Overlay) -> Step {
             vni: overlay.vni,
             local: overlay.local,
             port: VXLAN_PORT,
-            mac: overlay.mac.clone(),
+            mac: overlay.mac,
             mtu: overlay.mtu,
         },
         Op::LinkAlias {
@@ -174,14 +196,14 @@ fn entry_ops(dev: &str, gone: &OverlayEntries, new: &OverlayEntries) -> Vec<Op> 
     for (mac, dst) in &gone.fdb {
         ops.push(Op::FdbDel {
             link: link(),
-            mac: mac.clone(),
+            mac: *mac,
             dst: *dst,
         });
     }
     for (mac, dst) in &new.fdb {
         ops.push(Op::FdbAdd {
             link: link(),
-            mac: mac.clone(),
+            mac: *mac,
             dst: *dst,
         });
     }
@@ -189,7 +211,7 @@ fn entry_ops(dev: &str, gone: &OverlayEntries, new: &OverlayEntries) -> Vec<Op> 
         ops.push(Op::NeighAdd {
             link: link(),
             address: *address,
-            mac: mac.clone(),
+            mac: *mac,
         });
     }
     for (destination, via) in &new.routes {
@@ -212,8 +234,15 @@ pub fn firewall(what: What, changes: Vec<NftChange>) -> Step {
 pub fn create_container(stack: &str, c: &Container) -> Step {
     let ns = &c.netns;
     let inside = At::Netns(ns.clone());
+    let namespace = match &c.external {
+        Some(path) => Op::NetnsAttach {
+            name: ns.clone(),
+            path: path.clone(),
+        },
+        None => Op::NetnsAdd { name: ns.clone() },
+    };
     let mut ops = vec![
-        Op::NetnsAdd { name: ns.clone() },
+        namespace,
         Op::ResolvConf {
             netns: ns.clone(),
             content: zone::resolv_conf(stack, c.gateway),
@@ -229,7 +258,7 @@ pub fn create_container(stack: &str, c: &Container) -> Step {
             bridge: i.bridge.clone(),
             peer: i.name.clone(),
             netns: ns.clone(),
-            peer_mac: i.mac.clone(),
+            peer_mac: i.mac,
             mtu: i.mtu,
         });
         // Host ends carry no IPv6: otherwise every new port floods DAD/RS/MLD to all others.

@@ -2,6 +2,8 @@
 //! they are a readable prefix plus a stable hash of their owner; the readable owner goes in
 //! the link's alias (`plumb:STACK/OBJECT`), so the kernel itself records who made what.
 
+use crate::mac::Mac;
+
 /// Every plumb bridge name starts with this; nft isolation rules match on it.
 pub const BRIDGE_PREFIX: &str = "plb";
 /// Every host-side veth name starts with this.
@@ -86,10 +88,9 @@ pub fn alias_prefix(stack: &str) -> String {
 /// A locally administered unicast MAC address derived from `owner` (a link's alias), so a
 /// bridge keeps its address as ports come and go and a container's interface has the address
 /// the anti-spoofing sets expect.
-pub fn mac(owner: &str) -> String {
+pub fn mac(owner: &str) -> Mac {
     let h = fnv1a(&[owner]).to_be_bytes();
-    let bytes = [0x02, h[0], h[1], h[2], h[3], h[4]];
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    Mac([0x02, h[0], h[1], h[2], h[3], h[4]])
 }
 
 /// The interface group a stack's links are put in just before they are deleted together:

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::firewall::{self, NftChange};
+use crate::mac::Mac;
 
 /// Per-namespace files `ip netns exec` binds over /etc (iproute2's convention).
 pub const ETC_NETNS: &str = "/etc/netns";
@@ -52,10 +53,17 @@ pub enum Op {
     NetnsAdd {
         name: String,
     },
+    /// A namespace someone else made (a container runtime: a CNI ADD), bind-mounted on
+    /// /run/netns/NAME so plumb reaches it by name; `NetnsDel` later removes only the name,
+    /// the namespace stays its owner's.
+    NetnsAttach {
+        name: String,
+        path: String,
+    },
     /// A bridge with a fixed MAC and multicast snooping off (and an overlay's MTU).
     BridgeAdd {
         name: String,
-        mac: String,
+        mac: Mac,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtu: Option<u32>,
     },
@@ -66,7 +74,7 @@ pub enum Op {
         bridge: String,
         peer: String,
         netns: String,
-        peer_mac: String,
+        peer_mac: Mac,
         /// Both ends' MTU (an overlay network's), else the kernel's default.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtu: Option<u32>,
@@ -78,7 +86,7 @@ pub enum Op {
         vni: u32,
         local: Ipv4Addr,
         port: u16,
-        mac: String,
+        mac: Mac,
         mtu: u32,
     },
     /// Transmit checksum offload off on a link (SIOCETHTOOL `ETHTOOL_STXCSUM`): works around
@@ -103,7 +111,7 @@ pub enum Op {
     NeighAdd {
         link: String,
         address: Ipv4Addr,
-        mac: String,
+        mac: Mac,
     },
     /// Removes a neighbour entry; an absent one is not an error.
     NeighDel {
@@ -113,13 +121,13 @@ pub enum Op {
     /// A permanent FDB entry of a VXLAN device (a peer's VTEP MAC → its underlay address).
     FdbAdd {
         link: String,
-        mac: String,
+        mac: Mac,
         dst: Ipv4Addr,
     },
     /// Removes an FDB entry; an absent one is not an error.
     FdbDel {
         link: String,
-        mac: String,
+        mac: Mac,
         dst: Ipv4Addr,
     },
     /// The link's alias, which records in the kernel who owns it.
@@ -132,6 +140,12 @@ pub enum Op {
     LinkUp {
         at: At,
         link: String,
+    },
+    /// Sets a link's MTU in place (an overlay's MTU followed its underlay's).
+    LinkMtu {
+        at: At,
+        link: String,
+        mtu: u32,
     },
     /// A bridge port brought up in hairpin mode (a frame may leave by the port it came in
     /// on), in one request.
@@ -158,8 +172,9 @@ pub enum Op {
         link: String,
         group: u32,
     },
-    /// Deletes every host link in the group in one request; an empty group is not an error.
-    /// Execution first checks that only links of this plan are in the group.
+    /// Deletes the plan's host links in the group: in one request if every link in the group
+    /// is one of `links`, else (another owner's link has the number) the plan's one by one
+    /// ([`group_delete`]). An empty group is not an error.
     LinkDelGroup {
         group: u32,
         links: Vec<String>,
@@ -215,6 +230,10 @@ impl Op {
         match self {
             Op::Sysctl { key, value } => format!("sysctl -qw {key}={value}"),
             Op::NetnsAdd { name } => format!("ip netns add {name}"),
+            Op::NetnsAttach { name, path } => format!(
+                "mkdir -p /run/netns && touch /run/netns/{name} && mount --bind '{}' /run/netns/{name}",
+                path.replace('\'', "'\\''")
+            ),
             Op::BridgeAdd { name, mac, mtu } => {
                 format!(
                     "ip link add {name} address {mac}{} type bridge mcast_snooping 0",
@@ -268,6 +287,7 @@ impl Op {
                 format!("{} link set {link} alias {alias}{gen}", at.ip())
             }
             Op::LinkUp { at, link } => format!("{} link set {link} up", at.ip()),
+            Op::LinkMtu { at, link, mtu } => format!("{} link set {link} mtu {mtu}", at.ip()),
             Op::BridgePortUp { link } => format!("ip link set {link} up type bridge_slave hairpin on"),
             Op::AddrAdd { at, link, cidr } => format!("{} addr add {cidr} dev {link}", at.ip()),
             Op::DefaultRoute { at, gateway } => format!("{} route add default via {gateway}", at.ip()),
@@ -275,9 +295,7 @@ impl Op {
             Op::LinkSetGroup { link, group } => {
                 format!("if ip link show {link} >/dev/null 2>&1; then ip link set {link} group {group}; fi")
             }
-            Op::LinkDelGroup { group, .. } => {
-                format!("ip link del group {group} 2>/dev/null || true  # nothing left in the group is fine")
-            }
+            Op::LinkDelGroup { group, links } => link_del_group(*group, links),
             Op::NetnsDel { name } => format!("if [ -e /run/netns/{name} ]; then ip netns del {name}; fi"),
             Op::ResolvConf { netns, content } => {
                 let text = content.replace('%', "%%").replace('\n', "\\n");
@@ -296,9 +314,10 @@ impl Op {
         }
     }
 
-    /// The programs (`ip`, `bridge`, `tc`) and arguments that perform an operation made by
-    /// running them, in order; empty for the others. Execution runs exactly these, so the
-    /// rendering cannot drift from it.
+    /// The programs (`ip`, `bridge`, `tc`) and arguments that perform a chaos tap or redirect,
+    /// in order; empty for the others. Execution (plumb-linux) sends the same requests these
+    /// programs send, one command after the other, over netlink and ioctls of its own; a test
+    /// (tests/scripts.rs) holds the kernel state each leaves equal.
     pub fn tool_commands(&self) -> Vec<Vec<String>> {
         let argv = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<String>>();
         match self {
@@ -331,6 +350,38 @@ impl Op {
 }
 
 /// ` mtu N`, or nothing for the kernel's default.
+/// How [`Op::LinkDelGroup`] deletes, given the links now in its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupDelete {
+    /// The whole group in one request: every member is the plan's.
+    Whole,
+    /// These members (the plan's), one by one: another owner's link shares the group.
+    Each(Vec<String>),
+}
+
+/// Whether the group's `members` may go in one request, or only the plan's `links` in it.
+pub fn group_delete(members: &[String], links: &[String]) -> GroupDelete {
+    if members.iter().all(|m| links.contains(m)) {
+        GroupDelete::Whole
+    } else {
+        GroupDelete::Each(members.iter().filter(|m| links.contains(m)).cloned().collect())
+    }
+}
+
+/// [`group_delete`] in the shell: the group's members are `ip -o link show group` names.
+fn link_del_group(group: u32, links: &[String]) -> String {
+    let members = format!("ip -o link show group {group} | sed 's/^[0-9]*: \\([^:@]*\\).*/\\1/'");
+    let patterns: String = if links.is_empty() {
+        " -e ''".to_string()
+    } else {
+        links.iter().map(|l| format!(" -e {l}")).collect()
+    };
+    format!(
+        "if [ -z \"$({members} | grep -vxF{patterns})\" ]; then ip link del group {group} 2>/dev/null || true; \
+         else for l in $({members} | grep -xF{patterns}); do ip link del \"$l\"; done; fi"
+    )
+}
+
 fn mtu_arg(mtu: Option<u32>) -> String {
     mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
 }
@@ -352,6 +403,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_group_with_another_owners_link_is_deleted_link_by_link() {
+        let v = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(group_delete(&v(&["a", "b"]), &v(&["a", "b", "c"])), GroupDelete::Whole);
+        assert_eq!(group_delete(&[], &v(&["a"])), GroupDelete::Whole);
+        assert_eq!(
+            group_delete(&v(&["a", "theirs", "b"]), &v(&["a", "b", "c"])),
+            GroupDelete::Each(v(&["a", "b"]))
+        );
+    }
+
+    #[test]
     fn each_op_reads_like_the_command_it_replaces() {
         let inside = At::Netns("s-a-1".into());
         let cases = [
@@ -361,7 +423,7 @@ mod tests {
                     bridge: "plb1".into(),
                     peer: "eth0".into(),
                     netns: "s-a-1".into(),
-                    peer_mac: "02:00:00:00:00:01".into(),
+                    peer_mac: "02:00:00:00:00:01".parse().unwrap(),
                     mtu: None,
                 },
                 "ip link add plv1 master plb1 type veth peer name eth0 netns s-a-1 address 02:00:00:00:00:01",
@@ -372,7 +434,7 @@ mod tests {
                     bridge: "plb1".into(),
                     peer: "eth0".into(),
                     netns: "s-a-1".into(),
-                    peer_mac: "02:00:00:00:00:01".into(),
+                    peer_mac: "02:00:00:00:00:01".parse().unwrap(),
                     mtu: Some(1450),
                 },
                 "ip link add plv1 mtu 1450 master plb1 type veth peer name eth0 netns s-a-1 address 02:00:00:00:00:01 mtu 1450",
@@ -383,7 +445,7 @@ mod tests {
                     vni: 42,
                     local: Ipv4Addr::new(10, 99, 0, 11),
                     port: 4789,
-                    mac: "02:00:00:00:00:02".into(),
+                    mac: "02:00:00:00:00:02".parse().unwrap(),
                     mtu: 1450,
                 },
                 "ip link add plx1 address 02:00:00:00:00:02 mtu 1450 type vxlan id 42 local 10.99.0.11 dstport 4789 nolearning",
@@ -400,14 +462,14 @@ mod tests {
                 Op::NeighAdd {
                     link: "plx1".into(),
                     address: Ipv4Addr::new(10, 50, 1, 0),
-                    mac: "02:00:00:00:00:03".into(),
+                    mac: "02:00:00:00:00:03".parse().unwrap(),
                 },
                 "ip neigh add 10.50.1.0 lladdr 02:00:00:00:00:03 dev plx1 nud permanent",
             ),
             (
                 Op::FdbAdd {
                     link: "plx1".into(),
-                    mac: "02:00:00:00:00:03".into(),
+                    mac: "02:00:00:00:00:03".parse().unwrap(),
                     dst: Ipv4Addr::new(10, 99, 0, 12),
                 },
                 "bridge fdb add 02:00:00:00:00:03 dev plx1 dst 10.99.0.12 self permanent",

@@ -12,13 +12,17 @@ use serde::Serialize;
 use crate::cluster;
 use crate::desired::{Container, Desired, Network, Overlay};
 use crate::firewall::{NftChange, Ruleset, TableId};
-use crate::ops::Op;
+use crate::mac::Mac;
+use crate::ops::{At, Op};
 use crate::{firewall, lower, names};
 
 /// What the kernel holds of one stack, read back by the observer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Actual {
     pub ip_forward: bool,
+    /// plumb turned IPv4 forwarding on and this stack is the last one up: removing it turns
+    /// forwarding off again (the state store knows this, not the kernel).
+    pub forwarding_to_restore: bool,
     /// The stack's bridges (by alias) and any link named like a desired bridge.
     pub bridges: BTreeMap<String, ObservedLink>,
     /// Host-side veth ends (names starting with `plv`).
@@ -33,6 +37,9 @@ pub struct Actual {
     /// The stack's VXLAN devices (by alias) and any link named like a desired one, with their
     /// entries.
     pub vxlans: BTreeMap<String, ObservedVxlan>,
+    /// Namespaces of attached containers (another's: the record says so): removing them ends
+    /// no process in them, it only unwires them and drops the name.
+    pub external: BTreeSet<String>,
 }
 
 /// A VXLAN device as read back: its settings and its static entries.
@@ -57,9 +64,9 @@ pub struct OverlayEntries {
     /// (block, VTEP address)
     pub routes: BTreeSet<(Ipv4Net, Ipv4Addr)>,
     /// (VTEP address, VTEP MAC)
-    pub neighbours: BTreeSet<(Ipv4Addr, String)>,
+    pub neighbours: BTreeSet<(Ipv4Addr, Mac)>,
     /// (VTEP MAC, underlay address)
-    pub fdb: BTreeSet<(String, Ipv4Addr)>,
+    pub fdb: BTreeSet<(Mac, Ipv4Addr)>,
 }
 
 impl OverlayEntries {
@@ -70,7 +77,7 @@ impl OverlayEntries {
             let vtep = cluster::vtep_address(peer.block);
             let mac = overlay.peer_mac(stack, network, peer);
             out.routes.insert((peer.block, vtep));
-            out.neighbours.insert((vtep, mac.clone()));
+            out.neighbours.insert((vtep, mac));
             out.fdb.insert((mac, peer.underlay));
         }
         out
@@ -93,11 +100,12 @@ impl OverlayEntries {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ObservedLink {
     pub alias: Option<String>,
-    /// `02:ab:...`, lower case.
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     pub master: Option<String>,
     pub up: bool,
     pub addresses: Vec<Ipv4Net>,
+    /// None: not read.
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -131,6 +139,8 @@ pub struct Step {
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum What {
     EnableForwarding,
+    /// The last stack is gone and forwarding was off before plumb: off again.
+    DisableForwarding,
     /// Anything running inside a namespace keeps it (and its veths) alive: end it first.
     StopProcesses {
         namespaces: Vec<String>,
@@ -159,6 +169,12 @@ pub enum What {
         network: String,
         device: String,
     },
+    /// Kept links of a network whose MTU is not the network's (an overlay's MTU followed its
+    /// underlay's, or someone changed it) set to it in place: the ports, then the bridge.
+    SetMtu {
+        network: String,
+        mtu: u32,
+    },
     ApplyFirewall {
         tables: Vec<String>,
     },
@@ -169,6 +185,12 @@ pub enum What {
     },
     DeleteFirewall {
         tables: Vec<String>,
+    },
+    /// An active fault's redirects, re-made on containers this plan rebuilt (their new veths
+    /// have none): the fault stays what `plumb chaos ls` says it is.
+    RestoreFault {
+        fault: u32,
+        target: String,
     },
 }
 
@@ -192,6 +214,9 @@ impl Plan {
         self.steps.iter().flat_map(|s| &s.ops)
     }
 }
+
+/// The MTU of a link made without one (bridges and veths of a network that is not an overlay).
+pub const DEFAULT_MTU: u32 = 1500;
 
 /// How long processes found in a namespace being deleted get between SIGTERM and SIGKILL.
 pub const STOP_GRACE_MS: u64 = 3000;
@@ -238,8 +263,12 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
 
     // Everything removed goes first, in one batch: names are free again before anything is
     // made, and one request removes every link (one RCU wait instead of one per link).
-    if !deleted.is_empty() {
-        steps.push(lower::stop_processes(deleted.iter().map(|n| n.to_string()).collect()));
+    let ours: Vec<String> = (deleted.iter())
+        .filter(|n| !actual.external.contains(**n))
+        .map(|n| n.to_string())
+        .collect();
+    if !ours.is_empty() {
+        steps.push(lower::stop_processes(ours));
     }
     let nft = firewall_changes(desired, actual);
     let tables = |changes: &[NftChange]| changes.iter().map(|c| c.table().to_string()).collect();
@@ -318,12 +347,50 @@ pub fn diff(stack: &str, desired: Option<&Desired>, actual: &Actual) -> Plan {
         steps.push(lower::create_bridge(net));
     }
     steps.extend(overlays);
+    let kept: Vec<&Container> = want_containers
+        .iter()
+        .filter(|c| !created.iter().any(|n| n.netns == c.netns))
+        .collect();
+    for net in want_networks.iter().filter(|n| !rebuilt.contains(n.bridge.as_str())) {
+        steps.extend(lower::set_mtu(net, mtu_drift(net, &kept, actual)));
+    }
 
     if desired.is_some() && !nft.is_empty() {
         steps.push(lower::firewall(What::ApplyFirewall { tables: tables(&nft) }, nft));
     }
     steps.extend(created.into_iter().map(|c| lower::create_container(stack, c)));
+    if desired.is_none() && actual.forwarding_to_restore && actual.ip_forward {
+        steps.push(lower::disable_forwarding());
+    }
     Plan { steps }
+}
+
+/// The kept links of `net` (its bridge and both ends of its kept containers' veths) whose MTU
+/// is not the network's, as operations that set it: the ports first, then the bridge.
+fn mtu_drift(net: &Network, kept: &[&Container], actual: &Actual) -> Vec<Op> {
+    let want = net.mtu().unwrap_or(DEFAULT_MTU);
+    let drifted = |link: Option<&ObservedLink>| link.and_then(|l| l.mtu).is_some_and(|m| m != want);
+    let set = |at: At, link: &str| Op::LinkMtu {
+        at,
+        link: link.to_string(),
+        mtu: want,
+    };
+    let mut ops = Vec::new();
+    for c in kept {
+        for i in c.interfaces.iter().filter(|i| i.bridge == net.bridge) {
+            if drifted(actual.host_veths.get(&i.host_veth)) {
+                ops.push(set(At::Host, &i.host_veth));
+            }
+            let inside = actual.containers.get(&c.netns).and_then(|ns| ns.links.get(&i.name));
+            if drifted(inside) {
+                ops.push(set(At::Netns(c.netns.clone()), &i.name));
+            }
+        }
+    }
+    if drifted(actual.bridges.get(&net.bridge)) {
+        ops.push(set(At::Host, &net.bridge));
+    }
+    ops
 }
 
 /// The changes that turn the stack's tables into the wanted ones: each wanted table created,
@@ -384,7 +451,7 @@ fn vxlan_matches(stack: &str, net: &Network, want: &Overlay, got: &ObservedVxlan
     let alias = vxlan_alias(stack, &net.name);
     got.link.up
         && got.link.alias.as_deref() == Some(alias.as_str())
-        && got.link.mac.as_deref() == Some(want.mac.as_str())
+        && got.link.mac == Some(want.mac)
         && got.link.addresses == [vtep_cidr(net)]
         && got.vni == Some(want.vni)
         && got.local == Some(want.local)
@@ -407,14 +474,16 @@ pub fn vtep_cidr(net: &Network) -> Ipv4Net {
 /// A container is kept only if every part of its wiring is as desired; anything else (for
 /// example an `up` killed half-way) is rebuilt from scratch.
 fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, rebuilt: &BTreeSet<&str>) -> bool {
+    // An attached container may hold interfaces of its own (another plugin's): only plumb's
+    // are compared.
     got.lo_up
         && got.default_gateway == want.gateway
-        && got.links.len() == want.interfaces.len()
+        && (want.external.is_some() || got.links.len() == want.interfaces.len())
         && want.interfaces.iter().all(|i| {
             let inside = got.links.get(&i.name).is_some_and(|l| {
                 l.up && l.alias.as_deref() == Some(i.alias.as_str())
                     && l.addresses == [i.cidr()]
-                    && l.mac.as_deref() == Some(i.mac.as_str())
+                    && l.mac == Some(i.mac)
             });
             let outside = actual
                 .host_veths
@@ -450,6 +519,7 @@ mod tests {
                 master: None,
                 up: true,
                 addresses: vec![n.gateway_cidr()],
+                mtu: Some(n.mtu().unwrap_or(DEFAULT_MTU)),
             };
             actual.bridges.insert(n.bridge.clone(), link);
         }
@@ -462,15 +532,17 @@ mod tests {
             for i in &c.interfaces {
                 let inside = ObservedLink {
                     alias: Some(i.alias.clone()),
-                    mac: Some(i.mac.clone()),
+                    mac: Some(i.mac),
                     master: None,
                     up: true,
                     addresses: vec![i.cidr()],
+                    mtu: Some(i.mtu.unwrap_or(DEFAULT_MTU)),
                 };
                 ns.links.insert(i.name.clone(), inside);
                 let outside = ObservedLink {
                     master: Some(i.bridge.clone()),
                     up: true,
+                    mtu: Some(i.mtu.unwrap_or(DEFAULT_MTU)),
                     ..Default::default()
                 };
                 actual.host_veths.insert(i.host_veth.clone(), outside);
@@ -485,10 +557,11 @@ mod tests {
             let vxlan = ObservedVxlan {
                 link: ObservedLink {
                     alias: Some(vxlan_alias(&d.stack, &n.name)),
-                    mac: Some(o.mac.clone()),
+                    mac: Some(o.mac),
                     master: None,
                     up: true,
                     addresses: vec![vtep_cidr(n)],
+                    mtu: Some(o.mtu),
                 },
                 vni: Some(o.vni),
                 local: Some(o.local),
@@ -516,6 +589,10 @@ mod tests {
 
     /// Host h1 of a three-host cluster (block 10.50.0.0/24), running a-1, with `peers`.
     fn on_h1(peers: Vec<cluster::OverlayPeer>) -> Desired {
+        on_h1_with_mtu(peers, 1450)
+    }
+
+    fn on_h1_with_mtu(peers: Vec<cluster::OverlayPeer>, mtu: u32) -> Desired {
         let assignment = cluster::HostAssignment {
             host: "h1".into(),
             replicas: [("a".to_string(), [1].into())].into(),
@@ -524,7 +601,7 @@ mod tests {
                 cluster::OverlayAssignment {
                     block: "10.50.0.0/24".parse().unwrap(),
                     local: "10.99.0.11".parse().unwrap(),
-                    mtu: 1450,
+                    mtu,
                     tx_offload: false,
                     peers,
                 },
@@ -545,6 +622,43 @@ mod tests {
             peer("h2", "10.99.0.12", "10.50.1.0/24"),
             peer("h3", "10.99.0.13", "10.50.2.0/24"),
         ]
+    }
+
+    /// The underlay's MTU changed: the overlay's is lower now. The VXLAN device is made
+    /// again, and the bridge and both ends of each veth take the new MTU in place.
+    #[test]
+    fn an_overlay_mtu_change_reaches_the_bridge_and_the_veths() {
+        let actual = applied(&on_h1_with_mtu(two_peers(), 1450));
+        let d = on_h1_with_mtu(two_peers(), 1400);
+        let plan = diff("s", Some(&d), &actual);
+        assert_eq!(kinds(&plan), ["remove links", "create overlay", "set mtu"]);
+        let (net, c) = (&d.networks[0], &d.containers[0]);
+        let i = &c.interfaces[0];
+        assert_eq!(
+            plan.steps[2].ops,
+            [
+                Op::LinkMtu {
+                    at: At::Host,
+                    link: i.host_veth.clone(),
+                    mtu: 1400
+                },
+                Op::LinkMtu {
+                    at: At::Netns(c.netns.clone()),
+                    link: i.name.clone(),
+                    mtu: 1400
+                },
+                Op::LinkMtu {
+                    at: At::Host,
+                    link: net.bridge.clone(),
+                    mtu: 1400
+                },
+            ]
+        );
+        let mut after = applied(&d);
+        assert!(diff("s", Some(&d), &after).is_empty());
+        // A link changed behind plumb's back is set back.
+        after.host_veths.get_mut(&i.host_veth).unwrap().mtu = Some(9000);
+        assert_eq!(kinds(&diff("s", Some(&d), &after)), ["set mtu"]);
     }
 
     #[test]
@@ -608,7 +722,7 @@ mod tests {
         // The VXLAN accept set loses the peer's address, element by element.
         assert_eq!(kinds(&plan), ["update overlay", "apply firewall"]);
         assert!(
-            matches!(&plan.steps[1].ops[..], [Op::Nft { changes }] if matches!(changes[..], [NftChange::Update { .. }]))
+            matches!(&plan.steps[1].ops[..], [Op::Nft { changes }] if matches!(changes[..], [NftChange::Elements { .. }]))
         );
         let ops: Vec<String> = plan.steps[0].ops.iter().map(Op::command).collect();
         assert_eq!(ops.len(), 3, "{ops:#?}");
@@ -661,6 +775,7 @@ mod tests {
             .iter()
             .map(|s| match s.what {
                 What::EnableForwarding => "forwarding",
+                What::DisableForwarding => "no forwarding",
                 What::CreateBridge { .. } => "create bridge",
                 What::CreateOverlay { .. } => "create overlay",
                 What::UpdateOverlay { .. } => "update overlay",
@@ -670,8 +785,31 @@ mod tests {
                 What::DeleteContainer { .. } => "delete container",
                 What::ApplyFirewall { .. } => "apply firewall",
                 What::DeleteFirewall { .. } => "delete firewall",
+                What::RestoreFault { .. } => "restore fault",
+                What::SetMtu { .. } => "set mtu",
             })
             .collect()
+    }
+
+    #[test]
+    fn the_last_down_turns_forwarding_off_as_a_step_of_its_plan() {
+        let d = desired(STACK);
+        let mut actual = applied(&d);
+        assert!(!kinds(&diff("s", None, &actual)).contains(&"no forwarding"));
+        actual.forwarding_to_restore = true;
+        let plan = diff("s", None, &actual);
+        assert_eq!(kinds(&plan).last(), Some(&"no forwarding"));
+        assert_eq!(
+            plan.steps.last().unwrap().ops,
+            [Op::Sysctl {
+                key: "net.ipv4.ip_forward".into(),
+                value: "0".into()
+            }]
+        );
+        // Not while the stack stays, nor when forwarding is off already.
+        assert!(!kinds(&diff("s", Some(&d), &actual)).contains(&"no forwarding"));
+        actual.ip_forward = false;
+        assert!(!kinds(&diff("s", None, &actual)).contains(&"no forwarding"));
     }
 
     #[test]

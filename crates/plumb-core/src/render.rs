@@ -45,6 +45,10 @@ fn describe(what: &What) -> String {
         What::EnableForwarding => {
             "Let the host route between its bridges and the outside (egress NAT, published ports).".into()
         }
+        What::DisableForwarding => {
+            "The last stack is gone and IPv4 forwarding was off before plumb turned it on: off again.".into()
+        }
+        What::SetMtu { network, mtu } => format!("network {network}: its links back to MTU {mtu}, in place"),
         What::StopProcesses { .. } => {
             "Processes inside a namespace keep it alive: end them by PID (TERM, then KILL after the grace period).".into()
         }
@@ -80,6 +84,9 @@ fn describe(what: &What) -> String {
             "container {container} (service {service}, replica {replica}): its own network namespace, one veth per network"
         ),
         What::DeleteFirewall { tables } => format!("nftables: remove {} (if there) in one transaction", tables.join(", ")),
+        What::RestoreFault { fault, target } => format!(
+            "fault {fault} on {target} (plumb chaos) is still active: re-make its redirects on the rebuilt containers' new veths"
+        ),
     }
 }
 

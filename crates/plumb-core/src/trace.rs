@@ -221,6 +221,39 @@ fn is_refusal(verdict: &str) -> bool {
     verdict.starts_with("drop") || verdict.starts_with("reject")
 }
 
+/// The tracing tables of one probe (named `name`, in the inet and bridge families): they mark
+/// only the probe's packets, both ways, before anything else sees them (priority -350, ahead
+/// of conntrack).
+pub fn tables(name: &str, protocol: &str, port: u16, sources: &[std::net::Ipv4Addr]) -> Vec<crate::firewall::Ruleset> {
+    use crate::firewall::{Chain, ChainKind, Family, Hook, HookPoint, Policy, Rule, Ruleset, TableId};
+    let sources: Vec<String> = sources.iter().map(|a| a.to_string()).collect();
+    let sources = sources.join(", ");
+    let rule = |direction: &str, address: &str| Rule {
+        expr: format!("meta l4proto {protocol} th {direction} {port} ip {address} {{ {sources} }} meta nftrace set 1"),
+        comment: "plumb trace: this probe's packets".into(),
+    };
+    [Family::Inet, Family::Bridge]
+        .into_iter()
+        .map(|family| Ruleset {
+            table: TableId {
+                family,
+                name: name.to_string(),
+            },
+            sets: Vec::new(),
+            chains: vec![Chain {
+                name: "prerouting".into(),
+                hook: Some(Hook {
+                    kind: ChainKind::Filter,
+                    point: HookPoint::Prerouting,
+                    priority: -350,
+                    policy: Policy::Accept,
+                }),
+                rules: vec![rule("sport", "saddr"), rule("dport", "daddr")],
+            }],
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

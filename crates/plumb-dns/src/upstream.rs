@@ -196,7 +196,7 @@ impl Upstream {
     /// when none answers.
     fn ask(&self, request: &Message) -> Message {
         let mut query = request.clone();
-        query.metadata.id = rand_id();
+        query.metadata.id = rand::random();
         query.metadata.recursion_desired = true;
         let Ok(bytes) = query.to_vec() else {
             return answer::error(request, ResponseCode::ServFail);
@@ -333,17 +333,6 @@ fn exchange_tcp(server: SocketAddr, bytes: &[u8]) -> Option<Message> {
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut buf).ok()?;
     Message::from_vec(&buf).ok()
-}
-
-/// A query ID nobody can guess easily (the port is random too): from the clock and a counter.
-fn rand_id() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0x9e37);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mixed = nanos.wrapping_mul(2_654_435_761) ^ COUNTER.fetch_add(0x6d2b, Ordering::Relaxed);
-    (mixed >> 16) as u16 ^ mixed as u16
 }
 
 #[cfg(test)]

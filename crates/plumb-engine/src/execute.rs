@@ -29,6 +29,10 @@ pub struct Outcome {
     /// Every table the plan's nft transaction touched, with what it left (`None`: removed).
     /// Empty if the firewall did not change.
     pub firewall: Vec<(TableId, Option<AppliedFirewall>)>,
+    /// The nft transactions the plan committed, and the kernel's nftables generation after
+    /// them (see [`crate::state::StackState::record_generation`]).
+    pub nft_commits: u32,
+    pub nft_generation: Option<u32>,
     pub errors: Vec<KernelError>,
 }
 
@@ -45,6 +49,9 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
     let mut outcome = Outcome::default();
     let total = plan.steps.len();
     let mut done = 0;
+    // The nft changes of the operations that ran (after a stop, later ones never did).
+    let mut started: Vec<&NftChange> = Vec::new();
+    let mut started_ops = 0;
     while done < total && (outcome.ok() || on_error == OnError::Continue) {
         progress(done, total, "steps applied");
         let batch: Vec<&Step> = plan.steps[done..]
@@ -55,10 +62,18 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
             let step = &plan.steps[done];
             done += 1;
             for op in &step.ops {
-                if let Err(e) = kernel.apply(op) {
-                    outcome.errors.push(e);
-                    if on_error == OnError::Stop {
-                        break;
+                match kernel.apply(op) {
+                    Ok(()) => {
+                        if let Op::Nft { changes } = op {
+                            started.extend(changes);
+                            started_ops += 1;
+                        }
+                    }
+                    Err(e) => {
+                        outcome.errors.push(e);
+                        if on_error == OnError::Stop {
+                            break;
+                        }
                     }
                 }
             }
@@ -68,17 +83,15 @@ pub fn execute(kernel: &mut dyn Kernel, plan: &Plan, on_error: OnError, progress
         }
     }
     // Background work (the nft transaction) completes whatever happened after it started.
-    let changes: Vec<&NftChange> = plan
-        .ops()
-        .filter_map(|op| match op {
-            Op::Nft { changes } => Some(changes),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    // Each Op::Nft that ran is one transaction.
+    let commits = started_ops as u32;
     match kernel.settle() {
         Ok(()) => {
-            for change in changes {
+            if commits > 0 {
+                outcome.nft_commits = commits;
+                outcome.nft_generation = kernel.nft_generation().ok().flatten();
+            }
+            for change in started {
                 let left = change.result().map(|ruleset| AppliedFirewall {
                     ruleset: ruleset.clone(),
                     fingerprint: None,
@@ -134,6 +147,16 @@ fn create_containers(kernel: &mut dyn Kernel, batch: &[&Step], progress: Progres
 
 /// Removes what a failed container step made: its namespace (its veths go with it).
 fn undo(kernel: &mut dyn Kernel, step: &Step) {
+    if let Some(Op::NetnsAttach { name, .. }) = step.ops.first() {
+        // Another's namespace stays: only plumb's veths and the name go.
+        for op in &step.ops {
+            if let Op::VethAdd { name: veth, .. } = op {
+                let _ = kernel.apply(&Op::LinkDel { name: veth.clone() });
+            }
+        }
+        let _ = kernel.apply(&Op::EtcNetnsDel { netns: name.clone() });
+        let _ = kernel.apply(&Op::NetnsDel { name: name.clone() });
+    }
     if let Some(Op::NetnsAdd { name }) = step.ops.first() {
         let _ = kernel.apply(&Op::EtcNetnsDel { netns: name.clone() });
         let _ = kernel.apply(&Op::NetnsDel { name: name.clone() });

@@ -10,8 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 use plumb_core::firewall::{NftChange, Ruleset, TableId};
-use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
-use plumb_core::{names, At, ObservedLink, ObservedNetns, ObservedVxlan, Op};
+use plumb_core::kernel::{
+    Flow, HostLink, HostRoute, Kernel, KernelError, KernelResult, LinkCounters, Listener, NftListing, SocketInfo,
+    Transport,
+};
+use plumb_core::plan::DEFAULT_MTU;
+use plumb_core::{names, At, Mac, ObservedLink, ObservedNetns, ObservedVxlan, Op};
 
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
@@ -23,14 +27,17 @@ struct Link {
     kind: &'static str,
     group: u32,
     alias: Option<String>,
-    mac: Option<String>,
+    mac: Option<Mac>,
     master: Option<String>,
     up: bool,
     addresses: Vec<Ipv4Net>,
+    mtu: Option<u32>,
     /// For a host veth: the namespace and name of its peer.
     peer: Option<(String, String)>,
     /// For a VXLAN device: its settings and entries.
     vxlan: Option<ObservedVxlan>,
+    /// The tap a tc redirect on its ingress sends frames to (a chaos fault's detour).
+    pub redirect: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,8 +53,19 @@ pub struct World {
     links: BTreeMap<String, Link>,
     namespaces: BTreeMap<String, Netns>,
     tables: BTreeMap<TableId, Ruleset>,
+    /// The nftables generation: every transaction (and every change behind plumb's back)
+    /// moves it on, as the kernel's does.
+    pub nft_generation: u32,
+    /// How many times a table was listed.
+    pub nft_listings: usize,
     /// Every operation applied, in order.
     pub log: Vec<Op>,
+    /// The host's own routes (destination, device), as a test sets them up.
+    pub routes: Vec<(Ipv4Net, String)>,
+    /// The host's own addresses.
+    pub addresses: Vec<Ipv4Addr>,
+    /// Host processes listening: (transport, address, port, holder).
+    pub listening: Vec<(Transport, std::net::IpAddr, u16, (u32, String))>,
 }
 
 /// Handles share one world, as threads share one kernel.
@@ -69,6 +87,16 @@ impl FakeKernel {
 }
 
 impl World {
+    /// Where a tc redirect on host link `dev` sends its frames, if it has one.
+    pub fn redirect(&self, dev: &str) -> Option<&str> {
+        self.links.get(dev)?.redirect.as_deref()
+    }
+
+    /// How many nft tables the kernel holds.
+    pub fn table_count(&self) -> usize {
+        self.tables.len()
+    }
+
     fn link(&mut self, at: &At, name: &str) -> KernelResult<&mut Link> {
         let found = match at {
             At::Host => self.links.get_mut(name),
@@ -108,18 +136,20 @@ impl World {
                     self.ip_forward = value == "1";
                 }
             }
-            Op::NetnsAdd { name } => {
+            Op::NetnsAdd { name } | Op::NetnsAttach { name, .. } => {
                 if self.namespaces.contains_key(name) {
                     return Err(fail(format!("add netns {name}"), EEXIST));
                 }
                 self.namespaces.insert(name.clone(), Netns::default());
             }
-            Op::BridgeAdd { name, .. } => {
+            Op::BridgeAdd { name, mac, mtu } => {
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add bridge {name}"), EEXIST));
                 }
                 let bridge = Link {
                     kind: "bridge",
+                    mac: Some(*mac),
+                    mtu: Some(mtu.unwrap_or(DEFAULT_MTU)),
                     ..Default::default()
                 };
                 self.links.insert(name.clone(), bridge);
@@ -130,8 +160,9 @@ impl World {
                 peer,
                 netns,
                 peer_mac,
-                ..
+                mtu,
             } => {
+                let mtu = Some(mtu.unwrap_or(DEFAULT_MTU));
                 if self.links.contains_key(name) {
                     return Err(fail(format!("add veth {name}"), EEXIST));
                 }
@@ -147,7 +178,8 @@ impl World {
                 }
                 let inside = Link {
                     kind: "veth",
-                    mac: Some(peer_mac.clone()),
+                    mac: Some(*peer_mac),
+                    mtu,
                     ..Default::default()
                 };
                 ns.links.insert(peer.clone(), inside);
@@ -155,6 +187,7 @@ impl World {
                     kind: "veth",
                     master: Some(bridge.clone()),
                     peer: Some((netns.clone(), peer.clone())),
+                    mtu,
                     ..Default::default()
                 };
                 self.links.insert(name.clone(), host);
@@ -179,7 +212,8 @@ impl World {
                 };
                 let link = Link {
                     kind: "vxlan",
-                    mac: Some(mac.clone()),
+                    mac: Some(*mac),
+                    mtu: Some(*mtu),
                     vxlan: Some(vxlan),
                     ..Default::default()
                 };
@@ -202,18 +236,19 @@ impl World {
                 if entries.neighbours.iter().any(|(a, _)| a == address) {
                     return Err(fail(format!("add neighbour {address}"), EEXIST));
                 }
-                entries.neighbours.insert((*address, mac.clone()));
+                entries.neighbours.insert((*address, *mac));
             }
             Op::NeighDel { link, address } => self.entries(link)?.neighbours.retain(|(a, _)| a != address),
             Op::FdbAdd { link, mac, dst } => {
-                if !self.entries(link)?.fdb.insert((mac.clone(), *dst)) {
+                if !self.entries(link)?.fdb.insert((*mac, *dst)) {
                     return Err(fail(format!("add fdb entry {mac}"), EEXIST));
                 }
             }
             Op::FdbDel { link, mac, dst } => {
-                self.entries(link)?.fdb.remove(&(mac.clone(), *dst));
+                self.entries(link)?.fdb.remove(&(*mac, *dst));
             }
             Op::LinkAlias { at, link, alias, .. } => self.link(at, link)?.alias = Some(alias.clone()),
+            Op::LinkMtu { at, link, mtu } => self.link(at, link)?.mtu = Some(*mtu),
             Op::LinkUp { at, link } => {
                 if let (At::Netns(ns), "lo") = (at, link.as_str()) {
                     let n = self.namespaces.get_mut(ns).ok_or_else(|| fail("find netns", ENOENT))?;
@@ -246,14 +281,18 @@ impl World {
                     l.group = *group;
                 }
             }
-            Op::LinkDelGroup { group, .. } => {
+            Op::LinkDelGroup { group, links } => {
                 let members: Vec<String> = self
                     .links
                     .iter()
                     .filter(|(_, l)| l.group == *group)
                     .map(|(n, _)| n.clone())
                     .collect();
-                for name in members {
+                let doomed = match plumb_core::ops::group_delete(&members, links) {
+                    plumb_core::ops::GroupDelete::Whole => members,
+                    plumb_core::ops::GroupDelete::Each(ours) => ours,
+                };
+                for name in doomed {
                     self.delete_host_link(&name);
                 }
             }
@@ -272,7 +311,26 @@ impl World {
             }
             Op::Nft { changes } => self.nft(changes)?,
             // Chaos objects live outside the stack's model: recorded, not simulated.
-            Op::TapAdd { .. } | Op::LinkDel { .. } | Op::TcRedirect { .. } | Op::TcClear { .. } => {}
+            Op::TcRedirect { dev, tap, .. } => self.link(&At::Host, dev)?.redirect = Some(tap.clone()),
+            Op::TcClear { dev } => {
+                if let Some(l) = self.links.get_mut(dev) {
+                    l.redirect = None;
+                }
+            }
+            Op::TapAdd { name, bridge, alias } => {
+                if self.links.contains_key(name) {
+                    return Err(fail(format!("create tap {name}"), EEXIST));
+                }
+                let tap = Link {
+                    kind: "tun",
+                    alias: Some(alias.clone()),
+                    master: Some(bridge.clone()),
+                    up: true,
+                    ..Link::default()
+                };
+                self.links.insert(name.clone(), tap);
+            }
+            Op::LinkDel { name } => self.delete_host_link(name),
         }
         Ok(())
     }
@@ -285,7 +343,9 @@ impl World {
             let exists = tables.contains_key(&table);
             match change {
                 NftChange::Create { .. } if exists => return Err(fail(format!("create table {table}"), EEXIST)),
-                NftChange::Update { .. } if !exists => return Err(fail(format!("update table {table}"), ENOENT)),
+                NftChange::Update { .. } | NftChange::Elements { .. } if !exists => {
+                    return Err(fail(format!("update table {table}"), ENOENT))
+                }
                 _ => {}
             }
             match change.result() {
@@ -294,6 +354,7 @@ impl World {
             };
         }
         self.tables = tables;
+        self.nft_generation += 1;
         Ok(())
     }
 
@@ -307,6 +368,7 @@ impl World {
         if let Some(rule) = rule {
             rule.expr = "accept".into();
         }
+        self.nft_generation += 1;
     }
 
     /// Changes a table behind plumb's back, as another firewall manager would.
@@ -314,6 +376,24 @@ impl World {
         if let Some(t) = self.tables.get_mut(table) {
             t.chains.clear();
         }
+        self.nft_generation += 1;
+    }
+
+    /// Changes a link's MTU behind plumb's back.
+    pub fn set_mtu(&mut self, at: &At, link: &str, mtu: u32) {
+        if let Ok(l) = self.link(at, link) {
+            l.mtu = Some(mtu);
+        }
+    }
+
+    /// A bridge plumb did not make, in interface group `group`.
+    pub fn add_foreign_bridge(&mut self, name: &str, group: u32) {
+        let link = Link {
+            kind: "bridge",
+            group,
+            ..Link::default()
+        };
+        self.links.insert(name.to_string(), link);
     }
 
     pub fn namespace_names(&self) -> Vec<String> {
@@ -336,10 +416,11 @@ fn fingerprint(ruleset: &Ruleset) -> u64 {
 fn observed(l: &Link) -> ObservedLink {
     ObservedLink {
         alias: l.alias.clone(),
-        mac: l.mac.clone(),
+        mac: l.mac,
         master: l.master.clone(),
         up: l.up,
         addresses: l.addresses.clone(),
+        mtu: l.mtu,
     }
 }
 
@@ -399,7 +480,122 @@ impl Kernel for FakeKernel {
         }))
     }
 
+    fn nft_generation(&mut self) -> KernelResult<Option<u32>> {
+        Ok(Some(self.world().nft_generation))
+    }
+
+    fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>> {
+        // A route's link index is its position + 1 (see `link_name`).
+        Ok((self.world().routes.iter().enumerate())
+            .map(|(i, (destination, _))| HostRoute {
+                destination: *destination,
+                gateway: None,
+                link_index: Some(i as u32 + 1),
+            })
+            .collect())
+    }
+
+    fn default_gateway(&mut self) -> KernelResult<Option<Ipv4Addr>> {
+        Ok(None)
+    }
+
+    fn residents(&mut self, _: &std::collections::HashSet<u64>) -> BTreeMap<u64, Vec<plumb_core::kernel::Resident>> {
+        // The fake runs no processes.
+        BTreeMap::new()
+    }
+
+    fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {
+        let world = self.world();
+        Ok(index
+            .checked_sub(1)
+            .and_then(|i| world.routes.get(i as usize))
+            .map(|(_, dev)| dev.clone()))
+    }
+
+    fn host_addresses(&mut self) -> KernelResult<Vec<Ipv4Addr>> {
+        Ok(self.world().addresses.clone())
+    }
+
+    fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>> {
+        Ok((self.world().listening.iter())
+            .filter(|(t, _, p, _)| *t == transport && *p == port)
+            .map(|(_, address, port, holder)| Listener {
+                address: *address,
+                port: *port,
+                holders: vec![holder.clone()],
+            })
+            .collect())
+    }
+
+    fn link_counters(&mut self) -> KernelResult<BTreeMap<String, LinkCounters>> {
+        Ok(self
+            .world()
+            .links
+            .keys()
+            .map(|n| (n.clone(), LinkCounters::default()))
+            .collect())
+    }
+
+    fn sockets_in(&mut self, name: &str) -> KernelResult<Vec<SocketInfo>> {
+        match self.world().namespaces.contains_key(name) {
+            true => Ok(Vec::new()),
+            false => Err(fail(format!("open namespace {name}"), ENOENT)),
+        }
+    }
+
+    fn socket_holders(&mut self) -> BTreeMap<u64, Vec<(u32, String)>> {
+        BTreeMap::new()
+    }
+
+    fn conntrack(&mut self) -> KernelResult<Vec<Flow>> {
+        Ok(Vec::new())
+    }
+
+    fn nft_ruleset(&mut self) -> KernelResult<String> {
+        Ok(r#"{"nftables": []}"#.to_string())
+    }
+
+    fn nft_tables(&mut self) -> KernelResult<Vec<(String, String)>> {
+        Ok((self.world().tables.keys())
+            .map(|t| (t.family.as_str().to_string(), t.name.clone()))
+            .collect())
+    }
+
+    fn netns_inode(&mut self, name: &str) -> Option<u64> {
+        let world = self.world();
+        let position = world.namespaces.keys().position(|n| n == name)?;
+        Some(position as u64 + 1)
+    }
+
+    fn in_netns(&mut self, name: &str, _: &mut dyn FnMut()) -> KernelResult<()> {
+        // The fake has no namespaces a thread can enter.
+        Err(fail(format!("enter namespace {name} (the fake kernel cannot)"), EINVAL))
+    }
+
+    fn enter_netns(&mut self, name: &str) -> KernelResult<()> {
+        Err(fail(format!("enter namespace {name} (the fake kernel cannot)"), EINVAL))
+    }
+
+    fn bind_resolv_conf(&mut self, name: &str) -> KernelResult<()> {
+        Err(fail(
+            format!("bind the resolv.conf of {name} (the fake kernel cannot)"),
+            EINVAL,
+        ))
+    }
+
+    fn bind_probe(&mut self, name: &str, _udp: bool) -> KernelResult<Box<dyn plumb_core::kernel::Probe>> {
+        Err(fail(
+            format!("make a probe in {name} (the fake kernel sends no packets)"),
+            EINVAL,
+        ))
+    }
+
+    fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd> {
+        Err(fail(format!("open tap {name} (the fake kernel has none)"), EINVAL))
+    }
+
     fn nft_table(&mut self, table: &TableId) -> KernelResult<Option<NftListing>> {
+        self.world().nft_listings += 1;
         Ok(self.world().tables.get(table).map(|t| NftListing {
             fingerprint: fingerprint(t),
             shape: Some(t.shape()),

@@ -3,6 +3,7 @@
 //! (plumb-linux has the real one, [`fake`] an in-memory one) and to state only through
 //! [`state::StateStore`].
 
+pub mod engine;
 pub mod error;
 pub mod execute;
 pub mod fake;
@@ -10,6 +11,7 @@ pub mod observe;
 pub mod ownership;
 pub mod state;
 
+pub use engine::{Change, Engine, Removed, Teardown, Up};
 pub use error::{Error, Result};
 pub use execute::{execute, OnError, Outcome};
 pub use observe::{observe, Observed};

@@ -20,6 +20,8 @@ pub struct Observed {
     pub foreign: BTreeMap<String, String>,
     /// Tables recognised by their shape, with the fingerprint to record for them.
     pub fingerprints: Vec<(plumb_core::firewall::Ruleset, u64)>,
+    /// The nftables generation the tables were read at (before reading them).
+    pub nft_generation: Option<u32>,
 }
 
 /// The owner named for a namespace that carries no plumb mark and no plumb record.
@@ -52,7 +54,13 @@ pub fn observe(
     others: &BTreeMap<String, String>,
 ) -> Result<Observed> {
     let tables = firewall::table_ids(stack);
-    kernel.prefetch_nft();
+    // No transaction since plumb last verified or applied the tables: they are as recorded,
+    // without listing them.
+    let generation = kernel.nft_generation()?;
+    let unchanged = generation.is_some() && state.and_then(|s| s.nft_generation) == generation;
+    if !unchanged {
+        kernel.prefetch_nft();
+    }
     let links = kernel.host_links()?;
     let prefix = names::alias_prefix(stack);
     // A link's alias is set by a request after the one that creates it (the kernel ignores
@@ -144,6 +152,14 @@ pub fn observe(
     observed.actual.host_veths = host_veths;
     observed.actual.vxlans = vxlans;
     observed.actual.known_networks = state.map(|s| s.networks.clone()).unwrap_or_default();
+    observed.nft_generation = generation;
+    if unchanged {
+        for applied in tables.iter().filter_map(|t| state.and_then(|s| s.applied(t))) {
+            let seen = ObservedFirewall::Applied(applied.ruleset.clone());
+            observed.actual.firewall.insert(applied.ruleset.table.clone(), seen);
+        }
+        return Ok(observed);
+    }
     let want = desired.map(firewall::rulesets).unwrap_or_default();
     for table in tables {
         let Some(listing) = kernel.nft_table(&table)? else {

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use plumb_core::firewall::{Ruleset, TableId};
 use plumb_core::ipam::Leases;
-use plumb_core::kernel::Kernel;
-use plumb_core::{Desired, Op};
+use plumb_core::Desired;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error as Failure, Result};
@@ -43,15 +42,44 @@ pub struct StackState {
     /// count as none: the tables are then compared by shape, or re-applied.
     #[serde(default, deserialize_with = "lenient")]
     pub firewall: Vec<AppliedFirewall>,
+    /// The nftables generation at which the kernel held exactly the tables recorded in
+    /// `firewall` (every transaction moves it on): while it is still the kernel's, observing
+    /// need not list the tables (a listing grows with their elements).
+    #[serde(default)]
+    pub nft_generation: Option<u32>,
     /// Every namespace plumb may have made for the stack (written before making them, so an
     /// interrupted `up` is still known to the next `up` or `down`).
     pub namespaces: BTreeSet<String>,
     /// Every network the stack may have wired, to name its veths on the way out.
     pub networks: BTreeSet<String>,
+    /// Faults made by `plumb chaos` and experiments, active until cleared or expired: part
+    /// of what the stack should be, so an `up` that rebuilds a container re-makes its
+    /// redirects.
+    #[serde(default)]
+    pub faults: plumb_core::chaos::Faults,
+    /// Containers made by others and attached to the stack's networks (CNI ADD).
+    #[serde(default)]
+    pub attached: Vec<plumb_core::desired::Attachment>,
+    /// The stack file (its text) and host assignment last brought up: what an attach or a
+    /// detach plans from, without the file.
+    #[serde(default)]
+    pub spec: Option<RecordedSpec>,
     /// Set only on a record that [`StateStore::stacks`] could not read: why (its state file is
     /// damaged or unreadable). Such a record holds nothing else.
     #[serde(skip)]
     pub damaged: Option<String>,
+}
+
+/// The spec a stack was last brought up from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedSpec {
+    /// Its name in messages (the stack file's path).
+    pub file: String,
+    pub text: String,
+    /// The folder its relative paths start from.
+    pub base: PathBuf,
+    /// On a cluster host: this host's part.
+    pub assignment: Option<plumb_core::cluster::HostAssignment>,
 }
 
 impl StackState {
@@ -95,6 +123,18 @@ impl StackState {
         }
     }
 
+    /// Records the generation at which the tables are as recorded: the one observing verified
+    /// (`observed`) if the plan committed nothing, else the one after the plan's transactions
+    /// if they were the only ones since (else none: the next observation lists the tables).
+    pub fn record_generation(&mut self, observed: Option<u32>, outcome: &crate::execute::Outcome) {
+        self.nft_generation = match (observed, outcome.nft_commits, outcome.nft_generation) {
+            _ if !outcome.ok() => None,
+            (seen, 0, _) => seen,
+            (Some(seen), commits, Some(after)) if seen.wrapping_add(commits) == after => Some(after),
+            _ => None,
+        };
+    }
+
     /// Records fingerprints observing took of tables it recognised (see [`AppliedFirewall`]).
     pub fn record_fingerprints(&mut self, seen: &[(Ruleset, u64)]) {
         for (ruleset, fingerprint) in seen {
@@ -107,11 +147,18 @@ impl StackState {
     }
 }
 
-/// Where plumb keeps what the kernel cannot tell it.
-pub trait StateStore {
-    type Lock;
+/// Holds a store's exclusive lock until dropped.
+pub type StoreLock = Box<dyn std::any::Any + Send>;
+
+/// Where plumb keeps what the kernel cannot tell it: one record per stack (its desired
+/// state, address leases, the rules last applied, its faults), a lock, and the mark that
+/// plumb turned IPv4 forwarding on. [`StateDir`] keeps them in a private directory; the
+/// engine reaches them only through this trait.
+pub trait StateStore: Send + Sync {
     /// Waits for, then takes, the store's exclusive lock.
-    fn lock(&self) -> Result<Self::Lock>;
+    fn lock(&self) -> Result<StoreLock>;
+    /// The lock if it is free now, `None` if someone holds it.
+    fn try_lock(&self) -> Result<Option<StoreLock>>;
     fn load(&self, stack: &str) -> Result<Option<StackState>>;
     fn save(&self, state: &StackState) -> Result<()>;
     fn remove(&self, stack: &str) -> Result<()>;
@@ -122,6 +169,13 @@ pub trait StateStore {
     fn leases(&self, stack: &str) -> Result<Leases> {
         Ok(self.load(stack)?.map(|s| s.leases).unwrap_or_default())
     }
+    /// Records that plumb turned on IPv4 forwarding (it was off), so the last `down` turns
+    /// it off again and the machine is left as plumb found it.
+    fn note_forwarding_enabled(&self) -> Result<()>;
+    /// Whether plumb turned IPv4 forwarding on.
+    fn forwarding_enabled_by_plumb(&self) -> Result<bool>;
+    /// Forgets that plumb turned forwarding on (it was turned off again).
+    fn forget_forwarding(&self) -> Result<()>;
 }
 
 /// Holds the state directory's lock until dropped.
@@ -170,6 +224,25 @@ impl StateDir {
             .map_err(|(_, e)| Failure::new(format!("cannot lock {}: {e}", path.display())))
     }
 
+    /// The lock if it is free now, `None` if someone holds it (for work in the background
+    /// that can wait for its next round).
+    pub fn try_lock(&self) -> Result<Option<Lock>> {
+        self.ensure()?;
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(PRIVATE_FILE)
+            .open(&path)
+            .map_err(|e| write_error(&path, e))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(Lock(lock))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(Failure::new(format!("cannot lock {}: {e}", path.display()))),
+        }
+    }
+
     pub fn stack_dir(&self, stack: &str) -> PathBuf {
         self.root.join("stacks").join(stack)
     }
@@ -215,19 +288,6 @@ impl StateDir {
         )
     }
 
-    /// When no stack is left and plumb had turned forwarding on, turns it off again.
-    pub fn restore_forwarding_if_last(&self, kernel: &mut dyn Kernel) -> Result<()> {
-        let mark = self.root.join(FORWARDING_MARK);
-        if mark.exists() && self.stacks()?.is_empty() {
-            kernel.apply(&Op::Sysctl {
-                key: "net.ipv4.ip_forward".into(),
-                value: "0".into(),
-            })?;
-            fs::remove_file(&mark).map_err(|e| write_error(&mark, e))?;
-        }
-        Ok(())
-    }
-
     /// Every stack with a state file, by name; one that cannot be read is there as
     /// [`StackState::damaged`]. Fails only when the directory itself cannot be read.
     pub fn stacks(&self) -> Result<BTreeMap<String, StackState>> {
@@ -258,10 +318,12 @@ impl StateDir {
 }
 
 impl StateStore for StateDir {
-    type Lock = Lock;
+    fn lock(&self) -> Result<StoreLock> {
+        Ok(Box::new(StateDir::lock(self)?))
+    }
 
-    fn lock(&self) -> Result<Lock> {
-        StateDir::lock(self)
+    fn try_lock(&self) -> Result<Option<StoreLock>> {
+        Ok(StateDir::try_lock(self)?.map(|l| Box::new(l) as StoreLock))
     }
 
     fn load(&self, stack: &str) -> Result<Option<StackState>> {
@@ -278,6 +340,22 @@ impl StateStore for StateDir {
 
     fn stacks(&self) -> Result<BTreeMap<String, StackState>> {
         StateDir::stacks(self)
+    }
+
+    fn note_forwarding_enabled(&self) -> Result<()> {
+        StateDir::note_forwarding_enabled(self)
+    }
+
+    fn forwarding_enabled_by_plumb(&self) -> Result<bool> {
+        Ok(self.root.join(FORWARDING_MARK).exists())
+    }
+
+    fn forget_forwarding(&self) -> Result<()> {
+        let mark = self.root.join(FORWARDING_MARK);
+        match fs::remove_file(&mark) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(write_error(&mark, e)),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use plumb_core::desired::resolve;
 use plumb_core::spec::parse;
-use plumb_core::{plan, Desired, Op, Plan, What};
+use plumb_core::{plan, At, Desired, Op, Plan, What};
 
 use plumb_engine::fake::FakeKernel;
 use plumb_engine::state::StackState;
@@ -30,6 +30,8 @@ replicas = 2
 struct Host {
     kernel: FakeKernel,
     state: Option<StackState>,
+    /// The nftables generation the last observation read the tables at.
+    observed_generation: Option<u32>,
 }
 
 impl Host {
@@ -37,11 +39,13 @@ impl Host {
         Host {
             kernel: FakeKernel::default(),
             state: None,
+            observed_generation: None,
         }
     }
 
     fn plan(&mut self, desired: Option<&Desired>) -> Plan {
         let observed = observe(&mut self.kernel, "s", desired, self.state.as_ref(), &BTreeMap::new()).unwrap();
+        self.observed_generation = observed.nft_generation;
         plan::diff("s", desired, &observed.actual)
     }
 
@@ -68,6 +72,7 @@ impl Host {
             Some(d) => {
                 let st = self.state.as_mut().unwrap();
                 st.record_firewall(&outcome.firewall);
+                st.record_generation(self.observed_generation, &outcome);
                 st.namespaces = d.containers.iter().map(|c| c.netns.clone()).collect();
                 st.networks = d.networks.iter().map(|n| n.name.clone()).collect();
             }
@@ -82,12 +87,9 @@ impl Host {
 /// The plan's firewall changes only add and delete set elements (no table replaced).
 fn only_element_updates(plan: &Plan) -> bool {
     plan.ops().all(|op| match op {
-        Op::Nft { changes } => changes.iter().all(|c| match c {
-            plumb_core::firewall::NftChange::Update { commands, .. } => commands
-                .iter()
-                .all(|c| c.starts_with("add element") || c.starts_with("delete element")),
-            _ => false,
-        }),
+        Op::Nft { changes } => changes
+            .iter()
+            .all(|c| matches!(c, plumb_core::firewall::NftChange::Elements { .. })),
         _ => true,
     })
 }
@@ -178,7 +180,10 @@ fn a_rule_edited_behind_plumbs_back_is_noticed_once_the_table_is_fingerprinted()
     let mut host = Host::new();
     let d = resolve(&parse("f", BASE).unwrap(), &Default::default()).unwrap().0;
     host.apply(Some(BASE));
-    // The first observation after applying recognises the tables by shape and fingerprints them.
+    // The first observation that lists the tables after applying (one not trusting the
+    // generation: another transaction came between) recognises them by shape and
+    // fingerprints them.
+    host.state.as_mut().unwrap().nft_generation = None;
     let seen = observe(&mut host.kernel, "s", Some(&d), host.state.as_ref(), &BTreeMap::new()).unwrap();
     assert_eq!(seen.fingerprints.len(), 2);
     host.state.as_mut().unwrap().record_fingerprints(&seen.fingerprints);
@@ -190,6 +195,55 @@ fn a_rule_edited_behind_plumbs_back_is_noticed_once_the_table_is_fingerprinted()
         &plan.steps[0].ops[..],
         [Op::Nft { changes }] if matches!(changes[..], [plumb_core::firewall::NftChange::Replace { .. }])
     ));
+}
+
+#[test]
+fn tables_are_listed_only_when_a_transaction_came_between() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let kernel = host.kernel.clone();
+    let listings = || kernel.world().nft_listings;
+    // Its own transaction was the only one: the next `up` trusts its record, lists nothing.
+    let before = listings();
+    assert!(host.apply(Some(BASE)).is_empty());
+    assert_eq!(listings(), before);
+    // An element edit: applied, and still nothing listed before or after it.
+    let with_cache = format!("{BASE}[services.cache]\nnetworks = [\"back\"]\n");
+    assert!(only_element_updates(&host.apply(Some(&with_cache))));
+    assert!(host.apply(Some(&with_cache)).is_empty());
+    assert_eq!(listings(), before);
+    // A transaction by anyone else (here: a table emptied) moves the generation: listed again,
+    // and the change is seen.
+    let inet = plumb_core::firewall::table_ids("s")[0].clone();
+    host.kernel.world().tamper_with_table(&inet);
+    let plan = host.apply(Some(&with_cache));
+    assert!(listings() > before);
+    assert!(matches!(
+        &plan.steps[0].ops[..],
+        [Op::Nft { changes }] if matches!(changes[..], [plumb_core::firewall::NftChange::Replace { .. }])
+    ));
+    // A plan that fails records no generation: the next observation lists.
+    let st = host.state.as_mut().unwrap();
+    let failed = plumb_engine::Outcome {
+        nft_commits: 1,
+        nft_generation: Some(1000),
+        errors: vec![plumb_core::kernel::KernelError {
+            what: "x".into(),
+            detail: "y".into(),
+            errno: None,
+        }],
+        ..Default::default()
+    };
+    st.record_generation(Some(999), &failed);
+    assert_eq!(st.nft_generation, None);
+    // Two transactions seen where the plan made one: someone else's came between.
+    let raced = plumb_engine::Outcome {
+        nft_commits: 1,
+        nft_generation: Some(1001),
+        ..Default::default()
+    };
+    st.record_generation(Some(999), &raced);
+    assert_eq!(st.nft_generation, None);
 }
 
 #[test]
@@ -210,6 +264,88 @@ fn down_converges_and_leaves_nothing() {
     );
     let w = host.kernel.world();
     assert!(w.namespace_names().is_empty() && w.link_names().is_empty() && w.table_names().is_empty());
+}
+
+/// Someone else's link in the interface group the teardown deletes in one request: as on the
+/// real kernel, only the stack's links go.
+#[test]
+fn down_spares_a_foreign_link_in_the_stacks_link_group() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let plan = host.plan(None);
+    let group = plan
+        .steps
+        .iter()
+        .flat_map(|s| &s.ops)
+        .find_map(|op| match op {
+            Op::LinkDelGroup { group, .. } => Some(*group),
+            _ => None,
+        })
+        .expect("a group delete");
+    host.kernel.world().add_foreign_bridge("foreign0", group);
+    let outcome = execute(&mut host.kernel, &plan, OnError::Continue, &|_, _, _| {});
+    assert!(outcome.ok(), "{:?}", outcome.errors);
+    let w = host.kernel.world();
+    assert_eq!(w.link_names(), ["foreign0"]);
+    assert!(w.namespace_names().is_empty() && w.table_names().is_empty());
+}
+
+/// The MTU of a bridge, or of either end of a veth, changed behind plumb's back is noticed and
+/// set back, without rebuilding anything.
+#[test]
+fn a_changed_link_mtu_is_set_back_in_place() {
+    let mut host = Host::new();
+    host.apply(Some(BASE));
+    let bridge = host
+        .kernel
+        .world()
+        .link_names()
+        .into_iter()
+        .find(|l| l.starts_with("plb"))
+        .unwrap();
+    let veth = host
+        .kernel
+        .world()
+        .link_names()
+        .into_iter()
+        .find(|l| l.starts_with("plv"))
+        .unwrap();
+    host.kernel.world().set_mtu(&At::Host, &bridge, 1400);
+    host.kernel.world().set_mtu(&At::Host, &veth, 9000);
+    host.kernel.world().set_mtu(&At::Netns("s-api-1".into()), "eth0", 1280);
+    let plan = host.apply(Some(BASE));
+    assert_eq!(kinds(&plan), ["set_mtu"]);
+    assert_eq!(plan.ops().count(), 3);
+}
+
+/// An `up` that stops at a failure before its firewall step reports no table as applied: the
+/// record must not claim rules that never ran.
+#[test]
+fn after_a_stop_nft_changes_that_never_ran_are_not_recorded() {
+    let mut host = Host::new();
+    let (desired, _) = resolve(&parse("f", BASE).unwrap(), &Default::default()).unwrap();
+    let mut plan = host.plan(Some(&desired));
+    let firewall = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s.what, What::ApplyFirewall { .. }))
+        .expect("a firewall step");
+    // An operation that fails (a route outside any namespace) in a step before it.
+    plan.steps[firewall - 1].ops.insert(
+        0,
+        Op::DefaultRoute {
+            at: At::Host,
+            gateway: [10, 0, 0, 1].into(),
+        },
+    );
+    let outcome = execute(&mut host.kernel, &plan, OnError::Stop, &|_, _, _| {});
+    assert_eq!(outcome.errors.len(), 1);
+    assert!(
+        host.kernel.world().table_names().is_empty(),
+        "the firewall step never ran"
+    );
+    let recorded: Vec<String> = outcome.firewall.iter().map(|(t, _)| t.to_string()).collect();
+    assert!(recorded.is_empty(), "recorded as applied: {recorded:?}");
 }
 
 #[test]

@@ -2,20 +2,23 @@
 //! here, with in-process netlink (a socket per namespace, opened once), sysctl writes and
 //! `nft` transactions in the background.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, TableId};
-use plumb_core::kernel::{HostLink, Kernel, KernelError, KernelResult, NftListing};
+use plumb_core::firewall::{self, shape_of_objects, tables_in_listing, NftChange, TableId};
+use plumb_core::kernel::{
+    Flow, HostLink, HostRoute, Kernel, KernelError, KernelResult, LinkCounters, Listener, NftListing, SocketInfo,
+    Transport,
+};
 use plumb_core::names;
-use plumb_core::ops::{At, Ipv6, Op};
+use plumb_core::ops::{group_delete, At, GroupDelete, Ipv6, Op};
 use plumb_core::{ObservedLink, ObservedNetns, ObservedVxlan, OverlayEntries};
 
 use crate::link::LinkRef;
 use crate::netns::Home;
-use crate::{addr, ethtool, link, neigh, netns, nft, route, sysctl, tools, Error, Netlink};
+use crate::{addr, ethtool, link, neigh, netns, nft, nft_elements, route, sysctl, tap, tc, Error, Netlink};
 
 pub struct LinuxKernel {
     home: Home,
@@ -109,8 +112,17 @@ impl LinuxKernel {
                 self.keep_inside(name, created.fd, created.netlink);
                 Ok(())
             }
+            Op::NetnsAttach { name, path } => {
+                if !self.run_dir_ready {
+                    netns::prepare_run_dir()?;
+                    self.run_dir_ready = true;
+                }
+                let attached = netns::attach(&self.home, name, std::path::Path::new(path))?;
+                self.keep_inside(name, attached.fd, attached.netlink);
+                Ok(())
+            }
             Op::BridgeAdd { name, mac, mtu } => {
-                link::create_bridge(&mut self.host, name, parse_mac(mac), *mtu)?;
+                link::create_bridge(&mut self.host, name, mac.octets(), *mtu)?;
                 self.bridges.remove(name);
                 Ok(())
             }
@@ -125,7 +137,7 @@ impl LinuxKernel {
                 let master = self.bridge_index(bridge)?;
                 self.socket(&At::Netns(ns.clone()))?;
                 let fd = &self.inside[ns].0;
-                let peer = (peer.as_str(), parse_mac(peer_mac));
+                let peer = (peer.as_str(), peer_mac.octets());
                 link::create_veth(&mut self.host, name, master, peer, fd.as_fd(), *mtu)
             }
             Op::VxlanAdd {
@@ -141,7 +153,7 @@ impl LinuxKernel {
                     local: Some(*local),
                     port: Some(*port),
                     learning: false,
-                    mac: parse_mac(mac),
+                    mac: mac.octets(),
                     mtu: *mtu,
                 };
                 link::create_vxlan(&mut self.host, name, &vxlan)
@@ -170,7 +182,7 @@ impl LinuxKernel {
             }
             Op::NeighAdd { link: l, address, mac } => {
                 let index = link::index_of(&mut self.host, l)?;
-                neigh::add_permanent(&mut self.host, index, *address, parse_mac(mac))
+                neigh::add_permanent(&mut self.host, index, *address, mac.octets())
             }
             Op::NeighDel { link: l, address } => {
                 let Some(index) = self.index_if_present(l)? else {
@@ -180,14 +192,14 @@ impl LinuxKernel {
             }
             Op::FdbAdd { link: l, mac, dst } => {
                 let index = link::index_of(&mut self.host, l)?;
-                neigh::fdb_add(&mut self.host, index, parse_mac(mac), *dst)
+                neigh::fdb_add(&mut self.host, index, mac.octets(), *dst)
             }
             Op::FdbDel { link: l, mac, dst } => {
                 let Some(index) = self.index_if_present(l)? else {
                     return Ok(());
                 };
                 tolerate(
-                    neigh::fdb_delete(&mut self.host, index, parse_mac(mac), *dst),
+                    neigh::fdb_delete(&mut self.host, index, mac.octets(), *dst),
                     Errno::ENOENT,
                 )
             }
@@ -204,6 +216,7 @@ impl LinuxKernel {
                 }
             }
             Op::LinkUp { at, link: l } => link::set_up(self.socket(at)?, LinkRef::Name(l)),
+            Op::LinkMtu { at, link: l, mtu } => link::set_mtu(self.socket(at)?, LinkRef::Name(l), *mtu),
             Op::BridgePortUp { link: l } => link::set_port_up_with_hairpin(&mut self.host, LinkRef::Name(l)),
             Op::AddrAdd { at, link: l, cidr } => {
                 let nl = self.socket(at)?;
@@ -231,13 +244,41 @@ impl LinuxKernel {
                     pending.wait()?;
                 }
                 self.listed = None;
-                self.nft = Some(nft::apply(firewall::transaction(changes)));
+                // Element edits alone go over netlink, now: no `nft` process, no ruleset read.
+                match element_batch(changes) {
+                    Some(mut batch) => batch.send(),
+                    None => {
+                        self.nft = Some(nft::apply(firewall::transaction(changes)));
+                        Ok(())
+                    }
+                }
+            }
+            // What `Op::tool_commands` renders, one request for each command.
+            Op::TapAdd { name, bridge, alias } => {
+                tap::create_persistent(name).map_err(|e| Error::new(format!("create tap {name}"), e))?;
+                let master = self.bridge_index(bridge)?;
+                link::set_alias_and_master(&mut self.host, LinkRef::Name(name), alias, master)?;
+                link::set_port_quiet(&mut self.host, LinkRef::Name(name))?;
+                link::set_up(&mut self.host, LinkRef::Name(name))
+            }
+            Op::TcRedirect { dev, tap, to } => {
+                let index = link::index_of(&mut self.host, dev)?;
+                let tap = link::index_of(&mut self.host, tap)?;
+                tc::add_clsact(&mut self.host, index)?;
+                if to.is_empty() {
+                    tc::add_redirect(&mut self.host, index, tap, None)?;
+                }
+                for ip in to {
+                    tc::add_redirect(&mut self.host, index, tap, Some(*ip))?;
+                }
                 Ok(())
             }
-            Op::TapAdd { .. } | Op::TcRedirect { .. } => tools::run_all(&op.tool_commands()),
             Op::LinkDel { name } => tolerate(link::delete(&mut self.host, name), Errno::ENODEV),
             Op::TcClear { dev } => {
-                tools::clear_clsact(dev);
+                // As the script's `2>/dev/null || true`: no link, or no qdisc, is done.
+                if let Ok(index) = link::index_of(&mut self.host, dev) {
+                    let _ = tc::delete_clsact(&mut self.host, index);
+                }
                 Ok(())
             }
         }
@@ -274,6 +315,7 @@ impl LinuxKernel {
                 master: None,
                 up: l.up,
                 addresses,
+                mtu: l.mtu,
             },
             vni: Some(v.vni),
             local: v.local,
@@ -286,9 +328,9 @@ impl LinuxKernel {
     }
 
     /// Deletes the group in one request, unless a link this plan does not name is in it
-    /// (someone else's group with the same number): then only the named links, one by one.
+    /// (someone else's group with the same number): then only the named links, one by one
+    /// ([`group_delete`], as the script and the fake do).
     fn delete_group(&mut self, group: u32, links: &[String]) -> crate::netlink::Result<()> {
-        let ours: BTreeSet<&str> = links.iter().map(String::as_str).collect();
         let members: Vec<link::Link> = link::list(&mut self.host)?
             .into_iter()
             .filter(|l| l.group == group)
@@ -298,23 +340,30 @@ impl LinuxKernel {
                 self.bridges.remove(&l.name);
             }
         }
-        if members.iter().all(|l| ours.contains(l.name.as_str())) {
-            return tolerate(link::delete_group(&mut self.host, group), Errno::ENODEV);
+        let names: Vec<String> = members.into_iter().map(|l| l.name).collect();
+        match group_delete(&names, links) {
+            GroupDelete::Whole => tolerate(link::delete_group(&mut self.host, group), Errno::ENODEV),
+            GroupDelete::Each(ours) => {
+                for name in &ours {
+                    tolerate(link::delete(&mut self.host, name), Errno::ENODEV)?;
+                }
+                Ok(())
+            }
         }
-        for l in members.iter().filter(|l| ours.contains(l.name.as_str())) {
-            tolerate(link::delete(&mut self.host, &l.name), Errno::ENODEV)?;
-        }
-        Ok(())
     }
 }
 
-/// `02:ab:...` as bytes; plumb-core made it, so it is well formed.
-fn parse_mac(text: &str) -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16).unwrap_or(0);
-    }
-    mac
+/// The changes as one netlink batch, if they are element edits only and netlink can encode
+/// them.
+fn element_batch(changes: &[NftChange]) -> Option<nft_elements::Batch> {
+    let tables: Vec<nft_elements::TableEdits> = changes
+        .iter()
+        .map(|c| match c {
+            NftChange::Elements { ruleset, edits } => Some((&ruleset.table, edits.as_slice())),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    nft_elements::Batch::encode(&tables).ok()
 }
 
 /// Fingerprint of nft's JSON listing of a table (without its run-time state: see
@@ -356,6 +405,7 @@ impl Kernel for LinuxKernel {
                     master: l.master.and_then(|m| names.get(&m).cloned()),
                     up: l.up,
                     addresses: addresses.remove(&l.index).unwrap_or_default(),
+                    mtu: l.mtu,
                 },
                 name: l.name,
                 kind: l.kind,
@@ -410,6 +460,114 @@ impl Kernel for LinuxKernel {
         }))
     }
 
+    fn nft_generation(&mut self) -> KernelResult<Option<u32>> {
+        nft_elements::generation().map(Some).map_err(kernel_error)
+    }
+
+    fn host_routes(&mut self) -> KernelResult<Vec<HostRoute>> {
+        let routes = route::list_v4(&mut self.host).map_err(kernel_error)?;
+        Ok(routes
+            .into_iter()
+            .map(|(destination, link_index)| HostRoute {
+                destination,
+                gateway: None,
+                link_index,
+            })
+            .collect())
+    }
+
+    fn default_gateway(&mut self) -> KernelResult<Option<std::net::Ipv4Addr>> {
+        route::default_gateway_v4(&mut self.host).map_err(kernel_error)
+    }
+
+    fn residents(
+        &mut self,
+        inodes: &std::collections::HashSet<u64>,
+    ) -> BTreeMap<u64, Vec<plumb_core::kernel::Resident>> {
+        netns::residents(inodes)
+    }
+
+    fn link_name(&mut self, index: u32) -> KernelResult<Option<String>> {
+        match link::get(&mut self.host, LinkRef::Index(index)) {
+            Ok(l) => Ok(Some(l.name)),
+            Err(e) if e.errno() == Some(Errno::ENODEV as i32) => Ok(None),
+            Err(e) => Err(kernel_error(e)),
+        }
+    }
+
+    fn host_addresses(&mut self) -> KernelResult<Vec<std::net::Ipv4Addr>> {
+        let list = addr::list_v4(&mut self.host).map_err(kernel_error)?;
+        Ok(list.into_iter().map(|(_, net)| net.addr()).collect())
+    }
+
+    fn listeners(&mut self, transport: Transport, port: u16) -> KernelResult<Vec<Listener>> {
+        crate::sockets::listeners(transport, port).map_err(kernel_error)
+    }
+
+    fn link_counters(&mut self) -> KernelResult<BTreeMap<String, LinkCounters>> {
+        link::counters(&mut self.host).map_err(kernel_error)
+    }
+
+    fn sockets_in(&mut self, name: &str) -> KernelResult<Vec<SocketInfo>> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        self.home
+            .within(fd.as_fd(), crate::sockets::all)
+            .and_then(|r| r)
+            .map_err(kernel_error)
+    }
+
+    fn socket_holders(&mut self) -> BTreeMap<u64, Vec<(u32, String)>> {
+        crate::sockets::holders().into_iter().collect()
+    }
+
+    fn conntrack(&mut self) -> KernelResult<Vec<Flow>> {
+        Ok(crate::conntrack::flows())
+    }
+
+    fn nft_ruleset(&mut self) -> KernelResult<String> {
+        nft::list_ruleset().map_err(kernel_error)
+    }
+
+    fn nft_tables(&mut self) -> KernelResult<Vec<(String, String)>> {
+        nft::list_tables().map_err(kernel_error)
+    }
+
+    fn netns_inode(&mut self, name: &str) -> Option<u64> {
+        netns::inode(name)
+    }
+
+    fn in_netns(&mut self, name: &str, f: &mut dyn FnMut()) -> KernelResult<()> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        self.home.within(fd.as_fd(), f).map_err(kernel_error)
+    }
+
+    fn enter_netns(&mut self, name: &str) -> KernelResult<()> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        netns::enter(fd.as_fd()).map_err(kernel_error)
+    }
+
+    fn bind_resolv_conf(&mut self, name: &str) -> KernelResult<()> {
+        netns::bind_resolv_conf(name).map_err(kernel_error)
+    }
+
+    fn bind_probe(&mut self, name: &str, udp: bool) -> KernelResult<Box<dyn plumb_core::kernel::Probe>> {
+        let fd = netns::open(name).map_err(kernel_error)?;
+        let probe = self
+            .home
+            .within(fd.as_fd(), || crate::probe::Probe::bind(udp))
+            .and_then(|r| r)
+            .map_err(kernel_error)?;
+        Ok(Box::new(probe))
+    }
+
+    fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd> {
+        crate::tap::open(name).map_err(|e| KernelError {
+            what: format!("open tap {name}"),
+            detail: e.to_string(),
+            errno: e.raw_os_error(),
+        })
+    }
+
     fn prefetch_nft(&mut self) {
         // One listing serves every table.
         if self.prefetched.is_none() && self.listed.is_none() {
@@ -437,6 +595,7 @@ pub fn observe_netns(nl: &mut Netlink) -> crate::netlink::Result<ObservedNetns> 
             master: None,
             up: l.up,
             addresses: addresses.remove(&l.index).unwrap_or_default(),
+            mtu: l.mtu,
         };
         ns.links.insert(l.name, observed);
     }

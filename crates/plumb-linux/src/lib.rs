@@ -10,12 +10,13 @@ pub mod neigh;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nft_elements;
 pub mod probe;
 pub mod route;
 pub mod sockets;
 pub mod spawn;
 pub mod sysctl;
 pub mod tap;
-pub mod tools;
+pub mod tc;
 
 pub use netlink::{Error, Netlink};

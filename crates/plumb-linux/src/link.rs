@@ -8,6 +8,7 @@ use netlink_packet_route::link::{
     InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
+use plumb_core::Mac;
 
 use crate::netlink::{Netlink, Result};
 
@@ -26,8 +27,7 @@ pub struct Link {
     pub kind: Option<String>,
     /// The interface group (0 unless someone set one).
     pub group: u32,
-    /// `02:ab:...`, lower case.
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     pub mtu: Option<u32>,
 }
 
@@ -45,16 +45,7 @@ pub fn list(nl: &mut Netlink) -> Result<Vec<Link>> {
         .collect())
 }
 
-/// A link's traffic counters (what the kernel keeps as `IFLA_STATS64`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_dropped: u64,
-    pub tx_dropped: u64,
-}
+pub use plumb_core::kernel::LinkCounters as Counters;
 
 /// The counters of every link of the socket's namespace, by name (one dump, as `ip -s link`).
 pub fn counters(nl: &mut Netlink) -> Result<std::collections::BTreeMap<String, Counters>> {
@@ -110,9 +101,7 @@ fn link_of(message: LinkMessage) -> Link {
             LinkAttribute::Controller(m) => link.master = Some(m),
             LinkAttribute::Group(g) => link.group = g,
             LinkAttribute::Mtu(m) => link.mtu = Some(m),
-            LinkAttribute::Address(bytes) => {
-                link.mac = Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
-            }
+            LinkAttribute::Address(bytes) => link.mac = Mac::from_bytes(&bytes),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
@@ -277,12 +266,34 @@ pub fn set_up(nl: &mut Netlink, link: LinkRef) -> Result<()> {
     )
 }
 
+pub fn set_mtu(nl: &mut Netlink, link: LinkRef, mtu: u32) -> Result<()> {
+    set(
+        nl,
+        link,
+        |m| m.attributes.push(LinkAttribute::Mtu(mtu)),
+        || format!("set the MTU of {link:?} to {mtu}"),
+    )
+}
+
 pub fn set_alias(nl: &mut Netlink, link: LinkRef, alias: &str) -> Result<()> {
     set(
         nl,
         link,
         |m| m.attributes.push(LinkAttribute::IfAlias(alias.into())),
         || format!("set alias of {link:?}"),
+    )
+}
+
+/// `ip link set NAME alias ALIAS master BRIDGE`, in one request as `ip` sends it.
+pub fn set_alias_and_master(nl: &mut Netlink, link: LinkRef, alias: &str, master: u32) -> Result<()> {
+    set(
+        nl,
+        link,
+        |m| {
+            m.attributes.push(LinkAttribute::IfAlias(alias.into()));
+            m.attributes.push(LinkAttribute::Controller(master));
+        },
+        || format!("set alias and master of {link:?}"),
     )
 }
 
@@ -321,6 +332,30 @@ pub fn set_port_up_with_hairpin(nl: &mut Netlink, link: LinkRef) -> Result<()> {
     ]));
     nl.request(RouteNetlinkMessage::NewLink(message), 0, || {
         format!("set {link:?} up in hairpin mode")
+    })
+}
+
+/// `bridge link set dev NAME learning off flood off mcast_flood off bcast_flood off`: a
+/// bridge port that learns no MAC address and receives no unknown-unicast, multicast or
+/// broadcast floods (the bridge sends it nothing of its own accord). A NEWLINK with port
+/// data, as [`set_port_up_with_hairpin`] (the kernel applies both encodings alike).
+pub fn set_port_quiet(nl: &mut Netlink, link: LinkRef) -> Result<()> {
+    let mut message = LinkMessage::default();
+    match link {
+        LinkRef::Index(i) => message.header.index = i,
+        LinkRef::Name(n) => message.attributes.push(LinkAttribute::IfName(n.into())),
+    }
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![
+            InfoBridgePort::Learning(false),
+            InfoBridgePort::UnicastFlood(false),
+            InfoBridgePort::MulticastFlood(false),
+            InfoBridgePort::BroadcastFlood(false),
+        ])),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(message), 0, || {
+        format!("turn off learning and floods on bridge port {link:?}")
     })
 }
 

@@ -9,6 +9,7 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use plumb_core::Mac;
 
 use crate::netlink::{Netlink, Result};
 
@@ -17,11 +18,6 @@ fn message(family: AddressFamily, index: u32) -> NeighbourMessage {
     m.header.family = family;
     m.header.ifindex = index;
     m
-}
-
-/// `02:ab:...` as text.
-fn mac_text(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// `ip neigh add ADDRESS lladdr MAC dev DEV nud permanent`
@@ -47,7 +43,7 @@ pub fn delete(nl: &mut Netlink, index: u32, address: Ipv4Addr) -> Result<()> {
 }
 
 /// The permanent IPv4 neighbours on link `index`: (address, MAC).
-pub fn permanent(nl: &mut Netlink, index: u32) -> Result<Vec<(Ipv4Addr, String)>> {
+pub fn permanent(nl: &mut Netlink, index: u32) -> Result<Vec<(Ipv4Addr, Mac)>> {
     let query = message(AddressFamily::Inet, 0);
     let replies = nl.dump(RouteNetlinkMessage::GetNeighbour(query), || "list neighbours".into())?;
     let mut out = Vec::new();
@@ -62,7 +58,7 @@ pub fn permanent(nl: &mut Netlink, index: u32) -> Result<Vec<(Ipv4Addr, String)>
         for a in n.attributes {
             match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => address = Some(ip),
-                NeighbourAttribute::LinkLocalAddress(bytes) => mac = Some(mac_text(&bytes)),
+                NeighbourAttribute::LinkLocalAddress(bytes) => mac = Mac::from_bytes(&bytes),
                 _ => {}
             }
         }
@@ -91,7 +87,7 @@ pub fn fdb_add(nl: &mut Netlink, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Res
     nl.request(
         RouteNetlinkMessage::NewNeighbour(fdb_message(index, mac, dst)),
         NLM_F_CREATE | NLM_F_EXCL,
-        || format!("add FDB entry {} dst {dst}", mac_text(&mac)),
+        || format!("add FDB entry {} dst {dst}", Mac(mac)),
     )
 }
 
@@ -100,12 +96,12 @@ pub fn fdb_delete(nl: &mut Netlink, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> 
     nl.request(
         RouteNetlinkMessage::DelNeighbour(fdb_message(index, mac, dst)),
         0,
-        || format!("delete FDB entry {} dst {dst}", mac_text(&mac)),
+        || format!("delete FDB entry {} dst {dst}", Mac(mac)),
     )
 }
 
 /// The FDB entries of link `index` with a remote IPv4 destination: (MAC, destination).
-pub fn fdb(nl: &mut Netlink, index: u32) -> Result<Vec<(String, Ipv4Addr)>> {
+pub fn fdb(nl: &mut Netlink, index: u32) -> Result<Vec<(Mac, Ipv4Addr)>> {
     let query = message(AddressFamily::Bridge, 0);
     let replies = nl.dump(RouteNetlinkMessage::GetNeighbour(query), || "list FDB entries".into())?;
     let mut out = Vec::new();
@@ -119,7 +115,7 @@ pub fn fdb(nl: &mut Netlink, index: u32) -> Result<Vec<(String, Ipv4Addr)>> {
         let (mut mac, mut dst) = (None, None);
         for a in n.attributes {
             match a {
-                NeighbourAttribute::LinkLocalAddress(bytes) => mac = Some(mac_text(&bytes)),
+                NeighbourAttribute::LinkLocalAddress(bytes) => mac = Mac::from_bytes(&bytes),
                 NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
                     dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
                 }

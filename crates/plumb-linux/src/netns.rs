@@ -2,7 +2,7 @@
 //! file onto /run/netns/NAME. Creating one happens on the calling thread (unshare, mount,
 //! open what is needed inside, return home), so no process is spawned.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -131,6 +131,42 @@ pub fn create(home: &Home, name: &str) -> Result<Created> {
     made
 }
 
+/// Gives the namespace at `path` (another's: a runtime's /run/netns/X or /proc/PID/ns/net)
+/// the name `name`, as `ip netns attach` does: a bind mount on /run/netns/NAME. Returns a
+/// handle on it and a netlink socket inside.
+pub fn attach(home: &Home, name: &str, path: &Path) -> Result<Created> {
+    let target = super::netns::path(name);
+    let what = || format!("attach network namespace {} as {name}", path.display());
+    let fd: OwnedFd = File::open(path).map_err(|e| Error::new(what(), e))?.into();
+    if nix::sys::statfs::fstatfs(&fd).map(|s| s.filesystem_type().0) != Ok(NSFS_MAGIC) {
+        return Err(Error::new(
+            what(),
+            io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace"),
+        ));
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&target)
+        .map_err(|e| Error::new(what(), e))?;
+    let made = (|| {
+        mount(Some(path), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| Error::new(what(), e.into()))?;
+        let netlink = home.netlink_in(fd.as_fd())?;
+        Ok(Created { fd, netlink })
+    })();
+    if made.is_err() {
+        let _ = umount2(&target, MntFlags::MNT_DETACH);
+        let _ = fs::remove_file(&target);
+    }
+    made
+}
+
+/// The filesystem type of a bound namespace file.
+const NSFS_MAGIC: nix::libc::__fsword_t = 0x6e73_6673;
+
 /// Opens the named namespace.
 pub fn open(name: &str) -> Result<OwnedFd> {
     File::open(path(name))
@@ -223,8 +259,6 @@ pub fn enter(ns: BorrowedFd) -> Result<()> {
 /// Whether the namespace's file holds a namespace: an `up` interrupted between creating the
 /// file and bind-mounting the namespace onto it leaves an empty mount point.
 pub fn is_bound(name: &str) -> bool {
-    /// The filesystem type of a bound namespace file (NSFS_MAGIC).
-    const NSFS_MAGIC: nix::libc::__fsword_t = 0x6e73_6673;
     nix::sys::statfs::statfs(&path(name)).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
@@ -233,18 +267,55 @@ pub fn inode(name: &str) -> Option<u64> {
     fs::metadata(path(name)).ok().map(|m| m.ino())
 }
 
-/// PIDs of the processes living in any of the namespaces with these inodes (what
-/// `ip netns pids` finds), from one pass over /proc.
-fn processes_in(inodes: &HashSet<u64>) -> Vec<i32> {
+pub use plumb_core::kernel::Resident;
+
+/// The processes inside each of the network namespaces with these inodes, by inode, from one
+/// pass over /proc (a zombie has no namespace left to read: it is not counted).
+pub fn residents(inodes: &HashSet<u64>) -> BTreeMap<u64, Vec<Resident>> {
     use std::os::unix::fs::MetadataExt;
+    let mut out: BTreeMap<u64, Vec<Resident>> = BTreeMap::new();
+    if inodes.is_empty() {
+        return out;
+    }
     let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
+        return out;
     };
-    entries
+    for pid in entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino())))
-        .collect()
+    {
+        let Ok(ns) = fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if !inodes.contains(&ns.ino()) {
+            continue;
+        }
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if let Some(resident) = parse_stat(pid, &stat) {
+            out.entry(ns.ino()).or_default().push(resident);
+        }
+    }
+    out
+}
+
+/// Parent and session from a /proc/PID/stat line (None for a zombie or an unreadable line).
+fn parse_stat(pid: i32, stat: &str) -> Option<Resident> {
+    // The command name may hold spaces and parentheses: the fields start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some(Resident {
+        pid,
+        parent: fields.get(1)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+    })
+}
+
+/// PIDs of the processes living in any of the namespaces with these inodes (what
+/// `ip netns pids` finds).
+fn processes_in(inodes: &HashSet<u64>) -> Vec<i32> {
+    residents(inodes).into_values().flatten().map(|r| r.pid).collect()
 }
 
 /// Ends every process living in the named namespaces (anything inside keeps a namespace and
@@ -277,4 +348,38 @@ pub fn end_processes<'a>(names: impl IntoIterator<Item = &'a str>, grace: Durati
     }
     signal_all(Signal::SIGKILL);
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_give_parent_and_session_whatever_the_command_name() {
+        let line = "4242 (sh) x) S 100 4242 4242 0 -1 4194560 0 0";
+        assert_eq!(
+            parse_stat(4242, line),
+            Some(Resident {
+                pid: 4242,
+                parent: 100,
+                session: 4242
+            })
+        );
+        assert_eq!(parse_stat(7, "7 (sleep) Z 1 7 7 0"), None);
+        assert_eq!(parse_stat(7, "garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_a_resident_of_its_namespace() {
+        use std::os::unix::fs::MetadataExt;
+        let inode = fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let found = residents(&HashSet::from([inode]));
+        let me = found[&inode]
+            .iter()
+            .find(|r| r.pid == std::process::id() as i32)
+            .copied();
+        assert_eq!(me.map(|r| r.parent), Some(std::os::unix::process::parent_id() as i32));
+        assert!(processes_in(&HashSet::from([inode])).contains(&(std::process::id() as i32)));
+        assert!(residents(&HashSet::new()).is_empty());
+    }
 }

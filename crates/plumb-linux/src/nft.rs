@@ -4,17 +4,10 @@
 //! few milliseconds an `nft` process takes overlap with netlink work.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
 
 use crate::netlink::{Error, Result};
-
-/// True if an `nft` executable is on PATH.
-pub fn available() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("nft").is_file()))
-}
 
 fn run(args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
     let mut child = Command::new("nft")
@@ -58,11 +51,6 @@ pub fn apply(script: String) -> Pending<()> {
     }))
 }
 
-/// Applies `script` as one atomic transaction, now (the supervisor's small updates).
-pub fn apply_now(script: &str) -> Result<()> {
-    checked("apply nftables rules", run(&["-f", "-"], Some(script))).map(drop)
-}
-
 /// Starts [`list_ruleset`] on a background thread.
 pub fn start_list_ruleset() -> Pending<String> {
     Pending(std::thread::spawn(list_ruleset))
@@ -72,4 +60,50 @@ pub fn start_list_ruleset() -> Pending<String> {
 /// stack, where a table that does not exist is simply not in it.
 pub fn list_ruleset() -> Result<String> {
     checked("list the nftables ruleset", run(&["-j", "list", "ruleset"], None))
+}
+
+/// Every table of this network namespace, as (family, name) (`nft -j list tables`).
+pub fn list_tables() -> Result<Vec<(String, String)>> {
+    let what = "list nftables tables";
+    let json = checked(what, run(&["-j", "list", "tables"], None))?;
+    tables_of(&json).ok_or_else(|| Error::new(what, io::Error::new(io::ErrorKind::InvalidData, "not nft's JSON")))
+}
+
+/// The tables in `nft -j list tables`'s output: `{"nftables": [{"metainfo": ..}, {"table":
+/// {"family": "inet", "name": "..", "handle": 1}}, ..]}`.
+fn tables_of(json: &str) -> Option<Vec<(String, String)>> {
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    Some(
+        value
+            .get("nftables")?
+            .as_array()?
+            .iter()
+            .filter_map(|item| {
+                let table = item.get("table")?;
+                Some((
+                    table.get("family")?.as_str()?.to_string(),
+                    table.get("name")?.as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_read_from_nfts_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "plumb_a", "handle": 3}}, {"table": {"family": "bridge", "name": "plumb_trace_42", "handle": 4}}]}"#;
+        assert_eq!(
+            tables_of(json).unwrap(),
+            [
+                ("inet".to_string(), "plumb_a".to_string()),
+                ("bridge".to_string(), "plumb_trace_42".to_string())
+            ]
+        );
+        assert_eq!(tables_of(r#"{"nftables": [{"metainfo": {}}]}"#).unwrap(), []);
+        assert_eq!(tables_of("table inet plumb_a"), None);
+    }
 }

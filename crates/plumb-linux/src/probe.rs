@@ -23,17 +23,7 @@ pub struct Probe {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// TCP: the handshake completed. UDP: a reply came back.
-    Answered,
-    /// A TCP reset or an ICMP port unreachable.
-    Refused,
-    /// Nothing came back in time (dropped somewhere, or a UDP service that does not answer).
-    TimedOut,
-    /// Another error the kernel reported (no route, host unreachable...).
-    Failed(String),
-}
+pub use plumb_core::kernel::ProbeOutcome as Outcome;
 
 impl Probe {
     /// A socket in the current network namespace, bound to a port the kernel picks.
@@ -102,5 +92,15 @@ fn errno_outcome(e: Errno) -> Outcome {
         Errno::ECONNREFUSED => Outcome::Refused,
         Errno::ETIMEDOUT => Outcome::TimedOut,
         other => Outcome::Failed(other.desc().to_string()),
+    }
+}
+
+impl plumb_core::kernel::Probe for Probe {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn send(&self, to: SocketAddrV4, timeout: Duration) -> Outcome {
+        Probe::send(self, to, timeout)
     }
 }

@@ -16,20 +16,7 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 use crate::netlink::{Error, Result};
 
-/// A socket listening (TCP) or bound (UDP) on the port asked about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
-    pub address: IpAddr,
-    pub port: u16,
-    /// The processes holding the socket: (pid, command name).
-    pub holders: Vec<(u32, String)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Udp,
-}
+pub use plumb_core::kernel::{Listener, SocketInfo, Transport};
 
 /// Sockets of `transport` listening (TCP) or bound (UDP) on `port`, IPv4 and IPv6, from
 /// the kernel's socket tables through sock_diag (as `ss` reads them): asking for listening
@@ -59,18 +46,6 @@ pub fn listeners(transport: Transport, port: u16) -> Result<Vec<Listener>> {
             holders: holders.get(&u64::from(inode)).cloned().unwrap_or_default(),
         })
         .collect())
-}
-
-/// One socket, as `ss -tunap` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketInfo {
-    pub transport: Transport,
-    /// TCP: `LISTEN`, `ESTAB`, `TIME-WAIT`...; UDP: `UNCONN` (bound) or `ESTAB` (connected).
-    pub state: &'static str,
-    pub local: (IpAddr, u16),
-    pub remote: (IpAddr, u16),
-    /// The kernel's inode of the socket: [`holders`] tells who holds it.
-    pub inode: u64,
 }
 
 /// Every TCP and UDP socket of this network namespace (IPv4 and IPv6).

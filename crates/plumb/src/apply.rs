@@ -1,56 +1,44 @@
-//! The binary's side of executing a plan: the real kernel, a progress line for plans that
-//! take more than a second, and the engine's outcome turned into one failure that lists
-//! every error.
+//! The binary's side of executing a plan: the real kernel (the one place the binary makes
+//! it), and a progress line for plans that take more than a second.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use plumb_core::Plan;
-use plumb_engine::{execute, OnError, Outcome};
-use plumb_linux::kernel::LinuxKernel;
+use plumb_engine::execute::Progress;
+pub use plumb_linux::kernel::LinuxKernel;
 
-use crate::failure::{Failure, Result};
+use crate::failure::Result;
 
 pub fn kernel() -> Result<LinuxKernel> {
     Ok(LinuxKernel::new()?)
 }
 
-/// Executes `plan`; the outcome, and a failure naming every error if there were any.
-pub fn run(kernel: &mut LinuxKernel, plan: &Plan, on_error: OnError) -> (Outcome, Result<()>) {
-    let progress = Mutex::new(Progress::new());
+/// Runs `f` with a progress callback that draws a one-line report on stderr for work that
+/// takes more than a second.
+pub fn with_progress<T>(f: impl FnOnce(Progress) -> T) -> T {
+    let progress = Mutex::new(ProgressLine::new());
     let tick = |done: usize, total: usize, what: &str| {
         progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .tick(done, total, what);
     };
-    let outcome = execute(kernel, plan, on_error, &tick);
+    let result = f(&tick);
     progress.lock().unwrap_or_else(|p| p.into_inner()).finish();
-    let result = match outcome.errors.as_slice() {
-        [] => Ok(()),
-        [one] => Err(Failure::from(one.clone())),
-        many => {
-            let list: Vec<String> = many.iter().map(|e| format!("  - {e}")).collect();
-            Err(
-                Failure::new(format!("{} operations failed:\n{}", many.len(), list.join("\n")))
-                    .hint("run the command again once the cause is fixed; it goes on from where the kernel is"),
-            )
-        }
-    };
-    (outcome, result)
+    result
 }
 
 /// A one-line progress report on stderr for plans that take more than a second.
-struct Progress {
+struct ProgressLine {
     start: Instant,
     last: Option<Instant>,
     tty: bool,
 }
 
-impl Progress {
+impl ProgressLine {
     fn new() -> Self {
-        Progress {
+        ProgressLine {
             start: Instant::now(),
             last: None,
             tty: std::io::stderr().is_terminal(),

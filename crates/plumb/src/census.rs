@@ -1,59 +1,19 @@
-//! Which processes live in which container: one pass over /proc reading each process's
-//! network namespace, then the parent and session of those inside a container. A replica's
+//! Which processes live in which container ([`residents`]: one pass over /proc, shared with
+//! the teardown's `ip netns pids`), and which of them no supervisor accounts for. A replica's
 //! container is its own, so everything inside belongs to it: the supervisor ends what a
 //! replica left behind, and `ps` counts what no supervisor started.
 
 use std::collections::{BTreeMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 
-/// A process inside a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resident {
-    pub pid: i32,
-    pub parent: i32,
-    pub session: i32,
-}
+use plumb_core::kernel::Kernel;
+pub use plumb_core::kernel::Resident;
 
-/// The processes inside each of the network namespaces with these inodes, by inode.
+/// The processes inside each of the namespaces with these inodes, by inode (none if the
+/// kernel cannot be read).
 pub fn residents(inodes: &HashSet<u64>) -> BTreeMap<u64, Vec<Resident>> {
-    let mut out: BTreeMap<u64, Vec<Resident>> = BTreeMap::new();
-    if inodes.is_empty() {
-        return out;
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for pid in entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-    {
-        // A zombie has no namespace left to read: it is not counted.
-        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        if !inodes.contains(&ns.ino()) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if let Some(resident) = parse_stat(pid, &stat) {
-            out.entry(ns.ino()).or_default().push(resident);
-        }
-    }
-    out
-}
-
-/// Parent and session from a /proc/PID/stat line (None for a zombie or an unreadable line).
-fn parse_stat(pid: i32, stat: &str) -> Option<Resident> {
-    // The command name may hold spaces and parentheses: the fields start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    Some(Resident {
-        pid,
-        parent: fields.get(1)?.parse().ok()?,
-        session: fields.get(3)?.parse().ok()?,
-    })
+    crate::apply::kernel()
+        .map(|mut k| k.residents(inodes))
+        .unwrap_or_default()
 }
 
 /// Of a container's residents, the PIDs its supervisor does not account for: neither the
@@ -72,21 +32,6 @@ pub fn untracked(residents: &[Resident], supervisor: u32, main: Option<u32>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_lines_give_parent_and_session_whatever_the_command_name() {
-        let line = "4242 (sh) x) S 100 4242 4242 0 -1 4194560 0 0";
-        assert_eq!(
-            parse_stat(4242, line),
-            Some(Resident {
-                pid: 4242,
-                parent: 100,
-                session: 4242
-            })
-        );
-        assert_eq!(parse_stat(7, "7 (sleep) Z 1 7 7 0"), None);
-        assert_eq!(parse_stat(7, "garbage"), None);
-    }
 
     #[test]
     fn untracked_are_those_outside_the_replicas_tree_and_not_the_supervisors() {

@@ -38,6 +38,15 @@ impl Failure {
         self.code = code;
         self
     }
+
+    /// The same failure as the engine's error (for work the binary does inside an engine
+    /// call).
+    pub fn into_engine(self) -> plumb_engine::Error {
+        let mut e = plumb_engine::Error::new(self.message);
+        e.hint = self.hint;
+        e.input = self.code == 2;
+        e
+    }
 }
 
 impl fmt::Display for Failure {
@@ -80,7 +89,10 @@ impl From<plumb_linux::Error> for Failure {
 
 impl From<plumb_engine::Error> for Failure {
     fn from(e: plumb_engine::Error) -> Self {
-        let f = Failure::new(e.message);
+        if let Some(d) = e.diagnostics {
+            return Failure::from(d);
+        }
+        let f = Failure::new(e.message).code(if e.input { 2 } else { 1 });
         match e.hint {
             Some(h) => f.hint(h),
             None => f,
@@ -90,18 +102,7 @@ impl From<plumb_engine::Error> for Failure {
 
 impl From<plumb_core::kernel::KernelError> for Failure {
     fn from(e: plumb_core::kernel::KernelError) -> Self {
-        let hint = match e.errno {
-            Some(1) | Some(13) => Some("plumb needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); run it with sudo"),
-            Some(17) => {
-                Some("an object with that name already exists; `plumb down` the stack, or remove the object by hand")
-            }
-            _ => None,
-        };
-        let f = Failure::new(e.to_string());
-        match hint {
-            Some(h) => f.hint(h),
-            None => f,
-        }
+        Failure::from(plumb_engine::Error::from(e))
     }
 }
 

@@ -1,16 +1,15 @@
-//! A stack's active faults on disk (`chaos.json` in its state directory, private to root,
-//! changed under `chaos.lock`), and removing them: on request, when they expire (checked by
+//! A stack's active faults, part of its record in the state store (changed under the
+//! store's lock, as `up` and `down` change the stack), and removing them: on request, when they expire (checked by
 //! the supervisor every second and by plumb commands on the stack), when their relay died,
 //! and all of them at `down`. Whatever removes a fault runs the record's own undo operations.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader};
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use plumb_core::chaos::{Fault, Faults};
@@ -20,55 +19,79 @@ use plumb_core::{names, Op};
 
 use crate::failure::{Failure, Result};
 use crate::runfile;
-use crate::state::{create_private_dir, read_error, write_atomically, write_error, PRIVATE_FILE};
+use crate::state::{write_error, Lock, StackState, StateDir, PRIVATE_FILE};
 
-fn file(stack_dir: &Path) -> PathBuf {
-    stack_dir.join("chaos.json")
+/// The state store and the stack a stack directory belongs to (`ROOT/stacks/STACK`).
+fn locate(stack_dir: &Path) -> (StateDir, String) {
+    let stack = stack_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let root = stack_dir
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    (StateDir::new(root), stack)
 }
 
-/// The stack's faults as recorded (none without a file).
+/// The stack's faults as recorded in its state (none without a record).
 pub fn read(stack_dir: &Path) -> Result<Faults> {
-    let path = file(stack_dir);
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            Failure::new(format!("{} is damaged: {e}", path.display()))
-                .hint("`plumb down` removes the stack's faults whatever the file says")
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Faults::default()),
-        Err(e) => Err(read_error(&path, e).into()),
-    }
+    let (state, stack) = locate(stack_dir);
+    Ok(state.load(&stack)?.map(|st| st.faults).unwrap_or_default())
 }
 
-/// The faults, held under the stack's chaos lock until dropped.
+/// The faults, with the state store's lock held (the one `up`, `down` and the agent take:
+/// a fault and a change of the stack never interleave).
 pub struct Locked {
-    _lock: Flock<File>,
-    dir: PathBuf,
+    _lock: Option<Lock>,
+    state: StateDir,
+    record: Option<StackState>,
     pub faults: Faults,
 }
 
 impl Locked {
+    /// Waits for the state store's lock, then reads the faults.
     pub fn open(stack_dir: &Path) -> Result<Locked> {
-        create_private_dir(stack_dir)?;
-        let path = stack_dir.join("chaos.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(PRIVATE_FILE)
-            .open(&path)
-            .map_err(|e| write_error(&path, e))?;
-        let lock = Flock::lock(lock, FlockArg::LockExclusive)
-            .map_err(|(_, e)| Failure::new(format!("cannot lock {}: {e}", path.display())))?;
+        let (state, stack) = locate(stack_dir);
+        let lock = state.lock()?;
+        Locked::read(state, &stack, Some(lock))
+    }
+
+    /// The faults, if the lock is free now (`None`: someone is changing the stack; the
+    /// supervisor and relays, which tend faults in the background, try again later).
+    pub fn try_open(stack_dir: &Path) -> Result<Option<Locked>> {
+        let (state, stack) = locate(stack_dir);
+        match state.try_lock()? {
+            Some(lock) => Locked::read(state, &stack, Some(lock)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// For a caller that holds the lock already (`down`, through its engine).
+    pub fn held(stack_dir: &Path) -> Result<Locked> {
+        let (state, stack) = locate(stack_dir);
+        Locked::read(state, &stack, None)
+    }
+
+    fn read(state: StateDir, stack: &str, lock: Option<Lock>) -> Result<Locked> {
+        let record = state.load(stack)?;
+        let faults = record.as_ref().map(|r| r.faults.clone()).unwrap_or_default();
         Ok(Locked {
             _lock: lock,
-            dir: stack_dir.to_path_buf(),
-            faults: read(stack_dir)?,
+            state,
+            record,
+            faults,
         })
     }
 
-    pub fn save(&self) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.faults).map_err(|e| Failure::new(e.to_string()))?;
-        write_atomically(&file(&self.dir), &bytes)
+    /// Writes the faults into the stack's record (a stack with no record has none to keep).
+    pub fn save(&mut self) -> Result<()> {
+        if let Some(record) = &mut self.record {
+            record.faults = self.faults.clone();
+            self.state.save(record)?;
+        }
+        Ok(())
     }
 
     /// Removes the faults `pick` chooses from the kernel and the record; returns them, with
@@ -78,7 +101,7 @@ impl Locked {
         self.faults.faults = kept;
         let mut errors = Vec::new();
         if !gone.is_empty() {
-            let mut kernel = plumb_linux::kernel::LinuxKernel::new()?;
+            let mut kernel = crate::apply::kernel()?;
             for fault in &gone {
                 errors.extend(undo(&mut kernel, fault));
             }
@@ -89,7 +112,7 @@ impl Locked {
 }
 
 /// Runs a fault's undo operations, then ends its relay (unless that is this process).
-fn undo(kernel: &mut dyn Kernel, fault: &Fault) -> Vec<String> {
+pub fn undo(kernel: &mut dyn Kernel, fault: &Fault) -> Vec<String> {
     let mut errors = Vec::new();
     for op in fault.undo_ops() {
         if let Err(e) = kernel.apply(&op) {
@@ -107,42 +130,34 @@ fn undo(kernel: &mut dyn Kernel, fault: &Fault) -> Vec<String> {
     errors
 }
 
-/// True if `pid` is a running chaos relay (not a PID reused by something else).
-pub fn is_relay(pid: u32) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"chaos-relay"))
-}
-
-/// A fault whose time is up, or whose relay is gone (its frames would go nowhere).
-fn is_due(fault: &Fault, now_ms: u64) -> bool {
-    fault.is_expired(now_ms) || (!fault.detours.is_empty() && !fault.relay_pid.is_some_and(is_relay))
-}
+pub use plumb_engine::engine::{fault_is_due as is_due, is_relay};
 
 /// Removes the stack's expired faults (and those whose relay died); quiet, cheap when the
-/// stack has none. Returns what it removed.
+/// stack has none, and skipped while someone else holds the state's lock (the supervisor and
+/// the relays call it again a second later). Returns what it removed.
 pub fn tend(stack_dir: &Path) -> Result<Vec<Fault>> {
-    if !file(stack_dir).exists() {
-        return Ok(Vec::new());
-    }
     let now = runfile::unix_ms();
     if !read(stack_dir)?.faults.iter().any(|f| is_due(f, now)) {
         return Ok(Vec::new());
     }
-    let mut locked = Locked::open(stack_dir)?;
+    let Some(mut locked) = Locked::try_open(stack_dir)? else {
+        return Ok(Vec::new());
+    };
     let now = runfile::unix_ms();
     Ok(locked.remove(|f| is_due(f, now))?.0)
 }
 
 /// What removes every chaos object of the stack: the recorded faults' undo operations,
 /// then [`unrecorded`] ones.
-pub fn undo_all(stack: &str, recorded: &Faults) -> Vec<Op> {
+pub fn undo_all(kernel: &mut dyn Kernel, stack: &str, recorded: &Faults) -> Vec<Op> {
     let mut ops: Vec<Op> = recorded.faults.iter().flat_map(Fault::undo_ops).collect();
-    ops.extend(unrecorded(stack, recorded));
+    ops.extend(unrecorded(kernel, stack, recorded));
     ops
 }
 
 /// Chaos objects of the stack no record names (a record lost, a run killed half way): taps
 /// marked as the stack's and its chaos tables still in the kernel.
-pub fn unrecorded(stack: &str, recorded: &Faults) -> Vec<Op> {
+pub fn unrecorded(kernel: &mut dyn Kernel, stack: &str, recorded: &Faults) -> Vec<Op> {
     let taps: Vec<&str> = recorded
         .faults
         .iter()
@@ -150,15 +165,13 @@ pub fn unrecorded(stack: &str, recorded: &Faults) -> Vec<Op> {
         .collect();
     let mut ops = Vec::new();
     let prefix = names::alias(stack, "chaos-");
-    if let Ok(mut nl) = plumb_linux::Netlink::open() {
-        for l in plumb_linux::link::list(&mut nl).unwrap_or_default() {
-            let ours = l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
-            if ours && !taps.contains(&l.name.as_str()) {
-                ops.push(Op::LinkDel { name: l.name });
-            }
+    for l in kernel.host_links().unwrap_or_default() {
+        let ours = l.link.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
+        if ours && !taps.contains(&l.name.as_str()) {
+            ops.push(Op::LinkDel { name: l.name });
         }
     }
-    let tables: Vec<TableId> = chaos_tables(stack)
+    let tables: Vec<TableId> = chaos_tables(kernel, stack)
         .into_iter()
         .filter(|t| !recorded.faults.iter().any(|f| f.tables.iter().any(|r| r.table == *t)))
         .collect();
@@ -170,43 +183,33 @@ pub fn unrecorded(stack: &str, recorded: &Faults) -> Vec<Op> {
     ops
 }
 
-/// The stack's chaos tables the kernel holds (`nft list tables`).
-fn chaos_tables(stack: &str) -> Vec<TableId> {
-    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (family, name) = line.strip_prefix("table ")?.split_once(' ')?;
-            let family = match family {
+/// The stack's chaos tables the kernel holds (`nft -j list tables`).
+fn chaos_tables(kernel: &mut dyn Kernel, stack: &str) -> Vec<TableId> {
+    kernel
+        .nft_tables()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(family, name)| {
+            let family = match family.as_str() {
                 "inet" => Family::Inet,
                 "bridge" => Family::Bridge,
                 _ => return None,
             };
-            names::is_chaos_table(name, stack).then(|| TableId {
-                family,
-                name: name.to_string(),
-            })
+            names::is_chaos_table(&name, stack).then_some(TableId { family, name })
         })
         .collect()
 }
 
 /// `down`: every fault of the stack removed, recorded or left over, relays ended.
-pub fn remove_all(stack: &str, stack_dir: &Path) -> Result<Vec<String>> {
+pub fn remove_all(kernel: &mut dyn Kernel, stack: &str, stack_dir: &Path) -> Result<Vec<String>> {
     let mut errors = Vec::new();
-    let ops = if file(stack_dir).exists() {
-        let mut locked = Locked::open(stack_dir)?;
-        let ops = unrecorded(stack, &locked.faults);
-        errors.extend(locked.remove(|_| true)?.1);
-        ops
-    } else {
-        unrecorded(stack, &Faults::default())
-    };
+    // `down` holds the state's lock through its engine.
+    let mut locked = Locked::held(stack_dir)?;
+    let ops = unrecorded(kernel, stack, &locked.faults);
+    errors.extend(locked.remove(|_| true)?.1);
     if ops.is_empty() {
         return Ok(errors);
     }
-    let mut kernel = plumb_linux::kernel::LinuxKernel::new()?;
     for op in &ops {
         if let Err(e) = kernel.apply(op) {
             errors.push(e.to_string());
@@ -259,4 +262,67 @@ pub fn start_relay(state_root: &Path, stack: &str, stack_dir: &Path, id: u32) ->
     // The relay runs on in its own session; reap it if it ends while we still run.
     std::thread::spawn(move || child.wait());
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plumb_core::firewall::Ruleset;
+    use plumb_engine::fake::FakeKernel;
+
+    /// What `down` removes when the record of the faults is lost: the stack's marked taps and
+    /// chaos tables, read through the kernel trait (here the fake), and nothing of another
+    /// stack's.
+    #[test]
+    fn faults_without_a_record_are_found_by_the_kernels_marks() {
+        let mut kernel = FakeKernel::default();
+        let table = |stack: &str| TableId {
+            family: Family::Inet,
+            name: names::chaos_table(stack, 3),
+        };
+        let ops = [
+            Op::TapAdd {
+                name: "pltapa".into(),
+                bridge: "plbr0".into(),
+                alias: names::alias("s", "chaos-3/web-1/eth0"),
+            },
+            Op::TapAdd {
+                name: "pltapb".into(),
+                bridge: "plbr0".into(),
+                alias: names::alias("other", "chaos-1/web-1/eth0"),
+            },
+            Op::Nft {
+                changes: ["s", "other"]
+                    .map(|s| NftChange::Replace {
+                        ruleset: Ruleset {
+                            table: table(s),
+                            sets: Vec::new(),
+                            chains: Vec::new(),
+                        },
+                    })
+                    .to_vec(),
+            },
+        ];
+        for op in &ops {
+            kernel.apply(op).unwrap();
+        }
+        let found = undo_all(&mut kernel, "s", &Faults::default());
+        assert_eq!(
+            found,
+            [
+                Op::LinkDel { name: "pltapa".into() },
+                Op::Nft {
+                    changes: vec![NftChange::Delete { table: table("s") }]
+                }
+            ]
+        );
+        for op in &found {
+            kernel.apply(op).unwrap();
+        }
+        assert!(
+            undo_all(&mut kernel, "s", &Faults::default()).is_empty(),
+            "nothing of s is left"
+        );
+        assert_eq!(kernel.world().table_count(), 1, "the other stack's table stays");
+    }
 }

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONNECTION, HOST};
+use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use plumb_core::bench::{served_by, Schedule};
@@ -119,7 +118,7 @@ pub struct Run {
 
 impl Run {
     /// Starts the worker threads; those of a run from a container enter `netns` first.
-    pub fn start(job: Job, netns: Option<OwnedFd>) -> Run {
+    pub fn start(job: Job, netns: Option<String>) -> Run {
         let job = Arc::new(job);
         let netns = netns.map(Arc::new);
         let start = Instant::now();
@@ -171,11 +170,13 @@ fn worker(
     start: Instant,
     connections: Vec<usize>,
     tally: Arc<Mutex<Tally>>,
-    netns: Option<Arc<OwnedFd>>,
+    netns: Option<Arc<String>>,
 ) -> Result<(), String> {
     if let Some(ns) = &netns {
         // This thread only, for good: it ends with the run.
-        plumb_linux::netns::enter(ns.as_fd()).map_err(|e| e.to_string())?;
+        use plumb_core::kernel::Kernel;
+        let mut kernel = crate::apply::kernel().map_err(|e| e.to_string())?;
+        kernel.enter_netns(ns).map_err(|e| e.to_string())?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -379,5 +380,96 @@ fn request_failure(e: &hyper::Error) -> &'static str {
         "closed"
     } else {
         "other"
+    }
+}
+
+/// One `GET path` to `addr` with hyper, on the calling thread (so from its network
+/// namespace), all within `within`: the status (after any informational 1xx answers) and how
+/// long until it came, or what went wrong. Health checks and experiments' http checks.
+pub fn get_once(addr: SocketAddr, host: &str, path: &str, within: Duration) -> Result<(u16, Duration), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("cannot start an HTTP client: {e}"))?;
+    let begun = Instant::now();
+    let exchange = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = Request::get(path)
+            .header(HOST, host)
+            .header(CONNECTION, "close")
+            .header(USER_AGENT, "plumb")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("cannot ask for {path:?}: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| match request_failure(&e) {
+                "bad_response" => format!("{addr} answered something that is not HTTP"),
+                "closed" => format!("{addr} closed the connection without an answer"),
+                _ => format!("read from {addr}: {e}"),
+            })?;
+        Ok((response.status().as_u16(), begun.elapsed()))
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(within, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer from {addr} within {} ms", within.as_millis())))
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A server on loopback that sends `answer` to its first connection once the request
+    /// head has come.
+    pub(crate) fn answering(answer: &'static str) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(answer.as_bytes());
+        });
+        port
+    }
+
+    #[test]
+    fn one_get_says_the_status_or_what_went_wrong() {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let within = Duration::from_secs(2);
+        let ok = "HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n";
+        assert_eq!(get_once(at(answering(ok)), "web", "/", within).map(|(s, _)| s), Ok(204));
+        let port = answering("SSH-2.0-OpenSSH\r\n\r\n");
+        let not_http = get_once(at(port), "web", "/", within).unwrap_err();
+        assert!(not_http.ends_with("answered something that is not HTTP"), "{not_http}");
+        let port = answering("");
+        let closed = get_once(at(port), "web", "/", within).unwrap_err();
+        assert!(closed.ends_with("closed the connection without an answer"), "{closed}");
+        // A server that never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let late = get_once(at(port), "web", "/", Duration::from_millis(200)).unwrap_err();
+        assert!(
+            late.starts_with("no answer from") && late.ends_with("within 200 ms"),
+            "{late}"
+        );
     }
 }

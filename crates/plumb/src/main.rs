@@ -73,9 +73,10 @@ enum Command {
         /// Without it, `up` returns once each replica's program runs.
         #[arg(long, conflicts_with_all = ["dry_run", "foreground"])]
         wait: bool,
-        /// Internal (what `plumb agent` does in-process): run only this host's part of a
-        /// cluster stack, as a JSON host assignment (replicas, overlay blocks and peers).
-        #[arg(long, hide = true)]
+        /// Bring up only one host's part of a cluster stack, given by hand as a JSON host
+        /// assignment (replicas, overlay blocks and peers): for trying an overlay without the
+        /// cluster store. `plumb agent` does the same from the store.
+        #[arg(long, value_name = "FILE")]
         assignment: Option<PathBuf>,
     },
     /// Remove everything a stack made, and nothing else.
@@ -91,6 +92,46 @@ enum Command {
         /// With --dry-run: print the plan (steps and their operations) as JSON.
         #[arg(long, requires = "dry_run")]
         json: bool,
+    },
+    /// Change how many replicas services of a stack run (until the next `plumb up` of its
+    /// file): new replicas are wired and started, removed ones stopped and unwired.
+    Scale {
+        /// SERVICE=N (or STACK/SERVICE=N), one or more.
+        #[arg(required = true, value_name = "SERVICE=N")]
+        services: Vec<String>,
+        /// The stack (default: the only stack that is up with these services).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Join a container someone else made (its network namespace) to a network of a stack
+    /// that is up: an address, a veth, DNS, policies, a service's VIP (what a CNI ADD does).
+    Attach {
+        /// STACK/NAME: the stack, and the container's name in it.
+        target: String,
+        /// The stack's network to join.
+        #[arg(long)]
+        network: String,
+        /// The container's network namespace (/run/netns/NAME, /proc/PID/ns/net).
+        #[arg(long, value_name = "PATH")]
+        netns: PathBuf,
+        /// The interface's name inside.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// A service of the stack whose name and VIP it joins.
+        #[arg(long)]
+        service: Option<String>,
+        /// Print the interface (address, gateway, MAC) as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an attached container off its stack: its veth and name go, its namespace and
+    /// processes stay (what a CNI DEL does; nothing attached is not an error).
+    Detach {
+        /// STACK/NAME, as attached.
+        target: String,
     },
     /// List the containers of every stack that is up.
     Ps {
@@ -592,6 +633,9 @@ impl Command {
             | Command::Bench { .. } => ClosedPipe::EndsTheCommand,
             Command::Up { .. }
             | Command::Down { .. }
+            | Command::Scale { .. }
+            | Command::Attach { .. }
+            | Command::Detach { .. }
             | Command::Restart { .. }
             | Command::Stop { .. }
             | Command::Start { .. }
@@ -695,6 +739,30 @@ fn main() -> ExitCode {
                     .and_then(|s| commands::down::run(&ctx, &s, mode)),
             }
         }
+        Command::Scale {
+            services,
+            stack,
+            dry_run,
+        } => commands::up::scale(&ctx, stack.as_deref(), &services, dry_run),
+        Command::Attach {
+            target,
+            network,
+            netns,
+            ifname,
+            service,
+            json,
+        } => commands::attach::attach(
+            &ctx,
+            &commands::attach::Request {
+                target: &target,
+                network: &network,
+                netns: &netns,
+                ifname: &ifname,
+                service: service.as_deref(),
+            },
+            Format::from_json_flag(json),
+        ),
+        Command::Detach { target } => commands::attach::detach(&ctx, &target),
         Command::Ps { json } => commands::ps::run(&ctx, Format::from_json_flag(json)),
         Command::Services { file, stack, json } => {
             let format = Format::from_json_flag(json);

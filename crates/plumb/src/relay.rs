@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use plumb_core::chaos::{FaultKind, Impairment};
+use plumb_core::kernel::Kernel;
+use rand::rngs::StdRng;
+use rand::{Rng as _, RngExt};
 
 use crate::failure::{Failure, Result};
 use crate::{faults, runfile};
@@ -28,35 +31,33 @@ const QUEUE_LIMIT: usize = 20_000;
 /// and its transport checksum catches the damage.
 const HEADERS: usize = 34;
 
-/// xorshift64*: enough randomness for loss and jitter, no dependency.
-struct Rng(u64);
+/// Draws for loss, corruption, duplication and jitter: rand's StdRng, seeded by the OS (or,
+/// in tests, by a number).
+struct Rng(StdRng);
 
 impl Rng {
     fn seeded() -> Rng {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Rng((t ^ (u64::from(std::process::id()) << 32)) | 1)
+        Rng(rand::make_rng())
+    }
+
+    #[cfg(test)]
+    fn from_seed(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.next_u64()
     }
 
     /// True with probability `ppm` per million.
     fn chance(&mut self, ppm: u32) -> bool {
-        ppm > 0 && self.next() % 1_000_000 < u64::from(ppm)
+        ppm > 0 && self.0.random_ratio(ppm.min(1_000_000), 1_000_000)
     }
 
     /// Uniform in `-span..=span` microseconds.
     fn spread(&mut self, span: u64) -> i64 {
-        if span == 0 {
-            return 0;
-        }
-        (self.next() % (2 * span + 1)) as i64 - span as i64
+        let span = span.min(i64::MAX as u64) as i64;
+        self.0.random_range(-span..=span)
     }
 }
 
@@ -118,9 +119,10 @@ pub fn run(stack_dir: &Path, id: u32) -> Result<()> {
     let FaultKind::Impair { impairment } = fault.kind else {
         return Err(Failure::new(format!("fault {id} has nothing to relay")));
     };
+    let mut kernel = crate::apply::kernel()?;
     let mut taps: Vec<File> = Vec::new();
     for d in &fault.detours {
-        let fd = plumb_linux::tap::open(&d.tap).map_err(|e| Failure::new(format!("cannot open tap {}: {e}", d.tap)))?;
+        let fd = kernel.open_tap(&d.tap)?;
         taps.push(File::from(fd));
     }
     let expires = fault.expires_ms.map(|e| {
@@ -187,11 +189,22 @@ mod tests {
     fn shaper(impairment: Impairment) -> Shaper {
         Shaper {
             impairment,
-            rng: Rng(42),
+            rng: Rng::from_seed(42),
             free_at: vec![Instant::now()],
             seq: 0,
             queue: BinaryHeap::new(),
         }
+    }
+
+    #[test]
+    fn draws_stay_in_their_bounds() {
+        let mut rng = Rng::from_seed(7);
+        assert!((0..1000).all(|_| !rng.chance(0)));
+        assert!((0..1000).all(|_| rng.chance(1_000_000)));
+        assert_eq!(rng.spread(0), 0);
+        let spreads: Vec<i64> = (0..10_000).map(|_| rng.spread(3)).collect();
+        assert!(spreads.iter().all(|s| (-3..=3).contains(s)));
+        assert!((-3..=3).all(|v| spreads.contains(&v)), "every value comes up");
     }
 
     #[test]

@@ -284,3 +284,35 @@ fn dry_run_prints_the_commands_and_bad_requests_name_what_is_wrong() {
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+/// Faults are part of the stack's desired state: an `up` that rebuilds the delayed
+/// containers (here: b joins a second network) re-makes the redirects on their new veths,
+/// so the delay is still measured, and `chaos list` still tells the truth.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn an_up_that_rebuilds_a_delayed_container_keeps_the_delay() {
+    let Some(sb) = Sandbox::start() else { return };
+    up(&sb);
+    let before = rtt_ms(&sb, "ch-a-1", &sb.address("b-1", "eth0"));
+    sb.plumb_ok(&["chaos", "b", "--delay", "100ms"]);
+    let rebuilt = STACK.replace(
+        "[services.b]\nnetworks = [\"n\"]",
+        "[networks.m]\nsubnet = \"10.89.71.0/24\"\n[services.b]\nnetworks = [\"n\", \"m\"]",
+    );
+    assert_ne!(rebuilt, STACK);
+    sb.write("plumb.toml", &rebuilt);
+    let plan = sb.plumb_ok(&["up", "--dry-run"]);
+    assert!(
+        plan.contains("fault 1 on b"),
+        "the plan re-makes the fault's redirects:\n{plan}"
+    );
+    let said = sb.plumb_ok(&["up"]);
+    assert!(said.contains("2 created, 2 removed"), "{said}");
+    let b1 = sb.address("b-1", "eth0");
+    assert_delayed(before, rtt_ms(&sb, "ch-a-1", &b1), "a-1 -> rebuilt b-1");
+    let list = sb.plumb_ok(&["chaos", "list"]);
+    assert!(list.contains("delay 100ms"), "{list}");
+    sb.plumb_ok(&["chaos", "clear", "1"]);
+    assert_not_delayed(before, rtt_ms(&sb, "ch-a-1", &b1), "after clear");
+    sb.plumb_ok(&["down"]);
+}

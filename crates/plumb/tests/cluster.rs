@@ -200,6 +200,11 @@ fn a_stack_spreads_over_three_hosts_and_talks_over_the_overlay() {
         .collect();
     assert_eq!(web_hosts.len(), 3, "{replicas:?}");
     assert_eq!(replicas["db-1"].0, "h3");
+    // Each host's record of the stack is copied into the store (the engine's etcd store).
+    assert_eq!(
+        d.etcd.keys(&d.cluster.sandbox, "/plumb-records/"),
+        ["h1", "h2", "h3"].map(|h| format!("/plumb-records/{h}/stacks/mh")),
+    );
     // A replica of another host: the command says which host to ask.
     let elsewhere = ["web-1", "web-2", "web-3"]
         .into_iter()
@@ -328,6 +333,13 @@ fn undeploy_leaves_nothing(d: &Deployed) {
         );
         h.assert_clean();
     }
+    assert!(
+        eventually(Duration::from_secs(10), || d
+            .etcd
+            .keys(&d.cluster.sandbox, "/plumb-records/")
+            .is_empty()),
+        "records left in the store"
+    );
     // Agents stop cleanly (TERM) and leave the cluster at once.
     for (h, pid) in d.cluster.hosts().iter().zip(&d.agents) {
         h.ok(&format!(

@@ -60,6 +60,24 @@ fn conns_shows_listeners_connections_and_nat() {
         .find(|f| f["original"]["dport"] == 8080 && f["original"]["src"] == OUTSIDE_IP)
         .unwrap_or_else(|| panic!("no flow to 8080 from outside:\n{report:#}"));
     assert_eq!(published["dnat"], format!("{web}:80"), "{report:#}");
+    // The flows come from ctnetlink, not /proc/net/nf_conntrack: with the process's /proc/net
+    // hidden (a tmpfs over its own /proc/PID/net, in a mount namespace of its own inside the
+    // sandbox), the same flow is listed.
+    let hidden = sb.ok(&format!(
+        "unshare --mount sh -c 'mount -t tmpfs none /proc/$$/net && ! test -e /proc/net/nf_conntrack && exec {PLUMB} conns web --json'"
+    ));
+    let hidden: Value = serde_json::from_str(&hidden).unwrap();
+    assert!(
+        hidden["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["original"]["dport"] == 8080
+                && f["original"]["src"] == OUTSIDE_IP
+                && f["dnat"] == format!("{web}:80")
+                && f["state"] == "ESTABLISHED"),
+        "no flow to 8080 without /proc/net:\n{hidden:#}"
+    );
 
     // Only the target's sockets: idle has none, and its report is empty of web's.
     let idle: Value = serde_json::from_str(&sb.plumb_ok(&["conns", "idle-1", "--json"])).unwrap();

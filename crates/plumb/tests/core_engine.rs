@@ -169,6 +169,37 @@ fn up_is_idempotent_and_an_edit_applies_only_the_difference() {
     sb.assert_clean();
 }
 
+/// Link MTUs are read back: one lowered by hand on the bridge, the host ends and a container's
+/// end is noticed by `up` (not "up to date") and set back in place, and full-size packets
+/// pass again.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_link_mtu_changed_behind_plumbs_back_is_set_back_by_up() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write("plumb.toml", STACK);
+    sb.plumb_ok(&["up"]);
+    let lone = sb.address("lone-1", "eth0");
+    let full_size = format!("ip netns exec demo-web-1 ping -c1 -W1 -M do -s 1472 {lone}");
+    assert!(sb.sh(&full_size).status.success(), "full-size packets pass at first");
+    let inode = || sb.ok("stat -L -c %i /run/netns/demo-web-1");
+    let web = inode();
+    sb.ok("for l in $(ip -o link show | sed -n 's/^[0-9]*: \\(pl[bv][^:@]*\\).*/\\1/p'); do ip link set $l mtu 1280; done; \
+           ip -n demo-lone-1 link set eth0 mtu 1280");
+    assert!(
+        !sb.sh(&full_size).status.success(),
+        "the lowered MTU drops full-size packets"
+    );
+    let script = sb.plumb_ok(&["up", "--dry-run"]);
+    assert!(script.contains("ip -n demo-lone-1 link set eth0 mtu 1500"), "{script}");
+    let out = sb.plumb_ok(&["up"]);
+    assert!(!out.contains("up to date"), "{out}");
+    assert!(sb.sh(&full_size).status.success(), "full-size packets pass again");
+    assert_eq!(inode(), web, "set in place: web-1 is not recreated");
+    assert!(sb.plumb_ok(&["up"]).contains("up to date"));
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
 #[test]
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn the_dry_run_script_replayed_by_hand_builds_the_same_network() {
@@ -337,8 +368,18 @@ fn forwarding_turned_on_by_plumb_is_turned_off_by_the_last_down() {
     let forwarding = || sb.ok("sysctl -n net.ipv4.ip_forward").trim().to_string();
     assert_eq!(forwarding(), "1");
     assert!(sb.ping("a-s-1", OUTSIDE_IP));
+    let off = "sysctl -qw net.ipv4.ip_forward=0";
+    let script = sb.plumb_ok(&["down", "a", "--dry-run"]);
+    assert!(!script.contains(off), "stack b still needs forwarding:\n{script}");
     sb.plumb_ok(&["down", "a"]);
     assert_eq!(forwarding(), "1", "stack b still needs it");
+    // The last down's plan says it turns forwarding off, and --dry-run changes nothing.
+    let script = sb.plumb_ok(&["down", "b", "--dry-run"]);
+    assert!(
+        script.contains(off),
+        "the last down's script leaves forwarding on:\n{script}"
+    );
+    assert_eq!(forwarding(), "1");
     sb.plumb_ok(&["down", "b"]);
     assert_eq!(forwarding(), "0", "the machine is left as plumb found it");
     sb.assert_clean();

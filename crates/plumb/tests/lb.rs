@@ -215,6 +215,26 @@ fn round_robin_follows_readiness_and_keeps_established_connections() {
     assert_eq!(c.errors, BTreeMap::new());
     assert_eq!(c.names.get("web-2"), None, "{:?}", c.names);
     assert_eq!(c.names.values().sum::<u64>(), 300);
+    // The supervisor refilled web's slots over netlink; `up --dry-run` renders the same change
+    // as nft commands (element edits only), and `nft -f` of them leaves the map as it is.
+    let slots = || sb.ok("nft -j list map inet plumb_lb eps_web_6");
+    let by_netlink = slots();
+    assert!(!by_netlink.contains("ep_web-2"), "{by_netlink}");
+    let plan = sb.plumb_ok(&["up", "-f", path_str(&file), "--dry-run"]);
+    let start = plan.find("nft -f - <<'EOF'\n").expect("an nft transaction");
+    let script = &plan[start + 17..start + plan[start..].find("\nEOF").unwrap()];
+    assert!(
+        script
+            .lines()
+            .all(|l| l.starts_with("delete element inet plumb_lb eps_web_6 ")
+                || l.starts_with("add element inet plumb_lb eps_web_6 ")),
+        "{script}"
+    );
+    sb.ok(&format!(
+        "nft -f {}",
+        sb.write("slots.nft", &format!("{script}\n")).display()
+    ));
+    assert_eq!(slots(), by_netlink);
     // The held connection to web-1 lived through the change.
     sb.write("hold/go", "");
     assert!(eventually(Duration::from_secs(5), || hold_dir.join("echo").exists()));
@@ -293,6 +313,16 @@ fn affinity_refusals_nothing_leaks_and_two_stacks_share_a_subnet() {
     assert_eq!(c1.names.len(), 1, "{:?}", c1.names);
     assert_eq!(c2.names.len(), 1, "{:?}", c2.names);
     assert_ne!(c1.names.keys().next(), c2.names.keys().next());
+    // Its replica unready: the client moves to another one, and stays there.
+    let first = c1.names.keys().next().unwrap().clone();
+    sb.write(&format!("down-{first}"), "");
+    assert!(eventually(Duration::from_secs(5), || !readiness(&sb, "aff", "web")[&first]));
+    let moved = count(&sb, "aff-client-1", &web, 8000, 30);
+    assert_eq!(moved.errors.len(), 0, "{:?}", moved.errors);
+    assert_eq!(moved.names.len(), 1, "{:?}", moved.names);
+    assert_ne!(moved.names.keys().next(), Some(&first));
+    std::fs::remove_file(sb.dir.join(format!("down-{first}"))).unwrap();
+    assert!(eventually(Duration::from_secs(5), || all_ready(&sb, "aff", "web", 3)));
 
     // The other stack's clients reach their own service at the same address.
     let other = sb
@@ -370,6 +400,21 @@ fn a_client_reaches_a_vip_on_its_second_network() {
     let refused = count(&sb, "side-outsider-1", &vip, 8000, 3);
     assert_eq!(refused.names.len(), 0, "{:?}", refused.names);
     assert!(!sb.sh("ip netns exec side-outsider-1 getent hosts web").status.success());
+    // A third replica: the table is edited in place (a new slots map replaces the old one),
+    // and once ready the third replica gets its exact third of the connections.
+    sb.write("plumb.toml", &stack.replace("replicas = 2", "replicas = 3"));
+    let plan = sb.plumb_ok(&["up", "--dry-run", "--json"]);
+    assert!(!plan.contains("\"replace\"") && plan.contains("\"update\""), "{plan}");
+    sb.plumb_ok(&["up"]);
+    assert!(eventually(Duration::from_secs(15), || all_ready(&sb, "side", "web", 3)));
+    let counts = count(&sb, "side-client-1", &vip, 8000, 30);
+    assert!(counts.errors.is_empty(), "{:?}", counts.errors);
+    assert_eq!(
+        counts.names.values().collect::<Vec<_>>(),
+        [&10, &10, &10],
+        "{:?}",
+        counts.names
+    );
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

@@ -61,6 +61,11 @@ replicas = 4
 /// Host `i` (1-based)'s assignment: replica i of each service, block i-1 of each network, and
 /// the hosts in `peers` (1-based) as its peers.
 fn assignment(i: usize, peers: &[usize]) -> String {
+    assignment_with_mtu(i, peers, 1450)
+}
+
+/// The same, with the overlays' MTU as the agent derives it from the underlay's.
+fn assignment_with_mtu(i: usize, peers: &[usize], mtu: u32) -> String {
     let overlay = |net: &str, second: u8| {
         let peers: Vec<String> = peers
             .iter()
@@ -74,7 +79,7 @@ fn assignment(i: usize, peers: &[usize]) -> String {
             })
             .collect();
         format!(
-            r#""{net}": {{"block": "10.{second}.{}.0/24", "local": "10.99.0.{}", "mtu": 1450, "peers": [{}]}}"#,
+            r#""{net}": {{"block": "10.{second}.{}.0/24", "local": "10.99.0.{}", "mtu": {mtu}, "peers": [{}]}}"#,
             i - 1,
             10 + i,
             peers.join(", ")
@@ -90,11 +95,18 @@ fn assignment(i: usize, peers: &[usize]) -> String {
 /// Writes the stack file and host `i`'s assignment (with `peers`) into the host's folder and
 /// returns `up`'s arguments for them.
 fn up_args(cluster: &Cluster, i: usize, peers: &[usize]) -> Vec<String> {
+    up_args_with(cluster, i, &assignment(i, peers))
+}
+
+/// `up`'s arguments for host `i` with this assignment.
+fn up_args_with(cluster: &Cluster, i: usize, assignment: &str) -> Vec<String> {
     let host = cluster.host(i - 1);
     let stack = host.dir.join("stack.toml");
     std::fs::write(&stack, STACK).unwrap();
-    let file = host.dir.join(format!("h{i}-{}.json", peers.len()));
-    std::fs::write(&file, assignment(i, peers)).unwrap();
+    let file = host
+        .dir
+        .join(format!("h{i}-{:x}.json", plumb_core::names::fnv1a(&[assignment])));
+    std::fs::write(&file, assignment).unwrap();
     let mut args = vec!["up".to_string(), "-f".into(), path_str(&stack).into()];
     args.extend(["--assignment".into(), path_str(&file).into()]);
     args
@@ -131,6 +143,50 @@ fn entries(host: &Host) -> String {
 }
 
 use common::cluster::Host;
+
+/// The underlay's MTU went down (the agent's assignment says 1400 for the overlays now): the
+/// VXLAN devices are made again, and the bridges and both ends of the veths follow in place
+/// (containers keep running); full-size packets of the new MTU cross, larger ones do not.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn an_underlay_mtu_change_reaches_the_bridges_and_the_containers() {
+    let Some(cluster) = Cluster::start(2) else { return };
+    let both = [1, 2];
+    for i in both {
+        up(&cluster, i, &both, &[]);
+    }
+    let h1 = cluster.host(0);
+    let inode = || h1.ok("stat -L -c %i /run/netns/ov-web-1");
+    let web1 = inode();
+    for i in both {
+        let args = up_args_with(&cluster, i, &assignment_with_mtu(i, &both, 1400));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cluster.host(i - 1).plumb_ok(&args);
+        assert!(!out.contains("up to date"), "h{i}: {out}");
+    }
+    let at_1400 = h1.ok("ip -o link show | grep -E ': pl[bvx]' | grep -c 'mtu 1400'");
+    assert_eq!(at_1400.trim(), "6", "two bridges, two veths, two VXLAN devices at 1400");
+    assert_eq!(mtu(h1, Some("ov-web-1"), "eth0"), "mtu 1400");
+    assert_eq!(inode(), web1, "set in place: web-1 is not recreated");
+    h1.ok(&format!("ip netns exec ov-web-1 ping -c1 -W1 -M do -s 1372 {}", web(2)));
+    assert!(
+        !h1.sh(&format!("ip netns exec ov-web-1 ping -c1 -W1 -M do -s 1373 {}", web(2)))
+            .status
+            .success(),
+        "1401 bytes do not fit the overlay's new MTU"
+    );
+    for i in both {
+        let args = up_args_with(&cluster, i, &assignment_with_mtu(i, &both, 1400));
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--dry-run", "--json"]);
+        let plan: serde_json::Value = serde_json::from_str(&cluster.host(i - 1).plumb_ok(&args)).unwrap();
+        assert_eq!(plan["steps"], serde_json::json!([]), "h{i}: {plan:#}");
+    }
+    for host in cluster.hosts() {
+        host.plumb_ok(&["down", "ov"]);
+        host.assert_clean();
+    }
+}
 
 #[test]
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]

@@ -343,9 +343,9 @@ fn a_service_that_keeps_failing_shows_in_ps_and_events_and_fails_up_wait() {
     sb.write("plumb.toml", &format!("{base}[services.loop]\ncommand = [\"/bin/sh\", \"-c\", \"echo broken config; exit 3\"]\nrestart = \"always\"\n"));
     // `up` reports the replica started once its program runs; what it does next is for `ps`
     // and `events` to tell.
+    // (Whether it still runs when `up` counts is a race: the count is not checked.)
     let out = sb.plumb(&["up"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("1 process started"), "{}", text(&out.stdout));
     let looping = eventually(Duration::from_secs(10), || {
         process(&sb.ps(), "loop-1")["restarts"].as_u64().unwrap_or(0) >= 2
     });

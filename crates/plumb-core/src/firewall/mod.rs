@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::desired::Desired;
 use crate::names;
 
-pub use change::{changes, command, transaction, NftChange};
+pub use change::{changes, command, transaction, ElementAction, ElementEdit, NftChange};
 pub use policy::deny_counts as policy_deny_counts;
 pub use shape::counts_by_chain;
 pub use shape::{shape_of_listing, shape_of_objects, tables_in_listing, without_runtime_state, Shape};
@@ -178,7 +178,8 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Set {
     pub name: String,
-    /// nft type, e.g. `inet_proto . inet_service`.
+    /// nft type, e.g. `inet_proto . inet_service`, or `typeof EXPR` (`typeof numgen inc mod
+    /// 64`) for a key no type names.
     pub key: String,
     /// For a map, the value type, e.g. `verdict`.
     pub value: Option<String>,
@@ -287,19 +288,44 @@ impl Ruleset {
     }
 
     /// The table in nft syntax. Order matters within one transaction: plain sets, then regular
-    /// chains, then verdict maps (their elements name those chains), then base chains (their
-    /// rules name the sets and maps).
+    /// chains and verdict maps, each after what it names (a chain after the maps its rules look
+    /// up, a map after the chains its elements jump to), then base chains (their rules name the
+    /// sets and maps).
     pub fn print(&self) -> String {
         let mut out = format!("table {} {{\n", self.table);
-        let (verdict_maps, plain): (Vec<&Set>, Vec<&Set>) = self.sets.iter().partition(|s| s.holds_verdicts());
+        let (mut maps, plain): (Vec<&Set>, Vec<&Set>) = self.sets.iter().partition(|s| s.holds_verdicts());
         for set in plain {
             print_set(&mut out, set);
         }
-        for chain in self.chains.iter().filter(|c| c.hook.is_none()) {
-            print_chain(&mut out, chain);
-        }
-        for set in verdict_maps {
-            print_set(&mut out, set);
+        let mut chains: Vec<&Chain> = self.chains.iter().filter(|c| c.hook.is_none()).collect();
+        while !chains.is_empty() || !maps.is_empty() {
+            let before = chains.len() + maps.len();
+            let waiting: Vec<String> = maps.iter().map(|m| format!("@{}", m.name)).collect();
+            chains.retain(|c| {
+                let blocked = c.rules.iter().any(|r| waiting.iter().any(|m| names(&r.expr, m)));
+                if !blocked {
+                    print_chain(&mut out, c);
+                }
+                blocked
+            });
+            let waiting: Vec<&str> = chains.iter().map(|c| c.name.as_str()).collect();
+            maps.retain(|m| {
+                let targets = m
+                    .elements
+                    .values()
+                    .flatten()
+                    .filter_map(|v| v.split_whitespace().nth(1));
+                let blocked = targets.into_iter().any(|t| waiting.contains(&t));
+                if !blocked {
+                    print_set(&mut out, m);
+                }
+                blocked
+            });
+            if chains.len() + maps.len() == before {
+                // A cycle nft could not load either: print the rest as it is.
+                chains.drain(..).for_each(|c| print_chain(&mut out, c));
+                maps.drain(..).for_each(|m| print_set(&mut out, m));
+            }
         }
         for chain in self.chains.iter().filter(|c| c.hook.is_some()) {
             print_chain(&mut out, chain);
@@ -307,6 +333,14 @@ impl Ruleset {
         out += "}\n";
         out
     }
+}
+
+/// Whether `expr` names `reference` (`@set`) as a whole word.
+fn names(expr: &str, reference: &str) -> bool {
+    expr.match_indices(reference).any(|(at, _)| {
+        let next = expr[at + reference.len()..].chars().next();
+        !next.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-')
+    })
 }
 
 impl Rule {
@@ -329,15 +363,36 @@ impl Rule {
     }
 }
 
+impl Set {
+    /// `set` or `map`.
+    pub(crate) fn kind(&self) -> &'static str {
+        if self.value.is_some() {
+            "map"
+        } else {
+            "set"
+        }
+    }
+
+    /// The declaration's lines: `type K : V` (or `typeof EXPR : V`), then the options.
+    pub(crate) fn declaration(&self) -> Vec<String> {
+        let (decl, key) = match self.key.strip_prefix("typeof ") {
+            Some(expr) => ("typeof", expr),
+            None => ("type", self.key.as_str()),
+        };
+        let ty = match &self.value {
+            Some(v) => format!("{key} : {v}"),
+            None => key.to_string(),
+        };
+        std::iter::once(format!("{decl} {ty}"))
+            .chain(self.options.iter().cloned())
+            .collect()
+    }
+}
+
 fn print_set(out: &mut String, set: &Set) {
-    let kind = if set.value.is_some() { "map" } else { "set" };
-    let ty = match &set.value {
-        Some(v) => format!("{} : {v}", set.key),
-        None => set.key.clone(),
-    };
-    let _ = write!(out, "\t{kind} {} {{\n\t\ttype {ty}\n", set.name);
-    for option in &set.options {
-        let _ = writeln!(out, "\t\t{option}");
+    let _ = writeln!(out, "\t{} {} {{", set.kind(), set.name);
+    for line in set.declaration() {
+        let _ = writeln!(out, "\t\t{line}");
     }
     if !set.elements.is_empty() {
         let _ = writeln!(out, "\t\telements = {{ {} }}", set.elements_text(set.elements.keys()));

@@ -80,7 +80,7 @@ pub fn contribute_inet(desired: &Desired, rules: &mut Ruleset) {
     let own_macs: Vec<String> = desired
         .networks
         .iter()
-        .map(|n| format!("\"{}\" . {}", n.bridge, n.bridge_mac_text()))
+        .map(|n| format!("\"{}\" . {}", n.bridge, n.bridge_mac()))
         .collect();
     let bridged = Rule::new(
         format!(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::vips::is_runtime_chain;
+use super::vips::is_runtime_set;
 use super::{Family, Ruleset, TableId};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,16 +30,13 @@ impl Ruleset {
             let hook = c
                 .hook
                 .map(|h| hook_text(h.kind.as_str(), h.point.as_str(), h.priority.into(), h.policy.as_str()));
-            let comments = match is_runtime_chain(&c.name) {
-                true => Vec::new(),
-                false => c.rules.iter().map(|r| r.comment.replace('"', "'")).collect(),
-            };
+            let comments = c.rules.iter().map(|r| r.comment.replace('"', "'")).collect();
             shape.chains.insert(c.name.clone(), (hook, comments));
         }
         // nft's JSON writes strings (interface names) without the quotes nft syntax needs.
         let unquoted = |t: &String| canonical(&t.replace('"', ""));
         for s in &self.sets {
-            if s.is_dynamic() {
+            if s.is_dynamic() || is_runtime_set(&s.name) {
                 shape.sets.insert(s.name.clone(), BTreeMap::new());
                 continue;
             }
@@ -114,6 +111,7 @@ pub fn shape_of_objects(objects: &[Value]) -> Option<Shape> {
             if let Some(s) = object.get(kind) {
                 let mut elements = BTreeMap::new();
                 let elems = s.get("elem").filter(|_| !is_dynamic(s));
+                let elems = elems.filter(|_| !s.get("name").and_then(Value::as_str).is_some_and(is_runtime_set));
                 for e in elems.and_then(Value::as_array).into_iter().flatten() {
                     match (kind, e.as_array()) {
                         ("map", Some(pair)) if pair.len() == 2 => {
@@ -129,9 +127,6 @@ pub fn shape_of_objects(objects: &[Value]) -> Option<Shape> {
         }
         if let Some(r) = object.get("rule") {
             let chain = r.get("chain")?.as_str()?;
-            if is_runtime_chain(chain) {
-                continue;
-            }
             let comment = r.get("comment").and_then(Value::as_str).unwrap_or("").to_string();
             shape.chains.get_mut(chain)?.1.push(comment);
         }
@@ -148,21 +143,17 @@ fn is_dynamic(set: &Value) -> bool {
 }
 
 /// One table's objects without what changes while it runs, for its fingerprint: counter
-/// values, the elements of dynamic (affinity) sets, and the rules of the chains the
-/// supervisor rewrites when a replica's readiness changes (their handles too). Any other
-/// change still shows.
+/// values, the elements of dynamic (affinity) sets, and the elements of the maps the
+/// supervisor refills when a replica's readiness changes. Any other change still shows.
 pub fn without_runtime_state(objects: &[Value]) -> Vec<Value> {
     objects
         .iter()
-        .filter(|o| {
-            let chain = o.get("rule").and_then(|r| r.get("chain")).and_then(Value::as_str);
-            !chain.is_some_and(is_runtime_chain)
-        })
         .map(|o| {
             let mut o = o.clone();
             for kind in ["set", "map"] {
                 if let Some(Value::Object(s)) = o.get_mut(kind) {
-                    if is_dynamic(&Value::Object(s.clone())) {
+                    let runtime = s.get("name").and_then(Value::as_str).is_some_and(is_runtime_set);
+                    if runtime || is_dynamic(&Value::Object(s.clone())) {
                         s.remove("elem");
                     }
                 }
@@ -295,15 +286,20 @@ mod tests {
             r#"[{"chain":{"name":"ep_web-1"}},{"chain":{"name":"svc_web_tcp_80"}},
                 {"set":{"name":"aff_web-1","flags":["timeout"],"elem":[{"elem":{"val":"10.0.0.9","expires":5}}]}},
                 {"set":{"name":"ports","elem":["a"]}},
+                {"map":{"name":"eps_web","map":"verdict","elem":[[0,{"goto":{"target":"ep_web-1"}}]]}},
                 {"rule":{"chain":"svc_web_tcp_80","handle":9,"expr":[]}},
                 {"rule":{"chain":"ep_web-1","handle":3,"expr":[{"counter":{"packets":4,"bytes":9}},{"dnat":{}}]}}]"#,
         )
         .unwrap();
         let stable = without_runtime_state(&objects);
-        assert_eq!(stable.len(), 5);
+        assert_eq!(stable.len(), 7);
         assert_eq!(stable[2]["set"].get("elem"), None);
         assert_eq!(stable[3]["set"]["elem"][0], "a");
-        assert_eq!(stable[4]["rule"]["expr"][0], serde_json::json!({ "counter": null }));
-        assert_eq!(shape_of_objects(&objects).map(|s| s.sets["aff_web-1"].len()), Some(0));
+        // The slots follow readiness: their elements are the supervisor's.
+        assert_eq!(stable[4]["map"].get("elem"), None);
+        assert_eq!(stable[5]["rule"]["handle"], 9);
+        assert_eq!(stable[6]["rule"]["expr"][0], serde_json::json!({ "counter": null }));
+        let shape = shape_of_objects(&objects).unwrap();
+        assert_eq!((shape.sets["aff_web-1"].len(), shape.sets["eps_web"].len()), (0, 0));
     }
 }

@@ -1,9 +1,11 @@
 //! Virtual IPs, in the shape of kube-proxy's nftables mode: a verdict map `services` from
 //! `VIP . protocol . port` to a chain per service port (`svc_…`) that keeps client affinity
-//! (if asked) and then picks one READY replica with `numgen`; a chain per replica (`ep_…`)
-//! counts the connection and DNATs to it. When readiness changes the supervisor rewrites only
-//! that service's `svc_` chains, in one transaction ([`Balancer::update`]). What is not
-//! DNATed (no ready replica, a port not exposed) is refused at once and never routed on.
+//! (if asked) and then picks a replica with `numgen` over a fixed number of slots, each slot an
+//! element of the service's verdict map (`eps_…`) naming a READY replica's chain (`ep_…`),
+//! which counts the connection and DNATs to it. When readiness changes, only elements change:
+//! the slots are refilled over the replicas that are ready ([`Balancer::update`]), sent as
+//! netlink set-element messages whose cost does not grow with the table. What is not DNATed
+//! (no ready replica, a port not exposed) is refused at once and never routed on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -11,18 +13,38 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Chain, ChainKind, Hook, HookPoint, Policy, Rule, Ruleset, Set, TableId};
+use super::{Chain, ChainKind, ElementAction, ElementEdit, Hook, HookPoint, Policy, Rule, Ruleset, Set, TableId};
 use crate::desired::Desired;
 use crate::names;
 use crate::spec::{Balance, ServicePort};
 
 /// The verdict map from `VIP . protocol . port` to a service port's chain.
 pub const MAP: &str = "services";
-/// Chains the supervisor rewrites at run time (their rules are not part of a table's
-/// fingerprint or shape).
+/// A service port's chain.
 pub const SERVICE_CHAIN_PREFIX: &str = "svc_";
 const ENDPOINT_CHAIN_PREFIX: &str = "ep_";
 const AFFINITY_SET_PREFIX: &str = "aff_";
+/// A service's slots: `numgen` value → a ready replica's chain (`return` when none is ready).
+/// Its elements follow readiness at run time (not part of a table's fingerprint or shape).
+const SLOTS_MAP_PREFIX: &str = "eps_";
+/// A replica's affinity gate (services with affinity): the VIP → its chain while it is ready,
+/// `continue` while it is not. Run-time elements too.
+const LIVE_MAP_PREFIX: &str = "live_";
+/// Slots of a service with `replicas` replicas: a number every count of ready replicas up to
+/// six divides (1, 2, 6, 12, 60, 60), so those share the slots exactly; past six, four slots a
+/// replica (shares within one slot of each other). As few as that, because adding a slot that
+/// names a chain makes the kernel walk the whole table for loops (its cost grows with the slots
+/// of every service); `return` slots do not.
+pub fn slots_for(replicas: usize) -> usize {
+    match replicas {
+        0 | 1 => 1,
+        2 => 2,
+        3 => 6,
+        4 => 12,
+        5 | 6 => 60,
+        n => 4 * n,
+    }
+}
 /// The filter chain refusing what is addressed to the service subnet and was not DNATed.
 const REFUSE_CHAIN: &str = "vip_refuse";
 /// The end of the comment of a service's rule turning away clients on none of its networks
@@ -139,18 +161,25 @@ impl Balancer {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// One transaction's commands rewriting the port chains of `services` (and nothing
-    /// else) for the replicas not in `unready`.
-    pub fn update<'a>(&self, services: impl IntoIterator<Item = &'a str>, unready: &BTreeSet<String>) -> Vec<String> {
-        let t = &self.table;
+    /// One transaction's element edits refilling the slots (and affinity gates) of
+    /// `services` (and nothing else) for the replicas not in `unready`. Every key is deleted
+    /// and added again, so the edits hold whatever the kernel had before.
+    pub fn update<'a>(
+        &self,
+        services: impl IntoIterator<Item = &'a str>,
+        unready: &BTreeSet<String>,
+    ) -> Vec<ElementEdit> {
         let mut out = Vec::new();
         for svc in services.into_iter().filter_map(|s| self.service(s)) {
-            for port in &svc.ports {
-                let chain = svc.port_chain(port, unready);
-                out.push(format!("flush chain {t} {}", chain.name));
-                for rule in &chain.rules {
-                    out.push(format!("add rule {t} {} {}", chain.name, rule.text()));
-                }
+            let mut maps = vec![svc.slots_map(unready)];
+            if svc.affinity_secs.is_some() {
+                maps.extend(svc.endpoints.iter().map(|e| svc.live_map(e, unready)));
+            }
+            for map in maps {
+                let keys = map.elements.keys().map(|k| (k.clone(), None)).collect();
+                let all = map.elements.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                out.push(ElementEdit::of(ElementAction::Delete, &map, keys));
+                out.push(ElementEdit::of(ElementAction::Add, &map, all));
             }
         }
         out
@@ -168,9 +197,61 @@ impl Balanced {
         )
     }
 
-    /// The chain choosing a ready replica for connections to `VIP:port`. Without a ready
-    /// replica it only returns: the connection is then refused.
-    pub fn port_chain(&self, port: &ServicePort, unready: &BTreeSet<String>) -> Chain {
+    /// `eps_web_6`: named by its size, so a service that grows gets a new map (a map's type
+    /// cannot change) beside its old one, in one transaction.
+    fn slots_map_name(&self) -> String {
+        format!("{SLOTS_MAP_PREFIX}{}_{}", self.name, self.slots())
+    }
+
+    /// How many slots the service's replicas share.
+    pub fn slots(&self) -> usize {
+        slots_for(self.endpoints.len())
+    }
+
+    fn numgen(&self) -> String {
+        let mode = if self.lb == Balance::Random { "random" } else { "inc" };
+        format!("numgen {mode} mod {}", self.slots())
+    }
+
+    /// `eps_web`: slot `i` → the `i % n`th of the `n` ready replicas, `return` if none is ready
+    /// (the connection is then refused).
+    pub fn slots_map(&self, unready: &BTreeSet<String>) -> Set {
+        let mut map = Set::new(
+            &self.slots_map_name(),
+            &format!("typeof {}", self.numgen()),
+            Some("verdict"),
+        );
+        let ready: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(|e| !unready.contains(&e.container))
+            .collect();
+        for slot in 0..self.slots() {
+            let verdict = match ready.as_slice() {
+                [] => "return".to_string(),
+                many => format!("goto {}", endpoint_chain(many[slot % many.len()])),
+            };
+            map.elements.insert(slot.to_string(), Some(verdict));
+        }
+        map
+    }
+
+    /// `live_web-1`: the VIP → the replica's chain while it is ready, else `continue` (its
+    /// remembered clients then go by the slots like new ones).
+    fn live_map(&self, e: &Endpoint, unready: &BTreeSet<String>) -> Set {
+        let mut map = Set::new(&live_map(e), "ipv4_addr", Some("verdict"));
+        let verdict = match unready.contains(&e.container) {
+            true => "continue".to_string(),
+            false => format!("goto {}", endpoint_chain(e)),
+        };
+        map.elements.insert(self.vip.to_string(), Some(verdict));
+        map
+    }
+
+    /// The chain choosing a replica for connections to `VIP:port`: the client's remembered
+    /// replica if it is ready (affinity), else the next slot. Readiness is in the maps' elements:
+    /// the chain does not change with it.
+    pub fn port_chain(&self, port: &ServicePort) -> Chain {
         let name = self.port_chain_name(port);
         let svc = &self.name;
         let side = if self.side_clients.is_empty() {
@@ -183,42 +264,18 @@ impl Balanced {
             format!("iifname != {{ {} }}{side} return", quoted(&self.bridges)),
             format!("{svc}: {ISOLATION_COMMENT}"),
         )];
-        let ready: Vec<&Endpoint> = self
-            .endpoints
-            .iter()
-            .filter(|e| !unready.contains(&e.container))
-            .collect();
         if self.affinity_secs.is_some() {
-            for e in &ready {
+            for e in &self.endpoints {
                 rules.push(Rule::new(
-                    format!("ip saddr @{} goto {}", affinity_set(e), endpoint_chain(e)),
-                    format!("{svc}: a client stays on {}", e.container),
+                    format!("ip saddr @{} ip daddr vmap @{}", affinity_set(e), live_map(e)),
+                    format!("{svc}: a client stays on {} while it is ready", e.container),
                 ));
             }
         }
-        let pick = match ready.as_slice() {
-            [] => None,
-            [one] => Some(format!("goto {}", endpoint_chain(one))),
-            many => {
-                let mode = if self.lb == Balance::Random { "random" } else { "inc" };
-                let arms: Vec<String> = many
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| format!("{i} : goto {}", endpoint_chain(e)))
-                    .collect();
-                Some(format!(
-                    "numgen {mode} mod {} vmap {{ {} }}",
-                    many.len(),
-                    arms.join(", ")
-                ))
-            }
-        };
-        if let Some(expr) = pick {
-            rules.push(Rule::new(
-                expr,
-                format!("{svc} {port}: {} over {} ready", self.lb.as_str(), ready.len()),
-            ));
-        }
+        rules.push(Rule::new(
+            format!("{} vmap @{}", self.numgen(), self.slots_map_name()),
+            format!("{svc} {port}: {} over {} slots", self.lb.as_str(), self.slots()),
+        ));
         Chain {
             name,
             hook: None,
@@ -281,6 +338,10 @@ fn affinity_set(e: &Endpoint) -> String {
     format!("{AFFINITY_SET_PREFIX}{}", e.container)
 }
 
+fn live_map(e: &Endpoint) -> String {
+    format!("{LIVE_MAP_PREFIX}{}", e.container)
+}
+
 fn quoted(names: &[String]) -> String {
     names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
 }
@@ -298,11 +359,13 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
                 let mut set = Set::new(&affinity_set(e), "ipv4_addr", None);
                 set.options = vec!["flags dynamic,timeout".into(), format!("timeout {secs}s")];
                 rules.set(set);
+                rules.set(svc.live_map(e, &desired.unready));
             }
             rules.chains.push(svc.endpoint_chain(e));
         }
+        rules.set(svc.slots_map(&desired.unready));
         for port in &svc.ports {
-            let chain = svc.port_chain(port, &desired.unready);
+            let chain = svc.port_chain(port);
             map.elements.insert(
                 format!("{} . {} . {}", svc.vip, port.protocol.as_str(), port.port),
                 Some(format!("goto {}", chain.name)),
@@ -349,9 +412,9 @@ pub fn endpoint_counts(objects: &[Value]) -> BTreeMap<String, u64> {
     super::counts_by_chain(objects, ENDPOINT_CHAIN_PREFIX)
 }
 
-/// Is this a chain the supervisor rewrites?
-pub fn is_runtime_chain(name: &str) -> bool {
-    name.starts_with(SERVICE_CHAIN_PREFIX)
+/// Is this a map whose elements the supervisor changes with readiness?
+pub fn is_runtime_set(name: &str) -> bool {
+    name.starts_with(SLOTS_MAP_PREFIX) || name.starts_with(LIVE_MAP_PREFIX)
 }
 
 /// The name of a stack's table (for `plumb services`).
@@ -381,85 +444,123 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_over_every_ready_replica() {
+    fn round_robin_over_slots_filled_with_every_ready_replica() {
         let text = table(&desired(STACK));
         assert!(
             text.contains("elements = { 10.96.0.2 . tcp . 80 : goto svc_web_tcp_80 }"),
             "{text}"
         );
-        assert!(text.contains("numgen inc mod 3 vmap { 0 : goto ep_web-1, 1 : goto ep_web-2, 2 : goto ep_web-3 }"));
+        assert!(
+            text.contains("map eps_web_6 {\n\t\ttypeof numgen inc mod 6 : verdict\n"),
+            "{text}"
+        );
+        assert!(text.contains("0 : goto ep_web-1, 1 : goto ep_web-2, 2 : goto ep_web-3, 3 : goto ep_web-1"));
+        assert!(text.contains("numgen inc mod 6 vmap @eps_web_6 comment \"web 80/tcp: round-robin over 6 slots\""));
         assert!(text.contains("counter dnat ip to 10.0.0.3 comment \"web: endpoint web-2\""));
         assert!(text.contains("iifname { \"") && text.contains("ip daddr . meta l4proto . th dport vmap @services"));
         assert!(text.contains("ip daddr 10.96.0.0/20 fib daddr type != local meta l4proto tcp reject with tcp reset"));
-        // The map comes after the chains it names.
-        assert!(text.find("chain svc_web_tcp_80").unwrap() < text.find("map services").unwrap());
+        // Each map comes after the chains it names, each chain after the maps it looks up.
+        let at = |what: &str| text.find(what).unwrap();
+        assert!(at("chain ep_web-1") < at("map eps_web_6"), "{text}");
+        assert!(at("map eps_web_6") < at("chain svc_web_tcp_80"), "{text}");
+        assert!(at("chain svc_web_tcp_80") < at("map services"), "{text}");
     }
 
     #[test]
-    fn random_and_a_single_ready_replica() {
+    fn every_count_of_ready_replicas_up_to_six_divides_the_slots() {
+        for n in 1..=6 {
+            assert!((1..=n).all(|k| slots_for(n).is_multiple_of(k)), "{n}");
+        }
+        assert_eq!((slots_for(1), slots_for(3), slots_for(7)), (1, 6, 28));
+    }
+
+    #[test]
+    fn slots_share_the_ready_replicas_evenly_or_refuse() {
         let mut d = desired(&STACK.replace("expose", "lb = \"random\"\nexpose"));
-        assert!(table(&d).contains("numgen random mod 3 vmap"));
+        let svc = Balancer::of(&d).services.remove(0);
+        assert!(table(&d).contains("numgen random mod 6 vmap @eps_web_6"));
         d.unready = ["web-1".to_string(), "web-3".to_string()].into();
-        let text = table(&d);
-        assert!(!text.contains("numgen"), "{text}");
-        assert!(text.contains("goto ep_web-2 comment \"web 80/tcp: random over 1 ready\""));
+        let map = svc.slots_map(&d.unready);
+        assert_eq!(map.elements.len(), 6);
+        assert!(map.elements.values().all(|v| v.as_deref() == Some("goto ep_web-2")));
+        let shares = |m: &Set, e: &str| m.elements.values().filter(|v| v.as_deref() == Some(e)).count();
+        let all = svc.slots_map(&BTreeSet::new());
+        assert_eq!(
+            [
+                shares(&all, "goto ep_web-1"),
+                shares(&all, "goto ep_web-2"),
+                shares(&all, "goto ep_web-3")
+            ],
+            [2, 2, 2]
+        );
+        let none = svc.slots_map(&svc.endpoints.iter().map(|e| e.container.clone()).collect());
+        assert!(none.elements.values().all(|v| v.as_deref() == Some("return")));
     }
 
     #[test]
-    fn no_ready_replica_leaves_only_the_guard() {
-        let mut d = desired(STACK);
-        d.unready = d.containers.iter().map(|c| c.name.clone()).collect();
-        let b = Balancer::of(&d);
-        let svc = b.service("web").unwrap();
-        let chain = svc.port_chain(&svc.ports[0], &d.unready);
-        assert_eq!(chain.rules.len(), 1);
-        assert!(chain.rules[0].expr.ends_with("return"));
-    }
-
-    #[test]
-    fn affinity_checks_every_ready_replica_before_numgen() {
+    fn affinity_checks_every_replica_that_is_ready_before_the_slots() {
         let d = desired(&STACK.replace("expose", "affinity = \"client-ip\"\naffinity_timeout = \"60s\"\nexpose"));
         let text = table(&d);
         assert!(text.contains("set aff_web-1 {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 60s\n"));
         assert!(text.contains("update @aff_web-2 { ip saddr }"));
+        assert!(text
+            .contains("map live_web-3 {\n\t\ttype ipv4_addr : verdict\n\t\telements = { 10.96.0.2 : goto ep_web-3 }"));
         let svc = text.find("chain svc_web_tcp_80").unwrap();
-        let aff = text[svc..].find("ip saddr @aff_web-3 goto ep_web-3").unwrap();
+        let aff = text[svc..]
+            .find("ip saddr @aff_web-3 ip daddr vmap @live_web-3")
+            .unwrap();
         let numgen = text[svc..].find("numgen inc").unwrap();
         assert!(aff < numgen, "{text}");
+        let mut unready = d.clone();
+        unready.unready = ["web-3".to_string()].into();
+        assert!(table(&unready).contains("elements = { 10.96.0.2 : continue }"));
     }
 
     #[test]
-    fn a_readiness_change_rewrites_only_that_services_port_chains() {
+    fn a_readiness_change_is_element_edits_of_that_service_only() {
         let two = STACK.replace("expose = [80]", "expose = [80, \"53/udp\"]") + "[services.db]\nexpose = [5432]\n";
         let d = desired(&two);
         let b = Balancer::of(&d);
         let unready: BTreeSet<String> = ["web-2".to_string()].into();
-        let cmds = b.update(["web"], &unready);
-        let mut flushes: Vec<&String> = cmds.iter().filter(|c| c.starts_with("flush")).collect();
-        flushes.sort();
+        let edits = b.update(["web"], &unready);
+        // Every slot deleted and added again: whatever the kernel held, the result is the same.
+        assert_eq!(edits.len(), 2, "{edits:?}");
+        assert!(edits.iter().all(|e| e.set == "eps_web_6" && e.elements.len() == 6));
+        assert_eq!(edits[0].action, ElementAction::Delete);
         assert_eq!(
-            flushes,
-            [
-                "flush chain inet plumb_s svc_web_tcp_80",
-                "flush chain inet plumb_s svc_web_udp_53"
-            ]
+            edits[1].elements[0],
+            ("0".to_string(), Some("goto ep_web-1".to_string()))
         );
-        assert!(cmds.iter().all(|c| !c.contains("db")), "{cmds:?}");
-        assert!(cmds.contains(
-            &"add rule inet plumb_s svc_web_tcp_80 numgen inc mod 2 vmap { 0 : goto ep_web-1, 1 : goto ep_web-3 } comment \"web 80/tcp: round-robin over 2 ready\"".to_string()
+        assert_eq!(
+            edits[1].elements[1],
+            ("1".to_string(), Some("goto ep_web-3".to_string()))
+        );
+        let rendered = edits[1].command(&b.table);
+        assert!(rendered.starts_with(
+            "add element inet plumb_s eps_web_6 { 0 : goto ep_web-1, 1 : goto ep_web-3, 2 : goto ep_web-1, "
         ));
-        // The engine's own diff for the same change is the same chain rewrite, not a replace.
+        // The engine's own diff for the same change: element edits too, of the changed slots.
         let mut after = d.clone();
         after.unready = unready;
         let (old, new) = (rulesets(&d).remove(0), rulesets(&after).remove(0));
-        let Some(NftChange::Update { commands, .. }) = changes(Some(&old), &new) else {
-            panic!("expected an update")
+        let Some(NftChange::Elements { edits, .. }) = changes(Some(&old), &new) else {
+            panic!("expected element edits")
         };
-        let (mut a, mut b) = (commands.clone(), cmds.clone());
-        a.sort();
-        b.sort();
-        // The engine diffs the tables into exactly the commands the supervisor issues.
-        assert_eq!(a, b);
+        assert!(edits.iter().all(|e| e.set == "eps_web_6"), "{edits:?}");
+        let added: BTreeMap<String, Option<String>> = edits[1].elements.iter().cloned().collect();
+        assert!(added.values().all(|v| v.as_deref() != Some("goto ep_web-2")));
+        assert_eq!(
+            added,
+            new.sets
+                .iter()
+                .find(|s| s.name == "eps_web_6")
+                .unwrap()
+                .elements
+                .clone()
+                .into_iter()
+                .filter(|(k, _)| added.contains_key(k))
+                .collect()
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod evaluate;
 mod explain;
 pub mod intervals;
+mod target;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use evaluate::{evaluate, Endpoint, Query, Reason, Verdict};
 pub use explain::{explain, Explanation, Party};
 use intervals::{disjoint, subtract, Box3, Interval};
+pub use target::{parse_target, BadTarget, PortTarget};
 
 use crate::desired::Desired;
 use crate::spec::{PortRange, Protocol, Selector};

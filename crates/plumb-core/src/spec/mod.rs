@@ -7,7 +7,7 @@ mod model;
 mod raw;
 mod validate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 pub use capabilities::{closest_name, parse_name, Capabilities, CapabilityName, CapabilitySet};
@@ -57,6 +57,12 @@ impl Parsed {
 
 /// Parses and validates a stack file. `file` names it in diagnostics.
 pub fn parse(file: &str, text: &str) -> Result<Parsed, Diagnostics> {
+    parse_scaled(file, text, &BTreeMap::new())
+}
+
+/// Parses and validates a stack file with some services' replica counts replaced (`plumb
+/// scale`): the counts go through the same checks as the file's, pointing at the service.
+pub fn parse_scaled(file: &str, text: &str, replicas: &BTreeMap<String, u32>) -> Result<Parsed, Diagnostics> {
     let map = SourceMap { file, text };
     let raw: raw::RawStack = toml::from_str(text).map_err(|e| {
         // toml says where, not which field: find the field at that place.
@@ -70,6 +76,23 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, Diagnostics> {
         };
         Diagnostics(vec![map.error(e.span(), field, e.message().trim(), hint)])
     })?;
+    let mut raw = raw;
+    let mut unknown = Vec::new();
+    for (service, count) in replicas {
+        let found = raw.services.iter_mut().find(|(k, _)| k.get_ref() == service);
+        match found {
+            Some((key, svc)) => svc.replicas = Some(toml::Spanned::new(key.span(), i64::from(*count))),
+            None => unknown.push(map.error(
+                None,
+                format!("services.{service}"),
+                format!("the stack has no service {service:?}"),
+                "name a service of the stack file",
+            )),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(Diagnostics(unknown));
+    }
     let (stack, spans) = validate::validate(&map, raw)?;
     Ok(Parsed {
         stack,

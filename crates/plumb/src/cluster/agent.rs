@@ -8,21 +8,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plumb_core::cluster::{self, HostAssignment, OverlayAssignment, VXLAN_OVERHEAD};
+use plumb_core::kernel::Kernel;
 use plumb_core::spec::{self, Parsed};
 
 use super::keys;
+use super::lease::LeaseClock;
+use super::records::EtcdRecords;
 use super::store::{Expect, Store};
 use super::{EndpointRecord, HostRecord, HostReport, SpecRecord, StackView, View};
 use crate::commands::{down, require_nft, require_root, up, Context};
 use crate::failure::{Failure, Result};
 use crate::runfile;
+use plumb_engine::state::StateStore;
 
 pub struct Options {
     pub store: super::store::Access,
@@ -60,7 +63,7 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
             .code(2));
     }
     let ttl_secs = options.ttl.as_secs().max(1) as i64;
-    let (underlay, mtu) = underlay(options.underlay.as_deref())?;
+    let (underlay, mtu) = underlay(&mut crate::apply::kernel()?, options.underlay.as_deref())?;
     let (store, transport) = Store::connect(&options.store)?;
     if transport == super::store::Transport::Plain {
         // Loud: this is not a state to forget about.
@@ -83,15 +86,18 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
         since_ms: runfile::unix_ms(),
     };
     let (wake, woken) = mpsc::channel::<()>();
+    let store = Arc::new(store);
+    let records = EtcdRecords::new(store.clone(), &super::keys::records(&name));
     let mut agent = Agent {
         ctx,
         store,
+        records,
         me: name,
         record,
         ttl: options.ttl.max(Duration::from_secs(1)),
         ttl_secs,
         lease: Arc::new(AtomicI64::new(0)),
-        renewed_ms: Arc::new(AtomicU64::new(0)),
+        renewed: Arc::new(LeaseClock::default()),
         applied: BTreeMap::new(),
         tx_offload: options.tx_offload,
     };
@@ -146,15 +152,18 @@ pub fn run(ctx: &Context, options: Options) -> Result<()> {
 
 struct Agent<'a> {
     ctx: &'a Context,
-    store: Store,
+    store: Arc<Store>,
+    /// This host's stack records, copied into the store after each change here (the
+    /// engine's `StateStore` on etcd), so any host or operator reads what each host holds.
+    records: EtcdRecords,
     me: String,
     record: HostRecord,
     ttl: Duration,
     ttl_secs: i64,
     /// The current lease (0: none).
     lease: Arc<AtomicI64>,
-    /// When the store last renewed it (Unix ms).
-    renewed_ms: Arc<AtomicU64>,
+    /// When the store last renewed it (on the monotonic clock).
+    renewed: Arc<LeaseClock>,
     /// Per stack: the spec text and assignment last made real here.
     applied: BTreeMap<String, (String, HostAssignment, Instant)>,
     tx_offload: bool,
@@ -195,17 +204,17 @@ impl Agent<'_> {
             }
         }
         self.lease.store(lease, Ordering::SeqCst);
-        self.renewed_ms.store(runfile::unix_ms(), Ordering::SeqCst);
-        let (held, renewed) = (self.lease.clone(), self.renewed_ms.clone());
+        self.renewed.renewed();
+        let (held, renewed) = (self.lease.clone(), self.renewed.clone());
         self.store.keep_alive(lease, self.ttl / 3, move |ttl| match ttl {
             _ if held.load(Ordering::SeqCst) != lease => false,
             Some(t) if t > 0 => {
-                renewed.store(runfile::unix_ms(), Ordering::SeqCst);
+                renewed.renewed();
                 true
             }
             // The store says the lease is gone: make it look expired.
             Some(_) => {
-                renewed.store(0, Ordering::SeqCst);
+                renewed.expire();
                 true
             }
             None => true,
@@ -215,8 +224,7 @@ impl Agent<'_> {
     }
 
     fn lease_lost(&self) -> bool {
-        let renewed = self.renewed_ms.load(Ordering::SeqCst);
-        runfile::unix_ms().saturating_sub(renewed) > self.ttl.as_millis() as u64
+        self.renewed.lost(self.ttl)
     }
 
     /// Removes every cluster stack this host runs.
@@ -276,6 +284,7 @@ impl Agent<'_> {
             if !deployed.contains(&stack) {
                 log(format!("stack {stack} was undeployed: removing it here"));
                 down::run(self.ctx, &stack, down::Mode::Apply)?;
+                self.copy_record(&stack);
                 self.applied.remove(&stack);
             }
         }
@@ -354,6 +363,7 @@ impl Agent<'_> {
                     "stack {stack}: no replica placed here any more: removing it here"
                 ));
                 down::run(self.ctx, stack, down::Mode::Apply)?;
+                self.copy_record(stack);
             }
             self.applied.remove(stack);
             self.publish(stack, sv, &BTreeMap::new(), lease)?;
@@ -373,13 +383,16 @@ impl Agent<'_> {
             *text == spec.text && *a == assignment && at.elapsed() < Duration::from_secs(30)
         });
         if !fresh {
-            let file = self.spec_file(stack, spec)?;
-            up::run(
+            // Through the engine, as `plumb up` does: the spec comes from the store, no file.
+            up::bring_up(
                 self.ctx,
-                &file,
-                up::Mode::Apply(up::Supervision::NoWait),
+                &parsed,
+                spec.dir.clone(),
+                None,
                 Some(&assignment),
+                up::Mode::Apply(up::Supervision::NoWait),
             )?;
+            self.copy_record(stack);
             self.applied.insert(
                 stack.to_string(),
                 (spec.text.clone(), assignment.clone(), Instant::now()),
@@ -471,13 +484,17 @@ impl Agent<'_> {
         .hint("give the overlay a larger subnet or a longer host_prefix"))
     }
 
-    /// The stack file as this host keeps it (private to root, beside the state).
-    fn spec_file(&self, stack: &str, spec: &SpecRecord) -> Result<PathBuf> {
-        let dir = self.ctx.state.root.join("cluster");
-        plumb_engine::state::create_private_dir(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display())))?;
-        let path = dir.join(format!("{stack}.toml"));
-        crate::state::write_atomically(&path, spec.text.as_bytes())?;
-        Ok(path)
+    /// Copies this host's record of `stack` into the store (or removes it there once the
+    /// stack is gone here). A failure is said, not fatal: the record on disk is the truth.
+    fn copy_record(&self, stack: &str) {
+        let copied = match self.ctx.state.load(stack) {
+            Ok(Some(record)) => self.records.save(&record),
+            Ok(None) => self.records.remove(stack),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = copied {
+            log(format!("stack {stack}: copying its record to the store: {e}"));
+        }
     }
 
     /// This host's replicas of `stack` as the store should show them.
@@ -567,55 +584,53 @@ impl Agent<'_> {
 }
 
 /// This host's underlay address and its link's MTU: from `--underlay` (a link name or an
-/// address of this host), else the link of the default route.
-fn underlay(wanted: Option<&str>) -> Result<(Ipv4Addr, u32)> {
-    let mut nl = plumb_linux::Netlink::open()?;
-    let addresses = plumb_linux::addr::list_v4(&mut nl)?;
-    let links = plumb_linux::link::list(&mut nl)?;
-    let index = match wanted {
-        Some(w) => match w.parse::<Ipv4Addr>() {
-            Ok(ip) => addresses
-                .iter()
-                .find(|(_, a)| a.addr() == ip)
-                .map(|(i, _)| *i)
-                .ok_or_else(|| {
-                    Failure::new(format!("{ip} is not an address of this host"))
-                        .hint("pass --underlay with one of `ip -4 addr`'s addresses, or a link name")
-                })?,
-            Err(_) => links.iter().find(|l| l.name == w).map(|l| l.index).ok_or_else(|| {
+/// address of this host), else the link of the default route (the one whose connected
+/// route holds its gateway).
+fn underlay(kernel: &mut dyn Kernel, wanted: Option<&str>) -> Result<(Ipv4Addr, u32)> {
+    let links = kernel.host_links()?;
+    let wanted_ip = wanted.and_then(|w| w.parse::<Ipv4Addr>().ok());
+    let name = match (wanted, wanted_ip) {
+        (_, Some(ip)) => links
+            .iter()
+            .find(|l| l.link.addresses.iter().any(|a| a.addr() == ip))
+            .map(|l| l.name.clone())
+            .ok_or_else(|| {
+                Failure::new(format!("{ip} is not an address of this host"))
+                    .hint("pass --underlay with one of `ip -4 addr`'s addresses, or a link name")
+            })?,
+        (Some(w), None) => links
+            .iter()
+            .find(|l| l.name == w)
+            .map(|l| l.name.clone())
+            .ok_or_else(|| {
                 Failure::new(format!("no link named {w:?} on this host"))
                     .hint("pass --underlay with a link name from `ip link`, or an address")
             })?,
-        },
-        // The link of the default route: the one whose connected route holds its gateway.
-        None => {
-            let gateway = plumb_linux::route::default_gateway_v4(&mut nl)?;
-            gateway
-                .and_then(|gw| {
-                    plumb_linux::route::list_v4(&mut nl)
-                        .ok()?
-                        .into_iter()
-                        .filter(|(r, _)| r.contains(&gw))
-                        .max_by_key(|(r, _)| r.prefix_len())
-                        .and_then(|(_, oif)| oif)
-                })
-                .ok_or_else(|| {
-                    Failure::new("this host has no default route to find its underlay by")
-                        .hint("pass --underlay IFACE or --underlay ADDRESS")
-                })?
+        (None, None) => {
+            let gateway = kernel.default_gateway()?;
+            let index = match gateway {
+                Some(gw) => (kernel.host_routes()?.into_iter())
+                    .filter(|r| r.destination.contains(&gw))
+                    .max_by_key(|r| r.destination.prefix_len())
+                    .and_then(|r| r.link_index),
+                None => None,
+            };
+            let name = match index {
+                Some(i) => kernel.link_name(i)?,
+                None => None,
+            };
+            name.ok_or_else(|| {
+                Failure::new("this host has no default route to find its underlay by")
+                    .hint("pass --underlay IFACE or --underlay ADDRESS")
+            })?
         }
     };
-    let address = addresses
-        .iter()
-        .find(|(i, _)| *i == index)
-        .map(|(_, a)| a.addr())
+    let link = links.iter().find(|l| l.name == name);
+    let address = wanted_ip
+        .or_else(|| link.and_then(|l| l.link.addresses.first()).map(|a| a.addr()))
         .ok_or_else(|| {
             Failure::new("the underlay link has no IPv4 address").hint("pass --underlay with an address of this host")
         })?;
-    let mtu = links
-        .iter()
-        .find(|l| l.index == index)
-        .and_then(|l| l.mtu)
-        .unwrap_or(1500);
+    let mtu = link.and_then(|l| l.link.mtu).unwrap_or(1500);
     Ok((address, mtu))
 }

@@ -4,7 +4,9 @@
 //! writes it.
 
 pub mod agent;
+pub mod lease;
 pub mod pki;
+pub mod records;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -46,6 +48,10 @@ pub mod keys {
 
     pub fn host(name: &str) -> String {
         format!("{HOSTS}{name}")
+    }
+    /// A host's copies of its stack records (outside [`ROOT`]: agents do not read them back).
+    pub fn records(host: &str) -> String {
+        format!("/plumb-records/{host}/")
     }
     pub fn stack(stack: &str) -> String {
         format!("{STACKS}{stack}/")

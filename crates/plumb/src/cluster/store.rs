@@ -56,9 +56,9 @@ struct Members {
 }
 
 impl Members {
-    /// Asks each member in turn, from the one that answered last, until one answers or an
-    /// error is not about reaching it.
-    async fn ask<T, F, Fut>(&self, f: F) -> std::result::Result<T, etcd_client::Error>
+    /// Asks each member in turn, from the one that answered last, until one answers or the
+    /// error is not one to ask the next member after ([`after_failure`]).
+    async fn ask<T, F, Fut>(&self, repeat: Repeat, f: F) -> std::result::Result<T, etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -68,18 +68,96 @@ impl Members {
         let mut last = None;
         for k in 0..n {
             let i = (start + k) % n;
-            match tokio::time::timeout(REQUEST_TIMEOUT, f(self.clients[i].clone())).await {
+            let e = match tokio::time::timeout(REQUEST_TIMEOUT, f(self.clients[i].clone())).await {
                 Ok(Ok(v)) => {
                     self.current.store(i, std::sync::atomic::Ordering::Relaxed);
                     return Ok(v);
                 }
-                Ok(Err(e)) if !unreachable(&e) => return Err(e),
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(etcd_client::Error::InvalidArgs("timed out".into())),
+                Ok(Err(e)) => e,
+                Err(_) => etcd_client::Error::InvalidArgs("timed out".into()),
+            };
+            match after_failure(repeat, &e) {
+                Next::Member => last = Some(e),
+                Next::Stop => {
+                    if unreachable(&e) {
+                        // The next request (a read-back, a retry) starts at the next member.
+                        self.current.store((i + 1) % n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
             }
         }
         Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no member".into())))
     }
+}
+
+/// What running a request twice does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// The same as running it once: reads, deletes, revokes, keep-alives, watches (and
+    /// grants: a second lease nobody keeps alive expires by itself).
+    Harmless,
+    /// Not the same: a conditional transaction, whose second run sees the first one's write.
+    Harmful,
+}
+
+/// What to do after a member failed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Ask the next member.
+    Member,
+    /// Give the error to the caller.
+    Stop,
+}
+
+/// Any request goes to the next member when this one could not be reached, except a
+/// harmful one that may have been received: after a timeout or a connection lost mid-request
+/// the member may have committed it and only the reply was lost, so sending it again could
+/// see its own write and fail ([`settle`] finds out instead).
+fn after_failure(repeat: Repeat, e: &etcd_client::Error) -> Next {
+    match (repeat, unreachable(e)) {
+        (_, false) => Next::Stop,
+        (Repeat::Harmless, true) => Next::Member,
+        (Repeat::Harmful, true) if never_sent(e) => Next::Member,
+        (Repeat::Harmful, true) => Next::Stop,
+    }
+}
+
+/// An error of connecting: the request never left this host.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    ["trying to connect", "connect error", "Connection refused"]
+        .iter()
+        .any(|n| text.contains(n))
+}
+
+/// Whether a conditional transaction wrote, when a try may fail without saying whether it
+/// committed: `txn()` tries it (true: its conditions held and it wrote), `landed()` reads
+/// back whether the keys hold what it writes. After an unsure failure, the keys are read
+/// back; only if they do not hold the writes is it tried again (on the next member), and if
+/// that try finds its conditions false, the first may have committed meanwhile: the keys
+/// decide again.
+fn settle(
+    tries: usize,
+    mut txn: impl FnMut() -> std::result::Result<bool, etcd_client::Error>,
+    mut landed: impl FnMut() -> std::result::Result<bool, etcd_client::Error>,
+) -> std::result::Result<bool, etcd_client::Error> {
+    let mut unsure = None;
+    for _ in 0..tries.max(1) {
+        match txn() {
+            Ok(true) => return Ok(true),
+            Ok(false) if unsure.is_some() => return landed(),
+            Ok(false) => return Ok(false),
+            Err(e) if unreachable(&e) => {
+                if landed()? {
+                    return Ok(true);
+                }
+                unsure = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(unsure.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no member".into())))
 }
 
 /// An error that says the member could not be reached (another member may answer).
@@ -221,7 +299,7 @@ impl Store {
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         self.runtime
-            .block_on(self.clients.ask(f))
+            .block_on(self.clients.ask(Repeat::Harmless, f))
             .map_err(|e| store_error(what, &self.endpoints, e))
     }
 
@@ -250,7 +328,8 @@ impl Store {
     }
 
     /// Writes every `(key, value)` only if each `expect` holds, in one transaction; false if
-    /// one did not (someone else wrote first).
+    /// one did not (someone else wrote first). A try that times out is not simply sent again
+    /// (it may have committed, and would then fail its own conditions): see [`settle`].
     pub fn put_if(&self, expect: &[(&str, Expect)], writes: &[(&str, &str)], lease: Option<i64>) -> Result<bool> {
         let compares: Vec<Compare> = expect
             .iter()
@@ -264,11 +343,40 @@ impl Store {
             .map(|(k, v)| TxnOp::put(*k, *v, lease.map(|l| PutOptions::new().with_lease(l))))
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let resp = self.run("write to the store", |mut c: Client| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })?;
-        Ok(resp.succeeded())
+        settle(
+            self.clients.clients.len(),
+            || self.txn_once(&txn),
+            || self.holds(writes, lease.unwrap_or(0)),
+        )
+        .map_err(|e| store_error("write to the store", &self.endpoints, e))
+    }
+
+    /// One try of a transaction (true: its conditions held and it wrote).
+    fn txn_once(&self, txn: &Txn) -> std::result::Result<bool, etcd_client::Error> {
+        self.runtime
+            .block_on(self.clients.ask(Repeat::Harmful, |mut c: Client| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            }))
+            .map(|resp| resp.succeeded())
+    }
+
+    /// Whether every key holds its value, written with `lease`.
+    fn holds(&self, writes: &[(&str, &str)], lease: i64) -> std::result::Result<bool, etcd_client::Error> {
+        for (key, value) in writes {
+            let resp = self.runtime.block_on(
+                self.clients
+                    .ask(Repeat::Harmless, |mut c: Client| async move { c.get(*key, None).await }),
+            )?;
+            let held = resp
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.value() == value.as_bytes() && kv.lease() == lease);
+            if !held {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     pub fn delete(&self, key: &str) -> Result<()> {
@@ -311,7 +419,9 @@ impl Store {
             loop {
                 if stream.is_none() {
                     stream = members
-                        .ask(|mut c: Client| async move { c.lease_keep_alive(lease).await })
+                        .ask(Repeat::Harmless, |mut c: Client| async move {
+                            c.lease_keep_alive(lease).await
+                        })
                         .await
                         .ok();
                 }
@@ -349,7 +459,7 @@ impl Store {
             let mut next = revision + 1;
             loop {
                 let options = WatchOptions::new().with_prefix().with_start_revision(next);
-                let watch = members.ask(|mut c: Client| {
+                let watch = members.ask(Repeat::Harmless, |mut c: Client| {
                     let (prefix, options) = (prefix.clone(), options.clone());
                     async move { c.watch(prefix, Some(options)).await }
                 });
@@ -414,4 +524,154 @@ fn reason(e: &etcd_client::Error) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> etcd_client::Error {
+        etcd_client::Error::InvalidArgs(text.to_string())
+    }
+
+    const TIMEOUTS: [&str; 4] = [
+        "timed out",
+        "status: DeadlineExceeded, message: \"context deadline exceeded\"",
+        "transport error: broken pipe",
+        "status: Unavailable, message: \"transport error\"",
+    ];
+    const REFUSED: [&str; 2] = [
+        "status: Unavailable, message: \"error trying to connect: tcp connect error: Connection refused (os error 111)\"",
+        "transport error: error trying to connect: tcp connect error: No route to host (os error 113)",
+    ];
+
+    #[test]
+    fn a_harmless_request_goes_to_the_next_member_after_any_failure_to_reach_one() {
+        for text in TIMEOUTS.iter().chain(&REFUSED) {
+            assert_eq!(after_failure(Repeat::Harmless, &error(text)), Next::Member, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_transaction_that_may_have_committed_is_not_sent_again() {
+        for text in TIMEOUTS {
+            assert_eq!(after_failure(Repeat::Harmful, &error(text)), Next::Stop, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_transaction_no_member_received_goes_to_the_next_member() {
+        for text in REFUSED {
+            assert_eq!(after_failure(Repeat::Harmful, &error(text)), Next::Member, "{text}");
+        }
+    }
+
+    /// A scripted store: each try of the transaction gives the next result; `landed` says
+    /// what a read-back finds at each read.
+    fn settle_with(
+        tries: Vec<std::result::Result<bool, &str>>,
+        landed: Vec<bool>,
+    ) -> (std::result::Result<bool, String>, usize, usize) {
+        let (mut t, mut l) = (tries.into_iter(), landed.into_iter());
+        let (mut txns, mut reads) = (0, 0);
+        let result = settle(
+            3,
+            || {
+                txns += 1;
+                t.next().expect("an unexpected try").map_err(error)
+            },
+            || {
+                reads += 1;
+                Ok(l.next().expect("an unexpected read-back"))
+            },
+        );
+        (result.map_err(|e| e.to_string()), txns, reads)
+    }
+
+    #[test]
+    fn a_transaction_that_committed_but_timed_out_is_found_by_reading_back() {
+        // put_if(Absent) committed, the reply was lost: the key holds this host's value and lease.
+        assert_eq!(settle_with(vec![Err("timed out")], vec![true]), (Ok(true), 1, 1));
+    }
+
+    #[test]
+    fn a_transaction_that_did_not_commit_is_tried_again() {
+        assert_eq!(
+            settle_with(vec![Err("timed out"), Ok(true)], vec![false]),
+            (Ok(true), 2, 1)
+        );
+        // Someone else wrote first: its conditions fail, and the keys are not ours.
+        assert_eq!(
+            settle_with(vec![Err("timed out"), Ok(false)], vec![false, false]),
+            (Ok(false), 2, 2)
+        );
+    }
+
+    #[test]
+    fn a_first_try_that_commits_late_fails_the_second_and_is_found() {
+        assert_eq!(
+            settle_with(vec![Err("timed out"), Ok(false)], vec![false, true]),
+            (Ok(true), 2, 2)
+        );
+    }
+
+    #[test]
+    fn a_plain_answer_is_final() {
+        assert_eq!(settle_with(vec![Ok(true)], vec![]), (Ok(true), 1, 0));
+        assert_eq!(settle_with(vec![Ok(false)], vec![]), (Ok(false), 1, 0));
+        let (result, txns, reads) = settle_with(vec![Err("etcdserver: too many operations in txn request")], vec![]);
+        assert!(result.is_err());
+        assert_eq!((txns, reads), (1, 0));
+    }
+
+    #[test]
+    fn still_unsure_after_every_member_is_an_error() {
+        let (result, txns, reads) = settle_with(vec![Err("timed out"); 3], vec![false; 3]);
+        assert!(result.unwrap_err().contains("timed out"));
+        assert_eq!((txns, reads), (3, 3));
+    }
+
+    /// Against a real etcd: a `put_if(Absent)` that committed but whose reply was lost (its
+    /// first try commits for real, then reports a timeout) is found by reading the key back:
+    /// true, where trying it again finds the key present and says false. A key holding
+    /// another value or another lease is not taken for this write.
+    #[test]
+    fn a_committed_put_if_whose_reply_was_lost_is_found_in_a_real_etcd() {
+        use crate::cluster::records::tests::Etcd;
+        let etcd = Etcd::start();
+        let store = etcd.store();
+        let lease = store.grant(30).unwrap();
+        let key = "/plumb/test/ov/blocks/a/10.50.0.0";
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, "h1", Some(PutOptions::new().with_lease(lease)))]);
+        let mut tries = 0;
+        let lost_reply = || {
+            tries += 1;
+            let committed = store.txn_once(&txn)?;
+            if tries == 1 {
+                assert!(committed);
+                return Err(error("timed out"));
+            }
+            Ok(committed)
+        };
+        let wrote = settle(3, lost_reply, || store.holds(&[(key, "h1")], lease));
+        assert!(wrote.unwrap(), "the committed write is found");
+        assert_eq!(tries, 1, "and not sent again");
+        // What the retry would have said: the key is there, false.
+        assert!(!store
+            .put_if(&[(key, Expect::Absent)], &[(key, "h1")], Some(lease))
+            .unwrap());
+        // Someone else's value, or this value under another lease, is not this write.
+        assert!(!store.holds(&[(key, "h2")], lease).unwrap());
+        assert!(!store.holds(&[(key, "h1")], 0).unwrap());
+        assert!(!store.holds(&[("/plumb/test/absent", "h1")], lease).unwrap());
+    }
+
+    #[test]
+    fn other_errors_stop() {
+        let e = error("status: InvalidArgument, message: \"etcdserver: key is not provided\"");
+        assert_eq!(after_failure(Repeat::Harmless, &e), Next::Stop);
+        assert_eq!(after_failure(Repeat::Harmful, &e), Next::Stop);
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use plumb_core::bench::{parse_url, svg, Second, Url};
 use plumb_core::firewall::{tables_in_listing, vips};
+use plumb_core::kernel::Kernel;
 use plumb_core::{Container, Desired};
 use serde::Serialize;
 
@@ -95,7 +96,11 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
     let netns = match &target.from {
         Some((container, _)) => {
             require_root("bench --from")?;
-            Some(plumb_linux::netns::open(&container.netns)?)
+            if !crate::apply::kernel()?.netns_bound(&container.netns)? {
+                return Err(Failure::new(format!("the namespace of {} is gone", container.name))
+                    .hint("run `plumb up` to recreate it"));
+            }
+            Some(container.netns.clone())
         }
         None => None,
     };
@@ -341,7 +346,7 @@ fn vip_service(desired: &Desired, address: Ipv4Addr) -> Option<(String, Vec<Stri
 
 /// The load balancer's per-endpoint connection counters of a stack (none if unreadable).
 fn vip_counters(stack: &str) -> Option<BTreeMap<String, u64>> {
-    let listing = plumb_linux::nft::list_ruleset().ok()?;
+    let listing = crate::apply::kernel().ok()?.nft_ruleset().ok()?;
     let tables = tables_in_listing(&listing)?;
     Some(
         tables

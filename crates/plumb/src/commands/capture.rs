@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -23,7 +23,7 @@ use pcap::{Active, Capture, Precision};
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
 use pcap_file::pcapng::PcapNgWriter;
-use plumb_linux::netns::{self, Home};
+use plumb_core::kernel::Kernel;
 
 use super::{require_root, Context};
 use crate::failure::{Failure, Result};
@@ -57,7 +57,7 @@ extern "C" fn on_interrupt(_: i32) {
 pub fn run(ctx: &Context, target: &str, options: &Options) -> Result<()> {
     require_root("capture")?;
     let sources = sources(ctx, target, options.interface)?;
-    let home = Home::current()?;
+    let mut kernel = crate::apply::kernel()?;
     let mut captures = Vec::new();
     for source in &sources {
         let open = || {
@@ -70,8 +70,10 @@ pub fn run(ctx: &Context, target: &str, options: &Options) -> Result<()> {
         };
         let capture = match &source.netns {
             Some(ns) => {
-                let fd = netns::open(ns)?;
-                home.within(fd.as_fd(), open)??
+                // The capture is opened inside the namespace and stays bound to it.
+                let mut opened = None;
+                kernel.in_netns(ns, &mut || opened = Some(open()))?;
+                opened.ok_or_else(|| Failure::new(format!("cannot enter {ns}")))??
             }
             None => open()?,
         };

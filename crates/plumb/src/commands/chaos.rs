@@ -171,7 +171,7 @@ pub fn start(
     locked.faults.faults.push(fault.clone());
     locked.save()?;
     let made = (|| -> Result<u32> {
-        let mut kernel = plumb_linux::kernel::LinuxKernel::new()?;
+        let mut kernel = crate::apply::kernel()?;
         apply(&mut kernel, &fault.setup_ops())?;
         let pid = match fault.detours.is_empty() {
             true => 0,
@@ -187,7 +187,7 @@ pub fn start(
             }
             locked.save()?;
         }
-        let mut kernel = plumb_linux::kernel::LinuxKernel::new()?;
+        let mut kernel = crate::apply::kernel()?;
         apply(&mut kernel, &fault.redirect_ops())
     });
     if let Err(e) = result {
@@ -198,8 +198,7 @@ pub fn start(
     Ok(fault)
 }
 
-fn apply(kernel: &mut plumb_linux::kernel::LinuxKernel, ops: &[Op]) -> Result<()> {
-    use plumb_core::kernel::Kernel;
+fn apply(kernel: &mut dyn plumb_core::kernel::Kernel, ops: &[Op]) -> Result<()> {
     for op in ops {
         kernel.apply(op)?;
     }
@@ -366,7 +365,7 @@ pub fn clear(ctx: &Context, target: Option<&str>, stack: Option<&str>) -> Result
     let mut errors = Vec::new();
     for name in ctx.state.stacks()?.into_keys().filter(|s| stack.is_none_or(|f| f == s)) {
         let dir = ctx.state.stack_dir(&name);
-        if !dir.join("chaos.json").exists() {
+        if faults::read(&dir)?.faults.is_empty() {
             continue;
         }
         let mut locked = Locked::open(&dir)?;

@@ -5,11 +5,8 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsFd;
 
-use plumb_linux::conntrack::{self, Flow};
-use plumb_linux::netns::{self, Home};
-use plumb_linux::sockets::{self, SocketInfo, Transport};
+use plumb_core::kernel::{Flow, Kernel, SocketInfo, Transport, Tuple};
 use serde_json::{json, Value};
 
 use super::{Context, Format};
@@ -19,15 +16,14 @@ use crate::stackfile;
 
 pub fn run(ctx: &Context, target: Option<&str>, format: Format) -> Result<()> {
     let targets = stackfile::find_targets(&ctx.state, target)?;
-    let home = Home::current()?;
+    let mut kernel = crate::apply::kernel()?;
     let mut containers = Vec::new();
     let mut addresses: BTreeSet<Ipv4Addr> = BTreeSet::new();
     for (st, c) in &targets {
-        let ns = netns::open(&c.netns).map_err(|e| {
+        let socks = kernel.sockets_in(&c.netns).map_err(|e| {
             Failure::new(format!("container {} has no namespace: {e}", c.name))
                 .hint(format!("`plumb up` in the stack {}'s folder makes it again", st.stack))
         })?;
-        let socks = home.within(ns.as_fd(), sockets::all)??;
         addresses.extend(c.interfaces.iter().map(|i| i.address));
         if let Some(desired) = &st.desired {
             addresses.extend(
@@ -41,8 +37,9 @@ pub fn run(ctx: &Context, target: Option<&str>, format: Format) -> Result<()> {
         containers.push((st.stack.clone(), c.name.clone(), socks));
     }
     // Who holds each socket: one pass over /proc for all the containers.
-    let held = sockets::holders();
-    let flows: Vec<Flow> = conntrack::flows()
+    let held = kernel.socket_holders();
+    let flows: Vec<Flow> = kernel
+        .conntrack()?
         .into_iter()
         .filter(|f| f.addresses().iter().any(|a| addresses.contains(a)))
         .collect();
@@ -84,7 +81,7 @@ fn proto(s: &SocketInfo) -> &'static str {
 }
 
 /// The processes holding a socket: (pid, command name).
-type Held = std::collections::HashMap<u64, Vec<(u32, String)>>;
+type Held = std::collections::BTreeMap<u64, Vec<(u32, String)>>;
 
 fn holders_of<'a>(s: &SocketInfo, held: &'a Held) -> &'a [(u32, String)] {
     held.get(&s.inode).map_or(&[], Vec::as_slice)
@@ -154,7 +151,7 @@ fn flow_row(f: &Flow) -> Vec<String> {
 }
 
 fn flow_json(f: &Flow) -> Value {
-    let tuple = |t: &conntrack::Tuple| json!({"src": t.src, "dst": t.dst, "sport": t.sport, "dport": t.dport});
+    let tuple = |t: &Tuple| json!({"src": t.src, "dst": t.dst, "sport": t.sport, "dport": t.dport});
     json!({
         "protocol": f.protocol,
         "state": f.state,

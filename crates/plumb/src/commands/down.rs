@@ -2,9 +2,7 @@
 //! and nothing else, or print that plan with `--dry-run`. Works from the kernel's own records
 //! even if the state file is gone. A teardown goes on past failures and reports them all.
 
-use plumb_core::{plan, What};
-use plumb_engine::observe::{claims, observe};
-use plumb_engine::OnError;
+use plumb_engine::Engine;
 
 use super::up::print_plan;
 use super::{require_nft, require_root, require_stack_name, Context, Format};
@@ -41,29 +39,26 @@ fn remove(ctx: &Context, stack: &str, mode: Mode) -> Result<bool> {
     require_stack_name(stack)?;
     require_root("down")?;
     require_nft()?;
-    let _lock = ctx.state.lock()?;
-    // A damaged record does not keep a stack up: what the kernel shows of it is removed, and
-    // the record with it.
-    let state = ctx.state.load(stack).unwrap_or_else(|damaged| {
-        eprintln!("plumb: {damaged}\n  removing what the kernel shows of stack {stack}, and the record");
-        None
-    });
+    let mut kernel = apply::kernel()?;
+    let mut engine = Engine::open(&mut kernel, &ctx.state)?;
     let stack_dir = ctx.state.stack_dir(stack);
     if mode == Mode::Apply {
         // Faults first (their relays, taps, redirects and tables), then processes, each with
         // its stop_grace: they keep namespaces alive.
-        let errors = faults::remove_all(stack, &stack_dir)?;
+        let kernel = engine.kernel().expect("an engine on a kernel");
+        let errors = faults::remove_all(kernel, stack, &stack_dir)?;
         if !errors.is_empty() {
             eprintln!("plumb: removing faults: {}", errors.join("; "));
         }
         processes::stop_supervisor(&stack_dir)?;
     }
-    let mut kernel = apply::kernel()?;
-    let claimed = claims(&ctx.state.stacks()?, stack);
-    let observed = observe(&mut kernel, stack, None, state.as_ref(), &claimed)?;
-    let plan = plan::diff(stack, None, &observed.actual);
+    let teardown = engine.plan_down(stack)?;
+    for warning in &teardown.warnings {
+        eprintln!("plumb: {warning}");
+    }
     if let Mode::DryRun(format) = mode {
-        let chaos_ops = faults::undo_all(stack, &faults::read(&stack_dir).unwrap_or_default());
+        let recorded = faults::read(&stack_dir).unwrap_or_default();
+        let chaos_ops = faults::undo_all(engine.kernel().expect("an engine on a kernel"), stack, &recorded);
         let chaos = match chaos_ops.is_empty() {
             true => String::new(),
             false => format!(
@@ -73,36 +68,23 @@ fn remove(ctx: &Context, stack: &str, mode: Mode) -> Result<bool> {
         };
         let preamble = chaos
             + &match runfile::live_supervisor(&stack_dir) {
-            Some(pid) => format!(
-                "# First the stack's supervisor stops (it would restart what the plan ends); it stops its services itself.\n\
+                Some(pid) => format!(
+                    "# First the stack's supervisor stops (it would restart what the plan ends); it stops its services itself.\n\
                  kill -TERM {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done\n"
-            ),
-            None => String::new(),
-        };
-        return print_plan(&plan, "plumb down", &preamble, format).map(|_| true);
+                ),
+                None => String::new(),
+            };
+        return print_plan(&teardown.plan, "plumb down", &preamble, format).map(|_| true);
     }
-    if plan.is_empty() && state.is_none() {
+    if !teardown.exists {
         say!("stack {stack} is not up: nothing to remove");
         return Ok(false);
     }
-    let (_, result) = apply::run(&mut kernel, &plan, OnError::Continue);
-    // With errors the record stays, so the next `down` finds what is left.
-    result?;
-    ctx.state.remove(stack)?;
-    ctx.state.restore_forwarding_if_last(&mut kernel)?;
-    let containers = plan.count(|w| matches!(w, What::DeleteContainer { .. }));
-    let networks: usize = plan
-        .steps
-        .iter()
-        .map(|s| match &s.what {
-            What::RemoveLinks { networks, .. } => networks.len(),
-            _ => 0,
-        })
-        .sum();
+    let removed = apply::with_progress(|progress| engine.down(teardown, progress))?;
     say!(
         "stack {stack} removed ({} and {})",
-        count(containers, "container"),
-        count(networks, "network")
+        count(removed.containers, "container"),
+        count(removed.networks, "network")
     );
     Ok(true)
 }

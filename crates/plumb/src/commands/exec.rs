@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use nix::sched::{setns, CloneFlags};
-use plumb_linux::netns;
+use plumb_core::kernel::Kernel;
 
 use super::{require_root, Context};
 use crate::failure::{Failure, Result};
@@ -17,8 +17,10 @@ use crate::stackfile::find_container;
 pub fn run(ctx: &Context, container: &str, command: &[String]) -> Result<()> {
     require_root("exec")?;
     let (st, c) = find_container(&ctx.state, container)?;
-    let fd = netns::open(&c.netns)
-        .map_err(|e| Failure::from(e).hint("the container's namespace is gone: run `plumb up` to recreate it"))?;
+    let mut kernel = crate::apply::kernel()?;
+    if !kernel.netns_bound(&c.netns)? {
+        return Err(Failure::new(format!("the namespace of {} is gone", c.name)).hint("run `plumb up` to recreate it"));
+    }
     let dir = ctx.state.stack_dir(&st.stack);
     let service_pid =
         runfile::live_supervisor(&dir).and_then(|_| runfile::read_status(&dir).replicas.get(&c.name)?.pid);
@@ -30,9 +32,9 @@ pub fn run(ctx: &Context, container: &str, command: &[String]) -> Result<()> {
         }
     } else {
         // A bare container: its resolv.conf, as `ip netns exec` would give it.
-        netns::bind_resolv_conf(&c.netns)?;
+        kernel.bind_resolv_conf(&c.netns)?;
     }
-    netns::enter(fd.as_fd())?;
+    kernel.enter_netns(&c.netns)?;
     let Some((program, args)) = command.split_first() else {
         return Err(Failure::new("no command given").hint("plumb exec CONTAINER -- CMD ARGS..."));
     };

@@ -5,8 +5,7 @@
 //! is recorded with its scheduled end (so it ends even if this process is killed) and removed
 //! when the run ends, also on Ctrl-C.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -363,46 +362,14 @@ fn http_get(
     path: &str,
     within: Duration,
 ) -> std::result::Result<(u16, Duration), String> {
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: plumb-experiment\r\n\r\n");
+    let (host, path) = (host.to_string(), path.to_string());
     let task = move || -> std::result::Result<(u16, Duration), String> {
         if let Some(ns) = netns {
-            let fd = plumb_linux::netns::open(&ns).map_err(|e| e.to_string())?;
-            plumb_linux::netns::enter(fd.as_fd()).map_err(|e| e.to_string())?;
+            use plumb_core::kernel::Kernel;
+            let mut kernel = crate::apply::kernel().map_err(|e| e.to_string())?;
+            kernel.enter_netns(&ns).map_err(|e| e.to_string())?;
         }
-        let begun = Instant::now();
-        let addr = SocketAddr::from((ip, port));
-        let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| format!("connect {addr}: {e}"))?;
-        let left = |what: &str| {
-            within
-                .checked_sub(begun.elapsed())
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("no answer from {addr} within {} ms ({what})", within.as_millis()))
-        };
-        s.set_write_timeout(Some(left("sending")?)).map_err(|e| e.to_string())?;
-        s.write_all(request.as_bytes())
-            .map_err(|e| format!("send to {addr}: {e}"))?;
-        let mut head = Vec::new();
-        let mut buf = [0u8; 512];
-        while !head.windows(2).any(|w| w == b"\r\n") {
-            s.set_read_timeout(Some(left("waiting")?)).map_err(|e| e.to_string())?;
-            match s.read(&mut buf) {
-                Ok(0) => return Err(format!("{addr} closed the connection without an answer")),
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return Err(format!("no answer from {addr} within {} ms", within.as_millis()))
-                }
-                Err(e) => return Err(format!("read from {addr}: {e}")),
-            }
-        }
-        let took = begun.elapsed();
-        let line = String::from_utf8_lossy(&head);
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("{addr} answered something that is not HTTP"))?;
-        Ok((status, took))
+        crate::load::get_once(SocketAddr::from((ip, port)), &host, &path, within)
     };
     std::thread::spawn(task)
         .join()

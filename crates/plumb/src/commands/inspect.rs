@@ -1,17 +1,14 @@
 //! `plumb inspect NAME`: everything about one network or container, as the stack file asked
 //! for it and as the kernel holds it now.
 
-use std::os::fd::AsFd;
-
 use plumb_core::{Container, Network};
-use plumb_linux::netns::{self, Home};
 use serde_json::{json, Value};
 
 use super::{Context, Format};
 use crate::failure::{Failure, Result};
 use crate::output::print_json;
 use crate::stackfile::{self, find_container};
-use plumb_linux::kernel::observe_netns;
+use plumb_core::kernel::Kernel;
 
 pub fn run(ctx: &Context, name: &str, format: Format) -> Result<()> {
     let value = match find_network(ctx, name)? {
@@ -99,10 +96,10 @@ fn container_report(stack: &str, c: &Container) -> Value {
 /// What the container's namespace holds right now (needs root; `null` otherwise).
 fn live(ns: &str) -> Value {
     let read = || -> Result<Value> {
-        let home = Home::current()?;
-        let fd = netns::open(ns)?;
-        let mut nl = home.netlink_in(fd.as_fd())?;
-        let observed = observe_netns(&mut nl)?;
+        let mut kernel = crate::apply::kernel()?;
+        let Some(observed) = kernel.netns(ns)? else {
+            return Ok(Value::Null);
+        };
         Ok(json!({
             "lo_up": observed.lo_up,
             "default_route": observed.default_gateway.map(|g| g.to_string()),

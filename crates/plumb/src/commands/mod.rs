@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod attach;
 pub mod bench;
 pub mod capture;
 pub mod chaos;
@@ -72,7 +73,9 @@ pub fn require_root(command: &str) -> Result<()> {
 }
 
 pub fn require_nft() -> Result<()> {
-    if plumb_linux::nft::available() {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("nft").is_file()));
+    if on_path {
         Ok(())
     } else {
         Err(

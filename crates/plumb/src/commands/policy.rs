@@ -84,22 +84,11 @@ fn stack(ctx: &Context, which: Which) -> Result<StackState> {
         .ok_or_else(|| bad(format!("no stack {name:?} is up")).hint("`plumb ps` lists the stacks that are up"))
 }
 
-/// `PORT` or `PORT/tcp|udp` after the last ':'.
+/// `TO:PORT[/tcp|udp]` ([`plumb_core::policy::parse_target`]).
 fn split_target(to: &str) -> Result<(&str, u16, Protocol)> {
-    let hint = "write TO:PORT or TO:PORT/udp, e.g. redis-1:6379 or 10.89.1.5:53/udp";
-    let (name, rest) = to
-        .rsplit_once(':')
-        .ok_or_else(|| bad(format!("{to:?} has no port")).hint(hint))?;
-    let (port, proto) = rest.split_once('/').unwrap_or((rest, "tcp"));
-    let protocol = match proto {
-        "tcp" => Protocol::Tcp,
-        "udp" => Protocol::Udp,
-        other => return Err(bad(format!("unknown protocol {other:?}")).hint(hint)),
-    };
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| bad(format!("{port:?} is not a port")).hint(hint))?;
-    Ok((name, port, protocol))
+    let t = plumb_core::policy::parse_target(to)
+        .map_err(|e| bad(e.to_string()).hint("write TO:PORT or TO:PORT/udp, e.g. redis-1:6379 or 10.89.1.5:53/udp"))?;
+    Ok((t.name, t.port, t.protocol))
 }
 
 /// A container (`web-1`, or a service for its first replica), `host`, `outside`, or an
@@ -170,5 +159,20 @@ fn show(p: &Party) -> String {
         Party::Host(Some(a)) => format!("host ({a})"),
         Party::Host(None) => "host".into(),
         Party::Outside(a) => format!("outside ({a})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_not_a_port() {
+        assert!(split_target("redis-1:0").is_err());
+        assert!(split_target("10.89.1.5:0/udp").is_err());
+        assert!(matches!(
+            split_target("redis-1:6379"),
+            Ok(("redis-1", 6379, Protocol::Tcp))
+        ));
     }
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use nix::unistd::Pid;
 use plumb_core::kernel::Kernel;
 use plumb_core::{names, Container};
+use plumb_engine::engine;
 use serde::{Serialize, Serializer};
 
 use super::{Context, Format};
@@ -122,6 +123,7 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
         });
         let Some((record, containers)) = containers_of(
             ctx,
+            &mut kernel,
             stack,
             records.get(stack),
             found.get(stack),
@@ -140,7 +142,7 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
             c.row(stack, record, supervision.as_ref(), (present, complete))
         }));
     }
-    count_untracked(&mut rows, &supervisors);
+    count_untracked(&mut kernel, &mut rows, &supervisors);
     notes.print();
     if format == Format::Json {
         print_json(&rows);
@@ -158,6 +160,7 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
 /// record is damaged or missing (which gets a note).
 fn containers_of(
     ctx: &Context,
+    kernel: &mut dyn Kernel,
     stack: &str,
     record: Option<&StackState>,
     found: Option<&FoundStack>,
@@ -175,9 +178,9 @@ fn containers_of(
                 .flat_map(|c| c.ports.iter().cloned())
                 .collect();
             for port in &published {
-                if let Ok(Some(listener)) = super::up::host_listener_on(port) {
+                if let Ok(Some(listener)) = engine::host_listener_on(kernel, port) {
                     notes.add(
-                        format!("stack {stack}: {}", super::up::shadowed(port, &listener)),
+                        format!("stack {stack}: {}", engine::shadowed(port, &listener)),
                         "move that process to another port, or publish the service on another one".to_string(),
                     );
                 }
@@ -316,10 +319,10 @@ fn process(status: Option<&ReplicaStatus>, supervision: Option<&Supervision>) ->
 
 /// Fills in each process's count of untracked processes, from one census of the containers.
 /// `supervisors`: the PID of each stack's running supervisor.
-fn count_untracked(rows: &mut [Row], supervisors: &BTreeMap<String, Pid>) {
+fn count_untracked(kernel: &mut dyn Kernel, rows: &mut [Row], supervisors: &BTreeMap<String, Pid>) {
     let inode_of: Vec<Option<u64>> = rows
         .iter()
-        .map(|r| r.process.as_ref().and(plumb_linux::netns::inode(&r.namespace)))
+        .map(|r| r.process.as_ref().and_then(|_| kernel.netns_inode(&r.namespace)))
         .collect();
     let residents = census::residents(&inode_of.iter().flatten().copied().collect::<HashSet<u64>>());
     for (row, inode) in rows.iter_mut().zip(inode_of) {

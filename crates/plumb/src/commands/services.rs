@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plumb_core::firewall::{tables_in_listing, vips};
+use plumb_core::kernel::Kernel;
 use plumb_core::Desired;
 use serde::Serialize;
 
@@ -49,7 +50,7 @@ pub fn run(ctx: &Context, stack: Option<&str>, format: Format) -> Result<()> {
         }
         None => records.keys().collect(),
     };
-    let listing = plumb_linux::nft::list_ruleset().ok();
+    let listing = crate::apply::kernel().ok().and_then(|mut k| k.nft_ruleset().ok());
     let tables = listing.as_deref().and_then(tables_in_listing);
     let mut rows = Vec::new();
     for name in names {

@@ -10,8 +10,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::termios::{self, LocalFlags, SetArg};
-use plumb_linux::netns::{self, Home};
-use plumb_linux::sockets::{self, Transport};
+use plumb_core::kernel::{Kernel, Transport};
 use serde::Serialize;
 
 use super::{require_root, Context, Format};
@@ -58,11 +57,13 @@ enum SortBy {
 
 pub fn run(ctx: &Context, target: Option<&str>, once: bool, format: Format) -> Result<()> {
     require_root("top")?;
-    let mut before = sample(ctx, target)?;
+    let mut kernel = crate::apply::kernel()?;
+    let kernel = &mut kernel;
+    let mut before = sample(kernel, ctx, target)?;
     let mut at = Instant::now();
     if once {
         std::thread::sleep(REFRESH);
-        let rows = rows(ctx, target, &before, at.elapsed())?;
+        let rows = rows(kernel, ctx, target, &before, at.elapsed())?;
         match format {
             Format::Json => print_json(&rows),
             Format::Human => print!("{}", render(&rows)),
@@ -86,8 +87,8 @@ pub fn run(ctx: &Context, target: Option<&str>, once: bool, format: Format) -> R
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
-        let mut rows = rows(ctx, target, &before, at.elapsed())?;
-        before = sample(ctx, target)?;
+        let mut rows = rows(kernel, ctx, target, &before, at.elapsed())?;
+        before = sample(kernel, ctx, target)?;
         at = Instant::now();
         sort_rows(&mut rows, sort);
         let mut out = std::io::stdout().lock();
@@ -108,9 +109,8 @@ pub fn run(ctx: &Context, target: Option<&str>, once: bool, format: Format) -> R
 type Sample = BTreeMap<(String, String), Counters>;
 
 /// The counters of every container TARGET names, now: one netlink dump of the host's links.
-fn sample(ctx: &Context, target: Option<&str>) -> Result<Sample> {
-    let mut nl = plumb_linux::Netlink::open()?;
-    let links = plumb_linux::link::counters(&mut nl)?;
+fn sample(kernel: &mut dyn Kernel, ctx: &Context, target: Option<&str>) -> Result<Sample> {
+    let links = kernel.link_counters()?;
     let mut out = Sample::new();
     for (st, c) in stackfile::find_targets(&ctx.state, target)? {
         let mut sum = Counters::default();
@@ -127,10 +127,15 @@ fn sample(ctx: &Context, target: Option<&str>) -> Result<Sample> {
     Ok(out)
 }
 
-fn rows(ctx: &Context, target: Option<&str>, before: &Sample, elapsed: Duration) -> Result<Vec<Row>> {
-    let now = sample(ctx, target)?;
+fn rows(
+    kernel: &mut dyn Kernel,
+    ctx: &Context,
+    target: Option<&str>,
+    before: &Sample,
+    elapsed: Duration,
+) -> Result<Vec<Row>> {
+    let now = sample(kernel, ctx, target)?;
     let secs = elapsed.as_secs_f64().max(0.001);
-    let home = Home::current()?;
     let mut statuses = BTreeMap::new();
     let mut out = Vec::new();
     for (st, c) in stackfile::find_targets(&ctx.state, target)? {
@@ -142,16 +147,12 @@ fn rows(ctx: &Context, target: Option<&str>, before: &Sample, elapsed: Duration)
             .entry(st.stack.clone())
             .or_insert_with(|| runfile::read_status(&ctx.state.stack_dir(&st.stack)));
         let replica = status.replicas.get(&c.name);
-        let established = netns::open(&c.netns)
-            .ok()
-            .and_then(|ns| home.within(ns.as_fd(), sockets::all).ok())
-            .and_then(|r| r.ok())
-            .map_or(0, |socks| {
-                socks
-                    .iter()
-                    .filter(|s| s.transport == Transport::Tcp && s.state == "ESTAB")
-                    .count()
-            });
+        let established = kernel.sockets_in(&c.netns).ok().map_or(0, |socks| {
+            socks
+                .iter()
+                .filter(|s| s.transport == Transport::Tcp && s.state == "ESTAB")
+                .count()
+        });
         let rate = |new: u64, old: u64| new.saturating_sub(old) as f64 / secs;
         out.push(Row {
             stack: st.stack.clone(),

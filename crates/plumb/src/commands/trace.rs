@@ -7,7 +7,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -15,11 +14,12 @@ use std::time::Duration;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 use plumb_core::desired::{Container, Desired};
+use plumb_core::firewall::{Family, NftChange, TableId};
+use plumb_core::kernel::{Kernel, ProbeOutcome as Outcome};
 use plumb_core::policy::{explain, Explanation, Party};
 use plumb_core::spec::Protocol;
 use plumb_core::trace::{self, Decision, Step};
-use plumb_linux::netns::{self, Home};
-use plumb_linux::probe::{Outcome, Probe};
+use plumb_core::Op;
 use serde_json::json;
 
 use super::{require_root, Context, Format};
@@ -44,19 +44,18 @@ pub fn run(ctx: &Context, from: &str, to: &str, format: Format) -> Result<()> {
     let (address, target_label) = resolve(&desired, &source, target)?;
     let protocol = if udp { "udp" } else { "tcp" };
 
-    let home = Home::current()?;
-    let ns = netns::open(&source.netns)?;
-    let probe = home.within(ns.as_fd(), || Probe::bind(udp))??;
-    remove_stale_tables();
+    let mut kernel = crate::apply::kernel()?;
+    let probe = kernel.bind_probe(&source.netns, udp)?;
+    remove_stale_tables(&mut kernel);
     let table = format!("{TRACE_PREFIX}{}", std::process::id());
-    let sources: Vec<String> = source.interfaces.iter().map(|i| i.address.to_string()).collect();
+    let sources: Vec<Ipv4Addr> = source.interfaces.iter().map(|i| i.address).collect();
     let child = Monitor::spawn()?;
     // From here until the tracing tables are gone, Ctrl-C (or a TERM) waits: the few seconds
     // of the probe run out and the tables are removed first. Threads started from here on
     // inherit the block; the monitor, started before, still takes the signal and ends.
     let hold = HeldSignals::hold();
     let monitor = Monitor::read(child);
-    let marks = TraceTables::add(&table, protocol, probe.port, &sources.join(", "))?;
+    let marks = TraceTables::add(Box::new(kernel), &table, protocol, probe.port(), &sources)?;
     std::thread::sleep(MONITOR_SETTLE);
     let outcome = probe.send(SocketAddrV4::new(address, port), PROBE_TIMEOUT);
     std::thread::sleep(MONITOR_SETTLE);
@@ -93,7 +92,7 @@ pub fn run(ctx: &Context, from: &str, to: &str, format: Format) -> Result<()> {
             "address": address,
             "port": port,
             "protocol": protocol,
-            "source_port": probe.port,
+            "source_port": probe.port(),
             "outcome": outcome_text,
             "answered": outcome == Outcome::Answered,
             "steps": steps.iter().zip(&hops).map(|((s, times), (i, o))| json!({
@@ -163,25 +162,14 @@ fn policy_view(
     Some(explain(desired, &from, &to, protocol, port))
 }
 
-/// `TARGET:PORT[/tcp|udp]`.
+/// `TARGET:PORT[/tcp|udp]` ([`plumb_core::policy::parse_target`]); true for udp.
 fn parse_target(text: &str) -> Result<(&str, u16, bool)> {
-    let bad = || {
-        Failure::new(format!("{text:?} is not TARGET:PORT[/tcp|udp]"))
+    let t = plumb_core::policy::parse_target(text).map_err(|e| {
+        Failure::new(format!("{text:?} is not TARGET:PORT[/tcp|udp]: {e}"))
             .hint("e.g. `plumb trace web-1 api:5000`, `plumb trace web-1 10.89.0.3:53/udp`")
             .code(2)
-    };
-    let (rest, udp) = match text.rsplit_once('/') {
-        Some((rest, "udp")) => (rest, true),
-        Some((rest, "tcp")) => (rest, false),
-        Some(_) => return Err(bad()),
-        None => (text, false),
-    };
-    let (target, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
-    if target.is_empty() {
-        return Err(bad());
-    }
-    Ok((target, port, udp))
+    })?;
+    Ok((t.name, t.port, t.protocol == plumb_core::spec::Protocol::Udp))
 }
 
 /// The address a target names: an IPv4 address; a container (its address on a network it
@@ -288,51 +276,70 @@ fn print_report(
 const TRACE_PREFIX: &str = "plumb_trace_";
 
 /// Tracing tables left by a trace that was killed (its PID is gone): removed.
-fn remove_stale_tables() {
-    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+fn remove_stale_tables(kernel: &mut dyn Kernel) {
+    let Ok(tables) = kernel.nft_tables() else {
         return;
     };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some((family, name)) = line.strip_prefix("table ").and_then(|t| t.split_once(' ')) else {
-            continue;
-        };
-        let Some(pid) = name.strip_prefix(TRACE_PREFIX).and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if (family == "inet" || family == "bridge") && kill(Pid::from_raw(pid), None).is_err() {
-            let _ = plumb_linux::nft::apply(format!("delete table {family} {name}\n")).wait();
-        }
+    let stale: Vec<NftChange> = tables
+        .into_iter()
+        .filter_map(|(family, name)| {
+            let pid = name.strip_prefix(TRACE_PREFIX)?.parse::<i32>().ok()?;
+            let family = match family.as_str() {
+                "inet" => Family::Inet,
+                "bridge" => Family::Bridge,
+                _ => return None,
+            };
+            kill(Pid::from_raw(pid), None).is_err().then_some(NftChange::Delete {
+                table: TableId { family, name },
+            })
+        })
+        .collect();
+    if !stale.is_empty() {
+        let _ = kernel.apply(&Op::Nft { changes: stale });
+        let _ = kernel.settle();
     }
 }
 
-/// The tracing tables: they mark only the probe's packets, both ways, before anything else
-/// sees them (priority -350, ahead of conntrack); removed when dropped.
+/// The tracing tables (`trace::tables`), made as one nft transaction like any other `Op`;
+/// removed when dropped.
 struct TraceTables {
-    name: String,
+    kernel: Box<dyn Kernel>,
+    tables: Vec<TableId>,
 }
 
 impl TraceTables {
-    fn add(name: &str, protocol: &str, port: u16, sources: &str) -> Result<TraceTables> {
-        let mark = format!(
-            "meta l4proto {protocol} th sport {port} ip saddr {{ {sources} }} meta nftrace set 1\n\
-             \t\tmeta l4proto {protocol} th dport {port} ip daddr {{ {sources} }} meta nftrace set 1"
-        );
-        let script = format!(
-            "table inet {name} {{\n\tchain prerouting {{\n\t\ttype filter hook prerouting priority -350; policy accept;\n\t\t{mark}\n\t}}\n}}\n\
-             table bridge {name} {{\n\tchain prerouting {{\n\t\ttype filter hook prerouting priority -350; policy accept;\n\t\t{mark}\n\t}}\n}}\n"
-        );
-        plumb_linux::nft::apply(script).wait()?;
-        Ok(TraceTables { name: name.to_string() })
+    fn add(
+        mut kernel: Box<dyn Kernel>,
+        name: &str,
+        protocol: &str,
+        port: u16,
+        sources: &[Ipv4Addr],
+    ) -> Result<TraceTables> {
+        let rulesets = trace::tables(name, protocol, port, sources);
+        let tables = rulesets.iter().map(|r| r.table.clone()).collect();
+        let changes = rulesets
+            .into_iter()
+            .map(|ruleset| NftChange::Replace { ruleset })
+            .collect();
+        kernel.apply(&Op::Nft { changes })?;
+        kernel.settle()?;
+        Ok(TraceTables { kernel, tables })
     }
 }
 
 impl Drop for TraceTables {
     fn drop(&mut self) {
-        let n = &self.name;
-        let script =
-            format!("table inet {n} {{}}\ndelete table inet {n}\ntable bridge {n} {{}}\ndelete table bridge {n}\n");
-        if let Err(e) = plumb_linux::nft::apply(script).wait() {
-            eprintln!("plumb: could not remove the tracing tables {n}: {e}");
+        let changes = self
+            .tables
+            .iter()
+            .map(|table| NftChange::Delete { table: table.clone() })
+            .collect();
+        let removed = self
+            .kernel
+            .apply(&Op::Nft { changes })
+            .and_then(|()| self.kernel.settle());
+        if let Err(e) = removed {
+            eprintln!("plumb: could not remove the tracing tables: {e}");
         }
     }
 }

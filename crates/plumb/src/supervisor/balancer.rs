@@ -1,49 +1,40 @@
-//! The supervisor's side of the virtual IPs: keeps each service's port chains listing exactly
-//! its ready replicas. When readiness changes it rewrites only the chains of the services
-//! that changed, in one nft transaction (computed by `plumb_core::firewall::vips`); it never
-//! lists or replaces the table, so established connections keep their NAT bindings.
+//! The supervisor's side of the virtual IPs: keeps each service's slots naming exactly its
+//! ready replicas. When readiness changes it refills only the slots of the services that
+//! changed, as element edits in one netlink batch (computed by `plumb_core::firewall::vips`);
+//! it never lists or replaces the table, so established connections keep their NAT bindings.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use plumb_core::firewall::vips;
+use plumb_core::firewall::{vips, ElementEdit, TableId};
+
+/// Applies element edits to a table, atomically.
+pub type Apply<'a> = &'a mut dyn FnMut(&TableId, &[ElementEdit]) -> Result<(), String>;
 
 #[derive(Default)]
 pub struct Balancer {
     layout: Option<vips::Balancer>,
-    /// The unready replicas each service's chains were last written for.
+    /// The unready replicas each service's slots were last written for.
     written: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Balancer {
-    /// A new `run.json`: every service's chains are written again from `unready` (`up` may
-    /// have written them from an older view), but those of services without a process among
-    /// their replicas (`supervised` lists the containers with one): those are always all
-    /// ready, as `up` wrote them, so a stack without processes costs its supervisor no nft run.
+    /// A new `run.json`: every service's slots are written again from `unready` (`up` may
+    /// have written them from an older view).
     pub fn reload(
         &mut self,
         layout: Option<vips::Balancer>,
         unready: &BTreeSet<String>,
-        supervised: &BTreeSet<String>,
-        apply: impl FnOnce(&str) -> Result<(), String>,
+        apply: Apply,
     ) -> Result<(), String> {
         self.layout = layout;
         self.written.clear();
-        for svc in self.layout.iter().flat_map(|l| &l.services) {
-            if !svc.endpoints.iter().any(|e| supervised.contains(&e.container)) {
-                self.written.insert(svc.name.clone(), BTreeSet::new());
-            }
-        }
         self.follow(unready, apply)
     }
 
-    /// Rewrites the chains of the services whose ready replicas are not those last written,
-    /// in one transaction (`apply` runs an nft script); nothing when none changed. A failed
-    /// transaction is not retried until the next change or reload.
-    pub fn follow(
-        &mut self,
-        unready: &BTreeSet<String>,
-        apply: impl FnOnce(&str) -> Result<(), String>,
-    ) -> Result<(), String> {
+    /// Refills the slots of the services whose ready replicas are not those last written, in
+    /// one transaction; nothing when none changed. A failed transaction is not retried until
+    /// the next change or reload.
+    pub fn follow(&mut self, unready: &BTreeSet<String>, apply: Apply) -> Result<(), String> {
         let Some(layout) = &self.layout else {
             return Ok(());
         };
@@ -63,8 +54,7 @@ impl Balancer {
         if changed.is_empty() {
             return Ok(());
         }
-        let script: String = layout.update(changed, unready).into_iter().map(|c| c + "\n").collect();
-        apply(&script)
+        apply(&layout.table, &layout.update(changed, unready))
     }
 }
 
@@ -81,11 +71,12 @@ mod tests {
         vips::Balancer::of(&d)
     }
 
+    /// What one `follow` sends, as nft commands.
     fn run(b: &mut Balancer, unready: &[&str]) -> Option<String> {
         let unready: BTreeSet<String> = unready.iter().map(|s| s.to_string()).collect();
         let mut seen = None;
-        b.follow(&unready, |script| {
-            seen = Some(script.to_string());
+        b.follow(&unready, &mut |table, edits| {
+            seen = Some(edits.iter().map(|e| e.command(table) + "\n").collect());
             Ok(())
         })
         .unwrap();
@@ -93,52 +84,39 @@ mod tests {
     }
 
     #[test]
-    fn only_a_change_is_written_and_only_its_services_chains() {
+    fn only_a_change_is_written_and_only_its_services_slots() {
         let mut b = Balancer::default();
         let mut first = None;
-        let supervised: BTreeSet<String> = ["web-1", "web-2", "db-1"].map(String::from).into();
-        b.reload(Some(layout()), &BTreeSet::new(), &supervised, |s| {
-            first = Some(s.to_string());
+        b.reload(Some(layout()), &BTreeSet::new(), &mut |table, edits| {
+            first = Some(edits.iter().map(|e| e.command(table)).collect::<Vec<_>>());
             Ok(())
         })
         .unwrap();
         let first = first.expect("a reload writes every service");
-        assert!(first.contains("svc_web_tcp_80") && first.contains("svc_db_tcp_5432"));
+        assert!(first
+            .iter()
+            .any(|c| c.starts_with("add element inet plumb_s eps_web { 0 : goto ep_web-1, 1 : goto ep_web-2")));
+        assert!(first
+            .iter()
+            .any(|c| c.starts_with("add element inet plumb_s eps_db { 0 : goto ep_db-1, 1 : goto ep_db-1")));
         assert_eq!(run(&mut b, &[]), None);
         let script = run(&mut b, &["web-2"]).expect("web changed");
         assert!(!script.contains("db"), "{script}");
-        assert!(script.contains("flush chain inet plumb_s svc_web_tcp_80\n"));
-        assert!(script.contains("goto ep_web-1 comment"));
+        assert!(
+            script.starts_with("delete element inet plumb_s eps_web { 0, 1, "),
+            "{script}"
+        );
+        assert!(script.contains("add element inet plumb_s eps_web { 0 : goto ep_web-1, 1 : goto ep_web-1, "));
+        assert!(!script.contains("ep_web-2"), "{script}");
         assert_eq!(run(&mut b, &["web-2"]), None);
-        assert!(run(&mut b, &[]).unwrap().contains("numgen inc mod 2"));
+        assert!(run(&mut b, &[]).unwrap().contains("1 : goto ep_web-2"));
     }
 
     #[test]
     fn without_virtual_ips_nothing_is_written() {
         let mut b = Balancer::default();
-        b.reload(None, &BTreeSet::new(), &BTreeSet::new(), |_| panic!("nothing to write"))
+        b.reload(None, &BTreeSet::new(), &mut |_, _| panic!("nothing to write"))
             .unwrap();
         assert_eq!(run(&mut b, &["x"]), None);
-    }
-
-    #[test]
-    fn services_without_processes_are_not_rewritten_on_reload() {
-        let mut b = Balancer::default();
-        let mut script = None;
-        let supervised: BTreeSet<String> = ["db-1"].map(String::from).into();
-        b.reload(Some(layout()), &BTreeSet::new(), &supervised, |s| {
-            script = Some(s.to_string());
-            Ok(())
-        })
-        .unwrap();
-        let script = script.expect("db has a process");
-        assert!(
-            script.contains("svc_db_tcp_5432") && !script.contains("web"),
-            "{script}"
-        );
-        b.reload(Some(layout()), &BTreeSet::new(), &BTreeSet::new(), |_| {
-            panic!("nothing to write")
-        })
-        .unwrap();
     }
 }

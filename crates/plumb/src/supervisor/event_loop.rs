@@ -15,8 +15,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{umask, Mode};
+use plumb_core::firewall::{ElementEdit, TableId};
 use plumb_core::services::RunSpec;
-use plumb_linux::{netns, nft};
+use plumb_linux::{netns, nft_elements};
 
 use super::balancer::Balancer;
 use super::dns::Dns;
@@ -242,8 +243,7 @@ impl Supervisor {
         self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
         let unready = self.unready();
         let balancer = run.desired.as_ref().map(plumb_core::firewall::vips::Balancer::of);
-        let supervised: BTreeSet<String> = run.specs.iter().map(|s| s.container.clone()).collect();
-        note_balancer_error(self.balancer.reload(balancer, &unready, &supervised, apply_nft));
+        note_balancer_error(self.balancer.reload(balancer, &unready, &mut apply_nft));
         self.dns.readiness(unready);
     }
 
@@ -273,7 +273,7 @@ impl Supervisor {
             return;
         }
         let unready = self.unready();
-        note_balancer_error(self.balancer.follow(&unready, apply_nft));
+        note_balancer_error(self.balancer.follow(&unready, &mut apply_nft));
         self.dns.readiness(unready);
     }
 
@@ -643,8 +643,8 @@ impl Supervisor {
     }
 }
 
-fn apply_nft(script: &str) -> std::result::Result<(), String> {
-    nft::apply_now(script).map_err(|e| e.to_string())
+fn apply_nft(table: &TableId, edits: &[ElementEdit]) -> std::result::Result<(), String> {
+    nft_elements::apply(&[(table, edits)]).map_err(|e| e.to_string())
 }
 
 fn note_balancer_error(result: std::result::Result<(), String>) {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{shutdown, Shutdown};
 use plumb_core::firewall::{self, tables_in_listing};
+use plumb_core::kernel::Kernel;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -126,9 +127,8 @@ pub fn render(sources: &Sources) -> String {
     let run = runfile::read_run(&sources.dir);
     let status = runfile::read_status(&sources.dir);
     let desired = run.desired.unwrap_or_default();
-    let links = plumb_linux::Netlink::open()
-        .and_then(|mut nl| plumb_linux::link::counters(&mut nl))
-        .unwrap_or_default();
+    let mut kernel = crate::apply::kernel().ok();
+    let links = kernel.as_mut().and_then(|k| k.link_counters().ok()).unwrap_or_default();
 
     let rx_bytes = counters(
         &mut registry,
@@ -231,7 +231,7 @@ pub fn render(sources: &Sources) -> String {
             .inc_by(value.load(Ordering::Relaxed));
     }
 
-    let listing = plumb_linux::nft::list_ruleset().ok();
+    let listing = kernel.as_mut().and_then(|k| k.nft_ruleset().ok());
     let table = listing
         .as_deref()
         .and_then(tables_in_listing)

@@ -3,7 +3,6 @@
 //! supervisor; results come back through a channel, with a byte on a pipe to wake its loop.
 //! An exec probe runs as the service's own processes do: same user, same capabilities.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
@@ -122,27 +121,8 @@ fn connect(port: u16, timeout: Duration) -> Option<TcpStream> {
 
 /// Healthy on a 2xx or 3xx answer.
 fn http(port: u16, path: &str, timeout: Duration) -> bool {
-    let Some(mut stream) = connect(port, timeout) else {
-        return false;
-    };
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: plumb-health\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 16];
-    let mut got = 0;
-    while got < 12 {
-        match stream.read(&mut head[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    let line = String::from_utf8_lossy(&head[..got]);
-    line.starts_with("HTTP/")
-        && matches!(
-            line.split_whitespace().nth(1).and_then(|c| c.chars().next()),
-            Some('2') | Some('3')
-        )
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    crate::load::get_once(addr, "localhost", path, timeout).is_ok_and(|(status, _)| (200..400).contains(&status))
 }
 
 /// Healthy if the command exits 0 within the timeout (it runs in the thread's namespace, as
@@ -182,5 +162,23 @@ fn exec(command: &[String], timeout: Duration, run_as: &RunAs) -> bool {
                 return false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::tests::answering;
+
+    const EARLY_HINTS_THEN_OK: &str = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                                       HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+
+    #[test]
+    fn an_informational_answer_before_the_status_is_not_the_status() {
+        let timeout = Duration::from_secs(2);
+        assert!(http(answering(EARLY_HINTS_THEN_OK), "/healthz", timeout));
+        let unhealthy = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        assert!(!http(answering(unhealthy), "/healthz", timeout));
+        assert!(!http(answering("SSH-2.0-OpenSSH\r\n\r\n"), "/healthz", timeout));
     }
 }

@@ -72,6 +72,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("etcdctl", "etcd-client"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    // Run by the scripts `--dry-run` prints for an overlay (tx checksum offload off).
+    ("ethtool", "ethtool"),
 ];
 
 /// Fails (once per test binary, in every kernel test) naming each missing tool's package.
