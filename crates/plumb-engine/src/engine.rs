@@ -106,6 +106,12 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Takes the store's lock out of the engine (which then no longer holds it): for a caller
+    /// that hands it on, as `up` hands the state directory's lock to a supervisor it starts.
+    pub fn take_lock(&mut self) -> Option<StoreLock> {
+        self._lock.take()
+    }
+
     /// An engine that only plans, from scratch: it reads neither the kernel nor the state.
     pub fn planner(state: &'a dyn StateStore) -> Self {
         Engine {

@@ -179,7 +179,21 @@ pub trait StateStore: Send + Sync {
 }
 
 /// Holds the state directory's lock until dropped.
-pub struct Lock(#[allow(dead_code)] Flock<File>);
+pub struct Lock(Flock<File>);
+
+impl Lock {
+    /// The lock as a plain descriptor of its open file: closing it does not unlock, so a
+    /// child process that inherits a copy (the stack's supervisor, while it starts) holds the
+    /// lock until it closes its copy too (flock belongs to the open file, not the process).
+    pub fn into_fd(self) -> std::os::fd::OwnedFd {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd = self.0.as_raw_fd();
+        // Not dropped: Flock's drop would unlock (LOCK_UN), for every holder of the file.
+        std::mem::forget(self);
+        // SAFETY: `fd` is the open file the forgotten Flock owned; nothing else closes it.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    }
+}
 
 impl StateDir {
     pub fn new(root: PathBuf) -> Self {

@@ -47,6 +47,10 @@ const STEPS: [&str; 8] = [
 
 /// What `confine` leaves to explain a failed spawn: the child writes the number of the step
 /// that failed into this pipe (closed at exec, so it stays empty when exec is reached).
+///
+/// Whether exec itself succeeded needs no pipe of ours: `Command::spawn` returns only once the
+/// child has executed the program, or with the errno of the failed exec, which std carries
+/// back through its own close-on-exec pipe. So a spawn that returns Ok means the program runs.
 pub struct Confined {
     failed_step: OwnedFd,
 }
@@ -60,9 +64,29 @@ impl Confined {
                 Some(step) => format!("{step}: {err}"),
                 None => err.to_string(),
             },
-            _ => format!("{}: {err}", program.display()),
+            _ => match missing_interpreter(program, err) {
+                Some(interpreter) => format!(
+                    "{}: its interpreter {interpreter} does not exist ({err})",
+                    program.display()
+                ),
+                None => format!("{}: {err}", program.display()),
+            },
         }
     }
+}
+
+/// The `#!` interpreter of `program`, when exec failed with ENOENT although the program is
+/// there: the kernel then could not find the interpreter, and "No such file or directory"
+/// alone would seem to name the program.
+fn missing_interpreter(program: &Path, err: &io::Error) -> Option<String> {
+    if err.raw_os_error() != Some(nix::libc::ENOENT) || !program.is_file() {
+        return None;
+    }
+    let mut head = [0u8; 256];
+    let n = std::io::Read::read(&mut std::fs::File::open(program).ok()?, &mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?.split(|b| *b == b'\n').next()?;
+    let interpreter = String::from_utf8_lossy(line).split_whitespace().next()?.to_string();
+    (!Path::new(&interpreter).exists()).then_some(interpreter)
 }
 
 /// The files bound over /etc/hosts and /etc/resolv.conf need those files to exist as mount
@@ -183,5 +207,31 @@ pub fn default_signals(command: &mut Command) {
     // SAFETY: only sigprocmask runs between fork and exec.
     unsafe {
         command.pre_exec(|| SigSet::empty().thread_set_mask().map_err(Into::into));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_interpreter_is_named_instead_of_the_program() {
+        let dir = std::env::temp_dir().join(format!("plumb-spawn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("s.sh");
+        let enoent = io::Error::from_raw_os_error(nix::libc::ENOENT);
+        std::fs::write(&script, "#!/nonexistent/sh -e\necho\n").unwrap();
+        assert_eq!(
+            missing_interpreter(&script, &enoent).as_deref(),
+            Some("/nonexistent/sh")
+        );
+        // An interpreter that exists, another error, a program that is not there: not this.
+        std::fs::write(&script, "#!/bin/sh\necho\n").unwrap();
+        assert_eq!(missing_interpreter(&script, &enoent), None);
+        let eacces = io::Error::from_raw_os_error(nix::libc::EACCES);
+        std::fs::write(&script, "#!/nonexistent/sh\n").unwrap();
+        assert_eq!(missing_interpreter(&script, &eacces), None);
+        assert_eq!(missing_interpreter(&dir.join("gone"), &enoent), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -68,6 +68,11 @@ enum Command {
         /// Supervise the services in this process (Ctrl-C stops them) instead of in the background.
         #[arg(long, conflicts_with = "dry_run")]
         foreground: bool,
+        /// Wait until every replica is ready: healthy where it has a health check, else
+        /// running (and still running half a second later); fail naming those that are not.
+        /// Without it, `up` returns once each replica's program runs.
+        #[arg(long, conflicts_with_all = ["dry_run", "foreground"])]
+        wait: bool,
         /// Bring up only one host's part of a cluster stack, given by hand as a JSON host
         /// assignment (replicas, overlay blocks and peers): for trying an overlay without the
         /// cluster store. `plumb agent` does the same from the store.
@@ -333,6 +338,10 @@ enum Command {
     Supervise {
         /// The stack whose processes to run.
         stack: String,
+        /// Internal (what `up` passes): an inherited descriptor holding the state directory's
+        /// lock, closed once the first `run.json` is applied.
+        #[arg(long, hide = true)]
+        lock_fd: Option<i32>,
     },
     /// Make this host a member of a cluster: register it in the store (etcd) under a lease,
     /// and run the replicas and overlay entries the cluster places here, until stopped.
@@ -646,6 +655,15 @@ impl Command {
     }
 }
 
+/// The descriptor `plumb supervise --lock-fd N` inherited, if it is open.
+fn inherited(fd: Option<i32>) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = fd.filter(|fd| *fd > 2)?;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).ok()?;
+    // SAFETY: the descriptor is open (F_GETFD succeeded) and was passed to this process to own.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 fn run_chaos(ctx: &Context, action: Option<ChaosAction>, impair: ImpairArgs) -> failure::Result<()> {
     use commands::chaos::{self, Request};
     match action {
@@ -687,13 +705,15 @@ fn main() -> ExitCode {
             dry_run,
             json,
             foreground,
+            wait,
             assignment,
         } => {
             use commands::up::{Mode, Supervision};
-            let mode = match (dry_run, foreground) {
-                (true, _) => Mode::DryRun(Format::from_json_flag(json)),
-                (false, true) => Mode::Apply(Supervision::Foreground),
-                (false, false) => Mode::Apply(Supervision::Background),
+            let mode = match (dry_run, foreground, wait) {
+                (true, _, _) => Mode::DryRun(Format::from_json_flag(json)),
+                (false, true, _) => Mode::Apply(Supervision::Foreground),
+                (false, false, true) => Mode::Apply(Supervision::Wait),
+                (false, false, false) => Mode::Apply(Supervision::Background),
             };
             if !dry_run {
                 commands::up::say_how_to_recover_if_interrupted();
@@ -863,8 +883,8 @@ fn main() -> ExitCode {
         Command::ChaosRelay { stack, fault } => {
             commands::require_stack_name(&stack).and_then(|()| relay::run(&ctx.state.stack_dir(&stack), fault))
         }
-        Command::Supervise { stack } => commands::require_stack_name(&stack)
-            .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack)))
+        Command::Supervise { stack, lock_fd } => commands::require_stack_name(&stack)
+            .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack), inherited(lock_fd)))
             .and_then(|s| s.run()),
         Command::Agent {
             store,

@@ -34,12 +34,14 @@ fn status(sb: &Sandbox, pid: u64) -> std::collections::BTreeMap<String, String> 
         .collect()
 }
 
-/// Waits until the service's log holds `needle`; returns the log.
-fn log_with(sb: &Sandbox, service: &str, needle: &str) -> String {
+/// Waits until the service's log holds every one of `needles`; returns the log.
+fn log_with(sb: &Sandbox, service: &str, needles: &[&str]) -> String {
+    // `up` returns once the programs run, so their output may still be on its way; stdout and
+    // stderr are two pipes, read in either order: wait for every line the test looks at.
     let mut logs = String::new();
     eventually(Duration::from_secs(10), || {
         logs = sb.plumb_ok(&["logs", service]);
-        logs.contains(needle)
+        needles.iter().all(|n| logs.contains(n))
     });
     logs
 }
@@ -77,7 +79,7 @@ command = ["/usr/bin/python3", "-m", "http.server", "80"]
     sb.plumb_ok(&["up"]);
 
     // No NET_ADMIN: the service cannot change its own interface.
-    let logs = log_with(&sb, "tamper", "mac-rc=");
+    let logs = log_with(&sb, "tamper", &["mac-rc=", "Operation not permitted"]);
     assert!(
         logs.contains("Operation not permitted") && logs.contains("addr-rc=2") && logs.contains("mac-rc=2"),
         "{logs}"
@@ -143,7 +145,7 @@ cap_add = ["NET_BIND_SERVICE"]
     );
     sb.plumb_ok(&["up"]);
 
-    let logs = log_with(&sb, "admin", "mac-rc=");
+    let logs = log_with(&sb, "admin", &["mac-rc="]);
     assert!(logs.contains("addr-rc=0") && logs.contains("mac-rc=0"), "{logs}");
     assert!(sb
         .ok("ip netns exec caps-admin-1 ip -o addr show eth0")
@@ -156,7 +158,7 @@ cap_add = ["NET_BIND_SERVICE"]
 
     // Without NET_BIND_SERVICE, binding port 80 fails, as root or as another user.
     for service in ["bare", "nobody"] {
-        let logs = log_with(&sb, service, "bind-rc=");
+        let logs = log_with(&sb, service, &["bind-rc=", "Permission denied"]);
         assert!(
             logs.contains("Permission denied") && logs.contains("bind-rc=1"),
             "{service}: {logs}"

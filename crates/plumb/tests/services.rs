@@ -337,24 +337,46 @@ fn foreground_supervision_stops_on_ctrl_c() {
 
 #[test]
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
-fn up_reports_a_service_that_keeps_failing() {
+fn a_service_that_keeps_failing_shows_in_ps_and_events_and_fails_up_wait() {
     let Some(sb) = Sandbox::start() else { return };
     let base = "name = \"fail\"\n[networks.n]\nsubnet = \"10.99.1.0/24\"\n";
     sb.write("plumb.toml", &format!("{base}[services.loop]\ncommand = [\"/bin/sh\", \"-c\", \"echo broken config; exit 3\"]\nrestart = \"always\"\n"));
+    // `up` reports the replica started once its program runs; what it does next is for `ps`
+    // and `events` to tell.
+    // (Whether it still runs when `up` counts is a race: the count is not checked.)
     let out = sb.plumb(&["up"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let looping = eventually(Duration::from_secs(10), || {
+        process(&sb.ps(), "loop-1")["restarts"].as_u64().unwrap_or(0) >= 2
+    });
+    assert!(looping, "{:?}", sb.ps());
+    let events = sb.plumb_ok(&["events", "fail"]);
+    assert!(
+        events.contains("exit code 3") && events.contains("restarting"),
+        "{events}"
+    );
+    assert!(sb.plumb_ok(&["logs", "loop"]).contains("broken config"));
+    // `up --wait` waits for it to stay up, and says it does not.
+    let out = sb.plumb(&["up", "--wait"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("loop-1: keeps exiting (exit code 3") && err.contains("plumb logs loop-1"),
         "{err}"
     );
-    assert!(sb.plumb_ok(&["logs", "loop"]).contains("broken config"));
 
     sb.write(
         "plumb.toml",
         &format!("{base}[services.once]\ncommand = \"/bin/false\"\nrestart = \"no\"\n"),
     );
-    let out = sb.plumb(&["up"]);
+    sb.plumb_ok(&["up"]);
+    let exited = eventually(Duration::from_secs(5), || {
+        process(&sb.ps(), "once-1")["state"] == "exited"
+    });
+    assert!(exited, "{:?}", sb.ps());
+    let events = sb.plumb_ok(&["events", "fail"]);
+    assert!(events.contains("exit code 1"), "{events}");
+    let out = sb.plumb(&["up", "--wait"]);
     assert!(
         text(&out.stderr).contains("once-1: exited (exit code 1)"),
         "{}",

@@ -1,6 +1,7 @@
 //! Supervision under stress: one supervisor per stack whatever happens to the state directory,
 //! stacks found from the kernel when their record is lost or damaged, a private state
-//! directory, services that leave daemons behind, and a full disk.
+//! directory, services that leave daemons behind, and a full disk. What `up` waits for: a
+//! program that runs (a failed exec is named at once), and readiness with `up --wait`.
 
 mod common;
 
@@ -404,6 +405,77 @@ fn a_second_state_directory_finds_the_running_stack_and_refuses() {
     assert_eq!(supervisors(&sb), first);
     assert_eq!(sb.ps()[0]["process"]["pid"], pid);
     assert_eq!(running(&sb, "two-s-1", "/bin/sleep 3600"), 1);
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn up_names_a_program_that_cannot_be_executed_at_once() {
+    let Some(sb) = Sandbox::start() else { return };
+    // Executable by its mode (so `up` accepts it), but exec fails: no such interpreter.
+    let script = sb.write("broken.sh", "#!/nonexistent/interpreter\necho never\n");
+    sb.ok(&format!("chmod 755 {}", path_str(&script)));
+    sb.write(
+        "plumb.toml",
+        "name = \"ex\"\n[networks.n]\nsubnet = \"10.120.9.0/24\"\n\
+         [services.ok]\ncommand = \"/bin/sleep 3600\"\n\
+         [services.bad]\ncommand = \"./broken.sh\"\n",
+    );
+    let start = Instant::now();
+    let out = sb.plumb(&["up"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bad-1: cannot start:")
+            && err.contains("broken.sh: its interpreter /nonexistent/interpreter does not exist"),
+        "{err}"
+    );
+    // Reported from the failed exec itself, not after a back-off or a timeout.
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(!err.contains("ok-1"), "{err}");
+    let events = sb.plumb_ok(&["events", "ex"]);
+    assert!(events.contains("start_failed"), "{events}");
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn up_wait_waits_for_health_and_names_a_replica_that_never_gets_healthy() {
+    let Some(sb) = Sandbox::start() else { return };
+    let flag = sb.dir.join("well-is-ready");
+    let well = format!(
+        "name = \"hw\"\n[networks.n]\nsubnet = \"10.120.10.0/24\"\n\
+         [services.well]\ncommand = \"/bin/sleep 3600\"\n\
+         health = {{ exec = [\"/bin/test\", \"-e\", \"{}\"], interval = \"200ms\", start_period = \"60s\" }}\n",
+        path_str(&flag)
+    );
+    sb.write("plumb.toml", &well);
+    // Without --wait, up returns once the program runs, healthy or not.
+    sb.plumb_ok(&["up"]);
+    assert_eq!(process(&sb.ps(), "well-1")["health"], "starting", "{:?}", sb.ps());
+    // With it (nothing to change), up returns once the replica is healthy.
+    sb.ok(&format!("touch {}", path_str(&flag)));
+    sb.plumb_ok(&["up", "--wait"]);
+    assert_eq!(process(&sb.ps(), "well-1")["health"], "healthy", "{:?}", sb.ps());
+
+    // A service whose check never passes fails `up --wait`, named, while up itself succeeds.
+    let sick = format!(
+        "{well}[services.sick]\ncommand = \"/bin/sleep 3600\"\n\
+         health = {{ exec = [\"/bin/false\"], interval = \"100ms\", retries = 2 }}\n"
+    );
+    sb.write("plumb.toml", &sick);
+    let out = sb.plumb(&["up", "--wait"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sick-1: unhealthy") && err.contains("plumb logs sick-1"),
+        "{err}"
+    );
+    assert!(!err.contains("well-1:"), "{err}");
+    sb.plumb_ok(&["up"]);
+    assert_eq!(process(&sb.ps(), "sick-1")["health"], "unhealthy", "{:?}", sb.ps());
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

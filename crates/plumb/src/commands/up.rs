@@ -16,6 +16,7 @@ use crate::apply;
 use crate::events;
 use crate::failure::{Failure, Result};
 use crate::output::{count, say};
+use crate::state::Lock;
 use crate::supervisor::Supervisor;
 use crate::{processes, runfile, stackfile};
 use plumb_core::services::RunSpec;
@@ -37,6 +38,9 @@ pub enum Supervision {
     /// In the background, without waiting for the processes to be ready (the agent follows
     /// readiness itself).
     NoWait,
+    /// In the background, waiting until every replica is ready (`up --wait`): healthy where
+    /// it has a health check, else still running shortly after its start.
+    Wait,
 }
 
 /// Reads a host assignment (`plumb up --assignment FILE`: one host's part of a cluster stack
@@ -230,8 +234,14 @@ pub fn bring_up(
     }
     if supervision != Supervision::Foreground && plan.is_empty() && supervisor_has(&stack_dir, &specs, desired) {
         // Nothing changed and the supervisor runs this very stack: no new generation to hand
-        // over (a no-op `up` stays a few milliseconds).
-        let status = runfile::read_status(&stack_dir);
+        // over (a no-op `up` stays a few milliseconds); `--wait` still waits for readiness.
+        let status = match supervision {
+            Supervision::Wait => {
+                let run = runfile::read_run(&stack_dir);
+                processes::wait_until_ready(&stack_dir, &run, processes::HealthWait::Everything)?
+            }
+            _ => runfile::read_status(&stack_dir),
+        };
         if !specs.is_empty() {
             let running = status.replicas.values().filter(|r| r.pid.is_some()).count();
             say!(
@@ -255,21 +265,25 @@ pub fn bring_up(
             "supervising {} process(es) in the foreground; Ctrl-C stops them (`plumb down` removes the network)",
             run.specs.len()
         );
-        Supervisor::new(&stack_dir)?.run()?;
+        Supervisor::new(&stack_dir, None)?.run()?;
         say!("stopped");
         return Ok(());
     }
     // What ran before, to tell what this `up` started from what it left running.
     let before = runfile::read_status(&stack_dir);
-    processes::hand_over(&ctx.state, &stack, &run)?;
+    // The supervisor takes the lock over while it starts: nothing waits for it here unless
+    // there are processes to report.
+    let lock = engine.take_lock().and_then(|l| l.downcast::<Lock>().ok()).map(|l| *l);
     drop(engine);
-    if supervision == Supervision::NoWait {
+    processes::hand_over(&ctx.state, &stack, &run, lock)?;
+    if supervision == Supervision::NoWait || run.specs.is_empty() {
         return Ok(());
     }
-    let status = processes::wait_until_ready(&stack_dir, &run, processes::HealthWait::Dependencies)?;
-    if run.specs.is_empty() {
-        return Ok(());
-    }
+    let health = match supervision {
+        Supervision::Wait => processes::HealthWait::Everything,
+        _ => processes::HealthWait::Dependencies,
+    };
+    let status = processes::wait_until_ready(&stack_dir, &run, health)?;
     let running: Vec<_> = status.replicas.iter().filter(|(_, r)| r.pid.is_some()).collect();
     let kept = running
         .iter()
@@ -291,7 +305,7 @@ pub fn refresh_supervisor(ctx: &Context, desired: &Desired, base: &Path) -> Resu
         return processes::stop_supervisor(&stack_dir);
     }
     let run = processes::write_run(&stack_dir, run_specs(desired, base), Some(desired))?;
-    processes::hand_over(&ctx.state, &desired.stack, &run)
+    processes::hand_over(&ctx.state, &desired.stack, &run, None)
 }
 
 /// True if a live supervisor has applied a `run.json` with exactly these processes and this

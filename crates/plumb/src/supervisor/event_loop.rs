@@ -6,7 +6,7 @@
 //! starts again and when it stops (sweeps).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -112,8 +112,11 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Prepares a supervisor for the stack whose state folder is `dir`. Blocks the signals it
-    /// handles; call from the main thread before any other thread starts.
-    pub fn new(dir: &Path) -> Result<Self> {
+    /// handles; call from the main thread before any other thread starts. `startup_lock` (the
+    /// state directory's lock, inherited from the `up` that started it) is let go once the
+    /// socket is bound and the signals are blocked: from then on the next command finds this
+    /// supervisor, and what it sends is read in turn (see `processes::hand_over`).
+    pub fn new(dir: &Path, startup_lock: Option<OwnedFd>) -> Result<Self> {
         // What the supervisor writes (status, logs) is for its owner's eyes only.
         umask(Mode::from_bits_truncate(0o077));
         // First of all: a second supervisor of the stack stops here, before it touches anything.
@@ -126,6 +129,7 @@ impl Supervisor {
             .map_err(|e| Failure::new(format!("cannot block signals: {e}")))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| Failure::new(format!("signalfd: {e}")))?;
+        drop(startup_lock);
         create_private_dir(&runfile::logs_dir(dir))?;
         // After the signals are blocked: its threads inherit the mask, so they never take one.
         let dns = Dns::start();
@@ -208,7 +212,10 @@ impl Supervisor {
     /// restarting the stack never runs a service twice.
     fn kill_orphans(&self) {
         let run = runfile::read_run(&self.dir);
-        netns::end_processes(run.specs.iter().map(|s| s.netns.as_str()), Duration::ZERO);
+        // A stack without processes has none to end: no scan of /proc.
+        if !run.specs.is_empty() {
+            netns::end_processes(run.specs.iter().map(|s| s.netns.as_str()), Duration::ZERO);
+        }
     }
 
     /// Applies the current `run.json`.

@@ -17,7 +17,8 @@ use crate::failure::{Failure, Result};
 
 /// Starts one replica's process inside its container, with its stdout and stderr piped;
 /// returns it and the inode of the namespace it runs in. Writes the container's hosts file
-/// into `hosts_dir` first.
+/// into `hosts_dir` first. Returns once the program runs (its exec succeeded): that is when
+/// `up` reports the replica started; a failed exec or step before it is the error.
 pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<u64>)> {
     let netns_fd = netns::open(&spec.netns)?;
     let inode = netns::inode(&spec.netns);
