@@ -130,6 +130,30 @@ pub struct Resident {
     pub session: i32,
 }
 
+/// A user a process runs as (not root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// How a command is put inside a container before it runs ([`Kernel::confine`]): its
+/// network namespace, its own UTS and mount namespaces with the hostname and the /etc files
+/// bound, then its user and capabilities.
+pub struct Confinement<'a> {
+    pub netns: &'a str,
+    pub hostname: &'a str,
+    /// Bound over /etc/hosts.
+    pub hosts: Option<&'a std::path::Path>,
+    /// Bound over /etc/resolv.conf (the namespace's own, /etc/netns/NAME/resolv.conf).
+    pub resolv_conf: bool,
+    pub identity: Option<Identity>,
+    pub capabilities: &'a crate::spec::Capabilities,
+}
+
+/// Says why a confined command did not start: the step before exec that failed, or exec.
+pub type SpawnFailure = Box<dyn Fn(&std::path::Path, &std::io::Error) -> String + Send>;
+
 /// What one probe connection met (`plumb trace`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -264,6 +288,19 @@ pub trait Kernel: Send {
 
     /// A probe socket inside a named namespace (TCP, or UDP with `udp`).
     fn bind_probe(&mut self, netns: &str, udp: bool) -> KernelResult<Box<dyn Probe>>;
+
+    /// Sets `command` up to start inside a container (see [`Confinement`]); what it returns
+    /// explains a failed spawn.
+    fn confine(&mut self, command: &mut std::process::Command, how: &Confinement) -> KernelResult<SpawnFailure>;
+
+    /// Sets `command` up to run with only this identity and these capabilities (in the
+    /// namespaces of the thread that spawns it: a health check's).
+    fn restrict(
+        &mut self,
+        command: &mut std::process::Command,
+        identity: Option<Identity>,
+        capabilities: &crate::spec::Capabilities,
+    ) -> KernelResult<()>;
 
     /// Opens a persistent tap for reading and writing its frames (a chaos relay's end).
     fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd>;

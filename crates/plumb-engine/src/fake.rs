@@ -590,6 +590,26 @@ impl Kernel for FakeKernel {
         ))
     }
 
+    fn confine(
+        &mut self,
+        _: &mut std::process::Command,
+        how: &plumb_core::kernel::Confinement,
+    ) -> KernelResult<plumb_core::kernel::SpawnFailure> {
+        Err(fail(
+            format!("start a process in {} (the fake kernel runs none)", how.netns),
+            EINVAL,
+        ))
+    }
+
+    fn restrict(
+        &mut self,
+        _: &mut std::process::Command,
+        _: Option<plumb_core::kernel::Identity>,
+        _: &plumb_core::spec::Capabilities,
+    ) -> KernelResult<()> {
+        Err(fail("restrict a process (the fake kernel runs none)", EINVAL))
+    }
+
     fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd> {
         Err(fail(format!("open tap {name} (the fake kernel has none)"), EINVAL))
     }

@@ -560,6 +560,39 @@ impl Kernel for LinuxKernel {
         Ok(Box::new(probe))
     }
 
+    fn confine(
+        &mut self,
+        command: &mut std::process::Command,
+        how: &plumb_core::kernel::Confinement,
+    ) -> KernelResult<plumb_core::kernel::SpawnFailure> {
+        let fd = netns::open(how.netns).map_err(kernel_error)?;
+        let resolv_conf = netns::resolv_conf_path(how.netns);
+        let files = crate::spawn::EtcFiles {
+            hosts: how.hosts,
+            resolv_conf: how.resolv_conf.then_some(resolv_conf.as_path()),
+        };
+        let confined = crate::spawn::confine(command, fd, how.hostname, files, how.identity, how.capabilities)
+            .map_err(|e| KernelError {
+                what: format!("prepare a process for {}", how.netns),
+                detail: e.to_string(),
+                errno: e.raw_os_error(),
+            })?;
+        Ok(Box::new(move |program, err| confined.explain(program, err)))
+    }
+
+    fn restrict(
+        &mut self,
+        command: &mut std::process::Command,
+        identity: Option<plumb_core::kernel::Identity>,
+        capabilities: &plumb_core::spec::Capabilities,
+    ) -> KernelResult<()> {
+        crate::spawn::restrict(command, identity, capabilities).map_err(|e| KernelError {
+            what: "restrict a process's privileges".into(),
+            detail: e.to_string(),
+            errno: e.raw_os_error(),
+        })
+    }
+
     fn open_tap(&mut self, name: &str) -> KernelResult<std::os::fd::OwnedFd> {
         crate::tap::open(name).map_err(|e| KernelError {
             what: format!("open tap {name}"),

@@ -77,16 +77,6 @@ fn stderr_style() -> Style {
     }
 }
 
-impl From<plumb_linux::Error> for Failure {
-    fn from(e: plumb_linux::Error) -> Self {
-        Failure::from(plumb_core::kernel::KernelError {
-            errno: e.errno(),
-            detail: e.source.to_string(),
-            what: e.what,
-        })
-    }
-}
-
 impl From<plumb_engine::Error> for Failure {
     fn from(e: plumb_engine::Error) -> Self {
         if let Some(d) = e.diagnostics {

@@ -11,11 +11,7 @@ use plumb_core::spec::Capabilities;
 
 /// Who a confined process runs as, when not root: set after the namespaces (which need
 /// root) and after the bounding set is cut (which needs CAP_SETPCAP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
-    pub uid: u32,
-    pub gid: u32,
-}
+pub use plumb_core::kernel::Identity;
 
 /// The privileges of one process, as the masks the kernel takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

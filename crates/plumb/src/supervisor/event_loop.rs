@@ -15,9 +15,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{umask, Mode};
-use plumb_core::firewall::{ElementEdit, TableId};
+use plumb_core::firewall::{ElementEdit, NftChange, Ruleset, TableId};
+use plumb_core::kernel::Kernel;
 use plumb_core::services::RunSpec;
-use plumb_linux::{netns, nft_elements};
+use plumb_core::Op;
 
 use super::balancer::Balancer;
 use super::dns::Dns;
@@ -108,6 +109,8 @@ pub struct Supervisor {
     status_error: Option<String>,
     /// When expired faults were last looked for.
     faults_checked: Option<Instant>,
+    /// The kernel: processes started in containers, the balancer's element changes, sweeps.
+    kernel: Box<dyn Kernel>,
 }
 
 impl Supervisor {
@@ -133,7 +136,9 @@ impl Supervisor {
         create_private_dir(&runfile::logs_dir(dir))?;
         // After the signals are blocked: its threads inherit the mask, so they never take one.
         let dns = Dns::start();
+        let kernel = Box::new(crate::apply::kernel()?);
         Ok(Supervisor {
+            kernel,
             dir: dir.to_path_buf(),
             stack: dir
                 .file_name()
@@ -210,11 +215,14 @@ impl Supervisor {
 
     /// A previous supervisor that died leaves its processes running: end them (by PID) so
     /// restarting the stack never runs a service twice.
-    fn kill_orphans(&self) {
+    fn kill_orphans(&mut self) {
         let run = runfile::read_run(&self.dir);
         // A stack without processes has none to end: no scan of /proc.
         if !run.specs.is_empty() {
-            netns::end_processes(run.specs.iter().map(|s| s.netns.as_str()), Duration::ZERO);
+            let _ = self.kernel.apply(&Op::StopProcesses {
+                namespaces: run.specs.iter().map(|s| s.netns.clone()).collect(),
+                grace_ms: 0,
+            });
         }
     }
 
@@ -224,7 +232,10 @@ impl Supervisor {
         // The state directory may have been deleted and made again: log to the new files.
         let _ = create_private_dir(&runfile::logs_dir(&self.dir));
         self.slots.values_mut().for_each(|s| s.log.reopen());
-        let changes = plan::changes(self.slots.iter().map(|(n, s)| (n, &s.replica)), &run, netns::inode);
+        let kernel = &mut self.kernel;
+        let changes = plan::changes(self.slots.iter().map(|(n, s)| (n, &s.replica)), &run, |ns| {
+            kernel.netns_inode(ns)
+        });
         for spec in &run.specs {
             self.adopt(spec, run.restart_token(&spec.service));
         }
@@ -243,7 +254,11 @@ impl Supervisor {
         self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
         let unready = self.unready();
         let balancer = run.desired.as_ref().map(plumb_core::firewall::vips::Balancer::of);
-        note_balancer_error(self.balancer.reload(balancer, &unready, &mut apply_nft));
+        let kernel = self.kernel.as_mut();
+        note_balancer_error(
+            self.balancer
+                .reload(balancer, &unready, &mut |t, e| apply_nft(kernel, t, e)),
+        );
         self.dns.readiness(unready);
     }
 
@@ -273,7 +288,8 @@ impl Supervisor {
             return;
         }
         let unready = self.unready();
-        note_balancer_error(self.balancer.follow(&unready, &mut apply_nft));
+        let kernel = self.kernel.as_mut();
+        note_balancer_error(self.balancer.follow(&unready, &mut |t, e| apply_nft(kernel, t, e)));
         self.dns.readiness(unready);
     }
 
@@ -403,11 +419,12 @@ impl Supervisor {
 
     /// For each container being swept, the processes inside that are neither the replica's
     /// process tree nor this supervisor's children (health probes).
-    fn untracked(&self) -> BTreeMap<String, Vec<i32>> {
+    fn untracked(&mut self) -> BTreeMap<String, Vec<i32>> {
+        let kernel = &mut self.kernel;
         let inodes: BTreeMap<&String, u64> = self
             .sweeps
             .iter()
-            .filter_map(|(name, sweep)| Some((name, netns::inode(&sweep.netns)?)))
+            .filter_map(|(name, sweep)| Some((name, kernel.netns_inode(&sweep.netns)?)))
             .collect();
         let residents = census::residents(&inodes.values().copied().collect::<HashSet<u64>>());
         let supervisor = std::process::id();
@@ -425,7 +442,7 @@ impl Supervisor {
         let hosts_dir = self.dir.join(HOSTS_DIR);
         let Some(slot) = self.slots.get_mut(name) else { return };
         self.dirty = true;
-        match spawn_replica(slot.replica.spec(), &hosts_dir) {
+        match spawn_replica(self.kernel.as_mut(), slot.replica.spec(), &hosts_dir) {
             Ok((mut child, inode)) => {
                 let command = slot.replica.spec().command.join(" ");
                 slot.log.note(&format!("started {command} (pid {})", child.id()));
@@ -643,8 +660,21 @@ impl Supervisor {
     }
 }
 
-fn apply_nft(table: &TableId, edits: &[ElementEdit]) -> std::result::Result<(), String> {
-    nft_elements::apply(&[(table, edits)]).map_err(|e| e.to_string())
+/// The balancer's element edits, as one `Op` through the kernel (a netlink batch). The
+/// change's ruleset holds only the table: the supervisor records nothing of what it leaves.
+fn apply_nft(kernel: &mut dyn Kernel, table: &TableId, edits: &[ElementEdit]) -> std::result::Result<(), String> {
+    let change = NftChange::Elements {
+        ruleset: Ruleset {
+            table: table.clone(),
+            sets: Vec::new(),
+            chains: Vec::new(),
+        },
+        edits: edits.to_vec(),
+    };
+    kernel
+        .apply(&Op::Nft { changes: vec![change] })
+        .and_then(|()| kernel.settle())
+        .map_err(|e| e.to_string())
 }
 
 fn note_balancer_error(result: std::result::Result<(), String>) {

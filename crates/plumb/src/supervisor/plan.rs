@@ -28,7 +28,7 @@ pub enum Change {
 pub fn changes<'a>(
     current: impl IntoIterator<Item = (&'a String, &'a Replica)>,
     run: &RunFile,
-    netns_inode: impl Fn(&str) -> Option<u64>,
+    mut netns_inode: impl FnMut(&str) -> Option<u64>,
 ) -> BTreeMap<String, Change> {
     let current: BTreeMap<&String, &Replica> = current.into_iter().collect();
     let mut changes: BTreeMap<String, Change> = current.keys().map(|name| (name.to_string(), Change::Remove)).collect();

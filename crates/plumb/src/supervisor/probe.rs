@@ -10,12 +10,10 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use nix::unistd::{pipe, User};
+use plumb_core::kernel::{Identity, Kernel};
 use plumb_core::services::RunSpec;
 use plumb_core::spec::{Capabilities, HealthSpec, Probe};
-use plumb_linux::netns;
-use plumb_linux::spawn::Identity;
 
 use super::nonblocking_cloexec;
 use crate::failure::{Failure, Result};
@@ -63,7 +61,7 @@ impl Probes {
     /// Probes `container` (whose process, started from `spec`, is of `epoch`) in its network
     /// namespace on a thread.
     pub fn launch(&self, container: &str, epoch: u64, spec: &RunSpec, health: HealthSpec) -> Result<()> {
-        let fd = netns::open(&spec.netns)?;
+        let netns = spec.netns.clone();
         let (tx, wake, container) = (self.tx.clone(), self.wake_write.clone(), container.to_string());
         let run_as = RunAs {
             user: spec.user.clone(),
@@ -73,7 +71,7 @@ impl Probes {
             .stack_size(THREAD_STACK)
             .spawn(move || {
                 let began = Instant::now();
-                let healthy = check(&fd, &health.probe, health.timeout, &run_as);
+                let healthy = check(&netns, &health.probe, health.timeout, &run_as);
                 let _ = tx.send(ProbeResult {
                     container,
                     epoch,
@@ -101,14 +99,18 @@ pub struct RunAs {
 }
 
 /// Runs `probe` inside the namespace `netns`; true if the service answered as healthy.
-pub fn check(netns: &OwnedFd, probe: &Probe, timeout: Duration, run_as: &RunAs) -> bool {
-    if setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+/// Probes from inside namespace `netns` (this thread enters it for good).
+pub fn check(netns: &str, probe: &Probe, timeout: Duration, run_as: &RunAs) -> bool {
+    let Ok(mut kernel) = crate::apply::kernel() else {
+        return false;
+    };
+    if kernel.enter_netns(netns).is_err() {
         return false;
     }
     match probe {
         Probe::Tcp { port } => connect(*port, timeout).is_some(),
         Probe::Http { path, port } => http(*port, path, timeout),
-        Probe::Exec { command } => exec(command, timeout, run_as),
+        Probe::Exec { command } => exec(&mut kernel, command, timeout, run_as),
     }
 }
 
@@ -127,7 +129,7 @@ fn http(port: u16, path: &str, timeout: Duration) -> bool {
 
 /// Healthy if the command exits 0 within the timeout (it runs in the thread's namespace, as
 /// `run_as`).
-fn exec(command: &[String], timeout: Duration, run_as: &RunAs) -> bool {
+fn exec(kernel: &mut dyn Kernel, command: &[String], timeout: Duration, run_as: &RunAs) -> bool {
     let Some((program, args)) = command.split_first() else {
         return false;
     };
@@ -145,7 +147,7 @@ fn exec(command: &[String], timeout: Duration, run_as: &RunAs) -> bool {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if plumb_linux::spawn::restrict(&mut command, identity, &run_as.capabilities).is_err() {
+    if kernel.restrict(&mut command, identity, &run_as.capabilities).is_err() {
         return false;
     }
     let Ok(mut child) = command.spawn() else {

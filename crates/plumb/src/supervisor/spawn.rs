@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{Pid, User};
+use plumb_core::kernel::{Confinement, Identity, Kernel};
 use plumb_core::services::{RunSpec, SEARCH_PATH};
-use plumb_linux::{netns, spawn};
 
 use super::hosts;
 use crate::failure::{Failure, Result};
@@ -19,9 +19,8 @@ use crate::failure::{Failure, Result};
 /// returns it and the inode of the namespace it runs in. Writes the container's hosts file
 /// into `hosts_dir` first. Returns once the program runs (its exec succeeded): that is when
 /// `up` reports the replica started; a failed exec or step before it is the error.
-pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<u64>)> {
-    let netns_fd = netns::open(&spec.netns)?;
-    let inode = netns::inode(&spec.netns);
+pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<u64>)> {
+    let inode = kernel.netns_inode(&spec.netns);
     let hosts = hosts::write(hosts_dir, &spec.container, &spec.hosts)?;
     let (program, args) = spec
         .command
@@ -52,22 +51,16 @@ pub fn spawn_replica(spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<
         .as_deref()
         .map(|name| run_as(&mut command, name))
         .transpose()?;
-    let resolv_conf = netns::resolv_conf_path(&spec.netns);
-    let files = spawn::EtcFiles {
+    let how = Confinement {
+        netns: &spec.netns,
+        hostname: &spec.container,
         hosts: Some(&hosts),
-        resolv_conf: Some(&resolv_conf),
-    };
-    let confined = spawn::confine(
-        &mut command,
-        netns_fd,
-        &spec.container,
-        files,
+        resolv_conf: true,
         identity,
-        &spec.capabilities,
-    )?;
-    let child = command
-        .spawn()
-        .map_err(|e| Failure::new(confined.explain(&program, &e)))?;
+        capabilities: &spec.capabilities,
+    };
+    let explain = kernel.confine(&mut command, &how)?;
+    let child = command.spawn().map_err(|e| Failure::new(explain(&program, &e)))?;
     Ok((child, inode))
 }
 
@@ -83,13 +76,13 @@ fn usual_umask(command: &mut Command) {
 }
 
 /// The identity to drop to for user `name` (also its HOME).
-fn run_as(command: &mut Command, name: &str) -> Result<spawn::Identity> {
+fn run_as(command: &mut Command, name: &str) -> Result<Identity> {
     let user = User::from_name(name)
         .ok()
         .flatten()
         .ok_or_else(|| Failure::new(format!("unknown user {name:?}")))?;
     command.env("HOME", &user.dir);
-    Ok(spawn::Identity {
+    Ok(Identity {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
     })
