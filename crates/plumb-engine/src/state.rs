@@ -1,8 +1,9 @@
 //! plumb's state: what the kernel cannot tell us (address leases, the rules last applied, the
-//! stack file's path), behind the [`StateStore`] trait (lock, load, save, leases). Its one
-//! implementation today is [`StateDir`]: one folder per stack, written atomically, and a lock
-//! file so two plumb processes never interleave their changes. The directory is private to its
-//! owner (`access`). A cluster store (etcd) comes next.
+//! spec and stack file a stack came from, its faults and attached containers), behind the
+//! object-safe [`StateStore`] trait (lock, load, save, leases, the forwarding mark).
+//! [`StateDir`] keeps it in one folder per stack, written atomically, with a lock file so two
+//! plumb processes never interleave their changes; the directory is private to its owner
+//! (`access`). The binary's `cluster::records::EtcdRecords` keeps the same records in etcd.
 
 mod access;
 
