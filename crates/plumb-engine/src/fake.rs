@@ -64,6 +64,8 @@ pub struct World {
     pub routes: Vec<(Ipv4Net, String)>,
     /// The host's own addresses.
     pub addresses: Vec<Ipv4Addr>,
+    /// Namespace paths that are gone (an attach of one fails, as opening it would).
+    pub gone_paths: Vec<String>,
     /// Host processes listening: (transport, address, port, holder).
     pub listening: Vec<(Transport, std::net::IpAddr, u16, (u32, String))>,
 }
@@ -135,6 +137,9 @@ impl World {
                 if key == "net.ipv4.ip_forward" {
                     self.ip_forward = value == "1";
                 }
+            }
+            Op::NetnsAttach { path, .. } if self.gone_paths.contains(path) => {
+                return Err(fail(format!("open {path}"), ENOENT));
             }
             Op::NetnsAdd { name } | Op::NetnsAttach { name, .. } => {
                 if self.namespaces.contains_key(name) {

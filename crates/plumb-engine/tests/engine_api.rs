@@ -695,3 +695,24 @@ fn attach_and_detach_a_container_made_by_someone_else() {
     engine.down(teardown, &|_, _, _| {}).unwrap();
     assert_eq!(host.namespaces(), 0);
 }
+
+/// An attach whose execution fails (the namespace vanished before plumb bound it) is undone
+/// and not kept in the record: the next `up` does not try it again.
+#[test]
+fn a_failed_attach_is_not_kept() {
+    let mut host = Host::new("attach-fails");
+    let parsed = parse("s.toml", STACK).unwrap();
+    host.up(&parsed).unwrap();
+    let gone = attachment("ext", "back", None);
+    host.kernel.world().gone_paths.push(gone.netns_path.clone());
+    let e = apply_change(&mut host, |e| e.plan_attach("s", gone)).unwrap_err();
+    assert!(e.message.contains("runtime-ext"), "{}", e.message);
+    let record = host.state.load("s").unwrap().unwrap();
+    assert!(record.attached.is_empty(), "{:?}", record.attached);
+    assert_eq!(host.namespaces(), 3, "nothing of it is left");
+    // The next up does not try it again: it only takes its rules back out of the tables
+    // (the transaction ran before the container failed), and the one after finds nothing.
+    let steps = host.up(&parsed).unwrap();
+    assert_eq!(created(&steps), 0, "{steps:?}");
+    assert!(host.up(&parsed).unwrap().is_empty());
+}
