@@ -211,23 +211,18 @@ impl StateDir {
 
     /// Waits for, then takes, the exclusive lock on the state directory.
     pub fn lock(&self) -> Result<Lock> {
-        self.ensure()?;
-        let path = self.root.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(PRIVATE_FILE)
-            .open(&path)
-            .map_err(|e| write_error(&path, e))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map(Lock)
-            .map_err(|(_, e)| Failure::new(format!("cannot lock {}: {e}", path.display())))
+        self.flock(FlockArg::LockExclusive)?
+            .ok_or_else(|| Failure::new("the state directory's lock was refused"))
     }
 
     /// The lock if it is free now, `None` if someone holds it (for work in the background
     /// that can wait for its next round).
     pub fn try_lock(&self) -> Result<Option<Lock>> {
+        self.flock(FlockArg::LockExclusiveNonblock)
+    }
+
+    /// The lock file, locked as `how` says; `None` when a non-blocking attempt finds it held.
+    fn flock(&self, how: FlockArg) -> Result<Option<Lock>> {
         self.ensure()?;
         let path = self.root.join("lock");
         let file = OpenOptions::new()
@@ -237,7 +232,7 @@ impl StateDir {
             .mode(PRIVATE_FILE)
             .open(&path)
             .map_err(|e| write_error(&path, e))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        match Flock::lock(file, how) {
             Ok(lock) => Ok(Some(Lock(lock))),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(Failure::new(format!("cannot lock {}: {e}", path.display()))),

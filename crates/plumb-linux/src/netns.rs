@@ -106,36 +106,22 @@ pub struct Created {
 
 /// Creates the named namespace `/run/netns/NAME`, opening a netlink socket inside it.
 pub fn create(home: &Home, name: &str) -> Result<Created> {
-    let target = path(name);
     let what = || format!("create network namespace {name}");
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(&target)
-        .map_err(|e| Error::new(what(), e))?;
-    let made = (|| {
+    on_new_name(name, what, |target| {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::new(what(), e.into()))?;
         let _back = ReturnHome(home);
-        mount(Some(SELF_NS), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        mount(Some(SELF_NS), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| Error::new(what(), e.into()))?;
         let fd: OwnedFd = File::open(SELF_NS).map_err(|e| Error::new(what(), e))?.into();
         let netlink = Netlink::open()?;
         Ok(Created { fd, netlink })
-    })();
-    if made.is_err() {
-        let _ = umount2(&target, MntFlags::MNT_DETACH);
-        let _ = fs::remove_file(&target);
-    }
-    made
+    })
 }
 
 /// Gives the namespace at `path` (another's: a runtime's /run/netns/X or /proc/PID/ns/net)
 /// the name `name`, as `ip netns attach` does: a bind mount on /run/netns/NAME. Returns a
 /// handle on it and a netlink socket inside.
 pub fn attach(home: &Home, name: &str, path: &Path) -> Result<Created> {
-    let target = super::netns::path(name);
     let what = || format!("attach network namespace {} as {name}", path.display());
     let fd: OwnedFd = File::open(path).map_err(|e| Error::new(what(), e))?.into();
     if nix::sys::statfs::fstatfs(&fd).map(|s| s.filesystem_type().0) != Ok(NSFS_MAGIC) {
@@ -144,6 +130,18 @@ pub fn attach(home: &Home, name: &str, path: &Path) -> Result<Created> {
             io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace"),
         ));
     }
+    on_new_name(name, what, |target| {
+        mount(Some(path), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| Error::new(what(), e.into()))?;
+        let netlink = home.netlink_in(fd.as_fd())?;
+        Ok(Created { fd, netlink })
+    })
+}
+
+/// Makes the file /run/netns/NAME (failing if it exists), then `bind`s a namespace on it;
+/// if that fails, the mount point and the file go again.
+fn on_new_name(name: &str, what: impl Fn() -> String, bind: impl FnOnce(&Path) -> Result<Created>) -> Result<Created> {
+    let target = path(name);
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -151,12 +149,7 @@ pub fn attach(home: &Home, name: &str, path: &Path) -> Result<Created> {
         .mode(0o444)
         .open(&target)
         .map_err(|e| Error::new(what(), e))?;
-    let made = (|| {
-        mount(Some(path), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| Error::new(what(), e.into()))?;
-        let netlink = home.netlink_in(fd.as_fd())?;
-        Ok(Created { fd, netlink })
-    })();
+    let made = bind(&target);
     if made.is_err() {
         let _ = umount2(&target, MntFlags::MNT_DETACH);
         let _ = fs::remove_file(&target);

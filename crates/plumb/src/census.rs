@@ -1,20 +1,9 @@
-//! Which processes live in which container ([`residents`]: one pass over /proc, shared with
-//! the teardown's `ip netns pids`), and which of them no supervisor accounts for. A replica's
+//! Which processes live in which container (`Kernel::residents`: one pass over /proc, shared
+//! with the teardown's `ip netns pids`), and which of them no supervisor accounts for. A replica's
 //! container is its own, so everything inside belongs to it: the supervisor ends what a
 //! replica left behind, and `ps` counts what no supervisor started.
 
-use std::collections::{BTreeMap, HashSet};
-
-use plumb_core::kernel::Kernel;
 pub use plumb_core::kernel::Resident;
-
-/// The processes inside each of the namespaces with these inodes, by inode (none if the
-/// kernel cannot be read).
-pub fn residents(inodes: &HashSet<u64>) -> BTreeMap<u64, Vec<Resident>> {
-    crate::apply::kernel()
-        .map(|mut k| k.residents(inodes))
-        .unwrap_or_default()
-}
 
 /// Of a container's residents, the PIDs its supervisor does not account for: neither the
 /// supervisor's own children (the replica's process, health probes) nor the process tree of

@@ -73,24 +73,22 @@ impl Locked {
     pub fn held(stack_dir: &Path) -> Result<Locked> {
         let (state, stack) = locate(stack_dir);
         let record = state.load(&stack).ok().flatten();
-        let faults = record.as_ref().map(|r| r.faults.clone()).unwrap_or_default();
-        Ok(Locked {
-            _lock: None,
-            state,
-            record,
-            faults,
-        })
+        Ok(Locked::with(state, record, None))
     }
 
     fn read(state: StateDir, stack: &str, lock: Option<Lock>) -> Result<Locked> {
         let record = state.load(stack)?;
+        Ok(Locked::with(state, record, lock))
+    }
+
+    fn with(state: StateDir, record: Option<StackState>, lock: Option<Lock>) -> Locked {
         let faults = record.as_ref().map(|r| r.faults.clone()).unwrap_or_default();
-        Ok(Locked {
+        Locked {
             _lock: lock,
             state,
             record,
             faults,
-        })
+        }
     }
 
     /// Writes the faults into the stack's record (a stack with no record has none to keep).

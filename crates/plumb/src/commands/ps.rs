@@ -324,7 +324,7 @@ fn count_untracked(kernel: &mut dyn Kernel, rows: &mut [Row], supervisors: &BTre
         .iter()
         .map(|r| r.process.as_ref().and_then(|_| kernel.netns_inode(&r.namespace)))
         .collect();
-    let residents = census::residents(&inode_of.iter().flatten().copied().collect::<HashSet<u64>>());
+    let residents = kernel.residents(&inode_of.iter().flatten().copied().collect::<HashSet<u64>>());
     for (row, inode) in rows.iter_mut().zip(inode_of) {
         let (Some(p), Some(inode)) = (row.process.as_mut(), inode) else {
             continue;

@@ -426,7 +426,7 @@ impl Supervisor {
             .iter()
             .filter_map(|(name, sweep)| Some((name, kernel.netns_inode(&sweep.netns)?)))
             .collect();
-        let residents = census::residents(&inodes.values().copied().collect::<HashSet<u64>>());
+        let residents = kernel.residents(&inodes.values().copied().collect::<HashSet<u64>>());
         let supervisor = std::process::id();
         inodes
             .into_iter()
