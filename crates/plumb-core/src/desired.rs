@@ -12,7 +12,7 @@ use crate::diag::Diagnostics;
 use crate::ipam::{self, Leases, Pool, Request};
 use crate::mac::Mac;
 use crate::names;
-use crate::spec::{Balance, Parsed, PolicySpec, PortSpec, ProcessSpec, ServicePort};
+use crate::spec::{Balance, Parsed, PolicySpec, PortSpec, ProcessSpec, ServicePort, ServiceSpec};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
@@ -53,9 +53,14 @@ pub struct Desired {
 pub struct Service {
     pub name: String,
     /// From the stack's service subnet, kept across edits; `None` for a headless service and
-    /// for one without ports.
+    /// for a single container without ports.
     pub vip: Option<Ipv4Addr>,
     pub ports: Vec<ServicePort>,
+    /// No declared ports but several containers: the VIP balances every TCP, UDP and SCTP
+    /// port (as Swarm's does), so that clients spread over them instead of all taking the
+    /// first address of the name's answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub every_port: bool,
     pub lb: Balance,
     /// Client-IP affinity timeout, in seconds.
     pub affinity_secs: Option<u64>,
@@ -410,12 +415,18 @@ fn resolve_with(
     };
     let mut pools = pools;
     pools.insert(VIP_POOL.to_string(), vip_pool);
-    // A VIP serves declared ports only: a service without any (no `expose`, no `ports`) is
-    // reached at its replicas' addresses, as a headless one.
+    // A VIP serves the declared ports; a service with none gets one for every port when it
+    // has several containers (a name answering addresses in a fixed order puts every client on
+    // the first), and a lone container without ports is reached at its own address.
+    let members = |name: &str| -> u32 {
+        let spec = stack.services.get(name).map_or(0, |s| s.replicas);
+        spec + attached.iter().filter(|a| a.service.as_deref() == Some(name)).count() as u32
+    };
+    let every_port = |name: &str, s: &ServiceSpec| s.service_ports().is_empty() && members(name) > 1;
     for (svc_name, _) in stack
         .services
         .iter()
-        .filter(|(_, s)| s.lb != Balance::None && !s.service_ports().is_empty())
+        .filter(|(name, s)| s.lb != Balance::None && (!s.service_ports().is_empty() || every_port(name, s)))
     {
         requests.push(Request {
             key: vip_lease(svc_name),
@@ -444,6 +455,7 @@ fn resolve_with(
             name: name.clone(),
             vip: leases.get(&vip_lease(name)).copied(),
             ports: svc.service_ports(),
+            every_port: svc.lb != Balance::None && every_port(name, svc),
             lb: svc.lb,
             affinity_secs: svc.affinity.map(|d| d.as_secs().max(1)),
             aliases: svc.aliases.clone(),
@@ -600,6 +612,34 @@ mod tests {
         assert_eq!(vip(&second, "db"), vip(&first, "db"));
         assert_eq!(vip(&second, "web"), vip(&first, "web"));
         assert_eq!(vip(&second, "api"), "10.96.0.4".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn several_containers_without_declared_ports_get_a_vip_for_every_port() {
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n\
+            [services.pool]\nreplicas = 3\n[services.lone]\n[services.raw]\nreplicas = 2\nlb = \"none\"\n";
+        let (d, _) = desired(text, &Leases::new());
+        let pool = d.service("pool").unwrap();
+        assert!(
+            pool.every_port && pool.vip.is_some() && pool.ports.is_empty(),
+            "{pool:?}"
+        );
+        let lone = d.service("lone").unwrap();
+        assert!(!lone.every_port && lone.vip.is_none(), "{lone:?}");
+        let raw = d.service("raw").unwrap();
+        assert!(!raw.every_port && raw.vip.is_none(), "headless stays headless: {raw:?}");
+        // An attached container of the lone service makes two: its VIP balances every port.
+        let attached = [Attachment {
+            name: "ext".into(),
+            network: "n".into(),
+            netns_path: "/run/netns/x".into(),
+            ifname: "eth0".into(),
+            service: Some("lone".into()),
+        }];
+        let parsed = parse("plumb.toml", text).unwrap();
+        let (d, _) = resolve_attached(&parsed, &Leases::new(), None, &attached).unwrap();
+        let lone = d.service("lone").unwrap();
+        assert!(lone.every_port && lone.vip.is_some(), "{lone:?}");
     }
 
     #[test]

@@ -418,3 +418,47 @@ fn a_client_reaches_a_vip_on_its_second_network() {
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_scaled_service_without_declared_ports_spreads_its_name_over_every_replica() {
+    let Some(sb) = Sandbox::start() else { return };
+    setup(&sb);
+    let dir = sb.dir.display().to_string();
+    let stack = format!(
+        "name = \"spread\"\n[networks.n]\nsubnet = \"10.89.55.0/24\"\n[networks.other]\nsubnet = \"10.89.56.0/24\"\n\
+         [services.client]\nnetworks = [\"n\"]\n[services.outsider]\nnetworks = [\"other\"]\n{}",
+        web_service(3, "networks = [\"n\"]\n", &dir).replace("expose = [8000]\n", "")
+    );
+    sb.write("plumb.toml", &stack);
+    sb.plumb_ok(&["up"]);
+    assert!(eventually(Duration::from_secs(15), || all_ready(
+        &sb, "spread", "web", 3
+    )));
+    // No declared ports, three replicas: the name gives a VIP balancing every port.
+    let vip = sb.vip("spread", "web");
+    let resolved = sb.ok("ip netns exec spread-client-1 getent hosts web");
+    assert!(resolved.starts_with(&format!("{vip} ")), "{resolved}");
+    assert_eq!(service(&sb, "spread", "web")["ports"], serde_json::json!(["all"]));
+    // 300 connections by name land 100 on each replica.
+    let counts = count(&sb, "spread-client-1", "web", 8000, 300);
+    assert!(counts.errors.is_empty(), "{:?}", counts.errors);
+    assert_eq!(
+        counts.names.values().collect::<Vec<_>>(),
+        [&100, &100, &100],
+        "{:?}",
+        counts.names
+    );
+    // Another port of the same replicas goes through the VIP too (the health server's).
+    let http = sb.ok(&format!(
+        "ip netns exec spread-client-1 curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 http://{vip}:8001/"
+    ));
+    assert_eq!(http.trim(), "200");
+    // A port nothing listens on is refused by the replica, and a client on no network of
+    // web's is refused by the VIP.
+    assert!(sb.connect(Some("spread-client-1"), &vip, 8999).is_none());
+    let refused = count(&sb, "spread-outsider-1", &vip, 8000, 3);
+    assert_eq!(refused.names.len(), 0, "{:?}", refused.names);
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

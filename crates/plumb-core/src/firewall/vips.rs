@@ -20,6 +20,8 @@ use crate::spec::{Balance, ServicePort};
 
 /// The verdict map from `VIP . protocol . port` to a service port's chain.
 pub const MAP: &str = "services";
+/// The verdict map from the VIP of a service balancing every port to its one chain.
+pub const EVERY_PORT_MAP: &str = "services_every_port";
 /// A service port's chain.
 pub const SERVICE_CHAIN_PREFIX: &str = "svc_";
 const ENDPOINT_CHAIN_PREFIX: &str = "ep_";
@@ -65,6 +67,9 @@ pub struct Balanced {
     pub name: String,
     pub vip: Ipv4Addr,
     pub ports: Vec<ServicePort>,
+    /// Balances every port (no declared ones): one chain, DNAT to the address only.
+    #[serde(default)]
+    pub every_port: bool,
     pub lb: Balance,
     pub affinity_secs: Option<u64>,
     /// The bridges of the service's networks: a client's packet must enter through one...
@@ -87,8 +92,8 @@ pub struct Endpoint {
 }
 
 impl Balancer {
-    /// The balanced services of `desired`: those with a VIP, a port and a network (a VIP
-    /// without ports refuses everything: it needs no chains).
+    /// The balanced services of `desired`: those with a VIP, a port (or every port) and a
+    /// network.
     pub fn of(desired: &Desired) -> Balancer {
         // Only a container on several networks can reach a service off its default route.
         let multi_homed: Vec<&crate::desired::Container> =
@@ -96,7 +101,7 @@ impl Balancer {
         let services = desired
             .services
             .iter()
-            .filter(|s| !s.ports.is_empty())
+            .filter(|s| !s.ports.is_empty() || s.every_port)
             .filter_map(|s| {
                 let vip = s.vip?;
                 let mut endpoints: Vec<Endpoint> = s
@@ -143,6 +148,7 @@ impl Balancer {
                     name: s.name.clone(),
                     vip,
                     ports: s.ports.clone(),
+                    every_port: s.every_port,
                     lb: s.lb,
                     affinity_secs: s.affinity_secs,
                     bridges,
@@ -187,14 +193,25 @@ impl Balancer {
 }
 
 impl Balanced {
-    /// `svc_web_tcp_80`
-    pub fn port_chain_name(&self, port: &ServicePort) -> String {
-        format!(
-            "{SERVICE_CHAIN_PREFIX}{}_{}_{}",
-            self.name,
-            port.protocol.as_str(),
-            port.port
-        )
+    /// `svc_web_tcp_80`, or `svc_web_every_port` (`None`: the service balances every port).
+    pub fn port_chain_name(&self, port: Option<&ServicePort>) -> String {
+        match port {
+            Some(port) => format!(
+                "{SERVICE_CHAIN_PREFIX}{}_{}_{}",
+                self.name,
+                port.protocol.as_str(),
+                port.port
+            ),
+            None => format!("{SERVICE_CHAIN_PREFIX}{}_every_port", self.name),
+        }
+    }
+
+    /// The chains choosing a replica: one per declared port, or the one for every port.
+    fn port_chains(&self) -> Vec<Chain> {
+        match self.every_port {
+            true => vec![self.port_chain(None)],
+            false => self.ports.iter().map(|p| self.port_chain(Some(p))).collect(),
+        }
     }
 
     /// `eps_web_6`: named by its size, so a service that grows gets a new map (a map's type
@@ -251,8 +268,9 @@ impl Balanced {
     /// The chain choosing a replica for connections to `VIP:port`: the client's remembered
     /// replica if it is ready (affinity), else the next slot. Readiness is in the maps' elements:
     /// the chain does not change with it.
-    pub fn port_chain(&self, port: &ServicePort) -> Chain {
+    pub fn port_chain(&self, port: Option<&ServicePort>) -> Chain {
         let name = self.port_chain_name(port);
+        let port = port.map_or_else(|| "every port".to_string(), ToString::to_string);
         let svc = &self.name;
         let side = if self.side_clients.is_empty() {
             String::new()
@@ -353,6 +371,7 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
         return;
     };
     let mut map = Set::new(MAP, "ipv4_addr . inet_proto . inet_service", Some("verdict"));
+    let mut every_port = Set::new(EVERY_PORT_MAP, "ipv4_addr", Some("verdict"));
     for svc in &balancer.services {
         for e in &svc.endpoints {
             if let Some(secs) = svc.affinity_secs {
@@ -365,24 +384,36 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
         }
         rules.set(svc.slots_map(&desired.unready));
         for port in &svc.ports {
-            let chain = svc.port_chain(port);
             map.elements.insert(
                 format!("{} . {} . {}", svc.vip, port.protocol.as_str(), port.port),
-                Some(format!("goto {}", chain.name)),
+                Some(format!("goto {}", svc.port_chain_name(Some(port)))),
             );
-            rules.chains.push(chain);
         }
+        if svc.every_port {
+            every_port
+                .elements
+                .insert(svc.vip.to_string(), Some(format!("goto {}", svc.port_chain_name(None))));
+        }
+        rules.chains.extend(svc.port_chains());
     }
     rules.set(map);
+    let balances_every_port = !every_port.elements.is_empty();
+    if balances_every_port {
+        rules.set(every_port);
+    }
     let bridges: Vec<String> = desired.networks.iter().map(|n| n.bridge.clone()).collect();
     let from = format!("iifname {{ {} }}", quoted(&bridges));
-    rules
-        .chain("prerouting", Some(Hook::nat(HookPoint::Prerouting)))
-        .rules
-        .push(Rule::new(
-            format!("{from} ip daddr . meta l4proto . th dport vmap @{MAP}"),
-            "virtual IPs, from the stack's containers",
+    let prerouting = rules.chain("prerouting", Some(Hook::nat(HookPoint::Prerouting)));
+    prerouting.rules.push(Rule::new(
+        format!("{from} ip daddr . meta l4proto . th dport vmap @{MAP}"),
+        "virtual IPs, from the stack's containers",
+    ));
+    if balances_every_port {
+        prerouting.rules.push(Rule::new(
+            format!("{from} meta l4proto {{ tcp, udp, sctp }} ip daddr vmap @{EVERY_PORT_MAP}"),
+            "virtual IPs of services without declared ports: every port",
         ));
+    }
     // After dstnat (-100): what still has a service address was not balanced. Refused here,
     // before routing, so it never leaves through the host's default route. Addresses the
     // host holds (a DNS server on the subnet's first address) are left alone.
@@ -441,6 +472,34 @@ mod tests {
 
     fn table(d: &Desired) -> String {
         rulesets(d).remove(0).print()
+    }
+
+    #[test]
+    fn replicas_without_declared_ports_share_a_vip_balancing_every_port() {
+        let text = table(&desired(
+            &STACK
+                .replace("expose = [80]\n", "")
+                .replace("[services.web]", "[services.one]\n[services.web]"),
+        ));
+        assert!(text.contains("map services_every_port {"), "{text}");
+        assert!(
+            text.contains("elements = { 10.96.0.2 : goto svc_web_every_port }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meta l4proto { tcp, udp, sctp } ip daddr vmap @services_every_port"),
+            "{text}"
+        );
+        assert!(text.contains("numgen inc mod 6 vmap @eps_web_6 comment \"web every port: round-robin over 6 slots\""));
+        // The port is kept: DNAT to the replica's address only.
+        assert!(
+            text.contains("counter dnat ip to 10.0.0.5 comment \"web: endpoint web-3\""),
+            "{text}"
+        );
+        let at = |what: &str| text.find(what).unwrap();
+        assert!(at("chain svc_web_every_port") < at("map services_every_port"), "{text}");
+        // A lone container without ports has no VIP: its name gives its address.
+        assert!(!text.contains("svc_one"), "{text}");
     }
 
     #[test]

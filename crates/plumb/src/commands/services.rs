@@ -99,7 +99,11 @@ fn rows_of(desired: &Desired, unready: &BTreeSet<String>, counts: Option<&BTreeM
                 stack: desired.stack.clone(),
                 service: s.name.clone(),
                 vip: s.vip.map(|v| v.to_string()),
-                ports: s.ports.iter().map(ToString::to_string).collect(),
+                ports: match s.every_port {
+                    // The VIP balances every TCP, UDP and SCTP port (no declared ports).
+                    true => vec!["all".to_string()],
+                    false => s.ports.iter().map(ToString::to_string).collect(),
+                },
                 lb: s.lb.as_str().to_string(),
                 affinity_secs: s.affinity_secs,
                 endpoints,
