@@ -149,12 +149,45 @@ impl<'a> Engine<'a> {
     /// a stack that is up: the stack as last brought up, plus this container. Refusals (a
     /// name taken, a network or service the stack lacks) are input errors.
     pub fn plan_attach(&mut self, stack: &str, attachment: Attachment) -> Result<Change> {
+        self.refuse_foreign_namespace(stack, &attachment)?;
         self.plan_recorded(stack, |parsed, attached| {
             attached.retain(|a| a.name != attachment.name || a.netns_path != attachment.netns_path);
             desired::check_attachment(&parsed.stack, &attachment, attached).map_err(Error::input)?;
             attached.push(attachment);
             Ok(())
         })
+    }
+
+    /// An attachment wires a namespace someone else made: never the host's own (its routes
+    /// and addresses would be replaced) nor one of plumb's containers (a second way into it,
+    /// with a name and an address of its own).
+    fn refuse_foreign_namespace(&mut self, stack: &str, attachment: &Attachment) -> Result<()> {
+        let stacks = self.state.stacks()?;
+        let kernel = self.require_kernel()?;
+        let Some(inode) = kernel.netns_inode(&attachment.netns_path) else {
+            return Ok(()); // A path that holds no namespace fails when it is bound, undone.
+        };
+        let refuse = |what: String| {
+            Err(Error::input(format!("{} is {what}", attachment.netns_path))
+                .hint("give the namespace the runtime made for the container (CNI_NETNS)"))
+        };
+        if kernel.netns_inode("/proc/self/ns/net") == Some(inode) {
+            return refuse("the host's own network namespace".to_string());
+        }
+        for (owner, record) in &stacks {
+            let containers = record.desired.iter().flat_map(|d| d.containers.iter());
+            // The container itself, attached again (a repeated ADD, or another network).
+            let itself = |c: &&plumb_core::desired::Container| owner == stack && c.name == attachment.name;
+            for c in containers.filter(|c| !itself(c)) {
+                if kernel.netns_inode(&c.netns) == Some(inode) {
+                    return refuse(format!(
+                        "the namespace of {owner}/{}, which plumb made or attached",
+                        c.name
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Plans detaching an attached container (a CNI DEL): its veth and name go, its namespace

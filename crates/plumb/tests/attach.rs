@@ -81,6 +81,10 @@ fn a_namespace_made_elsewhere_joins_a_network_and_leaves_it_intact() {
     assert!(sb.ping("at-a-1", &ip), "still reachable after up");
 
     // Bad requests: exit 2, nothing changed.
+    sb.ok("ip netns add runtime-y");
+    let host_pid = sb.ok("sleep 600 >/dev/null 2>&1 & echo $!").trim().to_string();
+    let host_netns = format!("/proc/{host_pid}/ns/net");
+    let routes_before = sb.ok("ip route");
     for (args, why) in [
         (
             vec![
@@ -89,16 +93,16 @@ fn a_namespace_made_elsewhere_joins_a_network_and_leaves_it_intact() {
                 "--network",
                 "nope",
                 "--netns",
-                "/run/netns/runtime-x",
+                "/run/netns/runtime-y",
             ],
             "no network",
         ),
         (
-            vec!["attach", "at/a-1", "--network", "n", "--netns", "/run/netns/runtime-x"],
+            vec!["attach", "at/a-1", "--network", "n", "--netns", "/run/netns/runtime-y"],
             "own services",
         ),
         (
-            vec!["attach", "ext2", "--network", "n", "--netns", "/run/netns/runtime-x"],
+            vec!["attach", "ext2", "--network", "n", "--netns", "/run/netns/runtime-y"],
             "STACK/NAME",
         ),
         (
@@ -109,6 +113,20 @@ fn a_namespace_made_elsewhere_joins_a_network_and_leaves_it_intact() {
             vec!["attach", "at/ext2", "--network", "n", "--netns", "/etc/hostname"],
             "not a network namespace",
         ),
+        (
+            vec!["attach", "at/ext2", "--network", "n", "--netns", "/run/netns/runtime-x"],
+            "the namespace of at/ext",
+        ),
+        // Never the host's own namespace (its routes would be replaced), nor a namespace
+        // plumb made (a second name and address into a-1).
+        (
+            vec!["attach", "at/ext2", "--network", "n", "--netns", &host_netns],
+            "the host's own network namespace",
+        ),
+        (
+            vec!["attach", "at/ext2", "--network", "n", "--netns", "/run/netns/at-a-1"],
+            "the namespace of at/a-1",
+        ),
     ] {
         let out = sb.plumb(&args);
         let err = text(&out.stderr);
@@ -116,6 +134,12 @@ fn a_namespace_made_elsewhere_joins_a_network_and_leaves_it_intact() {
         assert!(err.contains(why), "{args:?}: {err}");
     }
     assert!(!sb.namespaces().iter().any(|n| n == "at-ext2"), "{:?}", sb.namespaces());
+    assert_eq!(sb.ok("ip route"), routes_before, "the host's routes changed");
+    assert!(
+        !sb.ps().iter().any(|c| c["container"] == "ext2"),
+        "a refused attach is recorded"
+    );
+    sb.ok(&format!("kill {host_pid}; ip netns del runtime-y"));
 
     // Detach: unwired, the namespace and its process stay; a second DEL is fine.
     sb.plumb_ok(&["detach", "at/ext"]);
@@ -132,8 +156,10 @@ fn a_namespace_made_elsewhere_joins_a_network_and_leaves_it_intact() {
     let again = sb.plumb_ok(&["detach", "at/ext"]);
     assert!(again.contains("not attached"), "{again}");
 
-    // Attached again, then `down`: still its process and namespace stay.
-    sb.plumb_ok(&["attach", "at/ext", "--network", "n", "--netns", "/run/netns/runtime-x"]);
+    // Attached again, by the path of its process's namespace (`/proc/PID/ns/net`, as some
+    // runtimes give it), then `down`: still its process and namespace stay.
+    let by_pid = format!("/proc/{pid}/ns/net");
+    sb.plumb_ok(&["attach", "at/ext", "--network", "n", "--netns", &by_pid]);
     assert!(sb.ping("at-a-1", &ip) || sb.ping("at-a-1", &ip), "attached again");
     sb.plumb_ok(&["down"]);
     assert!(

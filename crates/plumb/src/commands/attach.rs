@@ -40,7 +40,14 @@ pub fn attach(ctx: &Context, request: &Request, format: Format) -> Result<()> {
     require_root("attach")?;
     require_nft()?;
     let (stack, name) = split(request.target)?;
-    let netns = std::fs::canonicalize(request.netns).map_err(|e| {
+    // The folder is made canonical, not the file: `/proc/PID/ns/net` is a link to no path.
+    let folder = request
+        .netns
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = request.netns.file_name().unwrap_or_default();
+    let netns = std::fs::canonicalize(folder).map(|f| f.join(file)).map_err(|e| {
         Failure::new(format!("{}: {e}", request.netns.display()))
             .hint("give the path of the container's network namespace (/run/netns/NAME or /proc/PID/ns/net)")
             .code(2)
