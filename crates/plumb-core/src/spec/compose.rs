@@ -435,6 +435,7 @@ impl Reader<'_> {
                         service.networks =
                             Some(k.spanned(RawValue::Array(vec![k.spanned(RawValue::String("default".into()))])));
                     }
+                    wants_default |= service.networks.as_ref().is_some_and(|n| joins_default(n.get_ref()));
                     raw_services.insert(k.spanned(svc), service);
                 }
             }
@@ -1286,6 +1287,16 @@ impl Reader<'_> {
     }
 }
 
+/// True if a service's `networks` names `default` (made even when the file does not
+/// declare it, as in Compose).
+fn joins_default(networks: &RawValue) -> bool {
+    match networks {
+        RawValue::Array(items) => items.iter().any(|i| i.get_ref().as_str() == Some("default")),
+        RawValue::Table(t) => t.contains_key("default"),
+        _ => false,
+    }
+}
+
 /// A top-level network before its subnet is settled.
 #[derive(Default)]
 struct PendingNetwork {
@@ -1410,5 +1421,497 @@ fn raw_value(node: &Node) -> RawValue {
                 .map(|(k, v)| (k.spanned(k.text().unwrap_or_default()), v.spanned(raw_value(v))))
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{parse, parse_compose, to_toml, Condition, Parsed, Probe, RestartPolicy};
+    use super::*;
+
+    fn no_files(path: &str) -> Result<String, String> {
+        match path {
+            "app.env" => Ok("# settings\nA=from-file\nexport B=\"two words\"\nC=3 # count\n".into()),
+            "bad.env" => Ok("A=1\nJUST_A_NAME\n".into()),
+            _ => Err("No such file or directory".into()),
+        }
+    }
+
+    fn input() -> ComposeInput<'static> {
+        ComposeInput {
+            dir_name: "My_Shop.app",
+            read_env_file: &no_files,
+        }
+    }
+
+    fn ok(text: &str) -> Parsed {
+        match parse_compose("compose.yaml", text, &input()) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}\nfor:\n{text}"),
+        }
+    }
+
+    fn err(text: &str) -> String {
+        match parse_compose("compose.yaml", text, &input()) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// One service `a` with these lines (indented 4) under it.
+    fn svc(lines: &str) -> String {
+        format!("name: s\nservices:\n  a:\n{lines}")
+    }
+
+    #[test]
+    fn the_name_comes_from_the_file_or_its_folder() {
+        assert_eq!(ok("services:\n  a: {}\n").stack.name, "my-shop-app");
+        assert_eq!(ok("name: shop\nservices:\n  a: {}\n").stack.name, "shop");
+        assert_eq!(stack_name_from("2024_Project"), "project");
+        assert_eq!(stack_name_from("a-very-long-folder-name"), "a-very-long");
+        let e = err("name: My_Shop\nservices:\n  a: {}\n");
+        assert!(
+            e.contains("compose.yaml:1:7: name: stack name \"My_Shop\" is not valid"),
+            "{e}"
+        );
+        let e = match parse_compose(
+            "c.yaml",
+            "services:\n  a: {}\n",
+            &ComposeInput {
+                dir_name: "__",
+                read_env_file: &no_files,
+            },
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!(),
+        };
+        assert!(e.contains("gives no stack name") && e.contains("add name:"), "{e}");
+    }
+
+    #[test]
+    fn command_and_entrypoint_join_as_docker_joins_them() {
+        let p = ok(&svc(
+            "    entrypoint: /usr/bin/env FOO=1\n    command: [\"python3\", \"-c\", \"print('a b')\"]\n",
+        ));
+        let process = p.stack.services["a"].process.clone().unwrap();
+        assert_eq!(
+            process.command,
+            ["/usr/bin/env", "FOO=1", "python3", "-c", "print('a b')"]
+        );
+        // Compose restarts nothing unless told.
+        assert_eq!(process.restart, RestartPolicy::No);
+        let p = ok(&svc("    command: sh -c 'echo \"hi there\"'\n"));
+        assert_eq!(
+            p.stack.services["a"].process.as_ref().unwrap().command,
+            ["sh", "-c", "echo \"hi there\""]
+        );
+        let e = err(&svc("    command: \"sh -c 'unclosed\"\n"));
+        assert!(
+            e.contains("compose.yaml:4:14: services.a.command: command has an unterminated quote"),
+            "{e}"
+        );
+        let e = err(&svc("    command: [\"sh\", {}]\n"));
+        assert!(
+            e.contains("compose.yaml:4:21: services.a.command[1]: expected a string"),
+            "{e}"
+        );
+        // No command: a bare container.
+        assert!(ok(&svc("    networks: [default]\n")).stack.services["a"]
+            .process
+            .is_none());
+    }
+
+    #[test]
+    fn environment_takes_a_mapping_a_list_and_env_files() {
+        let p = ok(&svc(
+            "    command: x\n    env_file: [app.env, { path: missing.env, required: false }]\n    environment:\n      A: over\n      N: 1.10\n      T: true\n",
+        ));
+        let env = &p.stack.services["a"].process.as_ref().unwrap().env;
+        assert_eq!(env["A"], "over");
+        assert_eq!(env["B"], "two words");
+        assert_eq!(env["C"], "3");
+        assert_eq!(env["N"], "1.10");
+        assert_eq!(env["T"], "true");
+        let p = ok(&svc("    command: x\n    environment: [\"K=v=w\", \"E=\"]\n"));
+        let env = &p.stack.services["a"].process.as_ref().unwrap().env;
+        assert_eq!((env["K"].as_str(), env["E"].as_str()), ("v=w", ""));
+        let e = err(&svc("    command: x\n    environment:\n      - FROM_SHELL\n"));
+        assert!(
+            e.contains("compose.yaml:6:9: services.a.environment.FROM_SHELL: FROM_SHELL has no value"),
+            "{e}"
+        );
+        let e = err(&svc("    command: x\n    env_file: nope.env\n"));
+        assert!(
+            e.contains("compose.yaml:5:15: services.a.env_file[0]: cannot read env file \"nope.env\""),
+            "{e}"
+        );
+        let e = err(&svc("    command: x\n    env_file: bad.env\n"));
+        assert!(e.contains("compose.yaml:5:15") && e.contains("bad.env:2:"), "{e}");
+        // Without a command there is no process to give it to.
+        let e = err(&svc("    environment: { A: b }\n"));
+        assert!(
+            e.contains("compose.yaml:4:5: services.a.environment: env needs a command"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn interpolation_is_refused_and_dollars_escape() {
+        let p = ok(&svc("    command: [\"sh\", \"-c\", \"echo $$HOME\"]\n"));
+        assert_eq!(p.stack.services["a"].process.as_ref().unwrap().command[2], "echo $HOME");
+        let e = err(&svc("    command: [\"echo\", \"${HOME:-x}\"]\n"));
+        assert!(e.contains("compose.yaml:4:23") && e.contains("interpolation"), "{e}");
+    }
+
+    #[test]
+    fn services_join_default_or_their_networks() {
+        let text = "name: s\nservices:\n  a: {}\n  b:\n    networks:\n      front:\n        ipv4_address: 10.89.1.10\n        aliases: [api, api2]\n      back: {}\nnetworks:\n  front:\n    ipam:\n      config:\n        - subnet: 10.89.1.0/24\n          gateway: 10.89.1.254\n  back:\n    internal: true\n    driver: bridge\n";
+        let p = ok(text);
+        let s = &p.stack;
+        assert_eq!(s.services["a"].networks[0].network, "default");
+        let b = &s.services["b"];
+        assert_eq!(b.networks.len(), 2);
+        let front = b.networks.iter().find(|n| n.network == "front").unwrap();
+        assert_eq!(front.ip, Some("10.89.1.10".parse().unwrap()));
+        assert_eq!(b.aliases, ["api", "api2"]);
+        assert_eq!(s.networks["front"].gateway.to_string(), "10.89.1.254");
+        assert!(s.networks["back"].internal);
+        // Networks without a subnet get a /24 of 10.92.0.0/16, the same every time, apart.
+        let (d, back) = (s.networks["default"].subnet, s.networks["back"].subnet);
+        assert!(AUTO_SUBNETS.parse::<Ipv4Net>().unwrap().contains(&d) && d.prefix_len() == 24);
+        assert_ne!(d, back);
+        assert_eq!(ok(text).stack.networks["default"].subnet, d);
+        let e = err(&svc("    networks: [nowhere]\n"));
+        assert!(
+            e.contains("compose.yaml:4:16: services.a.networks: unknown network \"nowhere\""),
+            "{e}"
+        );
+        let e = err("name: s\nservices:\n  a: {}\nnetworks:\n  n:\n    driver: macvlan\n");
+        assert!(
+            e.contains("compose.yaml:6:13: networks.n.driver: network driver \"macvlan\" is not supported"),
+            "{e}"
+        );
+        let e = err(
+            "name: s\nservices:\n  a: {}\nnetworks:\n  default:\n    ipam:\n      config: [{ subnet: 10.89.1.0/33 }]\n",
+        );
+        assert!(
+            e.contains("compose.yaml:7:26: networks.default.ipam.config[0].subnet:"),
+            "{e}"
+        );
+        let e = err("name: s\nservices:\n  a:\n    networks: { default: { priority: 3 } }\n");
+        assert!(
+            e.contains("compose.yaml:4:28: services.a.networks.default.priority: priority is not supported"),
+            "{e}"
+        );
+        let e = err("name: s\nservices:\n  a: {}\nnetworks:\n  default:\n    external: true\n");
+        assert!(
+            e.contains("compose.yaml:6:5") && e.contains("external is not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ports_short_long_and_ranges() {
+        let p = ok(&svc(
+            "    ports:\n      - \"8080:80\"\n      - 127.0.0.1:9000-9001:90-91/udp\n      - target: 443\n        published: \"8443\"\n        host_ip: 127.0.0.2\n        protocol: tcp\n        mode: host\n",
+        ));
+        let ports: Vec<String> = p.stack.services["a"].ports.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ports,
+            [
+                "8080->80/tcp",
+                "127.0.0.1:9000->90/udp",
+                "127.0.0.1:9001->91/udp",
+                "127.0.0.2:8443->443/tcp"
+            ]
+        );
+        let e = err(&svc("    ports: [\"80\"]\n"));
+        assert!(
+            e.contains(
+                "compose.yaml:4:13: services.a.ports[0]: \"80\" is not a port plumb can publish: it names no host port"
+            ),
+            "{e}"
+        );
+        let e = err(&svc("    ports: [\"8080-8082:80-81\"]\n"));
+        assert!(e.contains("ranges differ"), "{e}");
+        let e = err(&svc("    ports: [\"8080:70000\"]\n"));
+        assert!(
+            e.contains("compose.yaml:4:13: services.a.ports[0]: \"8080:70000\" is not a valid port mapping"),
+            "{e}"
+        );
+        let e = err(&svc("    ports:\n      - target: 80\n"));
+        assert!(e.contains("compose.yaml:5:9") && e.contains("no published"), "{e}");
+    }
+
+    #[test]
+    fn expose_takes_ports_ranges_and_protocols() {
+        let p = ok(&svc("    expose: [5001, \"6000-6001\", \"53/udp\"]\n"));
+        let ports: Vec<String> = p.stack.services["a"].expose.iter().map(ToString::to_string).collect();
+        assert_eq!(ports, ["5001/tcp", "6000/tcp", "6001/tcp", "53/udp"]);
+        let e = err(&svc("    expose: [\"http\"]\n"));
+        assert!(
+            e.contains("compose.yaml:4:14: services.a.expose[0]: not a container port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn depends_on_maps_onto_conditions() {
+        let text = "name: s\nservices:\n  db:\n    command: db\n    healthcheck: { test: [\"CMD\", \"true\"] }\n  a:\n    command: a\n    depends_on:\n      db: { condition: service_healthy, required: true }\n  b:\n    command: b\n    depends_on: [a]\n";
+        let p = ok(text);
+        let a = p.stack.services["a"].process.clone().unwrap();
+        assert_eq!(a.depends_on[0].condition, Condition::Healthy);
+        let b = p.stack.services["b"].process.clone().unwrap();
+        assert_eq!(
+            (b.depends_on[0].service.as_str(), b.depends_on[0].condition),
+            ("a", Condition::Started)
+        );
+        let e = err(&text.replace("service_healthy", "service_completed_successfully"));
+        assert!(e.contains("compose.yaml:9:24: services.a.depends_on.db.condition: service_completed_successfully is not supported"), "{e}");
+        let e = err(&text.replace("depends_on: [a]", "depends_on: [c]"));
+        assert!(
+            e.contains("compose.yaml:12:18: services.b.depends_on: unknown service \"c\""),
+            "{e}"
+        );
+        let e = err(&text.replace("    healthcheck: { test: [\"CMD\", \"true\"] }\n", ""));
+        assert!(
+            e.contains("compose.yaml:7:5: services.a.depends_on: \"db\" has no health check"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn healthchecks_run_as_exec_probes() {
+        let p = ok(&svc("    command: x\n    healthcheck:\n      test: [\"CMD\", \"redis-cli\", \"ping\"]\n      interval: 1m30s\n      timeout: 500ms\n      retries: 5\n      start_period: 10s\n"));
+        let h = p.stack.services["a"].process.clone().unwrap().health.unwrap();
+        assert_eq!(
+            h.probe,
+            Probe::Exec {
+                command: vec!["redis-cli".into(), "ping".into()]
+            }
+        );
+        assert_eq!(
+            (h.interval, h.timeout, h.retries, h.start_period),
+            (
+                Duration::from_secs(90),
+                Duration::from_millis(500),
+                5,
+                Duration::from_secs(10)
+            )
+        );
+        let shell = |test: &str| {
+            let p = ok(&svc(&format!("    command: x\n    healthcheck:\n      test: {test}\n")));
+            p.stack.services["a"].process.clone().unwrap().health.map(|h| h.probe)
+        };
+        let sh = Some(Probe::Exec {
+            command: vec!["/bin/sh".into(), "-c".into(), "curl -f localhost".into()],
+        });
+        assert_eq!(shell("[\"CMD-SHELL\", \"curl -f localhost\"]"), sh);
+        assert_eq!(shell("curl -f localhost"), sh);
+        assert_eq!(shell("[\"NONE\"]"), None);
+        let p = ok(&svc(
+            "    command: x\n    healthcheck: { test: [\"CMD\", \"x\"], disable: true }\n",
+        ));
+        assert!(p.stack.services["a"].process.as_ref().unwrap().health.is_none());
+        let e = err(&svc("    command: x\n    healthcheck: { interval: 1s }\n"));
+        assert!(
+            e.contains("compose.yaml:5:5: services.a.healthcheck.test: the healthcheck has no test"),
+            "{e}"
+        );
+        let e = err(&svc("    command: x\n    healthcheck: { test: [\"EXEC\", \"x\"] }\n"));
+        assert!(
+            e.contains("compose.yaml:5:26: services.a.healthcheck.test: a test list starts with CMD"),
+            "{e}"
+        );
+        let e = err(&svc(
+            "    command: x\n    healthcheck:\n      test: [\"CMD\", \"x\"]\n      interval: soon\n",
+        ));
+        assert!(
+            e.contains("compose.yaml:7:17: services.a.healthcheck.interval: \"soon\" is not a duration"),
+            "{e}"
+        );
+        let e = err(&svc(
+            "    command: x\n    healthcheck:\n      test: [\"CMD\", \"x\"]\n      start_interval: 1s\n",
+        ));
+        assert!(
+            e.contains("compose.yaml:7:7: services.a.healthcheck.start_interval: start_interval is not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn replicas_capabilities_restart_and_the_rest() {
+        let p = ok(&svc("    command: x\n    deploy: { replicas: 3, mode: replicated }\n    cap_add: [NET_ADMIN]\n    cap_drop: [MKNOD]\n    restart: unless-stopped\n    working_dir: /srv\n    user: nobody\n    stop_grace_period: 3s\n    labels: { a: b }\n    x-note: fine\n"));
+        let a = &p.stack.services["a"];
+        assert_eq!(a.replicas, 3);
+        let process = a.process.clone().unwrap();
+        assert_eq!(process.restart, RestartPolicy::Always);
+        assert_eq!(process.workdir.as_deref(), Some("/srv"));
+        assert_eq!(process.user.as_deref(), Some("nobody"));
+        assert_eq!(process.stop_grace, Duration::from_secs(3));
+        assert!(process.capabilities.root.contains(12) && !process.capabilities.root.contains(27));
+        assert_eq!(ok(&svc("    scale: 2\n")).stack.services["a"].replicas, 2);
+        for (r, want) in [
+            ("\"no\"", RestartPolicy::No),
+            ("on-failure:3", RestartPolicy::OnFailure),
+            ("always", RestartPolicy::Always),
+        ] {
+            let p = ok(&svc(&format!("    command: x\n    restart: {r}\n")));
+            assert_eq!(p.stack.services["a"].process.clone().unwrap().restart, want, "{r}");
+        }
+        let e = err(&svc("    command: x\n    restart: sometimes\n"));
+        assert!(
+            e.contains("compose.yaml:5:14: services.a.restart: unknown restart policy \"sometimes\""),
+            "{e}"
+        );
+        let e = err(&svc("    scale: 2\n    deploy: { replicas: 3 }\n"));
+        assert!(
+            e.contains("compose.yaml:4:12: services.a.scale: scale 2 and deploy.replicas 3 differ"),
+            "{e}"
+        );
+        let e = err(&svc("    deploy: { replicas: 3, resources: {} }\n"));
+        assert!(
+            e.contains("compose.yaml:4:28: services.a.deploy.resources: deploy.resources is not supported"),
+            "{e}"
+        );
+        let e = err(&svc("    deploy: { replicas: 99999 }\n"));
+        assert!(
+            e.contains("compose.yaml:4:25: services.a.deploy.replicas: replicas = 99999 is out of range"),
+            "{e}"
+        );
+        let e = err(&svc("    command: x\n    cap_add: [NET_ADMINN]\n"));
+        assert!(e.contains("compose.yaml:5:15") && e.contains("NET_ADMIN"), "{e}");
+        let e = err(&svc("    command: x\n    working_dir: \"a\\0b\"\n"));
+        assert!(e.contains("compose.yaml:5:18: services.a.working_dir"), "{e}");
+    }
+
+    #[test]
+    fn images_wait_for_podman_unless_the_service_runs_on_the_host() {
+        let e = err(&svc("    image: redis:7\n"));
+        assert!(
+            e.contains("compose.yaml:4:12: services.a.image: image services run through podman: not in this build yet"),
+            "{e}"
+        );
+        let e = err(&svc("    build: { context: ., dockerfile: Dockerfile }\n"));
+        assert!(
+            e.contains("compose.yaml:4:12: services.a.build: image services run through podman"),
+            "{e}"
+        );
+        let p = ok(&svc(
+            "    image: debian:12\n    x-plumb: { host: true }\n    command: [/usr/bin/true]\n",
+        ));
+        assert_eq!(
+            p.stack.services["a"].process.as_ref().unwrap().command,
+            ["/usr/bin/true"]
+        );
+        let e = err(&svc("    x-plumb: { hots: true }\n"));
+        assert!(
+            e.contains("compose.yaml:4:16: services.a.x-plumb.hots: unknown x-plumb key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unsupported_and_unknown_keys_name_their_line() {
+        let e = err(&svc(
+            "    command: x\n    volumes: [\"./data:/data\"]\n    privileged: true\n    commnd: x\n",
+        ));
+        assert!(
+            e.contains("compose.yaml:5:5: services.a.volumes: volumes is not supported by plumb"),
+            "{e}"
+        );
+        assert!(
+            e.contains("compose.yaml:6:5: services.a.privileged: privileged is not supported by plumb")
+                && e.contains("cap_add"),
+            "{e}"
+        );
+        assert!(
+            e.contains("compose.yaml:7:5: services.a.commnd: unknown key \"commnd\""),
+            "{e}"
+        );
+        let e = err("name: s\nservices:\n  a: {}\nvolumes:\n  data: {}\nsecrets: {}\nx-any: 1\nversion: \"3.8\"\n");
+        assert!(e.contains("compose.yaml:4:1: volumes: volumes is not supported"), "{e}");
+        assert!(e.contains("compose.yaml:6:1: secrets:"), "{e}");
+        for key in [
+            "network_mode: host",
+            "container_name: web",
+            "hostname: web",
+            "links: [b]",
+            "extends: b",
+            "profiles: [x]",
+        ] {
+            let e = err(&svc(&format!("    {key}\n")));
+            assert!(
+                e.contains("compose.yaml:4:5:") && e.contains("is not supported by plumb"),
+                "{key}: {e}"
+            );
+        }
+        let e = err("name: s\n");
+        assert!(e.contains("the file has no services"), "{e}");
+    }
+
+    #[test]
+    fn yaml_errors_give_line_and_column() {
+        let e = err("name: s\nservices:\n  a:\n    command: [x\n  b: {}\n");
+        assert!(e.starts_with("compose.yaml:5:") && e.contains("not valid YAML"), "{e}");
+        let e = err("name: s\nservices:\n  a: {}\n  a: {}\n");
+        assert!(e.contains("compose.yaml:4:") && e.contains("not valid YAML"), "{e}");
+        let e = err("name: s\nservices: {}\n---\nname: t\n");
+        assert!(
+            e.contains("compose.yaml:4:") && e.contains("several YAML documents"),
+            "{e}"
+        );
+        let e = err("- a\n- b\n");
+        assert!(
+            e.contains("compose.yaml:1:1") && e.contains("expected a mapping"),
+            "{e}"
+        );
+        let e = err("name: s\nservices:\n  a: !reset {}\n");
+        assert!(e.contains("compose.yaml:3:") && e.contains("tag"), "{e}");
+        // Multi-byte text before a mistake: the column counts characters.
+        let e = err("name: s # café\nservices:\n  a:\n    command: [\"é\", {}]\n");
+        assert!(e.contains("compose.yaml:4:20"), "{e}");
+    }
+
+    #[test]
+    fn converting_gives_a_stack_file_of_the_same_stack() {
+        let text = "name: conv\nservices:\n  db:\n    command: [/usr/bin/redis-server, --port, \"6379\"]\n    expose: [6379]\n    healthcheck: { test: \"redis-cli ping\", interval: 1s, retries: 2 }\n    cap_drop: [ALL]\n    cap_add: [NET_BIND_SERVICE]\n  web:\n    command: web --flag\n    environment: { QUOTE: \"say \\\"hi\\\"\\n\", EMPTY: \"\" }\n    ports: [\"127.0.0.1:8080:80\", \"53:53/udp\"]\n    depends_on: { db: { condition: service_healthy } }\n    restart: always\n    working_dir: /tmp\n    user: nobody\n    networks:\n      front: { ipv4_address: 10.89.3.7, aliases: [www] }\n      default: {}\n    deploy: { replicas: 1 }\n  idle:\n    scale: 2\nnetworks:\n  front:\n    ipam: { config: [ { subnet: 10.89.3.0/24 } ] }\n  back:\n    internal: true\n";
+        let compose = ok(text);
+        let toml = to_toml(&compose.stack).unwrap();
+        let again = parse("plumb.toml", &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert_eq!(again.stack, compose.stack, "\n{toml}");
+    }
+
+    #[test]
+    fn validation_errors_name_compose_keys() {
+        assert_eq!(compose_field("services.a.health.exec"), "services.a.healthcheck.test");
+        assert_eq!(compose_field("services.a.env"), "services.a.environment");
+        assert_eq!(
+            compose_field("services.a.networks.n.ip"),
+            "services.a.networks.n.ipv4_address"
+        );
+        assert_eq!(compose_field("networks.n.subnet"), "networks.n.ipam.config[0].subnet");
+        assert_eq!(compose_field("services.a.ports[2]"), "services.a.ports[2]");
+        let e = err("name: s\nservices:\n  a:\n    command: x\n    networks: { n: { ipv4_address: 10.0.0.300 } }\nnetworks:\n  n: { ipam: { config: [ { subnet: 10.89.1.0/24 } ] } }\n");
+        assert!(
+            e.contains("compose.yaml:5:36: services.a.networks.n.ipv4_address: \"10.0.0.300\" is not an IPv4 address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn env_files_read_as_compose_reads_them() {
+        assert_eq!(
+            parse_env_file("A=1\n\n# c\nexport B='x y'\nC=\"q\"\nD=v # note\n").unwrap(),
+            [
+                ("A".into(), "1".into()),
+                ("B".into(), "x y".into()),
+                ("C".into(), "q".into()),
+                ("D".into(), "v".into())
+            ]
+        );
+        assert_eq!(parse_env_file("A=1\nB\n").unwrap_err().0, 2);
     }
 }

@@ -7,6 +7,7 @@ mod compose;
 mod model;
 mod raw;
 mod validate;
+mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -18,6 +19,7 @@ pub use validate::{
     is_stack_name, parse_duration, split_command, valid_host_name, DEFAULT_AFFINITY, MAX_BRIDGE_PORTS,
     MAX_CONTAINER_NAME, MAX_STACK_CONTAINERS, MAX_STACK_NAME, MIN_PROBE_INTERVAL,
 };
+pub use write::to_toml;
 
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 
