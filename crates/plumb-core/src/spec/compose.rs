@@ -202,11 +202,11 @@ fn convert(
         YamlData::Value(Scalar::String(s)) => Value::Str(unescape_dollars(s, start..end, errors, map)),
         YamlData::Representation(s, ..) => Value::Str(s.to_string()),
         YamlData::Sequence(items) => Value::Seq(items.iter().map(|i| convert(i, text, byte, errors, map)).collect()),
-        YamlData::Mapping(m) => Value::Map(
+        YamlData::Mapping(m) => Value::Map(merge_keys(
             m.iter()
                 .map(|(k, v)| (convert(k, text, byte, errors, map), convert(v, text, byte, errors, map)))
                 .collect(),
-        ),
+        )),
         YamlData::Tagged(tag, _) => {
             errors.push(map.error(
                 Some(start..end),
@@ -227,6 +227,48 @@ fn convert(
         span: start..end,
         value,
     }
+}
+
+/// YAML merge keys (`<<: *anchor`, as Compose files use them to share settings): the
+/// anchor's entries join the mapping where the mapping does not set them itself. They keep
+/// their spans, so an error in one points at the anchor, where it is written.
+fn merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
+    let is_merge = |k: &Node| matches!(&k.value, Value::Str(s) if s == "<<");
+    if !entries.iter().any(|(k, _)| is_merge(k)) {
+        return entries;
+    }
+    let own: Vec<String> = entries
+        .iter()
+        .filter(|(k, _)| !is_merge(k))
+        .filter_map(|(k, _)| k.text())
+        .collect();
+    let mut out: Vec<(Node, Node)> = Vec::new();
+    for (k, v) in entries {
+        if !is_merge(&k) {
+            out.push((k, v));
+            continue;
+        }
+        let sources = match v.value {
+            Value::Seq(items) => items,
+            _ => vec![v],
+        };
+        for source in sources {
+            let Value::Map(inner) = source.value else {
+                // Not a mapping: left for the reader to report as an unknown key.
+                out.push((k.clone(), source));
+                continue;
+            };
+            for (ik, iv) in inner {
+                let name = ik.text();
+                let taken = name.as_ref().is_some_and(|n| own.contains(n))
+                    || out.iter().any(|(ok, _)| ok.text().is_some() && ok.text() == name);
+                if !taken {
+                    out.push((ik, iv));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `$$` is a literal `$`, as in Compose; any other `$` would be interpolation, refused.
