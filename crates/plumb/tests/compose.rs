@@ -1,6 +1,7 @@
 //! Compose files run natively: the reference shop from examples/shop/compose.yaml comes up
 //! with `plumb up -f compose.yaml`, answers through its published port, resolves its names,
-//! scales through the recorded compose file and goes down leaving nothing; a bad compose
+//! scales and takes attachments through the recorded compose file, and goes down leaving
+//! nothing; a bad compose
 //! file is refused at its line, before anything is made.
 
 mod common;
@@ -69,6 +70,27 @@ fn the_shop_comes_up_from_its_compose_file() {
         sb.ps()
     );
     assert!(sb.plumb(&["exec", "product-3", "--", "true"]).status.code() != Some(0));
+
+    // `attach` and `detach` plan from the recorded compose file too: a namespace made
+    // elsewhere joins the default network and reaches web with real packets.
+    sb.ok("ip netns add runtime-x");
+    let out = sb.plumb_ok(&[
+        "attach",
+        "shop/ext",
+        "--network",
+        "default",
+        "--netns",
+        "/run/netns/runtime-x",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(v["address"].as_str().unwrap().starts_with("10.89.0."), "{v}");
+    let web = sb.address("web-1", "eth0");
+    assert!(sb.ping("runtime-x", &web), "ext -> web-1");
+    assert!(http(&sb, Some("runtime-x"), &format!("http://{web}:80/health")).contains("ok"));
+    sb.plumb_ok(&["detach", "shop/ext"]);
+    assert!(!sb.ping("runtime-x", &web), "detached, ext still reaches web-1");
+    sb.ok("ip netns del runtime-x");
 
     // `convert` writes the same stack as TOML.
     let toml = sb.plumb_ok(&["convert", "-f", "shop/compose.yaml"]);
