@@ -20,3 +20,29 @@ pub fn parse(file: &str, text: &str, dir: &Path, replicas: &BTreeMap<String, u32
     };
     spec::parse_any_scaled(file, text, &input, replicas)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_files_read_env_files_and_their_name_from_their_folder() {
+        let dir = std::env::temp_dir().join(format!("plumb-stackfile-{}", std::process::id()));
+        let dir = dir.join("My App");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("app.env"), "GREETING=hello\n").unwrap();
+        let text = "services:\n  a:\n    command: [/bin/true]\n    env_file: app.env\n";
+        let parsed = parse("compose.yaml", text, &dir, &BTreeMap::new()).unwrap();
+        assert_eq!(parsed.stack.name, "my-app");
+        assert_eq!(
+            parsed.stack.services["a"].process.as_ref().unwrap().env["GREETING"],
+            "hello"
+        );
+        // Scaled as `plumb scale` does; a TOML file by its name.
+        let scaled = parse("compose.yaml", text, &dir, &BTreeMap::from([("a".to_string(), 3)])).unwrap();
+        assert_eq!(scaled.stack.services["a"].replicas, 3);
+        let e = parse("plumb.toml", text, &dir, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().starts_with("plumb.toml:1:"), "{e}");
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+}
