@@ -170,13 +170,14 @@ fn load(map: &SourceMap) -> Result<Node, Vec<Diagnostic>> {
         )]);
     }
     let mut errors = Vec::new();
-    let root = docs
+    let mut root = docs
         .first()
         .map(|d| convert(d, text, &byte, &mut errors, map))
         .unwrap_or(Node {
             span: 0..0,
             value: Value::Null,
         });
+    dollars(&mut root, "", &mut errors, map);
     if errors.is_empty() {
         Ok(root)
     } else {
@@ -199,7 +200,7 @@ fn convert(
         YamlData::Value(Scalar::Integer(_) | Scalar::FloatingPoint(_)) => {
             Value::Number(text[start..end].trim().to_string())
         }
-        YamlData::Value(Scalar::String(s)) => Value::Str(unescape_dollars(s, start..end, errors, map)),
+        YamlData::Value(Scalar::String(s)) => Value::Str(s.to_string()),
         YamlData::Representation(s, ..) => Value::Str(s.to_string()),
         YamlData::Sequence(items) => Value::Seq(items.iter().map(|i| convert(i, text, byte, errors, map)).collect()),
         YamlData::Mapping(m) => Value::Map(merge_keys(
@@ -271,8 +272,36 @@ fn merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
     out
 }
 
-/// `$$` is a literal `$`, as in Compose; any other `$` would be interpolation, refused.
-fn unescape_dollars(s: &str, span: Range<usize>, errors: &mut Vec<Diagnostic>, map: &SourceMap) -> String {
+/// `$$` becomes a literal `$` in every string, as in Compose; any other `$` would be
+/// interpolation, refused. Extensions (`x-*`) are skipped, as plumb ignores them: what they
+/// lend through `<<` is checked where it lands (merged before this runs).
+fn dollars(node: &mut Node, field: &str, errors: &mut Vec<Diagnostic>, map: &SourceMap) {
+    match &mut node.value {
+        Value::Str(s) => *s = unescape_dollars(s, field, node.span.clone(), errors, map),
+        Value::Seq(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                dollars(item, &format!("{field}[{i}]"), errors, map);
+            }
+        }
+        Value::Map(entries) => {
+            for (k, v) in entries.iter_mut() {
+                let key = k.text().unwrap_or_default();
+                if key.starts_with("x-") {
+                    continue;
+                }
+                let field = match field {
+                    "" => key,
+                    _ => format!("{field}.{key}"),
+                };
+                dollars(k, &field, errors, map);
+                dollars(v, &field, errors, map);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+fn unescape_dollars(s: &str, field: &str, span: Range<usize>, errors: &mut Vec<Diagnostic>, map: &SourceMap) -> String {
     if !s.contains('$') {
         return s.to_string();
     }
@@ -287,7 +316,7 @@ fn unescape_dollars(s: &str, span: Range<usize>, errors: &mut Vec<Diagnostic>, m
         } else {
             errors.push(map.error(
                 Some(span.clone()),
-                "",
+                field,
                 format!("{s:?}: variable interpolation ($VAR, ${{VAR}}) is not supported"),
                 "write the value itself, or $$ for a literal $ (plumb reads the file again later, when the shell's variables may differ)",
             ));
@@ -1604,7 +1633,18 @@ mod tests {
         let p = ok(&svc("    command: [\"sh\", \"-c\", \"echo $$HOME\"]\n"));
         assert_eq!(p.stack.services["a"].process.as_ref().unwrap().command[2], "echo $HOME");
         let e = err(&svc("    command: [\"echo\", \"${HOME:-x}\"]\n"));
-        assert!(e.contains("compose.yaml:4:23") && e.contains("interpolation"), "{e}");
+        assert!(
+            e.contains("compose.yaml:4:23: services.a.command[1]:") && e.contains("interpolation"),
+            "{e}"
+        );
+        // Extensions are ignored, `$` and all, until merged into a service.
+        let lent = "name: s\nx-env: &env\n  environment: { HOME_DIR: \"${HOME}\" }\nservices:\n  a:\n    command: x\n";
+        ok(lent);
+        let e = err(&format!("{lent}    <<: *env\n"));
+        assert!(
+            e.contains("compose.yaml:3:28: services.a.environment.HOME_DIR: \"${HOME}\": variable interpolation"),
+            "{e}"
+        );
     }
 
     #[test]
