@@ -214,7 +214,7 @@ impl<'a> Engine<'a> {
             ))
             .hint("run `plumb up` for it again")
         })?;
-        let parsed = plumb_core::spec::parse(&spec.file, &spec.text)?;
+        let parsed = crate::stackfile::parse(&spec.file, &spec.text, &spec.base, &BTreeMap::new())?;
         let mut attached = record.attached.clone();
         edit(&parsed, &mut attached)?;
         let unready = record.desired.as_ref().map(|d| d.unready.clone()).unwrap_or_default();
@@ -421,7 +421,8 @@ impl<'a> Engine<'a> {
         })?;
         let text =
             std::fs::read_to_string(&file).map_err(|e| Error::new(format!("cannot read {}: {e}", file.display())))?;
-        let parsed = plumb_core::spec::parse_scaled(&file.display().to_string(), &text, replicas)?;
+        let dir = file.parent().unwrap_or(Path::new("/"));
+        let parsed = crate::stackfile::parse(&file.display().to_string(), &text, dir, replicas)?;
         Ok((file, parsed))
     }
 }

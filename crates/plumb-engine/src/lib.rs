@@ -9,6 +9,7 @@ pub mod execute;
 pub mod fake;
 pub mod observe;
 pub mod ownership;
+pub mod stackfile;
 pub mod state;
 
 pub use engine::{Change, Engine, Removed, Teardown, Up};

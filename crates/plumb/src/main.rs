@@ -271,6 +271,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a Compose file as the plumb stack file (TOML) of the same stack.
+    Convert {
+        /// The Compose file (default: ./compose.yaml, compose.yml, docker-compose.yaml or .yml).
+        #[arg(conflicts_with = "file_flag")]
+        file: Option<PathBuf>,
+        /// The same, as -f FILE.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file_flag: Option<PathBuf>,
+    },
     /// Draw the stack: networks, containers with addresses, published ports, service VIPs.
     Graph {
         /// A stack that is up (instead of --file).
@@ -628,6 +637,7 @@ impl Command {
             | Command::Policy { .. }
             | Command::Logs { .. }
             | Command::Graph { .. }
+            | Command::Convert { .. }
             | Command::Conns { .. }
             | Command::Events { .. }
             | Command::Top { .. }
@@ -840,6 +850,14 @@ fn main() -> ExitCode {
         }
         Command::Trace { from, to, json } => commands::trace::run(&ctx, &from, &to, Format::from_json_flag(json)),
         Command::Conns { target, json } => commands::conns::run(&ctx, target.as_deref(), Format::from_json_flag(json)),
+        Command::Convert { file, file_flag } => {
+            let default = || {
+                let mut names = stackfile::COMPOSE_NAMES.iter().map(PathBuf::from);
+                names.clone().find(|p| p.is_file()).or(names.next()).unwrap_or_default()
+            };
+            let file = file.or(file_flag).unwrap_or_else(default);
+            commands::convert::run(&file)
+        }
         Command::Graph { stack, file, format } => {
             let format = match format {
                 GraphFormatArg::Dot => plumb_core::graph::GraphFormat::Dot,

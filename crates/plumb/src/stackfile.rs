@@ -8,27 +8,73 @@ use plumb_core::Container;
 use crate::failure::{Failure, Result};
 use crate::state::{StackState, StateDir};
 
-/// Reads and validates a stack file.
+/// Compose's own default file names, looked for when there is no `plumb.toml`.
+pub const COMPOSE_NAMES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
+/// The stack file to read: `path`, except that the default `plumb.toml`, when missing, gives
+/// way to a Compose file of one of Compose's default names in the same folder.
+pub fn resolve(path: &Path) -> PathBuf {
+    if path != Path::new("plumb.toml") || path.exists() {
+        return path.to_path_buf();
+    }
+    COMPOSE_NAMES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Reads and validates a stack file: plumb's TOML, or a Compose file (`*.yaml`, `*.yml`).
 pub fn load(path: &Path) -> Result<Parsed> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let path = resolve(path);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
         Failure::new(format!("cannot read stack file {}: {e}", path.display()))
-            .hint("pass -f FILE, or run plumb in the folder holding plumb.toml")
+            .hint("pass -f FILE, or run plumb in the folder holding plumb.toml (or compose.yaml)")
             .code(2)
     })?;
-    Ok(spec::parse(&path.display().to_string(), &text)?)
+    let dir = absolute(&path).parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(plumb_engine::stackfile::parse(
+        &path.display().to_string(),
+        &text,
+        &dir,
+        &Default::default(),
+    )?)
 }
 
 /// The stack's name from a file, even a file that no longer validates (so `down -f` still
 /// works after a bad edit).
 pub fn stack_name(path: &Path) -> Result<String> {
-    match load(path) {
+    let path = resolve(path);
+    match load(&path) {
         Ok(parsed) => Ok(parsed.stack.name),
-        Err(failure) => std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| t.parse::<toml::Table>().ok())
-            .and_then(|t| t.get("name")?.as_str().map(str::to_string))
-            .ok_or(failure),
+        Err(failure) => {
+            let text = std::fs::read_to_string(&path).ok();
+            let name = match spec::is_compose_file(&path.display().to_string()) {
+                true => text.map(|t| compose_name(&t, &absolute(&path))),
+                false => text
+                    .and_then(|t| t.parse::<toml::Table>().ok())
+                    .and_then(|t| t.get("name")?.as_str().map(str::to_string)),
+            };
+            name.filter(|n| spec::is_stack_name(n)).ok_or(failure)
+        }
     }
+}
+
+/// A compose file's stack name read loosely: its top-level `name:` line, else its folder's.
+fn compose_name(text: &str, path: &Path) -> String {
+    let written = text.lines().find_map(|line| {
+        let value = line.strip_prefix("name:")?.trim();
+        Some(value.trim_matches(|c| c == '"' || c == '\'').to_string())
+    });
+    written.unwrap_or_else(|| {
+        let dir = path.parent().and_then(Path::file_name).and_then(|n| n.to_str());
+        spec::stack_name_from(dir.unwrap_or_default())
+    })
 }
 
 pub fn absolute(path: &Path) -> PathBuf {
@@ -41,11 +87,11 @@ pub fn qualified(name: &str) -> (Option<&str>, &str) {
         .map_or((None, name), |(stack, rest)| (Some(stack), rest))
 }
 
-/// The stack named by `./plumb.toml`, if the current folder has one: among several stacks that
+/// The stack named by `./plumb.toml` (or `./compose.yaml`), if the current folder has one: among several stacks that
 /// know a name, it wins (as the project folder does in Compose).
 pub fn local_stack() -> Option<String> {
-    let file = Path::new("plumb.toml");
-    file.is_file().then(|| stack_name(file).ok()).flatten()
+    let file = resolve(Path::new("plumb.toml"));
+    file.is_file().then(|| stack_name(&file).ok()).flatten()
 }
 
 /// Of the stacks that know a name (`found`, with `stack_of` giving each one's stack), the one to

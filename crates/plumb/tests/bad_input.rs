@@ -82,7 +82,11 @@ fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
     rejected(
         &sb,
         &format!("{NET}[services.a]\nimage = \"nginx\"\n"),
-        &["plumb.toml:5:1", "unknown field `image`"],
+        &[
+            "plumb.toml:5:9",
+            "services.a.image",
+            "image services run through podman",
+        ],
     );
     // The sandbox host routes 203.0.113.0/24 through its uplink.
     rejected(

@@ -3,19 +3,23 @@
 //! still point into the file.
 
 mod capabilities;
+mod compose;
 mod model;
 mod raw;
 mod validate;
+mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 pub use capabilities::{closest_name, parse_name, Capabilities, CapabilityName, CapabilitySet};
+pub use compose::{is_compose_file, parse_env_file, stack_name_from, ComposeInput, AUTO_SUBNETS};
 pub use model::*;
 pub use validate::{
     is_stack_name, parse_duration, split_command, valid_host_name, DEFAULT_AFFINITY, MAX_BRIDGE_PORTS,
     MAX_CONTAINER_NAME, MAX_STACK_CONTAINERS, MAX_STACK_NAME, MIN_PROBE_INTERVAL,
 };
+pub use write::to_toml;
 
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 
@@ -76,7 +80,57 @@ pub fn parse_scaled(file: &str, text: &str, replicas: &BTreeMap<String, u32>) ->
         };
         Diagnostics(vec![map.error(e.span(), field, e.message().trim(), hint)])
     })?;
-    let mut raw = raw;
+    judge(&map, raw, replicas)
+}
+
+/// Parses and validates a Compose file (see docs/compose.md): the same checks as a stack
+/// file's, each error at its line of the compose file and naming its Compose key.
+pub fn parse_compose(file: &str, text: &str, input: &ComposeInput) -> Result<Parsed, Diagnostics> {
+    parse_compose_scaled(file, text, input, &BTreeMap::new())
+}
+
+/// [`parse_compose`] with some services' replica counts replaced (`plumb scale`).
+pub fn parse_compose_scaled(
+    file: &str,
+    text: &str,
+    input: &ComposeInput,
+    replicas: &BTreeMap<String, u32>,
+) -> Result<Parsed, Diagnostics> {
+    let map = SourceMap { file, text };
+    let raw = compose::read(&map, input).map_err(Diagnostics)?;
+    judge(&map, raw, replicas).map_err(|Diagnostics(errors)| {
+        Diagnostics(
+            errors
+                .into_iter()
+                .map(|mut d| {
+                    d.field = compose::compose_field(&d.field);
+                    d
+                })
+                .collect(),
+        )
+    })
+}
+
+/// A stack file of either kind: Compose for `*.yaml` and `*.yml`, plumb's TOML otherwise.
+pub fn parse_any(file: &str, text: &str, input: &ComposeInput) -> Result<Parsed, Diagnostics> {
+    parse_any_scaled(file, text, input, &BTreeMap::new())
+}
+
+/// [`parse_any`] with some services' replica counts replaced (`plumb scale`).
+pub fn parse_any_scaled(
+    file: &str,
+    text: &str,
+    input: &ComposeInput,
+    replicas: &BTreeMap<String, u32>,
+) -> Result<Parsed, Diagnostics> {
+    match is_compose_file(file) {
+        true => parse_compose_scaled(file, text, input, replicas),
+        false => parse_scaled(file, text, replicas),
+    }
+}
+
+/// Validates a raw stack, whichever file it came from, with `replicas` replacing some counts.
+fn judge(map: &SourceMap, mut raw: raw::RawStack, replicas: &BTreeMap<String, u32>) -> Result<Parsed, Diagnostics> {
     let mut unknown = Vec::new();
     for (service, count) in replicas {
         let found = raw.services.iter_mut().find(|(k, _)| k.get_ref() == service);
@@ -93,11 +147,11 @@ pub fn parse_scaled(file: &str, text: &str, replicas: &BTreeMap<String, u32>) ->
     if !unknown.is_empty() {
         return Err(Diagnostics(unknown));
     }
-    let (stack, spans) = validate::validate(&map, raw)?;
+    let (stack, spans) = validate::validate(map, raw)?;
     Ok(Parsed {
         stack,
-        file: file.to_string(),
-        text: text.to_string(),
+        file: map.file.to_string(),
+        text: map.text.to_string(),
         spans,
     })
 }

@@ -96,9 +96,14 @@ pub(super) struct RawNetwork {
 
 /// Fields that take several shapes (a list or a table, a string or a list) are
 /// [`RawValue`]s, checked by hand so that their messages can say what each shape means.
-#[derive(DeriveDeserialize)]
+#[derive(DeriveDeserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
+    /// A container image to run (through podman): not in this build yet, refused in
+    /// `validate`. Compose's `image`.
+    pub image: Option<Spanned<String>>,
+    /// An image to build first (Compose's `build`: a context, or `context`/`dockerfile`).
+    pub build: Option<Spanned<RawValue>>,
     pub networks: Option<Spanned<RawValue>>,
     pub replicas: Option<Spanned<i64>>,
     pub ports: Option<Spanned<Vec<Spanned<String>>>>,
@@ -149,13 +154,15 @@ impl RawService {
             ("affinity_timeout", self.affinity_timeout.as_ref().map(Spanned::span)),
             ("aliases", self.aliases.as_ref().map(Spanned::span)),
             ("placement", self.placement.as_ref().map(Spanned::span)),
+            ("image", self.image.as_ref().map(Spanned::span)),
+            ("build", self.build.as_ref().map(Spanned::span)),
         ];
         out.extend(self.process_fields());
         out
     }
 }
 
-#[derive(DeriveDeserialize)]
+#[derive(DeriveDeserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealth {
     pub tcp: Option<Spanned<i64>>,

@@ -488,6 +488,20 @@ impl Validator<'_> {
                 ),
             }
         }
+        let image = [
+            ("image", raw.image.as_ref().map(Spanned::span)),
+            ("build", raw.build.as_ref().map(Spanned::span)),
+        ];
+        for (key, span) in image {
+            if let Some(span) = span {
+                self.err(
+                    span,
+                    &format!("{field}.{key}"),
+                    "image services run through podman: not in this build yet",
+                    "run a host program instead: command = [\"/usr/bin/program\", \"arg\"] (in a compose file, keep image and add x-plumb: { host: true })",
+                );
+            }
+        }
         let process = self.process(field, name, &raw, service_names);
         let discovery = self.discovery(field, &raw);
         let placement = raw.placement.as_ref().and_then(|p| self.placement(field, p));
@@ -1469,9 +1483,14 @@ depends_on = { web = { condition = "healthy" } }
 
     #[test]
     fn unknown_keys_are_rejected_where_they_are() {
+        let e = errors(&format!("{NET}[services.a]\nimagine = \"nginx\"\n"));
+        assert!(
+            e.contains("plumb.toml:5:1") && e.contains("unknown field `imagine`"),
+            "{e}"
+        );
         let e = errors(&format!("{NET}[services.a]\nimage = \"nginx\"\n"));
         assert!(
-            e.contains("plumb.toml:5:1") && e.contains("unknown field `image`"),
+            e.contains("plumb.toml:5:9: services.a.image: image services run through podman"),
             "{e}"
         );
         let e = errors("name = \"s\"\nvolumes = 1\n");

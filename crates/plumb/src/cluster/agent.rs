@@ -341,7 +341,7 @@ impl Agent<'_> {
         view: &View,
         lease: i64,
     ) -> Result<()> {
-        let parsed = spec::parse(&spec.file, &spec.text)?;
+        let parsed = plumb_engine::stackfile::parse(&spec.file, &spec.text, &spec.dir, &Default::default())?;
         let placement = cluster::place(&parsed.stack, &view.alive(), &sv.placement);
         if placement != sv.placement {
             let value = serde_json::to_string(&placement).map_err(|e| Failure::new(e.to_string()))?;

@@ -51,6 +51,7 @@ pub fn init(out: &Path, store_addresses: &[String], clients: &[String]) -> Resul
 }
 
 pub fn deploy(store: &Access, file: &Path, wait: Duration, format: Format) -> Result<()> {
+    let file = &stackfile::resolve(file);
     let parsed = stackfile::load(file)?;
     let stack = parsed.stack.name.clone();
     let store = connect(store)?;

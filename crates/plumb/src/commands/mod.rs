@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod conns;
 pub mod control;
+pub mod convert;
 pub mod demo;
 pub mod down;
 pub mod events;

@@ -78,6 +78,7 @@ pub fn say_how_to_recover_if_interrupted() {
 
 /// `plumb up -f FILE`.
 pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssignment>) -> Result<()> {
+    let file = &stackfile::resolve(file);
     let parsed = stackfile::load(file)?;
     let file = stackfile::absolute(file);
     let base = match assignment.and_then(|a| a.base.clone()) {

@@ -225,11 +225,12 @@ impl Sandbox {
             .unwrap()
     }
 
-    /// Copies examples/shop (its stack file, nginx config, page and apps) into `shop/`.
+    /// Copies examples/shop (its stack and compose files, nginx config, page and apps) into `shop/`.
     pub fn copy_shop(&self) {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop");
         for f in [
             "plumb.toml",
+            "compose.yaml",
             "nginx.conf",
             "html/index.html",
             "gateway.py",
