@@ -462,3 +462,33 @@ fn a_scaled_service_without_declared_ports_spreads_its_name_over_every_replica()
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+/// The same from a Compose file, as Compose users write it: `deploy.replicas` and no ports.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_compose_service_scaled_without_ports_spreads_by_name() {
+    let Some(sb) = Sandbox::start() else { return };
+    setup(&sb);
+    let dir = sb.dir.display().to_string();
+    let compose = format!(
+        "name: cspread\nnetworks:\n  default:\n    ipam:\n      config:\n        - subnet: 10.89.57.0/24\n\
+         services:\n  client:\n    command: [sleep, \"600\"]\n  api:\n    command: [python3, {dir}/server.py]\n\
+         \x20   deploy:\n      replicas: 3\n    healthcheck:\n      test: [CMD, python3, -c, \"import socket; socket.create_connection(('127.0.0.1', 8000))\"]\n\
+         \x20     interval: 500ms\n"
+    );
+    sb.write("compose.yaml", &compose);
+    sb.plumb_ok(&["up", "-f", "compose.yaml"]);
+    assert!(eventually(Duration::from_secs(15), || all_ready(
+        &sb, "cspread", "api", 3
+    )));
+    let counts = count(&sb, "cspread-client-1", "api", 8000, 300);
+    assert!(counts.errors.is_empty(), "{:?}", counts.errors);
+    assert_eq!(
+        counts.names.values().collect::<Vec<_>>(),
+        [&100, &100, &100],
+        "{:?}",
+        counts.names
+    );
+    sb.plumb_ok(&["down", "-f", "compose.yaml"]);
+    sb.assert_clean();
+}
