@@ -168,6 +168,10 @@ pub struct Attachment {
     /// A service of the stack whose VIP and name it joins, if any.
     #[serde(default)]
     pub service: Option<String>,
+    /// The runtime's container ID when CNI attached it: CNI's DEL and GC name an attachment
+    /// by container ID and interface, not by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 impl Container {
