@@ -202,7 +202,8 @@ fn the_plugin_joins_runtime_namespaces_to_a_stack_and_answers_every_verb() {
     );
 
     // Before `plumb up`: STATUS says 51, ADD fails saying to run `plumb up`, nothing made.
-    sb.ok("ip netns add c1; ip netns add c2; ip netns add c3");
+    // c2's namespace has a name that starts as the stack's own (cn-): still the runtime's.
+    sb.ok("ip netns add c1; ip netns add cn-rt2; ip netns add c3");
     let c1 = Container::new("c1c1c1c1c1c1c1c1c1c1", "c1", "IgnoreUnknown=1;K8S_POD_NAME=c1");
     assert_eq!(exec(&sb, &plumb, "STATUS", &none, &conf(json!({}))).error_code(), 51);
     let down = exec(&sb, &plumb, "ADD", &c1, &conf(json!({})));
@@ -237,7 +238,7 @@ fn the_plugin_joins_runtime_namespaces_to_a_stack_and_answers_every_verb() {
     let ip1 = address_of(&r1);
     let inside = sb.ok("ip -n c1 -o link show eth0; ip -n c1 -4 -o addr show eth0");
     assert!(inside.contains(&ip1) && inside.contains(mac), "{inside}");
-    let c2 = Container::new("c2c2c2c2c2c2c2c2c2c2", "c2", "IgnoreUnknown=1");
+    let c2 = Container::new("c2c2c2c2c2c2c2c2c2c2", "cn-rt2", "IgnoreUnknown=1");
     let ip2 = address_of(&exec(&sb, &plumb, "ADD", &c2, &conf(json!({}))).ok());
     let c3 = Container::new("c3c3c3c3c3c3c3c3c3c3", "c3", "K8S_POD_NAME=c3");
     let r3 = exec(
@@ -249,15 +250,19 @@ fn the_plugin_joins_runtime_namespaces_to_a_stack_and_answers_every_verb() {
     )
     .ok();
     let ip3 = address_of(&r3);
+    assert!(
+        sb.ok("ls /run/netns").contains("cn-rt2"),
+        "a later ADD took the runtime's namespace cn-rt2 for the stack's own"
+    );
     assert_ne!(ip1, ip2);
     // The same ADD again changes nothing.
     assert_eq!(address_of(&exec(&sb, &plumb, "ADD", &c1, &conf(json!({}))).ok()), ip1);
 
     // Real packets both ways; names from the stack's DNS server (the result's nameserver).
     assert!(sb.ping("c1", &ip2), "c1 -> c2");
-    assert!(sb.ping("c2", &ip1), "c2 -> c1");
-    assert!(sb.ping("c2", "10.89.92.1"), "c2 -> its gateway");
-    assert_eq!(dig(&sb, "c2", "10.89.92.1", "c1.cn"), ip1);
+    assert!(sb.ping("cn-rt2", &ip1), "c2 -> c1");
+    assert!(sb.ping("cn-rt2", "10.89.92.1"), "c2 -> its gateway");
+    assert_eq!(dig(&sb, "cn-rt2", "10.89.92.1", "c1.cn"), ip1);
     assert_eq!(
         dig(&sb, "c1", "10.89.92.1", "c2c2c2c2c2c2.cn"),
         ip2,
@@ -294,7 +299,7 @@ fn the_plugin_joins_runtime_namespaces_to_a_stack_and_answers_every_verb() {
     exec(&sb, &plumb, "CHECK", &c1, &conf(json!({"prevResult": r1}))).ok();
     let stranger = Container::new("ffffffffffff", "c1", "");
     assert_eq!(exec(&sb, &plumb, "CHECK", &stranger, &conf(json!({}))).error_code(), 3);
-    sb.ok("ip -n c2 addr flush dev eth0");
+    sb.ok("ip -n cn-rt2 addr flush dev eth0");
     let drifted = exec(&sb, &plumb, "CHECK", &c2, &conf(json!({})));
     assert_eq!(drifted.error_code(), 102, "{drifted:?}");
 
@@ -317,7 +322,10 @@ fn the_plugin_joins_runtime_namespaces_to_a_stack_and_answers_every_verb() {
 
     // DEL, and DEL again.
     exec(&sb, &plumb, "DEL", &c2, &conf(json!({}))).ok();
-    assert!(!sb.ok("ip -n c2 -o link").contains("eth0"), "c2's interface is gone");
+    assert!(
+        !sb.ok("ip -n cn-rt2 -o link").contains("eth0"),
+        "c2's interface is gone"
+    );
     assert!(!sb.ping("c1", &ip2));
     exec(&sb, &plumb, "DEL", &c2, &conf(json!({}))).ok();
 
@@ -339,7 +347,7 @@ fn the_plugin_joins_runtime_namespaces_to_a_stack_and_answers_every_verb() {
     sb.plumb_ok(&["down"]);
     assert_eq!(exec(&sb, &plumb, "STATUS", &none, &conf(json!({}))).error_code(), 51);
     exec(&sb, &plumb, "DEL", &c3, &conf(json!({}))).ok();
-    sb.ok("ip netns pids c3 | xargs -r kill; ip netns del c2; ip netns del c3");
+    sb.ok("ip netns pids c3 | xargs -r kill; ip netns del cn-rt2; ip netns del c3");
     sb.assert_clean();
 }
 
