@@ -309,20 +309,21 @@ fn aliases_for(aliases: Option<&Value>, network_name: &str) -> Vec<String> {
 /// (`K8S_POD_NAME`, podman's container name), else the first 12 characters of its ID; made a
 /// label (characters other than letters, digits, '-' and '_' become '-', at most 40).
 pub fn container_name(env: &Env) -> String {
-    let given = env.arg("K8S_POD_NAME").unwrap_or("");
-    let source = match given.is_empty() {
-        false => given,
-        true => &env.container_id[..env.container_id.len().min(12)],
+    let label = |source: &str, max: usize| -> String {
+        let label: String = source
+            .chars()
+            .take(max)
+            .map(|c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                true => c,
+                false => '-',
+            })
+            .collect();
+        label.trim_matches('-').to_string()
     };
-    let label: String = source
-        .chars()
-        .map(|c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-            true => c,
-            false => '-',
-        })
-        .take(40)
-        .collect();
-    label.trim_matches('-').to_string()
+    match label(env.arg("K8S_POD_NAME").unwrap_or(""), 40) {
+        name if name.is_empty() => label(&env.container_id, 12),
+        name => name,
+    }
 }
 
 /// The service of the stack the container joins (its name and VIP): `PLUMB_SERVICE` in
