@@ -369,6 +369,9 @@ pub fn garbage<'a>(attached: &'a [Attachment], network: &str, valid: &[ValidAtta
 /// The interface an ADD made, for the result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Made {
+    /// The veth's host end (on the network's bridge): listed without a sandbox, as the
+    /// bridge plugin does, so that plugins after plumb find it (bandwidth shapes it).
+    pub host_ifname: String,
     pub ifname: String,
     pub mac: String,
     /// The namespace path the runtime gave.
@@ -380,7 +383,8 @@ pub struct Made {
     pub search: Vec<String>,
 }
 
-/// ADD's result in `version`: plumb's interface, address, default route and DNS, after what
+/// ADD's result in `version`: plumb's interfaces (the host end, then the container's),
+/// address, default route and DNS, after what
 /// `prev_result` holds (a plugin before plumb in the list; its DNS is kept if it had one).
 pub fn add_result(version: &str, prev_result: Option<&Value>, made: &Made) -> Value {
     let prev = prev_result.and_then(Value::as_object);
@@ -393,6 +397,7 @@ pub fn add_result(version: &str, prev_result: Option<&Value>, made: &Made) -> Va
     let mut interfaces = list("interfaces");
     let mut ips = list("ips");
     let mut routes = list("routes");
+    interfaces.push(json!({"name": made.host_ifname}));
     let index = interfaces.len();
     interfaces.push(json!({"name": made.ifname, "mac": made.mac, "sandbox": made.sandbox}));
     let mut ip = Map::new();
@@ -648,6 +653,7 @@ mod tests {
 
     fn made() -> Made {
         Made {
+            host_ifname: "plv-1".into(),
             ifname: "eth0".into(),
             mac: "02:00:00:00:00:01".into(),
             sandbox: "/run/netns/cni-1".into(),
@@ -662,10 +668,11 @@ mod tests {
     fn the_result_has_the_interface_address_route_and_dns_in_the_asked_version() {
         let r = add_result("1.0.0", None, &made());
         assert_eq!(r["cniVersion"], "1.0.0");
-        assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/cni-1");
+        assert_eq!(r["interfaces"][0], json!({"name": "plv-1"}), "the host end: no sandbox");
+        assert_eq!(r["interfaces"][1]["sandbox"], "/run/netns/cni-1");
         assert_eq!(
             r["ips"][0],
-            json!({"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 0})
+            json!({"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 1})
         );
         assert_eq!(r["routes"][0], json!({"dst": "0.0.0.0/0", "gw": "10.1.0.1"}));
         assert_eq!(r["dns"]["nameservers"], json!(["10.1.0.1"]));
@@ -683,8 +690,8 @@ mod tests {
             "dns": {"nameservers": ["192.168.9.1"]},
         });
         let r = add_result("1.0.0", Some(&prev), &made());
-        assert_eq!(r["interfaces"].as_array().unwrap().len(), 2);
-        assert_eq!(r["ips"][1]["interface"], 1);
+        assert_eq!(r["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(r["ips"][1]["interface"], 2);
         assert_eq!(r["ips"][0]["address"], "192.168.9.2/24");
         assert_eq!(r["dns"]["nameservers"], json!(["192.168.9.1"]));
         assert!(check_prev_result(Some(&r), "10.1.0.5/24".parse().unwrap()).is_ok());

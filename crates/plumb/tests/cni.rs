@@ -222,11 +222,15 @@ fn the_plugin_joins_runtime_namespaces_to_a_stack_and_answers_every_verb() {
     // ADD: c1 by its name, c2 by its short ID, c3 joins service web through its alias.
     let r1 = exec(&sb, &plumb, "ADD", &c1, &conf(json!({}))).ok();
     assert_eq!(r1["cniVersion"], "1.1.0");
-    assert_eq!(r1["interfaces"][0]["name"], "eth0");
-    assert_eq!(r1["interfaces"][0]["sandbox"], "/run/netns/c1");
-    let mac = r1["interfaces"][0]["mac"].as_str().unwrap();
+    // The veth's host end (no sandbox), then the container's interface.
+    let host_end = r1["interfaces"][0]["name"].as_str().unwrap();
+    assert!(r1["interfaces"][0]["sandbox"].is_null(), "{r1}");
+    assert!(sb.links().iter().any(|l| l == host_end), "{host_end} {:?}", sb.links());
+    assert_eq!(r1["interfaces"][1]["name"], "eth0");
+    assert_eq!(r1["interfaces"][1]["sandbox"], "/run/netns/c1");
+    let mac = r1["interfaces"][1]["mac"].as_str().unwrap();
     assert_eq!(r1["ips"][0]["gateway"], "10.89.92.1");
-    assert_eq!(r1["ips"][0]["interface"], 0);
+    assert_eq!(r1["ips"][0]["interface"], 1);
     assert!(
         r1["ips"][0]["address"].as_str().unwrap().starts_with("10.89.92.")
             && r1["ips"][0]["address"].as_str().unwrap().ends_with("/24"),
@@ -372,19 +376,27 @@ fn portmap_after_plumb_publishes_a_port_until_del() {
         );
     }
     let dir = install(&sb);
-    sb.ok(&format!("ln -s /usr/lib/cni/portmap {}/portmap", dir.display()));
+    for plugin in ["portmap", "tuning", "bandwidth"] {
+        sb.ok(&format!("ln -s /usr/lib/cni/{plugin} {}/{plugin}", dir.display()));
+    }
     sb.write(
         "plumb.toml",
         "name = \"cp\"\n[networks.n]\nsubnet = \"10.89.93.0/24\"\n[services.web]\nnetworks = [\"n\"]\n",
     );
     sb.plumb_ok(&["up"]);
-    let list: Value = serde_json::from_str(&sb.plumb_ok(&["cni", "conflist", "cp", "n", "--name", "cpnet"])).unwrap();
+    let mut list: Value =
+        serde_json::from_str(&sb.plumb_ok(&["cni", "conflist", "cp", "n", "--name", "cpnet"])).unwrap();
     assert_eq!(list["cniVersion"], "1.0.0");
+    // tuning and bandwidth between plumb and portmap, as a user would add them.
+    let plugins = list["plugins"].as_array_mut().unwrap();
+    plugins.insert(1, json!({"type": "tuning", "sysctl": {"net.core.somaxconn": "511"}}));
+    plugins.insert(2, json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
     sb.ok("ip netns add p1");
     let p1 = Container::new("p1p1p1p1p1p1p1p1", "p1", "IgnoreUnknown=1;K8S_POD_NAME=p1");
     let runtime = json!({
         "portMappings": [{"hostPort": 8089, "containerPort": 80, "protocol": "tcp"}],
         "aliases": {"cpnet": ["p1"]},
+        "bandwidth": {"ingressRate": 8000000, "ingressBurst": 80000, "egressRate": 8000000, "egressBurst": 80000},
     });
 
     let result = add_list(&sb, &dir, &list, &p1, &runtime);
@@ -393,6 +405,14 @@ fn portmap_after_plumb_publishes_a_port_until_del() {
     let ip = address_of(&result);
     assert!(ip.starts_with("10.89.93."), "{result}");
     assert!(!portmap_rules(&sb).is_empty(), "portmap made its DNAT");
+    assert_eq!(
+        sb.ok("ip netns exec p1 sysctl -n net.core.somaxconn").trim(),
+        "511",
+        "tuning ran inside"
+    );
+    let host_end = result["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let shaped = sb.ok(&format!("tc qdisc show dev {host_end}"));
+    assert!(shaped.contains("tbf"), "bandwidth shaped plumb's host end: {shaped}");
     // CHECK of plumb with the chain's final result (portmap 1.1.1's own CHECK fails for an
     // IPv4-only container, looking for ip6tables chains it never made:
     // containernetworking/plugins#819; podman does not call CHECK).

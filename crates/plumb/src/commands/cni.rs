@@ -95,6 +95,7 @@ fn add(
         .and_then(|c| c.interfaces.first())
         .and_then(|i| Some((i, change.desired.network(&i.network)?)))
         .map(|(i, net)| Made {
+            host_ifname: i.host_veth.clone(),
             ifname: i.name.clone(),
             mac: i.mac.to_string(),
             sandbox: env.netns.clone(),
