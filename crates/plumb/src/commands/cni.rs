@@ -25,7 +25,11 @@ use crate::output::say;
 pub fn plugin(ctx: &Context) -> ExitCode {
     let mut stdin = Vec::new();
     let env = cni::parse_env(|name| std::env::var(name).ok());
-    let read = std::io::stdin().read_to_end(&mut stdin);
+    // VERSION needs no configuration: stdin is not waited for.
+    let read = match &env {
+        Ok(env) if env.verb == Verb::Version => Ok(0),
+        _ => std::io::stdin().read_to_end(&mut stdin),
+    };
     // Every answer is in the version the configuration asked for, when it asked for one
     // plumb speaks.
     let version = cni::conf_version(&stdin).unwrap_or_else(|_| cni::SPEC_VERSION.to_string());
