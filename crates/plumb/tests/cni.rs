@@ -452,3 +452,44 @@ fn portmap_after_plumb_publishes_a_port_until_del() {
     );
     sb.assert_clean();
 }
+
+/// A runtime starts several containers at once (podman-compose up): concurrent ADDs, then
+/// concurrent DELs, each its own plugin process, all succeed (the engine's lock serializes
+/// them), with distinct addresses, and leave nothing.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn concurrent_adds_and_dels_all_succeed() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write(
+        "plumb.toml",
+        "name = \"cc\"\n[networks.n]\nsubnet = \"10.89.96.0/24\"\n[services.s]\nnetworks = [\"n\"]\n",
+    );
+    sb.plumb_ok(&["up"]);
+    let conf = sb.write(
+        "conf.json",
+        r#"{"cniVersion": "1.0.0", "name": "cc-n", "type": "plumb", "stack": "cc", "network": "n"}"#,
+    );
+    let run_all = |verb: &str| {
+        sb.ok(&format!(
+            "for i in 1 2 3 4 5 6; do
+               (env CNI_COMMAND={verb} CNI_CONTAINERID=id-$i CNI_NETNS=/run/netns/r$i CNI_IFNAME=eth0 \
+                    CNI_ARGS=K8S_POD_NAME=r$i {PLUMB} < {conf} > out-{verb}-$i; echo $? > rc-{verb}-$i) &
+             done; wait; cat rc-{verb}-*",
+            conf = conf.display()
+        ))
+    };
+    sb.ok("for i in 1 2 3 4 5 6; do ip netns add r$i; done");
+    assert_eq!(run_all("ADD").split_whitespace().collect::<Vec<_>>(), ["0"; 6]);
+    let mut addresses: Vec<String> = (1..=6).map(|i| sb.address(&format!("r{i}"), "eth0")).collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 6, "{addresses:?}");
+    for ip in &addresses {
+        assert!(sb.ping("r1", ip), "r1 -> {ip}");
+    }
+    assert_eq!(run_all("DEL").split_whitespace().collect::<Vec<_>>(), ["0"; 6]);
+    assert!(!sb.plumb_ok(&["ps"]).contains("r1"));
+    sb.plumb_ok(&["down"]);
+    sb.ok("for i in 1 2 3 4 5 6; do ip netns del r$i; done");
+    sb.assert_clean();
+}
