@@ -90,6 +90,7 @@ fn add(
     record: Option<StackState>,
 ) -> std::result::Result<Value, CniError> {
     let desired = up_stack(conf, record, code::NOT_AVAILABLE)?;
+    require_tools()?;
     let attachment = cni::attachment(env, conf, |s| desired.service(s).is_some());
     let name = attachment.name.clone();
     let change = attach_container(ctx, &conf.stack, attachment).map_err(from_failure)?;
@@ -129,6 +130,7 @@ fn del(ctx: &Context, env: &cni::Env, conf: &NetConf, record: Option<StackState>
     if !attached {
         return Ok(());
     }
+    require_tools()?;
     detach_containers(ctx, &conf.stack, |a| {
         cni::is_attachment(a, &env.container_id, &env.ifname)
     })
@@ -196,9 +198,22 @@ fn gc(ctx: &Context, conf: &NetConf, record: Option<StackState>) -> std::result:
     if doomed.is_empty() {
         return Ok(());
     }
+    require_tools()?;
     detach_containers(ctx, &conf.stack, |a| doomed.contains(&a.name))
         .map(|_| ())
         .map_err(from_failure)
+}
+
+/// What changing the kernel needs, said before anything is tried.
+fn require_tools() -> std::result::Result<(), CniError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CniError::new(
+            code::KERNEL_FAILED,
+            "the plumb CNI plugin needs root: it changes network namespaces, links and nft rules",
+            "run the runtime as root (rootless podman cannot use it)",
+        ));
+    }
+    super::require_nft().map_err(from_failure)
 }
 
 /// plumb's failures as CNI errors: refusals of the request (exit 2 elsewhere) are plumb's
