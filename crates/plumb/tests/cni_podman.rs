@@ -7,7 +7,8 @@
 //! Everything podman writes stays in the sandbox: its storage and run state in the sandbox's
 //! folder (`--root`, `--runroot`, `CONTAINERS_CONF`), and private mounts over `/usr/lib/cni`,
 //! `/var/lib/cni` (libcni's result cache) and `/dev/shm` (podman's locks) in the sandbox's
-//! mount namespace. The image is `$PLUMB_TEST_IMAGE` (any reference `podman run` takes, with
+//! mount namespace (an empty `/var/lib/cni` is made on the machine if missing, as the mount
+//! point: what any CNI runtime makes there anyway). The image is `$PLUMB_TEST_IMAGE` (any reference `podman run` takes, with
 //! a `sleep` on its PATH) when set; else a root filesystem of the host's `sleep` and its
 //! libraries (`--rootfs`), nothing to pull. The network side is checked from the host's tools
 //! entering the container's network namespace.
