@@ -12,8 +12,10 @@ DEMO_PACKAGES=(iproute2 nftables util-linux procps iputils-ping curl
   python3 python3-flask python3-redis nginx-light redis-server redis-tools)
 # The test suite, beyond the demo's: dig, reading pcapng captures, graphviz for `plumb graph`,
 # promtool for the metrics, a real etcd and etcdctl for the cluster, strace, Node.js and npm
-# for Mermaid's own parser.
-TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client strace nodejs npm ethtool)
+# for Mermaid's own parser, Debian's CNI plugins (portmap after plumb) and the iptables they use,
+# podman (its CNI backend driving plumb as a plugin).
+TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client strace nodejs npm ethtool
+  containernetworking-plugins iptables podman)
 # The benchmarks' peers and load generators (bench/; CI runs them in --quick mode).
 BENCH_PACKAGES=(netavark containernetworking-plugins iperf3 wrk dnsperf aardvark-dns)
 

@@ -173,6 +173,10 @@ pub struct Attachment {
     /// A service of the stack whose VIP and name it joins, if any.
     #[serde(default)]
     pub service: Option<String>,
+    /// The runtime's container ID when CNI attached it: CNI's DEL and GC name an attachment
+    /// by container ID and interface, not by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 impl Container {
@@ -635,6 +639,7 @@ mod tests {
             netns_path: "/run/netns/x".into(),
             ifname: "eth0".into(),
             service: Some("lone".into()),
+            container_id: None,
         }];
         let parsed = parse("plumb.toml", text).unwrap();
         let (d, _) = resolve_attached(&parsed, &Leases::new(), None, &attached).unwrap();

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
+pub mod cni;
 pub mod desired;
 pub mod diag;
 pub mod firewall;

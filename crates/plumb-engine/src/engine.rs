@@ -1,5 +1,5 @@
 //! The engine's API, what every caller drives (the CLI's commands, the cluster agent, the
-//! supervisor, and next a CNI plugin): bring a stack to its desired state, tear it down,
+//! supervisor, the CNI plugin): bring a stack to its desired state, tear it down,
 //! scale a service. Each change is two calls: [`Engine::plan_up`] (or `plan_down`) reads the
 //! state and the kernel and returns the [`Change`] with its plan, changing nothing (what
 //! `--dry-run` prints); [`Engine::apply`] records the intent, executes the plan and records
@@ -193,8 +193,14 @@ impl<'a> Engine<'a> {
     /// Plans detaching an attached container (a CNI DEL): its veth and name go, its namespace
     /// and processes stay their owner's. Detaching one that is not attached plans nothing.
     pub fn plan_detach(&mut self, stack: &str, name: &str) -> Result<Change> {
+        self.plan_detach_where(stack, |a| a.name == name)
+    }
+
+    /// Plans detaching every attached container `doomed` picks (CNI's DEL names one by
+    /// container ID and interface, its GC many at once): one change for all of them.
+    pub fn plan_detach_where(&mut self, stack: &str, doomed: impl Fn(&Attachment) -> bool) -> Result<Change> {
         self.plan_recorded(stack, |_, attached| {
-            attached.retain(|a| a.name != name);
+            attached.retain(|a| !doomed(a));
             Ok(())
         })
     }

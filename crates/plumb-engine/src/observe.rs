@@ -115,8 +115,18 @@ pub fn observe(
         .flat_map(|s| s.namespaces.iter().map(String::as_str))
         .collect();
     let ns_prefix = format!("{stack}-");
+    // An attached container's namespace under the runtime's own name (`ip netns add
+    // shop-x` by a runtime, then CNI ADD): the same namespace as plumb's name for it, so it
+    // holds the stack's stamp, but it is the runtime's name to keep, never a container of ours.
+    let runtime_names: BTreeSet<&str> = (desired.into_iter())
+        .chain(state.and_then(|s| s.desired.as_ref()))
+        .flat_map(|d| d.containers.iter())
+        .filter_map(|c| c.external.as_deref()?.strip_prefix("/run/netns/"))
+        .collect();
     let mut observed = Observed::default();
-    for name in kernel.namespaces()?.into_iter().filter(|n| n.starts_with(&ns_prefix)) {
+    for name in
+        (kernel.namespaces()?.into_iter()).filter(|n| n.starts_with(&ns_prefix) && !runtime_names.contains(n.as_str()))
+    {
         let claimed_by = others.get(&name);
         let ours_by_record = remembered.contains(name.as_str()) && claimed_by.is_none();
         if desired.is_none() && ours_by_record {

@@ -243,6 +243,11 @@ impl StateDir {
         self.root.join("stacks").join(stack)
     }
 
+    /// The folder itself (what `plumb cni conflist` writes into a configuration).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn state_file(&self, stack: &str) -> PathBuf {
         self.stack_dir(stack).join("state.json")
     }

@@ -572,6 +572,7 @@ fn attachment(name: &str, network: &str, service: Option<&str>) -> plumb_core::d
         netns_path: format!("/run/netns/runtime-{name}"),
         ifname: "eth0".into(),
         service: service.map(str::to_string),
+        container_id: None,
     }
 }
 
@@ -715,4 +716,46 @@ fn a_failed_attach_is_not_kept() {
     let steps = host.up(&parsed).unwrap();
     assert_eq!(created(&steps), 0, "{steps:?}");
     assert!(host.up(&parsed).unwrap().is_empty());
+}
+
+/// CNI's DEL and GC name attachments by the runtime's container ID: `plan_detach_where`
+/// detaches every one it picks in one change, and leaves the others (and those `plumb attach`
+/// made, which have no container ID) wired.
+#[test]
+fn detaching_by_container_id_takes_only_those_picked() {
+    use plumb_core::Op;
+    let mut host = Host::new("detach-where");
+    let parsed = parse("s.toml", STACK).unwrap();
+    host.up(&parsed).unwrap();
+    let by_cni = |name: &str, id: &str| plumb_core::desired::Attachment {
+        container_id: Some(id.into()),
+        ..attachment(name, "back", None)
+    };
+    for a in [
+        by_cni("c1", "id-1"),
+        by_cni("c2", "id-2"),
+        by_cni("c3", "id-3"),
+        attachment("hand", "back", None),
+    ] {
+        apply_change(&mut host, |e| e.plan_attach("s", a)).unwrap();
+    }
+    assert_eq!(host.namespaces(), 7);
+    let keep = ["id-2"];
+    let change = apply_change(&mut host, |e| {
+        e.plan_detach_where("s", |a| a.container_id.as_deref().is_some_and(|id| !keep.contains(&id)))
+    })
+    .unwrap();
+    let removed: Vec<String> = change
+        .plan
+        .ops()
+        .filter_map(|op| match op {
+            Op::NetnsDel { name } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, ["s-c1", "s-c3"]);
+    let record = host.state.load("s").unwrap().unwrap();
+    let left: Vec<&str> = record.attached.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(left, ["c2", "hand"]);
+    assert_eq!(host.namespaces(), 5);
 }

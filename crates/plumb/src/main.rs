@@ -42,8 +42,9 @@ struct Cli {
     /// Where plumb keeps leases, process ids and logs.
     #[arg(long, global = true, env = "PLUMB_STATE_DIR", default_value = "/var/lib/plumb")]
     state_dir: PathBuf,
+    /// None with `CNI_COMMAND` set: plumb runs as a CNI plugin (see `plumb cni`).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -402,6 +403,33 @@ enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// plumb as a CNI plugin: run with CNI_COMMAND set and no subcommand (as
+    /// /usr/lib/cni/plumb), it joins a runtime's containers (podman's) to a stack's network.
+    Cni {
+        #[command(subcommand)]
+        action: CniAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CniAction {
+    /// Print the network configuration list for /etc/cni/net.d/NAME.conflist: plumb (with
+    /// the stack and network), then portmap for published ports.
+    Conflist {
+        /// The stack (it must be up when containers start).
+        stack: String,
+        /// The stack's network the containers join.
+        network: String,
+        /// The network's name for the runtime (`podman network ls`); default STACK-NETWORK.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Link this plumb binary into the runtime's CNI plugin folder as `plumb`.
+    Install {
+        /// The CNI plugin folder.
+        #[arg(default_value = "/usr/lib/cni")]
+        dir: PathBuf,
+    },
 }
 
 /// How to reach the cluster's store (every cluster command takes these).
@@ -660,7 +688,7 @@ impl Command {
             | Command::Agent { .. }
             | Command::Deploy { .. }
             | Command::Undeploy { .. } => ClosedPipe::IsIgnored,
-            Command::Cluster { .. } => ClosedPipe::EndsTheCommand,
+            Command::Cluster { .. } | Command::Cni { .. } => ClosedPipe::EndsTheCommand,
         }
     }
 }
@@ -705,11 +733,19 @@ fn run_chaos(ctx: &Context, action: Option<ChaosAction>, impair: ImpairArgs) -> 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::on_closed_pipe(cli.command.on_closed_pipe());
     let ctx = Context {
         state: StateDir::new(cli.state_dir),
     };
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        if std::env::var_os("CNI_COMMAND").is_some() {
+            return commands::cni::plugin(&ctx);
+        }
+        use clap::CommandFactory as _;
+        let _ = Cli::command().print_help();
+        return ExitCode::from(2);
+    };
+    output::on_closed_pipe(command.on_closed_pipe());
+    let result = match command {
         Command::Up {
             file,
             dry_run,
@@ -938,6 +974,12 @@ fn main() -> ExitCode {
                     clients,
                 },
         } => commands::cluster::init(&out, &store_address, &clients),
+        Command::Cni {
+            action: CniAction::Conflist { stack, network, name },
+        } => commands::cni::conflist(&ctx, &stack, &network, name.as_deref()),
+        Command::Cni {
+            action: CniAction::Install { dir },
+        } => commands::cni::install(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

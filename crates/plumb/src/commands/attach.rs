@@ -40,33 +40,15 @@ pub fn attach(ctx: &Context, request: &Request, format: Format) -> Result<()> {
     require_root("attach")?;
     require_nft()?;
     let (stack, name) = split(request.target)?;
-    // The folder is made canonical, not the file: `/proc/PID/ns/net` is a link to no path.
-    let folder = request
-        .netns
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file = request.netns.file_name().unwrap_or_default();
-    let netns = std::fs::canonicalize(folder).map(|f| f.join(file)).map_err(|e| {
-        Failure::new(format!("{}: {e}", request.netns.display()))
-            .hint("give the path of the container's network namespace (/run/netns/NAME or /proc/PID/ns/net)")
-            .code(2)
-    })?;
-    // NSFS_MAGIC: what a namespace file (bound or /proc's) is.
-    let is_namespace = nix::sys::statfs::statfs(&netns).is_ok_and(|s| s.filesystem_type().0 == 0x6e73_6673);
-    if !is_namespace {
-        return Err(Failure::new(format!("{} is not a network namespace", netns.display()))
-            .hint("give the path of the container's network namespace (/run/netns/NAME or /proc/PID/ns/net)")
-            .code(2));
-    }
     let attachment = Attachment {
         name: name.to_string(),
         network: request.network.to_string(),
-        netns_path: netns.display().to_string(),
+        netns_path: request.netns.display().to_string(),
         ifname: request.ifname.to_string(),
         service: request.service.map(str::to_string),
+        container_id: None,
     };
-    let change = apply_change(ctx, stack, |engine| engine.plan_attach(stack, attachment))?;
+    let change = attach_container(ctx, stack, attachment)?;
     let c = change
         .desired
         .container(name)
@@ -90,11 +72,51 @@ pub fn attach(ctx: &Context, request: &Request, format: Format) -> Result<()> {
     Ok(())
 }
 
+/// The one way a container someone else made joins a stack (`plumb attach` and CNI's ADD):
+/// its namespace path checked, then the engine's `plan_attach` and `apply`.
+pub fn attach_container(ctx: &Context, stack: &str, attachment: Attachment) -> Result<Change> {
+    let netns = namespace_path(Path::new(&attachment.netns_path))?;
+    let attachment = Attachment {
+        netns_path: netns.display().to_string(),
+        ..attachment
+    };
+    apply_change(ctx, stack, |engine| engine.plan_attach(stack, attachment))
+}
+
+/// The one way attached containers leave a stack (`plumb detach`, CNI's DEL and GC): every
+/// one `doomed` picks, in one change.
+pub fn detach_containers(ctx: &Context, stack: &str, doomed: impl Fn(&Attachment) -> bool) -> Result<Change> {
+    apply_change(ctx, stack, |engine| engine.plan_detach_where(stack, doomed))
+}
+
+/// The canonical path of a network namespace file, or why it is not one.
+fn namespace_path(path: &Path) -> Result<std::path::PathBuf> {
+    // The folder is made canonical, not the file: `/proc/PID/ns/net` is a link to no path.
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = path.file_name().unwrap_or_default();
+    let netns = std::fs::canonicalize(folder).map(|f| f.join(file)).map_err(|e| {
+        Failure::new(format!("{}: {e}", path.display()))
+            .hint("give the path of the container's network namespace (/run/netns/NAME or /proc/PID/ns/net)")
+            .code(2)
+    })?;
+    // NSFS_MAGIC: what a namespace file (bound or /proc's) is.
+    let is_namespace = nix::sys::statfs::statfs(&netns).is_ok_and(|s| s.filesystem_type().0 == 0x6e73_6673);
+    if !is_namespace {
+        return Err(Failure::new(format!("{} is not a network namespace", netns.display()))
+            .hint("give the path of the container's network namespace (/run/netns/NAME or /proc/PID/ns/net)")
+            .code(2));
+    }
+    Ok(netns)
+}
+
 pub fn detach(ctx: &Context, target: &str) -> Result<()> {
     require_root("detach")?;
     require_nft()?;
     let (stack, name) = split(target)?;
-    let change = apply_change(ctx, stack, |engine| engine.plan_detach(stack, name))?;
+    let change = detach_containers(ctx, stack, |a| a.name == name)?;
     match change.plan.is_empty() {
         true => say!("{stack}/{name} is not attached: nothing to do"),
         false => say!("{stack}/{name} detached"),

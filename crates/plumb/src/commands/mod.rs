@@ -5,6 +5,7 @@ pub mod bench;
 pub mod capture;
 pub mod chaos;
 pub mod cluster;
+pub mod cni;
 pub mod conns;
 pub mod control;
 pub mod convert;
