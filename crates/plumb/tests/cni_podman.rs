@@ -172,6 +172,35 @@ fn podman_runs_containers_on_a_stacks_network_through_the_plugin() {
     let services = sb.plumb_ok(&["services", "-s", "pm"]);
     assert!(services.contains("box1"), "box1 is behind web's VIP: {services}");
 
+    // plumb's tools see podman's containers like its own: trace names the policy that
+    // refuses box2, capture records box1's packets, chaos delays box3.
+    let traced = sb.plumb(&["trace", "box2", &format!("{db}:5432"), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&traced.stdout).unwrap();
+    assert_eq!(traced.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["decided_by"]["verdict"], "drop", "{report:#}");
+    let traced = sb.plumb(&["trace", "box1", &format!("{db}:5432"), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&traced.stdout).unwrap();
+    assert_eq!(report["outcome"], "connected", "{report:#}");
+    let captured = sb.sh(&format!(
+        "(sleep 0.5; {}) & timeout 10 {PLUMB} capture box1 -c 2",
+        inside(&pid2, &format!("ping -c2 -i0.2 -W1 {ip1}"))
+    ));
+    assert!(captured.status.success(), "{}", text(&captured.stderr));
+    assert!(
+        text(&captured.stdout).contains("box1/eth0"),
+        "{}",
+        text(&captured.stdout)
+    );
+    let rtt = |from: &str, to: &str| -> f64 {
+        let out = sb.ok(&inside(from, &format!("ping -c3 -i0.2 -W2 {to}")));
+        let avg = out.lines().last().unwrap().split('/').nth(4).unwrap().to_string();
+        avg.parse().unwrap()
+    };
+    sb.plumb_ok(&["chaos", "box3", "--delay", "100ms", "--for", "30s"]);
+    assert!(rtt(&pid2, &ip3) >= 100.0, "the delay on box3 holds");
+    sb.plumb_ok(&["chaos", "clear"]);
+    assert!(rtt(&pid2, &ip3) < 100.0, "cleared");
+
     // The port podman published (portmap, after plumb) answers from outside.
     let server = sb.write("serve80.py", "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen(8)\nwhile True:\n c,a=s.accept()\n c.sendall(('box1 from '+a[0]+'\\n').encode())\n c.close()\n");
     let server_pid = sb.ok(&format!(
