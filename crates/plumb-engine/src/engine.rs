@@ -625,6 +625,10 @@ fn check_programs(parsed: &Parsed, base: &Path) -> Result<()> {
     let mut errors = Vec::new();
     for (name, svc) in &parsed.stack.services {
         let Some(p) = &svc.process else { continue };
+        if let Some(image) = &svc.image {
+            errors.extend(check_image(parsed, base, name, image));
+            continue;
+        }
         let workdir = p.workdir.as_ref().map_or(base.to_path_buf(), |w| base.join(w));
         if !workdir.is_dir() {
             errors.push(parsed.error(
@@ -663,6 +667,47 @@ fn check_programs(parsed: &Parsed, base: &Path) -> Result<()> {
         true => Ok(()),
         false => Err(Diagnostics(errors).into()),
     }
+}
+
+/// An image service needs podman, and the folder and Dockerfile it is built from.
+fn check_image(
+    parsed: &Parsed,
+    base: &Path,
+    name: &str,
+    image: &plumb_core::spec::Image,
+) -> Vec<plumb_core::Diagnostic> {
+    let mut errors = Vec::new();
+    if !on_search_path("podman") {
+        errors.push(parsed.error(
+            &format!("services.{name}.image"),
+            "podman is not installed: an image service's replicas are OCI containers run with it",
+            "install it (apt-get install podman runc), or run a host program with command = [...]",
+        ));
+    }
+    if let Some(build) = &image.build {
+        let context = base.join(&build.context);
+        let dockerfile = context.join(&build.dockerfile);
+        if !context.is_dir() {
+            errors.push(parsed.error(
+                &format!("services.{name}.build"),
+                format!("build context {} is not a folder", context.display()),
+                "give the folder holding the Dockerfile (relative to the stack file's folder)",
+            ));
+        } else if !dockerfile.is_file() {
+            errors.push(parsed.error(
+                &format!("services.{name}.build"),
+                format!("there is no Dockerfile at {}", dockerfile.display()),
+                "write one there, or name it with build = { context = \"...\", dockerfile = \"...\" } (relative to the context)",
+            ));
+        }
+    }
+    errors
+}
+
+fn on_search_path(program: &str) -> bool {
+    SEARCH_PATH
+        .split(':')
+        .any(|dir| is_executable(&Path::new(dir).join(program)))
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -118,6 +118,10 @@ pub(super) struct RawService {
     pub affinity_timeout: Option<Spanned<String>>,
     pub aliases: Option<Spanned<Vec<Spanned<RawValue>>>>,
     pub placement: Option<Spanned<RawTable>>,
+    /// The OCI image its replicas run (with podman), instead of a host program.
+    pub image: Option<Spanned<String>>,
+    /// How to build that image: a folder (`"web"`) or `{ context, dockerfile }`.
+    pub build: Option<Spanned<RawValue>>,
 }
 
 impl RawService {
@@ -149,6 +153,8 @@ impl RawService {
             ("affinity_timeout", self.affinity_timeout.as_ref().map(Spanned::span)),
             ("aliases", self.aliases.as_ref().map(Spanned::span)),
             ("placement", self.placement.as_ref().map(Spanned::span)),
+            ("image", self.image.as_ref().map(Spanned::span)),
+            ("build", self.build.as_ref().map(Spanned::span)),
         ];
         out.extend(self.process_fields());
         out
