@@ -13,7 +13,12 @@ DEMO_PACKAGES=(iproute2 nftables util-linux procps iputils-ping curl
 # The test suite, beyond the demo's: dig, reading pcapng captures, graphviz for `plumb graph`,
 # promtool for the metrics, a real etcd and etcdctl for the cluster, strace, Node.js and npm
 # for Mermaid's own parser.
-TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client strace nodejs npm ethtool)
+TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client strace nodejs npm ethtool
+  podman runc catatonit debootstrap)
+# Image services (docs/oci.md): podman runs them with runc (podman's first choice, crun, refuses
+# hybrid cgroups) and catatonit as the containers' init (--init); debootstrap makes the base
+# image's root (scripts/oci-base) with these packages in it, as no registry is needed then.
+OCI_BASE_PACKAGES=(nginx-light python3 python3-flask python3-redis redis-server redis-tools curl)
 # The benchmarks' peers and load generators (bench/; CI runs them in --quick mode).
 BENCH_PACKAGES=(netavark containernetworking-plugins iperf3 wrk dnsperf aardvark-dns)
 
