@@ -242,15 +242,19 @@ fn run_visible(command: &mut Command, parsed: &Parsed, field: &str, what: &str) 
     Err(plumb_core::Diagnostics(vec![diagnostic]).into())
 }
 
-/// A digest of what a build reads: every file under the context (path, mode and content, in
-/// path order) and the Dockerfile's path. SipHash with fixed keys: the same on every run of
+/// A digest of what a build reads: the Dockerfile (path and content) and every file under the
+/// context (path, mode and content, in path order). SipHash with fixed keys: the same on every run of
 /// one plumb build; another plumb at worst builds once more.
 fn context_digest(context: &Path, dockerfile: &Path) -> Result<String> {
     let mut files = Vec::new();
     list_files(context, &mut files)?;
     files.sort();
     let mut hasher = DefaultHasher::new();
+    // The Dockerfile may live outside the context: its path and content count too.
     hasher.write(dockerfile.as_os_str().as_encoded_bytes());
+    let content = std::fs::read(dockerfile).map_err(|e| read_error(dockerfile, e))?;
+    hasher.write_usize(content.len());
+    hasher.write(&content);
     let mut buffer = Vec::new();
     for file in files {
         let relative = file.strip_prefix(context).unwrap_or(&file);
@@ -308,6 +312,13 @@ mod tests {
         let second = context_digest(&dir, &dockerfile).unwrap();
         assert_ne!(first, second);
         assert_ne!(second, context_digest(&dir, &dir.join("sub/app.py")).unwrap());
+        // A Dockerfile outside the context counts by its content too.
+        let outside = std::env::temp_dir().join(format!("plumb-oci-digest-{}.Dockerfile", std::process::id()));
+        std::fs::write(&outside, "FROM x\n").unwrap();
+        let before = context_digest(&dir, &outside).unwrap();
+        std::fs::write(&outside, "FROM y\n").unwrap();
+        assert_ne!(before, context_digest(&dir, &outside).unwrap());
+        std::fs::remove_file(&outside).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
