@@ -80,6 +80,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("runc", "runc"),
     ("/usr/libexec/podman/catatonit", "catatonit"),
     ("debootstrap", "debootstrap"),
+    ("fuse-overlayfs", "fuse-overlayfs"),
 ];
 
 /// Fails (once per test binary, in every kernel test) naming each missing tool's package.

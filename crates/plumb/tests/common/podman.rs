@@ -30,6 +30,21 @@ pub fn base_store() -> &'static Path {
     })
 }
 
+/// Podman's overlay driver refuses a store on overlayfs (CI's fresh root is one) unless it
+/// mounts with fuse-overlayfs (as scripts/oci-base did to fill it).
+fn overlay_options(store: &Path) -> &'static str {
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(store)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    match fs.as_str() {
+        "overlayfs" => "[storage.options.overlay]\nmount_program = \"/usr/bin/fuse-overlayfs\"\n",
+        _ => "",
+    }
+}
+
 impl Sandbox {
     /// Makes podman usable in this sandbox (and only here): call before anything runs it.
     pub fn use_podman(&self) {
@@ -53,8 +68,9 @@ impl Sandbox {
             etc.join("storage.conf"),
             format!(
                 "[storage]\ndriver = \"overlay\"\ngraphroot = \"/var/lib/containers/storage\"\n\
-                 runroot = \"/run/containers/storage\"\n[storage.options]\nadditionalimagestores = [\"{}\"]\n",
-                store.display()
+                 runroot = \"/run/containers/storage\"\n[storage.options]\nadditionalimagestores = [\"{}\"]\n{}",
+                store.display(),
+                overlay_options(store)
             ),
         )
         .unwrap();
