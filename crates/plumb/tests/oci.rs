@@ -71,7 +71,7 @@ fn get(sb: &Sandbox, from: &str, url: &str) -> Option<String> {
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects and podman in a sandbox)")]
 fn image_replicas_are_podman_containers_in_plumbs_namespaces() {
     let Some(sb) = Sandbox::start() else { return };
-    sb.use_podman();
+    let _podman = sb.use_podman();
     sb.write("plumb.toml", STACK);
     sb.write("web/Dockerfile", DOCKERFILE);
     sb.write("web/app.py", APP);
@@ -109,6 +109,15 @@ fn image_replicas_are_podman_containers_in_plumbs_namespaces() {
     assert_eq!(caps & (1 << 13), 0, "podman's default has no NET_RAW: {answer}");
     assert_ne!(caps & 1, 0, "CHOWN is in podman's default: {answer}");
 
+    // `plumb exec` runs inside the container (the image's files), with the command's exit code.
+    assert!(sb
+        .plumb_ok(&["exec", "web-2", "--", "cat", "/app/app.py"])
+        .contains("HTTPServer"));
+    assert_eq!(
+        sb.plumb(&["exec", "web-2", "--", "sh", "-c", "exit 7"]).status.code(),
+        Some(7)
+    );
+
     // The policy: only client may reach web; the intruder's connect fails (name and address).
     assert_eq!(get(&sb, "oci-intruder-1", "http://web:8080/"), None);
     assert_eq!(get(&sb, "oci-intruder-1", &format!("http://{web2}:8080/")), None);
@@ -135,7 +144,7 @@ fn image_replicas_are_podman_containers_in_plumbs_namespaces() {
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects and podman in a sandbox)")]
 fn containers_a_killed_supervisor_left_are_removed_by_the_next_up_and_by_down() {
     let Some(sb) = Sandbox::start() else { return };
-    sb.use_podman();
+    let _podman = sb.use_podman();
     sb.write("plumb.toml", STACK);
     sb.write("web/Dockerfile", DOCKERFILE);
     sb.write("web/app.py", APP);

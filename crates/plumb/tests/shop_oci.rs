@@ -20,7 +20,7 @@ fn http(sb: &Sandbox, from: Option<&str>, url: &str) -> String {
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects and podman in a sandbox)")]
 fn the_shop_runs_as_containers_built_from_its_dockerfiles() {
     let Some(sb) = Sandbox::start() else { return };
-    sb.use_podman();
+    let _podman = sb.use_podman();
     sb.plumb_ok(&["up", "-f", STACK, "--wait"]);
     assert_eq!(
         sb.podman_containers(),

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::Sandbox;
 
@@ -45,9 +45,17 @@ fn overlay_options(store: &Path) -> &'static str {
     }
 }
 
+/// One podman-using test at a time (per test binary; cargo runs binaries one after another):
+/// podman mounts the shared store's base layer itself while building (fuse-overlayfs mounts it
+/// in that store's folder, on CI), and two builds at once unmount it under each other.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 impl Sandbox {
-    /// Makes podman usable in this sandbox (and only here): call before anything runs it.
-    pub fn use_podman(&self) {
+    /// Makes podman usable in this sandbox (and only here): call before anything runs it, and
+    /// keep what it returns until the test ends (other podman tests wait for it).
+    #[must_use = "other podman tests wait while this guard lives"]
+    pub fn use_podman(&self) -> MutexGuard<'static, ()> {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let store = base_store();
         let etc = self.dir.join("etc-containers");
         std::fs::create_dir_all(&etc).unwrap();
@@ -74,6 +82,7 @@ impl Sandbox {
             ),
         )
         .unwrap();
+        turn
     }
 
     /// The names of the containers podman holds in this sandbox, running or not, sorted.
