@@ -59,6 +59,15 @@ fn the_shop_runs_as_containers_built_from_its_dockerfiles() {
     // Views are counted in the Redis container.
     assert!(http(&sb, None, "http://127.0.0.1:8081/api/products/2").contains("\"views\""));
     assert_eq!(sb.ok("podman exec shop-oci-redis-1 redis-cli get views:2").trim(), "1");
+    // The containers' output is the replicas' log, as a host program's (nginx's access log
+    // goes to its stdout).
+    assert!(
+        eventually(Duration::from_secs(5), || sb
+            .plumb_ok(&["logs", "web-1"])
+            .contains("GET /api/products")),
+        "{}",
+        sb.plumb_ok(&["logs", "web-1"])
+    );
     // A second up builds nothing and leaves every container running.
     let again = sb.plumb(&["up", "-f", STACK]);
     assert!(!text(&again.stderr).contains("building"), "{}", text(&again.stderr));
