@@ -1,8 +1,9 @@
 //! Image services: each replica is a real OCI container (podman, runc) joined to the
 //! namespace plumb made for it. A host program reaches the service by name and VIP with real
-//! requests, spread over the three containers; a policy keeps another host program out; the
-//! exec health check runs inside the container; `down` leaves no namespace, link, table,
-//! process or podman container, also after the supervisor was killed.
+//! requests, spread over the three containers; a policy keeps another host program out, a
+//! chaos partition cuts it off; the exec health check and `plumb exec` run inside the
+//! container; `down` leaves no namespace, link, table, process or podman container, also
+//! after the supervisor was killed.
 
 mod common;
 
@@ -124,6 +125,16 @@ fn image_replicas_are_podman_containers_in_plumbs_namespaces() {
     assert!(
         get(&sb, "oci-client-1", &format!("http://{web2}:8080/")).is_some(),
         "client still gets in"
+    );
+
+    // Chaos applies to a container as to a program: a partition between client and web
+    // stops the requests, and clearing it lets them through again.
+    sb.plumb_ok(&["chaos", "partition", "client", "web"]);
+    assert_eq!(get(&sb, "oci-client-1", &format!("http://{web2}:8080/")), None);
+    sb.plumb_ok(&["chaos", "clear", "1"]);
+    assert!(
+        get(&sb, "oci-client-1", &format!("http://{web2}:8080/")).is_some(),
+        "partition cleared"
     );
 
     // A replica killed inside its container comes back (a new container of the same name).
