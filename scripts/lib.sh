@@ -13,9 +13,14 @@ DEMO_PACKAGES=(iproute2 nftables util-linux procps iputils-ping curl
 # The test suite, beyond the demo's: dig, reading pcapng captures, graphviz for `plumb graph`,
 # promtool for the metrics, a real etcd and etcdctl for the cluster, strace, Node.js and npm
 # for Mermaid's own parser, Debian's CNI plugins (portmap after plumb) and the iptables they use,
-# podman (its CNI backend driving plumb as a plugin).
+# podman (its CNI backend driving plumb as a plugin; image services).
 TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client strace nodejs npm ethtool
-  containernetworking-plugins iptables podman)
+  containernetworking-plugins iptables podman runc catatonit debootstrap fuse-overlayfs)
+# Image services (docs/oci.md): podman runs them with runc (podman's first choice, crun, refuses
+# hybrid cgroups) and catatonit as the containers' init (--init), fuse-overlayfs where podman's
+# store is itself on overlayfs (CI's fresh root); debootstrap makes the base
+# image's root (scripts/oci-base) with these packages in it, as no registry is needed then.
+OCI_BASE_PACKAGES=(nginx-light python3 python3-flask python3-redis redis-server redis-tools curl)
 # The benchmarks' peers and load generators (bench/; CI runs them in --quick mode).
 BENCH_PACKAGES=(netavark containernetworking-plugins iperf3 wrk dnsperf aardvark-dns)
 

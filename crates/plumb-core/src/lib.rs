@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod lower;
 pub mod mac;
 pub mod names;
+pub mod oci;
 pub mod ops;
 pub mod plan;
 pub mod policy;

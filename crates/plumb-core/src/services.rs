@@ -32,6 +32,9 @@ pub struct RunSpec {
     /// Content of the container's /etc/hosts: localhost and the container's own name (other
     /// names are the stack's DNS server's).
     pub hosts: String,
+    /// For an image service: the OCI container that is the replica's process (run by podman).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<crate::oci::OciRun>,
 }
 
 /// The PATH every service runs with, and where `plumb up` looks for a command's program.
@@ -93,9 +96,16 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
             }
             env.extend(p.env.clone());
             let workdir = match &p.workdir {
-                Some(w) => base.join(w),
-                None => base.to_path_buf(),
+                // An image service's workdir is inside its container (see `oci`).
+                Some(w) if p.image.is_none() => base.join(w),
+                _ => base.to_path_buf(),
             };
+            let oci = p.image.as_ref().map(|image| crate::oci::OciRun {
+                image: image.clone(),
+                stack: desired.stack.clone(),
+                name: crate::oci::container_name(&desired.stack, &c.name),
+                workdir: p.workdir.clone(),
+            });
             Some(RunSpec {
                 container: c.name.clone(),
                 service: c.service.clone(),
@@ -111,6 +121,7 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
                 depends_on: p.depends_on.clone(),
                 stop_grace_ms: p.stop_grace.as_millis() as u64,
                 hosts,
+                oci,
             })
         })
         .collect()

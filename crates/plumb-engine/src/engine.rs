@@ -665,6 +665,10 @@ fn check_programs(parsed: &Parsed, base: &Path) -> Result<()> {
     let mut errors = Vec::new();
     for (name, svc) in &parsed.stack.services {
         let Some(p) = &svc.process else { continue };
+        if let Some(image) = &svc.image {
+            errors.extend(check_image(parsed, base, name, image, on_search_path("podman")));
+            continue;
+        }
         let workdir = p.workdir.as_ref().map_or(base.to_path_buf(), |w| base.join(w));
         if !workdir.is_dir() {
             errors.push(parsed.error(
@@ -703,6 +707,51 @@ fn check_programs(parsed: &Parsed, base: &Path) -> Result<()> {
         true => Ok(()),
         false => Err(Diagnostics(errors).into()),
     }
+}
+
+/// An image service needs podman (`podman_installed`), and the folder and Dockerfile it is
+/// built from.
+fn check_image(
+    parsed: &Parsed,
+    base: &Path,
+    name: &str,
+    image: &plumb_core::spec::Image,
+    podman_installed: bool,
+) -> Vec<plumb_core::Diagnostic> {
+    let mut errors = Vec::new();
+    if !podman_installed {
+        // At `build` when there is one (a service may have no `image` line).
+        let key = if image.build.is_some() { "build" } else { "image" };
+        errors.push(parsed.error(
+            &format!("services.{name}.{key}"),
+            "podman is not installed: an image service's replicas are OCI containers run with it",
+            "install it (apt-get install podman runc), or run a host program with command = [...]",
+        ));
+    }
+    if let Some(build) = &image.build {
+        let context = base.join(&build.context);
+        let dockerfile = context.join(&build.dockerfile);
+        if !context.is_dir() {
+            errors.push(parsed.error(
+                &format!("services.{name}.build"),
+                format!("build context {} is not a folder", context.display()),
+                "give the folder holding the Dockerfile (relative to the stack file's folder)",
+            ));
+        } else if !dockerfile.is_file() {
+            errors.push(parsed.error(
+                &format!("services.{name}.build"),
+                format!("there is no Dockerfile at {}", dockerfile.display()),
+                "write one there, or name it with build = { context = \"...\", dockerfile = \"...\" } (relative to the context)",
+            ));
+        }
+    }
+    errors
+}
+
+fn on_search_path(program: &str) -> bool {
+    SEARCH_PATH
+        .split(':')
+        .any(|dir| is_executable(&Path::new(dir).join(program)))
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -747,5 +796,43 @@ fn check_other_stacks(parsed: &Parsed, desired: &Desired, stacks: &BTreeMap<Stri
     match errors.is_empty() {
         true => Ok(()),
         false => Err(Diagnostics(errors).into()),
+    }
+}
+
+#[cfg(test)]
+mod image_checks {
+    use super::*;
+
+    #[test]
+    fn an_image_service_without_podman_or_its_folder_is_named_at_its_line() {
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n[services.web]\nbuild = \"no-such-folder\"\n";
+        let parsed = plumb_core::spec::parse("plumb.toml", text).unwrap();
+        let image = parsed.stack.services["web"].image.clone().unwrap();
+        let errors = check_image(&parsed, Path::new("/nonexistent"), "web", &image, false);
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(
+            text[0].starts_with("plumb.toml:5:")
+                && text[0].contains("services.web.build: podman is not installed")
+                && text[0].contains("apt-get install podman runc"),
+            "{}",
+            text[0]
+        );
+        assert!(
+            text[1].contains("services.web.build: build context /nonexistent/no-such-folder is not a folder"),
+            "{}",
+            text[1]
+        );
+        let dir = std::env::temp_dir().join(format!("plumb-image-check-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("no-such-folder")).unwrap();
+        let errors = check_image(&parsed, &dir, "web", &image, true);
+        assert!(
+            errors[0].to_string().contains("there is no Dockerfile at"),
+            "{}",
+            errors[0]
+        );
+        std::fs::write(dir.join("no-such-folder/Dockerfile"), "FROM x\n").unwrap();
+        assert!(check_image(&parsed, &dir, "web", &image, true).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,6 +14,17 @@ pub fn kernel() -> Result<LinuxKernel> {
     Ok(LinuxKernel::new()?)
 }
 
+/// Where a container's namespace is bound (`/run/netns/NAME`): podman joins it there.
+pub fn netns_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(plumb_linux::netns::RUN_DIR).join(name)
+}
+
+/// A container's resolv.conf (the stack's DNS server), which host programs see over
+/// /etc/resolv.conf and podman binds there.
+pub fn resolv_conf_path(name: &str) -> std::path::PathBuf {
+    plumb_linux::netns::resolv_conf_path(name)
+}
+
 /// Runs `f` with a progress callback that draws a one-line report on stderr for work that
 /// takes more than a second.
 pub fn with_progress<T>(f: impl FnOnce(Progress) -> T) -> T {

@@ -10,6 +10,7 @@ mod events;
 mod failure;
 mod faults;
 mod load;
+mod oci;
 mod output;
 mod processes;
 mod relay;

@@ -7,3 +7,6 @@ pub use plumb_engine::state::*;
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> crate::failure::Result<()> {
     Ok(plumb_engine::state::write_atomically(path, bytes)?)
 }
+
+/// The folder (in a stack's folder) where podman writes each image replica's monitor PID.
+pub const CONMON_DIR: &str = "conmon";

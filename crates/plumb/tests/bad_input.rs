@@ -81,12 +81,18 @@ fn each_kind_of_bad_input_is_named_and_nothing_is_created() {
     );
     rejected(
         &sb,
-        &format!("{NET}[services.a]\nimage = \"nginx\"\n"),
-        &[
-            "plumb.toml:5:9",
-            "services.a.image",
-            "image services run through podman",
-        ],
+        &format!("{NET}[services.a]\nvolumes = [\"/data\"]\n"),
+        &["plumb.toml:5:1", "unknown field `volumes`"],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.a]\nimage = \"Nginx\"\n"),
+        &["plumb.toml:5:9", "services.a.image", "image names are lower case"],
+    );
+    rejected(
+        &sb,
+        &format!("{NET}[services.a]\nbuild = \"no-such-folder\"\n"),
+        &["services.a.build", "no-such-folder is not a folder"],
     );
     // The sandbox host routes 203.0.113.0/24 through its uplink.
     rejected(

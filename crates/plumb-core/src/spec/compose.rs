@@ -1870,17 +1870,16 @@ mod tests {
     }
 
     #[test]
-    fn images_wait_for_podman_unless_the_service_runs_on_the_host() {
-        let e = err(&svc("    image: redis:7\n"));
-        assert!(
-            e.contains("compose.yaml:4:12: services.a.image: image services run through podman: not in this build yet"),
-            "{e}"
-        );
-        let e = err(&svc("    build: { context: ., dockerfile: Dockerfile }\n"));
-        assert!(
-            e.contains("compose.yaml:4:12: services.a.build: image services run through podman"),
-            "{e}"
-        );
+    fn images_run_through_podman_unless_the_service_runs_on_the_host() {
+        let p = ok(&svc("    image: redis:7\n"));
+        let image = p.stack.services["a"].image.as_ref().unwrap();
+        assert_eq!((image.name.as_str(), image.build.is_none()), ("redis:7", true));
+        let p = ok(&svc("    build: { context: ., dockerfile: Dockerfile.web }\n"));
+        let image = p.stack.services["a"].image.as_ref().unwrap();
+        let build = image.build.as_ref().unwrap();
+        assert_eq!((build.context.as_str(), build.dockerfile.as_str()), (".", "Dockerfile.web"));
+        let e = err(&svc("    build: { context: \"\" }\n"));
+        assert!(e.contains("compose.yaml:4") && e.contains("services.a.build"), "{e}");
         let p = ok(&svc(
             "    image: debian:12\n    x-plumb: { host: true }\n    command: [/usr/bin/true]\n",
         ));
@@ -1959,7 +1958,7 @@ mod tests {
 
     #[test]
     fn converting_gives_a_stack_file_of_the_same_stack() {
-        let text = "name: conv\nservices:\n  db:\n    command: [/usr/bin/redis-server, --port, \"6379\"]\n    expose: [6379]\n    healthcheck: { test: \"redis-cli ping\", interval: 1s, retries: 2 }\n    cap_drop: [ALL]\n    cap_add: [NET_BIND_SERVICE]\n  web:\n    command: web --flag\n    environment: { QUOTE: \"say \\\"hi\\\"\\n\", EMPTY: \"\" }\n    ports: [\"127.0.0.1:8080:80\", \"53:53/udp\"]\n    depends_on: { db: { condition: service_healthy } }\n    restart: always\n    working_dir: /tmp\n    user: nobody\n    networks:\n      front: { ipv4_address: 10.89.3.7, aliases: [www] }\n      default: {}\n    deploy: { replicas: 1 }\n  idle:\n    scale: 2\nnetworks:\n  front:\n    ipam: { config: [ { subnet: 10.89.3.0/24 } ] }\n  back:\n    internal: true\n";
+        let text = "name: conv\nservices:\n  db:\n    command: [/usr/bin/redis-server, --port, \"6379\"]\n    expose: [6379]\n    healthcheck: { test: \"redis-cli ping\", interval: 1s, retries: 2 }\n    cap_drop: [ALL]\n    cap_add: [NET_BIND_SERVICE]\n  web:\n    command: web --flag\n    environment: { QUOTE: \"say \\\"hi\\\"\\n\", EMPTY: \"\" }\n    ports: [\"127.0.0.1:8080:80\", \"53:53/udp\"]\n    depends_on: { db: { condition: service_healthy } }\n    restart: always\n    working_dir: /tmp\n    user: nobody\n    networks:\n      front: { ipv4_address: 10.89.3.7, aliases: [www] }\n      default: {}\n    deploy: { replicas: 1 }\n  idle:\n    scale: 2\n  api:\n    build: { context: api, dockerfile: Dockerfile.api }\n    environment: [MODE=fast]\n  cache:\n    image: localhost/redis:7\n    command: [redis-server]\nnetworks:\n  front:\n    ipam: { config: [ { subnet: 10.89.3.0/24 } ] }\n  back:\n    internal: true\n";
         let compose = ok(text);
         let toml = to_toml(&compose.stack).unwrap();
         let again = parse("plumb.toml", &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));

@@ -252,6 +252,29 @@ pub struct ServiceSpec {
     /// `placement = { host = "h1" }`: in a cluster, every replica runs on this host.
     #[serde(default)]
     pub placement: Option<String>,
+    /// `image = "..."` (and `build`): each replica is an OCI container run by podman in the
+    /// replica's namespace, rather than a host program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+}
+
+/// The OCI image an image service runs, and how to build it when the stack file says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// `localhost/shop-web`: the image's name in podman's store.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+}
+
+/// `build = "DIR"` or `build = { context = "DIR", dockerfile = "FILE" }`: `podman build -t
+/// NAME -f DOCKERFILE CONTEXT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    /// The build context, relative to the stack file's folder (or absolute).
+    pub context: String,
+    /// The Dockerfile, relative to the context (Compose's rule); `Dockerfile` when unset.
+    pub dockerfile: String,
 }
 
 impl ServiceSpec {
@@ -373,6 +396,7 @@ impl std::fmt::Display for PortSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessSpec {
+    /// Empty only for an image service that runs its image's own command (CMD/ENTRYPOINT).
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub workdir: Option<String>,
@@ -383,6 +407,10 @@ pub struct ProcessSpec {
     pub stop_grace: Duration,
     /// What its processes may hold: Docker's default set, with `cap_add` and `cap_drop`.
     pub capabilities: Capabilities,
+    /// The image it runs as an OCI container (podman), for an image service; `workdir` and
+    /// `user` are then the container's, not the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

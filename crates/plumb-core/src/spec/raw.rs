@@ -99,11 +99,6 @@ pub(super) struct RawNetwork {
 #[derive(DeriveDeserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
-    /// A container image to run (through podman): not in this build yet, refused in
-    /// `validate`. Compose's `image`.
-    pub image: Option<Spanned<String>>,
-    /// An image to build first (Compose's `build`: a context, or `context`/`dockerfile`).
-    pub build: Option<Spanned<RawValue>>,
     pub networks: Option<Spanned<RawValue>>,
     pub replicas: Option<Spanned<i64>>,
     pub ports: Option<Spanned<Vec<Spanned<String>>>>,
@@ -123,6 +118,12 @@ pub(super) struct RawService {
     pub affinity_timeout: Option<Spanned<String>>,
     pub aliases: Option<Spanned<Vec<Spanned<RawValue>>>>,
     pub placement: Option<Spanned<RawTable>>,
+    /// The OCI image its replicas run (with podman), instead of a host program (Compose's
+    /// `image`).
+    pub image: Option<Spanned<String>>,
+    /// How to build that image: a folder (`"web"`) or `{ context, dockerfile }` (Compose's
+    /// `build`).
+    pub build: Option<Spanned<RawValue>>,
 }
 
 impl RawService {

@@ -6,6 +6,7 @@
 mod addresses;
 mod discovery;
 mod experiment;
+mod image;
 mod policy;
 mod process;
 
@@ -46,6 +47,7 @@ pub(super) fn validate(map: &SourceMap, raw: RawStack) -> Result<(Stack, Spans),
         errors: Vec::new(),
         spans: Spans::new(),
         declared_networks: raw.networks.keys().map(|k| k.get_ref().clone()).collect(),
+        stack_name: raw.name.get_ref().clone(),
     };
     let stack = v.stack(raw);
     if v.errors.is_empty() {
@@ -82,6 +84,8 @@ struct Validator<'a> {
     /// Every network the file declares, valid or not: a service joining a network whose own
     /// definition is wrong gets that one error, not a second "unknown network".
     declared_networks: BTreeSet<String>,
+    /// The stack's name as written (an image built without a name is named after it).
+    stack_name: String,
 }
 
 impl Validator<'_> {
@@ -488,21 +492,8 @@ impl Validator<'_> {
                 ),
             }
         }
-        let image = [
-            ("image", raw.image.as_ref().map(Spanned::span)),
-            ("build", raw.build.as_ref().map(Spanned::span)),
-        ];
-        for (key, span) in image {
-            if let Some(span) = span {
-                self.err(
-                    span,
-                    &format!("{field}.{key}"),
-                    "image services run through podman: not in this build yet",
-                    "run a host program instead: command = [\"/usr/bin/program\", \"arg\"] (in a compose file, keep image and add x-plumb: { host: true })",
-                );
-            }
-        }
-        let process = self.process(field, name, &raw, service_names);
+        let image = self.image(field, name, &raw);
+        let process = self.process(field, name, &raw, service_names, image.as_ref());
         let discovery = self.discovery(field, &raw);
         let placement = raw.placement.as_ref().and_then(|p| self.placement(field, p));
         ServiceSpec {
@@ -515,6 +506,7 @@ impl Validator<'_> {
             affinity: discovery.affinity,
             aliases: discovery.aliases,
             placement,
+            image,
         }
     }
 
@@ -669,52 +661,35 @@ impl Validator<'_> {
         name: &str,
         raw: &RawService,
         service_names: &BTreeSet<String>,
+        image: Option<&Image>,
     ) -> Option<ProcessSpec> {
-        let Some(cmd) = &raw.command else {
-            let process_keys = raw.process_fields();
-            for (key, span) in process_keys {
-                if let Some(span) = span {
-                    self.err(
-                        span,
-                        &format!("{field}.{key}"),
-                        format!("{key} needs a command"),
-                        "add command = [\"program\", \"arg\"] or remove this field",
-                    );
+        let command = match (&raw.command, image) {
+            (Some(cmd), _) => self.command(field, cmd)?,
+            // An image service without a command runs its image's CMD/ENTRYPOINT.
+            (None, Some(_)) => Vec::new(),
+            (None, None) => {
+                for (key, span) in raw.process_fields() {
+                    if let Some(span) = span {
+                        self.err(
+                            span,
+                            &format!("{field}.{key}"),
+                            format!("{key} needs a command"),
+                            "add command = [\"program\", \"arg\"] (or image = \"...\") or remove this field",
+                        );
+                    }
                 }
-            }
-            return None;
-        };
-        let cfield = format!("{field}.command");
-        let command = match cmd.get_ref() {
-            RawValue::String(s) => split_command(s).map_err(|why| (cmd.span(), format!("command {why}"))),
-            RawValue::Array(items) => {
-                strings(items).map_err(|span| (span, "every argument of command must be a string".to_string()))
-            }
-            _ => Err((cmd.span(), "command must be a string or a list of strings".to_string())),
-        };
-        let command = match command {
-            Ok(c) if c.first().is_some_and(|program| !program.is_empty()) => c,
-            Ok(_) => {
-                self.err(
-                    cmd.span(),
-                    &cfield,
-                    "command is empty",
-                    "give the program to run, e.g. command = [\"nginx\", \"-g\", \"daemon off;\"]",
-                );
-                return None;
-            }
-            Err((span, why)) => {
-                self.err(
-                    span,
-                    &cfield,
-                    why,
-                    "command = [\"program\", \"arg\"] or command = \"program arg\"",
-                );
                 return None;
             }
         };
-        if self.nul_in_command(&cfield, "command", cmd) {
-            return None;
+        if let (Some(_), Some(w)) = (image, &raw.workdir) {
+            if !w.get_ref().starts_with('/') {
+                self.err(
+                    w.span(),
+                    &format!("{field}.workdir"),
+                    format!("workdir {:?} is not an absolute path", w.get_ref()),
+                    "an image service's workdir is a folder inside its container: write it from /, e.g. workdir = \"/app\"",
+                );
+            }
         }
         let env = raw
             .env
@@ -765,7 +740,45 @@ impl Validator<'_> {
             depends_on,
             stop_grace,
             capabilities,
+            image: image.map(|i| i.name.clone()),
         })
+    }
+
+    /// A service's `command`, as a string split like a shell's or a list of strings.
+    fn command(&mut self, field: &str, cmd: &Spanned<RawValue>) -> Option<Vec<String>> {
+        let cfield = format!("{field}.command");
+        let command = match cmd.get_ref() {
+            RawValue::String(s) => split_command(s).map_err(|why| (cmd.span(), format!("command {why}"))),
+            RawValue::Array(items) => {
+                strings(items).map_err(|span| (span, "every argument of command must be a string".to_string()))
+            }
+            _ => Err((cmd.span(), "command must be a string or a list of strings".to_string())),
+        };
+        let command = match command {
+            Ok(c) if c.first().is_some_and(|program| !program.is_empty()) => c,
+            Ok(_) => {
+                self.err(
+                    cmd.span(),
+                    &cfield,
+                    "command is empty",
+                    "give the program to run, e.g. command = [\"nginx\", \"-g\", \"daemon off;\"]",
+                );
+                return None;
+            }
+            Err((span, why)) => {
+                self.err(
+                    span,
+                    &cfield,
+                    why,
+                    "command = [\"program\", \"arg\"] or command = \"program arg\"",
+                );
+                return None;
+            }
+        };
+        if self.nul_in_command(&cfield, "command", cmd) {
+            return None;
+        }
+        Some(command)
     }
 
     fn health(&mut self, field: &str, raw: &Spanned<RawHealth>) -> Option<HealthSpec> {
@@ -1483,14 +1496,9 @@ depends_on = { web = { condition = "healthy" } }
 
     #[test]
     fn unknown_keys_are_rejected_where_they_are() {
-        let e = errors(&format!("{NET}[services.a]\nimagine = \"nginx\"\n"));
+        let e = errors(&format!("{NET}[services.a]\nvolumes = [\"/data\"]\n"));
         assert!(
-            e.contains("plumb.toml:5:1") && e.contains("unknown field `imagine`"),
-            "{e}"
-        );
-        let e = errors(&format!("{NET}[services.a]\nimage = \"nginx\"\n"));
-        assert!(
-            e.contains("plumb.toml:5:9: services.a.image: image services run through podman"),
+            e.contains("plumb.toml:5:1") && e.contains("unknown field `volumes`"),
             "{e}"
         );
         let e = errors("name = \"s\"\nvolumes = 1\n");

@@ -83,13 +83,27 @@ fn service(out: &mut String, name: &str, svc: &ServiceSpec) {
     if let Some(host) = &svc.placement {
         let _ = writeln!(out, "placement = {{ host = {} }}", quote(host));
     }
+    if let Some(image) = &svc.image {
+        let _ = writeln!(out, "image = {}", quote(&image.name));
+        if let Some(b) = &image.build {
+            let _ = writeln!(
+                out,
+                "build = {{ context = {}, dockerfile = {} }}",
+                quote(&b.context),
+                quote(&b.dockerfile)
+            );
+        }
+    }
     if let Some(p) = &svc.process {
         process(out, p);
     }
 }
 
 fn process(out: &mut String, p: &ProcessSpec) {
-    let _ = writeln!(out, "command = {}", list(&p.command));
+    // An image service without a command runs the image's own.
+    if !p.command.is_empty() {
+        let _ = writeln!(out, "command = {}", list(&p.command));
+    }
     if !p.env.is_empty() {
         let vars: Vec<String> = p
             .env

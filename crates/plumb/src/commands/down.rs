@@ -51,6 +51,13 @@ fn remove(ctx: &Context, stack: &str, mode: Mode) -> Result<bool> {
             eprintln!("plumb: removing faults: {}", errors.join("; "));
         }
         processes::stop_supervisor(&stack_dir)?;
+        // What a crashed supervisor left in podman (a clean stop leaves nothing).
+        if crate::oci::runs_containers(&runfile::read_run(&stack_dir).specs) {
+            let n = crate::oci::remove_stack(stack)?;
+            if n > 0 {
+                say!("removed {} left in podman", count(n, "container"));
+            }
+        }
     }
     let teardown = engine.plan_down(stack)?;
     for warning in &teardown.warnings {

@@ -72,6 +72,9 @@ struct Process {
     untracked: usize,
     /// The supervisor cannot write its status: what is shown may be out of date.
     stale: bool,
+    /// An OCI container: every process in its namespace is the container's own.
+    #[serde(skip)]
+    image: bool,
 }
 
 /// What `ps` knows of a process: its supervisor's report, or that none is running.
@@ -219,6 +222,8 @@ struct Shown {
     /// It has a command (always unknown for a container found in the kernel: then whether the
     /// supervisor's status names it).
     command: Option<bool>,
+    /// Its process is an OCI container (an image service's replica).
+    image: bool,
 }
 
 fn from_record(c: &Container) -> Shown {
@@ -240,6 +245,7 @@ fn from_record(c: &Container) -> Shown {
             .collect(),
         ports: c.ports.iter().map(|p| p.to_string()).collect(),
         command: Some(c.process.is_some()),
+        image: c.process.as_ref().is_some_and(|p| p.image.is_some()),
     }
 }
 
@@ -272,6 +278,7 @@ fn found_container(stack: &str, c: &FoundContainer) -> Shown {
             .collect(),
         ports: Vec::new(),
         command: None,
+        image: false,
     }
 }
 
@@ -281,7 +288,10 @@ impl Shown {
         let (present, complete) = namespace;
         let status = supervision.and_then(|s| s.status.replicas.get(&self.name));
         let has_process = self.command.unwrap_or(status.is_some());
-        let process = has_process.then(|| process(status, supervision));
+        let process = has_process.then(|| Process {
+            image: self.image,
+            ..process(status, supervision)
+        });
         Row {
             stack: stack.to_string(),
             record,
@@ -314,6 +324,7 @@ fn process(status: Option<&ReplicaStatus>, supervision: Option<&Supervision>) ->
         uptime_seconds: status.and_then(|s| s.up_for(now)).map(|d| d.as_secs()),
         untracked: 0,
         stale: supervision.is_some_and(|s| s.report.status_error.is_some()),
+        image: false,
     }
 }
 
@@ -329,6 +340,10 @@ fn count_untracked(kernel: &mut dyn Kernel, rows: &mut [Row], supervisors: &BTre
         let (Some(p), Some(inode)) = (row.process.as_mut(), inode) else {
             continue;
         };
+        // Podman started the container's processes, not the supervisor: they are its own.
+        if p.image && p.pid.is_some() {
+            continue;
+        }
         // Without a supervisor, everything in the container is untracked.
         let supervisor = supervisors.get(&row.stack).map_or(0, |pid| pid.as_raw() as u32);
         let inside = residents.get(&inode).map_or(&[][..], Vec::as_slice);

@@ -202,6 +202,8 @@ pub fn bring_up(
         }
         Mode::Apply(supervision) => supervision,
     };
+    // Images are built (or pulled) before anything changes: a failed build leaves all as it was.
+    crate::oci::prepare_images(parsed, &base)?;
     let change = apply::with_progress(|progress| {
         engine.apply(
             change,

@@ -192,6 +192,8 @@ impl Supervisor {
             self.wait_events(sleep.min(most));
         }
         self.slots.clear();
+        // Each container's monitor (conmon) outlives its `podman run` by a moment.
+        crate::oci::wait_for_monitors(&self.dir.join(crate::state::CONMON_DIR), Duration::from_secs(5));
         self.write_status();
         Ok(())
     }
@@ -223,6 +225,16 @@ impl Supervisor {
                 namespaces: run.specs.iter().map(|s| s.netns.clone()).collect(),
                 grace_ms: 0,
             });
+        }
+        // Its image services' containers outlive it in podman (conmon keeps them).
+        if crate::oci::runs_containers(&run.specs) {
+            match crate::oci::remove_stack(&self.stack) {
+                Ok(0) => {}
+                Ok(n) => say(&format!(
+                    "removed {n} container(s) a previous supervisor left in podman"
+                )),
+                Err(e) => say(&format!("removing the containers left in podman: {}", e.message)),
+            }
         }
     }
 
@@ -444,7 +456,10 @@ impl Supervisor {
         self.dirty = true;
         match spawn_replica(self.kernel.as_mut(), slot.replica.spec(), &hosts_dir) {
             Ok((mut child, inode)) => {
-                let command = slot.replica.spec().command.join(" ");
+                let command = match &slot.replica.spec().oci {
+                    Some(run) => format!("container {} (image {})", run.name, run.image),
+                    None => slot.replica.spec().command.join(" "),
+                };
                 slot.log.note(&format!("started {command} (pid {})", child.id()));
                 events::record(&self.dir, &self.stack, name, "started", format!("pid {}", child.id()));
                 self.pipes.add(&mut child, name);
@@ -496,6 +511,10 @@ impl Supervisor {
     fn kill(&mut self, name: &str, now: Instant) {
         if let Some(slot) = self.slots.get_mut(name) {
             slot.child.iter().for_each(|c| signal_group(c, Signal::SIGKILL));
+            // A killed `podman run` leaves its container to conmon: remove it too.
+            if let Some(run) = &slot.replica.spec().oci {
+                crate::oci::remove_soon(&run.name);
+            }
             slot.replica.kill_sent(now);
         }
         // What else the container holds goes at the same time.

@@ -22,6 +22,7 @@ pub fn spec(service: &str, replica: u32) -> RunSpec {
         depends_on: Vec::new(),
         stop_grace_ms: 2000,
         hosts: String::new(),
+        oci: None,
     }
 }
 

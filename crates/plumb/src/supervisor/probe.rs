@@ -66,6 +66,7 @@ impl Probes {
         let run_as = RunAs {
             user: spec.user.clone(),
             capabilities: spec.capabilities,
+            container: spec.oci.as_ref().map(|o| o.name.clone()),
         };
         std::thread::Builder::new()
             .stack_size(THREAD_STACK)
@@ -96,11 +97,17 @@ impl Probes {
 pub struct RunAs {
     pub user: Option<String>,
     pub capabilities: Capabilities,
+    /// The podman container an image service's replica is: its exec checks run inside it.
+    pub container: Option<String>,
 }
 
 /// Runs `probe` inside the namespace `netns`; true if the service answered as healthy.
 /// Probes from inside namespace `netns` (this thread enters it for good).
 pub fn check(netns: &str, probe: &Probe, timeout: Duration, run_as: &RunAs) -> bool {
+    if let (Probe::Exec { command }, Some(container)) = (probe, &run_as.container) {
+        // Inside the container (its files, its user): podman runs it there.
+        return crate::oci::exec_probe(container, command, timeout);
+    }
     let Ok(mut kernel) = crate::apply::kernel() else {
         return false;
     };

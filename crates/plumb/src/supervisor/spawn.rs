@@ -22,6 +22,12 @@ use crate::failure::{Failure, Result};
 pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) -> Result<(Child, Option<u64>)> {
     let inode = kernel.netns_inode(&spec.netns);
     let hosts = hosts::write(hosts_dir, &spec.container, &spec.hosts)?;
+    if let Some(run) = &spec.oci {
+        // An image service's replica: podman (root, unconfined: it makes the container) runs
+        // it in the replica's namespace; the container gets the service's restrictions.
+        let conmon_dir = hosts_dir.with_file_name(crate::state::CONMON_DIR);
+        return Ok((crate::oci::spawn(spec, run, &hosts, &conmon_dir)?, inode));
+    }
     let (program, args) = spec
         .command
         .split_first()

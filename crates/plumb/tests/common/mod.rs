@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod etcd;
+pub mod podman;
 pub mod reachability;
 
 pub const PLUMB: &str = env!("CARGO_BIN_EXE_plumb");
@@ -74,6 +75,12 @@ const TOOLS: &[(&str, &str)] = &[
     ("npm", "npm"),
     // Run by the scripts `--dry-run` prints for an overlay (tx checksum offload off).
     ("ethtool", "ethtool"),
+    // Image services (tests/oci.rs, tests/shop_oci.rs) and their base image.
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("/usr/libexec/podman/catatonit", "catatonit"),
+    ("debootstrap", "debootstrap"),
+    ("fuse-overlayfs", "fuse-overlayfs"),
 ];
 
 /// Fails (once per test binary, in every kernel test) naming each missing tool's package.
