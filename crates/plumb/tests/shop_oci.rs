@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 
 const STACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop-oci/plumb.toml");
+const COMPOSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop-oci/compose.yaml");
 
 fn http(sb: &Sandbox, from: Option<&str>, url: &str) -> String {
     let prefix = from.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
@@ -75,6 +76,37 @@ fn the_shop_runs_as_containers_built_from_its_dockerfiles() {
     assert!(again.contains("0 processes started, 6 left running"), "{again}");
 
     sb.plumb_ok(&["down", "shop-oci"]);
+    assert_eq!(sb.podman_containers(), Vec::<String>::new());
+    sb.assert_clean();
+}
+
+/// The same shop from its Compose file: `build:` services run as podman containers, healthchecks
+/// run inside them (`podman exec`), `deploy.replicas` spreads the catalogue.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects and podman in a sandbox)")]
+fn the_shop_runs_from_its_compose_file_as_containers() {
+    let Some(sb) = Sandbox::start() else { return };
+    let _podman = sb.use_podman();
+    sb.plumb_ok(&["up", "-f", COMPOSE, "--wait"]);
+    assert_eq!(sb.podman_containers().len(), 6, "{:?}", sb.podman_containers());
+    assert!(eventually(Duration::from_secs(30), || {
+        let rows = sb.ps();
+        rows.len() == 6 && rows.iter().all(|r| r["process"]["health"] == "healthy")
+    }));
+    let mut served_by = BTreeSet::new();
+    for _ in 0..6 {
+        let body: serde_json::Value = serde_json::from_str(&http(
+            &sb,
+            Some("outside"),
+            &format!("http://{HOST_IP}:8081/api/products"),
+        ))
+        .unwrap();
+        served_by.insert(body["served_by"].as_str().unwrap().to_string());
+    }
+    assert_eq!(served_by.len(), 3, "{served_by:?}");
+    // Unpublished ports stay closed from outside.
+    assert!(sb.connect(Some("outside"), HOST_IP, 5000).is_none());
+    sb.plumb_ok(&["down", "-f", COMPOSE]);
     assert_eq!(sb.podman_containers(), Vec::<String>::new());
     sb.assert_clean();
 }
