@@ -1877,7 +1877,10 @@ mod tests {
         let p = ok(&svc("    build: { context: ., dockerfile: Dockerfile.web }\n"));
         let image = p.stack.services["a"].image.as_ref().unwrap();
         let build = image.build.as_ref().unwrap();
-        assert_eq!((build.context.as_str(), build.dockerfile.as_str()), (".", "Dockerfile.web"));
+        assert_eq!(
+            (build.context.as_str(), build.dockerfile.as_str()),
+            (".", "Dockerfile.web")
+        );
         let e = err(&svc("    build: { context: \"\" }\n"));
         assert!(e.contains("compose.yaml:4") && e.contains("services.a.build"), "{e}");
         let p = ok(&svc(
