@@ -1031,14 +1031,7 @@ impl Reader<'_> {
         match &node.value {
             Value::Seq(_) => {
                 let names = self.strings(node, field, "networks: [front]")?;
-                Some(
-                    key.spanned(RawValue::Array(
-                        names
-                            .into_iter()
-                            .map(|n| Spanned::new(n.span(), RawValue::String(n.into_inner())))
-                            .collect(),
-                    )),
-                )
+                Some(key.spanned(string_array(names)))
             }
             Value::Map(_) => {
                 let mut table = RawTable::new();
@@ -1179,14 +1172,7 @@ impl Reader<'_> {
         match &node.value {
             Value::Seq(_) => {
                 let names = self.strings(node, field, "depends_on: [redis]")?;
-                Some(
-                    key.spanned(RawValue::Array(
-                        names
-                            .into_iter()
-                            .map(|n| Spanned::new(n.span(), RawValue::String(n.into_inner())))
-                            .collect(),
-                    )),
-                )
+                Some(key.spanned(string_array(names)))
             }
             Value::Map(_) => {
                 let mut table = RawTable::new();
@@ -1493,6 +1479,16 @@ fn raw_value(node: &Node) -> RawValue {
                 .collect(),
         ),
     }
+}
+
+/// Names, each keeping its place, as the raw list the stack file's reader makes of them.
+fn string_array(names: Vec<Spanned<String>>) -> RawValue {
+    RawValue::Array(
+        names
+            .into_iter()
+            .map(|n| Spanned::new(n.span(), RawValue::String(n.into_inner())))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
