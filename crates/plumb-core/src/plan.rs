@@ -473,6 +473,32 @@ pub fn vtep_cidr(net: &Network) -> Ipv4Net {
     Ipv4Net::new(cluster::vtep_address(net.subnet), 32).expect("/32 is a valid prefix")
 }
 
+/// A container's namespace as its plan leaves it (what `container_matches` accepts): for a
+/// caller that trusts the record instead of reading the namespace (an attach or detach, which
+/// changes one container; `up` reads them all).
+pub fn as_made(c: &Container) -> ObservedNetns {
+    let links = c
+        .interfaces
+        .iter()
+        .map(|i| {
+            let inside = ObservedLink {
+                alias: Some(i.alias.clone()),
+                mac: Some(i.mac),
+                master: None,
+                up: true,
+                addresses: vec![i.cidr()],
+                mtu: Some(i.mtu.unwrap_or(DEFAULT_MTU)),
+            };
+            (i.name.clone(), inside)
+        })
+        .collect();
+    ObservedNetns {
+        lo_up: true,
+        links,
+        default_gateway: c.gateway,
+    }
+}
+
 /// A container is kept only if every part of its wiring is as desired; anything else (for
 /// example an `up` killed half-way) is rebuilt from scratch.
 fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, rebuilt: &BTreeSet<&str>) -> bool {
@@ -526,21 +552,7 @@ mod tests {
             actual.bridges.insert(n.bridge.clone(), link);
         }
         for c in &d.containers {
-            let mut ns = ObservedNetns {
-                lo_up: true,
-                default_gateway: c.gateway,
-                ..Default::default()
-            };
             for i in &c.interfaces {
-                let inside = ObservedLink {
-                    alias: Some(i.alias.clone()),
-                    mac: Some(i.mac),
-                    master: None,
-                    up: true,
-                    addresses: vec![i.cidr()],
-                    mtu: Some(i.mtu.unwrap_or(DEFAULT_MTU)),
-                };
-                ns.links.insert(i.name.clone(), inside);
                 let outside = ObservedLink {
                     master: Some(i.bridge.clone()),
                     up: true,
@@ -549,7 +561,7 @@ mod tests {
                 };
                 actual.host_veths.insert(i.host_veth.clone(), outside);
             }
-            actual.containers.insert(c.netns.clone(), ns);
+            actual.containers.insert(c.netns.clone(), as_made(c));
         }
         for r in firewall::rulesets(d) {
             actual.firewall.insert(r.table.clone(), ObservedFirewall::Applied(r));

@@ -237,6 +237,7 @@ impl<'a> Engine<'a> {
 
     /// Plans `up`, with these attachments (`None`: the record's).
     fn plan(&mut self, up: &Up, attached: Option<Vec<Attachment>>) -> Result<Change> {
+        let editing_attachments = attached.is_some();
         let parsed = up.parsed;
         let stack = parsed.stack.name.clone();
         check_programs(parsed, &up.base)?;
@@ -272,7 +273,12 @@ impl<'a> Engine<'a> {
                 check_host_routes(kernel, parsed, &desired)?;
                 let published = record.as_ref().and_then(|s| s.desired.as_ref());
                 warnings.extend(check_published_ports(kernel, parsed, published)?);
-                observe(kernel, &stack, Some(&desired), record.as_ref(), &claimed)?
+                // An attach or detach trusts the record for the containers it leaves alone.
+                let trusted = record
+                    .as_ref()
+                    .and_then(|r| r.desired.as_ref())
+                    .filter(|_| editing_attachments);
+                observe(kernel, &stack, Some(&desired), record.as_ref(), &claimed, trusted)?
             }
             None => Observed::default(),
         };
@@ -375,7 +381,7 @@ impl<'a> Engine<'a> {
         let last = stacks.keys().all(|s| s == stack);
         let restore = last && self.state.forwarding_enabled_by_plumb()?;
         let kernel = self.require_kernel()?;
-        let mut observed = observe(kernel, stack, None, record.as_ref(), &claimed)?;
+        let mut observed = observe(kernel, stack, None, record.as_ref(), &claimed, None)?;
         observed.actual.forwarding_to_restore = restore;
         observed.actual.external = external_namespaces(record.as_ref());
         let plan = plan::diff(stack, None, &observed.actual);

@@ -44,7 +44,15 @@ impl Host {
     }
 
     fn plan(&mut self, desired: Option<&Desired>) -> Plan {
-        let observed = observe(&mut self.kernel, "s", desired, self.state.as_ref(), &BTreeMap::new()).unwrap();
+        let observed = observe(
+            &mut self.kernel,
+            "s",
+            desired,
+            self.state.as_ref(),
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap();
         self.observed_generation = observed.nft_generation;
         plan::diff("s", desired, &observed.actual)
     }
@@ -184,7 +192,15 @@ fn a_rule_edited_behind_plumbs_back_is_noticed_once_the_table_is_fingerprinted()
     // generation: another transaction came between) recognises them by shape and
     // fingerprints them.
     host.state.as_mut().unwrap().nft_generation = None;
-    let seen = observe(&mut host.kernel, "s", Some(&d), host.state.as_ref(), &BTreeMap::new()).unwrap();
+    let seen = observe(
+        &mut host.kernel,
+        "s",
+        Some(&d),
+        host.state.as_ref(),
+        &BTreeMap::new(),
+        None,
+    )
+    .unwrap();
     assert_eq!(seen.fingerprints.len(), 2);
     host.state.as_mut().unwrap().record_fingerprints(&seen.fingerprints);
     // Someone edits a rule, keeping its comment: the shape is the same, the fingerprint is not.
