@@ -1,9 +1,12 @@
 //! A stack's topology as a graph, for people: networks (bridges with their subnet and
 //! gateway), containers with their addresses on each network, published ports (from the host),
 //! services' virtual IPs, and the flows policies allow (with the stack-file line of each).
-//! Rendered as Graphviz `dot` or as a Mermaid flowchart; pure text.
+//! Rendered as Graphviz `dot`, as a Mermaid flowchart, or as JSON (the nodes and edges
+//! themselves, which `plumb ui` draws); pure text.
 
 use std::fmt::Write;
+
+use serde::Serialize;
 
 use crate::desired::Desired;
 use crate::spec::Selector;
@@ -12,6 +15,7 @@ use crate::spec::Selector;
 pub enum GraphFormat {
     Dot,
     Mermaid,
+    Json,
 }
 
 /// Node ids use only `[a-z0-9_]`, which both formats take unquoted.
@@ -29,26 +33,41 @@ fn id(kind: &str, name: &str) -> String {
     format!("{kind}_{clean}")
 }
 
-/// One edge of the graph: from, to, its label.
-struct Edge {
-    from: String,
-    to: String,
-    label: String,
-    dashed: bool,
+/// One edge of the graph: from, to, its label; dashed: not a link (a route, a published
+/// port, a VIP's choice of replica).
+#[derive(Debug, Clone, Serialize)]
+pub struct Edge {
+    pub from: String,
+    pub to: String,
+    pub label: String,
+    pub dashed: bool,
 }
 
-/// One node: id, shape, label lines.
-struct Node {
-    id: String,
-    shape: Shape,
-    lines: Vec<String>,
+/// One node: id, shape, label lines; `name` is the network, container or service it stands for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub id: String,
+    #[serde(rename = "kind")]
+    pub shape: Shape,
+    pub name: String,
+    pub lines: Vec<String>,
 }
 
-#[derive(Clone, Copy)]
-enum Shape {
+/// The whole graph of one stack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Topology {
+    pub stack: String,
+    pub nodes: Vec<Node>,
+    pub edges: Vec<Edge>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
     Host,
     Network,
     Container,
+    #[serde(rename = "service")]
     Vip,
     /// Outside the stack: "outside", or an address range.
     Elsewhere,
@@ -58,6 +77,7 @@ fn model(desired: &Desired) -> (Vec<Node>, Vec<Edge>) {
     let mut nodes = vec![Node {
         id: "host".into(),
         shape: Shape::Host,
+        name: "host".into(),
         lines: vec!["host".into()],
     }];
     let mut edges = Vec::new();
@@ -73,6 +93,7 @@ fn model(desired: &Desired) -> (Vec<Node>, Vec<Edge>) {
         nodes.push(Node {
             id: id("net", &net.name),
             shape: Shape::Network,
+            name: net.name.clone(),
             lines,
         });
         if !net.internal {
@@ -92,6 +113,7 @@ fn model(desired: &Desired) -> (Vec<Node>, Vec<Edge>) {
         nodes.push(Node {
             id: id("ctr", &c.name),
             shape: Shape::Container,
+            name: c.name.clone(),
             lines,
         });
         for i in &c.interfaces {
@@ -136,6 +158,7 @@ fn model(desired: &Desired) -> (Vec<Node>, Vec<Edge>) {
         nodes.push(Node {
             id: id("svc", &svc.name),
             shape: Shape::Vip,
+            name: svc.name.clone(),
             lines,
         });
         for c in &svc.containers {
@@ -187,10 +210,21 @@ fn selector_node(selector: &Selector, nodes: &mut Vec<Node>) -> String {
         nodes.push(Node {
             id: node.clone(),
             shape: Shape::Elsewhere,
+            name: label.clone(),
             lines: vec![label],
         });
     }
     node
+}
+
+/// The stack's graph: what every format renders.
+pub fn topology(desired: &Desired) -> Topology {
+    let (nodes, edges) = model(desired);
+    Topology {
+        stack: desired.stack.clone(),
+        nodes,
+        edges,
+    }
 }
 
 /// The stack as a graph in `format`.
@@ -199,6 +233,11 @@ pub fn render(desired: &Desired, format: GraphFormat) -> String {
     match format {
         GraphFormat::Dot => dot(&desired.stack, &nodes, &edges),
         GraphFormat::Mermaid => mermaid(&nodes, &edges),
+        GraphFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&topology(desired)).unwrap_or_default();
+            text.push('\n');
+            text
+        }
     }
 }
 
@@ -308,6 +347,22 @@ mod tests {
         assert!(out.contains("outside -> svc_web [label=\"allow all ports/tcp"), "{out}");
         let m = render(&d, GraphFormat::Mermaid);
         assert!(m.contains("    outside{{\"outside\"}}"), "{m}");
+    }
+
+    #[test]
+    fn json_has_the_same_nodes_and_edges_with_their_kind() {
+        let v: serde_json::Value = serde_json::from_str(&render(&shop(), GraphFormat::Json)).unwrap();
+        assert_eq!(v["stack"], "shop");
+        let nodes = v["nodes"].as_array().unwrap();
+        let web = nodes.iter().find(|n| n["id"] == "ctr_web_1").unwrap();
+        assert_eq!(web["kind"], "container");
+        assert_eq!(web["name"], "web-1");
+        assert!(nodes.iter().any(|n| n["kind"] == "service" && n["name"] == "api"));
+        assert!(v["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["from"] == "net_db" && e["to"] == "ctr_api_2" && e["label"] == "eth1 10.89.2.3/24"));
     }
 
     #[test]

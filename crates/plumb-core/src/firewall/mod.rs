@@ -31,6 +31,7 @@ use crate::names;
 
 pub use change::{changes, command, transaction, ElementAction, ElementEdit, NftChange};
 pub use policy::deny_counts as policy_deny_counts;
+pub use policy::{denials as policy_denials, Denial};
 pub use shape::counts_by_chain;
 pub use shape::{shape_of_listing, shape_of_objects, tables_in_listing, without_runtime_state, Shape};
 

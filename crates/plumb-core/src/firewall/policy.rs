@@ -258,6 +258,52 @@ pub fn deny_counts(objects: &[serde_json::Value]) -> std::collections::BTreeMap<
         .collect()
 }
 
+/// What one service's default-deny in one direction dropped, and the policies that isolate it
+/// there (each as `policies[i] plumb.toml:42`): for `plumb ui`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Denial {
+    pub service: String,
+    /// `ingress` (what reaches it) or `egress` (what it sends).
+    pub direction: &'static str,
+    pub packets: u64,
+    pub policies: Vec<String>,
+}
+
+/// Every service the policies isolate, with the packets its deny chains dropped summed over
+/// the stack's tables (`tables_in_listing`'s; both families hold deny chains).
+pub fn denials(
+    desired: &Desired,
+    tables: &std::collections::BTreeMap<super::TableId, Vec<serde_json::Value>>,
+) -> Vec<Denial> {
+    let name = names::nft_table(&desired.stack);
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for (_, objects) in tables.iter().filter(|(id, _)| id.name == name) {
+        for (key, n) in deny_counts(objects) {
+            *counts.entry(key).or_default() += n;
+        }
+    }
+    let compiled = compile(desired);
+    let mut out = Vec::new();
+    for (direction, chain, targets) in [
+        ("ingress", "to", &compiled.ingress),
+        ("egress", "from", &compiled.egress),
+    ] {
+        for (service, target) in targets {
+            out.push(Denial {
+                service: service.clone(),
+                direction,
+                packets: counts.get(&(chain.to_string(), service.clone())).copied().unwrap_or(0),
+                policies: target
+                    .policies
+                    .iter()
+                    .map(|i| format!("policies[{i}] {}", desired.policies[*i].source))
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
 fn deny_chain(direction: &str, service: &str) -> String {
     format!("deny_{direction}_{service}")
 }
@@ -306,6 +352,39 @@ mod tests {
     use crate::desired::resolve;
     use crate::firewall::rulesets;
     use crate::spec::parse;
+
+    #[test]
+    fn denials_sum_both_tables_and_name_the_isolating_policy() {
+        use crate::firewall::{Family, TableId};
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.9.0.0/24\"\n[services.a]\n[services.b]\n\
+                    [[policies]]\nfrom = \"a\"\nto = \"b\"\nports = [80]\n";
+        let d = resolve(&parse("plumb.toml", text).unwrap(), &Default::default())
+            .unwrap()
+            .0;
+        let rule = |chain: &str, n: u64| serde_json::json!({"rule": {"chain": chain, "expr": [{"counter": {"packets": n, "bytes": 60 * n}}, {"drop": null}]}});
+        let table = |family| TableId {
+            family,
+            name: crate::names::nft_table("s"),
+        };
+        let tables = [
+            (table(Family::Inet), vec![rule("deny_to_b", 2)]),
+            (table(Family::Bridge), vec![rule("deny_to_b", 3)]),
+        ]
+        .into_iter()
+        .collect();
+        let found = super::denials(&d, &tables);
+        let b = found
+            .iter()
+            .find(|x| x.service == "b" && x.direction == "ingress")
+            .unwrap();
+        assert_eq!(b.packets, 5);
+        assert_eq!(b.policies, vec!["policies[0] plumb.toml:6".to_string()]);
+        let a = found
+            .iter()
+            .find(|x| x.service == "a" && x.direction == "egress")
+            .unwrap();
+        assert_eq!(a.packets, 0);
+    }
 
     #[test]
     fn a_newline_in_the_stack_files_path_reaches_no_log_prefix_nor_comment() {
