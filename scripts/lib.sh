@@ -13,9 +13,11 @@ DEMO_PACKAGES=(iproute2 nftables util-linux procps iputils-ping curl
 # The test suite, beyond the demo's: dig, reading pcapng captures, graphviz for `plumb graph`,
 # promtool for the metrics, a real etcd and etcdctl for the cluster, strace, Node.js and npm
 # for Mermaid's own parser, Debian's CNI plugins (portmap after plumb) and the iptables they use,
-# podman (its CNI backend driving plumb as a plugin; image services).
+# podman (its CNI backend driving plumb as a plugin; image services), chromium with its
+# WebDriver and Selenium (a real browser on `plumb ui`).
 TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client strace nodejs npm ethtool
-  containernetworking-plugins iptables podman runc catatonit debootstrap fuse-overlayfs)
+  containernetworking-plugins iptables podman runc catatonit debootstrap fuse-overlayfs
+  chromium chromium-driver python3-selenium)
 # Image services (docs/oci.md): podman runs them with runc (podman's first choice, crun, refuses
 # hybrid cgroups) and catatonit as the containers' init (--init), fuse-overlayfs where podman's
 # store is itself on overlayfs (CI's fresh root); debootstrap makes the base

@@ -52,6 +52,7 @@ struct Cli {
 enum GraphFormatArg {
     Dot,
     Mermaid,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +255,16 @@ enum Command {
         #[arg(long, requires = "once")]
         json: bool,
     },
+    /// A live web view of a stack: its graph with traffic, drops and health each second;
+    /// a container's connections, log and a packet capture; traces. Prints the address to open.
+    Ui {
+        /// The stack (default: the only one that is up, or the current folder's).
+        stack: Option<String>,
+        /// Where to serve the page: loopback unless told otherwise (the token it prints is
+        /// needed on every address).
+        #[arg(long, default_value = "127.0.0.1:9465")]
+        listen: std::net::SocketAddr,
+    },
     /// Sockets in containers (with their processes) and the host's tracked flows with their NAT.
     Conns {
         /// A container (SVC-k), a service (all replicas), a stack, each also as STACK/NAME;
@@ -289,7 +300,8 @@ enum Command {
         /// The stack file to draw (addresses as `plumb up` gives them).
         #[arg(short, long, default_value = "plumb.toml", conflicts_with = "stack")]
         file: PathBuf,
-        /// `dot` for Graphviz (`| dot -Tsvg > stack.svg`), `mermaid` for Markdown.
+        /// `dot` for Graphviz (`| dot -Tsvg > stack.svg`), `mermaid` for Markdown, `json` for
+        /// programs (the nodes and edges `plumb ui` draws).
         #[arg(long, value_enum, default_value_t = GraphFormatArg::Dot)]
         format: GraphFormatArg,
     },
@@ -682,6 +694,7 @@ impl Command {
             | Command::Start { .. }
             | Command::Demo { .. }
             | Command::Trace { .. }
+            | Command::Ui { .. }
             | Command::Chaos { .. }
             | Command::Experiment { .. }
             | Command::ChaosRelay { .. }
@@ -886,6 +899,7 @@ fn main() -> ExitCode {
             commands::events::run(&ctx, stack.as_deref(), follow, Format::from_json_flag(json))
         }
         Command::Trace { from, to, json } => commands::trace::run(&ctx, &from, &to, Format::from_json_flag(json)),
+        Command::Ui { stack, listen } => commands::ui::run(&ctx, stack.as_deref(), listen),
         Command::Conns { target, json } => commands::conns::run(&ctx, target.as_deref(), Format::from_json_flag(json)),
         Command::Convert { file, file_flag } => {
             let default = || {
@@ -899,6 +913,7 @@ fn main() -> ExitCode {
             let format = match format {
                 GraphFormatArg::Dot => plumb_core::graph::GraphFormat::Dot,
                 GraphFormatArg::Mermaid => plumb_core::graph::GraphFormat::Mermaid,
+                GraphFormatArg::Json => plumb_core::graph::GraphFormat::Json,
             };
             commands::graph::run(&ctx, stack.as_deref(), &file, format)
         }

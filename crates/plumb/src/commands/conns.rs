@@ -15,8 +15,49 @@ use crate::output::{print_json, table};
 use crate::stackfile;
 
 pub fn run(ctx: &Context, target: Option<&str>, format: Format) -> Result<()> {
-    let targets = stackfile::find_targets(&ctx.state, target)?;
     let mut kernel = crate::apply::kernel()?;
+    let found = gather(ctx, &mut kernel, target)?;
+    match format {
+        Format::Json => print_json(&found.to_json()),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = found
+                .containers
+                .iter()
+                .flat_map(|(_, name, socks)| socks.iter().map(|s| socket_row(name, s, &found.held)))
+                .collect();
+            println!("SOCKETS");
+            print!(
+                "{}",
+                table(&["CONTAINER", "PROTO", "STATE", "LOCAL", "PEER", "PROCESS"], &rows)
+            );
+            println!("\nFLOWS (host conntrack)");
+            let rows: Vec<Vec<String>> = found.flows.iter().map(flow_row).collect();
+            print!("{}", table(&["PROTO", "STATE", "FROM", "TO", "NAT", "EXPIRES"], &rows));
+        }
+    }
+    Ok(())
+}
+
+/// The sockets of the containers a target names and the host's flows that involve them.
+pub struct Connections {
+    /// (stack, container, its sockets).
+    containers: Vec<(String, String, Vec<SocketInfo>)>,
+    held: Held,
+    flows: Vec<Flow>,
+}
+
+impl Connections {
+    /// As `plumb conns --json` prints it (and `plumb ui` serves it).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "sockets": self.containers.iter().flat_map(|(stack, name, socks)| socks.iter().map(|s| socket_json(stack, name, s, &self.held))).collect::<Vec<_>>(),
+            "flows": self.flows.iter().map(flow_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+pub fn gather(ctx: &Context, kernel: &mut dyn Kernel, target: Option<&str>) -> Result<Connections> {
+    let targets = stackfile::find_targets(&ctx.state, target)?;
     let mut containers = Vec::new();
     let mut addresses: BTreeSet<Ipv4Addr> = BTreeSet::new();
     for (st, c) in &targets {
@@ -43,27 +84,11 @@ pub fn run(ctx: &Context, target: Option<&str>, format: Format) -> Result<()> {
         .into_iter()
         .filter(|f| f.addresses().iter().any(|a| addresses.contains(a)))
         .collect();
-    match format {
-        Format::Json => print_json(&json!({
-            "sockets": containers.iter().flat_map(|(stack, name, socks)| socks.iter().map(|s| socket_json(stack, name, s, &held))).collect::<Vec<_>>(),
-            "flows": flows.iter().map(flow_json).collect::<Vec<_>>(),
-        })),
-        Format::Human => {
-            let rows: Vec<Vec<String>> = containers
-                .iter()
-                .flat_map(|(_, name, socks)| socks.iter().map(|s| socket_row(name, s, &held)))
-                .collect();
-            println!("SOCKETS");
-            print!(
-                "{}",
-                table(&["CONTAINER", "PROTO", "STATE", "LOCAL", "PEER", "PROCESS"], &rows)
-            );
-            println!("\nFLOWS (host conntrack)");
-            let rows: Vec<Vec<String>> = flows.iter().map(flow_row).collect();
-            print!("{}", table(&["PROTO", "STATE", "FROM", "TO", "NAT", "EXPIRES"], &rows));
-        }
-    }
-    Ok(())
+    Ok(Connections {
+        containers,
+        held,
+        flows,
+    })
 }
 
 fn endpoint(address: IpAddr, port: u16) -> String {

@@ -21,6 +21,42 @@ pub enum Follow {
 }
 
 pub fn run(ctx: &Context, name: &str, follow: Follow, tail: usize) -> Result<()> {
+    let files = files(ctx, name)?;
+    let prefixed = files.len() > 1;
+    let mut out = std::io::stdout().lock();
+    let mut followers = Vec::new();
+    for (container, path) in &files {
+        for line in last_lines(path, tail) {
+            print_line(&mut out, prefixed.then_some(container.as_str()), &line);
+        }
+        followers.push(Follower::at_end(container.clone(), path.clone()));
+    }
+    let _ = out.flush();
+    if follow == Follow::Once {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        for f in &mut followers {
+            for line in f.new_lines() {
+                print_line(&mut out, prefixed.then_some(f.container.as_str()), &line);
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+/// The last `n` lines of a replica's log (the rotated file's first, when the current one has fewer).
+pub fn last_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let mut text = std::fs::read(path.with_extension("log.1")).unwrap_or_default();
+    text.extend(std::fs::read(path).unwrap_or_default());
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+}
+
+/// The log file of each replica NAME (a service, a container, either as STACK/NAME) names.
+pub fn files(ctx: &Context, name: &str) -> Result<Vec<(String, PathBuf)>> {
     let (stack_filter, name) = stackfile::qualified(name);
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let mut stacks: Vec<String> = Vec::new();
@@ -59,32 +95,7 @@ pub fn run(ctx: &Context, name: &str, follow: Follow, tail: usize) -> Result<()>
         .hint("`plumb ps` lists them")
         .code(2));
     }
-    let prefixed = files.len() > 1;
-    let mut out = std::io::stdout().lock();
-    let mut followers = Vec::new();
-    for (container, path) in &files {
-        let mut text = std::fs::read(path.with_extension("log.1")).unwrap_or_default();
-        text.extend(std::fs::read(path).unwrap_or_default());
-        let text = String::from_utf8_lossy(&text);
-        let lines: Vec<&str> = text.lines().collect();
-        for line in &lines[lines.len().saturating_sub(tail)..] {
-            print_line(&mut out, prefixed.then_some(container.as_str()), line);
-        }
-        followers.push(Follower::at_end(container.clone(), path.clone()));
-    }
-    let _ = out.flush();
-    if follow == Follow::Once {
-        return Ok(());
-    }
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        for f in &mut followers {
-            for line in f.new_lines() {
-                print_line(&mut out, prefixed.then_some(f.container.as_str()), &line);
-            }
-        }
-        let _ = out.flush();
-    }
+    Ok(files)
 }
 
 fn print_line(out: &mut impl Write, prefix: Option<&str>, line: &str) {

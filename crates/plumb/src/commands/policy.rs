@@ -61,7 +61,8 @@ fn bad(message: impl Into<String>) -> Failure {
     Failure::new(message).code(2)
 }
 
-fn stack(ctx: &Context, which: Which) -> Result<StackState> {
+/// The stack a command means: named, of a file, or the only one that is up (`plumb ui` too).
+pub fn stack(ctx: &Context, which: Which) -> Result<StackState> {
     let name = match which {
         Which::Stack(s) => {
             require_stack_name(s)?;

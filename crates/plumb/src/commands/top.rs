@@ -23,7 +23,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 
 /// Counters of one container: the sums over its interfaces, seen from inside.
 #[derive(Debug, Clone, Copy, Default)]
-struct Counters {
+pub struct Counters {
     rx_bytes: u64,
     tx_bytes: u64,
     rx_packets: u64,
@@ -32,7 +32,7 @@ struct Counters {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct Row {
+pub struct Row {
     stack: String,
     container: String,
     rx_bytes_per_s: f64,
@@ -106,10 +106,10 @@ pub fn run(ctx: &Context, target: Option<&str>, once: bool, format: Format) -> R
     }
 }
 
-type Sample = BTreeMap<(String, String), Counters>;
+pub type Sample = BTreeMap<(String, String), Counters>;
 
 /// The counters of every container TARGET names, now: one netlink dump of the host's links.
-fn sample(kernel: &mut dyn Kernel, ctx: &Context, target: Option<&str>) -> Result<Sample> {
+pub fn sample(kernel: &mut dyn Kernel, ctx: &Context, target: Option<&str>) -> Result<Sample> {
     let links = kernel.link_counters()?;
     let mut out = Sample::new();
     for (st, c) in stackfile::find_targets(&ctx.state, target)? {
@@ -127,7 +127,8 @@ fn sample(kernel: &mut dyn Kernel, ctx: &Context, target: Option<&str>) -> Resul
     Ok(out)
 }
 
-fn rows(
+/// Each container's row: counters now, rates since `before` (`elapsed` ago); `plumb ui`'s too.
+pub fn rows(
     kernel: &mut dyn Kernel,
     ctx: &Context,
     target: Option<&str>,

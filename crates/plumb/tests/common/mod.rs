@@ -81,6 +81,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/libexec/podman/catatonit", "catatonit"),
     ("debootstrap", "debootstrap"),
     ("fuse-overlayfs", "fuse-overlayfs"),
+    // The live web view's browser check (tests/ui.rs).
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
+    ("/usr/lib/python3/dist-packages/selenium", "python3-selenium"),
 ];
 
 /// Fails (once per test binary, in every kernel test) naming each missing tool's package.
