@@ -56,7 +56,7 @@ def main():
     p.add_argument("--containers", required=True, help="every container of the stack, comma-separated")
     p.add_argument("--watch", required=True, help="the container whose rx counter must move")
     p.add_argument("--traffic", required=True, help="a shell command making traffic to --watch")
-    p.add_argument("--capture", required=True, help="the container to capture on")
+    p.add_argument("--capture", required=True, help="the container to capture on (TRAFFIC must reach it)")
     p.add_argument("--seconds", type=int, default=2)
     p.add_argument("--denied", required=True, help="the service whose ingress denial must show")
     p.add_argument("--trace-from", required=True)
@@ -145,6 +145,9 @@ def main():
         seen["capture_button"] = link.text
         seen["sockets_shown"] = len(driver.find_elements(By.CSS_SELECTOR, "#detail-body table"))
         link.click()
+        # Packets for the capture to hold (TRAFFIC reaches the captured container too).
+        time.sleep(0.5)
+        subprocess.run(["bash", "-c", a.traffic], check=True, stdout=subprocess.DEVNULL)
         deadline = time.time() + a.seconds + 30
         done = []
         while time.time() < deadline:
