@@ -90,7 +90,10 @@ impl Ui {
     }
 
     fn stop(&self, sb: &Sandbox) {
-        sb.ok(&format!("kill {0}; while kill -0 {0} 2>/dev/null; do sleep 0.05; done", self.pid));
+        sb.ok(&format!(
+            "kill {0}; while kill -0 {0} 2>/dev/null; do sleep 0.05; done",
+            self.pid
+        ));
     }
 }
 
@@ -119,9 +122,21 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     // Who may ask: the token, the right Host, GET only.
     assert_eq!(ui.curl(&sb, "", "/api/topology").0, 401);
     assert_eq!(ui.curl(&sb, "", "/").0, 401);
-    assert_eq!(ui.curl(&sb, "-H 'Authorization: Bearer 00000000000000000000000000000000'", "/api/stats").0, 401);
+    assert_eq!(
+        ui.curl(
+            &sb,
+            "-H 'Authorization: Bearer 00000000000000000000000000000000'",
+            "/api/stats"
+        )
+        .0,
+        401
+    );
     let bearer = format!("-H 'Authorization: Bearer {}'", ui.token);
-    let (code, body) = ui.curl(&sb, &format!("{bearer} -H 'Host: rebound.example:9465'"), "/api/topology");
+    let (code, body) = ui.curl(
+        &sb,
+        &format!("{bearer} -H 'Host: rebound.example:9465'"),
+        "/api/topology",
+    );
     assert_eq!(code, 421, "{body}");
     assert_eq!(ui.curl(&sb, &format!("{bearer} -X POST"), "/api/topology").0, 405);
     // The first load with ?token= sets the cookie and sends the browser on without it.
@@ -132,7 +147,10 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     assert!(headers.starts_with("HTTP/1.1 303"), "{headers}");
     assert!(headers.contains("location: /?seconds=2"), "{headers}");
     assert!(
-        headers.contains(&format!("set-cookie: plumb_ui={}; Path=/; HttpOnly; SameSite=Strict", ui.token)),
+        headers.contains(&format!(
+            "set-cookie: plumb_ui={}; Path=/; HttpOnly; SameSite=Strict",
+            ui.token
+        )),
         "{headers}"
     );
     let (code, page) = ui.curl(&sb, &format!("-H 'Cookie: plumb_ui={}'", ui.token), "/");
@@ -153,10 +171,18 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     names.sort();
     assert_eq!(names, CONTAINERS, "{topo:#}");
     let edges = topo["edges"].as_array().unwrap();
-    assert!(edges.iter().any(|e| e["to"] == "ctr_web_1" && e["label"] == format!("eth0 {web}/24")), "{topo:#}");
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["to"] == "ctr_web_1" && e["label"] == format!("eth0 {web}/24")),
+        "{topo:#}"
+    );
     let policy_line = STACK.lines().position(|l| l == "[[policies]]").unwrap() + 1;
     assert!(
-        edges.iter().any(|e| e["label"].as_str().unwrap().ends_with(&format!("plumb.toml:{policy_line})"))),
+        edges.iter().any(|e| e["label"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("plumb.toml:{policy_line})"))),
         "{topo:#}"
     );
     // The same value as `plumb graph --format json`.
@@ -181,9 +207,19 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
 
     // The policy denies client -> api:5000 (both on back): the connection fails, and the
     // denial shows with the policy's stack-file line.
-    assert_eq!(sb.connect(Some("ui-client-1"), &api, 5000), None, "the policy let client reach api");
+    assert_eq!(
+        sb.connect(Some("ui-client-1"), &api, 5000),
+        None,
+        "the policy let client reach api"
+    );
     assert!(
-        sb.connect(Some("ui-web-1"), &api, 5000).is_some() || sb.sh(&format!("ip netns exec ui-web-1 curl -sf -m 2 -o /dev/null http://{api}:5000/")).status.success(),
+        sb.connect(Some("ui-web-1"), &api, 5000).is_some()
+            || sb
+                .sh(&format!(
+                    "ip netns exec ui-web-1 curl -sf -m 2 -o /dev/null http://{api}:5000/"
+                ))
+                .status
+                .success(),
         "web cannot reach api"
     );
     let denial = |s: &Value| {
@@ -202,7 +238,11 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
         "no denial counted: {stats:#}"
     );
     let d = denial(&stats).unwrap();
-    assert_eq!(d["policies"][0], format!("policies[0] plumb.toml:{policy_line}"), "{d:#}");
+    assert_eq!(
+        d["policies"][0],
+        format!("policies[0] plumb.toml:{policy_line}"),
+        "{d:#}"
+    );
 
     // One container: its listening socket, its log, its status.
     let c = ui.get(&sb, "/api/container/web-1");
@@ -215,13 +255,20 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
         "{c:#}"
     );
     assert_eq!(c["status"]["health"], "healthy", "{c:#}");
-    assert!(c["log"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("GET / ")), "{c:#}");
+    assert!(
+        c["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("GET / ")),
+        "{c:#}"
+    );
     assert_eq!(ui.curl(&sb, &bearer, "/api/container/nosuch").0, 404);
     assert_eq!(ui.curl(&sb, &bearer, "/api/capture?container=web-1&seconds=0").0, 400);
     assert_eq!(ui.curl(&sb, &bearer, "/api/capture?container=../x").0, 404);
 
     // A trace of the denied flow names the policy's verdict.
-    let t = ui.get(&sb, &format!("/api/trace?from=client-1&to=api-1:5000"));
+    let t = ui.get(&sb, "/api/trace?from=client-1&to=api-1:5000");
     assert_eq!(t["answered"], false, "{t:#}");
     assert_eq!(t["policy"]["allowed"], false, "{t:#}");
 
@@ -235,7 +282,10 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     };
     assert_eq!(from_outside(""), "401");
     assert_eq!(from_outside(&format!("-H 'Authorization: Bearer {}'", ui.token)), "401");
-    assert_eq!(from_outside(&format!("-H 'Authorization: Bearer {}'", wide.token)), "200");
+    assert_eq!(
+        from_outside(&format!("-H 'Authorization: Bearer {}'", wide.token)),
+        "200"
+    );
     let err = std::fs::read_to_string(sb.dir.join("wide.err")).unwrap();
     assert!(err.contains("reachable from other machines"), "{err}");
     wide.stop(&sb);
@@ -245,9 +295,8 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     std::fs::create_dir_all(&downloads).unwrap();
     std::fs::create_dir_all(sb.dir.join("home")).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/browser.py");
-    let traffic = format!(
-        "for i in $(seq 5); do ip netns exec ui-client-1 curl -sf -m 2 -o /dev/null http://{web}/; done"
-    );
+    let traffic =
+        format!("for i in $(seq 5); do ip netns exec ui-client-1 curl -sf -m 2 -o /dev/null http://{web}/; done");
     let out = sb.sh(&format!(
         "HOME={home} XDG_CONFIG_HOME={home} XDG_CACHE_HOME={home} /usr/bin/python3 {script} --url 'http://{addr}/?token={token}' \
          --containers {containers} --watch client-1 --traffic '{traffic}' --capture web-1 --seconds 2 \
@@ -262,9 +311,15 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     assert!(out.status.success(), "the browser check failed:\n{stderr}");
     let seen: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(seen["containers"], serde_json::json!(CONTAINERS), "{seen:#}");
-    assert!(seen["counter"]["after"].as_u64() > seen["counter"]["before"].as_u64(), "{seen:#}");
     assert!(
-        seen["denial"].as_str().unwrap().contains(&format!("plumb.toml:{policy_line}")),
+        seen["counter"]["after"].as_u64() > seen["counter"]["before"].as_u64(),
+        "{seen:#}"
+    );
+    assert!(
+        seen["denial"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("plumb.toml:{policy_line}")),
         "{seen:#}"
     );
     assert_eq!(seen["denied_service_red"], true, "{seen:#}");
@@ -273,7 +328,9 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     // The download is a capture of web-1's interfaces that tshark reads, with the requests
     // the browser script sent to web-1 while it ran.
     let file = seen["download"].as_str().unwrap();
-    let packets = sb.ok(&format!("tshark -r {file} -T fields -e frame.interface_name -e ip.dst -e tcp.dstport"));
+    let packets = sb.ok(&format!(
+        "tshark -r {file} -T fields -e frame.interface_name -e ip.dst -e tcp.dstport"
+    ));
     assert!(packets.lines().count() > 2, "{packets}");
     assert!(packets.contains("web-1/eth0"), "{packets}");
     assert!(packets.contains(&format!("{web}\t80")), "{packets}");

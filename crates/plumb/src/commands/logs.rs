@@ -52,7 +52,10 @@ pub fn last_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     text.extend(std::fs::read(path).unwrap_or_default());
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// The log file of each replica NAME (a service, a container, either as STACK/NAME) names.

@@ -145,14 +145,23 @@ mod tests {
             a.check(host, None, Some(&format!("x=1; plumb_ui={T}")), None),
             Verdict::Allowed
         );
-        assert_eq!(a.check(host, None, None, Some(&format!("Bearer {T}"))), Verdict::Allowed);
+        assert_eq!(
+            a.check(host, None, None, Some(&format!("Bearer {T}"))),
+            Verdict::Allowed
+        );
         assert_eq!(
             a.check(host, Some(&format!("seconds=2&token={T}")), None, None),
             Verdict::AllowedByQuery
         );
         // A prefix of the token, or the token with more, is not the token.
-        assert_eq!(a.check(host, None, None, Some(&format!("Bearer {}", &T[..31]))), Verdict::NoToken);
-        assert_eq!(a.check(host, None, None, Some(&format!("Bearer {T}0"))), Verdict::NoToken);
+        assert_eq!(
+            a.check(host, None, None, Some(&format!("Bearer {}", &T[..31]))),
+            Verdict::NoToken
+        );
+        assert_eq!(
+            a.check(host, None, None, Some(&format!("Bearer {T}0"))),
+            Verdict::NoToken
+        );
     }
 
     #[test]
@@ -160,21 +169,40 @@ mod tests {
         let a = access("127.0.0.1:9464");
         let cookie = format!("plumb_ui={T}");
         for host in ["evil.example:9464", "127.0.0.1:80", "127.0.0.1"] {
-            assert_eq!(a.check(Some(host), None, Some(&cookie), None), Verdict::WrongHost, "{host}");
+            assert_eq!(
+                a.check(Some(host), None, Some(&cookie), None),
+                Verdict::WrongHost,
+                "{host}"
+            );
         }
         assert_eq!(a.check(None, None, Some(&cookie), None), Verdict::WrongHost);
-        assert_eq!(a.check(Some("localhost:9464"), None, Some(&cookie), None), Verdict::Allowed);
+        assert_eq!(
+            a.check(Some("localhost:9464"), None, Some(&cookie), None),
+            Verdict::Allowed
+        );
         // localhost only stands for a loopback listen address.
         let b = access("10.0.0.1:9464");
-        assert_eq!(b.check(Some("localhost:9464"), None, Some(&cookie), None), Verdict::WrongHost);
-        assert_eq!(b.check(Some("10.0.0.1:9464"), None, Some(&cookie), None), Verdict::Allowed);
+        assert_eq!(
+            b.check(Some("localhost:9464"), None, Some(&cookie), None),
+            Verdict::WrongHost
+        );
+        assert_eq!(
+            b.check(Some("10.0.0.1:9464"), None, Some(&cookie), None),
+            Verdict::Allowed
+        );
         let any = access("0.0.0.0:9464");
-        assert_eq!(any.check(Some("box.lan:9464"), None, Some(&cookie), None), Verdict::Allowed);
+        assert_eq!(
+            any.check(Some("box.lan:9464"), None, Some(&cookie), None),
+            Verdict::Allowed
+        );
     }
 
     #[test]
     fn queries_decode_and_lose_their_token() {
-        assert_eq!(query_param("from=web-1&to=api%3A5000", "to").as_deref(), Some("api:5000"));
+        assert_eq!(
+            query_param("from=web-1&to=api%3A5000", "to").as_deref(),
+            Some("api:5000")
+        );
         assert_eq!(query_param("a=b+c", "a").as_deref(), Some("b c"));
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
         assert_eq!(query_param("a=1", "b"), None);

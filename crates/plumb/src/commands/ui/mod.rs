@@ -180,11 +180,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> std::result::Res
         // history); the API answers at once, for programs.
         let mut r = if path == "/" {
             let rest = access::without_token(&query);
-            let to = if rest.is_empty() { "/".to_string() } else { format!("/?{rest}") };
+            let to = if rest.is_empty() {
+                "/".to_string()
+            } else {
+                format!("/?{rest}")
+            };
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::SEE_OTHER;
-            r.headers_mut()
-                .insert(header::LOCATION, HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/")));
+            r.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/")),
+            );
             r
         } else {
             route(shared, path, query).await
@@ -236,7 +242,9 @@ fn api(shared: &Shared, path: &str, query: &str) -> std::result::Result<Reply, A
                     .ok()
                     .filter(|n| (1..=MAX_CAPTURE_SECONDS).contains(n))
                     .ok_or_else(|| {
-                        ApiError::bad(&format!("seconds={s:?}: a whole number of seconds, 1 to {MAX_CAPTURE_SECONDS}"))
+                        ApiError::bad(&format!(
+                            "seconds={s:?}: a whole number of seconds, 1 to {MAX_CAPTURE_SECONDS}"
+                        ))
                     })?,
             };
             capture(shared, &name, seconds)
@@ -291,7 +299,9 @@ fn stats(shared: &Shared) -> std::result::Result<Value, ApiError> {
 /// One container: its supervisor status, sockets and flows, and the end of its log.
 fn container(shared: &Shared, name: &str) -> std::result::Result<Value, ApiError> {
     let desired = shared.desired()?;
-    let c = desired.container(name).ok_or_else(|| ApiError::no_container(&shared.stack, name))?;
+    let c = desired
+        .container(name)
+        .ok_or_else(|| ApiError::no_container(&shared.stack, name))?;
     let ctx = shared.context();
     let qualified = format!("{}/{}", shared.stack, c.name);
     let mut kernel = crate::apply::kernel()?;
@@ -301,7 +311,12 @@ fn container(shared: &Shared, name: &str) -> std::result::Result<Value, ApiError
         .get(&c.name)
         .cloned();
     let log: Vec<String> = logs::files(&ctx, &qualified)
-        .map(|files| files.iter().flat_map(|(_, path)| logs::last_lines(path, LOG_LINES)).collect())
+        .map(|files| {
+            files
+                .iter()
+                .flat_map(|(_, path)| logs::last_lines(path, LOG_LINES))
+                .collect()
+        })
         .unwrap_or_default();
     Ok(json!({
         "stack": shared.stack,
@@ -319,7 +334,9 @@ fn container(shared: &Shared, name: &str) -> std::result::Result<Value, ApiError
 /// `plumb capture STACK/NAME --duration Ns -w FILE` in a folder only root may read; the file's bytes.
 fn capture(shared: &Shared, name: &str, seconds: u64) -> std::result::Result<Reply, ApiError> {
     let desired = shared.desired()?;
-    let c = desired.container(name).ok_or_else(|| ApiError::no_container(&shared.stack, name))?;
+    let c = desired
+        .container(name)
+        .ok_or_else(|| ApiError::no_container(&shared.stack, name))?;
     let dir = std::env::temp_dir().join(format!("plumb-ui-{}-{}", std::process::id(), access::new_token()));
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -349,10 +366,7 @@ fn capture(shared: &Shared, name: &str, seconds: u64) -> std::result::Result<Rep
     let headers = r.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-pcapng"));
     // The name is a container's: letters, digits and '-' only.
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "attachment; filename=\"{}-{}.pcapng\"",
-        shared.stack, c.name
-    )) {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}-{}.pcapng\"", shared.stack, c.name)) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(r)
@@ -362,7 +376,9 @@ fn capture(shared: &Shared, name: &str, seconds: u64) -> std::result::Result<Rep
 /// still a report).
 fn trace(shared: &Shared, from: &str, to: &str) -> std::result::Result<Value, ApiError> {
     let desired = shared.desired()?;
-    let c = desired.container(from).ok_or_else(|| ApiError::no_container(&shared.stack, from))?;
+    let c = desired
+        .container(from)
+        .ok_or_else(|| ApiError::no_container(&shared.stack, from))?;
     let out = plumb_child(shared)
         .args(["trace", &format!("{}/{}", shared.stack, c.name), to, "--json"])
         .output()
@@ -387,15 +403,18 @@ fn plumb_child(shared: &Shared) -> Command {
 
 fn asset(body: &'static str, kind: &'static str) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     r
 }
 
 fn text(status: StatusCode, body: &str) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
