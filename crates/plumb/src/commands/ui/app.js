@@ -6,7 +6,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const BOX_W = 190, BOX_H = 100, GAP = 24, LEFT = 30, BAR_H = 24, BAR_GAP = 12;
+const BOX_W = 210, GAP = 20, LEFT = 30, BAR_H = 24, BAR_GAP = 12;
 const params = new URLSearchParams(location.search);
 // How long the capture button captures: ?seconds=N (tests use a short one).
 const captureSeconds = Math.max(1, Math.min(60, parseInt(params.get("seconds") || "10", 10) || 10));
@@ -46,6 +46,16 @@ function bytes(n, rate) {
 
 // ---- the drawing --------------------------------------------------------------------------
 
+let BOX_H = 100;
+
+// A box's text lines: its name, an address per network and each published port.
+function boxLines(t, links, c) {
+  const byId = Object.fromEntries(t.nodes.map((n) => [n.id, n]));
+  const lines = links.filter((l) => l.to === c.id).map((l) => `${l.label} (${byId[l.from].name})`);
+  for (const e of t.edges) if (e.from === "host" && e.to === c.id) lines.push(e.label.replace(/^publish /, "published "));
+  return lines.slice(0, 4);
+}
+
 function layout(t) {
   const byId = Object.fromEntries(t.nodes.map((n) => [n.id, n]));
   const nets = t.nodes.filter((n) => n.kind === "network");
@@ -56,6 +66,7 @@ function layout(t) {
     return i < 0 ? nets.length : i;
   };
   ctrs.sort((a, b) => firstNet(a) - firstNet(b) || a.name.localeCompare(b.name, undefined, { numeric: true }));
+  BOX_H = 20 + 14 * Math.max(1, ...ctrs.map((c) => boxLines(t, links, c).length)) + 46;
   const pos = {};
   const barsTop = 70;
   const ctrTop = barsTop + nets.length * (BAR_H + BAR_GAP) + 40;
@@ -104,10 +115,6 @@ function draw(t) {
   svg.append(under, flows, over);
   boxes = {};
   owners = {};
-  const published = {};
-  for (const e of t.edges) {
-    if (e.from === "host" && byId[e.to]?.kind === "container") (published[e.to] ||= []).push(e.label.replace(/^publish /, "published "));
-  }
   // Networks and the lines down to their containers.
   t.nodes.filter((n) => n.kind === "network").forEach((n, i) => {
     const p = pos[n.id];
@@ -126,15 +133,10 @@ function draw(t) {
     boxes[n.name] = p;
     const g = el("svg:g", { class: "ctr", "data-container": n.name, tabindex: 0 });
     g.append(el("svg:rect", { x: p.x, y: p.y, width: p.w, height: p.h, rx: 4 }));
-    const lines = [];
-    for (const l of links.filter((l) => l.to === n.id)) {
-      lines.push(`${l.label} (${byId[l.from].name})`);
-      owners[l.label.split(" ")[1].split("/")[0]] = n.name;
-    }
-    lines.push(...(published[n.id] || []));
+    for (const l of links.filter((l) => l.to === n.id)) owners[l.label.split(" ")[1].split("/")[0]] = n.name;
     let y = p.y + 15;
     g.append(el("svg:text", { x: p.x + 8, y, class: "name" }, n.lines.join(" ")));
-    for (const line of lines.slice(0, 3)) g.append(el("svg:text", { x: p.x + 8, y: (y += 14) }, line));
+    for (const line of boxLines(t, links, n)) g.append(el("svg:text", { x: p.x + 8, y: (y += 14) }, line));
     y = p.y + p.h - 34;
     g.append(el("svg:text", { x: p.x + 8, y, class: "health", "data-counter": "health" }, "…"));
     g.append(el("svg:text", { x: p.x + 8, y: y + 14, class: "traffic rate", "data-counter": "rate" }, ""));
@@ -213,12 +215,17 @@ function showStats(s) {
   }
   if (!s.denials.length) list.append(el("li", { class: "quiet" }, "no policy isolates a service"));
   const body = $("flows").querySelector("tbody");
-  body.replaceChildren(...s.flows.map((f) => {
+  const { open, closed } = splitFlows(s.flows);
+  body.replaceChildren(...open.map((f) => {
     const tr = el("tr");
-    const nat = [f.dnat && `dnat ${f.dnat}`, f.snat && `snat ${f.snat}`].filter(Boolean).join(", ");
-    for (const v of [f.protocol, f.state || (f.unreplied ? "unreplied" : ""), `${f.original.src}:${f.original.sport}`, `${f.original.dst}:${f.original.dport}`, nat]) tr.append(el("td", {}, v));
+    for (const v of flowRow(f)) tr.append(el("td", {}, v));
     return tr;
   }));
+  if (closed) {
+    const tr = el("tr", { class: "quiet" });
+    tr.append(el("td", { colspan: 5 }, `and ${closed} closed (TIME_WAIT)`));
+    body.append(tr);
+  }
   // Flows between two containers, as arcs under the boxes.
   const layer = $("flow-layer");
   layer.replaceChildren();
@@ -231,6 +238,17 @@ function showStats(s) {
     const y = pa.y + pa.h, x1 = pa.x + pa.w / 2 + 10, x2 = pb.x + pb.w / 2 - 10;
     layer.append(el("svg:path", { class: "flow", d: `M${x1},${y} Q${(x1 + x2) / 2},${y + 50} ${x2},${y}`, "data-flow": `${a}>${b}` }));
   }
+}
+
+// Flows still open, and how many closed ones conntrack still remembers (TIME_WAIT).
+function splitFlows(flows) {
+  const open = flows.filter((f) => f.state !== "TIME_WAIT");
+  return { open, closed: flows.length - open.length };
+}
+
+function flowRow(f) {
+  const nat = [f.dnat && `dnat ${f.dnat}`, f.snat && `snat ${f.snat}`].filter(Boolean).join(", ");
+  return [f.protocol, f.state || (f.unreplied ? "unreplied" : ""), `${f.original.src}:${f.original.sport}`, `${f.original.dst}:${f.original.dport}`, nat];
 }
 
 async function pollStats() {
@@ -304,15 +322,25 @@ async function select(name) {
   });
   parts.push(el("p", {}, ""), link);
   parts.push(el("h2", {}, "Sockets"));
-  parts.push(table(["proto", "state", "local", "peer", "process"], c.connections.sockets.map((s) => [s.protocol, s.state, s.local, s.peer, s.processes.map((p) => `${p.command}[${p.pid}]`).join(",")])));
+  // Closed connections waiting out TIME-WAIT are many and say little: counted, not listed.
+  const waiting = c.connections.sockets.filter((s) => s.state === "TIME-WAIT").length;
+  const live = c.connections.sockets.filter((s) => s.state !== "TIME-WAIT");
+  parts.push(table(["proto", "state", "local", "peer", "process"], live.map((s) => [s.protocol, s.state, s.local, s.peer, s.processes.map((p) => `${p.command}[${p.pid}]`).join(",")])));
+  if (waiting) parts.push(el("p", { class: "quiet" }, `and ${waiting} closed connections in TIME-WAIT`));
   parts.push(el("h2", {}, "Flows"));
-  parts.push(table(["proto", "state", "from", "to", "NAT"], c.connections.flows.map((f) => [f.protocol, f.state, `${f.original.src}:${f.original.sport}`, `${f.original.dst}:${f.original.dport}`, [f.dnat && `dnat ${f.dnat}`, f.snat && `snat ${f.snat}`].filter(Boolean).join(", ")])));
+  const flows = splitFlows(c.connections.flows);
+  parts.push(table(["proto", "state", "from", "to", "NAT"], flows.open.map(flowRow)));
+  if (flows.closed) parts.push(el("p", { class: "quiet" }, `and ${flows.closed} closed (TIME_WAIT)`));
   parts.push(el("h2", {}, "Log"));
   parts.push(el("pre", { id: "log" }, c.log.length ? c.log.join("\n") : c.has_process ? "(nothing yet)" : "(no process: nothing to log)"));
   body.replaceChildren(...parts);
 }
 
 // ---- trace --------------------------------------------------------------------------------
+
+function hook(at) {
+  return at && typeof at === "object" ? `${at.family} ${at.table} ${at.chain}` : String(at ?? "");
+}
 
 $("trace-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -330,13 +358,16 @@ $("trace-form").addEventListener("submit", async (ev) => {
   const path = el("ol", { id: "trace-path" });
   for (const s of r.steps) {
     const where = [s.in && `in ${s.in}`, s.out && `out ${s.out}`].filter(Boolean).join(", ");
-    const li = el("li", {}, `${s.at}${where ? " (" + where + ")" : ""}${s.times > 1 ? " ×" + s.times : ""}`);
-    if (s.rules?.length) li.append(el("div", { class: "quiet" }, s.rules.map((x) => (typeof x === "string" ? x : x.comment || x.rule || JSON.stringify(x))).join("; ")));
+    const li = el("li", {}, `${hook(s.at)}${where ? " (" + where + ")" : ""}${s.times > 1 ? " ×" + s.times : ""}`);
+    const rules = (s.rules || []).map((m) => `${m.comment || m.expr}${m.verdict ? " → " + m.verdict : ""}`);
+    if (s.policy) rules.push(`chain policy ${s.policy}`);
+    if (rules.length) li.append(el("div", { class: "quiet" }, rules.join("; ")));
     path.append(li);
   }
   parts.push(path);
-  if (r.decided_by) parts.push(el("p", {}, `decided by: ${typeof r.decided_by === "string" ? r.decided_by : JSON.stringify(r.decided_by)}`));
-  if (r.policy) parts.push(el("p", { class: r.policy.allowed ? "allowed" : "refused" }, `policies: ${r.policy.summary}`));
+  const d = r.decided_by;
+  if (d) parts.push(el("p", { class: "refused" }, `decided by: ${d.verdict} in ${hook(d.at)}${d.rule ? " (" + (d.rule.comment || d.rule.expr) + ")" : " (the chain's policy)"}`));
+  if (r.policy) parts.push(el("p", { class: r.policy.allowed ? "allowed" : "refused" }, `the stack's policies ${r.policy.allowed ? "allow" : "deny"} it: ${r.policy.summary}`));
   out.replaceChildren(...parts);
 });
 

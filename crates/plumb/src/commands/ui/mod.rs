@@ -208,6 +208,12 @@ async fn route(shared: Arc<Shared>, path: String, query: String) -> Reply {
         "/" => asset(PAGE, "text/html; charset=utf-8"),
         "/app.js" => asset(SCRIPT, "text/javascript; charset=utf-8"),
         "/style.css" => asset(STYLE, "text/css; charset=utf-8"),
+        // Browsers ask for it on their own: no icon, and no error in their console.
+        "/favicon.ico" => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
         _ if path.starts_with("/api/") => {
             // Netlink, sock_diag, files and child processes: blocking work, off the reactor.
             tokio::task::spawn_blocking(move || api(&shared, &path, &query))
