@@ -204,6 +204,15 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
         "client-1's rx_bytes stayed near {before}: {stats:#}"
     );
     assert_eq!(stats["stack"], "ui");
+    // The services as `plumb services` sees them: api's VIP and its one ready endpoint.
+    let api_service = stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "api")
+        .unwrap_or_else(|| panic!("{stats:#}"));
+    assert_eq!(api_service["endpoints"][0]["container"], "api-1", "{api_service:#}");
+    assert_eq!(api_service["endpoints"][0]["ready"], true, "{api_service:#}");
 
     // The policy denies client -> api:5000 (both on back): the connection fails, and the
     // denial shows with the policy's stack-file line.
@@ -255,6 +264,10 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
         "{c:#}"
     );
     assert_eq!(c["status"]["health"], "healthy", "{c:#}");
+    assert!(
+        c["events"].as_array().unwrap().iter().any(|e| e["event"] == "started"),
+        "{c:#}"
+    );
     assert!(
         c["log"]
             .as_array()

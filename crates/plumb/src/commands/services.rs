@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use plumb_core::firewall::{tables_in_listing, vips};
+use plumb_core::firewall::{tables_in_listing, vips, TableId};
 use plumb_core::kernel::Kernel;
 use plumb_core::Desired;
 use serde::Serialize;
+use serde_json::Value;
 
 use super::{require_stack_name, Context, Format};
 use crate::failure::{Failure, Result};
@@ -15,7 +16,7 @@ use crate::output::{print_json, table};
 use crate::runfile;
 
 #[derive(Serialize)]
-struct Row {
+pub struct Row {
     stack: String,
     service: String,
     vip: Option<String>,
@@ -26,7 +27,7 @@ struct Row {
 }
 
 #[derive(Serialize)]
-struct EndpointRow {
+pub struct EndpointRow {
     container: String,
     address: Option<String>,
     ready: bool,
@@ -57,13 +58,7 @@ pub fn run(ctx: &Context, stack: Option<&str>, format: Format) -> Result<()> {
         let Some(desired) = &records[name].desired else {
             continue;
         };
-        let counts = tables.as_ref().map(|t| {
-            t.get(&vips::table_of(name))
-                .map(|o| vips::endpoint_counts(o))
-                .unwrap_or_default()
-        });
-        let unready = runfile::read_status(&ctx.state.stack_dir(name)).unready(desired);
-        rows.extend(rows_of(desired, &unready, counts.as_ref()));
+        rows.extend(of_stack(ctx, desired, tables.as_ref()));
     }
     if format == Format::Json {
         print_json(&rows);
@@ -71,6 +66,18 @@ pub fn run(ctx: &Context, stack: Option<&str>, format: Format) -> Result<()> {
     }
     print_table(&rows);
     Ok(())
+}
+
+/// The rows of one stack's services; `tables`: the ruleset's tables, when they could be read
+/// (`plumb ui` shows the same).
+pub fn of_stack(ctx: &Context, desired: &Desired, tables: Option<&BTreeMap<TableId, Vec<Value>>>) -> Vec<Row> {
+    let counts = tables.map(|t| {
+        t.get(&vips::table_of(&desired.stack))
+            .map(|o| vips::endpoint_counts(o))
+            .unwrap_or_default()
+    });
+    let unready = runfile::read_status(&ctx.state.stack_dir(&desired.stack)).unready(desired);
+    rows_of(desired, &unready, counts.as_ref())
 }
 
 fn rows_of(desired: &Desired, unready: &BTreeSet<String>, counts: Option<&BTreeMap<String, u64>>) -> Vec<Row> {

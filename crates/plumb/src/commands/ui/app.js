@@ -86,7 +86,7 @@ function layout(t) {
   }).sort((a, b) => a.cx - b.cx);
   for (const { s, cx } of svcs) {
     const x = Math.max(cx, nextFree + 90);
-    pos[s.id] = { x: x - 90, y: svcTop, w: 180, h: 56, cx: x };
+    pos[s.id] = { x: x - 90, y: svcTop, w: 180, h: 64, cx: x };
     nextFree = x + 90 + GAP;
   }
   // The host and what lies outside the stack, along the top.
@@ -94,7 +94,7 @@ function layout(t) {
     pos[n.id] = { x: LEFT + i * (150 + GAP), y: 10, w: 150, h: 34 };
   });
   const right = Math.max(...Object.values(pos).map((p) => p.x + p.w)) + LEFT;
-  return { pos, links, width: Math.max(right, 600), height: svcTop + 56 + 60 };
+  return { pos, links, width: Math.max(right, 600), height: svcTop + 64 + 60 };
 }
 
 function center(p) {
@@ -150,7 +150,8 @@ function draw(t) {
     const p = pos[n.id];
     const g = el("svg:g", { class: "svc", "data-service": n.name });
     g.append(el("svg:ellipse", { cx: p.cx, cy: p.y + p.h / 2, rx: p.w / 2, ry: p.h / 2 }));
-    n.lines.forEach((line, i) => g.append(el("svg:text", { x: p.cx, y: p.y + 18 + i * 13, "text-anchor": "middle" }, line)));
+    n.lines.forEach((line, i) => g.append(el("svg:text", { x: p.cx, y: p.y + 16 + i * 12, "text-anchor": "middle" }, line)));
+    g.append(el("svg:text", { x: p.cx, y: p.y + 16 + n.lines.length * 12, "text-anchor": "middle", class: "ready" }, ""));
     g.append(el("svg:text", { x: p.cx, y: p.y + p.h + 14, "text-anchor": "middle", class: "denial" }, ""));
     over.append(g);
     for (const e of t.edges.filter((e) => e.from === n.id && pos[e.to])) {
@@ -201,6 +202,16 @@ function showStats(s) {
     total.textContent = `rx ${bytes(r.rx_bytes)} · tx ${bytes(r.tx_bytes)} · drops ${r.drops}`;
     total.setAttribute("data-value", r.rx_bytes);
     g.classList.toggle("unhealthy", r.health === "unhealthy" || r.health === "failed");
+  }
+  for (const v of s.services || []) {
+    const g = svg.querySelector(`g.svc[data-service="${CSS.escape(v.service)}"]`);
+    if (!g) continue;
+    const ready = v.endpoints.filter((e) => e.ready).length;
+    const conns = v.endpoints.reduce((n, e) => n + (e.connections ?? 0), 0);
+    const line = `ready ${ready}/${v.endpoints.length}` + (v.vip ? ` · ${conns} conns via VIP` : "");
+    const t = g.querySelector(".ready");
+    if (t) t.textContent = line;
+    g.classList.toggle("degraded", ready < v.endpoints.length);
   }
   const list = $("denials");
   list.replaceChildren();
@@ -331,6 +342,8 @@ async function select(name) {
   const flows = splitFlows(c.connections.flows);
   parts.push(table(["proto", "state", "from", "to", "NAT"], flows.open.map(flowRow)));
   if (flows.closed) parts.push(el("p", { class: "quiet" }, `and ${flows.closed} closed (TIME_WAIT)`));
+  parts.push(el("h2", {}, "Events"));
+  parts.push(table(["time", "event", "detail"], c.events.map((e) => [new Date(e.ts_ms).toLocaleTimeString(), e.event, e.detail])));
   parts.push(el("h2", {}, "Log"));
   parts.push(el("pre", { id: "log" }, c.log.length ? c.log.join("\n") : c.has_process ? "(nothing yet)" : "(no process: nothing to log)"));
   body.replaceChildren(...parts);

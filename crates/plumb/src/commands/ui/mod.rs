@@ -4,10 +4,12 @@
 //! same model as `plumb graph`) and polls the JSON API every second:
 //!
 //! - `/api/topology`: `plumb graph --format json`'s value;
-//! - `/api/stats`: `plumb top --json`'s rows, the policy denials of each isolated service
-//!   (with the isolating policies' stack-file lines), and the host's tracked flows of the
-//!   stack as `plumb conns --json` lists them;
-//! - `/api/container/NAME`: its status, `plumb conns NAME --json`, the end of its log;
+//! - `/api/stats`: `plumb top --json`'s rows, `plumb services --json`'s (VIP endpoints,
+//!   readiness, connections), the policy denials of each isolated service (with the
+//!   isolating policies' stack-file lines), and the host's tracked flows of the stack as
+//!   `plumb conns --json` lists them;
+//! - `/api/container/NAME`: its status, `plumb conns NAME --json`, the end of its log, its
+//!   latest events (`plumb events`);
 //! - `/api/capture?container=NAME&seconds=N`: a pcapng file, made by `plumb capture`;
 //! - `/api/trace?from=A&to=B:PORT[/udp]`: `plumb trace --json`'s report.
 //!
@@ -44,7 +46,7 @@ use plumb_core::Desired;
 use serde_json::{json, Value};
 
 use super::policy::{self, Which};
-use super::{conns, logs, require_root, top, Context};
+use super::{conns, logs, require_root, services, top, Context};
 use crate::failure::{Failure, Result};
 use crate::runfile;
 use crate::state::StateDir;
@@ -58,6 +60,8 @@ const STYLE: &str = include_str!("style.css");
 const MAX_CAPTURE_SECONDS: u64 = 60;
 /// Log lines shown for a container.
 const LOG_LINES: usize = 100;
+/// Its latest events shown.
+const EVENTS: usize = 20;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -287,17 +291,13 @@ fn stats(shared: &Shared) -> std::result::Result<Value, ApiError> {
         *last = Some((top::sample(&mut kernel, &ctx, target)?, Instant::now()));
         rows
     };
-    let tables = kernel
-        .nft_ruleset()
-        .ok()
-        .as_deref()
-        .and_then(tables_in_listing)
-        .unwrap_or_default();
+    let tables = kernel.nft_ruleset().ok().as_deref().and_then(tables_in_listing);
     let connections = conns::gather(&ctx, &mut kernel, target)?.to_json();
     Ok(json!({
         "stack": shared.stack,
         "containers": rows,
-        "denials": policy_denials(&desired, &tables),
+        "services": services::of_stack(&ctx, &desired, tables.as_ref()),
+        "denials": policy_denials(&desired, &tables.unwrap_or_default()),
         "flows": connections["flows"],
     }))
 }
@@ -324,9 +324,14 @@ fn container(shared: &Shared, name: &str) -> std::result::Result<Value, ApiError
                 .collect()
         })
         .unwrap_or_default();
+    let history: Vec<_> = crate::events::read(&ctx.state.stack_dir(&shared.stack))
+        .into_iter()
+        .filter(|e| e.container == c.name)
+        .collect();
     Ok(json!({
         "stack": shared.stack,
         "container": c.name,
+        "events": history[history.len().saturating_sub(EVENTS)..],
         "service": c.service,
         "interfaces": c.interfaces.iter().map(|i| json!({"name": i.name, "network": i.network, "address": i.cidr(), "host_veth": i.host_veth})).collect::<Vec<_>>(),
         "ports": c.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
