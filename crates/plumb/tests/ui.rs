@@ -148,12 +148,12 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     assert!(headers.contains("location: /?seconds=2"), "{headers}");
     assert!(
         headers.contains(&format!(
-            "set-cookie: plumb_ui={}; Path=/; HttpOnly; SameSite=Strict",
+            "set-cookie: plumb_ui_9465={}; Path=/; HttpOnly; SameSite=Strict",
             ui.token
         )),
         "{headers}"
     );
-    let (code, page) = ui.curl(&sb, &format!("-H 'Cookie: plumb_ui={}'", ui.token), "/");
+    let (code, page) = ui.curl(&sb, &format!("-H 'Cookie: plumb_ui_9465={}'", ui.token), "/");
     assert_eq!(code, 200);
     assert!(page.contains("<script src=\"/app.js\">"), "{page}");
     // Every asset is plumb's own: nothing is loaded from elsewhere.
@@ -284,6 +284,9 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     let t = ui.get(&sb, "/api/trace?from=client-1&to=api-1:5000");
     assert_eq!(t["answered"], false, "{t:#}");
     assert_eq!(t["policy"]["allowed"], false, "{t:#}");
+    // The page's text reaches `plumb trace` as an argument, never as an option.
+    let (code, body) = ui.curl(&sb, &bearer, "/api/trace?from=client-1&to=--state-dir=/tmp");
+    assert_eq!(code, 400, "{body}");
 
     // On a non-loopback address, from another machine (the `outside` namespace): nothing
     // without the token, the page with it.

@@ -1,15 +1,13 @@
 //! Who may use `plumb ui`, decided from a request's parts alone (pure, unit-tested): the Host
 //! header must name the address the UI listens on (a page of another site that a DNS
 //! rebinding points at this address still names its own host), and every request must carry
-//! the token printed at start, as `?token=` (the first load), the `plumb_ui` cookie the first
-//! load sets, or `Authorization: Bearer`. Tokens are compared in constant time.
+//! the token printed at start, as `?token=` (the first load), the cookie the first load sets
+//! (`plumb_ui_PORT`: browsers share cookies between the ports of a host, and two UIs may run),
+//! or `Authorization: Bearer`. Tokens are compared in constant time.
 
 use std::net::SocketAddr;
 
 use subtle::ConstantTimeEq;
-
-/// The cookie that carries the token after the first load.
-pub const COOKIE: &str = "plumb_ui";
 
 /// How a request proved it may use the UI, or why not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +29,11 @@ pub struct Access {
 }
 
 impl Access {
+    /// The cookie that carries the token after the first load.
+    pub fn cookie(&self) -> String {
+        format!("plumb_ui_{}", self.listen.port())
+    }
+
     /// `host`: the Host header; `query`: the URL's query; `cookie`, `authorization`: those headers.
     pub fn check(
         &self,
@@ -45,7 +48,7 @@ impl Access {
         let from_cookie = cookie.and_then(|c| {
             c.split(';')
                 .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| *k == COOKIE)
+                .find(|(k, _)| *k == self.cookie())
                 .map(|(_, v)| v)
         });
         let from_header = authorization.and_then(|a| a.strip_prefix("Bearer "));
@@ -140,9 +143,19 @@ mod tests {
         let a = access("127.0.0.1:9464");
         let host = Some("127.0.0.1:9464");
         assert_eq!(a.check(host, None, None, None), Verdict::NoToken);
+        // Another UI's cookie (another port of the same host) is not this one's.
+        assert_eq!(
+            a.check(host, None, Some(&format!("plumb_ui_9465={T}")), None),
+            Verdict::NoToken
+        );
         assert_eq!(a.check(host, Some("token=nope"), None, None), Verdict::NoToken);
         assert_eq!(
-            a.check(host, None, Some(&format!("x=1; plumb_ui={T}")), None),
+            a.check(
+                host,
+                None,
+                Some(&format!("x=1; plumb_ui_9465={T}; plumb_ui_9464={T}")),
+                None
+            ),
             Verdict::Allowed
         );
         assert_eq!(
@@ -167,7 +180,7 @@ mod tests {
     #[test]
     fn another_host_is_refused_even_with_the_token() {
         let a = access("127.0.0.1:9464");
-        let cookie = format!("plumb_ui={T}");
+        let cookie = format!("plumb_ui_9464={T}");
         for host in ["evil.example:9464", "127.0.0.1:80", "127.0.0.1"] {
             assert_eq!(
                 a.check(Some(host), None, Some(&cookie), None),

@@ -177,7 +177,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> std::result::Res
     if verdict == Verdict::AllowedByQuery {
         let cookie = format!(
             "{}={}; Path=/; HttpOnly; SameSite=Strict",
-            access::COOKIE,
+            shared.access.cookie(),
             shared.access.token
         );
         // The page: on to the same address without the token (out of the address bar and the
@@ -355,11 +355,12 @@ fn capture(shared: &Shared, name: &str, seconds: u64) -> std::result::Result<Rep
         .map_err(|e| ApiError::internal(&format!("cannot make a folder for the capture: {e}")))?;
     let file = dir.join("capture.pcapng");
     let ran = plumb_child(shared)
-        .args(["capture", &format!("{}/{}", shared.stack, c.name)])
+        .arg("capture")
         .arg("--duration")
         .arg(format!("{seconds}s"))
         .arg("-w")
         .arg(&file)
+        .args(["--", &format!("{}/{}", shared.stack, c.name)])
         .output();
     let bytes = std::fs::read(&file);
     let _ = std::fs::remove_dir_all(&dir);
@@ -391,7 +392,8 @@ fn trace(shared: &Shared, from: &str, to: &str) -> std::result::Result<Value, Ap
         .container(from)
         .ok_or_else(|| ApiError::no_container(&shared.stack, from))?;
     let out = plumb_child(shared)
-        .args(["trace", &format!("{}/{}", shared.stack, c.name), to, "--json"])
+        // `--`: TO is the page's text, never an option of `plumb trace`.
+        .args(["trace", "--json", "--", &format!("{}/{}", shared.stack, c.name), to])
         .output()
         .map_err(|e| ApiError::internal(&format!("cannot run plumb trace: {e}")))?;
     serde_json::from_slice(&out.stdout).map_err(|_| {
