@@ -28,6 +28,9 @@ pub struct Desired {
     /// Where the supervisor serves Prometheus metrics, if anywhere.
     #[serde(default)]
     pub metrics: Option<std::net::SocketAddrV4>,
+    /// Where `plumb ui` listens unless told otherwise.
+    #[serde(default)]
+    pub ui: Option<std::net::SocketAddrV4>,
     /// Containers that may not take new connections through their service's VIP (their
     /// process does not run or fails its health check). Not from the stack file: `plumb up`
     /// fills it from the supervisor's `status.json`, so the load balancer it plans is the one
@@ -552,6 +555,7 @@ fn resolve_with(
             services,
             policies,
             metrics: stack.metrics,
+            ui: stack.ui,
             unready: BTreeSet::new(),
             service_subnet: Some(stack.service_subnet),
             host: assignment.map(|a| a.host.clone()),

@@ -260,10 +260,10 @@ enum Command {
     Ui {
         /// The stack (default: the only one that is up, or the current folder's).
         stack: Option<String>,
-        /// Where to serve the page: loopback unless told otherwise (the token it prints is
-        /// needed on every address).
-        #[arg(long, default_value = "127.0.0.1:9465")]
-        listen: std::net::SocketAddr,
+        /// Where to serve the page (default: the stack file's `ui`, else 127.0.0.1:9465; the
+        /// token it prints is needed on every address).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Sockets in containers (with their processes) and the host's tracked flows with their NAT.
     Conns {

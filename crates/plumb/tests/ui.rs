@@ -16,6 +16,7 @@ use serde_json::Value;
 /// web on both networks (published), api behind a VIP on back, client on both; the policy
 /// lets only web reach api:5000, so client -> api is denied by it (networks allow it).
 const STACK: &str = r#"name = "ui"
+ui = "127.0.0.1:9467"
 [networks.front]
 subnet = "10.89.61.0/24"
 [networks.back]
@@ -46,10 +47,10 @@ struct Ui {
     token: String,
 }
 
-fn start_ui(sb: &Sandbox, listen: &str, name: &str) -> Ui {
-    let pid = sb.ok(&format!(
-        "{PLUMB} ui ui --listen {listen} > {name}.out 2> {name}.err & echo $!"
-    ));
+/// `listen`: `--listen`'s value, if any.
+fn start_ui(sb: &Sandbox, listen: Option<&str>, name: &str) -> Ui {
+    let listen = listen.map(|l| format!("--listen {l}")).unwrap_or_default();
+    let pid = sb.ok(&format!("{PLUMB} ui ui {listen} > {name}.out 2> {name}.err & echo $!"));
     let out = sb.dir.join(format!("{name}.out"));
     let mut url = String::new();
     assert!(
@@ -116,8 +117,9 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     sb.plumb_ok(&["up", "--wait"]);
     let web = sb.address("web-1", "eth0");
     let api = sb.address("api-1", "eth0");
-    let ui = start_ui(&sb, "127.0.0.1:9465", "ui");
-    assert_eq!(ui.address, "127.0.0.1:9465");
+    // Where the stack file's `ui` says.
+    let ui = start_ui(&sb, None, "ui");
+    assert_eq!(ui.address, "127.0.0.1:9467");
 
     // Who may ask: the token, the right Host, GET only.
     assert_eq!(ui.curl(&sb, "", "/api/topology").0, 401);
@@ -134,7 +136,7 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     let bearer = format!("-H 'Authorization: Bearer {}'", ui.token);
     let (code, body) = ui.curl(
         &sb,
-        &format!("{bearer} -H 'Host: rebound.example:9465'"),
+        &format!("{bearer} -H 'Host: rebound.example:9467'"),
         "/api/topology",
     );
     assert_eq!(code, 421, "{body}");
@@ -148,12 +150,12 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     assert!(headers.contains("location: /?seconds=2"), "{headers}");
     assert!(
         headers.contains(&format!(
-            "set-cookie: plumb_ui_9465={}; Path=/; HttpOnly; SameSite=Strict",
+            "set-cookie: plumb_ui_9467={}; Path=/; HttpOnly; SameSite=Strict",
             ui.token
         )),
         "{headers}"
     );
-    let (code, page) = ui.curl(&sb, &format!("-H 'Cookie: plumb_ui_9465={}'", ui.token), "/");
+    let (code, page) = ui.curl(&sb, &format!("-H 'Cookie: plumb_ui_9467={}'", ui.token), "/");
     assert_eq!(code, 200);
     assert!(page.contains("<script src=\"/app.js\">"), "{page}");
     // Every asset is plumb's own: nothing is loaded from elsewhere.
@@ -290,7 +292,7 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
 
     // On a non-loopback address, from another machine (the `outside` namespace): nothing
     // without the token, the page with it.
-    let wide = start_ui(&sb, "203.0.113.1:9466", "wide");
+    let wide = start_ui(&sb, Some("203.0.113.1:9466"), "wide");
     let from_outside = |extra: &str| {
         sb.ok(&format!(
             "ip netns exec outside curl -s -o /dev/null -w '%{{http_code}}' -m 5 {extra} http://203.0.113.1:9466/api/topology"

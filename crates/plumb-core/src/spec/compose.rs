@@ -524,6 +524,7 @@ impl Reader<'_> {
             name,
             service_subnet: None,
             metrics: None,
+            ui: None,
             networks,
             services: raw_services,
             policies: Vec::new(),

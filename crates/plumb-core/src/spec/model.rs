@@ -21,6 +21,9 @@ pub struct Stack {
     /// off when unset.
     #[serde(default)]
     pub metrics: Option<std::net::SocketAddrV4>,
+    /// Where `plumb ui` listens when its `--listen` is not given (`ui = "127.0.0.1:9465"`).
+    #[serde(default)]
+    pub ui: Option<std::net::SocketAddrV4>,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
     /// `[[policies]]`, in file order.

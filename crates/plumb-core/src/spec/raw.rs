@@ -17,6 +17,7 @@ pub(super) struct RawStack {
     pub name: Spanned<String>,
     pub service_subnet: Option<Spanned<String>>,
     pub metrics: Option<Spanned<String>>,
+    pub ui: Option<Spanned<String>>,
     #[serde(default)]
     pub networks: BTreeMap<Spanned<String>, RawNetwork>,
     #[serde(default)]

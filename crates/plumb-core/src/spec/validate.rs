@@ -133,20 +133,31 @@ impl Validator<'_> {
         let service_subnet = self.service_subnet(raw.service_subnet.as_ref(), &networks);
         self.check_service_subnet(service_subnet, &networks);
         let metrics = raw.metrics.as_ref().and_then(|m| {
-            self.spans.insert("metrics".into(), m.span());
-            match m.get_ref().parse::<std::net::SocketAddrV4>() {
-                Ok(a) if a.port() != 0 => Some(a),
-                _ => {
-                    self.err(
-                        m.span(),
-                        "metrics",
-                        format!("{:?} is not an address and port to serve metrics on", m.get_ref()),
-                        "write ADDRESS:PORT, e.g. \"127.0.0.1:9464\" (only this host), or leave metrics out to serve none",
-                    );
-                    None
-                }
-            }
+            self.listen_address(
+                m,
+                "metrics",
+                "serve metrics on",
+                "write ADDRESS:PORT, e.g. \"127.0.0.1:9464\" (only this host), or leave metrics out to serve none",
+            )
         });
+        let ui = raw.ui.as_ref().and_then(|u| {
+            self.listen_address(
+                u,
+                "ui",
+                "serve `plumb ui` on",
+                "write ADDRESS:PORT, e.g. \"127.0.0.1:9465\" (only this host), or leave ui out for plumb ui's default",
+            )
+        });
+        if let (Some(u), Some(m), Some(span)) = (ui, metrics, raw.ui.as_ref().map(|u| u.span())) {
+            if u == m {
+                self.err(
+                    span,
+                    "ui",
+                    format!("ui and metrics both on {u}"),
+                    "give `plumb ui` another port, e.g. the next one",
+                );
+            }
+        }
         let service_names: BTreeSet<String> = raw.services.keys().map(|k| k.get_ref().clone()).collect();
         let mut services = BTreeMap::new();
         for (key, raw_svc) in raw.services {
@@ -186,10 +197,34 @@ impl Validator<'_> {
             name,
             service_subnet,
             metrics,
+            ui,
             networks,
             services,
             policies,
             experiments,
+        }
+    }
+
+    /// An `ADDRESS:PORT` to listen on (`metrics`, `ui`): IPv4, a port that is not 0.
+    fn listen_address(
+        &mut self,
+        value: &Spanned<String>,
+        field: &str,
+        what: &str,
+        hint: &str,
+    ) -> Option<std::net::SocketAddrV4> {
+        self.spans.insert(field.into(), value.span());
+        match value.get_ref().parse::<std::net::SocketAddrV4>() {
+            Ok(a) if a.port() != 0 => Some(a),
+            _ => {
+                self.err(
+                    value.span(),
+                    field,
+                    format!("{:?} is not an address and port to {what}", value.get_ref()),
+                    hint,
+                );
+                None
+            }
         }
     }
 
@@ -1331,6 +1366,26 @@ mod tests {
     }
 
     const NET: &str = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n";
+
+    #[test]
+    fn ui_is_an_address_to_listen_on_apart_from_metrics() {
+        let ok = parse(
+            "plumb.toml",
+            "name = \"s\"\nui = \"127.0.0.1:9465\"\nmetrics = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.stack.ui, Some("127.0.0.1:9465".parse().unwrap()));
+        let e = errors("name = \"s\"\nui = \"localhost\"\n");
+        assert!(
+            e.contains("plumb.toml:2") && e.contains("\"localhost\" is not an address and port to serve `plumb ui` on"),
+            "{e}"
+        );
+        let e = errors("name = \"s\"\nmetrics = \"127.0.0.1:9464\"\nui = \"127.0.0.1:9464\"\n");
+        assert!(
+            e.contains("plumb.toml:3") && e.contains("ui and metrics both on 127.0.0.1:9464"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_full_stack_parses() {

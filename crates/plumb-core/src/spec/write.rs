@@ -18,6 +18,9 @@ pub fn to_toml(stack: &Stack) -> Result<String, String> {
     if let Some(m) = stack.metrics {
         let _ = writeln!(out, "metrics = {}", quote(&m.to_string()));
     }
+    if let Some(u) = stack.ui {
+        let _ = writeln!(out, "ui = {}", quote(&u.to_string()));
+    }
     for (name, net) in &stack.networks {
         let _ = writeln!(out, "\n[networks.{name}]");
         let _ = writeln!(out, "subnet = {}", quote(&net.subnet.to_string()));

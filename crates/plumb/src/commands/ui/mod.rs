@@ -91,10 +91,18 @@ impl Shared {
     }
 }
 
-pub fn run(ctx: &Context, stack: Option<&str>, listen: SocketAddr) -> Result<()> {
+/// Where `plumb ui` listens when neither `--listen` nor the stack file's `ui` says: loopback,
+/// next to the port the stack file's `metrics` usually takes (9464).
+const DEFAULT_LISTEN: &str = "127.0.0.1:9465";
+
+pub fn run(ctx: &Context, stack: Option<&str>, listen: Option<SocketAddr>) -> Result<()> {
     require_root("ui")?;
     let which = stack.map_or(Which::Default, Which::Stack);
-    let stack = policy::stack(ctx, which)?.stack;
+    let state = policy::stack(ctx, which)?;
+    let stack = state.stack;
+    let listen = listen
+        .or_else(|| state.desired.and_then(|d| d.ui).map(SocketAddr::V4))
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a socket address"));
     let listener = std::net::TcpListener::bind(listen).map_err(|e| {
         Failure::new(format!("cannot listen on {listen}: {e}"))
             .hint("choose another address with --listen ADDR:PORT (a stack's metrics may use 9464)")
