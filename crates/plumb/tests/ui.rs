@@ -98,6 +98,14 @@ impl Ui {
     }
 }
 
+/// Whether a `plumb capture` runs in the sandbox.
+fn capturing(sb: &Sandbox) -> bool {
+    sb.processes().iter().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').any(|a| a == "capture"))
+    })
+}
+
 fn rx_bytes(stats: &Value, container: &str) -> u64 {
     stats["containers"]
         .as_array()
@@ -306,7 +314,23 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     );
     let err = std::fs::read_to_string(sb.dir.join("wide.err")).unwrap();
     assert!(err.contains("reachable from other machines"), "{err}");
+    // Stopped while a capture runs: the capture ends with it, and its folder goes.
+    sb.ok(&format!(
+        "curl -s -o /dev/null -m 40 -H 'Authorization: Bearer {}' 'http://203.0.113.1:9466/api/capture?container=web-1&seconds=30' >/dev/null 2>&1 &",
+        wide.token
+    ));
+    let scratch = std::path::PathBuf::from(format!("/tmp/plumb-ui-{}", wide.pid));
+    assert!(
+        eventually(Duration::from_secs(10), || capturing(&sb)
+            && std::fs::read_dir(&scratch).is_ok_and(|mut d| d.next().is_some())),
+        "no capture started"
+    );
     wide.stop(&sb);
+    assert!(
+        eventually(Duration::from_secs(10), || !capturing(&sb)),
+        "the capture outlived plumb ui"
+    );
+    assert!(!scratch.exists(), "{} left behind", scratch.display());
 
     // The browser.
     let downloads = sb.dir.join("downloads");

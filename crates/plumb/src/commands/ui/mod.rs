@@ -27,6 +27,7 @@ mod access;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use nix::sys::signal::{SigSet, Signal};
 use plumb_core::firewall::{policy_denials, tables_in_listing};
 use plumb_core::kernel::Kernel;
 use plumb_core::Desired;
@@ -67,6 +69,8 @@ type Reply = Response<Full<Bytes>>;
 
 struct Shared {
     stack: String,
+    /// Where captures are written before they are sent (root only; removed at the end).
+    scratch: PathBuf,
     state_root: PathBuf,
     access: Access,
     /// The last counters `/api/stats` read, and when: rates are over the time between polls.
@@ -110,12 +114,20 @@ pub fn run(ctx: &Context, stack: Option<&str>, listen: Option<SocketAddr>) -> Re
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let token = access::new_token();
+    let scratch = std::env::temp_dir().join(format!("plumb-ui-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&scratch)
+        .map_err(|e| Failure::new(format!("cannot make {}: {e}", scratch.display())))?;
+    end_on_signal(scratch.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_io()
         .build()?;
     let shared = Arc::new(Shared {
         stack: stack.clone(),
+        scratch,
         state_root: ctx.state.root().to_path_buf(),
         access: Access { listen: bound, token },
         last: Mutex::new(None),
@@ -147,6 +159,25 @@ pub fn run(ctx: &Context, stack: Option<&str>, listen: Option<SocketAddr>) -> Re
             });
         }
     })
+}
+
+/// Ctrl-C, TERM and HUP are held in every thread (the runtime's start after this) and taken
+/// by one, which removes the scratch folder and ends the server; a capture or trace under
+/// way gets TERM as it loses its parent ([`plumb_child`]) and ends as on Ctrl-C.
+fn end_on_signal(scratch: PathBuf) -> Result<()> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| Failure::new(format!("cannot hold signals: {e}")))?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let _ = signals.wait();
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::process::exit(0);
+    })?;
+    Ok(())
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> std::result::Result<Reply, Infallible> {
@@ -356,7 +387,7 @@ fn capture(shared: &Shared, name: &str, seconds: u64) -> std::result::Result<Rep
     let c = desired
         .container(name)
         .ok_or_else(|| ApiError::no_container(&shared.stack, name))?;
-    let dir = std::env::temp_dir().join(format!("plumb-ui-{}-{}", std::process::id(), access::new_token()));
+    let dir = shared.scratch.join(access::new_token());
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
@@ -419,6 +450,15 @@ fn plumb_child(shared: &Shared) -> Command {
     let mut c = Command::new(exe);
     c.arg("--state-dir").arg(&shared.state_root);
     c.stdin(std::process::Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, sigprocmask).
+    unsafe {
+        c.pre_exec(|| {
+            // The server holds these signals; the child takes them as the command would.
+            let _ = SigSet::all().thread_unblock();
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+            Ok(())
+        });
+    }
     c
 }
 
