@@ -85,16 +85,16 @@ function layout(t) {
     return { s, cx: xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : LEFT + 90 };
   }).sort((a, b) => a.cx - b.cx);
   for (const { s, cx } of svcs) {
-    const x = Math.max(cx, nextFree + 90);
-    pos[s.id] = { x: x - 90, y: svcTop, w: 180, h: 64, cx: x };
-    nextFree = x + 90 + GAP;
+    const x = Math.max(cx, nextFree + 100);
+    pos[s.id] = { x: x - 100, y: svcTop, w: 200, h: 70, cx: x };
+    nextFree = x + 100 + GAP;
   }
   // The host and what lies outside the stack, along the top.
   t.nodes.filter((n) => n.kind === "host" || n.kind === "elsewhere").forEach((n, i) => {
     pos[n.id] = { x: LEFT + i * (150 + GAP), y: 10, w: 150, h: 34 };
   });
   const right = Math.max(...Object.values(pos).map((p) => p.x + p.w)) + LEFT;
-  return { pos, links, width: Math.max(right, 600), height: svcTop + 64 + 60 };
+  return { pos, links, width: Math.max(right, 600), height: svcTop + 70 + 60 };
 }
 
 function center(p) {
@@ -150,8 +150,8 @@ function draw(t) {
     const p = pos[n.id];
     const g = el("svg:g", { class: "svc", "data-service": n.name });
     g.append(el("svg:ellipse", { cx: p.cx, cy: p.y + p.h / 2, rx: p.w / 2, ry: p.h / 2 }));
-    n.lines.forEach((line, i) => g.append(el("svg:text", { x: p.cx, y: p.y + 16 + i * 12, "text-anchor": "middle" }, line)));
-    g.append(el("svg:text", { x: p.cx, y: p.y + 16 + n.lines.length * 12, "text-anchor": "middle", class: "ready" }, ""));
+    n.lines.forEach((line, i) => g.append(el("svg:text", { x: p.cx, y: p.y + 18 + i * 12, "text-anchor": "middle" }, line)));
+    g.append(el("svg:text", { x: p.cx, y: p.y + 18 + n.lines.length * 12, "text-anchor": "middle", class: "ready" }, ""));
     g.append(el("svg:text", { x: p.cx, y: p.y + p.h + 14, "text-anchor": "middle", class: "denial" }, ""));
     over.append(g);
     for (const e of t.edges.filter((e) => e.from === n.id && pos[e.to])) {
@@ -208,7 +208,7 @@ function showStats(s) {
     if (!g) continue;
     const ready = v.endpoints.filter((e) => e.ready).length;
     const conns = v.endpoints.reduce((n, e) => n + (e.connections ?? 0), 0);
-    const line = `ready ${ready}/${v.endpoints.length}` + (v.vip ? ` · ${conns} conns via VIP` : "");
+    const line = `ready ${ready}/${v.endpoints.length}` + (v.vip ? ` · ${conns} via VIP` : "");
     const t = g.querySelector(".ready");
     if (t) t.textContent = line;
     g.classList.toggle("degraded", ready < v.endpoints.length);
