@@ -122,6 +122,10 @@ fn rx_bytes(stats: &Value, container: &str) -> u64 {
 fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     let sb = Sandbox::start().unwrap();
     sb.write("plumb.toml", STACK);
+    // Nothing to show yet: said, with what to do.
+    let none = sb.plumb(&["ui"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(text(&none.stderr).contains("no stack is up"), "{}", text(&none.stderr));
     sb.plumb_ok(&["up", "--wait"]);
     let web = sb.address("web-1", "eth0");
     let api = sb.address("api-1", "eth0");
@@ -377,7 +381,11 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     assert!(packets.contains("web-1/eth0"), "{packets}");
     assert!(packets.contains(&format!("{web}\t80")), "{packets}");
 
-    ui.stop(&sb);
+    // The stack goes down under the page: the API says so.
     sb.plumb_ok(&["down"]);
+    let (code, body) = ui.curl(&sb, &bearer, "/api/stats");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("stack ui is not up any more"), "{body}");
+    ui.stop(&sb);
     sb.assert_clean();
 }
