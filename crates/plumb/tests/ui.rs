@@ -323,10 +323,20 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
         "curl -s -o /dev/null -m 40 -H 'Authorization: Bearer {}' 'http://203.0.113.1:9466/api/capture?container=web-1&seconds=30' >/dev/null 2>&1 &",
         wide.token
     ));
-    let scratch = std::path::PathBuf::from(format!("/tmp/plumb-ui-{}", wide.pid));
+    // Its scratch folder: /tmp/plumb-ui-PID-RANDOM.
+    let scratch = || {
+        let prefix = format!("plumb-ui-{}-", wide.pid);
+        std::fs::read_dir("/tmp")
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+    };
     assert!(
         eventually(Duration::from_secs(10), || capturing(&sb)
-            && std::fs::read_dir(&scratch).is_ok_and(|mut d| d.next().is_some())),
+            && scratch().is_some_and(
+                |dir| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+            )),
         "no capture started"
     );
     wide.stop(&sb);
@@ -334,7 +344,7 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
         eventually(Duration::from_secs(10), || !capturing(&sb)),
         "the capture outlived plumb ui"
     );
-    assert!(!scratch.exists(), "{} left behind", scratch.display());
+    assert_eq!(scratch(), None, "plumb ui's scratch folder left behind");
 
     // The browser.
     let downloads = sb.dir.join("downloads");

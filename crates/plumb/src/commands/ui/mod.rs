@@ -114,8 +114,8 @@ pub fn run(ctx: &Context, stack: Option<&str>, listen: Option<SocketAddr>) -> Re
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let token = access::new_token();
-    let scratch = std::env::temp_dir().join(format!("plumb-ui-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
+    // A name no one can guess ahead (/tmp is everyone's), made only if it does not exist.
+    let scratch = std::env::temp_dir().join(format!("plumb-ui-{}-{}", std::process::id(), &access::new_token()[..8]));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&scratch)
@@ -123,7 +123,7 @@ pub fn run(ctx: &Context, stack: Option<&str>, listen: Option<SocketAddr>) -> Re
     end_on_signal(scratch.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_io()
+        .enable_all()
         .build()?;
     let shared = Arc::new(Shared {
         stack: stack.clone(),
@@ -147,8 +147,11 @@ pub fn run(ctx: &Context, stack: Option<&str>, listen: Option<SocketAddr>) -> Re
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(accepted) => accepted,
-                // Out of descriptors and the like: the next accept may work.
-                Err(_) => continue,
+                // Out of descriptors and the like: a later accept may work.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
