@@ -381,6 +381,11 @@ fn ui_serves_the_stack_live_to_curl_and_to_a_real_browser() {
     assert_eq!(seen["denied_service_red"], true, "{seen:#}");
     assert!(seen["trace"].as_str().unwrap().contains("connected"), "{seen:#}");
     assert_eq!(seen["capture_button"], "capture 2 s", "{seen:#}");
+    // web-1's panel shows its log: python's http.server logs each request.
+    assert!(
+        seen["log"].as_str().unwrap().contains("\"GET / HTTP/1.1\" 200"),
+        "{seen:#}"
+    );
     // The download is a capture of web-1's interfaces that tshark reads, with the requests
     // the browser script sent to web-1 while it ran.
     let file = seen["download"].as_str().unwrap();

@@ -144,6 +144,7 @@ def main():
         link = wait.until(lambda d: d.find_elements(By.ID, "capture") and d.find_element(By.ID, "capture"))
         seen["capture_button"] = link.text
         seen["sockets_shown"] = len(driver.find_elements(By.CSS_SELECTOR, "#detail-body table"))
+        seen["log"] = driver.find_element(By.ID, "log").text
         link.click()
         # Packets for the capture to hold (TRAFFIC reaches the captured container too).
         time.sleep(0.5)
