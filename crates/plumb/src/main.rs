@@ -206,6 +206,30 @@ enum Command {
         #[arg(long)]
         segmented: bool,
     },
+    /// The course, runnable: the seed's seven assignments (namespaces, veths, bridges, NAT,
+    /// services, monitoring, discovery, policies, segmentation, load balancing, Compose,
+    /// VXLAN) and the bonuses (chaos, scaling), each step's commands run on real kernel
+    /// objects in a throwaway sandbox (its own network, mount and PID namespaces) and checked
+    /// with real traffic. Interactive on a terminal: run each step, or type it yourself.
+    Tour {
+        /// Start at this assignment (4) or step (4.2); what the earlier ones make is set up
+        /// quietly first.
+        start: Option<String>,
+        /// List the assignments and steps.
+        #[arg(long, conflicts_with_all = ["auto", "slides"])]
+        list: bool,
+        /// Run straight through without asking (for a talk or CI); exit 1 if a check failed.
+        #[arg(long)]
+        auto: bool,
+        /// Print progress as JSON lines (every command, check and step; a summary at the end);
+        /// implies --auto.
+        #[arg(long)]
+        json: bool,
+        /// Write the tour as a slide deck into DIR (tour.md and a self-contained tour.html)
+        /// and run nothing.
+        #[arg(long, value_name = "DIR", conflicts_with = "auto")]
+        slides: Option<PathBuf>,
+    },
     /// Network policies: `plumb policy why FROM TO:PORT[/udp]`.
     Policy {
         #[command(subcommand)]
@@ -681,6 +705,7 @@ impl Command {
             | Command::Stop { .. }
             | Command::Start { .. }
             | Command::Demo { .. }
+            | Command::Tour { .. }
             | Command::Trace { .. }
             | Command::Chaos { .. }
             | Command::Experiment { .. }
@@ -835,6 +860,19 @@ fn main() -> ExitCode {
         Command::Restart { service } => commands::control::run(&ctx, commands::control::Action::Restart, &service),
         Command::Stop { service } => commands::control::run(&ctx, commands::control::Action::Stop, &service),
         Command::Start { service } => commands::control::run(&ctx, commands::control::Action::Start, &service),
+        Command::Tour {
+            start,
+            list,
+            auto,
+            json,
+            slides,
+        } => commands::tour::run(commands::tour::Args {
+            start,
+            list,
+            auto,
+            json,
+            slides,
+        }),
         Command::Demo { down, segmented } => {
             let action = if down {
                 commands::demo::Action::Down

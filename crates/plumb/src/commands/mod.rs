@@ -21,6 +21,7 @@ pub mod policy;
 pub mod ps;
 pub mod services;
 pub mod top;
+pub mod tour;
 pub mod trace;
 pub mod up;
 
