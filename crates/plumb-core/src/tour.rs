@@ -598,7 +598,7 @@ pub static COURSE: &[Assignment] = &[
                     "plumb up -f tour.toml --wait",
                     "plumb ps",
                 ],
-                show: &[],
+                show: &["ip netns list", "ip -br link show type bridge"],
                 checks: &[
                     Check {
                         what: "web gets PONG from the cache, by name",
@@ -708,7 +708,11 @@ pub static COURSE: &[Assignment] = &[
   tour-visitor-1 ──────── :6379 ───✗       tour-cache-1     dropped (cache: default-deny)"#,
                 files: &[("tour.toml", STACK_POLICY)],
                 task: "Add the visitor and the policy (tour.toml is written), `plumb up -f tour.toml --wait`, then see why the visitor is refused.",
-                commands: &["plumb up -f tour.toml --wait", "plumb policy why visitor cache:6379"],
+                commands: &[
+                    "plumb up -f tour.toml --wait",
+                    "plumb policy why visitor cache:6379",
+                    "plumb trace visitor cache:6379",
+                ],
                 show: &[],
                 checks: &[
                     Check {
@@ -743,7 +747,7 @@ pub static COURSE: &[Assignment] = &[
                     "plumb services",
                     "plumb exec visitor -- sh -c 'for i in 1 2 3 4 5 6; do curl -s -m 2 http://web:8080/; done'",
                 ],
-                show: &[],
+                show: &["ip -br link show type bridge"],
                 checks: &[
                     Check {
                         what: "six requests to web's VIP are served by all three replicas",
@@ -892,7 +896,7 @@ pub static COURSE: &[Assignment] = &[
                 files: &[],
                 task: "Cut the cache off with `plumb chaos cache --loss 100% --for 60s`.",
                 commands: &["plumb chaos cache --loss 100% --for 60s", "plumb chaos list"],
-                show: &[],
+                show: &["tc qdisc show | grep netem || true"],
                 checks: &[Check {
                     what: "web no longer gets an answer from the cache",
                     run: "plumb exec web -- timeout 2 redis-cli -h cache ping | grep -q PONG",
@@ -929,7 +933,7 @@ pub static COURSE: &[Assignment] = &[
                 files: &[],
                 task: "Scale web to 4 replicas and ask it eight times from the cache.",
                 commands: &["plumb scale web=4", "plumb ps"],
-                show: &[],
+                show: &["plumb services"],
                 checks: &[Check {
                     what: "eight requests to web's VIP are served by four replicas",
                     run: "test \"$(plumb exec cache -- sh -c 'for i in 1 2 3 4 5 6 7 8; do curl -s -m 2 http://web:8080/; done' | sort -u | wc -l)\" = 4",

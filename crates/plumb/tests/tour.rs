@@ -228,3 +228,61 @@ fn list_and_slides_run_nothing_and_the_html_deck_is_self_contained() {
         text(&bad.stderr)
     );
 }
+
+/// Drives `plumb tour 1` on a terminal (a pty): Enter runs a step for the learner; `t` opens a
+/// shell where the learner types, and the tour checks the effect (a half-done step is "not
+/// yet", with the check that failed); Ctrl-C at a prompt ends the tour, which cleans up.
+const TERMINAL_DRIVER: &str = r#"
+import os, pty, sys, time, select
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "tour", "1"])
+out, pos = b"", 0
+def expect(pat, timeout=60):
+    global out, pos
+    end = time.time() + timeout
+    while True:
+        i = out.find(pat.encode(), pos)
+        if i >= 0:
+            pos = i + len(pat)
+            return
+        if time.time() > end:
+            sys.exit("never saw %r; the terminal showed:\n%s" % (pat, out.decode(errors="replace")))
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                sys.exit("the tour ended early:\n" + out.decode(errors="replace"))
+expect("q: quit >")
+os.write(fd, b"\n")
+expect("✓ the host reaches the outside: passes")
+expect("q: quit >")
+os.write(fd, b"t\n")
+expect("(tour 1.2)")
+os.write(fd, b"ip netns add red\nexit\n")
+expect("Not yet")
+expect("✗ red reaches its own loopback")
+expect("q: quit >")
+os.write(fd, b"t\n")
+expect("(tour 1.2)")
+os.write(fd, b"ip -n red link set lo up; ip netns add blue; ip -n blue link set lo up\nexit\n")
+expect("✓ red reaches its own loopback: passes")
+expect("✓ red cannot reach the outside: blocked, as it should be")
+expect("── 1.3")
+expect("q: quit >")
+os.write(fd, b"\x03")
+expect("sandbox is being removed")
+_, status = os.waitpid(pid, 0)
+print("exit", os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn on_a_terminal_the_learner_runs_or_types_each_step_and_the_effect_is_checked() {
+    let sb = Sandbox::start().unwrap();
+    let driver = sb.write("drive.py", TERMINAL_DRIVER);
+    let out = sb.ok(&format!("python3 {} {PLUMB}", path_str(&driver)));
+    assert!(out.trim_end().ends_with("exit 130"), "{out}");
+    sb.assert_clean();
+}

@@ -182,6 +182,9 @@ fn inside(args: &Args, start: Option<(u8, Option<&'static str>)>) -> Result<()> 
         passed: 0,
         failed: Vec::new(),
     };
+    if runner.interactive {
+        take_the_terminal();
+    }
     runner.setup()?;
     let result = runner.course(start);
     runner.teardown();
@@ -410,13 +413,15 @@ ip route add default via 203.0.113.2
                     }
                     Answer::Type => {
                         self.learner_shell(step)?;
-                        if self.checks_pass_quietly(step) {
+                        let results: Vec<bool> = step.checks.iter().map(|c| self.probe(c)).collect();
+                        if results.iter().all(|ok| *ok) {
                             break;
                         }
-                        self.say("Not yet: the checks below do not pass. Try again, or let the tour run the commands.");
-                        for c in step.checks {
-                            self.say(&format!("  {} `{}`", c.what, c.run));
+                        self.say("Not yet. The checks:");
+                        for (c, ok) in step.checks.iter().zip(results) {
+                            self.say(&format!("  {} {}: `{}`", if ok { "✓" } else { "✗" }, c.what, c.run));
                         }
+                        self.say("Try again (t), or let the tour run the commands (Enter).");
                     }
                     Answer::Skip => return Ok(true),
                     Answer::Quit => return Ok(false),
@@ -522,10 +527,6 @@ ip route add default via 203.0.113.2
         Ok(())
     }
 
-    fn checks_pass_quietly(&self, step: &Step) -> bool {
-        step.checks.iter().all(|c| self.probe(c))
-    }
-
     /// Runs a check: one that should pass is tried for up to 10 s (a server may be starting);
     /// one that should be blocked once (its probe has its own timeout).
     fn probe(&self, check: &Check) -> bool {
@@ -585,6 +586,19 @@ enum Answer {
     Type,
     Skip,
     Quit,
+}
+
+/// Makes the tour its own process group, in the terminal's foreground. The group it was
+/// started in is led by a process outside the PID namespace, which has no number in here: a
+/// job-control shell (the learner's) could not hand the terminal back to it when it exits.
+fn take_the_terminal() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    use nix::unistd::{getpid, setpgid, tcsetpgrp, Pid};
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // SAFETY: SIG_IGN installs no handler code; a background group's tcsetpgrp would stop on
+    // SIGTTOU without it.
+    let _ = unsafe { signal(Signal::SIGTTOU, SigHandler::SigIgn) };
+    let _ = tcsetpgrp(std::io::stdin(), getpid());
 }
 
 /// One line from the terminal, read with read(2) so that Ctrl-C (EINTR) ends the wait.
