@@ -49,6 +49,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum DocsPart {
+    Commands,
+    Course,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum GraphFormatArg {
     Dot,
     Mermaid,
@@ -368,6 +374,13 @@ enum Command {
     /// Hold, drop or damage a fault's frames (started by `plumb chaos`).
     #[command(hide = true)]
     ChaosRelay { stack: String, fault: u32 },
+    /// Print the documentation generated from plumb itself: `commands` (the command
+    /// reference, docs/commands.md's generated part) or `course` (docs/course.md).
+    #[command(hide = true)]
+    Docs {
+        #[arg(value_enum)]
+        what: DocsPart,
+    },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
     Supervise {
@@ -706,6 +719,7 @@ impl Command {
             | Command::Start { .. }
             | Command::Demo { .. }
             | Command::Tour { .. }
+            | Command::Docs { .. }
             | Command::Trace { .. }
             | Command::Chaos { .. }
             | Command::Experiment { .. }
@@ -860,6 +874,14 @@ fn main() -> ExitCode {
         Command::Restart { service } => commands::control::run(&ctx, commands::control::Action::Restart, &service),
         Command::Stop { service } => commands::control::run(&ctx, commands::control::Action::Stop, &service),
         Command::Start { service } => commands::control::run(&ctx, commands::control::Action::Start, &service),
+        Command::Docs { what } => {
+            use clap::CommandFactory as _;
+            match what {
+                DocsPart::Commands => print!("{}", commands::docs::commands(&Cli::command())),
+                DocsPart::Course => print!("{}", commands::docs::course()),
+            }
+            Ok(())
+        }
         Command::Tour {
             start,
             list,

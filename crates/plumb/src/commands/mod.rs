@@ -10,6 +10,7 @@ pub mod conns;
 pub mod control;
 pub mod convert;
 pub mod demo;
+pub mod docs;
 pub mod down;
 pub mod events;
 pub mod exec;
