@@ -683,15 +683,15 @@ pub static COURSE: &[Assignment] = &[
                           resolver on the network's gateway. A connection to the VIP is DNATed to a \
                           ready replica: clients never learn replica addresses.",
                 diagram: r#"
-  tour-web-1: dig cache ──► resolver 10.89.50.1:53 ──► cache = VIP 10.96.0.x
+  tour-web-1: getent hosts cache ──► resolver 10.89.50.1:53 ──► cache = VIP 10.96.0.x
   tour-web-1 ──► VIP:6379 ──[nft DNAT to a ready replica]──► tour-cache-1:6379"#,
                 files: &[],
-                task: "Ask plumb's DNS for cache from web (`plumb exec web -- dig +short cache`), then list the VIPs (`plumb services`).",
-                commands: &["plumb exec web -- dig +short cache", "plumb services"],
+                task: "Ask plumb's DNS for cache from web (`plumb exec web -- getent hosts cache`), then list the VIPs (`plumb services`).",
+                commands: &["plumb exec web -- getent hosts cache", "plumb services"],
                 show: &[],
                 checks: &[Check {
                     what: "web resolves the cache's name through plumb's DNS",
-                    run: "plumb exec web -- dig +short +time=1 +tries=2 cache | grep -q '^10\\.'",
+                    run: "plumb exec web -- getent hosts cache | grep -q '^10\\.96\\.'",
                     expect: Expect::Passes,
                 }],
             },

@@ -161,8 +161,9 @@ pub fn course() -> String {
          ```\n\n\
          The manual assignments (1-3, 6) use `ip`, `bridge` and `nft` literally; the later ones \
          show the manual way, then the plumb way: `plumb up` on a small stack file the tour \
-         writes. What the tour needs: iproute2, nftables, python3, redis-server and \
-         redis-tools, curl, bind9-dnsutils (dig), and root.\n\n{}",
+         writes. What the tour needs is what `plumb demo` does (scripts/demo installs it): \
+         iproute2, nftables, util-linux, iputils-ping, curl, python3, redis-server and \
+         redis-tools; and root.\n\n{}",
         plumb_core::tour::markdown(2)
     )
 }

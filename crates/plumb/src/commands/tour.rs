@@ -52,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     super::require_root("tour")?;
     if std::env::var_os(INSIDE).is_none() {
+        require_tools()?;
         return enter_sandbox();
     }
     reap_as_init(|| inside(&args, start))
@@ -70,6 +71,44 @@ fn write_slides(dir: &Path) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// The programs the steps run, with their Debian packages (those `plumb demo` needs, which
+/// scripts/demo installs): missing ones are named before anything starts.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bridge", "iproute2"),
+    ("tc", "iproute2"),
+    ("ss", "iproute2"),
+    ("nft", "nftables"),
+    ("unshare", "util-linux"),
+    ("sysctl", "procps"),
+    ("ping", "iputils-ping"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+];
+
+fn require_tools() -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .collect();
+    let missing: Vec<&(&str, &str)> = TOOLS
+        .iter()
+        .filter(|(tool, _)| !dirs.iter().any(|d| d.join(tool).is_file()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    packages.dedup();
+    let tools: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
+    Err(
+        Failure::new(format!("the tour runs {}, which this machine lacks", tools.join(", ")))
+            .hint(format!("apt-get install {}", packages.join(" "))),
+    )
 }
 
 /// Runs this same command again inside new network, mount and PID namespaces, and waits.
