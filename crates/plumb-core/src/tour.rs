@@ -377,8 +377,8 @@ to = "cache"
 ports = [6379]
 "#;
 
-const COMPOSE: &str = r#"# The tour's app (assignment 2's stack) as a Compose file.
-name: tour
+const COMPOSE: &str = r#"# The tour's app (assignment 2's stack) as a Compose file: a second stack beside the first.
+name: tour-compose
 
 x-host: &host
   image: docker.io/library/debian:12
@@ -772,33 +772,62 @@ pub static COURSE: &[Assignment] = &[
         number: 5,
         title: "From Docker Compose to plumb",
         summary: "The same app as a Compose file: `plumb convert` shows the stack file it means, \
-                  `plumb up -f compose.yaml` runs it, `plumb bench` measures it.",
+                  `plumb up -f compose.yaml` runs it (a second stack beside the first), \
+                  `plumb bench` measures it, `plumb down` removes it and only it.",
         builds_on: &[1, 2],
-        steps: &[Step {
-            id: "5.1",
-            title: "A Compose file, converted and run",
-            explain: "plumb reads Compose files itself (the services, networks, ports, health \
-                      checks, replicas it supports; everything else is an error at its line). \
-                      Host programs are marked `x-plumb: { host: true }`; a service with an \
-                      image runs under podman in the same namespaces.",
-            diagram: r#"
+        steps: &[
+            Step {
+                id: "5.1",
+                title: "A Compose file, converted and run",
+                explain: "plumb reads Compose files itself (the services, networks, ports, health \
+                          checks, replicas it supports; everything else is an error at its line). \
+                          Host programs are marked `x-plumb: { host: true }`; a service with an \
+                          image runs under podman in the same namespaces. This one is the tour's \
+                          app again, as a second stack (`tour-compose`) beside the first.",
+                diagram: r#"
   compose.yaml ──► plumb convert ──► stack file (TOML) ──► plumb up ──► namespaces, veths, nft
                                                                         + supervised programs"#,
-            files: &[("compose.yaml", COMPOSE), ("hello.py", HELLO_PY)],
-            task: "Take the tour stack down, then bring up compose.yaml and benchmark web from the cache.",
-            commands: &[
-                "plumb convert compose.yaml",
-                "plumb down tour",
-                "plumb up -f compose.yaml --wait",
-                "plumb bench http://web:8080/ --from cache -c 2 -d 1s",
-            ],
-            show: &[],
-            checks: &[Check {
-                what: "the cache gets web's page in the Compose-made stack",
-                run: "plumb exec cache -- curl -s -m 2 http://web:8080/ | grep -q 'hello from web-1'",
-                expect: Expect::Passes,
-            }],
-        }],
+                files: &[("compose.yaml", COMPOSE), ("hello.py", HELLO_PY)],
+                task: "See compose.yaml as a stack file (`plumb convert`), bring it up, and benchmark its web from its cache.",
+                commands: &[
+                    "plumb convert compose.yaml",
+                    "plumb up -f compose.yaml --wait",
+                    "plumb bench http://web:8080/ -s tour-compose --from cache -c 2 -d 1s",
+                ],
+                show: &["plumb ps"],
+                checks: &[Check {
+                    what: "the Compose stack's cache gets its web's page",
+                    run: "plumb exec tour-compose/cache -- curl -s -m 2 http://web:8080/ | grep -q 'hello from web-1'",
+                    expect: Expect::Passes,
+                }],
+            },
+            Step {
+                id: "5.2",
+                title: "Two stacks side by side; down takes only its own",
+                explain: "Each stack has its own bridges, nft table, DNS server and names: `web` in \
+                          one is not `web` in the other (`STACK/NAME` says which). `plumb down` \
+                          removes everything its stack made, and nothing else.",
+                diagram: r#"
+  stack tour:          web-1, cache-1 (10.89.50.0/24)      stays
+  stack tour-compose:  web-1, cache-1 (its own subnet)     plumb down tour-compose: gone"#,
+                files: &[],
+                task: "Take the Compose stack down (`plumb down tour-compose`).",
+                commands: &["plumb down tour-compose"],
+                show: &["ip netns list"],
+                checks: &[
+                    Check {
+                        what: "the tour stack still answers",
+                        run: "plumb exec tour/web -- redis-cli -h cache ping | grep -q PONG",
+                        expect: Expect::Passes,
+                    },
+                    Check {
+                        what: "nothing of the Compose stack is left to reach",
+                        run: "ip netns list | grep -q tour-compose",
+                        expect: Expect::Blocked,
+                    },
+                ],
+            },
+        ],
     },
     Assignment {
         number: 6,
@@ -879,13 +908,37 @@ pub static COURSE: &[Assignment] = &[
     },
     Assignment {
         number: 8,
-        title: "Bonus: chaos and scaling",
-        summary: "Break the network on purpose and watch it heal; change the number of replicas \
-                  of a running service.",
+        title: "Bonus: scaling, chaos, and containers made by others (CNI)",
+        summary: "Change the number of replicas of a running service; break the network on \
+                  purpose and watch it heal; join a namespace someone else made to the stack, \
+                  as a container runtime does through plumb's CNI plugin.",
         builds_on: &[1, 2],
         steps: &[
             Step {
                 id: "8.1",
+                title: "Scaling: four web replicas",
+                explain: "Back to assignment 2's one-network stack (`up` applies only the \
+                          difference). `plumb scale web=4` then wires and starts the new replicas (a \
+                          namespace, a veth, an address, a DNS entry, a place behind the VIP) without \
+                          touching the running one; the VIP spreads connections over all the ready \
+                          ones.",
+                diagram: r#"
+  cache-1 ──► VIP web:8080 ─┬─► web-1
+                            ├─► web-2   (new)
+                            ├─► web-3   (new)
+                            └─► web-4   (new)"#,
+                files: &[("tour.toml", STACK_BASIC)],
+                task: "Bring up tour.toml again, scale web to 4 replicas and ask it eight times from the cache.",
+                commands: &["plumb up -f tour.toml --wait", "plumb scale web=4", "plumb ps"],
+                show: &["plumb services"],
+                checks: &[Check {
+                    what: "eight requests to web's VIP are served by four replicas",
+                    run: "test \"$(plumb exec cache -- sh -c 'for i in 1 2 3 4 5 6 7 8; do curl -s -m 2 http://web:8080/; done' | sort -u | wc -l)\" = 4",
+                    expect: Expect::Passes,
+                }],
+            },
+            Step {
+                id: "8.2",
                 title: "Chaos: cut the cache off",
                 explain: "`plumb chaos TARGET --loss 100%` drops every frame the target sends (a tc \
                           netem qdisc on its veth; `--delay`, `--rate`, `--corrupt` too; \
@@ -904,7 +957,7 @@ pub static COURSE: &[Assignment] = &[
                 }],
             },
             Step {
-                id: "8.2",
+                id: "8.3",
                 title: "Chaos: heal",
                 explain: "`plumb chaos clear` removes every fault at once; the connection works again.",
                 diagram: r#"
@@ -920,25 +973,39 @@ pub static COURSE: &[Assignment] = &[
                 }],
             },
             Step {
-                id: "8.3",
-                title: "Scaling: four web replicas",
-                explain: "`plumb scale web=4` wires and starts the new replicas (a namespace, a \
-                          veth, an address, DNS, a place behind the VIP) without touching the \
-                          running one; the VIP spreads connections over all the ready ones.",
+                id: "8.4",
+                title: "A container someone else made joins the stack (CNI)",
+                explain: "A container runtime (podman, containerd) makes its containers' network \
+                          namespaces itself and asks a CNI plugin to wire them. plumb is one \
+                          (`plumb cni install`): its ADD is `plumb attach`, which gives a namespace \
+                          plumb did not make an address on a stack's network, a veth, a default \
+                          route, a DNS name, the stack's policies. Here the runtime is you: \
+                          `ip netns add guest`.",
                 diagram: r#"
-  cache-1 ──► VIP web:8080 ─┬─► web-1
-                            ├─► web-2   (new)
-                            ├─► web-3   (new)
-                            └─► web-4   (new)"#,
+  ip netns add guest ──► plumb attach tour/guest --network app --netns /run/netns/guest
+                         ┌─ guest (yours) ─┐
+                         │ eth0 10.89.50.x │ ── app bridge ── web-1..4, cache-1   (name: guest)
+                         └─────────────────┘"#,
                 files: &[],
-                task: "Scale web to 4 replicas and ask it eight times from the cache.",
-                commands: &["plumb scale web=4", "plumb ps"],
-                show: &["plumb services"],
-                checks: &[Check {
-                    what: "eight requests to web's VIP are served by four replicas",
-                    run: "test \"$(plumb exec cache -- sh -c 'for i in 1 2 3 4 5 6 7 8; do curl -s -m 2 http://web:8080/; done' | sort -u | wc -l)\" = 4",
-                    expect: Expect::Passes,
-                }],
+                task: "Make a namespace `guest` and attach it to the stack's network app (`plumb attach tour/guest --network app --netns /run/netns/guest`).",
+                commands: &[
+                    "ip netns add guest",
+                    "plumb attach tour/guest --network app --netns /run/netns/guest",
+                    "ip netns exec guest ip -br addr",
+                ],
+                show: &[],
+                checks: &[
+                    Check {
+                        what: "the cache reaches the guest by its name",
+                        run: "plumb exec cache -- ping -c1 -W1 guest",
+                        expect: Expect::Passes,
+                    },
+                    Check {
+                        what: "the guest reaches web's replicas through the stack",
+                        run: "plumb exec guest -- curl -s -m 2 http://web:8080/ | grep -q 'hello from web-'",
+                        expect: Expect::Passes,
+                    },
+                ],
             },
         ],
     },

@@ -214,7 +214,7 @@ enum Command {
     },
     /// The course, runnable: the seed's seven assignments (namespaces, veths, bridges, NAT,
     /// services, monitoring, discovery, policies, segmentation, load balancing, Compose,
-    /// VXLAN) and the bonuses (chaos, scaling), each step's commands run on real kernel
+    /// VXLAN) and the bonuses (scaling, chaos, CNI-style attach), each step's commands run on real kernel
     /// objects in a throwaway sandbox (its own network, mount and PID namespaces) and checked
     /// with real traffic. Interactive on a terminal: run each step, or type it yourself.
     Tour {

@@ -50,7 +50,13 @@ fn the_command_reference_is_generated_from_the_command_line() {
     ] {
         assert!(generated.contains(&format!("`plumb {command}`")), "{command}");
     }
-    for hidden in ["plumb supervise", "plumb docs", "plumb chaos-relay"] {
+    for hidden in [
+        "plumb supervise",
+        "plumb docs",
+        "plumb chaos-relay",
+        "plumb help",
+        "plumb chaos help",
+    ] {
         assert!(!generated.contains(&format!("`{hidden}`")), "{hidden}");
     }
     assert!(generated.contains("| `--slides <DIR>` |"), "arguments are listed");

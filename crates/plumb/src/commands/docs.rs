@@ -26,7 +26,7 @@ pub fn commands(root: &clap::Command) -> String {
          Every command also takes {}\n",
         globals.join(", ")
     );
-    for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
+    for sub in visible(&root) {
         command(&mut out, sub, "plumb", 3);
     }
     out
@@ -84,9 +84,15 @@ fn command(out: &mut String, cmd: &clap::Command, parent: &str, level: usize) {
             );
         }
     }
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    for sub in visible(cmd) {
         command(out, sub, &name, level + 1);
     }
+}
+
+/// Subcommands a user sees (not clap's own `help`, which repeats them all).
+fn visible(cmd: &clap::Command) -> impl Iterator<Item = &clap::Command> {
+    cmd.get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
 }
 
 /// How an argument is written: `-f, --file <FILE>`, `<TARGET>`, `--json`.
