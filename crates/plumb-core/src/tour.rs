@@ -210,16 +210,15 @@ pub fn slides_html() -> String {
             escape(a.summary)
         ));
         for s in a.steps {
+            // The diagram across the slide (they are wide), then the words and checks beside
+            // the commands.
             let mut body = format!(
-                "<h2>{} {}</h2><div class=\"cols\"><div><p>{}</p>",
+                "<h2>{} {}</h2><pre class=\"diagram\">{}</pre><div class=\"cols\"><div><p>{}</p><ul>",
                 s.id,
                 escape(s.title),
+                escape(s.diagram.trim_matches('\n')),
                 escape(s.explain)
             );
-            if !s.commands.is_empty() {
-                let _ = write!(body, "<pre class=\"cmd\">{}</pre>", escape(&s.commands.join("\n")));
-            }
-            body.push_str("<ul>");
             for c in s.checks {
                 let (class, mark) = match c.expect {
                     Expect::Passes => ("pass", "✓"),
@@ -232,11 +231,11 @@ pub fn slides_html() -> String {
                     escape(c.run)
                 );
             }
-            let _ = write!(
-                body,
-                "</ul></div><pre class=\"diagram\">{}</pre></div>",
-                escape(s.diagram.trim_matches('\n'))
-            );
+            body.push_str("</ul></div>");
+            if !s.commands.is_empty() {
+                let _ = write!(body, "<pre class=\"cmd\">{}</pre>", escape(&s.commands.join("\n")));
+            }
+            body.push_str("</div>");
             slides.push(body);
         }
     }
@@ -257,12 +256,12 @@ pub fn slides_html() -> String {
     )
 }
 
-const SLIDES_CSS: &str = "body{margin:0;background:#111;color:#eee;font:20px/1.4 system-ui,sans-serif}\
+const SLIDES_CSS: &str = "body{margin:0;background:#111;color:#eee;font:18px/1.4 system-ui,sans-serif}\
 section{display:none;box-sizing:border-box;width:100vw;height:100vh;padding:4vh 5vw;overflow:auto;position:relative}\
 section.on{display:block}h1{font-size:2.4em;margin-top:20vh}h2{color:#7cc4ff}\
-.cols{display:flex;gap:3vw;align-items:flex-start}.cols>div{flex:1}\
+.cols{display:flex;gap:3vw;align-items:flex-start}.cols>*{flex:1;min-width:0}\
 pre{background:#1d1d1d;padding:.8em;border-radius:6px;overflow:auto;font-size:.8em}\
-pre.cmd{color:#b5f5a0}pre.diagram{color:#ffd479;flex:1}code{color:#b5f5a0}\
+pre.cmd{color:#b5f5a0;margin:0}pre.diagram{color:#ffd479;font-size:.75em;line-height:1.25}code{color:#b5f5a0}\
 li.block code{color:#ff9a9a}.hint{color:#888}footer{position:absolute;right:2vw;bottom:2vh;color:#666}";
 
 const SLIDES_JS: &str = "var s=document.querySelectorAll('section'),i=0;\

@@ -135,6 +135,12 @@ fn table_of_contents(summary: &str, repo: &Path) -> (Vec<Entry>, Vec<String>) {
     let mut errors = Vec::new();
     for (n, line) in summary.lines().enumerate() {
         let indent = line.len() - line.trim_start().len();
+        // Entries are list items (or mdBook's unnumbered `[Title](page)` lines); links in
+        // prose are not.
+        let item = line.trim_start().trim_start_matches(['-', '*']).trim_start();
+        if !item.starts_with('[') {
+            continue;
+        }
         let Some(open) = line.find('[') else { continue };
         let Some(close) = line[open..].find("](").map(|i| open + i) else {
             continue;
@@ -476,7 +482,10 @@ mod tests {
     #[test]
     fn a_good_site_is_written_with_pages_files_and_rewritten_links() {
         let dir = repo(&[
-            ("docs/SUMMARY.md", "- [Intro](../README.md)\n- [A](a.md)\n"),
+            (
+                "docs/SUMMARY.md",
+                "Prose with a [link](a.md) is not an entry.\n\n- [Intro](../README.md)\n- [A](a.md)\n",
+            ),
             ("README.md", "# Hi\n\nSee [usage](docs/a.md#usage-1).\n"),
             (
                 "docs/a.md",
@@ -498,6 +507,11 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("class=\"here\" href=\"../docs/a.html\""), "{a}");
+        assert_eq!(
+            a.matches("<li").count(),
+            2,
+            "the table of contents has the two list entries: {a}"
+        );
         assert!(out.join("docs/b.html").is_file() && out.join("docs/p.svg").is_file());
         fs::remove_dir_all(&dir).unwrap();
     }
