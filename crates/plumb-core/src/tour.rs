@@ -670,9 +670,10 @@ pub static COURSE: &[Assignment] = &[
     Assignment {
         number: 4,
         title: "Advanced networking: discovery, policies, segmentation, load balancing",
-        summary: "Part A: names instead of addresses, and a policy that lets only web talk to \
-                  the cache. Part B: tiers on separate networks, and three web replicas behind \
-                  one virtual IP, round-robin.",
+        summary: "Part A: names instead of addresses, and a policy: by hand (one nft rule on \
+                  the bridge), then the plumb way (only web may talk to the cache). Part B: \
+                  tiers on separate networks, and three web replicas behind one virtual IP, \
+                  round-robin.",
         builds_on: &[1, 2],
         steps: &[
             Step {
@@ -696,6 +697,38 @@ pub static COURSE: &[Assignment] = &[
             },
             Step {
                 id: "4.2",
+                title: "A policy by hand: an nft rule on the bridge",
+                explain: "Back to red and blue: red may ping blue, but not reach its Redis. Frames \
+                          between two ports of a bridge pass the `bridge` family's forward hook, \
+                          so one nft rule there drops red's connections to blue's 6379 and nothing \
+                          else. Its counter shows the packets it dropped: the probe below is one \
+                          of them.",
+                diagram: r#"
+  red 10.0.0.2 ── ping ──────► br0 ──────────────► blue 10.0.0.3          passes
+  red 10.0.0.2 ── tcp 6379 ──► br0 [bridge tour_policy forward: drop] ✗   blue's Redis"#,
+                files: &[],
+                task: "Make red unable to reach blue's Redis (10.0.0.3:6379) while ping still works: an nft table `bridge tour_policy` with a forward chain and a drop rule.",
+                commands: &[
+                    "nft add table bridge tour_policy",
+                    "nft 'add chain bridge tour_policy forward { type filter hook forward priority 0; }'",
+                    "nft add rule bridge tour_policy forward ip saddr 10.0.0.2 ip daddr 10.0.0.3 tcp dport 6379 counter drop",
+                ],
+                show: &["nft list table bridge tour_policy 2>/dev/null || true"],
+                checks: &[
+                    Check {
+                        what: "red still pings blue",
+                        run: "ip netns exec red ping -c1 -W1 10.0.0.3",
+                        expect: Expect::Passes,
+                    },
+                    Check {
+                        what: "red's connection to blue's Redis is dropped",
+                        run: "ip netns exec red timeout 2 redis-cli -h 10.0.0.3 ping | grep -q PONG",
+                        expect: Expect::Blocked,
+                    },
+                ],
+            },
+            Step {
+                id: "4.3",
                 title: "Policies: only web may talk to the cache",
                 explain: "A visitor joins the network. Without a policy it could reach everything on \
                           it. The policy names the cache in `to`, so the cache's ingress becomes \
@@ -727,7 +760,7 @@ pub static COURSE: &[Assignment] = &[
                 ],
             },
             Step {
-                id: "4.3",
+                id: "4.4",
                 title: "Segmentation and round-robin load balancing",
                 explain: "Tiers on their own networks: web on front and back, the cache only on back \
                           (internal: no way out), the visitor only on front. Networks never reach \

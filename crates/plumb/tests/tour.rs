@@ -90,7 +90,7 @@ fn the_whole_tour_passes_every_check_and_leaves_nothing() {
     assert_eq!(checks.len(), expected);
     assert!(checks.iter().all(|c| c["passed"] == true), "failed checks: {checks:#?}");
     // Forbidden traffic was tried and blocked, not skipped.
-    assert!(checks.iter().filter(|c| c["expect"] == "blocked").count() >= 5);
+    assert!(checks.iter().filter(|c| c["expect"] == "blocked").count() >= 6);
     let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
     assert_eq!(summary["failed"], serde_json::json!([]));
     assert_eq!(summary["passed"].as_u64().unwrap() as usize, expected);

@@ -55,6 +55,14 @@ pub fn run(args: Args) -> Result<()> {
         require_tools()?;
         return enter_sandbox();
     }
+    // Only the sandbox's first process (PID 1 of the PID namespace `enter_sandbox` makes) may
+    // run the tour: it mounts over /run, which must never be the machine's own.
+    if nix::unistd::getpid().as_raw() != 1 {
+        return Err(
+            Failure::new(format!("{INSIDE} is set, but this is not the tour's sandbox"))
+                .hint(format!("{INSIDE} is plumb's own: unset it and run `plumb tour` again")),
+        );
+    }
     reap_as_init(|| inside(&args, start))
 }
 
@@ -469,7 +477,6 @@ ip route add default via 203.0.113.2
         } else {
             self.run_commands(step)?;
         }
-        self.show_state(step, "after");
         let mut all = true;
         for check in step.checks {
             self.interrupted()?;
@@ -501,6 +508,8 @@ ip route add default via 203.0.113.2
                 self.failed.push(format!("{} {}", step.id, check.what));
             }
         }
+        // After the checks, so counters and conntrack show the probes too.
+        self.show_state(step, "after (and after the checks)");
         self.event(serde_json::json!({"event": "step", "step": step.id, "title": step.title, "passed": all}));
         Ok(true)
     }
