@@ -298,6 +298,26 @@ class Hello(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Hello).serve_forever()
 "#;
 
+/// The manual load balancer's backends: answer with the name given on the command line.
+const WHOAMI_PY: &str = r#"# python3 whoami.py NAME: answers every GET on port 8080 with "hello from NAME".
+import http.server, sys
+
+name = sys.argv[1]
+
+class Whoami(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"hello from {name}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Whoami).serve_forever()
+"#;
+
 const STACK_BASIC: &str = r#"# The tour's app: a web server and a cache (Redis) on one network.
 name = "tour"
 
@@ -671,9 +691,9 @@ pub static COURSE: &[Assignment] = &[
         number: 4,
         title: "Advanced networking: discovery, policies, segmentation, load balancing",
         summary: "Part A: names instead of addresses, and a policy: by hand (one nft rule on \
-                  the bridge), then the plumb way (only web may talk to the cache). Part B: \
-                  tiers on separate networks, and three web replicas behind one virtual IP, \
-                  round-robin.",
+                  the bridge), then the plumb way (only web may talk to the cache). Part B: a \
+                  virtual IP balanced round-robin by hand (nft DNAT), then the plumb way: tiers \
+                  on separate networks, and three web replicas behind one virtual IP.",
         builds_on: &[1, 2],
         steps: &[
             Step {
@@ -761,7 +781,44 @@ pub static COURSE: &[Assignment] = &[
             },
             Step {
                 id: "4.4",
-                title: "Segmentation and round-robin load balancing",
+                title: "Load balancing by hand: a virtual IP in nft",
+                explain: "A virtual IP is an address nobody has: 10.0.1.100 is outside the \
+                          bridge's subnet, so green sends to its gateway, the host, whose nat \
+                          prerouting rule DNATs each new connection to red or blue in turn \
+                          (`numgen inc mod 2`). Both answer from the same bridge, so the host also \
+                          masquerades these connections: the reply then comes back through it and \
+                          is un-NATed, instead of going straight to green from an address green \
+                          never asked. plumb's VIPs are the same idea, with a map per service \
+                          updated as replicas become ready.",
+                diagram: r#"
+                                        ┌─► red  10.0.0.2:8080  "hello from red"
+  green 10.0.0.4 ──► 10.0.1.100:80 ──► host: DNAT numgen inc mod 2
+                                        └─► blue 10.0.0.3:8080  "hello from blue"
+                     (and masquerade, so the replies come back through the host)"#,
+                files: &[("whoami.py", WHOAMI_PY)],
+                task: "Add a client, green (10.0.0.4), start whoami.py in red and blue on 8080, and make 10.0.1.100:80 alternate between them with nft.",
+                commands: &[
+                    "ip netns add green; ip -n green link set lo up",
+                    "ip link add veth-green type veth peer name eth0 netns green; ip link set veth-green master br0 up",
+                    "ip -n green addr add 10.0.0.4/24 dev eth0; ip -n green link set eth0 up; ip -n green route add default via 10.0.0.1",
+                    "ip netns exec red python3 whoami.py red >/dev/null 2>&1 &",
+                    "ip netns exec blue python3 whoami.py blue >/dev/null 2>&1 &",
+                    "nft add table ip tour_lb",
+                    "nft 'add chain ip tour_lb prerouting { type nat hook prerouting priority dstnat; }'",
+                    "nft 'add rule ip tour_lb prerouting ip daddr 10.0.1.100 tcp dport 80 counter dnat to numgen inc mod 2 map { 0 : 10.0.0.2, 1 : 10.0.0.3 } : 8080'",
+                    "nft 'add chain ip tour_lb postrouting { type nat hook postrouting priority srcnat; }'",
+                    "nft add rule ip tour_lb postrouting ct status dnat ip saddr 10.0.0.0/24 oifname br0 counter masquerade",
+                ],
+                show: &["nft list table ip tour_lb 2>/dev/null || true"],
+                checks: &[Check {
+                    what: "four requests to the virtual IP are answered by both red and blue",
+                    run: "test \"$(for i in 1 2 3 4; do ip netns exec green curl -s -m 2 http://10.0.1.100/; done | sort -u | wc -l)\" = 2",
+                    expect: Expect::Passes,
+                }],
+            },
+            Step {
+                id: "4.5",
+                title: "The plumb way: segmentation, and a VIP over three replicas",
                 explain: "Tiers on their own networks: web on front and back, the cache only on back \
                           (internal: no way out), the visitor only on front. Networks never reach \
                           each other, so the visitor cannot even resolve the cache. Web runs three \
