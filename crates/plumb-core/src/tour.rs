@@ -666,18 +666,24 @@ pub static COURSE: &[Assignment] = &[
             },
             Step {
                 id: "3.2",
-                title: "The plumb way: conns, trace, top",
+                title: "The plumb way: conns, trace, top, capture",
                 explain: "`plumb conns` lists the containers' sockets with their processes and the \
                           host's tracked flows; `plumb trace` sends one probe and shows each hook \
                           and nft rule it met; `plumb top --once` shows each container's traffic, \
-                          drops, health and restarts. Health monitoring is built in: plumb probes \
-                          each service and restarts what dies.",
+                          drops, health and restarts; `plumb capture` is tcpdump for a container, a \
+                          service or a network (`-w FILE` writes pcapng for Wireshark). Health \
+                          monitoring is built in: plumb probes each service and restarts what dies.",
                 diagram: r#"
   plumb trace web cache:6379
      tour-web-1 eth0 ──► bridge ──► [forward: rules...] ──► VIP DNAT ──► tour-cache-1:6379  delivered"#,
                 files: &[],
-                task: "Run `plumb conns`, `plumb trace web cache:6379` and `plumb top --once`.",
-                commands: &["plumb conns", "plumb trace web cache:6379", "plumb top --once"],
+                task: "Run `plumb conns`, `plumb trace web cache:6379`, `plumb top --once`, and capture the cache's packets while web asks it.",
+                commands: &[
+                    "plumb conns",
+                    "plumb trace web cache:6379",
+                    "plumb top --once",
+                    "plumb capture cache -c 6 --duration 5s & sleep 1; plumb exec web -- redis-cli -h cache ping; wait",
+                ],
                 show: &[],
                 checks: &[Check {
                     what: "a probe from web reaches the cache (plumb trace)",
