@@ -46,7 +46,7 @@ pub struct Check {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
-    /// The probe succeeds (retried for a few seconds: a server may still be starting).
+    /// The probe succeeds (retried for up to 20 s: a server may still be starting).
     Passes,
     /// The probe fails: the traffic is blocked (tried once; the probe has its own timeout).
     Blocked,

@@ -460,7 +460,12 @@ ip route add default via 203.0.113.2
                     }
                     Answer::Type => {
                         self.learner_shell(step)?;
-                        let results: Vec<bool> = step.checks.iter().map(|c| self.probe(c)).collect();
+                        // The learner waits for the verdict: a few seconds, not the auto mode's 20.
+                        let results: Vec<bool> = step
+                            .checks
+                            .iter()
+                            .map(|c| self.probe_for(c, Duration::from_secs(3)))
+                            .collect();
                         if results.iter().all(|ok| *ok) {
                             break;
                         }
@@ -575,10 +580,16 @@ ip route add default via 203.0.113.2
         Ok(())
     }
 
-    /// Runs a check: one that should pass is tried for up to 10 s (a server may be starting);
+    /// Runs a check: one that should pass is tried for up to 20 s (a server may be starting, a
+    /// new replica not yet ready; a loaded machine is slow);
     /// one that should be blocked once (its probe has its own timeout).
     fn probe(&self, check: &Check) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.probe_for(check, Duration::from_secs(20))
+    }
+
+    /// The same, trying a check that should pass for up to `patience`.
+    fn probe_for(&self, check: &Check, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
         loop {
             let passed = self.shell(check.run).status.success();
             match check.expect {
