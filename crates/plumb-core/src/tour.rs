@@ -1075,7 +1075,8 @@ pub static COURSE: &[Assignment] = &[
                           (`plumb cni install`): its ADD is `plumb attach`, which gives a namespace \
                           plumb did not make an address on a stack's network, a veth, a default \
                           route, a DNS name, the stack's policies. Here the runtime is you: \
-                          `ip netns add guest`.",
+                          `ip netns add guest`. `plumb cni conflist` prints what podman would be \
+                          given in /etc/cni/net.d to do the same for its containers.",
                 diagram: r#"
   ip netns add guest ──► plumb attach tour/guest --network app --netns /run/netns/guest
                          ┌─ guest (yours) ─┐
@@ -1087,6 +1088,7 @@ pub static COURSE: &[Assignment] = &[
                     "ip netns add guest",
                     "plumb attach tour/guest --network app --netns /run/netns/guest",
                     "ip netns exec guest ip -br addr",
+                    "plumb cni conflist tour app",
                 ],
                 show: &[],
                 checks: &[
