@@ -275,6 +275,17 @@ os.write(fd, b"\x03")
 expect("sandbox is being removed")
 _, status = os.waitpid(pid, 0)
 print("exit", os.waitstatus_to_exitcode(status))
+# Again, and quit at the first prompt: the tour says where it stopped and cleans up.
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "tour", "6"])
+out, pos = b"", 0
+expect("q: quit >")
+os.write(fd, b"q\n")
+expect("You left the tour at step 6.1")
+expect("sandbox is being removed")
+_, status = os.waitpid(pid, 0)
+print("quit", os.waitstatus_to_exitcode(status))
 "#;
 
 #[test]
@@ -283,6 +294,7 @@ fn on_a_terminal_the_learner_runs_or_types_each_step_and_the_effect_is_checked()
     let sb = Sandbox::start().unwrap();
     let driver = sb.write("drive.py", TERMINAL_DRIVER);
     let out = sb.ok(&format!("python3 {} {PLUMB}", path_str(&driver)));
-    assert!(out.trim_end().ends_with("exit 130"), "{out}");
+    assert!(out.contains("exit 130\n"), "Ctrl-C: {out}");
+    assert!(out.trim_end().ends_with("quit 0"), "q: {out}");
     sb.assert_clean();
 }

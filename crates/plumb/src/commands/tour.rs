@@ -380,7 +380,11 @@ ip route add default via 203.0.113.2
                     }
                 }
                 if !self.step(step)? {
-                    break;
+                    self.say(&format!(
+                        "\nYou left the tour at step {}; `plumb tour {}` starts there again.",
+                        step.id, step.id
+                    ));
+                    return Ok(());
                 }
                 self.interrupted()?;
             }
@@ -660,19 +664,31 @@ fn take_the_terminal() {
     let _ = tcsetpgrp(std::io::stdin(), getpid());
 }
 
-/// One line from the terminal, read with read(2) so that Ctrl-C (EINTR) ends the wait.
+/// One line from the terminal. Ctrl-C must end the wait even when it comes between the
+/// prompt and the read (the signal is then already handled, and a blocking read(2) would never
+/// see EINTR): so the terminal is polled in short slices, checking the flag between them.
 fn read_line() -> Result<String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
+    let stdin = std::io::stdin();
     loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            println!();
+            return Err(Failure::silent(130));
+        }
+        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(Failure::new(format!("waiting for the terminal: {e}"))),
+        }
         match nix::unistd::read(0, &mut byte) {
-            Ok(0) => return Err(Failure::silent(130)),
+            // End of input (Ctrl-D): as `q`.
+            Ok(0) => return Ok("q".to_string()),
             Ok(_) if byte[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
             Ok(_) => line.push(byte[0]),
-            Err(nix::errno::Errno::EINTR) if INTERRUPTED.load(Ordering::SeqCst) => {
-                println!();
-                return Err(Failure::silent(130));
-            }
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(Failure::new(format!("reading the terminal: {e}"))),
         }
