@@ -22,6 +22,7 @@ pub mod policy;
 pub mod render;
 pub mod services;
 pub mod spec;
+pub mod tour;
 pub mod trace;
 pub mod zone;
 

@@ -49,6 +49,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum DocsPart {
+    Commands,
+    Course,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum GraphFormatArg {
     Dot,
     Mermaid,
@@ -207,6 +213,30 @@ enum Command {
         #[arg(long)]
         segmented: bool,
     },
+    /// The course, runnable: the seed's seven assignments (namespaces, veths, bridges, NAT,
+    /// services, monitoring, discovery, policies, segmentation, load balancing, Compose,
+    /// VXLAN) and the bonuses (scaling, chaos, CNI-style attach), each step's commands run on real kernel
+    /// objects in a throwaway sandbox (its own network, mount and PID namespaces) and checked
+    /// with real traffic. Interactive on a terminal: run each step, or type it yourself.
+    Tour {
+        /// Start at this assignment (4) or step (4.2); what the earlier ones make is set up
+        /// quietly first.
+        start: Option<String>,
+        /// List the assignments and steps.
+        #[arg(long, conflicts_with_all = ["auto", "slides"])]
+        list: bool,
+        /// Run straight through without asking (for a talk or CI); exit 1 if a check failed.
+        #[arg(long)]
+        auto: bool,
+        /// Print progress as JSON lines (every command, check and step; a summary at the end);
+        /// implies --auto.
+        #[arg(long)]
+        json: bool,
+        /// Write the tour as a slide deck into DIR (tour.md and a self-contained tour.html)
+        /// and run nothing.
+        #[arg(long, value_name = "DIR", conflicts_with = "auto")]
+        slides: Option<PathBuf>,
+    },
     /// Network policies: `plumb policy why FROM TO:PORT[/udp]`.
     Policy {
         #[command(subcommand)]
@@ -356,6 +386,13 @@ enum Command {
     /// Hold, drop or damage a fault's frames (started by `plumb chaos`).
     #[command(hide = true)]
     ChaosRelay { stack: String, fault: u32 },
+    /// Print the documentation generated from plumb itself: `commands` (the command
+    /// reference, docs/commands.md's generated part) or `course` (docs/course.md).
+    #[command(hide = true)]
+    Docs {
+        #[arg(value_enum)]
+        what: DocsPart,
+    },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
     Supervise {
@@ -693,6 +730,8 @@ impl Command {
             | Command::Stop { .. }
             | Command::Start { .. }
             | Command::Demo { .. }
+            | Command::Tour { .. }
+            | Command::Docs { .. }
             | Command::Trace { .. }
             | Command::Ui { .. }
             | Command::Chaos { .. }
@@ -848,6 +887,27 @@ fn main() -> ExitCode {
         Command::Restart { service } => commands::control::run(&ctx, commands::control::Action::Restart, &service),
         Command::Stop { service } => commands::control::run(&ctx, commands::control::Action::Stop, &service),
         Command::Start { service } => commands::control::run(&ctx, commands::control::Action::Start, &service),
+        Command::Docs { what } => {
+            use clap::CommandFactory as _;
+            match what {
+                DocsPart::Commands => print!("{}", commands::docs::commands(&Cli::command())),
+                DocsPart::Course => print!("{}", commands::docs::course()),
+            }
+            Ok(())
+        }
+        Command::Tour {
+            start,
+            list,
+            auto,
+            json,
+            slides,
+        } => commands::tour::run(commands::tour::Args {
+            start,
+            list,
+            auto,
+            json,
+            slides,
+        }),
         Command::Demo { down, segmented } => {
             let action = if down {
                 commands::demo::Action::Down

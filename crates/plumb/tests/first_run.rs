@@ -203,7 +203,9 @@ fn the_readme_walk_through_is_what_plumb_does() {
 
 /// The first TOML block of the README: the hello stack.
 fn readme_stack() -> &'static str {
-    let start = README.find("```toml\n").expect("README has a TOML block") + "```toml\n".len();
+    // The fence may carry the docs examples' `file=plumb.toml` after the language.
+    let fence = README.find("```toml").expect("README has a TOML block");
+    let start = fence + README[fence..].find('\n').unwrap() + 1;
     let len = README[start..].find("```").unwrap();
     &README[start..start + len]
 }

@@ -236,6 +236,20 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// A plumb process left running in a process group of its own (as a terminal's job is, so
+    /// a test can send the group Ctrl-C's SIGINT), its stdout piped to the test.
+    pub fn spawn_plumb_group(&self, args: &[&str]) -> Child {
+        use std::os::unix::process::CommandExt;
+        self.enter()
+            .arg(PLUMB)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
     /// Copies examples/shop (its stack and compose files, nginx config, page and apps) into `shop/`.
     pub fn copy_shop(&self) {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop");
