@@ -142,7 +142,13 @@ fn help_describes_every_argument_and_hides_supervise() {
         let row = COMMANDS_DOC
             .lines()
             .find(|l| {
-                l.starts_with('|') && (l.contains(&format!("`plumb {command}")) || l.contains(&format!("`{command} ")))
+                // The command's name is in the row's first cell (another row's text may
+                // mention it).
+                let first = l.split('|').nth(1).unwrap_or("");
+                l.starts_with('|')
+                    && (first.contains(&format!("`plumb {command} "))
+                        || first.contains(&format!("`plumb {command}`"))
+                        || first.contains(&format!("`{command} ")))
             })
             .unwrap_or_else(|| panic!("docs/commands.md has no row for plumb {command}"));
         for flag in flags(&text) {
