@@ -3,6 +3,7 @@
 //! Nothing here performs I/O or system calls.
 
 pub mod bench;
+pub mod cgroup;
 pub mod chaos;
 pub mod cluster;
 pub mod cni;

@@ -108,6 +108,22 @@ pub fn run_args(spec: &RunSpec, oci: &OciRun, mounts: Mounts) -> Vec<String> {
     if !keep.is_empty() {
         args.push(format!("--cap-add={}", keep.join(",")));
     }
+    // podman puts the container in a cgroup of its own with these limits.
+    let limits = &spec.limits;
+    if let Some(cpus) = limits.cpus {
+        args.push(format!("--cpus={cpus}"));
+    }
+    if let Some(memory) = limits.memory {
+        args.push(format!("--memory={memory}"));
+    }
+    match limits.memory_swap {
+        Some(crate::cgroup::Swap::Total(total)) => args.push(format!("--memory-swap={total}")),
+        Some(crate::cgroup::Swap::Unlimited) => args.push("--memory-swap=-1".into()),
+        None => {}
+    }
+    if let Some(pids) = limits.pids {
+        args.push(format!("--pids-limit={pids}"));
+    }
     if let Some(user) = &spec.user {
         args.push(format!("--user={user}"));
     }
@@ -175,6 +191,7 @@ mod tests {
             workdir: "/".into(),
             user: Some("www-data".into()),
             capabilities: caps,
+            limits: Default::default(),
             restart: crate::spec::RestartPolicy::Always,
             health: None,
             depends_on: Vec::new(),

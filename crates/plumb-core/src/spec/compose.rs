@@ -119,6 +119,9 @@ pub(super) fn compose_field(field: &str) -> String {
             "workdir" => "working_dir",
             "replicas" => "deploy.replicas",
             "stop_grace" => "stop_grace_period",
+            "memory" => "mem_limit",
+            "memory_swap" => "memswap_limit",
+            "pids" => "pids_limit",
             other => other,
         };
         parts[2] = format!("{renamed}{rest}");
@@ -349,7 +352,7 @@ fn unsupported_hint(key: &str) -> Option<&'static str> {
             "plumb shares these namespaces with the host: remove it"
         }
         "mac_address" | "sysctls" | "ulimits" | "devices" | "device_cgroup_rules" | "security_opt" | "shm_size"
-        | "mem_limit" | "cpus" | "cpu_shares" | "memswap_limit" | "oom_score_adj" | "pids_limit" | "storage_opt"
+        | "cpu_shares" | "oom_score_adj" | "storage_opt"
         | "group_add" | "init" | "tty" | "stdin_open" | "logging" | "platform" | "pull_policy" | "runtime"
         | "read_only" | "stop_signal" | "annotations" | "attach" | "develop" | "post_start" | "pre_stop"
         | "gpus" | "blkio_config" | "cpu_count" | "cpu_percent" | "cpu_period" | "cpu_quota" | "cpu_rt_runtime"
@@ -691,6 +694,38 @@ impl Reader<'_> {
         out
     }
 
+    /// `deploy.resources`: its `limits` (cpus, memory, pids) are the service's limits;
+    /// reservations plumb does not make, and says so.
+    fn resources(&mut self, field: &str, node: &Node, svc: &mut RawService) {
+        let example = "resources: { limits: { cpus: \"0.5\", memory: 256M, pids: 512 } }";
+        for (key, k, v) in self.entries(node, field, example).unwrap_or_default() {
+            let rfield = format!("{field}.{key}");
+            if key != "limits" {
+                self.err(
+                    k.span.clone(),
+                    &rfield,
+                    format!("deploy.resources.{key} is not supported"),
+                    "plumb sets limits only (deploy.resources.limits): remove it",
+                );
+                continue;
+            }
+            for (lkey, lk, lv) in self.entries(&v, &rfield, example).unwrap_or_default() {
+                let lfield = format!("{rfield}.{lkey}");
+                match lkey.as_str() {
+                    "cpus" => svc.cpus = Some(lv.spanned(raw_value(&lv))),
+                    "memory" => svc.memory = Some(lv.spanned(raw_value(&lv))),
+                    "pids" => svc.pids = self.int(&lv, &lfield, "pids: 512"),
+                    _ => self.err(
+                        lk.span.clone(),
+                        &lfield,
+                        format!("deploy.resources.limits.{lkey} is not supported"),
+                        "plumb limits cpus, memory and pids: remove it",
+                    ),
+                }
+            }
+        }
+    }
+
     fn service(&mut self, name: &str, node: &Node) -> RawService {
         let field = format!("services.{name}");
         let mut svc = RawService::default();
@@ -724,13 +759,14 @@ impl Reader<'_> {
                         let dfield = format!("{kfield}.{dkey}");
                         match dkey.as_str() {
                             "replicas" => svc.replicas = self.int(&dv, &dfield, "replicas: 3"),
+                            "resources" => self.resources(&dfield, &dv, &mut svc),
                             "mode" if dv.text().as_deref() == Some("replicated") => {}
                             _ if dkey.starts_with("x-") => {}
                             _ => self.err(
                                 dk.span.clone(),
                                 &dfield,
                                 format!("deploy.{dkey} is not supported"),
-                                "plumb reads deploy.replicas only: remove it",
+                                "plumb reads deploy.replicas and deploy.resources.limits only: remove it",
                             ),
                         }
                     }
@@ -755,6 +791,10 @@ impl Reader<'_> {
                 "working_dir" => svc.workdir = self.string(&v, &kfield, "working_dir: /srv"),
                 "user" => svc.user = self.string(&v, &kfield, "user: nobody"),
                 "stop_grace_period" => svc.stop_grace = self.string(&v, &kfield, "stop_grace_period: 10s"),
+                "cpus" => svc.cpus = Some(v.spanned(raw_value(&v))),
+                "mem_limit" => svc.memory = Some(v.spanned(raw_value(&v))),
+                "memswap_limit" => svc.memory_swap = Some(v.spanned(raw_value(&v))),
+                "pids_limit" => svc.pids = self.int(&v, &kfield, "pids_limit: 512"),
                 // Metadata: nothing to run.
                 "labels" => {}
                 _ if key.starts_with("x-") => {}
@@ -1849,9 +1889,14 @@ mod tests {
             e.contains("compose.yaml:4:12: services.a.scale: scale 2 and deploy.replicas 3 differ"),
             "{e}"
         );
-        let e = err(&svc("    deploy: { replicas: 3, resources: {} }\n"));
+        let e = err(&svc("    deploy: { replicas: 3, resources: { reservations: {} } }\n"));
         assert!(
-            e.contains("compose.yaml:4:28: services.a.deploy.resources: deploy.resources is not supported"),
+            e.contains("compose.yaml:4:41: services.a.deploy.resources.reservations: deploy.resources.reservations is not supported"),
+            "{e}"
+        );
+        let e = err(&svc("    command: x\n    mem_limit: lots\n"));
+        assert!(
+            e.contains("compose.yaml:5:16: services.a.mem_limit: memory is not a size"),
             "{e}"
         );
         let e = err(&svc("    deploy: { replicas: 99999 }\n"));
@@ -1993,5 +2038,36 @@ mod tests {
             ]
         );
         assert_eq!(parse_env_file("A=1\nB\n").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn resource_limits_map_onto_the_services_limits() {
+        use crate::cgroup::{Limits, Swap};
+        let p = ok(&svc(
+            "    command: x\n    deploy: { resources: { limits: { cpus: \"0.5\", memory: 256M, pids: 100 } } }\n",
+        ));
+        let limits = p.stack.services["a"].process.clone().unwrap().limits;
+        assert_eq!(
+            limits,
+            Limits {
+                cpus: Some(0.5),
+                memory: Some(256 << 20),
+                memory_swap: None,
+                pids: Some(100)
+            }
+        );
+        let p = ok(&svc(
+            "    command: x\n    cpus: 1.5\n    mem_limit: 64m\n    memswap_limit: 128m\n    pids_limit: 64\n",
+        ));
+        let limits = p.stack.services["a"].process.clone().unwrap().limits;
+        assert_eq!(
+            limits,
+            Limits {
+                cpus: Some(1.5),
+                memory: Some(64 << 20),
+                memory_swap: Some(Swap::Total(128 << 20)),
+                pids: Some(64)
+            }
+        );
     }
 }

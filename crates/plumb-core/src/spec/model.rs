@@ -407,6 +407,10 @@ pub struct ProcessSpec {
     pub stop_grace: Duration,
     /// What its processes may hold: Docker's default set, with `cap_add` and `cap_drop`.
     pub capabilities: Capabilities,
+    /// Its replicas' resource limits (`cpus`, `memory`, `memory_swap`, `pids`), each in its
+    /// own cgroup.
+    #[serde(default, skip_serializing_if = "crate::cgroup::Limits::is_empty")]
+    pub limits: crate::cgroup::Limits,
     /// The image it runs as an OCI container (podman), for an image service; `workdir` and
     /// `user` are then the container's, not the host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,6 +22,7 @@ use toml::Spanned;
 
 use super::model::*;
 use super::raw::{RawHealth, RawNetwork, RawService, RawStack, RawValue};
+use crate::cgroup::{parse_size, Limits, Swap};
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 use crate::ipam::subnets_overlap;
 
@@ -740,8 +741,97 @@ impl Validator<'_> {
             depends_on,
             stop_grace,
             capabilities,
+            limits: self.limits(field, raw),
             image: image.map(|i| i.name.clone()),
         })
+    }
+
+    /// A service's `cpus`, `memory`, `memory_swap` and `pids`.
+    fn limits(&mut self, field: &str, raw: &RawService) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(cpus) = &raw.cpus {
+            let value = match cpus.get_ref() {
+                RawValue::Float(f) => Some(*f),
+                RawValue::Integer(i) => Some(*i as f64),
+                RawValue::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            match value {
+                Some(v) if v.is_finite() && v >= 0.01 && v <= 1024.0 => limits.cpus = Some(v),
+                _ => self.err(
+                    cpus.span(),
+                    &format!("{field}.cpus"),
+                    "cpus must be a number of CPUs from 0.01 up",
+                    "for example cpus = 0.5 (half of one core) or cpus = 2",
+                ),
+            }
+        }
+        let size = |v: &mut Self, raw: &Spanned<RawValue>, name: &str| -> Option<u64> {
+            let bytes = match raw.get_ref() {
+                RawValue::Integer(i) if *i > 0 => Some(*i as u64),
+                RawValue::String(s) => parse_size(s),
+                _ => None,
+            };
+            match bytes {
+                // The kernel needs a few pages to start a process at all.
+                Some(b) if b >= 1 << 20 => Some(b),
+                Some(_) => {
+                    v.err(
+                        raw.span(),
+                        &format!("{field}.{name}"),
+                        format!("{name} is under 1M: no process can start in it"),
+                        format!("give at least 1M, e.g. {name} = \"64M\""),
+                    );
+                    None
+                }
+                None => {
+                    v.err(
+                        raw.span(),
+                        &format!("{field}.{name}"),
+                        format!("{name} is not a size"),
+                        format!("write bytes or a number with a unit b, k, m or g, e.g. {name} = \"256M\""),
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(memory) = &raw.memory {
+            limits.memory = size(self, memory, "memory");
+        }
+        if let Some(swap) = &raw.memory_swap {
+            limits.memory_swap = match swap.get_ref() {
+                RawValue::Integer(-1) => Some(Swap::Unlimited),
+                RawValue::String(s) if s.trim() == "-1" => Some(Swap::Unlimited),
+                _ => size(self, swap, "memory_swap").map(Swap::Total),
+            };
+            match (limits.memory, limits.memory_swap) {
+                (None, Some(_)) if raw.memory.is_none() => self.err(
+                    swap.span(),
+                    &format!("{field}.memory_swap"),
+                    "memory_swap needs memory",
+                    "memory_swap is memory and swap together: set memory too, e.g. memory = \"256M\"",
+                ),
+                (Some(memory), Some(Swap::Total(total))) if total < memory => self.err(
+                    swap.span(),
+                    &format!("{field}.memory_swap"),
+                    "memory_swap is less than memory",
+                    "memory_swap counts memory and swap together: give at least memory's size, or -1 for unlimited swap",
+                ),
+                _ => {}
+            }
+        }
+        if let Some(pids) = &raw.pids {
+            match u64::try_from(*pids.get_ref()) {
+                Ok(n) if n >= 1 => limits.pids = Some(n),
+                _ => self.err(
+                    pids.span(),
+                    &format!("{field}.pids"),
+                    format!("pids {} is not a positive number", pids.get_ref()),
+                    "give how many processes and threads a replica may have, e.g. pids = 512",
+                ),
+            }
+        }
+        limits
     }
 
     /// A service's `command`, as a string split like a shell's or a list of strings.
@@ -1759,5 +1849,33 @@ depends_on = { web = { condition = "healthy" } }
         assert_eq!((d.line, d.column), (6, 1));
         let d = p.error("elsewhere", "no place", "");
         assert_eq!(d.line, 0);
+    }
+
+    #[test]
+    fn limits_are_read_and_refused_with_their_place() {
+        let text =
+            format!("{NET}[services.a]\ncommand = \"x\"\ncpus = 0.5\nmemory = \"256M\"\nmemory_swap = -1\npids = 64\n");
+        let stack = parse("plumb.toml", &text).unwrap();
+        let limits = stack.stack.services["a"].process.as_ref().unwrap().limits;
+        assert_eq!(limits.cpus, Some(0.5));
+        assert_eq!(limits.memory, Some(256 << 20));
+        assert_eq!(limits.memory_swap, Some(Swap::Unlimited));
+        assert_eq!(limits.pids, Some(64));
+        for (field, bad, message) in [
+            ("cpus", "0", "cpus must be a number of CPUs"),
+            ("memory", "\"lots\"", "memory is not a size"),
+            ("memory", "\"10k\"", "memory is under 1M"),
+            ("pids", "0", "pids 0 is not a positive number"),
+            ("memory_swap", "\"64M\"", "memory_swap needs memory"),
+        ] {
+            let e = errors(&format!("{NET}[services.a]\ncommand = \"x\"\n{field} = {bad}\n"));
+            assert!(e.contains(&format!("services.a.{field}: {message}")), "{e}");
+        }
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"x\"\nmemory = \"128M\"\nmemory_swap = \"64M\"\n"
+        ));
+        assert!(e.contains("memory_swap is less than memory"), "{e}");
+        let e = errors(&format!("{NET}[services.a]\npids = 5\n"));
+        assert!(e.contains("services.a.pids: pids needs a command"), "{e}");
     }
 }
