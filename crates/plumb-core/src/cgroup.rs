@@ -99,9 +99,9 @@ pub enum Version {
 /// otherwise (tests give each sandbox its own).
 pub const DEFAULT_ROOT: &str = "plumb.slice";
 
-/// A replica's cgroup, relative to a hierarchy's root: `ROOT/STACK/CONTAINER`.
-pub fn replica_path(root: &str, stack: &str, container: &str) -> String {
-    format!("{root}/{stack}/{container}")
+/// A replica's cgroup below plumb's root (`ROOT/STACK/CONTAINER` in each hierarchy).
+pub fn replica_path(stack: &str, container: &str) -> String {
+    format!("{stack}/{container}")
 }
 
 /// The v1 hierarchies a replica's cgroup is made in: each limited controller, and

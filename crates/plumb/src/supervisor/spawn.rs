@@ -37,6 +37,16 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
     } else {
         PathBuf::from(program)
     };
+    // Its own cgroup, made afresh (a crashed run's is gone with its processes).
+    let cgroup = if spec.limits.is_empty() {
+        None
+    } else {
+        let path = cgroup_path(spec);
+        kernel
+            .cgroup_make(&path, &spec.limits)
+            .map_err(|e| Failure::new(format!("{}: {e}", spec.container)))?;
+        Some(path)
+    };
     let mut command = Command::new(&program);
     command
         .args(args)
@@ -64,10 +74,17 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
         resolv_conf: true,
         identity,
         capabilities: &spec.capabilities,
+        cgroup: cgroup.as_deref().map(|path| (path, &spec.limits)),
     };
     let explain = kernel.confine(&mut command, &how)?;
     let child = command.spawn().map_err(|e| Failure::new(explain(&program, &e)))?;
     Ok((child, inode))
+}
+
+/// A replica's cgroup below plumb's root: `STACK/CONTAINER`.
+pub fn cgroup_path(spec: &RunSpec) -> String {
+    let stack = spec.env.get("PLUMB_STACK").map_or("stack", String::as_str);
+    plumb_core::cgroup::replica_path(stack, &spec.container)
 }
 
 /// Services start with the usual umask (022), not the supervisor's own (077).
