@@ -11,11 +11,17 @@ use std::path::{Path, PathBuf};
 
 use plumb_core::cgroup::{self, Limits, Usage, Version};
 
-const MOUNT: &str = "/sys/fs/cgroup";
+/// Where the hierarchies are mounted: /sys/fs/cgroup, or `PLUMB_CGROUP_MOUNT` (tests use
+/// an empty folder to see limits the host cannot enforce refused).
+fn mount() -> PathBuf {
+    std::env::var_os("PLUMB_CGROUP_MOUNT")
+        .filter(|m| !m.is_empty())
+        .map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from)
+}
 
 /// The host's hierarchy: v2 if /sys/fs/cgroup is the unified one.
 pub fn version() -> Version {
-    if Path::new(MOUNT).join("cgroup.controllers").exists() {
+    if mount().join("cgroup.controllers").exists() {
         Version::V2
     } else {
         Version::V1
@@ -34,11 +40,17 @@ pub fn root() -> String {
 fn dirs(version: Version, path: &str, limits: &Limits) -> Vec<(&'static str, PathBuf)> {
     let relative = format!("{}/{path}", root());
     match version {
-        Version::V2 => vec![("", Path::new(MOUNT).join(relative))],
-        Version::V1 => cgroup::v1_hierarchies(limits)
-            .into_iter()
-            .map(|h| (h, Path::new(MOUNT).join(h).join(&relative)))
-            .collect(),
+        Version::V2 => vec![("", mount().join(relative))],
+        // The accounting-only hierarchies where the host has them; the limited ones always
+        // (`unenforceable` has said whether they are there).
+        Version::V1 => {
+            let limited = limits.controllers();
+            cgroup::v1_hierarchies(limits)
+                .into_iter()
+                .filter(|h| limited.contains(h) || mount().join(h).join("cgroup.procs").exists())
+                .map(|h| (h, mount().join(h).join(&relative)))
+                .collect()
+        }
     }
 }
 
@@ -55,7 +67,7 @@ pub fn unenforceable(limits: &Limits) -> Option<String> {
     let version = version();
     match version {
         Version::V2 => {
-            let available = fs::read_to_string(Path::new(MOUNT).join("cgroup.controllers")).unwrap_or_default();
+            let available = fs::read_to_string(mount().join("cgroup.controllers")).unwrap_or_default();
             for controller in limits.controllers() {
                 if !available.split_whitespace().any(|c| c == controller) {
                     return Some(format!(
@@ -65,15 +77,16 @@ pub fn unenforceable(limits: &Limits) -> Option<String> {
             }
         }
         Version::V1 => {
-            for controller in cgroup::v1_hierarchies(limits) {
-                if !Path::new(MOUNT).join(controller).join("cgroup.procs").exists() {
+            for controller in limits.controllers() {
+                if !mount().join(controller).join("cgroup.procs").exists() {
                     return Some(format!(
-                        "the host has no cgroup v1 {controller} hierarchy at {MOUNT}/{controller}"
+                        "the host has no cgroup v1 {controller} hierarchy at {}",
+                        mount().join(controller).display()
                     ));
                 }
             }
             if limits.memory_swap.is_some()
-                && !Path::new(MOUNT).join("memory/memory.memsw.limit_in_bytes").exists()
+                && !mount().join("memory/memory.memsw.limit_in_bytes").exists()
             {
                 return Some("the host does not account swap (boot its kernel with swapaccount=1)".into());
             }
@@ -111,7 +124,7 @@ pub fn make(path: &str, limits: &Limits) -> io::Result<()> {
 /// On v2 a child cgroup has a controller's files only if each ancestor enables it for its
 /// children: memory always (for accounting), and the limited ones.
 fn enable_controllers(dir: &Path, limits: &Limits) -> io::Result<()> {
-    let available = fs::read_to_string(Path::new(MOUNT).join("cgroup.controllers")).unwrap_or_default();
+    let available = fs::read_to_string(mount().join("cgroup.controllers")).unwrap_or_default();
     let mut wanted: Vec<&str> = limits.controllers();
     if !wanted.contains(&"memory") {
         wanted.push("memory");
@@ -121,8 +134,9 @@ fn enable_controllers(dir: &Path, limits: &Limits) -> io::Result<()> {
         .filter(|c| available.split_whitespace().any(|a| a == *c))
         .map(|c| format!("+{c}"))
         .collect();
-    let mut ancestor = PathBuf::from(MOUNT);
-    let relative = dir.strip_prefix(MOUNT).unwrap_or(dir);
+    let mount = mount();
+    let mut ancestor = mount.clone();
+    let relative = dir.strip_prefix(&mount).unwrap_or(dir);
     let parts: Vec<_> = relative.components().collect();
     for part in &parts[..parts.len().saturating_sub(1)] {
         fs::write(ancestor.join("cgroup.subtree_control"), enable.join(" "))?;

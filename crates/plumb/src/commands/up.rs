@@ -169,6 +169,9 @@ pub fn bring_up(
     // Without root neither the kernel nor the state directory (private to root) can be read:
     // the plan is then the plan from scratch, as the note below says.
     let mut kernel = if root { Some(apply::kernel()?) } else { None };
+    if let (Mode::Apply(_), Some(k)) = (&mode, kernel.as_mut()) {
+        refuse_unenforceable_limits(parsed, k)?;
+    }
     let decided = assignment.map(|a| decide_offload(a, kernel.as_mut().map(|k| k as &mut dyn Kernel)));
     // The load balancer lists the replicas the supervisor reports ready (none before it
     // ran): the plan then matches the chains the supervisor keeps, and it re-applies them
@@ -345,6 +348,42 @@ pub fn print_plan(plan: &Plan, command: &str, preamble: &str, format: Format) ->
         ),
     }
     Ok(())
+}
+
+/// A limit the host cannot enforce (a cgroup controller it lacks, swap it does not account)
+/// is refused before anything changes, never ignored. Image services' limits are podman's.
+fn refuse_unenforceable_limits(parsed: &Parsed, kernel: &mut dyn Kernel) -> Result<()> {
+    use plumb_core::cgroup::Limits;
+    let mut problems = Vec::new();
+    for (name, service) in &parsed.stack.services {
+        let Some(process) = service.process.as_ref().filter(|p| p.image.is_none()) else {
+            continue;
+        };
+        let l = process.limits;
+        let each = [
+            ("cpus", Limits { cpus: l.cpus, ..Limits::default() }),
+            ("memory", Limits { memory: l.memory, ..Limits::default() }),
+            ("memory_swap", Limits { memory: l.memory, memory_swap: l.memory_swap, ..Limits::default() }),
+            ("pids", Limits { pids: l.pids, ..Limits::default() }),
+        ];
+        for (field, only) in each {
+            if only.is_empty() || (field == "memory_swap" && l.memory_swap.is_none()) {
+                continue;
+            }
+            if let Some(why) = kernel.cgroup_unenforceable(&only) {
+                problems.push(parsed.error(
+                    &format!("services.{name}.{field}"),
+                    format!("this host cannot enforce {field}: {why}"),
+                    format!("remove {field}, or run the stack on a host whose kernel has it (nothing was changed)"),
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(plumb_core::Diagnostics(problems).into())
+    }
 }
 
 /// The kernel's objects are the truth: a stack already run by the supervisor of another state

@@ -28,7 +28,7 @@ use super::metrics;
 use super::plan::{self, Change};
 use super::probe::Probes;
 use super::replica::{dependencies_ready, AfterExit, AfterStop, Due, Replica, StopStep, Verdict};
-use super::spawn::{signal_each, signal_group, spawn_replica};
+use super::spawn::{self, signal_each, signal_group, spawn_replica};
 use super::status;
 use crate::census;
 use crate::events;
@@ -53,6 +53,8 @@ struct Slot {
     /// Some exactly while `replica.has_process()`.
     child: Option<Child>,
     log: LogWriter,
+    /// The OOM kills its cgroup had counted when its process started (a replica with limits).
+    oom_kills_at_start: Option<u64>,
 }
 
 /// Ending the processes a replica's container holds that are not the replica's own process
@@ -111,6 +113,8 @@ pub struct Supervisor {
     faults_checked: Option<Instant>,
     /// The kernel: processes started in containers, the balancer's element changes, sweeps.
     kernel: Box<dyn Kernel>,
+    /// The replicas' cgroups made so far, removed when the supervisor ends.
+    cgroups: BTreeSet<String>,
 }
 
 impl Supervisor {
@@ -160,6 +164,7 @@ impl Supervisor {
             metrics: None,
             probe_times: metrics::ProbeTimes::default(),
             dns,
+            cgroups: BTreeSet::new(),
         })
     }
 
@@ -192,10 +197,29 @@ impl Supervisor {
             self.wait_events(sleep.min(most));
         }
         self.slots.clear();
+        self.remove_cgroups();
         // Each container's monitor (conmon) outlives its `podman run` by a moment.
         crate::oci::wait_for_monitors(&self.dir.join(crate::state::CONMON_DIR), Duration::from_secs(5));
         self.write_status();
         Ok(())
+    }
+
+    /// Removes every replica's cgroup: what is still inside (a process that left its
+    /// process group and its namespace) is killed first, by PID.
+    fn remove_cgroups(&mut self) {
+        for path in std::mem::take(&mut self.cgroups) {
+            for _ in 0..50 {
+                let pids = self.kernel.cgroup_pids(&path);
+                if pids.is_empty() {
+                    break;
+                }
+                signal_each(&pids, Signal::SIGKILL);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Err(e) = self.kernel.cgroup_remove(&path) {
+                say(&format!("cannot remove a cgroup: {e}"));
+            }
+        }
     }
 
     /// Faults made by `plumb chaos` whose time is up (or whose relay died) are removed here,
@@ -344,6 +368,7 @@ impl Supervisor {
             replica: Replica::new(spec.clone(), restart_token),
             child: None,
             log: LogWriter::new(runfile::logs_dir(&self.dir).join(format!("{name}.log"))),
+            oom_kills_at_start: None,
         };
         self.slots.insert(name.clone(), slot);
     }
@@ -463,6 +488,13 @@ impl Supervisor {
                 slot.log.note(&format!("started {command} (pid {})", child.id()));
                 events::record(&self.dir, &self.stack, name, "started", format!("pid {}", child.id()));
                 self.pipes.add(&mut child, name);
+                let spec = slot.replica.spec();
+                slot.oom_kills_at_start = None;
+                if !spec.limits.is_empty() && spec.oci.is_none() {
+                    let path = spawn::cgroup_path(spec);
+                    slot.oom_kills_at_start = self.kernel.cgroup_usage(&path).map(|u| u.oom_kills);
+                    self.cgroups.insert(path);
+                }
                 slot.replica.started(now, runfile::unix_ms(), inode);
                 slot.child = Some(child);
             }
@@ -471,18 +503,20 @@ impl Supervisor {
                 slot.log.note(&error);
                 events::record(&self.dir, &self.stack, name, "start_failed", error.clone());
                 let after = slot.replica.start_failed(now, error);
-                self.settle(name, after);
+                self.settle(name, after, "a failed start");
             }
         }
     }
 
     /// Carries out what follows an exit (or a failed start).
-    fn settle(&mut self, name: &str, after: AfterExit) {
+    /// `why`: what ended the process (the restart's reason).
+    fn settle(&mut self, name: &str, after: AfterExit, why: &str) {
         match after {
             AfterExit::RestartIn(delay) => {
                 if let Some(slot) = self.slots.get_mut(name) {
-                    slot.log.note(&format!("restarting in {delay:?}"));
-                    events::record(&self.dir, &self.stack, name, "restarting", format!("in {delay:?}"));
+                    slot.log.note(&format!("restarting in {delay:?} after {why}"));
+                    let detail = format!("in {delay:?} after {why}");
+                    events::record(&self.dir, &self.stack, name, "restarting", detail);
                 }
             }
             AfterExit::Remove => {
@@ -543,9 +577,24 @@ impl Supervisor {
             };
             slot.child = None;
             let exit = Exit::of(status);
-            let how = exit.map_or("unknown".to_string(), |e| e.to_string());
+            let mut how = exit.map_or("unknown".to_string(), |e| e.to_string());
+            // The kernel's OOM killer ended a process of its cgroup during this run.
+            let oom_before = slot.oom_kills_at_start.take();
+            let oom_after = oom_before.and_then(|_| {
+                let path = spawn::cgroup_path(slot.replica.spec());
+                self.kernel.cgroup_usage(&path).map(|u| u.oom_kills)
+            });
+            if let (Some(before), Some(after)) = (oom_before, oom_after) {
+                if after > before {
+                    let limit = slot.replica.spec().limits.memory.unwrap_or_default();
+                    let detail = format!("out of memory: the memory limit is {limit} bytes ({how})");
+                    slot.log.note(&format!("oom_killed: {detail}"));
+                    events::record(&self.dir, &self.stack, &name, "oom_killed", detail);
+                    how = format!("oom_killed ({how})");
+                }
+            }
             slot.log.note(&format!("exited: {how}"));
-            events::record(&self.dir, &self.stack, &name, "exited", how);
+            events::record(&self.dir, &self.stack, &name, "exited", how.clone());
             if slot.replica.state() == ReplicaState::Stopping {
                 // Stopped on purpose: what is left of its tree goes too (the sweep begun with
                 // the stop spared the tree while its process ran, and may be over).
@@ -555,7 +604,7 @@ impl Supervisor {
             }
             let after = slot.replica.exited(now, exit);
             self.dirty = true;
-            self.settle(&name, after);
+            self.settle(&name, after, &how);
         }
     }
 
