@@ -70,9 +70,7 @@ pub fn unenforceable(limits: &Limits) -> Option<String> {
             let available = fs::read_to_string(mount().join("cgroup.controllers")).unwrap_or_default();
             for controller in limits.controllers() {
                 if !available.split_whitespace().any(|c| c == controller) {
-                    return Some(format!(
-                        "the host's cgroup v2 hierarchy has no {controller} controller"
-                    ));
+                    return Some(format!("the host's cgroup v2 hierarchy has no {controller} controller"));
                 }
             }
         }
@@ -85,9 +83,7 @@ pub fn unenforceable(limits: &Limits) -> Option<String> {
                     ));
                 }
             }
-            if limits.memory_swap.is_some()
-                && !mount().join("memory/memory.memsw.limit_in_bytes").exists()
-            {
+            if limits.memory_swap.is_some() && !mount().join("memory/memory.memsw.limit_in_bytes").exists() {
                 return Some("the host does not account swap (boot its kernel with swapaccount=1)".into());
             }
         }
@@ -109,12 +105,19 @@ pub fn make(path: &str, limits: &Limits) -> io::Result<()> {
         fs::create_dir_all(dir)?;
     }
     for setting in cgroup::settings(limits, version) {
-        let Some(dir) = dir_of(&dirs, setting.controller) else { continue };
+        let Some(dir) = dir_of(&dirs, setting.controller) else {
+            continue;
+        };
         let file = dir.join(setting.file);
         fs::write(&file, &setting.value).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("{}: writing {} to {}: {e}", setting.field, setting.value, file.display()),
+                format!(
+                    "{}: writing {} to {}: {e}",
+                    setting.field,
+                    setting.value,
+                    file.display()
+                ),
             )
         })?;
     }
@@ -181,7 +184,9 @@ pub fn usage(path: &str) -> Option<Usage> {
 /// The pids in cgroup `path` (its first hierarchy), for a stop that must leave it empty.
 pub fn pids(path: &str) -> Vec<i32> {
     let dirs = dirs(version(), path, &Limits::default());
-    let Some((_, dir)) = dirs.first() else { return Vec::new() };
+    let Some((_, dir)) = dirs.first() else {
+        return Vec::new();
+    };
     fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()

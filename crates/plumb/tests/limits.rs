@@ -44,6 +44,15 @@ fn cpu_usec(sb: &Sandbox, stack: &str, container: &str) -> u64 {
     read_number(&cgroup_file(sb, stack, container, "cpuacct.usage")) / 1000
 }
 
+/// The value of the series `name{...container="C"...}`, if the scrape has it.
+fn metric(scrape: &str, name: &str, container: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| l.contains(&format!("container=\"{container}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 fn events(sb: &Sandbox, stack: &str) -> Vec<Value> {
     sb.plumb_ok(&["events", stack, "--json"])
         .lines()
@@ -91,7 +100,7 @@ fn a_process_past_its_memory_limit_is_oom_killed_and_restarted() {
     sb.write(
         "plumb.toml",
         &stack(
-            "oom",
+            "oom\"\nmetrics = \"127.0.0.1:9471",
             "10.121.1.0/24",
             &format!("memory = \"64M\"\nmemory_swap = \"64M\"\nrestart = \"on-failure\"\ncommand = [\"/usr/bin/python3\", \"-c\", \"{hog}\"]\n"),
         ),
@@ -99,7 +108,9 @@ fn a_process_past_its_memory_limit_is_oom_killed_and_restarted() {
     sb.plumb_ok(&["up"]);
     let oom = |sb: &Sandbox| {
         let all = events(sb, "oom");
-        let killed = all.iter().any(|e| e["event"] == "oom_killed" && e["container"] == "s-1");
+        let killed = all
+            .iter()
+            .any(|e| e["event"] == "oom_killed" && e["container"] == "s-1");
         let restarted = all.iter().any(|e| {
             e["event"] == "restarting" && e["detail"].as_str().is_some_and(|d| d.contains("after oom_killed"))
         });
@@ -119,7 +130,32 @@ fn a_process_past_its_memory_limit_is_oom_killed_and_restarted() {
         .to_string();
     assert!(detail.contains(&(64u64 << 20).to_string()), "{detail}");
     let log = sb.plumb_ok(&["logs", "oom/s"]);
-    assert!(!log.contains("ALLOCATED"), "the allocation succeeded past the limit:\n{log}");
+    assert!(
+        !log.contains("ALLOCATED"),
+        "the allocation succeeded past the limit:\n{log}"
+    );
+    // The metrics endpoint counts the OOM kills and shows the memory.
+    let scrape = sb.ok("curl -sf -m 5 http://127.0.0.1:9471/metrics");
+    let kills = metric(&scrape, "plumb_container_oom_kills_total", "s-1").unwrap_or(0.0);
+    assert!(kills >= 1.0, "{scrape}");
+    assert!(
+        metric(&scrape, "plumb_container_memory_bytes", "s-1").is_some(),
+        "{scrape}"
+    );
+    assert!(
+        metric(&scrape, "plumb_container_cpu_seconds_total", "s-1").is_some(),
+        "{scrape}"
+    );
+    let checked = sb.sh(&format!(
+        "printf '%s' '{}' | promtool check metrics",
+        scrape.replace('\'', "'\\''")
+    ));
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        text(&checked.stdout),
+        text(&checked.stderr)
+    );
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
@@ -153,6 +189,11 @@ fn a_busy_loop_is_held_near_its_cpus() {
     assert!(process["memory_bytes"].as_u64().unwrap() > 0, "{process}");
     let table = sb.plumb_ok(&["ps"]);
     assert!(table.contains("CPU") && table.contains("MEM"), "{table}");
+    let rows: Vec<Value> = serde_json::from_str(&sb.plumb_ok(&["top", "--once", "--json"])).unwrap();
+    let row = rows.iter().find(|r| r["container"] == "s-1").unwrap();
+    let cpu = row["cpu_percent"].as_f64().unwrap_or_else(|| panic!("{row}"));
+    assert!((3.0..=45.0).contains(&cpu), "top: {cpu}% ({row})");
+    assert!(row["memory_bytes"].as_u64().unwrap() > 0, "{row}");
 
     sb.plumb_ok(&["down"]);
     sb.assert_clean();

@@ -391,7 +391,11 @@ fn measure_usage(kernel: &mut dyn Kernel, rows: &mut [Row]) {
         let (Some(p), Some(before), Some(after)) = (row.process.as_mut(), before, after) else {
             continue;
         };
-        p.cpu_percent = Some(plumb_core::cgroup::cpu_percent(before.cpu_usec, after.cpu_usec, elapsed_us));
+        p.cpu_percent = Some(plumb_core::cgroup::cpu_percent(
+            before.cpu_usec,
+            after.cpu_usec,
+            elapsed_us,
+        ));
         p.memory_bytes = Some(after.memory_bytes);
     }
 }

@@ -361,10 +361,35 @@ fn refuse_unenforceable_limits(parsed: &Parsed, kernel: &mut dyn Kernel) -> Resu
         };
         let l = process.limits;
         let each = [
-            ("cpus", Limits { cpus: l.cpus, ..Limits::default() }),
-            ("memory", Limits { memory: l.memory, ..Limits::default() }),
-            ("memory_swap", Limits { memory: l.memory, memory_swap: l.memory_swap, ..Limits::default() }),
-            ("pids", Limits { pids: l.pids, ..Limits::default() }),
+            (
+                "cpus",
+                Limits {
+                    cpus: l.cpus,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "memory",
+                Limits {
+                    memory: l.memory,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "memory_swap",
+                Limits {
+                    memory: l.memory,
+                    memory_swap: l.memory_swap,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "pids",
+                Limits {
+                    pids: l.pids,
+                    ..Limits::default()
+                },
+            ),
         ];
         for (field, only) in each {
             if only.is_empty() || (field == "memory_swap" && l.memory_swap.is_none()) {
