@@ -51,6 +51,20 @@ impl Limits {
     }
 }
 
+/// The pids limit of a replica whose service sets none (podman's default `pids_limit`), so
+/// that a fork bomb stays in its container; applied where the host has the pids controller.
+pub const DEFAULT_PIDS: u64 = 2048;
+
+impl Limits {
+    /// These limits with the default pids limit if they set none.
+    pub fn with_default_pids(self) -> Limits {
+        Limits {
+            pids: self.pids.or(Some(DEFAULT_PIDS)),
+            ..self
+        }
+    }
+}
+
 /// The CFS period plumb uses (the kernel's default), in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// The smallest quota the kernel accepts, in microseconds.

@@ -538,3 +538,21 @@ mod tests {
         );
     }
 }
+
+/// Removes a replica's cgroup if it is there, killing (by PID) what is still inside: a
+/// process that left its group and its namespace, or one a crashed supervisor left.
+pub fn remove_cgroup(kernel: &mut dyn plumb_core::kernel::Kernel, path: &str) {
+    for _ in 0..50 {
+        let pids = kernel.cgroup_pids(path);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let Err(e) = kernel.cgroup_remove(path) {
+        eprintln!("plumb: cannot remove a cgroup: {e}");
+    }
+}

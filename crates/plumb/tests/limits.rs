@@ -173,6 +173,8 @@ fn a_busy_loop_is_held_near_its_cpus() {
         ),
     );
     sb.plumb_ok(&["up"]);
+    // A service that sets no pids limit gets the default one.
+    assert_eq!(read_number(&cgroup_file(&sb, "cpu", "s-1", "pids.max")), 2048);
     std::thread::sleep(Duration::from_millis(500));
     let (t0, u0) = (Instant::now(), cpu_usec(&sb, "cpu", "s-1"));
     std::thread::sleep(Duration::from_secs(3));

@@ -757,11 +757,11 @@ impl Validator<'_> {
                 _ => None,
             };
             match value {
-                Some(v) if v.is_finite() && v >= 0.01 && v <= 1024.0 => limits.cpus = Some(v),
+                Some(v) if (0.01..=1024.0).contains(&v) => limits.cpus = Some(v),
                 _ => self.err(
                     cpus.span(),
                     &format!("{field}.cpus"),
-                    "cpus must be a number of CPUs from 0.01 up",
+                    "cpus must be a number of CPUs from 0.01 to 1024",
                     "for example cpus = 0.5 (half of one core) or cpus = 2",
                 ),
             }

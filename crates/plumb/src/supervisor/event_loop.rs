@@ -208,17 +208,7 @@ impl Supervisor {
     /// process group and its namespace) is killed first, by PID.
     fn remove_cgroups(&mut self) {
         for path in std::mem::take(&mut self.cgroups) {
-            for _ in 0..50 {
-                let pids = self.kernel.cgroup_pids(&path);
-                if pids.is_empty() {
-                    break;
-                }
-                signal_each(&pids, Signal::SIGKILL);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Err(e) = self.kernel.cgroup_remove(&path) {
-                say(&format!("cannot remove a cgroup: {e}"));
-            }
+            crate::processes::remove_cgroup(self.kernel.as_mut(), &path);
         }
     }
 
@@ -490,7 +480,7 @@ impl Supervisor {
                 self.pipes.add(&mut child, name);
                 let spec = slot.replica.spec();
                 slot.oom_kills_at_start = None;
-                if !spec.limits.is_empty() && spec.oci.is_none() {
+                if spec.oci.is_none() {
                     let path = spawn::cgroup_path(spec);
                     slot.oom_kills_at_start = self.kernel.cgroup_usage(&path).map(|u| u.oom_kills);
                     self.cgroups.insert(path);

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{Pid, User};
+use plumb_core::cgroup::Limits;
 use plumb_core::kernel::{Confinement, Identity, Kernel};
 use plumb_core::services::{RunSpec, SEARCH_PATH};
 
@@ -37,13 +38,14 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
     } else {
         PathBuf::from(program)
     };
-    // Its own cgroup, made afresh (a crashed run's is gone with its processes).
-    let cgroup = if spec.limits.is_empty() {
+    // Its own cgroup (kept across restarts: its OOM count tells what ended a run).
+    let limits = effective_limits(kernel, &spec.limits);
+    let cgroup = if limits.is_empty() {
         None
     } else {
         let path = cgroup_path(spec);
         kernel
-            .cgroup_make(&path, &spec.limits)
+            .cgroup_make(&path, &limits)
             .map_err(|e| Failure::new(format!("{}: {e}", spec.container)))?;
         Some(path)
     };
@@ -74,11 +76,21 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
         resolv_conf: true,
         identity,
         capabilities: &spec.capabilities,
-        cgroup: cgroup.as_deref().map(|path| (path, &spec.limits)),
+        cgroup: cgroup.as_deref().map(|path| (path, &limits)),
     };
     let explain = kernel.confine(&mut command, &how)?;
     let child = command.spawn().map_err(|e| Failure::new(explain(&program, &e)))?;
     Ok((child, inode))
+}
+
+/// The service's limits, with the default pids limit where it sets none and the host can
+/// enforce it (`up` has refused limits the service sets that the host cannot).
+fn effective_limits(kernel: &mut dyn Kernel, limits: &Limits) -> Limits {
+    let with_default = limits.with_default_pids();
+    match limits.pids.is_none() && kernel.cgroup_unenforceable(&with_default).is_some() {
+        true => *limits,
+        false => with_default,
+    }
 }
 
 /// A replica's cgroup below plumb's root: `STACK/CONTAINER`.
