@@ -469,6 +469,10 @@ impl Supervisor {
         let hosts_dir = self.dir.join(HOSTS_DIR);
         let Some(slot) = self.slots.get_mut(name) else { return };
         self.dirty = true;
+        // Its cgroup's OOM count before the process can allocate anything (none before the
+        // first start made the cgroup).
+        let cgroup = spawn::cgroup_path(slot.replica.spec());
+        let oom_kills_before = self.kernel.cgroup_usage(&cgroup).map_or(0, |u| u.oom_kills);
         match spawn_replica(self.kernel.as_mut(), slot.replica.spec(), &hosts_dir) {
             Ok((mut child, inode)) => {
                 let command = match &slot.replica.spec().oci {
@@ -478,12 +482,10 @@ impl Supervisor {
                 slot.log.note(&format!("started {command} (pid {})", child.id()));
                 events::record(&self.dir, &self.stack, name, "started", format!("pid {}", child.id()));
                 self.pipes.add(&mut child, name);
-                let spec = slot.replica.spec();
                 slot.oom_kills_at_start = None;
-                if spec.oci.is_none() {
-                    let path = spawn::cgroup_path(spec);
-                    slot.oom_kills_at_start = self.kernel.cgroup_usage(&path).map(|u| u.oom_kills);
-                    self.cgroups.insert(path);
+                if slot.replica.spec().oci.is_none() && self.kernel.cgroup_usage(&cgroup).is_some() {
+                    slot.oom_kills_at_start = Some(oom_kills_before);
+                    self.cgroups.insert(cgroup);
                 }
                 slot.replica.started(now, runfile::unix_ms(), inode);
                 slot.child = Some(child);
