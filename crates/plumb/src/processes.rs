@@ -415,6 +415,24 @@ fn max_grace(specs: &[RunSpec]) -> Duration {
     Duration::from_millis(specs.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0))
 }
 
+/// Removes a replica's cgroup if it is there, killing (by PID) what is still inside: a
+/// process that left its group and its namespace, or one a crashed supervisor left.
+pub fn remove_cgroup(kernel: &mut dyn plumb_core::kernel::Kernel, path: &str) {
+    for _ in 0..50 {
+        let pids = kernel.cgroup_pids(path);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let Err(e) = kernel.cgroup_remove(path) {
+        eprintln!("plumb: cannot remove a cgroup: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,23 +554,5 @@ mod tests {
             e.hint.as_deref(),
             Some("`plumb logs a-1`, `plumb logs b-1` show their output")
         );
-    }
-}
-
-/// Removes a replica's cgroup if it is there, killing (by PID) what is still inside: a
-/// process that left its group and its namespace, or one a crashed supervisor left.
-pub fn remove_cgroup(kernel: &mut dyn plumb_core::kernel::Kernel, path: &str) {
-    for _ in 0..50 {
-        let pids = kernel.cgroup_pids(path);
-        if pids.is_empty() {
-            break;
-        }
-        for pid in pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    if let Err(e) = kernel.cgroup_remove(path) {
-        eprintln!("plumb: cannot remove a cgroup: {e}");
     }
 }
