@@ -267,6 +267,18 @@ mod tests {
     }
 
     #[test]
+    fn the_default_pids_limit_fills_in_only_what_is_unset() {
+        assert_eq!(Limits::default().with_default_pids().pids, Some(DEFAULT_PIDS));
+        let set = Limits {
+            pids: Some(64),
+            ..Limits::default()
+        };
+        assert_eq!(set.with_default_pids(), set);
+        assert_eq!(set.controllers(), ["pids"]);
+        assert!(Limits::default().is_empty() && !set.is_empty());
+    }
+
+    #[test]
     fn cpu_quota_is_per_100ms_period() {
         assert_eq!(cpu_quota_us(0.5), 50_000);
         assert_eq!(cpu_quota_us(0.2), 20_000);

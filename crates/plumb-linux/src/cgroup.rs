@@ -214,9 +214,10 @@ pub fn remove(path: &str) -> io::Result<()> {
                 continue;
             }
         }
-        // Parents: ROOT/STACK, then ROOT; busy ones (other replicas, stacks) stay.
+        // Parents: ROOT/STACK, then ROOT (each of its folders, if it has several); busy ones
+        // (other replicas, stacks) stay.
         let mut parent = dir.parent();
-        for _ in 0..2 {
+        for _ in 0..1 + root().split('/').filter(|p| !p.is_empty()).count() {
             match parent {
                 Some(p) if fs::remove_dir(p).is_ok() => parent = p.parent(),
                 _ => break,

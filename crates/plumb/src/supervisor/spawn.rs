@@ -86,10 +86,13 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
 /// The service's limits, with the default pids limit where it sets none and the host can
 /// enforce it (`up` has refused limits the service sets that the host cannot).
 fn effective_limits(kernel: &mut dyn Kernel, limits: &Limits) -> Limits {
-    let with_default = limits.with_default_pids();
-    match limits.pids.is_none() && kernel.cgroup_unenforceable(&with_default).is_some() {
-        true => *limits,
-        false => with_default,
+    if limits.pids.is_some() {
+        return *limits;
+    }
+    let default_only = Limits::default().with_default_pids();
+    match kernel.cgroup_unenforceable(&default_only) {
+        Some(_) => *limits,
+        None => limits.with_default_pids(),
     }
 }
 
