@@ -231,6 +231,23 @@ mod tests {
             Some("localhost/web"),
             "the image's own command"
         );
+        // Limits are podman's flags.
+        let mut limited = replica(&oci, Capabilities::default(), &[]);
+        limited.limits = crate::cgroup::Limits {
+            cpus: Some(0.5),
+            memory: Some(64 << 20),
+            memory_swap: Some(crate::cgroup::Swap::Unlimited),
+            pids: Some(100),
+        };
+        let args = run_args(&limited, &oci, mounts);
+        for flag in [
+            "--cpus=0.5",
+            "--memory=67108864",
+            "--memory-swap=-1",
+            "--pids-limit=100",
+        ] {
+            assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+        }
     }
 
     #[test]
