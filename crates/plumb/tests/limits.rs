@@ -227,3 +227,37 @@ fn a_limit_the_host_cannot_enforce_is_refused_at_up() {
     // Nothing was made.
     sb.assert_clean();
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn an_oom_kill_that_spares_the_replicas_own_process_is_an_event_too() {
+    let Some(sb) = Sandbox::start() else { return };
+    // `tail` keeps a line without end whole: 200 MB of zeros past a 64M limit. The shell
+    // that runs it lives on.
+    sb.write(
+        "plumb.toml",
+        &stack(
+            "worker",
+            "10.121.4.0/24",
+            "memory = \"64M\"\nmemory_swap = \"64M\"\ncommand = [\"/bin/sh\", \"-c\", \"head -c 200m /dev/zero | tail; sleep 3600\"]\n",
+        ),
+    );
+    sb.plumb_ok(&["up"]);
+    let killed = |sb: &Sandbox| {
+        events(sb, "worker")
+            .into_iter()
+            .find(|e| e["event"] == "oom_killed")
+            .map(|e| e["detail"].as_str().unwrap().to_string())
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || killed(&sb).is_some()),
+        "no oom_killed: {:#?}",
+        events(&sb, "worker")
+    );
+    let detail = killed(&sb).unwrap();
+    assert!(detail.contains("still running"), "{detail}");
+    let all = events(&sb, "worker");
+    assert!(!all.iter().any(|e| e["event"] == "exited"), "{all:#?}");
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

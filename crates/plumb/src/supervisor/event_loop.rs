@@ -53,8 +53,12 @@ struct Slot {
     /// Some exactly while `replica.has_process()`.
     child: Option<Child>,
     log: LogWriter,
-    /// The OOM kills its cgroup had counted when its process started (a replica with limits).
-    oom_kills_at_start: Option<u64>,
+    /// The OOM kills its cgroup has counted that were already told (None: no cgroup).
+    oom_kills_seen: Option<u64>,
+    /// The OOM killer ended a process of its cgroup since its process started.
+    oom_in_run: bool,
+    /// The limits its cgroup was made with (for the event's words).
+    memory_limit: Option<u64>,
 }
 
 /// Ending the processes a replica's container holds that are not the replica's own process
@@ -111,6 +115,8 @@ pub struct Supervisor {
     status_error: Option<String>,
     /// When expired faults were last looked for.
     faults_checked: Option<Instant>,
+    /// When the replicas' OOM counts were last read.
+    oom_checked: Option<Instant>,
     /// The kernel: processes started in containers, the balancer's element changes, sweeps.
     kernel: Box<dyn Kernel>,
     /// The replicas' cgroups made so far, removed when the supervisor ends.
@@ -160,6 +166,7 @@ impl Supervisor {
             status_written_ms: None,
             status_error: None,
             faults_checked: None,
+            oom_checked: None,
             balancer: Balancer::default(),
             metrics: None,
             probe_times: metrics::ProbeTimes::default(),
@@ -187,6 +194,7 @@ impl Supervisor {
             }
             self.dns.keep_listening();
             self.end_expired_faults(now);
+            self.watch_oom_kills(now);
             let sleep = self
                 .slots
                 .values()
@@ -202,6 +210,27 @@ impl Supervisor {
         crate::oci::wait_for_monitors(&self.dir.join(crate::state::CONMON_DIR), Duration::from_secs(5));
         self.write_status();
         Ok(())
+    }
+
+    /// An OOM kill that spares a replica's own process (one of its workers) is told too, at
+    /// most a second late.
+    fn watch_oom_kills(&mut self, now: Instant) {
+        if self.oom_checked.is_some_and(|t| now.duration_since(t) < MAX_SLEEP) {
+            return;
+        }
+        self.oom_checked = Some(now);
+        for (name, slot) in self.slots.iter_mut() {
+            if slot.child.is_some() {
+                notice_oom_kills(
+                    self.kernel.as_mut(),
+                    &self.dir,
+                    &self.stack,
+                    name,
+                    slot,
+                    "still running",
+                );
+            }
+        }
     }
 
     /// Removes every replica's cgroup: what is still inside (a process that left its
@@ -358,7 +387,9 @@ impl Supervisor {
             replica: Replica::new(spec.clone(), restart_token),
             child: None,
             log: LogWriter::new(runfile::logs_dir(&self.dir).join(format!("{name}.log"))),
-            oom_kills_at_start: None,
+            oom_kills_seen: None,
+            oom_in_run: false,
+            memory_limit: None,
         };
         self.slots.insert(name.clone(), slot);
     }
@@ -482,9 +513,11 @@ impl Supervisor {
                 slot.log.note(&format!("started {command} (pid {})", child.id()));
                 events::record(&self.dir, &self.stack, name, "started", format!("pid {}", child.id()));
                 self.pipes.add(&mut child, name);
-                slot.oom_kills_at_start = None;
+                slot.oom_kills_seen = None;
+                slot.oom_in_run = false;
+                slot.memory_limit = slot.replica.spec().limits.memory;
                 if slot.replica.spec().oci.is_none() && self.kernel.cgroup_usage(&cgroup).is_some() {
-                    slot.oom_kills_at_start = Some(oom_kills_before);
+                    slot.oom_kills_seen = Some(oom_kills_before);
                     self.cgroups.insert(cgroup);
                 }
                 slot.replica.started(now, runfile::unix_ms(), inode);
@@ -571,20 +604,11 @@ impl Supervisor {
             let exit = Exit::of(status);
             let mut how = exit.map_or("unknown".to_string(), |e| e.to_string());
             // The kernel's OOM killer ended a process of its cgroup during this run.
-            let oom_before = slot.oom_kills_at_start.take();
-            let oom_after = oom_before.and_then(|_| {
-                let path = spawn::cgroup_path(slot.replica.spec());
-                self.kernel.cgroup_usage(&path).map(|u| u.oom_kills)
-            });
-            if let (Some(before), Some(after)) = (oom_before, oom_after) {
-                if after > before {
-                    let limit = slot.replica.spec().limits.memory.unwrap_or_default();
-                    let detail = format!("out of memory: the memory limit is {limit} bytes ({how})");
-                    slot.log.note(&format!("oom_killed: {detail}"));
-                    events::record(&self.dir, &self.stack, &name, "oom_killed", detail);
-                    how = format!("oom_killed ({how})");
-                }
+            notice_oom_kills(self.kernel.as_mut(), &self.dir, &self.stack, &name, slot, &how);
+            if std::mem::take(&mut slot.oom_in_run) {
+                how = format!("oom_killed ({how})");
             }
+            slot.oom_kills_seen = None;
             slot.log.note(&format!("exited: {how}"));
             events::record(&self.dir, &self.stack, &name, "exited", how.clone());
             if slot.replica.state() == ReplicaState::Stopping {
@@ -722,6 +746,28 @@ impl Supervisor {
 
 /// The balancer's element edits, as one `Op` through the kernel (a netlink batch). The
 /// change's ruleset holds only the table: the supervisor records nothing of what it leaves.
+/// Records an `oom_killed` event if the replica's cgroup counts OOM kills not told yet;
+/// `how`: how its process is (its exit, or still running).
+fn notice_oom_kills(kernel: &mut dyn Kernel, dir: &Path, stack: &str, name: &str, slot: &mut Slot, how: &str) {
+    let Some(seen) = slot.oom_kills_seen else { return };
+    let path = spawn::cgroup_path(slot.replica.spec());
+    let Some(now) = kernel.cgroup_usage(&path).map(|u| u.oom_kills) else {
+        return;
+    };
+    if now <= seen {
+        return;
+    }
+    let limit = match slot.memory_limit {
+        Some(bytes) => format!("the memory limit is {bytes} bytes"),
+        None => "the host ran out of memory".to_string(),
+    };
+    let detail = format!("{} process(es) killed out of memory: {limit} ({how})", now - seen);
+    slot.log.note(&format!("oom_killed: {detail}"));
+    events::record(dir, stack, name, "oom_killed", detail);
+    slot.oom_kills_seen = Some(now);
+    slot.oom_in_run = true;
+}
+
 fn apply_nft(kernel: &mut dyn Kernel, table: &TableId, edits: &[ElementEdit]) -> std::result::Result<(), String> {
     let change = NftChange::Elements {
         ruleset: Ruleset {
