@@ -73,6 +73,19 @@ pub fn unenforceable(limits: &Limits) -> Option<String> {
                     return Some(format!("the host's cgroup v2 hierarchy has no {controller} controller"));
                 }
             }
+            // Swap is accounted where a child cgroup with memory.max also has memory.swap.max.
+            if limits.memory_swap.is_some() {
+                let children: Vec<PathBuf> = fs::read_dir(mount())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("memory.max").exists())
+                    .collect();
+                if !children.is_empty() && !children.iter().any(|p| p.join("memory.swap.max").exists()) {
+                    return Some("the host does not account swap (boot its kernel with swapaccount=1)".into());
+                }
+            }
         }
         Version::V1 => {
             for controller in limits.controllers() {
