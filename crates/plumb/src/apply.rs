@@ -16,7 +16,7 @@ pub fn kernel() -> Result<LinuxKernel> {
 
 /// Where a container's namespace is bound (`/run/netns/NAME`): podman joins it there.
 pub fn netns_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(plumb_linux::netns::RUN_DIR).join(name)
+    plumb_linux::netns::path(name)
 }
 
 /// A container's resolv.conf (the stack's DNS server), which host programs see over

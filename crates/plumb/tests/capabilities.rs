@@ -37,9 +37,10 @@ fn status(sb: &Sandbox, pid: u64) -> std::collections::BTreeMap<String, String> 
 /// Waits until the service's log holds every one of `needles`; returns the log.
 fn log_with(sb: &Sandbox, service: &str, needles: &[&str]) -> String {
     // `up` returns once the programs run, so their output may still be on its way; stdout and
-    // stderr are two pipes, read in either order: wait for every line the test looks at.
+    // stderr are two pipes, read in either order: wait for every line the test looks at (as
+    // long as a loaded machine needs: CI once saw 10 s pass before the shell's echo).
     let mut logs = String::new();
-    eventually(Duration::from_secs(10), || {
+    eventually(Duration::from_secs(30), || {
         logs = sb.plumb_ok(&["logs", service]);
         needles.iter().all(|n| logs.contains(n))
     });

@@ -65,6 +65,7 @@ pub fn prepare(root: &Path) -> Result<()> {
         Ok(meta) => {
             refuse_if_open(&root, &meta, me, Place::StateDir)?;
             if meta.mode() & 0o077 != 0 {
+                refuse_if_not_plumbs(&root)?;
                 make_private(&root)?;
             }
             Ok(())
@@ -103,6 +104,28 @@ fn refuse_if_open(dir: &Path, meta: &Metadata, me: u32, place: Place) -> Result<
             "make it writable by its owner only (chown root and chmod go-w {}), or pass --state-dir DIR (or set PLUMB_STATE_DIR) to a private folder",
             dir.display()
         ))),
+    }
+}
+
+/// What plumb keeps at the top of its state directory.
+const PLUMBS: &[&str] = &["lock", "stacks", "demo", super::FORWARDING_MARK];
+
+/// Tightening changes the mode of everything below `root`: only a folder that holds nothing
+/// but plumb's (an older plumb's, left readable) is tightened. `--state-dir /var/lib` by
+/// mistake must not make /var/lib private.
+fn refuse_if_not_plumbs(root: &Path) -> Result<()> {
+    let entries = fs::read_dir(root).map_err(|e| read_error(root, e))?;
+    let foreign = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| !PLUMBS.contains(&name.as_str()));
+    match foreign {
+        None => Ok(()),
+        Some(name) => Err(Failure::new(format!(
+            "refusing the state directory: {} is readable by others and holds {name:?}, which plumb did not make",
+            root.display()
+        ))
+        .hint("pass --state-dir DIR (or set PLUMB_STATE_DIR) to a folder of plumb's own: a new one, which plumb creates private")),
     }
 }
 
@@ -162,6 +185,20 @@ mod tests {
         assert_eq!(mode(&root.join("stacks/s/run.json")), 0o600);
         assert_eq!(mode(&root.join("stacks/s/logs/c.log")), 0o600);
         assert_eq!(mode(&root.join("stacks/s/hosts/c")), 0o644);
+        fs::remove_dir_all(root.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_readable_folder_that_is_not_plumbs_is_refused_and_left_as_it_was() {
+        let root = scratch("foreign").join("lib");
+        fs::create_dir_all(root.join("apt")).unwrap();
+        fs::write(root.join("apt/lists"), "x").unwrap();
+        set_mode(&root, 0o755).unwrap();
+        set_mode(&root.join("apt/lists"), 0o644).unwrap();
+        let err = prepare(&root).unwrap_err();
+        assert!(err.message.contains("holds \"apt\", which plumb did not make"), "{err}");
+        assert_eq!(mode(&root), 0o755);
+        assert_eq!(mode(&root.join("apt/lists")), 0o644);
         fs::remove_dir_all(root.parent().unwrap()).unwrap();
     }
 
