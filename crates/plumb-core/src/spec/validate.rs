@@ -4,6 +4,7 @@
 //! What a process is given is checked in `process`, reserved address ranges in `addresses`.
 
 mod addresses;
+mod autoscale;
 mod discovery;
 mod experiment;
 mod image;
@@ -154,6 +155,11 @@ impl Validator<'_> {
             let field = format!("services.{svc_name}");
             self.spans.insert(field.clone(), key.span());
             let replicas = raw_svc.replicas.as_ref().map_or(1, |r| *r.get_ref());
+            // An autoscaled service may grow to its max.
+            let replicas = match raw_svc.autoscale.as_ref().and_then(|a| a.get_ref().max.as_ref()) {
+                Some(max) => replicas.max(*max.get_ref()),
+                None => replicas,
+            };
             let longest = format!("{svc_name}-{}", replicas.max(1));
             if !valid_name(&svc_name, 48) {
                 self.err(
@@ -454,22 +460,21 @@ impl Validator<'_> {
                 Vec::new()
             }
         };
-        let replicas = match &raw.replicas {
-            None => 1,
-            Some(r) => match u32::try_from(*r.get_ref()) {
-                Ok(n) if n <= MAX_STACK_CONTAINERS => n,
-                _ => {
-                    self.err(
-                        r.span(),
-                        &format!("{field}.replicas"),
-                        format!("replicas = {} is out of range", r.get_ref()),
-                        format!("use a number from 0 to {MAX_STACK_CONTAINERS}: a stack holds at most {MAX_STACK_CONTAINERS} containers"),
-                    );
-                    1
-                }
-            },
-        };
-        if replicas > 1 && attachments.iter().any(|a| a.ip.is_some()) {
+        let given_replicas = raw.replicas.as_ref().map(|r| match u32::try_from(*r.get_ref()) {
+            Ok(n) if n <= MAX_STACK_CONTAINERS => n,
+            _ => {
+                self.err(
+                    r.span(),
+                    &format!("{field}.replicas"),
+                    format!("replicas = {} is out of range", r.get_ref()),
+                    format!("use a number from 0 to {MAX_STACK_CONTAINERS}: a stack holds at most {MAX_STACK_CONTAINERS} containers"),
+                );
+                1
+            }
+        });
+        let mut replicas = given_replicas.unwrap_or(1);
+        let static_ip = attachments.iter().any(|a| a.ip.is_some());
+        if replicas > 1 && static_ip && raw.autoscale.is_none() {
             let span = raw.networks.as_ref().map(Spanned::span);
             self.err(
                 span,
@@ -495,6 +500,12 @@ impl Validator<'_> {
         let image = self.image(field, name, &raw);
         let process = self.process(field, name, &raw, service_names, image.as_ref());
         let discovery = self.discovery(field, &raw);
+        let autoscale = self
+            .autoscale(field, &raw, given_replicas, discovery.lb, static_ip)
+            .map(|(spec, start)| {
+                replicas = start;
+                spec
+            });
         let placement = raw.placement.as_ref().and_then(|p| self.placement(field, p));
         ServiceSpec {
             networks: attachments,
@@ -507,6 +518,7 @@ impl Validator<'_> {
             aliases: discovery.aliases,
             placement,
             image,
+            autoscale,
         }
     }
 
