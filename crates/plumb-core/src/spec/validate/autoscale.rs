@@ -131,7 +131,9 @@ impl Validator<'_> {
             );
         }
         let start = match (replicas, &raw.replicas) {
+            // With the bounds themselves wrong (reported above), a count cannot be judged.
             (None, _) => min,
+            (Some(n), _) if min > max => n,
             (Some(n), _) if (min..=max).contains(&n) => n,
             (Some(n), span) => {
                 self.err(
@@ -306,6 +308,11 @@ mod tests {
             e.starts_with("plumb.toml:8:7: services.web.autoscale.max: max = 2 is below min = 5"),
             "{e}"
         );
+        // ... and only that: no second error about replicas against bounds that make no sense.
+        let e = errors(&format!(
+            "{NET}replicas = 8\n[services.web.autoscale]\nmin = 5\nmax = 2\nconnections = 1\n"
+        ));
+        assert_eq!(e.matches("plumb.toml:").count(), 1, "{e}");
         let e = table("max = 3\n");
         assert!(
             e.starts_with("plumb.toml:6:1: services.web.autoscale: autoscale needs a target to scale on"),
@@ -404,6 +411,30 @@ mod tests {
             "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n[services.{long}]\nautoscale = {{ max = 1000000000000000, connections = 5 }}\n"
         ));
         assert!(e.contains("longer than the kernel's 64-byte hostname limit"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_example_parses_as_documented() {
+        let doc = include_str!("../../../../../docs/stack-file.md");
+        let section = &doc[doc.find("## Autoscaling").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let text = format!("name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n{example}");
+        let p = parse("f", &text).unwrap();
+        let web = &p.stack.services["web"];
+        assert_eq!(web.replicas, 2);
+        let a = web.autoscale.as_ref().unwrap();
+        assert_eq!(
+            (a.min, a.max, a.requests_per_second, a.connections),
+            (1, 10, Some(200), Some(50))
+        );
+        assert_eq!(
+            (a.scale_down_window, a.scale_up_period),
+            (Duration::from_secs(300), Duration::from_secs(15))
+        );
+        // The commented-out cpu line is refused as the example says.
+        let e = parse("f", &text.replace("# cpu", "cpu")).err().unwrap().to_string();
+        assert!(e.contains("services have no cpus limit yet"), "{e}");
     }
 
     #[test]
