@@ -104,12 +104,15 @@ pub struct ReplicaSample {
 }
 
 impl ReplicaSample {
+    /// The sample, if it is one: a negative or non-finite number (a counter that went
+    /// back, a division by a zero interval) counts as no sample, never as load.
     fn value(&self, metric: Metric) -> Option<f64> {
-        match metric {
+        let v = match metric {
             Metric::Cpu => self.cpu_percent,
             Metric::RequestsPerSecond => self.requests_per_second,
             Metric::Connections => self.connections,
-        }
+        };
+        v.filter(|v| v.is_finite() && *v >= 0.0)
     }
 }
 
@@ -607,6 +610,11 @@ mod tests {
         let d = once(spec(1, 20), 4, &replicas);
         assert_eq!(d.desired, 4, "{d:?}");
         assert!(d.reason.contains("counting 3 without a sample as 0/s"), "{}", d.reason);
+        // Nonsense numbers are no samples either.
+        let nonsense = rps(&[150.0, f64::NAN, f64::INFINITY, -5.0]);
+        let d = once(spec(1, 20), 4, &nonsense);
+        assert_eq!(d.desired, 4, "{d:?}");
+        assert!(d.reason.contains("counting 3 without a sample"), "{}", d.reason);
         // With enough load the scale up still happens: (300+300+300+0)/4 = 225 -> 9, which
         // the rate limit makes 8.
         let mut replicas = rps(&[300.0; 3]);
@@ -614,7 +622,8 @@ mod tests {
             ready: true,
             ..Default::default()
         });
-        assert_eq!(once(spec(1, 20), 4, &replicas).desired, 8);
+        let d = once(spec(1, 20), 4, &replicas);
+        assert_eq!((d.recommended, d.desired), (Some(9), 8), "{d:?}");
     }
 
     #[test]
@@ -687,6 +696,13 @@ mod tests {
         let d = decide(&mut a, 75, 80, &flood(80));
         assert_eq!(d.desired, 100, "{d:?}");
         assert!(d.reason.contains("more than max = 100"), "{}", d.reason);
+        // The period starts from the count before any scale within it, downs included: after
+        // 8 -> 1, a scale up may go back to max(8+4, 16) = 16 at once.
+        let mut s = spec(1, 100);
+        s.scale_down_window = Duration::ZERO;
+        let mut a = Autoscaler::new(s);
+        assert_eq!(decide(&mut a, 0, 8, &rps(&[0.0; 8])).desired, 1);
+        assert_eq!(decide(&mut a, 5, 1, &flood(1)).desired, 16);
         // A longer period slows it down.
         let mut s = spec(1, 100);
         s.scale_up_period = secs(60);
