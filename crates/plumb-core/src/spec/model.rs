@@ -311,6 +311,14 @@ pub struct Build {
 }
 
 impl ServiceSpec {
+    /// The most replicas it may run: its count, or its autoscale max if higher (what the
+    /// stack's and the bridges' size limits are checked against).
+    pub fn most_replicas(&self) -> u32 {
+        self.autoscale
+            .as_ref()
+            .map_or(self.replicas, |a| a.max.max(self.replicas))
+    }
+
     /// Every port the service answers on: `expose`, then the container side of `ports`,
     /// each once, sorted.
     pub fn service_ports(&self) -> Vec<ServicePort> {

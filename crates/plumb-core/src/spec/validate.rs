@@ -1097,7 +1097,7 @@ impl Validator<'_> {
         let mut ports: BTreeMap<&str, u64> = BTreeMap::new();
         for svc in services.values() {
             for a in &svc.networks {
-                *ports.entry(&a.network).or_default() += u64::from(svc.replicas);
+                *ports.entry(&a.network).or_default() += u64::from(svc.most_replicas());
             }
         }
         for (net, count) in ports.into_iter().filter(|(_, c)| *c > MAX_BRIDGE_PORTS) {
@@ -1107,7 +1107,7 @@ impl Validator<'_> {
                 span,
                 &field,
                 format!("{count} containers join network {net:?}, but a Linux bridge takes at most {MAX_BRIDGE_PORTS} ports"),
-                "spread the replicas over several networks, or use fewer replicas",
+                "spread the replicas over several networks, or use fewer replicas (an autoscaled service counts at its max)",
             );
         }
     }
@@ -1156,20 +1156,23 @@ impl Validator<'_> {
     /// A stack holds at most [`MAX_STACK_CONTAINERS`] containers; the error points at the
     /// service with the most replicas.
     fn check_stack_size(&mut self, services: &BTreeMap<String, ServiceSpec>) {
-        let total: u64 = services.values().map(|s| u64::from(s.replicas)).sum();
+        let total: u64 = services.values().map(|s| u64::from(s.most_replicas())).sum();
         if total <= u64::from(MAX_STACK_CONTAINERS) {
             return;
         }
-        let Some((name, _)) = services.iter().max_by_key(|(_, s)| s.replicas) else {
+        let Some((name, svc)) = services.iter().max_by_key(|(_, s)| s.most_replicas()) else {
             return;
         };
-        let field = format!("services.{name}.replicas");
+        let field = match svc.most_replicas() > svc.replicas {
+            true => format!("services.{name}.autoscale.max"),
+            false => format!("services.{name}.replicas"),
+        };
         let span = span_of(&self.spans, &field);
         self.err(
             span,
             &field,
             format!("the stack has {total} containers, more than the {MAX_STACK_CONTAINERS} plumb runs in one stack"),
-            "use fewer replicas, or split the services over several stacks",
+            "use fewer replicas (an autoscaled service counts at its max), or split the services over several stacks",
         );
     }
 

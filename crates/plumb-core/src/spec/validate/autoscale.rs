@@ -134,6 +134,8 @@ impl Validator<'_> {
             // With the bounds themselves wrong (reported above), a count cannot be judged.
             (None, _) => min,
             (Some(n), _) if min > max => n,
+            // An out-of-range replicas, reported already.
+            (Some(n), Some(r)) if *r.get_ref() != i64::from(n) => n,
             (Some(n), _) if (min..=max).contains(&n) => n,
             (Some(n), span) => {
                 self.err(
@@ -411,6 +413,27 @@ mod tests {
             "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n[services.{long}]\nautoscale = {{ max = 1000000000000000, connections = 5 }}\n"
         ));
         assert!(e.contains("longer than the kernel's 64-byte hostname limit"), "{e}");
+    }
+
+    #[test]
+    fn size_limits_count_an_autoscaled_service_at_its_max() {
+        let e = errors(&format!("{NET}[services.web.autoscale]\nmax = 1024\nconnections = 5\n"));
+        assert!(
+            e.contains("1024 containers join network \"n\", but a Linux bridge takes at most 1023 ports"),
+            "{e}"
+        );
+        let e = errors(&format!(
+            "{NET}networks = []\n[services.web.autoscale]\nmax = 4000\nconnections = 5\n[services.db]\nnetworks = []\nreplicas = 97\n"
+        ));
+        assert!(
+            e.starts_with("plumb.toml:8:7: services.web.autoscale.max: the stack has 4097 containers"),
+            "{e}"
+        );
+        // A replicas out of range gets its one error.
+        let e = errors(&format!(
+            "{NET}replicas = -1\n[services.web.autoscale]\nmax = 3\nconnections = 5\n"
+        ));
+        assert_eq!(e.matches("plumb.toml:").count(), 1, "{e}");
     }
 
     #[test]
