@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use toml::Spanned;
 
-use super::raw::{RawHealth, RawNetwork, RawService, RawStack, RawTable, RawValue};
+use super::raw::{RawAutoscale, RawHealth, RawNetwork, RawService, RawStack, RawTable, RawValue};
 use super::validate::{split_command, MAX_STACK_NAME};
 use crate::diag::{Diagnostic, SourceMap};
 
@@ -122,6 +122,7 @@ pub(super) fn compose_field(field: &str) -> String {
             "memory" => "mem_limit",
             "memory_swap" => "memswap_limit",
             "pids" => "pids_limit",
+            "autoscale" => "x-plumb.autoscale",
             other => other,
         };
         parts[2] = format!("{renamed}{rest}");
@@ -744,7 +745,7 @@ impl Reader<'_> {
             match key.as_str() {
                 "image" => svc.image = self.string(&v, &kfield, "image: nginx"),
                 "build" => svc.build = Some(v.spanned(raw_value(&v))),
-                "x-plumb" => runs_on_host = self.x_plumb(&kfield, &v),
+                "x-plumb" => (runs_on_host, svc.autoscale) = self.x_plumb(&kfield, &v),
                 "command" => command = Some(v),
                 "entrypoint" => entrypoint = Some(v),
                 "environment" => environment = Some((k, v)),
@@ -829,12 +830,15 @@ impl Reader<'_> {
     }
 
     /// `x-plumb: { host: true }`: run `command` on the host, whatever `image` says (it keeps
-    /// the file valid for Docker, which needs an image or a build).
-    fn x_plumb(&mut self, field: &str, node: &Node) -> bool {
+    /// the file valid for Docker, which needs an image or a build). `x-plumb: { autoscale:
+    /// {...} }`: the stack file's `[services.X.autoscale]`.
+    fn x_plumb(&mut self, field: &str, node: &Node) -> (bool, Option<Spanned<RawAutoscale>>) {
         let mut host = false;
+        let mut autoscale = None;
         for (key, k, v) in self.entries(node, field, "x-plumb: { host: true }").unwrap_or_default() {
             match (key.as_str(), &v.value) {
                 ("host", Value::Bool(b)) => host = *b,
+                ("autoscale", _) => autoscale = self.autoscale(&format!("{field}.autoscale"), &v),
                 ("host", _) => self.err(
                     v.span.clone(),
                     &format!("{field}.host"),
@@ -845,11 +849,36 @@ impl Reader<'_> {
                     k.span.clone(),
                     &format!("{field}.{key}"),
                     format!("unknown x-plumb key {key:?}"),
-                    "x-plumb takes host: true (run command on the host, ignoring image)",
+                    "x-plumb takes host: true (run command on the host, ignoring image) and autoscale: {...}",
                 ),
             }
         }
-        host
+        (host, autoscale)
+    }
+
+    /// `x-plumb: { autoscale: { max: 10, requests_per_second: 200 } }`, with the stack file's
+    /// keys (judged as there).
+    fn autoscale(&mut self, field: &str, node: &Node) -> Option<Spanned<RawAutoscale>> {
+        let mut a = RawAutoscale::default();
+        let example = "autoscale: { max: 10, requests_per_second: 200 }";
+        for (key, k, v) in self.entries(node, field, example)? {
+            let kfield = format!("{field}.{key}");
+            match key.as_str() {
+                "min" => a.min = self.int(&v, &kfield, "min: 1"),
+                "max" => a.max = self.int(&v, &kfield, "max: 10"),
+                "requests_per_second" => a.requests_per_second = self.int(&v, &kfield, "requests_per_second: 200"),
+                "connections" => a.connections = self.int(&v, &kfield, "connections: 50"),
+                "cpu" => a.cpu = self.string(&v, &kfield, "cpu: 70%"),
+                "scale_down_window" => a.scale_down_window = self.string(&v, &kfield, "scale_down_window: 30s"),
+                "scale_up_period" => a.scale_up_period = self.string(&v, &kfield, "scale_up_period: 15s"),
+                _ => self.unknown_key(
+                    &k,
+                    &kfield,
+                    "min, max, requests_per_second, connections, cpu, scale_down_window and scale_up_period",
+                ),
+            }
+        }
+        Some(node.spanned(a))
     }
 
     fn int(&mut self, node: &Node, field: &str, example: &str) -> Option<Spanned<i64>> {
@@ -1934,6 +1963,42 @@ mod tests {
         let e = err(&svc("    x-plumb: { hots: true }\n"));
         assert!(
             e.contains("compose.yaml:4:16: services.a.x-plumb.hots: unknown x-plumb key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn x_plumb_autoscale_is_the_stack_files_autoscale() {
+        let p = ok(&svc(
+            "    command: [/bin/true]\n    x-plumb:\n      autoscale: { min: 2, max: 6, connections: 50, scale_down_window: 30s }\n",
+        ));
+        let a = p.stack.services["a"].autoscale.clone().unwrap();
+        assert_eq!((a.min, a.max, a.connections), (2, 6, Some(50)));
+        assert_eq!(a.scale_down_window, Duration::from_secs(30));
+        assert_eq!(p.stack.services["a"].replicas, 2);
+        // Judged as in a stack file, named as in the compose file.
+        let e = err(&svc(
+            "    command: [/bin/true]\n    x-plumb:\n      autoscale:\n        min: 3\n        max: 2\n        connections: 5\n",
+        ));
+        assert!(
+            e.contains("compose.yaml:8:14: services.a.x-plumb.autoscale.max: max = 2 is below min = 3"),
+            "{e}"
+        );
+        let e = err(&svc(
+            "    command: [/bin/true]\n    deploy: { replicas: 9 }\n    x-plumb: { autoscale: { max: 3, connections: 5 } }\n",
+        ));
+        assert!(
+            e.contains("services.a.deploy.replicas: replicas = 9 is outside autoscale's"),
+            "{e}"
+        );
+        let e = err(&svc("    x-plumb: { autoscale: { max: 3, conections: 5 } }\n"));
+        assert!(
+            e.contains("compose.yaml:4:37: services.a.x-plumb.autoscale.conections: unknown key"),
+            "{e}"
+        );
+        let e = err(&svc("    x-plumb: { autoscale: { max: lots, connections: 5 } }\n"));
+        assert!(
+            e.contains("services.a.x-plumb.autoscale.max: expected a whole number"),
             "{e}"
         );
     }

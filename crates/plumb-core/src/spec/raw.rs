@@ -132,6 +132,8 @@ pub(super) struct RawService {
     pub memory_swap: Option<Spanned<RawValue>>,
     /// Processes and threads each replica may have at once.
     pub pids: Option<Spanned<i64>>,
+    /// `[services.X.autoscale]`, judged in `validate::autoscale`.
+    pub autoscale: Option<Spanned<RawAutoscale>>,
 }
 
 impl RawService {
@@ -169,6 +171,7 @@ impl RawService {
             ("placement", self.placement.as_ref().map(Spanned::span)),
             ("image", self.image.as_ref().map(Spanned::span)),
             ("build", self.build.as_ref().map(Spanned::span)),
+            ("autoscale", self.autoscale.as_ref().map(Spanned::span)),
         ];
         out.extend(self.process_fields());
         out
@@ -186,6 +189,18 @@ pub(super) struct RawHealth {
     pub timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
     pub start_period: Option<Spanned<String>>,
+}
+
+#[derive(DeriveDeserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAutoscale {
+    pub min: Option<Spanned<i64>>,
+    pub max: Option<Spanned<i64>>,
+    pub cpu: Option<Spanned<String>>,
+    pub requests_per_second: Option<Spanned<i64>>,
+    pub connections: Option<Spanned<i64>>,
+    pub scale_down_window: Option<Spanned<String>>,
+    pub scale_up_period: Option<Spanned<String>>,
 }
 
 pub(super) type RawTable = BTreeMap<Spanned<String>, Spanned<RawValue>>;

@@ -4,6 +4,7 @@
 //! What a process is given is checked in `process`, reserved address ranges in `addresses`.
 
 mod addresses;
+mod autoscale;
 mod discovery;
 mod experiment;
 mod image;
@@ -155,6 +156,11 @@ impl Validator<'_> {
             let field = format!("services.{svc_name}");
             self.spans.insert(field.clone(), key.span());
             let replicas = raw_svc.replicas.as_ref().map_or(1, |r| *r.get_ref());
+            // An autoscaled service may grow to its max.
+            let replicas = match raw_svc.autoscale.as_ref().and_then(|a| a.get_ref().max.as_ref()) {
+                Some(max) => replicas.max(*max.get_ref()),
+                None => replicas,
+            };
             let longest = format!("{svc_name}-{}", replicas.max(1));
             if !valid_name(&svc_name, 48) {
                 self.err(
@@ -455,22 +461,21 @@ impl Validator<'_> {
                 Vec::new()
             }
         };
-        let replicas = match &raw.replicas {
-            None => 1,
-            Some(r) => match u32::try_from(*r.get_ref()) {
-                Ok(n) if n <= MAX_STACK_CONTAINERS => n,
-                _ => {
-                    self.err(
-                        r.span(),
-                        &format!("{field}.replicas"),
-                        format!("replicas = {} is out of range", r.get_ref()),
-                        format!("use a number from 0 to {MAX_STACK_CONTAINERS}: a stack holds at most {MAX_STACK_CONTAINERS} containers"),
-                    );
-                    1
-                }
-            },
-        };
-        if replicas > 1 && attachments.iter().any(|a| a.ip.is_some()) {
+        let given_replicas = raw.replicas.as_ref().map(|r| match u32::try_from(*r.get_ref()) {
+            Ok(n) if n <= MAX_STACK_CONTAINERS => n,
+            _ => {
+                self.err(
+                    r.span(),
+                    &format!("{field}.replicas"),
+                    format!("replicas = {} is out of range", r.get_ref()),
+                    format!("use a number from 0 to {MAX_STACK_CONTAINERS}: a stack holds at most {MAX_STACK_CONTAINERS} containers"),
+                );
+                1
+            }
+        });
+        let mut replicas = given_replicas.unwrap_or(1);
+        let static_ip = attachments.iter().any(|a| a.ip.is_some());
+        if replicas > 1 && static_ip && raw.autoscale.is_none() {
             let span = raw.networks.as_ref().map(Spanned::span);
             self.err(
                 span,
@@ -496,6 +501,12 @@ impl Validator<'_> {
         let image = self.image(field, name, &raw);
         let process = self.process(field, name, &raw, service_names, image.as_ref());
         let discovery = self.discovery(field, &raw);
+        let autoscale = self
+            .autoscale(field, &raw, given_replicas, discovery.lb, static_ip)
+            .map(|(spec, start)| {
+                replicas = start;
+                spec
+            });
         let placement = raw.placement.as_ref().and_then(|p| self.placement(field, p));
         ServiceSpec {
             networks: attachments,
@@ -508,6 +519,7 @@ impl Validator<'_> {
             aliases: discovery.aliases,
             placement,
             image,
+            autoscale,
         }
     }
 
@@ -1175,7 +1187,7 @@ impl Validator<'_> {
         let mut ports: BTreeMap<&str, u64> = BTreeMap::new();
         for svc in services.values() {
             for a in &svc.networks {
-                *ports.entry(&a.network).or_default() += u64::from(svc.replicas);
+                *ports.entry(&a.network).or_default() += u64::from(svc.most_replicas());
             }
         }
         for (net, count) in ports.into_iter().filter(|(_, c)| *c > MAX_BRIDGE_PORTS) {
@@ -1185,7 +1197,7 @@ impl Validator<'_> {
                 span,
                 &field,
                 format!("{count} containers join network {net:?}, but a Linux bridge takes at most {MAX_BRIDGE_PORTS} ports"),
-                "spread the replicas over several networks, or use fewer replicas",
+                "spread the replicas over several networks, or use fewer replicas (an autoscaled service counts at its max)",
             );
         }
     }
@@ -1234,20 +1246,23 @@ impl Validator<'_> {
     /// A stack holds at most [`MAX_STACK_CONTAINERS`] containers; the error points at the
     /// service with the most replicas.
     fn check_stack_size(&mut self, services: &BTreeMap<String, ServiceSpec>) {
-        let total: u64 = services.values().map(|s| u64::from(s.replicas)).sum();
+        let total: u64 = services.values().map(|s| u64::from(s.most_replicas())).sum();
         if total <= u64::from(MAX_STACK_CONTAINERS) {
             return;
         }
-        let Some((name, _)) = services.iter().max_by_key(|(_, s)| s.replicas) else {
+        let Some((name, svc)) = services.iter().max_by_key(|(_, s)| s.most_replicas()) else {
             return;
         };
-        let field = format!("services.{name}.replicas");
+        let field = match svc.most_replicas() > svc.replicas {
+            true => format!("services.{name}.autoscale.max"),
+            false => format!("services.{name}.replicas"),
+        };
         let span = span_of(&self.spans, &field);
         self.err(
             span,
             &field,
             format!("the stack has {total} containers, more than the {MAX_STACK_CONTAINERS} plumb runs in one stack"),
-            "use fewer replicas, or split the services over several stacks",
+            "use fewer replicas (an autoscaled service counts at its max), or split the services over several stacks",
         );
     }
 
