@@ -74,12 +74,13 @@ impl Validator<'_> {
                 table.span(),
                 &afield,
                 "autoscale needs a target to scale on",
-                "add one or more of requests_per_second = N (per replica), connections = N (per replica)",
+                "add one or more of requests_per_second = N (per replica), connections = N (per replica), cpu = \"70%\" (of its cpus limit)",
             );
         }
-        if let Some(cpu) = &a.cpu {
-            self.cpu_target(&format!("{afield}.cpu"), cpu);
-        }
+        let cpu_percent = a
+            .cpu
+            .as_ref()
+            .and_then(|cpu| self.cpu_target(&format!("{afield}.cpu"), cpu, raw.cpus.is_some()));
         let requests_per_second = a
             .requests_per_second
             .as_ref()
@@ -153,7 +154,7 @@ impl Validator<'_> {
         let spec = AutoscaleSpec {
             min,
             max,
-            cpu_percent: None,
+            cpu_percent,
             requests_per_second,
             connections,
             scale_down_window,
@@ -195,27 +196,34 @@ impl Validator<'_> {
         }
     }
 
-    /// `cpu = "70%"` is a share of the service's `cpus` limit, which this version has no
-    /// field for yet: the value is checked, then refused with what to use instead.
-    fn cpu_target(&mut self, field: &str, raw: &Spanned<String>) {
+    /// `cpu = "70%"` is a share of the service's `cpus` limit: without one there is nothing
+    /// to take a share of (`has_cpus`: the service sets `cpus`, checked on its own line).
+    fn cpu_target(&mut self, field: &str, raw: &Spanned<String>, has_cpus: bool) -> Option<u32> {
         let text = raw.get_ref();
         let percent = text
             .strip_suffix('%')
             .and_then(|n| n.trim().parse::<u32>().ok())
             .filter(|n| (1..=100).contains(n));
         match percent {
-            None => self.err(
-                raw.span(),
-                field,
-                format!("{text:?} is not a CPU target"),
-                "write a percentage of the service's cpus limit from \"1%\" to \"100%\", e.g. cpu = \"70%\"",
-            ),
-            Some(_) => self.err(
-                raw.span(),
-                field,
-                "a cpu target is a percentage of the service's cpus limit, and services have no cpus limit yet",
-                "scale on requests_per_second or connections for now",
-            ),
+            None => {
+                self.err(
+                    raw.span(),
+                    field,
+                    format!("{text:?} is not a CPU target"),
+                    "write a percentage of the service's cpus limit from \"1%\" to \"100%\", e.g. cpu = \"70%\"",
+                );
+                None
+            }
+            Some(_) if !has_cpus => {
+                self.err(
+                    raw.span(),
+                    field,
+                    "a cpu target is a percentage of the service's cpus limit, and the service sets none",
+                    "add cpus = N to the service (e.g. cpus = 0.5), or scale on requests_per_second or connections",
+                );
+                None
+            }
+            Some(n) => Some(n),
         }
     }
 
@@ -358,11 +366,18 @@ mod tests {
             ),
             "{e}"
         );
-        assert!(e.contains("scale on requests_per_second or connections"), "{e}");
+        assert!(e.contains("add cpus = N to the service"), "{e}");
         for bad in ["\"70\"", "\"0%\"", "\"150%\"", "\"lots\""] {
             let e = table(bad);
             assert!(e.contains("is not a CPU target"), "{bad}: {e}");
         }
+        // With a cpus limit the target is taken.
+        let text = format!("{NET}cpus = 0.5\n[services.web.autoscale]\nmax = 3\ncpu = \"70%\"\n");
+        let a = parse("f", &text).unwrap().stack.services["web"]
+            .autoscale
+            .clone()
+            .unwrap();
+        assert_eq!(a.cpu_percent, Some(70));
     }
 
     #[test]
@@ -455,9 +470,14 @@ mod tests {
             (a.scale_down_window, a.scale_up_period),
             (Duration::from_secs(300), Duration::from_secs(15))
         );
-        // The commented-out cpu line is refused as the example says.
-        let e = parse("f", &text.replace("# cpu", "cpu")).err().unwrap().to_string();
-        assert!(e.contains("services have no cpus limit yet"), "{e}");
+        // The commented-out cpu line needs the commented-out cpus limit, as the example says.
+        let e = parse("f", &text.replace("# cpu =", "cpu =")).err().unwrap().to_string();
+        assert!(e.contains("the service sets none"), "{e}");
+        let p = parse("f", &text.replace("# cpu", "cpu")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            p.stack.services["web"].autoscale.as_ref().unwrap().cpu_percent,
+            Some(70)
+        );
     }
 
     #[test]
