@@ -27,6 +27,17 @@ use crate::supervisor_socket;
 /// what the status file and the running supervisor name too, so a `run.json` lost with the
 /// state directory never makes an old status look like an answer.
 pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>, desired: Option<&Desired>) -> Result<RunFile> {
+    write_run_with(stack_dir, |run| {
+        run.specs = specs;
+        if let Some(d) = desired {
+            run.desired = Some(d.clone());
+        }
+    })
+}
+
+/// Writes the next generation of `run.json`, changed by `change` from the current one; a
+/// draining replica that is no longer there is forgotten.
+fn write_run_with(stack_dir: &Path, change: impl FnOnce(&mut RunFile)) -> Result<RunFile> {
     let mut run = runfile::read_run(stack_dir);
     let applied = supervisor_socket::report(stack_dir).map_or(0, |(_, report)| report.generation);
     run.generation = run
@@ -34,13 +45,73 @@ pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>, desired: Option<&Desired
         .max(runfile::read_status(stack_dir).generation)
         .max(applied)
         + 1;
-    run.specs = specs;
-    if let Some(d) = desired {
-        run.desired = Some(d.clone());
-    }
+    change(&mut run);
+    let specs = &run.specs;
+    run.draining.retain(|c| specs.iter().any(|s| &s.container == c));
     create_private_dir(stack_dir)?;
     runfile::write_json(&runfile::run_path(stack_dir), &run)?;
     Ok(run)
+}
+
+/// The longest a scale down waits for a removed replica's connections to end (its
+/// `stop_grace` if that is shorter).
+const DRAIN_MOST: Duration = Duration::from_secs(10);
+/// ... and the least: a connection the load balancer sent just before the replica left it
+/// may still be opening.
+const DRAIN_LEAST: Duration = Duration::from_millis(500);
+
+/// Before a scale down removes `containers` (whose addresses are `addresses`): the running
+/// supervisor takes them out of their VIPs and DNS (they keep running), then this waits
+/// until no established TCP connection reaches them, at least `DRAIN_LEAST` and at most
+/// their `stop_grace` (at most `DRAIN_MOST`). `undrain` takes them back if the scale fails.
+pub fn drain(
+    stack_dir: &Path,
+    containers: &BTreeSet<String>,
+    addresses: &BTreeSet<std::net::Ipv4Addr>,
+    kernel: &mut dyn plumb_core::kernel::Kernel,
+) -> Result<()> {
+    let Some(pid) = runfile::live_supervisor(stack_dir) else {
+        return Ok(());
+    };
+    let current = runfile::read_run(stack_dir);
+    let leaving: Vec<&RunSpec> = current
+        .specs
+        .iter()
+        .filter(|s| containers.contains(&s.container))
+        .collect();
+    if leaving.is_empty() {
+        return Ok(());
+    }
+    let grace = Duration::from_millis(leaving.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0)).min(DRAIN_MOST);
+    let run = write_run_with(stack_dir, |run| run.draining.extend(containers.iter().cloned()))?;
+    runfile::signal_and_wait(stack_dir, pid, run.generation, Duration::from_secs(10))?;
+    let start = Instant::now();
+    loop {
+        let open = kernel.conntrack().map_or(0, |flows| {
+            flows
+                .iter()
+                .filter(|f| f.protocol == "tcp" && f.state == "ESTABLISHED")
+                .filter(|f| addresses.contains(&f.reply.src))
+                .count()
+        });
+        let waited = start.elapsed();
+        if waited >= grace || (open == 0 && waited >= DRAIN_LEAST) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Takes replicas out of draining (a scale down that failed after `drain`).
+pub fn undrain(stack_dir: &Path) -> Result<()> {
+    let Some(pid) = runfile::live_supervisor(stack_dir) else {
+        return Ok(());
+    };
+    if runfile::read_run(stack_dir).draining.is_empty() {
+        return Ok(());
+    }
+    let run = write_run_with(stack_dir, |run| run.draining.clear())?;
+    runfile::signal_and_wait(stack_dir, pid, run.generation, Duration::from_secs(10)).map(|_| ())
 }
 
 /// Before containers are deleted or rebuilt: have a running supervisor stop their processes

@@ -265,7 +265,7 @@ pub struct ServiceSpec {
 
 /// How a service scales with its load, as Kubernetes' HorizontalPodAutoscaler (v2, default
 /// behaviour) does: at least one target; each proposes a replica count, the highest wins.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AutoscaleSpec {
     /// At least 1 (a service scaled to zero would have no load to measure).
     pub min: u32,

@@ -1,6 +1,7 @@
 //! `plumb up`: make the kernel match the stack file (observe, diff, execute), or print the
 //! plan as a script with `--dry-run`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use plumb_core::cluster::HostAssignment;
@@ -114,11 +115,43 @@ pub fn scale(ctx: &Context, stack: Option<&str>, services: &[String], dry_run: b
     let st = crate::commands::chaos::pick_stack(ctx, stack.as_deref(), &names[0])?;
     let (file, parsed) = Engine::planner(&ctx.state).recorded_stack_file(&st.stack, &replicas)?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mode = match dry_run {
-        true => Mode::DryRun(Format::Human),
-        false => Mode::Apply(Supervision::Background),
-    };
-    bring_up(ctx, &parsed, base, Some(file), None, mode)
+    if dry_run {
+        return bring_up(ctx, &parsed, base, Some(file), None, Mode::DryRun(Format::Human));
+    }
+    // Replicas on their way out leave their VIPs and DNS first, and their connections end,
+    // before the engine stops and unwires them: no request fails because of the scale.
+    let stack_dir = ctx.state.stack_dir(&st.stack);
+    let (leaving, addresses) = st.desired.as_ref().map(|d| leaving(d, &replicas)).unwrap_or_default();
+    if !leaving.is_empty() {
+        require_root("scale")?;
+        processes::drain(&stack_dir, &leaving, &addresses, &mut apply::kernel()?)?;
+    }
+    let mode = Mode::Apply(Supervision::Background);
+    let done = bring_up(ctx, &parsed, base, Some(file), None, mode);
+    if done.is_err() && !leaving.is_empty() {
+        let _ = processes::undrain(&stack_dir);
+    }
+    done
+}
+
+/// The replicas a scale to `replicas` removes (the highest-numbered of each service), and
+/// their addresses.
+fn leaving(
+    desired: &Desired,
+    replicas: &std::collections::BTreeMap<String, u32>,
+) -> (BTreeSet<String>, BTreeSet<std::net::Ipv4Addr>) {
+    let mut names = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
+    for (service, &count) in replicas {
+        let kept: BTreeSet<String> = (1..=count).map(|r| plumb_core::names::container(service, r)).collect();
+        for c in desired.containers.iter() {
+            if &c.service == service && c.external.is_none() && !kept.contains(&c.name) {
+                names.insert(c.name.clone());
+                addresses.extend(c.interfaces.iter().map(|i| i.address));
+            }
+        }
+    }
+    (names, addresses)
 }
 
 /// The assignment with each overlay's transmit checksum offload decided where it leaves it

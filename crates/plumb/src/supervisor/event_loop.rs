@@ -20,6 +20,7 @@ use plumb_core::kernel::Kernel;
 use plumb_core::services::RunSpec;
 use plumb_core::Op;
 
+use super::autoscaler::{Autoscaling, Running};
 use super::balancer::Balancer;
 use super::dns::Dns;
 use super::hosts;
@@ -121,6 +122,10 @@ pub struct Supervisor {
     kernel: Box<dyn Kernel>,
     /// The replicas' cgroups made so far, removed when the supervisor ends.
     cgroups: BTreeSet<String>,
+    /// Replicas on their way out (`run.json`'s `draining`): out of the VIPs and DNS.
+    draining: BTreeSet<String>,
+    /// The autoscaled services' controller.
+    autoscaling: Autoscaling,
 }
 
 impl Supervisor {
@@ -147,13 +152,16 @@ impl Supervisor {
         // After the signals are blocked: its threads inherit the mask, so they never take one.
         let dns = Dns::start();
         let kernel = Box::new(crate::apply::kernel()?);
+        let stack = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(Supervisor {
             kernel,
             dir: dir.to_path_buf(),
-            stack: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            autoscaling: Autoscaling::new(dir, &stack),
+            draining: BTreeSet::new(),
+            stack,
             generation: 0,
             slots: BTreeMap::new(),
             pipes: Pipes::default(),
@@ -195,10 +203,12 @@ impl Supervisor {
             self.dns.keep_listening();
             self.end_expired_faults(now);
             self.watch_oom_kills(now);
+            self.autoscale(now);
             let sleep = self
                 .slots
                 .values()
                 .filter_map(|s| s.replica.next_deadline())
+                .chain(self.autoscaling.deadline())
                 .min()
                 .map_or(MAX_SLEEP, |t| t.saturating_duration_since(Instant::now()));
             let most = if self.sweeps.is_empty() { MAX_SLEEP } else { SWEEP_POLL };
@@ -231,6 +241,24 @@ impl Supervisor {
                 );
             }
         }
+    }
+
+    /// The autoscaler's tick, when one is due.
+    fn autoscale(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        let unready = self.unready();
+        let running: Vec<Running> = self
+            .slots
+            .iter()
+            .map(|(name, slot)| Running {
+                spec: slot.replica.spec(),
+                ready: slot.child.is_some() && !unready.contains(name),
+            })
+            .collect();
+        self.autoscaling
+            .tick(now, self.dns.desired(), &running, self.kernel.as_mut());
     }
 
     /// Removes every replica's cgroup: what is still inside (a process that left its
@@ -305,6 +333,8 @@ impl Supervisor {
         }
         self.generation = run.generation;
         self.dirty = true;
+        self.draining = run.draining.clone();
+        self.autoscaling.reload(run.desired.as_ref());
         self.dns.reload(run.desired.as_ref());
         self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
         let unready = self.unready();
@@ -362,7 +392,7 @@ impl Supervisor {
                 .collect(),
             ..StatusFile::default()
         };
-        match self.dns.desired() {
+        let mut unready = match self.dns.desired() {
             Some(desired) => status.unready(desired),
             None => status
                 .replicas
@@ -370,7 +400,9 @@ impl Supervisor {
                 .filter(|(_, r)| !r.is_ready())
                 .map(|(n, _)| n.clone())
                 .collect(),
-        }
+        };
+        unready.extend(self.draining.iter().cloned());
+        unready
     }
 
     /// Takes `spec` as its replica's definition, adding the replica if it is new.
@@ -584,6 +616,7 @@ impl Supervisor {
 
     fn shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
+        self.autoscaling.stop();
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
             self.stop(&name, AfterStop::Stop, now);

@@ -1,0 +1,192 @@
+//! The autoscaler with real load: `plumb bench --rate` from a client container ramps a
+//! service with a `requests_per_second` target; the supervisor scales it up to the count the
+//! measured rate asks for (new replicas join the VIP once ready), and back down to `min`
+//! once the load falls and the scale-down window has passed (removed replicas leave the VIP
+//! and drain first). Not one request fails across the scale up and the scale down; the
+//! decisions are in `plumb autoscale status` and `plumb events`; `down` leaves nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// One answer per connection ("Connection: close"), saying which replica served it: at L4
+/// each request is then a connection the VIP's counters see.
+const SERVER: &str = r#"
+import http.server, os
+name = "web-" + os.environ["PLUMB_REPLICA"]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = name.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.send_header("X-Served-By", name)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 80), Handler).serve_forever()
+"#;
+
+const TARGET: f64 = 10.0;
+const MIN: u64 = 1;
+const MAX: u64 = 5;
+
+fn stack() -> String {
+    format!(
+        r#"
+name = "as"
+[networks.n]
+subnet = "10.89.73.0/24"
+[services.web]
+expose = [80]
+command = ["python3", "-u", "server.py"]
+health = {{ tcp = 80, interval = "200ms" }}
+stop_grace = "2s"
+[services.web.autoscale]
+min = {MIN}
+max = {MAX}
+requests_per_second = {TARGET}
+scale_down_window = "5s"
+[services.client]
+lb = "none"
+"#
+    )
+}
+
+/// `plumb bench` at `rate` for `seconds` from the client to the service's VIP: its report.
+fn bench(sb: &Sandbox, rate: u32, seconds: u32) -> Value {
+    let (rate, duration) = (rate.to_string(), format!("{seconds}s"));
+    let args = [
+        "bench",
+        "http://web/",
+        "--from",
+        "client",
+        "--rate",
+        &rate,
+        "--duration",
+        &duration,
+        "--connections",
+        "4",
+        "--json",
+    ];
+    let out = sb.plumb(&args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "plumb {args:?}: {e}\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+/// Every request of the run was answered with 200.
+fn assert_no_failure(report: &Value) {
+    assert_eq!(report["errors"].as_object().map(|e| e.len()), Some(0), "{report:#}");
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{report:#}");
+    assert_eq!(report["responses"]["200"].as_u64(), Some(requests), "{report:#}");
+}
+
+/// The service's line of `plumb autoscale status --json`.
+fn status(sb: &Sandbox) -> Value {
+    let rows: Value = serde_json::from_str(&sb.plumb_ok(&["autoscale", "status", "--json"])).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "web")
+        .cloned()
+        .unwrap_or_else(|| panic!("no autoscaled web in {rows:#}"))
+}
+
+/// The replicas of web that run (processes), from `plumb ps`.
+fn running(sb: &Sandbox) -> usize {
+    sb.ps()
+        .iter()
+        .filter(|c| c["service"] == "web" && c["process"]["pid"].as_u64().is_some())
+        .count()
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root: run scripts/test")]
+fn load_scales_the_service_up_to_what_the_rate_asks_and_back_to_min_without_a_failed_request() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write("server.py", SERVER);
+    sb.write("plumb.toml", &stack());
+    sb.plumb_ok(&["up", "--wait"]);
+    assert_eq!(running(&sb), MIN as usize);
+    let before = status(&sb);
+    assert_eq!(before["current"], MIN, "{before:#}");
+    assert_eq!(before["min"], MIN);
+    assert_eq!(before["max"], MAX);
+
+    // A load step of 2.5 times the target per replica: 3 replicas (ceil(2.5)); at 3 each
+    // gets 8.3/s, which asks for ceil(0.83 × 3) = 3 again, so the count settles there.
+    let up = bench(&sb, 25, 20);
+    assert_no_failure(&up);
+    let measured = up["rps"].as_f64().unwrap();
+    let expected = ((measured / TARGET).ceil() as u64).clamp(MIN, MAX);
+    let after_load = status(&sb);
+    assert_eq!(after_load["current"], expected, "measured {measured}/s: {after_load:#}");
+    assert_eq!(running(&sb), expected as usize);
+    let decisions = after_load["decisions"].as_array().unwrap().clone();
+    let first = &decisions[0];
+    assert_eq!(
+        (first["from"].as_u64(), first["to"].as_u64()),
+        (Some(MIN), Some(expected)),
+        "{after_load:#}"
+    );
+    assert_eq!(first["outcome"], "done", "{after_load:#}");
+    assert!(
+        first["reason"].as_str().unwrap().contains("requests_per_second"),
+        "{after_load:#}"
+    );
+    // The new replicas served: the balancer sent them requests once they were ready.
+    let served = up["replicas"].as_object().unwrap();
+    assert_eq!(served.len() as u64, expected, "{up:#}");
+    let metric = &after_load["metrics"][0];
+    assert_eq!(metric["metric"], "requests_per_second");
+    assert_eq!(metric["target"], TARGET);
+
+    // Light load (0.4 of one replica's target): after the 5 s window the service goes back
+    // to min while requests still flow; removed replicas leave the VIP and drain first.
+    let down = bench(&sb, 4, 15);
+    assert_no_failure(&down);
+    assert!(
+        eventually(Duration::from_secs(30), || status(&sb)["current"] == MIN),
+        "{:#}",
+        status(&sb)
+    );
+    assert!(eventually(Duration::from_secs(10), || running(&sb) == MIN as usize));
+    let last = status(&sb);
+    let decisions = last["decisions"].as_array().unwrap();
+    let scaled_down = decisions.last().unwrap();
+    assert_eq!(scaled_down["to"], MIN, "{last:#}");
+    assert!(scaled_down["reason"].as_str().unwrap().contains("scaling"), "{last:#}");
+
+    // The decisions are events too, and the status table shows them.
+    let events = sb.plumb_ok(&["events", "as", "--json"]);
+    let autoscaled: Vec<Value> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "autoscaled")
+        .collect();
+    assert!(autoscaled.len() >= 2, "{events}");
+    assert!(
+        autoscaled[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{MIN} -> {expected}: ")),
+        "{events}"
+    );
+    let table = sb.plumb_ok(&["autoscale", "status"]);
+    eprintln!("up: {measured}/s, down: {}/s\n{table}", down["rps"]);
+    assert!(table.contains("requests_per_second"), "{table}");
+    assert!(table.contains(&format!("{MIN} -> {expected}")), "{table}");
+
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
