@@ -39,6 +39,7 @@ fn stack() -> String {
     format!(
         r#"
 name = "as"
+metrics = "127.0.0.1:9473"
 [networks.n]
 subnet = "10.89.73.0/24"
 [services.web]
@@ -147,6 +148,9 @@ fn load_scales_the_service_up_to_what_the_rate_asks_and_back_to_min_without_a_fa
     // The new replicas served: the balancer sent them requests once they were ready.
     let served = up["replicas"].as_object().unwrap();
     assert_eq!(served.len() as u64, expected, "{up:#}");
+    // `up` of the same file (no replicas: it starts at min) keeps the autoscaled count.
+    let plan = sb.plumb_ok(&["up", "--dry-run"]);
+    assert!(!plan.contains("remove its namespace"), "{plan}");
     let metric = &after_load["metrics"][0];
     assert_eq!(metric["metric"], "requests_per_second");
     assert_eq!(metric["target"], TARGET);
@@ -183,6 +187,16 @@ fn load_scales_the_service_up_to_what_the_rate_asks_and_back_to_min_without_a_fa
         "{events}"
     );
     let table = sb.plumb_ok(&["autoscale", "status"]);
+    // And metrics series.
+    let metrics = sb.ok("python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:9473/metrics\").read().decode())'");
+    for series in [
+        "plumb_autoscale_current_replicas{stack=\"as\",service=\"web\"} 1",
+        "plumb_autoscale_desired_replicas{stack=\"as\",service=\"web\"} 1",
+        "plumb_autoscale_metric_target{stack=\"as\",service=\"web\",metric=\"requests_per_second\"} 10.0",
+        "plumb_autoscale_metric_value{stack=\"as\",service=\"web\",metric=\"requests_per_second\"} ",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
     eprintln!("up: {measured}/s, down: {}/s\n{table}", down["rps"]);
     assert!(table.contains("requests_per_second"), "{table}");
     assert!(table.contains(&format!("{MIN} -> {expected}")), "{table}");

@@ -80,13 +80,60 @@ pub fn say_how_to_recover_if_interrupted() {
 /// `plumb up -f FILE`.
 pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssignment>) -> Result<()> {
     let file = &stackfile::resolve(file);
-    let parsed = stackfile::load(file)?;
+    let mut parsed = stackfile::load(file)?;
+    if assignment.is_none() {
+        parsed = keep_autoscaled_counts(ctx, file, parsed)?;
+    }
     let file = stackfile::absolute(file);
     let base = match assignment.and_then(|a| a.base.clone()) {
         Some(base) => base,
         None => file.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     bring_up(ctx, &parsed, base, Some(file), assignment, mode)
+}
+
+/// An autoscaled service of a stack that is up keeps the count its autoscaler reached (within
+/// the file's `min..max`), as a Kubernetes HPA owns its Deployment's replicas: `up` of an
+/// edited file does not undo the scaling; `replicas` is only the starting count.
+fn keep_autoscaled_counts(ctx: &Context, file: &Path, parsed: Parsed) -> Result<Parsed> {
+    let Some(desired) = ctx
+        .state
+        .load(&parsed.stack.name)
+        .ok()
+        .flatten()
+        .and_then(|r| r.desired)
+    else {
+        return Ok(parsed);
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for (name, svc) in &parsed.stack.services {
+        let Some(a) = &svc.autoscale else { continue };
+        let running = desired
+            .containers
+            .iter()
+            .filter(|c| &c.service == name && c.external.is_none())
+            .count();
+        let Ok(running) = u32::try_from(running) else { continue };
+        let keep = running.clamp(a.min, a.max);
+        if running > 0 && keep != svc.replicas {
+            counts.insert(name.clone(), keep);
+        }
+    }
+    if counts.is_empty() {
+        return Ok(parsed);
+    }
+    let text =
+        std::fs::read_to_string(file).map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
+    let dir = stackfile::absolute(file)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Ok(plumb_engine::stackfile::parse(
+        &file.display().to_string(),
+        &text,
+        &dir,
+        &counts,
+    )?)
 }
 
 /// `plumb scale SERVICE=N...`: the stack's recorded file, parsed again with these replica

@@ -294,9 +294,54 @@ pub fn render(sources: &Sources) -> String {
         denied.get_or_create(&labels).inc_by(n);
     }
 
+    autoscale(&mut registry, sources);
+
     let mut text = String::new();
     let _ = encode(&mut text, &registry);
     prometheus_text(&text)
+}
+
+/// What the autoscaler saw and decided at its last tick (`autoscale.json`).
+fn autoscale(registry: &mut Registry, sources: &Sources) {
+    type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+    let file = runfile::read_autoscale(&sources.dir);
+    let current = Family::<Labels, Gauge>::default();
+    registry.register(
+        "autoscale_current_replicas",
+        "Replicas an autoscaled service runs",
+        current.clone(),
+    );
+    let desired = Family::<Labels, Gauge>::default();
+    registry.register(
+        "autoscale_desired_replicas",
+        "Replicas the autoscaler decided at its last tick",
+        desired.clone(),
+    );
+    let value = Family::<Labels, FloatGauge>::default();
+    registry.register(
+        "autoscale_metric_value",
+        "A target's measure per ready replica at the autoscaler's last tick (cpu in percent of the cpus limit)",
+        value.clone(),
+    );
+    let target = Family::<Labels, FloatGauge>::default();
+    registry.register(
+        "autoscale_metric_target",
+        "A target's value per replica",
+        target.clone(),
+    );
+    for s in &file.services {
+        let labels: Labels = vec![("stack", sources.stack.clone()), ("service", s.service.clone())];
+        current.get_or_create(&labels).set(i64::from(s.current));
+        desired.get_or_create(&labels).set(i64::from(s.desired));
+        for m in &s.metrics {
+            let mut labels = labels.clone();
+            labels.push(("metric", m.metric.clone()));
+            target.get_or_create(&labels).set(m.target);
+            if let Some(v) = m.value {
+                value.get_or_create(&labels).set(v);
+            }
+        }
+    }
 }
 
 /// The crate writes OpenMetrics; scrapers and `promtool check metrics` read the Prometheus
