@@ -13,12 +13,15 @@ use common::*;
 use serde_json::Value;
 
 /// One answer per connection ("Connection: close"), saying which replica served it: at L4
-/// each request is then a connection the VIP's counters see.
+/// each request is then a connection the VIP's counters see. Each answer takes 300 ms, so
+/// that requests are under way when a replica is removed (SIGTERM ends this server at once:
+/// only the drain lets them finish).
 const SERVER: &str = r#"
-import http.server, os
+import http.server, os, time
 name = "web-" + os.environ["PLUMB_REPLICA"]
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        time.sleep(0.3)
         body = name.encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -71,7 +74,7 @@ fn bench(sb: &Sandbox, rate: u32, seconds: u32) -> Value {
         "--duration",
         &duration,
         "--connections",
-        "4",
+        "16",
         "--json",
     ];
     let out = sb.plumb(&args);
@@ -155,9 +158,10 @@ fn load_scales_the_service_up_to_what_the_rate_asks_and_back_to_min_without_a_fa
     assert_eq!(metric["metric"], "requests_per_second");
     assert_eq!(metric["target"], TARGET);
 
-    // Light load (0.4 of one replica's target): after the 5 s window the service goes back
+    // Light load (0.8 of one replica's target): after the 5 s window the service goes back
     // to min while requests still flow; removed replicas leave the VIP and drain first.
-    let down = bench(&sb, 4, 15);
+    let down = bench(&sb, 8, 15);
+    eprintln!("down: {} {}", down["errors"], down["replicas"]);
     assert_no_failure(&down);
     assert!(
         eventually(Duration::from_secs(30), || status(&sb)["current"] == MIN),
