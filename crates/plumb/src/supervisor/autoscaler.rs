@@ -100,7 +100,9 @@ impl Autoscaling {
     /// A new `run.json`: follows which services scale and how (a changed spec starts its
     /// recommender afresh; counters carry over).
     pub fn reload(&mut self, desired: Option<&Desired>) {
-        let specs: BTreeMap<&str, &AutoscaleSpec> = desired
+        // A cluster stack's count is the store's (`plumb scale` refuses it): not scaled here.
+        let local = desired.filter(|d| d.store.is_empty() && d.remote.is_empty());
+        let specs: BTreeMap<&str, &AutoscaleSpec> = local
             .iter()
             .flat_map(|d| d.services.iter())
             .filter_map(|s| Some((s.name.as_str(), s.autoscale.as_ref()?)))
