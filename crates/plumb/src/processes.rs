@@ -32,6 +32,9 @@ pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>, desired: Option<&Desired
         if let Some(d) = desired {
             run.desired = Some(d.clone());
         }
+        // A new generation from `up`, `scale` (its replicas removed) or an attach ends any
+        // drain: one left behind by a scale that died would keep replicas out of their VIP.
+        run.draining.clear();
     })
 }
 
