@@ -221,3 +221,59 @@ fn load_scales_the_service_up_to_what_the_rate_asks_and_back_to_min_without_a_fa
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }
+
+/// A `cpu` target reads each replica's cgroup: a busy loop held at its `cpus = 0.1` runs at
+/// about 100% of its limit, twice a 50% target, so the service grows to max (and, busy as it
+/// stays, is never scaled down); the status shows the measure.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root: run scripts/test")]
+fn a_busy_service_scales_on_its_cpu_share() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write(
+        "plumb.toml",
+        r#"
+name = "ascpu"
+[networks.n]
+subnet = "10.89.74.0/24"
+[services.spin]
+cpus = 0.1
+expose = [80]
+command = ["/bin/sh", "-c", "while :; do :; done"]
+stop_grace = "1s"
+[services.spin.autoscale]
+max = 2
+cpu = "50%"
+"#,
+    );
+    sb.plumb_ok(&["up"]);
+    let status = || {
+        let rows: Value = serde_json::from_str(&sb.plumb_ok(&["autoscale", "status", "--json"])).unwrap();
+        rows[0].clone()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || status()["current"] == 2),
+        "{:#}",
+        status()
+    );
+    let s = status();
+    let decision = &s["decisions"][0];
+    assert_eq!(
+        (decision["from"].as_u64(), decision["to"].as_u64()),
+        (Some(1), Some(2)),
+        "{s:#}"
+    );
+    assert!(decision["reason"].as_str().unwrap().starts_with("cpu "), "{s:#}");
+    let cpu = s["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "cpu")
+        .cloned()
+        .unwrap();
+    assert_eq!(cpu["target"].as_f64(), Some(50.0));
+    // Held near its limit (the host may give it less when busy, never much more).
+    let value = cpu["value"].as_f64().unwrap_or_else(|| panic!("{s:#}"));
+    assert!(value > 55.0 && value < 150.0, "{s:#}");
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}

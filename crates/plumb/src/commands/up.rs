@@ -529,3 +529,24 @@ fn summary(desired: &Desired, plan: &Plan) -> String {
         desired.containers.len().saturating_sub(created)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scale_down_removes_the_highest_numbered_replicas_of_the_services_named() {
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n\
+            [services.web]\nreplicas = 4\nexpose = [80]\n[services.db]\nreplicas = 2\n";
+        let parsed = plumb_core::spec::parse("f", text).unwrap();
+        let desired = plumb_core::desired::resolve(&parsed, &Default::default()).unwrap().0;
+        let counts = std::collections::BTreeMap::from([("web".to_string(), 2)]);
+        let (names, addresses) = leaving(&desired, &counts);
+        assert_eq!(names, BTreeSet::from(["web-3".to_string(), "web-4".to_string()]));
+        let of = |n: &str| desired.container(n).unwrap().interfaces[0].address;
+        assert_eq!(addresses, BTreeSet::from([of("web-3"), of("web-4")]));
+        // Growing, or naming the count it has, removes nothing.
+        let counts = std::collections::BTreeMap::from([("web".to_string(), 5), ("db".to_string(), 2)]);
+        assert_eq!(leaving(&desired, &counts), Default::default());
+    }
+}
