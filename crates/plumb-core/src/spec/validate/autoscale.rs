@@ -80,7 +80,7 @@ impl Validator<'_> {
         let cpu_percent = a
             .cpu
             .as_ref()
-            .and_then(|cpu| self.cpu_target(&format!("{afield}.cpu"), cpu, raw.cpus.is_some()));
+            .and_then(|cpu| self.cpu_target(&format!("{afield}.cpu"), cpu, raw));
         let requests_per_second = a
             .requests_per_second
             .as_ref()
@@ -197,8 +197,9 @@ impl Validator<'_> {
     }
 
     /// `cpu = "70%"` is a share of the service's `cpus` limit: without one there is nothing
-    /// to take a share of (`has_cpus`: the service sets `cpus`, checked on its own line).
-    fn cpu_target(&mut self, field: &str, raw: &Spanned<String>, has_cpus: bool) -> Option<u32> {
+    /// to take a share of (`cpus` itself is checked on its own line). It is measured from the
+    /// replica's own cgroup, which an image service's replica (podman's) does not have.
+    fn cpu_target(&mut self, field: &str, raw: &Spanned<String>, service: &RawService) -> Option<u32> {
         let text = raw.get_ref();
         let percent = text
             .strip_suffix('%')
@@ -214,7 +215,16 @@ impl Validator<'_> {
                 );
                 None
             }
-            Some(_) if !has_cpus => {
+            Some(_) if service.image.is_some() => {
+                self.err(
+                    raw.span(),
+                    field,
+                    "a cpu target is measured in the replica's cgroup, and an image service's replicas run in podman's",
+                    "scale an image service on requests_per_second or connections",
+                );
+                None
+            }
+            Some(_) if service.cpus.is_none() => {
                 self.err(
                     raw.span(),
                     field,
