@@ -64,19 +64,14 @@ lb = "none"
 /// `plumb bench` at `rate` for `seconds` from the client to the service's VIP: its report.
 fn bench(sb: &Sandbox, rate: u32, seconds: u32) -> Value {
     let (rate, duration) = (rate.to_string(), format!("{seconds}s"));
-    let args = [
-        "bench",
-        "http://web/",
-        "--from",
-        "client",
-        "--rate",
-        &rate,
-        "--duration",
-        &duration,
-        "--connections",
-        "16",
-        "--json",
-    ];
+    bench_with(sb, &["--rate", &rate, "--duration", &duration, "--connections", "16"])
+}
+
+/// `plumb bench http://web/ --from client ARGS --json`: its report.
+fn bench_with(sb: &Sandbox, more: &[&str]) -> Value {
+    let mut args = vec!["bench", "http://web/", "--from", "client"];
+    args.extend_from_slice(more);
+    args.push("--json");
     let out = sb.plumb(&args);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -274,6 +269,61 @@ cpu = "50%"
     // Held near its limit (the host may give it less when busy, never much more).
     let value = cpu["value"].as_f64().unwrap_or_else(|| panic!("{s:#}"));
     assert!(value > 55.0 && value < 150.0, "{s:#}");
+    sb.plumb_ok(&["down"]);
+    sb.assert_clean();
+}
+
+/// A `connections` target counts each replica's established connections through the VIP
+/// (conntrack): 12 keep-alive connections to one replica, 2.4 times a target of 5, ask for
+/// 3 replicas; the load keeps flowing without a failure while the service grows.
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root: run scripts/test")]
+fn open_connections_scale_the_service() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write(
+        "server.py",
+        r#"
+import http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 80), Handler).serve_forever()
+"#,
+    );
+    sb.write(
+        "plumb.toml",
+        r#"
+name = "asconn"
+[networks.n]
+subnet = "10.89.75.0/24"
+[services.web]
+expose = [80]
+command = ["python3", "server.py"]
+health = { tcp = 80, interval = "200ms" }
+[services.web.autoscale]
+max = 4
+connections = 5
+[services.client]
+lb = "none"
+"#,
+    );
+    sb.plumb_ok(&["up", "--wait"]);
+    let report = bench_with(&sb, &["--rate", "24", "--duration", "12s", "--connections", "12"]);
+    assert_no_failure(&report);
+    let s = status(&sb);
+    assert_eq!(s["current"], 3, "{s:#}");
+    let decisions = s["decisions"].as_array().unwrap();
+    assert_eq!(decisions.last().unwrap()["to"], 3, "{s:#}");
+    assert!(
+        decisions[0]["reason"].as_str().unwrap().starts_with("connections "),
+        "{s:#}"
+    );
     sb.plumb_ok(&["down"]);
     sb.assert_clean();
 }

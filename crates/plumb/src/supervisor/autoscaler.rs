@@ -131,9 +131,14 @@ impl Autoscaling {
         (!self.services.is_empty() || self.scaling.is_some()).then(|| self.next.unwrap_or_else(Instant::now))
     }
 
+    /// A tick is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        (!self.services.is_empty() || self.scaling.is_some()) && self.next.is_none_or(|t| now >= t)
+    }
+
     /// Measures and decides, if a tick is due; `replicas`: every replica the supervisor runs.
     pub fn tick(&mut self, now: Instant, desired: Option<&Desired>, replicas: &[Running], kernel: &mut dyn Kernel) {
-        if self.next.is_some_and(|t| now < t) || (self.services.is_empty() && self.scaling.is_none()) {
+        if !self.due(now) {
             return;
         }
         self.next = Some(now + TICK);
@@ -382,5 +387,6 @@ mod tests {
         let a = Autoscaling::new(Path::new("/var/lib/plumb/stacks/shop"), "shop");
         assert_eq!(a.state_root, Path::new("/var/lib/plumb"));
         assert_eq!(a.deadline(), None);
+        assert!(!a.due(Instant::now()));
     }
 }

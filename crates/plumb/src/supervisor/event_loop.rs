@@ -245,7 +245,7 @@ impl Supervisor {
 
     /// The autoscaler's tick, when one is due.
     fn autoscale(&mut self, now: Instant) {
-        if self.shutting_down || self.autoscaling.deadline().is_none_or(|t| now < t) {
+        if self.shutting_down || !self.autoscaling.due(now) {
             return;
         }
         let unready = self.unready();
