@@ -217,7 +217,7 @@ fn load_scales_the_service_up_to_what_the_rate_asks_and_back_to_min_without_a_fa
     sb.assert_clean();
 }
 
-/// A `cpu` target reads each replica's cgroup: a busy loop held at its `cpus = 0.1` runs at
+/// A `cpu` target reads each replica's cgroup: a busy loop held at its `cpus = 0.05` runs at
 /// about 100% of its limit, twice a 50% target, so the service grows to max (and, busy as it
 /// stays, is never scaled down); the status shows the measure.
 #[test]
@@ -231,7 +231,7 @@ name = "ascpu"
 [networks.n]
 subnet = "10.89.74.0/24"
 [services.spin]
-cpus = 0.1
+cpus = 0.05
 expose = [80]
 command = ["/bin/sh", "-c", "while :; do :; done"]
 stop_grace = "1s"
