@@ -22,7 +22,8 @@ pub struct Event {
     pub stack: String,
     pub container: String,
     /// `created`, `removed`, `started`, `exited`, `restarting`, `start_failed`, `health`,
-    /// `oom_killed`, `autoscaled` and `autoscale_failed` (whose `container` is the service).
+    /// `oom_killed`, `draining`, `autoscaled` and `autoscale_failed` (whose `container` is
+    /// the service).
     pub event: String,
     /// What more there is to say: a PID, an exit status, the new health.
     #[serde(default)]

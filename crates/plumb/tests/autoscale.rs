@@ -198,6 +198,17 @@ fn load_scales_the_service_up_to_what_the_rate_asks_and_back_to_min_without_a_fa
             .any(|e| e["detail"].as_str().unwrap().contains(&format!(" -> {expected}: "))),
         "{events}"
     );
+    // The replicas that went drained first: out of the VIP before they were stopped.
+    let all: Vec<Value> = events.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    for gone in (MIN + 1)..=expected {
+        let name = format!("web-{gone}");
+        let of = |kind: &str| {
+            all.iter()
+                .rposition(|e| e["container"] == name.as_str() && e["event"] == kind)
+        };
+        let (draining, exited) = (of("draining"), of("exited"));
+        assert!(draining.is_some() && draining < exited, "{name}: {events}");
+    }
     let table = sb.plumb_ok(&["autoscale", "status"]);
     // And metrics series.
     let metrics = sb.ok("python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:9473/metrics\").read().decode())'");

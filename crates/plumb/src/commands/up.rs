@@ -1,7 +1,6 @@
 //! `plumb up`: make the kernel match the stack file (observe, diff, execute), or print the
 //! plan as a script with `--dry-run`.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use plumb_core::cluster::HostAssignment;
@@ -162,43 +161,11 @@ pub fn scale(ctx: &Context, stack: Option<&str>, services: &[String], dry_run: b
     let st = crate::commands::chaos::pick_stack(ctx, stack.as_deref(), &names[0])?;
     let (file, parsed) = Engine::planner(&ctx.state).recorded_stack_file(&st.stack, &replicas)?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dry_run {
-        return bring_up(ctx, &parsed, base, Some(file), None, Mode::DryRun(Format::Human));
-    }
-    // Replicas on their way out leave their VIPs and DNS first, and their connections end,
-    // before the engine stops and unwires them: no request fails because of the scale.
-    let stack_dir = ctx.state.stack_dir(&st.stack);
-    let (leaving, addresses) = st.desired.as_ref().map(|d| leaving(d, &replicas)).unwrap_or_default();
-    if !leaving.is_empty() {
-        require_root("scale")?;
-        processes::drain(&stack_dir, &leaving, &addresses, &mut apply::kernel()?)?;
-    }
-    let mode = Mode::Apply(Supervision::Background);
-    let done = bring_up(ctx, &parsed, base, Some(file), None, mode);
-    if done.is_err() && !leaving.is_empty() {
-        let _ = processes::undrain(&stack_dir);
-    }
-    done
-}
-
-/// The replicas a scale to `replicas` removes (the highest-numbered of each service), and
-/// their addresses.
-fn leaving(
-    desired: &Desired,
-    replicas: &std::collections::BTreeMap<String, u32>,
-) -> (BTreeSet<String>, BTreeSet<std::net::Ipv4Addr>) {
-    let mut names = BTreeSet::new();
-    let mut addresses = BTreeSet::new();
-    for (service, &count) in replicas {
-        let kept: BTreeSet<String> = (1..=count).map(|r| plumb_core::names::container(service, r)).collect();
-        for c in desired.containers.iter() {
-            if &c.service == service && c.external.is_none() && !kept.contains(&c.name) {
-                names.insert(c.name.clone());
-                addresses.extend(c.interfaces.iter().map(|i| i.address));
-            }
-        }
-    }
-    (names, addresses)
+    let mode = match dry_run {
+        true => Mode::DryRun(Format::Human),
+        false => Mode::Apply(Supervision::Background),
+    };
+    bring_up(ctx, &parsed, base, Some(file), None, mode)
 }
 
 /// The assignment with each overlay's transmit checksum offload decided where it leaves it
@@ -287,7 +254,7 @@ pub fn bring_up(
     };
     // Images are built (or pulled) before anything changes: a failed build leaves all as it was.
     crate::oci::prepare_images(parsed, &base)?;
-    let change = apply::with_progress(|progress| {
+    let applied = apply::with_progress(|progress| {
         engine.apply(
             change,
             &mut |c, kernel| {
@@ -298,11 +265,22 @@ pub fn bring_up(
                         eprintln!("plumb: ending fault {}: {e}", fault.id);
                     }
                 }
+                // Replicas on their way out leave their VIPs and DNS, and their connections
+                // end, before they are stopped.
+                processes::drain(&stack_dir, &c.rebuilt, kernel).map_err(Failure::into_engine)?;
                 processes::release_containers(&stack_dir, &c.rebuilt).map_err(Failure::into_engine)
             },
             progress,
         )
-    })?;
+    });
+    let change = match applied {
+        Ok(change) => change,
+        Err(e) => {
+            // A drain the failed change began ends: its replicas take connections again.
+            let _ = processes::undrain(&stack_dir);
+            return Err(e.into());
+        }
+    };
     let (desired, plan) = (&change.desired, &change.plan);
     for step in &plan.steps {
         match &step.what {
@@ -528,25 +506,4 @@ fn summary(desired: &Desired, plan: &Plan) -> String {
         count(desired.networks.len(), "network"),
         desired.containers.len().saturating_sub(created)
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_scale_down_removes_the_highest_numbered_replicas_of_the_services_named() {
-        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n\
-            [services.web]\nreplicas = 4\nexpose = [80]\n[services.db]\nreplicas = 2\n";
-        let parsed = plumb_core::spec::parse("f", text).unwrap();
-        let desired = plumb_core::desired::resolve(&parsed, &Default::default()).unwrap().0;
-        let counts = std::collections::BTreeMap::from([("web".to_string(), 2)]);
-        let (names, addresses) = leaving(&desired, &counts);
-        assert_eq!(names, BTreeSet::from(["web-3".to_string(), "web-4".to_string()]));
-        let of = |n: &str| desired.container(n).unwrap().interfaces[0].address;
-        assert_eq!(addresses, BTreeSet::from([of("web-3"), of("web-4")]));
-        // Growing, or naming the count it has, removes nothing.
-        let counts = std::collections::BTreeMap::from([("web".to_string(), 5), ("db".to_string(), 2)]);
-        assert_eq!(leaving(&desired, &counts), Default::default());
-    }
 }

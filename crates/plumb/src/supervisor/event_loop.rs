@@ -333,6 +333,13 @@ impl Supervisor {
         }
         self.generation = run.generation;
         self.dirty = true;
+        for name in run.draining.difference(&self.draining) {
+            let detail = "out of its VIPs and DNS; stopped once its connections end";
+            events::record(&self.dir, &self.stack, name, "draining", detail);
+            if let Some(slot) = self.slots.get_mut(name) {
+                slot.log.note(&format!("draining: {detail}"));
+            }
+        }
         self.draining = run.draining.clone();
         self.autoscaling.reload(run.desired.as_ref());
         self.dns.reload(run.desired.as_ref());
