@@ -70,6 +70,9 @@ pub struct Service {
     pub aliases: Vec<String>,
     /// Its containers (`web-1`, `web-2`), in replica order.
     pub containers: Vec<String>,
+    /// How the supervisor's autoscaler scales it, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<crate::spec::AutoscaleSpec>,
 }
 
 /// One policy and its place in the stack file, for `plumb policy why` and drop logs.
@@ -475,6 +478,7 @@ fn resolve_with(
                         .map(|a| a.name.clone()),
                 )
                 .collect(),
+            autoscale: svc.autoscale.clone(),
         })
         .collect();
     let mut containers = Vec::new();

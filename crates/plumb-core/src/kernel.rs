@@ -149,6 +149,8 @@ pub struct Confinement<'a> {
     pub resolv_conf: bool,
     pub identity: Option<Identity>,
     pub capabilities: &'a crate::spec::Capabilities,
+    /// The cgroup (made by [`Kernel::cgroup_make`]) it joins before anything else.
+    pub cgroup: Option<(&'a str, &'a crate::cgroup::Limits)>,
 }
 
 /// Says why a confined command did not start: the step before exec that failed, or exec.
@@ -292,6 +294,32 @@ pub trait Kernel: Send {
     /// Sets `command` up to start inside a container (see [`Confinement`]); what it returns
     /// explains a failed spawn.
     fn confine(&mut self, command: &mut std::process::Command, how: &Confinement) -> KernelResult<SpawnFailure>;
+
+    /// Why the host cannot enforce `limits`, if it cannot (checked at `up`).
+    fn cgroup_unenforceable(&mut self, _limits: &crate::cgroup::Limits) -> Option<String> {
+        None
+    }
+
+    /// Makes a replica's cgroup `path` (`STACK/CONTAINER`, below plumb's root in each
+    /// hierarchy) with `limits`.
+    fn cgroup_make(&mut self, _path: &str, _limits: &crate::cgroup::Limits) -> KernelResult<()> {
+        Ok(())
+    }
+
+    /// What cgroup `path` has counted; None if there is no such cgroup.
+    fn cgroup_usage(&mut self, _path: &str) -> Option<crate::cgroup::Usage> {
+        None
+    }
+
+    /// The processes still in cgroup `path`.
+    fn cgroup_pids(&mut self, _path: &str) -> Vec<i32> {
+        Vec::new()
+    }
+
+    /// Removes cgroup `path` and its parents left empty; fails while processes remain.
+    fn cgroup_remove(&mut self, _path: &str) -> KernelResult<()> {
+        Ok(())
+    }
 
     /// Sets `command` up to run with only this identity and these capabilities (in the
     /// namespaces of the thread that spawns it: a health check's).

@@ -2,7 +2,9 @@
 //! naming, the desired state, the diff into a plan, and the plan rendered as a script.
 //! Nothing here performs I/O or system calls.
 
+pub mod autoscale;
 pub mod bench;
+pub mod cgroup;
 pub mod chaos;
 pub mod cluster;
 pub mod cni;

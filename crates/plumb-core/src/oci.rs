@@ -108,6 +108,22 @@ pub fn run_args(spec: &RunSpec, oci: &OciRun, mounts: Mounts) -> Vec<String> {
     if !keep.is_empty() {
         args.push(format!("--cap-add={}", keep.join(",")));
     }
+    // podman puts the container in a cgroup of its own with these limits.
+    let limits = &spec.limits;
+    if let Some(cpus) = limits.cpus {
+        args.push(format!("--cpus={cpus}"));
+    }
+    if let Some(memory) = limits.memory {
+        args.push(format!("--memory={memory}"));
+    }
+    match limits.memory_swap {
+        Some(crate::cgroup::Swap::Total(total)) => args.push(format!("--memory-swap={total}")),
+        Some(crate::cgroup::Swap::Unlimited) => args.push("--memory-swap=-1".into()),
+        None => {}
+    }
+    if let Some(pids) = limits.pids {
+        args.push(format!("--pids-limit={pids}"));
+    }
     if let Some(user) = &spec.user {
         args.push(format!("--user={user}"));
     }
@@ -175,6 +191,7 @@ mod tests {
             workdir: "/".into(),
             user: Some("www-data".into()),
             capabilities: caps,
+            limits: Default::default(),
             restart: crate::spec::RestartPolicy::Always,
             health: None,
             depends_on: Vec::new(),
@@ -214,6 +231,23 @@ mod tests {
             Some("localhost/web"),
             "the image's own command"
         );
+        // Limits are podman's flags.
+        let mut limited = replica(&oci, Capabilities::default(), &[]);
+        limited.limits = crate::cgroup::Limits {
+            cpus: Some(0.5),
+            memory: Some(64 << 20),
+            memory_swap: Some(crate::cgroup::Swap::Unlimited),
+            pids: Some(100),
+        };
+        let args = run_args(&limited, &oci, mounts);
+        for flag in [
+            "--cpus=0.5",
+            "--memory=67108864",
+            "--memory-swap=-1",
+            "--pids-limit=100",
+        ] {
+            assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+        }
     }
 
     #[test]

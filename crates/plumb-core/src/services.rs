@@ -25,6 +25,9 @@ pub struct RunSpec {
     /// written before plumb set capabilities reads as Docker's default set.
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// Its resource limits: the replica runs in its own cgroup when any is set.
+    #[serde(default, skip_serializing_if = "crate::cgroup::Limits::is_empty")]
+    pub limits: crate::cgroup::Limits,
     pub restart: RestartPolicy,
     pub health: Option<HealthSpec>,
     pub depends_on: Vec<Dependency>,
@@ -116,6 +119,7 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
                 workdir,
                 user: p.user.clone(),
                 capabilities: p.capabilities,
+                limits: p.limits,
                 restart: p.restart,
                 health: p.health.clone(),
                 depends_on: p.depends_on.clone(),

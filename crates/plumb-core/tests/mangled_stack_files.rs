@@ -27,6 +27,11 @@ env = { A = "1" }
 [services.api.health]
 tcp = 80
 interval = "1s"
+[services.web.autoscale]
+min = 2
+max = 5
+requests_per_second = 200
+scale_down_window = "30s"
 "#,
 ];
 

@@ -571,13 +571,49 @@ impl Kernel for LinuxKernel {
             hosts: how.hosts,
             resolv_conf: how.resolv_conf.then_some(resolv_conf.as_path()),
         };
-        let confined = crate::spawn::confine(command, fd, how.hostname, files, how.identity, how.capabilities)
+        let cgroup = match how.cgroup {
+            Some((path, limits)) => crate::cgroup::procs_files(path, limits).map_err(|e| KernelError {
+                what: format!("open the cgroup of {path}"),
+                detail: e.to_string(),
+                errno: e.raw_os_error(),
+            })?,
+            None => Vec::new(),
+        };
+        let confined = crate::spawn::confine(command, fd, how.hostname, files, how.identity, how.capabilities, cgroup)
             .map_err(|e| KernelError {
                 what: format!("prepare a process for {}", how.netns),
                 detail: e.to_string(),
                 errno: e.raw_os_error(),
             })?;
         Ok(Box::new(move |program, err| confined.explain(program, err)))
+    }
+
+    fn cgroup_unenforceable(&mut self, limits: &plumb_core::cgroup::Limits) -> Option<String> {
+        crate::cgroup::unenforceable(limits)
+    }
+
+    fn cgroup_make(&mut self, path: &str, limits: &plumb_core::cgroup::Limits) -> KernelResult<()> {
+        crate::cgroup::make(path, limits).map_err(|e| KernelError {
+            what: format!("make the cgroup of {path}"),
+            detail: e.to_string(),
+            errno: e.raw_os_error(),
+        })
+    }
+
+    fn cgroup_usage(&mut self, path: &str) -> Option<plumb_core::cgroup::Usage> {
+        crate::cgroup::usage(path)
+    }
+
+    fn cgroup_pids(&mut self, path: &str) -> Vec<i32> {
+        crate::cgroup::pids(path)
+    }
+
+    fn cgroup_remove(&mut self, path: &str) -> KernelResult<()> {
+        crate::cgroup::remove(path).map_err(|e| KernelError {
+            what: format!("remove the cgroup of {path}"),
+            detail: e.to_string(),
+            errno: e.raw_os_error(),
+        })
     }
 
     fn restrict(

@@ -2,6 +2,7 @@
 //! (links, addresses, routes), nftables, sysctls. Knows nothing about stack files.
 
 pub mod addr;
+pub mod cgroup;
 pub mod conntrack;
 pub mod ethtool;
 pub mod kernel;

@@ -34,7 +34,7 @@ pub struct EtcFiles<'a> {
 
 /// The steps between fork and exec, in order: a failed start names the one that failed,
 /// instead of blaming the program for a mount's "No such file or directory".
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 9] = [
     "entering the container's network namespace",
     "making the process's own UTS and mount namespaces",
     "setting the hostname",
@@ -43,6 +43,7 @@ const STEPS: [&str; 8] = [
     "binding the container's resolv.conf over /etc/resolv.conf",
     "starting a session",
     "dropping to the service's user and capabilities",
+    "joining the replica's cgroup",
 ];
 
 /// What `confine` leaves to explain a failed spawn: the child writes the number of the step
@@ -111,6 +112,7 @@ pub fn confine(
     files: EtcFiles,
     identity: Option<Identity>,
     capabilities: &Capabilities,
+    cgroup_procs: Vec<OwnedFd>,
 ) -> io::Result<Confined> {
     // Everything the child needs is prepared here: between fork and exec only system calls run.
     let privileges = Privileges::new(identity, capabilities)?;
@@ -148,6 +150,10 @@ pub fn confine(
             };
             // A supervisor blocks the signals it reads from a signalfd; the mask is inherited.
             SigSet::empty().thread_set_mask()?;
+            // First into its cgroup, so every process it makes counts against the limits.
+            for procs in &cgroup_procs {
+                step(8, nix::unistd::write(procs, b"0").map(drop).map_err(Into::into))?;
+            }
             step(0, setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(Into::into))?;
             step(
                 1,

@@ -21,7 +21,9 @@ pub struct Event {
     pub ts_ms: u64,
     pub stack: String,
     pub container: String,
-    /// `created`, `removed`, `started`, `exited`, `restarting`, `start_failed`, `health`.
+    /// `created`, `removed`, `started`, `exited`, `restarting`, `start_failed`, `health`,
+    /// `oom_killed`, `draining`, `autoscaled` and `autoscale_failed` (whose `container` is
+    /// the service).
     pub event: String,
     /// What more there is to say: a PID, an exit status, the new health.
     #[serde(default)]

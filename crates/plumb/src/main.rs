@@ -378,6 +378,12 @@ enum Command {
         #[command(flatten)]
         impair: ImpairArgs,
     },
+    /// What the autoscaler of each `[services.X.autoscale]` sees and decides:
+    /// `plumb autoscale status`.
+    Autoscale {
+        #[command(subcommand)]
+        action: AutoscaleAction,
+    },
     /// Chaos experiments from the stack file's `[[experiments]]`: `plumb experiment run NAME`.
     Experiment {
         #[command(subcommand)]
@@ -577,6 +583,20 @@ struct FaultArgs {
 }
 
 #[derive(Subcommand)]
+enum AutoscaleAction {
+    /// Per autoscaled service: its replicas now and the count decided, each target's measure
+    /// against the target, and the last decisions with when and why.
+    Status {
+        /// Only this stack (default: every stack that is up).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Print them as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ExperimentAction {
     /// Check the steady state, start the faults on schedule, check during and after; print
     /// the timeline and whether the hypothesis held (exit 1 when it did not).
@@ -710,6 +730,7 @@ impl Command {
             | Command::Down { dry_run: true, .. }
             | Command::Ps { .. }
             | Command::Services { .. }
+            | Command::Autoscale { .. }
             | Command::Exec { .. }
             | Command::Inspect { .. }
             | Command::Policy { .. }
@@ -1004,6 +1025,9 @@ fn main() -> ExitCode {
             },
         ),
         Command::Chaos { action, impair } => run_chaos(&ctx, action, impair),
+        Command::Autoscale {
+            action: AutoscaleAction::Status { stack, json },
+        } => commands::autoscale::status(&ctx, stack.as_deref(), Format::from_json_flag(json)),
         Command::Experiment {
             action: ExperimentAction::Run { name, file, json },
         } => commands::experiment::run(&ctx, &name, &file, Format::from_json_flag(json)),

@@ -27,6 +27,20 @@ use crate::supervisor_socket;
 /// what the status file and the running supervisor name too, so a `run.json` lost with the
 /// state directory never makes an old status look like an answer.
 pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>, desired: Option<&Desired>) -> Result<RunFile> {
+    write_run_with(stack_dir, |run| {
+        run.specs = specs;
+        if let Some(d) = desired {
+            run.desired = Some(d.clone());
+        }
+        // A new generation from `up`, `scale` (its replicas removed) or an attach ends any
+        // drain: one left behind by a scale that died would keep replicas out of their VIP.
+        run.draining.clear();
+    })
+}
+
+/// Writes the next generation of `run.json`, changed by `change` from the current one; a
+/// draining replica that is no longer there is forgotten.
+fn write_run_with(stack_dir: &Path, change: impl FnOnce(&mut RunFile)) -> Result<RunFile> {
     let mut run = runfile::read_run(stack_dir);
     let applied = supervisor_socket::report(stack_dir).map_or(0, |(_, report)| report.generation);
     run.generation = run
@@ -34,13 +48,84 @@ pub fn write_run(stack_dir: &Path, specs: Vec<RunSpec>, desired: Option<&Desired
         .max(runfile::read_status(stack_dir).generation)
         .max(applied)
         + 1;
-    run.specs = specs;
-    if let Some(d) = desired {
-        run.desired = Some(d.clone());
-    }
+    change(&mut run);
+    let specs = &run.specs;
+    run.draining.retain(|c| specs.iter().any(|s| &s.container == c));
     create_private_dir(stack_dir)?;
     runfile::write_json(&runfile::run_path(stack_dir), &run)?;
     Ok(run)
+}
+
+/// The longest a drain waits for a leaving replica's connections to end (its `stop_grace`
+/// if that is shorter).
+const DRAIN_MOST: Duration = Duration::from_secs(10);
+/// ... and the least, for a connection whose first packet the load balancer sent on just
+/// before the replica left it.
+const DRAIN_LEAST: Duration = Duration::from_millis(200);
+
+/// Before the engine removes or rebuilds the containers of `netns` (a scale down, an `up`
+/// with fewer replicas or a changed container): the running supervisor takes their replicas
+/// out of their VIPs and DNS while they keep running (`run.json`'s `draining`), then this
+/// waits until no TCP connection to them is opening or established, at least `DRAIN_LEAST`
+/// and at most their `stop_grace` (at most `DRAIN_MOST`). Only then are they stopped: no
+/// request fails because its replica went away. `undrain` takes them back if the change
+/// fails.
+pub fn drain(stack_dir: &Path, netns: &BTreeSet<String>, kernel: &mut dyn plumb_core::kernel::Kernel) -> Result<()> {
+    let Some(pid) = runfile::live_supervisor(stack_dir) else {
+        return Ok(());
+    };
+    let current = runfile::read_run(stack_dir);
+    let (containers, addresses, grace) = leaving(&current, netns);
+    if containers.is_empty() {
+        return Ok(());
+    }
+    let run = write_run_with(stack_dir, |run| run.draining.extend(containers.iter().cloned()))?;
+    runfile::signal_and_wait(stack_dir, pid, run.generation, Duration::from_secs(10))?;
+    let grace = grace.min(DRAIN_MOST);
+    let start = Instant::now();
+    loop {
+        let open = kernel.conntrack().map_or(0, |flows| {
+            flows
+                .iter()
+                .filter(|f| f.protocol == "tcp" && ["SYN_SENT", "SYN_RECV", "ESTABLISHED"].contains(&f.state.as_str()))
+                .filter(|f| addresses.contains(&f.reply.src))
+                .count()
+        });
+        let waited = start.elapsed();
+        if waited >= grace || (open == 0 && waited >= DRAIN_LEAST) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The replicas `run` holds in the namespaces `netns`, their addresses, and the longest of
+/// their stop grace periods.
+fn leaving(run: &RunFile, netns: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<std::net::Ipv4Addr>, Duration) {
+    let specs: Vec<&RunSpec> = run.specs.iter().filter(|s| netns.contains(&s.netns)).collect();
+    let containers: BTreeSet<String> = specs.iter().map(|s| s.container.clone()).collect();
+    let addresses = (run.desired.iter())
+        .flat_map(|d| d.containers.iter())
+        .filter(|c| containers.contains(&c.name))
+        .flat_map(|c| c.interfaces.iter().map(|i| i.address))
+        .collect();
+    (
+        containers,
+        addresses,
+        max_grace(&specs.into_iter().cloned().collect::<Vec<_>>()),
+    )
+}
+
+/// Takes replicas out of draining (a change that failed after `drain`).
+pub fn undrain(stack_dir: &Path) -> Result<()> {
+    let Some(pid) = runfile::live_supervisor(stack_dir) else {
+        return Ok(());
+    };
+    if runfile::read_run(stack_dir).draining.is_empty() {
+        return Ok(());
+    }
+    let run = write_run_with(stack_dir, |run| run.draining.clear())?;
+    runfile::signal_and_wait(stack_dir, pid, run.generation, Duration::from_secs(10)).map(|_| ())
 }
 
 /// Before containers are deleted or rebuilt: have a running supervisor stop their processes
@@ -415,10 +500,55 @@ fn max_grace(specs: &[RunSpec]) -> Duration {
     Duration::from_millis(specs.iter().map(|s| s.stop_grace_ms).max().unwrap_or(0))
 }
 
+/// Removes a replica's cgroup if it is there, killing (by PID) what is still inside: a
+/// process that left its group and its namespace, or one a crashed supervisor left.
+pub fn remove_cgroup(kernel: &mut dyn plumb_core::kernel::Kernel, path: &str) {
+    for _ in 0..50 {
+        let pids = kernel.cgroup_pids(path);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let Err(e) = kernel.cgroup_remove(path) {
+        eprintln!("plumb: cannot remove a cgroup: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runfile::{Exit, Health};
+
+    #[test]
+    fn a_drain_takes_the_replicas_of_the_namespaces_going_with_their_addresses() {
+        let text = "name = \"s\"\n[networks.n]\nsubnet = \"10.0.0.0/24\"\n\
+            [services.web]\nreplicas = 3\nexpose = [80]\ncommand = \"x\"\nstop_grace = \"3s\"\n\
+            [services.db]\ncommand = \"y\"\n[services.bare]\n";
+        let parsed = plumb_core::spec::parse("f", text).unwrap();
+        let desired = plumb_core::desired::resolve(&parsed, &Default::default()).unwrap().0;
+        let run = RunFile {
+            specs: plumb_core::services::run_specs(&desired, Path::new("/")),
+            desired: Some(desired.clone()),
+            ..RunFile::default()
+        };
+        let netns = |names: &[&str]| -> BTreeSet<String> {
+            names
+                .iter()
+                .map(|n| desired.container(n).unwrap().netns.clone())
+                .collect()
+        };
+        let (containers, addresses, grace) = leaving(&run, &netns(&["web-3", "bare-1"]));
+        // A container without a process has nothing to drain.
+        assert_eq!(containers, BTreeSet::from(["web-3".to_string()]));
+        let address = desired.container("web-3").unwrap().interfaces[0].address;
+        assert_eq!(addresses, BTreeSet::from([address]));
+        assert_eq!(grace, Duration::from_secs(3));
+        assert_eq!(leaving(&run, &BTreeSet::new()).0, BTreeSet::new());
+    }
 
     fn message(readiness: Readiness) -> String {
         match readiness {

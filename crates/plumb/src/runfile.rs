@@ -31,6 +31,10 @@ pub struct RunFile {
     /// The stack as `up` made it: what its DNS server answers (None from an older plumb).
     #[serde(default)]
     pub desired: Option<plumb_core::desired::Desired>,
+    /// Replicas on their way out (`plumb scale` down, the autoscaler): they keep running but
+    /// take no new connection (out of their VIP and DNS) while their connections drain.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub draining: BTreeSet<String>,
 }
 
 impl RunFile {
@@ -254,6 +258,62 @@ pub fn read_run(stack_dir: &Path) -> RunFile {
 
 pub fn read_status(stack_dir: &Path) -> StatusFile {
     read_json(&status_path(stack_dir))
+}
+
+/// What the supervisor's autoscaler saw and decided last (`autoscale.json`), for `plumb
+/// autoscale status` and the metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AutoscaleFile {
+    /// Unix milliseconds of its last tick.
+    pub updated_ms: u64,
+    pub services: Vec<AutoscaleStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AutoscaleStatus {
+    pub service: String,
+    pub min: u32,
+    pub max: u32,
+    /// The replicas it runs (its spec's count).
+    pub current: u32,
+    /// The count the last tick decided.
+    pub desired: u32,
+    pub metrics: Vec<AutoscaleMetric>,
+    /// Why the last tick decided what it did.
+    pub reason: String,
+    /// A scale under way (`plumb scale` started by the supervisor): the count it goes to.
+    pub scaling_to: Option<u32>,
+    /// The last decisions that changed the count, newest last.
+    pub decisions: Vec<AutoscaleDecision>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AutoscaleMetric {
+    /// `cpu`, `requests_per_second` or `connections`.
+    pub metric: String,
+    /// The average per ready replica that reported it; None if none did.
+    pub value: Option<f64>,
+    pub target: f64,
+    /// The count this target asks for, if it can say.
+    pub replicas: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AutoscaleDecision {
+    pub ts_ms: u64,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+    /// How applying it went: `scaling`, `done`, or `failed: WHY`.
+    pub outcome: String,
+}
+
+pub fn autoscale_path(stack_dir: &Path) -> PathBuf {
+    stack_dir.join("autoscale.json")
+}
+
+pub fn read_autoscale(stack_dir: &Path) -> AutoscaleFile {
+    read_json(&autoscale_path(stack_dir))
 }
 
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {

@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use toml::Spanned;
 
-use super::raw::{RawHealth, RawNetwork, RawService, RawStack, RawTable, RawValue};
+use super::raw::{RawAutoscale, RawHealth, RawNetwork, RawService, RawStack, RawTable, RawValue};
 use super::validate::{split_command, MAX_STACK_NAME};
 use crate::diag::{Diagnostic, SourceMap};
 
@@ -119,6 +119,10 @@ pub(super) fn compose_field(field: &str) -> String {
             "workdir" => "working_dir",
             "replicas" => "deploy.replicas",
             "stop_grace" => "stop_grace_period",
+            "memory" => "mem_limit",
+            "memory_swap" => "memswap_limit",
+            "pids" => "pids_limit",
+            "autoscale" => "x-plumb.autoscale",
             other => other,
         };
         parts[2] = format!("{renamed}{rest}");
@@ -349,7 +353,7 @@ fn unsupported_hint(key: &str) -> Option<&'static str> {
             "plumb shares these namespaces with the host: remove it"
         }
         "mac_address" | "sysctls" | "ulimits" | "devices" | "device_cgroup_rules" | "security_opt" | "shm_size"
-        | "mem_limit" | "cpus" | "cpu_shares" | "memswap_limit" | "oom_score_adj" | "pids_limit" | "storage_opt"
+        | "cpu_shares" | "oom_score_adj" | "storage_opt"
         | "group_add" | "init" | "tty" | "stdin_open" | "logging" | "platform" | "pull_policy" | "runtime"
         | "read_only" | "stop_signal" | "annotations" | "attach" | "develop" | "post_start" | "pre_stop"
         | "gpus" | "blkio_config" | "cpu_count" | "cpu_percent" | "cpu_period" | "cpu_quota" | "cpu_rt_runtime"
@@ -692,6 +696,38 @@ impl Reader<'_> {
         out
     }
 
+    /// `deploy.resources`: its `limits` (cpus, memory, pids) are the service's limits;
+    /// reservations plumb does not make, and says so.
+    fn resources(&mut self, field: &str, node: &Node, svc: &mut RawService) {
+        let example = "resources: { limits: { cpus: \"0.5\", memory: 256M, pids: 512 } }";
+        for (key, k, v) in self.entries(node, field, example).unwrap_or_default() {
+            let rfield = format!("{field}.{key}");
+            if key != "limits" {
+                self.err(
+                    k.span.clone(),
+                    &rfield,
+                    format!("deploy.resources.{key} is not supported"),
+                    "plumb sets limits only (deploy.resources.limits): remove it",
+                );
+                continue;
+            }
+            for (lkey, lk, lv) in self.entries(&v, &rfield, example).unwrap_or_default() {
+                let lfield = format!("{rfield}.{lkey}");
+                match lkey.as_str() {
+                    "cpus" => svc.cpus = Some(lv.spanned(raw_value(&lv))),
+                    "memory" => svc.memory = Some(lv.spanned(raw_value(&lv))),
+                    "pids" => svc.pids = self.int(&lv, &lfield, "pids: 512"),
+                    _ => self.err(
+                        lk.span.clone(),
+                        &lfield,
+                        format!("deploy.resources.limits.{lkey} is not supported"),
+                        "plumb limits cpus, memory and pids: remove it",
+                    ),
+                }
+            }
+        }
+    }
+
     fn service(&mut self, name: &str, node: &Node) -> RawService {
         let field = format!("services.{name}");
         let mut svc = RawService::default();
@@ -710,7 +746,7 @@ impl Reader<'_> {
             match key.as_str() {
                 "image" => svc.image = self.string(&v, &kfield, "image: nginx"),
                 "build" => svc.build = Some(v.spanned(raw_value(&v))),
-                "x-plumb" => runs_on_host = self.x_plumb(&kfield, &v),
+                "x-plumb" => (runs_on_host, svc.autoscale) = self.x_plumb(&kfield, &v),
                 "command" => command = Some(v),
                 "entrypoint" => entrypoint = Some(v),
                 "environment" => environment = Some((k, v)),
@@ -725,13 +761,14 @@ impl Reader<'_> {
                         let dfield = format!("{kfield}.{dkey}");
                         match dkey.as_str() {
                             "replicas" => svc.replicas = self.int(&dv, &dfield, "replicas: 3"),
+                            "resources" => self.resources(&dfield, &dv, &mut svc),
                             "mode" if dv.text().as_deref() == Some("replicated") => {}
                             _ if dkey.starts_with("x-") => {}
                             _ => self.err(
                                 dk.span.clone(),
                                 &dfield,
                                 format!("deploy.{dkey} is not supported"),
-                                "plumb reads deploy.replicas only: remove it",
+                                "plumb reads deploy.replicas and deploy.resources.limits only: remove it",
                             ),
                         }
                     }
@@ -756,6 +793,10 @@ impl Reader<'_> {
                 "working_dir" => svc.workdir = self.string(&v, &kfield, "working_dir: /srv"),
                 "user" => svc.user = self.string(&v, &kfield, "user: nobody"),
                 "stop_grace_period" => svc.stop_grace = self.string(&v, &kfield, "stop_grace_period: 10s"),
+                "cpus" => svc.cpus = Some(v.spanned(raw_value(&v))),
+                "mem_limit" => svc.memory = Some(v.spanned(raw_value(&v))),
+                "memswap_limit" => svc.memory_swap = Some(v.spanned(raw_value(&v))),
+                "pids_limit" => svc.pids = self.int(&v, &kfield, "pids_limit: 512"),
                 // Metadata: nothing to run.
                 "labels" => {}
                 _ if key.starts_with("x-") => {}
@@ -790,12 +831,15 @@ impl Reader<'_> {
     }
 
     /// `x-plumb: { host: true }`: run `command` on the host, whatever `image` says (it keeps
-    /// the file valid for Docker, which needs an image or a build).
-    fn x_plumb(&mut self, field: &str, node: &Node) -> bool {
+    /// the file valid for Docker, which needs an image or a build). `x-plumb: { autoscale:
+    /// {...} }`: the stack file's `[services.X.autoscale]`.
+    fn x_plumb(&mut self, field: &str, node: &Node) -> (bool, Option<Spanned<RawAutoscale>>) {
         let mut host = false;
+        let mut autoscale = None;
         for (key, k, v) in self.entries(node, field, "x-plumb: { host: true }").unwrap_or_default() {
             match (key.as_str(), &v.value) {
                 ("host", Value::Bool(b)) => host = *b,
+                ("autoscale", _) => autoscale = self.autoscale(&format!("{field}.autoscale"), &v),
                 ("host", _) => self.err(
                     v.span.clone(),
                     &format!("{field}.host"),
@@ -806,11 +850,36 @@ impl Reader<'_> {
                     k.span.clone(),
                     &format!("{field}.{key}"),
                     format!("unknown x-plumb key {key:?}"),
-                    "x-plumb takes host: true (run command on the host, ignoring image)",
+                    "x-plumb takes host: true (run command on the host, ignoring image) and autoscale: {...}",
                 ),
             }
         }
-        host
+        (host, autoscale)
+    }
+
+    /// `x-plumb: { autoscale: { max: 10, requests_per_second: 200 } }`, with the stack file's
+    /// keys (judged as there).
+    fn autoscale(&mut self, field: &str, node: &Node) -> Option<Spanned<RawAutoscale>> {
+        let mut a = RawAutoscale::default();
+        let example = "autoscale: { max: 10, requests_per_second: 200 }";
+        for (key, k, v) in self.entries(node, field, example)? {
+            let kfield = format!("{field}.{key}");
+            match key.as_str() {
+                "min" => a.min = self.int(&v, &kfield, "min: 1"),
+                "max" => a.max = self.int(&v, &kfield, "max: 10"),
+                "requests_per_second" => a.requests_per_second = self.int(&v, &kfield, "requests_per_second: 200"),
+                "connections" => a.connections = self.int(&v, &kfield, "connections: 50"),
+                "cpu" => a.cpu = self.string(&v, &kfield, "cpu: 70%"),
+                "scale_down_window" => a.scale_down_window = self.string(&v, &kfield, "scale_down_window: 30s"),
+                "scale_up_period" => a.scale_up_period = self.string(&v, &kfield, "scale_up_period: 15s"),
+                _ => self.unknown_key(
+                    &k,
+                    &kfield,
+                    "min, max, requests_per_second, connections, cpu, scale_down_window and scale_up_period",
+                ),
+            }
+        }
+        Some(node.spanned(a))
     }
 
     fn int(&mut self, node: &Node, field: &str, example: &str) -> Option<Spanned<i64>> {
@@ -1850,9 +1919,14 @@ mod tests {
             e.contains("compose.yaml:4:12: services.a.scale: scale 2 and deploy.replicas 3 differ"),
             "{e}"
         );
-        let e = err(&svc("    deploy: { replicas: 3, resources: {} }\n"));
+        let e = err(&svc("    deploy: { replicas: 3, resources: { reservations: {} } }\n"));
         assert!(
-            e.contains("compose.yaml:4:28: services.a.deploy.resources: deploy.resources is not supported"),
+            e.contains("compose.yaml:4:41: services.a.deploy.resources.reservations: deploy.resources.reservations is not supported"),
+            "{e}"
+        );
+        let e = err(&svc("    command: x\n    mem_limit: lots\n"));
+        assert!(
+            e.contains("compose.yaml:5:16: services.a.mem_limit: memory is not a size"),
             "{e}"
         );
         let e = err(&svc("    deploy: { replicas: 99999 }\n"));
@@ -1890,6 +1964,42 @@ mod tests {
         let e = err(&svc("    x-plumb: { hots: true }\n"));
         assert!(
             e.contains("compose.yaml:4:16: services.a.x-plumb.hots: unknown x-plumb key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn x_plumb_autoscale_is_the_stack_files_autoscale() {
+        let p = ok(&svc(
+            "    command: [/bin/true]\n    x-plumb:\n      autoscale: { min: 2, max: 6, connections: 50, scale_down_window: 30s }\n",
+        ));
+        let a = p.stack.services["a"].autoscale.clone().unwrap();
+        assert_eq!((a.min, a.max, a.connections), (2, 6, Some(50)));
+        assert_eq!(a.scale_down_window, Duration::from_secs(30));
+        assert_eq!(p.stack.services["a"].replicas, 2);
+        // Judged as in a stack file, named as in the compose file.
+        let e = err(&svc(
+            "    command: [/bin/true]\n    x-plumb:\n      autoscale:\n        min: 3\n        max: 2\n        connections: 5\n",
+        ));
+        assert!(
+            e.contains("compose.yaml:8:14: services.a.x-plumb.autoscale.max: max = 2 is below min = 3"),
+            "{e}"
+        );
+        let e = err(&svc(
+            "    command: [/bin/true]\n    deploy: { replicas: 9 }\n    x-plumb: { autoscale: { max: 3, connections: 5 } }\n",
+        ));
+        assert!(
+            e.contains("services.a.deploy.replicas: replicas = 9 is outside autoscale's"),
+            "{e}"
+        );
+        let e = err(&svc("    x-plumb: { autoscale: { max: 3, conections: 5 } }\n"));
+        assert!(
+            e.contains("compose.yaml:4:37: services.a.x-plumb.autoscale.conections: unknown key"),
+            "{e}"
+        );
+        let e = err(&svc("    x-plumb: { autoscale: { max: lots, connections: 5 } }\n"));
+        assert!(
+            e.contains("services.a.x-plumb.autoscale.max: expected a whole number"),
             "{e}"
         );
     }
@@ -1994,5 +2104,36 @@ mod tests {
             ]
         );
         assert_eq!(parse_env_file("A=1\nB\n").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn resource_limits_map_onto_the_services_limits() {
+        use crate::cgroup::{Limits, Swap};
+        let p = ok(&svc(
+            "    command: x\n    deploy: { resources: { limits: { cpus: \"0.5\", memory: 256M, pids: 100 } } }\n",
+        ));
+        let limits = p.stack.services["a"].process.clone().unwrap().limits;
+        assert_eq!(
+            limits,
+            Limits {
+                cpus: Some(0.5),
+                memory: Some(256 << 20),
+                memory_swap: None,
+                pids: Some(100)
+            }
+        );
+        let p = ok(&svc(
+            "    command: x\n    cpus: 1.5\n    mem_limit: 64m\n    memswap_limit: 128m\n    pids_limit: 64\n",
+        ));
+        let limits = p.stack.services["a"].process.clone().unwrap().limits;
+        assert_eq!(
+            limits,
+            Limits {
+                cpus: Some(1.5),
+                memory: Some(64 << 20),
+                memory_swap: Some(Swap::Total(128 << 20)),
+                pids: Some(64)
+            }
+        );
     }
 }

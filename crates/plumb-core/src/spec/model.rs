@@ -259,7 +259,40 @@ pub struct ServiceSpec {
     /// replica's namespace, rather than a host program.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<Image>,
+    /// `[services.X.autoscale]`: the replica count follows load between `min` and `max`
+    /// (`replicas` is then only the starting count). Nothing applies it yet: the recommender
+    /// is `crate::autoscale`, the controller that drives the engine with it comes next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
 }
+
+/// How a service scales with its load, as Kubernetes' HorizontalPodAutoscaler (v2, default
+/// behaviour) does: at least one target; each proposes a replica count, the highest wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscaleSpec {
+    /// At least 1 (a service scaled to zero would have no load to measure).
+    pub min: u32,
+    pub max: u32,
+    /// `cpu = "70%"`: average CPU use per ready replica, in percent of its `cpus` limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<u32>,
+    /// `requests_per_second = 200`: new connections per second per ready replica, as counted
+    /// at the service's VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    /// `connections = 50`: open connections per ready replica, as counted at the VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    /// A scale down takes the highest recommendation of this window (Kubernetes: 300s).
+    pub scale_down_window: Duration,
+    /// A scale up adds at most max(4 replicas, 100%) per this period (Kubernetes: 15s).
+    pub scale_up_period: Duration,
+}
+
+/// `scale_down_window` when the file sets none (Kubernetes' default).
+pub const DEFAULT_SCALE_DOWN_WINDOW: Duration = Duration::from_secs(300);
+/// `scale_up_period` when the file sets none (Kubernetes' default).
+pub const DEFAULT_SCALE_UP_PERIOD: Duration = Duration::from_secs(15);
 
 /// The OCI image an image service runs, and how to build it when the stack file says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +314,14 @@ pub struct Build {
 }
 
 impl ServiceSpec {
+    /// The most replicas it may run: its count, or its autoscale max if higher (what the
+    /// stack's and the bridges' size limits are checked against).
+    pub fn most_replicas(&self) -> u32 {
+        self.autoscale
+            .as_ref()
+            .map_or(self.replicas, |a| a.max.max(self.replicas))
+    }
+
     /// Every port the service answers on: `expose`, then the container side of `ports`,
     /// each once, sorted.
     pub fn service_ports(&self) -> Vec<ServicePort> {
@@ -410,6 +451,10 @@ pub struct ProcessSpec {
     pub stop_grace: Duration,
     /// What its processes may hold: Docker's default set, with `cap_add` and `cap_drop`.
     pub capabilities: Capabilities,
+    /// Its replicas' resource limits (`cpus`, `memory`, `memory_swap`, `pids`), each in its
+    /// own cgroup.
+    #[serde(default, skip_serializing_if = "crate::cgroup::Limits::is_empty")]
+    pub limits: crate::cgroup::Limits,
     /// The image it runs as an OCI container (podman), for an image service; `workdir` and
     /// `user` are then the container's, not the host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -125,11 +125,21 @@ pub(super) struct RawService {
     /// How to build that image: a folder (`"web"`) or `{ context, dockerfile }` (Compose's
     /// `build`).
     pub build: Option<Spanned<RawValue>>,
+    /// CPUs' worth of time its replicas may use each (`0.5`).
+    pub cpus: Option<Spanned<RawValue>>,
+    /// Memory each replica may use (`"256M"`).
+    pub memory: Option<Spanned<RawValue>>,
+    /// Memory and swap together (`"512M"`, or `-1` for unlimited swap).
+    pub memory_swap: Option<Spanned<RawValue>>,
+    /// Processes and threads each replica may have at once.
+    pub pids: Option<Spanned<i64>>,
+    /// `[services.X.autoscale]`, judged in `validate::autoscale`.
+    pub autoscale: Option<Spanned<RawAutoscale>>,
 }
 
 impl RawService {
     /// Where each field that only a service with a `command` may have sits, if present.
-    pub fn process_fields(&self) -> [(&'static str, Option<Range<usize>>); 9] {
+    pub fn process_fields(&self) -> [(&'static str, Option<Range<usize>>); 13] {
         [
             ("env", self.env.as_ref().map(Spanned::span)),
             ("workdir", self.workdir.as_ref().map(Spanned::span)),
@@ -140,6 +150,10 @@ impl RawService {
             ("stop_grace", self.stop_grace.as_ref().map(Spanned::span)),
             ("cap_add", self.cap_add.as_ref().map(Spanned::span)),
             ("cap_drop", self.cap_drop.as_ref().map(Spanned::span)),
+            ("cpus", self.cpus.as_ref().map(Spanned::span)),
+            ("memory", self.memory.as_ref().map(Spanned::span)),
+            ("memory_swap", self.memory_swap.as_ref().map(Spanned::span)),
+            ("pids", self.pids.as_ref().map(Spanned::span)),
         ]
     }
 
@@ -158,6 +172,7 @@ impl RawService {
             ("placement", self.placement.as_ref().map(Spanned::span)),
             ("image", self.image.as_ref().map(Spanned::span)),
             ("build", self.build.as_ref().map(Spanned::span)),
+            ("autoscale", self.autoscale.as_ref().map(Spanned::span)),
         ];
         out.extend(self.process_fields());
         out
@@ -175,6 +190,18 @@ pub(super) struct RawHealth {
     pub timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
     pub start_period: Option<Spanned<String>>,
+}
+
+#[derive(DeriveDeserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAutoscale {
+    pub min: Option<Spanned<i64>>,
+    pub max: Option<Spanned<i64>>,
+    pub cpu: Option<Spanned<String>>,
+    pub requests_per_second: Option<Spanned<i64>>,
+    pub connections: Option<Spanned<i64>>,
+    pub scale_down_window: Option<Spanned<String>>,
+    pub scale_up_period: Option<Spanned<String>>,
 }
 
 pub(super) type RawTable = BTreeMap<Spanned<String>, Spanned<RawValue>>;

@@ -4,6 +4,7 @@
 //! What a process is given is checked in `process`, reserved address ranges in `addresses`.
 
 mod addresses;
+mod autoscale;
 mod discovery;
 mod experiment;
 mod image;
@@ -22,6 +23,7 @@ use toml::Spanned;
 
 use super::model::*;
 use super::raw::{RawHealth, RawNetwork, RawService, RawStack, RawValue};
+use crate::cgroup::{parse_size, Limits, Swap};
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 use crate::ipam::subnets_overlap;
 
@@ -165,6 +167,11 @@ impl Validator<'_> {
             let field = format!("services.{svc_name}");
             self.spans.insert(field.clone(), key.span());
             let replicas = raw_svc.replicas.as_ref().map_or(1, |r| *r.get_ref());
+            // An autoscaled service may grow to its max.
+            let replicas = match raw_svc.autoscale.as_ref().and_then(|a| a.get_ref().max.as_ref()) {
+                Some(max) => replicas.max(*max.get_ref()),
+                None => replicas,
+            };
             let longest = format!("{svc_name}-{}", replicas.max(1));
             if !valid_name(&svc_name, 48) {
                 self.err(
@@ -489,22 +496,21 @@ impl Validator<'_> {
                 Vec::new()
             }
         };
-        let replicas = match &raw.replicas {
-            None => 1,
-            Some(r) => match u32::try_from(*r.get_ref()) {
-                Ok(n) if n <= MAX_STACK_CONTAINERS => n,
-                _ => {
-                    self.err(
-                        r.span(),
-                        &format!("{field}.replicas"),
-                        format!("replicas = {} is out of range", r.get_ref()),
-                        format!("use a number from 0 to {MAX_STACK_CONTAINERS}: a stack holds at most {MAX_STACK_CONTAINERS} containers"),
-                    );
-                    1
-                }
-            },
-        };
-        if replicas > 1 && attachments.iter().any(|a| a.ip.is_some()) {
+        let given_replicas = raw.replicas.as_ref().map(|r| match u32::try_from(*r.get_ref()) {
+            Ok(n) if n <= MAX_STACK_CONTAINERS => n,
+            _ => {
+                self.err(
+                    r.span(),
+                    &format!("{field}.replicas"),
+                    format!("replicas = {} is out of range", r.get_ref()),
+                    format!("use a number from 0 to {MAX_STACK_CONTAINERS}: a stack holds at most {MAX_STACK_CONTAINERS} containers"),
+                );
+                1
+            }
+        });
+        let mut replicas = given_replicas.unwrap_or(1);
+        let static_ip = attachments.iter().any(|a| a.ip.is_some());
+        if replicas > 1 && static_ip && raw.autoscale.is_none() {
             let span = raw.networks.as_ref().map(Spanned::span);
             self.err(
                 span,
@@ -530,6 +536,12 @@ impl Validator<'_> {
         let image = self.image(field, name, &raw);
         let process = self.process(field, name, &raw, service_names, image.as_ref());
         let discovery = self.discovery(field, &raw);
+        let autoscale = self
+            .autoscale(field, &raw, given_replicas, discovery.lb, static_ip)
+            .map(|(spec, start)| {
+                replicas = start;
+                spec
+            });
         let placement = raw.placement.as_ref().and_then(|p| self.placement(field, p));
         ServiceSpec {
             networks: attachments,
@@ -542,6 +554,7 @@ impl Validator<'_> {
             aliases: discovery.aliases,
             placement,
             image,
+            autoscale,
         }
     }
 
@@ -775,8 +788,97 @@ impl Validator<'_> {
             depends_on,
             stop_grace,
             capabilities,
+            limits: self.limits(field, raw),
             image: image.map(|i| i.name.clone()),
         })
+    }
+
+    /// A service's `cpus`, `memory`, `memory_swap` and `pids`.
+    fn limits(&mut self, field: &str, raw: &RawService) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(cpus) = &raw.cpus {
+            let value = match cpus.get_ref() {
+                RawValue::Float(f) => Some(*f),
+                RawValue::Integer(i) => Some(*i as f64),
+                RawValue::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            match value {
+                Some(v) if (0.01..=1024.0).contains(&v) => limits.cpus = Some(v),
+                _ => self.err(
+                    cpus.span(),
+                    &format!("{field}.cpus"),
+                    "cpus must be a number of CPUs from 0.01 to 1024",
+                    "for example cpus = 0.5 (half of one core) or cpus = 2",
+                ),
+            }
+        }
+        let size = |v: &mut Self, raw: &Spanned<RawValue>, name: &str| -> Option<u64> {
+            let bytes = match raw.get_ref() {
+                RawValue::Integer(i) if *i > 0 => Some(*i as u64),
+                RawValue::String(s) => parse_size(s),
+                _ => None,
+            };
+            match bytes {
+                // The kernel needs a few pages to start a process at all.
+                Some(b) if b >= 1 << 20 => Some(b),
+                Some(_) => {
+                    v.err(
+                        raw.span(),
+                        &format!("{field}.{name}"),
+                        format!("{name} is under 1M: no process can start in it"),
+                        format!("give at least 1M, e.g. {name} = \"64M\""),
+                    );
+                    None
+                }
+                None => {
+                    v.err(
+                        raw.span(),
+                        &format!("{field}.{name}"),
+                        format!("{name} is not a size"),
+                        format!("write bytes or a number with a unit b, k, m or g, e.g. {name} = \"256M\""),
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(memory) = &raw.memory {
+            limits.memory = size(self, memory, "memory");
+        }
+        if let Some(swap) = &raw.memory_swap {
+            limits.memory_swap = match swap.get_ref() {
+                RawValue::Integer(-1) => Some(Swap::Unlimited),
+                RawValue::String(s) if s.trim() == "-1" => Some(Swap::Unlimited),
+                _ => size(self, swap, "memory_swap").map(Swap::Total),
+            };
+            match (limits.memory, limits.memory_swap) {
+                (None, Some(_)) if raw.memory.is_none() => self.err(
+                    swap.span(),
+                    &format!("{field}.memory_swap"),
+                    "memory_swap needs memory",
+                    "memory_swap is memory and swap together: set memory too, e.g. memory = \"256M\"",
+                ),
+                (Some(memory), Some(Swap::Total(total))) if total < memory => self.err(
+                    swap.span(),
+                    &format!("{field}.memory_swap"),
+                    "memory_swap is less than memory",
+                    "memory_swap counts memory and swap together: give at least memory's size, or -1 for unlimited swap",
+                ),
+                _ => {}
+            }
+        }
+        if let Some(pids) = &raw.pids {
+            match u64::try_from(*pids.get_ref()) {
+                Ok(n) if n >= 1 => limits.pids = Some(n),
+                _ => self.err(
+                    pids.span(),
+                    &format!("{field}.pids"),
+                    format!("pids {} is not a positive number", pids.get_ref()),
+                    "give how many processes and threads a replica may have, e.g. pids = 512",
+                ),
+            }
+        }
+        limits
     }
 
     /// A service's `command`, as a string split like a shell's or a list of strings.
@@ -1120,7 +1222,7 @@ impl Validator<'_> {
         let mut ports: BTreeMap<&str, u64> = BTreeMap::new();
         for svc in services.values() {
             for a in &svc.networks {
-                *ports.entry(&a.network).or_default() += u64::from(svc.replicas);
+                *ports.entry(&a.network).or_default() += u64::from(svc.most_replicas());
             }
         }
         for (net, count) in ports.into_iter().filter(|(_, c)| *c > MAX_BRIDGE_PORTS) {
@@ -1130,7 +1232,7 @@ impl Validator<'_> {
                 span,
                 &field,
                 format!("{count} containers join network {net:?}, but a Linux bridge takes at most {MAX_BRIDGE_PORTS} ports"),
-                "spread the replicas over several networks, or use fewer replicas",
+                "spread the replicas over several networks, or use fewer replicas (an autoscaled service counts at its max)",
             );
         }
     }
@@ -1179,20 +1281,23 @@ impl Validator<'_> {
     /// A stack holds at most [`MAX_STACK_CONTAINERS`] containers; the error points at the
     /// service with the most replicas.
     fn check_stack_size(&mut self, services: &BTreeMap<String, ServiceSpec>) {
-        let total: u64 = services.values().map(|s| u64::from(s.replicas)).sum();
+        let total: u64 = services.values().map(|s| u64::from(s.most_replicas())).sum();
         if total <= u64::from(MAX_STACK_CONTAINERS) {
             return;
         }
-        let Some((name, _)) = services.iter().max_by_key(|(_, s)| s.replicas) else {
+        let Some((name, svc)) = services.iter().max_by_key(|(_, s)| s.most_replicas()) else {
             return;
         };
-        let field = format!("services.{name}.replicas");
+        let field = match svc.most_replicas() > svc.replicas {
+            true => format!("services.{name}.autoscale.max"),
+            false => format!("services.{name}.replicas"),
+        };
         let span = span_of(&self.spans, &field);
         self.err(
             span,
             &field,
             format!("the stack has {total} containers, more than the {MAX_STACK_CONTAINERS} plumb runs in one stack"),
-            "use fewer replicas, or split the services over several stacks",
+            "use fewer replicas (an autoscaled service counts at its max), or split the services over several stacks",
         );
     }
 
@@ -1814,5 +1919,33 @@ depends_on = { web = { condition = "healthy" } }
         assert_eq!((d.line, d.column), (6, 1));
         let d = p.error("elsewhere", "no place", "");
         assert_eq!(d.line, 0);
+    }
+
+    #[test]
+    fn limits_are_read_and_refused_with_their_place() {
+        let text =
+            format!("{NET}[services.a]\ncommand = \"x\"\ncpus = 0.5\nmemory = \"256M\"\nmemory_swap = -1\npids = 64\n");
+        let stack = parse("plumb.toml", &text).unwrap();
+        let limits = stack.stack.services["a"].process.as_ref().unwrap().limits;
+        assert_eq!(limits.cpus, Some(0.5));
+        assert_eq!(limits.memory, Some(256 << 20));
+        assert_eq!(limits.memory_swap, Some(Swap::Unlimited));
+        assert_eq!(limits.pids, Some(64));
+        for (field, bad, message) in [
+            ("cpus", "0", "cpus must be a number of CPUs"),
+            ("memory", "\"lots\"", "memory is not a size"),
+            ("memory", "\"10k\"", "memory is under 1M"),
+            ("pids", "0", "pids 0 is not a positive number"),
+            ("memory_swap", "\"64M\"", "memory_swap needs memory"),
+        ] {
+            let e = errors(&format!("{NET}[services.a]\ncommand = \"x\"\n{field} = {bad}\n"));
+            assert!(e.contains(&format!("services.a.{field}: {message}")), "{e}");
+        }
+        let e = errors(&format!(
+            "{NET}[services.a]\ncommand = \"x\"\nmemory = \"128M\"\nmemory_swap = \"64M\"\n"
+        ));
+        assert!(e.contains("memory_swap is less than memory"), "{e}");
+        let e = errors(&format!("{NET}[services.a]\npids = 5\n"));
+        assert!(e.contains("services.a.pids: pids needs a command"), "{e}");
     }
 }

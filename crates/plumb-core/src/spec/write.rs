@@ -97,9 +97,28 @@ fn service(out: &mut String, name: &str, svc: &ServiceSpec) {
             );
         }
     }
+    if let Some(a) = &svc.autoscale {
+        autoscale(out, a);
+    }
     if let Some(p) = &svc.process {
         process(out, p);
     }
+}
+
+fn autoscale(out: &mut String, a: &AutoscaleSpec) {
+    let mut fields = vec![format!("min = {}", a.min), format!("max = {}", a.max)];
+    if let Some(cpu) = a.cpu_percent {
+        fields.push(format!("cpu = \"{cpu}%\""));
+    }
+    if let Some(rps) = a.requests_per_second {
+        fields.push(format!("requests_per_second = {rps}"));
+    }
+    if let Some(c) = a.connections {
+        fields.push(format!("connections = {c}"));
+    }
+    fields.push(format!("scale_down_window = {}", duration(a.scale_down_window)));
+    fields.push(format!("scale_up_period = {}", duration(a.scale_up_period)));
+    let _ = writeln!(out, "autoscale = {{ {} }}", fields.join(", "));
 }
 
 fn process(out: &mut String, p: &ProcessSpec) {

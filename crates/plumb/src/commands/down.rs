@@ -51,8 +51,14 @@ fn remove(ctx: &Context, stack: &str, mode: Mode) -> Result<bool> {
             eprintln!("plumb: removing faults: {}", errors.join("; "));
         }
         processes::stop_supervisor(&stack_dir)?;
+        let specs = runfile::read_run(&stack_dir).specs;
+        // What a crashed supervisor left in cgroups (a clean stop leaves nothing).
+        let kernel = engine.kernel().expect("an engine on a kernel");
+        for spec in specs.iter().filter(|s| s.oci.is_none()) {
+            crate::processes::remove_cgroup(kernel, &plumb_core::cgroup::replica_path(stack, &spec.container));
+        }
         // What a crashed supervisor left in podman (a clean stop leaves nothing).
-        if crate::oci::runs_containers(&runfile::read_run(&stack_dir).specs) {
+        if crate::oci::runs_containers(&specs) {
             let n = crate::oci::remove_stack(stack)?;
             if n > 0 {
                 say!("removed {} left in podman", count(n, "container"));

@@ -69,7 +69,7 @@ pub fn run(ctx: &Context, stack: Option<&str>, follow: bool, format: Format) -> 
 }
 
 /// `2026-11-28 06:41:39.123` (UTC).
-fn time_text(ms: u64) -> String {
+pub fn time_text(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);

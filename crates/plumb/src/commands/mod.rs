@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod attach;
+pub mod autoscale;
 pub mod bench;
 pub mod capture;
 pub mod chaos;

@@ -72,6 +72,11 @@ struct Process {
     untracked: usize,
     /// The supervisor cannot write its status: what is shown may be out of date.
     stale: bool,
+    /// CPU use of its cgroup over a short sample, in percent of one core (a replica with
+    /// limits: only those have a cgroup).
+    cpu_percent: Option<f64>,
+    /// Memory charged to its cgroup.
+    memory_bytes: Option<u64>,
     /// An OCI container: every process in its namespace is the container's own.
     #[serde(skip)]
     image: bool,
@@ -146,6 +151,7 @@ pub fn run(ctx: &Context, format: Format) -> Result<()> {
         }));
     }
     count_untracked(&mut kernel, &mut rows, &supervisors);
+    measure_usage(&mut kernel, &mut rows);
     notes.print();
     if format == Format::Json {
         print_json(&rows);
@@ -324,6 +330,8 @@ fn process(status: Option<&ReplicaStatus>, supervision: Option<&Supervision>) ->
         uptime_seconds: status.and_then(|s| s.up_for(now)).map(|d| d.as_secs()),
         untracked: 0,
         stale: supervision.is_some_and(|s| s.report.status_error.is_some()),
+        cpu_percent: None,
+        memory_bytes: None,
         image: false,
     }
 }
@@ -348,6 +356,58 @@ fn count_untracked(kernel: &mut dyn Kernel, rows: &mut [Row], supervisors: &BTre
         let supervisor = supervisors.get(&row.stack).map_or(0, |pid| pid.as_raw() as u32);
         let inside = residents.get(&inode).map_or(&[][..], Vec::as_slice);
         p.untracked = census::untracked(inside, supervisor, p.pid).len();
+    }
+}
+
+/// How long `ps` watches the replicas' cgroups to tell their CPU use (as `docker stats
+/// --no-stream` samples twice).
+const CPU_SAMPLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Fills in each process's CPU use and memory from its cgroup's counters, read twice.
+fn measure_usage(kernel: &mut dyn Kernel, rows: &mut [Row]) {
+    let paths: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| {
+            r.process
+                .as_ref()
+                .map(|_| plumb_core::cgroup::replica_path(&r.stack, &r.container))
+        })
+        .collect();
+    let read = |kernel: &mut dyn Kernel| -> Vec<Option<plumb_core::cgroup::Usage>> {
+        paths
+            .iter()
+            .map(|p| p.as_deref().and_then(|p| kernel.cgroup_usage(p)))
+            .collect()
+    };
+    let before = read(kernel);
+    if before.iter().all(Option::is_none) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    std::thread::sleep(CPU_SAMPLE);
+    let after = read(kernel);
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    for ((row, before), after) in rows.iter_mut().zip(before).zip(after) {
+        let (Some(p), Some(before), Some(after)) = (row.process.as_mut(), before, after) else {
+            continue;
+        };
+        p.cpu_percent = Some(plumb_core::cgroup::cpu_percent(
+            before.cpu_usec,
+            after.cpu_usec,
+            elapsed_us,
+        ));
+        p.memory_bytes = Some(after.memory_bytes);
+    }
+}
+
+/// Memory as people read it: `12.3MiB`.
+pub fn memory(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        n if n < 1 << 10 => format!("{n}B"),
+        n if n < 1 << 20 => format!("{:.1}KiB", b / 1024.0),
+        n if n < 1 << 30 => format!("{:.1}MiB", b / (1 << 20) as f64),
+        _ => format!("{:.2}GiB", b / (1 << 30) as f64),
     }
 }
 
@@ -464,6 +524,8 @@ fn render(rows: &[Row]) -> String {
                 p.and_then(|p| p.pid).map_or_else(dash, |p| p.to_string()),
                 p.map_or_else(dash, |p| p.restarts.to_string()),
                 p.and_then(|p| p.uptime_seconds).map_or_else(dash, uptime),
+                p.and_then(|p| p.cpu_percent).map_or_else(dash, |c| format!("{c:.1}%")),
+                p.and_then(|p| p.memory_bytes).map_or_else(dash, memory),
                 r.namespace.clone(),
                 r.interfaces
                     .iter()
@@ -482,6 +544,8 @@ fn render(rows: &[Row]) -> String {
         "PID",
         "RESTARTS",
         "UPTIME",
+        "CPU",
+        "MEM",
         "NAMESPACE",
         "INTERFACES",
         "PORTS",

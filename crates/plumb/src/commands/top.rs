@@ -1,7 +1,8 @@
 //! `plumb top`: every container's traffic, refreshed each second: bytes and packets per second
 //! in and out (from the host end of each of its veths, read by netlink: what the host sends is
 //! what the container receives), drops, established TCP connections (sock_diag in its namespace),
-//! health and restarts (from the supervisor). Keys: `q` quits; `n`, `r`, `t`, `c` sort by
+//! health and restarts (from the supervisor), CPU % and memory (a replica with limits: from
+//! its cgroup). Keys: `q` quits; `n`, `r`, `t`, `c` sort by
 //! name, receive rate, transmit rate, connections. `--once` prints one table for scripts.
 
 use std::collections::BTreeMap;
@@ -29,6 +30,8 @@ pub struct Counters {
     rx_packets: u64,
     tx_packets: u64,
     drops: u64,
+    /// Its cgroup's counters (a replica with limits: only those have a cgroup).
+    usage: Option<plumb_core::cgroup::Usage>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +48,10 @@ pub struct Row {
     established: usize,
     health: String,
     restarts: u32,
+    /// CPU use over the refresh, in percent of one core.
+    cpu_percent: Option<f64>,
+    /// Memory charged to its cgroup.
+    memory_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,6 +129,7 @@ pub fn sample(kernel: &mut dyn Kernel, ctx: &Context, target: Option<&str>) -> R
             sum.tx_packets += stat.rx_packets;
             sum.drops += stat.rx_dropped + stat.tx_dropped;
         }
+        sum.usage = kernel.cgroup_usage(&plumb_core::cgroup::replica_path(&st.stack, &c.name));
         out.insert((st.stack.clone(), c.name.clone()), sum);
     }
     Ok(out)
@@ -172,6 +180,11 @@ pub fn rows(
                 Some(r) => r.health.map_or_else(|| r.state.to_string(), |h| h.to_string()),
             },
             restarts: replica.map_or(0, |r| r.restarts),
+            cpu_percent: n
+                .usage
+                .zip(b.usage)
+                .map(|(n, b)| plumb_core::cgroup::cpu_percent(b.cpu_usec, n.cpu_usec, elapsed.as_micros() as u64)),
+            memory_bytes: n.usage.map(|u| u.memory_bytes),
         });
     }
     Ok(out)
@@ -202,6 +215,8 @@ fn render(rows: &[Row]) -> String {
                 r.established.to_string(),
                 r.health.clone(),
                 r.restarts.to_string(),
+                r.cpu_percent.map_or_else(|| "-".into(), |c| format!("{c:.1}%")),
+                r.memory_bytes.map_or_else(|| "-".into(), super::ps::memory),
             ]
         })
         .collect();
@@ -218,6 +233,8 @@ fn render(rows: &[Row]) -> String {
             "ESTAB",
             "HEALTH",
             "RESTARTS",
+            "CPU",
+            "MEM",
         ],
         &cells,
     )

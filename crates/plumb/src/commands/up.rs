@@ -79,13 +79,60 @@ pub fn say_how_to_recover_if_interrupted() {
 /// `plumb up -f FILE`.
 pub fn run(ctx: &Context, file: &Path, mode: Mode, assignment: Option<&HostAssignment>) -> Result<()> {
     let file = &stackfile::resolve(file);
-    let parsed = stackfile::load(file)?;
+    let mut parsed = stackfile::load(file)?;
+    if assignment.is_none() {
+        parsed = keep_autoscaled_counts(ctx, file, parsed)?;
+    }
     let file = stackfile::absolute(file);
     let base = match assignment.and_then(|a| a.base.clone()) {
         Some(base) => base,
         None => file.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     bring_up(ctx, &parsed, base, Some(file), assignment, mode)
+}
+
+/// An autoscaled service of a stack that is up keeps the count its autoscaler reached (within
+/// the file's `min..max`), as a Kubernetes HPA owns its Deployment's replicas: `up` of an
+/// edited file does not undo the scaling; `replicas` is only the starting count.
+fn keep_autoscaled_counts(ctx: &Context, file: &Path, parsed: Parsed) -> Result<Parsed> {
+    let Some(desired) = ctx
+        .state
+        .load(&parsed.stack.name)
+        .ok()
+        .flatten()
+        .and_then(|r| r.desired)
+    else {
+        return Ok(parsed);
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for (name, svc) in &parsed.stack.services {
+        let Some(a) = &svc.autoscale else { continue };
+        let running = desired
+            .containers
+            .iter()
+            .filter(|c| &c.service == name && c.external.is_none())
+            .count();
+        let Ok(running) = u32::try_from(running) else { continue };
+        let keep = running.clamp(a.min, a.max);
+        if running > 0 && keep != svc.replicas {
+            counts.insert(name.clone(), keep);
+        }
+    }
+    if counts.is_empty() {
+        return Ok(parsed);
+    }
+    let text =
+        std::fs::read_to_string(file).map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
+    let dir = stackfile::absolute(file)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Ok(plumb_engine::stackfile::parse(
+        &file.display().to_string(),
+        &text,
+        &dir,
+        &counts,
+    )?)
 }
 
 /// `plumb scale SERVICE=N...`: the stack's recorded file, parsed again with these replica
@@ -169,6 +216,9 @@ pub fn bring_up(
     // Without root neither the kernel nor the state directory (private to root) can be read:
     // the plan is then the plan from scratch, as the note below says.
     let mut kernel = if root { Some(apply::kernel()?) } else { None };
+    if let (Mode::Apply(_), Some(k)) = (&mode, kernel.as_mut()) {
+        refuse_unenforceable_limits(parsed, k)?;
+    }
     let decided = assignment.map(|a| decide_offload(a, kernel.as_mut().map(|k| k as &mut dyn Kernel)));
     // The load balancer lists the replicas the supervisor reports ready (none before it
     // ran): the plan then matches the chains the supervisor keeps, and it re-applies them
@@ -204,7 +254,7 @@ pub fn bring_up(
     };
     // Images are built (or pulled) before anything changes: a failed build leaves all as it was.
     crate::oci::prepare_images(parsed, &base)?;
-    let change = apply::with_progress(|progress| {
+    let applied = apply::with_progress(|progress| {
         engine.apply(
             change,
             &mut |c, kernel| {
@@ -215,11 +265,22 @@ pub fn bring_up(
                         eprintln!("plumb: ending fault {}: {e}", fault.id);
                     }
                 }
+                // Replicas on their way out leave their VIPs and DNS, and their connections
+                // end, before they are stopped.
+                processes::drain(&stack_dir, &c.rebuilt, kernel).map_err(Failure::into_engine)?;
                 processes::release_containers(&stack_dir, &c.rebuilt).map_err(Failure::into_engine)
             },
             progress,
         )
-    })?;
+    });
+    let change = match applied {
+        Ok(change) => change,
+        Err(e) => {
+            // A drain the failed change began ends: its replicas take connections again.
+            let _ = processes::undrain(&stack_dir);
+            return Err(e.into());
+        }
+    };
     let (desired, plan) = (&change.desired, &change.plan);
     for step in &plan.steps {
         match &step.what {
@@ -345,6 +406,67 @@ pub fn print_plan(plan: &Plan, command: &str, preamble: &str, format: Format) ->
         ),
     }
     Ok(())
+}
+
+/// A limit the host cannot enforce (a cgroup controller it lacks, swap it does not account)
+/// is refused before anything changes, never ignored. Image services' limits are podman's.
+fn refuse_unenforceable_limits(parsed: &Parsed, kernel: &mut dyn Kernel) -> Result<()> {
+    use plumb_core::cgroup::Limits;
+    let mut problems = Vec::new();
+    for (name, service) in &parsed.stack.services {
+        let Some(process) = service.process.as_ref().filter(|p| p.image.is_none()) else {
+            continue;
+        };
+        let l = process.limits;
+        let each = [
+            (
+                "cpus",
+                Limits {
+                    cpus: l.cpus,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "memory",
+                Limits {
+                    memory: l.memory,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "memory_swap",
+                Limits {
+                    memory: l.memory,
+                    memory_swap: l.memory_swap,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "pids",
+                Limits {
+                    pids: l.pids,
+                    ..Limits::default()
+                },
+            ),
+        ];
+        for (field, only) in each {
+            if only.is_empty() || (field == "memory_swap" && l.memory_swap.is_none()) {
+                continue;
+            }
+            if let Some(why) = kernel.cgroup_unenforceable(&only) {
+                problems.push(parsed.error(
+                    &format!("services.{name}.{field}"),
+                    format!("this host cannot enforce {field}: {why}"),
+                    format!("remove {field}, or run the stack on a host whose kernel has it (nothing was changed)"),
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(plumb_core::Diagnostics(problems).into())
+    }
 }
 
 /// The kernel's objects are the truth: a stack already run by the supervisor of another state

@@ -20,6 +20,7 @@ use plumb_core::kernel::Kernel;
 use plumb_core::services::RunSpec;
 use plumb_core::Op;
 
+use super::autoscaler::{Autoscaling, Running};
 use super::balancer::Balancer;
 use super::dns::Dns;
 use super::hosts;
@@ -28,7 +29,7 @@ use super::metrics;
 use super::plan::{self, Change};
 use super::probe::Probes;
 use super::replica::{dependencies_ready, AfterExit, AfterStop, Due, Replica, StopStep, Verdict};
-use super::spawn::{signal_each, signal_group, spawn_replica};
+use super::spawn::{self, signal_each, signal_group, spawn_replica};
 use super::status;
 use crate::census;
 use crate::events;
@@ -53,6 +54,12 @@ struct Slot {
     /// Some exactly while `replica.has_process()`.
     child: Option<Child>,
     log: LogWriter,
+    /// The OOM kills its cgroup has counted that were already told (None: no cgroup).
+    oom_kills_seen: Option<u64>,
+    /// The OOM killer ended a process of its cgroup since its process started.
+    oom_in_run: bool,
+    /// The limits its cgroup was made with (for the event's words).
+    memory_limit: Option<u64>,
 }
 
 /// Ending the processes a replica's container holds that are not the replica's own process
@@ -109,8 +116,16 @@ pub struct Supervisor {
     status_error: Option<String>,
     /// When expired faults were last looked for.
     faults_checked: Option<Instant>,
+    /// When the replicas' OOM counts were last read.
+    oom_checked: Option<Instant>,
     /// The kernel: processes started in containers, the balancer's element changes, sweeps.
     kernel: Box<dyn Kernel>,
+    /// The replicas' cgroups made so far, removed when the supervisor ends.
+    cgroups: BTreeSet<String>,
+    /// Replicas on their way out (`run.json`'s `draining`): out of the VIPs and DNS.
+    draining: BTreeSet<String>,
+    /// The autoscaled services' controller.
+    autoscaling: Autoscaling,
 }
 
 impl Supervisor {
@@ -137,13 +152,16 @@ impl Supervisor {
         // After the signals are blocked: its threads inherit the mask, so they never take one.
         let dns = Dns::start();
         let kernel = Box::new(crate::apply::kernel()?);
+        let stack = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(Supervisor {
             kernel,
             dir: dir.to_path_buf(),
-            stack: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            autoscaling: Autoscaling::new(dir, &stack),
+            draining: BTreeSet::new(),
+            stack,
             generation: 0,
             slots: BTreeMap::new(),
             pipes: Pipes::default(),
@@ -156,10 +174,12 @@ impl Supervisor {
             status_written_ms: None,
             status_error: None,
             faults_checked: None,
+            oom_checked: None,
             balancer: Balancer::default(),
             metrics: None,
             probe_times: metrics::ProbeTimes::default(),
             dns,
+            cgroups: BTreeSet::new(),
         })
     }
 
@@ -182,20 +202,71 @@ impl Supervisor {
             }
             self.dns.keep_listening();
             self.end_expired_faults(now);
+            self.watch_oom_kills(now);
+            self.autoscale(now);
             let sleep = self
                 .slots
                 .values()
                 .filter_map(|s| s.replica.next_deadline())
+                .chain(self.autoscaling.deadline())
                 .min()
                 .map_or(MAX_SLEEP, |t| t.saturating_duration_since(Instant::now()));
             let most = if self.sweeps.is_empty() { MAX_SLEEP } else { SWEEP_POLL };
             self.wait_events(sleep.min(most));
         }
         self.slots.clear();
+        self.remove_cgroups();
         // Each container's monitor (conmon) outlives its `podman run` by a moment.
         crate::oci::wait_for_monitors(&self.dir.join(crate::state::CONMON_DIR), Duration::from_secs(5));
         self.write_status();
         Ok(())
+    }
+
+    /// An OOM kill that spares a replica's own process (one of its workers) is told too, at
+    /// most a second late.
+    fn watch_oom_kills(&mut self, now: Instant) {
+        if self.oom_checked.is_some_and(|t| now.duration_since(t) < MAX_SLEEP) {
+            return;
+        }
+        self.oom_checked = Some(now);
+        for (name, slot) in self.slots.iter_mut() {
+            if slot.child.is_some() {
+                notice_oom_kills(
+                    self.kernel.as_mut(),
+                    &self.dir,
+                    &self.stack,
+                    name,
+                    slot,
+                    "still running",
+                );
+            }
+        }
+    }
+
+    /// The autoscaler's tick, when one is due.
+    fn autoscale(&mut self, now: Instant) {
+        if self.shutting_down || !self.autoscaling.due(now) {
+            return;
+        }
+        let unready = self.unready();
+        let running: Vec<Running> = self
+            .slots
+            .iter()
+            .map(|(name, slot)| Running {
+                spec: slot.replica.spec(),
+                ready: slot.child.is_some() && !unready.contains(name),
+            })
+            .collect();
+        self.autoscaling
+            .tick(now, self.dns.desired(), &running, self.kernel.as_mut());
+    }
+
+    /// Removes every replica's cgroup: what is still inside (a process that left its
+    /// process group and its namespace) is killed first, by PID.
+    fn remove_cgroups(&mut self) {
+        for path in std::mem::take(&mut self.cgroups) {
+            crate::processes::remove_cgroup(self.kernel.as_mut(), &path);
+        }
     }
 
     /// Faults made by `plumb chaos` whose time is up (or whose relay died) are removed here,
@@ -262,6 +333,15 @@ impl Supervisor {
         }
         self.generation = run.generation;
         self.dirty = true;
+        for name in run.draining.difference(&self.draining) {
+            let detail = "out of its VIPs and DNS; stopped once its connections end";
+            events::record(&self.dir, &self.stack, name, "draining", detail);
+            if let Some(slot) = self.slots.get_mut(name) {
+                slot.log.note(&format!("draining: {detail}"));
+            }
+        }
+        self.draining = run.draining.clone();
+        self.autoscaling.reload(run.desired.as_ref());
         self.dns.reload(run.desired.as_ref());
         self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
         let unready = self.unready();
@@ -319,7 +399,7 @@ impl Supervisor {
                 .collect(),
             ..StatusFile::default()
         };
-        match self.dns.desired() {
+        let mut unready = match self.dns.desired() {
             Some(desired) => status.unready(desired),
             None => status
                 .replicas
@@ -327,7 +407,9 @@ impl Supervisor {
                 .filter(|(_, r)| !r.is_ready())
                 .map(|(n, _)| n.clone())
                 .collect(),
-        }
+        };
+        unready.extend(self.draining.iter().cloned());
+        unready
     }
 
     /// Takes `spec` as its replica's definition, adding the replica if it is new.
@@ -344,6 +426,9 @@ impl Supervisor {
             replica: Replica::new(spec.clone(), restart_token),
             child: None,
             log: LogWriter::new(runfile::logs_dir(&self.dir).join(format!("{name}.log"))),
+            oom_kills_seen: None,
+            oom_in_run: false,
+            memory_limit: None,
         };
         self.slots.insert(name.clone(), slot);
     }
@@ -454,6 +539,10 @@ impl Supervisor {
         let hosts_dir = self.dir.join(HOSTS_DIR);
         let Some(slot) = self.slots.get_mut(name) else { return };
         self.dirty = true;
+        // Its cgroup's OOM count before the process can allocate anything (none before the
+        // first start made the cgroup).
+        let cgroup = spawn::cgroup_path(slot.replica.spec());
+        let oom_kills_before = self.kernel.cgroup_usage(&cgroup).map_or(0, |u| u.oom_kills);
         match spawn_replica(self.kernel.as_mut(), slot.replica.spec(), &hosts_dir) {
             Ok((mut child, inode)) => {
                 let command = match &slot.replica.spec().oci {
@@ -463,6 +552,13 @@ impl Supervisor {
                 slot.log.note(&format!("started {command} (pid {})", child.id()));
                 events::record(&self.dir, &self.stack, name, "started", format!("pid {}", child.id()));
                 self.pipes.add(&mut child, name);
+                slot.oom_kills_seen = None;
+                slot.oom_in_run = false;
+                slot.memory_limit = slot.replica.spec().limits.memory;
+                if slot.replica.spec().oci.is_none() && self.kernel.cgroup_usage(&cgroup).is_some() {
+                    slot.oom_kills_seen = Some(oom_kills_before);
+                    self.cgroups.insert(cgroup);
+                }
                 slot.replica.started(now, runfile::unix_ms(), inode);
                 slot.child = Some(child);
             }
@@ -471,18 +567,20 @@ impl Supervisor {
                 slot.log.note(&error);
                 events::record(&self.dir, &self.stack, name, "start_failed", error.clone());
                 let after = slot.replica.start_failed(now, error);
-                self.settle(name, after);
+                self.settle(name, after, "a failed start");
             }
         }
     }
 
     /// Carries out what follows an exit (or a failed start).
-    fn settle(&mut self, name: &str, after: AfterExit) {
+    /// `why`: what ended the process (the restart's reason).
+    fn settle(&mut self, name: &str, after: AfterExit, why: &str) {
         match after {
             AfterExit::RestartIn(delay) => {
                 if let Some(slot) = self.slots.get_mut(name) {
-                    slot.log.note(&format!("restarting in {delay:?}"));
-                    events::record(&self.dir, &self.stack, name, "restarting", format!("in {delay:?}"));
+                    slot.log.note(&format!("restarting in {delay:?} after {why}"));
+                    let detail = format!("in {delay:?} after {why}");
+                    events::record(&self.dir, &self.stack, name, "restarting", detail);
                 }
             }
             AfterExit::Remove => {
@@ -525,6 +623,7 @@ impl Supervisor {
 
     fn shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
+        self.autoscaling.stop();
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
             self.stop(&name, AfterStop::Stop, now);
@@ -543,9 +642,15 @@ impl Supervisor {
             };
             slot.child = None;
             let exit = Exit::of(status);
-            let how = exit.map_or("unknown".to_string(), |e| e.to_string());
+            let mut how = exit.map_or("unknown".to_string(), |e| e.to_string());
+            // The kernel's OOM killer ended a process of its cgroup during this run.
+            notice_oom_kills(self.kernel.as_mut(), &self.dir, &self.stack, &name, slot, &how);
+            if std::mem::take(&mut slot.oom_in_run) {
+                how = format!("oom_killed ({how})");
+            }
+            slot.oom_kills_seen = None;
             slot.log.note(&format!("exited: {how}"));
-            events::record(&self.dir, &self.stack, &name, "exited", how);
+            events::record(&self.dir, &self.stack, &name, "exited", how.clone());
             if slot.replica.state() == ReplicaState::Stopping {
                 // Stopped on purpose: what is left of its tree goes too (the sweep begun with
                 // the stop spared the tree while its process ran, and may be over).
@@ -555,7 +660,7 @@ impl Supervisor {
             }
             let after = slot.replica.exited(now, exit);
             self.dirty = true;
-            self.settle(&name, after);
+            self.settle(&name, after, &how);
         }
     }
 
@@ -681,6 +786,28 @@ impl Supervisor {
 
 /// The balancer's element edits, as one `Op` through the kernel (a netlink batch). The
 /// change's ruleset holds only the table: the supervisor records nothing of what it leaves.
+/// Records an `oom_killed` event if the replica's cgroup counts OOM kills not told yet;
+/// `how`: how its process is (its exit, or still running).
+fn notice_oom_kills(kernel: &mut dyn Kernel, dir: &Path, stack: &str, name: &str, slot: &mut Slot, how: &str) {
+    let Some(seen) = slot.oom_kills_seen else { return };
+    let path = spawn::cgroup_path(slot.replica.spec());
+    let Some(now) = kernel.cgroup_usage(&path).map(|u| u.oom_kills) else {
+        return;
+    };
+    if now <= seen {
+        return;
+    }
+    let limit = match slot.memory_limit {
+        Some(bytes) => format!("the memory limit is {bytes} bytes"),
+        None => "the host ran out of memory".to_string(),
+    };
+    let detail = format!("{} process(es) killed out of memory: {limit} ({how})", now - seen);
+    slot.log.note(&format!("oom_killed: {detail}"));
+    events::record(dir, stack, name, "oom_killed", detail);
+    slot.oom_kills_seen = Some(now);
+    slot.oom_in_run = true;
+}
+
 fn apply_nft(kernel: &mut dyn Kernel, table: &TableId, edits: &[ElementEdit]) -> std::result::Result<(), String> {
     let change = NftChange::Elements {
         ruleset: Ruleset {

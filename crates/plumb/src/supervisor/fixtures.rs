@@ -17,6 +17,7 @@ pub fn spec(service: &str, replica: u32) -> RunSpec {
         workdir: "/".into(),
         user: None,
         capabilities: Default::default(),
+        limits: Default::default(),
         restart: RestartPolicy::Always,
         health: None,
         depends_on: Vec::new(),

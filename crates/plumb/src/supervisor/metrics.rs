@@ -173,6 +173,24 @@ pub fn render(sources: &Sources) -> String {
         probe_seconds.clone(),
     );
     let probes = sources.probes.lock().map(|p| p.clone()).unwrap_or_default();
+    // A replica with limits has a cgroup: its CPU time, memory and OOM kills.
+    let cpu_seconds = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(
+        "container_cpu_seconds",
+        "CPU time the container's processes used (containers with resource limits)",
+        cpu_seconds.clone(),
+    );
+    let memory_bytes = Family::<Labels, Gauge>::default();
+    registry.register(
+        "container_memory_bytes",
+        "Memory charged to the container's cgroup now (containers with resource limits)",
+        memory_bytes.clone(),
+    );
+    let oom_kills = counters(
+        &mut registry,
+        "container_oom_kills",
+        "Processes of the container the kernel's OOM killer ended (containers with resource limits)",
+    );
 
     for c in &desired.containers {
         let labels: Labels = vec![
@@ -199,6 +217,14 @@ pub fn render(sources: &Sources) -> String {
             .inc_by(u64::from(replica.map_or(0, |r| r.restarts)));
         if let Some(secs) = probes.get(&c.name) {
             probe_seconds.get_or_create(&labels).set(*secs);
+        }
+        let path = plumb_core::cgroup::replica_path(&sources.stack, &c.name);
+        if let Some(usage) = kernel.as_mut().and_then(|k| k.cgroup_usage(&path)) {
+            cpu_seconds.get_or_create(&labels).inc_by(usage.cpu_usec as f64 / 1e6);
+            memory_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(usage.memory_bytes).unwrap_or(i64::MAX));
+            oom_kills.get_or_create(&labels).inc_by(usage.oom_kills);
         }
     }
 
@@ -268,9 +294,54 @@ pub fn render(sources: &Sources) -> String {
         denied.get_or_create(&labels).inc_by(n);
     }
 
+    autoscale(&mut registry, sources);
+
     let mut text = String::new();
     let _ = encode(&mut text, &registry);
     prometheus_text(&text)
+}
+
+/// What the autoscaler saw and decided at its last tick (`autoscale.json`).
+fn autoscale(registry: &mut Registry, sources: &Sources) {
+    type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+    let file = runfile::read_autoscale(&sources.dir);
+    let current = Family::<Labels, Gauge>::default();
+    registry.register(
+        "autoscale_current_replicas",
+        "Replicas an autoscaled service runs",
+        current.clone(),
+    );
+    let desired = Family::<Labels, Gauge>::default();
+    registry.register(
+        "autoscale_desired_replicas",
+        "Replicas the autoscaler decided at its last tick",
+        desired.clone(),
+    );
+    let value = Family::<Labels, FloatGauge>::default();
+    registry.register(
+        "autoscale_metric_value",
+        "A target's measure per ready replica at the autoscaler's last tick (cpu in percent of the cpus limit)",
+        value.clone(),
+    );
+    let target = Family::<Labels, FloatGauge>::default();
+    registry.register(
+        "autoscale_metric_target",
+        "A target's value per replica",
+        target.clone(),
+    );
+    for s in &file.services {
+        let labels: Labels = vec![("stack", sources.stack.clone()), ("service", s.service.clone())];
+        current.get_or_create(&labels).set(i64::from(s.current));
+        desired.get_or_create(&labels).set(i64::from(s.desired));
+        for m in &s.metrics {
+            let mut labels = labels.clone();
+            labels.push(("metric", m.metric.clone()));
+            target.get_or_create(&labels).set(m.target);
+            if let Some(v) = m.value {
+                value.get_or_create(&labels).set(v);
+            }
+        }
+    }
 }
 
 /// The crate writes OpenMetrics; scrapers and `promtool check metrics` read the Prometheus

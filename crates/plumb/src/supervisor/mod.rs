@@ -10,7 +10,9 @@
 //!   `hosts`: the containers' hosts files; `dns`: the stack's DNS server and its zone.
 //! - `status`: writing `status.json` for `plumb` (the socket tells whether that works).
 //! - `balancer`: the virtual IPs' port chains follow the replicas' readiness.
+//! - `autoscaler`: measures autoscaled services and scales them (through `plumb scale`).
 
+mod autoscaler;
 mod balancer;
 mod dns;
 mod event_loop;

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{Pid, User};
+use plumb_core::cgroup::Limits;
 use plumb_core::kernel::{Confinement, Identity, Kernel};
 use plumb_core::services::{RunSpec, SEARCH_PATH};
 
@@ -37,6 +38,17 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
     } else {
         PathBuf::from(program)
     };
+    // Its own cgroup (kept across restarts: its OOM count tells what ended a run).
+    let limits = effective_limits(kernel, &spec.limits);
+    let cgroup = if limits.is_empty() {
+        None
+    } else {
+        let path = cgroup_path(spec);
+        kernel
+            .cgroup_make(&path, &limits)
+            .map_err(|e| Failure::new(format!("{}: {e}", spec.container)))?;
+        Some(path)
+    };
     let mut command = Command::new(&program);
     command
         .args(args)
@@ -64,10 +76,30 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
         resolv_conf: true,
         identity,
         capabilities: &spec.capabilities,
+        cgroup: cgroup.as_deref().map(|path| (path, &limits)),
     };
     let explain = kernel.confine(&mut command, &how)?;
     let child = command.spawn().map_err(|e| Failure::new(explain(&program, &e)))?;
     Ok((child, inode))
+}
+
+/// The service's limits, with the default pids limit where it sets none and the host can
+/// enforce it (`up` has refused limits the service sets that the host cannot).
+fn effective_limits(kernel: &mut dyn Kernel, limits: &Limits) -> Limits {
+    if limits.pids.is_some() {
+        return *limits;
+    }
+    let default_only = Limits::default().with_default_pids();
+    match kernel.cgroup_unenforceable(&default_only) {
+        Some(_) => *limits,
+        None => limits.with_default_pids(),
+    }
+}
+
+/// A replica's cgroup below plumb's root: `STACK/CONTAINER`.
+pub fn cgroup_path(spec: &RunSpec) -> String {
+    let stack = spec.env.get("PLUMB_STACK").map_or("stack", String::as_str);
+    plumb_core::cgroup::replica_path(stack, &spec.container)
 }
 
 /// Services start with the usual umask (022), not the supervisor's own (077).

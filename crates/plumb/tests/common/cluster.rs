@@ -53,6 +53,8 @@ pub struct Host {
     pub dir: PathBuf,
     pub state_dir: PathBuf,
     netns_inode: u64,
+    /// Its replicas' cgroups, below the sandbox's: hosts run containers of the same names.
+    cgroup_root: String,
     /// Processes started with [`Host::spawn`], with their log files.
     spawned: RefCell<Vec<(u32, PathBuf)>>,
 }
@@ -118,6 +120,7 @@ impl Cluster {
             dir,
             state_dir,
             netns_inode,
+            cgroup_root: format!("{}/{}", self.sandbox.cgroup_root, i),
             spawned: RefCell::new(Vec::new()),
         };
         self.sandbox.ok(&format!(
@@ -161,6 +164,7 @@ impl Host {
         let wd = format!("--wd={}", self.dir.display());
         c.args(["-t", &self.holder.id().to_string(), "-n", "-m", &wd, "--"]);
         c.env("PLUMB_STATE_DIR", &self.state_dir);
+        c.env("PLUMB_CGROUP_ROOT", &self.cgroup_root);
         // The host's client certificate for the store (made by `Etcd::start`).
         let tls = self.dir.parent().map(|d| d.join("pki/clients").join(&self.name));
         if let Some(tls) = tls {

@@ -129,6 +129,9 @@ pub struct Sandbox {
     pub dir: PathBuf,
     pub state_dir: PathBuf,
     netns_inode: u64,
+    /// Where this sandbox's replicas' cgroups go in each hierarchy (`PLUMB_CGROUP_ROOT`):
+    /// tests running at once, and the host's own plumb.slice, never share one.
+    pub cgroup_root: String,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -171,6 +174,7 @@ impl Sandbox {
             dir,
             state_dir,
             netns_inode,
+            cgroup_root: format!("plumb-test-{}-{n}", std::process::id()),
         }
     }
 
@@ -180,7 +184,20 @@ impl Sandbox {
         let wd = format!("--wd={}", self.dir.display());
         c.args(["-t", &self.holder.id().to_string(), "-n", "-m", &wd, "--"]);
         c.env("PLUMB_STATE_DIR", &self.state_dir);
+        c.env("PLUMB_CGROUP_ROOT", &self.cgroup_root);
         c
+    }
+
+    /// The directories of this sandbox's cgroup root that exist (in the v2 hierarchy or any
+    /// v1 one).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mount = Path::new("/sys/fs/cgroup");
+        let mut out = vec![mount.join(&self.cgroup_root)];
+        for entry in fs::read_dir(mount).into_iter().flatten().flatten() {
+            out.push(entry.path().join(&self.cgroup_root));
+        }
+        out.retain(|d| d.is_dir());
+        out
     }
 
     /// Binds a file with `content` over the sandbox's /etc/resolv.conf (its own mount
@@ -440,6 +457,7 @@ impl Sandbox {
         assert_eq!(self.nft_tables(), "", "nft tables left behind");
         let procs = self.processes();
         assert!(procs.is_empty(), "processes left behind: {}", describe(&procs));
+        assert_eq!(self.cgroup_dirs(), Vec::<PathBuf>::new(), "cgroups left behind");
     }
 }
 
@@ -453,8 +471,31 @@ impl Drop for Sandbox {
         }
         let _ = self.holder.kill();
         let _ = self.holder.wait();
+        // A failed test's cgroups: their processes by PID, then the directories, deepest first.
+        for root in self.cgroup_dirs() {
+            remove_cgroup_tree(&root);
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    for _ in 0..50 {
+        let pids = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if pids.trim().is_empty() {
+            break;
+        }
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 fn netns_inode(pid: u32) -> Option<u64> {
