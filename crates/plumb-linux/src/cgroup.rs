@@ -207,35 +207,72 @@ pub fn pids(path: &str) -> Vec<i32> {
         .collect()
 }
 
-/// Removes cgroup `path` in every hierarchy, then its parents left empty (the stack's, the
-/// root's). A cgroup that still has processes stays: the error says so.
-pub fn remove(path: &str) -> io::Result<()> {
-    let version = version();
-    let every = Limits {
+/// Every controller plumb may use, so [`dirs`] names each hierarchy a cgroup can be in.
+fn every_controller() -> Limits {
+    Limits {
         cpus: Some(1.0),
         memory: Some(1),
         memory_swap: None,
         pids: Some(1),
-    };
-    let mut result = Ok(());
-    for (_, dir) in dirs(version, path, &every) {
-        match fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                result = Err(io::Error::new(e.kind(), format!("removing {}: {e}", dir.display())));
-                continue;
-            }
+    }
+}
+
+/// Removes `dir`'s parents left empty, up to and including plumb's root (each of its folders,
+/// if it has several); busy ones (other replicas, stacks) stay.
+fn remove_empty_parents(dir: &Path) {
+    let mut parent = dir.parent();
+    for _ in 0..1 + root().split('/').filter(|p| !p.is_empty()).count() {
+        match parent {
+            Some(p) if fs::remove_dir(p).is_ok() => parent = p.parent(),
+            _ => break,
         }
-        // Parents: ROOT/STACK, then ROOT (each of its folders, if it has several); busy ones
-        // (other replicas, stacks) stay.
-        let mut parent = dir.parent();
-        for _ in 0..1 + root().split('/').filter(|p| !p.is_empty()).count() {
-            match parent {
-                Some(p) if fs::remove_dir(p).is_ok() => parent = p.parent(),
-                _ => break,
-            }
+    }
+}
+
+/// Removes cgroup `path` in every hierarchy, then its parents left empty (the stack's, the
+/// root's). A cgroup that still has processes stays: the error says so.
+pub fn remove(path: &str) -> io::Result<()> {
+    let mut result = Ok(());
+    for (_, dir) in dirs(version(), path, &every_controller()) {
+        match fs::remove_dir(&dir) {
+            Ok(()) => remove_empty_parents(&dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => result = Err(io::Error::new(e.kind(), format!("removing {}: {e}", dir.display()))),
         }
     }
     result
+}
+
+/// Removes cgroup `path` with every cgroup below it, deepest first, then its parents left
+/// empty, in every hierarchy: what a sandbox killed outright leaves (its processes are gone,
+/// its folders are not). Cgroups that still hold processes stay.
+pub fn remove_tree(path: &str) {
+    fn remove_below(dir: &Path) -> bool {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_below(&entry.path());
+            }
+        }
+        fs::remove_dir(dir).is_ok()
+    }
+    for (_, dir) in dirs(version(), path, &every_controller()) {
+        if remove_below(&dir) {
+            remove_empty_parents(&dir);
+        }
+    }
+}
+
+/// The names of cgroup `path`'s child cgroups (below [`root`]; its first hierarchy).
+pub fn children(path: &str) -> Vec<String> {
+    let dirs = dirs(version(), path, &every_controller());
+    let Some((_, dir)) = dirs.first() else {
+        return Vec::new();
+    };
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
 }

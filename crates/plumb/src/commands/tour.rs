@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use plumb_core::tour::{self, Assignment, Check, Expect, Step, COURSE};
 
+use crate::apply;
 use crate::failure::{Failure, Result};
 
 /// What `plumb tour` was asked.
@@ -141,6 +142,12 @@ fn enter_sandbox() -> Result<()> {
         .arg(exe)
         .args(std::env::args_os().skip(1).collect::<Vec<OsString>>())
         .env(INSIDE, "1");
+    // The sandbox's replicas get their cgroups below a folder of this tour's own. The kernel
+    // ends a killed tour's processes with its PID namespace but not its cgroups' folders:
+    // this tour removes its own when the sandbox ends, and those of tours that died before.
+    remove_cgroups_of_dead_tours();
+    let cgroups = format!("{TOUR_CGROUP_PREFIX}{}", std::process::id());
+    command.env("PLUMB_CGROUP_ROOT", format!("{}/{cgroups}", apply::cgroup_root()));
     // If this process is killed, unshare goes too, and with it (--kill-child) the sandbox.
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
@@ -157,11 +164,40 @@ fn enter_sandbox() -> Result<()> {
     ignore_sigint();
     let status = child
         .wait()
-        .map_err(|e| Failure::new(format!("waiting for the tour: {e}")))?;
+        .map_err(|e| Failure::new(format!("waiting for the tour: {e}")));
+    remove_cgroups_of(&cgroups);
+    let status = status?;
     match status.code() {
         Some(0) => Ok(()),
         Some(code) => Err(Failure::silent(code)),
         None => Err(Failure::silent(130)),
+    }
+}
+
+/// A tour's cgroup folder is this prefix and the PID of the tour outside its sandbox.
+const TOUR_CGROUP_PREFIX: &str = "tour-";
+
+/// Removes a tour's cgroup folder once the processes of its ended sandbox have left it (they
+/// may still be exiting when unshare returns: a few tries).
+fn remove_cgroups_of(folder: &str) {
+    for _ in 0..20 {
+        apply::remove_cgroup_tree(folder);
+        if !apply::cgroup_children("").iter().any(|c| c == folder) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Removes the cgroup folders of tours whose process is gone (killed with their sandbox).
+fn remove_cgroups_of_dead_tours() {
+    for folder in apply::cgroup_children("") {
+        let pid = folder
+            .strip_prefix(TOUR_CGROUP_PREFIX)
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            apply::remove_cgroup_tree(&folder);
+        }
     }
 }
 
