@@ -61,9 +61,16 @@ fn dir_of<'a>(dirs: &'a [(&'static str, PathBuf)], controller: &str) -> Option<&
         .map(|(_, d)| d.as_path())
 }
 
-/// Why the host cannot enforce `limits`, if it cannot: a controller it lacks, or swap it
-/// does not account.
+/// Why the host cannot enforce `limits`, if it cannot: more CPUs than it has, a controller it
+/// lacks, or swap it does not account.
 pub fn unenforceable(limits: &Limits) -> Option<String> {
+    // A quota above the host's CPUs limits nothing (Docker refuses it too).
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(cpus) = limits.cpus.filter(|&c| c > host_cpus as f64) {
+        return Some(format!(
+            "cpus = {cpus} asks for more than the {host_cpus} CPUs this host has, which would limit nothing"
+        ));
+    }
     let version = version();
     match version {
         Version::V2 => {

@@ -226,6 +226,25 @@ fn a_limit_the_host_cannot_enforce_is_refused_at_up() {
     assert!(stderr.contains("pids hierarchy"), "{stderr}");
     // Nothing was made.
     sb.assert_clean();
+    // More CPUs than the host has would limit nothing.
+    let cpus = std::thread::available_parallelism().unwrap().get() + 1;
+    sb.write(
+        "plumb.toml",
+        &stack(
+            "refused",
+            "10.121.3.0/24",
+            &format!("cpus = {cpus}\ncommand = \"/bin/sleep 3600\"\n"),
+        ),
+    );
+    let out = sb.plumb(&["up"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("plumb.toml:7") && stderr.contains("services.s.cpus: this host cannot enforce cpus"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("more than the {} CPUs", cpus - 1)), "{stderr}");
+    sb.assert_clean();
 }
 
 #[test]

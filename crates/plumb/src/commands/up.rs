@@ -457,7 +457,9 @@ fn refuse_unenforceable_limits(parsed: &Parsed, kernel: &mut dyn Kernel) -> Resu
                 problems.push(parsed.error(
                     &format!("services.{name}.{field}"),
                     format!("this host cannot enforce {field}: {why}"),
-                    format!("remove {field}, or run the stack on a host whose kernel has it (nothing was changed)"),
+                    format!(
+                        "lower or remove {field}, or run the stack on a host that can enforce it (nothing was changed)"
+                    ),
                 ));
             }
         }
