@@ -17,6 +17,12 @@ pub(super) struct RawStack {
     pub name: Spanned<String>,
     pub service_subnet: Option<Spanned<String>>,
     pub metrics: Option<Spanned<String>>,
+    /// `mesh = true`: every service's replicas get a sidecar proxy (a service may say false).
+    pub mesh: Option<Spanned<bool>>,
+    /// `tracing = "http://HOST:4318"`: where sidecars export their spans (OTLP over HTTP).
+    pub tracing: Option<Spanned<String>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub networks: BTreeMap<Spanned<String>, RawNetwork>,
     #[serde(default)]
@@ -25,6 +31,21 @@ pub(super) struct RawStack {
     pub policies: Vec<Spanned<RawPolicy>>,
     #[serde(default)]
     pub experiments: Vec<Spanned<RawExperiment>>,
+}
+
+/// One `[[routes]]` entry: how sidecars call a service (or a path prefix of it), judged in
+/// `validate::mesh`.
+#[derive(DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub service: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub retry_budget: Option<Spanned<String>>,
+    pub retry_methods: Option<Spanned<RawValue>>,
+    pub eject_after: Option<Spanned<i64>>,
+    pub eject_for: Option<Spanned<String>>,
 }
 
 /// One `[[experiments]]` entry, judged in `validate::experiment`.
@@ -81,6 +102,11 @@ pub(super) struct RawPolicy {
     pub ports: Option<Spanned<RawValue>>,
     pub protocol: Option<Spanned<String>>,
     pub log: Option<Spanned<bool>>,
+    /// L7 (enforced by the receiving sidecar): HTTP methods and path prefixes allowed.
+    pub methods: Option<Spanned<RawValue>>,
+    pub paths: Option<Spanned<RawValue>>,
+    /// Only mutual-TLS connections from the mesh's sidecars.
+    pub mtls: Option<Spanned<bool>>,
 }
 
 #[derive(DeriveDeserialize)]
@@ -124,6 +150,8 @@ pub(super) struct RawService {
     /// How to build that image: a folder (`"web"`) or `{ context, dockerfile }` (Compose's
     /// `build`).
     pub build: Option<Spanned<RawValue>>,
+    /// The stack's `mesh`, for this service alone.
+    pub mesh: Option<Spanned<bool>>,
 }
 
 impl RawService {
@@ -157,6 +185,7 @@ impl RawService {
             ("placement", self.placement.as_ref().map(Spanned::span)),
             ("image", self.image.as_ref().map(Spanned::span)),
             ("build", self.build.as_ref().map(Spanned::span)),
+            ("mesh", self.mesh.as_ref().map(Spanned::span)),
         ];
         out.extend(self.process_fields());
         out
