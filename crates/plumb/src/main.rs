@@ -10,6 +10,7 @@ mod events;
 mod failure;
 mod faults;
 mod load;
+mod mesh;
 mod oci;
 mod output;
 mod processes;
@@ -344,6 +345,14 @@ enum Command {
     /// Hold, drop or damage a fault's frames (started by `plumb chaos`).
     #[command(hide = true)]
     ChaosRelay { stack: String, fault: u32 },
+    /// Run a meshed replica's sidecar proxy (started by the stack's supervisor).
+    #[command(hide = true)]
+    Proxy {
+        /// The stack's state folder.
+        dir: PathBuf,
+        /// The replica whose namespace it serves.
+        container: String,
+    },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
     Supervise {
@@ -686,6 +695,7 @@ impl Command {
             | Command::Experiment { .. }
             | Command::ChaosRelay { .. }
             | Command::Supervise { .. }
+            | Command::Proxy { .. }
             | Command::Agent { .. }
             | Command::Deploy { .. }
             | Command::Undeploy { .. } => ClosedPipe::IsIgnored,
@@ -938,6 +948,7 @@ fn main() -> ExitCode {
         Command::ChaosRelay { stack, fault } => {
             commands::require_stack_name(&stack).and_then(|()| relay::run(&ctx.state.stack_dir(&stack), fault))
         }
+        Command::Proxy { dir, container } => mesh::run(&dir, &container),
         Command::Supervise { stack, lock_fd } => commands::require_stack_name(&stack)
             .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack), inherited(lock_fd)))
             .and_then(|s| s.run()),

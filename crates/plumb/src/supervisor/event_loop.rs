@@ -28,7 +28,7 @@ use super::metrics;
 use super::plan::{self, Change};
 use super::probe::Probes;
 use super::replica::{dependencies_ready, AfterExit, AfterStop, Due, Replica, StopStep, Verdict};
-use super::spawn::{signal_each, signal_group, spawn_replica};
+use super::spawn::{signal_each, signal_group, spawn_replica, spawn_sidecar};
 use super::status;
 use crate::census;
 use crate::events;
@@ -53,6 +53,23 @@ struct Slot {
     /// Some exactly while `replica.has_process()`.
     child: Option<Child>,
     log: LogWriter,
+    /// A meshed replica's sidecar proxy: it runs while the replica's process does.
+    sidecar: Option<Child>,
+    /// When the sidecar was last started (one that keeps dying is started at most once a
+    /// second).
+    sidecar_started: Option<Instant>,
+}
+
+impl Slot {
+    /// Lets the sidecar go (it exits on SIGTERM); `orphans` keeps it until it is reaped.
+    fn end_sidecar(&mut self, orphans: &mut Vec<Child>) {
+        if let Some(mut sidecar) = self.sidecar.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sidecar.id() as i32), Signal::SIGTERM);
+            if !matches!(sidecar.try_wait(), Ok(Some(_))) {
+                orphans.push(sidecar);
+            }
+        }
+    }
 }
 
 /// Ending the processes a replica's container holds that are not the replica's own process
@@ -111,6 +128,8 @@ pub struct Supervisor {
     faults_checked: Option<Instant>,
     /// The kernel: processes started in containers, the balancer's element changes, sweeps.
     kernel: Box<dyn Kernel>,
+    /// Sidecars let go of (their replica stopped or went), until they are reaped.
+    orphans: Vec<Child>,
 }
 
 impl Supervisor {
@@ -160,6 +179,7 @@ impl Supervisor {
             metrics: None,
             probe_times: metrics::ProbeTimes::default(),
             dns,
+            orphans: Vec::new(),
         })
     }
 
@@ -170,7 +190,11 @@ impl Supervisor {
         loop {
             let now = Instant::now();
             self.tick(now);
-            if self.shutting_down && self.slots.values().all(|s| s.child.is_none()) && self.sweeps.is_empty() {
+            if self.shutting_down
+                && self.slots.values().all(|s| s.child.is_none() && s.sidecar.is_none())
+                && self.orphans.is_empty()
+                && self.sweeps.is_empty()
+            {
                 break;
             }
             if self.dirty {
@@ -344,6 +368,8 @@ impl Supervisor {
             replica: Replica::new(spec.clone(), restart_token),
             child: None,
             log: LogWriter::new(runfile::logs_dir(&self.dir).join(format!("{name}.log"))),
+            sidecar: None,
+            sidecar_started: None,
         };
         self.slots.insert(name.clone(), slot);
     }
@@ -352,6 +378,7 @@ impl Supervisor {
     /// escalates slow stops, and carries sweeps on. Goes round again while it started
     /// something, for those waiting on what just started.
     fn tick(&mut self, now: Instant) {
+        self.keep_sidecars(now);
         loop {
             let mut to_start = Vec::new();
             let names: Vec<String> = self.slots.keys().cloned().collect();
@@ -450,10 +477,37 @@ impl Supervisor {
             .collect()
     }
 
+    /// A meshed replica whose process runs gets its sidecar back if it died.
+    fn keep_sidecars(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        for (name, slot) in &mut self.slots {
+            let due = slot.replica.spec().mesh
+                && slot.child.is_some()
+                && slot.sidecar.is_none()
+                && slot
+                    .sidecar_started
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+            if due {
+                let _ = start_sidecar(&self.dir, name, slot, &mut self.pipes, now);
+            }
+        }
+    }
+
     fn start(&mut self, name: &str, now: Instant) {
         let hosts_dir = self.dir.join(HOSTS_DIR);
         let Some(slot) = self.slots.get_mut(name) else { return };
         self.dirty = true;
+        if slot.replica.spec().mesh && slot.sidecar.is_none() {
+            if let Err(e) = start_sidecar(&self.dir, name, slot, &mut self.pipes, now) {
+                let error = format!("cannot start: {e}");
+                events::record(&self.dir, &self.stack, name, "start_failed", error.clone());
+                let after = slot.replica.start_failed(now, error);
+                self.settle(name, after);
+                return;
+            }
+        }
         match spawn_replica(self.kernel.as_mut(), slot.replica.spec(), &hosts_dir) {
             Ok((mut child, inode)) => {
                 let command = match &slot.replica.spec().oci {
@@ -486,7 +540,9 @@ impl Supervisor {
                 }
             }
             AfterExit::Remove => {
-                self.slots.remove(name);
+                if let Some(mut slot) = self.slots.remove(name) {
+                    slot.end_sidecar(&mut self.orphans);
+                }
             }
             AfterExit::Settled => {}
         }
@@ -502,7 +558,9 @@ impl Supervisor {
         match slot.replica.stop(now, then) {
             StopStep::Terminate => slot.child.iter().for_each(|c| signal_group(c, Signal::SIGTERM)),
             StopStep::Remove => {
-                self.slots.remove(name);
+                if let Some(mut slot) = self.slots.remove(name) {
+                    slot.end_sidecar(&mut self.orphans);
+                }
             }
             StopStep::Wait | StopStep::Done => {}
         }
@@ -533,6 +591,14 @@ impl Supervisor {
 
     /// Collects every process that exited.
     fn reap(&mut self, now: Instant) {
+        self.orphans.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        for slot in self.slots.values_mut() {
+            if let Some(Ok(Some(status))) = slot.sidecar.as_mut().map(Child::try_wait) {
+                slot.sidecar = None;
+                let how = Exit::of(status).map_or("unknown".to_string(), |e| e.to_string());
+                slot.log.note(&format!("sidecar exited: {how}"));
+            }
+        }
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
             let Some(slot) = self.slots.get_mut(&name) else {
@@ -542,6 +608,8 @@ impl Supervisor {
                 continue;
             };
             slot.child = None;
+            // The sidecar serves the process: it goes with it, and comes back with the next.
+            slot.end_sidecar(&mut self.orphans);
             let exit = Exit::of(status);
             let how = exit.map_or("unknown".to_string(), |e| e.to_string());
             slot.log.note(&format!("exited: {how}"));
@@ -675,6 +743,23 @@ impl Supervisor {
                 .parent()
                 .and_then(Path::parent)
                 .map(|d| d.display().to_string()),
+        }
+    }
+}
+
+/// Starts `slot`'s sidecar; its output goes to the replica's log.
+fn start_sidecar(dir: &Path, name: &str, slot: &mut Slot, pipes: &mut Pipes, now: Instant) -> Result<()> {
+    slot.sidecar_started = Some(now);
+    match spawn_sidecar(dir, name) {
+        Ok(mut child) => {
+            slot.log.note(&format!("started sidecar (pid {})", child.id()));
+            pipes.add(&mut child, name);
+            slot.sidecar = Some(child);
+            Ok(())
+        }
+        Err(e) => {
+            slot.log.note(&format!("cannot start the sidecar: {e}"));
+            Err(e)
         }
     }
 }

@@ -1,0 +1,137 @@
+//! The sidecar proxy (`plumb proxy`, started by the stack's supervisor beside each meshed
+//! replica): it enters the replica's namespace, where the interception table sends it every
+//! TCP connection the replica makes (outbound port) or receives (inbound port), finds where
+//! each was going (`SO_ORIGINAL_DST`) and carries it there on a marked socket (`SO_MARK`,
+//! which the interception lets pass). HTTP is proxied at L7 (`http`), other TCP copied as is.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use plumb_core::kernel::Kernel;
+use plumb_core::mesh::{INBOUND_PORT, OUTBOUND_PORT, SIDECAR_MARK};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::failure::{Failure, Result};
+use crate::runfile;
+
+/// Which side of the replica a connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The replica calls out.
+    Outbound,
+    /// Someone calls the replica.
+    Inbound,
+}
+
+/// What the sidecar knows of where it runs.
+pub struct Context {
+    pub dir: PathBuf,
+    pub container: String,
+    pub service: String,
+    pub stack: String,
+}
+
+/// Runs the sidecar of `container` (of the stack whose state folder is `dir`) until killed.
+pub fn run(dir: &Path, container: &str) -> Result<()> {
+    // The supervisor blocks the signals it reads from a signalfd, and a spawned program
+    // inherits the mask: SIGTERM must end the sidecar.
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    // It lives and dies with its supervisor.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    // What `ps`, `ss -p` and `plumb conns` show for it.
+    let _ = nix::sys::prctl::set_name(c"plumb-proxy");
+    let run = runfile::read_run(dir);
+    let spec = run
+        .specs
+        .iter()
+        .find(|s| s.container == container)
+        .ok_or_else(|| Failure::new(format!("no replica {container} in {}", dir.display())))?;
+    // Before any thread starts: every thread made later is inside too.
+    crate::apply::kernel()?.enter_netns(&spec.netns)?;
+    let ctx = Context {
+        dir: dir.to_path_buf(),
+        container: container.to_string(),
+        service: spec.service.clone(),
+        stack: run.desired.as_ref().map(|d| d.stack.clone()).unwrap_or_default(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("cannot start the proxy's runtime: {e}")))?;
+    runtime.block_on(serve(ctx))
+}
+
+async fn serve(ctx: Context) -> Result<()> {
+    // Redirected locally made connections arrive at 127.0.0.1; those from outside at the
+    // address of the interface they came in on.
+    let outbound = bind(SocketAddrV4::new([127, 0, 0, 1].into(), OUTBOUND_PORT)).await?;
+    let inbound = bind(SocketAddrV4::new([0, 0, 0, 0].into(), INBOUND_PORT)).await?;
+    // The supervisor starts the replica's process once this line is out.
+    let mut stdout = tokio::io::stdout();
+    let _ = stdout.write_all(b"ready\n").await;
+    let _ = stdout.flush().await;
+    let ctx = std::sync::Arc::new(ctx);
+    let out = tokio::spawn(accept_loop(outbound, Direction::Outbound, ctx.clone()));
+    let inn = tokio::spawn(accept_loop(inbound, Direction::Inbound, ctx));
+    let _ = out.await;
+    let _ = inn.await;
+    Ok(())
+}
+
+async fn bind(at: SocketAddrV4) -> Result<TcpListener> {
+    let socket = TcpSocket::new_v4().map_err(|e| Failure::new(format!("socket: {e}")))?;
+    let _ = socket.set_reuseaddr(true);
+    socket
+        .bind(SocketAddr::V4(at))
+        .and_then(|()| socket.listen(1024))
+        .map_err(|e| Failure::new(format!("the sidecar cannot listen on {at}: {e}")))
+}
+
+async fn accept_loop(listener: TcpListener, direction: Direction, ctx: std::sync::Arc<Context>) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
+        let Some(target) = original_destination(&stream) else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = handle(stream, target, direction, &ctx).await;
+        });
+    }
+}
+
+/// Where a redirected connection was going; `None` for one that came to the sidecar's own
+/// port (it would loop back into the sidecar).
+fn original_destination(stream: &TcpStream) -> Option<SocketAddrV4> {
+    let raw = getsockopt(stream, sockopt::OriginalDst).ok()?;
+    let target = SocketAddrV4::new(u32::from_be(raw.sin_addr.s_addr).into(), u16::from_be(raw.sin_port));
+    if plumb_core::mesh::reserved_port(target.port()) {
+        return None;
+    }
+    Some(target)
+}
+
+/// A connection to `to` that the interception lets pass.
+pub async fn connect_marked(to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    setsockopt(&socket, sockopt::Mark, &SIDECAR_MARK).map_err(std::io::Error::from)?;
+    let stream = socket.connect(SocketAddr::V4(to)).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    target: SocketAddrV4,
+    _direction: Direction,
+    _ctx: &Context,
+) -> std::io::Result<()> {
+    let mut upstream = connect_marked(target).await?;
+    tokio::io::copy_bidirectional(&mut stream, &mut upstream).await?;
+    Ok(())
+}
