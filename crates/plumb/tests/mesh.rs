@@ -99,3 +99,195 @@ fn tcp_goes_through_both_sidecars_transparently_and_down_leaves_nothing() {
     sb.plumb_ok(&["down", "mt"]);
     sb.assert_clean();
 }
+
+/// An HTTP server: `/` answers its replica's name (500 while the file `fail-NAME` exists next
+/// to it, except `/health`: the failure is one the health check does not see; 50 ms late
+/// while `slow-NAME` exists), `/flaky` fails every other request (500, 200, 500, ...), `/slow` answers after 3 s.
+/// Each request is counted in `hits-NAME`.
+const HTTP_SERVER: &str = r#"
+import os, socket, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+name = socket.gethostname()
+here = os.path.dirname(os.path.abspath(__file__))
+lock = threading.Lock()
+count = {"flaky": 0, "all": 0}
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        with lock:
+            count["all"] += 1
+            open(os.path.join(here, "hits-" + name), "w").write(str(count["all"]))
+        n = int(self.headers.get("content-length") or 0)
+        if n:
+            self.rfile.read(n)
+        status = 200
+        if self.path.startswith("/slow"):
+            time.sleep(3)
+        elif self.path.startswith("/flaky"):
+            with lock:
+                count["flaky"] += 1
+                status = 500 if count["flaky"] % 2 == 1 else 200
+        elif os.path.exists(os.path.join(here, "fail-" + name)) and self.path != "/health":
+            status = 500
+        elif os.path.exists(os.path.join(here, "slow-" + name)) and self.path != "/health":
+            time.sleep(0.05)
+        body = (name + "\n").encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = answer
+    do_POST = answer
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
+
+/// `req.py METHOD URL N`: N requests one after the other on one keep-alive connection (as
+/// the application's HTTP client would, unaware of any proxy); prints each status and body.
+const REQUEST: &str = r#"
+import http.client, json, sys, urllib.parse
+method, url, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+u = urllib.parse.urlsplit(url)
+out = []
+c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
+for _ in range(n):
+    try:
+        c.request(method, u.path or "/", body=b"x" if method == "POST" else None)
+        r = c.getresponse()
+        out.append([r.status, r.read().decode().strip(), r.getheader("x-plumb-proxy") or ""])
+    except Exception as e:
+        out.append([0, type(e).__name__, ""])
+        c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
+print(json.dumps(out))
+"#;
+
+/// (status, body, set by the sidecar) of each request.
+fn requests(sb: &Sandbox, ns: &str, method: &str, url: &str, n: u32) -> Vec<(u16, String, bool)> {
+    let out = sb.ok(&format!(
+        "ip netns exec {ns} python3 {}/req.py {method} {url} {n}",
+        sb.dir.display()
+    ));
+    let v: Vec<(u16, String, String)> = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v.into_iter().map(|(s, b, p)| (s, b, !p.is_empty())).collect()
+}
+
+fn statuses(got: &[(u16, String, bool)]) -> Vec<u16> {
+    got.iter().map(|g| g.0).collect()
+}
+
+fn http_stack(dir: &str, replicas: u32, routes: &str) -> String {
+    format!(
+        "name = \"mh\"\nmesh = true\n[networks.n]\nsubnet = \"10.63.0.0/24\"\n\
+         [services.api]\nreplicas = {replicas}\nexpose = [8080]\ncommand = [\"python3\", \"{dir}/server.py\"]\n\
+         health = {{ http = \"/health\", port = 8080, interval = \"300ms\", retries = 1 }}\n\
+         [services.client]\ncommand = [\"sleep\", \"infinity\"]\n{routes}"
+    )
+}
+
+fn up_http(sb: &Sandbox, replicas: u32, routes: &str) {
+    sb.write("server.py", HTTP_SERVER);
+    sb.write("req.py", REQUEST);
+    let dir = sb.dir.display().to_string();
+    let file = sb.write("mh.toml", &http_stack(&dir, replicas, routes));
+    sb.plumb_ok(&["up", "-f", path_str(&file)]);
+    assert!(
+        eventually(Duration::from_secs(20), || requests(
+            sb,
+            "mh-client-1",
+            "GET",
+            "http://api:8080/health",
+            1
+        )[0]
+        .0 == 200),
+        "api never answered through the mesh"
+    );
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn retries_hide_failures_of_idempotent_requests_only() {
+    let Some(sb) = Sandbox::start() else { return };
+    up_http(
+        &sb,
+        2,
+        "[[routes]]\nservice = \"api\"\nretries = 1\nretry_budget = \"100%\"\neject_after = 0\n",
+    );
+    // One replica fails everything: idempotent requests are retried on the other one (a
+    // budget of 100%: the failing replica answers fast, so P2C keeps trying it, and the
+    // default budget of 20% would rightly let some failures through).
+    sb.write("fail-api-2", "");
+    let before = std::fs::read_to_string(sb.dir.join("hits-api-2")).unwrap_or_default();
+    let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/", 20);
+    assert_eq!(statuses(&got), vec![200; 20], "{got:?}");
+    assert!(got.iter().all(|g| g.1 == "api-1"), "{got:?}");
+    let after = std::fs::read_to_string(sb.dir.join("hits-api-2")).unwrap_or_default();
+    assert_ne!(before, after, "the failing replica was never tried: nothing was hidden");
+
+    // A path that fails every other request: GETs all succeed (the retry is the next one),
+    // POSTs are not retried and half of them fail.
+    std::fs::remove_file(sb.dir.join("fail-api-2")).unwrap();
+    let file = sb.write(
+        "mh.toml",
+        &http_stack(
+            &sb.dir.display().to_string(),
+            1,
+            "[[routes]]\nservice = \"api\"\nretries = 1\nretry_budget = \"100%\"\neject_after = 0\n",
+        ),
+    );
+    sb.plumb_ok(&["up", "-f", path_str(&file)]);
+    assert!(eventually(Duration::from_secs(20), || requests(
+        &sb,
+        "mh-client-1",
+        "GET",
+        "http://api:8080/health",
+        1
+    )[0]
+    .0 == 200));
+    let gets = requests(&sb, "mh-client-1", "GET", "http://api:8080/flaky", 10);
+    assert_eq!(statuses(&gets), vec![200; 10], "{gets:?}");
+    let posts = requests(&sb, "mh-client-1", "POST", "http://api:8080/flaky", 10);
+    assert_eq!(statuses(&posts), [500, 200].repeat(5), "{posts:?}");
+    assert!(posts.iter().all(|p| !p.2), "the 500s are the server's own, passed on");
+    sb.plumb_ok(&["down", "mh"]);
+    sb.assert_clean();
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_timeout_fires_and_a_circuit_opens_after_failures_and_closes_after_its_time() {
+    let Some(sb) = Sandbox::start() else { return };
+    let routes = "[[routes]]\nservice = \"api\"\neject_after = 2\neject_for = \"4s\"\n\
+                  [[routes]]\nservice = \"api\"\npath = \"/slow\"\ntimeout = \"300ms\"\n";
+    up_http(&sb, 2, routes);
+
+    // api-2 fails, fast (api-1 is slow: the balancer prefers api-2 until it is ejected):
+    // after 2 failures in a row it is ejected, and only api-1 answers.
+    sb.write("slow-api-1", "");
+    sb.write("fail-api-2", "");
+    let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/", 12);
+    let failures = got.iter().filter(|g| g.0 == 500).count();
+    assert_eq!(failures, 2, "{got:?}");
+    assert!(
+        got[got.len() - 6..].iter().all(|g| g.0 == 200 && g.1 == "api-1"),
+        "{got:?}"
+    );
+
+    // Its time over, the circuit closes: api-2 gets a trial request again (it still fails,
+    // and is ejected again at once).
+    std::thread::sleep(Duration::from_millis(4500));
+    let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/", 6);
+    assert_eq!(got.iter().filter(|g| g.0 == 500).count(), 1, "{got:?}");
+    // Healthy again: it answers its share.
+    std::fs::remove_file(sb.dir.join("fail-api-2")).unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/", 10);
+    assert_eq!(statuses(&got), vec![200; 10], "{got:?}");
+    assert!(got.iter().any(|g| g.1 == "api-2"), "{got:?}");
+
+    // The route's timeout: the sidecar answers 504 itself; other paths are not bounded by it.
+    let slow = requests(&sb, "mh-client-1", "GET", "http://api:8080/slow", 1);
+    assert_eq!((slow[0].0, slow[0].2), (504, true), "{slow:?}");
+    sb.plumb_ok(&["down", "mh"]);
+    sb.assert_clean();
+}

@@ -7,9 +7,6 @@ use std::time::{Duration, Instant};
 /// How fast the latency average forgets: the weight of a sample decays with this time
 /// constant (linkerd's default decay is 10 s).
 pub const EWMA_DECAY: Duration = Duration::from_secs(10);
-/// The latency an endpoint starts with (and has again after an ejection): unknown is neither
-/// best nor worst.
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone)]
@@ -26,17 +23,22 @@ pub struct Endpoint {
     pub ejected_until: Option<Instant>,
     /// Times ejected so far (a metric).
     pub ejections: u64,
+    /// Back from an ejection and not yet answered well (the circuit is half open): the next
+    /// request goes to it, and one failure ejects it again.
+    pub probation: bool,
 }
 
 impl Default for Endpoint {
     fn default() -> Self {
         Endpoint {
-            ewma: DEFAULT_RTT.as_secs_f64(),
+            // Unknown counts as fastest: a new replica gets the next request, and so a latency.
+            ewma: 0.0,
             updated: None,
             pending: 0,
             failures: 0,
             ejected_until: None,
             ejections: 0,
+            probation: false,
         }
     }
 }
@@ -85,15 +87,19 @@ impl Endpoint {
         match outcome {
             Outcome::Success => {
                 self.failures = 0;
+                self.probation = false;
                 false
             }
             Outcome::Failure => {
                 self.failures += 1;
-                if eject_after > 0 && self.failures >= eject_after && self.available(now) {
+                let limit = if self.probation { 1 } else { eject_after };
+                if eject_after > 0 && self.failures >= limit && self.available(now) {
                     self.ejected_until = Some(now + eject_for);
                     self.failures = 0;
                     self.ejections += 1;
-                    self.ewma = DEFAULT_RTT.as_secs_f64();
+                    self.probation = true;
+                    // Back from the ejection it is tried first (a trial request).
+                    self.ewma = 0.0;
                     self.updated = None;
                     true
                 } else {
@@ -215,10 +221,21 @@ mod tests {
                 "an ejected endpoint is not picked"
             );
         }
-        assert!(
-            eps[1].available(now + Duration::from_secs(5)),
-            "the ejection ends after its time"
+        let later = now + Duration::from_secs(5);
+        assert!(eps[1].available(later), "the ejection ends after its time");
+        assert_eq!(
+            pick(&eps, later, (1, 0)),
+            Some(1),
+            "and it gets the next request (half open)"
         );
+        eps[1].record(
+            later,
+            Duration::from_millis(1),
+            Outcome::Failure,
+            3,
+            Duration::from_secs(5),
+        );
+        assert!(!eps[1].available(later), "one failure on trial ejects it again");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! to retry, when to eject), as values and functions without I/O.
 
 pub mod balance;
+pub mod directory;
 
 use std::fmt::Write;
 

@@ -4,8 +4,13 @@
 //! each was going (`SO_ORIGINAL_DST`) and carries it there on a marked socket (`SO_MARK`,
 //! which the interception lets pass). HTTP is proxied at L7 (`http`), other TCP copied as is.
 
+mod http;
+mod state;
+
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use plumb_core::kernel::Kernel;
@@ -15,6 +20,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::failure::{Failure, Result};
 use crate::runfile;
+use state::Shared;
 
 /// Which side of the replica a connection is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,14 +29,6 @@ pub enum Direction {
     Outbound,
     /// Someone calls the replica.
     Inbound,
-}
-
-/// What the sidecar knows of where it runs.
-pub struct Context {
-    pub dir: PathBuf,
-    pub container: String,
-    pub service: String,
-    pub stack: String,
 }
 
 /// Runs the sidecar of `container` (of the stack whose state folder is `dir`) until killed.
@@ -50,20 +48,21 @@ pub fn run(dir: &Path, container: &str) -> Result<()> {
         .ok_or_else(|| Failure::new(format!("no replica {container} in {}", dir.display())))?;
     // Before any thread starts: every thread made later is inside too.
     crate::apply::kernel()?.enter_netns(&spec.netns)?;
-    let ctx = Context {
-        dir: dir.to_path_buf(),
-        container: container.to_string(),
-        service: spec.service.clone(),
-        stack: run.desired.as_ref().map(|d| d.stack.clone()).unwrap_or_default(),
-    };
+    let service = spec.service.clone();
+    let stack = run.desired.as_ref().map(|d| d.stack.clone()).unwrap_or_default();
+    let dir = dir.to_path_buf();
+    let container = container.to_string();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(format!("cannot start the proxy's runtime: {e}")))?;
-    runtime.block_on(serve(ctx))
+    runtime.block_on(async move {
+        // The clients need the runtime: made inside it.
+        serve(Arc::new(Shared::new(dir, container, service, stack))).await
+    })
 }
 
-async fn serve(ctx: Context) -> Result<()> {
+async fn serve(shared: Arc<Shared>) -> Result<()> {
     // Redirected locally made connections arrive at 127.0.0.1; those from outside at the
     // address of the interface they came in on.
     let outbound = bind(SocketAddrV4::new([127, 0, 0, 1].into(), OUTBOUND_PORT)).await?;
@@ -72,9 +71,15 @@ async fn serve(ctx: Context) -> Result<()> {
     let mut stdout = tokio::io::stdout();
     let _ = stdout.write_all(b"ready\n").await;
     let _ = stdout.flush().await;
-    let ctx = std::sync::Arc::new(ctx);
-    let out = tokio::spawn(accept_loop(outbound, Direction::Outbound, ctx.clone()));
-    let inn = tokio::spawn(accept_loop(inbound, Direction::Inbound, ctx));
+    let reloader = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(state::RELOAD_EVERY).await;
+            reloader.reload();
+        }
+    });
+    let out = tokio::spawn(accept_loop(outbound, Direction::Outbound, shared.clone()));
+    let inn = tokio::spawn(accept_loop(inbound, Direction::Inbound, shared));
     let _ = out.await;
     let _ = inn.await;
     Ok(())
@@ -89,7 +94,7 @@ async fn bind(at: SocketAddrV4) -> Result<TcpListener> {
         .map_err(|e| Failure::new(format!("the sidecar cannot listen on {at}: {e}")))
 }
 
-async fn accept_loop(listener: TcpListener, direction: Direction, ctx: std::sync::Arc<Context>) {
+async fn accept_loop(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
             continue;
@@ -98,9 +103,9 @@ async fn accept_loop(listener: TcpListener, direction: Direction, ctx: std::sync
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = handle(stream, target, direction, &ctx).await;
+            let _ = handle(stream, target, direction, shared).await;
         });
     }
 }
@@ -125,12 +130,26 @@ pub async fn connect_marked(to: SocketAddrV4) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// How long a connection may stay silent before it is taken for a protocol where the server
+/// speaks first (then it is copied at L4).
+const DETECT_WITHIN: Duration = Duration::from_millis(200);
+
+/// Serves one intercepted connection: HTTP at L7, anything else copied as it is.
 async fn handle(
     mut stream: TcpStream,
     target: SocketAddrV4,
-    _direction: Direction,
-    _ctx: &Context,
+    direction: Direction,
+    shared: Arc<Shared>,
 ) -> std::io::Result<()> {
+    let mut first = [0u8; 16];
+    let n = match tokio::time::timeout(DETECT_WITHIN, stream.peek(&mut first)).await {
+        Ok(n) => n?,
+        Err(_) => 0,
+    };
+    if n > 0 && http::looks_like_http(&first[..n]) {
+        http::serve(stream, target, direction, shared).await;
+        return Ok(());
+    }
     let mut upstream = connect_marked(target).await?;
     tokio::io::copy_bidirectional(&mut stream, &mut upstream).await?;
     Ok(())

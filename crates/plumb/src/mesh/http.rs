@@ -1,0 +1,254 @@
+//! The sidecar at L7: HTTP/1.1 and HTTP/2 (prior knowledge) requests served by hyper and
+//! sent on. Outbound (the replica calls a service) the sidecar picks the endpoint itself (P2C
+//! over latency), bounds each attempt by the route's timeout, retries what the route allows
+//! within its budget and ejects endpoints that keep failing. Inbound it hands the request to
+//! the replica's own process.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use plumb_core::mesh::balance::Outcome;
+use tokio::net::TcpStream;
+
+use super::state::Shared;
+use super::{connect_marked, Direction};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Connects the pooled clients' connections with the sidecar's mark.
+#[derive(Clone)]
+pub struct Marked;
+
+impl tower_service::Service<Uri> for Marked {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(async move {
+            let ip: Ipv4Addr = uri
+                .host()
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("not an IPv4 address: {uri}")))?;
+            let to = SocketAddrV4::new(ip, uri.port_u16().unwrap_or(80));
+            Ok(TokioIo::new(connect_marked(to).await?))
+        })
+    }
+}
+
+/// The pooled clients a sidecar sends with: one per HTTP version (a request leaves in the
+/// version it came in).
+pub struct Clients {
+    h1: Client<Marked, Full<Bytes>>,
+    h2: Client<Marked, Full<Bytes>>,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new());
+        let h1 = b.build(Marked);
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new()).http2_only(true);
+        let h2 = b.build(Marked);
+        Clients { h1, h2 }
+    }
+
+    fn send(&self, req: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+        if req.version() == Version::HTTP_2 {
+            self.h2.request(req)
+        } else {
+            self.h1.request(req)
+        }
+    }
+}
+
+/// Serves HTTP on a connection the interception brought, whose original destination was
+/// `target`.
+pub async fn serve(stream: TcpStream, target: SocketAddrV4, direction: Direction, shared: Arc<Shared>) {
+    let peer = stream.peer_addr().ok();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move {
+            let response = match direction {
+                Direction::Outbound => outbound(req, target, &shared).await,
+                Direction::Inbound => inbound(req, target, peer, &shared).await,
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+}
+
+/// A response of the sidecar's own (the upstream gave none).
+pub fn own_response(status: StatusCode, text: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{text}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("x-plumb-proxy", hyper::header::HeaderValue::from_static("error"));
+    r
+}
+
+/// The request as it will be sent (again) to `to`, with its body.
+fn rebuild(parts: &hyper::http::request::Parts, body: &Bytes, to: SocketAddrV4) -> Request<Full<Bytes>> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("http://{to}{path}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Answered(Response<Incoming>),
+    /// Could not connect, or the connection broke before a response.
+    Failed(String),
+    TimedOut,
+}
+
+async fn attempt(shared: &Shared, req: Request<Full<Bytes>>, timeout: Option<std::time::Duration>) -> Attempt {
+    let sent = shared.clients.send(req);
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, sent).await {
+            Ok(r) => r,
+            Err(_) => return Attempt::TimedOut,
+        },
+        None => sent.await,
+    };
+    match result {
+        Ok(r) => Attempt::Answered(r),
+        Err(e) => Attempt::Failed(e.to_string()),
+    }
+}
+
+/// The replica calls out: to a service of the stack (balanced here, with the route's
+/// timeout, retries and ejection), or elsewhere (sent where it was going).
+async fn outbound(req: Request<Incoming>, target: SocketAddrV4, shared: &Shared) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    // Kept whole: a retry sends it again.
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return own_response(StatusCode::BAD_REQUEST, "the request's body broke off");
+    };
+    let path = parts.uri.path().to_string();
+    let Some((service, route)) = shared.route_to(*target.ip(), &path) else {
+        return match attempt(shared, rebuild(&parts, &body, target), None).await {
+            Attempt::Answered(r) => r.map(BodyExt::boxed),
+            Attempt::Failed(e) => own_response(StatusCode::BAD_GATEWAY, &format!("{target}: {e}")),
+            Attempt::TimedOut => own_response(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+        };
+    };
+    let retryable = route.retry_methods.iter().any(|m| m == parts.method.as_str());
+    shared.budget_request(&service, &route);
+    let mut tries_left = if retryable { route.retries } else { 0 };
+    let mut tried = Vec::new();
+    loop {
+        let Some(endpoint) = shared.pick(&service, target.port(), &tried) else {
+            return own_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no ready replica of {service}"),
+            );
+        };
+        tried.push(*endpoint.ip());
+        let started = Instant::now();
+        let result = attempt(shared, rebuild(&parts, &body, endpoint), route.timeout).await;
+        let failed = match &result {
+            Attempt::Answered(r) => r.status().is_server_error(),
+            _ => true,
+        };
+        let outcome = if failed { Outcome::Failure } else { Outcome::Success };
+        shared.record(
+            &service,
+            endpoint,
+            started.elapsed(),
+            outcome,
+            &route,
+            result_status(&result),
+        );
+        if failed && tries_left > 0 && shared.budget_retry(&service, &route) {
+            tries_left -= 1;
+            shared.count_retry(&service, &route);
+            continue;
+        }
+        return match result {
+            Attempt::Answered(r) => r.map(BodyExt::boxed),
+            Attempt::Failed(e) => own_response(StatusCode::BAD_GATEWAY, &format!("{service} ({endpoint}): {e}")),
+            Attempt::TimedOut => own_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "{service} did not answer within {:?}",
+                    route.timeout.unwrap_or_default()
+                ),
+            ),
+        };
+    }
+}
+
+fn result_status(result: &Attempt) -> Option<u16> {
+    match result {
+        Attempt::Answered(r) => Some(r.status().as_u16()),
+        _ => None,
+    }
+}
+
+/// Someone calls the replica: the request goes to its process, where it was going.
+async fn inbound(
+    req: Request<Incoming>,
+    target: SocketAddrV4,
+    _peer: Option<std::net::SocketAddr>,
+    shared: &Shared,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return own_response(StatusCode::BAD_REQUEST, "the request's body broke off");
+    };
+    match attempt(shared, rebuild(&parts, &body, target), None).await {
+        Attempt::Answered(r) => r.map(BodyExt::boxed),
+        Attempt::Failed(e) => own_response(StatusCode::BAD_GATEWAY, &format!("{target}: {e}")),
+        Attempt::TimedOut => own_response(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+    }
+}
+
+/// True if a connection's first bytes are HTTP: a request line's method, or HTTP/2's preface.
+pub fn looks_like_http(first: &[u8]) -> bool {
+    const METHODS: [&[u8]; 10] = [
+        b"GET ",
+        b"HEAD ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"TRACE ",
+        b"CONNECT ",
+        b"PRI * HTTP/2.0",
+    ];
+    METHODS.iter().any(|m| {
+        let n = m.len().min(first.len());
+        n > 0 && first[..n] == m[..n] && (first.len() >= m.len() || n == first.len())
+    }) && !first.is_empty()
+}

@@ -1,0 +1,161 @@
+//! What a sidecar holds: its view of the stack (re-read when the supervisor's files change),
+//! each service's endpoints as the balancer sees them, retry budgets, and its clients.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use plumb_core::desired::Desired;
+use plumb_core::mesh::balance::{pick, Endpoint, Outcome, RetryBudget};
+use plumb_core::mesh::directory::Directory;
+use plumb_core::spec::{route_for, RouteSpec};
+
+use super::http::Clients;
+use crate::runfile;
+
+/// How often the sidecar looks whether `run.json` or `status.json` changed.
+pub const RELOAD_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+pub struct View {
+    pub desired: Option<Desired>,
+    pub directory: Directory,
+    /// The modification times the view was read at.
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+}
+
+pub struct Shared {
+    pub dir: PathBuf,
+    pub container: String,
+    pub service: String,
+    pub stack: String,
+    pub view: RwLock<View>,
+    /// Service → endpoint address → its state.
+    endpoints: Mutex<HashMap<String, HashMap<Ipv4Addr, Endpoint>>>,
+    budgets: Mutex<HashMap<(String, Option<String>), RetryBudget>>,
+    pub clients: Clients,
+}
+
+impl Shared {
+    pub fn new(dir: PathBuf, container: String, service: String, stack: String) -> Shared {
+        let shared = Shared {
+            dir,
+            container,
+            service,
+            stack,
+            view: RwLock::new(View::default()),
+            endpoints: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            clients: Clients::new(),
+        };
+        shared.reload();
+        shared
+    }
+
+    /// Reads the stack again if the supervisor's files changed since.
+    pub fn reload(&self) {
+        let mtime = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let stamps = (
+            mtime(runfile::run_path(&self.dir)),
+            mtime(runfile::status_path(&self.dir)),
+        );
+        if self
+            .view
+            .read()
+            .is_ok_and(|v| v.stamps == stamps && v.desired.is_some())
+        {
+            return;
+        }
+        let run = runfile::read_run(&self.dir);
+        let status = runfile::read_status(&self.dir);
+        let Some(desired) = run.desired else { return };
+        let unready = status.unready(&desired);
+        let directory = Directory::of(&desired, &unready, &self.container);
+        if let Ok(mut v) = self.view.write() {
+            *v = View {
+                desired: Some(desired),
+                directory,
+                stamps,
+            };
+        }
+    }
+
+    /// The service at `ip` and the route of a request for `path` to it.
+    pub fn route_to(&self, ip: Ipv4Addr, path: &str) -> Option<(String, RouteSpec)> {
+        let view = self.view.read().ok()?;
+        let service = view.directory.service_at(ip)?.to_string();
+        let routes = view.desired.as_ref().map_or(&[][..], |d| d.routes.as_slice());
+        let route = route_for(routes, &service, path);
+        Some((service, route))
+    }
+
+    /// The endpoint of `service` the next attempt goes to (on `port`): one not `tried` yet
+    /// for this request, if there is one.
+    pub fn pick(&self, service: &str, port: u16, tried: &[Ipv4Addr]) -> Option<SocketAddrV4> {
+        let mut ready: Vec<Ipv4Addr> = {
+            let view = self.view.read().ok()?;
+            view.directory.endpoints(service).iter().map(|(_, a)| *a).collect()
+        };
+        if ready.iter().any(|a| !tried.contains(a)) {
+            ready.retain(|a| !tried.contains(a));
+        }
+        if ready.is_empty() {
+            return None;
+        }
+        let mut all = self.endpoints.lock().ok()?;
+        let known = all.entry(service.to_string()).or_default();
+        known.retain(|a, _| ready.contains(a));
+        let list: Vec<Endpoint> = ready.iter().map(|a| known.entry(*a).or_default().clone()).collect();
+        let i = pick(&list, Instant::now(), (rand::random(), rand::random()))?;
+        let address = ready[i];
+        if let Some(e) = known.get_mut(&address) {
+            e.pending += 1;
+        }
+        Some(SocketAddrV4::new(address, port))
+    }
+
+    /// Records how an attempt on `endpoint` went.
+    pub fn record(
+        &self,
+        service: &str,
+        endpoint: SocketAddrV4,
+        rtt: Duration,
+        outcome: Outcome,
+        route: &RouteSpec,
+        _status: Option<u16>,
+    ) {
+        let Ok(mut all) = self.endpoints.lock() else { return };
+        let Some(e) = all.get_mut(service).and_then(|m| m.get_mut(endpoint.ip())) else {
+            return;
+        };
+        e.pending = e.pending.saturating_sub(1);
+        if e.record(Instant::now(), rtt, outcome, route.eject_after, route.eject_for) {
+            eprintln!(
+                "ejected {service} endpoint {} for {:?} after {} failure(s) in a row",
+                endpoint.ip(),
+                route.eject_for,
+                route.eject_after
+            );
+        }
+    }
+
+    pub fn budget_request(&self, service: &str, route: &RouteSpec) {
+        if let Ok(mut b) = self.budgets.lock() {
+            b.entry((service.to_string(), route.path.clone()))
+                .or_insert_with(|| RetryBudget::new(route.retry_budget_percent))
+                .request();
+        }
+    }
+
+    pub fn budget_retry(&self, service: &str, route: &RouteSpec) -> bool {
+        self.budgets.lock().is_ok_and(|mut b| {
+            b.entry((service.to_string(), route.path.clone()))
+                .or_insert_with(|| RetryBudget::new(route.retry_budget_percent))
+                .try_retry()
+        })
+    }
+
+    pub fn count_retry(&self, _service: &str, _route: &RouteSpec) {}
+}
