@@ -20,6 +20,7 @@ mod stackfile;
 mod state;
 mod supervisor;
 mod supervisor_socket;
+mod traces;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -53,6 +54,22 @@ struct Cli {
 enum GraphFormatArg {
     Dot,
     Mermaid,
+}
+
+#[derive(Subcommand)]
+enum TracesAction {
+    /// One trace as a waterfall: each span's service, operation, start offset, duration and
+    /// status.
+    Show {
+        /// The trace ID (32 hex digits, as `plumb traces` lists it).
+        id: String,
+        /// The stack (default: every stack that is up).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Print it as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +168,25 @@ enum Command {
         #[arg(short, long)]
         stack: Option<String>,
         /// Print the services as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Traces a meshed stack kept: a list (newest first), or `plumb traces show ID` as a
+    /// waterfall.
+    #[command(args_conflicts_with_subcommands = true)]
+    Traces {
+        #[command(subcommand)]
+        action: Option<TracesAction>,
+        /// The stack (default: every stack that is up).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Only traces through this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only traces lasting at least this long (e.g. 100ms).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_duration: Option<std::time::Duration>,
+        /// Print them as JSON, for programs.
         #[arg(long)]
         json: bool,
     },
@@ -670,6 +706,7 @@ impl Command {
             | Command::Down { dry_run: true, .. }
             | Command::Ps { .. }
             | Command::Services { .. }
+            | Command::Traces { .. }
             | Command::Exec { .. }
             | Command::Inspect { .. }
             | Command::Policy { .. }
@@ -823,6 +860,24 @@ fn main() -> ExitCode {
         ),
         Command::Detach { target } => commands::attach::detach(&ctx, &target),
         Command::Ps { json } => commands::ps::run(&ctx, Format::from_json_flag(json)),
+        Command::Traces {
+            action,
+            stack,
+            service,
+            min_duration,
+            json,
+        } => match action {
+            Some(TracesAction::Show { id, stack, json }) => {
+                commands::traces::show(&ctx, stack.as_deref(), &id, Format::from_json_flag(json))
+            }
+            None => commands::traces::list(
+                &ctx,
+                stack.as_deref(),
+                service.as_deref(),
+                min_duration,
+                Format::from_json_flag(json),
+            ),
+        },
         Command::Services { file, stack, json } => {
             let format = Format::from_json_flag(json);
             match (file, stack) {

@@ -291,3 +291,185 @@ fn a_timeout_fires_and_a_circuit_opens_after_failures_and_closes_after_its_time(
     sb.plumb_ok(&["down", "mh"]);
     sb.assert_clean();
 }
+
+/// `relay.py NEXT`: an HTTP server on 8080 that asks `http://NEXT:8080/` (forwarding the
+/// request's `traceparent`, as any service in a traced mesh must) and answers with what it
+/// got; with no NEXT it answers its own name.
+const RELAY: &str = r#"
+import os, socket, sys, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+name = socket.gethostname()
+nxt = sys.argv[1] if len(sys.argv) > 1 else ""
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = name
+        if nxt and self.path != "/health":
+            req = urllib.request.Request("http://" + nxt + ":8080" + self.path)
+            tp = self.headers.get("traceparent")
+            if tp:
+                req.add_header("traceparent", tp)
+            body = name + " > " + urllib.request.urlopen(req, timeout=10).read().decode()
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
+
+/// A collector of its own: stores each POST's path, content type and body (hex) as a line.
+const COLLECTOR: &str = r#"
+import os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+out = sys.argv[1]
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        with open(out, "a") as f:
+            f.write(self.path + " " + (self.headers.get("content-type") or "") + " " + body.hex() + "\n")
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+HTTPServer(("0.0.0.0", 4318), H).serve_forever()
+"#;
+
+fn chain_stack(dir: &str, tracing: &str) -> String {
+    let svc = |name: &str, next: &str| {
+        format!(
+            "[services.{name}]\nexpose = [8080]\ncommand = [\"python3\", \"{dir}/relay.py\", \"{next}\"]\n\
+             health = {{ http = \"/health\", port = 8080, interval = \"300ms\" }}\n"
+        )
+    };
+    format!(
+        "name = \"tr\"\nmesh = true\n{tracing}[networks.n]\nsubnet = \"10.64.0.0/24\"\n{}{}{}\
+         [services.client]\ncommand = [\"sleep\", \"infinity\"]\n\
+         [services.collector]\nmesh = false\nnetworks = {{ n = {{ ip = \"10.64.0.50\" }} }}\n\
+         command = [\"python3\", \"{dir}/collector.py\", \"{dir}/exported\"]\n",
+        svc("a", "b"),
+        svc("b", "c"),
+        svc("c", "")
+    )
+}
+
+fn traces_json(sb: &Sandbox, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["traces", "-s", "tr", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str::<serde_json::Value>(&sb.plumb_ok(&all))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn a_request_across_four_services_is_one_trace_and_exports_to_a_collector() {
+    let Some(sb) = Sandbox::start() else { return };
+    sb.write("relay.py", RELAY);
+    sb.write("collector.py", COLLECTOR);
+    sb.write("req.py", REQUEST);
+    let dir = sb.dir.display().to_string();
+    let file = sb.write("tr.toml", &chain_stack(&dir, ""));
+    sb.plumb_ok(&["up", "-f", path_str(&file)]);
+    let mut got = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            got = requests(&sb, "tr-client-1", "GET", "http://a:8080/chain", 1);
+            got[0].0 == 200
+        }),
+        "{got:?}"
+    );
+    assert_eq!(got[0].1, "a-1 > b-1 > c-1");
+
+    // The request's trace: client -> a -> b -> c, a client and a server span per hop, each
+    // span the child of the one before.
+    let mut listed = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            listed = traces_json(&sb, &["--service", "c"]);
+            listed.iter().any(|t| t["spans"] == 6 && t["name"] == "GET /chain")
+        }),
+        "{listed:?}"
+    );
+    let trace = listed
+        .iter()
+        .find(|t| t["spans"] == 6 && t["name"] == "GET /chain")
+        .unwrap();
+    assert_eq!(trace["service"], "client");
+    let id = trace["trace_id"].as_str().unwrap().to_string();
+    let shown: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["traces", "show", &id, "--json"])).unwrap();
+    let spans = shown["spans"].as_array().unwrap();
+    let chain: Vec<(u64, &str, &str)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s["depth"].as_u64().unwrap(),
+                s["service"].as_str().unwrap(),
+                s["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            (0, "client", "client"),
+            (1, "a", "server"),
+            (2, "a", "client"),
+            (3, "b", "server"),
+            (4, "b", "client"),
+            (5, "c", "server")
+        ]
+    );
+    for pair in spans.windows(2) {
+        assert_eq!(pair[1]["parent_id"], pair[0]["span_id"], "{pair:?}");
+        assert_eq!(pair[1]["trace_id"], id.as_str());
+    }
+    // A child starts within its parent and ends before it.
+    for pair in spans.windows(2) {
+        assert!(pair[1]["start_ns"].as_u64() >= pair[0]["start_ns"].as_u64());
+        assert!(pair[1]["end_ns"].as_u64() <= pair[0]["end_ns"].as_u64());
+    }
+    let waterfall = sb.plumb_ok(&["traces", "show", &id]);
+    let lines: Vec<&str> = waterfall.lines().collect();
+    assert!(lines[0].contains(&id) && lines[1].starts_with("SPAN"), "{waterfall}");
+    assert!(
+        lines[2].starts_with("client GET /chain") && lines[7].starts_with("          c GET /chain"),
+        "{waterfall}"
+    );
+    assert!(traces_json(&sb, &["--min-duration", "1h"]).is_empty());
+    assert!(!sb.plumb(&["traces", "show", "nothex"]).status.success());
+
+    // With a collector configured the sidecars export there (OTLP protobuf), not to plumb.
+    let file = sb.write("tr.toml", &chain_stack(&dir, "tracing = \"http://10.64.0.50:4318\"\n"));
+    sb.plumb_ok(&["up", "-f", path_str(&file)]);
+    assert!(eventually(Duration::from_secs(30), || requests(
+        &sb,
+        "tr-client-1",
+        "GET",
+        "http://a:8080/exported",
+        1
+    )[0]
+    .0 == 200));
+    let mut exported = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            exported = std::fs::read_to_string(sb.dir.join("exported")).unwrap_or_default();
+            exported.contains(&hex("GET /exported"))
+        }),
+        "nothing exported: {exported}"
+    );
+    let line = exported.lines().find(|l| l.contains(&hex("GET /exported"))).unwrap();
+    assert!(line.starts_with("/v1/traces application/x-protobuf "), "{line}");
+    assert!(line.contains(&hex("service.name")), "{line}");
+    sb.plumb_ok(&["down", "tr"]);
+    sb.assert_clean();
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}

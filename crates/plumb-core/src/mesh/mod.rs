@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod directory;
+pub mod trace;
 
 use std::fmt::Write;
 
@@ -14,6 +15,8 @@ pub const INBOUND_PORT: u16 = 15006;
 /// The socket mark (`SO_MARK`) on the sidecar's own connections: the interception lets them
 /// pass. "PLMB".
 pub const SIDECAR_MARK: u32 = 0x504c_4d42;
+/// The port of the supervisor's OTLP/HTTP trace receiver, on each of the stack's gateways.
+pub const OTLP_PORT: u16 = 4318;
 /// The table plumb owns inside a meshed replica's namespace (it goes with the namespace).
 pub const TABLE: &str = "plumb_mesh";
 

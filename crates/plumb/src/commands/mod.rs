@@ -22,6 +22,7 @@ pub mod ps;
 pub mod services;
 pub mod top;
 pub mod trace;
+pub mod traces;
 pub mod up;
 
 use crate::failure::{Failure, Result};

@@ -4,6 +4,7 @@
 //! within its budget and ejects endpoints that keep failing. Inbound it hands the request to
 //! the replica's own process.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -20,6 +21,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use plumb_core::mesh::balance::Outcome;
+use plumb_core::mesh::trace::{hex, Kind, Span, TraceParent};
 use tokio::net::TcpStream;
 
 use super::state::Shared;
@@ -70,7 +72,7 @@ impl Clients {
         Clients { h1, h2 }
     }
 
-    fn send(&self, req: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+    pub fn send(&self, req: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
         if req.version() == Version::HTTP_2 {
             self.h2.request(req)
         } else {
@@ -146,10 +148,116 @@ async fn attempt(shared: &Shared, req: Request<Full<Bytes>>, timeout: Option<std
     }
 }
 
+/// The span of one request through the sidecar: it continues the request's trace (or starts
+/// one) and hands its own ID on as the next hop's parent.
+struct SpanScope {
+    trace: TraceParent,
+    parent: Option<[u8; 8]>,
+    start_ns: u64,
+    name: String,
+}
+
+impl SpanScope {
+    fn begin(parts: &mut hyper::http::request::Parts) -> SpanScope {
+        let incoming = parts
+            .headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        let trace = TraceParent {
+            trace_id: incoming.map_or_else(|| rand::random::<u128>().to_be_bytes(), |p| p.trace_id),
+            span_id: rand::random::<u64>().max(1).to_be_bytes(),
+            sampled: true,
+        };
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&trace.header()) {
+            parts.headers.insert(TRACEPARENT, v);
+        }
+        SpanScope {
+            trace,
+            parent: incoming.map(|p| p.span_id),
+            start_ns: now_ns(),
+            name: format!("{} {}", parts.method, parts.uri.path()),
+        }
+    }
+
+    fn end(
+        self,
+        shared: &Shared,
+        kind: Kind,
+        status: Option<u16>,
+        error: Option<String>,
+        mut attributes: BTreeMap<String, String>,
+    ) {
+        if let Some(s) = status {
+            attributes.insert("http.response.status_code".into(), s.to_string());
+        }
+        attributes.insert("plumb.container".into(), shared.container.clone());
+        attributes.insert("plumb.stack".into(), shared.stack.clone());
+        let error = error.or_else(|| status.filter(|s| *s >= 500).map(|s| format!("HTTP {s}")));
+        shared.emit(Span {
+            trace_id: hex(&self.trace.trace_id),
+            span_id: hex(&self.trace.span_id),
+            parent_id: self.parent.map(|p| hex(&p)),
+            service: shared.service.clone(),
+            name: self.name,
+            kind,
+            start_ns: self.start_ns,
+            end_ns: now_ns(),
+            error,
+            attributes,
+        });
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// The replica calls out: to a service of the stack (balanced here, with the route's
 /// timeout, retries and ejection), or elsewhere (sent where it was going).
 async fn outbound(req: Request<Incoming>, target: SocketAddrV4, shared: &Shared) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let span = SpanScope::begin(&mut parts);
+    let peer = shared.route_to(*target.ip(), parts.uri.path()).map(|(s, _)| s);
+    let mut attributes = BTreeMap::new();
+    attributes.insert("server.address".to_string(), target.to_string());
+    if let Some(p) = &peer {
+        attributes.insert("peer.service".to_string(), p.clone());
+    }
+    let (response, retries) = outbound_attempts(parts, body, target, shared).await;
+    if retries > 0 {
+        attributes.insert("plumb.retries".to_string(), retries.to_string());
+    }
+    let own_error = response.headers().contains_key("x-plumb-proxy");
+    let status = response.status().as_u16();
+    let error = own_error.then(|| format!("plumb proxy: HTTP {status}"));
+    span.end(shared, Kind::Client, Some(status), error, attributes);
+    response
+}
+
+/// The attempts of one outbound request, and how many of them were retries.
+async fn outbound_attempts(
+    parts: hyper::http::request::Parts,
+    body: Incoming,
+    target: SocketAddrV4,
+    shared: &Shared,
+) -> (Response<Body>, u32) {
+    let mut retries = 0;
+    let response = outbound_inner(parts, body, target, shared, &mut retries).await;
+    (response, retries)
+}
+
+async fn outbound_inner(
+    parts: hyper::http::request::Parts,
+    body: Incoming,
+    target: SocketAddrV4,
+    shared: &Shared,
+    retries: &mut u32,
+) -> Response<Body> {
     // Kept whole: a retry sends it again.
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return own_response(StatusCode::BAD_REQUEST, "the request's body broke off");
@@ -191,6 +299,7 @@ async fn outbound(req: Request<Incoming>, target: SocketAddrV4, shared: &Shared)
         );
         if failed && tries_left > 0 && shared.budget_retry(&service, &route) {
             tries_left -= 1;
+            *retries += 1;
             shared.count_retry(&service, &route);
             continue;
         }
@@ -219,18 +328,37 @@ fn result_status(result: &Attempt) -> Option<u16> {
 async fn inbound(
     req: Request<Incoming>,
     target: SocketAddrV4,
-    _peer: Option<std::net::SocketAddr>,
+    peer: Option<std::net::SocketAddr>,
     shared: &Shared,
 ) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let span = SpanScope::begin(&mut parts);
+    let mut attributes = BTreeMap::new();
+    if let Some(p) = peer {
+        attributes.insert("client.address".to_string(), p.ip().to_string());
+    }
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return own_response(StatusCode::BAD_REQUEST, "the request's body broke off");
     };
-    match attempt(shared, rebuild(&parts, &body, target), None).await {
-        Attempt::Answered(r) => r.map(BodyExt::boxed),
-        Attempt::Failed(e) => own_response(StatusCode::BAD_GATEWAY, &format!("{target}: {e}")),
-        Attempt::TimedOut => own_response(StatusCode::GATEWAY_TIMEOUT, "timed out"),
-    }
+    let (response, error) = match attempt(shared, rebuild(&parts, &body, target), None).await {
+        Attempt::Answered(r) => (r.map(BodyExt::boxed), None),
+        Attempt::Failed(e) => (
+            own_response(StatusCode::BAD_GATEWAY, &format!("{target}: {e}")),
+            Some(format!("the service: {e}")),
+        ),
+        Attempt::TimedOut => (
+            own_response(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+            Some("timed out".into()),
+        ),
+    };
+    span.end(
+        shared,
+        Kind::Server,
+        Some(response.status().as_u16()),
+        error,
+        attributes,
+    );
+    response
 }
 
 /// True if a connection's first bytes are HTTP: a request line's method, or HTTP/2's preface.

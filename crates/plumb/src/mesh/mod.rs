@@ -58,7 +58,10 @@ pub fn run(dir: &Path, container: &str) -> Result<()> {
         .map_err(|e| Failure::new(format!("cannot start the proxy's runtime: {e}")))?;
     runtime.block_on(async move {
         // The clients need the runtime: made inside it.
-        serve(Arc::new(Shared::new(dir, container, service, stack))).await
+        let (shared, spans) = Shared::new(dir, container, service, stack);
+        let shared = Arc::new(shared);
+        tokio::spawn(state::export(shared.clone(), spans));
+        serve(shared).await
     })
 }
 

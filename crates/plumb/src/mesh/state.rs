@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use plumb_core::desired::Desired;
 use plumb_core::mesh::balance::{pick, Endpoint, Outcome, RetryBudget};
 use plumb_core::mesh::directory::Directory;
+use plumb_core::mesh::trace::Span;
 use plumb_core::spec::{route_for, RouteSpec};
 
 use super::http::Clients;
@@ -36,11 +37,28 @@ pub struct Shared {
     endpoints: Mutex<HashMap<String, HashMap<Ipv4Addr, Endpoint>>>,
     budgets: Mutex<HashMap<(String, Option<String>), RetryBudget>>,
     pub clients: Clients,
+    /// Finished spans, for the exporter.
+    spans: tokio::sync::mpsc::Sender<Span>,
 }
 
+/// Spans waiting for export at most: beyond, new ones are dropped (a collector that is
+/// down must not grow the sidecar).
+const SPAN_QUEUE: usize = 10_000;
+/// Spans go out in batches of at most this many, at least every [`EXPORT_EVERY`].
+const EXPORT_BATCH: usize = 512;
+const EXPORT_EVERY: Duration = Duration::from_millis(200);
+
 impl Shared {
-    pub fn new(dir: PathBuf, container: String, service: String, stack: String) -> Shared {
+    /// The sidecar's state, and the receiving end of its spans (for [`export`]).
+    pub fn new(
+        dir: PathBuf,
+        container: String,
+        service: String,
+        stack: String,
+    ) -> (Shared, tokio::sync::mpsc::Receiver<Span>) {
+        let (spans, queue) = tokio::sync::mpsc::channel(SPAN_QUEUE);
         let shared = Shared {
+            spans,
             dir,
             container,
             service,
@@ -51,7 +69,26 @@ impl Shared {
             clients: Clients::new(),
         };
         shared.reload();
-        shared
+        (shared, queue)
+    }
+
+    pub fn emit(&self, span: Span) {
+        let _ = self.spans.try_send(span);
+    }
+
+    /// Where spans go: the stack's collector, else the supervisor's receiver on the
+    /// container's gateway.
+    pub fn export_to(&self) -> Option<SocketAddrV4> {
+        let view = self.view.read().ok()?;
+        let desired = view.desired.as_ref()?;
+        if let Some(url) = &desired.tracing {
+            return url.strip_prefix("http://")?.parse().ok().or_else(|| {
+                let ip: Ipv4Addr = url.strip_prefix("http://")?.parse().ok()?;
+                Some(SocketAddrV4::new(ip, 80))
+            });
+        }
+        let own = desired.containers.iter().find(|c| c.name == self.container)?;
+        Some(SocketAddrV4::new(own.gateway?, plumb_core::mesh::OTLP_PORT))
     }
 
     /// Reads the stack again if the supervisor's files changed since.
@@ -158,4 +195,43 @@ impl Shared {
     }
 
     pub fn count_retry(&self, _service: &str, _route: &RouteSpec) {}
+}
+
+/// Sends the sidecar's spans as OTLP/HTTP (protobuf) in batches, until the sidecar ends.
+pub async fn export(shared: std::sync::Arc<Shared>, mut queue: tokio::sync::mpsc::Receiver<Span>) {
+    let mut batch = Vec::new();
+    loop {
+        let first = match queue.recv().await {
+            Some(s) => s,
+            None => return,
+        };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + EXPORT_EVERY;
+        while batch.len() < EXPORT_BATCH {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(s)) => batch.push(s),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Some(to) = shared.export_to() else {
+            batch.clear();
+            continue;
+        };
+        let body = plumb_core::mesh::trace::encode(&batch);
+        batch.clear();
+        let mut req = hyper::Request::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *req.method_mut() = hyper::Method::POST;
+        *req.uri_mut() = match format!("http://{to}/v1/traces").parse() {
+            Ok(u) => u,
+            Err(_) => continue,
+        };
+        req.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/x-protobuf"),
+        );
+        // A collector that is down loses this batch: spans are not worth piling up for.
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(5), shared.clients.send(req)).await {
+            let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+        }
+    }
 }

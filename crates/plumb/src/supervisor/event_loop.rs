@@ -130,6 +130,8 @@ pub struct Supervisor {
     kernel: Box<dyn Kernel>,
     /// Sidecars let go of (their replica stopped or went), until they are reaped.
     orphans: Vec<Child>,
+    /// The OTLP/HTTP receiver keeping the stack's traces (a meshed stack without a collector).
+    receiver: Option<crate::traces::Receiver>,
 }
 
 impl Supervisor {
@@ -180,6 +182,7 @@ impl Supervisor {
             probe_times: metrics::ProbeTimes::default(),
             dns,
             orphans: Vec::new(),
+            receiver: None,
         })
     }
 
@@ -288,6 +291,7 @@ impl Supervisor {
         self.dirty = true;
         self.dns.reload(run.desired.as_ref());
         self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
+        self.receive_traces(run.desired.as_ref());
         let unready = self.unready();
         let balancer = run.desired.as_ref().map(plumb_core::firewall::vips::Balancer::of);
         let kernel = self.kernel.as_mut();
@@ -296,6 +300,32 @@ impl Supervisor {
                 .reload(balancer, &unready, &mut |t, e| apply_nft(kernel, t, e)),
         );
         self.dns.readiness(unready);
+    }
+
+    /// Receives OTLP on every gateway of a meshed stack that keeps its own traces.
+    fn receive_traces(&mut self, desired: Option<&plumb_core::Desired>) {
+        let gateways: Vec<std::net::Ipv4Addr> = desired
+            .filter(|d| d.tracing.is_none() && d.containers.iter().any(|c| c.mesh))
+            .map(|d| d.networks.iter().map(|n| n.gateway).collect())
+            .unwrap_or_default();
+        if gateways.is_empty() {
+            self.receiver = None;
+            return;
+        }
+        if self.receiver.is_none() {
+            match crate::traces::Receiver::new(&self.dir) {
+                Ok(r) => self.receiver = Some(r),
+                Err(e) => return say(&format!("cannot receive traces: {e}")),
+            }
+        }
+        if let Some(receiver) = self.receiver.as_mut() {
+            for (address, e) in receiver.listen_on(&gateways) {
+                say(&format!(
+                    "cannot receive traces on {address}:{}: {e}",
+                    crate::traces::OTLP_PORT
+                ));
+            }
+        }
     }
 
     /// Serves metrics on `address` (moving there if it changed), or stops serving them.

@@ -28,7 +28,7 @@ impl Validator<'_> {
         let text = raw.get_ref().trim_end_matches('/');
         let ok = text.strip_prefix("http://").is_some_and(|rest| {
             let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "80"));
-            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p != 0)
+            host.parse::<std::net::Ipv4Addr>().is_ok() && port.parse::<u16>().is_ok_and(|p| p != 0)
         });
         if ok {
             Some(text.to_string())
@@ -37,7 +37,7 @@ impl Validator<'_> {
                 raw.span(),
                 "tracing",
                 format!("{:?} is not an OTLP/HTTP collector address", raw.get_ref()),
-                "write tracing = \"http://HOST:4318\" (plain HTTP, host and port only), or leave it out to keep traces in plumb (`plumb traces`)",
+                "write tracing = \"http://ADDRESS:4318\" (plain HTTP, an IPv4 address and a port), or leave it out to keep traces in plumb (`plumb traces`)",
             );
             None
         }
@@ -420,11 +420,11 @@ mod tests {
     fn tracing_takes_a_plain_http_collector() {
         let p = parse("plumb.toml", &format!("tracing = \"http://10.0.0.9:4318/\"\n{BASE}")).unwrap();
         assert_eq!(p.stack.tracing.as_deref(), Some("http://10.0.0.9:4318"));
-        let e = errors("tracing = \"https://x:4318\"\n", "");
-        assert!(
-            e.contains("plumb.toml:1:11: tracing: \"https://x:4318\" is not an OTLP/HTTP collector address"),
-            "{e}"
-        );
+        for bad in ["https://10.0.0.9:4318", "http://collector:4318", "http://10.0.0.9:0"] {
+            let e = errors(&format!("tracing = \"{bad}\"\n"), "");
+            let want = format!("plumb.toml:1:11: tracing: \"{bad}\" is not an OTLP/HTTP collector address");
+            assert!(e.contains(&want), "{e}");
+        }
     }
 
     #[test]
