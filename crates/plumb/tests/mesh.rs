@@ -473,3 +473,99 @@ fn a_request_across_four_services_is_one_trace_and_exports_to_a_collector() {
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The shop with `mesh = true`.
+fn meshed_shop(sb: &Sandbox) {
+    sb.copy_shop();
+    let text = std::fs::read_to_string(sb.dir.join("shop/plumb.toml")).unwrap();
+    sb.write(
+        "shop/plumb.toml",
+        &text.replacen("name = \"shop\"\n", "name = \"shop\"\nmesh = true\n", 1),
+    );
+    sb.plumb_ok(&["up", "-f", "shop/plumb.toml"]);
+    assert!(eventually(Duration::from_secs(30), || {
+        let rows = sb.ps();
+        rows.len() == 6 && rows.iter().all(|r| r["process"]["health"] == "healthy")
+    }));
+}
+
+/// One request to the catalogue from outside; its trace's spans in waterfall order.
+fn catalogue_trace(sb: &Sandbox, seen: &mut std::collections::BTreeSet<String>) -> Vec<serde_json::Value> {
+    let out = sb.ok("ip netns exec outside python3 -c \"import urllib.request; print(urllib.request.urlopen('http://203.0.113.1:8080/api/products', timeout=10).status)\"");
+    assert_eq!(out.trim(), "200");
+    let mut new = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        let listed: Vec<serde_json::Value> =
+            serde_json::from_str(&sb.plumb_ok(&["traces", "-s", "shop", "--json"])).unwrap();
+        new = listed
+            .iter()
+            .filter(|t| t["name"] == "GET /api/products" && t["spans"] == 5)
+            .map(|t| t["trace_id"].as_str().unwrap().to_string())
+            .find(|id| !seen.contains(id));
+        new.is_some()
+    }));
+    let id = new.unwrap();
+    seen.insert(id.clone());
+    let shown: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["traces", "show", &id, "--json"])).unwrap();
+    shown["spans"].as_array().unwrap().clone()
+}
+
+fn ms(span: &serde_json::Value) -> f64 {
+    span["duration_ns"].as_u64().unwrap() as f64 / 1e6
+}
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn the_meshed_shop_traces_a_request_and_places_a_delay_on_product() {
+    let Some(sb) = Sandbox::start() else { return };
+    meshed_shop(&sb);
+    let mut seen = Default::default();
+    let spans = catalogue_trace(&sb, &mut seen);
+    let chain: Vec<(u64, &str, &str)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s["depth"].as_u64().unwrap(),
+                s["service"].as_str().unwrap(),
+                s["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            (0, "web", "server"),
+            (1, "web", "client"),
+            (2, "gateway", "server"),
+            (3, "gateway", "client"),
+            (4, "product", "server")
+        ]
+    );
+    for pair in spans.windows(2) {
+        assert_eq!(pair[1]["parent_id"], pair[0]["span_id"]);
+    }
+    assert_eq!(spans[3]["attributes"]["peer.service"], "product");
+
+    // 100 ms on product: the hop to product (gateway's call and product's own span, whose
+    // Redis calls leave product late too) takes it; the hops before it add less than it.
+    sb.plumb_ok(&["chaos", "product", "--delay", "100ms", "--for", "60s"]);
+    let spans = catalogue_trace(&sb, &mut seen);
+    let (root, web_call, gateway, product_call) = (ms(&spans[0]), ms(&spans[1]), ms(&spans[2]), ms(&spans[3]));
+    assert!(product_call >= 100.0, "the hop to product took {product_call} ms");
+    assert!(
+        ms(&spans[4]) >= 100.0,
+        "product's own span took {} ms (its Redis calls are delayed)",
+        ms(&spans[4])
+    );
+    assert!(
+        root - product_call < 100.0,
+        "{root} ms in all, {product_call} ms of it the hop to product"
+    );
+    assert!(
+        web_call - gateway < 100.0 && gateway - product_call < 100.0,
+        "{spans:?}"
+    );
+    sb.plumb_ok(&["chaos", "clear", "product"]);
+    sb.plumb_ok(&["down", "shop"]);
+    sb.assert_clean();
+}
