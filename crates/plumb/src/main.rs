@@ -694,6 +694,16 @@ enum PolicyAction {
         /// Print the answer as JSON, for programs.
         #[arg(long)]
         json: bool,
+        /// An HTTP request's method, for the L7 rules (`methods`) the receiving sidecar
+        /// enforces.
+        #[arg(long)]
+        method: Option<String>,
+        /// An HTTP request's path, for the L7 rules (`paths`).
+        #[arg(long)]
+        path: Option<String>,
+        /// The connection comes over mutual TLS from a sidecar of the mesh.
+        #[arg(long)]
+        mtls: bool,
     },
 }
 
@@ -916,15 +926,23 @@ fn main() -> ExitCode {
                     file,
                     stack,
                     json,
+                    method,
+                    path,
+                    mtls,
                 },
         } => {
-            use commands::policy::Which;
+            use commands::policy::{Which, L7};
+            let l7 = L7 {
+                method: method.map(|m| m.to_ascii_uppercase()),
+                path,
+                mtls,
+            };
             let which = match (&stack, &file) {
                 (Some(s), _) => Which::Stack(s),
                 (None, Some(f)) => Which::File(f),
                 (None, None) => Which::Default,
             };
-            commands::policy::why(&ctx, which, &from, &to, Format::from_json_flag(json))
+            commands::policy::why(&ctx, which, &from, &to, &l7, Format::from_json_flag(json))
         }
         Command::Capture {
             target,

@@ -569,3 +569,64 @@ fn the_meshed_shop_traces_a_request_and_places_a_delay_on_product() {
     sb.plumb_ok(&["down", "shop"]);
     sb.assert_clean();
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn the_receiving_sidecar_enforces_methods_and_paths_and_policy_why_names_the_rule() {
+    let Some(sb) = Sandbox::start() else { return };
+    let policy =
+        "[[policies]]\nfrom = \"client\"\nto = \"api\"\nmethods = [\"GET\"]\npaths = [\"/public\", \"/health\"]\n";
+    up_http(&sb, 1, policy);
+    let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/public/x", 1);
+    assert_eq!((got[0].0, got[0].1.as_str()), (200, "api-1"), "{got:?}");
+    for (method, path) in [("GET", "/private"), ("POST", "/public")] {
+        let got = requests(&sb, "mh-client-1", method, &format!("http://api:8080{path}"), 1);
+        assert_eq!((got[0].0, got[0].2), (403, true), "{method} {path}: {got:?}");
+        assert!(
+            got[0].1.contains("policies[0] (") && got[0].1.contains("mh.toml:"),
+            "{got:?}"
+        );
+    }
+    // The same verdicts from `plumb policy why`, which names the rule and its line.
+    let out = sb.plumb(&[
+        "policy",
+        "why",
+        "-s",
+        "mh",
+        "client-1",
+        "api-1:8080",
+        "--method",
+        "GET",
+        "--path",
+        "/private",
+    ]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.starts_with("denied:")
+            && said.contains("GET /private")
+            && said.contains("policies[0] (")
+            && said.contains("paths /public,/health"),
+        "{said}"
+    );
+    let out = sb.plumb(&[
+        "policy",
+        "why",
+        "-s",
+        "mh",
+        "client-1",
+        "api-1:8080",
+        "--method",
+        "GET",
+        "--path",
+        "/public",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("sidecar: GET /public allowed by policies[0]"),
+        "{}",
+        text(&out.stdout)
+    );
+    sb.plumb_ok(&["down", "mh"]);
+    sb.assert_clean();
+}

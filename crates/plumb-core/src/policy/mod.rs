@@ -7,6 +7,7 @@
 mod evaluate;
 mod explain;
 pub mod intervals;
+pub mod l7;
 mod target;
 
 use std::collections::{BTreeMap, BTreeSet};

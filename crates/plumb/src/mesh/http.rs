@@ -337,6 +337,30 @@ async fn inbound(
     if let Some(p) = peer {
         attributes.insert("client.address".to_string(), p.ip().to_string());
     }
+    if let Some(std::net::SocketAddr::V4(from)) = peer {
+        let verdict = shared.admit(
+            *from.ip(),
+            target.port(),
+            Some(parts.method.as_str()),
+            Some(parts.uri.path()),
+            false,
+        );
+        if !verdict.allowed {
+            let mut r = own_response(StatusCode::FORBIDDEN, &verdict.summary);
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&verdict.summary) {
+                r.headers_mut().insert("x-plumb-policy", v);
+            }
+            attributes.insert("plumb.policy".to_string(), verdict.summary.clone());
+            span.end(
+                shared,
+                Kind::Server,
+                Some(403),
+                Some(format!("denied: {}", verdict.summary)),
+                attributes,
+            );
+            return r;
+        }
+    }
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return own_response(StatusCode::BAD_REQUEST, "the request's body broke off");
     };

@@ -149,6 +149,15 @@ async fn handle(
         Ok(n) => n?,
         Err(_) => 0,
     };
+    if direction == Direction::Inbound {
+        if let Ok(SocketAddr::V4(from)) = stream.peer_addr() {
+            let verdict = shared.admit(*from.ip(), target.port(), None, None, false);
+            if !verdict.allowed {
+                eprintln!("refused a connection: {}", verdict.summary);
+                return Ok(());
+            }
+        }
+    }
     if n > 0 && http::looks_like_http(&first[..n]) {
         http::serve(stream, target, direction, shared).await;
         return Ok(());

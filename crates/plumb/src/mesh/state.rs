@@ -23,6 +23,8 @@ pub const RELOAD_EVERY: Duration = Duration::from_millis(500);
 pub struct View {
     pub desired: Option<Desired>,
     pub directory: Directory,
+    /// The stack's policies compiled, for the L7 rules.
+    pub policies: plumb_core::policy::Compiled,
     /// The modification times the view was read at.
     stamps: (Option<SystemTime>, Option<SystemTime>),
 }
@@ -72,6 +74,42 @@ impl Shared {
         (shared, queue)
     }
 
+    /// The L7 policy verdict on a request (or, without method and path, a connection) from
+    /// `from` to this sidecar's service on `port`.
+    pub fn admit(
+        &self,
+        from: Ipv4Addr,
+        port: u16,
+        method: Option<&str>,
+        path: Option<&str>,
+        mtls: bool,
+    ) -> plumb_core::policy::l7::L7Verdict {
+        use plumb_core::policy::l7::{evaluate, L7Verdict, Request};
+        let Ok(view) = self.view.read() else {
+            return L7Verdict {
+                allowed: false,
+                policies: Vec::new(),
+                summary: "the sidecar's view is broken".into(),
+            };
+        };
+        let Some(desired) = view.desired.as_ref() else {
+            return L7Verdict {
+                allowed: true,
+                policies: Vec::new(),
+                summary: "no stack yet".into(),
+            };
+        };
+        let req = Request {
+            from,
+            to_service: &self.service,
+            port,
+            method,
+            path,
+            mtls,
+        };
+        evaluate(desired, &view.policies, &req)
+    }
+
     pub fn emit(&self, span: Span) {
         let _ = self.spans.try_send(span);
     }
@@ -110,10 +148,12 @@ impl Shared {
         let Some(desired) = run.desired else { return };
         let unready = status.unready(&desired);
         let directory = Directory::of(&desired, &unready, &self.container);
+        let policies = plumb_core::policy::compile(&desired);
         if let Ok(mut v) = self.view.write() {
             *v = View {
                 desired: Some(desired),
                 directory,
+                policies,
                 stamps,
             };
         }
