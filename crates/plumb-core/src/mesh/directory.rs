@@ -14,6 +14,8 @@ pub struct Directory {
     endpoints: BTreeMap<String, Vec<(String, Ipv4Addr)>>,
     /// Container → its service and whether it is in the mesh.
     containers: HashMap<String, (String, bool)>,
+    /// Addresses a sidecar answers at.
+    meshed: std::collections::HashSet<Ipv4Addr>,
 }
 
 impl Directory {
@@ -25,12 +27,20 @@ impl Directory {
         for s in &desired.services {
             if let Some(vip) = s.vip {
                 out.by_address.insert(vip, s.name.clone());
+                let meshed = desired.containers.iter().any(|c| c.service == s.name && c.mesh);
+                if meshed {
+                    out.meshed.insert(vip);
+                }
             }
         }
         for c in &desired.containers {
             out.containers.insert(c.name.clone(), (c.service.clone(), c.mesh));
             for i in &c.interfaces {
                 out.by_address.insert(i.address, c.service.clone());
+                // Its own process is reached in the clear, from inside.
+                if c.mesh && c.name != own {
+                    out.meshed.insert(i.address);
+                }
             }
             if unready.contains(&c.name) || c.interfaces.is_empty() {
                 continue;
@@ -52,6 +62,12 @@ impl Directory {
     /// The ready replicas of `service`.
     pub fn endpoints(&self, service: &str) -> &[(String, Ipv4Addr)] {
         self.endpoints.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// True if `ip` is another meshed replica's, or the VIP of a service with meshed replicas: a
+    /// sidecar answers there, over mutual TLS.
+    pub fn meshed_at(&self, ip: Ipv4Addr) -> bool {
+        self.meshed.contains(&ip)
     }
 
     /// The service of a container, if the stack has it.
@@ -92,5 +108,7 @@ mod tests {
         assert_eq!(dir.service_at(eps[0].1), Some("api"));
         assert_eq!(dir.service_at("192.0.2.1".parse().unwrap()), None);
         assert_eq!(dir.service_of("api-2"), Some("api"));
+        assert!(dir.meshed_at(vip) && dir.meshed_at(eps[0].1));
+        assert!(!dir.meshed_at("192.0.2.1".parse().unwrap()));
     }
 }

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
+use super::state::Shared;
+use super::tls::{Conn, MeshTls};
+use super::{connect_marked, Direction};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -22,19 +25,35 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use plumb_core::mesh::balance::Outcome;
 use plumb_core::mesh::trace::{hex, Kind, Span, TraceParent};
-use tokio::net::TcpStream;
-
-use super::state::Shared;
-use super::{connect_marked, Direction};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Connects the pooled clients' connections with the sidecar's mark.
+/// What the pooled clients' connector needs of the sidecar's view: where sidecars answer,
+/// and the TLS to speak to them.
+#[derive(Default)]
+pub struct Links {
+    pub tls: std::sync::RwLock<Option<Arc<MeshTls>>>,
+    pub directory: std::sync::RwLock<Arc<plumb_core::mesh::directory::Directory>>,
+}
+
+impl Links {
+    /// The TLS to use towards `ip`: `Some` where a sidecar answers.
+    pub fn tls_to(&self, ip: Ipv4Addr) -> Option<Arc<MeshTls>> {
+        let meshed = self.directory.read().ok()?.meshed_at(ip);
+        if !meshed {
+            return None;
+        }
+        self.tls.read().ok()?.clone()
+    }
+}
+
+/// Connects the pooled clients' connections with the sidecar's mark, over mutual TLS where
+/// a sidecar answers.
 #[derive(Clone)]
-pub struct Marked;
+pub struct Marked(pub Arc<Links>);
 
 impl tower_service::Service<Uri> for Marked {
-    type Response = TokioIo<TcpStream>;
+    type Response = Conn;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
 
@@ -43,13 +62,24 @@ impl tower_service::Service<Uri> for Marked {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        let links = self.0.clone();
         Box::pin(async move {
             let ip: Ipv4Addr = uri
                 .host()
                 .and_then(|h| h.parse().ok())
                 .ok_or_else(|| std::io::Error::other(format!("not an IPv4 address: {uri}")))?;
             let to = SocketAddrV4::new(ip, uri.port_u16().unwrap_or(80));
-            Ok(TokioIo::new(connect_marked(to).await?))
+            let stream = connect_marked(to).await?;
+            Ok(match links.tls_to(ip) {
+                Some(tls) => match tls.connect(stream, ip, true).await {
+                    Ok(s) => Conn::Tls(Box::new(TokioIo::new(s))),
+                    Err(e) => {
+                        eprintln!("mutual TLS to {to} failed: {e}");
+                        return Err(e);
+                    }
+                },
+                None => Conn::Plain(TokioIo::new(stream)),
+            })
         })
     }
 }
@@ -62,13 +92,13 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new() -> Clients {
+    pub fn new(links: Arc<Links>) -> Clients {
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_timer(TokioTimer::new());
-        let h1 = b.build(Marked);
+        let h1 = b.build(Marked(links.clone()));
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_timer(TokioTimer::new()).http2_only(true);
-        let h2 = b.build(Marked);
+        let h2 = b.build(Marked(links));
         Clients { h1, h2 }
     }
 
@@ -81,22 +111,30 @@ impl Clients {
     }
 }
 
-/// Serves HTTP on a connection the interception brought, whose original destination was
-/// `target`.
-pub async fn serve(stream: TcpStream, target: SocketAddrV4, direction: Direction, shared: Arc<Shared>) {
-    let peer = stream.peer_addr().ok();
+/// Serves HTTP on a connection the interception brought (from `peer`, over mutual TLS if
+/// `mtls`), whose original destination was `target`.
+pub async fn serve<I>(
+    io: I,
+    peer: Option<std::net::SocketAddr>,
+    mtls: bool,
+    target: SocketAddrV4,
+    direction: Direction,
+    shared: Arc<Shared>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         async move {
             let response = match direction {
                 Direction::Outbound => outbound(req, target, &shared).await,
-                Direction::Inbound => inbound(req, target, peer, &shared).await,
+                Direction::Inbound => inbound(req, target, peer, mtls, &shared).await,
             };
             Ok::<_, Infallible>(response)
         }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
 }
 
 /// A response of the sidecar's own (the upstream gave none).
@@ -329,6 +367,7 @@ async fn inbound(
     req: Request<Incoming>,
     target: SocketAddrV4,
     peer: Option<std::net::SocketAddr>,
+    mtls: bool,
     shared: &Shared,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
@@ -337,13 +376,14 @@ async fn inbound(
     if let Some(p) = peer {
         attributes.insert("client.address".to_string(), p.ip().to_string());
     }
+    attributes.insert("plumb.mtls".to_string(), mtls.to_string());
     if let Some(std::net::SocketAddr::V4(from)) = peer {
         let verdict = shared.admit(
             *from.ip(),
             target.port(),
             Some(parts.method.as_str()),
             Some(parts.uri.path()),
-            false,
+            mtls,
         );
         if !verdict.allowed {
             let mut r = own_response(StatusCode::FORBIDDEN, &verdict.summary);

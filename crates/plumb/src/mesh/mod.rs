@@ -5,7 +5,9 @@
 //! which the interception lets pass). HTTP is proxied at L7 (`http`), other TCP copied as is.
 
 mod http;
+pub mod pki;
 mod state;
+mod tls;
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::Path;
@@ -144,25 +146,58 @@ async fn handle(
     direction: Direction,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
-    let mut first = [0u8; 16];
+    let mut first = [0u8; 512];
     let n = match tokio::time::timeout(DETECT_WITHIN, stream.peek(&mut first)).await {
         Ok(n) => n?,
         Err(_) => 0,
     };
+    let peer = stream.peer_addr().ok();
     if direction == Direction::Inbound {
-        if let Ok(SocketAddr::V4(from)) = stream.peer_addr() {
-            let verdict = shared.admit(*from.ip(), target.port(), None, None, false);
+        // Another sidecar: mutual TLS, with what it carries named by ALPN.
+        let tls = shared.tls().filter(|_| tls::is_mesh_hello(&first[..n]));
+        if let Some(SocketAddr::V4(from)) = peer {
+            let verdict = shared.admit(*from.ip(), target.port(), None, None, tls.is_some());
             if !verdict.allowed {
-                eprintln!("refused a connection: {}", verdict.summary);
+                eprintln!("refused a connection from {from}: {}", verdict.summary);
                 return Ok(());
             }
         }
+        if let Some(tls) = tls {
+            let mut inner = match tls.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("a mutual TLS handshake from {peer:?} failed: {e}");
+                    return Err(e);
+                }
+            };
+            let is_http = inner.get_ref().1.alpn_protocol() == Some(tls::ALPN_HTTP);
+            if is_http {
+                http::serve(inner, peer, true, target, direction, shared).await;
+            } else {
+                let mut upstream = connect_marked(target).await?;
+                tokio::io::copy_bidirectional(&mut inner, &mut upstream).await?;
+            }
+            return Ok(());
+        }
     }
-    if n > 0 && http::looks_like_http(&first[..n]) {
-        http::serve(stream, target, direction, shared).await;
+    if n > 0 && http::looks_like_http(&first[..n.min(16)]) {
+        http::serve(stream, peer, false, target, direction, shared).await;
         return Ok(());
     }
-    let mut upstream = connect_marked(target).await?;
-    tokio::io::copy_bidirectional(&mut stream, &mut upstream).await?;
+    let upstream = connect_marked(target).await?;
+    match shared
+        .links
+        .tls_to(*target.ip())
+        .filter(|_| direction == Direction::Outbound)
+    {
+        Some(tls) => {
+            let mut upstream = tls.connect(upstream, *target.ip(), false).await?;
+            tokio::io::copy_bidirectional(&mut stream, &mut upstream).await?;
+        }
+        None => {
+            let mut upstream = upstream;
+            tokio::io::copy_bidirectional(&mut stream, &mut upstream).await?;
+        }
+    }
     Ok(())
 }

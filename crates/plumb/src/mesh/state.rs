@@ -13,7 +13,9 @@ use plumb_core::mesh::directory::Directory;
 use plumb_core::mesh::trace::Span;
 use plumb_core::spec::{route_for, RouteSpec};
 
-use super::http::Clients;
+use std::sync::Arc;
+
+use super::http::{Clients, Links};
 use crate::runfile;
 
 /// How often the sidecar looks whether `run.json` or `status.json` changed.
@@ -25,8 +27,8 @@ pub struct View {
     pub directory: Directory,
     /// The stack's policies compiled, for the L7 rules.
     pub policies: plumb_core::policy::Compiled,
-    /// The modification times the view was read at.
-    stamps: (Option<SystemTime>, Option<SystemTime>),
+    /// The modification times the view was read at (run, status, the mesh's CA).
+    stamps: (Option<SystemTime>, Option<SystemTime>, Option<SystemTime>),
 }
 
 pub struct Shared {
@@ -39,6 +41,8 @@ pub struct Shared {
     endpoints: Mutex<HashMap<String, HashMap<Ipv4Addr, Endpoint>>>,
     budgets: Mutex<HashMap<(String, Option<String>), RetryBudget>>,
     pub clients: Clients,
+    /// What the connector uses: where sidecars answer, and the mesh's TLS.
+    pub links: Arc<Links>,
     /// Finished spans, for the exporter.
     spans: tokio::sync::mpsc::Sender<Span>,
 }
@@ -59,8 +63,11 @@ impl Shared {
         stack: String,
     ) -> (Shared, tokio::sync::mpsc::Receiver<Span>) {
         let (spans, queue) = tokio::sync::mpsc::channel(SPAN_QUEUE);
+        let links = Arc::new(Links::default());
         let shared = Shared {
             spans,
+            clients: Clients::new(links.clone()),
+            links,
             dir,
             container,
             service,
@@ -68,7 +75,6 @@ impl Shared {
             view: RwLock::new(View::default()),
             endpoints: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
-            clients: Clients::new(),
         };
         shared.reload();
         (shared, queue)
@@ -110,6 +116,11 @@ impl Shared {
         evaluate(desired, &view.policies, &req)
     }
 
+    /// The mesh's TLS, once its files could be read.
+    pub fn tls(&self) -> Option<Arc<super::tls::MeshTls>> {
+        self.links.tls.read().ok()?.clone()
+    }
+
     pub fn emit(&self, span: Span) {
         let _ = self.spans.try_send(span);
     }
@@ -132,9 +143,11 @@ impl Shared {
     /// Reads the stack again if the supervisor's files changed since.
     pub fn reload(&self) {
         let mtime = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let ca = super::pki::dir(&self.dir).join("ca.crt");
         let stamps = (
             mtime(runfile::run_path(&self.dir)),
             mtime(runfile::status_path(&self.dir)),
+            mtime(ca),
         );
         if self
             .view
@@ -149,6 +162,19 @@ impl Shared {
         let unready = status.unready(&desired);
         let directory = Directory::of(&desired, &unready, &self.container);
         let policies = plumb_core::policy::compile(&desired);
+        if let Ok(mut d) = self.links.directory.write() {
+            *d = Arc::new(directory.clone());
+        }
+        if stamps.2 != self.view.read().ok().and_then(|v| v.stamps.2) || self.tls().is_none() {
+            match super::tls::MeshTls::load(&super::pki::dir(&self.dir), &self.service) {
+                Ok(tls) => {
+                    if let Ok(mut t) = self.links.tls.write() {
+                        *t = Some(Arc::new(tls));
+                    }
+                }
+                Err(e) => eprintln!("no mutual TLS: {e}"),
+            }
+        }
         if let Ok(mut v) = self.view.write() {
             *v = View {
                 desired: Some(desired),

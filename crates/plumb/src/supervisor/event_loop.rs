@@ -292,6 +292,12 @@ impl Supervisor {
         self.dns.reload(run.desired.as_ref());
         self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
         self.receive_traces(run.desired.as_ref());
+        // A new CA and certificates for the mesh at every `up` (before any sidecar starts).
+        if let Some(desired) = run.desired.as_ref() {
+            if let Err(e) = crate::mesh::pki::issue(&self.dir, desired) {
+                say(&e.message);
+            }
+        }
         let unready = self.unready();
         let balancer = run.desired.as_ref().map(plumb_core::firewall::vips::Balancer::of);
         let kernel = self.kernel.as_mut();
