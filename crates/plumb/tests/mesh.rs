@@ -103,7 +103,7 @@ fn tcp_goes_through_both_sidecars_transparently_and_down_leaves_nothing() {
 /// An HTTP server: `/` answers its replica's name (500 while the file `fail-NAME` exists next
 /// to it, except `/health`: the failure is one the health check does not see; 50 ms late
 /// while `slow-NAME` exists), `/flaky` fails every other request (500, 200, 500, ...), `/slow` answers after 3 s.
-/// Each request is counted in `hits-NAME`.
+/// Each request but `/health` is counted in `hits-NAME`.
 const HTTP_SERVER: &str = r#"
 import os, socket, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -114,9 +114,10 @@ count = {"flaky": 0, "all": 0}
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
-        with lock:
-            count["all"] += 1
-            open(os.path.join(here, "hits-" + name), "w").write(str(count["all"]))
+        if self.path != "/health":
+            with lock:
+                count["all"] += 1
+                open(os.path.join(here, "hits-" + name), "w").write(str(count["all"]))
         n = int(self.headers.get("content-length") or 0)
         if n:
             self.rfile.read(n)
@@ -178,7 +179,7 @@ fn statuses(got: &[(u16, String, bool)]) -> Vec<u16> {
 
 fn http_stack(dir: &str, replicas: u32, routes: &str) -> String {
     format!(
-        "name = \"mh\"\nmesh = true\n[networks.n]\nsubnet = \"10.63.0.0/24\"\n\
+        "name = \"mh\"\nmesh = true\nmetrics = \"127.0.0.1:9477\"\n[networks.n]\nsubnet = \"10.63.0.0/24\"\n\
          [services.api]\nreplicas = {replicas}\nexpose = [8080]\ncommand = [\"python3\", \"{dir}/server.py\"]\n\
          health = {{ http = \"/health\", port = 8080, interval = \"300ms\", retries = 1 }}\n\
          [services.client]\ncommand = [\"sleep\", \"infinity\"]\n{routes}"
@@ -218,6 +219,9 @@ fn retries_hide_failures_of_idempotent_requests_only() {
     // One replica fails everything: idempotent requests are retried on the other one (a
     // budget of 100%: the failing replica answers fast, so P2C keeps trying it, and the
     // default budget of 20% would rightly let some failures through).
+    // (api-1 answers late: the balancer prefers api-2, which fails fast, as a broken replica
+    // often does.)
+    sb.write("slow-api-1", "");
     sb.write("fail-api-2", "");
     let before = std::fs::read_to_string(sb.dir.join("hits-api-2")).unwrap_or_default();
     let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/", 20);
@@ -226,9 +230,57 @@ fn retries_hide_failures_of_idempotent_requests_only() {
     let after = std::fs::read_to_string(sb.dir.join("hits-api-2")).unwrap_or_default();
     assert_ne!(before, after, "the failing replica was never tried: nothing was hidden");
 
+    // The sidecars counted it: per route, in the Prometheus endpoint and `plumb top`.
+    let series = |text: &str, prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let client = "container=\"client-1\",direction=\"outbound\",service=\"api\",route=\"/\"";
+    let api2 = "container=\"api-2\",direction=\"inbound\",service=\"api\",route=\"/\",class=\"5xx\"";
+    let mut metrics = String::new();
+    // (Sidecars write their counts every second: the scrape may come before the last.)
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            metrics = sb.ok("python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9477/metrics').read().decode())\"");
+            series(&metrics, "plumb_mesh_retries_total{") > 0
+                && series(&metrics, &format!("plumb_mesh_requests_total{{stack=\"mh\",{client}}}")) >= 20
+                && series(
+                    &metrics,
+                    &format!("plumb_mesh_responses_total{{stack=\"mh\",{client},class=\"2xx\"}}"),
+                ) >= 20
+                && series(&metrics, &format!("plumb_mesh_responses_total{{stack=\"mh\",{api2}}}")) > 0
+        }),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("mesh"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        metrics.contains("plumb_mesh_request_duration_seconds_bucket{le=\"0.001\",stack=\"mh\""),
+        "{metrics}"
+    );
+    let top: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["top", "--once", "--json"])).unwrap();
+    let api2 = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["container"] == "api-2")
+        .unwrap();
+    assert!(api2["mesh"]["errors_5xx"].as_u64().unwrap() > 0, "{api2}");
+    let table = sb.plumb_ok(&["top", "--once"]);
+    assert!(
+        table.lines().next().unwrap().contains("REQS") && table.contains("5XX"),
+        "{table}"
+    );
+
     // A path that fails every other request: GETs all succeed (the retry is the next one),
     // POSTs are not retried and half of them fail.
     std::fs::remove_file(sb.dir.join("fail-api-2")).unwrap();
+    std::fs::remove_file(sb.dir.join("slow-api-1")).unwrap();
     let file = sb.write(
         "mh.toml",
         &http_stack(
@@ -247,7 +299,13 @@ fn retries_hide_failures_of_idempotent_requests_only() {
     )[0]
     .0 == 200));
     let gets = requests(&sb, "mh-client-1", "GET", "http://api:8080/flaky", 10);
-    assert_eq!(statuses(&gets), vec![200; 10], "{gets:?}");
+    assert_eq!(
+        statuses(&gets),
+        vec![200; 10],
+        "{gets:?} {} {}",
+        sb.sh("cat state/stacks/mh/logs/client-1.log").stdout.escape_ascii(),
+        sb.sh("cat state/stacks/mh/logs/api-1.log").stdout.escape_ascii()
+    );
     let posts = requests(&sb, "mh-client-1", "POST", "http://api:8080/flaky", 10);
     assert_eq!(statuses(&posts), [500, 200].repeat(5), "{posts:?}");
     assert!(posts.iter().all(|p| !p.2), "the 500s are the server's own, passed on");

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod directory;
+pub mod stats;
 pub mod trace;
 
 use std::fmt::Write;

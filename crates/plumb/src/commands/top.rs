@@ -45,6 +45,47 @@ struct Row {
     established: usize,
     health: String,
     restarts: u32,
+    /// A meshed container's sidecar counts: requests it served (inbound) so far, those
+    /// answered 5xx, the 99th percentile of their latency (a histogram bound), and each route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh: Option<MeshRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct MeshRow {
+    requests: u64,
+    errors_5xx: u64,
+    p99_seconds: Option<f64>,
+    retries: u64,
+    ejections: u64,
+    routes: Vec<(plumb_core::mesh::stats::RouteKey, plumb_core::mesh::stats::RouteStats)>,
+}
+
+impl MeshRow {
+    fn of(s: plumb_core::mesh::stats::SidecarStats) -> MeshRow {
+        let mut inbound = plumb_core::mesh::stats::RouteStats::default();
+        for (k, r) in s.routes.iter().filter(|(k, _)| k.direction == "inbound") {
+            let _ = k;
+            inbound.requests += r.requests;
+            for (c, n) in &r.responses {
+                *inbound.responses.entry(c.clone()).or_default() += n;
+            }
+            inbound
+                .latency_buckets
+                .resize(r.latency_buckets.len().max(inbound.latency_buckets.len()), 0);
+            for (i, n) in r.latency_buckets.iter().enumerate() {
+                inbound.latency_buckets[i] += n;
+            }
+        }
+        MeshRow {
+            requests: inbound.requests,
+            errors_5xx: inbound.responses.get("5xx").copied().unwrap_or(0),
+            p99_seconds: inbound.quantile(0.99),
+            retries: s.routes.iter().map(|(_, r)| r.retries).sum(),
+            ejections: s.routes.iter().map(|(_, r)| r.ejections).sum(),
+            routes: s.routes,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -137,6 +178,7 @@ fn rows(
     let now = sample(kernel, ctx, target)?;
     let secs = elapsed.as_secs_f64().max(0.001);
     let mut statuses = BTreeMap::new();
+    let mut meshes: BTreeMap<String, BTreeMap<String, plumb_core::mesh::stats::SidecarStats>> = BTreeMap::new();
     let mut out = Vec::new();
     for (st, c) in stackfile::find_targets(&ctx.state, target)? {
         let key = (st.stack.clone(), c.name.clone());
@@ -171,6 +213,21 @@ fn rows(
                 Some(r) => r.health.map_or_else(|| r.state.to_string(), |h| h.to_string()),
             },
             restarts: replica.map_or(0, |r| r.restarts),
+            mesh: if c.mesh {
+                let stats = meshes.entry(st.stack.clone()).or_insert_with(|| {
+                    let dir = ctx.state.stack_dir(&st.stack);
+                    st.desired
+                        .as_ref()
+                        .map(|d| crate::supervisor::read_mesh_stats(&dir, d))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|s| (s.container.clone(), s))
+                        .collect()
+                });
+                stats.remove(&c.name).map(MeshRow::of)
+            } else {
+                None
+            },
         });
     }
     Ok(out)
@@ -201,6 +258,15 @@ fn render(rows: &[Row]) -> String {
                 r.established.to_string(),
                 r.health.clone(),
                 r.restarts.to_string(),
+                r.mesh.as_ref().map_or("-".into(), |m| m.requests.to_string()),
+                r.mesh.as_ref().map_or("-".into(), |m| m.errors_5xx.to_string()),
+                r.mesh.as_ref().and_then(|m| m.p99_seconds).map_or("-".into(), |s| {
+                    if s.is_finite() {
+                        format!("<{}ms", s * 1000.0)
+                    } else {
+                        ">10s".into()
+                    }
+                }),
             ]
         })
         .collect();
@@ -217,6 +283,9 @@ fn render(rows: &[Row]) -> String {
             "ESTAB",
             "HEALTH",
             "RESTARTS",
+            "REQS",
+            "5XX",
+            "P99",
         ],
         &cells,
     )

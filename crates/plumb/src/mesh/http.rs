@@ -266,7 +266,19 @@ async fn outbound(req: Request<Incoming>, target: SocketAddrV4, shared: &Shared)
     if let Some(p) = &peer {
         attributes.insert("peer.service".to_string(), p.clone());
     }
+    let route = shared
+        .route_to(*target.ip(), parts.uri.path())
+        .and_then(|(_, r)| r.path);
+    let started = Instant::now();
     let (response, retries) = outbound_attempts(parts, body, target, shared).await;
+    shared.observe(
+        "outbound",
+        peer.as_deref().unwrap_or("outside"),
+        route.as_deref(),
+        Some(response.status().as_u16()),
+        started.elapsed().as_secs_f64(),
+        retries,
+    );
     if retries > 0 {
         attributes.insert("plumb.retries".to_string(), retries.to_string());
     }
@@ -371,6 +383,7 @@ async fn inbound(
     shared: &Shared,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
+    let started = Instant::now();
     let span = SpanScope::begin(&mut parts);
     let mut attributes = BTreeMap::new();
     if let Some(p) = peer {
@@ -391,6 +404,14 @@ async fn inbound(
                 r.headers_mut().insert("x-plumb-policy", v);
             }
             attributes.insert("plumb.policy".to_string(), verdict.summary.clone());
+            shared.observe(
+                "inbound",
+                &shared.service,
+                None,
+                Some(403),
+                started.elapsed().as_secs_f64(),
+                0,
+            );
             span.end(
                 shared,
                 Kind::Server,
@@ -415,13 +436,16 @@ async fn inbound(
             Some("timed out".into()),
         ),
     };
-    span.end(
-        shared,
-        Kind::Server,
-        Some(response.status().as_u16()),
-        error,
-        attributes,
+    let status = response.status().as_u16();
+    shared.observe(
+        "inbound",
+        &shared.service,
+        None,
+        Some(status),
+        started.elapsed().as_secs_f64(),
+        0,
     );
+    span.end(shared, Kind::Server, Some(status), error, attributes);
     response
 }
 

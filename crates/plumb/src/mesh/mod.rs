@@ -83,6 +83,15 @@ async fn serve(shared: Arc<Shared>) -> Result<()> {
             reloader.reload();
         }
     });
+    let writer = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(state::STATS_EVERY).await;
+            // The file system is slow next to the proxy's work: off its thread.
+            let w = writer.clone();
+            let _ = tokio::task::spawn_blocking(move || w.write_stats()).await;
+        }
+    });
     let out = tokio::spawn(accept_loop(outbound, Direction::Outbound, shared.clone()));
     let inn = tokio::spawn(accept_loop(inbound, Direction::Inbound, shared));
     let _ = out.await;

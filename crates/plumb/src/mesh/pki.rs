@@ -1,12 +1,16 @@
-//! The mesh's certificates: at every `up` of a meshed stack the supervisor makes a new CA of
-//! the stack's own, signs one certificate per meshed service with it, and forgets the CA's
-//! key (nothing is ever signed again with it: the next `up` makes another). A service's
+//! The mesh's certificates: at every `up` of a meshed stack the supervisor signs one
+//! certificate per meshed service with a new CA of the stack's own. That CA was made (and
+//! published in the sidecars' trust bundle) at the `up` before, as the "next" CA: a sidecar
+//! still on the old files already trusts the new certificates, and one on the new files the
+//! old ones (the previous CA stays in the bundle), so rotation breaks no connection. Only the
+//! next CA's key is kept (root's alone); a CA's key is deleted once it has signed. A service's
 //! certificate names it as `spiffe://plumb/STACK/SERVICE`, `SERVICE.STACK.plumb`, and the
 //! addresses it is reached at (its replicas' and its VIP), which is what the calling sidecar
 //! checks. All of it sits in the stack's state folder, private to root:
 //!
 //! ```text
-//! mesh/ca.crt                    the CA, and the one before it (sidecars not yet reloaded)
+//! mesh/ca.crt                    the trust bundle: the current CA, the next, the previous
+//! mesh/next-ca.crt, next-ca.key  the CA the next `up` signs with
 //! mesh/SERVICE.crt, SERVICE.key  each meshed service's
 //! ```
 
@@ -43,15 +47,19 @@ pub fn issue(stack_dir: &Path, desired: &Desired) -> Result<()> {
         return Ok(());
     }
     crate::state::create_private_dir(&dir).map_err(|e| Failure::new(e.to_string()))?;
-    let ca_key = KeyPair::generate().map_err(failure)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failure)?;
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("plumb mesh CA of {}", desired.stack));
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).map_err(failure)?;
-    let issuer = Issuer::new(ca, ca_key);
+    // This `up`'s CA: the one published as next last time, else a new one.
+    let stored = std::fs::read_to_string(dir.join("next-ca.key"))
+        .ok()
+        .and_then(|k| KeyPair::from_pem(&k).ok())
+        .zip(std::fs::read_to_string(dir.join("next-ca.crt")).ok());
+    let (ca_key, ca_pem) = match stored {
+        Some(pair) => pair,
+        None => new_ca(&desired.stack)?,
+    };
+    let issuer = Issuer::new(ca_params(&desired.stack)?, ca_key);
+    let (next_key, next_pem) = new_ca(&desired.stack)?;
+    write(&dir.join("next-ca.key"), &next_key.serialize_pem())?;
+    write(&dir.join("next-ca.crt"), &next_pem)?;
     for service in &meshed {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failure)?;
         params.distinguished_name = DistinguishedName::new();
@@ -96,7 +104,26 @@ pub fn issue(stack_dir: &Path, desired: &Desired) -> Result<()> {
         .split_inclusive("-----END CERTIFICATE-----\n")
         .next()
         .unwrap_or("");
-    write(&dir.join("ca.crt"), &format!("{}{previous}", ca_cert.pem()))
+    write(&dir.join("ca.crt"), &format!("{ca_pem}{next_pem}{previous}"))
+}
+
+/// A CA's settings: the same for a CA made again from its key (certificates name their
+/// issuer by its name).
+fn ca_params(stack: &str) -> Result<CertificateParams> {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failure)?;
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("plumb mesh CA of {stack}"));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(ca)
+}
+
+/// A new CA: its key, and its certificate (PEM).
+fn new_ca(stack: &str) -> Result<(KeyPair, String)> {
+    let key = KeyPair::generate().map_err(failure)?;
+    let cert = ca_params(stack)?.self_signed(&key).map_err(failure)?;
+    Ok((key, cert.pem()))
 }
 
 /// Replaces `path` with `text` (the state folder's files are root's alone).

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use plumb_core::desired::Desired;
 use plumb_core::mesh::balance::{pick, Endpoint, Outcome, RetryBudget};
 use plumb_core::mesh::directory::Directory;
+use plumb_core::mesh::stats::{RouteKey, RouteStats, SidecarStats};
 use plumb_core::mesh::trace::Span;
 use plumb_core::spec::{route_for, RouteSpec};
 
@@ -40,6 +41,8 @@ pub struct Shared {
     /// Service → endpoint address → its state.
     endpoints: Mutex<HashMap<String, HashMap<Ipv4Addr, Endpoint>>>,
     budgets: Mutex<HashMap<(String, Option<String>), RetryBudget>>,
+    /// Counts per route, written out every [`STATS_EVERY`].
+    stats: Mutex<HashMap<RouteKey, RouteStats>>,
     pub clients: Clients,
     /// What the connector uses: where sidecars answer, and the mesh's TLS.
     pub links: Arc<Links>,
@@ -53,6 +56,21 @@ const SPAN_QUEUE: usize = 10_000;
 /// Spans go out in batches of at most this many, at least every [`EXPORT_EVERY`].
 const EXPORT_BATCH: usize = 512;
 const EXPORT_EVERY: Duration = Duration::from_millis(200);
+/// How often the counts are written for the supervisor's metrics and `plumb top`.
+pub const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// Where sidecars write their counts: `STACK/mesh-stats/CONTAINER.json`.
+pub fn stats_dir(stack_dir: &std::path::Path) -> PathBuf {
+    stack_dir.join("mesh-stats")
+}
+
+fn route_key(direction: &str, service: &str, route: Option<&str>) -> RouteKey {
+    RouteKey {
+        direction: direction.to_string(),
+        service: service.to_string(),
+        route: route.unwrap_or("/").to_string(),
+    }
+}
 
 impl Shared {
     /// The sidecar's state, and the receiving end of its spans (for [`export`]).
@@ -75,6 +93,7 @@ impl Shared {
             view: RwLock::new(View::default()),
             endpoints: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
         };
         shared.reload();
         (shared, queue)
@@ -235,12 +254,53 @@ impl Shared {
         };
         e.pending = e.pending.saturating_sub(1);
         if e.record(Instant::now(), rtt, outcome, route.eject_after, route.eject_for) {
+            if let Ok(mut s) = self.stats.lock() {
+                s.entry(route_key("outbound", service, route.path.as_deref()))
+                    .or_default()
+                    .ejections += 1;
+            }
             eprintln!(
                 "ejected {service} endpoint {} for {:?} after {} failure(s) in a row",
                 endpoint.ip(),
                 route.eject_for,
                 route.eject_after
             );
+        }
+    }
+
+    /// Counts one request through the sidecar.
+    pub fn observe(
+        &self,
+        direction: &str,
+        service: &str,
+        route: Option<&str>,
+        status: Option<u16>,
+        seconds: f64,
+        retries: u32,
+    ) {
+        if let Ok(mut s) = self.stats.lock() {
+            let r = s.entry(route_key(direction, service, route)).or_default();
+            r.observe(status, seconds);
+            r.retries += u64::from(retries);
+        }
+    }
+
+    /// Writes the counts so far.
+    pub fn write_stats(&self) {
+        let routes: Vec<(RouteKey, RouteStats)> = match self.stats.lock() {
+            Ok(s) => s.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => return,
+        };
+        let out = SidecarStats {
+            container: self.container.clone(),
+            service: self.service.clone(),
+            routes,
+        };
+        let dir = stats_dir(&self.dir);
+        if crate::state::create_private_dir(&dir).is_ok() {
+            if let Ok(bytes) = serde_json::to_vec(&out) {
+                let _ = crate::state::write_atomically(&dir.join(format!("{}.json", self.container)), &bytes);
+            }
         }
     }
 
