@@ -37,10 +37,33 @@ pub fn store(stack_dir: &Path, spans: Vec<Span>) -> std::io::Result<()> {
         let mut all = read_file(&path);
         all.extend(new);
         let bytes = serde_json::to_vec(&all).map_err(std::io::Error::other)?;
-        crate::state::write_atomically(&path, &bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+        write_private(&path, &bytes)?;
     }
-    prune(&dir, KEEP_TRACES);
+    // Listing the folder at every batch would cost more than the batch: now and then.
+    if STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == 0 {
+        prune(&dir, KEEP_TRACES);
+    }
     Ok(())
+}
+
+static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Stores between two prunings (the folder holds at most this many batches' traces more).
+const PRUNE_EVERY: u64 = 50;
+
+/// Replaces `path` (root's alone) by a rename, without the fsync the state's files get: a
+/// trace lost in a crash is not worth a disk flush per batch.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn read_file(path: &Path) -> Vec<Span> {

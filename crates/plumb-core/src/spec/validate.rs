@@ -12,6 +12,7 @@ mod policy;
 mod process;
 
 pub use discovery::DEFAULT_AFFINITY;
+pub use mesh::TRACING_OFF;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;

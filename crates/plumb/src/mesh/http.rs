@@ -187,8 +187,10 @@ async fn attempt(shared: &Shared, req: Request<Full<Bytes>>, timeout: Option<std
 }
 
 /// The span of one request through the sidecar: it continues the request's trace (or starts
-/// one) and hands its own ID on as the next hop's parent.
+/// one) and hands its own ID on as the next hop's parent. Off (`tracing = "off"`), it
+/// changes nothing and records nothing.
 struct SpanScope {
+    on: bool,
     trace: TraceParent,
     parent: Option<[u8; 8]>,
     start_ns: u64,
@@ -196,7 +198,20 @@ struct SpanScope {
 }
 
 impl SpanScope {
-    fn begin(parts: &mut hyper::http::request::Parts) -> SpanScope {
+    fn begin(parts: &mut hyper::http::request::Parts, on: bool) -> SpanScope {
+        if !on {
+            return SpanScope {
+                on,
+                trace: TraceParent {
+                    trace_id: [0; 16],
+                    span_id: [0; 8],
+                    sampled: false,
+                },
+                parent: None,
+                start_ns: 0,
+                name: String::new(),
+            };
+        }
         let incoming = parts
             .headers
             .get(TRACEPARENT)
@@ -211,6 +226,7 @@ impl SpanScope {
             parts.headers.insert(TRACEPARENT, v);
         }
         SpanScope {
+            on,
             trace,
             parent: incoming.map(|p| p.span_id),
             start_ns: now_ns(),
@@ -226,6 +242,9 @@ impl SpanScope {
         error: Option<String>,
         mut attributes: BTreeMap<String, String>,
     ) {
+        if !self.on {
+            return;
+        }
         if let Some(s) = status {
             attributes.insert("http.response.status_code".into(), s.to_string());
         }
@@ -259,7 +278,7 @@ pub fn now_ns() -> u64 {
 /// timeout, retries and ejection), or elsewhere (sent where it was going).
 async fn outbound(req: Request<Incoming>, target: SocketAddrV4, shared: &Shared) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
-    let span = SpanScope::begin(&mut parts);
+    let span = SpanScope::begin(&mut parts, shared.tracing());
     let peer = shared.route_to(*target.ip(), parts.uri.path()).map(|(s, _)| s);
     let mut attributes = BTreeMap::new();
     attributes.insert("server.address".to_string(), target.to_string());
@@ -384,7 +403,7 @@ async fn inbound(
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let started = Instant::now();
-    let span = SpanScope::begin(&mut parts);
+    let span = SpanScope::begin(&mut parts, shared.tracing());
     let mut attributes = BTreeMap::new();
     if let Some(p) = peer {
         attributes.insert("client.address".to_string(), p.ip().to_string());

@@ -144,6 +144,13 @@ impl Shared {
         let _ = self.spans.try_send(span);
     }
 
+    /// False with `tracing = "off"`: no spans, `traceparent` left as it came.
+    pub fn tracing(&self) -> bool {
+        self.view
+            .read()
+            .is_ok_and(|v| v.desired.as_ref().and_then(|d| d.tracing.as_deref()) != Some(plumb_core::spec::TRACING_OFF))
+    }
+
     /// Where spans go: the stack's collector, else the supervisor's receiver on the
     /// container's gateway.
     pub fn export_to(&self) -> Option<SocketAddrV4> {

@@ -12,6 +12,9 @@ use super::{parse_duration, Validator};
 use crate::spec::model::{RouteSpec, ServiceSpec};
 use crate::spec::raw::{RawRoute, RawValue};
 
+/// `tracing = "off"`: the sidecars make no spans.
+pub const TRACING_OFF: &str = "off";
+
 /// The most retries a route may ask for: more only multiplies the load on a failing service.
 pub const MAX_RETRIES: i64 = 10;
 
@@ -21,7 +24,8 @@ const METHODS: [&str; 9] = [
 ];
 
 impl Validator<'_> {
-    /// `tracing = "http://HOST:PORT"`: an OTLP/HTTP collector (the path `/v1/traces` is added).
+    /// `tracing = "http://HOST:PORT"`: an OTLP/HTTP collector (the path `/v1/traces` is added);
+    /// `"off"`: no spans at all (`traceparent` passes through untouched).
     pub(super) fn tracing(&mut self, raw: Option<&Spanned<String>>) -> Option<String> {
         let raw = raw?;
         self.spans.insert("tracing".into(), raw.span());
@@ -30,14 +34,14 @@ impl Validator<'_> {
             let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "80"));
             host.parse::<std::net::Ipv4Addr>().is_ok() && port.parse::<u16>().is_ok_and(|p| p != 0)
         });
-        if ok {
+        if ok || text == TRACING_OFF {
             Some(text.to_string())
         } else {
             self.err(
                 raw.span(),
                 "tracing",
                 format!("{:?} is not an OTLP/HTTP collector address", raw.get_ref()),
-                "write tracing = \"http://ADDRESS:4318\" (plain HTTP, an IPv4 address and a port), or leave it out to keep traces in plumb (`plumb traces`)",
+                "write tracing = \"http://ADDRESS:4318\" (plain HTTP, an IPv4 address and a port), \"off\" for no spans, or leave it out to keep traces in plumb (`plumb traces`)",
             );
             None
         }
@@ -420,6 +424,8 @@ mod tests {
     fn tracing_takes_a_plain_http_collector() {
         let p = parse("plumb.toml", &format!("tracing = \"http://10.0.0.9:4318/\"\n{BASE}")).unwrap();
         assert_eq!(p.stack.tracing.as_deref(), Some("http://10.0.0.9:4318"));
+        let p = parse("plumb.toml", &format!("tracing = \"off\"\n{BASE}")).unwrap();
+        assert_eq!(p.stack.tracing.as_deref(), Some("off"));
         for bad in ["https://10.0.0.9:4318", "http://collector:4318", "http://10.0.0.9:0"] {
             let e = errors(&format!("tracing = \"{bad}\"\n"), "");
             let want = format!("plumb.toml:1:11: tracing: \"{bad}\" is not an OTLP/HTTP collector address");
