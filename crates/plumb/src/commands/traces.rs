@@ -60,7 +60,7 @@ pub fn list(
             });
         }
     }
-    rows.sort_by(|a, b| b.summary.start_ns.cmp(&a.summary.start_ns));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.summary.start_ns));
     if format == Format::Json {
         print_json(&rows);
         return Ok(());

@@ -340,9 +340,12 @@ pub fn read_mesh_stats(
         .collect()
 }
 
+/// A histogram's sum, count and (upper bound, count) per bucket.
+type HistogramValues = (f64, u64, Vec<(f64, u64)>);
+
 /// A histogram whose buckets a sidecar counted: set whole at each scrape.
 #[derive(Debug, Default)]
-struct SnapshotHistogram(Mutex<(f64, u64, Vec<(f64, u64)>)>);
+struct SnapshotHistogram(Mutex<HistogramValues>);
 
 impl SnapshotHistogram {
     fn set(&self, r: &plumb_core::mesh::stats::RouteStats) {
