@@ -40,7 +40,10 @@ pub fn store(stack_dir: &Path, spans: Vec<Span>) -> std::io::Result<()> {
         write_private(&path, &bytes)?;
     }
     // Listing the folder at every batch would cost more than the batch: now and then.
-    if STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(PRUNE_EVERY) {
+    if STORES
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(PRUNE_EVERY)
+    {
         prune(&dir, KEEP_TRACES);
     }
     Ok(())
