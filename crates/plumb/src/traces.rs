@@ -1,10 +1,15 @@
 //! The traces a stack keeps when no collector is configured: the supervisor's OTLP/HTTP
-//! receiver (on each of the stack's gateways, port 4318) stores each trace's spans in a file
-//! of the stack's state folder (`traces/TRACEID.json`, private to root), the last
-//! [`KEEP_TRACES`] traces; `plumb traces` reads them.
+//! receiver (on each of the stack's gateways, port 4318) appends each export's spans, one JSON
+//! line each, to a segment file of the stack's state folder (`traces/current.jsonl`, private
+//! to root; full at [`SEGMENT_BYTES`], it is renamed and a new one begun, and only the last
+//! [`SEGMENTS`] are kept). One append per export, whatever the number of traces in it: a file
+//! per trace cost a create, a rename and a delete per request. `plumb traces` reads the
+//! segments and shows the last [`KEEP_TRACES`] traces.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -15,100 +20,93 @@ use hyper_util::rt::TokioIo;
 use plumb_core::mesh::trace::{decode, Span};
 
 pub use plumb_core::mesh::OTLP_PORT;
-/// How many traces a stack keeps: the oldest go first.
+/// How many traces `plumb traces` shows at most: the newest.
 pub const KEEP_TRACES: usize = 500;
+/// A segment this large is closed and a new one begun.
+const SEGMENT_BYTES: u64 = 4 << 20;
+/// Closed segments kept besides the current one (the disk a stack's traces take is bounded
+/// by `(SEGMENTS + 1) * SEGMENT_BYTES`).
+const SEGMENTS: usize = 4;
 /// The largest export request taken.
 const MAX_BODY: usize = 4 << 20;
+const CURRENT: &str = "current.jsonl";
 
 pub fn dir(stack_dir: &Path) -> PathBuf {
     stack_dir.join("traces")
 }
 
-/// Adds `spans` to their traces' files, then lets the oldest traces go.
+/// Appends `spans` to the current segment; closes it when full and lets the oldest go.
 pub fn store(stack_dir: &Path, spans: Vec<Span>) -> std::io::Result<()> {
     let dir = dir(stack_dir);
     crate::state::create_private_dir(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
-    for s in spans {
-        by_trace.entry(s.trace_id.clone()).or_default().push(s);
+    let mut lines = Vec::new();
+    for s in &spans {
+        serde_json::to_writer(&mut lines, s).map_err(std::io::Error::other)?;
+        lines.push(b'\n');
     }
-    for (id, new) in by_trace {
-        let path = dir.join(format!("{id}.json"));
-        let mut all = read_file(&path);
-        all.extend(new);
-        let bytes = serde_json::to_vec(&all).map_err(std::io::Error::other)?;
-        write_private(&path, &bytes)?;
-    }
-    // Listing the folder at every batch would cost more than the batch: now and then.
-    if STORES
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        .is_multiple_of(PRUNE_EVERY)
-    {
-        prune(&dir, KEEP_TRACES);
+    let current = dir.join(CURRENT);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&current)?;
+    // One write: readers see whole lines (a partial last line is skipped when read).
+    file.write_all(&lines)?;
+    if file.metadata()?.len() >= SEGMENT_BYTES {
+        let closed = dir.join(format!("{}.jsonl", crate::runfile::unix_ms()));
+        std::fs::rename(&current, closed)?;
+        prune(&dir);
     }
     Ok(())
 }
 
-static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// Stores between two prunings (the folder holds at most this many batches' traces more).
-const PRUNE_EVERY: u64 = 50;
-
-/// Replaces `path` (root's alone) by a rename, without the fsync the state's files get: a
-/// trace lost in a crash is not worth a disk flush per batch.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-fn read_file(path: &Path) -> Vec<Span> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// Keeps the `keep` most recently written traces.
-fn prune(dir: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    if files.len() <= keep {
-        return;
-    }
-    files.sort();
-    for (_, path) in &files[..files.len() - keep] {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Every stored trace's spans.
-pub fn all(stack_dir: &Path) -> Vec<Vec<Span>> {
-    let Ok(entries) = std::fs::read_dir(dir(stack_dir)) else {
+/// The closed segments, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    entries
+    let mut out: Vec<(u64, PathBuf)> = entries
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .map(|e| read_file(&e.path()))
-        .filter(|spans| !spans.is_empty())
-        .collect()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some((name.strip_suffix(".jsonl")?.parse().ok()?, e.path()))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, p)| p).collect()
 }
 
-/// One stored trace's spans.
+fn prune(dir: &Path) {
+    let all = segments(dir);
+    for old in all.iter().take(all.len().saturating_sub(SEGMENTS)) {
+        let _ = std::fs::remove_file(old);
+    }
+}
+
+/// The last [`KEEP_TRACES`] traces (by their first span's start), each with its spans.
+pub fn all(stack_dir: &Path) -> Vec<Vec<Span>> {
+    let dir = dir(stack_dir);
+    let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+    for path in segments(&dir).into_iter().chain([dir.join(CURRENT)]) {
+        let Ok(file) = std::fs::File::open(&path) else { continue };
+        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+            if let Ok(span) = serde_json::from_str::<Span>(&line) {
+                by_trace.entry(span.trace_id.clone()).or_default().push(span);
+            }
+        }
+    }
+    let mut traces: Vec<Vec<Span>> = by_trace.into_values().collect();
+    traces.sort_by_key(|t| std::cmp::Reverse(t.iter().map(|s| s.start_ns).min().unwrap_or(0)));
+    traces.truncate(KEEP_TRACES);
+    traces
+}
+
+/// One kept trace's spans.
 pub fn get(stack_dir: &Path, trace_id: &str) -> Vec<Span> {
-    read_file(&dir(stack_dir).join(format!("{trace_id}.json")))
+    all(stack_dir)
+        .into_iter()
+        .find(|t| t.first().is_some_and(|s| s.trace_id == trace_id))
+        .unwrap_or_default()
 }
 
 /// The receiver: its own thread and runtime, serving OTLP/HTTP on the addresses it is given.
