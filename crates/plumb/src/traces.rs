@@ -1,13 +1,14 @@
 //! The traces a stack keeps when no collector is configured: the supervisor's OTLP/HTTP
-//! receiver (on each of the stack's gateways, port 4318) appends each export's spans, one JSON
-//! line each, to a segment file of the stack's state folder (`traces/current.jsonl`, private
-//! to root; full at [`SEGMENT_BYTES`], it is renamed and a new one begun, and only the last
-//! [`SEGMENTS`] are kept). One append per export, whatever the number of traces in it: a file
-//! per trace cost a create, a rename and a delete per request. `plumb traces` reads the
-//! segments and shows the last [`KEEP_TRACES`] traces.
+//! receiver (on each of the stack's gateways, port 4318) checks each export request and
+//! appends it as it came (protobuf, after its length as 4 bytes) to a segment file of the
+//! stack's state folder (`traces/current.otlp`, private to root; full at [`SEGMENT_BYTES`], it
+//! is renamed and a new one begun, and only the last [`SEGMENTS`] are kept). One append per
+//! export, whatever the number of traces in it, and no re-encoding: a file per trace cost a
+//! create, a rename and a delete per request, JSON lines a re-encoding of every span.
+//! `plumb traces` reads the segments and shows the last [`KEEP_TRACES`] traces.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -29,31 +30,31 @@ const SEGMENT_BYTES: u64 = 4 << 20;
 const SEGMENTS: usize = 4;
 /// The largest export request taken.
 const MAX_BODY: usize = 4 << 20;
-const CURRENT: &str = "current.jsonl";
+const CURRENT: &str = "current.otlp";
 
 pub fn dir(stack_dir: &Path) -> PathBuf {
     stack_dir.join("traces")
 }
 
-/// Appends `spans` to the current segment; closes it when full and lets the oldest go.
-pub fn store(stack_dir: &Path, spans: Vec<Span>) -> std::io::Result<()> {
+/// Appends an export request (checked) to the current segment; closes it when full and lets
+/// the oldest go.
+pub fn store(stack_dir: &Path, request: &[u8]) -> std::io::Result<()> {
     let dir = dir(stack_dir);
     crate::state::create_private_dir(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut lines = Vec::new();
-    for s in &spans {
-        serde_json::to_writer(&mut lines, s).map_err(std::io::Error::other)?;
-        lines.push(b'\n');
-    }
+    let length = u32::try_from(request.len()).map_err(std::io::Error::other)?;
+    let mut lines = Vec::with_capacity(request.len() + 4);
+    lines.extend_from_slice(&length.to_be_bytes());
+    lines.extend_from_slice(request);
     let current = dir.join(CURRENT);
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .open(&current)?;
-    // One write: readers see whole lines (a partial last line is skipped when read).
+    // One write: readers see whole records (a partial last one is skipped when read).
     file.write_all(&lines)?;
     if file.metadata()?.len() >= SEGMENT_BYTES {
-        let closed = dir.join(format!("{}.jsonl", crate::runfile::unix_ms()));
+        let closed = dir.join(format!("{}.otlp", crate::runfile::unix_ms()));
         std::fs::rename(&current, closed)?;
         prune(&dir);
     }
@@ -69,7 +70,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            Some((name.strip_suffix(".jsonl")?.parse().ok()?, e.path()))
+            Some((name.strip_suffix(".otlp")?.parse().ok()?, e.path()))
         })
         .collect();
     out.sort();
@@ -88,11 +89,15 @@ pub fn all(stack_dir: &Path) -> Vec<Vec<Span>> {
     let dir = dir(stack_dir);
     let mut by_trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
     for path in segments(&dir).into_iter().chain([dir.join(CURRENT)]) {
-        let Ok(file) = std::fs::File::open(&path) else { continue };
-        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
-            if let Ok(span) = serde_json::from_str::<Span>(&line) {
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let mut rest = bytes.as_slice();
+        while rest.len() >= 4 {
+            let length = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let Some(request) = rest.get(4..4 + length) else { break };
+            for span in decode(request).unwrap_or_default() {
                 by_trace.entry(span.trace_id.clone()).or_default().push(span);
             }
+            rest = &rest[4 + length..];
         }
     }
     let mut traces: Vec<Vec<Span>> = by_trace.into_values().collect();
@@ -210,13 +215,13 @@ async fn export(req: Request<hyper::body::Incoming>, dir: &Path) -> Response<Ful
         Ok(b) => b.to_bytes(),
         Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
     };
-    let Ok(spans) = decode(&body) else {
+    if decode(&body).is_err() {
         return reply(StatusCode::BAD_REQUEST, "not an OTLP ExportTraceServiceRequest\n");
-    };
-    // One store at a time: a trace's file is read, extended and written again.
+    }
+    // One store at a time: a segment is appended to, and renamed when full.
     let stored = {
         let _guard = STORING.lock();
-        store(dir, spans)
+        store(dir, &body)
     };
     match stored {
         // An empty ExportTraceServiceResponse.

@@ -38,8 +38,10 @@ pub fn run(dir: &Path, container: &str) -> Result<()> {
     // The supervisor blocks the signals it reads from a signalfd, and a spawned program
     // inherits the mask: SIGTERM must end the sidecar.
     let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
-    // It lives and dies with its supervisor.
+    // It lives and dies with its supervisor: a signal when it dies, and (should that be
+    // missed: a supervisor gone before this line) a look at the parent at every reload.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    let supervisor = nix::unistd::getppid();
     // What `ps`, `ss -p` and `plumb conns` show for it.
     let _ = nix::sys::prctl::set_name(c"plumb-proxy");
     let run = runfile::read_run(dir);
@@ -63,11 +65,11 @@ pub fn run(dir: &Path, container: &str) -> Result<()> {
         let (shared, spans) = Shared::new(dir, container, service, stack);
         let shared = Arc::new(shared);
         tokio::spawn(state::export(shared.clone(), spans));
-        serve(shared).await
+        serve(shared, supervisor).await
     })
 }
 
-async fn serve(shared: Arc<Shared>) -> Result<()> {
+async fn serve(shared: Arc<Shared>, supervisor: nix::unistd::Pid) -> Result<()> {
     // Redirected locally made connections arrive at 127.0.0.1; those from outside at the
     // address of the interface they came in on.
     let outbound = bind(SocketAddrV4::new([127, 0, 0, 1].into(), OUTBOUND_PORT)).await?;
@@ -80,6 +82,10 @@ async fn serve(shared: Arc<Shared>) -> Result<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(state::RELOAD_EVERY).await;
+            if nix::unistd::getppid() != supervisor {
+                eprintln!("the supervisor is gone: the sidecar ends");
+                std::process::exit(0);
+            }
             reloader.reload();
         }
     });
