@@ -279,21 +279,23 @@ pub fn now_ns() -> u64 {
 async fn outbound(req: Request<Incoming>, target: SocketAddrV4, shared: &Shared) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let span = SpanScope::begin(&mut parts, shared.tracing());
-    let peer = shared.route_to(*target.ip(), parts.uri.path()).map(|(s, _)| s);
+    // The service called and the route, looked up once for the request.
+    let routed = shared.route_to(*target.ip(), parts.uri.path());
     let mut attributes = BTreeMap::new();
     attributes.insert("server.address".to_string(), target.to_string());
-    if let Some(p) = &peer {
+    if let Some((p, _)) = &routed {
         attributes.insert("peer.service".to_string(), p.clone());
     }
-    let route = shared
-        .route_to(*target.ip(), parts.uri.path())
-        .and_then(|(_, r)| r.path);
+    let (peer, route_path) = match &routed {
+        Some((s, r)) => (s.clone(), r.path.clone()),
+        None => ("outside".to_string(), None),
+    };
     let started = Instant::now();
-    let (response, retries) = outbound_attempts(parts, body, target, shared).await;
+    let (response, retries) = outbound_attempts(parts, body, target, routed, shared).await;
     shared.observe(
         "outbound",
-        peer.as_deref().unwrap_or("outside"),
-        route.as_deref(),
+        &peer,
+        route_path.as_deref(),
         Some(response.status().as_u16()),
         started.elapsed().as_secs_f64(),
         retries,
@@ -313,10 +315,11 @@ async fn outbound_attempts(
     parts: hyper::http::request::Parts,
     body: Incoming,
     target: SocketAddrV4,
+    routed: Option<(String, plumb_core::spec::RouteSpec)>,
     shared: &Shared,
 ) -> (Response<Body>, u32) {
     let mut retries = 0;
-    let response = outbound_inner(parts, body, target, shared, &mut retries).await;
+    let response = outbound_inner(parts, body, target, routed, shared, &mut retries).await;
     (response, retries)
 }
 
@@ -324,6 +327,7 @@ async fn outbound_inner(
     parts: hyper::http::request::Parts,
     body: Incoming,
     target: SocketAddrV4,
+    routed: Option<(String, plumb_core::spec::RouteSpec)>,
     shared: &Shared,
     retries: &mut u32,
 ) -> Response<Body> {
@@ -331,8 +335,7 @@ async fn outbound_inner(
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return own_response(StatusCode::BAD_REQUEST, "the request's body broke off");
     };
-    let path = parts.uri.path().to_string();
-    let Some((service, route)) = shared.route_to(*target.ip(), &path) else {
+    let Some((service, route)) = routed else {
         return match attempt(shared, rebuild(&parts, &body, target), None).await {
             Attempt::Answered(r) => r.map(BodyExt::boxed),
             Attempt::Failed(e) => own_response(StatusCode::BAD_GATEWAY, &format!("{target}: {e}")),
