@@ -753,3 +753,54 @@ fn sidecars_speak_mutual_tls_and_mtls_policies_refuse_plaintext() {
     sb.plumb_ok(&["down", "mh"]);
     sb.assert_clean();
 }
+
+#[test]
+#[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
+fn http2_with_prior_knowledge_goes_through_the_sidecars_at_l7() {
+    let Some(sb) = Sandbox::start() else { return };
+    // nginx speaking h2c (HTTP/2 without TLS, prior knowledge) only.
+    sb.write("h2/hello.txt", "hello over h2\n");
+    let dir = sb.dir.display().to_string();
+    sb.write(
+        "h2.conf",
+        &format!(
+            "user root;\nworker_processes 1;\npid {dir}/h2/nginx.pid;\nerror_log stderr;\nevents {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {dir}/h2; proxy_temp_path {dir}/h2; fastcgi_temp_path {dir}/h2; \
+             uwsgi_temp_path {dir}/h2; scgi_temp_path {dir}/h2; server {{ listen 8080 http2; root {dir}/h2; }} }}\n"
+        ),
+    );
+    let file = sb.write(
+        "h2.toml",
+        &format!(
+            "name = \"h2\"\nmesh = true\n[networks.n]\nsubnet = \"10.65.0.0/24\"\n\
+             [services.web]\nexpose = [8080]\ncommand = [\"/usr/sbin/nginx\", \"-c\", \"{dir}/h2.conf\", \"-e\", \"stderr\", \"-g\", \"daemon off;\"]\n\
+             health = {{ tcp = 8080, interval = \"300ms\" }}\n[services.client]\ncommand = [\"sleep\", \"infinity\"]\n"
+        ),
+    );
+    sb.plumb_ok(&["up", "-f", path_str(&file)]);
+    let curl = "ip netns exec h2-client-1 curl -s --http2-prior-knowledge -w ' %{http_version} %{http_code}' http://web:8080/hello.txt";
+    let mut got = String::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            got = text(&sb.sh(curl).stdout);
+            got.ends_with(" 2 200")
+        }),
+        "{got}"
+    );
+    assert!(got.starts_with("hello over h2"), "{got}");
+    // At L7: the request is a span of both sidecars (an L4 copy would make none).
+    let mut listed = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            listed = serde_json::from_str::<serde_json::Value>(&sb.plumb_ok(&["traces", "-s", "h2", "--json"]))
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .clone();
+            listed.iter().any(|t| t["name"] == "GET /hello.txt" && t["spans"] == 2)
+        }),
+        "{listed:?}"
+    );
+    sb.plumb_ok(&["down", "h2"]);
+    sb.assert_clean();
+}
