@@ -188,6 +188,7 @@ impl Validator<'_> {
         self.check_cycles(&services);
         self.check_healthy_dependencies(&services);
         self.check_aliases(&services);
+        self.check_sidecar_ports(&services);
         let policies = self.policies(raw.policies, &services);
         let experiments = self.experiments(raw.experiments, &services, &networks);
         let tracing = self.tracing(raw.tracing.as_ref());

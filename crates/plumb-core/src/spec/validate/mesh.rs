@@ -47,6 +47,33 @@ impl Validator<'_> {
         }
     }
 
+    /// A meshed service may not answer on the sidecar's own ports.
+    pub(super) fn check_sidecar_ports(&mut self, services: &BTreeMap<String, ServiceSpec>) {
+        for (name, svc) in services.iter().filter(|(_, s)| s.mesh) {
+            if let Some(p) = svc
+                .service_ports()
+                .into_iter()
+                .find(|p| crate::mesh::reserved_port(p.port))
+            {
+                let field = format!("services.{name}.mesh");
+                let span = super::span_of(&self.spans, &field);
+                self.err(
+                    span,
+                    &field,
+                    format!(
+                        "service {name:?} answers on port {}, which its sidecar takes in the mesh",
+                        p.port
+                    ),
+                    format!(
+                        "move the service off ports {} and {}, or leave it out of the mesh (mesh = false)",
+                        crate::mesh::OUTBOUND_PORT,
+                        crate::mesh::INBOUND_PORT
+                    ),
+                );
+            }
+        }
+    }
+
     pub(super) fn routes(
         &mut self,
         raw: Vec<Spanned<RawRoute>>,
@@ -418,6 +445,16 @@ mod tests {
             e.contains("routes[1]: routes[0] already sets the route of service \"a\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_meshed_service_may_not_use_the_sidecars_ports() {
+        let e = errors("mesh = true\n", "[services.c]\nexpose = [15001]\n");
+        assert!(
+            e.contains("services.c.mesh: service \"c\" answers on port 15001, which its sidecar takes"),
+            "{e}"
+        );
+        assert!(e.starts_with("plumb.toml:8:11:"), "points at the service: {e}");
     }
 
     #[test]
