@@ -317,8 +317,9 @@ fn retries_hide_failures_of_idempotent_requests_only() {
 #[cfg_attr(not(plumb_root), ignore = "needs root (kernel objects in a sandbox)")]
 fn a_timeout_fires_and_a_circuit_opens_after_failures_and_closes_after_its_time() {
     let Some(sb) = Sandbox::start() else { return };
-    let routes = "[[routes]]\nservice = \"api\"\neject_after = 2\neject_for = \"4s\"\n\
-                  [[routes]]\nservice = \"api\"\npath = \"/slow\"\ntimeout = \"300ms\"\n";
+    let routes = "[[routes]]\nservice = \"api\"\neject_after = 2\neject_for = \"6s\"\n\
+                  [[routes]]\nservice = \"api\"\npath = \"/slow\"\ntimeout = \"300ms\"\n\
+                  [services.outsider]\nmesh = false\ncommand = [\"sleep\", \"infinity\"]\n";
     up_http(&sb, 2, routes);
 
     // api-2 fails, fast (api-1 is slow: the balancer prefers api-2 until it is ejected):
@@ -332,15 +333,28 @@ fn a_timeout_fires_and_a_circuit_opens_after_failures_and_closes_after_its_time(
         got[got.len() - 6..].iter().all(|g| g.0 == 200 && g.1 == "api-1"),
         "{got:?}"
     );
+    // The ejection feeds the VIP's ready set: a client outside the mesh, through the VIP
+    // (a new connection each time), reaches only api-1 while it lasts.
+    assert!(
+        eventually(Duration::from_secs(3), || sb
+            .ok("cat state/stacks/mh/supervisor.log")
+            .contains("api-2 ejected by a sidecar")),
+        "{}",
+        sb.ok("cat state/stacks/mh/supervisor.log")
+    );
+    for _ in 0..6 {
+        let got = requests(&sb, "mh-outsider-1", "GET", "http://api:8080/", 1);
+        assert_eq!((got[0].0, got[0].1.as_str()), (200, "api-1"), "{got:?}");
+    }
 
     // Its time over, the circuit closes: api-2 gets a trial request again (it still fails,
     // and is ejected again at once).
-    std::thread::sleep(Duration::from_millis(4500));
+    std::thread::sleep(Duration::from_millis(6500));
     let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/", 6);
     assert_eq!(got.iter().filter(|g| g.0 == 500).count(), 1, "{got:?}");
     // Healthy again: it answers its share.
     std::fs::remove_file(sb.dir.join("fail-api-2")).unwrap();
-    std::thread::sleep(Duration::from_millis(4500));
+    std::thread::sleep(Duration::from_millis(6500));
     let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/", 10);
     assert_eq!(statuses(&got), vec![200; 10], "{got:?}");
     assert!(got.iter().any(|g| g.1 == "api-2"), "{got:?}");

@@ -69,6 +69,19 @@ pub struct SidecarStats {
     pub container: String,
     pub service: String,
     pub routes: Vec<(RouteKey, RouteStats)>,
+    /// Replicas this sidecar has ejected, and until when (Unix milliseconds): the supervisor
+    /// takes them out of the VIP's ready set until then too.
+    #[serde(default)]
+    pub ejected: BTreeMap<String, u64>,
+}
+
+/// The replicas some sidecar has ejected at `now_ms` (Unix milliseconds).
+pub fn ejected_now(all: &[SidecarStats], now_ms: u64) -> std::collections::BTreeSet<String> {
+    all.iter()
+        .flat_map(|s| s.ejected.iter())
+        .filter(|(_, until)| **until > now_ms)
+        .map(|(c, _)| c.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -91,5 +104,15 @@ mod tests {
         assert_eq!(s.quantile(0.5), Some(0.05));
         assert_eq!(s.quantile(1.0), Some(f64::INFINITY));
         assert_eq!(RouteStats::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn an_ejection_counts_until_its_time() {
+        let mut a = SidecarStats::default();
+        a.ejected.insert("api-2".into(), 2_000);
+        let mut b = SidecarStats::default();
+        b.ejected.insert("api-3".into(), 1_000);
+        let now: Vec<String> = ejected_now(&[a, b], 1_500).into_iter().collect();
+        assert_eq!(now, ["api-2"]);
     }
 }

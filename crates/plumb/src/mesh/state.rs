@@ -292,6 +292,32 @@ impl Shared {
         }
     }
 
+    /// The replicas this sidecar has ejected, with when each comes back (Unix ms).
+    fn ejected(&self) -> std::collections::BTreeMap<String, u64> {
+        let now = Instant::now();
+        let now_ms = crate::runfile::unix_ms();
+        let mut out = std::collections::BTreeMap::new();
+        let Ok(view) = self.view.read() else { return out };
+        let Ok(all) = self.endpoints.lock() else { return out };
+        for (service, endpoints) in all.iter() {
+            for (ip, e) in endpoints {
+                let Some(until) = e.ejected_until.filter(|u| *u > now) else {
+                    continue;
+                };
+                let container = view
+                    .directory
+                    .endpoints(service)
+                    .iter()
+                    .find(|(_, a)| a == ip)
+                    .map(|(c, _)| c.clone());
+                if let Some(c) = container {
+                    out.insert(c, now_ms + until.duration_since(now).as_millis() as u64);
+                }
+            }
+        }
+        out
+    }
+
     /// Writes the counts so far.
     pub fn write_stats(&self) {
         let routes: Vec<(RouteKey, RouteStats)> = match self.stats.lock() {
@@ -302,6 +328,7 @@ impl Shared {
             container: self.container.clone(),
             service: self.service.clone(),
             routes,
+            ejected: self.ejected(),
         };
         let dir = stats_dir(&self.dir);
         if crate::state::create_private_dir(&dir).is_ok() {

@@ -132,6 +132,10 @@ pub struct Supervisor {
     orphans: Vec<Child>,
     /// The OTLP/HTTP receiver keeping the stack's traces (a meshed stack without a collector).
     receiver: Option<crate::traces::Receiver>,
+    /// Replicas some sidecar has ejected (failures in a row): out of the VIP's ready set too,
+    /// and when they were last looked for.
+    ejected: BTreeSet<String>,
+    ejections_checked: Option<Instant>,
 }
 
 impl Supervisor {
@@ -183,6 +187,8 @@ impl Supervisor {
             dns,
             orphans: Vec::new(),
             receiver: None,
+            ejected: BTreeSet::new(),
+            ejections_checked: None,
         })
     }
 
@@ -209,6 +215,7 @@ impl Supervisor {
             }
             self.dns.keep_listening();
             self.end_expired_faults(now);
+            self.follow_ejections(now);
             let sleep = self
                 .slots
                 .values()
@@ -223,6 +230,34 @@ impl Supervisor {
         crate::oci::wait_for_monitors(&self.dir.join(crate::state::CONMON_DIR), Duration::from_secs(5));
         self.write_status();
         Ok(())
+    }
+
+    /// The replicas the sidecars have ejected (read from their counts at most twice a second)
+    /// leave the VIP's ready set and the DNS answers until their ejection ends.
+    fn follow_ejections(&mut self, now: Instant) {
+        if self
+            .ejections_checked
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
+        {
+            return;
+        }
+        self.ejections_checked = Some(now);
+        let ejected = match self.dns.desired() {
+            Some(d) if d.containers.iter().any(|c| c.mesh) => {
+                let stats = metrics::read_mesh_stats(&self.dir, d);
+                plumb_core::mesh::stats::ejected_now(&stats, runfile::unix_ms())
+            }
+            _ => BTreeSet::new(),
+        };
+        if ejected != self.ejected {
+            for c in ejected.difference(&self.ejected) {
+                say(&format!(
+                    "{c} ejected by a sidecar: out of its VIP until the ejection ends"
+                ));
+            }
+            self.ejected = ejected;
+            self.dirty = true;
+        }
     }
 
     /// Faults made by `plumb chaos` whose time is up (or whose relay died) are removed here,
@@ -380,7 +415,11 @@ impl Supervisor {
             ..StatusFile::default()
         };
         match self.dns.desired() {
-            Some(desired) => status.unready(desired),
+            Some(desired) => {
+                let mut unready = status.unready(desired);
+                unready.extend(self.ejected.iter().cloned());
+                unready
+            }
             None => status
                 .replicas
                 .iter()
