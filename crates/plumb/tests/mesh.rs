@@ -621,7 +621,7 @@ fn the_meshed_shop_traces_a_request_and_places_a_delay_on_product() {
     assert_eq!(spans[3]["attributes"]["peer.service"], "product");
 
     // 100 ms on product: the hop to product (gateway's call and product's own span, whose
-    // Redis calls leave product late too) takes it; the hops before it add less than it.
+    // Redis calls leave product late too) takes it.
     sb.plumb_ok(&["chaos", "product", "--delay", "100ms", "--for", "60s"]);
     let spans = catalogue_trace(&sb, &mut seen);
     let (root, web_call, gateway, product_call) = (ms(&spans[0]), ms(&spans[1]), ms(&spans[2]), ms(&spans[3]));
@@ -631,13 +631,20 @@ fn the_meshed_shop_traces_a_request_and_places_a_delay_on_product() {
         "product's own span took {} ms (its Redis calls are delayed)",
         ms(&spans[4])
     );
+    // Most of the request's time is the hop to product (a relative check: the other hops'
+    // own time is a few ms, the hop to product at least the delay; no wall-clock bound).
+    let elsewhere = root - product_call;
     assert!(
-        root - product_call < 100.0,
-        "{root} ms in all, {product_call} ms of it the hop to product"
-    );
-    assert!(
-        web_call - gateway < 100.0 && gateway - product_call < 100.0,
-        "{spans:?}"
+        elsewhere < product_call && web_call - gateway < product_call && gateway - product_call < product_call,
+        "{root} ms in all, {product_call} ms of it the hop to product: {:?}",
+        spans
+            .iter()
+            .map(|s| (
+                s["service"].as_str().unwrap().to_string(),
+                s["kind"].as_str().unwrap().to_string(),
+                ms(s)
+            ))
+            .collect::<Vec<_>>()
     );
     sb.plumb_ok(&["chaos", "clear", "product"]);
     sb.plumb_ok(&["down", "shop"]);
@@ -653,6 +660,28 @@ fn the_receiving_sidecar_enforces_methods_and_paths_and_policy_why_names_the_rul
     up_http(&sb, 1, policy);
     let got = requests(&sb, "mh-client-1", "GET", "http://api:8080/public/x", 1);
     assert_eq!((got[0].0, got[0].1.as_str()), (200, "api-1"), "{got:?}");
+    // Its trace names the rule that let it in, and where to watch its hops' packets.
+    let mut id = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        let listed: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["traces", "-s", "mh", "--json"])).unwrap();
+        id = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "GET /public/x" && t["spans"] == 2)
+            .map(|t| t["trace_id"].as_str().unwrap().to_string());
+        id.is_some()
+    }));
+    let shown = sb.plumb_ok(&["traces", "show", &id.unwrap()]);
+    assert!(
+        shown.contains("policy at api (api-1): GET /public/x allowed by policies[0] ("),
+        "{shown}"
+    );
+    assert!(shown.contains("mh.toml:13)"), "{shown}");
+    assert!(
+        shown.contains("packets of its hops: plumb capture mh/api, plumb capture mh/client"),
+        "{shown}"
+    );
     for (method, path) in [("GET", "/private"), ("POST", "/public")] {
         let got = requests(&sb, "mh-client-1", method, &format!("http://api:8080{path}"), 1);
         assert_eq!((got[0].0, got[0].2), (403, true), "{method} {path}: {got:?}");

@@ -144,6 +144,22 @@ pub fn show(ctx: &Context, stack: Option<&str>, id: &str, format: Format) -> Res
         } else {
             say!("trace {trace_id} ({name}, {} spans)", spans.len());
             print!("{}", waterfall(&spans, TIMELINE));
+            // What else is known of its hops: the policy verdicts the sidecars gave, and
+            // where to watch their packets.
+            for (_, s) in tree(&spans) {
+                if let Some(v) = s.attributes.get("plumb.policy") {
+                    say!(
+                        "policy at {} ({}): {v}",
+                        s.service,
+                        s.attributes.get("plumb.container").map_or("?", String::as_str)
+                    );
+                }
+            }
+            let mut services: Vec<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+            services.sort();
+            services.dedup();
+            let captures: Vec<String> = services.iter().map(|s| format!("plumb capture {name}/{s}")).collect();
+            say!("packets of its hops: {}", captures.join(", "));
         }
         return Ok(());
     }

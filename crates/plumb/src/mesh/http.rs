@@ -420,6 +420,10 @@ async fn inbound(
             Some(parts.uri.path()),
             mtls,
         );
+        if verdict.allowed && !verdict.policies.is_empty() {
+            // The L7 rule that let it in, for the trace.
+            attributes.insert("plumb.policy".to_string(), verdict.summary.clone());
+        }
         if !verdict.allowed {
             let mut r = own_response(StatusCode::FORBIDDEN, &verdict.summary);
             if let Ok(v) = hyper::header::HeaderValue::from_str(&verdict.summary) {
