@@ -24,7 +24,7 @@ TEST_PACKAGES=(bind9-dnsutils tshark graphviz prometheus etcd-server etcd-client
 # image's root (scripts/oci-base) with these packages in it, as no registry is needed then.
 OCI_BASE_PACKAGES=(nginx-light python3 python3-flask python3-redis redis-server redis-tools curl)
 # The benchmarks' peers and load generators (bench/; CI runs them in --quick mode).
-BENCH_PACKAGES=(netavark containernetworking-plugins iperf3 wrk dnsperf aardvark-dns)
+BENCH_PACKAGES=(netavark containernetworking-plugins iperf3 wrk dnsperf aardvark-dns haproxy)
 
 lib_say() { printf '%s: %s\n' "$LIB_WHO" "$*"; }
 # The first line names the problem, the others (indented) say what to do.

@@ -7,6 +7,10 @@ services` counts them. A connection that fails (a replica killed before the
 balancer saw it) is tried again, up to ATTEMPTS times: each try is a new
 connection, balanced anew.
 
+The request's W3C `traceparent` header goes on to product: with `mesh = true`
+the sidecars then join the hops into one trace (`plumb traces`); a service in a
+traced mesh must pass it on, as here.
+
 Overrides for running outside plumb: PRODUCT_URL (default
 http://product:5001), HOST (listen address, default 0.0.0.0), PORT (default
 5000).
@@ -15,7 +19,7 @@ import os
 import urllib.error
 import urllib.request
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 
 UPSTREAM = os.environ.get("PRODUCT_URL", "http://product:5001")
 TIMEOUT = 2  # seconds, per attempt
@@ -31,10 +35,13 @@ def forward(path):
     connection errors, timeouts and 5xx are tried again.
     """
     errors = []
+    headers = {}
+    if "traceparent" in request.headers:
+        headers["traceparent"] = request.headers["traceparent"]
     for attempt in range(ATTEMPTS):
         try:
-            with urllib.request.urlopen(f"{UPSTREAM}{path}",
-                                        timeout=TIMEOUT) as r:
+            req = urllib.request.Request(f"{UPSTREAM}{path}", headers=headers)
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
                 status, body = r.status, r.read()
         except urllib.error.HTTPError as e:
             status, body = e.code, e.read()

@@ -49,6 +49,11 @@ pub struct Desired {
     /// In a cluster: the store's endpoints, which the stack's containers may not reach.
     #[serde(default)]
     pub store: Vec<std::net::SocketAddrV4>,
+    /// The mesh's `[[routes]]` and trace collector, for the sidecars.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::spec::RouteSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<String>,
 }
 
 /// A service as the stack's containers reach it (DNS and the VIP's load balancer).
@@ -162,6 +167,9 @@ pub struct Container {
     /// path; plumb wires it and later unwires it, but never makes, empties or deletes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<String>,
+    /// In the service mesh: its TCP goes through a sidecar (an interception table inside).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh: bool,
 }
 
 /// A container made by someone else (a runtime's, as a CNI ADD gives it) joined to one network
@@ -514,6 +522,7 @@ fn resolve_with(
                 ports: svc.ports.clone(),
                 process: svc.process.clone(),
                 external: None,
+                mesh: svc.mesh && svc.process.is_some(),
             });
         }
     }
@@ -540,6 +549,7 @@ fn resolve_with(
             ports: Vec::new(),
             process: None,
             external: Some(a.netns_path.clone()),
+            mesh: false,
         });
     }
     let policies = stack
@@ -565,6 +575,8 @@ fn resolve_with(
             host: assignment.map(|a| a.host.clone()),
             remote: assignment.map(|a| a.remote.clone()).unwrap_or_default(),
             store: assignment.map(|a| a.store.clone()).unwrap_or_default(),
+            routes: stack.routes.clone(),
+            tracing: stack.tracing.clone(),
         },
         leases,
     ))

@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod kernel;
 pub mod lower;
 pub mod mac;
+pub mod mesh;
 pub mod names;
 pub mod oci;
 pub mod ops;

@@ -287,6 +287,12 @@ pub fn create_container(stack: &str, c: &Container) -> Step {
     if let Some(gateway) = c.gateway {
         ops.push(Op::DefaultRoute { at: inside, gateway });
     }
+    if c.mesh {
+        ops.push(Op::NetnsNft {
+            netns: ns.clone(),
+            script: crate::mesh::interception_script(),
+        });
+    }
     Step {
         what: What::CreateContainer {
             container: c.name.clone(),

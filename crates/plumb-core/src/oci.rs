@@ -198,6 +198,7 @@ mod tests {
             stop_grace_ms: 1000,
             hosts: String::new(),
             oci: Some(oci.clone()),
+            mesh: false,
         }
     }
 

@@ -198,6 +198,12 @@ pub enum Op {
     Nft {
         changes: Vec<NftChange>,
     },
+    /// An nft script run inside a container's namespace (the mesh's interception table,
+    /// which goes with the namespace).
+    NetnsNft {
+        netns: String,
+        script: String,
+    },
     /// A persistent tap on the host, plugged into `bridge` as a port that neither learns MAC
     /// addresses nor receives floods: frames a chaos relay writes to it enter the bridge as if
     /// the container had just sent them, and nothing else comes out of it.
@@ -303,6 +309,7 @@ impl Op {
             }
             Op::EtcNetnsDel { netns } => format!("rm -rf {ETC_NETNS}/{netns}"),
             Op::Nft { changes } => firewall::command(changes),
+            Op::NetnsNft { netns, script } => format!("ip netns exec {netns} nft -f - <<'EOF'\n{script}EOF"),
             Op::LinkDel { name } => format!("ip link del {name} 2>/dev/null || true"),
             Op::TcClear { dev } => format!("tc qdisc del dev {dev} clsact 2>/dev/null || true"),
             Op::TapAdd { .. } | Op::TcRedirect { .. } => self

@@ -40,6 +40,9 @@ pub struct Actual {
     /// Namespaces of attached containers (another's: the record says so): removing them ends
     /// no process in them, it only unwires them and drops the name.
     pub external: BTreeSet<String>,
+    /// Namespaces that got the mesh's interception table (the state record says so: the
+    /// table goes with its namespace, so a container joining or leaving the mesh is rebuilt).
+    pub meshed: BTreeSet<String>,
 }
 
 /// A VXLAN device as read back: its settings and its static entries.
@@ -505,6 +508,7 @@ fn container_matches(want: &Container, got: &ObservedNetns, actual: &Actual, reb
     // An attached container may hold interfaces of its own (another plugin's): only plumb's
     // are compared.
     got.lo_up
+        && want.mesh == actual.meshed.contains(&want.netns)
         && got.default_gateway == want.gateway
         && (want.external.is_some() || got.links.len() == want.interfaces.len())
         && want.interfaces.iter().all(|i| {

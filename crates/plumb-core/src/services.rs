@@ -38,6 +38,9 @@ pub struct RunSpec {
     /// For an image service: the OCI container that is the replica's process (run by podman).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<crate::oci::OciRun>,
+    /// In the service mesh: a sidecar proxy runs beside the process, supervised with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh: bool,
 }
 
 /// The PATH every service runs with, and where `plumb up` looks for a command's program.
@@ -126,6 +129,7 @@ pub fn run_specs(desired: &Desired, base: &Path) -> Vec<RunSpec> {
                 stop_grace_ms: p.stop_grace.as_millis() as u64,
                 hosts,
                 oci,
+                mesh: c.mesh,
             })
         })
         .collect()

@@ -279,7 +279,7 @@ impl World {
                 }
                 n.gateway = Some(*gateway);
             }
-            Op::StopProcesses { .. } | Op::ResolvConf { .. } | Op::EtcNetnsDel { .. } => {}
+            Op::StopProcesses { .. } | Op::ResolvConf { .. } | Op::EtcNetnsDel { .. } | Op::NetnsNft { .. } => {}
             Op::BridgePortUp { link } => self.link(&At::Host, link)?.up = true,
             Op::LinkSetGroup { link, group } => {
                 if let Some(l) = self.links.get_mut(link) {

@@ -173,6 +173,16 @@ pub fn observe(
     observed.actual.host_veths = host_veths;
     observed.actual.vxlans = vxlans;
     observed.actual.known_networks = state.map(|s| s.networks.clone()).unwrap_or_default();
+    observed.actual.meshed = state
+        .and_then(|s| s.desired.as_ref())
+        .map(|d| {
+            d.containers
+                .iter()
+                .filter(|c| c.mesh)
+                .map(|c| c.netns.clone())
+                .collect()
+        })
+        .unwrap_or_default();
     observed.nft_generation = generation;
     if unchanged {
         for applied in tables.iter().filter_map(|t| state.and_then(|s| s.applied(t))) {

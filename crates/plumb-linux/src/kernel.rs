@@ -237,6 +237,7 @@ impl LinuxKernel {
                 netns::delete(name)
             }
             Op::ResolvConf { netns: ns, content } => netns::write_resolv_conf(ns, content),
+            Op::NetnsNft { netns: ns, script } => nft::apply_in(ns, script),
             Op::EtcNetnsDel { netns: ns } => netns::remove_etc(ns),
             Op::Nft { changes } => {
                 // One transaction at a time: the previous one completes first.

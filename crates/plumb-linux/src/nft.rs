@@ -51,6 +51,38 @@ pub fn apply(script: String) -> Pending<()> {
     }))
 }
 
+/// Runs `script` as one transaction inside the network namespace `netns` (its own tables).
+pub fn apply_in(netns: &str, script: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = crate::netns::open(netns)?;
+    let fd = ns.as_raw_fd();
+    let mut command = Command::new("nft");
+    command
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only setns(2), async-signal-safe, runs between fork and exec; `ns` outlives
+    // the spawn.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::setns(fd, nix::libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.spawn().and_then(|mut child| {
+        if let Some(mut pipe) = child.stdin.take() {
+            pipe.write_all(script.as_bytes())?;
+        }
+        child.wait_with_output()
+    });
+    drop(ns);
+    checked(&format!("apply nftables rules in {netns}"), output).map(drop)
+}
+
 /// Starts [`list_ruleset`] on a background thread.
 pub fn start_list_ruleset() -> Pending<String> {
     Pending(std::thread::spawn(list_ruleset))

@@ -10,6 +10,7 @@ mod events;
 mod failure;
 mod faults;
 mod load;
+mod mesh;
 mod oci;
 mod output;
 mod processes;
@@ -19,6 +20,7 @@ mod stackfile;
 mod state;
 mod supervisor;
 mod supervisor_socket;
+mod traces;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -59,6 +61,22 @@ enum GraphFormatArg {
     Dot,
     Mermaid,
     Json,
+}
+
+#[derive(Subcommand)]
+enum TracesAction {
+    /// One trace as a waterfall: each span's service, operation, start offset, duration and
+    /// status.
+    Show {
+        /// The trace ID (32 hex digits, as `plumb traces` lists it).
+        id: String,
+        /// The stack (default: every stack that is up).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Print it as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +175,25 @@ enum Command {
         #[arg(short, long)]
         stack: Option<String>,
         /// Print the services as JSON, for programs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Traces a meshed stack kept: a list (newest first), or `plumb traces show ID` as a
+    /// waterfall.
+    #[command(args_conflicts_with_subcommands = true)]
+    Traces {
+        #[command(subcommand)]
+        action: Option<TracesAction>,
+        /// The stack (default: every stack that is up).
+        #[arg(short, long)]
+        stack: Option<String>,
+        /// Only traces through this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only traces lasting at least this long (e.g. 100ms).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_duration: Option<std::time::Duration>,
+        /// Print them as JSON, for programs.
         #[arg(long)]
         json: bool,
     },
@@ -398,6 +435,14 @@ enum Command {
     Docs {
         #[arg(value_enum)]
         what: DocsPart,
+    },
+    /// Run a meshed replica's sidecar proxy (started by the stack's supervisor).
+    #[command(hide = true)]
+    Proxy {
+        /// The stack's state folder.
+        dir: PathBuf,
+        /// The replica whose namespace it serves.
+        container: String,
     },
     /// Run a stack's supervisor (started by `plumb up`).
     #[command(hide = true)]
@@ -718,6 +763,16 @@ enum PolicyAction {
         /// Print the answer as JSON, for programs.
         #[arg(long)]
         json: bool,
+        /// An HTTP request's method, for the L7 rules (`methods`) the receiving sidecar
+        /// enforces.
+        #[arg(long)]
+        method: Option<String>,
+        /// An HTTP request's path, for the L7 rules (`paths`).
+        #[arg(long)]
+        path: Option<String>,
+        /// The connection comes over mutual TLS from a sidecar of the mesh.
+        #[arg(long)]
+        mtls: bool,
     },
 }
 
@@ -731,6 +786,7 @@ impl Command {
             | Command::Ps { .. }
             | Command::Services { .. }
             | Command::Autoscale { .. }
+            | Command::Traces { .. }
             | Command::Exec { .. }
             | Command::Inspect { .. }
             | Command::Policy { .. }
@@ -759,6 +815,7 @@ impl Command {
             | Command::Experiment { .. }
             | Command::ChaosRelay { .. }
             | Command::Supervise { .. }
+            | Command::Proxy { .. }
             | Command::Agent { .. }
             | Command::Deploy { .. }
             | Command::Undeploy { .. } => ClosedPipe::IsIgnored,
@@ -886,6 +943,24 @@ fn main() -> ExitCode {
         ),
         Command::Detach { target } => commands::attach::detach(&ctx, &target),
         Command::Ps { json } => commands::ps::run(&ctx, Format::from_json_flag(json)),
+        Command::Traces {
+            action,
+            stack,
+            service,
+            min_duration,
+            json,
+        } => match action {
+            Some(TracesAction::Show { id, stack, json }) => {
+                commands::traces::show(&ctx, stack.as_deref(), &id, Format::from_json_flag(json))
+            }
+            None => commands::traces::list(
+                &ctx,
+                stack.as_deref(),
+                service.as_deref(),
+                min_duration,
+                Format::from_json_flag(json),
+            ),
+        },
         Command::Services { file, stack, json } => {
             let format = Format::from_json_flag(json);
             match (file, stack) {
@@ -945,15 +1020,23 @@ fn main() -> ExitCode {
                     file,
                     stack,
                     json,
+                    method,
+                    path,
+                    mtls,
                 },
         } => {
-            use commands::policy::Which;
+            use commands::policy::{Which, L7};
+            let l7 = L7 {
+                method: method.map(|m| m.to_ascii_uppercase()),
+                path,
+                mtls,
+            };
             let which = match (&stack, &file) {
                 (Some(s), _) => Which::Stack(s),
                 (None, Some(f)) => Which::File(f),
                 (None, None) => Which::Default,
             };
-            commands::policy::why(&ctx, which, &from, &to, Format::from_json_flag(json))
+            commands::policy::why(&ctx, which, &from, &to, &l7, Format::from_json_flag(json))
         }
         Command::Capture {
             target,
@@ -1037,6 +1120,7 @@ fn main() -> ExitCode {
         Command::ChaosRelay { stack, fault } => {
             commands::require_stack_name(&stack).and_then(|()| relay::run(&ctx.state.stack_dir(&stack), fault))
         }
+        Command::Proxy { dir, container } => mesh::run(&dir, &container),
         Command::Supervise { stack, lock_fd } => commands::require_stack_name(&stack)
             .and_then(|()| supervisor::Supervisor::new(&ctx.state.stack_dir(&stack), inherited(lock_fd)))
             .and_then(|s| s.run()),

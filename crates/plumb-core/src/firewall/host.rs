@@ -32,6 +32,17 @@ pub fn contribute(desired: &Desired, rules: &mut Ruleset) {
             ),
             format!("{name}: the stack's DNS server on its gateway"),
         ));
+        if desired.tracing.is_none() && desired.containers.iter().any(|c| c.mesh) {
+            input.rules.push(Rule::new(
+                format!(
+                    "iifname \"{br}\" ip saddr {} ip daddr {} tcp dport {} accept",
+                    net.subnet,
+                    net.gateway,
+                    crate::mesh::OTLP_PORT
+                ),
+                format!("{name}: the stack's trace receiver (OTLP/HTTP) on its gateway"),
+            ));
+        }
         let others: Vec<String> = desired
             .networks
             .iter()

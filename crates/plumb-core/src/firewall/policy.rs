@@ -109,6 +109,18 @@ pub fn contribute_inet(desired: &Desired, rules: &mut Ruleset) {
             ),
             "policies: plumb's DNS resolver is always reachable",
         ),
+    ]);
+    if c.trace_receiver {
+        input.rules.push(Rule::new(
+            format!(
+                "ip daddr {{ {} }} tcp dport {} accept",
+                gateways.join(", "),
+                crate::mesh::OTLP_PORT
+            ),
+            "policies: a meshed stack's trace receiver is always reachable",
+        ));
+    }
+    input.rules.extend([
         Rule::new(
             format!("ip saddr . meta l4proto . th dport @{TO_HOST} accept"),
             "policies: allowed flows to the host",

@@ -35,6 +35,8 @@ pub struct Query {
 pub enum Reason {
     /// plumb's DNS resolver on a network's gateway is always reachable.
     Dns,
+    /// A meshed stack's trace receiver on a gateway is always reachable.
+    TraceReceiver,
     /// An element of an allowed-flow set matched; `policy` is the first policy allowing it.
     Allowed {
         set: &'static str,
@@ -99,6 +101,18 @@ pub fn evaluate(c: &Compiled, q: &Query) -> Verdict {
                     "input",
                     "ip daddr { GATEWAYS } meta l4proto { tcp, udp } th dport 53 accept",
                     Reason::Dns,
+                );
+            }
+            if c.trace_receiver
+                && q.protocol == Protocol::Tcp
+                && q.port == crate::mesh::OTLP_PORT
+                && at.is_some_and(|a| c.gateways.contains(&a))
+            {
+                return verdict(
+                    true,
+                    "input",
+                    "ip daddr { GATEWAYS } tcp dport 4318 accept",
+                    Reason::TraceReceiver,
                 );
             }
             let s = u32::from(s);

@@ -70,6 +70,7 @@ pub fn explain(desired: &Desired, from: &Party, to: &Party, protocol: Protocol, 
     }
     let summary = match &verdict.reason {
         super::Reason::Dns => "plumb's DNS resolver on a gateway is always reachable".to_string(),
+        super::Reason::TraceReceiver => "a meshed stack's trace receiver on a gateway is always reachable".to_string(),
         super::Reason::Allowed { policy: Some(i), .. } => {
             format!("allowed by policies[{i}] ({})", desired.policies[*i].source)
         }

@@ -7,6 +7,7 @@
 mod evaluate;
 mod explain;
 pub mod intervals;
+pub mod l7;
 mod target;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,6 +127,10 @@ pub struct Compiled {
     pub owners: BTreeMap<Ipv4Addr, String>,
     /// Each network's gateway: where plumb's DNS resolver answers (always reachable).
     pub gateways: Vec<Ipv4Addr>,
+    /// A meshed stack keeping its own traces: the receiver on the gateways (TCP 4318) is
+    /// always reachable, as DNS is (sidecars of isolated services send their spans there).
+    #[serde(default)]
+    pub trace_receiver: bool,
 }
 
 impl Compiled {
@@ -157,6 +162,7 @@ pub fn compile(desired: &Desired) -> Compiled {
     let mut out = Compiled {
         owners,
         gateways: desired.networks.iter().map(|n| n.gateway).collect(),
+        trace_receiver: desired.tracing.is_none() && desired.containers.iter().any(|c| c.mesh),
         ..Compiled::default()
     };
     for (index, p) in desired.policies.iter().enumerate() {

@@ -17,7 +17,7 @@ pub use compose::{is_compose_file, parse_env_file, stack_name_from, ComposeInput
 pub use model::*;
 pub use validate::{
     is_stack_name, parse_duration, split_command, valid_host_name, DEFAULT_AFFINITY, MAX_BRIDGE_PORTS,
-    MAX_CONTAINER_NAME, MAX_STACK_CONTAINERS, MAX_STACK_NAME, MIN_PROBE_INTERVAL,
+    MAX_CONTAINER_NAME, MAX_STACK_CONTAINERS, MAX_STACK_NAME, MIN_PROBE_INTERVAL, TRACING_OFF,
 };
 pub use write::to_toml;
 

@@ -32,6 +32,85 @@ pub struct Stack {
     /// `[[experiments]]`, in file order.
     #[serde(default)]
     pub experiments: Vec<ExperimentSpec>,
+    /// `tracing = "http://HOST:PORT"`: the OTLP/HTTP collector sidecars export spans to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<String>,
+    /// `[[routes]]`, in file order: how sidecars call a service (see [`RouteSpec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// How the mesh's sidecars call a service, or the requests to it under a path prefix: the
+/// route with the longest matching prefix applies (see `docs/mesh.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub service: String,
+    /// A path prefix (`/api`), or `None` for every request.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How long one attempt may take before the caller gets 504.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// How many times a failed request (connect error, 5xx, timeout) is tried again.
+    #[serde(default)]
+    pub retries: u32,
+    /// Retries may add at most this share of requests (percent), so they cannot pile up.
+    pub retry_budget_percent: u32,
+    /// The methods retried: the idempotent ones unless the file lists others.
+    pub retry_methods: Vec<String>,
+    /// After this many failures in a row an endpoint is ejected (0: never).
+    pub eject_after: u32,
+    /// ... for this long.
+    pub eject_for: Duration,
+}
+
+/// The methods RFC 9110 calls idempotent: retried by default.
+pub const IDEMPOTENT_METHODS: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
+
+impl RouteSpec {
+    /// A service's route where the file says nothing: no timeout, no retries, ejection after
+    /// 5 failures in a row for 30 s.
+    pub fn default_for(service: &str) -> RouteSpec {
+        RouteSpec {
+            service: service.to_string(),
+            path: None,
+            timeout: None,
+            retries: 0,
+            retry_budget_percent: 20,
+            retry_methods: IDEMPOTENT_METHODS.iter().map(|m| m.to_string()).collect(),
+            eject_after: 5,
+            eject_for: Duration::from_secs(30),
+        }
+    }
+
+    /// True if this route covers a request for `path` (its prefix matches at a segment edge).
+    pub fn covers(&self, path: &str) -> bool {
+        match self.path.as_deref() {
+            None | Some("/") => true,
+            Some(prefix) => {
+                path.starts_with(prefix)
+                    && (prefix.ends_with('/') || matches!(path.as_bytes().get(prefix.len()), None | Some(b'/' | b'?')))
+            }
+        }
+    }
+}
+
+impl Stack {
+    /// The route for a request to `service` at `path`: the longest matching prefix.
+    pub fn route(&self, service: &str, path: &str) -> RouteSpec {
+        route_for(&self.routes, service, path)
+    }
+}
+
+/// The route of `routes` for a request to `service` at `path`: the longest matching prefix,
+/// else the default.
+pub fn route_for(routes: &[RouteSpec], service: &str, path: &str) -> RouteSpec {
+    routes
+        .iter()
+        .filter(|r| r.service == service && r.covers(path))
+        .max_by_key(|r| r.path.as_ref().map_or(0, String::len))
+        .cloned()
+        .unwrap_or_else(|| RouteSpec::default_for(service))
 }
 
 /// A chaos experiment: a steady-state hypothesis (its checks), faults at given times, and the
@@ -127,6 +206,15 @@ pub struct PolicySpec {
     pub protocol: Protocol,
     /// Log (rate-limited) the drops this policy's targets suffer.
     pub log: bool,
+    /// L7, enforced by the receiving sidecar: the HTTP methods allowed (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// L7: the path prefixes allowed (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Only connections from the mesh's sidecars (mutual TLS) are allowed.
+    #[serde(default)]
+    pub mtls: bool,
 }
 
 /// Who a policy's `from` or `to` names.
@@ -264,6 +352,9 @@ pub struct ServiceSpec {
     /// is `crate::autoscale`, the controller that drives the engine with it comes next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleSpec>,
+    /// Its replicas get a sidecar proxy (`mesh = true` on the service or the stack).
+    #[serde(default)]
+    pub mesh: bool,
 }
 
 /// How a service scales with its load, as Kubernetes' HorizontalPodAutoscaler (v2, default

@@ -18,6 +18,12 @@ pub(super) struct RawStack {
     pub service_subnet: Option<Spanned<String>>,
     pub metrics: Option<Spanned<String>>,
     pub ui: Option<Spanned<String>>,
+    /// `mesh = true`: every service's replicas get a sidecar proxy (a service may say false).
+    pub mesh: Option<Spanned<bool>>,
+    /// `tracing = "http://HOST:4318"`: where sidecars export their spans (OTLP over HTTP).
+    pub tracing: Option<Spanned<String>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub networks: BTreeMap<Spanned<String>, RawNetwork>,
     #[serde(default)]
@@ -26,6 +32,21 @@ pub(super) struct RawStack {
     pub policies: Vec<Spanned<RawPolicy>>,
     #[serde(default)]
     pub experiments: Vec<Spanned<RawExperiment>>,
+}
+
+/// One `[[routes]]` entry: how sidecars call a service (or a path prefix of it), judged in
+/// `validate::mesh`.
+#[derive(DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub service: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub retry_budget: Option<Spanned<String>>,
+    pub retry_methods: Option<Spanned<RawValue>>,
+    pub eject_after: Option<Spanned<i64>>,
+    pub eject_for: Option<Spanned<String>>,
 }
 
 /// One `[[experiments]]` entry, judged in `validate::experiment`.
@@ -82,6 +103,11 @@ pub(super) struct RawPolicy {
     pub ports: Option<Spanned<RawValue>>,
     pub protocol: Option<Spanned<String>>,
     pub log: Option<Spanned<bool>>,
+    /// L7 (enforced by the receiving sidecar): HTTP methods and path prefixes allowed.
+    pub methods: Option<Spanned<RawValue>>,
+    pub paths: Option<Spanned<RawValue>>,
+    /// Only mutual-TLS connections from the mesh's sidecars.
+    pub mtls: Option<Spanned<bool>>,
 }
 
 #[derive(DeriveDeserialize)]
@@ -135,6 +161,8 @@ pub(super) struct RawService {
     pub pids: Option<Spanned<i64>>,
     /// `[services.X.autoscale]`, judged in `validate::autoscale`.
     pub autoscale: Option<Spanned<RawAutoscale>>,
+    /// The stack's `mesh`, for this service alone.
+    pub mesh: Option<Spanned<bool>>,
 }
 
 impl RawService {
@@ -173,6 +201,7 @@ impl RawService {
             ("image", self.image.as_ref().map(Spanned::span)),
             ("build", self.build.as_ref().map(Spanned::span)),
             ("autoscale", self.autoscale.as_ref().map(Spanned::span)),
+            ("mesh", self.mesh.as_ref().map(Spanned::span)),
         ];
         out.extend(self.process_fields());
         out

@@ -8,10 +8,12 @@ mod autoscale;
 mod discovery;
 mod experiment;
 mod image;
+mod mesh;
 mod policy;
 mod process;
 
 pub use discovery::DEFAULT_AFFINITY;
+pub use mesh::TRACING_OFF;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -50,7 +52,11 @@ pub(super) fn validate(map: &SourceMap, raw: RawStack) -> Result<(Stack, Spans),
         spans: Spans::new(),
         declared_networks: raw.networks.keys().map(|k| k.get_ref().clone()).collect(),
         stack_name: raw.name.get_ref().clone(),
+        stack_mesh: raw.mesh.as_ref().is_some_and(|m| *m.get_ref()),
     };
+    if let Some(m) = &raw.mesh {
+        v.spans.insert("mesh".into(), m.span());
+    }
     let stack = v.stack(raw);
     if v.errors.is_empty() {
         Ok((stack, v.spans))
@@ -88,6 +94,8 @@ struct Validator<'a> {
     declared_networks: BTreeSet<String>,
     /// The stack's name as written (an image built without a name is named after it).
     stack_name: String,
+    /// `mesh = true` at the top: services are in the mesh unless they say otherwise.
+    stack_mesh: bool,
 }
 
 impl Validator<'_> {
@@ -198,9 +206,14 @@ impl Validator<'_> {
         self.check_cycles(&services);
         self.check_healthy_dependencies(&services);
         self.check_aliases(&services);
+        self.check_sidecar_ports(&services);
         let policies = self.policies(raw.policies, &services);
         let experiments = self.experiments(raw.experiments, &services, &networks);
+        let tracing = self.tracing(raw.tracing.as_ref());
+        let routes = self.routes(raw.routes, &services);
         Stack {
+            tracing,
+            routes,
             name,
             service_subnet,
             metrics,
@@ -555,6 +568,7 @@ impl Validator<'_> {
             placement,
             image,
             autoscale,
+            mesh: raw.mesh.as_ref().map_or(self.stack_mesh, |m| *m.get_ref()),
         }
     }
 

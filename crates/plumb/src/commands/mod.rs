@@ -25,6 +25,7 @@ pub mod services;
 pub mod top;
 pub mod tour;
 pub mod trace;
+pub mod traces;
 pub mod ui;
 pub mod up;
 

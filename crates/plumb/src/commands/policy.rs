@@ -23,7 +23,14 @@ pub enum Which<'a> {
     Default,
 }
 
-pub fn why(ctx: &Context, which: Which, from: &str, to: &str, format: Format) -> Result<()> {
+/// What the receiving sidecar judges besides the flow (`--method`, `--path`, `--mtls`).
+pub struct L7 {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub mtls: bool,
+}
+
+pub fn why(ctx: &Context, which: Which, from: &str, to: &str, l7: &L7, format: Format) -> Result<()> {
     let state = stack(ctx, which)?;
     let desired = state.desired.as_ref().ok_or_else(|| {
         bad(format!("stack {} has no recorded desired state", state.stack)).hint("run `plumb up` first")
@@ -33,12 +40,48 @@ pub fn why(ctx: &Context, which: Which, from: &str, to: &str, format: Format) ->
     let dst = party(desired, to, Some(&src))?;
     let e = explain(desired, &src, &dst, protocol, port);
     let flow = format!("{} -> {}:{port}/{}", show(&src), show(&dst), protocol.as_str());
+    // The receiving sidecar's verdict, when the flow reaches a meshed container.
+    let sidecar = match (&src, &dst) {
+        (Party::Container { address: from, .. } | Party::Outside(from), Party::Container { name, .. })
+            if e.allowed && protocol == Protocol::Tcp =>
+        {
+            desired.containers.iter().find(|c| &c.name == name && c.mesh).map(|c| {
+                plumb_core::policy::l7::evaluate_desired(
+                    desired,
+                    &plumb_core::policy::l7::Request {
+                        from: *from,
+                        to_service: &c.service,
+                        port,
+                        method: l7.method.as_deref(),
+                        path: l7.path.as_deref(),
+                        mtls: l7.mtls,
+                    },
+                )
+            })
+        }
+        _ => None,
+    };
+    let allowed = e.allowed && sidecar.as_ref().is_none_or(|v| v.allowed);
     if format == Format::Json {
-        print_json(&json!({"stack": state.stack, "flow": flow, "explanation": e}));
+        print_json(
+            &json!({"stack": state.stack, "flow": flow, "allowed": allowed, "explanation": e, "sidecar": sidecar}),
+        );
     } else {
-        print_human(&flow, &e);
+        match &sidecar {
+            Some(v) if !v.allowed => {
+                println!("denied: {flow}");
+                println!("  decided by: the receiving sidecar: {} (l7)", v.summary);
+                println!("  (the network lets the flow through: {})", e.summary);
+            }
+            _ => {
+                print_human(&flow, &e);
+                if let Some(v) = &sidecar {
+                    println!("  sidecar: {}", v.summary);
+                }
+            }
+        }
     }
-    if e.allowed {
+    if allowed {
         Ok(())
     } else {
         // The verdict is the output; exit 1 says "denied" to scripts without a second message.

@@ -52,6 +52,47 @@ pub struct Row {
     cpu_percent: Option<f64>,
     /// Memory charged to its cgroup.
     memory_bytes: Option<u64>,
+    /// A meshed container's sidecar counts: requests it served (inbound) so far, those
+    /// answered 5xx, the 99th percentile of their latency (a histogram bound), and each route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh: Option<MeshRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct MeshRow {
+    requests: u64,
+    errors_5xx: u64,
+    p99_seconds: Option<f64>,
+    retries: u64,
+    ejections: u64,
+    routes: Vec<(plumb_core::mesh::stats::RouteKey, plumb_core::mesh::stats::RouteStats)>,
+}
+
+impl MeshRow {
+    fn of(s: plumb_core::mesh::stats::SidecarStats) -> MeshRow {
+        let mut inbound = plumb_core::mesh::stats::RouteStats::default();
+        for (k, r) in s.routes.iter().filter(|(k, _)| k.direction == "inbound") {
+            let _ = k;
+            inbound.requests += r.requests;
+            for (c, n) in &r.responses {
+                *inbound.responses.entry(c.clone()).or_default() += n;
+            }
+            inbound
+                .latency_buckets
+                .resize(r.latency_buckets.len().max(inbound.latency_buckets.len()), 0);
+            for (i, n) in r.latency_buckets.iter().enumerate() {
+                inbound.latency_buckets[i] += n;
+            }
+        }
+        MeshRow {
+            requests: inbound.requests,
+            errors_5xx: inbound.responses.get("5xx").copied().unwrap_or(0),
+            p99_seconds: inbound.quantile(0.99),
+            retries: s.routes.iter().map(|(_, r)| r.retries).sum(),
+            ejections: s.routes.iter().map(|(_, r)| r.ejections).sum(),
+            routes: s.routes,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -146,6 +187,7 @@ pub fn rows(
     let now = sample(kernel, ctx, target)?;
     let secs = elapsed.as_secs_f64().max(0.001);
     let mut statuses = BTreeMap::new();
+    let mut meshes: BTreeMap<String, BTreeMap<String, plumb_core::mesh::stats::SidecarStats>> = BTreeMap::new();
     let mut out = Vec::new();
     for (st, c) in stackfile::find_targets(&ctx.state, target)? {
         let key = (st.stack.clone(), c.name.clone());
@@ -185,6 +227,21 @@ pub fn rows(
                 .zip(b.usage)
                 .map(|(n, b)| plumb_core::cgroup::cpu_percent(b.cpu_usec, n.cpu_usec, elapsed.as_micros() as u64)),
             memory_bytes: n.usage.map(|u| u.memory_bytes),
+            mesh: if c.mesh {
+                let stats = meshes.entry(st.stack.clone()).or_insert_with(|| {
+                    let dir = ctx.state.stack_dir(&st.stack);
+                    st.desired
+                        .as_ref()
+                        .map(|d| crate::supervisor::read_mesh_stats(&dir, d))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|s| (s.container.clone(), s))
+                        .collect()
+                });
+                stats.remove(&c.name).map(MeshRow::of)
+            } else {
+                None
+            },
         });
     }
     Ok(out)
@@ -217,6 +274,15 @@ fn render(rows: &[Row]) -> String {
                 r.restarts.to_string(),
                 r.cpu_percent.map_or_else(|| "-".into(), |c| format!("{c:.1}%")),
                 r.memory_bytes.map_or_else(|| "-".into(), super::ps::memory),
+                r.mesh.as_ref().map_or("-".into(), |m| m.requests.to_string()),
+                r.mesh.as_ref().map_or("-".into(), |m| m.errors_5xx.to_string()),
+                r.mesh.as_ref().and_then(|m| m.p99_seconds).map_or("-".into(), |s| {
+                    if s.is_finite() {
+                        format!("<{}ms", s * 1000.0)
+                    } else {
+                        ">10s".into()
+                    }
+                }),
             ]
         })
         .collect();
@@ -235,6 +301,9 @@ fn render(rows: &[Row]) -> String {
             "RESTARTS",
             "CPU",
             "MEM",
+            "REQS",
+            "5XX",
+            "P99",
         ],
         &cells,
     )

@@ -29,7 +29,7 @@ use super::metrics;
 use super::plan::{self, Change};
 use super::probe::Probes;
 use super::replica::{dependencies_ready, AfterExit, AfterStop, Due, Replica, StopStep, Verdict};
-use super::spawn::{self, signal_each, signal_group, spawn_replica};
+use super::spawn::{self, signal_each, signal_group, spawn_replica, spawn_sidecar};
 use super::status;
 use crate::census;
 use crate::events;
@@ -60,6 +60,23 @@ struct Slot {
     oom_in_run: bool,
     /// The limits its cgroup was made with (for the event's words).
     memory_limit: Option<u64>,
+    /// A meshed replica's sidecar proxy: it runs while the replica's process does.
+    sidecar: Option<Child>,
+    /// When the sidecar was last started (one that keeps dying is started at most once a
+    /// second).
+    sidecar_started: Option<Instant>,
+}
+
+impl Slot {
+    /// Lets the sidecar go (it exits on SIGTERM); `orphans` keeps it until it is reaped.
+    fn end_sidecar(&mut self, orphans: &mut Vec<Child>) {
+        if let Some(mut sidecar) = self.sidecar.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sidecar.id() as i32), Signal::SIGTERM);
+            if !matches!(sidecar.try_wait(), Ok(Some(_))) {
+                orphans.push(sidecar);
+            }
+        }
+    }
 }
 
 /// Ending the processes a replica's container holds that are not the replica's own process
@@ -126,6 +143,14 @@ pub struct Supervisor {
     draining: BTreeSet<String>,
     /// The autoscaled services' controller.
     autoscaling: Autoscaling,
+    /// Sidecars let go of (their replica stopped or went), until they are reaped.
+    orphans: Vec<Child>,
+    /// The OTLP/HTTP receiver keeping the stack's traces (a meshed stack without a collector).
+    receiver: Option<crate::traces::Receiver>,
+    /// Replicas some sidecar has ejected (failures in a row): out of the VIP's ready set too,
+    /// and when they were last looked for.
+    ejected: BTreeSet<String>,
+    ejections_checked: Option<Instant>,
 }
 
 impl Supervisor {
@@ -180,6 +205,10 @@ impl Supervisor {
             probe_times: metrics::ProbeTimes::default(),
             dns,
             cgroups: BTreeSet::new(),
+            orphans: Vec::new(),
+            receiver: None,
+            ejected: BTreeSet::new(),
+            ejections_checked: None,
         })
     }
 
@@ -190,7 +219,11 @@ impl Supervisor {
         loop {
             let now = Instant::now();
             self.tick(now);
-            if self.shutting_down && self.slots.values().all(|s| s.child.is_none()) && self.sweeps.is_empty() {
+            if self.shutting_down
+                && self.slots.values().all(|s| s.child.is_none() && s.sidecar.is_none())
+                && self.orphans.is_empty()
+                && self.sweeps.is_empty()
+            {
                 break;
             }
             if self.dirty {
@@ -204,6 +237,7 @@ impl Supervisor {
             self.end_expired_faults(now);
             self.watch_oom_kills(now);
             self.autoscale(now);
+            self.follow_ejections(now);
             let sleep = self
                 .slots
                 .values()
@@ -266,6 +300,34 @@ impl Supervisor {
     fn remove_cgroups(&mut self) {
         for path in std::mem::take(&mut self.cgroups) {
             crate::processes::remove_cgroup(self.kernel.as_mut(), &path);
+        }
+    }
+
+    /// The replicas the sidecars have ejected (read from their counts at most twice a second)
+    /// leave the VIP's ready set and the DNS answers until their ejection ends.
+    fn follow_ejections(&mut self, now: Instant) {
+        if self
+            .ejections_checked
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
+        {
+            return;
+        }
+        self.ejections_checked = Some(now);
+        let ejected = match self.dns.desired() {
+            Some(d) if d.containers.iter().any(|c| c.mesh) => {
+                let stats = metrics::read_mesh_stats(&self.dir, d);
+                plumb_core::mesh::stats::ejected_now(&stats, runfile::unix_ms())
+            }
+            _ => BTreeSet::new(),
+        };
+        if ejected != self.ejected {
+            for c in ejected.difference(&self.ejected) {
+                say(&format!(
+                    "{c} ejected by a sidecar: out of its VIP until the ejection ends"
+                ));
+            }
+            self.ejected = ejected;
+            self.dirty = true;
         }
     }
 
@@ -344,6 +406,13 @@ impl Supervisor {
         self.autoscaling.reload(run.desired.as_ref());
         self.dns.reload(run.desired.as_ref());
         self.serve_metrics(run.desired.as_ref().and_then(|d| d.metrics));
+        self.receive_traces(run.desired.as_ref());
+        // A new CA and certificates for the mesh at every `up` (before any sidecar starts).
+        if let Some(desired) = run.desired.as_ref() {
+            if let Err(e) = crate::mesh::pki::issue(&self.dir, desired) {
+                say(&e.message);
+            }
+        }
         let unready = self.unready();
         let balancer = run.desired.as_ref().map(plumb_core::firewall::vips::Balancer::of);
         let kernel = self.kernel.as_mut();
@@ -352,6 +421,32 @@ impl Supervisor {
                 .reload(balancer, &unready, &mut |t, e| apply_nft(kernel, t, e)),
         );
         self.dns.readiness(unready);
+    }
+
+    /// Receives OTLP on every gateway of a meshed stack that keeps its own traces.
+    fn receive_traces(&mut self, desired: Option<&plumb_core::Desired>) {
+        let gateways: Vec<std::net::Ipv4Addr> = desired
+            .filter(|d| d.tracing.is_none() && d.containers.iter().any(|c| c.mesh))
+            .map(|d| d.networks.iter().map(|n| n.gateway).collect())
+            .unwrap_or_default();
+        if gateways.is_empty() {
+            self.receiver = None;
+            return;
+        }
+        if self.receiver.is_none() {
+            match crate::traces::Receiver::new(&self.dir) {
+                Ok(r) => self.receiver = Some(r),
+                Err(e) => return say(&format!("cannot receive traces: {e}")),
+            }
+        }
+        if let Some(receiver) = self.receiver.as_mut() {
+            for (address, e) in receiver.listen_on(&gateways) {
+                say(&format!(
+                    "cannot receive traces on {address}:{}: {e}",
+                    crate::traces::OTLP_PORT
+                ));
+            }
+        }
     }
 
     /// Serves metrics on `address` (moving there if it changed), or stops serving them.
@@ -409,6 +504,7 @@ impl Supervisor {
                 .collect(),
         };
         unready.extend(self.draining.iter().cloned());
+        unready.extend(self.ejected.iter().cloned());
         unready
     }
 
@@ -429,6 +525,8 @@ impl Supervisor {
             oom_kills_seen: None,
             oom_in_run: false,
             memory_limit: None,
+            sidecar: None,
+            sidecar_started: None,
         };
         self.slots.insert(name.clone(), slot);
     }
@@ -437,6 +535,7 @@ impl Supervisor {
     /// escalates slow stops, and carries sweeps on. Goes round again while it started
     /// something, for those waiting on what just started.
     fn tick(&mut self, now: Instant) {
+        self.keep_sidecars(now);
         loop {
             let mut to_start = Vec::new();
             let names: Vec<String> = self.slots.keys().cloned().collect();
@@ -535,6 +634,24 @@ impl Supervisor {
             .collect()
     }
 
+    /// A meshed replica whose process runs gets its sidecar back if it died.
+    fn keep_sidecars(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        for (name, slot) in &mut self.slots {
+            let due = slot.replica.spec().mesh
+                && slot.child.is_some()
+                && slot.sidecar.is_none()
+                && slot
+                    .sidecar_started
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+            if due {
+                let _ = start_sidecar(&self.dir, name, slot, &mut self.pipes, now);
+            }
+        }
+    }
+
     fn start(&mut self, name: &str, now: Instant) {
         let hosts_dir = self.dir.join(HOSTS_DIR);
         let Some(slot) = self.slots.get_mut(name) else { return };
@@ -543,6 +660,15 @@ impl Supervisor {
         // first start made the cgroup).
         let cgroup = spawn::cgroup_path(slot.replica.spec());
         let oom_kills_before = self.kernel.cgroup_usage(&cgroup).map_or(0, |u| u.oom_kills);
+        if slot.replica.spec().mesh && slot.sidecar.is_none() {
+            if let Err(e) = start_sidecar(&self.dir, name, slot, &mut self.pipes, now) {
+                let error = format!("cannot start: {e}");
+                events::record(&self.dir, &self.stack, name, "start_failed", error.clone());
+                let after = slot.replica.start_failed(now, error);
+                self.settle(name, after, "a failed start of its sidecar");
+                return;
+            }
+        }
         match spawn_replica(self.kernel.as_mut(), slot.replica.spec(), &hosts_dir) {
             Ok((mut child, inode)) => {
                 let command = match &slot.replica.spec().oci {
@@ -584,7 +710,9 @@ impl Supervisor {
                 }
             }
             AfterExit::Remove => {
-                self.slots.remove(name);
+                if let Some(mut slot) = self.slots.remove(name) {
+                    slot.end_sidecar(&mut self.orphans);
+                }
             }
             AfterExit::Settled => {}
         }
@@ -600,7 +728,9 @@ impl Supervisor {
         match slot.replica.stop(now, then) {
             StopStep::Terminate => slot.child.iter().for_each(|c| signal_group(c, Signal::SIGTERM)),
             StopStep::Remove => {
-                self.slots.remove(name);
+                if let Some(mut slot) = self.slots.remove(name) {
+                    slot.end_sidecar(&mut self.orphans);
+                }
             }
             StopStep::Wait | StopStep::Done => {}
         }
@@ -632,6 +762,14 @@ impl Supervisor {
 
     /// Collects every process that exited.
     fn reap(&mut self, now: Instant) {
+        self.orphans.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        for slot in self.slots.values_mut() {
+            if let Some(Ok(Some(status))) = slot.sidecar.as_mut().map(Child::try_wait) {
+                slot.sidecar = None;
+                let how = Exit::of(status).map_or("unknown".to_string(), |e| e.to_string());
+                slot.log.note(&format!("sidecar exited: {how}"));
+            }
+        }
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
             let Some(slot) = self.slots.get_mut(&name) else {
@@ -641,6 +779,8 @@ impl Supervisor {
                 continue;
             };
             slot.child = None;
+            // The sidecar serves the process: it goes with it, and comes back with the next.
+            slot.end_sidecar(&mut self.orphans);
             let exit = Exit::of(status);
             let mut how = exit.map_or("unknown".to_string(), |e| e.to_string());
             // The kernel's OOM killer ended a process of its cgroup during this run.
@@ -780,6 +920,23 @@ impl Supervisor {
                 .parent()
                 .and_then(Path::parent)
                 .map(|d| d.display().to_string()),
+        }
+    }
+}
+
+/// Starts `slot`'s sidecar; its output goes to the replica's log.
+fn start_sidecar(dir: &Path, name: &str, slot: &mut Slot, pipes: &mut Pipes, now: Instant) -> Result<()> {
+    slot.sidecar_started = Some(now);
+    match spawn_sidecar(dir, name) {
+        Ok(mut child) => {
+            slot.log.note(&format!("started sidecar (pid {})", child.id()));
+            pipes.add(&mut child, name);
+            slot.sidecar = Some(child);
+            Ok(())
+        }
+        Err(e) => {
+            slot.log.note(&format!("cannot start the sidecar: {e}"));
+            Err(e)
         }
     }
 }

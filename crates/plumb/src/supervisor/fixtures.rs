@@ -24,6 +24,7 @@ pub fn spec(service: &str, replica: u32) -> RunSpec {
         stop_grace_ms: 2000,
         hosts: String::new(),
         oci: None,
+        mesh: false,
     }
 }
 

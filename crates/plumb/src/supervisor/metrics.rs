@@ -295,6 +295,7 @@ pub fn render(sources: &Sources) -> String {
     }
 
     autoscale(&mut registry, sources);
+    mesh(&mut registry, sources, &desired);
 
     let mut text = String::new();
     let _ = encode(&mut text, &registry);
@@ -341,6 +342,105 @@ fn autoscale(registry: &mut Registry, sources: &Sources) {
                 value.get_or_create(&labels).set(v);
             }
         }
+    }
+}
+
+/// The sidecars' counts per route (what they last wrote to `mesh-stats/`).
+fn mesh(registry: &mut Registry, sources: &Sources, desired: &plumb_core::Desired) {
+    let stats = read_mesh_stats(&sources.dir, desired);
+    if stats.is_empty() {
+        return;
+    }
+    let requests = counters(
+        registry,
+        "mesh_requests",
+        "HTTP requests through the sidecars, by route",
+    );
+    let responses = counters(
+        registry,
+        "mesh_responses",
+        "Responses by status class (none: no response)",
+    );
+    let retries = counters(registry, "mesh_retries", "Requests the sidecars sent again");
+    let ejections = counters(
+        registry,
+        "mesh_ejections",
+        "Times an endpoint was ejected after failures in a row",
+    );
+    let latency = Family::<Labels, SnapshotHistogram>::default();
+    registry.register(
+        "mesh_request_duration_seconds",
+        "Latency of requests through the sidecars, as the caller saw it",
+        latency.clone(),
+    );
+    for s in &stats {
+        for (key, r) in &s.routes {
+            let labels: Labels = vec![
+                ("stack", sources.stack.clone()),
+                ("container", s.container.clone()),
+                ("direction", key.direction.clone()),
+                ("service", key.service.clone()),
+                ("route", key.route.clone()),
+            ];
+            requests.get_or_create(&labels).inc_by(r.requests);
+            retries.get_or_create(&labels).inc_by(r.retries);
+            ejections.get_or_create(&labels).inc_by(r.ejections);
+            for (class, n) in &r.responses {
+                let mut l = labels.clone();
+                l.push(("class", class.clone()));
+                responses.get_or_create(&l).inc_by(*n);
+            }
+            latency.get_or_create(&labels).set(r);
+        }
+    }
+}
+
+/// The counts each meshed container's sidecar last wrote.
+pub fn read_mesh_stats(
+    dir: &std::path::Path,
+    desired: &plumb_core::Desired,
+) -> Vec<plumb_core::mesh::stats::SidecarStats> {
+    let folder = dir.join("mesh-stats");
+    desired
+        .containers
+        .iter()
+        .filter(|c| c.mesh)
+        .filter_map(|c| std::fs::read(folder.join(format!("{}.json", c.name))).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
+
+/// A histogram's sum, count and (upper bound, count) per bucket.
+type HistogramValues = (f64, u64, Vec<(f64, u64)>);
+
+/// A histogram whose buckets a sidecar counted: set whole at each scrape.
+#[derive(Debug, Default)]
+struct SnapshotHistogram(Mutex<HistogramValues>);
+
+impl SnapshotHistogram {
+    fn set(&self, r: &plumb_core::mesh::stats::RouteStats) {
+        use plumb_core::mesh::stats::BUCKETS;
+        let bounds = BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(r.latency_buckets.iter().copied()).collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        if let Ok(mut h) = self.0.lock() {
+            *h = (r.latency_sum_seconds, count, buckets);
+        }
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for SnapshotHistogram {
+    const TYPE: prometheus_client::metrics::MetricType = prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for SnapshotHistogram {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
+        let h = self.0.lock().map_err(|_| std::fmt::Error)?;
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.0, h.1, &h.2, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
     }
 }
 

@@ -32,6 +32,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 
 pub use event_loop::Supervisor;
+pub use metrics::read_mesh_stats;
 
 /// Pipes the loop polls must never block it, nor leak into the processes it starts.
 fn nonblocking_cloexec(fd: BorrowedFd) {

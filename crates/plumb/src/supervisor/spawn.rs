@@ -102,6 +102,72 @@ pub fn cgroup_path(spec: &RunSpec) -> String {
     plumb_core::cgroup::replica_path(stack, &spec.container)
 }
 
+/// How long a sidecar may take to listen before its replica starts anyway.
+const SIDECAR_READY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts a meshed replica's sidecar proxy (this very program, `plumb proxy`), which enters
+/// the replica's namespace itself; returns once it listens (it says so on stdout), so the
+/// replica's first connection already finds it.
+pub fn spawn_sidecar(stack_dir: &Path, container: &str) -> Result<Child> {
+    // /proc/self/exe still names the supervisor's program between fork and exec, even if
+    // the file was replaced since it started.
+    let mut child = Command::new("/proc/self/exe")
+        .arg("proxy")
+        .arg(stack_dir)
+        .arg(container)
+        .env_clear()
+        .env("PATH", SEARCH_PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Failure::new(format!("cannot start the sidecar: {e}")))?;
+    match wait_for_line(&child, "ready", SIDECAR_READY) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// Reads `child`'s stdout a byte at a time (nothing past the line is taken from the pipe)
+/// until it says `word`, for at most `within`.
+fn wait_for_line(child: &Child, word: &str, within: std::time::Duration) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let out = child
+        .stdout
+        .as_ref()
+        .ok_or_else(|| Failure::new("the sidecar has no stdout"))?;
+    let deadline = std::time::Instant::now() + within;
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(out.as_fd(), PollFlags::POLLIN)];
+        if millis == 0 || poll(&mut fds, PollTimeout::from(millis)).unwrap_or(0) <= 0 {
+            return Err(Failure::new(format!("the sidecar did not listen within {within:?}")));
+        }
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(out), &mut byte) {
+            Ok(1) if byte[0] == b'\n' => {
+                if line == word.as_bytes() {
+                    return Ok(());
+                }
+                line.clear();
+            }
+            Ok(1) => line.push(byte[0]),
+            _ => {
+                return Err(Failure::new(
+                    "the sidecar exited before it listened (see the replica's log)",
+                ))
+            }
+        }
+    }
+}
+
 /// Services start with the usual umask (022), not the supervisor's own (077).
 fn usual_umask(command: &mut Command) {
     // SAFETY: only umask(2), which is async-signal-safe, runs between fork and exec.

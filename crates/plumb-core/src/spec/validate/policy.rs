@@ -43,6 +43,9 @@ impl Validator<'_> {
             .map(Spanned::span)
             .chain(r.protocol.as_ref().map(Spanned::span))
             .chain(r.log.as_ref().map(Spanned::span))
+            .chain(r.methods.as_ref().map(Spanned::span))
+            .chain(r.paths.as_ref().map(Spanned::span))
+            .chain(r.mtls.as_ref().map(Spanned::span))
             .min_by_key(|s| s.start);
         let Some(first) = first else { return p.span() };
         let before = &self.map.text[..first.start];
@@ -106,17 +109,68 @@ impl Validator<'_> {
                 Protocol::Tcp
             }
         };
+        let methods = match &p.methods {
+            None => Vec::new(),
+            Some(v) => self.methods(&format!("{field}.methods"), v).unwrap_or_else(|| {
+                ok = false;
+                Vec::new()
+            }),
+        };
+        let paths = match &p.paths {
+            None => Vec::new(),
+            Some(v) => self.paths(&format!("{field}.paths"), v).unwrap_or_else(|| {
+                ok = false;
+                Vec::new()
+            }),
+        };
+        let mtls = p.mtls.as_ref().is_some_and(|m| *m.get_ref());
+        if let Some(m) = &p.mtls {
+            self.spans.insert(format!("{field}.mtls"), m.span());
+        }
         if !ok || sides.len() != 2 {
             return None;
         }
         let to = sides.pop()?;
         let from = sides.pop()?;
+        let l7 = [
+            ("methods", p.methods.as_ref().map(Spanned::span)),
+            ("paths", p.paths.as_ref().map(Spanned::span)),
+            ("mtls", p.mtls.as_ref().filter(|m| *m.get_ref()).map(Spanned::span)),
+        ];
+        if let Some((key, Some(span))) = l7.into_iter().find(|(_, s)| s.is_some()) {
+            // Only a receiving sidecar can read methods and paths, or know a peer's identity.
+            let outside = to.iter().find(|s| match s {
+                Selector::Service(name) => !services.get(name).is_some_and(|svc| svc.mesh),
+                _ => true,
+            });
+            if let Some(sel) = outside {
+                self.err(
+                    span,
+                    &format!("{field}.{key}"),
+                    format!("`{key}` is enforced by the receiving sidecar, and {sel} has none"),
+                    "name only services in the mesh in `to` (mesh = true at the top or in the service), or drop this field",
+                );
+                return None;
+            }
+            if protocol == Protocol::Udp {
+                self.err(
+                    span,
+                    &format!("{field}.{key}"),
+                    format!("`{key}` needs protocol = \"tcp\""),
+                    "drop protocol = \"udp\" or this field",
+                );
+                return None;
+            }
+        }
         Some(PolicySpec {
             from,
             to,
             ports,
             protocol,
             log: p.log.as_ref().is_some_and(|l| *l.get_ref()),
+            methods,
+            paths,
+            mtls,
         })
     }
 
