@@ -316,6 +316,17 @@ pub trait Kernel: Send {
         Vec::new()
     }
 
+    /// Sets `command` up to join cgroup `path` (made by [`Kernel::cgroup_make`]) before exec,
+    /// and nothing else: a helper process sharing a replica's limits (its sidecar).
+    fn cgroup_join(
+        &mut self,
+        _command: &mut std::process::Command,
+        _path: &str,
+        _limits: &crate::cgroup::Limits,
+    ) -> KernelResult<()> {
+        Ok(())
+    }
+
     /// Removes cgroup `path` and its parents left empty; fails while processes remain.
     fn cgroup_remove(&mut self, _path: &str) -> KernelResult<()> {
         Ok(())

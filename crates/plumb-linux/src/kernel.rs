@@ -589,6 +589,21 @@ impl Kernel for LinuxKernel {
         Ok(Box::new(move |program, err| confined.explain(program, err)))
     }
 
+    fn cgroup_join(
+        &mut self,
+        command: &mut std::process::Command,
+        path: &str,
+        limits: &plumb_core::cgroup::Limits,
+    ) -> KernelResult<()> {
+        let procs = crate::cgroup::procs_files(path, limits).map_err(|e| KernelError {
+            what: format!("open the cgroup of {path}"),
+            detail: e.to_string(),
+            errno: e.raw_os_error(),
+        })?;
+        crate::spawn::join_cgroup(command, procs);
+        Ok(())
+    }
+
     fn cgroup_unenforceable(&mut self, limits: &plumb_core::cgroup::Limits) -> Option<String> {
         crate::cgroup::unenforceable(limits)
     }

@@ -103,6 +103,21 @@ fn ensure_mount_point(target: &str) -> io::Result<()> {
     }
 }
 
+/// Makes `command` join the cgroups whose `cgroup.procs` files are `procs` before exec (a
+/// process sharing a replica's limits; [`confine`] does it first for the replica's own).
+pub fn join_cgroup(command: &mut Command, procs: Vec<OwnedFd>) {
+    // SAFETY: the closure runs in the forked child before exec and only calls write(2) on
+    // descriptors opened before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            for file in &procs {
+                nix::unistd::write(file, b"0")?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes `command` start inside the container whose network namespace is `netns`, as
 /// `identity` (root if `None`) with `capabilities`.
 pub fn confine(

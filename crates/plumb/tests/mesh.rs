@@ -62,6 +62,17 @@ fn tcp_goes_through_both_sidecars_transparently_and_down_leaves_nothing() {
         held.contains(&format!("{vip}:7000")) && held.contains("\"plumb-proxy\""),
         "{held}"
     );
+    // The sidecar runs under its replica's limits: in the replica's cgroup.
+    let proxy_pid = held
+        .split("\"plumb-proxy\",pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no sidecar pid in {held}"));
+    let cgroups = std::fs::read_to_string(format!("/proc/{proxy_pid}/cgroup")).unwrap();
+    assert!(
+        cgroups.contains(&format!("{}/mt/client-1\n", sb.cgroup_root)),
+        "the sidecar is not in client-1's cgroup: {cgroups}"
+    );
     for ns in ["mt-client-1", "mt-api-1"] {
         let table = sb.ok(&format!("ip netns exec {ns} nft list table inet plumb_mesh"));
         assert!(

@@ -647,7 +647,7 @@ impl Supervisor {
                     .sidecar_started
                     .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
             if due {
-                let _ = start_sidecar(&self.dir, name, slot, &mut self.pipes, now);
+                let _ = start_sidecar(self.kernel.as_mut(), &self.dir, name, slot, &mut self.pipes, now);
             }
         }
     }
@@ -661,7 +661,7 @@ impl Supervisor {
         let cgroup = spawn::cgroup_path(slot.replica.spec());
         let oom_kills_before = self.kernel.cgroup_usage(&cgroup).map_or(0, |u| u.oom_kills);
         if slot.replica.spec().mesh && slot.sidecar.is_none() {
-            if let Err(e) = start_sidecar(&self.dir, name, slot, &mut self.pipes, now) {
+            if let Err(e) = start_sidecar(self.kernel.as_mut(), &self.dir, name, slot, &mut self.pipes, now) {
                 let error = format!("cannot start: {e}");
                 events::record(&self.dir, &self.stack, name, "start_failed", error.clone());
                 let after = slot.replica.start_failed(now, error);
@@ -925,9 +925,16 @@ impl Supervisor {
 }
 
 /// Starts `slot`'s sidecar; its output goes to the replica's log.
-fn start_sidecar(dir: &Path, name: &str, slot: &mut Slot, pipes: &mut Pipes, now: Instant) -> Result<()> {
+fn start_sidecar(
+    kernel: &mut dyn Kernel,
+    dir: &Path,
+    name: &str,
+    slot: &mut Slot,
+    pipes: &mut Pipes,
+    now: Instant,
+) -> Result<()> {
     slot.sidecar_started = Some(now);
-    match spawn_sidecar(dir, name) {
+    match spawn_sidecar(kernel, dir, slot.replica.spec()) {
         Ok(mut child) => {
             slot.log.note(&format!("started sidecar (pid {})", child.id()));
             pipes.add(&mut child, name);
@@ -941,8 +948,6 @@ fn start_sidecar(dir: &Path, name: &str, slot: &mut Slot, pipes: &mut Pipes, now
     }
 }
 
-/// The balancer's element edits, as one `Op` through the kernel (a netlink batch). The
-/// change's ruleset holds only the table: the supervisor records nothing of what it leaves.
 /// Records an `oom_killed` event if the replica's cgroup counts OOM kills not told yet;
 /// `how`: how its process is (its exit, or still running).
 fn notice_oom_kills(kernel: &mut dyn Kernel, dir: &Path, stack: &str, name: &str, slot: &mut Slot, how: &str) {
@@ -965,6 +970,8 @@ fn notice_oom_kills(kernel: &mut dyn Kernel, dir: &Path, stack: &str, name: &str
     slot.oom_in_run = true;
 }
 
+/// The balancer's element edits, as one `Op` through the kernel (a netlink batch). The
+/// change's ruleset holds only the table: the supervisor records nothing of what it leaves.
 fn apply_nft(kernel: &mut dyn Kernel, table: &TableId, edits: &[ElementEdit]) -> std::result::Result<(), String> {
     let change = NftChange::Elements {
         ruleset: Ruleset {

@@ -39,16 +39,7 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
         PathBuf::from(program)
     };
     // Its own cgroup (kept across restarts: its OOM count tells what ended a run).
-    let limits = effective_limits(kernel, &spec.limits);
-    let cgroup = if limits.is_empty() {
-        None
-    } else {
-        let path = cgroup_path(spec);
-        kernel
-            .cgroup_make(&path, &limits)
-            .map_err(|e| Failure::new(format!("{}: {e}", spec.container)))?;
-        Some(path)
-    };
+    let cgroup = replica_cgroup(kernel, spec)?;
     let mut command = Command::new(&program);
     command
         .args(args)
@@ -76,11 +67,25 @@ pub fn spawn_replica(kernel: &mut dyn Kernel, spec: &RunSpec, hosts_dir: &Path) 
         resolv_conf: true,
         identity,
         capabilities: &spec.capabilities,
-        cgroup: cgroup.as_deref().map(|path| (path, &limits)),
+        cgroup: cgroup.as_ref().map(|(path, limits)| (path.as_str(), limits)),
     };
     let explain = kernel.confine(&mut command, &how)?;
     let child = command.spawn().map_err(|e| Failure::new(explain(&program, &e)))?;
     Ok((child, inode))
+}
+
+/// A host-program replica's cgroup and its limits, made if missing; None where it has no
+/// limits (the host has no pids controller and the service sets none).
+fn replica_cgroup(kernel: &mut dyn Kernel, spec: &RunSpec) -> Result<Option<(String, Limits)>> {
+    let limits = effective_limits(kernel, &spec.limits);
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    let path = cgroup_path(spec);
+    kernel
+        .cgroup_make(&path, &limits)
+        .map_err(|e| Failure::new(format!("{}: {e}", spec.container)))?;
+    Ok(Some((path, limits)))
 }
 
 /// The service's limits, with the default pids limit where it sets none and the host can
@@ -108,18 +113,27 @@ const SIDECAR_READY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Starts a meshed replica's sidecar proxy (this very program, `plumb proxy`), which enters
 /// the replica's namespace itself; returns once it listens (it says so on stdout), so the
 /// replica's first connection already finds it.
-pub fn spawn_sidecar(stack_dir: &Path, container: &str) -> Result<Child> {
+pub fn spawn_sidecar(kernel: &mut dyn Kernel, stack_dir: &Path, spec: &RunSpec) -> Result<Child> {
     // /proc/self/exe still names the supervisor's program between fork and exec, even if
     // the file was replaced since it started.
-    let mut child = Command::new("/proc/self/exe")
+    let mut command = Command::new("/proc/self/exe");
+    command
         .arg("proxy")
         .arg(stack_dir)
-        .arg(container)
+        .arg(&spec.container)
         .env_clear()
         .env("PATH", SEARCH_PATH)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Under its replica's limits: in the replica's cgroup (made here when the sidecar starts
+    // first), as a pod's sidecar counts against the pod.
+    if let Some((path, limits)) = replica_cgroup(kernel, spec)? {
+        kernel
+            .cgroup_join(&mut command, &path, &limits)
+            .map_err(|e| Failure::new(format!("{}: {e}", spec.container)))?;
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| Failure::new(format!("cannot start the sidecar: {e}")))?;
     match wait_for_line(&child, "ready", SIDECAR_READY) {
