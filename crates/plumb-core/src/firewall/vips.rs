@@ -443,6 +443,18 @@ pub fn endpoint_counts(objects: &[Value]) -> BTreeMap<String, u64> {
     super::counts_by_chain(objects, ENDPOINT_CHAIN_PREFIX)
 }
 
+/// [`endpoint_counts`] of `stack`'s table in a whole ruleset listing (`nft -j list ruleset`):
+/// none if the listing cannot be read, empty if the stack has no VIP table.
+pub fn stack_endpoint_counts(listing: &str, stack: &str) -> Option<BTreeMap<String, u64>> {
+    let tables = super::tables_in_listing(listing)?;
+    Some(
+        tables
+            .get(&table_of(stack))
+            .map(|o| endpoint_counts(o))
+            .unwrap_or_default(),
+    )
+}
+
 /// Is this a map whose elements the supervisor changes with readiness?
 pub fn is_runtime_set(name: &str) -> bool {
     name.starts_with(SLOTS_MAP_PREFIX) || name.starts_with(LIVE_MAP_PREFIX)

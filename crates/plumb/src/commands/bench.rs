@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use plumb_core::bench::{parse_url, svg, Second, Url};
-use plumb_core::firewall::{tables_in_listing, vips};
+use plumb_core::firewall::vips;
 use plumb_core::kernel::Kernel;
 use plumb_core::{Container, Desired};
 use serde::Serialize;
@@ -346,14 +346,7 @@ fn vip_service(desired: &Desired, address: Ipv4Addr) -> Option<(String, Vec<Stri
 
 /// The load balancer's per-endpoint connection counters of a stack (none if unreadable).
 fn vip_counters(stack: &str) -> Option<BTreeMap<String, u64>> {
-    let listing = crate::apply::kernel().ok()?.nft_ruleset().ok()?;
-    let tables = tables_in_listing(&listing)?;
-    Some(
-        tables
-            .get(&vips::table_of(stack))
-            .map(|o| vips::endpoint_counts(o))
-            .unwrap_or_default(),
-    )
+    vips::stack_endpoint_counts(&crate::apply::kernel().ok()?.nft_ruleset().ok()?, stack)
 }
 
 /// Takes the threads' tallies once a second until they end, printing progress on stderr.

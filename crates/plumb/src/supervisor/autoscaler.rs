@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::SigSet;
 use plumb_core::autoscale::{Autoscaler, Decision, ReplicaSample, Tick};
 use plumb_core::desired::Desired;
-use plumb_core::firewall::{tables_in_listing, vips};
+use plumb_core::firewall::vips;
 use plumb_core::kernel::{Flow, Kernel};
 use plumb_core::services::RunSpec;
 use plumb_core::spec::AutoscaleSpec;
@@ -290,14 +290,7 @@ impl Autoscaling {
 
 /// The connections each endpoint (container) received through the stack's VIPs so far.
 fn endpoint_counts(kernel: &mut dyn Kernel, stack: &str) -> Option<BTreeMap<String, u64>> {
-    let listing = kernel.nft_ruleset().ok()?;
-    let tables = tables_in_listing(&listing)?;
-    Some(
-        tables
-            .get(&vips::table_of(stack))
-            .map(|o| vips::endpoint_counts(o))
-            .unwrap_or_default(),
-    )
+    vips::stack_endpoint_counts(&kernel.nft_ruleset().ok()?, stack)
 }
 
 /// This tick's sample of each replica, and the counters kept for the next.
