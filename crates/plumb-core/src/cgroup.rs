@@ -113,6 +113,15 @@ pub enum Version {
 /// otherwise (tests give each sandbox its own).
 pub const DEFAULT_ROOT: &str = "plumb.slice";
 
+/// plumb's root given `PLUMB_CGROUP_ROOT`'s value: a relative path without `..`, else
+/// [`DEFAULT_ROOT`].
+pub fn root_from(configured: Option<&str>) -> String {
+    configured
+        .filter(|r| !r.is_empty() && !r.contains("..") && !r.starts_with('/'))
+        .unwrap_or(DEFAULT_ROOT)
+        .to_string()
+}
+
 /// A replica's cgroup below plumb's root (`ROOT/STACK/CONTAINER` in each hierarchy).
 pub fn replica_path(stack: &str, container: &str) -> String {
     format!("{stack}/{container}")
@@ -251,6 +260,15 @@ pub fn cpu_percent(before: u64, after: u64, elapsed_us: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_root_is_a_relative_path_without_dot_dot_or_the_default() {
+        assert_eq!(root_from(None), DEFAULT_ROOT);
+        assert_eq!(root_from(Some("")), DEFAULT_ROOT);
+        assert_eq!(root_from(Some("/abs")), DEFAULT_ROOT);
+        assert_eq!(root_from(Some("a/../b")), DEFAULT_ROOT);
+        assert_eq!(root_from(Some("plumb-test-1-0/tour-7")), "plumb-test-1-0/tour-7");
+    }
 
     #[test]
     fn sizes_take_docker_units() {

@@ -332,6 +332,15 @@ pub trait Kernel: Send {
         Ok(())
     }
 
+    /// Removes cgroup `path` with every cgroup below it that holds no process, then its
+    /// parents left empty: what a sandbox killed outright leaves.
+    fn cgroup_remove_tree(&mut self, _path: &str) {}
+
+    /// The names of cgroup `path`'s child cgroups (`""`: plumb's root's).
+    fn cgroup_children(&mut self, _path: &str) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Sets `command` up to run with only this identity and these capabilities (in the
     /// namespaces of the thread that spawns it: a health check's).
     fn restrict(

@@ -30,10 +30,7 @@ pub fn version() -> Version {
 
 /// Where plumb's cgroups sit under each hierarchy: `PLUMB_CGROUP_ROOT`, or plumb.slice.
 pub fn root() -> String {
-    std::env::var("PLUMB_CGROUP_ROOT")
-        .ok()
-        .filter(|r| !r.is_empty() && !r.contains("..") && !r.starts_with('/'))
-        .unwrap_or_else(|| cgroup::DEFAULT_ROOT.to_string())
+    cgroup::root_from(std::env::var("PLUMB_CGROUP_ROOT").ok().as_deref())
 }
 
 /// The directories of cgroup `path` (below [`root`]): one on v2, one per hierarchy on v1.

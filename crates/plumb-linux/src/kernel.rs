@@ -632,6 +632,14 @@ impl Kernel for LinuxKernel {
         })
     }
 
+    fn cgroup_remove_tree(&mut self, path: &str) {
+        crate::cgroup::remove_tree(path)
+    }
+
+    fn cgroup_children(&mut self, path: &str) -> Vec<String> {
+        crate::cgroup::children(path)
+    }
+
     fn restrict(
         &mut self,
         command: &mut std::process::Command,

@@ -25,21 +25,6 @@ pub fn resolv_conf_path(name: &str) -> std::path::PathBuf {
     plumb_linux::netns::resolv_conf_path(name)
 }
 
-/// Where plumb's cgroups sit under each hierarchy (`PLUMB_CGROUP_ROOT`, or plumb.slice).
-pub fn cgroup_root() -> String {
-    plumb_linux::cgroup::root()
-}
-
-/// The names of the cgroups directly below plumb's root (or below `path` in it).
-pub fn cgroup_children(path: &str) -> Vec<String> {
-    plumb_linux::cgroup::children(path)
-}
-
-/// Removes cgroup `path` (below plumb's root) and every cgroup in it that holds no process.
-pub fn remove_cgroup_tree(path: &str) {
-    plumb_linux::cgroup::remove_tree(path)
-}
-
 /// Runs `f` with a progress callback that draws a one-line report on stderr for work that
 /// takes more than a second.
 pub fn with_progress<T>(f: impl FnOnce(Progress) -> T) -> T {

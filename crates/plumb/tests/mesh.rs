@@ -441,6 +441,27 @@ fn chain_stack(dir: &str, tracing: &str) -> String {
     )
 }
 
+/// A trace's spans as (depth, service, kind), in the waterfall's order.
+fn chain_of(spans: &[serde_json::Value]) -> Vec<(u64, &str, &str)> {
+    spans
+        .iter()
+        .map(|s| {
+            (
+                s["depth"].as_u64().unwrap(),
+                s["service"].as_str().unwrap(),
+                s["kind"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Each span in the waterfall is the parent of the next one.
+fn assert_each_span_is_the_childs_parent(spans: &[serde_json::Value]) {
+    for pair in spans.windows(2) {
+        assert_eq!(pair[1]["parent_id"], pair[0]["span_id"], "{pair:?}");
+    }
+}
+
 fn traces_json(sb: &Sandbox, args: &[&str]) -> Vec<serde_json::Value> {
     let mut all = vec!["traces", "-s", "tr", "--json"];
     all.extend_from_slice(args);
@@ -489,18 +510,8 @@ fn a_request_across_four_services_is_one_trace_and_exports_to_a_collector() {
     let id = trace["trace_id"].as_str().unwrap().to_string();
     let shown: serde_json::Value = serde_json::from_str(&sb.plumb_ok(&["traces", "show", &id, "--json"])).unwrap();
     let spans = shown["spans"].as_array().unwrap();
-    let chain: Vec<(u64, &str, &str)> = spans
-        .iter()
-        .map(|s| {
-            (
-                s["depth"].as_u64().unwrap(),
-                s["service"].as_str().unwrap(),
-                s["kind"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        chain,
+        chain_of(spans),
         [
             (0, "client", "client"),
             (1, "a", "server"),
@@ -510,9 +521,9 @@ fn a_request_across_four_services_is_one_trace_and_exports_to_a_collector() {
             (5, "c", "server")
         ]
     );
-    for pair in spans.windows(2) {
-        assert_eq!(pair[1]["parent_id"], pair[0]["span_id"], "{pair:?}");
-        assert_eq!(pair[1]["trace_id"], id.as_str());
+    assert_each_span_is_the_childs_parent(spans);
+    for span in spans {
+        assert_eq!(span["trace_id"], id.as_str());
     }
     // A child starts within its parent and ends before it.
     for pair in spans.windows(2) {
@@ -606,18 +617,8 @@ fn the_meshed_shop_traces_a_request_and_places_a_delay_on_product() {
     meshed_shop(&sb);
     let mut seen = Default::default();
     let spans = catalogue_trace(&sb, &mut seen);
-    let chain: Vec<(u64, &str, &str)> = spans
-        .iter()
-        .map(|s| {
-            (
-                s["depth"].as_u64().unwrap(),
-                s["service"].as_str().unwrap(),
-                s["kind"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        chain,
+        chain_of(&spans),
         [
             (0, "web", "server"),
             (1, "web", "client"),
@@ -626,9 +627,7 @@ fn the_meshed_shop_traces_a_request_and_places_a_delay_on_product() {
             (4, "product", "server")
         ]
     );
-    for pair in spans.windows(2) {
-        assert_eq!(pair[1]["parent_id"], pair[0]["span_id"]);
-    }
+    assert_each_span_is_the_childs_parent(&spans);
     assert_eq!(spans[3]["attributes"]["peer.service"], "product");
 
     // 100 ms on product: the hop to product (gateway's call and product's own span, whose

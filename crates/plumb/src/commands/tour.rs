@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use plumb_core::kernel::Kernel;
 use plumb_core::tour::{self, Assignment, Check, Expect, Step, COURSE};
 
 use crate::apply;
@@ -145,9 +146,11 @@ fn enter_sandbox() -> Result<()> {
     // The sandbox's replicas get their cgroups below a folder of this tour's own. The kernel
     // ends a killed tour's processes with its PID namespace but not its cgroups' folders:
     // this tour removes its own when the sandbox ends, and those of tours that died before.
-    remove_cgroups_of_dead_tours();
+    let mut kernel = apply::kernel()?;
+    remove_cgroups_of_dead_tours(&mut kernel);
     let cgroups = format!("{TOUR_CGROUP_PREFIX}{}", std::process::id());
-    command.env("PLUMB_CGROUP_ROOT", format!("{}/{cgroups}", apply::cgroup_root()));
+    let root = plumb_core::cgroup::root_from(std::env::var("PLUMB_CGROUP_ROOT").ok().as_deref());
+    command.env("PLUMB_CGROUP_ROOT", format!("{root}/{cgroups}"));
     // If this process is killed, unshare goes too, and with it (--kill-child) the sandbox.
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
@@ -165,7 +168,7 @@ fn enter_sandbox() -> Result<()> {
     let status = child
         .wait()
         .map_err(|e| Failure::new(format!("waiting for the tour: {e}")));
-    remove_cgroups_of(&cgroups);
+    remove_cgroups_of(&mut kernel, &cgroups);
     let status = status?;
     match status.code() {
         Some(0) => Ok(()),
@@ -179,10 +182,10 @@ const TOUR_CGROUP_PREFIX: &str = "tour-";
 
 /// Removes a tour's cgroup folder once the processes of its ended sandbox have left it (they
 /// may still be exiting when unshare returns: a few tries).
-fn remove_cgroups_of(folder: &str) {
+fn remove_cgroups_of(kernel: &mut dyn Kernel, folder: &str) {
     for _ in 0..20 {
-        apply::remove_cgroup_tree(folder);
-        if !apply::cgroup_children("").iter().any(|c| c == folder) {
+        kernel.cgroup_remove_tree(folder);
+        if !kernel.cgroup_children("").iter().any(|c| c == folder) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -190,13 +193,13 @@ fn remove_cgroups_of(folder: &str) {
 }
 
 /// Removes the cgroup folders of tours whose process is gone (killed with their sandbox).
-fn remove_cgroups_of_dead_tours() {
-    for folder in apply::cgroup_children("") {
+fn remove_cgroups_of_dead_tours(kernel: &mut dyn Kernel) {
+    for folder in kernel.cgroup_children("") {
         let pid = folder
             .strip_prefix(TOUR_CGROUP_PREFIX)
             .and_then(|p| p.parse::<u32>().ok());
         if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            apply::remove_cgroup_tree(&folder);
+            kernel.cgroup_remove_tree(&folder);
         }
     }
 }
